@@ -1,0 +1,29 @@
+# One-command set-up, demo and tests. Everything installs from requirements.lock
+# (CPU torch 2.13.0 pinned), so CI and a fresh machine resolve the same versions.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DEMO   := demo-output
+
+.PHONY: install demo test bench clean
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/python -m jobs.demo --out $(DEMO)
+
+test: install
+	$(BIN)/python -m pytest -n 2 -q
+
+bench: install
+	$(BIN)/medarchive bench pydicom --runs 3
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache .hypothesis

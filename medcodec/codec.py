@@ -1,0 +1,368 @@
+"""The dual-path codec: stored words <-> record sections, and the public compress/decompress API."""
+
+from __future__ import annotations
+
+import hashlib
+import lzma
+import struct
+from typing import Any
+
+import numpy as np
+
+from . import container as ct
+from .dicom import DicomLimits, ParsedDicom, RESTORE_VERBATIM, parse_dicom, rebuild_dicom
+from .errors import CorruptRecordError, MedcodecError, ModelMismatchError, UnsupportedError
+from .paths import ClassicalLocalPathCoder, GlobalPathCoder, LocalPathModel, PlaneInfo
+from .planes import SampleFormat, choose_k, merge_planes, split_planes, values_to_words, words_to_values
+from .spec import PixelSpec
+
+CODEC_ID = "medcodec.dualpath"
+GLOBAL_MODEL_ID = "interlaced-ls-v1"
+PRESETS = ("max", "fast")
+# Decoding refuses records that claim more samples than this (a crafted record must not
+# make the reader allocate unbounded memory).
+MAX_DECODE_SAMPLES = 1 << 31
+
+_LOCAL_MODELS: dict[str, type] = {ClassicalLocalPathCoder.model_id: ClassicalLocalPathCoder}
+
+
+def local_model_for(model_id: str) -> LocalPathModel:
+    try:
+        return _LOCAL_MODELS[model_id]()
+    except KeyError:
+        raise ModelMismatchError(
+            f"record was coded with local model {model_id!r}; available: {sorted(_LOCAL_MODELS)}"
+        ) from None
+
+
+def words_digest(words: np.ndarray) -> str:
+    """SHA-256 of stored words in canonical order (frame, sample, row, col), little-endian."""
+    return hashlib.sha256(np.ascontiguousarray(words).astype(words.dtype.newbyteorder("<")).tobytes()).hexdigest()
+
+
+def _check_preset(preset: str) -> None:
+    if preset not in PRESETS:
+        raise UnsupportedError(f"preset {preset!r} unknown; choose one of {', '.join(PRESETS)}")
+
+
+def _previous_plane(values: dict, f: int, c: int) -> np.ndarray | None:
+    """The plane whose values serve as extra context: previous sample, else previous frame."""
+    if c > 0:
+        return values[(f, c - 1)]
+    if f > 0:
+        return values[(f - 1, c)]
+    return None
+
+
+def encode_words(
+    words: np.ndarray, fmt: SampleFormat, *, preset: str = "max", local_model: LocalPathModel | None = None
+) -> tuple[dict[str, Any], list[ct.Section]]:
+    """Code stored words shaped (frames, samples, rows, cols); returns (pixel config, sections)."""
+    _check_preset(preset)
+    local_model = local_model or ClassicalLocalPathCoder()
+    n_frames, n_samples, rows, cols = words.shape
+    values, outside = words_to_values(words, fmt)
+    middle = values[n_frames // 2, 0]
+    k, plane_stats = choose_k(middle, fmt.bits_stored)
+    global_coder = GlobalPathCoder()
+    sections: list[ct.Section] = []
+    planes: dict[tuple[int, int], np.ndarray] = {}
+    for f in range(n_frames):
+        for c in range(n_samples):
+            v = values[f, c]
+            planes[(f, c)] = v
+            prev = _previous_plane(planes, f, c)
+            g, loc = split_planes(v, k)
+            info = PlaneInfo(rows=rows, cols=cols, bits=fmt.bits_stored - k, k=k, preset=preset)
+            gs = global_coder.encode(g, info, None if prev is None else prev >> k)
+            ls = local_model.encode(loc, g, info, prev)
+            sections.append(ct.Section(ct.SECTION_GLOBAL, gs))
+            if k:
+                sections.append(ct.Section(ct.SECTION_LOCAL, ls))
+    outside_mode = "none"
+    if outside.any():
+        outside_mode = "lzma"
+        sections.append(ct.Section(ct.SECTION_OUTSIDE, lzma.compress(outside.astype(fmt.word_dtype).tobytes())))
+    config = {
+        "codec_id": CODEC_ID,
+        "global_model": GLOBAL_MODEL_ID,
+        "local_model": local_model.model_id,
+        "preset": preset,
+        "format": {
+            "bits_allocated": fmt.bits_allocated,
+            "bits_stored": fmt.bits_stored,
+            "high_bit": fmt.high_bit,
+            "signed": fmt.signed,
+        },
+        "shape": [n_frames, n_samples, rows, cols],
+        "k": k,
+        "plane_stats": plane_stats,
+        "outside": outside_mode,
+        "digest": words_digest(words),
+    }
+    return config, sections
+
+
+def decode_words(config: dict[str, Any], record: ct.Record) -> np.ndarray:
+    """Inverse of :func:`encode_words`; verifies the words' digest."""
+    try:
+        if config["codec_id"] != CODEC_ID:
+            raise UnsupportedError(f"pixel codec {config['codec_id']!r} unknown; this reader knows {CODEC_ID!r}")
+        if config["global_model"] != GLOBAL_MODEL_ID:
+            raise ModelMismatchError(
+                f"record needs global model {config['global_model']!r}; available: {GLOBAL_MODEL_ID!r}"
+            )
+        fmt = SampleFormat(**config["format"])
+        n_frames, n_samples, rows, cols = (int(x) for x in config["shape"])
+        k, preset = int(config["k"]), config["preset"]
+        local_id = config["local_model"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptRecordError(f"pixel config incomplete or malformed: {exc!r}") from None
+    _check_preset(preset)
+    if min(n_frames, n_samples, rows, cols) < 1 or n_frames * n_samples * rows * cols > MAX_DECODE_SAMPLES:
+        raise CorruptRecordError(f"record claims shape {config['shape']}, outside the decodable range")
+    if not 0 <= k < fmt.bits_stored:
+        raise CorruptRecordError(f"record claims k={k} for {fmt.bits_stored} stored bits")
+    local_model = local_model_for(local_id)
+    global_streams = record.of_type(ct.SECTION_GLOBAL)
+    local_streams = record.of_type(ct.SECTION_LOCAL)
+    n_planes = n_frames * n_samples
+    if len(global_streams) != n_planes or len(local_streams) != (n_planes if k else 0):
+        raise CorruptRecordError(
+            f"record holds {len(global_streams)} global / {len(local_streams)} local streams for {n_planes} planes"
+        )
+    global_coder = GlobalPathCoder()
+    values = np.empty((n_frames, n_samples, rows, cols), dtype=np.int64)
+    planes: dict[tuple[int, int], np.ndarray] = {}
+    for i in range(n_planes):
+        f, c = divmod(i, n_samples)
+        prev = _previous_plane(planes, f, c)
+        info = PlaneInfo(rows=rows, cols=cols, bits=fmt.bits_stored - k, k=k, preset=preset)
+        g = global_coder.decode(global_streams[i].payload, info, None if prev is None else prev >> k)
+        loc = local_model.decode(local_streams[i].payload if k else b"", g, info, prev)
+        values[f, c] = planes[(f, c)] = merge_planes(g, loc, k)
+    if config.get("outside") == "lzma":
+        try:
+            raw = lzma.decompress(record.one(ct.SECTION_OUTSIDE).payload)
+        except lzma.LZMAError as exc:
+            raise CorruptRecordError(f"outside-bits section does not decompress: {exc}") from None
+        outside = np.frombuffer(raw, dtype=fmt.word_dtype)
+        if outside.size != values.size:
+            raise CorruptRecordError("outside-bits section has the wrong size")
+        outside = outside.reshape(values.shape).astype(np.int64)
+    else:
+        outside = np.zeros(values.shape, dtype=np.int64)
+    words = values_to_words(values, outside, fmt)
+    if words_digest(words) != config.get("digest"):
+        raise CorruptRecordError("decoded pixels do not match the record's SHA-256 (corrupt record or model mismatch)")
+    return words
+
+
+# --- numpy arrays ----------------------------------------------------------------------
+
+
+def _as_frames(array: np.ndarray) -> np.ndarray:
+    """User layout -> (frames, samples, rows, cols)."""
+    if array.ndim == 2:
+        return array[None, None]
+    if array.ndim == 3:
+        return array[:, None]
+    if array.ndim == 4:
+        return np.moveaxis(array, 3, 1)
+    raise UnsupportedError(
+        f"array must be 2-D (rows, cols), 3-D (frames, rows, cols) or 4-D (frames, rows, cols, samples); got {array.ndim}-D"
+    )
+
+
+def compress_pixels(
+    array: np.ndarray, *, bits_stored: int, signed: bool, preset: str = "max", high_bit: int | None = None
+) -> bytes:
+    """Losslessly compress an integer image.
+
+    ``array``: uint8/int8/uint16/int16 of shape (rows, cols), (frames, rows, cols) or
+    (frames, rows, cols, samples). Every bit of every element is kept, including bits
+    above ``bits_stored``. Returns a container record; :func:`decompress_pixels` inverts it.
+    """
+    array = np.asarray(array)
+    if array.dtype not in (np.uint8, np.int8, np.uint16, np.int16):
+        raise UnsupportedError(f"array dtype must be uint8, int8, uint16 or int16; got {array.dtype}")
+    if array.size == 0:
+        raise UnsupportedError(f"array is empty (shape {array.shape})")
+    bits_allocated = array.dtype.itemsize * 8
+    fmt = SampleFormat(
+        bits_allocated=bits_allocated,
+        bits_stored=bits_stored,
+        high_bit=bits_stored - 1 if high_bit is None else high_bit,
+        signed=signed,
+    )
+    words = np.ascontiguousarray(_as_frames(array)).view(fmt.word_dtype)
+    pixel_config, sections = encode_words(words, fmt, preset=preset)
+    config = {
+        "kind": "pixels",
+        "array": {"dtype": array.dtype.str.lstrip("<>|="), "shape": list(array.shape)},
+        "pixels": pixel_config,
+    }
+    return ct.write_record(ct.Record(config=config, sections=sections))
+
+
+def decompress_pixels(blob: bytes) -> np.ndarray:
+    """Inverse of :func:`compress_pixels`: same dtype, shape and values."""
+    record = ct.read_record(blob)
+    if record.config.get("kind") != "pixels":
+        raise UnsupportedError(
+            f"record holds {record.config.get('kind')!r}, not a pixel array; use decompress_dicom"
+        )
+    try:
+        dtype = np.dtype(record.config["array"]["dtype"])
+        shape = tuple(int(x) for x in record.config["array"]["shape"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptRecordError(f"array description malformed: {exc!r}") from None
+    words = decode_words(record.config["pixels"], record)
+    frames = words.view(dtype)
+    if len(shape) == 2:
+        out = frames[0, 0]
+    elif len(shape) == 3:
+        out = frames[:, 0]
+    else:
+        out = np.moveaxis(frames, 1, 3)
+    if out.shape != shape:
+        raise CorruptRecordError(f"decoded shape {out.shape} differs from recorded {shape}")
+    return np.ascontiguousarray(out)
+
+
+# --- DICOM files -----------------------------------------------------------------------
+
+_HEADER_LENGTHS = struct.Struct("<QQQ")
+
+
+def _pack_header(parsed: ParsedDicom) -> bytes:
+    raw = _HEADER_LENGTHS.pack(len(parsed.prefix), len(parsed.suffix), len(parsed.extra))
+    return lzma.compress(raw + parsed.prefix + parsed.suffix + parsed.extra, preset=9 | lzma.PRESET_EXTREME)
+
+
+def _unpack_header(payload: bytes) -> tuple[bytes, bytes, bytes]:
+    try:
+        raw = lzma.decompress(payload)
+        a, b, c = _HEADER_LENGTHS.unpack_from(raw, 0)
+    except (lzma.LZMAError, struct.error) as exc:
+        raise CorruptRecordError(f"header section does not decompress: {exc}") from None
+    at = _HEADER_LENGTHS.size
+    if at + a + b + c != len(raw):
+        raise CorruptRecordError("header section lengths do not add up")
+    return raw[at : at + a], raw[at + a : at + a + b], raw[at + a + b :]
+
+
+def _sample_format(spec: PixelSpec) -> SampleFormat:
+    return SampleFormat(
+        bits_allocated=spec.bits_allocated, bits_stored=spec.bits_stored, high_bit=spec.high_bit, signed=spec.signed
+    )
+
+
+def compress_dicom(
+    data: bytes,
+    *,
+    preset: str = "max",
+    keep_codestream: bool = False,
+    limits: DicomLimits | None = None,
+    verify: bool = True,
+) -> bytes:
+    """Compress one DICOM file (bytes) into a record that restores it exactly.
+
+    ``verify`` decodes the record again and compares digests before returning.
+    """
+    _check_preset(preset)
+    parsed = parse_dicom(data, keep_codestream=keep_codestream, limits=limits or DicomLimits())
+    config: dict[str, Any] = {
+        "kind": "dicom",
+        "restore_mode": parsed.restore_mode,
+        "reencode": parsed.reencode,
+        "note": parsed.note,
+        "source": {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()},
+        "spec": None if parsed.spec is None else parsed.spec.to_json(),
+    }
+    if parsed.restore_mode == RESTORE_VERBATIM:
+        sections = [ct.Section(ct.SECTION_VERBATIM, data)]
+        config["pixels"] = None
+    else:
+        pixel_config, pixel_sections = encode_words(parsed.frames, _sample_format(parsed.spec), preset=preset)
+        config["pixels"] = pixel_config
+        sections = [ct.Section(ct.SECTION_HEADER, _pack_header(parsed)), *pixel_sections]
+    blob = ct.write_record(ct.Record(config=config, sections=sections))
+    if verify:
+        decompress_dicom(blob)
+    return blob
+
+
+def decompress_dicom(blob: bytes) -> bytes:
+    """Restore the DICOM file of a record, checked against the record's digests."""
+    record = ct.read_record(blob)
+    config = record.config
+    if config.get("kind") != "dicom":
+        raise UnsupportedError(f"record holds {config.get('kind')!r}, not a DICOM file; use decompress_pixels")
+    mode = config.get("restore_mode")
+    if mode == RESTORE_VERBATIM:
+        out = record.one(ct.SECTION_VERBATIM).payload
+    else:
+        try:
+            spec = PixelSpec.from_json(config["spec"])
+        except (KeyError, TypeError) as exc:
+            raise CorruptRecordError(f"pixel spec malformed: {exc!r}") from None
+        prefix, suffix, extra = _unpack_header(record.one(ct.SECTION_HEADER).payload)
+        words = decode_words(config["pixels"], record)
+        parsed = ParsedDicom(
+            restore_mode=mode,
+            spec=spec,
+            prefix=prefix,
+            suffix=suffix,
+            frames=words,
+            extra=extra,
+            original=None,
+            reencode=config.get("reencode"),
+            note=config.get("note", ""),
+        )
+        try:
+            out = rebuild_dicom(parsed)
+        except MedcodecError:
+            raise
+        except Exception as exc:  # a rebuild failure is a record problem, never a traceback
+            raise CorruptRecordError(f"could not rebuild the DICOM file: {type(exc).__name__}: {exc}") from None
+    if mode != "pixel-exact" and hashlib.sha256(out).hexdigest() != config["source"]["sha256"]:
+        raise CorruptRecordError("restored file does not match the original SHA-256")
+    return out
+
+
+def inspect_record(blob: bytes) -> dict[str, Any]:
+    """A JSON-able description of a record: versions, sections, sizes, bits per sample per path."""
+    record = ct.read_record(blob)
+    config = record.config
+    pixels = config.get("pixels")
+    out: dict[str, Any] = {
+        "format_version": f"{record.major}.{record.minor}",
+        "kind": config.get("kind"),
+        "record_bytes": len(blob),
+        "sections": {},
+    }
+    for s in record.sections:
+        out["sections"][s.name] = out["sections"].get(s.name, 0) + len(s.payload)
+    for key in ("restore_mode", "reencode", "note", "source", "spec", "array"):
+        if key in config:
+            out[key] = config[key]
+    if pixels:
+        n = int(np.prod(pixels["shape"]))
+        out.update(
+            {
+                "codec_id": pixels["codec_id"],
+                "models": {"global": pixels["global_model"], "local": pixels["local_model"]},
+                "preset": pixels["preset"],
+                "k": pixels["k"],
+                "shape": pixels["shape"],
+                "bits_stored": pixels["format"]["bits_stored"],
+                "plane_stats": pixels["plane_stats"],
+                "bps": {
+                    "global": 8 * out["sections"].get("global", 0) / n,
+                    "local": 8 * out["sections"].get("local", 0) / n,
+                    "record": 8 * len(blob) / n,
+                },
+            }
+        )
+    return out

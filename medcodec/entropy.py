@@ -1,0 +1,224 @@
+"""Entropy coding: the only module that imports constriction.
+
+Models hand this module integer count tables and per-symbol context ids; this
+module turns counts into probabilities with one exactly-rounded float64 division
+(identical on every IEEE-754 machine) and lets constriction's range coder code
+them. Adaptation happens between chunks: the probabilities for a chunk depend
+only on symbols of earlier chunks, so the decoder can rebuild them before it
+decodes the chunk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from constriction import stream
+
+from .errors import CorruptRecordError
+
+# Symbols per adaptation step. Smaller adapts faster, larger costs fewer calls.
+# Part of the bitstream definition: changing it changes every record.
+CHUNK = 2048
+
+_FAMILY = stream.model.Categorical(perfect=False)
+
+
+class AdaptiveTables:
+    """Integer frequency tables, one row of ``alphabet`` counts per context.
+
+    Every count starts at ``init``; an observed symbol adds ``increment``; a row whose
+    total exceeds ``limit`` is halved (rounding up, so no count reaches zero).
+    """
+
+    def __init__(
+        self,
+        contexts: int,
+        alphabet: int,
+        *,
+        init: np.ndarray | None = None,
+        increment: int = 24,
+        limit: int = 1 << 16,
+    ) -> None:
+        if init is None:
+            self.counts = np.ones((contexts, alphabet), dtype=np.int64)
+        else:
+            self.counts = np.array(np.broadcast_to(init, (contexts, alphabet)), dtype=np.int64)
+        self.increment = increment
+        self.limit = limit
+
+    @property
+    def alphabet(self) -> int:
+        return self.counts.shape[1]
+
+    def probabilities(self, ctx: np.ndarray) -> np.ndarray:
+        rows = self.counts[ctx]
+        return rows / rows.sum(axis=1, keepdims=True)
+
+    def update(self, ctx: np.ndarray, symbols: np.ndarray) -> None:
+        n_ctx, alphabet = self.counts.shape
+        hits = np.bincount(ctx * alphabet + symbols, minlength=n_ctx * alphabet)
+        self.counts += hits.reshape(n_ctx, alphabet) * self.increment
+        touched = np.unique(ctx)
+        totals = self.counts[touched].sum(axis=1)
+        over = touched[totals > self.limit]
+        if over.size:
+            self.counts[over] = (self.counts[over] + 1) >> 1
+
+
+class RowModel:
+    """Adaptive model over a residual alphabet, read through a per-symbol window.
+
+    Used where each symbol may only take ``width`` values that map into a shared
+    residual axis at a per-symbol offset (the local path: the global modality fixes the
+    interval a value lies in). Table columns beyond the axis are clipped to the edges.
+    """
+
+    def __init__(
+        self, contexts: int, span: int, *, init: np.ndarray | None = None, increment: int = 24, limit: int = 1 << 16
+    ) -> None:
+        self.tables = AdaptiveTables(contexts, 2 * span + 1, init=init, increment=increment, limit=limit)
+        self.span = span
+
+    def columns(self, offsets: np.ndarray, width: int) -> np.ndarray:
+        # offsets[i] = residual of candidate 0 for symbol i; candidate j has offsets[i] + j.
+        cols = offsets[:, None] + np.arange(width, dtype=np.int64)[None, :]
+        return np.clip(cols, -self.span, self.span) + self.span
+
+    def probabilities(self, ctx: np.ndarray, offsets: np.ndarray, width: int) -> np.ndarray:
+        cols = self.columns(offsets, width)
+        rows = np.take_along_axis(self.tables.counts[ctx], cols, axis=1)
+        return rows / rows.sum(axis=1, keepdims=True)
+
+    def update(self, ctx: np.ndarray, offsets: np.ndarray, symbols: np.ndarray) -> None:
+        residual = np.clip(offsets + symbols, -self.span, self.span) + self.span
+        self.tables.update(ctx, residual)
+
+
+class Encoder:
+    """Collects symbols into one range-coded stream."""
+
+    def __init__(self) -> None:
+        self._coder = stream.queue.RangeEncoder()
+
+    def categorical(self, symbols: np.ndarray, probabilities: np.ndarray) -> None:
+        if symbols.size:
+            self._coder.encode(
+                np.ascontiguousarray(symbols, dtype=np.int32), _FAMILY, np.ascontiguousarray(probabilities)
+            )
+
+    def uniform(self, values: np.ndarray, bits: np.ndarray) -> None:
+        """Code ``values[i]`` uniformly in ``[0, 2**bits[i])``; zero-bit entries cost nothing."""
+        _uniform_pieces(values, bits, self._encode_uniform_piece)
+
+    def _encode_uniform_piece(self, values: np.ndarray, size: int) -> None:
+        self._coder.encode(values.astype(np.int32), stream.model.Uniform(size))
+
+    def adaptive(self, symbols: np.ndarray, ctx: np.ndarray, tables: AdaptiveTables) -> None:
+        for lo in range(0, symbols.size, CHUNK):
+            s, c = symbols[lo : lo + CHUNK], ctx[lo : lo + CHUNK]
+            self.categorical(s, tables.probabilities(c))
+            tables.update(c, s)
+
+    def windowed(self, symbols: np.ndarray, ctx: np.ndarray, offsets: np.ndarray, width: int, model: RowModel) -> None:
+        for lo in range(0, symbols.size, CHUNK):
+            s, c, o = symbols[lo : lo + CHUNK], ctx[lo : lo + CHUNK], offsets[lo : lo + CHUNK]
+            self.categorical(s, model.probabilities(c, o, width))
+            model.update(c, o, s)
+
+    def finish(self) -> bytes:
+        return self._coder.get_compressed().astype("<u4").tobytes()
+
+
+class Decoder:
+    """Reads symbols back in exactly the order an Encoder wrote them."""
+
+    def __init__(self, data: bytes) -> None:
+        if len(data) % 4:
+            raise CorruptRecordError(f"entropy stream length {len(data)} is not a multiple of 4")
+        self._coder = stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
+
+    def categorical(self, probabilities: np.ndarray) -> np.ndarray:
+        if probabilities.shape[0] == 0:
+            return np.zeros(0, dtype=np.int64)
+        return self._coder.decode(_FAMILY, np.ascontiguousarray(probabilities)).astype(np.int64)
+
+    def uniform(self, bits: np.ndarray) -> np.ndarray:
+        out = np.zeros(bits.shape, dtype=np.int64)
+
+        def piece(mask_values: np.ndarray, size: int) -> np.ndarray:
+            return self._coder.decode(stream.model.Uniform(size), mask_values.size).astype(np.int64)
+
+        return _uniform_pieces(out, bits, piece, decode=True)
+
+    def adaptive(self, ctx: np.ndarray, tables: AdaptiveTables) -> np.ndarray:
+        out = np.empty(ctx.size, dtype=np.int64)
+        for lo in range(0, ctx.size, CHUNK):
+            c = ctx[lo : lo + CHUNK]
+            s = self.categorical(tables.probabilities(c))
+            tables.update(c, s)
+            out[lo : lo + CHUNK] = s
+        return out
+
+    def windowed(self, ctx: np.ndarray, offsets: np.ndarray, width: int, model: RowModel) -> np.ndarray:
+        out = np.empty(ctx.size, dtype=np.int64)
+        for lo in range(0, ctx.size, CHUNK):
+            c, o = ctx[lo : lo + CHUNK], offsets[lo : lo + CHUNK]
+            s = self.categorical(model.probabilities(c, o, width))
+            model.update(c, o, s)
+            out[lo : lo + CHUNK] = s
+        return out
+
+
+_ONE = 1 << 30
+
+
+def _fixed_pow(r: int, n: int) -> int:
+    """r**n in 2**-30 fixed point, truncating after every product (exact integer steps)."""
+    out, base = _ONE, r
+    while n:
+        if n & 1:
+            out = (out * base) >> 30
+        base = (base * base) >> 30
+        n >>= 1
+    return out
+
+
+def geometric_prior(scales: list[int], lo: np.ndarray, hi: np.ndarray, *, total: int) -> np.ndarray:
+    """Integer prior counts; row i gives column j the mass of a geometric law of mean about
+    ``scales[i]`` over the integers [lo[j], hi[j]), rows scaled to sum to about ``total``.
+
+    Pure integer arithmetic, so every machine builds the same table.
+    """
+    rows = []
+    for s in scales:
+        r = _ONE - _ONE // max(int(s), 2)
+        w = np.array([_fixed_pow(r, int(a)) - _fixed_pow(r, int(b)) for a, b in zip(lo, hi)], dtype=np.int64)
+        rows.append(np.maximum(1, (w * total) // max(int(w.sum()), 1)))
+    return np.stack(rows)
+
+
+# Uniform sizes are limited to < 2**24 by constriction: wide values go in 12-bit pieces.
+_PIECE = 12
+
+
+def _uniform_pieces(values: np.ndarray, bits: np.ndarray, op, *, decode: bool = False) -> np.ndarray:
+    """Split each value into <=12-bit pieces (low piece first) and code each group of equal width.
+
+    On encode ``op(piece_values, size)`` codes; on decode it returns the pieces, which are
+    reassembled into ``values`` (modified in place and returned).
+    """
+    bits = np.asarray(bits, dtype=np.int64)
+    remaining = bits.copy()
+    shift = np.zeros_like(bits)
+    while True:
+        active = remaining > 0
+        if not active.any():
+            return values
+        width = np.minimum(remaining, _PIECE)
+        for w in np.unique(width[active]):
+            sel = np.flatnonzero(active & (width == w))
+            if decode:
+                values[sel] |= op(sel, 1 << int(w)) << shift[sel]
+            else:
+                op((values[sel] >> shift[sel]) & ((1 << int(w)) - 1), 1 << int(w))
+        shift += width
+        remaining -= width

@@ -1,0 +1,404 @@
+"""The two coding paths for one image plane (one frame, one sample).
+
+GlobalPathCoder codes the global modality (values >> k) first, on its own.
+ClassicalLocalPathCoder codes the local modality (values & (2**k - 1)) given the
+whole decoded global modality: for each pixel the global value fixes a 2**k-wide
+interval, a predictor that sees decoded neighbours and the global values of past
+and future neighbours (the visual prompt) places a residual distribution over it.
+
+Both walk the same interlaced scan (hierarchy.py). Predictions are integer linear
+combinations with weights fitted by least squares in the encoder and transmitted as
+integers, so the decoder reproduces every prediction exactly; probabilities come
+from integer count tables (entropy.py). Nothing the decoder computes depends on
+floating-point rounding.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from . import hierarchy
+from .entropy import AdaptiveTables, Decoder, Encoder, RowModel, geometric_prior
+from .errors import CorruptRecordError
+
+# Fixed-point scale of predictor weights (part of the bitstream definition).
+WEIGHT_BITS = 12
+_HALF = 1 << (WEIGHT_BITS - 1)
+_WMAX = (1 << 15) - 1
+# Passes smaller than this use the default (average) predictor and no side information.
+MIN_FIT_PIXELS = 192
+# Passes at least this large get one predictor per activity class.
+MIN_CLASS_PIXELS = 6144
+MAX_CLASSES = 3
+# Activity thresholds (bucket b holds activity in [T[b-1], T[b])): roughly geometric.
+_ACT_THRESHOLDS = np.array(
+    [1, 2, 3, 4, 6, 8, 11, 15, 20, 27, 36, 48, 64, 85, 113, 150, 200, 265, 350, 465, 620, 820, 1100, 1500, 2000, 2700,
+     3600, 4800, 6400, 8500, 11300, 15000, 20000, 26500, 35000, 46500, 62000],
+    dtype=np.int64,
+)
+N_BUCKETS = _ACT_THRESHOLDS.size + 1
+# Residual tokens: |z| < 16 direct, larger as (exponent, next bit) plus raw low bits.
+_DIRECT = 16
+_POW2 = np.array([1 << i for i in range(40)], dtype=np.int64)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlaneInfo:
+    """What a path coder needs to know about the plane besides the stream."""
+
+    rows: int
+    cols: int
+    bits: int  # width of the values of this path (global: bits - k)
+    k: int  # number of local planes
+    preset: str
+
+
+class LocalPathModel(Protocol):
+    """Interface of a local-path model (classical here; the transformer path implements it too)."""
+
+    model_id: str
+
+    def encode(self, local: np.ndarray, global_part: np.ndarray, info: PlaneInfo, prev: np.ndarray | None) -> bytes: ...
+
+    def decode(self, data: bytes, global_part: np.ndarray, info: PlaneInfo, prev: np.ndarray | None) -> np.ndarray: ...
+
+
+# --- side information: zigzag varints -------------------------------------------------
+
+
+class IntWriter:
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def put(self, value: int) -> None:
+        z = (value << 1) ^ (value >> 63)
+        while True:
+            b = z & 0x7F
+            z >>= 7
+            if z:
+                self.buf.append(b | 0x80)
+            else:
+                self.buf.append(b)
+                return
+
+
+class IntReader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.at = 0
+
+    def get(self) -> int:
+        z = shift = 0
+        while True:
+            if self.at >= len(self.data):
+                raise CorruptRecordError("side information ends early")
+            b = self.data[self.at]
+            self.at += 1
+            z |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return (z >> 1) ^ -(z & 1)
+            if shift > 70:
+                raise CorruptRecordError("bad varint in side information")
+
+
+def _join(side: IntWriter, payload: bytes) -> bytes:
+    head = IntWriter()
+    head.put(len(side.buf))
+    return bytes(head.buf) + bytes(side.buf) + payload
+
+
+def _split(data: bytes) -> tuple[IntReader, bytes]:
+    r = IntReader(data)
+    n = r.get()
+    if n < 0 or r.at + n > len(data):
+        raise CorruptRecordError("side information length exceeds the stream")
+    side = IntReader(data[r.at : r.at + n])
+    return side, data[r.at + n :]
+
+
+# --- tokens ----------------------------------------------------------------------------
+
+
+def token_alphabet(bits: int) -> int:
+    """Number of residual tokens for values of ``bits`` bits (|residual| < 2**bits)."""
+    zmax = (1 << (bits + 1)) - 1
+    return int(tokenize(np.array([zmax], dtype=np.int64))[0][0]) + 1
+
+
+def tokenize(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Non-negative ints -> (token, raw low bits, number of raw bits)."""
+    n = np.searchsorted(_POW2, z, side="right") - 1  # floor(log2 z), exact
+    big = z >= _DIRECT
+    nb = np.where(big, n - 1, 0)
+    msb = np.where(big, (z >> np.maximum(nb, 0)) & 1, 0)
+    token = np.where(big, _DIRECT + (n - 4) * 2 + msb, z)
+    extra = np.where(big, z & (_POW2[np.maximum(nb, 0)] - 1), 0)
+    return token, extra, nb
+
+
+def raw_bits_of(token: np.ndarray) -> np.ndarray:
+    big = token >= _DIRECT
+    return np.where(big, (token - _DIRECT) // 2 + 3, 0)
+
+
+def detokenize(token: np.ndarray, extra: np.ndarray) -> np.ndarray:
+    big = token >= _DIRECT
+    n = (token - _DIRECT) // 2 + 4
+    msb = (token - _DIRECT) % 2
+    nb = np.maximum(n - 1, 0)
+    z = (_POW2[np.clip(n, 0, 39)]) | (msb << nb) | extra
+    return np.where(big, z, token)
+
+
+def zigzag(e: np.ndarray) -> np.ndarray:
+    return np.where(e >= 0, 2 * e, -2 * e - 1)
+
+
+def unzigzag(z: np.ndarray) -> np.ndarray:
+    return np.where(z & 1, -((z + 1) >> 1), z >> 1)
+
+
+# --- priors ------------------------------------------------------------------------------
+# Initial counts: a geometric law whose scale follows the context's activity, so small
+# images do not pay to learn every table from scratch. Part of the bitstream definition.
+PRIOR_SLOPE_NUM, PRIOR_SLOPE_DEN = 1, 3  # expected |residual| ~ activity * 1/3
+PRIOR_TOTAL = 384
+
+
+def _bucket_scales() -> list[int]:
+    t = [0] + [int(v) for v in _ACT_THRESHOLDS] + [int(_ACT_THRESHOLDS[-1]) * 2]
+    return [max(2, ((t[b] + t[b + 1]) // 2) * PRIOR_SLOPE_NUM // PRIOR_SLOPE_DEN) for b in range(N_BUCKETS)]
+
+
+@functools.lru_cache(maxsize=64)
+def _token_prior(bits: int) -> np.ndarray:
+    alphabet = token_alphabet(bits)
+    t = np.arange(alphabet, dtype=np.int64)
+    n = (t - _DIRECT) // 2 + 4
+    lo = np.where(t < _DIRECT, t, (1 << np.clip(n, 0, 62)) + ((t - _DIRECT) % 2) * (1 << np.clip(n - 1, 0, 62)))
+    hi = np.where(t < _DIRECT, t + 1, lo + (1 << np.clip(n - 1, 0, 62)))
+    # z = zigzag(residual) ~ 2|residual|: twice the scale.
+    row = geometric_prior([2 * s for s in _bucket_scales()], lo, hi, total=PRIOR_TOTAL)
+    return np.tile(row, (hierarchy.PASS_KINDS, 1))
+
+
+@functools.lru_cache(maxsize=64)
+def _residual_prior(span: int) -> np.ndarray:
+    r = np.abs(np.arange(-span, span + 1, dtype=np.int64))
+    row = geometric_prior(_bucket_scales(), r, r + 1, total=PRIOR_TOTAL)
+    return np.tile(row, (hierarchy.PASS_KINDS, 1))
+
+
+# --- the shared predictor machine -------------------------------------------------------
+
+
+def _activity(values: np.ndarray, emap: np.ndarray, p: hierarchy.Pass) -> np.ndarray:
+    nearest = values[p.inner[:, : hierarchy.N_NEAREST]]
+    spread = nearest.max(axis=1) - nearest.min(axis=1)
+    noise = emap[p.inner[:, : hierarchy.N_NEAREST]].sum(axis=1) >> 2
+    return np.searchsorted(_ACT_THRESHOLDS, 2 * spread + noise, side="right")
+
+
+def _default_weights(n_features: int) -> np.ndarray:
+    w = np.zeros(n_features, dtype=np.int64)
+    w[: hierarchy.N_NEAREST] = (1 << WEIGHT_BITS) // hierarchy.N_NEAREST
+    return w
+
+
+def _fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least-squares weights in fixed point (encoder only; the integers are transmitted)."""
+    xf = x.astype(np.float64)
+    w, *_ = np.linalg.lstsq(xf, y.astype(np.float64), rcond=None)
+    return np.clip(np.rint(w * (1 << WEIGHT_BITS)), -_WMAX, _WMAX).astype(np.int64)
+
+
+class _Predictor:
+    """Per-pass integer linear prediction with optional activity classes.
+
+    The encoder chooses classes and weights and writes them to ``side``; the decoder
+    reads the same integers back. Both then evaluate ``(x @ w + half) >> WEIGHT_BITS``.
+    """
+
+    def __init__(self, preset: str) -> None:
+        self.fast = preset == "fast"
+
+    def _classes_for(self, n: int) -> int:
+        if self.fast or n < MIN_CLASS_PIXELS:
+            return 1
+        return MAX_CLASSES
+
+    def choose(self, x: np.ndarray, y: np.ndarray, bucket: np.ndarray, side: IntWriter) -> np.ndarray:
+        n, f = x.shape
+        if n < MIN_FIT_PIXELS:
+            return self._apply_default(x)
+        n_cls = self._classes_for(n)
+        bounds = self._class_bounds(bucket, n_cls)
+        side.put(n_cls)
+        for b in bounds:
+            side.put(int(b))
+        cls = np.searchsorted(bounds, bucket, side="right") if n_cls > 1 else np.zeros(n, dtype=np.int64)
+        weights = np.empty((n_cls, f), dtype=np.int64)
+        for c in range(n_cls):
+            sel = cls == c
+            if sel.sum() >= f * 4:
+                weights[c] = _fit(x[sel], y[sel])
+            else:
+                weights[c] = _default_weights(f)
+            for v in weights[c]:
+                side.put(int(v))
+        return self._apply(x, weights, cls)
+
+    def read(self, x: np.ndarray, bucket: np.ndarray, side: IntReader) -> np.ndarray:
+        n, f = x.shape
+        if n < MIN_FIT_PIXELS:
+            return self._apply_default(x)
+        n_cls = side.get()
+        if not 1 <= n_cls <= MAX_CLASSES:
+            raise CorruptRecordError(f"predictor class count {n_cls} outside 1..{MAX_CLASSES}")
+        bounds = np.array([side.get() for _ in range(n_cls - 1)], dtype=np.int64)
+        cls = np.searchsorted(bounds, bucket, side="right") if n_cls > 1 else np.zeros(n, dtype=np.int64)
+        weights = np.array([[side.get() for _ in range(f)] for _ in range(n_cls)], dtype=np.int64)
+        return self._apply(x, weights, cls)
+
+    @staticmethod
+    def _class_bounds(bucket: np.ndarray, n_cls: int) -> np.ndarray:
+        if n_cls == 1:
+            return np.zeros(0, dtype=np.int64)
+        qs = np.quantile(bucket, [c / n_cls for c in range(1, n_cls)], method="lower")
+        return np.maximum.accumulate(np.asarray(qs, dtype=np.int64)) + 1
+
+    @staticmethod
+    def _apply_default(x: np.ndarray) -> np.ndarray:
+        w = _default_weights(x.shape[1])
+        return (x @ w + _HALF) >> WEIGHT_BITS
+
+    @staticmethod
+    def _apply(x: np.ndarray, weights: np.ndarray, cls: np.ndarray) -> np.ndarray:
+        out = np.empty(x.shape[0], dtype=np.int64)
+        for c in range(weights.shape[0]):
+            sel = cls == c
+            out[sel] = x[sel] @ weights[c]
+        return (out + _HALF) >> WEIGHT_BITS
+
+
+def _features(values: np.ndarray, p: hierarchy.Pass, prev: np.ndarray | None, fast: bool) -> np.ndarray:
+    cols = [values[p.inner]]
+    if not fast:
+        cols.append(values[p.outer])
+    if prev is not None:
+        cols.append(prev[p.pos][:, None])
+        cols.append(prev[p.inner[:, : hierarchy.N_NEAREST]])
+    return np.concatenate(cols, axis=1)
+
+
+# --- global path -----------------------------------------------------------------------
+
+
+class GlobalPathCoder:
+    """Exact adaptive context model for the global modality."""
+
+    def encode(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> bytes:
+        flat = plane.astype(np.int64).ravel()
+        enc, side = Encoder(), IntWriter()
+        enc.uniform(flat[:1], np.array([info.bits]))
+        self._walk(info, prev, flat, enc=enc, side=side)
+        return _join(side, enc.finish())
+
+    def decode(self, data: bytes, info: PlaneInfo, prev: np.ndarray | None = None) -> np.ndarray:
+        side, payload = _split(data)
+        dec = Decoder(payload)
+        flat = np.zeros(info.rows * info.cols, dtype=np.int64)
+        flat[:1] = dec.uniform(np.array([info.bits]))
+        self._walk(info, prev, flat, dec=dec, side=side)
+        return flat.reshape(info.rows, info.cols)
+
+    def _walk(self, info: PlaneInfo, prev, flat, *, enc=None, dec=None, side) -> None:
+        maxv = (1 << info.bits) - 1
+        prev_flat = None if prev is None else prev.astype(np.int64).ravel()
+        emap = np.zeros_like(flat)
+        tables = AdaptiveTables(hierarchy.PASS_KINDS * N_BUCKETS, token_alphabet(info.bits), init=_token_prior(info.bits))
+        predictor = _Predictor(info.preset)
+        for p in hierarchy.iter_passes(info.rows, info.cols):
+            x = _features(flat, p, prev_flat, predictor.fast)
+            bucket = _activity(flat, emap, p)
+            ctx = p.kind * N_BUCKETS + bucket
+            if enc is not None:
+                pred = np.clip(predictor.choose(x, flat[p.pos], bucket, side), 0, maxv)
+                token, extra, nbits = tokenize(zigzag(flat[p.pos] - pred))
+                enc.adaptive(token, ctx, tables)
+                enc.uniform(extra, nbits)
+            else:
+                pred = np.clip(predictor.read(x, bucket, side), 0, maxv)
+                token = dec.adaptive(ctx, tables)
+                extra = dec.uniform(raw_bits_of(token))
+                value = pred + unzigzag(detokenize(token, extra))
+                if value.min(initial=0) < 0 or value.max(initial=0) > maxv:
+                    raise CorruptRecordError("global path decoded a value outside the stored range")
+                flat[p.pos] = value
+            emap[p.pos] = np.abs(flat[p.pos] - pred)
+
+
+# --- local path (classical) --------------------------------------------------------------
+
+
+class ClassicalLocalPathCoder:
+    """Exact classical model for the local modality, conditioned on the whole global modality."""
+
+    model_id = "classical-v1"
+
+    def encode(self, local: np.ndarray, global_part: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> bytes:
+        if info.k == 0:
+            return b""
+        flat_l = local.astype(np.int64).ravel()
+        enc, side = Encoder(), IntWriter()
+        enc.uniform(flat_l[:1], np.array([info.k]))
+        self._walk(info, global_part, prev, flat_l, enc=enc, side=side)
+        return _join(side, enc.finish())
+
+    def decode(self, data: bytes, global_part: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> np.ndarray:
+        if info.k == 0:
+            if data:
+                raise CorruptRecordError("local stream present although k = 0")
+            return np.zeros((info.rows, info.cols), dtype=np.int64)
+        side, payload = _split(data)
+        dec = Decoder(payload)
+        flat_l = np.zeros(info.rows * info.cols, dtype=np.int64)
+        flat_l[:1] = dec.uniform(np.array([info.k]))
+        self._walk(info, global_part, prev, flat_l, dec=dec, side=side)
+        return flat_l.reshape(info.rows, info.cols)
+
+    def _walk(self, info: PlaneInfo, global_part, prev, flat_l, *, enc=None, dec=None, side) -> None:
+        k = info.k
+        width = 1 << k
+        base = global_part.astype(np.int64).ravel() << k
+        mid = base + (width >> 1)
+        # Values: exact where already decoded, the interval midpoint elsewhere.
+        values = mid.copy()
+        values[0] = base[0] + flat_l[0]
+        maxv = (1 << (info.bits + k)) - 1
+        prev_flat = None if prev is None else prev.astype(np.int64).ravel()
+        emap = np.zeros_like(values)
+        span = max(16, 2 * width)
+        model = RowModel(hierarchy.PASS_KINDS * N_BUCKETS, span, init=_residual_prior(span))
+        predictor = _Predictor(info.preset)
+        for p in hierarchy.iter_passes(info.rows, info.cols):
+            unit = hierarchy.unit_neighbours(p.pos, info.rows, info.cols)
+            x = np.concatenate(
+                [_features(values, p, prev_flat, predictor.fast), mid[p.pos][:, None], mid[unit]], axis=1
+            )
+            bucket = _activity(values, emap, p)
+            ctx = p.kind * N_BUCKETS + bucket
+            if enc is not None:
+                target = base[p.pos] + flat_l[p.pos]
+                pred = np.clip(predictor.choose(x, target, bucket, side), 0, maxv)
+                enc.windowed(flat_l[p.pos], ctx, base[p.pos] - pred, width, model)
+            else:
+                pred = np.clip(predictor.read(x, bucket, side), 0, maxv)
+                flat_l[p.pos] = dec.windowed(ctx, base[p.pos] - pred, width, model)
+            values[p.pos] = base[p.pos] + flat_l[p.pos]
+            emap[p.pos] = np.abs(values[p.pos] - pred)

@@ -1,0 +1,129 @@
+"""Adaptive modality decomposition: stored words <-> (values, outside bits) <-> (global, local).
+
+A stored word of ``bits_allocated`` bits holds the sample in ``bits_stored`` bits ending
+at ``high_bit``. We code:
+
+* ``values``: the stored bits as an unsigned number; two's-complement samples are mapped
+  to offset binary (flip the sign bit), which keeps order and is its own inverse.
+* ``outside``: every other bit of the word, XOR-ed with what a conforming writer would
+  put there (sign extension above ``high_bit`` for signed data, zeros otherwise). It is
+  almost always all zeros and costs nothing; when it is not, it is kept exactly.
+* ``global = values >> k`` and ``local = values & (2**k - 1)``: the split at plane k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import UnsupportedError
+
+# Upper bound on k: the local alphabet is 2**k symbols per pixel.
+MAX_LOCAL_PLANES = 6
+# Planes this far below the noise floor go to the local path. Calibrated on pydicom-data
+# images with the classical local model, where splitting closer to the noise floor cost
+# 1-15% (bpp for k = 0..6 printed by benchmarks/split_sweep.py).
+LOCAL_PLANE_MARGIN = 5
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleFormat:
+    """How samples sit in their words."""
+
+    bits_allocated: int
+    bits_stored: int
+    high_bit: int
+    signed: bool
+
+    def __post_init__(self) -> None:
+        if self.bits_allocated not in (8, 16):
+            raise UnsupportedError(f"bits_allocated must be 8 or 16, got {self.bits_allocated}")
+        if not 1 <= self.bits_stored <= self.bits_allocated:
+            raise UnsupportedError(
+                f"bits_stored must be in 1..{self.bits_allocated}, got {self.bits_stored}"
+            )
+        if not self.bits_stored - 1 <= self.high_bit <= self.bits_allocated - 1:
+            raise UnsupportedError(
+                f"high_bit must be in {self.bits_stored - 1}..{self.bits_allocated - 1}, got {self.high_bit}"
+            )
+
+    @property
+    def word_dtype(self) -> np.dtype:
+        return np.dtype(np.uint8 if self.bits_allocated == 8 else np.uint16)
+
+    @property
+    def low_bit(self) -> int:
+        return self.high_bit + 1 - self.bits_stored
+
+    @property
+    def value_mask(self) -> int:
+        return (1 << self.bits_stored) - 1
+
+    @property
+    def stored_mask(self) -> int:
+        return self.value_mask << self.low_bit
+
+    def expected_outside(self, values: np.ndarray) -> np.ndarray:
+        """The outside bits a conforming writer produces for these (offset-binary) values."""
+        if not self.signed:
+            return np.zeros(values.shape, dtype=np.int64)
+        word_mask = (1 << self.bits_allocated) - 1
+        above = word_mask & ~((1 << (self.high_bit + 1)) - 1)
+        negative = (values >> (self.bits_stored - 1)) == 0  # offset binary: sign bit flipped
+        return np.where(negative, above, 0).astype(np.int64)
+
+
+def words_to_values(words: np.ndarray, fmt: SampleFormat) -> tuple[np.ndarray, np.ndarray]:
+    """Split stored words into (offset-binary values, outside-bit residual), both int64."""
+    if words.dtype != fmt.word_dtype:
+        raise UnsupportedError(f"words must be {fmt.word_dtype}, got {words.dtype}")
+    w = words.astype(np.int64)
+    values = (w >> fmt.low_bit) & fmt.value_mask
+    if fmt.signed:
+        values ^= 1 << (fmt.bits_stored - 1)
+    outside = (w & ~fmt.stored_mask & ((1 << fmt.bits_allocated) - 1)) ^ fmt.expected_outside(values)
+    return values, outside
+
+
+def values_to_words(values: np.ndarray, outside: np.ndarray, fmt: SampleFormat) -> np.ndarray:
+    """Exact inverse of :func:`words_to_values`."""
+    v = values.astype(np.int64)
+    raw = v ^ (1 << (fmt.bits_stored - 1)) if fmt.signed else v
+    words = (raw << fmt.low_bit) | (outside ^ fmt.expected_outside(v))
+    return words.astype(fmt.word_dtype)
+
+
+def split_planes(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Global modality (high planes) and local modality (low k planes)."""
+    return values >> k, values & ((1 << k) - 1)
+
+
+def merge_planes(global_part: np.ndarray, local_part: np.ndarray, k: int) -> np.ndarray:
+    """Exact inverse of :func:`split_planes`."""
+    return (global_part << k) | local_part
+
+
+def noise_level(values: np.ndarray) -> float:
+    """Median absolute residual of the 4-neighbour average (in stored units): the noise floor."""
+    img = values if values.ndim == 2 else values.reshape(-1, values.shape[-1])
+    if img.shape[0] < 3 or img.shape[1] < 3:
+        return 0.0
+    v = img.astype(np.int64)
+    res = 4 * v[1:-1, 1:-1] - v[:-2, 1:-1] - v[2:, 1:-1] - v[1:-1, :-2] - v[1:-1, 2:]
+    return float(np.median(np.abs(res))) / 4.0
+
+
+def choose_k(values: np.ndarray, bits: int, *, margin: int = LOCAL_PLANE_MARGIN) -> tuple[int, dict]:
+    """Split plane k for one image and the statistics it was chosen from.
+
+    A plane goes to the local path when it lies ``margin`` planes or more below the
+    measured noise floor: there it is close to incompressible given the global
+    modality, and splitting it off costs the global path nothing measurable. Only the
+    encoder calls this; k is written into the record.
+    """
+    sigma = noise_level(values)
+    k = 0
+    while k < min(bits - 1, MAX_LOCAL_PLANES) and sigma >= float(1 << (k + margin)):
+        k += 1
+    return k, {"noise": round(sigma, 3)}

@@ -1,0 +1,72 @@
+"""The pixel specification shared by the DICOM layer and the pixel codec."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .errors import UnsupportedError
+
+
+@dataclass(frozen=True, kw_only=True)
+class PixelSpec:
+    """Geometry and sample format of the pixel data of one image (all frames).
+
+    ``bits_allocated`` is the width of one stored word; the image's values occupy
+    ``bits_stored`` bits ending at ``high_bit``; the other bits of each word are kept
+    exactly as stored (they form their own stream).  ``pixel_representation`` is 1 for
+    two's complement samples.
+    """
+
+    rows: int
+    cols: int
+    frames: int = 1
+    samples: int = 1
+    bits_allocated: int
+    bits_stored: int
+    high_bit: int
+    pixel_representation: int = 0
+    photometric: str = "MONOCHROME2"
+    planar_configuration: int = 0
+    transfer_syntax: str = "1.2.840.10008.1.2.1"
+    big_endian: bool = False
+
+    @property
+    def signed(self) -> bool:
+        return self.pixel_representation == 1
+
+    @property
+    def low_bit(self) -> int:
+        """Index of the lowest stored bit inside a word."""
+        return self.high_bit + 1 - self.bits_stored
+
+    @property
+    def bytes_per_sample(self) -> int:
+        return (self.bits_allocated + 7) // 8
+
+    @property
+    def samples_per_frame(self) -> int:
+        return self.rows * self.cols * self.samples
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "PixelSpec":
+        return cls(**obj)
+
+    def validate_for_coding(self) -> None:
+        """Raise UnsupportedError unless the pixel codec can code this layout as integer words."""
+        if self.bits_allocated not in (8, 16):
+            raise UnsupportedError(
+                f"pixel codec needs BitsAllocated 8 or 16, got {self.bits_allocated}"
+            )
+        if not 1 <= self.bits_stored <= self.bits_allocated:
+            raise UnsupportedError(
+                f"BitsStored {self.bits_stored} outside 1..BitsAllocated ({self.bits_allocated})"
+            )
+        if not self.bits_stored - 1 <= self.high_bit < self.bits_allocated:
+            raise UnsupportedError(
+                f"HighBit {self.high_bit} inconsistent with BitsStored {self.bits_stored}"
+                f" and BitsAllocated {self.bits_allocated}"
+            )
