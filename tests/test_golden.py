@@ -1,0 +1,36 @@
+"""Golden records written by earlier versions must decode, forever, to the same output."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+import medcodec
+
+GOLDEN = Path(__file__).parent / "fixtures" / "golden"
+EXPECTED = json.loads((GOLDEN / "expected.json").read_text())
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+from make_golden import output_digest  # noqa: E402
+
+
+def test_there_are_golden_records_of_every_kind():
+    kinds = {entry["kind"] for entry in EXPECTED.values()}
+    assert kinds == {"pixels", "dicom"} and len(EXPECTED) >= 5
+
+
+def test_golden_records_cover_the_local_path():
+    ks = {name: medcodec.inspect_record((GOLDEN / name).read_bytes()).get("k", 0) for name in EXPECTED}
+    assert any(k > 0 for k in ks.values()), ks
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_golden_record_decodes(name):
+    entry = EXPECTED[name]
+    blob = (GOLDEN / name).read_bytes()
+    if entry["kind"] == "pixels":
+        out = medcodec.decompress_pixels(blob)
+    else:
+        out = medcodec.decompress_dicom(blob)
+    assert output_digest(entry["kind"], out) == entry["output_sha256"]

@@ -1,0 +1,88 @@
+"""Exact inverses of the modality decomposition for every sample format."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from medcodec.errors import UnsupportedError
+from medcodec.planes import (
+    MAX_LOCAL_PLANES,
+    SampleFormat,
+    choose_k,
+    merge_planes,
+    split_planes,
+    values_to_words,
+    words_to_values,
+)
+
+
+@st.composite
+def formats_and_words(draw):
+    bits_allocated = draw(st.sampled_from([8, 16]))
+    bits_stored = draw(st.integers(1, bits_allocated))
+    high_bit = draw(st.integers(bits_stored - 1, bits_allocated - 1))
+    signed = draw(st.booleans())
+    fmt = SampleFormat(bits_allocated=bits_allocated, bits_stored=bits_stored, high_bit=high_bit, signed=signed)
+    shape = draw(st.tuples(st.integers(1, 5), st.integers(1, 7)))
+    dtype = fmt.word_dtype
+    raw = draw(st.binary(min_size=int(np.prod(shape)) * dtype.itemsize, max_size=int(np.prod(shape)) * dtype.itemsize))
+    return fmt, np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+@given(formats_and_words())
+def test_words_values_roundtrip_any_bits(case):
+    fmt, words = case
+    values, outside = words_to_values(words, fmt)
+    assert values.min() >= 0 and values.max() < (1 << fmt.bits_stored)
+    assert np.array_equal(values_to_words(values, outside, fmt), words)
+
+
+@given(formats_and_words(), st.integers(0, 15))
+def test_split_merge_roundtrip(case, k):
+    fmt, words = case
+    values, _ = words_to_values(words, fmt)
+    k = min(k, fmt.bits_stored - 1)
+    g, loc = split_planes(values, k)
+    assert loc.max(initial=0) < (1 << k) or k == 0
+    assert np.array_equal(merge_planes(g, loc, k), values)
+
+
+def test_conforming_signed_words_have_no_outside_bits():
+    fmt = SampleFormat(bits_allocated=16, bits_stored=12, high_bit=11, signed=True)
+    samples = np.array([-2048, -1, 0, 1, 2047], dtype=np.int16)  # sign-extended, as writers store them
+    values, outside = words_to_values(samples.view(np.uint16), fmt)
+    assert not outside.any()
+    assert list(values) == [0, 2047, 2048, 2049, 4095]  # offset binary keeps order
+
+
+def test_garbage_above_bits_stored_is_kept():
+    fmt = SampleFormat(bits_allocated=16, bits_stored=12, high_bit=11, signed=False)
+    words = np.array([0xF123, 0x0123, 0xA000], dtype=np.uint16)
+    values, outside = words_to_values(words, fmt)
+    assert list(values) == [0x123, 0x123, 0]
+    assert np.array_equal(values_to_words(values, outside, fmt), words)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(bits_allocated=32, bits_stored=12, high_bit=11, signed=False),
+        dict(bits_allocated=16, bits_stored=17, high_bit=16, signed=False),
+        dict(bits_allocated=16, bits_stored=12, high_bit=16, signed=False),
+        dict(bits_allocated=8, bits_stored=0, high_bit=0, signed=False),
+    ],
+)
+def test_bad_formats_are_refused_with_the_value(kwargs):
+    with pytest.raises(UnsupportedError, match="must be"):
+        SampleFormat(**kwargs)
+
+
+def test_choose_k_follows_the_noise_floor():
+    rng = np.random.default_rng(1)
+    smooth = np.tile(np.arange(256, dtype=np.int64) * 16, (256, 1))
+    assert choose_k(smooth, 12)[0] == 0
+    noisy = smooth + rng.integers(0, 1 << 10, size=smooth.shape)  # ~8 noisy planes
+    k, stats = choose_k(noisy, 16)
+    assert 1 <= k <= MAX_LOCAL_PLANES
+    assert stats["noise"] > 32
