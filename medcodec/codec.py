@@ -13,7 +13,18 @@ from . import container as ct
 from .dicom import DicomLimits, ParsedDicom, RESTORE_VERBATIM, parse_dicom, rebuild_dicom
 from .errors import CorruptRecordError, MedcodecError, ModelMismatchError, UnsupportedError
 from .paths import ClassicalLocalPathCoder, GlobalPathCoder, LocalPathModel, PlaneInfo
-from .planes import SampleFormat, choose_k, merge_planes, split_planes, values_to_words, words_to_values
+from .planes import (
+    SampleFormat,
+    choose_k,
+    merge_planes,
+    pack_values,
+    palette_bits,
+    split_planes,
+    unpack_values,
+    value_palette,
+    values_to_words,
+    words_to_values,
+)
 from .spec import PixelSpec
 
 CODEC_ID = "medcodec.dualpath"
@@ -62,10 +73,16 @@ def encode_words(
     local_model = local_model or ClassicalLocalPathCoder()
     n_frames, n_samples, rows, cols = words.shape
     values, outside = words_to_values(words, fmt)
-    middle = values[n_frames // 2, 0]
-    k, plane_stats = choose_k(middle, fmt.bits_stored)
-    global_coder = GlobalPathCoder()
+    bits = fmt.bits_stored
     sections: list[ct.Section] = []
+    palette = value_palette(values, bits)
+    if palette is not None:
+        values = pack_values(values, palette)
+        bits = palette_bits(palette)
+        sections.append(ct.Section(ct.SECTION_PALETTE, _pack_palette(palette)))
+    middle = values[n_frames // 2, 0]
+    k, plane_stats = choose_k(middle, bits)
+    global_coder = GlobalPathCoder()
     planes: dict[tuple[int, int], np.ndarray] = {}
     for f in range(n_frames):
         for c in range(n_samples):
@@ -73,7 +90,7 @@ def encode_words(
             planes[(f, c)] = v
             prev = _previous_plane(planes, f, c)
             g, loc = split_planes(v, k)
-            info = PlaneInfo(rows=rows, cols=cols, bits=fmt.bits_stored - k, k=k, preset=preset)
+            info = PlaneInfo(rows=rows, cols=cols, bits=bits - k, k=k, preset=preset)
             gs = global_coder.encode(g, info, None if prev is None else prev >> k)
             ls = local_model.encode(loc, g, info, prev)
             sections.append(ct.Section(ct.SECTION_GLOBAL, gs))
@@ -96,6 +113,7 @@ def encode_words(
         },
         "shape": [n_frames, n_samples, rows, cols],
         "k": k,
+        "palette": palette is not None,
         "plane_stats": plane_stats,
         "outside": outside_mode,
         "digest": words_digest(words),
@@ -116,13 +134,16 @@ def decode_words(config: dict[str, Any], record: ct.Record) -> np.ndarray:
         n_frames, n_samples, rows, cols = (int(x) for x in config["shape"])
         k, preset = int(config["k"]), config["preset"]
         local_id = config["local_model"]
+        packed = bool(config.get("palette", False))
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptRecordError(f"pixel config incomplete or malformed: {exc!r}") from None
     _check_preset(preset)
     if min(n_frames, n_samples, rows, cols) < 1 or n_frames * n_samples * rows * cols > MAX_DECODE_SAMPLES:
         raise CorruptRecordError(f"record claims shape {config['shape']}, outside the decodable range")
-    if not 0 <= k < fmt.bits_stored:
-        raise CorruptRecordError(f"record claims k={k} for {fmt.bits_stored} stored bits")
+    palette = _unpack_palette(record.one(ct.SECTION_PALETTE).payload, fmt.bits_stored) if packed else None
+    bits = fmt.bits_stored if palette is None else palette_bits(palette)
+    if not 0 <= k < bits:
+        raise CorruptRecordError(f"record claims k={k} for {bits} coded bits")
     local_model = local_model_for(local_id)
     global_streams = record.of_type(ct.SECTION_GLOBAL)
     local_streams = record.of_type(ct.SECTION_LOCAL)
@@ -137,10 +158,14 @@ def decode_words(config: dict[str, Any], record: ct.Record) -> np.ndarray:
     for i in range(n_planes):
         f, c = divmod(i, n_samples)
         prev = _previous_plane(planes, f, c)
-        info = PlaneInfo(rows=rows, cols=cols, bits=fmt.bits_stored - k, k=k, preset=preset)
+        info = PlaneInfo(rows=rows, cols=cols, bits=bits - k, k=k, preset=preset)
         g = global_coder.decode(global_streams[i].payload, info, None if prev is None else prev >> k)
         loc = local_model.decode(local_streams[i].payload if k else b"", g, info, prev)
         values[f, c] = planes[(f, c)] = merge_planes(g, loc, k)
+    if palette is not None:
+        if values.max() >= palette.size:
+            raise CorruptRecordError("decoded a palette index beyond the palette")
+        values = unpack_values(values, palette)
     if config.get("outside") == "lzma":
         try:
             raw = lzma.decompress(record.one(ct.SECTION_OUTSIDE).payload)
@@ -156,6 +181,22 @@ def decode_words(config: dict[str, Any], record: ct.Record) -> np.ndarray:
     if words_digest(words) != config.get("digest"):
         raise CorruptRecordError("decoded pixels do not match the record's SHA-256 (corrupt record or model mismatch)")
     return words
+
+
+def _pack_palette(palette: np.ndarray) -> bytes:
+    deltas = np.diff(palette, prepend=0).astype("<u4")
+    return lzma.compress(deltas.tobytes())
+
+
+def _unpack_palette(payload: bytes, bits: int) -> np.ndarray:
+    try:
+        deltas = np.frombuffer(lzma.decompress(payload), dtype="<u4").astype(np.int64)
+    except (lzma.LZMAError, ValueError) as exc:
+        raise CorruptRecordError(f"palette section does not decompress: {exc}") from None
+    palette = np.cumsum(deltas)
+    if palette.size == 0 or palette[-1] >= (1 << bits) or (palette.size > 1 and (np.diff(palette) <= 0).any()):
+        raise CorruptRecordError("palette section is not a sorted table of stored values")
+    return palette
 
 
 # --- numpy arrays ----------------------------------------------------------------------

@@ -36,6 +36,7 @@ SECTION_VERBATIM = 3  # the original file, kept as is
 SECTION_GLOBAL = 16  # global path stream of one plane (frame-major, then sample)
 SECTION_LOCAL = 17  # local path stream of one plane
 SECTION_OUTSIDE = 18  # bits outside BitsStored that differ from the expected pattern, lzma
+SECTION_PALETTE = 19  # sorted table of the values used, when values are coded as indices into it
 SECTION_NAMES = {
     SECTION_CONFIG: "config",
     SECTION_HEADER: "header",
@@ -43,6 +44,7 @@ SECTION_NAMES = {
     SECTION_GLOBAL: "global",
     SECTION_LOCAL: "local",
     SECTION_OUTSIDE: "outside",
+    SECTION_PALETTE: "palette",
 }
 KNOWN_SECTIONS = frozenset(SECTION_NAMES)
 

@@ -41,6 +41,9 @@ _ACT_THRESHOLDS = np.array(
     dtype=np.int64,
 )
 N_BUCKETS = _ACT_THRESHOLDS.size + 1
+# Texture: how many of the nearest neighbours lie above the prediction (0..4).
+N_TEXTURES = hierarchy.N_NEAREST + 1
+N_CONTEXTS = hierarchy.PASS_KINDS * N_BUCKETS * N_TEXTURES
 # Residual tokens: |z| < 16 direct, larger as (exponent, next bit) plus raw low bits.
 _DIRECT = 16
 _POW2 = np.array([1 << i for i in range(40)], dtype=np.int64)
@@ -184,14 +187,14 @@ def _token_prior(bits: int) -> np.ndarray:
     hi = np.where(t < _DIRECT, t + 1, lo + (1 << np.clip(n - 1, 0, 62)))
     # z = zigzag(residual) ~ 2|residual|: twice the scale.
     row = geometric_prior([2 * s for s in _bucket_scales()], lo, hi, total=PRIOR_TOTAL)
-    return np.tile(row, (hierarchy.PASS_KINDS, 1))
+    return np.tile(np.repeat(row, N_TEXTURES, axis=0), (hierarchy.PASS_KINDS, 1))
 
 
 @functools.lru_cache(maxsize=64)
 def _residual_prior(span: int) -> np.ndarray:
     r = np.abs(np.arange(-span, span + 1, dtype=np.int64))
     row = geometric_prior(_bucket_scales(), r, r + 1, total=PRIOR_TOTAL)
-    return np.tile(row, (hierarchy.PASS_KINDS, 1))
+    return np.tile(np.repeat(row, N_TEXTURES, axis=0), (hierarchy.PASS_KINDS, 1))
 
 
 # --- the shared predictor machine -------------------------------------------------------
@@ -210,18 +213,30 @@ def _default_weights(n_features: int) -> np.ndarray:
     return w
 
 
+# Rows used to fit one predictor; larger passes are subsampled with a fixed stride.
+FIT_ROWS = 1 << 17
+
+
 def _fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Least-squares weights in fixed point (encoder only; the integers are transmitted)."""
-    xf = x.astype(np.float64)
-    w, *_ = np.linalg.lstsq(xf, y.astype(np.float64), rcond=None)
+    step = max(1, x.shape[0] // FIT_ROWS)
+    xf = x[::step].astype(np.float64)
+    yf = y[::step].astype(np.float64)
+    gram = xf.T @ xf
+    ridge = 1e-6 * (np.trace(gram) / gram.shape[0] + 1.0)
+    w = np.linalg.solve(gram + ridge * np.eye(gram.shape[0]), xf.T @ yf)
     return np.clip(np.rint(w * (1 << WEIGHT_BITS)), -_WMAX, _WMAX).astype(np.int64)
 
 
 class _Predictor:
-    """Per-pass integer linear prediction with optional activity classes.
+    """Per-pass integer linear prediction with optional classes.
 
-    The encoder chooses classes and weights and writes them to ``side``; the decoder
-    reads the same integers back. Both then evaluate ``(x @ w + half) >> WEIGHT_BITS``.
+    Features and target are taken relative to ``ref`` (the mean of the nearest known
+    neighbours), so the weights need not sum to one and the image's DC level does not
+    turn weight rounding into bias. Pixels are split into classes by an integer key
+    the decoder can compute too. The encoder fits weights per class and writes classes
+    and weights to ``side``; the decoder reads the same integers back. Both evaluate
+    ``ref + ((x - ref) @ w + half) >> WEIGHT_BITS`` in exact integer arithmetic.
     """
 
     def __init__(self, preset: str) -> None:
@@ -232,58 +247,76 @@ class _Predictor:
             return 1
         return MAX_CLASSES
 
-    def choose(self, x: np.ndarray, y: np.ndarray, bucket: np.ndarray, side: IntWriter) -> np.ndarray:
-        n, f = x.shape
+    def choose(self, x: np.ndarray, ref: np.ndarray, y: np.ndarray, key: np.ndarray, side: IntWriter) -> np.ndarray:
+        xr = _relative(x, ref)
+        n, f = xr.shape
         if n < MIN_FIT_PIXELS:
-            return self._apply_default(x)
+            return ref + self._apply(xr, _default_weights(f)[None], np.zeros(n, dtype=np.int64))
         n_cls = self._classes_for(n)
-        bounds = self._class_bounds(bucket, n_cls)
+        bounds = self._class_bounds(key, n_cls)
         side.put(n_cls)
         for b in bounds:
             side.put(int(b))
-        cls = np.searchsorted(bounds, bucket, side="right") if n_cls > 1 else np.zeros(n, dtype=np.int64)
+        cls = np.searchsorted(bounds, key, side="right")
         weights = np.empty((n_cls, f), dtype=np.int64)
+        yr = y - ref
         for c in range(n_cls):
             sel = cls == c
-            if sel.sum() >= f * 4:
-                weights[c] = _fit(x[sel], y[sel])
-            else:
-                weights[c] = _default_weights(f)
+            weights[c] = _fit(xr[sel], yr[sel]) if sel.sum() >= f * 4 else _default_weights(f)
             for v in weights[c]:
                 side.put(int(v))
-        return self._apply(x, weights, cls)
+        return ref + self._apply(xr, weights, cls)
 
-    def read(self, x: np.ndarray, bucket: np.ndarray, side: IntReader) -> np.ndarray:
-        n, f = x.shape
+    def read(self, x: np.ndarray, ref: np.ndarray, key: np.ndarray, side: IntReader) -> np.ndarray:
+        xr = _relative(x, ref)
+        n, f = xr.shape
         if n < MIN_FIT_PIXELS:
-            return self._apply_default(x)
+            return ref + self._apply(xr, _default_weights(f)[None], np.zeros(n, dtype=np.int64))
         n_cls = side.get()
         if not 1 <= n_cls <= MAX_CLASSES:
             raise CorruptRecordError(f"predictor class count {n_cls} outside 1..{MAX_CLASSES}")
         bounds = np.array([side.get() for _ in range(n_cls - 1)], dtype=np.int64)
-        cls = np.searchsorted(bounds, bucket, side="right") if n_cls > 1 else np.zeros(n, dtype=np.int64)
+        cls = np.searchsorted(bounds, key, side="right")
         weights = np.array([[side.get() for _ in range(f)] for _ in range(n_cls)], dtype=np.int64)
-        return self._apply(x, weights, cls)
+        return ref + self._apply(xr, weights, cls)
 
     @staticmethod
-    def _class_bounds(bucket: np.ndarray, n_cls: int) -> np.ndarray:
+    def _class_bounds(key: np.ndarray, n_cls: int) -> np.ndarray:
         if n_cls == 1:
             return np.zeros(0, dtype=np.int64)
-        qs = np.quantile(bucket, [c / n_cls for c in range(1, n_cls)], method="lower")
+        qs = np.quantile(key, [c / n_cls for c in range(1, n_cls)], method="lower")
         return np.maximum.accumulate(np.asarray(qs, dtype=np.int64)) + 1
 
     @staticmethod
-    def _apply_default(x: np.ndarray) -> np.ndarray:
-        w = _default_weights(x.shape[1])
-        return (x @ w + _HALF) >> WEIGHT_BITS
-
-    @staticmethod
-    def _apply(x: np.ndarray, weights: np.ndarray, cls: np.ndarray) -> np.ndarray:
-        out = np.empty(x.shape[0], dtype=np.int64)
+    def _apply(xr: np.ndarray, weights: np.ndarray, cls: np.ndarray) -> np.ndarray:
+        out = np.empty(xr.shape[0], dtype=np.int64)
         for c in range(weights.shape[0]):
             sel = cls == c
-            out[sel] = x[sel] @ weights[c]
+            out[sel] = xr[sel] @ weights[c]
         return (out + _HALF) >> WEIGHT_BITS
+
+
+def _relative(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    # No constant feature: flat regions must stay exactly predicted.
+    return x - ref[:, None]
+
+
+def _context(values: np.ndarray, p: hierarchy.Pass, bucket: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Entropy-model context: pass kind, activity bucket, texture relative to the prediction."""
+    above = (values[p.inner[:, : hierarchy.N_NEAREST]] > pred[:, None]).sum(axis=1)
+    return (p.kind * N_BUCKETS + bucket) * N_TEXTURES + above
+
+
+def _reference(values: np.ndarray, p: hierarchy.Pass) -> np.ndarray:
+    return values[p.inner[:, : hierarchy.N_NEAREST]].sum(axis=1) >> 2
+
+
+def _class_key(values: np.ndarray, prev: np.ndarray | None, p: hierarchy.Pass, bucket: np.ndarray) -> np.ndarray:
+    """Activity bucket, or with a previous plane how far the nearest neighbours differ from it."""
+    if prev is None:
+        return bucket
+    nearest = p.inner[:, : hierarchy.N_NEAREST]
+    return np.abs(values[nearest] - prev[nearest]).sum(axis=1)
 
 
 def _features(values: np.ndarray, p: hierarchy.Pass, prev: np.ndarray | None, fast: bool) -> np.ndarray:
@@ -321,19 +354,22 @@ class GlobalPathCoder:
         maxv = (1 << info.bits) - 1
         prev_flat = None if prev is None else prev.astype(np.int64).ravel()
         emap = np.zeros_like(flat)
-        tables = AdaptiveTables(hierarchy.PASS_KINDS * N_BUCKETS, token_alphabet(info.bits), init=_token_prior(info.bits))
+        tables = AdaptiveTables(N_CONTEXTS, token_alphabet(info.bits), init=_token_prior(info.bits))
         predictor = _Predictor(info.preset)
         for p in hierarchy.iter_passes(info.rows, info.cols):
             x = _features(flat, p, prev_flat, predictor.fast)
+            ref = _reference(flat, p)
             bucket = _activity(flat, emap, p)
-            ctx = p.kind * N_BUCKETS + bucket
+            key = _class_key(flat, prev_flat, p, bucket)
             if enc is not None:
-                pred = np.clip(predictor.choose(x, flat[p.pos], bucket, side), 0, maxv)
+                pred = np.clip(predictor.choose(x, ref, flat[p.pos], key, side), 0, maxv)
+                ctx = _context(flat, p, bucket, pred)
                 token, extra, nbits = tokenize(zigzag(flat[p.pos] - pred))
                 enc.adaptive(token, ctx, tables)
                 enc.uniform(extra, nbits)
             else:
-                pred = np.clip(predictor.read(x, bucket, side), 0, maxv)
+                pred = np.clip(predictor.read(x, ref, key, side), 0, maxv)
+                ctx = _context(flat, p, bucket, pred)
                 token = dec.adaptive(ctx, tables)
                 extra = dec.uniform(raw_bits_of(token))
                 value = pred + unzigzag(detokenize(token, extra))
@@ -384,21 +420,24 @@ class ClassicalLocalPathCoder:
         prev_flat = None if prev is None else prev.astype(np.int64).ravel()
         emap = np.zeros_like(values)
         span = max(16, 2 * width)
-        model = RowModel(hierarchy.PASS_KINDS * N_BUCKETS, span, init=_residual_prior(span))
+        model = RowModel(N_CONTEXTS, span, init=_residual_prior(span))
         predictor = _Predictor(info.preset)
         for p in hierarchy.iter_passes(info.rows, info.cols):
             unit = hierarchy.unit_neighbours(p.pos, info.rows, info.cols)
             x = np.concatenate(
                 [_features(values, p, prev_flat, predictor.fast), mid[p.pos][:, None], mid[unit]], axis=1
             )
+            ref = _reference(values, p)
             bucket = _activity(values, emap, p)
-            ctx = p.kind * N_BUCKETS + bucket
+            key = _class_key(values, prev_flat, p, bucket)
             if enc is not None:
                 target = base[p.pos] + flat_l[p.pos]
-                pred = np.clip(predictor.choose(x, target, bucket, side), 0, maxv)
+                pred = np.clip(predictor.choose(x, ref, target, key, side), 0, maxv)
+                ctx = _context(values, p, bucket, pred)
                 enc.windowed(flat_l[p.pos], ctx, base[p.pos] - pred, width, model)
             else:
-                pred = np.clip(predictor.read(x, bucket, side), 0, maxv)
+                pred = np.clip(predictor.read(x, ref, key, side), 0, maxv)
+                ctx = _context(values, p, bucket, pred)
                 flat_l[p.pos] = dec.windowed(ctx, base[p.pos] - pred, width, model)
             values[p.pos] = base[p.pos] + flat_l[p.pos]
             emap[p.pos] = np.abs(values[p.pos] - pred)

@@ -127,3 +127,31 @@ def choose_k(values: np.ndarray, bits: int, *, margin: int = LOCAL_PLANE_MARGIN)
     while k < min(bits - 1, MAX_LOCAL_PLANES) and sigma >= float(1 << (k + margin)):
         k += 1
     return k, {"noise": round(sigma, 3)}
+
+
+# Pack values when the used span is at least this many times the number of distinct values.
+PACK_SPAN_FACTOR = 2
+
+
+def value_palette(values: np.ndarray, bits: int) -> np.ndarray | None:
+    """The sorted distinct values, when coding indices into them beats coding the values.
+
+    Images with sparse histograms (rescaled data, few grey levels in a wide range) are
+    common; their indices are dense, which the predictors and tables need.
+    """
+    used = np.flatnonzero(np.bincount(values.ravel(), minlength=1 << bits))
+    if used.size and (int(used[-1]) - int(used[0]) + 1) >= PACK_SPAN_FACTOR * used.size:
+        return used.astype(np.int64)
+    return None
+
+
+def pack_values(values: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    return np.searchsorted(palette, values)
+
+
+def unpack_values(indices: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    return palette[indices]
+
+
+def palette_bits(palette: np.ndarray) -> int:
+    return max(1, int(palette.size - 1).bit_length())

@@ -132,3 +132,16 @@ def test_record_claiming_a_huge_shape_is_refused():
     record.config["pixels"]["shape"] = [1, 1, 1 << 20, 1 << 20]
     with pytest.raises(CorruptRecordError, match="shape"):
         medcodec.decompress_pixels(ct.write_record(record))
+
+
+def test_sparse_histogram_is_coded_through_a_palette():
+    levels = np.arange(0, 65536, 1024, dtype=np.uint16)
+    img = levels[(smooth_image(80, 90, 6) // 1).astype(np.int64) % levels.size]
+    blob = medcodec.compress_pixels(img, bits_stored=16, signed=False)
+    from medcodec import container as ct
+
+    record = ct.read_record(blob)
+    assert record.config["pixels"]["palette"] is True and record.of_type(ct.SECTION_PALETTE)
+    assert np.array_equal(medcodec.decompress_pixels(blob), img)
+    dense = smooth_image(80, 90, 12).astype(np.uint16)
+    assert ct.read_record(medcodec.compress_pixels(dense, bits_stored=12, signed=False)).config["pixels"]["palette"] is False

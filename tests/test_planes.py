@@ -86,3 +86,16 @@ def test_choose_k_follows_the_noise_floor():
     k, stats = choose_k(noisy, 16)
     assert 1 <= k <= MAX_LOCAL_PLANES
     assert stats["noise"] > 32
+
+
+@given(st.lists(st.integers(0, 4095), min_size=1, max_size=300))
+def test_palette_pack_roundtrip(vals):
+    from medcodec.planes import pack_values, palette_bits, unpack_values, value_palette
+
+    values = np.array(vals, dtype=np.int64)
+    palette = value_palette(values, 12)
+    if palette is None:
+        return
+    packed = pack_values(values, palette)
+    assert packed.max() < (1 << palette_bits(palette))
+    assert np.array_equal(unpack_values(packed, palette), values)
