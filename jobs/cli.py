@@ -119,9 +119,97 @@ def _format_inspect(info: dict) -> str:
 def cmd_inspect(args: argparse.Namespace) -> int:
     import medcodec
 
+    if _is_archive(args.input):
+        from pipelines.report import archive_stats, format_archive_stats, write_html_report
+
+        stats = archive_stats(args.input)
+        print(json.dumps(stats, indent=2, sort_keys=True) if args.json else format_archive_stats(stats))
+        if args.html:
+            write_html_report(stats, args.html)
+            print(f"report written to {args.html}")
+        return 0
+    if args.html:
+        raise medcodec.UnsupportedError("--html needs an archive, not a single record")
     info = medcodec.inspect_record(_read(args.input))
     print(json.dumps(info, indent=2, sort_keys=True) if args.json else _format_inspect(info))
     return 0
+
+
+def _runner_settings(args: argparse.Namespace) -> dict:
+    """Runner, workers and Beam options from --pipeline-config, overridden by the command line."""
+    settings = {"runner": "FnApiRunner", "workers": 1, "beam_args": []}
+    if args.pipeline_config:
+        config = json.loads(Path(args.pipeline_config).read_text())
+        settings.update({k: config[k] for k in ("runner", "workers", "beam_args") if k in config})
+    if args.runner:
+        settings["runner"] = args.runner
+    if args.workers:
+        settings["workers"] = args.workers
+    settings["beam_args"] = list(settings["beam_args"]) + list(args.beam_args)
+    if settings["workers"] < 1:
+        raise ValueError(f"--workers must be >= 1, got {settings['workers']}")
+    return settings
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from pipelines.runner import format_summary, run_migrate
+
+    summary = run_migrate(
+        args.src,
+        args.dst,
+        preset=args.preset,
+        keep_codestream=args.keep_codestream,
+        key_file=args.key_file,
+        progress=not args.no_progress,
+        **_runner_settings(args),
+    )
+    print(format_summary(summary))
+    if summary["deadlettered"]:
+        print(
+            f"warning: {summary['deadlettered']} input(s) could not be archived; "
+            f"reasons in {args.dst.rstrip('/')}/deadletter/{summary['run_id']}.parquet",
+            file=sys.stderr,
+        )
+        if args.strict:
+            return 1
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from pipelines.audit import format_audit, run_audit
+
+    summary = run_audit(
+        args.archive, deep=args.deep, sample=args.sample, key_file=args.key_file, **_runner_settings(args)
+    )
+    print(format_audit(summary))
+    return 0 if summary["failures"] == 0 else 1
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from pipelines.restore import run_restore
+
+    summary = run_restore(
+        args.archive,
+        args.dst,
+        key_file=args.key_file,
+        study=args.study,
+        series=args.series,
+        sop=args.sop,
+        **_runner_settings(args),
+    )
+    if summary["selected"] == 0:
+        print("no archived instance matches the selection", file=sys.stderr)
+        return 1
+    print(f"restored {summary['selected']} file(s) from {summary['shards']} shard(s) to {args.dst}, verified "
+          f"({summary['wall_seconds']:.1f} s)")
+    return 0
+
+
+def _is_archive(target: str) -> bool:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(target)
+    return fs.isdir(root) and fs.exists(root.rstrip("/") + "/archive.json")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -148,10 +236,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output")
     p.set_defaults(func=cmd_decompress)
 
-    p = sub.add_parser("inspect", help="describe a record: sizes, bits per sample per path, k, models, versions")
-    p.add_argument("input")
+    p = sub.add_parser("inspect", help="describe a record (sizes, bits/sample per path, k, models) or an archive")
+    p.add_argument("input", help="a .mdc record, or an archive root (any fsspec URL)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--html", metavar="REPORT.html", help="archives: also write an HTML report with plots")
     p.set_defaults(func=cmd_inspect)
+
+    def runner_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--runner", help="Beam runner (default FnApiRunner, in-process and offline)")
+        p.add_argument("--workers", type=int, help="local worker processes (default 1)")
+        p.add_argument("--pipeline-config", help="JSON job config: runner, workers, beam_args (see jobs/configs/)")
+        p.set_defaults(beam_args=[], accepts_beam_args=True)
+
+    p = sub.add_parser("migrate", help="archive every DICOM under SRC into DST (any fsspec URLs); resumable")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--key-file", help="keyring: keyed identifiers (and sealed metadata)")
+    p.add_argument("--preset", choices=("max", "fast"), default="max")
+    p.add_argument("--keep-codestream", action="store_true")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any input was dead-lettered")
+    p.add_argument("--no-progress", action="store_true")
+    runner_options(p)
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("audit", help="verify an archive: checksums (fast) or full decode (--deep)")
+    p.add_argument("archive")
+    p.add_argument("--deep", action="store_true")
+    p.add_argument("--sample", type=float, default=1.0, help="fraction of records to check (deterministic)")
+    p.add_argument("--key-file")
+    runner_options(p)
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("restore", help="restore original files (verified) from an archive")
+    p.add_argument("archive")
+    p.add_argument("dst")
+    p.add_argument("--key-file")
+    sel = p.add_mutually_exclusive_group()
+    sel.add_argument("--study", metavar="UID")
+    sel.add_argument("--series", metavar="UID")
+    sel.add_argument("--sop", metavar="UID")
+    runner_options(p)
+    p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("bench", help="compare against JPEG-LS, JPEG 2000, HTJ2K, JPEG-XL (see benchmarks/compare.py)")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="DIR (or 'pydicom') and benchmark options")
@@ -165,8 +290,20 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     return (MedcodecError,)
 
 
+def _pipeline_error_types() -> tuple[type[BaseException], ...]:
+    """Errors of the archive jobs that are the user's to fix (bad archive, bad option values)."""
+    from pipelines.archive import ArchiveError
+
+    return (ArchiveError, ValueError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not getattr(args, "accepts_beam_args", False) or not all(a.startswith("--") or "=" in a for a in extra[:1]):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.beam_args = extra  # standard Beam options (--project=..., --region=...) pass through
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
@@ -184,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return 130
+    except _pipeline_error_types() as exc:
+        print(f"medarchive {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -1,0 +1,195 @@
+"""The archive on object storage: layout, archive.json, keyed identifiers, index loading, cleanup.
+
+Layout under the archive root (any fsspec URL):
+
+    archive.json              format / schema versions, identity mode
+    shards/<name>.tar         records (one tar member per instance)
+    index/<name>.parquet      one per shard, one row per record; the shard's commit marker
+    deadletter/<run>.parquet  inputs that could not be archived, with the reason
+    runs/<run>.json           run summaries
+    models/<sha256>           model weights / adapters used by records
+
+Commit protocol: a shard is written under shards/.tmp-*, verified, moved to its final
+name, then its index is written under index/.tmp-* and moved into place. A shard
+without an index is uncommitted: the next run deletes it (and any .tmp-* file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import schemas
+from schemas.tables import AUDIT_SCHEMA_VERSION, DEADLETTER_SCHEMA_VERSION, INDEX_SCHEMA, INDEX_SCHEMA_VERSION
+
+ARCHIVE_LAYOUT_VERSION = 1
+TMP_PREFIX = ".tmp-"
+
+
+class ArchiveError(Exception):
+    """The archive is missing, inconsistent, or was written with another identity key."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Keyed hashing of identifiers: the only form in which UIDs and paths are stored."""
+
+    key: bytes
+
+    def hash(self, kind: str, value: str | bytes | None) -> str:
+        raw = value.encode("utf-8") if isinstance(value, str) else (value or b"")
+        return hmac.new(self.key, kind.encode() + b"\0" + raw, hashlib.sha256).hexdigest()[:32]
+
+    @property
+    def check(self) -> str:
+        """A value stored in archive.json that tells whether a later run uses the same key."""
+        return self.hash("identity-check", b"medarchive")
+
+
+class Archive:
+    """An archive root on any fsspec filesystem."""
+
+    def __init__(self, url: str, *, storage_options: dict | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
+        self.root = self.root.rstrip("/")
+
+    # --- paths -------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def exists(self) -> bool:
+        return self.fs.exists(self.path("archive.json"))
+
+    # --- archive.json ------------------------------------------------------------------
+    def read_manifest(self) -> dict[str, Any]:
+        try:
+            with self.fs.open(self.path("archive.json"), "rb") as fh:
+                return json.loads(fh.read())
+        except FileNotFoundError:
+            raise ArchiveError(f"{self.url} is not a medarchive archive (no archive.json)") from None
+
+    def open_or_create(self, *, key: bytes | None, key_mode: str) -> Identity:
+        """Identity for this archive; creates archive.json on first use.
+
+        With a keyring the identity key comes from it and archive.json stores only a
+        check value; without one a random per-archive salt is stored (pseudonymous ids).
+        """
+        if self.exists():
+            manifest = self.read_manifest()
+            ident = manifest.get("identity", {})
+            if ident.get("mode") == "archive-salt":
+                if key is not None:
+                    raise ArchiveError("archive was created without a key file; run it without --key-file")
+                identity = Identity(bytes.fromhex(ident["salt"]))
+            else:
+                if key is None:
+                    raise ArchiveError("archive was created with a key file; pass --key-file")
+                identity = Identity(key)
+                if identity.check != ident.get("check"):
+                    raise ArchiveError("the key file does not belong to this archive (identity check differs)")
+            return identity
+        if key is None:
+            salt = secrets.token_bytes(32)
+            identity = Identity(salt)
+            ident = {"mode": "archive-salt", "salt": salt.hex()}
+        else:
+            identity = Identity(key)
+            ident = {"mode": key_mode, "check": identity.check}
+        manifest = {
+            "layout_version": ARCHIVE_LAYOUT_VERSION,
+            "format_version": schemas.FORMAT_VERSION,
+            "schemas": {
+                "index": INDEX_SCHEMA_VERSION,
+                "deadletter": DEADLETTER_SCHEMA_VERSION,
+                "audit": AUDIT_SCHEMA_VERSION,
+            },
+            "identity": ident,
+        }
+        self.fs.makedirs(self.root, exist_ok=True)
+        self.write_atomic("archive.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
+        return identity
+
+    # --- atomic writes -----------------------------------------------------------------
+    def write_atomic(self, rel: str, data: bytes) -> None:
+        """Write under a temporary name in the same folder, then move into place."""
+        folder, _, name = rel.rpartition("/")
+        tmp = self.path(*(p for p in (folder, f"{TMP_PREFIX}{secrets.token_hex(6)}-{name}") if p))
+        final = self.path(rel)
+        self.fs.makedirs(os.path.dirname(final) or self.root, exist_ok=True)
+        with self.fs.open(tmp, "wb") as fh:
+            fh.write(data)
+        self.fs.mv(tmp, final)
+
+    def write_table(self, rel: str, table: pa.Table) -> None:
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        self.write_atomic(rel, buf.getvalue())
+
+    # --- reading ------------------------------------------------------------------------
+    def _list(self, folder: str, suffix: str) -> list[str]:
+        base = self.path(folder)
+        if not self.fs.exists(base):
+            return []
+        names = []
+        for p in self.fs.ls(base, detail=False):
+            name = p.rstrip("/").rsplit("/", 1)[-1]
+            if name.endswith(suffix) and not name.startswith(TMP_PREFIX):
+                names.append(name)
+        return sorted(names)
+
+    def index_names(self) -> list[str]:
+        return [n[: -len(".parquet")] for n in self._list("index", ".parquet")]
+
+    def shard_names(self) -> list[str]:
+        return [n[: -len(".tar")] for n in self._list("shards", ".tar")]
+
+    def read_index(self, names: list[str] | None = None) -> pa.Table:
+        tables = []
+        for name in self.index_names() if names is None else names:
+            with self.fs.open(self.path("index", f"{name}.parquet"), "rb") as fh:
+                tables.append(pq.read_table(fh))
+        if not tables:
+            return INDEX_SCHEMA.empty_table()
+        return pa.concat_tables([t.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA) for t in tables])
+
+    def read_tables(self, folder: str) -> list[pa.Table]:
+        out = []
+        for name in self._list(folder, ".parquet"):
+            with self.fs.open(self.path(folder, name), "rb") as fh:
+                out.append(pq.read_table(fh))
+        return out
+
+    def read_record(self, shard: str, offset: int, length: int) -> bytes:
+        with self.fs.open(self.path(shard), "rb") as fh:
+            fh.seek(offset)
+            return fh.read(length)
+
+    # --- cleanup (start of every run) ----------------------------------------------------
+    def clean_uncommitted(self) -> dict[str, int]:
+        """Delete temporary files and shards that have no index (crashed runs)."""
+        removed = {"temporary": 0, "uncommitted_shards": 0}
+        for folder in ("shards", "index", "deadletter", "runs", ""):
+            base = self.path(folder) if folder else self.root
+            if not self.fs.exists(base):
+                continue
+            for p in self.fs.ls(base, detail=False):
+                if p.rstrip("/").rsplit("/", 1)[-1].startswith(TMP_PREFIX):
+                    self.fs.rm(p)
+                    removed["temporary"] += 1
+        committed = set(self.index_names())
+        for shard in self.shard_names():
+            if shard not in committed:
+                self.fs.rm(self.path("shards", f"{shard}.tar"))
+                removed["uncommitted_shards"] += 1
+        return removed

@@ -1,0 +1,12 @@
+"""Key files for pipelines: where the identity (keyed-hash) key comes from."""
+
+from __future__ import annotations
+
+
+def identity_key_from(key_file: str | None) -> bytes:
+    """The keyring's identifier key (stable across KEK rotation)."""
+    if not key_file:
+        raise ValueError("this archive uses a key file; pass --key-file")
+    from medcodec.crypto import Keyring
+
+    return Keyring.load(key_file).uid_key()

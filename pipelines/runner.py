@@ -1,0 +1,133 @@
+"""Pipeline options and job launching shared by migrate, audit and restore.
+
+The default runner is Beam's in-process FnApiRunner: fully offline (Prism, the
+DirectRunner's first choice, downloads a binary). ``--workers N`` runs N worker
+processes. Any other Beam runner (Dataflow, Flink, Spark) is reached with standard
+Beam options passed through unchanged (see jobs/configs/).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from .archive import Archive
+from .migrate import Migrate, MigrateConfig
+from .progress import ProgressMonitor
+
+LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner"}
+
+
+def pipeline_options(runner: str, workers: int, extra: list[str] | None = None) -> PipelineOptions:
+    args = [f"--runner={runner}"]
+    if runner in LOCAL_RUNNERS:
+        args.append(f"--direct_num_workers={workers}")
+        # One worker: in-process (memory:// URLs stay visible); more: separate processes.
+        args.append("--direct_running_mode=" + ("multi_processing" if workers > 1 else "in_memory"))
+    return PipelineOptions(args + list(extra or []))
+
+
+def quiet_beam_logs() -> None:
+    for name in ("apache_beam", "root"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+
+
+def run_migrate(
+    src: str,
+    dst: str,
+    *,
+    preset: str = "max",
+    keep_codestream: bool = False,
+    key_file: str | None = None,
+    runner: str = "FnApiRunner",
+    workers: int = 1,
+    beam_args: list[str] | None = None,
+    storage_options: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run one migrate job to completion; returns the run summary (also in DST/runs/<id>.json)."""
+    quiet_beam_logs()
+    storage_options = storage_options or {}
+    archive = Archive(dst, storage_options=storage_options)
+    key = None
+    if key_file:
+        from .keys import identity_key_from
+
+        key = identity_key_from(key_file)
+    archive.open_or_create(key=key, key_mode="keyring")
+    cleaned = archive.clean_uncommitted()
+    index = archive.read_index()
+    already = frozenset(zip(index.column("source_key").to_pylist(), index.column("source_sha256").to_pylist()))
+    run_id = new_run_id()
+    local = runner in LOCAL_RUNNERS
+    with tempfile.TemporaryDirectory(prefix="medarchive-progress-") as progress_dir:
+        cfg = MigrateConfig(
+            src=src,
+            dst=dst,
+            run_id=run_id,
+            preset=preset,
+            keep_codestream=keep_codestream,
+            key_file=key_file,
+            storage_options=storage_options,
+            progress_dir=progress_dir if (progress and local) else None,
+        )
+        started = time.time()
+        pipeline = beam.Pipeline(options=pipeline_options(runner, workers, beam_args))
+        _ = pipeline | "Source" >> beam.Create([src]) | "Migrate" >> Migrate(cfg, already, started)
+        if cfg.progress_dir:
+            with ProgressMonitor(progress_dir, total=None):
+                result = pipeline.run()
+                result.wait_until_finish()
+        else:
+            result = pipeline.run()
+            result.wait_until_finish()
+    with archive.fs.open(archive.path("runs", f"{run_id}.json"), "rb") as fh:
+        summary = json.loads(fh.read())
+    summary["wall_seconds"] = time.time() - started
+    summary["cleaned"] = cleaned
+    summary["runner"] = runner
+    summary["workers"] = workers
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    bytes_in, bytes_out = summary["bytes_in"], summary["bytes_out"]
+    wall = summary.get("wall_seconds") or (summary["finished"] - summary["started"])
+    bps = summary["coded_bits"] / summary["samples"] if summary["samples"] else float("nan")
+    stages = summary["stage_seconds"]
+    lines = [
+        f"run {summary['run_id']}  ({summary.get('runner', '?')}, {summary.get('workers', '?')} worker(s))",
+        f"  inputs          {summary['inputs']}",
+        f"  archived        {summary['archived']}  in {summary['shards']} shard(s)",
+        f"  skipped         {summary['skipped']}  (already archived)",
+        f"  dead-lettered   {summary['deadlettered']}"
+        + (f"  {summary['deadletter_reasons']}" if summary["deadletter_reasons"] else ""),
+        f"  bytes in / out  {bytes_in:,} / {bytes_out:,}"
+        + (f"  ratio {bytes_in / bytes_out:.2f}x" if bytes_out else ""),
+        f"  bits/sample     {bps:.3f} (whole records, pixel-coded images)",
+        f"  time            {wall:.1f} s wall, "
+        + (f"{summary['archived'] / wall:.2f} instances/s, {bytes_in / 1e6 / wall:.2f} MB/s; " if wall > 0 else "")
+        + f"stages (cpu-s): read {stages['read']:.1f}, encode {stages['encode']:.1f}, write {stages['write']:.1f}",
+    ]
+    cleaned = summary.get("cleaned") or {}
+    if any(cleaned.values()):
+        lines.append(
+            f"  cleaned         {cleaned.get('uncommitted_shards', 0)} uncommitted shard(s), "
+            f"{cleaned.get('temporary', 0)} temporary file(s) from an interrupted run"
+        )
+    return "\n".join(lines)
+
+
+def read_json(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
