@@ -5,6 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := demo-output
+ARCHIVE := demo-archive
 
 .PHONY: install demo test bench clean
 
@@ -17,7 +18,7 @@ $(STAMP): requirements.lock pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(BIN)/python -m jobs.demo --out $(DEMO)
+	$(BIN)/python -m jobs.demo --out $(DEMO) --archive $(ARCHIVE)
 
 test: install
 	$(BIN)/python -m pytest -n 2 -q
@@ -26,4 +27,4 @@ bench: install
 	$(BIN)/medarchive bench pydicom --runs 3
 
 clean:
-	rm -rf $(VENV) $(DEMO) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(DEMO) $(ARCHIVE) .pytest_cache .hypothesis

@@ -1,9 +1,13 @@
-"""`make demo`: compress, inspect and restore a bundled sample of real DICOM files.
+"""`make demo`: the main job on a bundled sample, end to end.
 
-The sample is a set of files shipped in the `pydicom-data` package (CT, MR, ultrasound,
-a lossless JPEG-LS source and a lossy JPEG source), so nothing is downloaded. Every
-step goes through the same CLI a user runs; every restore is checked by SHA-256
-(byte-exact sources) or by re-decoding the pixels (lossless-compressed sources).
+1. Builds a sample PACS export under demo-output/source from real DICOM files shipped
+   in the `pydicom-data` package (CT, MR, CR, ultrasound, NM; plain files in nested
+   folders, one study zipped, lossless-compressed and lossy sources, and one file
+   that is not DICOM at all), so nothing is downloaded.
+2. `medarchive migrate` -> ./demo-archive (shards, Parquet indexes, dead letters, run summary)
+3. `medarchive audit --deep`  (decodes every record, compares digests)
+4. `medarchive restore --study UID` for one study, checked byte for byte against the source
+5. `medarchive inspect` of the archive and of one record.
 """
 
 from __future__ import annotations
@@ -12,71 +16,75 @@ import argparse
 import hashlib
 import shutil
 import sys
-import time
+import zipfile
 from pathlib import Path
 
-SAMPLE = [
-    "CT_small.dcm",
-    "MR_small.dcm",
-    "693_UNCI.dcm",
-    "US1_UNCR.dcm",
-    "MR_small_jpeg_ls_lossless.dcm",
-    "SC_rgb_jpeg_dcmtk.dcm",
-]
+PLAIN = {
+    "ct/chest/CT_small.dcm": "CT_small.dcm",
+    "ct/abdomen/IM0001": "693_UNCI.dcm",
+    "mr/brain/MR_small.dcm": "MR_small.dcm",
+    "mr/knee/MR2_UNCI": "MR2_UNCI.dcm",
+    "cr/RG3_UNCR.dcm": "RG3_UNCR.dcm",
+    "us/US1_UNCR.dcm": "US1_UNCR.dcm",
+    "nm/JPEG2000_UNC.dcm": "JPEG2000_UNC.dcm",
+    "mr/jpegls/MR_small_jpeg_ls_lossless.dcm": "MR_small_jpeg_ls_lossless.dcm",
+    "ot/SC_rgb_jpeg_dcmtk.dcm": "SC_rgb_jpeg_dcmtk.dcm",
+}
+ZIPPED = {"emri/emri_small.dcm": "emri_small.dcm", "emri/emri_small_RLE.dcm": "emri_small_RLE.dcm"}
 
 
-def sample_files() -> list[Path]:
+def build_source(root: Path) -> Path:
     from pydicom.data import get_testdata_file
 
-    return [Path(get_testdata_file(name)) for name in SAMPLE]
+    src = root / "source"
+    shutil.rmtree(src, ignore_errors=True)
+    for rel, name in PLAIN.items():
+        target = src / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(get_testdata_file(name), target)
+    with zipfile.ZipFile(src / "emri_study.zip", "w") as zf:
+        for rel, name in ZIPPED.items():
+            zf.write(get_testdata_file(name), rel)
+    (src / "notes").mkdir(exist_ok=True)
+    (src / "notes" / "README.txt").write_text("not an image: this input ends as a dead-letter row\n")
+    return src
 
 
 def main(argv: list[str] | None = None) -> int:
+    import pydicom
+
     from jobs.cli import main as cli
 
-    import medcodec
-
     parser = argparse.ArgumentParser(prog="python -m jobs.demo")
-    parser.add_argument("--out", default="demo-output")
+    parser.add_argument("--out", default="demo-output", help="scratch folder for the sample source and restores")
+    parser.add_argument("--archive", default="demo-archive")
+    parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
-    out = Path(args.out)
+    out, archive = Path(args.out), args.archive
+    shutil.rmtree(archive, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
-    (out / "records").mkdir(parents=True)
-    (out / "restored").mkdir(parents=True)
+    src = build_source(out)
 
-    rows = []
-    for src in sample_files():
-        record = out / "records" / (src.stem + ".mdc")
-        restored = out / "restored" / src.name
-        t0 = time.perf_counter()
-        if cli(["compress", str(src), str(record)]) != 0:
-            return 1
-        t1 = time.perf_counter()
-        if cli(["decompress", str(record), str(restored)]) != 0:
-            return 1
-        t2 = time.perf_counter()
-        info = medcodec.inspect_record(record.read_bytes())
-        same = hashlib.sha256(src.read_bytes()).digest() == hashlib.sha256(restored.read_bytes()).digest()
-        rows.append((src.name, info, same, t1 - t0, t2 - t1, src.stat().st_size))
+    def step(title: str, *cmd: str, ok=(0,)) -> None:
+        print(f"\n$ medarchive {' '.join(cmd)}    # {title}", flush=True)
+        rc = cli(list(cmd))
+        if rc not in ok:
+            raise SystemExit(f"demo step failed ({title}): exit {rc}")
 
-    print("\nmedarchive inspect", out / "records" / (Path(SAMPLE[2]).stem + ".mdc"))
-    cli(["inspect", str(out / "records" / (Path(SAMPLE[2]).stem + ".mdc"))])
-
-    print(f"\n{'file':34} {'mode':12} {'in':>9} {'record':>9} {'ratio':>6} {'bits/sample':>11} {'restore':>10}")
-    total_in = total_out = 0
-    for name, info, same, _te, _td, size in rows:
-        bps = info.get("bps", {}).get("record")
-        check = "sha256 ok" if same else "pixels ok" if info["restore_mode"] == "pixel-exact" else "MISMATCH"
-        print(
-            f"{name:34} {info['restore_mode']:12} {size:9d} {info['record_bytes']:9d} "
-            f"{size / info['record_bytes']:6.2f} {'' if bps is None else f'{bps:.3f}':>11} {check:>10}"
-        )
-        total_in += size
-        total_out += info["record_bytes"]
-        if check == "MISMATCH":
-            return 1
-    print(f"{'total':34} {'':12} {total_in:9d} {total_out:9d} {total_in / total_out:6.2f}")
-    print(f"\nrecords in {out / 'records'}, restored files in {out / 'restored'}")
+    step("archive the sample export", "migrate", str(src), archive, "--workers", str(args.workers))
+    step("verify every record by decoding it", "audit", archive, "--deep")
+    study = str(pydicom.dcmread(src / "ct/abdomen/IM0001", stop_before_pixels=True).StudyInstanceUID)
+    restored = out / "restored"
+    step("restore one study", "restore", archive, str(restored), "--study", study)
+    original = hashlib.sha256((src / "ct/abdomen/IM0001").read_bytes()).hexdigest()
+    files = list(restored.rglob("*.dcm"))
+    same = [f for f in files if hashlib.sha256(f.read_bytes()).hexdigest() == original]
+    print(f"restored {len(files)} file(s); byte-identical to the source: {'yes' if same else 'NO'}")
+    if not same:
+        return 1
+    step("archive statistics", "inspect", archive, "--html", str(out / "report.html"))
+    record = next(Path(archive, "shards").glob("*.tar"))
+    print(f"\nshards are plain tar files of records: tar tf {record}")
     return 0
 
 

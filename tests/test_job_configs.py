@@ -1,0 +1,32 @@
+"""Every shipped job config is valid: it parses and yields Beam options for its runner."""
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines.runner import pipeline_options
+
+CONFIGS = sorted((Path(__file__).parents[1] / "jobs" / "configs").glob("*.json"))
+
+
+def test_configs_for_each_runner_exist():
+    assert {p.stem for p in CONFIGS} >= {"local", "dataflow-gpu", "flink", "spark"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_yields_pipeline_options(path):
+    config = json.loads(path.read_text())
+    assert config["description"]
+    opts = pipeline_options(config["runner"], config["workers"], config["beam_args"]).get_all_options()
+    assert opts["runner"] == config["runner"]
+    if path.stem == "dataflow-gpu":
+        assert any("worker_accelerator" in a for a in config["beam_args"])
+
+
+def test_schedule_examples_are_well_formed():
+    folder = Path(__file__).parents[1] / "jobs" / "schedule"
+    ast.parse((folder / "airflow_dag.py").read_text())
+    cron = [l for l in (folder / "crontab").read_text().splitlines() if l and not l.startswith("#") and "=" not in l.split()[0]]
+    assert len(cron) == 3 and all(len(l.split()) > 6 and "medarchive" in l.lower() for l in cron)
