@@ -17,51 +17,52 @@ from .errors import CorruptRecordError
 
 # Symbols per adaptation step. Smaller adapts faster, larger costs fewer calls.
 # Part of the bitstream definition: changing it changes every record.
-CHUNK = 2048
+CHUNK = 512
 
 _FAMILY = stream.model.Categorical(perfect=False)
 
 
 class AdaptiveTables:
-    """Integer frequency tables, one row of ``alphabet`` counts per context.
+    """Integer frequency tables, one row per context, at two adaptation speeds.
 
-    Every count starts at ``init``; an observed symbol adds ``increment``; a row whose
-    total exceeds ``limit`` is halved (rounding up, so no count reaches zero).
+    Each row exists twice: a fast table (large increment, halved often: follows local
+    statistics) and a slow one (small increment, halved rarely: stable on noise). A
+    symbol's probability is the average of the two rows' frequencies, computed as the
+    integer ``fast * total_slow + slow * total_fast`` normalized once, so it is exact.
+    Counts start at ``init``; a row whose total exceeds its limit is halved (rounding
+    up, so no count reaches zero).
     """
 
-    def __init__(
-        self,
-        contexts: int,
-        alphabet: int,
-        *,
-        init: np.ndarray | None = None,
-        increment: int = 24,
-        limit: int = 1 << 16,
-    ) -> None:
+    FAST = (48, 1 << 13)  # (increment, limit)
+    SLOW = (24, 1 << 16)
+
+    def __init__(self, contexts: int, alphabet: int, *, init: np.ndarray | None = None) -> None:
         if init is None:
-            self.counts = np.ones((contexts, alphabet), dtype=np.int64)
-        else:
-            self.counts = np.array(np.broadcast_to(init, (contexts, alphabet)), dtype=np.int64)
-        self.increment = increment
-        self.limit = limit
+            init = np.ones((contexts, alphabet), dtype=np.int64)
+        self.fast = np.array(np.broadcast_to(init, (contexts, alphabet)), dtype=np.int64)
+        self.slow = self.fast.copy()
 
     @property
     def alphabet(self) -> int:
-        return self.counts.shape[1]
+        return self.fast.shape[1]
+
+    def mixed_counts(self, ctx: np.ndarray) -> np.ndarray:
+        fast, slow = self.fast[ctx], self.slow[ctx]
+        return fast * slow.sum(axis=1, keepdims=True) + slow * fast.sum(axis=1, keepdims=True)
 
     def probabilities(self, ctx: np.ndarray) -> np.ndarray:
-        rows = self.counts[ctx]
+        rows = self.mixed_counts(ctx)
         return rows / rows.sum(axis=1, keepdims=True)
 
     def update(self, ctx: np.ndarray, symbols: np.ndarray) -> None:
-        n_ctx, alphabet = self.counts.shape
-        hits = np.bincount(ctx * alphabet + symbols, minlength=n_ctx * alphabet)
-        self.counts += hits.reshape(n_ctx, alphabet) * self.increment
+        n_ctx, alphabet = self.fast.shape
+        hits = np.bincount(ctx * alphabet + symbols, minlength=n_ctx * alphabet).reshape(n_ctx, alphabet)
         touched = np.unique(ctx)
-        totals = self.counts[touched].sum(axis=1)
-        over = touched[totals > self.limit]
-        if over.size:
-            self.counts[over] = (self.counts[over] + 1) >> 1
+        for table, (increment, limit) in ((self.fast, self.FAST), (self.slow, self.SLOW)):
+            table += hits * increment
+            over = touched[table[touched].sum(axis=1) > limit]
+            if over.size:
+                table[over] = (table[over] + 1) >> 1
 
 
 class RowModel:
@@ -72,10 +73,8 @@ class RowModel:
     interval a value lies in). Table columns beyond the axis are clipped to the edges.
     """
 
-    def __init__(
-        self, contexts: int, span: int, *, init: np.ndarray | None = None, increment: int = 24, limit: int = 1 << 16
-    ) -> None:
-        self.tables = AdaptiveTables(contexts, 2 * span + 1, init=init, increment=increment, limit=limit)
+    def __init__(self, contexts: int, span: int, *, init: np.ndarray | None = None) -> None:
+        self.tables = AdaptiveTables(contexts, 2 * span + 1, init=init)
         self.span = span
 
     def columns(self, offsets: np.ndarray, width: int) -> np.ndarray:
@@ -85,7 +84,7 @@ class RowModel:
 
     def probabilities(self, ctx: np.ndarray, offsets: np.ndarray, width: int) -> np.ndarray:
         cols = self.columns(offsets, width)
-        rows = np.take_along_axis(self.tables.counts[ctx], cols, axis=1)
+        rows = np.take_along_axis(self.tables.mixed_counts(ctx), cols, axis=1)
         return rows / rows.sum(axis=1, keepdims=True)
 
     def update(self, ctx: np.ndarray, offsets: np.ndarray, symbols: np.ndarray) -> None:
