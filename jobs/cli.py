@@ -62,7 +62,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
         blob = medcodec.compress_pixels(array, bits_stored=bits, signed=array.dtype.kind == "i", preset=args.preset)
     else:
         blob = medcodec.compress_dicom(
-            data, preset=args.preset, keep_codestream=args.keep_codestream, limits=_limits(args)
+            data,
+            preset=args.preset,
+            keep_codestream=args.keep_codestream,
+            limits=_limits(args),
+            keyring=_keyring(args.key_file),
         )
     _write_atomic(args.output, blob)
     info = medcodec.inspect_record(blob)
@@ -86,9 +90,51 @@ def cmd_decompress(args: argparse.Namespace) -> int:
         np.save(buf, medcodec.decompress_pixels(blob), allow_pickle=False)
         out = buf.getvalue()
     else:
-        out = medcodec.decompress_dicom(blob)
+        out = medcodec.decompress_dicom(blob, keyring=_keyring(args.key_file))
     _write_atomic(args.output, out)
-    print(f"{args.input} -> {args.output}: {len(out)} bytes restored and verified")
+    sealed = container.read_record(blob).config.get("sealed")
+    what = "original restored and verified" if (args.key_file or not sealed) else "de-identified file (no key)"
+    print(f"{args.input} -> {args.output}: {len(out)} bytes, {what}")
+    return 0
+
+
+def _keyring(path: str | None):
+    if not path:
+        return None
+    from medcodec.crypto import Keyring
+
+    return Keyring.load(path)
+
+
+def cmd_reveal(args: argparse.Namespace) -> int:
+    from medcodec import sealing
+
+    phi = sealing.reveal(_read(args.input), _keyring(args.key_file))
+    print(json.dumps(phi, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from medcodec.crypto import Keyring
+
+    if args.action == "new":
+        ring = Keyring.create(args.path)
+        print(f"new keyring {args.path} (owner-only permissions), primary key {ring.primary_key_id}")
+        print("keep it safe: without it, sealed originals cannot be restored", file=sys.stderr)
+        return 0
+    ring = Keyring.load(args.path)
+    if args.action == "rotate":
+        new = ring.rotate()
+        print(f"new primary key {new}; older keys still decrypt until retired. Re-wrap archives with "
+              f"`medarchive rewrap ARCHIVE --key-file {args.path}`")
+    elif args.action == "retire":
+        if not args.key_id:
+            raise ValueError("keys retire needs KEY_ID")
+        ring.retire(args.key_id)
+        print(f"retired {args.key_id}")
+    for info in ring.list():
+        mark = "*" if info.key_id == ring.primary_key_id else " "
+        print(f"{mark} {info.key_id}  {info.status:8}  created {info.created}")
     return 0
 
 
@@ -212,6 +258,15 @@ def _is_archive(target: str) -> bool:
     return fs.isdir(root) and fs.exists(root.rstrip("/") + "/archive.json")
 
 
+def cmd_rewrap(args: argparse.Namespace) -> int:
+    from pipelines.rewrap import run_rewrap
+
+    summary = run_rewrap(args.archive, key_file=args.key_file, **_runner_settings(args))
+    print(f"re-wrapped {summary['records']} record(s) in {summary['shards']} shard(s) under key "
+          f"{summary['key_id']}; pixels untouched ({summary['wall_seconds']:.1f} s)")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from benchmarks import compare
 
@@ -229,12 +284,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-codestream", action="store_true", help="keep compressed sources verbatim (byte-exact)")
     p.add_argument("--max-samples", type=int, default=1 << 31, help="refuse images with more samples than this")
     p.add_argument("--bits-stored", type=int, default=None, help=".npy input only: stored bits (default: dtype width)")
+    p.add_argument("--key-file", help="de-identify, seal the original and embed the sealed PHI (keyring file)")
     p.set_defaults(func=cmd_compress)
 
-    p = sub.add_parser("decompress", help="restore the original file from a record (verified)")
+    p = sub.add_parser("decompress", help="restore a file from a record (verified)")
     p.add_argument("input")
     p.add_argument("output")
+    p.add_argument("--key-file", help="keyed records: restore the original (without: the de-identified file)")
     p.set_defaults(func=cmd_decompress)
+
+    p = sub.add_parser("reveal", help="authenticate and print the PHI embedded in a de-identified (stego) DICOM")
+    p.add_argument("input")
+    p.add_argument("--key-file", required=True)
+    p.set_defaults(func=cmd_reveal)
+
+    p = sub.add_parser("keys", help="keyring: new | rotate | retire KEY_ID | list")
+    p.add_argument("action", choices=("new", "rotate", "retire", "list"))
+    p.add_argument("path")
+    p.add_argument("key_id", nargs="?")
+    p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("inspect", help="describe a record (sizes, bits/sample per path, k, models) or an archive")
     p.add_argument("input", help="a .mdc record, or an archive root (any fsspec URL)")
@@ -277,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--sop", metavar="UID")
     runner_options(p)
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("rewrap", help="after `keys rotate`: re-wrap every record's data keys (no pixel re-coding)")
+    p.add_argument("archive")
+    p.add_argument("--key-file", required=True)
+    runner_options(p)
+    p.set_defaults(func=cmd_rewrap)
 
     p = sub.add_parser("bench", help="compare against JPEG-LS, JPEG 2000, HTJ2K, JPEG-XL (see benchmarks/compare.py)")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="DIR (or 'pydicom') and benchmark options")
@@ -321,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except _pipeline_error_types() as exc:
         print(f"medarchive {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

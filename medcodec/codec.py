@@ -306,13 +306,34 @@ def compress_dicom(
     keep_codestream: bool = False,
     limits: DicomLimits | None = None,
     verify: bool = True,
+    keyring=None,
 ) -> bytes:
     """Compress one DICOM file (bytes) into a record that restores it exactly.
 
-    ``verify`` decodes the record again and compares digests before returning.
+    With a ``keyring`` (medcodec.crypto.Keyring) the record is keyed: its clear part is
+    the de-identified file whose pixels carry the sealed PHI (medcodec.sealing), and the
+    original is sealed. ``verify`` decodes the record again (with the key, when given)
+    and compares digests before returning.
     """
     _check_preset(preset)
     parsed = parse_dicom(data, keep_codestream=keep_codestream, limits=limits or DicomLimits())
+    if keyring is not None:
+        from . import sealing
+
+        def encode(words, fmt):
+            return encode_words(words, fmt, preset=preset)
+
+        sealed_config, sections, _ = sealing.seal_dicom(data, parsed, keyring, encode=encode)
+        blob = ct.write_record(ct.Record(config={"kind": "dicom", **sealed_config}, sections=sections))
+        if verify:
+            restored = decompress_dicom(blob, keyring=keyring)
+            if parsed.restore_mode == "pixel-exact":
+                same = np.array_equal(parse_dicom(restored).frames, parsed.frames)
+            else:
+                same = restored == data
+            if not same:
+                raise CorruptRecordError("keyed record does not restore the original (verification failed)")
+        return blob
     config: dict[str, Any] = {
         "kind": "dicom",
         "restore_mode": parsed.restore_mode,
@@ -334,8 +355,12 @@ def compress_dicom(
     return blob
 
 
-def decompress_dicom(blob: bytes) -> bytes:
-    """Restore the DICOM file of a record, checked against the record's digests."""
+def decompress_dicom(blob: bytes, *, keyring=None) -> bytes:
+    """Restore the DICOM file of a record, checked against the record's digests.
+
+    For a keyed record: without ``keyring`` the de-identified file (pixels = stego
+    image); with it the original, byte for byte.
+    """
     record = ct.read_record(blob)
     config = record.config
     if config.get("kind") != "dicom":
@@ -369,6 +394,10 @@ def decompress_dicom(blob: bytes) -> bytes:
             raise CorruptRecordError(f"could not rebuild the DICOM file: {type(exc).__name__}: {exc}") from None
     if mode != "pixel-exact" and hashlib.sha256(out).hexdigest() != config["source"]["sha256"]:
         raise CorruptRecordError("restored file does not match the original SHA-256")
+    if keyring is not None and config.get("sealed"):
+        from . import sealing
+
+        return sealing.unseal_dicom(record, keyring, decode_words=decode_words, public=out)
     return out
 
 
@@ -385,7 +414,7 @@ def inspect_record(blob: bytes) -> dict[str, Any]:
     }
     for s in record.sections:
         out["sections"][s.name] = out["sections"].get(s.name, 0) + len(s.payload)
-    for key in ("restore_mode", "reencode", "note", "source", "spec", "array"):
+    for key in ("restore_mode", "reencode", "note", "source", "spec", "array", "sealed"):
         if key in config:
             out[key] = config[key]
     if pixels:

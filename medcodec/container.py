@@ -37,6 +37,9 @@ SECTION_GLOBAL = 16  # global path stream of one plane (frame-major, then sample
 SECTION_LOCAL = 17  # local path stream of one plane
 SECTION_OUTSIDE = 18  # bits outside BitsStored that differ from the expected pattern, lzma
 SECTION_PALETTE = 19  # sorted table of the values used, when values are coded as indices into it
+SECTION_SEALED_ORIGINAL = 32  # sealed box: the original's non-pixel bytes and rebuild info (or whole file)
+SECTION_SEALED_DISPLACED = 33  # sealed box: the bits the embedded message displaced
+SECTION_SEALED_PHI = 34  # sealed box: the removed PHI (also embedded in the pixels)
 SECTION_NAMES = {
     SECTION_CONFIG: "config",
     SECTION_HEADER: "header",
@@ -45,6 +48,9 @@ SECTION_NAMES = {
     SECTION_LOCAL: "local",
     SECTION_OUTSIDE: "outside",
     SECTION_PALETTE: "palette",
+    SECTION_SEALED_ORIGINAL: "sealed-original",
+    SECTION_SEALED_DISPLACED: "sealed-displaced",
+    SECTION_SEALED_PHI: "sealed-phi",
 }
 KNOWN_SECTIONS = frozenset(SECTION_NAMES)
 

@@ -1,0 +1,287 @@
+"""Keyed records: de-identification, sealed metadata, message steganography, key rotation.
+
+With a keyring, ``compress_dicom`` stores:
+
+* in clear: the de-identified file — its header (PS3.15 Basic Profile, keyed UIDs) and
+  its pixels, which are the *stego image*: the sealed PHI message embedded in the lowest
+  plane (medcodec.stego). Decoding without a key gives exactly this file.
+* sealed (AES-256-GCM envelope, medcodec.crypto), each bound by associated data to the
+  format version, the de-identified UIDs and the digest of the pixels that embedding does
+  not touch:
+    - section 32: the original's non-pixel bytes and how to rebuild it (or the whole
+      original file, for sources kept verbatim),
+    - section 33: the displaced bits that undo the embedding,
+    - section 34: the PHI message (the same one that is embedded), so key rotation can
+      re-wrap it without touching pixels.
+
+A key holder restores the original byte for byte (its SHA-256 is sealed too). `reveal`
+reads the message back out of an exported stego DICOM with the keyring alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import lzma
+import struct
+from typing import Any
+
+import numpy as np
+
+from . import container as ct
+from . import crypto, deid, stego
+from .dicom import RESTORE_VERBATIM, ParsedDicom, parse_dicom, rebuild_dicom
+from .errors import CorruptRecordError, MedcodecError
+from .planes import SampleFormat, values_to_words, words_to_values
+from .spec import PixelSpec
+
+PURPOSE_ORIGINAL = "original"
+PURPOSE_DISPLACED = "displaced"
+PURPOSE_PHI = "phi"
+SEALED_SECTIONS = {
+    PURPOSE_ORIGINAL: ct.SECTION_SEALED_ORIGINAL,
+    PURPOSE_DISPLACED: ct.SECTION_SEALED_DISPLACED,
+    PURPOSE_PHI: ct.SECTION_SEALED_PHI,
+}
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+
+
+class SealingError(MedcodecError):
+    """A keyed operation cannot be carried out (e.g. the de-identified file cannot be written)."""
+
+
+def _binding_ad(binding: dict[str, Any], purpose: str) -> bytes:
+    return crypto.associated_data(
+        format_version=binding["format_version"], uids=binding["uids"], pixel_digest=binding["pixel_digest"],
+        purpose=purpose,
+    )
+
+
+def _sample_format(spec: PixelSpec) -> SampleFormat:
+    return SampleFormat(
+        bits_allocated=spec.bits_allocated, bits_stored=spec.bits_stored, high_bit=spec.high_bit, signed=spec.signed
+    )
+
+
+def _pack_original(parsed: ParsedDicom, data: bytes) -> bytes:
+    """Everything a key holder needs, besides the pixels, to rebuild the original file."""
+    meta = {
+        "restore_mode": parsed.restore_mode,
+        "reencode": parsed.reencode,
+        "note": parsed.note,
+        "spec": None if parsed.spec is None else parsed.spec.to_json(),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+    }
+    if parsed.restore_mode == RESTORE_VERBATIM:
+        parts = [data, b"", b""]
+    else:
+        parts = [parsed.prefix, parsed.suffix, parsed.extra]
+    head = json.dumps(meta, sort_keys=True).encode()
+    raw = struct.pack("<IQQQ", len(head), *(len(p) for p in parts)) + head + b"".join(parts)
+    return lzma.compress(raw, preset=9)
+
+
+def _unpack_original(blob: bytes) -> tuple[dict, bytes, bytes, bytes]:
+    try:
+        raw = lzma.decompress(blob)
+        n_head, a, b, c = struct.unpack_from("<IQQQ", raw, 0)
+    except (lzma.LZMAError, struct.error) as exc:
+        raise CorruptRecordError(f"sealed original section is malformed: {exc}") from None
+    at = struct.calcsize("<IQQQ")
+    meta = json.loads(raw[at : at + n_head])
+    at += n_head
+    return meta, raw[at : at + a], raw[at + a : at + a + b], raw[at + a + b : at + a + b + c]
+
+
+def _deidentified_file(result: deid.DeidResult, parsed: ParsedDicom, stego_words: np.ndarray | None) -> bytes:
+    """Write the de-identified dataset; its pixel data are the stego words (Explicit VR LE)."""
+    ds = result.dataset
+    try:
+        if stego_words is not None:
+            spec = parsed.spec
+            frames = stego_words
+            if spec.samples > 1 and spec.planar_configuration == 0:
+                frames = np.moveaxis(frames, 1, -1)
+            raw = np.ascontiguousarray(frames).astype(frames.dtype.newbyteorder("<")).tobytes()
+            if len(raw) % 2:
+                raw += b"\0"
+            ds.file_meta.TransferSyntaxUID = EXPLICIT_VR_LE
+            ds.PhotometricInterpretation = spec.photometric
+            ds.PixelData = raw
+            ds["PixelData"].VR = "OW" if spec.bits_allocated > 8 else "OB"
+            if "NumberOfFrames" in ds and spec.frames == 1:
+                ds.NumberOfFrames = 1
+            for tag in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
+                if tag in ds:
+                    del ds[tag]
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True, little_endian=None, implicit_vr=None)
+        return buf.getvalue()
+    except MedcodecError:
+        raise
+    except Exception as exc:
+        raise SealingError(f"could not write the de-identified file: {type(exc).__name__}: {exc}") from None
+
+
+def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, encode) -> tuple[dict, list[ct.Section], dict]:
+    """The keyed record of one DICOM file.
+
+    ``encode(words, fmt) -> (pixel_config, sections)`` codes pixels (the codec's encoder).
+    Returns (config additions, sections, report) where report has capacity / PSNR figures.
+    """
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except Exception as exc:
+        raise SealingError(f"header cannot be read for de-identification: {type(exc).__name__}") from None
+    result = deid.deidentify(ds, uid_key=keyring.uid_key())
+    new = result.dataset
+    uids = {k: str(new.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
+    phi = lzma.compress(result.removed_bytes(), preset=9)
+    original = _pack_original(parsed, data)
+    report: dict[str, Any] = {"message_bytes": 0, "embedded": False}
+    public_parsed: ParsedDicom | None = None
+    sections: list[ct.Section] = []
+    if parsed.restore_mode == RESTORE_VERBATIM:
+        public = _deidentified_file(result, parsed, None)
+        binding = {"format_version": f"{ct.FORMAT_MAJOR}.{ct.FORMAT_MINOR}", "uids": uids,
+                   "pixel_digest": "file:" + hashlib.sha256(public).hexdigest()}
+        sections.append(ct.Section(ct.SECTION_VERBATIM, public))
+        pixel_config = None
+        report["reason"] = "source kept verbatim: no pixels to embed in"
+    else:
+        fmt = _sample_format(parsed.spec)
+        values, outside = words_to_values(parsed.frames, fmt)
+        key = keyring.stego_key(uids["SOPInstanceUID"].encode())
+        message_len = len(crypto.seal(keyring, phi, associated=b"length probe").to_bytes())
+        report["capacity_bits"] = stego.capacity_bits(values, fmt.bits_stored)
+        report["message_bytes"] = message_len
+        binding = {"format_version": f"{ct.FORMAT_MAJOR}.{ct.FORMAT_MINOR}", "uids": uids}
+        try:
+            plan = stego.plan_embedding(values, message_len, key=key, bits_stored=fmt.bits_stored)
+        except stego.CapacityError as exc:
+            plan = None
+            report["reason"] = str(exc)
+        mask = np.zeros(values.size, dtype=bool)
+        if plan is not None:
+            mask[plan.positions] = True
+        mask = mask.reshape(values.shape)
+        binding["pixel_digest"] = stego.outside_digest(values, mask)
+        if plan is not None:
+            box = crypto.seal(keyring, phi, associated=_binding_ad(binding, PURPOSE_PHI))
+            stego_values, displaced = stego.embed(values, box.to_bytes(), key=key, bits_stored=fmt.bits_stored)
+            sections.append(ct.Section(ct.SECTION_SEALED_DISPLACED, crypto.seal(
+                keyring, displaced, associated=_binding_ad(binding, PURPOSE_DISPLACED)).to_bytes()))
+            report.update(embedded=True, changed=int((stego_values != values).sum()),
+                          max_error=int(np.abs(stego_values - values).max(initial=0)),
+                          psnr=stego.psnr(values, stego_values, fmt.bits_stored))
+        else:
+            stego_values = values
+        stego_words = values_to_words(stego_values, outside, fmt)
+        public = _deidentified_file(result, parsed, stego_words)
+        public_parsed = parse_dicom(public)
+        if public_parsed.frames is None or not np.array_equal(public_parsed.frames, stego_words):
+            raise SealingError("the de-identified file does not carry the stego pixels exactly")
+        pixel_config, pixel_sections = encode(stego_words, fmt)
+        header = struct.pack("<QQQ", len(public_parsed.prefix), len(public_parsed.suffix), len(public_parsed.extra))
+        sections.append(ct.Section(ct.SECTION_HEADER, lzma.compress(
+            header + public_parsed.prefix + public_parsed.suffix + public_parsed.extra, preset=9)))
+        sections.extend(pixel_sections)
+    sections.append(ct.Section(ct.SECTION_SEALED_ORIGINAL, crypto.seal(
+        keyring, original, associated=_binding_ad(binding, PURPOSE_ORIGINAL)).to_bytes()))
+    sections.append(ct.Section(ct.SECTION_SEALED_PHI, crypto.seal(
+        keyring, phi, associated=_binding_ad(binding, PURPOSE_PHI)).to_bytes()))
+    config = {
+        "restore_mode": "byte-exact" if pixel_config is not None else RESTORE_VERBATIM,
+        "reencode": None,
+        "note": "de-identified (PS3.15 Basic Profile); original sealed",
+        "source": {"size": len(public), "sha256": hashlib.sha256(public).hexdigest()},
+        "spec": None if pixel_config is None else public_parsed.spec.to_json(),
+        "pixels": pixel_config,
+        "sealed": {"key_id": keyring.primary_key_id, "binding": binding, "stego": report},
+    }
+    return config, sections, report
+
+
+def _open(record: ct.Record, keyring: crypto.Keyring, purpose: str) -> bytes:
+    binding = record.config["sealed"]["binding"]
+    box = crypto.SealedBox.from_bytes(record.one(SEALED_SECTIONS[purpose]).payload)
+    return crypto.open_sealed(keyring, box, associated=_binding_ad(binding, purpose))
+
+
+def unseal_dicom(record: ct.Record, keyring: crypto.Keyring, *, decode_words, public: bytes) -> bytes:
+    """The original file of a keyed record (``public`` is its verified de-identified file)."""
+    binding = record.config["sealed"]["binding"]
+    meta, prefix, suffix, extra = _unpack_original(_open(record, keyring, PURPOSE_ORIGINAL))
+    if meta["restore_mode"] == RESTORE_VERBATIM:
+        if binding["pixel_digest"] != "file:" + hashlib.sha256(public).hexdigest():
+            raise crypto.IntegrityError("de-identified file does not match the sealed binding")
+        out = prefix
+    else:
+        spec = PixelSpec.from_json(meta["spec"])
+        fmt = _sample_format(spec)
+        stego_words = decode_words(record.config["pixels"], record)
+        stego_values, outside = words_to_values(stego_words, fmt)
+        report = record.config["sealed"]["stego"]
+        if report.get("embedded"):
+            key = keyring.stego_key(binding["uids"]["SOPInstanceUID"].encode())
+            displaced = _open(record, keyring, PURPOSE_DISPLACED)
+            _, mask = stego.extract(stego_values, key=key, bits_stored=fmt.bits_stored)
+            values = stego.restore(stego_values, displaced, key=key, bits_stored=fmt.bits_stored)
+        else:
+            mask = np.zeros(stego_values.shape, dtype=bool)
+            values = stego_values
+        if stego.outside_digest(stego_values, mask) != binding["pixel_digest"]:
+            raise crypto.IntegrityError("pixels do not match the sealed binding (record altered or transplanted)")
+        words = values_to_words(values, outside, fmt)
+        parsed = ParsedDicom(restore_mode=meta["restore_mode"], spec=spec, prefix=prefix, suffix=suffix,
+                             frames=words, extra=extra, original=None, reencode=meta["reencode"], note=meta["note"])
+        out = rebuild_dicom(parsed)
+    if meta["restore_mode"] != "pixel-exact" and hashlib.sha256(out).hexdigest() != meta["sha256"]:
+        raise CorruptRecordError("restored original does not match its sealed SHA-256")
+    return out
+
+
+def rewrap_record(blob: bytes, keyring: crypto.Keyring) -> bytes:
+    """Re-wrap every sealed section's data key under the keyring's primary; pixels untouched."""
+    record = ct.read_record(blob)
+    sealed = record.config.get("sealed")
+    if not sealed:
+        return blob
+    binding = sealed["binding"]
+    by_type = {v: k for k, v in SEALED_SECTIONS.items()}
+    sections = []
+    for s in record.sections:
+        if s.type in by_type:
+            box = crypto.rewrap(keyring, crypto.SealedBox.from_bytes(s.payload),
+                                associated=_binding_ad(binding, by_type[s.type]))
+            s = ct.Section(s.type, box.to_bytes(), s.flags)
+        sections.append(s)
+    record.config["sealed"]["key_id"] = keyring.primary_key_id
+    return ct.write_record(ct.Record(config=record.config, sections=sections))
+
+
+def reveal(stego_file: bytes, keyring: crypto.Keyring) -> dict[str, Any]:
+    """Authenticate and return the PHI embedded in a de-identified (stego) DICOM file."""
+    parsed = parse_dicom(stego_file)
+    if parsed.frames is None:
+        raise stego.MessageNotFoundError("file has no pixel data that could carry a message")
+    fmt = _sample_format(parsed.spec)
+    values, _ = words_to_values(parsed.frames, fmt)
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(stego_file), stop_before_pixels=True, force=True)
+    uids = {k: str(ds.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
+    key = keyring.stego_key(uids["SOPInstanceUID"].encode())
+    message, mask = stego.extract(values, key=key, bits_stored=fmt.bits_stored)
+    binding = {"format_version": f"{ct.FORMAT_MAJOR}.{ct.FORMAT_MINOR}", "uids": uids,
+               "pixel_digest": stego.outside_digest(values, mask)}
+    phi = crypto.open_sealed(keyring, crypto.SealedBox.from_bytes(message),
+                             associated=_binding_ad(binding, PURPOSE_PHI))
+    try:
+        return deid.removed_from_bytes(lzma.decompress(phi))
+    except lzma.LZMAError as exc:
+        raise CorruptRecordError(f"revealed message does not decompress: {exc}") from None
