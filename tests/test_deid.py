@@ -1,0 +1,364 @@
+"""Tests for medcodec.deid: Basic Profile over every readable pydicom test file with planted PHI."""
+
+from __future__ import annotations
+
+import collections
+import copy
+import io
+import json
+import os
+import re
+import warnings
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file, get_testdata_files
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+
+from medcodec.deid import (
+    BASIC_PROFILE_ACTIONS,
+    DEID_METHOD,
+    DeidError,
+    deidentify,
+    new_uid,
+    reidentify,
+    removed_from_bytes,
+    removed_to_bytes,
+)
+
+# Malformed reference files make pydicom warn when the tests read them (deidentify itself is silent).
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydicom.*")
+
+UID_KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+
+# Planted PHI: distinctive strings that occur in no pydicom test file.
+PHI_FAMILY = "Qzorbwick"
+PHI_GIVEN = "Fennimorex"
+PHI = {
+    "name": f"{PHI_FAMILY}^{PHI_GIVEN}",
+    "id": "PIDQX77120",
+    "birth": "18870915",
+    "institution": "Qzorb Memorial Hospital",
+    "referring": "Vexlander^Doctqzina",
+    "accession": "ACCQZ99881",
+    "address": "17 Plantedstreet Zorbtown",
+    "phone": "5550199231",
+    "study_desc": "QZORB STUDY DESCR",
+    "comments": "patient Qzorbwick said hello",
+    "other_id": "OTHIDQX4411",
+    "request_id": "REQQZ55501",
+    "private": "PRIVQZ-TOPLEVEL",
+    "private_nested": "PRIVQZ-NESTEDSEQ",
+    "nested_name": "Nestqorb^Personqz",
+    "deep_name": "Deepqorb^Physiqz",
+    "deep_private": "PRIVQZ-DEEPITEM",
+    "operator": "Opqzorb^Operaqz",
+}
+
+
+def _readable_files() -> list[tuple[str, str]]:
+    paths = sorted(p for p in get_testdata_files() if os.path.isfile(p))
+    counts = collections.Counter(os.path.basename(p) for p in paths)
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in paths:
+            try:
+                pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception:
+                continue
+            name = os.path.basename(path)
+            if counts[name] > 1:
+                name = f"{os.path.basename(os.path.dirname(path))}/{name}"
+            out.append((name, path))
+    return out
+
+
+READABLE = _readable_files()
+
+
+def _read(path: str) -> Dataset:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(path)
+
+
+def _plant(ds: Dataset) -> Dataset:
+    """Plant PHI at top level, in removed sequences, in kept sequences (nested) and in private tags."""
+    ds.PatientName = PHI["name"]
+    ds.PatientID = PHI["id"]
+    ds.PatientBirthDate = PHI["birth"]
+    ds.InstitutionName = PHI["institution"]
+    ds.ReferringPhysicianName = PHI["referring"]
+    ds.AccessionNumber = PHI["accession"]
+    ds.PatientAddress = PHI["address"]
+    ds.PatientTelephoneNumbers = PHI["phone"]
+    ds.StudyDescription = PHI["study_desc"]
+    ds.ImageComments = PHI["comments"]
+    ds.OperatorsName = PHI["operator"]
+    if "StudyInstanceUID" not in ds:
+        ds.StudyInstanceUID = "1.2.3.4.5.6.7.8.1"
+    if "SeriesInstanceUID" not in ds:
+        ds.SeriesInstanceUID = "1.2.3.4.5.6.7.8.2"
+    if "SOPInstanceUID" not in ds:
+        ds.SOPInstanceUID = "1.2.3.4.5.6.7.8.3"
+
+    other = Dataset()
+    other.PatientID = PHI["other_id"]
+    other.TypeOfPatientID = "TEXT"
+    ds.OtherPatientIDsSequence = Sequence([other])
+
+    request = Dataset()
+    request.RequestedProcedureID = PHI["request_id"]
+    request.ScheduledProcedureStepID = PHI["request_id"]
+    ds.RequestAttributesSequence = Sequence([request])
+
+    # A kept sequence (U: UIDs replaced inside) holding PHI two levels deep and a private tag.
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ref.ReferencedSOPInstanceUID = str(ds.SOPInstanceUID)
+    ref.PatientName = PHI["nested_name"]
+    deep = Dataset()
+    deep.CodeValue = "121320"
+    deep.CodingSchemeDesignator = "DCM"
+    deep.CodeMeaning = "Uncompressed predecessor"
+    deep.PerformingPhysicianName = PHI["deep_name"]
+    deep.private_block(0x0029, "QZ PLANT DEEP", create=True).add_new(0x01, "LO", PHI["deep_private"])
+    ref.PurposeOfReferenceCodeSequence = Sequence([deep])
+    ds.ReferencedImageSequence = Sequence([ref])
+
+    block = ds.private_block(0x0011, "QZ PLANT", create=True)
+    block.add_new(0x01, "LO", PHI["private"])
+    inner = Dataset()
+    inner.add_new(0x00100010, "PN", PHI["private_nested"])
+    block.add_new(0x02, "SQ", Sequence([inner]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in ds.iterall():  # convert raw elements now (pydicom does it on first access)
+            pass
+    return ds
+
+
+def _write(ds: Dataset) -> bytes:
+    """The bytes pydicom writes, uncompressed (a deflated dataset is written inflated so the
+    search sees every value)."""
+    ds = copy.deepcopy(ds)
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pydicom.dcmwrite(buf, ds, enforce_file_format=False)
+    return buf.getvalue()
+
+
+def _needles(text: str) -> list[bytes]:
+    out = []
+    variants = {text, text.upper(), text.lower()}
+    for part in text.split("^"):  # name components on their own (all distinctive)
+        if len(part) >= 6:
+            variants |= {part, part.upper(), part.lower()}
+    for v in variants:
+        for enc in ("ascii", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"):
+            out.append(v.encode(enc))
+    return out
+
+
+def _assert_same(a: Dataset, b: Dataset, where: str = "") -> None:
+    assert set(a.keys()) == set(b.keys()), f"{where}: tags differ: {sorted(set(a.keys()) ^ set(b.keys()))}"
+    for tag in a.keys():
+        ea, eb = a[tag], b[tag]
+        here = f"{where}/{int(tag):08X}"
+        assert ea.VR == eb.VR, here
+        if ea.VR == "SQ":
+            assert len(ea.value) == len(eb.value), here
+            for i, (ia, ib) in enumerate(zip(ea.value, eb.value)):
+                _assert_same(ia, ib, f"{here}/{i}")
+        else:
+            assert ea.value == eb.value, here
+
+
+# --------------------------------------------------------------------------------------
+
+
+def test_there_are_many_readable_files():
+    assert len(READABLE) >= 150
+
+
+@pytest.mark.parametrize("path", [p for _, p in READABLE], ids=[n for n, _ in READABLE])
+def test_planted_phi_never_survives(path):
+    original = _plant(_read(path))
+    orig_uids = {
+        str(original.get(k))
+        for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
+        if original.get(k)
+    }
+    before = _write(original)
+    result = deidentify(original, uid_key=UID_KEY)
+
+    # The input is not mutated.
+    assert _write(original) == before
+
+    out = _write(result.dataset)
+    for text in PHI.values():
+        for needle in _needles(text):
+            assert needle not in out, f"planted PHI {needle!r} survived"
+    for uid in orig_uids:
+        assert uid.encode("ascii") not in out, "an original instance UID survived"
+    # ... nor in what a reader sees after re-reading the file.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reread = pydicom.dcmread(io.BytesIO(out), force=True)
+    assert reread.PatientIdentityRemoved == "YES"
+    assert reread.DeidentificationMethod == DEID_METHOD
+    code = reread.DeidentificationMethodCodeSequence[0]
+    assert (code.CodeValue, code.CodingSchemeDesignator) == ("113100", "DCM")
+    assert not any(elem.tag.is_private for elem in reread.iterall())
+
+    # The removed values are JSON and restore every original value.
+    removed = removed_from_bytes(removed_to_bytes(result.removed))
+    restored = reidentify(result.dataset, removed)
+    _assert_same(restored, original)
+    if getattr(original, "file_meta", None) is not None:
+        _assert_same(restored.file_meta, original.file_meta, "meta")
+
+
+def test_uids_are_consistent_across_files_of_a_study():
+    a = _plant(_read(get_testdata_file("CT_small.dcm")))
+    b = _plant(_read(get_testdata_file("MR_small.dcm")))
+    study = "1.2.826.0.1.3680043.8.498.1"
+    a.StudyInstanceUID = b.StudyInstanceUID = study
+    ra = deidentify(a, uid_key=UID_KEY)
+    rb = deidentify(b, uid_key=UID_KEY)
+    assert ra.dataset.StudyInstanceUID == rb.dataset.StudyInstanceUID == new_uid(study, UID_KEY)
+    assert ra.uid_map[study] == ra.dataset.StudyInstanceUID
+    assert ra.dataset.SOPInstanceUID != rb.dataset.SOPInstanceUID
+    # Same input, same key -> same output; another key -> other pseudonyms.
+    assert deidentify(a, uid_key=UID_KEY).dataset.SOPInstanceUID == ra.dataset.SOPInstanceUID
+    assert deidentify(a, uid_key=OTHER_KEY).dataset.StudyInstanceUID != ra.dataset.StudyInstanceUID
+
+
+def test_references_and_file_meta_follow_the_instance_uid():
+    ds = _plant(_read(get_testdata_file("CT_small.dcm")))
+    sop = str(ds.SOPInstanceUID)
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    # A reference in an attribute the table does not list is caught by the second pass.
+    item = Dataset()
+    item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    item.ReferencedSOPInstanceUID = sop
+    series = Dataset()
+    series.SeriesInstanceUID = str(ds.SeriesInstanceUID)
+    series.ReferencedInstanceSequence = Sequence([item])
+    ds.ReferencedSeriesSequence = Sequence([series])
+    ds.add_new(0x00209161, "UI", "1.2.3.999")  # ConcatenationUID (U)
+    out = deidentify(ds, uid_key=UID_KEY).dataset
+    new = new_uid(sop, UID_KEY)
+    assert out.SOPInstanceUID == new
+    assert out.file_meta.MediaStorageSOPInstanceUID == new
+    assert out.ReferencedImageSequence[0].ReferencedSOPInstanceUID == new
+    assert out.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == new
+    assert out.ReferencedSeriesSequence[0].SeriesInstanceUID == out.SeriesInstanceUID
+    assert out.ConcatenationUID == new_uid("1.2.3.999", UID_KEY)
+    # Class and syntax UIDs are never replaced.
+    assert out.SOPClassUID == ds.SOPClassUID
+    assert out.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+    assert out.file_meta.MediaStorageSOPClassUID == ds.file_meta.MediaStorageSOPClassUID
+    assert out.ReferencedImageSequence[0].ReferencedSOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
+
+
+def test_basic_profile_actions():
+    ds = _plant(_read(get_testdata_file("CT_small.dcm")))
+    ds.ContentDate = "20240101"  # Z/D -> Z
+    ds.SeriesDate = "20240101"  # X/D -> X
+    ds.add_new(0x00400551, "LO", "SPECIMEN-42")  # SpecimenIdentifier, D
+    ds.add_new(0x60003000, "OW", b"\x01\x02" * 8)  # overlay data: X
+    ds.add_new(0x60004000, "LT", "overlay comment")  # overlay comments: X
+    ds.add_new(0x50000010, "US", 3)  # curve data (retired): X
+    out = deidentify(ds, uid_key=UID_KEY).dataset
+    assert out.PatientName == "" and out.PatientID == "" and out.AccessionNumber == ""
+    assert out.StudyDate == "" and out.ContentDate == ""
+    assert "SeriesDate" not in out and "StudyDescription" not in out and "ImageComments" not in out
+    assert "OtherPatientIDsSequence" not in out and "RequestAttributesSequence" not in out
+    assert "InstitutionName" in out and out.InstitutionName == ""
+    assert out.SpecimenIdentifier == "ANONYMIZED"
+    assert 0x60003000 not in out and 0x60004000 not in out and 0x50000010 not in out
+    # In a kept sequence the table still applies (PatientName Z) and private tags go.
+    item = out.ReferencedImageSequence[0]
+    assert item.PatientName == ""
+    deep = item.PurposeOfReferenceCodeSequence[0]
+    assert "PerformingPhysicianName" not in deep and deep.CodeValue == "121320"
+    assert not any(e.tag.is_private for e in out.iterall())
+    # Non-identifying attributes are kept.
+    assert out.Rows == ds.Rows and out.Modality == ds.Modality and out.PixelData == ds.PixelData
+
+
+def test_table_covers_the_usual_identifiers():
+    keywords = {
+        0x00100010: "Z", 0x00100020: "Z", 0x00100030: "Z", 0x00080050: "Z", 0x00080090: "Z",
+        0x00080080: "Z", 0x00081070: "Z", 0x00081010: "Z", 0x00181000: "Z", 0x00101000: "X",
+        0x00101002: "X", 0x00400275: "X", 0x00101040: "X", 0x00102154: "X", 0x00081030: "X",
+        0x00204000: "X", 0x0020000D: "U", 0x0020000E: "U", 0x00080018: "U", 0x00200052: "U",
+        0x00081155: "U", 0x00020003: "U", 0x00081140: "U", 0x00080020: "Z", 0x00080021: "X",
+    }
+    for tag, action in keywords.items():
+        assert BASIC_PROFILE_ACTIONS[tag] == action, f"{tag:08X}"
+    assert len(BASIC_PROFILE_ACTIONS) >= 600
+
+
+def test_new_uid_is_a_valid_deterministic_uid():
+    uid = new_uid("1.2.3", UID_KEY)
+    assert re.fullmatch(r"2\.25\.(0|[1-9][0-9]*)", uid) and len(uid) <= 64
+    assert uid == new_uid("1.2.3", UID_KEY) == new_uid("1.2.3\x00", UID_KEY)
+    assert uid != new_uid("1.2.4", UID_KEY) and uid != new_uid("1.2.3", OTHER_KEY)
+
+
+def test_removed_record_is_json_and_checked():
+    ds = _plant(_read(get_testdata_file("MR_small.dcm")))
+    result = deidentify(ds, uid_key=UID_KEY)
+    blob = result.removed_bytes()
+    assert json.loads(blob)["elements"]["00100010"] == {"vr": "PN", "value": PHI["name"]}
+    with pytest.raises(DeidError, match="format"):
+        reidentify(result.dataset, {"elements": {}})
+    with pytest.raises(DeidError, match="not UTF-8 JSON"):
+        removed_from_bytes(b"\xff\x00")
+    with pytest.raises(DeidError, match="does not exist"):
+        reidentify(result.dataset, {**result.removed, "elements": {"00081140/7/00100010": {"vr": "PN", "value": "x"}}})
+
+
+def test_bad_uid_key_is_refused():
+    with pytest.raises(DeidError, match="at least 16 bytes"):
+        deidentify(Dataset(), uid_key=b"short")
+
+
+def test_dataset_without_file_meta():
+    ds = Dataset()
+    ds.PatientName = PHI["name"]
+    ds.SOPInstanceUID = "1.2.3.4"
+    result = deidentify(ds, uid_key=UID_KEY)
+    assert result.dataset.PatientName == ""
+    assert result.dataset.SOPInstanceUID == new_uid("1.2.3.4", UID_KEY)
+    _assert_same(reidentify(result.dataset, result.removed), ds)
+
+
+def test_no_phi_in_logs_or_warnings(caplog, recwarn, tmp_path):
+    # Invalid values make pydicom's validation warn (and log) with the value quoted.
+    ds = _plant(_read(get_testdata_file("CT_small.dcm")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.add_new(0x00209161, "UI", "1.2.QZPHIUID")  # ConcatenationUID, not a valid UID
+        ds.StudyID = "QZPHI-STUDYID-TOO-LONG-FOR-SH"
+        ds.save_as(tmp_path / "x.dcm")
+    reread = _read(str(tmp_path / "x.dcm"))  # raw elements: converted (and validated) inside deidentify
+    caplog.set_level("DEBUG")
+    caplog.clear()
+    recwarn.clear()
+    result = deidentify(reread, uid_key=UID_KEY)
+    reidentify(result.dataset, result.removed)
+    text = caplog.text + " ".join(str(w.message) for w in recwarn.list)
+    assert "QZPHI" not in text
+    for value in PHI.values():
+        assert value not in text

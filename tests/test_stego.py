@@ -1,0 +1,361 @@
+"""Tests for medcodec.stego (exact round trips, capacity, keys, tampering) and the steganalysis detectors."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from benchmarks.steganalysis import (
+    _chi2_sf,
+    auc_standard_error,
+    chi_square_attack,
+    roc_auc,
+    spa_payload,
+    windowed_view,
+    ws_payload,
+)
+from medcodec import stego
+from medcodec.errors import MedcodecError
+from medcodec.stego import (
+    HEADER_BITS,
+    SEGMENT_BITS,
+    CapacityError,
+    MessageNotFoundError,
+    RestoreError,
+    StegoError,
+    capacity_bits,
+    embed,
+    extract,
+    outside_digest,
+    plan_embedding,
+    psnr,
+    restore,
+)
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(100, 132))
+
+
+def noisy(shape, bits, *, seed=0, mean=None, sigma=None) -> np.ndarray:
+    """Textured test values: a smooth pattern plus Gaussian noise, clipped to the stored range."""
+    rng = np.random.default_rng(seed)
+    maxval = (1 << bits) - 1
+    mean = maxval / 2 if mean is None else mean
+    sigma = max(2.0, maxval / 60) if sigma is None else sigma
+    cols = shape[-1]
+    pattern = 0.15 * maxval * np.sin(np.arange(cols) / 9.0)
+    return np.clip(np.rint(mean + pattern + rng.normal(0, sigma, shape)), 0, maxval).astype(np.int64)
+
+
+def smooth_image(rows, cols, bits, *, seed=0, noise=1.5) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:cols]
+    maxval = (1 << bits) - 1
+    base = maxval * (0.3 + 0.2 * np.sin(x / 37.0) + 0.2 * np.cos(y / 23.0))
+    return np.clip(np.rint(base + rng.normal(0, noise * maxval / 255, (rows, cols))), 0, maxval).astype(np.int64)
+
+
+def _check_round_trip(values, message, bits, key=KEY):
+    stego_values, displaced = embed(values, message, key=key, bits_stored=bits)
+    assert stego_values.shape == values.shape and stego_values.dtype == np.int64
+    got, mask = extract(stego_values, key=key, bits_stored=bits)
+    assert got == message
+    assert np.array_equal(restore(stego_values, displaced, key=key, bits_stored=bits), values)
+    delta = stego_values - values
+    assert np.abs(delta).max(initial=0) <= 1
+    assert not np.any(delta[~mask]), "a value changed outside the reported positions"
+    assert stego_values.min(initial=0) >= 0 and stego_values.max(initial=0) <= (1 << bits) - 1
+    plan = plan_embedding(values, len(message), key=key, bits_stored=bits)
+    assert np.array_equal(plan.mask, mask) and plan.n_bits == HEADER_BITS + 8 * len(message)
+    assert outside_digest(values, mask) == outside_digest(stego_values, mask)
+    # Deterministic: same inputs, same outputs.
+    again, displaced_again = embed(values, message, key=key, bits_stored=bits)
+    assert np.array_equal(again, stego_values) and displaced_again == displaced
+    return stego_values, displaced, mask
+
+
+# --------------------------------------------------------------------------------------
+# Round trips
+
+
+@given(
+    frames=st.integers(1, 2),
+    samples=st.integers(1, 3),
+    rows=st.integers(1, 24),
+    cols=st.integers(8, 72),
+    bits=st.integers(3, 16),
+    fill=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_round_trip_random_shapes(frames, samples, rows, cols, bits, fill, seed):
+    values = noisy((frames, samples, rows, cols), bits, seed=seed)
+    cap = capacity_bits(values, bits)
+    if cap == 0:
+        # Not even room for a message beyond the header: only an empty message may fit.
+        try:
+            _check_round_trip(values, b"", bits)
+        except CapacityError as exc:
+            assert "room for 0 message bits" in str(exc)
+        return
+    message = np.random.default_rng(seed).bytes(int(fill * (cap // 8)))
+    _check_round_trip(values, message, bits)
+
+
+@given(
+    bits=st.integers(3, 6),
+    ceiling=st.integers(3, 8),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_round_trip_near_the_range_ends(bits, ceiling, seed):
+    """Low-depth data crowded at the bottom and top of the range: forced directions and the
+    range-preserving fallback are exercised; 0 and the maximum are never touched."""
+    rng = np.random.default_rng(seed)
+    maxval = (1 << bits) - 1
+    values = rng.integers(0, maxval + 1, (1, 1, 16, 64))
+    values = np.where(rng.random(values.shape) < 0.5, np.minimum(values, ceiling), values)
+    cap = capacity_bits(values, bits)
+    if cap < 8:
+        return
+    message = rng.bytes(cap // 8)
+    stego_values, _, _ = _check_round_trip(values, message, bits)
+    assert np.all(stego_values[values == 0] == 0) and np.all(stego_values[values == maxval] == maxval)
+    assert not np.any((stego_values == 0) & (values != 0))
+    assert not np.any((stego_values == maxval) & (values != maxval))
+
+
+def test_fallback_directions_are_exercised():
+    """Counts runs where keyed random directions alone would break eligibility (the
+    fallback path), so the round-trip property above really covers it."""
+    rng = np.random.default_rng(1)
+    hits = 0
+    for _ in range(60):
+        bits = 3
+        values = rng.integers(1, 7, (1, 1, 16, 64))
+        cap = capacity_bits(values, bits)
+        if cap < 8:
+            continue
+        message = rng.bytes(cap // 8)
+        flat = values.reshape(-1).astype(np.int64)
+        order = stego._eligible_order(flat, KEY, bits, SEGMENT_BITS)
+        bits_stream = stego._stream_bits(KEY, message)
+        positions = stego._positions(order, bits_stream.size, SEGMENT_BITS, cap)
+        cover = flat[positions]
+        d = stego._directions(cover, stego._keyed_bits(KEY, b"direction", bits_stream.size), 7)
+        naive = flat.copy()
+        naive[positions] = cover + ((cover & 1) != bits_stream) * d
+        starts = positions[::SEGMENT_BITS] // SEGMENT_BITS
+        runs = naive[starts[:, None] * SEGMENT_BITS + np.arange(SEGMENT_BITS)]
+        if not stego._eligible(runs, bits).all():
+            hits += 1
+            _check_round_trip(values, message, bits)
+    assert hits >= 3
+
+
+def test_real_image_round_trip_and_psnr():
+    from pydicom.data import get_testdata_file
+
+    from medcodec.dicom import parse_dicom
+    from medcodec.planes import SampleFormat, words_to_values
+
+    parsed = parse_dicom(open(get_testdata_file("CT_small.dcm"), "rb").read())
+    spec = parsed.spec
+    fmt = SampleFormat(
+        bits_allocated=spec.bits_allocated, bits_stored=spec.bits_stored, high_bit=spec.high_bit, signed=spec.signed
+    )
+    values, _ = words_to_values(parsed.frames, fmt)
+    cap = capacity_bits(values, spec.bits_stored)
+    assert cap > 8 * 1024  # a 128x128 CT slice holds > 1 KiB
+    message = os.urandom(1024)
+    stego_values, _, _ = _check_round_trip(values, message, spec.bits_stored)
+    value = psnr(values, stego_values, spec.bits_stored)
+    assert 80 < value < math.inf
+    assert psnr(values, values, spec.bits_stored) == math.inf
+
+
+def test_psnr_value():
+    a = np.zeros((10, 10), dtype=np.int64)
+    b = a.copy()
+    b[0, 0] = 1
+    assert psnr(a, b, 8) == pytest.approx(10 * math.log10(255**2 / 0.01))
+    with pytest.raises(StegoError):
+        psnr(a, b[:5], 8)
+
+
+# --------------------------------------------------------------------------------------
+# Capacity
+
+
+def test_capacity_error_is_clear_and_nothing_is_truncated():
+    values = noisy((1, 1, 32, 64), 12, seed=3)
+    cap = capacity_bits(values, 12)
+    assert cap == 32 * 64 - HEADER_BITS  # every run is textured
+    exact = os.urandom(cap // 8)
+    _check_round_trip(values, exact, 12)
+    too_big = exact + b"x"
+    with pytest.raises(CapacityError) as info:
+        embed(values, too_big, key=KEY, bits_stored=12)
+    text = str(info.value)
+    assert f"needs {8 * len(too_big)} bits" in text and f"room for {cap} message bits" in text
+    with pytest.raises(CapacityError):
+        plan_embedding(values, len(too_big), key=KEY, bits_stored=12)
+
+
+def test_capacity_does_not_depend_on_the_key():
+    values = noisy((2, 1, 20, 50), 10, seed=4)
+    cap = capacity_bits(values, 10)
+    assert plan_embedding(values, 1, key=KEY, bits_stored=10).capacity_bits == cap
+    assert plan_embedding(values, 1, key=OTHER_KEY, bits_stored=10).capacity_bits == cap
+
+
+@pytest.mark.parametrize("bits", [1, 2])
+def test_one_and_two_bit_data_have_no_capacity(bits):
+    values = np.random.default_rng(0).integers(0, 1 << bits, (1, 1, 64, 64))
+    assert capacity_bits(values, bits) == 0
+    with pytest.raises(CapacityError):
+        embed(values, b"x", key=KEY, bits_stored=bits)
+
+
+def test_flat_and_saturated_regions_never_carry():
+    values = noisy((1, 1, 64, 64), 12, seed=5)
+    values[:, :, :20] = 1000  # flat padding
+    values[:, :, 20:30] = 4095  # saturated
+    values[:, :, 30:40, ::2] = 0  # half-saturated texture (0 and noise)
+    cap = capacity_bits(values, 12)
+    message = os.urandom(cap // 8)
+    stego_values, _, mask = _check_round_trip(values, message, 12)
+    assert not mask[:, :, :40].any()
+    assert np.array_equal(stego_values[:, :, :40], values[:, :, :40])
+    assert capacity_bits(np.full((1, 1, 64, 64), 7), 12) == 0
+
+
+# --------------------------------------------------------------------------------------
+# Keys, tampering, formats
+
+
+def test_wrong_key_fails_cleanly():
+    values = noisy((1, 1, 64, 64), 12, seed=6)
+    stego_values, displaced = embed(values, b"sealed phi", key=KEY, bits_stored=12)
+    with pytest.raises(MessageNotFoundError):
+        extract(stego_values, key=OTHER_KEY, bits_stored=12)
+    with pytest.raises(RestoreError):
+        restore(stego_values, displaced, key=OTHER_KEY, bits_stored=12)
+    with pytest.raises(MessageNotFoundError):
+        extract(values, key=KEY, bits_stored=12)  # a cover carries nothing
+
+
+def test_altered_pixels_are_detected():
+    values = noisy((1, 1, 64, 64), 12, seed=7)
+    stego_values, displaced = embed(values, os.urandom(200), key=KEY, bits_stored=12)
+    _, mask = extract(stego_values, key=KEY, bits_stored=12)
+    inside = np.flatnonzero(mask.reshape(-1))
+    outside = np.flatnonzero(~mask.reshape(-1))
+    for index in inside[[0, 5, len(inside) // 2, -1]]:
+        bad = stego_values.copy().reshape(-1)
+        bad[index] ^= 1
+        bad = bad.reshape(values.shape)
+        with pytest.raises(MessageNotFoundError):
+            extract(bad, key=KEY, bits_stored=12)
+        with pytest.raises(RestoreError):
+            restore(bad, displaced, key=KEY, bits_stored=12)
+    # Outside the message the extraction still works, but the digest bound in the AD changes.
+    bad = stego_values.copy().reshape(-1)
+    bad[outside[len(outside) // 2]] += 1
+    bad = bad.reshape(values.shape)
+    _, bad_mask = extract(bad, key=KEY, bits_stored=12)
+    assert outside_digest(bad, bad_mask) != outside_digest(values, mask)
+
+
+def test_displaced_bytes_are_checked():
+    values = noisy((1, 1, 32, 64), 12, seed=8)
+    stego_values, displaced = embed(values, b"abc", key=KEY, bits_stored=12)
+    for bad in (displaced[:-1], displaced + b"\x00", b"XXX" + displaced[3:], displaced[:3] + b"\x09" + displaced[4:]):
+        with pytest.raises(RestoreError):
+            restore(stego_values, bad, key=KEY, bits_stored=12)
+    for i in range(len(displaced)):
+        bad = bytearray(displaced)
+        bad[i] ^= 0x10
+        with pytest.raises(StegoError):
+            restore(stego_values, bytes(bad), key=KEY, bits_stored=12)
+    # Compact: ~1.5 bits per carried bit plus 40 bytes.
+    n_bits = HEADER_BITS + 8 * 3
+    assert len(displaced) <= 40 + n_bits // 8 + 1 + n_bits // 8 + 1
+
+
+def test_invalid_inputs_are_typed_errors():
+    values = noisy((1, 1, 8, 64), 8)
+    for call in (
+        lambda: embed(values, b"x", key=b"short", bits_stored=8),
+        lambda: embed(values.astype(float), b"x", key=KEY, bits_stored=8),
+        lambda: embed(values + 300, b"x", key=KEY, bits_stored=8),
+        lambda: embed(values, b"x", key=KEY, bits_stored=17),
+        lambda: capacity_bits(values, 8, segment_bits=12),
+        lambda: outside_digest(values, np.zeros(3, dtype=bool)),
+    ):
+        with pytest.raises(StegoError) as info:
+            call()
+        assert isinstance(info.value, MedcodecError)
+
+
+def test_positions_are_stable_across_versions_and_machines():
+    """Golden check of the keyed run order: AES-CTR keystream, little-endian u64 sort keys,
+    stable argsort. A change here breaks extraction of every existing stego image."""
+    values = ((np.arange(64 * 64, dtype=np.int64) * 2654435761) % 4001 + 40).reshape(1, 1, 64, 64)  # no RNG
+    assert capacity_bits(values, 12) == 64 * 64 - HEADER_BITS
+    plan = plan_embedding(values, 64, key=KEY, bits_stored=12)
+    digest = hashlib.sha256(plan.positions.astype("<i8").tobytes()).hexdigest()
+    assert plan.positions[:4].tolist() == [4000, 4001, 4002, 4003]
+    assert digest == "869540dac3ce41638c6ff707076e7be354a7eacad9303bc6aa67e9427439d2a2"
+
+
+# --------------------------------------------------------------------------------------
+# Steganalysis detectors really detect
+
+
+@pytest.mark.parametrize("bits", [8, 12])
+def test_detectors_flag_full_lsb_replacement(bits):
+    cover = smooth_image(256, 256, bits)
+    rng = np.random.default_rng(1)
+    replaced = (cover & ~1) | rng.integers(0, 2, cover.shape)
+    p_cover, _ = chi_square_attack(cover)
+    p_stego, _ = chi_square_attack(replaced)
+    assert p_cover < 0.01 and p_stego > 0.5
+    assert spa_payload(cover) < 0.15 and spa_payload(replaced) > 0.85
+    assert ws_payload(cover) < 0.1 and ws_payload(replaced) > 0.85
+
+
+def test_detectors_estimate_half_payload_and_ignore_lsb_matching():
+    cover = smooth_image(256, 256, 8)
+    rng = np.random.default_rng(2)
+    half = cover.copy()
+    sel = rng.random(cover.shape) < 0.5
+    half[sel] = (cover[sel] & ~1) | rng.integers(0, 2, int(sel.sum()))
+    assert 0.35 < spa_payload(half) < 0.65 and 0.35 < ws_payload(half) < 0.65
+    # Our embedding at full capacity is LSB matching: the detectors stay near 0.
+    cap = capacity_bits(cover, 8)
+    stego_values, _ = embed(cover, rng.bytes(cap // 8), key=KEY, bits_stored=8)
+    assert spa_payload(stego_values) < 0.1 and ws_payload(stego_values) < 0.1
+    assert chi_square_attack(stego_values)[0] < 0.01
+
+
+def test_chi_square_survival_function():
+    # Textbook 5% critical values, and exp(-x/2) for 2 degrees of freedom.
+    for x, dof in ((3.841459, 1), (18.307038, 10), (124.342113, 100), (1074.679, 1000)):
+        assert _chi2_sf(x, dof) == pytest.approx(0.05, abs=1e-5)
+    assert _chi2_sf(2.0, 2) == pytest.approx(math.exp(-1.0))
+
+
+def test_auc_and_window_helpers():
+    assert roc_auc(np.array([0.1, 0.2]), np.array([0.3, 0.4])) == 1.0
+    assert roc_auc(np.array([0.3, 0.4]), np.array([0.1, 0.2])) == 0.0
+    assert roc_auc(np.array([0.5, 0.5]), np.array([0.5, 0.5])) == 0.5
+    assert roc_auc(np.array([0.1, 0.4]), np.array([0.2, 0.3])) == 0.5
+    assert 0 < auc_standard_error(0.7, 30, 30) < 0.1
+    view = windowed_view(np.arange(1000).reshape(10, 100))
+    assert view.dtype == np.uint8 and view.min() == 0 and view.max() == 255
+    assert not windowed_view(np.full((4, 4), 9)).any()
