@@ -156,7 +156,7 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
         fmt = _sample_format(parsed.spec)
         values, outside = words_to_values(parsed.frames, fmt)
         key = keyring.stego_key(uids["SOPInstanceUID"].encode())
-        message_len = len(crypto.seal(keyring, phi, associated=b"length probe").to_bytes())
+        message_len = crypto.sealed_size(len(phi), key_id=keyring.primary_key_id)
         report["capacity_bits"] = stego.capacity_bits(values, fmt.bits_stored)
         report["message_bytes"] = message_len
         binding = {"format_version": f"{ct.FORMAT_MAJOR}.{ct.FORMAT_MINOR}", "uids": uids}
@@ -165,10 +165,7 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
         except stego.CapacityError as exc:
             plan = None
             report["reason"] = str(exc)
-        mask = np.zeros(values.size, dtype=bool)
-        if plan is not None:
-            mask[plan.positions] = True
-        mask = mask.reshape(values.shape)
+        mask = plan.mask if plan is not None else np.zeros(values.shape, dtype=bool)
         binding["pixel_digest"] = stego.outside_digest(values, mask)
         if plan is not None:
             box = crypto.seal(keyring, phi, associated=_binding_ad(binding, PURPOSE_PHI))

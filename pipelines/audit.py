@@ -51,6 +51,11 @@ class AuditShard(beam.DoFn):
 
         self.codec = medcodec
         self.archive = Archive(self.cfg.archive, storage_options=self.cfg.storage_options)
+        self.keyring = None
+        if self.cfg.key_file:
+            from medcodec.crypto import Keyring
+
+            self.keyring = Keyring.load(self.cfg.key_file)
 
     def _row(self, shard, sop_key, check, ok, detail=""):
         Metrics.counter("medarchive", f"audit_{'ok' if ok else 'fail'}").inc()
@@ -101,8 +106,11 @@ class AuditShard(beam.DoFn):
                     yield from self._deep(shard, r, blob)
 
     def _deep(self, shard: str, r: dict, blob: bytes) -> Iterator[dict]:
+        sealed = bool(r["key_id"])
         try:
-            restored = self.codec.decompress_dicom(blob)  # checks the pixel digest and file SHA itself
+            # Checks the pixel digest and the (de-identified) file SHA itself; with the key
+            # it also opens the sealed sections and restores the original.
+            restored = self.codec.decompress_dicom(blob, keyring=self.keyring if sealed else None)
         except self.codec.MedcodecError as exc:
             yield self._row(shard, r["sop_key"], "pixels", False, str(exc))
             return
@@ -112,6 +120,8 @@ class AuditShard(beam.DoFn):
             yield self._row(shard, r["sop_key"], "pixels", False, "pixel digest differs from the index")
             return
         yield self._row(shard, r["sop_key"], "pixels", True)
+        if sealed and self.keyring is None:
+            return  # without the key only the de-identified file can be checked (done above)
         if r["restore_mode"] != "pixel-exact":
             ok = hashlib.sha256(restored).hexdigest() == r["source_sha256"]
             yield self._row(shard, r["sop_key"], "file", ok, "" if ok else "restored file SHA-256 differs")

@@ -126,6 +126,11 @@ class EncodeInstance(beam.DoFn):
         self.codec = medcodec
         self.identity = _resolve_identity(self.cfg)
         self.progress = ProgressReporter(self.cfg.progress_dir)
+        self.keyring = None
+        if self.cfg.key_file:
+            from medcodec.crypto import Keyring
+
+            self.keyring = Keyring.load(self.cfg.key_file)
 
     def process(self, ref: SourceRef, already: frozenset) -> Iterator[Any]:
         ident, cfg = self.identity, self.cfg
@@ -147,7 +152,9 @@ class EncodeInstance(beam.DoFn):
             return
         t1 = time.perf_counter()
         try:
-            record = self.codec.compress_dicom(data, preset=cfg.preset, keep_codestream=cfg.keep_codestream)
+            record = self.codec.compress_dicom(
+                data, preset=cfg.preset, keep_codestream=cfg.keep_codestream, keyring=self.keyring
+            )
             info = self.codec.inspect_record(record)
         except self.codec.MedcodecError as exc:
             Metrics.counter(NAMESPACE, "deadlettered").inc()
@@ -188,7 +195,7 @@ class EncodeInstance(beam.DoFn):
             "codec_id": info.get("codec_id"),
             "model_id": (info.get("models") or {}).get("local"),
             "model_hash": None,
-            "key_id": None,
+            "key_id": (info.get("sealed") or {}).get("key_id"),
             "format_version": info["format_version"],
             "run_id": cfg.run_id,
             "encode_seconds": encode_s,

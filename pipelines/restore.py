@@ -27,6 +27,7 @@ class RestoreConfig:
     dst: str
     storage_options: dict = field(default_factory=dict)
     dst_storage_options: dict = field(default_factory=dict)
+    key_file: str | None = None
 
 
 def _safe(uid: str | None, fallback: str) -> str:
@@ -44,6 +45,11 @@ class RestoreShard(beam.DoFn):
         self.codec = medcodec
         self.archive = Archive(self.cfg.archive, storage_options=self.cfg.storage_options)
         self.dst_fs, self.dst_root = fsspec.core.url_to_fs(self.cfg.dst, **self.cfg.dst_storage_options)
+        self.keyring = None
+        if self.cfg.key_file:
+            from medcodec.crypto import Keyring
+
+            self.keyring = Keyring.load(self.cfg.key_file)
 
     def process(self, element: tuple[str, list[dict]]) -> Iterator[dict]:
         import pydicom
@@ -52,7 +58,7 @@ class RestoreShard(beam.DoFn):
         with self.archive.fs.open(self.archive.path(shard), "rb") as fh:
             for r in rows:
                 fh.seek(r["offset"])
-                data = self.codec.decompress_dicom(fh.read(r["length"]))  # verified inside
+                data = self.codec.decompress_dicom(fh.read(r["length"]), keyring=self.keyring)  # verified inside
                 try:
                     ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
                     study, series, sop = (str(ds.get(k, "") or "") for k in
@@ -109,7 +115,9 @@ def run_restore(
     by_shard: dict[str, list[dict]] = {}
     for r in rows:
         by_shard.setdefault(r["shard"], []).append(r)
-    cfg = RestoreConfig(archive_url, dst, storage_options or {}, dst_storage_options or {})
+    if any(r["key_id"] for r in rows) and not key_file:
+        raise ValueError("the selected records are sealed: pass --key-file to restore the originals")
+    cfg = RestoreConfig(archive_url, dst, storage_options or {}, dst_storage_options or {}, key_file)
     started = time.time()
     restored: list[dict] = []
     if by_shard:
