@@ -99,6 +99,7 @@ def _deidentified_file(result: deid.DeidResult, parsed: ParsedDicom, stego_words
     """Write the de-identified dataset; its pixel data are the stego words (Explicit VR LE)."""
     ds = result.dataset
     try:
+        _complete_file_meta(ds)
         if stego_words is not None:
             spec = parsed.spec
             frames = stego_words
@@ -108,6 +109,7 @@ def _deidentified_file(result: deid.DeidResult, parsed: ParsedDicom, stego_words
             if len(raw) % 2:
                 raw += b"\0"
             ds.file_meta.TransferSyntaxUID = EXPLICIT_VR_LE
+            ds.set_original_encoding(False, True)  # written as Explicit VR Little Endian
             ds.PhotometricInterpretation = spec.photometric
             ds.PixelData = raw
             ds["PixelData"].VR = "OW" if spec.bits_allocated > 8 else "OB"
@@ -117,12 +119,31 @@ def _deidentified_file(result: deid.DeidResult, parsed: ParsedDicom, stego_words
                 if tag in ds:
                     del ds[tag]
         buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True, little_endian=None, implicit_vr=None)
+        meta = ds.file_meta
+        complete = all(meta.get(k) for k in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID"))
+        # Objects without SOP identification cannot be Part 10 files; they are written as datasets.
+        ds.save_as(buf, enforce_file_format=complete)
         return buf.getvalue()
     except MedcodecError:
         raise
     except Exception as exc:
         raise SealingError(f"could not write the de-identified file: {type(exc).__name__}: {exc}") from None
+
+
+def _complete_file_meta(ds) -> None:
+    """Files without (complete) file meta get it from the dataset, so the output is a valid Part 10 file."""
+    import pydicom
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        meta = ds.file_meta = pydicom.dataset.FileMetaDataset()
+    if not meta.get("TransferSyntaxUID"):
+        meta.TransferSyntaxUID = EXPLICIT_VR_LE
+        ds.set_original_encoding(False, True)
+    if not meta.get("MediaStorageSOPClassUID") and ds.get("SOPClassUID"):
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    if not meta.get("MediaStorageSOPInstanceUID") and ds.get("SOPInstanceUID"):
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
 
 
 def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, encode) -> tuple[dict, list[ct.Section], dict]:
