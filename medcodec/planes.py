@@ -129,8 +129,10 @@ def choose_k(values: np.ndarray, bits: int, *, margin: int = LOCAL_PLANE_MARGIN)
     return k, {"noise": round(sigma, 3)}
 
 
-# Pack values when the used span is at least this many times the number of distinct values.
+# Pack values when the used span is at least this many times the number of distinct values,
+# and the table is small next to the image (its cost is then negligible).
 PACK_SPAN_FACTOR = 2
+PACK_PIXELS_PER_ENTRY = 8
 
 
 def value_palette(values: np.ndarray, bits: int) -> np.ndarray | None:
@@ -140,7 +142,8 @@ def value_palette(values: np.ndarray, bits: int) -> np.ndarray | None:
     common; their indices are dense, which the predictors and tables need.
     """
     used = np.flatnonzero(np.bincount(values.ravel(), minlength=1 << bits))
-    if used.size and (int(used[-1]) - int(used[0]) + 1) >= PACK_SPAN_FACTOR * used.size:
+    sparse = used.size and (int(used[-1]) - int(used[0]) + 1) >= PACK_SPAN_FACTOR * used.size
+    if sparse and used.size * PACK_PIXELS_PER_ENTRY <= values.size:
         return used.astype(np.int64)
     return None
 

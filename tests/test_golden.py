@@ -12,12 +12,12 @@ GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 EXPECTED = json.loads((GOLDEN / "expected.json").read_text())
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-from make_golden import output_digest  # noqa: E402
+from make_golden import output_digest, test_keyring  # noqa: E402
 
 
 def test_there_are_golden_records_of_every_kind():
     kinds = {entry["kind"] for entry in EXPECTED.values()}
-    assert kinds == {"pixels", "dicom"} and len(EXPECTED) >= 5
+    assert kinds == {"pixels", "dicom", "dicom-keyed"} and len(EXPECTED) >= 7
 
 
 def test_golden_records_cover_the_local_path():
@@ -31,6 +31,10 @@ def test_golden_record_decodes(name):
     blob = (GOLDEN / name).read_bytes()
     if entry["kind"] == "pixels":
         out = medcodec.decompress_pixels(blob)
+    elif entry["kind"] == "dicom-keyed":
+        out = medcodec.decompress_dicom(blob, keyring=test_keyring())
+        public = medcodec.decompress_dicom(blob)
+        assert output_digest(entry["kind"], public) == entry["public_sha256"]
     else:
         out = medcodec.decompress_dicom(blob)
     assert output_digest(entry["kind"], out) == entry["output_sha256"]
