@@ -33,7 +33,7 @@ from . import container as ct
 from . import crypto, deid, stego
 from .dicom import RESTORE_VERBATIM, ParsedDicom, parse_dicom, rebuild_dicom
 from .errors import CorruptRecordError, MedcodecError
-from .planes import SampleFormat, values_to_words, words_to_values
+from .planes import SampleFormat, value_palette, values_to_words, words_to_values
 from .spec import PixelSpec
 
 PURPOSE_ORIGINAL = "original"
@@ -181,11 +181,16 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
         report["capacity_bits"] = stego.capacity_bits(values, fmt.bits_stored)
         report["message_bytes"] = message_len
         binding = {"format_version": f"{ct.FORMAT_MAJOR}.{ct.FORMAT_MINOR}", "uids": uids}
-        try:
-            plan = stego.plan_embedding(values, message_len, key=key, bits_stored=fmt.bits_stored)
-        except stego.CapacityError as exc:
-            plan = None
-            report["reason"] = str(exc)
+        plan = None
+        if value_palette(values, fmt.bits_stored) is not None:
+            # +-1 changes would add values a sparse histogram never has: visible to any
+            # histogram test and fatal to the codec's palette. Keep the PHI sealed only.
+            report["reason"] = "sparse histogram: embedding would add new values; PHI kept sealed in the record"
+        else:
+            try:
+                plan = stego.plan_embedding(values, message_len, key=key, bits_stored=fmt.bits_stored)
+            except stego.CapacityError as exc:
+                report["reason"] = str(exc)
         mask = plan.mask if plan is not None else np.zeros(values.shape, dtype=bool)
         binding["pixel_digest"] = stego.outside_digest(values, mask)
         if plan is not None:

@@ -254,3 +254,13 @@ def test_cli_keys_compress_reveal(tmp_path):
     key_bytes = ring.read_text()
     for line in (listing, res.stderr):
         assert "key" not in line or all(part not in line for part in key_bytes.split('"') if len(part) > 30)
+
+
+def test_sparse_histogram_images_keep_the_phi_sealed_only(keyring):
+    data = Path(get_testdata_file("gdcm-US-ALOKA-16.dcm")).read_bytes()
+    blob = medcodec.compress_dicom(data, keyring=keyring)
+    report = ct.read_record(blob).config["sealed"]["stego"]
+    assert report["embedded"] is False and "sparse histogram" in report["reason"]
+    assert ct.read_record(blob).config["pixels"]["palette"] is True
+    assert medcodec.decompress_dicom(blob, keyring=keyring) == data
+    assert sealing._open(ct.read_record(blob), keyring, sealing.PURPOSE_PHI)
