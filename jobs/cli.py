@@ -110,8 +110,39 @@ def cmd_reveal(args: argparse.Namespace) -> int:
     from medcodec import sealing
 
     phi = sealing.reveal(_read(args.input), _keyring(args.key_file))
-    print(json.dumps(phi, indent=2, sort_keys=True))
+    if args.json:
+        print(json.dumps(phi, indent=2, sort_keys=True))
+        return 0
+    print(f"authenticated: the message belongs to this image and its pixels outside the message are unaltered")
+    for line in _phi_lines(phi.get("elements", {})):
+        print(line)
     return 0
+
+
+def _phi_lines(elements: dict, indent: str = "  ") -> list[str]:
+    """Removed attributes as `(gggg,eeee) Keyword: value` lines (binary values by size only)."""
+    from pydicom.datadict import keyword_for_tag
+
+    lines = []
+    for path, entry in sorted(elements.items()):
+        tag_text = path.rsplit("/", 1)[-1].split("[")[0]
+        try:
+            tag = int(tag_text, 16)
+            name = f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword_for_tag(tag) or 'private'}"
+        except ValueError:
+            name = path
+        if path.startswith("meta/"):
+            name = "file meta " + name
+        if entry.get("absent"):
+            value = "(absent; added by de-identification)"
+        else:
+            value = entry.get("value")
+            if isinstance(value, dict) and "b64" in value:
+                value = f"<{len(value['b64']) * 3 // 4} bytes>"
+            elif isinstance(value, (dict, list)):
+                value = json.dumps(value)[:200]
+        lines.append(f"{indent}{name}: {value}")
+    return lines
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -200,6 +231,12 @@ def _runner_settings(args: argparse.Namespace) -> dict:
 def cmd_migrate(args: argparse.Namespace) -> int:
     from pipelines.runner import format_summary, run_migrate
 
+    if not args.key_file:
+        print(
+            "warning: no --key-file: records keep the DICOM headers (PHI) unencrypted; "
+            "index identifiers are pseudonymous. Use `medarchive keys new` and --key-file to seal them.",
+            file=sys.stderr,
+        )
     summary = run_migrate(
         args.src,
         args.dst,
@@ -296,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reveal", help="authenticate and print the PHI embedded in a de-identified (stego) DICOM")
     p.add_argument("input")
     p.add_argument("--key-file", required=True)
+    p.add_argument("--json", action="store_true", help="the removed attributes as stored (restorable form)")
     p.set_defaults(func=cmd_reveal)
 
     p = sub.add_parser("keys", help="keyring: new | rotate | retire KEY_ID | list")

@@ -5,9 +5,11 @@
    folders, one study zipped, lossless-compressed and lossy sources, and one file
    that is not DICOM at all), so nothing is downloaded.
 2. `medarchive migrate` -> ./demo-archive (shards, Parquet indexes, dead letters, run summary)
-3. `medarchive audit --deep`  (decodes every record, compares digests)
+   with a new keyring: records hold de-identified files, originals sealed
+3. `medarchive audit --deep`  (decodes every record, compares digests, opens the seals)
 4. `medarchive restore --study UID` for one study, checked byte for byte against the source
-5. `medarchive inspect` of the archive and of one record.
+5. `medarchive inspect` of the archive and of one record; that record decompressed
+   without the key (the de-identified file) and its embedded PHI revealed with the key.
 """
 
 from __future__ import annotations
@@ -71,11 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         if rc not in ok:
             raise SystemExit(f"demo step failed ({title}): exit {rc}")
 
-    step("archive the sample export", "migrate", str(src), archive, "--workers", str(args.workers))
-    step("verify every record by decoding it", "audit", archive, "--deep")
+    keyring = out / "keyring.json"
+    step("create the archive's keyring", "keys", "new", str(keyring))
+    step("archive the sample export", "migrate", str(src), archive, "--workers", str(args.workers),
+         "--key-file", str(keyring))
+    step("verify every record by decoding it", "audit", archive, "--deep", "--key-file", str(keyring))
     study = str(pydicom.dcmread(src / "ct/abdomen/IM0001", stop_before_pixels=True).StudyInstanceUID)
     restored = out / "restored"
-    step("restore one study", "restore", archive, str(restored), "--study", study)
+    step("restore one study", "restore", archive, str(restored), "--study", study, "--key-file", str(keyring))
     original = hashlib.sha256((src / "ct/abdomen/IM0001").read_bytes()).hexdigest()
     files = list(restored.rglob("*.dcm"))
     same = [f for f in files if hashlib.sha256(f.read_bytes()).hexdigest() == original]
@@ -83,9 +88,27 @@ def main(argv: list[str] | None = None) -> int:
     if not same:
         return 1
     step("archive statistics", "inspect", archive, "--html", str(out / "report.html"))
-    record = next(Path(archive, "shards").glob("*.tar"))
-    print(f"\nshards are plain tar files of records: tar tf {record}")
+    # One record out of its shard (plain tar): without the key it gives the de-identified
+    # file, whose pixels carry the sealed PHI; `reveal` reads it back with the key.
+    record = _largest_record(Path(archive), out / "one-record.mdc")
+    step("inspect one record", "inspect", str(record))
+    step("decompress without the key: de-identified file", "decompress", str(record), str(out / "deidentified.dcm"))
+    step("read the embedded, sealed PHI back", "reveal", "--key-file", str(keyring), str(out / "deidentified.dcm"))
     return 0
+
+
+def _largest_record(archive: Path, target: Path) -> Path:
+    import tarfile
+
+    best = None
+    for shard in sorted((archive / "shards").glob("*.tar")):
+        with tarfile.open(shard) as tf:
+            for member in tf.getmembers():
+                if best is None or member.size > best[1].size:
+                    best = (shard, member)
+    with tarfile.open(best[0]) as tf:
+        target.write_bytes(tf.extractfile(best[1]).read())
+    return target
 
 
 if __name__ == "__main__":

@@ -366,6 +366,7 @@ def decompress_dicom(blob: bytes, *, keyring=None) -> bytes:
     if config.get("kind") != "dicom":
         raise UnsupportedError(f"record holds {config.get('kind')!r}, not a DICOM file; use decompress_pixels")
     mode = config.get("restore_mode")
+    words = None
     if mode == RESTORE_VERBATIM:
         out = record.one(ct.SECTION_VERBATIM).payload
     else:
@@ -397,7 +398,7 @@ def decompress_dicom(blob: bytes, *, keyring=None) -> bytes:
     if keyring is not None and config.get("sealed"):
         from . import sealing
 
-        return sealing.unseal_dicom(record, keyring, decode_words=decode_words, public=out)
+        return sealing.unseal_dicom(record, keyring, stego_words=words, public=out)
     return out
 
 

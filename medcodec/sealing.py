@@ -224,7 +224,12 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
         "source": {"size": len(public), "sha256": hashlib.sha256(public).hexdigest()},
         "spec": None if pixel_config is None else public_parsed.spec.to_json(),
         "pixels": pixel_config,
-        "sealed": {"key_id": keyring.primary_key_id, "binding": binding, "stego": report},
+        "sealed": {
+            "key_id": keyring.primary_key_id,
+            "binding": binding,
+            "stego": report,
+            "original_restore_mode": parsed.restore_mode,
+        },
     }
     return config, sections, report
 
@@ -235,8 +240,12 @@ def _open(record: ct.Record, keyring: crypto.Keyring, purpose: str) -> bytes:
     return crypto.open_sealed(keyring, box, associated=_binding_ad(binding, purpose))
 
 
-def unseal_dicom(record: ct.Record, keyring: crypto.Keyring, *, decode_words, public: bytes) -> bytes:
-    """The original file of a keyed record (``public`` is its verified de-identified file)."""
+def unseal_dicom(record: ct.Record, keyring: crypto.Keyring, *, stego_words: np.ndarray | None, public: bytes) -> bytes:
+    """The original file of a keyed record.
+
+    ``public`` is its verified de-identified file and ``stego_words`` the pixels already
+    decoded for it (None for records without pixels), so nothing is decoded twice.
+    """
     binding = record.config["sealed"]["binding"]
     meta, prefix, suffix, extra = _unpack_original(_open(record, keyring, PURPOSE_ORIGINAL))
     if meta["restore_mode"] == RESTORE_VERBATIM:
@@ -246,7 +255,8 @@ def unseal_dicom(record: ct.Record, keyring: crypto.Keyring, *, decode_words, pu
     else:
         spec = PixelSpec.from_json(meta["spec"])
         fmt = _sample_format(spec)
-        stego_words = decode_words(record.config["pixels"], record)
+        if stego_words is None:
+            raise CorruptRecordError("keyed record has no pixel data to restore from")
         stego_values, outside = words_to_values(stego_words, fmt)
         report = record.config["sealed"]["stego"]
         if report.get("embedded"):

@@ -89,10 +89,24 @@ def _dead_row(identity: Identity, ref: SourceRef, stage: str, exc: BaseException
         "stage": stage,
         "error_type": type(exc).__name__,
         # Our own errors never quote header values; others are cut to one line.
-        "message": str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__,
+        "message": _redact(str(exc).splitlines()[0][:500], ref) if str(exc) else type(exc).__name__,
         "run_id": run_id,
         **extra,
     }
+
+
+def _redact(message: str, ref: SourceRef) -> str:
+    """Remove the source's URL, path and member name from an error message: they may hold names.
+
+    zipfile ("Bad CRC-32 for file 'Doe^John/1.dcm'") and OS errors quote them.
+    """
+    path = ref.url.split("://", 1)[-1]
+    names = {ref.url, path, path.rsplit("/", 1)[-1]}
+    if ref.member:
+        names |= {ref.member, ref.member.rsplit("/", 1)[-1]}
+    for name in sorted((n for n in names if len(n) >= 3), key=len, reverse=True):  # "1" would eat digits
+        message = message.replace(name, "<source>")
+    return message
 
 
 def _uids(data: bytes) -> dict[str, str | None]:
@@ -185,7 +199,8 @@ class EncodeInstance(beam.DoFn):
             "bits_allocated": spec.get("bits_allocated"),
             "bits_stored": spec.get("bits_stored"),
             "transfer_syntax": spec.get("transfer_syntax"),
-            "restore_mode": info["restore_mode"],
+            # For keyed records: how the *original* restores (the clear part is always byte-exact).
+            "restore_mode": (info.get("sealed") or {}).get("original_restore_mode") or info["restore_mode"],
             "pixel_sha256": _pixel_digest(record),
             "k": info.get("k"),
             "bpp_global": bps.get("global"),
