@@ -177,6 +177,7 @@ def run_audit(
             | "Collect" >> beam.combiners.ToList()
             | "Write" >> beam.ParDo(WriteAudit(cfg))
         )
+    archive.fs.invalidate_cache()  # the audit table was written by workers (stale listings otherwise)
     with archive.fs.open(archive.path("audit", f"{cfg.audit_id}.parquet"), "rb") as fh:
         import pyarrow.parquet as pq
 

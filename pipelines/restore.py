@@ -3,7 +3,9 @@
 Select by study / series / SOP instance UID (hashed with the archive's identity key
 to find index rows) or everything; every file is verified (SHA-256 of the original
 for byte-exact and verbatim records, pixel digest for pixel-exact ones) before it is
-written as <StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm.
+written as <StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm (with
+-<source key prefix> before .dcm when the selection holds one SOP instance from
+several sources, e.g. a file and its RLE copy).
 """
 
 from __future__ import annotations
@@ -65,8 +67,10 @@ class RestoreShard(beam.DoFn):
                                           ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
                 except Exception:
                     study = series = sop = ""
+                # Two sources of one SOP instance (e.g. a file and its RLE copy) must not overwrite each other.
+                suffix = f"-{r['source_key'][:8]}" if r.get("duplicate_sop") else ""
                 rel = "/".join([_safe(study, r["study_key"]), _safe(series, r["series_key"]),
-                                _safe(sop, r["sop_key"]) + ".dcm"])
+                                _safe(sop, r["sop_key"]) + suffix + ".dcm"])
                 path = f"{self.dst_root.rstrip('/')}/{rel}"
                 self.dst_fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
                 with self.dst_fs.open(path, "wb") as out:
@@ -112,8 +116,12 @@ def run_restore(
         if identity.check != ident.get("check"):
             raise ValueError("the key file does not belong to this archive")
     rows = select_rows(archive, identity, study=study, series=series, sop=sop)
+    per_sop: dict[str, int] = {}
+    for r in rows:
+        per_sop[r["sop_key"]] = per_sop.get(r["sop_key"], 0) + 1
     by_shard: dict[str, list[dict]] = {}
     for r in rows:
+        r["duplicate_sop"] = per_sop[r["sop_key"]] > 1
         by_shard.setdefault(r["shard"], []).append(r)
     if any(r["key_id"] for r in rows) and not key_file:
         raise ValueError("the selected records are sealed: pass --key-file to restore the originals")

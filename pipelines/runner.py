@@ -92,6 +92,9 @@ def run_migrate(
         else:
             result = pipeline.run()
             result.wait_until_finish()
+    # Workers (other processes, or other machines) wrote under DST: drop this process's
+    # cached listings (s3fs, gcsfs) or the run summary they wrote is "not found".
+    archive.fs.invalidate_cache()
     with archive.fs.open(archive.path("runs", f"{run_id}.json"), "rb") as fh:
         summary = json.loads(fh.read())
     summary["wall_seconds"] = time.time() - started

@@ -1,0 +1,166 @@
+"""Throughput of the migrate job on the local runner, by number of worker processes.
+
+    python -m benchmarks.pipeline_throughput [--workers 1 2] [--runs 3] [--preset max|fast]
+                                             [--max-mb MB] [--json OUT.json]
+
+The source is every pydicom-data file (pydicom's own test files and the pydicom-data
+package) of an imaging modality (CT, MR, CR, US, NM) with native (uncompressed) pixel
+data that medcodec restores byte-exact, copied into a temporary folder. Each run
+migrates it into a fresh archive with Beam's in-process runner; the table gives the
+median over ``--runs`` of:
+
+* instances/s and MB/s: archived instances and input bytes over the run's wall time
+  (job start to summary, Beam start-up included);
+* ratio: input bytes / bytes written in shards;
+* the per-stage split from the run summary: read / encode / write, each summed over
+  instances inside the workers (so with 2 workers they can add up to more than wall).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+MODALITIES = ("CT", "MR", "CR", "US", "NM")
+
+
+def pydicom_data_dirs() -> list[Path]:
+    """pydicom's bundled test files and the pydicom-data package's files (when installed)."""
+    from pydicom.data import get_testdata_file
+
+    dirs = []
+    for probe in ("CT_small.dcm", "emri_small.dcm"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            path = get_testdata_file(probe)
+        if path and Path(path).parent not in dirs:
+            dirs.append(Path(path).parent)
+    return dirs
+
+
+def native_imaging_files(dirs: list[Path], *, max_bytes: int | None = None) -> list[tuple[Path, Path]]:
+    """(root, path) of each file of an imaging modality that parses byte-exact (native pixels)."""
+    import pydicom
+
+    from medcodec import MedcodecError
+    from medcodec.dicom import parse_dicom
+
+    found = []
+    for root in dirs:
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            if max_bytes is not None and path.stat().st_size > max_bytes:
+                continue
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    modality = pydicom.dcmread(path, stop_before_pixels=True).get("Modality")
+            except Exception:  # not DICOM (README, .json, .icc ...)
+                continue
+            if modality not in MODALITIES:
+                continue
+            try:
+                if parse_dicom(path.read_bytes()).restore_mode != "byte-exact":
+                    continue
+            except MedcodecError:
+                continue
+            found.append((root, path))
+    return found
+
+
+def copy_source(files: list[tuple[Path, Path]], dest: Path) -> int:
+    """Copies the files under ``dest`` (keeping their relative paths); returns the bytes copied."""
+    total = 0
+    for i, (root, path) in enumerate(files):
+        target = dest / f"{i:02d}-{root.name}" / path.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        total += path.stat().st_size
+    return total
+
+
+def measure(src: Path, work: Path, *, workers: int, runs: int, preset: str) -> dict:
+    from pipelines.runner import run_migrate
+
+    summaries = []
+    for run in range(runs):
+        dst = work / f"dst-w{workers}-r{run}"
+        summary = run_migrate(str(src), str(dst), preset=preset, workers=workers, progress=False)
+        if summary["deadlettered"] or summary["skipped"]:
+            raise RuntimeError(f"expected a clean run, got {summary['deadlettered']} dead letters, "
+                               f"{summary['skipped']} skipped")
+        summaries.append(summary)
+        shutil.rmtree(dst)
+    med = lambda values: statistics.median(values)  # noqa: E731
+    return {
+        "workers": workers,
+        "runs": runs,
+        "instances": summaries[0]["archived"],
+        "bytes_in": summaries[0]["bytes_in"],
+        "bytes_out": summaries[0]["bytes_out"],
+        "wall_s": med([s["wall_seconds"] for s in summaries]),
+        "instances_per_s": med([s["archived"] / s["wall_seconds"] for s in summaries]),
+        "mb_per_s": med([s["bytes_in"] / 1e6 / s["wall_seconds"] for s in summaries]),
+        "ratio": summaries[0]["bytes_in"] / summaries[0]["bytes_out"],
+        "stage_s": {k: med([s["stage_seconds"][k] for s in summaries]) for k in ("read", "encode", "write")},
+    }
+
+
+def format_table(rows: list[dict], *, files: int, mb: float, preset: str) -> str:
+    lines = [
+        f"migrate throughput, local FnApiRunner, preset {preset}: {files} instances, {mb:.1f} MB "
+        f"(pydicom-data, native {'/'.join(MODALITIES)}), {os.cpu_count()} CPU(s), "
+        f"{platform.python_implementation()} {platform.python_version()}",
+        "workers  runs  instances/s   MB/s   ratio   wall s   read s  encode s  write s",
+    ]
+    for r in rows:
+        st = r["stage_s"]
+        lines.append(
+            f"{r['workers']:7d}  {r['runs']:4d}  {r['instances_per_s']:11.2f}  {r['mb_per_s']:5.2f}  "
+            f"{r['ratio']:5.2f}x  {r['wall_s']:7.1f}  {st['read']:7.2f}  {st['encode']:8.1f}  {st['write']:7.2f}"
+        )
+    lines.append("(medians over runs; stage seconds are summed inside the workers, wall is the whole job)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.pipeline_throughput", description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--preset", choices=("max", "fast"), default="max")
+    parser.add_argument("--max-mb", type=float, default=None, help="leave out files larger than this")
+    parser.add_argument("--json", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or any(w < 1 for w in args.workers):
+        parser.error("--runs and --workers must be >= 1")
+
+    from pipelines.runner import quiet_beam_logs
+
+    quiet_beam_logs()
+    logging.getLogger("pydicom").setLevel(logging.ERROR)  # odd test files warn while sniffing
+    max_bytes = int(args.max_mb * 1e6) if args.max_mb else None
+    files = native_imaging_files(pydicom_data_dirs(), max_bytes=max_bytes)
+    if not files:
+        print("no pydicom-data files found (is pydicom-data installed?)", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory(prefix="medarchive-bench-") as tmp:
+        src = Path(tmp) / "src"
+        total = copy_source(files, src)
+        rows = [measure(src, Path(tmp), workers=w, runs=args.runs, preset=args.preset) for w in args.workers]
+    print(format_table(rows, files=len(files), mb=total / 1e6, preset=args.preset))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"preset": args.preset, "files": len(files), "bytes": total,
+                                               "results": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
