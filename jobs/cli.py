@@ -225,6 +225,7 @@ def _runner_settings(args: argparse.Namespace) -> dict:
     settings["beam_args"] = list(settings["beam_args"]) + list(args.beam_args)
     if settings["workers"] < 1:
         raise ValueError(f"--workers must be >= 1, got {settings['workers']}")
+    settings["storage_options"] = args.storage_options or {}
     return settings
 
 
@@ -349,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     def runner_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--storage-options",
+            type=json.loads,
+            default=None,
+            help='fsspec options as JSON, e.g. \'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\'',
+        )
         p.add_argument("--runner", help="Beam runner (default FnApiRunner, in-process and offline)")
         p.add_argument("--workers", type=int, help="local worker processes (default 1)")
         p.add_argument("--pipeline-config", help="JSON job config: runner, workers, beam_args (see jobs/configs/)")

@@ -7,6 +7,7 @@ Layout under the archive root (any fsspec URL):
     index/<name>.parquet      one per shard, one row per record; the shard's commit marker
     deadletter/<run>.parquet  inputs that could not be archived, with the reason
     runs/<run>.json           run summaries
+    audit/<id>.parquet|.json  audit reports
     models/<sha256>           model weights / adapters used by records
 
 Commit protocol: a shard is written under shards/.tmp-*, verified, moved to its final
@@ -179,7 +180,7 @@ class Archive:
     def clean_uncommitted(self) -> dict[str, int]:
         """Delete temporary files and shards that have no index (crashed runs)."""
         removed = {"temporary": 0, "uncommitted_shards": 0}
-        for folder in ("shards", "index", "deadletter", "runs", ""):
+        for folder in ("shards", "index", "deadletter", "runs", "audit", ""):
             base = self.path(folder) if folder else self.root
             if not self.fs.exists(base):
                 continue

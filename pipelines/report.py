@@ -22,7 +22,10 @@ def archive_stats(url: str, *, storage_options: dict | None = None) -> dict:
     for name in sorted(p.rsplit("/", 1)[-1] for p in archive.fs.glob(archive.path("runs", "*.json"))):
         with archive.fs.open(archive.path("runs", name), "rb") as fh:
             runs.append(json.loads(fh.read()))
-    dead = sum(t.num_rows for t in archive.read_tables("deadletter"))
+    # Inputs still dead-lettered: a re-run writes a new row for an input that is still bad,
+    # and an input fixed later is indexed; count each source once, and only if not archived.
+    indexed_sources = {r["source_key"] for r in rows}
+    dead = len({k for t in archive.read_tables("deadletter") for k in t.column("source_key").to_pylist()} - indexed_sources)
     by_modality: dict[str, dict] = {}
     for r in rows:
         m = by_modality.setdefault(r["modality"] or "?", {"instances": 0, "bytes_in": 0, "bytes_out": 0, "samples": 0, "bits": 0.0})
@@ -50,7 +53,7 @@ def archive_stats(url: str, *, storage_options: dict | None = None) -> dict:
         "studies": len({r["study_key"] for r in rows}),
         "series": len({r["series_key"] for r in rows}),
         "shards": len(archive.shard_names()),
-        "deadletter_rows": dead,
+        "deadlettered_inputs": dead,
         "bytes_in": bytes_in,
         "bytes_out": bytes_out,
         "ratio": bytes_in / bytes_out if bytes_out else None,
@@ -69,7 +72,7 @@ def format_archive_stats(stats: dict) -> str:
         f"archive          {stats['archive']}",
         f"format           {stats['format_version']}  schemas {stats['schemas']}  identity {stats['identity_mode']}",
         f"instances        {stats['instances']} in {stats['studies']} studies, {stats['series']} series, {stats['shards']} shards",
-        f"dead letters     {stats['deadletter_rows']}",
+        f"not archived     {stats['deadlettered_inputs']} input(s) (see deadletter/)",
         f"bytes in / out   {stats['bytes_in']:,} / {stats['bytes_out']:,}"
         + (f"  ratio {stats['ratio']:.2f}x" if stats["ratio"] else ""),
         f"restore modes    {stats['restore_modes']}",

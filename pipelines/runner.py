@@ -60,6 +60,7 @@ def run_migrate(
     quiet_beam_logs()
     storage_options = storage_options or {}
     archive = Archive(dst, storage_options=storage_options)
+    archive.fs.invalidate_cache()  # a long-lived process must not plan from stale listings
     key = None
     if key_file:
         from .keys import identity_key_from

@@ -445,7 +445,7 @@ def test_cli_inspect_with_html_report(local, tmp_path):
     proc = run_cli("inspect", local.dst, "--html", report)
     assert proc.returncode == 0, proc.stderr
     assert f"instances        {len(local.inputs)} in" in proc.stdout
-    assert "dead letters     1" in proc.stdout
+    assert "not archived     1 input(s)" in proc.stdout
     for modality, n in MODALITIES.items():
         assert f"  {modality:4} {n:6d} instances" in proc.stdout
     assert "report written" in proc.stdout
