@@ -417,6 +417,12 @@ def _pipeline_error_types() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    # Library chatter (Beam's import-time notices) is not for the terminal; our own warnings
+    # are printed explicitly. MEDARCHIVE_DEBUG=1 shows everything.
+    if not os.environ.get("MEDARCHIVE_DEBUG"):
+        logging.getLogger().setLevel(logging.ERROR)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:

@@ -342,14 +342,23 @@ def compress_dicom(
         "source": {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()},
         "spec": None if parsed.spec is None else parsed.spec.to_json(),
     }
+    verbatim_sections = [ct.Section(ct.SECTION_VERBATIM, data)]
     if parsed.restore_mode == RESTORE_VERBATIM:
-        sections = [ct.Section(ct.SECTION_VERBATIM, data)]
+        sections = verbatim_sections
         config["pixels"] = None
     else:
         pixel_config, pixel_sections = encode_words(parsed.frames, _sample_format(parsed.spec), preset=preset)
         config["pixels"] = pixel_config
         sections = [ct.Section(ct.SECTION_HEADER, _pack_header(parsed)), *pixel_sections]
     blob = ct.write_record(ct.Record(config=config, sections=sections))
+    if parsed.restore_mode == "pixel-exact":
+        # A lossless codestream is sometimes smaller than our record: then keeping it
+        # verbatim is both smaller and byte-exact.
+        kept = {**config, "restore_mode": RESTORE_VERBATIM, "reencode": None, "pixels": None,
+                "note": f"{parsed.note}; coded record not smaller than the source codestream, kept verbatim"}
+        verbatim_blob = ct.write_record(ct.Record(config=kept, sections=verbatim_sections))
+        if len(verbatim_blob) <= len(blob):
+            blob = verbatim_blob
     if verify:
         decompress_dicom(blob)
     return blob

@@ -22,7 +22,7 @@ from apache_beam.metrics import Metrics
 from schemas.tables import AUDIT_SCHEMA, table_of
 
 from .archive import Archive
-from .runner import pipeline_options, quiet_beam_logs
+from .runner import LOCAL_RUNNERS, pipeline_options, quiet_beam_logs, worker_logs_captured
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,9 @@ def run_audit(
         storage_options=storage_options or {},
     )
     started = time.time()
-    with beam.Pipeline(options=pipeline_options(runner, workers, beam_args)) as p:
+    with worker_logs_captured(runner in LOCAL_RUNNERS), beam.Pipeline(
+        options=pipeline_options(runner, workers, beam_args)
+    ) as p:
         _ = (
             p
             | "Shards" >> beam.Create(sorted(by_shard.items()))

@@ -20,7 +20,7 @@ import fsspec
 from apache_beam.metrics import Metrics
 
 from .archive import Archive, Identity
-from .runner import pipeline_options, quiet_beam_logs
+from .runner import LOCAL_RUNNERS, pipeline_options, quiet_beam_logs, worker_logs_captured
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,9 @@ def run_restore(
     started = time.time()
     restored: list[dict] = []
     if by_shard:
-        with beam.Pipeline(options=pipeline_options(runner, workers, beam_args)) as p:
+        with worker_logs_captured(runner in LOCAL_RUNNERS), beam.Pipeline(
+            options=pipeline_options(runner, workers, beam_args)
+        ) as p:
             _ = (
                 p
                 | "Shards" >> beam.Create(sorted(by_shard.items()))

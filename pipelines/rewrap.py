@@ -20,7 +20,7 @@ import apache_beam as beam
 from schemas.tables import INDEX_SCHEMA, table_of
 
 from .archive import TMP_PREFIX, Archive
-from .runner import pipeline_options, quiet_beam_logs
+from .runner import LOCAL_RUNNERS, pipeline_options, quiet_beam_logs, worker_logs_captured
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,9 @@ def run_rewrap(
     started = time.time()
     if by_shard:
         cfg = RewrapConfig(archive_url, key_file, storage_options or {})
-        with beam.Pipeline(options=pipeline_options(runner, workers, beam_args)) as p:
+        with worker_logs_captured(runner in LOCAL_RUNNERS), beam.Pipeline(
+            options=pipeline_options(runner, workers, beam_args)
+        ) as p:
             _ = (p | beam.Create(sorted(by_shard.items())) | beam.Reshuffle() | beam.ParDo(RewrapShard(cfg)))
     return {
         "records": sum(len(v) for v in by_shard.values()),

@@ -8,8 +8,11 @@ Beam options passed through unchanged (see jobs/configs/).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import sys
 import tempfile
 import time
 import uuid
@@ -32,6 +35,38 @@ def pipeline_options(runner: str, workers: int, extra: list[str] | None = None) 
         # One worker: in-process (memory:// URLs stay visible); more: separate processes.
         args.append("--direct_running_mode=" + ("multi_processing" if workers > 1 else "in_memory"))
     return PipelineOptions(args + list(extra or []))
+
+
+@contextlib.contextmanager
+def worker_logs_captured(enabled: bool = True):
+    """Send everything written to file descriptor 2 (Beam's worker processes inherit it and
+    log at INFO) to a temporary log; yield a stream on the real stderr for progress. If the
+    job fails, the log's last lines are printed, so nothing is hidden from the user."""
+    if not enabled:
+        yield sys.stderr
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    log = tempfile.NamedTemporaryFile(prefix="medarchive-workers-", suffix=".log", delete=False)
+    real = os.fdopen(os.dup(saved), "w", buffering=1)
+    os.dup2(log.fileno(), 2)
+    failed = False
+    try:
+        yield real
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        log.close()
+        if failed:
+            tail = Path(log.name).read_text(errors="replace").splitlines()[-40:]
+            if tail:
+                print("worker log (last lines):\n" + "\n".join(tail), file=sys.stderr)
+        os.unlink(log.name)
+        real.close()
 
 
 def quiet_beam_logs() -> None:
@@ -86,13 +121,12 @@ def run_migrate(
         started = time.time()
         pipeline = beam.Pipeline(options=pipeline_options(runner, workers, beam_args))
         _ = pipeline | "Source" >> beam.Create([src]) | "Migrate" >> Migrate(cfg, already, started)
-        if cfg.progress_dir:
-            with ProgressMonitor(progress_dir, total=None):
-                result = pipeline.run()
-                result.wait_until_finish()
-        else:
-            result = pipeline.run()
-            result.wait_until_finish()
+        with worker_logs_captured(local) as console:
+            if cfg.progress_dir:
+                with ProgressMonitor(progress_dir, total=None, stream=console):
+                    pipeline.run().wait_until_finish()
+            else:
+                pipeline.run().wait_until_finish()
     # Workers (other processes, or other machines) wrote under DST: drop this process's
     # cached listings (s3fs, gcsfs) or the run summary they wrote is "not found".
     archive.fs.invalidate_cache()
