@@ -454,5 +454,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
 
 
+def entry() -> None:
+    """Console-script entry point.
+
+    Exits with os._exit after flushing: Beam's gRPC threads can still be alive at
+    interpreter teardown, where they sometimes abort the process (SIGABRT, "terminate
+    called without an active exception") after the job has finished and reported.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -112,4 +112,9 @@ def _largest_record(archive: Path, target: Path) -> Path:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import os
+
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # see jobs.cli.entry: avoid Beam's gRPC threads aborting interpreter teardown
