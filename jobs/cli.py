@@ -99,11 +99,9 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 
 def _keyring(path: str | None):
-    if not path:
-        return None
-    from medcodec.crypto import Keyring
+    from pipelines.keys import load_keyring
 
-    return Keyring.load(path)
+    return load_keyring(path)
 
 
 def cmd_reveal(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from apache_beam.metrics import Metrics
 from schemas.tables import AUDIT_SCHEMA, table_of
 
 from .archive import Archive
+from .keys import load_keyring
 from .runner import LOCAL_RUNNERS, pipeline_options, quiet_beam_logs, worker_logs_captured
 
 
@@ -51,11 +52,7 @@ class AuditShard(beam.DoFn):
 
         self.codec = medcodec
         self.archive = Archive(self.cfg.archive, storage_options=self.cfg.storage_options)
-        self.keyring = None
-        if self.cfg.key_file:
-            from medcodec.crypto import Keyring
-
-            self.keyring = Keyring.load(self.cfg.key_file)
+        self.keyring = load_keyring(self.cfg.key_file)
 
     def _row(self, shard, sop_key, check, ok, detail=""):
         Metrics.counter("medarchive", f"audit_{'ok' if ok else 'fail'}").inc()

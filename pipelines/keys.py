@@ -10,3 +10,12 @@ def identity_key_from(key_file: str | None) -> bytes:
     from medcodec.crypto import Keyring
 
     return Keyring.load(key_file).uid_key()
+
+
+def load_keyring(key_file: str | None):
+    """The keyring at ``key_file``, or None when no key file is given (loaded once per worker)."""
+    if not key_file:
+        return None
+    from medcodec.crypto import Keyring
+
+    return Keyring.load(key_file)

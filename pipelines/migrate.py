@@ -25,6 +25,7 @@ from apache_beam.metrics import Metrics
 from schemas.tables import DEADLETTER_SCHEMA, INDEX_SCHEMA, table_of
 
 from .archive import TMP_PREFIX, Archive, Identity
+from .keys import load_keyring
 from .progress import ProgressReporter
 from .sources import SourceRef, list_sources, read_source
 
@@ -140,11 +141,7 @@ class EncodeInstance(beam.DoFn):
         self.codec = medcodec
         self.identity = _resolve_identity(self.cfg)
         self.progress = ProgressReporter(self.cfg.progress_dir)
-        self.keyring = None
-        if self.cfg.key_file:
-            from medcodec.crypto import Keyring
-
-            self.keyring = Keyring.load(self.cfg.key_file)
+        self.keyring = load_keyring(self.cfg.key_file)
 
     def process(self, ref: SourceRef, already: frozenset) -> Iterator[Any]:
         ident, cfg = self.identity, self.cfg

@@ -20,6 +20,7 @@ import fsspec
 from apache_beam.metrics import Metrics
 
 from .archive import Archive, Identity
+from .keys import load_keyring
 from .runner import LOCAL_RUNNERS, pipeline_options, quiet_beam_logs, worker_logs_captured
 
 
@@ -47,11 +48,7 @@ class RestoreShard(beam.DoFn):
         self.codec = medcodec
         self.archive = Archive(self.cfg.archive, storage_options=self.cfg.storage_options)
         self.dst_fs, self.dst_root = fsspec.core.url_to_fs(self.cfg.dst, **self.cfg.dst_storage_options)
-        self.keyring = None
-        if self.cfg.key_file:
-            from medcodec.crypto import Keyring
-
-            self.keyring = Keyring.load(self.cfg.key_file)
+        self.keyring = load_keyring(self.cfg.key_file)
 
     def process(self, element: tuple[str, list[dict]]) -> Iterator[dict]:
         import pydicom
