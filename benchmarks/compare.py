@@ -348,6 +348,8 @@ class OurCodec:
 
     preset: str = "max"
     name: ClassVar[str] = "ours"
+    # (direction, {"global": s, "local": s, "local_tokens": n}) per call, drained by measure()
+    path_timings: list = field(default_factory=list, compare=False)
 
     @property
     def label(self) -> str:
@@ -363,15 +365,19 @@ class OurCodec:
             array = v[:, 0]
         else:
             array = v[0, 0]
+        timings: dict = {}
         blob = medcodec.compress_pixels(
-            np.ascontiguousarray(array), bits_stored=image.bits, signed=False, preset=self.preset
+            np.ascontiguousarray(array), bits_stored=image.bits, signed=False, preset=self.preset, timings=timings
         )
+        self.path_timings.append(("encode", timings))
         return [blob]
 
     def decode(self, blobs: list[bytes], image: BenchImage) -> np.ndarray:
         import medcodec
 
-        out = medcodec.decompress_pixels(blobs[0])
+        timings: dict = {}
+        out = medcodec.decompress_pixels(blobs[0], timings=timings)
+        self.path_timings.append(("decode", timings))
         if out.ndim == 4:
             return np.moveaxis(out, 3, 1)
         if out.ndim == 3:
@@ -542,6 +548,22 @@ class CodecResult:
     encode_mbps: float | None = None
     decode_mbps: float | None = None
     error: str | None = None
+    # ours only: median seconds per path and direction, and the local-path token count
+    paths: dict[str, float] | None = None
+
+
+def _path_medians(calls: list) -> dict[str, float] | None:
+    if not calls:
+        return None
+    out: dict[str, float] = {}
+    for direction in ("encode", "decode"):
+        runs = [t for d, t in calls if d == direction]
+        for key in ("global", "local"):
+            if runs:
+                out[f"{direction}_{key}_s"] = statistics.median(t.get(key, 0.0) for t in runs)
+        if runs:
+            out["local_tokens"] = float(runs[0].get("local_tokens", 0))
+    return out
 
 
 @dataclass
@@ -577,6 +599,9 @@ def _mismatch(out: np.ndarray, want: np.ndarray) -> str | None:
 def measure(codec: Codec, image: BenchImage, *, runs: int) -> CodecResult:
     """Encode and decode ``runs`` times; verify every decode; median timings."""
     result = CodecResult(status=STATUS_OK)
+    timings = getattr(codec, "path_timings", None)
+    if timings is not None:
+        timings.clear()
     try:
         for _ in range(runs):
             t0 = time.perf_counter()
@@ -596,6 +621,7 @@ def measure(codec: Codec, image: BenchImage, *, runs: int) -> CodecResult:
     except Exception as exc:
         return CodecResult(status=STATUS_ERROR, error=f"{type(exc).__name__}: {exc}")
     mb = image.raw_bytes / 1e6
+    result.paths = _path_medians(timings) if timings is not None else None
     result.bpp = 8.0 * result.nbytes / image.n_samples
     result.encode_mbps = mb / max(statistics.median(result.encode_s), 1e-9)
     result.decode_mbps = mb / max(statistics.median(result.decode_s), 1e-9)
@@ -656,7 +682,22 @@ def summarize(rows: Sequence[ImageRow], codec_names: Sequence[str]) -> dict[str,
             theirs = per_codec[name]["weighted_bpp"]
             if name != "ours":
                 ratios[name] = ours / theirs if ours is not None and theirs else None
+    paths = None
+    ours_res = [r.results["ours"] for r in common if "ours" in r.results and r.results["ours"].paths]
+    if ours_res:
+        raw_mb = sum(r.raw_bytes for r in common if "ours" in r.results and r.results["ours"].paths) / 1e6
+        tot = {k: sum(x.paths.get(k, 0.0) for x in ours_res) for k in ours_res[0].paths}
+        tokens = tot.get("local_tokens", 0.0)
+        paths = {
+            "seconds": tot,
+            "global_encode_mbps": raw_mb / tot["encode_global_s"] if tot.get("encode_global_s") else None,
+            "global_decode_mbps": raw_mb / tot["decode_global_s"] if tot.get("decode_global_s") else None,
+            "local_encode_tokens_per_s": tokens / tot["encode_local_s"] if tot.get("encode_local_s") else None,
+            "local_decode_tokens_per_s": tokens / tot["decode_local_s"] if tot.get("decode_local_s") else None,
+            "local_tokens": tokens,
+        }
     return {
+        "paths": paths,
         "images": len(rows),
         "images_in_summary": len(common),
         "samples_in_summary": sum(r.n_samples for r in common),
@@ -729,6 +770,7 @@ def run_benchmark(
     limit: int | None = None,
     frame_cap: int = DEFAULT_FRAME_CAP,
     dedupe: bool = True,
+    split: str = "all",
     progress: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Benchmark every image under ``paths`` (folders, files, or ``"pydicom"``) with ``codecs``.
@@ -747,6 +789,9 @@ def run_benchmark(
     report = InputReport()
     rows: list[ImageRow] = []
     for image in iter_images(paths, frame_cap=frame_cap, dedupe=dedupe, limit=limit, report=report):
+        if split != "all" and _split_of(image.name) != split:
+            report.skipped.append(Skipped(image.name, f"not in the {split} split"))
+            continue
         t0 = time.perf_counter()
         row = ImageRow(
             name=image.name,
@@ -773,6 +818,8 @@ def run_benchmark(
     names = [c.name for c in active]
     meta = {
         "sources": paths,
+        "split": split,
+        "models": _model_sizes(preset) if "ours" in names else {},
         "runs": runs,
         "preset": preset,
         "frame_cap": frame_cap,
@@ -786,6 +833,23 @@ def run_benchmark(
         rows=rows, codecs=infos, skipped=report.skipped, filtered=report.filtered,
         summary=summarize(rows, names), meta=meta,
     )
+
+
+def _split_of(name: str) -> str:
+    """'held-out' for the images the shipped models were never trained on, else 'train'."""
+    from medcodec.model.train import held_out
+
+    return "held-out" if held_out(name) else "train"
+
+
+def _model_sizes(preset: str) -> dict[str, int]:
+    """Bytes of the model(s) a record of this preset needs (shipped, or stored once per archive)."""
+    from medcodec.codec import PRESET_LOCAL_MODEL
+    from medcodec.model.registry import WEIGHTS_DIR
+
+    model_id = PRESET_LOCAL_MODEL[preset]
+    path = WEIGHTS_DIR / f"{model_id}.safetensors"
+    return {model_id: path.stat().st_size} if path.is_file() else {}
 
 
 # --- reporting -----------------------------------------------------------------------------
@@ -824,6 +888,7 @@ def format_table(result: BenchResult) -> str:
         f"Python {meta['python']}, numpy {meta['versions']['numpy']}, imagecodecs {meta['versions']['imagecodecs']}",
         f"code: {meta.get('code_version', 'unknown')}",
         f"runs: {meta['runs']} (timings: median; sizes are deterministic); preset: {meta['preset']}; "
+        f"images: {meta.get('split', 'all')}; "
         f"wall time {meta['wall_s']:.1f}s",
         "codecs:",
     ]
@@ -864,6 +929,31 @@ def format_table(result: BenchResult) -> str:
         f"round-tripped ({summary['samples_in_summary']} samples, {summary['raw_bytes_in_summary'] / 1e6:.1f} MB raw):"
     )
     lines += aligned[len(table):]
+    paths = summary.get("paths")
+    if paths:
+        sec = paths["seconds"]
+        lines.append(
+            f"ours per path (summed over the summary images, medians of runs): global path "
+            f"{_fmt(paths['global_encode_mbps'], 2)} MB/s encode, {_fmt(paths['global_decode_mbps'], 2)} MB/s decode; "
+            f"local path (transformer) {paths['local_tokens'] / 1e6:.2f} M tokens, "
+            f"{_fmt(paths['local_encode_tokens_per_s'], 0)} tokens/s encode, "
+            f"{_fmt(paths['local_decode_tokens_per_s'], 0)} tokens/s decode; seconds: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in sec.items() if k.endswith("_s"))
+        )
+    models = meta.get("models") or {}
+    if models and "ours" in names and per["ours"]["weighted_bpp"] is not None:
+        model_bytes = sum(models.values())
+        n_img = max(summary["images_in_summary"], 1)
+        mean_samples = summary["samples_in_summary"] / n_img
+        amort = ", ".join(
+            f"{n:,} images +{8.0 * model_bytes / (n * mean_samples):.4f} bpp" for n in (1_000, 10_000, 100_000)
+        )
+        lines.append(
+            f"model bytes: {', '.join(f'{k} {v:,} B' for k, v in models.items())} (shipped with the package; "
+            f"stored once per archive if archived): weighted bpp with the model counted once over these "
+            f"{n_img} images {8.0 * (per['ours']['total_bytes'] + model_bytes) / summary['samples_in_summary']:.3f}; "
+            f"amortized over {amort} (images of this mean size)"
+        )
     lines.append("")
 
     notes = []
@@ -908,6 +998,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"benchmark at most the first N frames of an image (default {DEFAULT_FRAME_CAP})")
     parser.add_argument("--keep-duplicates", action="store_true",
                         help="benchmark images whose pixels equal an earlier image's too")
+    parser.add_argument("--split", choices=("all", "held-out", "train"), default="all",
+                        help="pydicom images the shipped models never saw (held-out), trained on, or all")
     parser.add_argument("--quiet", action="store_true", help="no per-image progress on stderr")
     return parser
 
@@ -929,7 +1021,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_benchmark(
             args.sources, runs=args.runs, preset=args.preset, codecs=codec_names, limit=args.limit,
-            frame_cap=args.max_frames, dedupe=not args.keep_duplicates, progress=progress,
+            frame_cap=args.max_frames, dedupe=not args.keep_duplicates, split=args.split, progress=progress,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -309,6 +309,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return compare.main(args.bench_args)
 
 
+def cmd_train_base(args: argparse.Namespace) -> int:
+    from jobs import train_base
+
+    return train_base.run(args, sys.argv[2:])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medarchive", description="Lossless archiver for medical imaging.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -398,6 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="compare against JPEG-LS, JPEG 2000, HTJ2K, JPEG-XL (see benchmarks/compare.py)")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="DIR (or 'pydicom') and benchmark options")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("train-base", help="train the local-path transformers on pydicom-data (see jobs/train_base.py)")
+    from jobs.train_base import add_arguments as add_train_arguments
+
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train_base)
     return parser
 
 

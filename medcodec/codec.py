@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import lzma
 import struct
+import time
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from .paths import ClassicalLocalPathCoder, GlobalPathCoder, LocalPathModel, Pla
 from .planes import (
     SampleFormat,
     choose_k,
+    choose_k_transformer,
     merge_planes,
     pack_values,
     palette_bits,
@@ -34,16 +36,25 @@ PRESETS = ("max", "fast")
 # make the reader allocate unbounded memory).
 MAX_DECODE_SAMPLES = 1 << 31
 
-_LOCAL_MODELS: dict[str, type] = {ClassicalLocalPathCoder.model_id: ClassicalLocalPathCoder}
+# The local model new records are coded with, per preset. Records name their model
+# (id + SHA-256 of its weights), so older records keep decoding with theirs.
+PRESET_LOCAL_MODEL = {"max": "llm-base-v1", "fast": "llm-fast-v1"}
+TRANSFORMER_PREFIX = "llm-"
 
 
-def local_model_for(model_id: str) -> LocalPathModel:
-    try:
-        return _LOCAL_MODELS[model_id]()
-    except KeyError:
-        raise ModelMismatchError(
-            f"record was coded with local model {model_id!r}; available: {sorted(_LOCAL_MODELS)}"
-        ) from None
+def local_model_for(model_id: str, sha256: str | None = None) -> LocalPathModel:
+    """The local-path model a record names; a transformer's weights must match ``sha256``."""
+    if model_id == ClassicalLocalPathCoder.model_id:
+        return ClassicalLocalPathCoder()
+    if model_id.startswith(TRANSFORMER_PREFIX):
+        from .model.coder import TransformerLocalPathCoder  # torch is imported only when needed
+        from .model.registry import load_model
+
+        return TransformerLocalPathCoder(load_model(model_id, sha256=sha256))
+    raise ModelMismatchError(
+        f"record was coded with local model {model_id!r}; this reader knows {ClassicalLocalPathCoder.model_id!r} "
+        f"and the shipped {TRANSFORMER_PREFIX}* models"
+    )
 
 
 def words_digest(words: np.ndarray) -> str:
@@ -65,12 +76,30 @@ def _previous_plane(values: dict, f: int, c: int) -> np.ndarray | None:
     return None
 
 
+def _add_time(timings: dict | None, key: str, since: float) -> float:
+    now = time.perf_counter()
+    if timings is not None:
+        timings[key] = timings.get(key, 0.0) + now - since
+    return now
+
+
 def encode_words(
-    words: np.ndarray, fmt: SampleFormat, *, preset: str = "max", local_model: LocalPathModel | None = None
+    words: np.ndarray,
+    fmt: SampleFormat,
+    *,
+    preset: str = "max",
+    local_model: LocalPathModel | str | None = None,
+    timings: dict | None = None,
 ) -> tuple[dict[str, Any], list[ct.Section]]:
-    """Code stored words shaped (frames, samples, rows, cols); returns (pixel config, sections)."""
+    """Code stored words shaped (frames, samples, rows, cols); returns (pixel config, sections).
+
+    ``local_model`` overrides the preset's local model (an id such as "classical-v1", the
+    transformer-free v1.0 path, or a model object). ``timings``, when given, accumulates
+    seconds per path ("global", "local") and the number of local-path tokens ("local_tokens").
+    """
     _check_preset(preset)
-    local_model = local_model or ClassicalLocalPathCoder()
+    if local_model is None or isinstance(local_model, str):
+        local_model = local_model_for(local_model or PRESET_LOCAL_MODEL[preset])
     n_frames, n_samples, rows, cols = words.shape
     values, outside = words_to_values(words, fmt)
     bits = fmt.bits_stored
@@ -81,7 +110,10 @@ def encode_words(
         bits = palette_bits(palette)
         sections.append(ct.Section(ct.SECTION_PALETTE, _pack_palette(palette)))
     middle = values[n_frames // 2, 0]
-    k, plane_stats = choose_k(middle, bits)
+    if getattr(local_model, "max_k", None) is None:
+        k, plane_stats = choose_k(middle, bits)
+    else:
+        k, plane_stats = choose_k_transformer(middle, bits, max_k=local_model.max_k)
     global_coder = GlobalPathCoder()
     planes: dict[tuple[int, int], np.ndarray] = {}
     for f in range(n_frames):
@@ -91,8 +123,13 @@ def encode_words(
             prev = _previous_plane(planes, f, c)
             g, loc = split_planes(v, k)
             info = PlaneInfo(rows=rows, cols=cols, bits=bits - k, k=k, preset=preset)
+            t = time.perf_counter()
             gs = global_coder.encode(g, info, None if prev is None else prev >> k)
+            t = _add_time(timings, "global", t)
             ls = local_model.encode(loc, g, info, prev)
+            _add_time(timings, "local", t)
+            if timings is not None and k:
+                timings["local_tokens"] = timings.get("local_tokens", 0) + rows * cols
             sections.append(ct.Section(ct.SECTION_GLOBAL, gs))
             if k:
                 sections.append(ct.Section(ct.SECTION_LOCAL, ls))
@@ -104,6 +141,7 @@ def encode_words(
         "codec_id": CODEC_ID,
         "global_model": GLOBAL_MODEL_ID,
         "local_model": local_model.model_id,
+        **({"local_model_sha256": local_model.sha256} if getattr(local_model, "sha256", None) else {}),
         "preset": preset,
         "format": {
             "bits_allocated": fmt.bits_allocated,
@@ -121,8 +159,8 @@ def encode_words(
     return config, sections
 
 
-def decode_words(config: dict[str, Any], record: ct.Record) -> np.ndarray:
-    """Inverse of :func:`encode_words`; verifies the words' digest."""
+def decode_words(config: dict[str, Any], record: ct.Record, *, timings: dict | None = None) -> np.ndarray:
+    """Inverse of :func:`encode_words`; verifies the words' digest (``timings`` as there)."""
     try:
         if config["codec_id"] != CODEC_ID:
             raise UnsupportedError(f"pixel codec {config['codec_id']!r} unknown; this reader knows {CODEC_ID!r}")
@@ -144,7 +182,9 @@ def decode_words(config: dict[str, Any], record: ct.Record) -> np.ndarray:
     bits = fmt.bits_stored if palette is None else palette_bits(palette)
     if not 0 <= k < bits:
         raise CorruptRecordError(f"record claims k={k} for {bits} coded bits")
-    local_model = local_model_for(local_id)
+    local_model = local_model_for(local_id, config.get("local_model_sha256"))
+    if local_id.startswith(TRANSFORMER_PREFIX) and not config.get("local_model_sha256"):
+        raise CorruptRecordError(f"record names transformer model {local_id!r} without its SHA-256")
     global_streams = record.of_type(ct.SECTION_GLOBAL)
     local_streams = record.of_type(ct.SECTION_LOCAL)
     n_planes = n_frames * n_samples
@@ -159,8 +199,13 @@ def decode_words(config: dict[str, Any], record: ct.Record) -> np.ndarray:
         f, c = divmod(i, n_samples)
         prev = _previous_plane(planes, f, c)
         info = PlaneInfo(rows=rows, cols=cols, bits=bits - k, k=k, preset=preset)
+        t = time.perf_counter()
         g = global_coder.decode(global_streams[i].payload, info, None if prev is None else prev >> k)
+        t = _add_time(timings, "global", t)
         loc = local_model.decode(local_streams[i].payload if k else b"", g, info, prev)
+        _add_time(timings, "local", t)
+        if timings is not None and k:
+            timings["local_tokens"] = timings.get("local_tokens", 0) + rows * cols
         values[f, c] = planes[(f, c)] = merge_planes(g, loc, k)
     if palette is not None:
         if values.max() >= palette.size:
@@ -216,7 +261,14 @@ def _as_frames(array: np.ndarray) -> np.ndarray:
 
 
 def compress_pixels(
-    array: np.ndarray, *, bits_stored: int, signed: bool, preset: str = "max", high_bit: int | None = None
+    array: np.ndarray,
+    *,
+    bits_stored: int,
+    signed: bool,
+    preset: str = "max",
+    high_bit: int | None = None,
+    local_model: str | None = None,
+    timings: dict | None = None,
 ) -> bytes:
     """Losslessly compress an integer image.
 
@@ -237,7 +289,7 @@ def compress_pixels(
         signed=signed,
     )
     words = np.ascontiguousarray(_as_frames(array)).view(fmt.word_dtype)
-    pixel_config, sections = encode_words(words, fmt, preset=preset)
+    pixel_config, sections = encode_words(words, fmt, preset=preset, local_model=local_model, timings=timings)
     config = {
         "kind": "pixels",
         "array": {"dtype": array.dtype.str.lstrip("<>|="), "shape": list(array.shape)},
@@ -246,7 +298,7 @@ def compress_pixels(
     return ct.write_record(ct.Record(config=config, sections=sections))
 
 
-def decompress_pixels(blob: bytes) -> np.ndarray:
+def decompress_pixels(blob: bytes, *, timings: dict | None = None) -> np.ndarray:
     """Inverse of :func:`compress_pixels`: same dtype, shape and values."""
     record = ct.read_record(blob)
     if record.config.get("kind") != "pixels":
@@ -258,7 +310,7 @@ def decompress_pixels(blob: bytes) -> np.ndarray:
         shape = tuple(int(x) for x in record.config["array"]["shape"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptRecordError(f"array description malformed: {exc!r}") from None
-    words = decode_words(record.config["pixels"], record)
+    words = decode_words(record.config["pixels"], record, timings=timings)
     frames = words.view(dtype)
     if len(shape) == 2:
         out = frames[0, 0]
@@ -307,6 +359,7 @@ def compress_dicom(
     limits: DicomLimits | None = None,
     verify: bool = True,
     keyring=None,
+    local_model: str | None = None,
 ) -> bytes:
     """Compress one DICOM file (bytes) into a record that restores it exactly.
 
@@ -321,7 +374,7 @@ def compress_dicom(
         from . import sealing
 
         def encode(words, fmt):
-            return encode_words(words, fmt, preset=preset)
+            return encode_words(words, fmt, preset=preset, local_model=local_model)
 
         sealed_config, sections, _ = sealing.seal_dicom(data, parsed, keyring, encode=encode)
         blob = ct.write_record(ct.Record(config={"kind": "dicom", **sealed_config}, sections=sections))
@@ -347,7 +400,9 @@ def compress_dicom(
         sections = verbatim_sections
         config["pixels"] = None
     else:
-        pixel_config, pixel_sections = encode_words(parsed.frames, _sample_format(parsed.spec), preset=preset)
+        pixel_config, pixel_sections = encode_words(
+            parsed.frames, _sample_format(parsed.spec), preset=preset, local_model=local_model
+        )
         config["pixels"] = pixel_config
         sections = [ct.Section(ct.SECTION_HEADER, _pack_header(parsed)), *pixel_sections]
     blob = ct.write_record(ct.Record(config=config, sections=sections))

@@ -22,6 +22,12 @@ CHUNK = 512
 _FAMILY = stream.model.Categorical(perfect=False)
 
 
+def counts_to_probabilities(counts: np.ndarray) -> np.ndarray:
+    """Rows of positive integer counts -> float64 probabilities, by one exactly rounded division."""
+    counts = np.asarray(counts, dtype=np.int64)
+    return counts / counts.sum(axis=-1, keepdims=True)
+
+
 class AdaptiveTables:
     """Integer frequency tables, one row per context, at two adaptation speeds.
 
@@ -51,8 +57,7 @@ class AdaptiveTables:
         return fast * slow.sum(axis=1, keepdims=True) + slow * fast.sum(axis=1, keepdims=True)
 
     def probabilities(self, ctx: np.ndarray) -> np.ndarray:
-        rows = self.mixed_counts(ctx)
-        return rows / rows.sum(axis=1, keepdims=True)
+        return counts_to_probabilities(self.mixed_counts(ctx))
 
     def update(self, ctx: np.ndarray, symbols: np.ndarray) -> None:
         n_ctx, alphabet = self.fast.shape
@@ -84,8 +89,7 @@ class RowModel:
 
     def probabilities(self, ctx: np.ndarray, offsets: np.ndarray, width: int) -> np.ndarray:
         cols = self.columns(offsets, width)
-        rows = np.take_along_axis(self.tables.mixed_counts(ctx), cols, axis=1)
-        return rows / rows.sum(axis=1, keepdims=True)
+        return counts_to_probabilities(np.take_along_axis(self.tables.mixed_counts(ctx), cols, axis=1))
 
     def update(self, ctx: np.ndarray, offsets: np.ndarray, symbols: np.ndarray) -> None:
         residual = np.clip(offsets + symbols, -self.span, self.span) + self.span

@@ -131,6 +131,24 @@ def choose_k(values: np.ndarray, bits: int, *, margin: int = LOCAL_PLANE_MARGIN)
     return k, {"noise": round(sigma, 3)}
 
 
+# The transformer local path takes the noise-floor planes and TRANSFORMER_K_OFFSET more:
+# k = round(log2(max(noise, 1))) + offset. Calibrated on the 29 training images of the
+# shipped models (benchmarks/split_sweep.py --local llm-base-v1, images up to 1.1 M pixels,
+# weighted bpp): k = 0 2.528; offset -1 2.374, 0 2.355, +1 2.293, +2 2.254; best k per
+# image 2.207. The transformer sees the 5x5 global neighbourhood on all sides, so it
+# codes planes above the noise floor better than the causal global path does.
+TRANSFORMER_K_OFFSET = 2
+
+
+def choose_k_transformer(
+    values: np.ndarray, bits: int, *, max_k: int, offset: int = TRANSFORMER_K_OFFSET
+) -> tuple[int, dict]:
+    """Split plane k for the transformer local path."""
+    sigma = noise_level(values)
+    k = int(round(np.log2(max(sigma, 1.0)))) + offset
+    return max(0, min(k, bits - 1, max_k)), {"noise": round(sigma, 3)}
+
+
 # Pack values when the used span is at least this many times the number of distinct values,
 # and the table is small next to the image (its cost is then negligible).
 PACK_SPAN_FACTOR = 2

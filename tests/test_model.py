@@ -1,0 +1,261 @@
+"""The transformer local path: exact integer arithmetic, exact inference, shipped weights."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import medcodec
+from medcodec import container as ct
+from medcodec.codec import PRESET_LOCAL_MODEL
+from medcodec.errors import CorruptRecordError, ModelMismatchError
+from medcodec.model import geometry, intnet
+from medcodec.model.coder import TransformerLocalPathCoder
+from medcodec.model.registry import WEIGHTS_DIR, load_model, model_from_bytes, pack, unpack
+from medcodec.paths import PlaneInfo
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = sorted(set(PRESET_LOCAL_MODEL.values()))
+
+
+def _f(x) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.float64)
+
+
+# --- exact integer helpers ----------------------------------------------------------------
+
+
+@given(st.integers(-(1 << 50), 1 << 50), st.integers(1, 1 << 30))
+def test_floor_div_is_exact(n, d):
+    assert int(intnet.floor_div(_f([n]), _f([d]))[0]) == n // d
+
+
+@given(st.integers(1, 1 << 40), st.integers(20, 40))
+def test_reciprocal_is_exact(d, shift):
+    assert int(intnet.reciprocal(_f([d]), shift)[0]) == (1 << shift) // d
+
+
+@given(st.integers(0, (1 << 52) - 1))
+def test_isqrt_is_exact(x):
+    r = int(intnet.isqrt(_f([x]))[0])
+    assert r * r <= x < (r + 1) * (r + 1)
+
+
+@given(st.integers(-(1 << 50), 1 << 50), st.integers(1, 30))
+def test_rshift_round_is_round_half_even(x, shift):
+    got = int(intnet.rshift_round(_f([x]), shift)[0])
+    q, r = divmod(x, 1 << shift)
+    half = 1 << (shift - 1)
+    want = q + (r > half or (r == half and q % 2 == 1))
+    assert got == want
+
+
+# --- the shipped models ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model_id", SHIPPED)
+def test_shipped_weights_match_their_manifest(model_id):
+    blob = (WEIGHTS_DIR / f"{model_id}.safetensors").read_bytes()
+    manifest = json.loads((WEIGHTS_DIR / f"{model_id}.json").read_text())
+    assert manifest["sha256"] == hashlib.sha256(blob).hexdigest()
+    assert len(blob) <= 10 * 1024 * 1024
+    assert manifest["command"].startswith("medarchive train-base")
+    # Held-out benchmark images were never trained on.
+    from medcodec.model.train import HELD_OUT_GROUPS
+
+    files = manifest["data"]["files"]
+    assert {f["group"] for f in files if f["split"] == "train"}.isdisjoint(HELD_OUT_GROUPS)
+    assert any(f["split"] == "held-out" for f in files)
+    assert manifest["metrics"]["valid_bits_integer"] < manifest["metrics"]["valid_bits_uniform"]
+
+
+def _inputs(model, n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    prompt = torch.from_numpy(rng.integers(-15, 16, (n, geometry.PATCH_TOKENS, geometry.N_PROMPT)))
+    causal = torch.from_numpy(rng.integers(0, geometry.N_BINS + 1, (n, geometry.PATCH_TOKENS, geometry.N_CAUSAL)))
+    valid = torch.from_numpy(rng.random((n, geometry.PATCH_TOKENS)) < 0.9)
+    return model.net.embed(prompt, causal, int(rng.integers(1, 7))), valid
+
+
+@pytest.mark.parametrize("model_id", SHIPPED)
+def test_cached_steps_equal_the_full_pass_at_any_batch_size_and_patch_order(model_id):
+    model = load_model(model_id, device="cpu")
+    h, valid = _inputs(model, 37, 0)
+    full = model.net.counts(h, valid)
+    assert full.dtype == torch.int64 and int(full.min()) >= 1
+    cache: list = []
+    steps = [model.net.counts(h[:, t : t + 1], valid, start=t, cache=cache) for t in range(geometry.PATCH_TOKENS)]
+    assert torch.equal(torch.cat(steps, dim=1), full)
+    for size in (1, 5, 16):
+        parts = [model.net.counts(h[i : i + size], valid[i : i + size]) for i in range(0, 37, size)]
+        assert torch.equal(torch.cat(parts), full)
+    perm = torch.randperm(37, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(model.net.counts(h[perm], valid[perm]), full[perm])
+
+
+def _plane(rows=37, cols=45, bits=12, seed=0):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:cols]
+    smooth = 800 + 400 * np.sin(x / 7.0) * np.cos(y / 9.0)
+    return np.clip(smooth + rng.normal(0, 12, (rows, cols)), 0, (1 << bits) - 1).astype(np.int64)
+
+
+@pytest.mark.parametrize("model_id", SHIPPED)
+def test_local_stream_is_independent_of_batch_size(model_id):
+    v = _plane()
+    k = 3
+    info = PlaneInfo(rows=v.shape[0], cols=v.shape[1], bits=12 - k, k=k, preset="max")
+    g, loc = v >> k, v & ((1 << k) - 1)
+    model = load_model(model_id, device="cpu")
+    streams = {b: TransformerLocalPathCoder(model, batch_patches=b).encode(loc, g, info) for b in (1, 7, 4096)}
+    assert len(set(streams.values())) == 1
+    for b in (3, 4096):
+        assert np.array_equal(TransformerLocalPathCoder(model, batch_patches=b).decode(streams[1], g, info), loc)
+
+
+_SUBPROCESS = textwrap.dedent(
+    """
+    import sys, hashlib, numpy as np, torch
+    torch.set_num_threads(int(sys.argv[1]))
+    import medcodec
+    rng = np.random.default_rng(5)
+    y, x = np.mgrid[0:70, 0:90]
+    img = np.clip(2000 + 600 * np.sin(x / 9.0) + rng.normal(0, 20, (70, 90)), 0, 4095).astype(np.uint16)
+    if sys.argv[2] == "encode":
+        blob = medcodec.compress_pixels(img, bits_stored=12, signed=False)
+        open(sys.argv[3], "wb").write(blob)
+    else:
+        out = medcodec.decompress_pixels(open(sys.argv[3], "rb").read())
+        assert np.array_equal(out, img)
+        print("decoded-ok")
+    """
+)
+
+
+def test_same_bytes_with_1_or_2_threads_and_decoding_in_another_process(tmp_path):
+    script = tmp_path / "code.py"
+    script.write_text(_SUBPROCESS)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    blobs = []
+    for threads in (1, 2):
+        out = tmp_path / f"rec{threads}"
+        subprocess.run([sys.executable, str(script), str(threads), "encode", str(out)], check=True, env=env)
+        blobs.append(out.read_bytes())
+    assert blobs[0] == blobs[1]
+    config = ct.read_record(blobs[0]).config["pixels"]
+    assert config["local_model"] == PRESET_LOCAL_MODEL["max"] and config["k"] > 0
+    res = subprocess.run(
+        [sys.executable, str(script), "2", "decode", str(tmp_path / "rec1")], check=True, env=env,
+        capture_output=True, text=True,
+    )
+    assert "decoded-ok" in res.stdout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("model_id", SHIPPED)
+def test_cuda_gives_the_cpu_bitstream(model_id):
+    v = _plane(rows=64, cols=80)
+    k = 3
+    info = PlaneInfo(rows=64, cols=80, bits=12 - k, k=k, preset="max")
+    g, loc = v >> k, v & ((1 << k) - 1)
+    cpu = TransformerLocalPathCoder(load_model(model_id, device="cpu")).encode(loc, g, info)
+    gpu_coder = TransformerLocalPathCoder(load_model(model_id, device="cuda"))
+    assert gpu_coder.encode(loc, g, info) == cpu
+    assert np.array_equal(gpu_coder.decode(cpu, g, info), loc)
+
+
+# --- records ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["max", "fast"])
+@pytest.mark.parametrize(
+    "case",
+    ["noisy12", "signed16", "u8", "rgb", "frames", "odd", "tiny"],
+)
+def test_transformer_records_round_trip(preset, case):
+    rng = np.random.default_rng(3)
+    if case == "noisy12":
+        arr, bits, signed = _plane(61, 67).astype(np.uint16), 12, False
+    elif case == "signed16":
+        arr, bits, signed = (_plane(40, 50, 16) * 8 - 20000 + rng.integers(-60, 60, (40, 50))).astype(np.int16), 16, True
+    elif case == "u8":
+        arr, bits, signed = np.clip(_plane(33, 41, 8) // 8 + rng.integers(-6, 6, (33, 41)), 0, 255).astype(np.uint8), 8, False
+    elif case == "rgb":
+        arr, bits, signed = rng.integers(0, 256, (1, 20, 30, 3)).astype(np.uint8), 8, False
+    elif case == "frames":
+        arr, bits, signed = np.stack([_plane(24, 40, 12, s) for s in range(3)]).astype(np.uint16), 12, False
+    elif case == "odd":
+        arr, bits, signed = _plane(5, 13).astype(np.uint16), 12, False
+    else:
+        arr, bits, signed = np.array([[4000]], dtype=np.uint16), 12, False
+    blob = medcodec.compress_pixels(arr, bits_stored=bits, signed=signed, preset=preset)
+    out = medcodec.decompress_pixels(blob)
+    assert out.dtype == arr.dtype and np.array_equal(out, arr)
+    pixels = ct.read_record(blob).config["pixels"]
+    assert pixels["local_model"] == PRESET_LOCAL_MODEL[preset]
+    assert pixels["local_model_sha256"] == load_model(pixels["local_model"]).sha256
+
+
+def _retarget(blob: bytes, **changes) -> bytes:
+    record = ct.read_record(blob)
+    pixels = {**record.config["pixels"], **changes}
+    for key in [k for k, v in changes.items() if v is None]:
+        del pixels[key]
+    return ct.write_record(ct.Record(config={**record.config, "pixels": pixels}, sections=record.sections))
+
+
+def test_decoding_refuses_a_different_or_missing_model():
+    blob = medcodec.compress_pixels(_plane().astype(np.uint16), bits_stored=12, signed=False)
+    with pytest.raises(ModelMismatchError, match="sha256"):
+        medcodec.decompress_pixels(_retarget(blob, local_model_sha256="0" * 64))
+    with pytest.raises(ModelMismatchError, match="llm-base-v0"):
+        medcodec.decompress_pixels(_retarget(blob, local_model="llm-base-v0"))
+    with pytest.raises(CorruptRecordError, match="SHA-256"):
+        medcodec.decompress_pixels(_retarget(blob, local_model_sha256=None))
+
+
+def test_export_keeps_the_float_model_close_and_packing_round_trips():
+    from medcodec.model.floatnet import FloatLocalModel, export_integer
+
+    torch.manual_seed(0)
+    model = FloatLocalModel(intnet.ModelShape(hidden=16, layers=1, heads=2, ffn=32)).eval()
+    tensors, meta = export_integer(model)
+    back, meta2 = unpack(pack(tensors, meta))
+    assert meta2 == meta and all(torch.equal(back[n].long(), tensors[n]) for n in tensors)
+    loaded = model_from_bytes("llm-test", pack(tensors, meta), "cpu")
+    h, valid = _inputs(loaded, 8, 2)
+    rng = np.random.default_rng(2)
+    prompt = torch.from_numpy(rng.integers(-15, 16, (8, geometry.PATCH_TOKENS, geometry.N_PROMPT)))
+    causal = torch.from_numpy(rng.integers(0, geometry.N_BINS + 1, (8, geometry.PATCH_TOKENS, geometry.N_CAUSAL)))
+    with torch.no_grad():
+        p_float = torch.softmax(model(prompt, causal, torch.full((8,), 3)), -1)
+    counts = loaded.net.counts(loaded.net.embed(prompt, causal, 3), torch.ones(8, geometry.PATCH_TOKENS, dtype=torch.bool))
+    p_int = counts / counts.sum(-1, keepdim=True)
+    assert float((p_float - p_int).abs().max()) < 0.01
+
+
+def test_train_base_job_writes_a_loadable_model(tmp_path):
+    from jobs import train_base
+
+    planes = [(_plane(64, 96, 12, s), 12) for s in range(3)]
+    result = train_base.train_one("llm-fast-v1", 6, 0, planes[:2], planes[2:], lambda m: None)
+    manifest = train_base.write_model(tmp_path, "llm-fast-v1", result, [], ["--steps", "6"], 0)
+    blob = (tmp_path / "llm-fast-v1.safetensors").read_bytes()
+    assert manifest["sha256"] == hashlib.sha256(blob).hexdigest()
+    loaded = model_from_bytes("llm-fast-v1", blob, "cpu")
+    v = _plane(20, 24, 12, 9)
+    info = PlaneInfo(rows=20, cols=24, bits=9, k=3, preset="fast")
+    coder = TransformerLocalPathCoder(loaded)
+    stream = coder.encode(v & 7, v >> 3, info)
+    assert np.array_equal(coder.decode(stream, v >> 3, info), v & 7)
