@@ -240,6 +240,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         args.src,
         args.dst,
         preset=args.preset,
+        local_model=args.local_model,
         keep_codestream=args.keep_codestream,
         key_file=args.key_file,
         progress=not args.no_progress,
@@ -370,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst")
     p.add_argument("--key-file", help="keyring: keyed identifiers (and sealed metadata)")
     p.add_argument("--preset", choices=("max", "fast"), default="max")
+    p.add_argument("--local-model", choices=("classical-v1",),
+                   help="code the local path without the transformer (the v1.0 path: faster on CPU, larger)")
     p.add_argument("--keep-codestream", action="store_true")
     p.add_argument("--strict", action="store_true", help="exit 1 if any input was dead-lettered")
     p.add_argument("--no-progress", action="store_true")

@@ -43,10 +43,15 @@ class MigrateConfig:
     dst: str
     run_id: str
     preset: str = "max"
+    # None: the preset's transformer; "classical-v1": the transformer-free v1.0 local path
+    local_model: str | None = None
     keep_codestream: bool = False
     key_file: str | None = None
     storage_options: dict = field(default_factory=dict)
     progress_dir: str | None = None
+    # Torch threads per worker for the transformer path (None: torch's default). Local
+    # runners with N worker processes give each cores // N, so they do not oversubscribe.
+    model_threads: int | None = None
 
 
 def _resolve_identity(cfg: MigrateConfig) -> Identity:
@@ -138,6 +143,10 @@ class EncodeInstance(beam.DoFn):
     def setup(self) -> None:
         import medcodec
 
+        if self.cfg.model_threads:
+            from medcodec.model.registry import set_threads
+
+            set_threads(self.cfg.model_threads)
         self.codec = medcodec
         self.identity = _resolve_identity(self.cfg)
         self.progress = ProgressReporter(self.cfg.progress_dir)
@@ -164,7 +173,8 @@ class EncodeInstance(beam.DoFn):
         t1 = time.perf_counter()
         try:
             record = self.codec.compress_dicom(
-                data, preset=cfg.preset, keep_codestream=cfg.keep_codestream, keyring=self.keyring
+                data, preset=cfg.preset, keep_codestream=cfg.keep_codestream, keyring=self.keyring,
+                local_model=cfg.local_model,
             )
             info = self.codec.inspect_record(record)
         except self.codec.MedcodecError as exc:

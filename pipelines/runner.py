@@ -83,6 +83,7 @@ def run_migrate(
     dst: str,
     *,
     preset: str = "max",
+    local_model: str | None = None,
     keep_codestream: bool = False,
     key_file: str | None = None,
     runner: str = "FnApiRunner",
@@ -113,10 +114,12 @@ def run_migrate(
             dst=dst,
             run_id=run_id,
             preset=preset,
+            local_model=local_model,
             keep_codestream=keep_codestream,
             key_file=key_file,
             storage_options=storage_options,
             progress_dir=progress_dir if (progress and local) else None,
+            model_threads=max(1, (os.cpu_count() or 1) // workers) if local else None,
         )
         started = time.time()
         pipeline = beam.Pipeline(options=pipeline_options(runner, workers, beam_args))

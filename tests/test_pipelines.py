@@ -141,7 +141,7 @@ def local(tmp_path_factory):
     root = tmp_path_factory.mktemp("local")
     src, dst = root / "src", root / "dst"
     inputs = build_local_source(src)
-    summary = run_migrate(str(src), str(dst), preset="fast", progress=False)
+    summary = run_migrate(str(src), str(dst), preset="fast", local_model="classical-v1", progress=False)
     return SimpleNamespace(src=src, dst=dst, inputs=inputs, first=summary)
 
 
@@ -210,7 +210,7 @@ def test_local_rerun_adds_nothing_then_only_the_new_file(local, tmp_path):
     listing = lambda folder: sorted(p.name for p in (dst / folder).iterdir())  # noqa: E731
     shards, indexes = listing("shards"), listing("index")
 
-    second = run_migrate(str(local.src), str(dst), preset="fast", progress=False)
+    second = run_migrate(str(local.src), str(dst), preset="fast", local_model="classical-v1", progress=False)
     assert (second["archived"], second["skipped"], second["deadlettered"]) == (0, local.first["archived"], 1)
     assert second["shards"] == 0 and (listing("shards"), listing("index")) == (shards, indexes)
 
@@ -218,7 +218,7 @@ def test_local_rerun_adds_nothing_then_only_the_new_file(local, tmp_path):
     new.parent.mkdir()
     new.write_bytes(data("rtdose_1frame.dcm"))
     try:
-        third = run_migrate(str(local.src), str(dst), preset="fast", progress=False)
+        third = run_migrate(str(local.src), str(dst), preset="fast", local_model="classical-v1", progress=False)
     finally:
         shutil.rmtree(new.parent)
     assert (third["archived"], third["skipped"], third["deadlettered"]) == (1, local.first["archived"], 1)
@@ -336,6 +336,8 @@ def test_memory_source_and_destination():
             fs.pipe(f"{base}/{rel}", payload)
         fs.pipe(f"{base}/src/zips/sc.zip", zip_bytes(sc))
         src, dst = f"memory://{base}/src", f"memory://{base}/dst"
+        # The one pipeline run through the transformer path (small images; the other
+        # pipeline tests use the v1.0 local path to stay inside the suite's time budget).
         first = run_migrate(src, dst, preset="fast", progress=False, workers=1)
         assert (first["archived"], first["deadlettered"]) == (6, 0)
         identity = identity_of(dst)
@@ -352,7 +354,7 @@ def test_memory_source_and_destination():
         assert sorted(sha(b) for b in restored.values()) == sorted(sha(b) for b in [*inputs.values(), *sc.values()])
 
         before = sorted(fs.find(f"{base}/dst/shards")) + sorted(fs.find(f"{base}/dst/index"))
-        second = run_migrate(src, dst, preset="fast", progress=False, workers=1)
+        second = run_migrate(src, dst, preset="fast", local_model="classical-v1", progress=False, workers=1)
         assert (second["archived"], second["skipped"], second["shards"]) == (0, 6, 0)
         assert sorted(fs.find(f"{base}/dst/shards")) + sorted(fs.find(f"{base}/dst/index")) == before
     finally:
@@ -392,7 +394,7 @@ def test_bad_inputs_become_dead_letters(tmp_path):
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).write_bytes(payload)
 
-    proc = run_cli("migrate", src, dst, "--preset", "fast", "--no-progress")
+    proc = run_cli("migrate", src, dst, "--preset", "fast", "--local-model", "classical-v1", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
     assert "warning: 6 input(s) could not be archived" in proc.stderr
@@ -415,7 +417,7 @@ def test_bad_inputs_become_dead_letters(tmp_path):
         assert words in dead[k]["message"] and dead[k]["message"]
     assert archive.read_index().column("source_key").to_pylist() == [key("good/Doe^John_CT.dcm")]
 
-    strict = run_cli("migrate", src, dst, "--preset", "fast", "--no-progress", "--strict")
+    strict = run_cli("migrate", src, dst, "--preset", "fast", "--local-model", "classical-v1", "--no-progress", "--strict")
     assert strict.returncode == 1 and "Traceback" not in strict.stderr
     assert "warning: 6 input(s)" in strict.stderr and "skipped         1" in strict.stdout
 

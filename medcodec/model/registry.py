@@ -63,6 +63,11 @@ def shipped_models() -> list[str]:
     return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
 
 
+def set_threads(n: int) -> None:
+    """Torch CPU threads for the transformer path (the bitstream does not depend on it)."""
+    torch.set_num_threads(max(1, int(n)))
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
