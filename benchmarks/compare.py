@@ -844,12 +844,11 @@ def _split_of(name: str) -> str:
 
 def _model_sizes(preset: str) -> dict[str, int]:
     """Bytes of the model(s) a record of this preset needs (shipped, or stored once per archive)."""
-    from medcodec.codec import PRESET_LOCAL_MODEL
+    from medcodec.codec import PRESET_LOCAL_MODELS
     from medcodec.model.registry import WEIGHTS_DIR
 
-    model_id = PRESET_LOCAL_MODEL[preset]
-    path = WEIGHTS_DIR / f"{model_id}.safetensors"
-    return {model_id: path.stat().st_size} if path.is_file() else {}
+    paths = {m: WEIGHTS_DIR / f"{m}.safetensors" for m in PRESET_LOCAL_MODELS[preset]}
+    return {m: p.stat().st_size for m, p in paths.items() if p.is_file()}
 
 
 # --- reporting -----------------------------------------------------------------------------

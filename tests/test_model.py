@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import medcodec
 from medcodec import container as ct
-from medcodec.codec import PRESET_LOCAL_MODEL
+from medcodec.codec import PRESET_LOCAL_MODELS
 from medcodec.errors import CorruptRecordError, ModelMismatchError
 from medcodec.model import geometry, intnet
 from medcodec.model.coder import TransformerLocalPathCoder
@@ -26,7 +26,7 @@ from medcodec.model.registry import WEIGHTS_DIR, load_model, model_from_bytes, p
 from medcodec.paths import PlaneInfo
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = sorted(set(PRESET_LOCAL_MODEL.values()))
+SHIPPED = ["llm-base-v1", "llm-fast-v1"]
 
 
 def _f(x) -> torch.Tensor:
@@ -133,7 +133,7 @@ _SUBPROCESS = textwrap.dedent(
     y, x = np.mgrid[0:70, 0:90]
     img = np.clip(2000 + 600 * np.sin(x / 9.0) + rng.normal(0, 20, (70, 90)), 0, 4095).astype(np.uint16)
     if sys.argv[2] == "encode":
-        blob = medcodec.compress_pixels(img, bits_stored=12, signed=False)
+        blob = medcodec.compress_pixels(img, bits_stored=12, signed=False, local_model="llm-base-v1")
         open(sys.argv[3], "wb").write(blob)
     else:
         out = medcodec.decompress_pixels(open(sys.argv[3], "rb").read())
@@ -154,7 +154,7 @@ def test_same_bytes_with_1_or_2_threads_and_decoding_in_another_process(tmp_path
         blobs.append(out.read_bytes())
     assert blobs[0] == blobs[1]
     config = ct.read_record(blobs[0]).config["pixels"]
-    assert config["local_model"] == PRESET_LOCAL_MODEL["max"] and config["k"] > 0
+    assert config["local_model"] == "llm-base-v1" and config["k"] > 0
     res = subprocess.run(
         [sys.executable, str(script), "2", "decode", str(tmp_path / "rec1")], check=True, env=env,
         capture_output=True, text=True,
@@ -178,12 +178,12 @@ def test_cuda_gives_the_cpu_bitstream(model_id):
 # --- records ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("preset", ["max", "fast"])
+@pytest.mark.parametrize("model_id", SHIPPED)
 @pytest.mark.parametrize(
     "case",
     ["noisy12", "signed16", "u8", "rgb", "frames", "odd", "tiny"],
 )
-def test_transformer_records_round_trip(preset, case):
+def test_transformer_records_round_trip(model_id, case):
     rng = np.random.default_rng(3)
     if case == "noisy12":
         arr, bits, signed = _plane(61, 67).astype(np.uint16), 12, False
@@ -199,11 +199,11 @@ def test_transformer_records_round_trip(preset, case):
         arr, bits, signed = _plane(5, 13).astype(np.uint16), 12, False
     else:
         arr, bits, signed = np.array([[4000]], dtype=np.uint16), 12, False
-    blob = medcodec.compress_pixels(arr, bits_stored=bits, signed=signed, preset=preset)
+    blob = medcodec.compress_pixels(arr, bits_stored=bits, signed=signed, local_model=model_id)
     out = medcodec.decompress_pixels(blob)
     assert out.dtype == arr.dtype and np.array_equal(out, arr)
     pixels = ct.read_record(blob).config["pixels"]
-    assert pixels["local_model"] == PRESET_LOCAL_MODEL[preset]
+    assert pixels["local_model"] == model_id
     assert pixels["local_model_sha256"] == load_model(pixels["local_model"]).sha256
 
 
@@ -215,8 +215,17 @@ def _retarget(blob: bytes, **changes) -> bytes:
     return ct.write_record(ct.Record(config={**record.config, "pixels": pixels}, sections=record.sections))
 
 
+def test_max_keeps_the_smaller_of_the_transformer_and_classical_records():
+    img = _plane(48, 64).astype(np.uint16)
+    sizes = {m: len(medcodec.compress_pixels(img, bits_stored=12, signed=False, local_model=m))
+             for m in PRESET_LOCAL_MODELS["max"]}
+    blob = medcodec.compress_pixels(img, bits_stored=12, signed=False, preset="max")
+    assert len(blob) == min(sizes.values())
+    assert ct.read_record(blob).config["pixels"]["local_model"] == min(sizes, key=sizes.get)
+
+
 def test_decoding_refuses_a_different_or_missing_model():
-    blob = medcodec.compress_pixels(_plane().astype(np.uint16), bits_stored=12, signed=False)
+    blob = medcodec.compress_pixels(_plane().astype(np.uint16), bits_stored=12, signed=False, local_model="llm-base-v1")
     with pytest.raises(ModelMismatchError, match="sha256"):
         medcodec.decompress_pixels(_retarget(blob, local_model_sha256="0" * 64))
     with pytest.raises(ModelMismatchError, match="llm-base-v0"):
