@@ -22,7 +22,6 @@ from .geometry import (
     PATCH_COLS,
     PATCH_ROWS,
     PATCH_TOKENS,
-    UNKNOWN,
     causal_inputs,
     prompt_features,
     scaled_symbols,
@@ -200,4 +199,4 @@ def train_base(config: TrainConfig, train: Samples, valid: Samples, log=print) -
     return {"model": model, "tensors": tensors, "meta": meta, "metrics": metrics}
 
 
-__all__ = ["HELD_OUT_GROUPS", "Samples", "TrainConfig", "UNKNOWN", "collect", "held_out", "image_group", "train_base", "training_ks"]
+__all__ = ["HELD_OUT_GROUPS", "Samples", "TrainConfig", "collect", "held_out", "image_group", "train_base", "training_ks"]
