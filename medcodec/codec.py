@@ -6,6 +6,7 @@ import hashlib
 import lzma
 import struct
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -46,14 +47,23 @@ PRESET_LOCAL_MODELS = {"max": ("llm-base-v1", "classical-v1"), "fast": ("classic
 TRANSFORMER_PREFIX = "llm-"
 
 
-def local_model_for(model_id: str, sha256: str | None = None) -> LocalPathModel:
-    """The local-path model a record names; a transformer's weights must match ``sha256``."""
+def local_model_for(model_id: str, sha256: str | None = None, adapter_sha256: str | None = None) -> LocalPathModel:
+    """The local-path model a record names; a transformer's weights must match ``sha256``.
+
+    ``adapter_sha256`` names an A-LoRA adapter merged into the transformer; its file must
+    have been registered (medcodec.model.registry.register_adapter, done by restore and
+    audit from the archive's models/ folder).
+    """
     if model_id == ClassicalLocalPathCoder.model_id:
+        if adapter_sha256:
+            raise CorruptRecordError(f"record names an adapter for the classical local model {model_id!r}")
         return ClassicalLocalPathCoder()
     if model_id.startswith(TRANSFORMER_PREFIX):
         from .model.coder import TransformerLocalPathCoder  # torch is imported only when needed
-        from .model.registry import load_model
+        from .model.registry import load_adapted, load_model
 
+        if adapter_sha256:
+            return TransformerLocalPathCoder(load_adapted(model_id, sha256=sha256, adapter_sha256=adapter_sha256))
         return TransformerLocalPathCoder(load_model(model_id, sha256=sha256))
     raise ModelMismatchError(
         f"record was coded with local model {model_id!r}; this reader knows {ClassicalLocalPathCoder.model_id!r} "
@@ -92,25 +102,44 @@ def encode_words(
     fmt: SampleFormat,
     *,
     preset: str = "max",
-    local_model: LocalPathModel | str | None = None,
+    local_model: LocalPathModel | str | Sequence[LocalPathModel | str] | None = None,
     timings: dict | None = None,
 ) -> tuple[dict[str, Any], list[ct.Section]]:
     """Code stored words shaped (frames, samples, rows, cols); returns (pixel config, sections).
 
-    ``local_model`` overrides the preset's local model (an id such as "classical-v1", the
-    transformer-free v1.0 path, or a model object). ``timings``, when given, accumulates
-    seconds per path ("global", "local") and the number of local-path tokens ("local_tokens").
+    ``local_model`` overrides the preset's local models: an id such as "classical-v1" (the
+    transformer-free v1.0 path), a model object (e.g. a transformer with an A-LoRA
+    adapter), or a sequence of them; every candidate is tried and the smallest record
+    kept. ``timings``, when given, accumulates seconds per path ("global", "local") and
+    the number of local-path tokens ("local_tokens").
     """
     _check_preset(preset)
-    if local_model is not None:
-        model = local_model_for(local_model) if isinstance(local_model, str) else local_model
-        return _encode_with(words, fmt, preset, model, timings)
+    if local_model is None:
+        candidates: Sequence = PRESET_LOCAL_MODELS[preset]
+    elif isinstance(local_model, (str, bytes)) or not isinstance(local_model, Sequence):
+        candidates = (local_model,)
+    else:
+        candidates = tuple(local_model)
     best = None
-    for model_id in PRESET_LOCAL_MODELS[preset]:
-        coded = _encode_with(words, fmt, preset, local_model_for(model_id), timings)
+    for candidate in candidates:
+        model = local_model_for(candidate) if isinstance(candidate, str) else candidate
+        coded = _encode_with(words, fmt, preset, model, timings)
         if best is None or _coded_bytes(coded) < _coded_bytes(best):
             best = coded
+    if best is None:
+        raise ValueError("no local model to code with")
     return best
+
+
+def coding_values(words: np.ndarray, fmt: SampleFormat) -> tuple[np.ndarray, np.ndarray, int, np.ndarray | None]:
+    """(values the paths code, words outside BitsStored, coded bits, palette or None)."""
+    values, outside = words_to_values(words, fmt)
+    bits = fmt.bits_stored
+    palette = value_palette(values, bits)
+    if palette is not None:
+        values = pack_values(values, palette)
+        bits = palette_bits(palette)
+    return values, outside, bits, palette
 
 
 def _coded_bytes(coded: tuple[dict[str, Any], list[ct.Section]]) -> int:
@@ -122,13 +151,9 @@ def _encode_with(
     words: np.ndarray, fmt: SampleFormat, preset: str, local_model: LocalPathModel, timings: dict | None
 ) -> tuple[dict[str, Any], list[ct.Section]]:
     n_frames, n_samples, rows, cols = words.shape
-    values, outside = words_to_values(words, fmt)
-    bits = fmt.bits_stored
+    values, outside, bits, palette = coding_values(words, fmt)
     sections: list[ct.Section] = []
-    palette = value_palette(values, bits)
     if palette is not None:
-        values = pack_values(values, palette)
-        bits = palette_bits(palette)
         sections.append(ct.Section(ct.SECTION_PALETTE, _pack_palette(palette)))
     middle = values[n_frames // 2, 0]
     if getattr(local_model, "max_k", None) is None:
@@ -163,6 +188,7 @@ def _encode_with(
         "global_model": GLOBAL_MODEL_ID,
         "local_model": local_model.model_id,
         **({"local_model_sha256": local_model.sha256} if getattr(local_model, "sha256", None) else {}),
+        **({"local_adapter_sha256": local_model.adapter_sha256} if getattr(local_model, "adapter_sha256", None) else {}),
         "preset": preset,
         "format": {
             "bits_allocated": fmt.bits_allocated,
@@ -203,7 +229,7 @@ def decode_words(config: dict[str, Any], record: ct.Record, *, timings: dict | N
     bits = fmt.bits_stored if palette is None else palette_bits(palette)
     if not 0 <= k < bits:
         raise CorruptRecordError(f"record claims k={k} for {bits} coded bits")
-    local_model = local_model_for(local_id, config.get("local_model_sha256"))
+    local_model = local_model_for(local_id, config.get("local_model_sha256"), config.get("local_adapter_sha256"))
     if local_id.startswith(TRANSFORMER_PREFIX) and not config.get("local_model_sha256"):
         raise CorruptRecordError(f"record names transformer model {local_id!r} without its SHA-256")
     global_streams = record.of_type(ct.SECTION_GLOBAL)
@@ -288,7 +314,7 @@ def compress_pixels(
     signed: bool,
     preset: str = "max",
     high_bit: int | None = None,
-    local_model: str | None = None,
+    local_model: LocalPathModel | str | Sequence[LocalPathModel | str] | None = None,
     timings: dict | None = None,
 ) -> bytes:
     """Losslessly compress an integer image.
@@ -366,12 +392,6 @@ def _unpack_header(payload: bytes) -> tuple[bytes, bytes, bytes]:
     return raw[at : at + a], raw[at + a : at + a + b], raw[at + a + b :]
 
 
-def _sample_format(spec: PixelSpec) -> SampleFormat:
-    return SampleFormat(
-        bits_allocated=spec.bits_allocated, bits_stored=spec.bits_stored, high_bit=spec.high_bit, signed=spec.signed
-    )
-
-
 def compress_dicom(
     data: bytes,
     *,
@@ -380,7 +400,7 @@ def compress_dicom(
     limits: DicomLimits | None = None,
     verify: bool = True,
     keyring=None,
-    local_model: str | None = None,
+    local_model: LocalPathModel | str | Sequence[LocalPathModel | str] | None = None,
 ) -> bytes:
     """Compress one DICOM file (bytes) into a record that restores it exactly.
 
@@ -422,7 +442,7 @@ def compress_dicom(
         config["pixels"] = None
     else:
         pixel_config, pixel_sections = encode_words(
-            parsed.frames, _sample_format(parsed.spec), preset=preset, local_model=local_model
+            parsed.frames, SampleFormat.of(parsed.spec), preset=preset, local_model=local_model
         )
         config["pixels"] = pixel_config
         sections = [ct.Section(ct.SECTION_HEADER, _pack_header(parsed)), *pixel_sections]
@@ -508,7 +528,12 @@ def inspect_record(blob: bytes) -> dict[str, Any]:
         out.update(
             {
                 "codec_id": pixels["codec_id"],
-                "models": {"global": pixels["global_model"], "local": pixels["local_model"]},
+                "models": {
+                    "global": pixels["global_model"],
+                    "local": pixels["local_model"],
+                    "local_sha256": pixels.get("local_model_sha256"),
+                    "adapter_sha256": pixels.get("local_adapter_sha256"),
+                },
                 "preset": pixels["preset"],
                 "k": pixels["k"],
                 "shape": pixels["shape"],

@@ -38,6 +38,12 @@ class SampleFormat:
     high_bit: int
     signed: bool
 
+    @classmethod
+    def of(cls, spec) -> "SampleFormat":
+        """The format of a PixelSpec (anything with the same four attributes)."""
+        return cls(bits_allocated=spec.bits_allocated, bits_stored=spec.bits_stored, high_bit=spec.high_bit,
+                   signed=spec.signed)
+
     def __post_init__(self) -> None:
         if self.bits_allocated not in (8, 16):
             raise UnsupportedError(f"bits_allocated must be 8 or 16, got {self.bits_allocated}")

@@ -58,12 +58,6 @@ def _binding_ad(binding: dict[str, Any], purpose: str) -> bytes:
     )
 
 
-def _sample_format(spec: PixelSpec) -> SampleFormat:
-    return SampleFormat(
-        bits_allocated=spec.bits_allocated, bits_stored=spec.bits_stored, high_bit=spec.high_bit, signed=spec.signed
-    )
-
-
 def _pack_original(parsed: ParsedDicom, data: bytes) -> bytes:
     """Everything a key holder needs, besides the pixels, to rebuild the original file."""
     meta = {
@@ -174,7 +168,7 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
         pixel_config = None
         report["reason"] = "source kept verbatim: no pixels to embed in"
     else:
-        fmt = _sample_format(parsed.spec)
+        fmt = SampleFormat.of(parsed.spec)
         values, outside = words_to_values(parsed.frames, fmt)
         key = keyring.stego_key(uids["SOPInstanceUID"].encode())
         message_len = crypto.sealed_size(len(phi), key_id=keyring.primary_key_id)
@@ -254,7 +248,7 @@ def unseal_dicom(record: ct.Record, keyring: crypto.Keyring, *, stego_words: np.
         out = prefix
     else:
         spec = PixelSpec.from_json(meta["spec"])
-        fmt = _sample_format(spec)
+        fmt = SampleFormat.of(spec)
         if stego_words is None:
             raise CorruptRecordError("keyed record has no pixel data to restore from")
         stego_values, outside = words_to_values(stego_words, fmt)
@@ -302,7 +296,7 @@ def reveal(stego_file: bytes, keyring: crypto.Keyring) -> dict[str, Any]:
     parsed = parse_dicom(stego_file)
     if parsed.frames is None:
         raise stego.MessageNotFoundError("file has no pixel data that could carry a message")
-    fmt = _sample_format(parsed.spec)
+    fmt = SampleFormat.of(parsed.spec)
     values, _ = words_to_values(parsed.frames, fmt)
     import pydicom
 

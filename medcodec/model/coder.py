@@ -41,6 +41,7 @@ class TransformerLocalPathCoder:
         self.model = model
         self.model_id = model.model_id
         self.sha256 = model.sha256
+        self.adapter_sha256 = model.adapter_sha256
         self.batch_patches = max(1, int(batch_patches))
         self.tokens_coded = 0
 

@@ -62,8 +62,12 @@ class Samples:
     causal: list[np.ndarray] = field(default_factory=list)  # (n, T, N_CAUSAL) int16
     target: list[np.ndarray] = field(default_factory=list)  # (n, T) int16
     k: list[np.ndarray] = field(default_factory=list)  # (n,) int8
+    weight: list[np.ndarray] = field(default_factory=list)  # (n, T) float32 loss weights
 
-    def add_plane(self, plane: np.ndarray, k: int, n: int, rng: np.random.Generator) -> None:
+    def add_plane(
+        self, plane: np.ndarray, k: int, n: int, rng: np.random.Generator, weight_map: np.ndarray | None = None
+    ) -> None:
+        """``n`` random patches of ``plane`` split at ``k``; ``weight_map`` (per pixel) weights their loss."""
         rows, cols = plane.shape
         if rows < PATCH_ROWS or cols < PATCH_COLS or n <= 0:
             return
@@ -80,6 +84,11 @@ class Samples:
         self.causal.append(causal_inputs(scaled_symbols(symbols, k), known).astype(np.int16))
         self.target.append(symbols.astype(np.int16))
         self.k.append(np.full(n, k, dtype=np.int8))
+        w = np.ones((n, PATCH_TOKENS)) if weight_map is None else weight_map[r, c]
+        self.weight.append(w.astype(np.float32))
+
+    def __len__(self) -> int:
+        return sum(len(k) for k in self.k)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return (
@@ -88,6 +97,9 @@ class Samples:
             np.concatenate(self.target),
             np.concatenate(self.k),
         )
+
+    def weights(self) -> np.ndarray:
+        return np.concatenate(self.weight)
 
 
 def augmentations(plane: np.ndarray) -> list[np.ndarray]:
@@ -108,21 +120,24 @@ def collect(planes: list[tuple[np.ndarray, int]], per_plane: int, seed: int) -> 
     return out
 
 
-def _bits_per_symbol(logits_fn, arrays, batch: int) -> float:
+def _bits_per_symbol(logits_fn, arrays, batch: int, weights: np.ndarray | None = None) -> float:
+    """Mean code length in bits per symbol; with ``weights`` (n, T), the weighted mean."""
     prompt, causal, target, ks = arrays
-    total, count = 0.0, 0
+    total, count = 0.0, 0.0
     for k in np.unique(ks):
         idx = np.flatnonzero(ks == k)
         for lo in range(0, idx.size, batch):
             sel = idx[lo : lo + batch]
             logp = logits_fn(prompt[sel], causal[sel], int(k))
             tgt = torch.from_numpy(target[sel].astype(np.int64))
-            total -= float(logp.gather(-1, tgt[..., None]).sum()) / math.log(2)
-            count += tgt.numel()
-    return total / max(count, 1)
+            bits = -logp.gather(-1, tgt[..., None])[..., 0] / math.log(2)
+            w = torch.ones_like(bits) if weights is None else torch.from_numpy(weights[sel]).to(bits.dtype)
+            total += float((bits * w).sum())
+            count += float(w.sum())
+    return total / max(count, 1e-12)
 
 
-def float_bits(model: FloatLocalModel, arrays, batch: int = 512) -> float:
+def float_bits(model: FloatLocalModel, arrays, batch: int = 512, weights: np.ndarray | None = None) -> float:
     """Cross-entropy of the float model in bits per local symbol."""
 
     def fn(p, c, k):
@@ -131,10 +146,10 @@ def float_bits(model: FloatLocalModel, arrays, batch: int = 512) -> float:
                            torch.full((p.shape[0],), k))
         return grouped_log_probs(logits, k)
 
-    return _bits_per_symbol(fn, arrays, batch)
+    return _bits_per_symbol(fn, arrays, batch, weights)
 
 
-def integer_bits(tensors, meta, arrays, batch: int = 512) -> float:
+def integer_bits(tensors, meta, arrays, batch: int = 512, weights: np.ndarray | None = None) -> float:
     """Cross-entropy of the exported integer model (what the coder pays, before adaptation)."""
     net = build(tensors, meta)
 
@@ -144,59 +159,85 @@ def integer_bits(tensors, meta, arrays, batch: int = 512) -> float:
         grouped = counts.unflatten(-1, (1 << k, -1)).sum(-1).double()
         return torch.log(grouped / grouped.sum(-1, keepdim=True))
 
-    return _bits_per_symbol(fn, arrays, batch)
+    return _bits_per_symbol(fn, arrays, batch, weights)
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    shape: ModelShape
+    shape: ModelShape | None = None  # None when fine-tuning an existing model
     steps: int
     batch: int = 128
     lr: float = 3e-3
     seed: int = 0
     threads: int = 2
+    weight_decay: float = 1e-4
 
 
-def train_base(config: TrainConfig, train: Samples, valid: Samples, log=print) -> dict:
-    """Train, export; returns {"model", "tensors", "meta", "metrics"}."""
+def fit(
+    model: FloatLocalModel,
+    params: list[torch.nn.Parameter],
+    samples: Samples,
+    config: TrainConfig,
+    *,
+    weighted: bool = False,
+    log=print,
+) -> float:
+    """AdamW with one-cycle LR over ``params``; batches drawn per k. Returns the seconds taken.
+
+    ``weighted`` scales each token's loss by the samples' weights (normalized per batch).
+    """
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     rng = np.random.default_rng(config.seed)
-    model = FloatLocalModel(config.shape)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
-    prompt, causal, target, ks = train.arrays()
+    prompt, causal, target, ks = samples.arrays()
+    weights = samples.weights() if weighted else None
     by_k = {int(k): np.flatnonzero(ks == k) for k in np.unique(ks)}
-    weights = np.array([idx.size for idx in by_k.values()], dtype=np.float64)
+    share = np.array([idx.size for idx in by_k.values()], dtype=np.float64)
     order = list(by_k)
     started = time.perf_counter()
+    model.train()
     for step in range(config.steps):
-        k = order[rng.choice(len(order), p=weights / weights.sum())]
+        k = order[rng.choice(len(order), p=share / share.sum())]
         sel = rng.choice(by_k[k], size=min(config.batch, by_k[k].size), replace=False)
         logits = model(torch.from_numpy(prompt[sel].astype(np.int64)), torch.from_numpy(causal[sel].astype(np.int64)),
                        torch.full((sel.size,), k))
         logp = grouped_log_probs(logits, k)
         tgt = torch.from_numpy(target[sel].astype(np.int64))
-        loss = -logp.gather(-1, tgt[..., None]).mean() / math.log(2)
+        bits = -logp.gather(-1, tgt[..., None])[..., 0] / math.log(2)
+        if weights is None:
+            loss = bits.mean()
+        else:
+            w = torch.from_numpy(weights[sel])
+            loss = (bits * w).sum() / w.sum().clamp_min(1e-6)
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         if step % 100 == 0 or step == config.steps - 1:
             log(f"step {step:5d}  train {loss.item():.4f} bits/symbol  ({time.perf_counter() - started:.0f} s)")
     model.eval()
+    return time.perf_counter() - started
+
+
+def train_base(config: TrainConfig, train: Samples, valid: Samples, log=print) -> dict:
+    """Train, export; returns {"model", "tensors", "meta", "metrics"}."""
+    torch.manual_seed(config.seed)
+    model = FloatLocalModel(config.shape)
+    seconds = fit(model, list(model.parameters()), train, config, log=log)
     tensors, meta = export_integer(model)
     va = valid.arrays()
     metrics = {
         "valid_bits_float": round(float_bits(model, va), 5),
         "valid_bits_integer": round(integer_bits(tensors, meta, va), 5),
         "valid_bits_uniform": round(float(np.mean(va[3].astype(np.float64))), 5),
-        "train_seconds": round(time.perf_counter() - started, 1),
+        "train_seconds": round(seconds, 1),
         "train_tokens": int(config.steps * config.batch * PATCH_TOKENS),
         "parameters": int(sum(p.numel() for p in model.parameters())),
     }
     return {"model": model, "tensors": tensors, "meta": meta, "metrics": metrics}
 
 
-__all__ = ["HELD_OUT_GROUPS", "Samples", "TrainConfig", "collect", "held_out", "image_group", "train_base", "training_ks"]
+__all__ = ["HELD_OUT_GROUPS", "Samples", "TrainConfig", "collect", "fit", "held_out", "image_group", "train_base", "training_ks"]
