@@ -8,7 +8,8 @@ Layout under the archive root (any fsspec URL):
     deadletter/<run>.parquet  inputs that could not be archived, with the reason
     runs/<run>.json           run summaries
     audit/<id>.parquet|.json  audit reports
-    models/<sha256>           model weights / adapters used by records
+    models/<sha256>.safetensors  A-LoRA adapters used by records (content-addressed)
+    models/adapters.json      which adapter codes which modality, with the fit's metrics
 
 Commit protocol: a shard is written under shards/.tmp-*, verified, moved to its final
 name, then its index is written under index/.tmp-* and moved into place. A shard
@@ -55,6 +56,14 @@ class Identity:
     def check(self) -> str:
         """A value stored in archive.json that tells whether a later run uses the same key."""
         return self.hash("identity-check", b"medarchive")
+
+
+def _as_index_schema(table: pa.Table) -> pa.Table:
+    """An index table in the current schema; columns added since its version are null."""
+    for f in INDEX_SCHEMA:
+        if f.name not in table.column_names:
+            table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
+    return table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
 
 
 class Archive:
@@ -162,7 +171,7 @@ class Archive:
                 tables.append(pq.read_table(fh))
         if not tables:
             return INDEX_SCHEMA.empty_table()
-        return pa.concat_tables([t.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA) for t in tables])
+        return pa.concat_tables([_as_index_schema(t) for t in tables])
 
     def read_tables(self, folder: str) -> list[pa.Table]:
         out = []
@@ -170,6 +179,46 @@ class Archive:
             with self.fs.open(self.path(folder, name), "rb") as fh:
                 out.append(pq.read_table(fh))
         return out
+
+    # --- models/ -------------------------------------------------------------------------
+    def model_path(self, sha256: str) -> str:
+        return self.path("models", f"{sha256}.safetensors")
+
+    def write_model(self, blob: bytes) -> str:
+        """Store a model/adapter file once under its SHA-256; returns the hash."""
+        sha = hashlib.sha256(blob).hexdigest()
+        if not self.fs.exists(self.model_path(sha)):
+            self.write_atomic(f"models/{sha}.safetensors", blob)
+        return sha
+
+    def model_hashes(self) -> list[str]:
+        return [n[: -len(".safetensors")] for n in self._list("models", ".safetensors")]
+
+    def read_model(self, sha256: str) -> bytes:
+        """The stored file; raises ArchiveError when it is missing or its bytes do not match."""
+        try:
+            with self.fs.open(self.model_path(sha256), "rb") as fh:
+                blob = fh.read()
+        except FileNotFoundError:
+            raise ArchiveError(f"models/{sha256}.safetensors is missing") from None
+        if hashlib.sha256(blob).hexdigest() != sha256:
+            raise ArchiveError(f"models/{sha256}.safetensors does not match its SHA-256")
+        return blob
+
+    def register_models(self) -> list[str]:
+        """Make every intact adapter under models/ available to decoding in this process."""
+        hashes = self.model_hashes()
+        if not hashes:
+            return []
+        from medcodec.model.registry import register_adapter  # imports torch
+
+        done = []
+        for sha in hashes:
+            try:
+                done.append(register_adapter(self.read_model(sha)))
+            except Exception:  # noqa: BLE001 - a bad file fails only the records that need it (audit reports it)
+                continue
+        return done
 
     def read_record(self, shard: str, offset: int, length: int) -> bytes:
         with self.fs.open(self.path(shard), "rb") as fh:

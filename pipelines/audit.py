@@ -13,6 +13,7 @@ import json
 import tarfile
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -21,7 +22,7 @@ from apache_beam.metrics import Metrics
 
 from schemas.tables import AUDIT_SCHEMA, table_of
 
-from .archive import Archive
+from .archive import Archive, ArchiveError
 from .keys import load_keyring
 from .runner import LOCAL_RUNNERS, pipeline_options, quiet_beam_logs, worker_logs_captured
 
@@ -34,6 +35,7 @@ class AuditConfig:
     sample: float = 1.0
     key_file: str | None = None
     storage_options: dict = field(default_factory=dict)
+    model_rows: list = field(default_factory=list)  # the driver's model checks, written with the rest
 
 
 def sampled(sop_key: str, fraction: float) -> bool:
@@ -53,6 +55,8 @@ class AuditShard(beam.DoFn):
         self.codec = medcodec
         self.archive = Archive(self.cfg.archive, storage_options=self.cfg.storage_options)
         self.keyring = load_keyring(self.cfg.key_file)
+        if self.cfg.deep:
+            self.archive.register_models()
 
     def _row(self, shard, sop_key, check, ok, detail=""):
         Metrics.counter("medarchive", f"audit_{'ok' if ok else 'fail'}").inc()
@@ -130,8 +134,44 @@ class WriteAudit(beam.DoFn):
 
     def process(self, rows: list[dict]) -> Iterator[dict]:
         archive = Archive(self.cfg.archive, storage_options=self.cfg.storage_options)
+        rows = list(self.cfg.model_rows) + list(rows)
         archive.write_table(f"audit/{self.cfg.audit_id}.parquet", table_of(rows, AUDIT_SCHEMA))
         yield len(rows)
+
+
+def check_models(archive: Archive, index: list[dict], audit_id: str) -> list[dict]:
+    """One "model" row per distinct model the records name: it exists and matches its hash.
+
+    Base transformers must be the shipped file with the recorded SHA-256; adapters must be
+    under models/ with bytes matching their name, and fitted to that base.
+    """
+    from medcodec import MedcodecError
+
+    def row(detail: str, ok: bool, what: str) -> dict:
+        return {"shard": "models/", "sop_key": None, "check": "model", "status": "ok" if ok else "fail",
+                "detail": f"{what}: {detail}" if detail else what, "audit_id": audit_id}
+
+    out = []
+    named = Counter((r["model_id"], r["model_hash"], r.get("adapter_sha256")) for r in index if r["model_id"])
+    for (model_id, model_hash, adapter), users in sorted(named.items(), key=lambda kv: tuple(x or "" for x in kv[0])):
+        what = f"{model_id}" + (f" + adapter {adapter[:16]}..." if adapter else "") + f" ({users} record(s))"
+        if not model_id.startswith("llm-"):
+            out.append(row("built into the codec", True, what))
+            continue
+        try:
+            from medcodec.model.adapt import read_adapter
+            from medcodec.model.registry import load_model
+
+            base = load_model(model_id, sha256=model_hash, device="cpu")
+            if adapter:
+                _, meta = read_adapter(archive.read_model(adapter))
+                if (meta.get("base_model"), meta.get("base_sha256")) != (base.model_id, base.sha256):
+                    raise ArchiveError(f"adapter {adapter[:16]}... was fitted to another base model")
+        except (MedcodecError, ArchiveError) as exc:
+            out.append(row(str(exc), False, what))
+            continue
+        out.append(row("present, SHA-256 matches", True, what))
+    return out
 
 
 def run_audit(
@@ -164,6 +204,7 @@ def run_audit(
         key_file=key_file,
         storage_options=storage_options or {},
     )
+    cfg.model_rows.extend(check_models(archive, index, cfg.audit_id))
     started = time.time()
     with worker_logs_captured(runner in LOCAL_RUNNERS), beam.Pipeline(
         options=pipeline_options(runner, workers, beam_args)

@@ -52,6 +52,10 @@ class MigrateConfig:
     # Torch threads per worker for the transformer path (None: torch's default). Local
     # runners with N worker processes give each cores // N, so they do not oversubscribe.
     model_threads: int | None = None
+    # A-LoRA adapters by modality group ({"CT": sha256, ...}, files under DST/models/):
+    # inputs of those modalities are coded with base + adapter (and the v1.0 local path,
+    # the smaller record kept); other modalities with the preset's models.
+    adapters: dict = field(default_factory=dict)
 
 
 def _resolve_identity(cfg: MigrateConfig) -> Identity:
@@ -115,7 +119,7 @@ def _redact(message: str, ref: SourceRef) -> str:
     return message
 
 
-def _uids(data: bytes) -> dict[str, str | None]:
+def header_identifiers(data: bytes) -> dict[str, str | None]:
     """Study / series / SOP / patient identifiers and modality from the header (no pixel data read)."""
     import pydicom
 
@@ -151,6 +155,35 @@ class EncodeInstance(beam.DoFn):
         self.identity = _resolve_identity(self.cfg)
         self.progress = ProgressReporter(self.cfg.progress_dir)
         self.keyring = load_keyring(self.cfg.key_file)
+        self.adapted = self._adapted_coders()
+
+    def _adapted_coders(self) -> dict:
+        """{modality group: transformer coder with that group's adapter} (read from DST/models/)."""
+        if not self.cfg.adapters:
+            return {}
+        from medcodec.model.adapt import read_adapter
+        from medcodec.model.coder import TransformerLocalPathCoder
+        from medcodec.model.registry import load_adapted, register_adapter
+
+        archive = Archive(self.cfg.dst, storage_options=self.cfg.storage_options)
+        coders = {}
+        for group, sha in sorted(self.cfg.adapters.items()):
+            blob = archive.read_model(sha)
+            _, meta = read_adapter(blob)
+            register_adapter(blob)
+            model = load_adapted(meta["base_model"], sha256=meta["base_sha256"], adapter_sha256=sha)
+            coders[group] = TransformerLocalPathCoder(model)
+        return coders
+
+    def _local_model(self, modality: str | None):
+        if not self.adapted:
+            return self.cfg.local_model
+        from medcodec.model.adapt import modality_group
+
+        coder = self.adapted.get(modality_group(modality))
+        if coder is None or self.cfg.local_model is not None or self.cfg.preset != "max":
+            return self.cfg.local_model
+        return (coder, "classical-v1")
 
     def process(self, ref: SourceRef, already: frozenset) -> Iterator[Any]:
         ident, cfg = self.identity, self.cfg
@@ -171,10 +204,11 @@ class EncodeInstance(beam.DoFn):
             self.progress.tick(len(data), 0, skipped=True)
             return
         t1 = time.perf_counter()
+        uids = header_identifiers(data)
         try:
             record = self.codec.compress_dicom(
                 data, preset=cfg.preset, keep_codestream=cfg.keep_codestream, keyring=self.keyring,
-                local_model=cfg.local_model,
+                local_model=self._local_model(uids.get("modality")),
             )
             info = self.codec.inspect_record(record)
         except self.codec.MedcodecError as exc:
@@ -186,7 +220,7 @@ class EncodeInstance(beam.DoFn):
             self.progress.tick(len(data), 0, failed=True)
             return
         encode_s = time.perf_counter() - t1
-        uids = _uids(data)
+        models = info.get("models") or {}
         spec = info.get("spec") or {}
         bps = info.get("bps", {})
         row = {
@@ -215,8 +249,9 @@ class EncodeInstance(beam.DoFn):
             "bpp_record": bps.get("record"),
             "preset": info.get("preset"),
             "codec_id": info.get("codec_id"),
-            "model_id": (info.get("models") or {}).get("local"),
-            "model_hash": None,
+            "model_id": models.get("local"),
+            "model_hash": models.get("local_sha256"),
+            "adapter_sha256": models.get("adapter_sha256"),
             "key_id": (info.get("sealed") or {}).get("key_id"),
             "format_version": info["format_version"],
             "run_id": cfg.run_id,

@@ -47,6 +47,7 @@ class RestoreShard(beam.DoFn):
 
         self.codec = medcodec
         self.archive = Archive(self.cfg.archive, storage_options=self.cfg.storage_options)
+        self.archive.register_models()  # A-LoRA adapters the records name
         self.dst_fs, self.dst_root = fsspec.core.url_to_fs(self.cfg.dst, **self.cfg.dst_storage_options)
         self.keyring = load_keyring(self.cfg.key_file)
 

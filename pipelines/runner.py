@@ -84,6 +84,7 @@ def run_migrate(
     *,
     preset: str = "max",
     local_model: str | None = None,
+    adapters: dict | None = None,
     keep_codestream: bool = False,
     key_file: str | None = None,
     runner: str = "FnApiRunner",
@@ -92,7 +93,11 @@ def run_migrate(
     storage_options: dict | None = None,
     progress: bool = True,
 ) -> dict:
-    """Run one migrate job to completion; returns the run summary (also in DST/runs/<id>.json)."""
+    """Run one migrate job to completion; returns the run summary (also in DST/runs/<id>.json).
+
+    ``adapters`` ({modality group: SHA-256}, files under DST/models/) codes those
+    modalities with A-LoRA adapters (see jobs/adapt.py, ``migrate --adapt N``).
+    """
     quiet_beam_logs()
     storage_options = storage_options or {}
     archive = Archive(dst, storage_options=storage_options)
@@ -115,6 +120,7 @@ def run_migrate(
             run_id=run_id,
             preset=preset,
             local_model=local_model,
+            adapters=dict(adapters or {}),
             keep_codestream=keep_codestream,
             key_file=key_file,
             storage_options=storage_options,

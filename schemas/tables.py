@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-INDEX_SCHEMA_VERSION = "1"
+INDEX_SCHEMA_VERSION = "2"  # 2: adapter_sha256 (v1 index files read with it null)
 DEADLETTER_SCHEMA_VERSION = "1"
 AUDIT_SCHEMA_VERSION = "1"
 
@@ -45,6 +45,7 @@ INDEX_SCHEMA = pa.schema(
         pa.field("codec_id", pa.string()),
         pa.field("model_id", pa.string()),  # local-path model id
         pa.field("model_hash", pa.string()),  # SHA-256 of the model's weights, null for classical models
+        pa.field("adapter_sha256", pa.string()),  # A-LoRA adapter (archive models/<sha>.safetensors), or null
         pa.field("key_id", pa.string()),  # key that sealed the record, null if none
         pa.field("format_version", pa.string(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
