@@ -181,7 +181,12 @@ def _format_inspect(info: dict) -> str:
         f, s, r, c = info["shape"]
         lines.append(f"geometry         {f} frame(s) x {s} sample(s) x {r} x {c}, {info['bits_stored']} bits stored")
         lines.append(f"codec            {info['codec_id']}, preset {info['preset']}")
-        lines.append(f"models           global {info['models']['global']}, local {info['models']['local']}")
+        models = info["models"]
+        lines.append(
+            f"models           global {models['global']}, local {models['local']}"
+            + (f" sha256 {models['local_sha256'][:16]}..." if models.get("local_sha256") else "")
+            + (f" + A-LoRA adapter {models['adapter_sha256'][:16]}..." if models.get("adapter_sha256") else "")
+        )
         lines.append(f"split plane k    {info['k']} (noise floor {info['plane_stats'].get('noise')})")
         bps = info["bps"]
         lines.append(
@@ -227,6 +232,31 @@ def _runner_settings(args: argparse.Namespace) -> dict:
     return settings
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from jobs.adapt import format_manifest, run_from_args
+
+    manifest = run_from_args(args, args.src, args.out, args.sample, sys.argv[2:], args.storage_options)
+    print(format_manifest(manifest))
+    return 0
+
+
+def _migrate_adapters(args: argparse.Namespace, settings: dict) -> dict:
+    """--adapt N: the adapters to code with (fitted now, or DST's from an earlier run)."""
+    if not args.adapt:
+        return {}
+    from jobs.adapt import adapter_map, format_manifest, read_manifest, run_from_args
+
+    if args.preset != "max" or args.local_model:
+        raise ValueError("--adapt adapts the transformer local path: use it with --preset max and no --local-model")
+    manifest = read_manifest(args.dst, settings["storage_options"])
+    if manifest is None:
+        manifest = run_from_args(args, args.src, args.dst, args.adapt, sys.argv[2:], settings["storage_options"])
+    else:
+        print(f"using the adapters of {args.dst.rstrip('/')}/models/adapters.json (fitted earlier)", file=sys.stderr)
+    print(format_manifest(manifest), file=sys.stderr)
+    return adapter_map(manifest)
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from pipelines.runner import format_summary, run_migrate
 
@@ -236,15 +266,18 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             "index identifiers are pseudonymous. Use `medarchive keys new` and --key-file to seal them.",
             file=sys.stderr,
         )
+    settings = _runner_settings(args)
+    adapters = _migrate_adapters(args, settings)
     summary = run_migrate(
         args.src,
         args.dst,
         preset=args.preset,
         local_model=args.local_model,
+        adapters=adapters,
         keep_codestream=args.keep_codestream,
         key_file=args.key_file,
         progress=not args.no_progress,
-        **_runner_settings(args),
+        **settings,
     )
     print(format_summary(summary))
     if summary["deadlettered"]:
@@ -376,8 +409,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-codestream", action="store_true")
     p.add_argument("--strict", action="store_true", help="exit 1 if any input was dead-lettered")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--adapt", type=int, metavar="N",
+                   help="first fit A-LoRA adapters on N sampled inputs (per modality; see `adapt`), then code with "
+                        "them; a DST that already has models/adapters.json reuses it")
+    adapt_group = p.add_argument_group("adaptation (with --adapt)")
+    from jobs.adapt import add_arguments as add_adapt_arguments
+
+    add_adapt_arguments(adapt_group, with_sample=False)
     runner_options(p)
     p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("adapt", help="fit A-LoRA adapters (one per modality) on a sample of SRC, stored in OUT/models/")
+    p.add_argument("src")
+    p.add_argument("out", help="the archive (any fsspec URL) whose models/ receives the adapters")
+    add_adapt_arguments(p)
+    p.add_argument("--storage-options", type=json.loads, default=None, help="fsspec options as JSON")
+    p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("audit", help="verify an archive: checksums (fast) or full decode (--deep)")
     p.add_argument("archive")

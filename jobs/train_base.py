@@ -146,6 +146,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 
     ids = list(MODELS) if args.preset == "all" else [PRESET_MODELS[args.preset]]
     train, valid, files = load_planes(args.source or ["pydicom"], log)
+    if not train or not valid:
+        print(f"error: need training and held-out images; found {len(train)} training and {len(valid)} held-out "
+              f"plane(s) in {args.source or ['pydicom']}", file=sys.stderr)
+        return 2
     for model_id in ids:
         result = train_one(model_id, args.steps, args.seed, train, valid, log)
         manifest = write_model(args.out, model_id, result, files, argv, args.seed)
