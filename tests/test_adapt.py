@@ -1,0 +1,288 @@
+"""A-LoRA: the anatomical prior, integer adapters, exactness, records, and the archive's models/."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import medcodec
+from medcodec import container as ct
+from medcodec.errors import ModelMismatchError
+from medcodec.model import adapt
+from medcodec.model.coder import TransformerLocalPathCoder
+from medcodec.model.registry import WEIGHTS_DIR, load_model, register_adapter
+from medcodec.model.train import float_bits, integer_bits
+from medcodec.paths import PlaneInfo
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --- the prior -------------------------------------------------------------------------------
+
+
+def _body(rows=96, cols=128, seed=0):
+    """A bright 'body' disc with a dark hole inside, on a dark noisy background."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:cols]
+    disc = (y - rows / 2) ** 2 + (x - cols / 2) ** 2 < (rows / 3) ** 2
+    hole = (y - rows / 2) ** 2 + (x - cols / 2) ** 2 < (rows / 12) ** 2
+    img = np.where(disc & ~hole, 900 + 150 * np.sin(x / 5.0), 60) + rng.normal(0, 6, (rows, cols))
+    return np.clip(img, 0, 4095).astype(np.int64), disc
+
+
+def test_prior_marks_the_body_fills_its_holes_and_down_weights_background():
+    img, disc = _body()
+    w = adapt.anatomical_prior(img >> 2)
+    assert w.shape == img.shape and w.dtype == np.float32
+    assert np.all(w[~disc][:50] == pytest.approx(adapt.BACKGROUND_WEIGHT))
+    inner = disc.copy()
+    inner[: img.shape[0] // 2 - 20] = False  # away from the disc edge blocks
+    centre = (img.shape[0] // 2, img.shape[1] // 2)
+    assert w[centre] >= 1.0  # the hole is inside the body: filled
+    assert (w[disc] >= 1.0).mean() > 0.9
+    assert w.max() <= 2.0 and w[disc].max() > 1.2  # edge density raises the weight
+
+
+def test_prior_of_a_constant_or_tiny_plane_is_uniform():
+    assert np.all(adapt.anatomical_prior(np.full((20, 30), 7)) == 1.0)
+    assert adapt.anatomical_prior(np.arange(6).reshape(2, 3)).shape == (2, 3)
+
+
+def test_a_small_bright_speck_is_not_kept_as_anatomy():
+    img, disc = _body()
+    img[2:10, 2:10] = 1000  # an 8x8 label in the corner, much smaller than the body
+    assert np.all(adapt.foreground_mask(img)[0, 0] == np.False_)
+
+
+@pytest.mark.parametrize(("modality", "group"), [("CT", "CT"), ("dx", "CR"), ("RG", "CR"), (None, "OT"), ("US", "US")])
+def test_modality_groups(modality, group):
+    assert adapt.modality_group(modality) == group
+
+
+# --- float copy, export, merge ----------------------------------------------------------------
+
+
+def _pattern_plane(rows=64, cols=96, seed=1):
+    """Smooth image whose two low bits follow a fixed pattern the base model has never seen."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:cols]
+    smooth = (1200 + 300 * np.sin(x / 11.0) * np.cos(y / 13.0) + rng.normal(0, 3, (rows, cols))).astype(np.int64)
+    return (smooth & ~3) | ((x // 2 + y) % 4)
+
+
+@pytest.fixture(scope="module")
+def base():
+    return load_model("llm-base-v1", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def fitted(base):
+    torch.set_num_threads(1)
+    plane = _pattern_plane()
+    train = adapt.plane_samples([(plane[:40], 2)], 600, 0)
+    valid = adapt.plane_samples([(plane[40:], 2)], 200, 1)
+    result = adapt.fine_tune(base, train, valid, adapt.AdaptConfig(steps=80, threads=1), log=lambda m: None)
+    return result, train, valid, plane
+
+
+def test_float_copy_of_the_integer_model_matches_it(base):
+    valid = adapt.plane_samples([(_body()[0], 2)], 200, 3)
+    arrays = valid.arrays()
+    model = adapt.float_from_integer(base.tensors, base.meta)
+    assert abs(float_bits(model, arrays) - integer_bits(base.tensors, base.meta, arrays)) < 0.01
+
+
+def test_fine_tuning_learns_the_archive_and_exports_an_exact_adapter(fitted, base):
+    result, _, _, _ = fitted
+    m = result.metrics
+    assert m["train_bits_adapted"] < m["train_bits_base"] - 0.1
+    assert m["valid_bits_adapted"] < m["valid_bits_base"] - 0.1
+    assert abs(m["valid_bits_adapted"] - m["valid_bits_adapted_float"]) < 0.05  # integer export stays close
+    tensors, meta = adapt.read_adapter(result.blob)
+    assert meta["base_model"] == "llm-base-v1" and meta["base_sha256"] == base.sha256
+    assert all(int(t.abs().max()) <= adapt.A_LEVELS for n, t in tensors.items() if n.endswith(".lora_a"))
+    # merging is integer arithmetic: the same tensors every time, and only projections change
+    merged = adapt.merge_adapter(base.tensors, tensors)
+    again = adapt.merge_adapter(base.tensors, tensors)
+    assert all(torch.equal(merged[n], again[n]) for n in merged)
+    changed = {n for n in merged if not torch.equal(merged[n], base.tensors[n])}
+    assert changed and all(n.rsplit(".", 2)[-2] in adapt.LORA_TARGETS.values() for n in changed)
+    assert result.model.adapter_sha256 == hashlib.sha256(result.blob).hexdigest() == result.sha256
+
+
+def test_adapter_refuses_another_base_and_other_files(fitted):
+    result = fitted[0]
+    fast = load_model("llm-fast-v1", device="cpu")
+    with pytest.raises(ModelMismatchError, match="fitted to"):
+        adapt.apply_adapter(fast, result.blob)
+    with pytest.raises(ModelMismatchError, match="not an A-LoRA adapter"):
+        adapt.read_adapter((WEIGHTS_DIR / "llm-base-v1.safetensors").read_bytes())
+    with pytest.raises(ModelMismatchError):
+        register_adapter(b"garbage")
+
+
+def test_adapted_stream_is_independent_of_batch_size(fitted):
+    result, _, _, plane = fitted
+    k = 2
+    info = PlaneInfo(rows=plane.shape[0], cols=plane.shape[1], bits=12 - k, k=k, preset="max")
+    g, loc = plane >> k, plane & 3
+    streams = {b: TransformerLocalPathCoder(result.model, batch_patches=b).encode(loc, g, info) for b in (1, 7, 4096)}
+    assert len(set(streams.values())) == 1
+    assert np.array_equal(TransformerLocalPathCoder(result.model, batch_patches=5).decode(streams[1], g, info), loc)
+    base_stream = TransformerLocalPathCoder(load_model("llm-base-v1", device="cpu")).encode(loc, g, info)
+    assert len(streams[1]) < len(base_stream)  # the adapter has learned the pattern
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_adapted_model_on_cuda_gives_the_cpu_bitstream(fitted):
+    result, _, _, plane = fitted
+    k = 2
+    info = PlaneInfo(rows=plane.shape[0], cols=plane.shape[1], bits=12 - k, k=k, preset="max")
+    g, loc = plane >> k, plane & 3
+    cpu = TransformerLocalPathCoder(result.model).encode(loc, g, info)
+    gpu = TransformerLocalPathCoder(adapt.apply_adapter(load_model("llm-base-v1", device="cuda"), result.blob,
+                                                        device="cuda"))
+    assert gpu.encode(loc, g, info) == cpu
+    assert np.array_equal(gpu.decode(cpu, g, info), loc)
+
+
+# --- records ------------------------------------------------------------------------------------
+
+
+_SUBPROCESS = textwrap.dedent(
+    """
+    import sys, numpy as np, torch
+    torch.set_num_threads(int(sys.argv[1]))
+    import medcodec
+    from medcodec.model.coder import TransformerLocalPathCoder
+    from medcodec.model.registry import load_adapted, register_adapter
+    sha = register_adapter(open(sys.argv[3], "rb").read())
+    img = np.load(sys.argv[4])
+    if sys.argv[2] == "encode":
+        coder = TransformerLocalPathCoder(load_adapted("llm-base-v1", sha256=None, adapter_sha256=sha))
+        blob = medcodec.compress_pixels(img, bits_stored=12, signed=False, local_model=coder)
+        open(sys.argv[5], "wb").write(blob)
+    else:
+        out = medcodec.decompress_pixels(open(sys.argv[5], "rb").read())
+        assert np.array_equal(out, img)
+        print("decoded-ok")
+    """
+)
+
+
+def test_adapted_records_same_bytes_with_1_or_2_threads_and_decode_in_another_process(fitted, tmp_path):
+    result, _, _, plane = fitted
+    script, adapter, image = tmp_path / "code.py", tmp_path / "adapter.safetensors", tmp_path / "img.npy"
+    script.write_text(_SUBPROCESS)
+    adapter.write_bytes(result.blob)
+    np.save(image, plane.astype(np.uint16))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    blobs = []
+    for threads in (1, 2):
+        out = tmp_path / f"rec{threads}"
+        subprocess.run([sys.executable, str(script), str(threads), "encode", str(adapter), str(image), str(out)],
+                       check=True, env=env)
+        blobs.append(out.read_bytes())
+    assert blobs[0] == blobs[1]
+    config = ct.read_record(blobs[0]).config["pixels"]
+    assert config["local_adapter_sha256"] == result.sha256 and config["local_model"] == "llm-base-v1"
+    res = subprocess.run([sys.executable, str(script), "1", "decode", str(adapter), str(image), str(tmp_path / "rec1")],
+                         check=True, env=env, capture_output=True, text=True)
+    assert "decoded-ok" in res.stdout
+
+
+def test_decoding_needs_the_registered_adapter(fitted):
+    from medcodec.model import registry
+
+    result, _, _, plane = fitted
+    coder = TransformerLocalPathCoder(result.model)
+    blob = medcodec.compress_pixels(plane.astype(np.uint16), bits_stored=12, signed=False, local_model=coder)
+    assert medcodec.inspect_record(blob)["models"]["adapter_sha256"] == result.sha256
+    saved = dict(registry._ADAPTERS), dict(registry._ADAPTED)
+    registry._ADAPTERS.clear()
+    registry._ADAPTED.clear()
+    try:
+        with pytest.raises(ModelMismatchError, match="models/"):
+            medcodec.decompress_pixels(blob)
+        register_adapter(result.blob)
+        assert np.array_equal(medcodec.decompress_pixels(blob), plane)
+    finally:
+        registry._ADAPTERS.update(saved[0])
+        registry._ADAPTED.update(saved[1])
+
+
+# --- archive: migrate --adapt, models/, audit, restore ----------------------------------------
+
+
+def test_migrate_adapt_stores_adapters_and_audit_and_restore_use_them(tmp_path):
+    import json
+    from collections import Counter
+
+    import pyarrow.parquet as pq
+    from pydicom.data import get_testdata_file
+
+    from pipelines.archive import Archive
+    from pipelines.audit import run_audit
+    from pipelines.restore import run_restore
+
+    src, dst = tmp_path / "src", tmp_path / "archive"
+    src.mkdir()
+    originals = {}
+    for name in ("MR_small.dcm", "emri_small.dcm", "CT_small.dcm"):
+        data = Path(get_testdata_file(name)).read_bytes()
+        (src / name).write_bytes(data)
+        originals[name] = data
+    res = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "migrate", str(src), str(dst), "--adapt", "3", "--min-images", "2",
+         "--steps", "40", "--threads", "1", "--no-progress"],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    manifest = json.loads((dst / "models" / "adapters.json").read_text())
+    assert set(manifest["adapters"]) == {"MR"} and "CT" in manifest["fallback"]
+    mr = manifest["adapters"]["MR"]
+    assert (dst / "models" / f"{mr['sha256']}.safetensors").is_file()
+    assert {"valid_bits_base", "valid_bits_adapted", "train_bits_base_prior_weighted"} <= set(mr["metrics"])
+    assert "MR" in res.stderr and "adapter" in res.stderr
+    rows = Archive(str(dst)).read_index().to_pylist()
+    by_modality = Counter((r["modality"], r["adapter_sha256"]) for r in rows)
+    assert by_modality[("CT", None)] == 1
+    for r in rows:
+        if r["modality"] == "MR":  # coded with base + adapter, or the v1.0 path when that was smaller
+            assert (r["model_id"], r["model_hash"] is not None, r["adapter_sha256"]) in {
+                ("llm-base-v1", True, mr["sha256"]), ("classical-v1", False, None)}
+    assert any(r["adapter_sha256"] == mr["sha256"] for r in rows)
+
+    # deep audit decodes with the archive's adapter; every model is checked
+    summary = run_audit(str(dst), deep=True)
+    assert summary["failures"] == 0, summary
+    audit = pq.read_table(next((dst / "audit").glob("*.parquet"))).to_pylist()
+    model_rows = [r for r in audit if r["check"] == "model"]
+    assert model_rows and all(r["status"] == "ok" for r in model_rows)
+    assert any(mr["sha256"][:16] in r["detail"] for r in model_rows)
+
+    out = tmp_path / "restored"
+    run_restore(str(dst), str(out))
+    restored = Counter(hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*") if p.is_file())
+    assert restored == Counter(hashlib.sha256(b).hexdigest() for b in originals.values())
+
+    # a damaged adapter: the audit names it, and decoding refuses the records that need it
+    path = dst / "models" / f"{mr['sha256']}.safetensors"
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 1
+    path.write_bytes(bytes(blob))
+    summary = run_audit(str(dst))
+    assert summary["failures_by_check"].get("model") == 1
+    assert any("does not match" in f["detail"] for f in summary["first_failures"])
+    path.unlink()
+    summary = run_audit(str(dst))
+    assert summary["failures_by_check"].get("model") == 1
+    assert any("missing" in f["detail"] for f in summary["first_failures"])
