@@ -148,7 +148,9 @@ def _reseal_with_section(blob: bytes, section_type: int, payload: bytes) -> byte
 @pytest.fixture(scope="module")
 def sealed_ct(keyring):
     data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
-    return data, medcodec.compress_dicom(data, keyring=keyring)
+    # Sealing does not depend on the pixel model; the v1.0 local path keeps the ~300
+    # tamper decodes below inside the suite's time budget.
+    return data, medcodec.compress_dicom(data, keyring=keyring, local_model="classical-v1")
 
 
 @pytest.mark.parametrize("purpose", sorted(sealing.SEALED_SECTIONS))
@@ -179,7 +181,8 @@ def test_sections_transplanted_between_images_are_rejected(keyring):
 
 
 def test_reveal_rejects_altered_pixels_and_foreign_messages(keyring):
-    blob = medcodec.compress_dicom(Path(get_testdata_file("693_UNCI.dcm")).read_bytes(), keyring=keyring)
+    blob = medcodec.compress_dicom(Path(get_testdata_file("693_UNCI.dcm")).read_bytes(), keyring=keyring,
+                                  local_model="classical-v1")  # 512x512: see sealed_ct
     public = medcodec.decompress_dicom(blob)
     assert sealing.reveal(public, keyring)["elements"]
     parsed = parse_dicom(public)
@@ -259,7 +262,7 @@ def test_cli_keys_compress_reveal(tmp_path):
 
 def test_sparse_histogram_images_keep_the_phi_sealed_only(keyring):
     data = Path(get_testdata_file("gdcm-US-ALOKA-16.dcm")).read_bytes()
-    blob = medcodec.compress_dicom(data, keyring=keyring)
+    blob = medcodec.compress_dicom(data, keyring=keyring, local_model="classical-v1")  # 600 kB: see sealed_ct
     report = ct.read_record(blob).config["sealed"]["stego"]
     assert report["embedded"] is False and "sparse histogram" in report["reason"]
     assert ct.read_record(blob).config["pixels"]["palette"] is True
