@@ -130,9 +130,15 @@ def run_adapt(
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if sample < 1:
         raise ValueError(f"--sample must be >= 1, got {sample}")
+    if min_images < 2:
+        raise ValueError(f"--min-images must be >= 2 (one image validates), got {min_images}")
+    if not 1 <= rank <= 64 or steps < 1:
+        raise ValueError(f"--rank must be 1..64 and --steps >= 1, got rank {rank}, steps {steps}")
     started = time.perf_counter()
     config = AdaptConfig(rank=rank, steps=steps, prior=prior, seed=seed, threads=threads or os.cpu_count() or 1)
     images = sample_inputs(src, sample, storage_options, log)
+    if not images:
+        raise ValueError(f"no pixel-coded DICOM images found under {src}: nothing to adapt to")
     results, fallback = adapt_images(images, config, min_images=min_images, log=log)
     archive = Archive(out, storage_options=storage_options)
     base = load_model(BASE_MODEL, device="cpu")
