@@ -21,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
-from . import hierarchy
+from . import ctxtree, hierarchy
 from .entropy import AdaptiveTables, Decoder, Encoder, RowModel, geometric_prior
 from .errors import CorruptRecordError
 
@@ -127,35 +127,49 @@ def _split(data: bytes) -> tuple[IntReader, bytes]:
 # --- tokens ----------------------------------------------------------------------------
 
 
-def token_alphabet(bits: int) -> int:
+def token_alphabet(bits: int, mantissa: int = 1) -> int:
     """Number of residual tokens for values of ``bits`` bits (|residual| < 2**bits)."""
     zmax = (1 << (bits + 1)) - 1
-    return int(tokenize(np.array([zmax], dtype=np.int64))[0][0]) + 1
+    return int(tokenize(np.array([zmax], dtype=np.int64), mantissa)[0][0]) + 1
 
 
-def tokenize(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Non-negative ints -> (token, raw low bits, number of raw bits)."""
+def tokenize(z: np.ndarray, mantissa: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Non-negative ints -> (token, raw low bits, number of raw bits).
+
+    z < 16 is its own token; larger z becomes (exponent, the ``mantissa`` bits after the
+    leading one) and the remaining low bits travel raw.
+    """
     n = np.searchsorted(_POW2, z, side="right") - 1  # floor(log2 z), exact
     big = z >= _DIRECT
-    nb = np.where(big, n - 1, 0)
-    msb = np.where(big, (z >> np.maximum(nb, 0)) & 1, 0)
-    token = np.where(big, _DIRECT + (n - 4) * 2 + msb, z)
+    nb = np.where(big, n - mantissa, 0)
+    top = np.where(big, (z >> np.maximum(nb, 0)) & ((1 << mantissa) - 1), 0)
+    token = np.where(big, _DIRECT + (n - 4) * (1 << mantissa) + top, z)
     extra = np.where(big, z & (_POW2[np.maximum(nb, 0)] - 1), 0)
     return token, extra, nb
 
 
-def raw_bits_of(token: np.ndarray) -> np.ndarray:
+def raw_bits_of(token: np.ndarray, mantissa: int = 1) -> np.ndarray:
     big = token >= _DIRECT
-    return np.where(big, (token - _DIRECT) // 2 + 3, 0)
+    return np.where(big, (token - _DIRECT) // (1 << mantissa) + 4 - mantissa, 0)
 
 
-def detokenize(token: np.ndarray, extra: np.ndarray) -> np.ndarray:
+def detokenize(token: np.ndarray, extra: np.ndarray, mantissa: int = 1) -> np.ndarray:
     big = token >= _DIRECT
-    n = (token - _DIRECT) // 2 + 4
-    msb = (token - _DIRECT) % 2
-    nb = np.maximum(n - 1, 0)
-    z = (_POW2[np.clip(n, 0, 39)]) | (msb << nb) | extra
+    n = (token - _DIRECT) // (1 << mantissa) + 4
+    top = (token - _DIRECT) % (1 << mantissa)
+    nb = np.maximum(n - mantissa, 0)
+    z = (_POW2[np.clip(n, 0, 39)]) | (top << nb) | extra
     return np.where(big, z, token)
+
+
+def _token_bounds(bits: int, mantissa: int) -> tuple[np.ndarray, np.ndarray]:
+    """The interval [lo, hi) of z values each token stands for."""
+    t = np.arange(token_alphabet(bits, mantissa), dtype=np.int64)
+    n = (t - _DIRECT) // (1 << mantissa) + 4
+    width = 1 << np.clip(n - mantissa, 0, 62)
+    lo = np.where(t < _DIRECT, t, (1 << np.clip(n, 0, 62)) + ((t - _DIRECT) % (1 << mantissa)) * width)
+    hi = np.where(t < _DIRECT, t + 1, lo + width)
+    return lo, hi
 
 
 def zigzag(e: np.ndarray) -> np.ndarray:
@@ -179,14 +193,16 @@ def _bucket_scales() -> list[int]:
 
 
 @functools.lru_cache(maxsize=64)
-def _token_prior(bits: int) -> np.ndarray:
-    alphabet = token_alphabet(bits)
-    t = np.arange(alphabet, dtype=np.int64)
-    n = (t - _DIRECT) // 2 + 4
-    lo = np.where(t < _DIRECT, t, (1 << np.clip(n, 0, 62)) + ((t - _DIRECT) % 2) * (1 << np.clip(n - 1, 0, 62)))
-    hi = np.where(t < _DIRECT, t + 1, lo + (1 << np.clip(n - 1, 0, 62)))
+def _token_scale_rows(bits: int, mantissa: int) -> np.ndarray:
+    """One geometric prior row per activity bucket over the residual tokens."""
+    lo, hi = _token_bounds(bits, mantissa)
     # z = zigzag(residual) ~ 2|residual|: twice the scale.
-    row = geometric_prior([2 * s for s in _bucket_scales()], lo, hi, total=PRIOR_TOTAL)
+    return geometric_prior([2 * s for s in _bucket_scales()], lo, hi, total=PRIOR_TOTAL)
+
+
+@functools.lru_cache(maxsize=64)
+def _token_prior(bits: int, mantissa: int = 1) -> np.ndarray:
+    row = _token_scale_rows(bits, mantissa)
     return np.tile(np.repeat(row, N_TEXTURES, axis=0), (hierarchy.PASS_KINDS, 1))
 
 
@@ -239,13 +255,14 @@ class _Predictor:
     ``ref + ((x - ref) @ w + half) >> WEIGHT_BITS`` in exact integer arithmetic.
     """
 
-    def __init__(self, preset: str) -> None:
+    def __init__(self, preset: str, max_classes: int = MAX_CLASSES) -> None:
         self.fast = preset == "fast"
+        self.max_classes = max_classes
 
     def _classes_for(self, n: int) -> int:
         if self.fast or n < MIN_CLASS_PIXELS:
             return 1
-        return MAX_CLASSES
+        return min(self.max_classes, max(1, n // (MIN_CLASS_PIXELS // MAX_CLASSES)))
 
     def choose(self, x: np.ndarray, ref: np.ndarray, y: np.ndarray, key: np.ndarray, side: IntWriter) -> np.ndarray:
         xr = _relative(x, ref)
@@ -273,8 +290,8 @@ class _Predictor:
         if n < MIN_FIT_PIXELS:
             return ref + self._apply(xr, _default_weights(f)[None], np.zeros(n, dtype=np.int64))
         n_cls = side.get()
-        if not 1 <= n_cls <= MAX_CLASSES:
-            raise CorruptRecordError(f"predictor class count {n_cls} outside 1..{MAX_CLASSES}")
+        if not 1 <= n_cls <= self.max_classes:
+            raise CorruptRecordError(f"predictor class count {n_cls} outside 1..{self.max_classes}")
         bounds = np.array([side.get() for _ in range(n_cls - 1)], dtype=np.int64)
         cls = np.searchsorted(bounds, key, side="right")
         weights = np.array([[side.get() for _ in range(f)] for _ in range(n_cls)], dtype=np.int64)
@@ -333,7 +350,9 @@ def _features(values: np.ndarray, p: hierarchy.Pass, prev: np.ndarray | None, fa
 
 
 class GlobalPathCoder:
-    """Exact adaptive context model for the global modality."""
+    """Exact adaptive context model for the global modality (v1: fixed contexts)."""
+
+    model_id = "interlaced-ls-v1"
 
     def encode(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> bytes:
         flat = plane.astype(np.int64).ravel()
@@ -377,6 +396,158 @@ class GlobalPathCoder:
                     raise CorruptRecordError("global path decoded a value outside the stored range")
                 flat[p.pos] = value
             emap[p.pos] = np.abs(flat[p.pos] - pred)
+
+
+class TreeGlobalPathCoder:
+    """v2 global path: the v1 predictors, finer residual tokens, and learned context trees.
+
+    The predictions are those of :class:`GlobalPathCoder`; what changes is how residuals
+    are modelled. Tokens keep two bits after the leading one (fewer raw bits), and the
+    encoder grows a context tree (:mod:`medcodec.ctxtree`) over per-pixel properties the
+    decoder also knows, writes it at the head of the side information, and codes each
+    token with the adaptive table of its leaf. Planes of at most ``SMALL_PLANE`` pixels
+    are also coded with the fixed v1 contexts (mode 0) and the smaller stream is kept:
+    a tree does not pay for itself on tiny images.
+    """
+
+    model_id = "interlaced-tree-v2"
+    MANTISSA = 2
+    CLASSES = 12
+    SMALL_PLANE = 1 << 16
+    PROPERTIES = (
+        "kind", "level", "spread", "noise", "above", "ref", "deviation", "grad_a", "grad_b", "err_max",
+        "plane_diff", "plane_spread", "activity", "row", "col", "outer_spread", "plane_edge",
+    )
+
+    def encode(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> bytes:
+        flat = plane.astype(np.int64).ravel()
+        prev_flat = None if prev is None else prev.astype(np.int64).ravel()
+        side_ls = IntWriter()
+        maxv = (1 << info.bits) - 1
+        emap = np.zeros_like(flat)
+        predictor = _Predictor(info.preset, self.CLASSES)
+        passes, preds = [], []
+        for p in hierarchy.iter_passes(info.rows, info.cols):
+            x = _features(flat, p, prev_flat, predictor.fast)
+            ref = _reference(flat, p)
+            bucket = _activity(flat, emap, p)
+            key = _class_key(flat, prev_flat, p, bucket)
+            pred = np.clip(predictor.choose(x, ref, flat[p.pos], key, side_ls), 0, maxv)
+            emap[p.pos] = np.abs(flat[p.pos] - pred)
+            passes.append(p)
+            preds.append(pred)
+        modes = [0] if not passes else [1] if flat.size > self.SMALL_PLANE else [0, 1]
+        best = None
+        for mode in modes:
+            side = IntWriter()
+            side.put(mode)
+            tree = self._learn(flat, emap, passes, preds, prev_flat, info) if mode else None
+            if tree is not None:
+                tree.write(side)
+            side.buf += side_ls.buf
+            enc = Encoder()
+            enc.uniform(flat[:1], np.array([info.bits]))
+            tables = self._tables(tree, info)
+            for p, pred in zip(passes, preds):
+                ctx = self._contexts(tree, flat, emap, p, pred, prev_flat, info.cols)
+                token, extra, nbits = tokenize(zigzag(flat[p.pos] - pred), self.MANTISSA)
+                enc.adaptive(token, ctx, tables)
+                enc.uniform(extra, nbits)
+            data = _join(side, enc.finish())
+            if best is None or len(data) < len(best):
+                best = data
+        return best
+
+    def decode(self, data: bytes, info: PlaneInfo, prev: np.ndarray | None = None) -> np.ndarray:
+        side, payload = _split(data)
+        mode = side.get()
+        if mode not in (0, 1):
+            raise CorruptRecordError(f"global stream mode {mode} unknown")
+        tree = ctxtree.Tree.read(side, len(self.PROPERTIES), N_BUCKETS) if mode else None
+        dec = Decoder(payload)
+        flat = np.zeros(info.rows * info.cols, dtype=np.int64)
+        flat[:1] = dec.uniform(np.array([info.bits]))
+        maxv = (1 << info.bits) - 1
+        prev_flat = None if prev is None else prev.astype(np.int64).ravel()
+        emap = np.zeros_like(flat)
+        predictor = _Predictor(info.preset, self.CLASSES)
+        tables = self._tables(tree, info)
+        for p in hierarchy.iter_passes(info.rows, info.cols):
+            x = _features(flat, p, prev_flat, predictor.fast)
+            ref = _reference(flat, p)
+            bucket = _activity(flat, emap, p)
+            key = _class_key(flat, prev_flat, p, bucket)
+            pred = np.clip(predictor.read(x, ref, key, side), 0, maxv)
+            ctx = self._contexts(tree, flat, emap, p, pred, prev_flat, info.cols)
+            token = dec.adaptive(ctx, tables)
+            extra = dec.uniform(raw_bits_of(token, self.MANTISSA))
+            value = pred + unzigzag(detokenize(token, extra, self.MANTISSA))
+            if value.min(initial=0) < 0 or value.max(initial=0) > maxv:
+                raise CorruptRecordError("global path decoded a value outside the stored range")
+            flat[p.pos] = value
+            emap[p.pos] = np.abs(value - pred)
+        return flat.reshape(info.rows, info.cols)
+
+    # --- contexts -------------------------------------------------------------------------
+
+    def _tables(self, tree: ctxtree.Tree | None, info: PlaneInfo) -> AdaptiveTables:
+        rows = _token_scale_rows(info.bits, self.MANTISSA)
+        if tree is None:
+            return AdaptiveTables(N_CONTEXTS, rows.shape[1], init=_token_prior(info.bits, self.MANTISSA))
+        return AdaptiveTables(tree.n_leaves, rows.shape[1], init=rows[tree.scales])
+
+    def _contexts(self, tree, flat, emap, p: hierarchy.Pass, pred, prev_flat, cols: int) -> np.ndarray:
+        if tree is None:
+            return _context(flat, p, _activity(flat, emap, p), pred)
+        return tree.contexts(self._properties(flat, emap, p, pred, prev_flat, cols))
+
+    @staticmethod
+    def _properties(flat, emap, p: hierarchy.Pass, pred, prev_flat, cols: int) -> np.ndarray:
+        """Integer properties of each pixel of pass ``p`` (columns as in PROPERTIES)."""
+        nn = p.inner[:, : hierarchy.N_NEAREST]
+        nv = flat[nn]
+        ne = emap[nn]
+        spread = nv.max(axis=1) - nv.min(axis=1)
+        noise = ne.sum(axis=1) >> 2
+        ref = nv.sum(axis=1) >> 2
+        out = np.empty((p.size, len(TreeGlobalPathCoder.PROPERTIES)), dtype=np.int64)
+        out[:, 0] = p.kind
+        out[:, 1] = int(p.h).bit_length() - 1
+        out[:, 2] = spread
+        out[:, 3] = noise
+        out[:, 4] = (nv > pred[:, None]).sum(axis=1)
+        out[:, 5] = ref
+        out[:, 6] = pred - ref
+        out[:, 7] = np.abs(nv[:, 0] - nv[:, 1])
+        out[:, 8] = np.abs(nv[:, 2] - nv[:, 3])
+        out[:, 9] = ne.max(axis=1)
+        if prev_flat is None:
+            out[:, 10] = 0
+            out[:, 11] = 0
+        else:
+            d = nv - prev_flat[nn]
+            out[:, 10] = np.abs(d).sum(axis=1)
+            out[:, 11] = d.max(axis=1) - d.min(axis=1)
+        out[:, 12] = 2 * spread + noise
+        out[:, 13] = p.pos // cols
+        out[:, 14] = p.pos % cols
+        ov = flat[p.outer]
+        out[:, 15] = ov.max(axis=1) - ov.min(axis=1)
+        out[:, 16] = 0 if prev_flat is None else np.abs(4 * prev_flat[p.pos] - prev_flat[nn].sum(axis=1))
+        return out
+
+    def _learn(self, flat, emap, passes, preds, prev_flat, info: PlaneInfo) -> ctxtree.Tree:
+        total = sum(p.size for p in passes)
+        step = max(1, total // ctxtree.LEARN_ROWS)
+        props, tokens = [], []
+        for p, pred in zip(passes, preds):
+            sel = slice(None, None, step)
+            sub = hierarchy.Pass(kind=p.kind, h=p.h, pos=p.pos[sel], inner=p.inner[sel], outer=p.outer[sel])
+            props.append(self._properties(flat, emap, sub, pred[sel], prev_flat, info.cols))
+            tokens.append(tokenize(zigzag(flat[sub.pos] - pred[sel]), self.MANTISSA)[0])
+        rows = _token_scale_rows(info.bits, self.MANTISSA)
+        tokens_a = np.concatenate(tokens)
+        return ctxtree.learn(np.concatenate(props), tokens_a, rows.shape[1], rows, weight=total / tokens_a.size)
 
 
 # --- local path (classical) --------------------------------------------------------------

@@ -8,13 +8,14 @@ from medcodec.entropy import AdaptiveTables, Decoder, Encoder, RowModel, geometr
 from medcodec.paths import detokenize, raw_bits_of, token_alphabet, tokenize, unzigzag, zigzag
 
 
-@given(st.lists(st.integers(-((1 << 17) - 1), (1 << 17) - 1), min_size=1, max_size=200))
-def test_tokens_roundtrip(residuals):
+@given(st.lists(st.integers(-((1 << 17) - 1), (1 << 17) - 1), min_size=1, max_size=200), st.sampled_from([1, 2, 3]))
+def test_tokens_roundtrip(residuals, mantissa):
     e = np.array(residuals, dtype=np.int64)
-    token, extra, nbits = tokenize(zigzag(e))
-    assert np.array_equal(raw_bits_of(token), nbits)
-    assert token.max() < token_alphabet(17)
-    assert np.array_equal(unzigzag(detokenize(token, extra)), e)
+    token, extra, nbits = tokenize(zigzag(e), mantissa)
+    assert np.array_equal(raw_bits_of(token, mantissa), nbits)
+    assert token.max() < token_alphabet(17, mantissa)
+    assert np.array_equal(unzigzag(detokenize(token, extra, mantissa)), e)
+    assert (extra < (np.int64(1) << nbits)).all()
 
 
 @given(st.data())

@@ -1,0 +1,126 @@
+"""Learned context trees (v2 global path): exact evaluation, strict parsing, real gains."""
+
+import numpy as np
+import pytest
+from pydicom.data import get_testdata_file
+
+import medcodec
+from medcodec import ctxtree
+from medcodec.errors import CorruptRecordError, ModelMismatchError
+from medcodec.paths import GlobalPathCoder, IntReader, IntWriter, PlaneInfo, TreeGlobalPathCoder
+
+
+def _tree_from(prop, thr, scales):
+    prop = np.array(prop, dtype=np.int64)
+    leaf = np.full(prop.size, -1, dtype=np.int64)
+    leaf[prop < 0] = np.arange(int((prop < 0).sum()))
+    return ctxtree.Tree(
+        prop=prop, thr=np.array(thr, dtype=np.int64), right=ctxtree._right_children(prop), leaf=leaf,
+        scales=np.array(scales, dtype=np.int64),
+    )
+
+
+def test_tree_routes_by_integer_thresholds():
+    # root: p0 > 5 ? (p1 > 0 ? leaf2 : leaf1) : leaf0   (preorder: root, leaf0, node, leaf1, leaf2)
+    tree = _tree_from([0, -1, 1, -1, -1], [5, 0, 0, 0, 0], [3, 4, 5])
+    props = np.array([[5, 9], [6, 0], [6, 1], [-7, 3], [100, -1]])
+    assert tree.contexts(props).tolist() == [0, 1, 2, 0, 1]
+
+
+def test_tree_serialization_roundtrips_and_rejects_garbage():
+    tree = _tree_from([0, -1, 1, -1, -1], [5, 0, -2, 0, 0], [3, 4, 5])
+    w = IntWriter()
+    tree.write(w)
+    back = ctxtree.Tree.read(IntReader(bytes(w.buf)), n_props=2, n_scales=8)
+    for field in ("prop", "thr", "right", "leaf", "scales"):
+        assert np.array_equal(getattr(back, field), getattr(tree, field)), field
+    bad = [
+        [3, 1, 5],  # internal node, then the stream ends inside the tree
+        [1, 7, 0],  # property 6 of 2
+        [1, 0, 9],  # leaf prior 9 of 8
+        [0],  # no nodes
+        [3, 0, 0, 0, 0, 0, 0],  # a leaf, then nodes after the last leaf
+    ]
+    for ints in bad:
+        w = IntWriter()
+        for v in ints:
+            w.put(v)
+        with pytest.raises(CorruptRecordError):
+            ctxtree.Tree.read(IntReader(bytes(w.buf)), n_props=2, n_scales=8)
+    deep = IntWriter()
+    deep.put(2 * (ctxtree.MAX_DEPTH + 1) + 1)
+    for _ in range(ctxtree.MAX_DEPTH + 1):
+        deep.put(1)
+        deep.put(0)
+        deep.put(0)
+        deep.put(0)
+    deep.put(0)
+    deep.put(0)
+    with pytest.raises(CorruptRecordError, match="deeper"):
+        ctxtree.Tree.read(IntReader(bytes(deep.buf)), n_props=2, n_scales=8)
+
+
+def test_learning_finds_the_property_that_matters():
+    rng = np.random.default_rng(0)
+    n = 20000
+    props = rng.integers(0, 100, size=(n, 3))
+    # Tokens are small when property 1 is below 40, wide otherwise; the others are noise.
+    tokens = np.where(props[:, 1] < 40, rng.integers(0, 2, n), rng.integers(0, 30, n))
+    prior = np.ones((4, 32), dtype=np.int64)
+    tree = ctxtree.learn(props, tokens, 32, prior)
+    assert tree.prop[0] == 1 and 35 <= tree.thr[0] <= 45
+    flat = ctxtree.learn(np.zeros((n, 3), dtype=np.int64), tokens, 32, prior)
+    assert flat.n_leaves == 1  # nothing to split on
+
+
+def _real_plane(name="CT_small.dcm"):
+    import pydicom
+
+    ds = pydicom.dcmread(get_testdata_file(name))
+    a = ds.pixel_array.astype(np.int64)
+    if ds.PixelRepresentation:
+        a = a - a.min()
+    return a, int(a.max()).bit_length()
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "OBXXXX1A.dcm"])
+def test_v2_roundtrips_and_beats_v1_on_real_images(name):
+    a, bits = _real_plane(name)
+    info = PlaneInfo(rows=a.shape[0], cols=a.shape[1], bits=bits, k=0, preset="max")
+    v2 = TreeGlobalPathCoder().encode(a, info)
+    assert np.array_equal(TreeGlobalPathCoder().decode(v2, info), a)
+    v1 = GlobalPathCoder().encode(a, info)
+    assert len(v2) < len(v1)
+
+
+def test_v2_uses_a_tree_on_large_planes_and_the_previous_plane():
+    a, bits = _real_plane("OBXXXX1A.dcm")
+    rng = np.random.default_rng(1)
+    second = np.clip(a + rng.integers(-1, 2, a.shape) * (rng.random(a.shape) < 0.05), 0, (1 << bits) - 1)
+    info = PlaneInfo(rows=a.shape[0], cols=a.shape[1], bits=bits, k=0, preset="max")
+    data = TreeGlobalPathCoder().encode(second, info, a)
+    side = IntReader(data)
+    side.get()  # side-information length
+    assert side.get() == 1  # mode 1: a learned tree
+    assert np.array_equal(TreeGlobalPathCoder().decode(data, info, a), second)
+    # Knowing the previous plane, the nearly equal second plane costs far less than alone.
+    assert len(data) < len(TreeGlobalPathCoder().encode(second, info)) / 3
+
+
+def test_presets_name_their_global_model_and_v1_records_still_decode():
+    a, bits = _real_plane("CT_small.dcm")
+    for preset, model in (("max", "interlaced-tree-v2"), ("fast", "interlaced-ls-v1")):
+        blob = medcodec.compress_pixels(a.astype(np.uint16), bits_stored=bits, signed=False, preset=preset, local_model="classical-v1")
+        assert medcodec.inspect_record(blob)["models"]["global"] == model
+        assert np.array_equal(medcodec.decompress_pixels(blob), a)
+
+
+def test_unknown_global_model_is_a_clear_error():
+    from medcodec import container as ct
+
+    a, bits = _real_plane("CT_small.dcm")
+    blob = medcodec.compress_pixels(a.astype(np.uint16), bits_stored=bits, signed=False, preset="fast")
+    rec = ct.read_record(blob)
+    rec.config["pixels"]["global_model"] = "interlaced-nn-v9"
+    with pytest.raises(ModelMismatchError, match="interlaced-tree-v2"):
+        medcodec.decompress_pixels(ct.write_record(rec))
