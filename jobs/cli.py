@@ -246,8 +246,14 @@ def _migrate_adapters(args: argparse.Namespace, settings: dict) -> dict:
         return {}
     from jobs.adapt import adapter_map, format_manifest, read_manifest, run_from_args
 
-    if args.preset != "max" or args.local_model:
-        raise ValueError("--adapt adapts the transformer local path: use it with --preset max and no --local-model")
+    from jobs.adapt import BASE_MODEL
+
+    if args.preset != "max" or args.local_model not in (None, BASE_MODEL):
+        raise ValueError(
+            f"--adapt adapts the transformer local path: use it with --preset max, and with no --local-model "
+            f"(the adapted transformer or the v1.0 path, whichever is smaller) or --local-model {BASE_MODEL} "
+            "(the adapted transformer only)"
+        )
     manifest = read_manifest(args.dst, settings["storage_options"])
     if manifest is None:
         manifest = run_from_args(args, args.src, args.dst, args.adapt, sys.argv[2:], settings["storage_options"])
@@ -404,8 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst")
     p.add_argument("--key-file", help="keyring: keyed identifiers (and sealed metadata)")
     p.add_argument("--preset", choices=("max", "fast"), default="max")
-    p.add_argument("--local-model", choices=("classical-v1",),
-                   help="code the local path without the transformer (the v1.0 path: faster on CPU, larger)")
+    p.add_argument("--local-model", choices=("classical-v1", "llm-base-v1"),
+                   help="code the local path with this model only: classical-v1 (the v1.0 path, no transformer: "
+                        "faster on CPU) or llm-base-v1 (the transformer, with its adapter under --adapt); by "
+                        "default `max` tries both and keeps the smaller record")
     p.add_argument("--keep-codestream", action="store_true")
     p.add_argument("--strict", action="store_true", help="exit 1 if any input was dead-lettered")
     p.add_argument("--no-progress", action="store_true")

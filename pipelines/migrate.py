@@ -181,7 +181,11 @@ class EncodeInstance(beam.DoFn):
         from medcodec.model.adapt import modality_group
 
         coder = self.adapted.get(modality_group(modality))
-        if coder is None or self.cfg.local_model is not None or self.cfg.preset != "max":
+        if coder is None or self.cfg.preset != "max":
+            return self.cfg.local_model
+        if self.cfg.local_model == coder.model_id:  # the adapted transformer only
+            return coder
+        if self.cfg.local_model is not None:
             return self.cfg.local_model
         return (coder, "classical-v1")
 
