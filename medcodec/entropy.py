@@ -57,14 +57,15 @@ class AdaptiveTables:
         return fast * slow.sum(axis=1, keepdims=True) + slow * fast.sum(axis=1, keepdims=True)
 
     def probabilities(self, ctx: np.ndarray) -> np.ndarray:
-        return counts_to_probabilities(self.mixed_counts(ctx))
+        # Each distinct context's row is computed once and then gathered: the same
+        # arithmetic per row as computing all rows, so the same floats.
+        rows, inverse = np.unique(ctx, return_inverse=True)
+        return counts_to_probabilities(self.mixed_counts(rows))[inverse]
 
     def update(self, ctx: np.ndarray, symbols: np.ndarray) -> None:
-        n_ctx, alphabet = self.fast.shape
-        hits = np.bincount(ctx * alphabet + symbols, minlength=n_ctx * alphabet).reshape(n_ctx, alphabet)
         touched = np.unique(ctx)
         for table, (increment, limit) in ((self.fast, self.FAST), (self.slow, self.SLOW)):
-            table += hits * increment
+            np.add.at(table, (ctx, symbols), increment)
             over = touched[table[touched].sum(axis=1) > limit]
             if over.size:
                 table[over] = (table[over] + 1) >> 1

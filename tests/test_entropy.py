@@ -57,3 +57,25 @@ def test_prior_is_integer_and_decreasing():
     assert prior.dtype == np.int64
     assert (np.diff(prior[0]) <= 0).all() and prior.min() >= 1
     assert prior[0, 0] > prior[1, 0]  # narrower law puts more mass at zero
+
+
+def test_table_probabilities_and_updates_match_the_plain_definition():
+    """Per-distinct-context rows and sparse updates are speedups, not new arithmetic."""
+    rng = np.random.default_rng(3)
+    n_ctx, alphabet = 40, 23
+    tables = AdaptiveTables(n_ctx, alphabet, init=rng.integers(1, 50, (n_ctx, alphabet)))
+    fast, slow = tables.fast.copy(), tables.slow.copy()
+    for _ in range(300):
+        ctx = rng.integers(0, 6, 512) ** 2 % n_ctx  # few distinct contexts, many repeats
+        sym = np.minimum(rng.geometric(0.3, 512) - 1, alphabet - 1)
+        f, s = fast[ctx], slow[ctx]
+        mixed = f * s.sum(1, keepdims=True) + s * f.sum(1, keepdims=True)
+        expect = mixed / mixed.sum(1, keepdims=True)
+        assert np.array_equal(tables.probabilities(ctx), expect)  # bit for bit
+        tables.update(ctx, sym)
+        hits = np.bincount(ctx * alphabet + sym, minlength=n_ctx * alphabet).reshape(n_ctx, alphabet)
+        for table, (inc, limit) in ((fast, AdaptiveTables.FAST), (slow, AdaptiveTables.SLOW)):
+            table += hits * inc
+            over = np.unique(ctx)[table[np.unique(ctx)].sum(1) > limit]
+            table[over] = (table[over] + 1) >> 1
+        assert np.array_equal(tables.fast, fast) and np.array_equal(tables.slow, slow)
