@@ -50,10 +50,15 @@ class Tree:
     def n_leaves(self) -> int:
         return int(self.scales.size)
 
+    @property
+    def used(self) -> frozenset[int]:
+        """The properties some node splits on."""
+        return frozenset(int(p) for p in self.prop[self.prop >= 0])
+
     def contexts(self, props: np.ndarray) -> np.ndarray:
-        """Leaf id of every row of ``props`` (N, P): exact integer comparisons only."""
-        n = props.shape[0]
-        flat_t = np.ascontiguousarray(props.T).ravel()  # column p of row r at p * n + r
+        """Leaf id of every column of ``props`` (P, N): exact integer comparisons only."""
+        n = props.shape[1]
+        flat_t = np.ascontiguousarray(props).ravel()  # property p of pixel r at p * n + r
         node = np.zeros(n, dtype=np.int64)
         active = np.arange(n)
         for _ in range(MAX_DEPTH + 1):
@@ -139,68 +144,62 @@ def single_leaf(scale: int) -> Tree:
 # --- learning (encoder only) ------------------------------------------------------------
 
 
-def _cost(h: np.ndarray) -> np.ndarray:
-    """Empirical code length (bits) of the counts in each row: sum n log2(N / n)."""
-    h = h.astype(np.float64)
-    n = h.sum(-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inner = np.where(h > 0, h * np.log2(np.where(h > 0, h, 1)), 0.0).sum(-1)
-        total = np.where(n > 0, n * np.log2(np.where(n > 0, n, 1)), 0.0)
-    return total - inner
-
-
-def _adapt_penalty(h: np.ndarray, scale: float) -> np.ndarray:
-    """Approximate price of learning a table: half a log2(n) per used symbol (MDL)."""
-    used = (h > 0).sum(-1)
-    n = h.sum(-1) * scale
-    return 0.5 * used * np.log2(np.maximum(n, 2.0))
-
-
 def learn(props: np.ndarray, tokens: np.ndarray, alphabet: int, prior_rows: np.ndarray, *, weight: float = 1.0) -> Tree:
-    """Grow a tree on sample rows ``props`` (n, P) with ``tokens`` (n,).
+    """Grow a tree on sample pixels: ``props`` (P, n), one row per property, and ``tokens`` (n,).
 
     ``weight`` is how many coded symbols one sample row stands for (the sampling
     stride), so gains and penalties are in bits of the whole plane. ``prior_rows``
     (S, alphabet) are the candidate initial tables; each leaf gets the one that codes
-    its tokens best.
+    its tokens best. A split's price is the empirical code length of its two halves
+    (``sum n log2(N / n)``) plus half a log2(n) per used symbol for learning each table
+    (MDL) plus SPLIT_COST_BITS.
     """
-    n, n_props = props.shape
+    n_props, n = props.shape
     tokens = tokens.astype(np.int64)
-    thresholds = []
-    binned = np.empty((n, n_props), dtype=np.int64)
+    full_alphabet = alphabet
+    alphabet = int(tokens.max(initial=0)) + 1  # counts of tokens that never occur stay zero
+    # Candidate thresholds: quantiles of each property; bin b holds values <= qs[b].
+    thresholds = np.zeros((n_props, BINS - 1), dtype=np.int64)
+    valid = np.zeros((n_props, BINS - 1), dtype=bool)
+    code = np.empty((n_props, n), dtype=np.int64)
     for j in range(n_props):
-        qs = np.unique(np.quantile(props[:, j], np.linspace(0, 1, BINS + 1)[1:-1], method="lower").astype(np.int64))
-        thresholds.append(qs)
-        binned[:, j] = np.searchsorted(qs, props[:, j], side="left")  # bin b: value <= qs[b] (b < len)
+        qs = np.unique(np.quantile(props[j], np.linspace(0, 1, BINS + 1)[1:-1], method="lower").astype(np.int64))
+        thresholds[j, : qs.size] = qs
+        valid[j, : qs.size] = True
+        code[j] = ((j * BINS + np.searchsorted(qs, props[j], side="left")) * alphabet)
+    nlogn = np.arange(n + 1, dtype=np.float64)
+    nlogn[1:] *= np.log2(nlogn[1:])
 
-    def best_split(idx: np.ndarray):
-        t = tokens[idx]
-        whole = np.bincount(t, minlength=alphabet)[None]
-        base = _cost(whole)[0] + _adapt_penalty(whole, weight)[0] / weight
-        best = None
-        for j in range(n_props):
-            qs = thresholds[j]
-            if qs.size == 0:
-                continue
-            nb = qs.size + 1
-            h = np.bincount(binned[idx, j] * alphabet + t, minlength=nb * alphabet).reshape(nb, alphabet)
-            left = np.cumsum(h, axis=0)[:-1]
-            right = whole - left
-            ok = (left.sum(1) > 0) & (right.sum(1) > 0)
-            if not ok.any():
-                continue
-            cost = _cost(left) + _cost(right) + (_adapt_penalty(left, weight) + _adapt_penalty(right, weight)) / weight
-            gain = (base - cost) * weight - SPLIT_COST_BITS
-            gain = np.where(ok, gain, -np.inf)
-            b = int(np.argmax(gain))
-            if best is None or gain[b] > best[0]:
-                best = (float(gain[b]), j, int(qs[b]), b)
-        return best
+    def price(h: np.ndarray, total: np.ndarray) -> np.ndarray:
+        """Code length of count rows ``h`` (.., A) with sums ``total``, plus the MDL term."""
+        bits = nlogn[total] - nlogn[h].sum(-1)
+        used = (h > 0).sum(-1)
+        return bits + 0.5 * used * np.log2(np.maximum(total * weight, 2.0)) / weight
 
-    # Grow best-first; remember the structure as a dict tree.
-    root = {"idx": np.arange(n), "depth": 0}
+    def histogram(idx: np.ndarray) -> np.ndarray:
+        """Token counts per (property, bin): (P, BINS, alphabet)."""
+        h = np.bincount((code[:, idx] + tokens[idx]).ravel(), minlength=n_props * BINS * alphabet)
+        return h.reshape(n_props, BINS, alphabet)
+
+    def best_split(h: np.ndarray):
+        whole = h[0].sum(0)
+        m = int(whole.sum())
+        base = price(whole, np.array(m))
+        left = np.cumsum(h, axis=1)[:, :-1]
+        n_left = left.sum(-1)
+        ok = valid & (n_left > 0) & (n_left < m)
+        if not ok.any():
+            return None
+        gain = (base - price(left, n_left) - price(whole - left, m - n_left)) * weight - SPLIT_COST_BITS
+        gain = np.where(ok, gain, -np.inf)
+        j, b = np.unravel_index(int(np.argmax(gain)), gain.shape)
+        return float(gain[j, b]), int(j), int(thresholds[j, b]), int(b)
+
+    # Grow best-first; remember the structure as a dict tree. A node keeps its histogram
+    # until it splits: the smaller child is counted, the larger one is the difference.
+    root = {"idx": np.arange(n), "depth": 0, "h": histogram(np.arange(n))}
     frontier = [root]
-    root["split"] = best_split(root["idx"])
+    root["split"] = best_split(root["h"])
     leaves = 1
     while leaves < MAX_LEAVES:
         cand = [nd for nd in frontier if nd["split"] is not None and nd["split"][0] > 0 and nd["depth"] < MAX_DEPTH]
@@ -209,12 +208,16 @@ def learn(props: np.ndarray, tokens: np.ndarray, alphabet: int, prior_rows: np.n
         nd = max(cand, key=lambda x: x["split"][0])
         _, j, thr, b = nd["split"]
         idx = nd["idx"]
-        go = binned[idx, j] > b
+        go = code[j, idx] > (j * BINS + b) * alphabet
         nd["prop"], nd["thr"] = j, thr
-        nd["kids"] = [{"idx": idx[~go], "depth": nd["depth"] + 1}, {"idx": idx[go], "depth": nd["depth"] + 1}]
+        kids = [{"idx": idx[~go], "depth": nd["depth"] + 1}, {"idx": idx[go], "depth": nd["depth"] + 1}]
+        small = 0 if kids[0]["idx"].size <= kids[1]["idx"].size else 1
+        kids[small]["h"] = histogram(kids[small]["idx"])
+        kids[1 - small]["h"] = nd.pop("h") - kids[small]["h"]
+        nd["kids"] = kids
         frontier.remove(nd)
-        for kid in nd["kids"]:
-            kid["split"] = best_split(kid["idx"])
+        for kid in kids:
+            kid["split"] = best_split(kid["h"])
             frontier.append(kid)
         leaves += 1
 
@@ -228,7 +231,7 @@ def learn(props: np.ndarray, tokens: np.ndarray, alphabet: int, prior_rows: np.n
             emit(nd["kids"][0])
             emit(nd["kids"][1])
         else:
-            h = np.bincount(tokens[nd["idx"]], minlength=alphabet)
+            h = np.bincount(tokens[nd["idx"]], minlength=full_alphabet)
             prop.append(-1)
             thr.append(0)
             scales.append(int(np.argmax(log_prior @ h)))

@@ -48,8 +48,10 @@ class Pass:
     kind: int
     h: int
     pos: np.ndarray  # (N,) flat indices of the pixels coded in this pass, scan order
-    inner: np.ndarray  # (N, n_inner) flat indices of known neighbours
-    outer: np.ndarray  # (N, n_outer)
+    # Neighbour j of every pixel is row j (contiguous): reductions over neighbours then
+    # run as elementwise operations across a few long rows.
+    inner: np.ndarray  # (n_inner, N) flat indices of known neighbours
+    outer: np.ndarray  # (n_outer, N)
 
     @property
     def size(self) -> int:
@@ -62,34 +64,33 @@ def levels(rows: int, cols: int) -> int:
     return max(0, int(n - 1).bit_length())
 
 
-def _reflect(p: np.ndarray, d: int, n: int) -> np.ndarray:
+def _axis(p: np.ndarray, d: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates p + d along one axis, reflected at the border, and whether each is inside."""
     out = p + d
-    return np.where((out < 0) | (out >= n), p - d, out)
+    out = np.where((out < 0) | (out >= n), p - d, out)
+    return out, (out >= 0) & (out < n)
 
 
-def _neighbours(
-    py: np.ndarray, px: np.ndarray, offsets: list[tuple[int, int]], h: int, rows: int, cols: int, known: np.ndarray
-) -> np.ndarray:
-    """Flat indices (N, len(offsets)) of known neighbours; -1 where none is known."""
-    out = np.empty((py.size, len(offsets)), dtype=np.int64)
+def _neighbours(ys: np.ndarray, xs: np.ndarray, offsets: list[tuple[int, int]], h: int, rows: int, cols: int) -> np.ndarray:
+    """Flat indices (len(offsets), N) of the neighbours of the grid ys x xs; -1 where none exists.
+
+    Every in-range neighbour at these offsets is already known: the offsets keep a
+    pixel's class (grid, D, A1) under reflection, and earlier passes coded every pixel
+    of those classes. So only the border decides, separately for rows and columns.
+    """
+    out = np.empty((len(offsets), ys.size, xs.size), dtype=np.int64)
     for j, (dy, dx) in enumerate(offsets):
-        y = _reflect(py, dy * h, rows)
-        x = _reflect(px, dx * h, cols)
-        ok = (y >= 0) & (y < rows) & (x >= 0) & (x < cols)
-        idx = np.where(ok, y * cols + x, 0)
-        ok &= known[idx]
-        out[:, j] = np.where(ok, idx, -1)
-    return out
-
-
-def _fill_missing(neigh: np.ndarray, fallback: np.ndarray) -> np.ndarray:
-    return np.where(neigh < 0, fallback[:, None], neigh)
+        y, ok_y = _axis(ys, dy * h, rows)
+        x, ok_x = _axis(xs, dx * h, cols)
+        idx = (y * cols)[:, None] + x[None, :]
+        if not (ok_y.all() and ok_x.all()):
+            idx = np.where(ok_y[:, None] & ok_x[None, :], idx, -1)
+        out[j] = idx
+    return out.reshape(len(offsets), ys.size * xs.size)
 
 
 def iter_passes(rows: int, cols: int) -> Iterator[Pass]:
     """Yield the passes after the first pixel, coarse to fine, in coding order."""
-    known = np.zeros(rows * cols, dtype=bool)
-    known[0] = True
     for level in range(levels(rows, cols) - 1, -1, -1):
         h = 1 << level
         s = 2 * h
@@ -98,27 +99,27 @@ def iter_passes(rows: int, cols: int) -> Iterator[Pass]:
             xs = np.arange(h if kind in (D, A1) else 0, cols, s)
             if ys.size == 0 or xs.size == 0:
                 continue
-            py, px = (a.ravel() for a in np.meshgrid(ys, xs, indexing="ij"))
-            inner = _neighbours(py, px, _INNER[kind], h, rows, cols, known)
-            # The first nearest neighbour that is known serves wherever one is missing;
+            inner = _neighbours(ys, xs, _INNER[kind], h, rows, cols)
+            outer = _neighbours(ys, xs, _OUTER[kind], h, rows, cols)
+            # The first nearest neighbour that exists serves wherever one is missing;
             # one of the two along the pass's own axis always exists after reflection.
-            first = np.full(py.size, -1, dtype=np.int64)
-            for j in range(N_NEAREST - 1, -1, -1):
-                first = np.where(inner[:, j] >= 0, inner[:, j], first)
-            first = np.where(first < 0, 0, first)
-            inner = _fill_missing(inner, first)
-            outer = _fill_missing(_neighbours(py, px, _OUTER[kind], h, rows, cols, known), first)
-            pos = py * cols + px
-            known[pos] = True
+            if (inner < 0).any() or (outer < 0).any():
+                first = np.full(inner.shape[1], -1, dtype=np.int64)
+                for j in range(N_NEAREST - 1, -1, -1):
+                    first = np.where(inner[j] >= 0, inner[j], first)
+                first = np.where(first < 0, 0, first)[None, :]
+                inner = np.where(inner < 0, first, inner)
+                outer = np.where(outer < 0, first, outer)
+            pos = ((ys * cols)[:, None] + xs[None, :]).ravel()
             yield Pass(kind=kind, h=h, pos=pos, inner=inner, outer=outer)
 
 
 def unit_neighbours(pos: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """Flat indices (N, 8) of the immediate neighbours, clamped at the border."""
+    """Flat indices (8, N) of the immediate neighbours, clamped at the border."""
     py, px = pos // cols, pos % cols
-    out = np.empty((pos.size, len(UNIT_OFFSETS)), dtype=np.int64)
+    out = np.empty((len(UNIT_OFFSETS), pos.size), dtype=np.int64)
     for j, (dy, dx) in enumerate(UNIT_OFFSETS):
         y = np.clip(py + dy, 0, rows - 1)
         x = np.clip(px + dx, 0, cols - 1)
-        out[:, j] = y * cols + x
+        out[j] = y * cols + x
     return out

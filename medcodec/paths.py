@@ -217,9 +217,9 @@ def _residual_prior(span: int) -> np.ndarray:
 
 
 def _activity(values: np.ndarray, emap: np.ndarray, p: hierarchy.Pass) -> np.ndarray:
-    nearest = values[p.inner[:, : hierarchy.N_NEAREST]]
-    spread = nearest.max(axis=1) - nearest.min(axis=1)
-    noise = emap[p.inner[:, : hierarchy.N_NEAREST]].sum(axis=1) >> 2
+    nearest = values[p.inner[: hierarchy.N_NEAREST]]
+    spread = nearest.max(axis=0) - nearest.min(axis=0)
+    noise = emap[p.inner[: hierarchy.N_NEAREST]].sum(axis=0) >> 2
     return np.searchsorted(_ACT_THRESHOLDS, 2 * spread + noise, side="right")
 
 
@@ -234,13 +234,14 @@ FIT_ROWS = 1 << 17
 
 
 def _fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least-squares weights in fixed point (encoder only; the integers are transmitted)."""
-    step = max(1, x.shape[0] // FIT_ROWS)
-    xf = x[::step].astype(np.float64)
+    """Least-squares weights in fixed point for features ``x`` (F, N) (encoder only; the
+    integers are transmitted)."""
+    step = max(1, x.shape[1] // FIT_ROWS)
+    xf = x[:, ::step].astype(np.float64)
     yf = y[::step].astype(np.float64)
-    gram = xf.T @ xf
+    gram = xf @ xf.T
     ridge = 1e-6 * (np.trace(gram) / gram.shape[0] + 1.0)
-    w = np.linalg.solve(gram + ridge * np.eye(gram.shape[0]), xf.T @ yf)
+    w = np.linalg.solve(gram + ridge * np.eye(gram.shape[0]), xf @ yf)
     return np.clip(np.rint(w * (1 << WEIGHT_BITS)), -_WMAX, _WMAX).astype(np.int64)
 
 
@@ -265,8 +266,9 @@ class _Predictor:
         return min(self.max_classes, max(1, n // (MIN_CLASS_PIXELS // MAX_CLASSES)))
 
     def choose(self, x: np.ndarray, ref: np.ndarray, y: np.ndarray, key: np.ndarray, side: IntWriter) -> np.ndarray:
+        """Prediction for features ``x`` (F, N); fits and writes the weights."""
         xr = _relative(x, ref)
-        n, f = xr.shape
+        f, n = xr.shape
         if n < MIN_FIT_PIXELS:
             return ref + self._apply(xr, _default_weights(f)[None], np.zeros(n, dtype=np.int64))
         n_cls = self._classes_for(n)
@@ -276,17 +278,19 @@ class _Predictor:
             side.put(int(b))
         cls = np.searchsorted(bounds, key, side="right")
         weights = np.empty((n_cls, f), dtype=np.int64)
-        yr = y - ref
+        # Fit on at most about FIT_ROWS pixels of the pass, taken at a fixed stride.
+        sample = slice(None, None, max(1, n // FIT_ROWS))
+        xs, ys, cs = xr[:, sample], (y - ref)[sample], cls[sample]
         for c in range(n_cls):
-            sel = cls == c
-            weights[c] = _fit(xr[sel], yr[sel]) if sel.sum() >= f * 4 else _default_weights(f)
+            sel = cs == c
+            weights[c] = _fit(xs[:, sel], ys[sel]) if sel.sum() >= f * 4 else _default_weights(f)
             for v in weights[c]:
                 side.put(int(v))
         return ref + self._apply(xr, weights, cls)
 
     def read(self, x: np.ndarray, ref: np.ndarray, key: np.ndarray, side: IntReader) -> np.ndarray:
         xr = _relative(x, ref)
-        n, f = xr.shape
+        f, n = xr.shape
         if n < MIN_FIT_PIXELS:
             return ref + self._apply(xr, _default_weights(f)[None], np.zeros(n, dtype=np.int64))
         n_cls = side.get()
@@ -306,44 +310,50 @@ class _Predictor:
 
     @staticmethod
     def _apply(xr: np.ndarray, weights: np.ndarray, cls: np.ndarray) -> np.ndarray:
-        out = np.empty(xr.shape[0], dtype=np.int64)
-        for c in range(weights.shape[0]):
-            sel = cls == c
-            out[sel] = xr[sel] @ weights[c]
+        # Exact integer dot products, one contiguous feature row at a time.
+        out = np.zeros(xr.shape[1], dtype=np.int64)
+        if weights.shape[0] == 1:
+            for wf, row in zip(weights[0].tolist(), xr):
+                if wf:
+                    out += wf * row
+        else:
+            for wf, row in zip(np.ascontiguousarray(weights.T), xr):
+                out += np.take(wf, cls) * row
         return (out + _HALF) >> WEIGHT_BITS
 
 
 def _relative(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     # No constant feature: flat regions must stay exactly predicted.
-    return x - ref[:, None]
+    return x - ref[None, :]
 
 
 def _context(values: np.ndarray, p: hierarchy.Pass, bucket: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Entropy-model context: pass kind, activity bucket, texture relative to the prediction."""
-    above = (values[p.inner[:, : hierarchy.N_NEAREST]] > pred[:, None]).sum(axis=1)
+    above = (values[p.inner[: hierarchy.N_NEAREST]] > pred[None, :]).sum(axis=0)
     return (p.kind * N_BUCKETS + bucket) * N_TEXTURES + above
 
 
 def _reference(values: np.ndarray, p: hierarchy.Pass) -> np.ndarray:
-    return values[p.inner[:, : hierarchy.N_NEAREST]].sum(axis=1) >> 2
+    return values[p.inner[: hierarchy.N_NEAREST]].sum(axis=0) >> 2
 
 
 def _class_key(values: np.ndarray, prev: np.ndarray | None, p: hierarchy.Pass, bucket: np.ndarray) -> np.ndarray:
     """Activity bucket, or with a previous plane how far the nearest neighbours differ from it."""
     if prev is None:
         return bucket
-    nearest = p.inner[:, : hierarchy.N_NEAREST]
-    return np.abs(values[nearest] - prev[nearest]).sum(axis=1)
+    nearest = p.inner[: hierarchy.N_NEAREST]
+    return np.abs(values[nearest] - prev[nearest]).sum(axis=0)
 
 
 def _features(values: np.ndarray, p: hierarchy.Pass, prev: np.ndarray | None, fast: bool) -> np.ndarray:
-    cols = [values[p.inner]]
+    """Least-squares features (F, N): inner (and outer) neighbours, previous plane."""
+    rows = [values[p.inner]]
     if not fast:
-        cols.append(values[p.outer])
+        rows.append(values[p.outer])
     if prev is not None:
-        cols.append(prev[p.pos][:, None])
-        cols.append(prev[p.inner[:, : hierarchy.N_NEAREST]])
-    return np.concatenate(cols, axis=1)
+        rows.append(prev[p.pos][None, :])
+        rows.append(prev[p.inner[: hierarchy.N_NEAREST]])
+    return np.concatenate(rows, axis=0)
 
 
 # --- global path -----------------------------------------------------------------------
@@ -499,41 +509,55 @@ class TreeGlobalPathCoder:
     def _contexts(self, tree, flat, emap, p: hierarchy.Pass, pred, prev_flat, cols: int) -> np.ndarray:
         if tree is None:
             return _context(flat, p, _activity(flat, emap, p), pred)
-        return tree.contexts(self._properties(flat, emap, p, pred, prev_flat, cols))
+        return tree.contexts(self._properties(flat, emap, p, pred, prev_flat, cols, tree.used))
 
     @staticmethod
-    def _properties(flat, emap, p: hierarchy.Pass, pred, prev_flat, cols: int) -> np.ndarray:
-        """Integer properties of each pixel of pass ``p`` (columns as in PROPERTIES)."""
-        nn = p.inner[:, : hierarchy.N_NEAREST]
+    def _properties(flat, emap, p: hierarchy.Pass, pred, prev_flat, cols: int, used=None) -> np.ndarray:
+        """Integer properties (P, N) of the pixels of pass ``p`` (rows as in PROPERTIES).
+
+        With ``used`` (a set of row numbers) only those rows are computed; the others
+        are left zero (a tree never reads them).
+        """
+        want = (lambda *js: True) if used is None else (lambda *js: any(j in used for j in js))
+        nn = p.inner[: hierarchy.N_NEAREST]
         nv = flat[nn]
-        ne = emap[nn]
-        spread = nv.max(axis=1) - nv.min(axis=1)
-        noise = ne.sum(axis=1) >> 2
-        ref = nv.sum(axis=1) >> 2
-        out = np.empty((p.size, len(TreeGlobalPathCoder.PROPERTIES)), dtype=np.int64)
-        out[:, 0] = p.kind
-        out[:, 1] = int(p.h).bit_length() - 1
-        out[:, 2] = spread
-        out[:, 3] = noise
-        out[:, 4] = (nv > pred[:, None]).sum(axis=1)
-        out[:, 5] = ref
-        out[:, 6] = pred - ref
-        out[:, 7] = np.abs(nv[:, 0] - nv[:, 1])
-        out[:, 8] = np.abs(nv[:, 2] - nv[:, 3])
-        out[:, 9] = ne.max(axis=1)
-        if prev_flat is None:
-            out[:, 10] = 0
-            out[:, 11] = 0
-        else:
+        out = np.zeros((len(TreeGlobalPathCoder.PROPERTIES), p.size), dtype=np.int64)
+        out[0] = p.kind
+        out[1] = int(p.h).bit_length() - 1
+        if want(3, 9, 12):
+            ne = emap[nn]
+            noise = ne.sum(axis=0) >> 2
+            out[3] = noise
+            if want(9):
+                out[9] = ne.max(axis=0)
+        if want(2, 12):
+            spread = nv.max(axis=0) - nv.min(axis=0)
+            out[2] = spread
+            if want(12):
+                out[12] = 2 * spread + noise
+        if want(4):
+            out[4] = (nv > pred[None, :]).sum(axis=0)
+        if want(5, 6):
+            ref = nv.sum(axis=0) >> 2
+            out[5] = ref
+            out[6] = pred - ref
+        if want(7):
+            np.abs(nv[0] - nv[1], out=out[7])
+        if want(8):
+            np.abs(nv[2] - nv[3], out=out[8])
+        if prev_flat is not None and want(10, 11):
             d = nv - prev_flat[nn]
-            out[:, 10] = np.abs(d).sum(axis=1)
-            out[:, 11] = d.max(axis=1) - d.min(axis=1)
-        out[:, 12] = 2 * spread + noise
-        out[:, 13] = p.pos // cols
-        out[:, 14] = p.pos % cols
-        ov = flat[p.outer]
-        out[:, 15] = ov.max(axis=1) - ov.min(axis=1)
-        out[:, 16] = 0 if prev_flat is None else np.abs(4 * prev_flat[p.pos] - prev_flat[nn].sum(axis=1))
+            np.abs(d).sum(axis=0, out=out[10])
+            out[11] = d.max(axis=0) - d.min(axis=0)
+        if want(13):
+            np.floor_divide(p.pos, cols, out=out[13])
+        if want(14):
+            np.remainder(p.pos, cols, out=out[14])
+        if want(15):
+            ov = flat[p.outer]
+            out[15] = ov.max(axis=0) - ov.min(axis=0)
+        if prev_flat is not None and want(16):
+            out[16] = np.abs(4 * prev_flat[p.pos] - prev_flat[nn].sum(axis=0))
         return out
 
     def _learn(self, flat, emap, passes, preds, prev_flat, info: PlaneInfo) -> ctxtree.Tree:
@@ -542,12 +566,14 @@ class TreeGlobalPathCoder:
         props, tokens = [], []
         for p, pred in zip(passes, preds):
             sel = slice(None, None, step)
-            sub = hierarchy.Pass(kind=p.kind, h=p.h, pos=p.pos[sel], inner=p.inner[sel], outer=p.outer[sel])
+            sub = hierarchy.Pass(kind=p.kind, h=p.h, pos=p.pos[sel], inner=p.inner[:, sel], outer=p.outer[:, sel])
             props.append(self._properties(flat, emap, sub, pred[sel], prev_flat, info.cols))
             tokens.append(tokenize(zigzag(flat[sub.pos] - pred[sel]), self.MANTISSA)[0])
-        rows = _token_scale_rows(info.bits, self.MANTISSA)
+        prior = _token_scale_rows(info.bits, self.MANTISSA)
         tokens_a = np.concatenate(tokens)
-        return ctxtree.learn(np.concatenate(props), tokens_a, rows.shape[1], rows, weight=total / tokens_a.size)
+        return ctxtree.learn(
+            np.concatenate(props, axis=1), tokens_a, prior.shape[1], prior, weight=total / tokens_a.size
+        )
 
 
 # --- local path (classical) --------------------------------------------------------------
@@ -596,7 +622,7 @@ class ClassicalLocalPathCoder:
         for p in hierarchy.iter_passes(info.rows, info.cols):
             unit = hierarchy.unit_neighbours(p.pos, info.rows, info.cols)
             x = np.concatenate(
-                [_features(values, p, prev_flat, predictor.fast), mid[p.pos][:, None], mid[unit]], axis=1
+                [_features(values, p, prev_flat, predictor.fast), mid[p.pos][None, :], mid[unit]], axis=0
             )
             ref = _reference(values, p)
             bucket = _activity(values, emap, p)

@@ -23,7 +23,7 @@ def _tree_from(prop, thr, scales):
 def test_tree_routes_by_integer_thresholds():
     # root: p0 > 5 ? (p1 > 0 ? leaf2 : leaf1) : leaf0   (preorder: root, leaf0, node, leaf1, leaf2)
     tree = _tree_from([0, -1, 1, -1, -1], [5, 0, 0, 0, 0], [3, 4, 5])
-    props = np.array([[5, 9], [6, 0], [6, 1], [-7, 3], [100, -1]])
+    props = np.array([[5, 9], [6, 0], [6, 1], [-7, 3], [100, -1]]).T  # (P, N)
     assert tree.contexts(props).tolist() == [0, 1, 2, 0, 1]
 
 
@@ -63,13 +63,13 @@ def test_tree_serialization_roundtrips_and_rejects_garbage():
 def test_learning_finds_the_property_that_matters():
     rng = np.random.default_rng(0)
     n = 20000
-    props = rng.integers(0, 100, size=(n, 3))
+    props = rng.integers(0, 100, size=(3, n))
     # Tokens are small when property 1 is below 40, wide otherwise; the others are noise.
-    tokens = np.where(props[:, 1] < 40, rng.integers(0, 2, n), rng.integers(0, 30, n))
+    tokens = np.where(props[1] < 40, rng.integers(0, 2, n), rng.integers(0, 30, n))
     prior = np.ones((4, 32), dtype=np.int64)
     tree = ctxtree.learn(props, tokens, 32, prior)
     assert tree.prop[0] == 1 and 35 <= tree.thr[0] <= 45
-    flat = ctxtree.learn(np.zeros((n, 3), dtype=np.int64), tokens, 32, prior)
+    flat = ctxtree.learn(np.zeros((3, n), dtype=np.int64), tokens, 32, prior)
     assert flat.n_leaves == 1  # nothing to split on
 
 
@@ -124,3 +124,20 @@ def test_unknown_global_model_is_a_clear_error():
     rec.config["pixels"]["global_model"] = "interlaced-nn-v9"
     with pytest.raises(ModelMismatchError, match="interlaced-tree-v2"):
         medcodec.decompress_pixels(ct.write_record(rec))
+
+
+def test_contexts_need_only_the_properties_the_tree_splits_on():
+    from medcodec import hierarchy
+
+    a, _ = _real_plane("CT_small.dcm")
+    flat = a.ravel().astype(np.int64)
+    emap = np.abs(flat - np.roll(flat, 1))
+    p = list(hierarchy.iter_passes(*a.shape))[-1]
+    pred = flat[p.inner[:4]].sum(axis=0) >> 2
+    full = TreeGlobalPathCoder._properties(flat, emap, p, pred, flat[::-1].copy(), a.shape[1])
+    tree = _tree_from([5, -1, 15, -1, 9, -1, -1], [int(np.median(full[5])), 0, 3, 0, 2, 0, 0], [1, 2, 3, 4])
+    assert tree.used == {5, 15, 9}
+    some = TreeGlobalPathCoder._properties(flat, emap, p, pred, flat[::-1].copy(), a.shape[1], tree.used)
+    assert np.array_equal(some[[5, 9, 15]], full[[5, 9, 15]])
+    assert np.array_equal(tree.contexts(some), tree.contexts(full))
+    assert len(set(tree.contexts(full).tolist())) > 1
