@@ -156,8 +156,6 @@ def learn(props: np.ndarray, tokens: np.ndarray, alphabet: int, prior_rows: np.n
     """
     n_props, n = props.shape
     tokens = tokens.astype(np.int64)
-    full_alphabet = alphabet
-    alphabet = int(tokens.max(initial=0)) + 1  # counts of tokens that never occur stay zero
     # Candidate thresholds: quantiles of each property; bin b holds values <= qs[b].
     thresholds = np.zeros((n_props, BINS - 1), dtype=np.int64)
     valid = np.zeros((n_props, BINS - 1), dtype=bool)
@@ -231,7 +229,7 @@ def learn(props: np.ndarray, tokens: np.ndarray, alphabet: int, prior_rows: np.n
             emit(nd["kids"][0])
             emit(nd["kids"][1])
         else:
-            h = np.bincount(tokens[nd["idx"]], minlength=full_alphabet)
+            h = np.bincount(tokens[nd["idx"]], minlength=alphabet)
             prop.append(-1)
             thr.append(0)
             scales.append(int(np.argmax(log_prior @ h)))
