@@ -314,12 +314,12 @@ def run(images: list[Image], payloads: list[int | None], *, seed: int = 0) -> di
         psnrs = []
         rates = []
         for i, img in enumerate(images):
-            cap = stego.capacity_bits(img.values, img.bits_stored)
+            key = rng.bytes(32)
+            cap = stego.capacity_bits(img.values, img.bits_stored, key=key)
             nbytes = cap // 8 if payload is None else payload
             if nbytes <= 0 or 8 * nbytes > cap:
                 skipped.append(img.name)
                 continue
-            key = rng.bytes(32)
             message = rng.bytes(nbytes)
             stego_values, _ = stego.embed(img.values, message, key=key, bits_stored=img.bits_stored)
             _, mask = stego.extract(stego_values, key=key, bits_stored=img.bits_stored)

@@ -111,7 +111,11 @@ def cmd_reveal(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(phi, indent=2, sort_keys=True))
         return 0
-    print(f"authenticated: the message belongs to this image and its pixels outside the message are unaltered")
+    if phi.get("stego_version", 1) >= 2:
+        print("authenticated: the message belongs to this image and every pixel value is unaltered")
+    else:
+        print("authenticated: the message belongs to this image and its pixels outside the message are unaltered"
+              " (an image embedded before stego version 2: the carrying pixels' upper bits are not covered)")
     for line in _phi_lines(phi.get("elements", {})):
         print(line)
     return 0

@@ -172,7 +172,7 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
         values, outside = words_to_values(parsed.frames, fmt)
         key = keyring.stego_key(uids["SOPInstanceUID"].encode())
         message_len = crypto.sealed_size(len(phi), key_id=keyring.primary_key_id)
-        report["capacity_bits"] = stego.capacity_bits(values, fmt.bits_stored)
+        report["capacity_bits"] = stego.capacity_bits(values, fmt.bits_stored, key=key)
         report["message_bytes"] = message_len
         binding = {"format_version": f"{ct.FORMAT_MAJOR}.{ct.FORMAT_MINOR}", "uids": uids}
         plan = None
@@ -292,7 +292,13 @@ def rewrap_record(blob: bytes, keyring: crypto.Keyring) -> bytes:
 
 
 def reveal(stego_file: bytes, keyring: crypto.Keyring) -> dict[str, Any]:
-    """Authenticate and return the PHI embedded in a de-identified (stego) DICOM file."""
+    """Authenticate and return the PHI embedded in a de-identified (stego) DICOM file.
+
+    The returned removed-values record carries ``stego_version``: 2 when the image tag
+    authenticated every pixel value, 1 for an image embedded before version 2 (the
+    message and the pixels outside it are authenticated, not the carrying pixels' upper
+    bits).
+    """
     parsed = parse_dicom(stego_file)
     if parsed.frames is None:
         raise stego.MessageNotFoundError("file has no pixel data that could carry a message")
@@ -303,12 +309,12 @@ def reveal(stego_file: bytes, keyring: crypto.Keyring) -> dict[str, Any]:
     ds = pydicom.dcmread(io.BytesIO(stego_file), stop_before_pixels=True, force=True)
     uids = {k: str(ds.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
     key = keyring.stego_key(uids["SOPInstanceUID"].encode())
-    message, mask = stego.extract(values, key=key, bits_stored=fmt.bits_stored)
+    message, mask, version = stego.extract_versioned(values, key=key, bits_stored=fmt.bits_stored)
     binding = {"format_version": f"{ct.FORMAT_MAJOR}.{ct.FORMAT_MINOR}", "uids": uids,
                "pixel_digest": stego.outside_digest(values, mask)}
     phi = crypto.open_sealed(keyring, crypto.SealedBox.from_bytes(message),
                              associated=_binding_ad(binding, PURPOSE_PHI))
     try:
-        return deid.removed_from_bytes(lzma.decompress(phi))
+        return {**deid.removed_from_bytes(lzma.decompress(phi)), "stego_version": version}
     except lzma.LZMAError as exc:
         raise CorruptRecordError(f"revealed message does not decompress: {exc}") from None

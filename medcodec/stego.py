@@ -7,7 +7,8 @@ The message (the sealed PHI) is carried by bit 0 of the stored values:
   row when the width is not a multiple). A keyed permutation (AES-256-CTR keystream
   -> 64-bit sort keys -> stable argsort: identical on every machine) orders the runs;
   the message is cut into segments of ``SEGMENT_BITS`` bits and segment i goes to the
-  i-th *eligible* run in that order. Runs never overlap by construction.
+  i-th *eligible* run after the tag runs in that order (see Framing). Runs never
+  overlap by construction.
 * Eligibility (textured, unsaturated runs only). A run is eligible when none of its
   values is 0 or the maximum 2**bits_stored - 1, and every group of ``GROUP``
   consecutive values in it has a range >= ``MIN_GROUP_RANGE`` after clipping the values
@@ -25,26 +26,39 @@ The message (the sealed PHI) is carried by bit 0 of the stored values:
   group's extreme values move outwards (which provably never shrinks a clipped range).
   LSB matching, unlike LSB replacement, does not create the pairs-of-values structure
   that the chi-square, SPA and WS attacks measure.
-* Whitening and framing. The embedded stream is ``u32 message length || 16-byte
-  HMAC-SHA256 tag || message``, XOR-ed with a keyed keystream, so the carried bits look
-  uniformly random whatever the message. The extractor reads the length from the first
-  run(s), then the message, and checks the tag: a wrong key or altered pixels give
-  ``MessageNotFoundError``, never a wrong message.
+* Framing and authentication (version 2). The first ``TAG_BITS // SEGMENT_BITS`` runs in
+  the keyed order that are *robust* carry a 128-bit image tag by LSB replacement; the
+  message stream ``u32 message length || message``, XOR-ed with a keyed keystream (so
+  the carried bits look uniformly random), goes to the eligible runs that follow the
+  last tag run in the keyed order, by LSB matching as above. The tag is HMAC-SHA256 over
+  the bit depth, the shape and *every* stego value with only the tag's own bit 0
+  cleared, so it authenticates the message and all the pixels, the carrying values'
+  upper bits included; the extractor checks it before it reads the length, and a wrong
+  key or any altered pixel gives ``MessageNotFoundError``, never a wrong message.
+  A robust run is eligible whatever its values' bit 0 is (computed on ``v & ~1``: all
+  in [2, max - 3] and every group's range >= MIN_GROUP_RANGE + 1), which is what lets
+  the tag change bit 0 without moving any run in or out of eligibility; replacing 128
+  values' bit 0 leaves no statistic a detector can use.
+  Version 1 (``_extract_v1``; still read, never written) carried ``length || 16-byte
+  HMAC tag of length and message || message`` in the first eligible runs; its tag
+  covers only the carried bits, so it cannot see a change to a carrying value's upper
+  bits. ``extract_versioned`` says which version authenticated an image.
 * Displaced information (``embed`` returns it; the caller seals it): which carrying values
   changed (1 bit per carrying value) and the direction of each change (1 bit per changed
-  value), plus the count and a SHA-256 of the original carrying values, so ``restore``
-  gives back the exact original and detects a wrong key or altered stego pixels.
-  About 1.5 bits per message bit, ~3 KiB for a 2 KiB message.
+  value), the original bit 0 of the tag values, plus the count and a SHA-256 of the
+  original carrying values (tag values first), so ``restore`` gives back the exact
+  original and detects a wrong key or altered stego pixels. About 1.5 bits per message
+  bit, ~3 KiB for a 2 KiB message.
 
-Bit depths: any ``bits_stored`` in 1..16. Images of fewer than 3 bits (binary masks,
-2-bit data) have no eligible run: capacity 0, and ``embed`` raises ``CapacityError``
-(a 1-bit image has no noise in which a change could hide, and every change would be a
-flip between the two saturated values). 3-bit data carries bits only in runs whose
-groups span 2..5.
+Bit depths: any ``bits_stored`` in 1..16. Images of fewer than 4 bits have no robust
+run, so no room for the tag: capacity 0, and ``embed`` raises ``CapacityError`` (a 1-bit
+image has no noise in which a change could hide, and every change would be a flip
+between the two saturated values).
 
 Keys: ``key`` is a per-image secret of >= 16 bytes, e.g. ``Keyring.stego_key(new SOP
 Instance UID)``; sub-keys for ordering, whitening, directions and the tag are derived
-with HMAC-SHA256 and labels.
+with HMAC-SHA256 and labels. The capacity depends on the key (eligible runs ahead of
+the last tag run in the keyed order carry nothing), so ``capacity_bits`` takes it.
 """
 
 from __future__ import annotations
@@ -66,6 +80,9 @@ __all__ = [
     "GROUP",
     "MIN_GROUP_RANGE",
     "HEADER_BITS",
+    "LENGTH_BITS",
+    "TAG_BITS",
+    "VERSION",
     "StegoError",
     "CapacityError",
     "MessageNotFoundError",
@@ -75,6 +92,7 @@ __all__ = [
     "plan_embedding",
     "embed",
     "extract",
+    "extract_versioned",
     "restore",
     "outside_digest",
     "psnr",
@@ -83,14 +101,17 @@ __all__ = [
 SEGMENT_BITS = 32  # values (and message bits) per run
 GROUP = 8  # values per texture group inside a run
 MIN_GROUP_RANGE = 3  # clipped range a group needs to carry bits
-HEADER_BYTES = 4 + 16  # u32 message length + truncated HMAC tag
-HEADER_BITS = 8 * HEADER_BYTES
+VERSION = 2  # what embed writes; extract also reads version 1
+LENGTH_BITS = 32  # u32 message length, first in the message runs
+TAG_BITS = 128  # truncated HMAC-SHA256 image tag, in its own robust runs
+HEADER_BITS = LENGTH_BITS + TAG_BITS  # carried bits that are not message
+HEADER_BYTES = HEADER_BITS // 8  # version 1: u32 message length + 16-byte tag of the message
 MIN_KEY_BYTES = 16
 MAX_BITS_STORED = 16
 
 _LABEL = b"medarchive/stego/v1/"
 _DISPLACED_MAGIC = b"MSD"
-_DISPLACED_VERSION = 1
+_DISPLACED_VERSION = 2  # equals the stego version; restore also reads 1
 _DISPLACED_FIXED = len(_DISPLACED_MAGIC) + 1 + 4 + 32
 
 
@@ -115,25 +136,33 @@ class EmbedPlan:
     """Where a message of ``message_nbytes`` bytes goes.
 
     ``positions``: int64 flat (C-order) indices into the values, in stream order (bit i of
-    the whitened header+message stream goes to ``positions[i]``). ``capacity_bits``: the
-    image's message capacity (same as ``capacity_bits()``).
+    the whitened length+message stream goes to ``positions[i]``). ``tag_positions``: the
+    ``TAG_BITS`` values that carry the image tag. ``capacity_bits``: the image's message
+    capacity under this key (same as ``capacity_bits()``).
     """
 
     shape: tuple[int, ...]
     positions: np.ndarray
+    tag_positions: np.ndarray
     message_nbytes: int
     capacity_bits: int
 
     @property
     def n_bits(self) -> int:
-        return int(self.positions.size)
+        """Carried bits: tag, length and message."""
+        return int(self.positions.size + self.tag_positions.size)
 
     @property
     def mask(self) -> np.ndarray:
-        """Boolean array of ``shape``: True where a message bit is carried."""
-        mask = np.zeros(int(np.prod(self.shape, dtype=np.int64)), dtype=bool)
-        mask[self.positions] = True
-        return mask.reshape(self.shape)
+        """Boolean array of ``shape``: True where embedding may change a value."""
+        return _mask(self.shape, self.tag_positions, self.positions)
+
+
+def _mask(shape: tuple[int, ...], *positions: np.ndarray) -> np.ndarray:
+    mask = np.zeros(int(np.prod(shape, dtype=np.int64)), dtype=bool)
+    for p in positions:
+        mask[p] = True
+    return mask.reshape(shape)
 
 
 # --------------------------------------------------------------------------------------
@@ -205,13 +234,54 @@ def _eligible(runs: np.ndarray, bits_stored: int) -> np.ndarray:
     return textured & unsaturated
 
 
+def _robust(runs: np.ndarray, bits_stored: int) -> np.ndarray:
+    """Runs (k, L) that are eligible whatever bit 0 of their values is: computed on
+    ``v & ~1``, every value in [2, max - 3] (so v in [2, max - 2], never clipped nor
+    saturated) and every group's range >= MIN_GROUP_RANGE + 1 (so v's range, at most 1
+    less, still qualifies). Embedding the tag by LSB replacement keeps them robust."""
+    maxval = (1 << bits_stored) - 1
+    if runs.shape[0] == 0:
+        return np.zeros(runs.shape[0], dtype=bool)
+    high = runs & ~1
+    groups = high.reshape(runs.shape[0], -1, GROUP)
+    in_range = ((high >= 2) & (high <= maxval - 3)).all(axis=1)
+    return in_range & (groups.max(axis=2) - groups.min(axis=2) >= MIN_GROUP_RANGE + 1).all(axis=1)
+
+
+def _layout(flat: np.ndarray, key: bytes, bits_stored: int, segment_bits: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(tag positions, message run order, message capacity in bits) for version 2.
+
+    The tag runs are the first ``ceil(TAG_BITS / segment_bits)`` robust runs in the keyed
+    order; the message runs are the eligible runs after the last of them. Runs ahead of
+    the last tag run keep their values (or, for tag runs, their robustness) through
+    embedding, and message runs stay eligible, so the extractor finds the same layout.
+    """
+    runs = _all_runs(flat, segment_bits)
+    n_slots = runs.shape[0]
+    empty = np.zeros(0, dtype=np.int64)
+    if n_slots == 0:
+        return empty, empty, 0
+    sort_keys = np.frombuffer(_keystream(key, b"v2/order", 8 * n_slots), dtype="<u8")
+    order = np.argsort(sort_keys, kind="stable").astype(np.int64)
+    n_tag_runs = -(-TAG_BITS // segment_bits)
+    robust_at = np.flatnonzero(_robust(runs, bits_stored)[order])
+    if robust_at.size < n_tag_runs:
+        return empty, empty, 0
+    last = int(robust_at[n_tag_runs - 1])
+    tag_runs = order[robust_at[:n_tag_runs]]
+    tag_positions = (tag_runs[:, None] * segment_bits + np.arange(segment_bits, dtype=np.int64)).reshape(-1)[:TAG_BITS]
+    after = order[last + 1:]
+    message_order = after[_eligible(runs[after], bits_stored)]
+    return tag_positions, message_order, max(0, int(message_order.size) * segment_bits - LENGTH_BITS)
+
+
 def _all_runs(flat: np.ndarray, segment_bits: int) -> np.ndarray:
     n_slots = flat.size // segment_bits
     return flat[: n_slots * segment_bits].reshape(n_slots, segment_bits)
 
 
 def _eligible_order(flat: np.ndarray, key: bytes, bits_stored: int, segment_bits: int) -> np.ndarray:
-    """Eligible run indices, in keyed order."""
+    """Eligible run indices, in the version 1 keyed order."""
     runs = _all_runs(flat, segment_bits)
     n_slots = runs.shape[0]
     if n_slots == 0:
@@ -222,12 +292,12 @@ def _eligible_order(flat: np.ndarray, key: bytes, bits_stored: int, segment_bits
     return order[eligible[order]]
 
 
-def _positions(order: np.ndarray, n_bits: int, segment_bits: int, capacity: int) -> np.ndarray:
+def _positions(order: np.ndarray, n_bits: int, segment_bits: int, capacity: int, header_bits: int) -> np.ndarray:
     n_runs = -(-n_bits // segment_bits)
     if n_runs > order.size:
         raise CapacityError(
-            f"message needs {n_bits - HEADER_BITS} bits ({(n_bits - HEADER_BITS) // 8} bytes) plus a"
-            f" {HEADER_BITS}-bit header, but the image has room for {capacity} message bits"
+            f"message needs {n_bits - header_bits} bits ({(n_bits - header_bits) // 8} bytes) plus a"
+            f" {header_bits}-bit header, but the image has room for {capacity} message bits"
             f" ({capacity // 8} bytes) in {order.size} textured runs of {segment_bits} values"
         )
     runs = order[:n_runs]
@@ -235,15 +305,14 @@ def _positions(order: np.ndarray, n_bits: int, segment_bits: int, capacity: int)
 
 
 def _capacity_from_order(order: np.ndarray, segment_bits: int) -> int:
+    """Version 1 message capacity."""
     return max(0, int(order.size) * segment_bits - HEADER_BITS)
 
 
-def capacity_bits(values: np.ndarray, bits_stored: int, *, segment_bits: int = SEGMENT_BITS) -> int:
-    """Message bits the image can carry (header excluded); independent of the key."""
+def capacity_bits(values: np.ndarray, bits_stored: int, *, key: bytes, segment_bits: int = SEGMENT_BITS) -> int:
+    """Message bits the image can carry under ``key`` (length field and tag excluded)."""
     _check_params(bits_stored, segment_bits)
-    flat = _flat_values(values, bits_stored)
-    eligible = int(_eligible(_all_runs(flat, segment_bits), bits_stored).sum())
-    return max(0, eligible * segment_bits - HEADER_BITS)
+    return _layout(_flat_values(values, bits_stored), _check_key(key), bits_stored, segment_bits)[2]
 
 
 def plan_embedding(
@@ -251,19 +320,27 @@ def plan_embedding(
 ) -> EmbedPlan:
     """The positions a message of ``message_nbytes`` bytes will occupy (before embedding).
 
-    Embedding keeps eligibility, so the plan computed on the cover equals the one the
+    Embedding keeps the layout, so the plan computed on the cover equals the one the
     extractor finds on the stego image: ``outside_digest(cover, plan.mask)`` can be bound
     into the associated data before the message is sealed. Raises CapacityError.
     """
     _check_params(bits_stored, segment_bits)
     key = _check_key(key)
     flat = _flat_values(values, bits_stored)
-    order = _eligible_order(flat, key, bits_stored, segment_bits)
-    capacity = _capacity_from_order(order, segment_bits)
-    positions = _positions(order, HEADER_BITS + 8 * int(message_nbytes), segment_bits, capacity)
-    return EmbedPlan(
-        shape=tuple(np.shape(values)), positions=positions, message_nbytes=int(message_nbytes), capacity_bits=capacity
-    )
+    tag_positions, order, capacity = _layout(flat, key, bits_stored, segment_bits)
+    positions = _planned(tag_positions, order, LENGTH_BITS + 8 * int(message_nbytes), segment_bits, capacity)
+    return EmbedPlan(shape=tuple(np.shape(values)), positions=positions, tag_positions=tag_positions,
+                     message_nbytes=int(message_nbytes), capacity_bits=capacity)
+
+
+def _planned(tag_positions: np.ndarray, order: np.ndarray, n_bits: int, segment_bits: int, capacity: int) -> np.ndarray:
+    if not tag_positions.size:
+        raise CapacityError(
+            f"message needs {n_bits - LENGTH_BITS} bits plus a {HEADER_BITS}-bit header, but the image has"
+            f" room for 0 message bits: fewer than {-(-TAG_BITS // segment_bits)} runs of {segment_bits}"
+            " values are textured enough to carry the image tag"
+        )
+    return _positions(order, n_bits, segment_bits, capacity, LENGTH_BITS)
 
 
 # --------------------------------------------------------------------------------------
@@ -273,10 +350,19 @@ def plan_embedding(
 def _stream_bits(key: bytes, message: bytes) -> np.ndarray:
     if len(message) >= 1 << 32:
         raise CapacityError(f"message of {len(message)} bytes exceeds the 4 GiB length field")
-    length = struct.pack("<I", len(message))
-    tag = hmac.new(_subkey(key, b"tag"), length + message, hashlib.sha256).digest()[:16]
-    plain = np.unpackbits(np.frombuffer(length + tag + message, dtype=np.uint8))
-    return plain ^ _keyed_bits(key, b"whiten", plain.size)
+    plain = np.unpackbits(np.frombuffer(struct.pack("<I", len(message)) + message, dtype=np.uint8))
+    return plain ^ _keyed_bits(key, b"v2/whiten", plain.size)
+
+
+def _image_tag(key: bytes, flat: np.ndarray, shape: tuple[int, ...], bits_stored: int, tag_positions: np.ndarray) -> np.ndarray:
+    """The image tag's bits: HMAC-SHA256 over the bit depth, the shape and every value,
+    with bit 0 of the tag's own values cleared."""
+    cleared = flat.copy()
+    cleared[tag_positions] &= ~1
+    mac = hmac.new(_subkey(key, b"v2/tag"), digestmod=hashlib.sha256)
+    mac.update(struct.pack("<B", bits_stored) + json.dumps(list(shape)).encode("ascii") + b"\x00")
+    mac.update(cleared.astype("<u2").tobytes())
+    return np.unpackbits(np.frombuffer(mac.digest()[: TAG_BITS // 8], dtype=np.uint8))
 
 
 def _directions(cover: np.ndarray, random_up: np.ndarray, maxval: int) -> np.ndarray:
@@ -345,17 +431,21 @@ def embed(
     key = _check_key(key)
     message = bytes(message)
     flat = _flat_values(values, bits_stored)
-    order = _eligible_order(flat, key, bits_stored, segment_bits)
+    tag_positions, order, capacity = _layout(flat, key, bits_stored, segment_bits)
     bits = _stream_bits(key, message)
-    positions = _positions(order, bits.size, segment_bits, _capacity_from_order(order, segment_bits))
-    random_up = _keyed_bits(key, b"direction", bits.size)
+    positions = _planned(tag_positions, order, bits.size, segment_bits, capacity)
+    random_up = _keyed_bits(key, b"v2/direction", bits.size)
     stego, changed, d = _embed_run_values(flat, positions, bits, random_up, bits_stored, segment_bits)
+    tag_cover = flat[tag_positions] & 1
+    stego[tag_positions] = (stego[tag_positions] & ~1) | _image_tag(
+        key, stego, np.shape(values), bits_stored, tag_positions)
     displaced = b"".join(
         (
             _DISPLACED_MAGIC,
             bytes([_DISPLACED_VERSION]),
             struct.pack("<I", positions.size),
-            _carried_digest(flat[positions]),
+            _carried_digest(flat[np.concatenate([tag_positions, positions])]),
+            np.packbits(tag_cover).tobytes(),
             np.packbits(changed).tobytes(),
             np.packbits(d[changed] > 0).tobytes(),
         )
@@ -367,40 +457,86 @@ def _carried_digest(carried: np.ndarray) -> bytes:
     return hashlib.sha256(_LABEL + b"carried\x00" + carried.astype("<u2").tobytes()).digest()
 
 
+_NOT_FOUND = "no message for this key in these pixels (wrong key, pixels altered, or not a stego image)"
+
+
 def extract(
     stego_values: np.ndarray, *, key: bytes, bits_stored: int, segment_bits: int = SEGMENT_BITS
 ) -> tuple[bytes, np.ndarray]:
     """Read the message back with the key alone; returns (message, positions mask).
 
-    Raises MessageNotFoundError for a wrong key, altered carrying pixels, or an image that
-    carries no message.
+    Raises MessageNotFoundError for a wrong key, altered pixels, or an image that carries
+    no message.
     """
+    message, mask, _ = extract_versioned(stego_values, key=key, bits_stored=bits_stored, segment_bits=segment_bits)
+    return message, mask
+
+
+def extract_versioned(
+    stego_values: np.ndarray, *, key: bytes, bits_stored: int, segment_bits: int = SEGMENT_BITS
+) -> tuple[bytes, np.ndarray, int]:
+    """``extract``, plus the version that authenticated the image: 2 (the tag covers every
+    value) or 1 (an image embedded before version 2: the tag covers the carried bits only)."""
     _check_params(bits_stored, segment_bits)
     key = _check_key(key)
     flat = _flat_values(stego_values, bits_stored)
+    shape = tuple(np.shape(stego_values))
+    tag_positions, order, capacity = _layout(flat, key, bits_stored, segment_bits)
+    if tag_positions.size and np.array_equal(
+        flat[tag_positions] & 1, _image_tag(key, flat, shape, bits_stored, tag_positions)
+    ):
+        if order.size * segment_bits < LENGTH_BITS:
+            raise MessageNotFoundError(f"{_NOT_FOUND}: the image has no room for a length field")
+        whiten = _keyed_bits(key, b"v2/whiten", LENGTH_BITS)
+        header = np.packbits((flat[_positions(order, LENGTH_BITS, segment_bits, capacity, LENGTH_BITS)] & 1)
+                             .astype(np.uint8) ^ whiten).tobytes()
+        (length,) = struct.unpack("<I", header)
+        if 8 * length > capacity:  # only a forged tag gets here (2**-128)
+            raise MessageNotFoundError(f"{_NOT_FOUND}: the length field is beyond the image's capacity")
+        n_bits = LENGTH_BITS + 8 * length
+        positions = _positions(order, n_bits, segment_bits, capacity, LENGTH_BITS)
+        stream = np.packbits((flat[positions] & 1).astype(np.uint8) ^ _keyed_bits(key, b"v2/whiten", n_bits))
+        return stream.tobytes()[LENGTH_BITS // 8:], _mask(shape, tag_positions, positions), 2
+    try:
+        message, positions = _extract_v1(flat, key, bits_stored, segment_bits)
+    except MessageNotFoundError:
+        raise MessageNotFoundError(f"{_NOT_FOUND}: the image tag does not verify") from None
+    return message, _mask(shape, positions), 1
+
+
+def _extract_v1(flat: np.ndarray, key: bytes, bits_stored: int, segment_bits: int) -> tuple[bytes, np.ndarray]:
+    """(message, positions) of a version 1 image, whose stream ``length || tag || message``
+    fills the first eligible runs in the version 1 keyed order."""
     order = _eligible_order(flat, key, bits_stored, segment_bits)
     capacity = _capacity_from_order(order, segment_bits)
-    not_found = (
-        "no message for this key in these pixels (wrong key, pixels altered, or not a stego image)"
-    )
     if order.size * segment_bits < HEADER_BITS:
-        raise MessageNotFoundError(f"{not_found}: the image has no room for a header")
-    header_pos = _positions(order, HEADER_BITS, segment_bits, capacity)
+        raise MessageNotFoundError(f"{_NOT_FOUND}: the image has no room for a header")
+    header_pos = _positions(order, HEADER_BITS, segment_bits, capacity, HEADER_BITS)
     whiten_header = _keyed_bits(key, b"whiten", HEADER_BITS)
     header = np.packbits((flat[header_pos] & 1).astype(np.uint8) ^ whiten_header).tobytes()
     (length,) = struct.unpack("<I", header[:4])
     if 8 * length > capacity:
-        raise MessageNotFoundError(f"{not_found}: the length field is beyond the image's capacity")
+        raise MessageNotFoundError(f"{_NOT_FOUND}: the length field is beyond the image's capacity")
     n_bits = HEADER_BITS + 8 * length
-    positions = _positions(order, n_bits, segment_bits, capacity)
+    positions = _positions(order, n_bits, segment_bits, capacity, HEADER_BITS)
     stream = np.packbits((flat[positions] & 1).astype(np.uint8) ^ _keyed_bits(key, b"whiten", n_bits)).tobytes()
     message = stream[HEADER_BYTES:]
     tag = hmac.new(_subkey(key, b"tag"), stream[:4] + message, hashlib.sha256).digest()[:16]
     if not hmac.compare_digest(tag, stream[4:HEADER_BYTES]):
-        raise MessageNotFoundError(f"{not_found}: the message tag does not verify")
-    mask = np.zeros(flat.size, dtype=bool)
-    mask[positions] = True
-    return message, mask.reshape(np.shape(stego_values))
+        raise MessageNotFoundError(f"{_NOT_FOUND}: the message tag does not verify")
+    return message, positions
+
+
+def _bit_field(data: bytes, offset: int, n: int) -> tuple[np.ndarray, int]:
+    """``n`` bits packed at ``offset``; returns them and the offset after them. Padding bits
+    must be zero."""
+    nbytes = (n + 7) // 8
+    if len(data) < offset + nbytes:
+        raise RestoreError(f"displaced information truncated: {len(data)} bytes, {offset + nbytes} needed")
+    bits = np.unpackbits(np.frombuffer(data, np.uint8, nbytes, offset))
+    if bits[n:].any():
+        raise RestoreError("displaced information has non-zero padding bits (altered record)")
+    return bits[:n].astype(bool), offset + nbytes
 
 
 def restore(
@@ -416,40 +552,47 @@ def restore(
     displaced = bytes(displaced)
     if len(displaced) < _DISPLACED_FIXED or displaced[:3] != _DISPLACED_MAGIC:
         raise RestoreError("displaced bytes are not medarchive stego displaced information (bad magic)")
-    if displaced[3] != _DISPLACED_VERSION:
+    version = displaced[3]
+    if version not in (1, 2):
         raise RestoreError(
-            f"displaced information version {displaced[3]} is not supported; this reader knows {_DISPLACED_VERSION}"
+            f"displaced information version {version} is not supported; this reader knows 1 and {_DISPLACED_VERSION}"
         )
     (n_bits,) = struct.unpack_from("<I", displaced, 4)
     digest = displaced[8:40]
-    changed_bytes = (n_bits + 7) // 8
-    if len(displaced) < _DISPLACED_FIXED + changed_bytes:
-        raise RestoreError(f"displaced information truncated: {len(displaced)} bytes for {n_bits} carrying values")
-    changed = np.unpackbits(np.frombuffer(displaced, np.uint8, changed_bytes, _DISPLACED_FIXED))[:n_bits].astype(bool)
-    n_changed = int(changed.sum())
-    expected = _DISPLACED_FIXED + changed_bytes + (n_changed + 7) // 8
-    if len(displaced) != expected:
-        raise RestoreError(f"displaced information has {len(displaced)} bytes; its counts say {expected}")
-    up_all = np.unpackbits(np.frombuffer(displaced, np.uint8, offset=_DISPLACED_FIXED + changed_bytes))
-    up = up_all[:n_changed]
-    changed_all = np.unpackbits(np.frombuffer(displaced, np.uint8, changed_bytes, _DISPLACED_FIXED))
-    if changed_all[n_bits:].any() or up_all[n_changed:].any():
-        raise RestoreError("displaced information has non-zero padding bits (altered record)")
-
+    offset = _DISPLACED_FIXED
     flat = _flat_values(stego_values, bits_stored)
-    order = _eligible_order(flat, key, bits_stored, segment_bits)
+    wrong = "stego values do not hold the runs the displaced information describes (wrong key or altered pixels)"
+    if version == 2:
+        tag_positions, order, capacity = _layout(flat, key, bits_stored, segment_bits)
+        if not tag_positions.size:
+            raise RestoreError(wrong)
+        tag_cover, offset = _bit_field(displaced, offset, TAG_BITS)
+        header_bits = LENGTH_BITS
+    else:
+        tag_positions = np.zeros(0, dtype=np.int64)
+        order = _eligible_order(flat, key, bits_stored, segment_bits)
+        capacity = _capacity_from_order(order, segment_bits)
+        header_bits = HEADER_BITS
+    changed, offset = _bit_field(displaced, offset, n_bits)
+    n_changed = int(changed.sum())
+    up, offset = _bit_field(displaced, offset, n_changed)
+    if len(displaced) != offset:
+        raise RestoreError(f"displaced information has {len(displaced)} bytes; its counts say {offset}")
     try:
-        positions = _positions(order, n_bits, segment_bits, _capacity_from_order(order, segment_bits))
+        positions = _positions(order, n_bits, segment_bits, capacity, header_bits)
     except CapacityError:
-        raise RestoreError("stego values do not hold the runs the displaced information describes"
-                           " (wrong key or altered pixels)") from None
-    d = np.where(up.astype(bool), 1, -1)
+        raise RestoreError(wrong) from None
     carried = flat[positions]
-    carried[changed] -= d
-    if carried.size and (carried.min() < 0 or carried.max() >= 1 << bits_stored) or not hmac.compare_digest(
-        _carried_digest(carried), digest
+    carried[changed] -= np.where(up, 1, -1)
+    tag_values = flat[tag_positions]
+    if version == 2:
+        tag_values = (tag_values & ~1) | tag_cover
+    original = np.concatenate([tag_values, carried])
+    if original.size and (original.min() < 0 or original.max() >= 1 << bits_stored) or not hmac.compare_digest(
+        _carried_digest(original), digest
     ):
         raise RestoreError("restored values fail their digest (wrong key, altered pixels, or another image's record)")
+    flat[tag_positions] = tag_values
     flat[positions] = carried
     return flat.reshape(np.shape(stego_values))
 

@@ -12,12 +12,16 @@ GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 EXPECTED = json.loads((GOLDEN / "expected.json").read_text())
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-from make_golden import output_digest, test_keyring  # noqa: E402
+from make_golden import output_digest  # noqa: E402
+from make_golden import test_keyring as golden_keyring  # noqa: E402  (not a test)
+
+from medcodec.sealing import reveal  # noqa: E402
 
 
 def test_there_are_golden_records_of_every_kind():
     kinds = {entry["kind"] for entry in EXPECTED.values()}
-    assert kinds == {"pixels", "dicom", "dicom-keyed"} and len(EXPECTED) >= 7
+    assert kinds == {"pixels", "dicom", "dicom-keyed"} and len(EXPECTED) >= 8
+    assert {e.get("stego_version", 1) for e in EXPECTED.values() if e["kind"] == "dicom-keyed"} == {1, 2}
 
 
 def test_golden_records_cover_the_local_path():
@@ -32,9 +36,12 @@ def test_golden_record_decodes(name):
     if entry["kind"] == "pixels":
         out = medcodec.decompress_pixels(blob)
     elif entry["kind"] == "dicom-keyed":
-        out = medcodec.decompress_dicom(blob, keyring=test_keyring())
+        out = medcodec.decompress_dicom(blob, keyring=golden_keyring())
         public = medcodec.decompress_dicom(blob)
         assert output_digest(entry["kind"], public) == entry["public_sha256"]
+        # The de-identified file's embedded PHI opens with the key, by the stego version it was written with.
+        phi = reveal(public, golden_keyring())
+        assert phi["elements"] and phi["stego_version"] == entry.get("stego_version", 1)
     else:
         out = medcodec.decompress_dicom(blob)
     assert output_digest(entry["kind"], out) == entry["output_sha256"]

@@ -184,7 +184,8 @@ def test_reveal_rejects_altered_pixels_and_foreign_messages(keyring):
     blob = medcodec.compress_dicom(Path(get_testdata_file("693_UNCI.dcm")).read_bytes(), keyring=keyring,
                                   local_model="classical-v1")  # 512x512: see sealed_ct
     public = medcodec.decompress_dicom(blob)
-    assert sealing.reveal(public, keyring)["elements"]
+    phi = sealing.reveal(public, keyring)
+    assert phi["elements"] and phi["stego_version"] == stego.VERSION
     parsed = parse_dicom(public)
     offset = len(parsed.prefix)
     cfg = ct.read_record(blob).config["sealed"]["binding"]
@@ -193,11 +194,10 @@ def test_reveal_rejects_altered_pixels_and_foreign_messages(keyring):
     _, mask = stego.extract(values, key=key, bits_stored=spec.bits_stored)
     flat_mask = mask.reshape(-1)
     outside = int(np.flatnonzero(~flat_mask)[1000])
-    inside = int(np.flatnonzero(flat_mask)[10])
-    # Outside the segments any change is caught by the binding digest; inside, a change of the
-    # carried bit alters the message and is caught by its tag. (Higher bits of carrying pixels
-    # are not bound by reveal: +-1 embedding itself changes them; records bind them by digest.)
-    for index, flip in ((outside, 0x0002), (inside, 0x0001)):
+    inside = np.flatnonzero(flat_mask)[[0, 10, 200, -1]].tolist()
+    # The image tag covers every stored value: the carried bit and the upper bits of carrying
+    # pixels as well as the pixels outside the segments.
+    for index, flip in [(outside, 0x0002)] + [(i, f) for i in inside for f in (0x0001, 0x0004, 0x0100)]:
         bad = bytearray(public)
         word = struct.unpack_from("<H", bad, offset + 2 * index)[0]
         struct.pack_into("<H", bad, offset + 2 * index, word ^ flip)
@@ -246,9 +246,9 @@ def test_cli_keys_compress_reveal(tmp_path):
     assert cli("decompress", "--key-file", ring, tmp_path / "r.mdc", tmp_path / "orig.dcm").returncode == 0
     assert (tmp_path / "orig.dcm").read_bytes() == Path(src).read_bytes()
     res = cli("reveal", "--key-file", ring, tmp_path / "deid.dcm")
-    assert res.returncode == 0 and "PatientName" in res.stdout and "authenticated" in res.stdout
+    assert res.returncode == 0 and "PatientName" in res.stdout and "every pixel value is unaltered" in res.stdout
     bad = bytearray((tmp_path / "deid.dcm").read_bytes())
-    bad[-3000] ^= 0x04
+    bad[-3000] ^= 0x04  # one stored value (14 bits stored): covered by the image tag under any key
     (tmp_path / "bad.dcm").write_bytes(bytes(bad))
     res = cli("reveal", "--key-file", ring, tmp_path / "bad.dcm")
     assert res.returncode != 0 and "Traceback" not in res.stderr

@@ -24,7 +24,9 @@ from medcodec import stego
 from medcodec.errors import MedcodecError
 from medcodec.stego import (
     HEADER_BITS,
+    LENGTH_BITS,
     SEGMENT_BITS,
+    TAG_BITS,
     CapacityError,
     MessageNotFoundError,
     RestoreError,
@@ -32,6 +34,7 @@ from medcodec.stego import (
     capacity_bits,
     embed,
     extract,
+    extract_versioned,
     outside_digest,
     plan_embedding,
     psnr,
@@ -95,7 +98,7 @@ def _check_round_trip(values, message, bits, key=KEY):
 )
 def test_round_trip_random_shapes(frames, samples, rows, cols, bits, fill, seed):
     values = noisy((frames, samples, rows, cols), bits, seed=seed)
-    cap = capacity_bits(values, bits)
+    cap = capacity_bits(values, bits, key=KEY)
     if cap == 0:
         # Not even room for a message beyond the header: only an empty message may fit.
         try:
@@ -108,7 +111,7 @@ def test_round_trip_random_shapes(frames, samples, rows, cols, bits, fill, seed)
 
 
 @given(
-    bits=st.integers(3, 6),
+    bits=st.integers(4, 6),
     ceiling=st.integers(3, 8),
     seed=st.integers(0, 2**32 - 1),
 )
@@ -119,7 +122,7 @@ def test_round_trip_near_the_range_ends(bits, ceiling, seed):
     maxval = (1 << bits) - 1
     values = rng.integers(0, maxval + 1, (1, 1, 16, 64))
     values = np.where(rng.random(values.shape) < 0.5, np.minimum(values, ceiling), values)
-    cap = capacity_bits(values, bits)
+    cap = capacity_bits(values, bits, key=KEY)
     if cap < 8:
         return
     message = rng.bytes(cap // 8)
@@ -135,18 +138,18 @@ def test_fallback_directions_are_exercised():
     rng = np.random.default_rng(1)
     hits = 0
     for _ in range(60):
-        bits = 3
-        values = rng.integers(1, 7, (1, 1, 16, 64))
-        cap = capacity_bits(values, bits)
+        bits = 4
+        values = rng.integers(2, 8, (1, 1, 16, 64))
+        cap = capacity_bits(values, bits, key=KEY)
         if cap < 8:
             continue
         message = rng.bytes(cap // 8)
         flat = values.reshape(-1).astype(np.int64)
-        order = stego._eligible_order(flat, KEY, bits, SEGMENT_BITS)
+        _, order, _ = stego._layout(flat, KEY, bits, SEGMENT_BITS)
         bits_stream = stego._stream_bits(KEY, message)
-        positions = stego._positions(order, bits_stream.size, SEGMENT_BITS, cap)
+        positions = stego._positions(order, bits_stream.size, SEGMENT_BITS, cap, LENGTH_BITS)
         cover = flat[positions]
-        d = stego._directions(cover, stego._keyed_bits(KEY, b"direction", bits_stream.size), 7)
+        d = stego._directions(cover, stego._keyed_bits(KEY, b"v2/direction", bits_stream.size), 15)
         naive = flat.copy()
         naive[positions] = cover + ((cover & 1) != bits_stream) * d
         starts = positions[::SEGMENT_BITS] // SEGMENT_BITS
@@ -169,7 +172,7 @@ def test_real_image_round_trip_and_psnr():
         bits_allocated=spec.bits_allocated, bits_stored=spec.bits_stored, high_bit=spec.high_bit, signed=spec.signed
     )
     values, _ = words_to_values(parsed.frames, fmt)
-    cap = capacity_bits(values, spec.bits_stored)
+    cap = capacity_bits(values, spec.bits_stored, key=KEY)
     assert cap > 8 * 1024  # a 128x128 CT slice holds > 1 KiB
     message = os.urandom(1024)
     stego_values, _, _ = _check_round_trip(values, message, spec.bits_stored)
@@ -193,7 +196,7 @@ def test_psnr_value():
 
 def test_capacity_error_is_clear_and_nothing_is_truncated():
     values = noisy((1, 1, 32, 64), 12, seed=3)
-    cap = capacity_bits(values, 12)
+    cap = capacity_bits(values, 12, key=KEY)
     assert cap == 32 * 64 - HEADER_BITS  # every run is textured
     exact = os.urandom(cap // 8)
     _check_round_trip(values, exact, 12)
@@ -206,17 +209,21 @@ def test_capacity_error_is_clear_and_nothing_is_truncated():
         plan_embedding(values, len(too_big), key=KEY, bits_stored=12)
 
 
-def test_capacity_does_not_depend_on_the_key():
+def test_capacity_is_the_plans_under_each_key():
     values = noisy((2, 1, 20, 50), 10, seed=4)
-    cap = capacity_bits(values, 10)
-    assert plan_embedding(values, 1, key=KEY, bits_stored=10).capacity_bits == cap
-    assert plan_embedding(values, 1, key=OTHER_KEY, bits_stored=10).capacity_bits == cap
+    for key in (KEY, OTHER_KEY):
+        cap = capacity_bits(values, 10, key=key)
+        assert plan_embedding(values, 1, key=key, bits_stored=10).capacity_bits == cap
+        _check_round_trip(values, os.urandom(cap // 8), 10, key=key)
+    # Where every run is robust the tag takes the first runs and nothing is skipped.
+    textured = noisy((1, 1, 32, 64), 12, seed=3)
+    assert capacity_bits(textured, 12, key=KEY) == capacity_bits(textured, 12, key=OTHER_KEY) == 32 * 64 - HEADER_BITS
 
 
-@pytest.mark.parametrize("bits", [1, 2])
-def test_one_and_two_bit_data_have_no_capacity(bits):
+@pytest.mark.parametrize("bits", [1, 2, 3])
+def test_data_below_four_bits_has_no_capacity(bits):
     values = np.random.default_rng(0).integers(0, 1 << bits, (1, 1, 64, 64))
-    assert capacity_bits(values, bits) == 0
+    assert capacity_bits(values, bits, key=KEY) == 0
     with pytest.raises(CapacityError):
         embed(values, b"x", key=KEY, bits_stored=bits)
 
@@ -226,12 +233,12 @@ def test_flat_and_saturated_regions_never_carry():
     values[:, :, :20] = 1000  # flat padding
     values[:, :, 20:30] = 4095  # saturated
     values[:, :, 30:40, ::2] = 0  # half-saturated texture (0 and noise)
-    cap = capacity_bits(values, 12)
+    cap = capacity_bits(values, 12, key=KEY)
     message = os.urandom(cap // 8)
     stego_values, _, mask = _check_round_trip(values, message, 12)
     assert not mask[:, :, :40].any()
     assert np.array_equal(stego_values[:, :, :40], values[:, :, :40])
-    assert capacity_bits(np.full((1, 1, 64, 64), 7), 12) == 0
+    assert capacity_bits(np.full((1, 1, 64, 64), 7), 12, key=KEY) == 0
 
 
 # --------------------------------------------------------------------------------------
@@ -250,25 +257,29 @@ def test_wrong_key_fails_cleanly():
 
 
 def test_altered_pixels_are_detected():
+    """The image tag covers every value: any bit of any pixel, carrying or not, tag or
+    message, is caught by the key holder with the stego image alone."""
     values = noisy((1, 1, 64, 64), 12, seed=7)
     stego_values, displaced = embed(values, os.urandom(200), key=KEY, bits_stored=12)
-    _, mask = extract(stego_values, key=KEY, bits_stored=12)
-    inside = np.flatnonzero(mask.reshape(-1))
-    outside = np.flatnonzero(~mask.reshape(-1))
-    for index in inside[[0, 5, len(inside) // 2, -1]]:
+    plan = plan_embedding(values, 200, key=KEY, bits_stored=12)
+    assert extract_versioned(stego_values, key=KEY, bits_stored=12)[2] == stego.VERSION == 2
+    assert plan.tag_positions.size == TAG_BITS and not np.isin(plan.tag_positions, plan.positions).any()
+    rng = np.random.default_rng(0)
+    outside = np.flatnonzero(~plan.mask.reshape(-1))
+    message = plan.positions
+    cases = [(int(i), 0x001) for i in plan.tag_positions]
+    for where in (message, outside, plan.tag_positions):
+        for i in rng.choice(where, 24, replace=False):
+            cases += [(int(i), flip) for flip in (0x001, 0x002, 0x004, 0x200)]
+    for index, flip in cases:
         bad = stego_values.copy().reshape(-1)
-        bad[index] ^= 1
+        bad[index] ^= flip
         bad = bad.reshape(values.shape)
         with pytest.raises(MessageNotFoundError):
             extract(bad, key=KEY, bits_stored=12)
-        with pytest.raises(RestoreError):
-            restore(bad, displaced, key=KEY, bits_stored=12)
-    # Outside the message the extraction still works, but the digest bound in the AD changes.
-    bad = stego_values.copy().reshape(-1)
-    bad[outside[len(outside) // 2]] += 1
-    bad = bad.reshape(values.shape)
-    _, bad_mask = extract(bad, key=KEY, bits_stored=12)
-    assert outside_digest(bad, bad_mask) != outside_digest(values, mask)
+        if index in set(message.tolist()) | set(plan.tag_positions.tolist()) and flip > 1:
+            with pytest.raises(RestoreError):
+                restore(bad, displaced, key=KEY, bits_stored=12)
 
 
 def test_displaced_bytes_are_checked():
@@ -294,7 +305,7 @@ def test_invalid_inputs_are_typed_errors():
         lambda: embed(values.astype(float), b"x", key=KEY, bits_stored=8),
         lambda: embed(values + 300, b"x", key=KEY, bits_stored=8),
         lambda: embed(values, b"x", key=KEY, bits_stored=17),
-        lambda: capacity_bits(values, 8, segment_bits=12),
+        lambda: capacity_bits(values, 8, key=KEY, segment_bits=12),
         lambda: outside_digest(values, np.zeros(3, dtype=bool)),
     ):
         with pytest.raises(StegoError) as info:
@@ -302,15 +313,31 @@ def test_invalid_inputs_are_typed_errors():
         assert isinstance(info.value, MedcodecError)
 
 
-def test_positions_are_stable_across_versions_and_machines():
-    """Golden check of the keyed run order: AES-CTR keystream, little-endian u64 sort keys,
-    stable argsort. A change here breaks extraction of every existing stego image."""
-    values = ((np.arange(64 * 64, dtype=np.int64) * 2654435761) % 4001 + 40).reshape(1, 1, 64, 64)  # no RNG
-    assert capacity_bits(values, 12) == 64 * 64 - HEADER_BITS
-    plan = plan_embedding(values, 64, key=KEY, bits_stored=12)
-    digest = hashlib.sha256(plan.positions.astype("<i8").tobytes()).hexdigest()
-    assert plan.positions[:4].tolist() == [4000, 4001, 4002, 4003]
-    assert digest == "869540dac3ce41638c6ff707076e7be354a7eacad9303bc6aa67e9427439d2a2"
+GOLDEN_VALUES = ((np.arange(64 * 64, dtype=np.int64) * 2654435761) % 4001 + 40).reshape(1, 1, 64, 64)  # no RNG
+
+
+def test_version_1_positions_are_stable():
+    """Golden check of the version 1 keyed run order (AES-CTR keystream, little-endian u64
+    sort keys, stable argsort), which extraction of every version 1 image depends on."""
+    flat = GOLDEN_VALUES.reshape(-1)
+    order = stego._eligible_order(flat, KEY, 12, SEGMENT_BITS)
+    positions = stego._positions(order, HEADER_BITS + 8 * 64, SEGMENT_BITS, 64 * 64 - HEADER_BITS, HEADER_BITS)
+    assert positions[:4].tolist() == [4000, 4001, 4002, 4003]
+    assert hashlib.sha256(positions.astype("<i8").tobytes()).hexdigest() == (
+        "869540dac3ce41638c6ff707076e7be354a7eacad9303bc6aa67e9427439d2a2")
+
+
+def test_version_2_layout_and_stego_image_are_stable():
+    """Golden check of what version 2 writes: tag and message positions, and the stego
+    values themselves (tag, whitening, directions). A change here breaks extraction of
+    every version 2 image."""
+    assert capacity_bits(GOLDEN_VALUES, 12, key=KEY) == 64 * 64 - HEADER_BITS
+    plan = plan_embedding(GOLDEN_VALUES, 64, key=KEY, bits_stored=12)
+    layout = np.concatenate([plan.tag_positions, plan.positions]).astype("<i8").tobytes()
+    stego_values, displaced = embed(GOLDEN_VALUES, bytes(range(64)), key=KEY, bits_stored=12)
+    assert hashlib.sha256(layout).hexdigest() == "4ac947793223dc4f1357610fdc2e110fc0671213e921ff6b0cb9d82441d9afef"
+    assert hashlib.sha256(stego_values.astype("<u2").tobytes()).hexdigest() == "6b0f4e5e1c3e8732442fb340b4c341901f308354c50e39e41d98be3f2fd9397f"
+    assert hashlib.sha256(displaced).hexdigest() == "b7dab5118fb9635cf77eb61f65aa343c0692c5a25241b747710d1b9122ec0517"
 
 
 # --------------------------------------------------------------------------------------
@@ -337,7 +364,7 @@ def test_detectors_estimate_half_payload_and_ignore_lsb_matching():
     half[sel] = (cover[sel] & ~1) | rng.integers(0, 2, int(sel.sum()))
     assert 0.35 < spa_payload(half) < 0.65 and 0.35 < ws_payload(half) < 0.65
     # Our embedding at full capacity is LSB matching: the detectors stay near 0.
-    cap = capacity_bits(cover, 8)
+    cap = capacity_bits(cover, 8, key=KEY)
     stego_values, _ = embed(cover, rng.bytes(cap // 8), key=KEY, bits_stored=8)
     assert spa_payload(stego_values) < 0.1 and ws_payload(stego_values) < 0.1
     assert chi_square_attack(stego_values)[0] < 0.01
