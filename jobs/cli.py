@@ -187,7 +187,10 @@ def _format_inspect(info: dict) -> str:
         lines.append(f"codec            {info['codec_id']}, preset {info['preset']}")
         models = info["models"]
         lines.append(
-            f"models           global {models['global']}, local {models['local']}"
+            f"models           global {models['global']}"
+            + (" (" + ", ".join(f"{m} x{n}" for m, n in info["global_planes"].items()) + ")"
+               if info.get("global_planes") else "")
+            + f", local {models['local']}"
             + (f" sha256 {models['local_sha256'][:16]}..." if models.get("local_sha256") else "")
             + (f" + A-LoRA adapter {models['adapter_sha256'][:16]}..." if models.get("adapter_sha256") else "")
         )

@@ -29,6 +29,7 @@ from .planes import (
     words_to_values,
 )
 from .spec import PixelSpec
+from .wavefront import PerPlaneGlobalPathCoder, RasterGlobalPathCoder
 
 CODEC_ID = "medcodec.dualpath"
 # Global-path models a reader knows, by the id records carry. v2 (learned context trees,
@@ -37,8 +38,10 @@ CODEC_ID = "medcodec.dualpath"
 # (1.7 vs 3.7 MB/s), so `max` uses it and `fast` keeps v1, which encodes as fast as
 # JPEG-XL e7 side by side. (v2 with a smaller tree learned on fewer rows reached
 # JPEG-XL's size, 2.000 bpp, but only 1.45 MB/s: measured, not shipped.)
-GLOBAL_MODELS = {GlobalPathCoder.model_id: GlobalPathCoder, TreeGlobalPathCoder.model_id: TreeGlobalPathCoder}
-PRESET_GLOBAL_MODEL = {"max": TreeGlobalPathCoder.model_id, "fast": GlobalPathCoder.model_id}
+GLOBAL_MODELS = {
+    c.model_id: c for c in (GlobalPathCoder, TreeGlobalPathCoder, RasterGlobalPathCoder, PerPlaneGlobalPathCoder)
+}
+PRESET_GLOBAL_MODEL = {"max": PerPlaneGlobalPathCoder.model_id, "fast": GlobalPathCoder.model_id}
 PRESETS = ("max", "fast")
 # Decoding refuses records that claim more samples than this (a crafted record must not
 # make the reader allocate unbounded memory).
@@ -516,6 +519,16 @@ def decompress_dicom(blob: bytes, *, keyring=None) -> bytes:
     return out
 
 
+def _global_plane_models(record: ct.Record) -> dict[str, int]:
+    """How many planes of a per-plane record each global coder took."""
+    counts: dict[str, int] = {}
+    for s in record.sections:
+        if s.name == "global":
+            model = PerPlaneGlobalPathCoder.chosen_model(s.payload)
+            counts[model] = counts.get(model, 0) + 1
+    return counts
+
+
 def inspect_record(blob: bytes) -> dict[str, Any]:
     """A JSON-able description of a record: versions, sections, sizes, bits per sample per path."""
     record = ct.read_record(blob)
@@ -544,6 +557,8 @@ def inspect_record(blob: bytes) -> dict[str, Any]:
                     "adapter_sha256": pixels.get("local_adapter_sha256"),
                 },
                 "preset": pixels["preset"],
+                **({"global_planes": _global_plane_models(record)}
+                   if pixels["global_model"] == PerPlaneGlobalPathCoder.model_id else {}),
                 "k": pixels["k"],
                 "shape": pixels["shape"],
                 "bits_stored": pixels["format"]["bits_stored"],

@@ -1,0 +1,266 @@
+"""Raster-order global path (weighted predictor, wavefront order) and the per-plane choice."""
+
+import hashlib
+
+import numpy as np
+import pytest
+from pydicom.data import get_testdata_file
+
+import medcodec
+from medcodec.errors import CorruptRecordError
+from medcodec.paths import IntWriter, PlaneInfo, TreeGlobalPathCoder
+from medcodec.wavefront import (
+    MAX_WEIGHTS,
+    P1C,
+    P2C,
+    P3C,
+    PerPlaneGlobalPathCoder,
+    RasterGlobalPathCoder,
+    Wavefront,
+)
+
+
+def _info(a: np.ndarray, bits: int) -> PlaneInfo:
+    return PlaneInfo(rows=a.shape[0], cols=a.shape[1], bits=bits, k=0, preset="max")
+
+
+def _real_plane(name: str) -> tuple[np.ndarray, int]:
+    import pydicom
+
+    ds = pydicom.dcmread(get_testdata_file(name))
+    a = ds.pixel_array
+    a = a[..., 0] if a.ndim == 3 and a.shape[-1] == 3 else a[0] if a.ndim == 3 else a
+    a = a.astype(np.int64)
+    a -= min(0, int(a.min()))
+    return a, max(int(ds.BitsStored), int(a.max()).bit_length())
+
+
+# --- an independent scalar definition of the predictor, in raster order ---------------------
+
+
+def _reference_predictions(img: np.ndarray, maxv: int, prev: np.ndarray | None = None) -> np.ndarray:
+    """Pure-Python integers, pixel by pixel in raster order: what the wavefront must equal."""
+    rows, cols = img.shape
+    te = [[0] * cols for _ in range(rows)]
+    se = [[[0] * cols for _ in range(rows)] for _ in range(4 if prev is None else 5)]
+    out = np.zeros((rows, cols), dtype=np.int64)
+
+    def val(r, c):
+        return int(img[r, c]) << 3
+
+    def flog2(x):
+        return x.bit_length() - 1
+
+    for y in range(rows):
+        for x in range(cols):
+            W = val(y, x - 1) if x > 0 else (val(y - 1, x) if y > 0 else 0)
+            N = val(y - 1, x) if y > 0 else W
+            NW = val(y - 1, x - 1) if x > 0 and y > 0 else W
+            NE = val(y - 1, x + 1) if y > 0 and x + 1 < cols else N
+            NN = val(y - 2, x) if y > 1 else N
+            teW = te[y][x - 1] if x > 0 else 0
+            teN = te[y - 1][x] if y > 0 else 0
+            teNW = te[y - 1][x - 1] if y > 0 and x > 0 else teN
+            teNE = te[y - 1][x + 1] if y > 0 and x + 1 < cols else teN
+            subs = [
+                W + NE - N,
+                N - (((teW + teN + teNE) * P1C) >> 5),
+                W - (((teW + teN + teNW) * P2C) >> 5),
+                N - ((teNW * P3C[0] + teN * P3C[1] + teNE * P3C[2] + (NN - N) * P3C[3] + (NW - W) * P3C[4]) >> 5),
+            ]
+            if prev is not None:
+                def pv(r, c):
+                    return int(prev[r, c]) << 3
+
+                pW = pv(y, x - 1) if x > 0 else (pv(y - 1, x) if y > 0 else 0)
+                pN = pv(y - 1, x) if y > 0 else pW
+                subs.append(pv(y, x) + (((W - pW) + (N - pN)) >> 1))
+            weights = []
+            for i, s in enumerate(se):
+                e = 0
+                if y > 0:
+                    e += s[y - 1][x]
+                    e += s[y - 1][x + 1] if x + 1 < cols else s[y - 1][x]
+                    e += s[y - 1][x - 1] if x > 0 else s[y - 1][x]
+                e += s[y][x - 1] if x > 0 else 0
+                e += s[y][x - 2] if x > 1 else 0
+                shift = max(flog2(e + 1) - 5, 0)
+                weights.append(4 + ((MAX_WEIGHTS[i] * ((1 << 24) // ((e >> shift) + 1))) >> shift))
+            log_w = flog2(sum(weights))
+            weights = [w >> (log_w - 4) for w in weights]
+            wsum = sum(weights)
+            total = (wsum >> 1) - 1 + sum(p * w for p, w in zip(subs, weights))
+            pred8 = (total * ((1 << 24) // wsum)) >> 24
+            if not ((teN ^ teW) | (teN ^ teNW)) > 0:
+                pred8 = max(min(W, NE, N), min(max(W, NE, N), pred8))
+            out[y, x] = min(max((pred8 + 3) >> 3, 0), maxv)
+            v8 = val(y, x)
+            te[y][x] = pred8 - v8
+            for i, s in enumerate(se):
+                s[y][x] = (abs(subs[i] - v8) + 3) >> 3
+    return out
+
+
+def _wavefront_predictions(img: np.ndarray, maxv: int, prev: np.ndarray | None = None) -> np.ndarray:
+    wf = Wavefront(*img.shape, prev)
+    out = np.zeros(img.size, dtype=np.int64)
+    flat = img.astype(np.int64).ravel()
+    for pos, r, c in wf.diagonals():
+        p, _, sub, pred8 = wf.predict(pos, r, c, maxv)
+        out[pos] = p
+        wf.update(pos, flat[pos], sub, pred8)
+    return out.reshape(img.shape)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 1), (2, 2), (5, 13), (12, 7)])
+def test_wavefront_predictions_equal_the_scalar_raster_definition(shape):
+    rng = np.random.default_rng(sum(shape))
+    img = rng.integers(0, 1 << 12, size=shape)
+    img[: shape[0] // 2] //= 64  # flat and textured parts
+    prev = rng.integers(0, 1 << 12, size=shape)
+    for p in (None, prev):
+        assert np.array_equal(_wavefront_predictions(img, 4095, p), _reference_predictions(img, 4095, p))
+
+
+def test_wavefront_on_a_real_crop_equals_the_scalar_definition():
+    a, bits = _real_plane("CT_small.dcm")
+    crop = a[20:44, 30:61]
+    maxv = (1 << bits) - 1
+    assert np.array_equal(_wavefront_predictions(crop, maxv), _reference_predictions(crop, maxv))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 5), (6, 1), (3, 3), (4, 11), (17, 6)])
+def test_diagonals_visit_every_pixel_once_after_its_causal_neighbours(shape):
+    rows, cols = shape
+    wf = Wavefront(rows, cols)
+    step = np.full(rows * cols, -1)
+    for t, (pos, r, c) in enumerate(wf.diagonals()):
+        assert np.array_equal(pos, r * cols + c) and np.all(np.diff(r) > 0)
+        assert np.all(step[pos] == -1)
+        step[pos] = t
+    assert np.all(step >= 0)
+    grid = step.reshape(rows, cols)
+    for dr, dc in ((0, -1), (-1, -1), (-1, 0), (-1, 1), (0, -2), (-2, 0)):
+        for r in range(rows):
+            for c in range(cols):
+                if 0 <= r + dr < rows and 0 <= c + dc < cols:
+                    assert grid[r + dr, c + dc] < grid[r, c]
+
+
+def test_encoder_block_properties_equal_the_decoders_per_diagonal_ones():
+    a, bits = _real_plane("MR_small.dcm")
+    prev = np.roll(a, 3, axis=1)
+    maxv = (1 << bits) - 1
+    flat = a.ravel()
+    wf = Wavefront(*a.shape, prev)
+    during = np.zeros((len(Wavefront.PROPERTIES), a.size), dtype=np.int64)
+    pred = np.zeros(a.size, dtype=np.int64)
+    for pos, r, c in wf.diagonals():
+        p, nb, sub, pred8 = wf.predict(pos, r, c, maxv)
+        during[:, pos] = wf.properties(pos, r, c, nb, p)
+        pred[pos] = p
+        wf.update(pos, flat[pos], sub, pred8)
+    after = RasterGlobalPathCoder._props(wf, np.arange(a.size), pred)
+    assert np.array_equal(during, after)
+
+
+@pytest.mark.parametrize("shape,bits", [((1, 1), 1), ((1, 40), 16), ((33, 1), 9), ((2, 3), 8), ((19, 23), 16), ((64, 64), 12)])
+def test_raster_roundtrip_on_synthetic_planes(shape, bits):
+    rng = np.random.default_rng(bits * 100 + shape[0])
+    a = rng.integers(0, 1 << bits, size=shape)
+    a.flat[:: 3] = (1 << bits) - 1  # extremes
+    a.flat[1:: 5] = 0
+    info = _info(a, bits)
+    for prev in (None, rng.integers(0, 1 << bits, size=shape)):
+        data = RasterGlobalPathCoder().encode(a, info, prev)
+        assert np.array_equal(RasterGlobalPathCoder().decode(data, info, prev), a)
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "OBXXXX1A.dcm"])
+def test_raster_roundtrip_on_real_images(name):
+    a, bits = _real_plane(name)
+    info = _info(a, bits)
+    data = RasterGlobalPathCoder().encode(a, info)
+    assert np.array_equal(RasterGlobalPathCoder().decode(data, info), a)
+
+
+def test_raster_path_beats_the_interlaced_path_on_speckle_and_graphics():
+    # Scan-converted ultrasound with text overlays: the raster path's home ground
+    # (measured: 0.30 vs 0.53 bits per sample on this image).
+    a, bits = _real_plane("OBXXXX1A.dcm")
+    info = _info(a, bits)
+    raster = len(RasterGlobalPathCoder().encode(a, info))
+    tree = len(TreeGlobalPathCoder().encode(a, info))
+    assert raster < 0.75 * tree
+
+
+def test_previous_plane_predicts_a_nearly_equal_plane():
+    a, bits = _real_plane("OBXXXX1A.dcm")
+    second = a.copy()
+    second[100:140, 200:260] += 1
+    second = np.minimum(second, (1 << bits) - 1)
+    info = _info(a, bits)
+    with_prev = RasterGlobalPathCoder().encode(second, info, a)
+    assert np.array_equal(RasterGlobalPathCoder().decode(with_prev, info, a), second)
+    assert len(with_prev) < len(RasterGlobalPathCoder().encode(second, info)) / 3
+
+
+def test_raster_stream_is_pinned():
+    # The stream is part of the record format: a change to the predictor, the order,
+    # the properties or the token scheme must show up here (and needs a new model id).
+    rng = np.random.default_rng(7)
+    base = np.add.outer(np.arange(24) * 9, np.arange(31) * 5)
+    a = (base + rng.integers(0, 40, size=base.shape)) % 1024
+    data = RasterGlobalPathCoder().encode(a, _info(a, 10), np.roll(a, 1, axis=0))
+    assert hashlib.sha256(data).hexdigest()[:16] == "9ce98bc4274e9c2e"
+
+
+def test_per_plane_coder_keeps_the_smaller_candidate_and_decodes_it():
+    coder = PerPlaneGlobalPathCoder()
+    for name in ("OBXXXX1A.dcm", "MR_small.dcm"):
+        a, bits = _real_plane(name)
+        info = _info(a, bits)
+        data = coder.encode(a, info)
+        sizes = [len(c().encode(a, info)) for c in PerPlaneGlobalPathCoder.CANDIDATES]
+        assert len(data) == 1 + min(sizes)
+        assert data[0] == 2 * int(np.argmin(sizes))  # zigzag varint of the index
+        assert np.array_equal(coder.decode(data, info), a)
+
+
+def test_per_plane_coder_rejects_an_unknown_candidate():
+    a, bits = _real_plane("MR_small.dcm")
+    info = _info(a, bits)
+    data = PerPlaneGlobalPathCoder().encode(a, info)
+    w = IntWriter()
+    w.put(len(PerPlaneGlobalPathCoder.CANDIDATES))
+    with pytest.raises(CorruptRecordError, match="candidate"):
+        PerPlaneGlobalPathCoder().decode(bytes(w.buf) + data[1:], info)
+
+
+def test_corrupt_raster_streams_fail_cleanly():
+    a, bits = _real_plane("MR_small.dcm")
+    info = _info(a, bits)
+    data = RasterGlobalPathCoder().encode(a, info)
+    rng = np.random.default_rng(3)
+    for _ in range(12):
+        bad = bytearray(data)
+        i = int(rng.integers(len(bad) // 2, len(bad)))
+        bad[i] ^= 0xFF
+        try:
+            out = RasterGlobalPathCoder().decode(bytes(bad), info)
+        except CorruptRecordError:
+            continue
+        # A flipped payload byte may still decode; it must then be a valid plane.
+        assert out.shape == a.shape and out.min() >= 0 and out.max() < (1 << bits)
+    with pytest.raises(CorruptRecordError):
+        RasterGlobalPathCoder().decode(data[:3], info)
+
+
+def test_max_records_use_the_per_plane_global_path():
+    a, bits = _real_plane("OBXXXX1A.dcm")
+    blob = medcodec.compress_pixels(a.astype(np.uint8), bits_stored=8, signed=False, preset="max",
+                                    local_model="classical-v1")
+    info = medcodec.inspect_record(blob)
+    assert info["models"]["global"] == "per-plane-v3"
+    assert info["global_planes"] == {"raster-wp-v1": 1}
+    assert np.array_equal(medcodec.decompress_pixels(blob), a)
