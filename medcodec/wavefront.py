@@ -282,21 +282,57 @@ class RasterGlobalPathCoder:
         return ctxtree.learn(props, token[sample], prior.shape[1], prior, weight=pred.size / sample.size)
 
 
+class RasterDifferenceGlobalPathCoder:
+    """The raster path on ``plane - prev``: for a plane coded after a nearly equal one.
+
+    Colour images stored as RGB are mostly grey (R = G = B) in medical practice
+    (ultrasound, screen captures); there the difference to the previous sample is 0 and
+    smooth where it is not, which the raster path codes almost for free. The
+    difference, offset by ``2**bits - 1``, is coded with ``bits + 1`` bits and no
+    previous plane. Needs a previous plane.
+    """
+
+    model_id = "raster-wp-diff-v1"
+
+    def encode(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> bytes:
+        if prev is None:
+            raise ValueError("the difference coder needs a previous plane")
+        offset = (1 << info.bits) - 1
+        diff = np.asarray(plane, dtype=np.int64) - np.asarray(prev, dtype=np.int64) + offset
+        return RasterGlobalPathCoder().encode(diff, self._info(info))
+
+    def decode(self, data: bytes, info: PlaneInfo, prev: np.ndarray | None = None) -> np.ndarray:
+        if prev is None:
+            raise CorruptRecordError("a difference-coded plane has no previous plane")
+        offset = (1 << info.bits) - 1
+        out = RasterGlobalPathCoder().decode(data, self._info(info)) + np.asarray(prev, dtype=np.int64) - offset
+        if out.min(initial=0) < 0 or out.max(initial=0) > offset:
+            raise CorruptRecordError("global path decoded a value outside the stored range")
+        return out
+
+    @staticmethod
+    def _info(info: PlaneInfo) -> PlaneInfo:
+        return PlaneInfo(rows=info.rows, cols=info.cols, bits=info.bits + 1, k=info.k, preset=info.preset)
+
+
 class PerPlaneGlobalPathCoder:
     """Global path that codes each plane with whichever of ``CANDIDATES`` gives fewer bytes.
 
     The interlaced tree path wins on smooth and upsampled images (it predicts from both
-    sides at every level), the raster path on images with pixel-scale texture. The
-    encoder runs both; the stream is one varint naming the candidate (its index) and
-    that candidate's stream.
+    sides at every level), the raster path on images with pixel-scale texture, the
+    difference coder on planes nearly equal to the previous one (grey RGB). The encoder
+    runs every candidate that applies (the last needs a previous plane); the stream is
+    one varint naming the candidate (its index) and that candidate's stream.
     """
 
     model_id = "per-plane-v3"
-    CANDIDATES = (TreeGlobalPathCoder, RasterGlobalPathCoder)
+    CANDIDATES = (TreeGlobalPathCoder, RasterGlobalPathCoder, RasterDifferenceGlobalPathCoder)
 
     def encode(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> bytes:
         best = None
         for i, coder in enumerate(self.CANDIDATES):
+            if coder is RasterDifferenceGlobalPathCoder and prev is None:
+                continue
             head = IntWriter()
             head.put(i)
             data = bytes(head.buf) + coder().encode(plane, info, prev)
