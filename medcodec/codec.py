@@ -37,7 +37,9 @@ CODEC_ID = "medcodec.dualpath"
 # (weighted bpp 2.165 -> 1.990) but its global path encodes about 2x slower than v1's
 # (1.7 vs 3.7 MB/s), so `max` uses it and `fast` keeps v1, which encodes as fast as
 # JPEG-XL e7 side by side. (v2 with a smaller tree learned on fewer rows reached
-# JPEG-XL's size, 2.000 bpp, but only 1.45 MB/s: measured, not shipped.)
+# JPEG-XL's size, 2.000 bpp, but only 1.45 MB/s: measured, not shipped.) v3 (per plane
+# the smallest of v2, the raster weighted-predictor path and its difference-to-previous
+# form, medcodec/wavefront.py) took `max` from 1.991 to 1.921 bpp on those images.
 GLOBAL_MODELS = {
     c.model_id: c for c in (GlobalPathCoder, TreeGlobalPathCoder, RasterGlobalPathCoder, PerPlaneGlobalPathCoder)
 }
