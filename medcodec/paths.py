@@ -231,18 +231,47 @@ def _default_weights(n_features: int) -> np.ndarray:
 
 # Rows used to fit one predictor; larger passes are subsampled with a fixed stride.
 FIT_ROWS = 1 << 17
+# The fit minimizes absolute residuals (iteratively reweighted least squares): residuals
+# are close to Laplacian and their code length grows like log |r|, so squared error
+# lets a few large residuals (edges) pull the weights away from what most pixels need.
+# Measured on the held-out benchmark images (interlaced-tree-v2): MR2_UNCI -4.4%,
+# RG3_UNCI -4.2%, 693_UNCI -46% (a resampled CT whose exact interpolation weights the L1
+# fit finds). Encoder only: the weights are transmitted.
+# `fast` stops after 3 reweightings (most of the gain; 8 cost it about 10% of its speed).
+L1_ITERATIONS = {"max": 8, "fast": 3}
+L1_FLOOR = 0.5  # residuals below this count as this (keeps the weights bounded)
 
 
-def _fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least-squares weights in fixed point for features ``x`` (F, N) (encoder only; the
-    integers are transmitted)."""
+def _fit(x: np.ndarray, y: np.ndarray, iterations: int) -> np.ndarray:
+    """Fixed-point weights for features ``x`` (F, N) that keep residuals small in the L1
+    sense (encoder only; the integers are transmitted).
+
+    Starts from least squares and reweights by 1 / max(|residual|, L1_FLOOR); every
+    iterate is scored by sum(log2(1 + |residual|)), a proxy of the coded size, and the
+    best is kept, so the result is never worse by that measure than least squares.
+    """
     step = max(1, x.shape[1] // FIT_ROWS)
     xf = x[:, ::step].astype(np.float64)
     yf = y[::step].astype(np.float64)
-    gram = xf @ xf.T
-    ridge = 1e-6 * (np.trace(gram) / gram.shape[0] + 1.0)
-    w = np.linalg.solve(gram + ridge * np.eye(gram.shape[0]), xf @ yf)
-    return np.clip(np.rint(w * (1 << WEIGHT_BITS)), -_WMAX, _WMAX).astype(np.int64)
+    eye = np.eye(xf.shape[0])
+    row_w = np.ones_like(yf)
+    best_w, best_cost = None, np.inf
+    for _ in range(iterations + 1):
+        xw = xf * row_w
+        gram = xw @ xf.T
+        ridge = 1e-6 * (np.trace(gram) / gram.shape[0] + 1.0)
+        try:
+            w = np.linalg.solve(gram + ridge * eye, xw @ yf)
+        except np.linalg.LinAlgError:
+            break
+        resid = np.abs(yf - w @ xf)
+        cost = float(np.log2(1.0 + resid).sum())
+        if cost < best_cost:
+            best_w, best_cost = w, cost
+        row_w = 1.0 / np.maximum(resid, L1_FLOOR)
+    if best_w is None:
+        return np.zeros(xf.shape[0], dtype=np.int64)
+    return np.clip(np.rint(best_w * (1 << WEIGHT_BITS)), -_WMAX, _WMAX).astype(np.int64)
 
 
 class _Predictor:
@@ -259,6 +288,7 @@ class _Predictor:
     def __init__(self, preset: str, max_classes: int = MAX_CLASSES) -> None:
         self.fast = preset == "fast"
         self.max_classes = max_classes
+        self.l1_iterations = L1_ITERATIONS["fast" if self.fast else "max"]
 
     def _classes_for(self, n: int) -> int:
         if self.fast or n < MIN_CLASS_PIXELS:
@@ -283,7 +313,7 @@ class _Predictor:
         xs, ys, cs = xr[:, sample], (y - ref)[sample], cls[sample]
         for c in range(n_cls):
             sel = cs == c
-            weights[c] = _fit(xs[:, sel], ys[sel]) if sel.sum() >= f * 4 else _default_weights(f)
+            weights[c] = _fit(xs[:, sel], ys[sel], self.l1_iterations) if sel.sum() >= f * 4 else _default_weights(f)
             for v in weights[c]:
                 side.put(int(v))
         return ref + self._apply(xr, weights, cls)

@@ -241,13 +241,17 @@ def test_difference_coder_takes_mostly_grey_colour_planes():
     info = _info(r, 8)
     coder = PerPlaneGlobalPathCoder()
     chosen = raster = 0
+    picks = []
     for plane, prev in ((g, r), (b, g)):
         data = coder.encode(plane, info, prev)
-        assert PerPlaneGlobalPathCoder.chosen_model(data) == "raster-wp-diff-v1"
+        picks.append(PerPlaneGlobalPathCoder.chosen_model(data))
         assert np.array_equal(coder.decode(data, info, prev), plane)
         chosen += len(data)
         raster += len(RasterGlobalPathCoder().encode(plane, info, prev))
-    assert chosen < 0.8 * raster  # measured: 0.369 + 0.313 vs 0.539 + 0.349 bits per sample
+    # G takes the difference coder; B is closer still to G, where the interlaced path's
+    # L1-fitted predictor (previous plane among its features) now codes it smaller.
+    assert picks[0] == "raster-wp-diff-v1" and picks[1] in ("raster-wp-diff-v1", "interlaced-tree-v2")
+    assert chosen < 0.8 * raster  # measured: 0.369 + 0.276 vs 0.539 + 0.349 bits per sample
     assert PerPlaneGlobalPathCoder.chosen_model(coder.encode(r, info)) == "raster-wp-v1"
 
 
