@@ -7,8 +7,8 @@ interval, a predictor that sees decoded neighbours and the global values of past
 and future neighbours (the visual prompt) places a residual distribution over it.
 
 Both walk the same interlaced scan (hierarchy.py). Predictions are integer linear
-combinations with weights fitted by least squares in the encoder and transmitted as
-integers, so the decoder reproduces every prediction exactly; probabilities come
+combinations with weights fitted in the encoder (minimizing absolute residuals, see
+``_fit``) and transmitted as integers, so the decoder reproduces every prediction exactly; probabilities come
 from integer count tables (entropy.py). Nothing the decoder computes depends on
 floating-point rounding.
 """

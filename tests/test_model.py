@@ -224,6 +224,30 @@ def test_max_keeps_the_smaller_of_the_transformer_and_classical_records():
     assert ct.read_record(blob).config["pixels"]["local_model"] == min(sizes, key=sizes.get)
 
 
+def test_max_screens_its_local_models_on_a_crop_of_a_large_image():
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from medcodec.codec import SCREEN_CROP, SCREEN_MIN_SAMPLES, screen_local_models
+    from medcodec.paths import ClassicalLocalPathCoder
+    from medcodec.planes import SampleFormat
+
+    img = pydicom.dcmread(get_testdata_file("OBXXXX1A.dcm")).pixel_array  # 600 x 800 ultrasound
+    assert img.size >= SCREEN_MIN_SAMPLES
+    words = img[None, None].astype(np.uint8)
+    fmt = SampleFormat(bits_allocated=8, bits_stored=8, high_bit=7, signed=False)
+    base, classical = TransformerLocalPathCoder(load_model("llm-base-v1")), ClassicalLocalPathCoder()
+    # The transformer loses on the crop by more than the margin: it never codes the whole image.
+    assert screen_local_models(words, fmt, "max", [base, classical]) == [classical]
+    # Two equal candidates are both within the margin of the best.
+    twin = ClassicalLocalPathCoder()
+    assert screen_local_models(words, fmt, "max", [classical, twin]) == [classical, twin]
+    timings: dict = {}
+    blob = medcodec.compress_pixels(img, bits_stored=8, signed=False, preset="max", timings=timings)
+    assert blob == medcodec.compress_pixels(img, bits_stored=8, signed=False, local_model="classical-v1")
+    assert timings["local_tokens"] == SCREEN_CROP * SCREEN_CROP  # the transformer coded the crop only
+
+
 def test_decoding_refuses_a_different_or_missing_model():
     blob = medcodec.compress_pixels(_plane().astype(np.uint16), bits_stored=12, signed=False, local_model="llm-base-v1")
     with pytest.raises(ModelMismatchError, match="sha256"):
