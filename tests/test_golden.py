@@ -29,6 +29,23 @@ def test_golden_records_cover_the_local_path():
     assert any(k > 0 for k in ks.values()), ks
 
 
+def test_golden_records_cover_every_model_a_reader_knows():
+    # A coder added without a golden record could change its stream unnoticed.
+    from medcodec.codec import GLOBAL_MODELS
+    from medcodec.model.registry import WEIGHTS_DIR
+    from medcodec.paths import ClassicalLocalPathCoder
+    from medcodec.wavefront import PerPlaneGlobalPathCoder
+
+    seen = set()
+    for name in EXPECTED:
+        info = medcodec.inspect_record((GOLDEN / name).read_bytes())
+        info = info.get("pixels", info)
+        seen |= {info["models"]["global"], info["models"]["local"], *info.get("global_planes", {})}
+    shipped = {p.stem for p in WEIGHTS_DIR.glob("*.safetensors")}
+    wanted = set(GLOBAL_MODELS) | {c.model_id for c in PerPlaneGlobalPathCoder.CANDIDATES}
+    assert wanted | shipped | {ClassicalLocalPathCoder.model_id} <= seen
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_golden_record_decodes(name):
     entry = EXPECTED[name]
