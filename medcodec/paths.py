@@ -230,7 +230,8 @@ def _default_weights(n_features: int) -> np.ndarray:
 
 
 # Rows used to fit one predictor; larger passes are subsampled with a fixed stride.
-FIT_ROWS = 1 << 17
+# `fast` fits its few weights (inner neighbours only, one class) on fewer rows.
+FIT_ROWS = {"max": 1 << 17, "fast": 1 << 14}
 # The fit minimizes absolute residuals (iteratively reweighted least squares): residuals
 # are close to Laplacian and their code length grows like log |r|, so squared error
 # lets a few large residuals (edges) pull the weights away from what most pixels need.
@@ -242,15 +243,16 @@ L1_ITERATIONS = {"max": 8, "fast": 3}
 L1_FLOOR = 0.5  # residuals below this count as this (keeps the weights bounded)
 
 
-def _fit(x: np.ndarray, y: np.ndarray, iterations: int) -> np.ndarray:
+def _fit(x: np.ndarray, y: np.ndarray, iterations: int, rows: int = FIT_ROWS["max"]) -> np.ndarray:
     """Fixed-point weights for features ``x`` (F, N) that keep residuals small in the L1
-    sense (encoder only; the integers are transmitted).
+    sense (encoder only; the integers are transmitted), from at most about ``rows`` of
+    the N columns taken at a fixed stride.
 
     Starts from least squares and reweights by 1 / max(|residual|, L1_FLOOR); every
     iterate is scored by sum(log2(1 + |residual|)), a proxy of the coded size, and the
     best is kept, so the result is never worse by that measure than least squares.
     """
-    step = max(1, x.shape[1] // FIT_ROWS)
+    step = max(1, x.shape[1] // rows)
     xf = x[:, ::step].astype(np.float64)
     yf = y[::step].astype(np.float64)
     eye = np.eye(xf.shape[0])
@@ -289,6 +291,7 @@ class _Predictor:
         self.fast = preset == "fast"
         self.max_classes = max_classes
         self.l1_iterations = L1_ITERATIONS["fast" if self.fast else "max"]
+        self.fit_rows = FIT_ROWS["fast" if self.fast else "max"]
 
     def _classes_for(self, n: int) -> int:
         if self.fast or n < MIN_CLASS_PIXELS:
@@ -308,12 +311,12 @@ class _Predictor:
             side.put(int(b))
         cls = np.searchsorted(bounds, key, side="right")
         weights = np.empty((n_cls, f), dtype=np.int64)
-        # Fit on at most about FIT_ROWS pixels of the pass, taken at a fixed stride.
-        sample = slice(None, None, max(1, n // FIT_ROWS))
+        # Fit on at most about fit_rows pixels of the pass, taken at a fixed stride.
+        sample = slice(None, None, max(1, n // self.fit_rows))
         xs, ys, cs = xr[:, sample], (y - ref)[sample], cls[sample]
         for c in range(n_cls):
             sel = cs == c
-            weights[c] = _fit(xs[:, sel], ys[sel], self.l1_iterations) if sel.sum() >= f * 4 else _default_weights(f)
+            weights[c] = _fit(xs[:, sel], ys[sel], self.l1_iterations, self.fit_rows) if sel.sum() >= f * 4 else _default_weights(f)
             for v in weights[c]:
                 side.put(int(v))
         return ref + self._apply(xr, weights, cls)
