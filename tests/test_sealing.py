@@ -65,11 +65,14 @@ def test_keyed_roundtrip_every_readable_file(path, keyring):
     data = Path(path).read_bytes()
     original = parse_dicom(data)
     # The keyed path does not depend on the pixel models: files over 20 kB use the
-    # transformer-free v1.0 local path to keep the suite inside its time budget.
-    # Verification is what this test does, so skip the built-in one.
+    # transformer-free v1.0 local path, images over 2^19 samples the `fast` global path
+    # too, to keep the suite inside its time budget (test_dicom_roundtrip codes them all
+    # with `max`). Verification is what this test does, so skip the built-in one.
     local_model = "classical-v1" if len(data) > 20_000 else None
+    large = original.frames is not None and original.frames.size > 1 << 19
+    preset = "fast" if large else "max"
     try:
-        blob = medcodec.compress_dicom(data, keyring=keyring, local_model=local_model, verify=False)
+        blob = medcodec.compress_dicom(data, keyring=keyring, local_model=local_model, preset=preset, verify=False)
     except sealing.SealingError as exc:
         pytest.skip(f"de-identified file cannot be written for this object: {exc}")
     restored = medcodec.decompress_dicom(blob, keyring=keyring)
@@ -148,9 +151,9 @@ def _reseal_with_section(blob: bytes, section_type: int, payload: bytes) -> byte
 @pytest.fixture(scope="module")
 def sealed_ct(keyring):
     data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
-    # Sealing does not depend on the pixel model; the v1.0 local path keeps the ~300
-    # tamper decodes below inside the suite's time budget.
-    return data, medcodec.compress_dicom(data, keyring=keyring, local_model="classical-v1")
+    # Sealing does not depend on the pixel model; the v1.0 local path and the `fast`
+    # global path keep the ~300 tamper decodes below inside the suite's time budget.
+    return data, medcodec.compress_dicom(data, keyring=keyring, local_model="classical-v1", preset="fast")
 
 
 @pytest.mark.parametrize("purpose", sorted(sealing.SEALED_SECTIONS))
