@@ -8,8 +8,8 @@ and future neighbours (the visual prompt) places a residual distribution over it
 
 Both walk the same interlaced scan (hierarchy.py). Predictions are integer linear
 combinations with weights fitted in the encoder (minimizing absolute residuals, see
-``_fit``) and transmitted as integers, so the decoder reproduces every prediction exactly; probabilities come
-from integer count tables (entropy.py). Nothing the decoder computes depends on
+``_fit``) and transmitted as integers, so the decoder reproduces every prediction
+exactly; probabilities come from integer count tables (entropy.py). Nothing the decoder computes depends on
 floating-point rounding.
 """
 
@@ -235,10 +235,11 @@ FIT_ROWS = {"max": 1 << 17, "fast": 1 << 14}
 # The fit minimizes absolute residuals (iteratively reweighted least squares): residuals
 # are close to Laplacian and their code length grows like log |r|, so squared error
 # lets a few large residuals (edges) pull the weights away from what most pixels need.
-# Measured on the held-out benchmark images (interlaced-tree-v2): MR2_UNCI -4.4%,
-# RG3_UNCI -4.2%, 693_UNCI -46% (a resampled CT whose exact interpolation weights the L1
-# fit finds). Encoder only: the weights are transmitted.
-# `fast` stops after 3 reweightings (most of the gain; 8 cost it about 10% of its speed).
+# Measured on the held-out benchmark images (interlaced-tree-v2): MR2_UNCI -4.5%,
+# RG3_UNCI -4.1%, 693_UNCI -46% (a decoded lossy JPEG 2000 image: smooth, with exact
+# linear structure that the L1 fit finds and least squares misses). Encoder only: the
+# weights are transmitted. `fast` stops after 3 reweightings, most of the gain (8 made
+# its v1 encode of MR2_UNCI about a third slower).
 L1_ITERATIONS = {"max": 8, "fast": 3}
 L1_FLOOR = 0.5  # residuals below this count as this (keeps the weights bounded)
 
