@@ -37,7 +37,8 @@ CODEC_ID = "medcodec.dualpath"
 # (weighted bpp 2.165 -> 1.990) but its global path encodes about 2x slower than v1's
 # (1.7 vs 3.7 MB/s), so `max` uses it and `fast` keeps v1, which encoded as fast as
 # JPEG-XL e7 side by side then (3.80 vs 3.75 MB/s; on 2026-11-29's machine 1.95 vs
-# 2.78 MB/s, per-image medians, the same 0.70x before and after the L1 fit below).
+# 2.78 MB/s, per-image medians, the same 0.70x before and after the L1 fit below, and
+# 2.87 vs 2.59 after the shared tables, scan geometry and gathers got cheaper, same bytes).
 # (v2 with a smaller tree learned on fewer rows reached JPEG-XL's size, 2.000 bpp, but
 # only 1.45 MB/s: measured, not shipped.) v3 (per plane
 # the smallest of v2, the raster weighted-predictor path and its difference-to-previous

@@ -15,7 +15,7 @@ reflected neighbour that is still not known falls back to the first known inner 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
 from typing import Iterator
 
 import numpy as np
@@ -41,21 +41,35 @@ N_NEAREST = 4
 UNIT_OFFSETS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
 
 
-@dataclass(frozen=True)
 class Pass:
-    """One step of the scan: which pixels it codes and where their neighbours are."""
+    """One step of the scan: which pixels it codes and where their neighbours are.
 
-    kind: int
-    h: int
-    pos: np.ndarray  # (N,) flat indices of the pixels coded in this pass, scan order
-    # Neighbour j of every pixel is row j (contiguous): reductions over neighbours then
-    # run as elementwise operations across a few long rows.
-    inner: np.ndarray  # (n_inner, N) flat indices of known neighbours
-    outer: np.ndarray  # (n_outer, N)
+    ``outer`` is computed on first use (the `fast` preset and the local path's tables
+    never read it); ``subset`` keeps that laziness.
+    """
+
+    def __init__(self, *, kind: int, h: int, pos: np.ndarray, inner: np.ndarray, outer=None) -> None:
+        self.kind = kind
+        self.h = h
+        self.pos = pos  # (N,) flat indices of the pixels coded in this pass, scan order
+        # Neighbour j of every pixel is row j (contiguous): reductions over neighbours then
+        # run as elementwise operations across a few long rows.
+        self.inner = inner  # (n_inner, N) flat indices of known neighbours
+        self._outer = outer  # (n_outer, N), or a function that returns it
+
+    @property
+    def outer(self) -> np.ndarray:
+        if callable(self._outer):
+            self._outer = self._outer()
+        return self._outer
 
     @property
     def size(self) -> int:
         return int(self.pos.size)
+
+    def subset(self, sel) -> "Pass":
+        """The pass restricted to the pixels ``sel`` selects (a slice or index array)."""
+        return Pass(kind=self.kind, h=self.h, pos=self.pos[sel], inner=self.inner[:, sel], outer=lambda: self.outer[:, sel])
 
 
 def levels(rows: int, cols: int) -> int:
@@ -71,22 +85,51 @@ def _axis(p: np.ndarray, d: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     return out, (out >= 0) & (out < n)
 
 
-def _neighbours(ys: np.ndarray, xs: np.ndarray, offsets: list[tuple[int, int]], h: int, rows: int, cols: int) -> np.ndarray:
-    """Flat indices (len(offsets), N) of the neighbours of the grid ys x xs; -1 where none exists.
+def _neighbours(
+    ys: np.ndarray, xs: np.ndarray, offsets: list[tuple[int, int]], h: int, rows: int, cols: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat indices (len(offsets), len(ys), len(xs)) of the neighbours of the grid ys x xs,
+    -1 where none exists, and which grid rows / columns have a missing one.
 
     Every in-range neighbour at these offsets is already known: the offsets keep a
     pixel's class (grid, D, A1) under reflection, and earlier passes coded every pixel
     of those classes. So only the border decides, separately for rows and columns.
     """
     out = np.empty((len(offsets), ys.size, xs.size), dtype=np.int64)
+    bad_y = np.zeros(ys.size, dtype=bool)
+    bad_x = np.zeros(xs.size, dtype=bool)
     for j, (dy, dx) in enumerate(offsets):
         y, ok_y = _axis(ys, dy * h, rows)
         x, ok_x = _axis(xs, dx * h, cols)
-        idx = (y * cols)[:, None] + x[None, :]
-        if not (ok_y.all() and ok_x.all()):
-            idx = np.where(ok_y[:, None] & ok_x[None, :], idx, -1)
-        out[j] = idx
-    return out.reshape(len(offsets), ys.size * xs.size)
+        np.add((y * cols)[:, None], x[None, :], out=out[j])
+        if not ok_y.all():
+            out[j][~ok_y, :] = -1
+            bad_y |= ~ok_y
+        if not ok_x.all():
+            out[j][:, ~ok_x] = -1
+            bad_x |= ~ok_x
+    return out, np.flatnonzero(bad_y), np.flatnonzero(bad_x)
+
+
+def _fill_missing(table: np.ndarray, inner: np.ndarray, bad_y: np.ndarray, bad_x: np.ndarray) -> None:
+    """Replace missing (-1) neighbours in ``table`` (K, ny, nx) by the pixel's first nearest
+    inner neighbour that exists (0 if none does); only rows ``bad_y`` and columns ``bad_x``
+    can hold one. One of the two nearest along the pass's own axis always exists after
+    reflection."""
+    for sel in ((slice(None), bad_y, slice(None)), (slice(None), slice(None), bad_x)):
+        block, near = table[sel], inner[sel]
+        first = np.full(near.shape[1:], -1, dtype=np.int64)
+        for j in range(N_NEAREST - 1, -1, -1):
+            first = np.where(near[j] >= 0, near[j], first)
+        first = np.where(first < 0, 0, first)
+        table[sel] = np.where(block < 0, first[None], block)
+
+
+def _outer(ys, xs, kind, h, rows, cols, inner3) -> np.ndarray:
+    outer, bad_y, bad_x = _neighbours(ys, xs, _OUTER[kind], h, rows, cols)
+    if bad_y.size or bad_x.size:
+        _fill_missing(outer, inner3, bad_y, bad_x)
+    return outer.reshape(outer.shape[0], -1)
 
 
 def iter_passes(rows: int, cols: int) -> Iterator[Pass]:
@@ -99,19 +142,14 @@ def iter_passes(rows: int, cols: int) -> Iterator[Pass]:
             xs = np.arange(h if kind in (D, A1) else 0, cols, s)
             if ys.size == 0 or xs.size == 0:
                 continue
-            inner = _neighbours(ys, xs, _INNER[kind], h, rows, cols)
-            outer = _neighbours(ys, xs, _OUTER[kind], h, rows, cols)
-            # The first nearest neighbour that exists serves wherever one is missing;
-            # one of the two along the pass's own axis always exists after reflection.
-            if (inner < 0).any() or (outer < 0).any():
-                first = np.full(inner.shape[1], -1, dtype=np.int64)
-                for j in range(N_NEAREST - 1, -1, -1):
-                    first = np.where(inner[j] >= 0, inner[j], first)
-                first = np.where(first < 0, 0, first)[None, :]
-                inner = np.where(inner < 0, first, inner)
-                outer = np.where(outer < 0, first, outer)
+            inner3, bad_y, bad_x = _neighbours(ys, xs, _INNER[kind], h, rows, cols)
+            if bad_y.size or bad_x.size:
+                # Filling leaves each pixel's first existing nearest neighbour as it was,
+                # so the outer table may take its fallback from the filled inner table.
+                _fill_missing(inner3, inner3, bad_y, bad_x)
+            outer = functools.partial(_outer, ys, xs, kind, h, rows, cols, inner3)
             pos = ((ys * cols)[:, None] + xs[None, :]).ravel()
-            yield Pass(kind=kind, h=h, pos=pos, inner=inner, outer=outer)
+            yield Pass(kind=kind, h=h, pos=pos, inner=inner3.reshape(inner3.shape[0], -1), outer=outer)
 
 
 def unit_neighbours(pos: np.ndarray, rows: int, cols: int) -> np.ndarray:

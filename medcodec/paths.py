@@ -216,9 +216,9 @@ def _residual_prior(span: int) -> np.ndarray:
 # --- the shared predictor machine -------------------------------------------------------
 
 
-def _activity(values: np.ndarray, emap: np.ndarray, p: hierarchy.Pass) -> np.ndarray:
-    nearest = values[p.inner[: hierarchy.N_NEAREST]]
-    spread = nearest.max(axis=0) - nearest.min(axis=0)
+def _activity(near: np.ndarray, emap: np.ndarray, p: hierarchy.Pass) -> np.ndarray:
+    """Activity bucket from ``near``, the values of the N_NEAREST nearest neighbours (rows)."""
+    spread = near.max(axis=0) - near.min(axis=0)
     noise = emap[p.inner[: hierarchy.N_NEAREST]].sum(axis=0) >> 2
     return np.searchsorted(_ACT_THRESHOLDS, 2 * spread + noise, side="right")
 
@@ -361,14 +361,14 @@ def _relative(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return x - ref[None, :]
 
 
-def _context(values: np.ndarray, p: hierarchy.Pass, bucket: np.ndarray, pred: np.ndarray) -> np.ndarray:
+def _context(near: np.ndarray, p: hierarchy.Pass, bucket: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Entropy-model context: pass kind, activity bucket, texture relative to the prediction."""
-    above = (values[p.inner[: hierarchy.N_NEAREST]] > pred[None, :]).sum(axis=0)
+    above = (near > pred[None, :]).sum(axis=0)
     return (p.kind * N_BUCKETS + bucket) * N_TEXTURES + above
 
 
-def _reference(values: np.ndarray, p: hierarchy.Pass) -> np.ndarray:
-    return values[p.inner[: hierarchy.N_NEAREST]].sum(axis=0) >> 2
+def _reference(near: np.ndarray) -> np.ndarray:
+    return near.sum(axis=0) >> 2
 
 
 def _class_key(values: np.ndarray, prev: np.ndarray | None, p: hierarchy.Pass, bucket: np.ndarray) -> np.ndarray:
@@ -380,7 +380,11 @@ def _class_key(values: np.ndarray, prev: np.ndarray | None, p: hierarchy.Pass, b
 
 
 def _features(values: np.ndarray, p: hierarchy.Pass, prev: np.ndarray | None, fast: bool) -> np.ndarray:
-    """Least-squares features (F, N): inner (and outer) neighbours, previous plane."""
+    """Least-squares features (F, N): inner (and outer) neighbours, previous plane.
+
+    The first N_NEAREST rows are the nearest neighbours' values (callers reuse them)."""
+    if fast and prev is None:
+        return values[p.inner]
     rows = [values[p.inner]]
     if not fast:
         rows.append(values[p.outer])
@@ -421,18 +425,19 @@ class GlobalPathCoder:
         predictor = _Predictor(info.preset)
         for p in hierarchy.iter_passes(info.rows, info.cols):
             x = _features(flat, p, prev_flat, predictor.fast)
-            ref = _reference(flat, p)
-            bucket = _activity(flat, emap, p)
+            near = x[: hierarchy.N_NEAREST]
+            ref = _reference(near)
+            bucket = _activity(near, emap, p)
             key = _class_key(flat, prev_flat, p, bucket)
             if enc is not None:
                 pred = np.clip(predictor.choose(x, ref, flat[p.pos], key, side), 0, maxv)
-                ctx = _context(flat, p, bucket, pred)
+                ctx = _context(near, p, bucket, pred)
                 token, extra, nbits = tokenize(zigzag(flat[p.pos] - pred))
                 enc.adaptive(token, ctx, tables)
                 enc.uniform(extra, nbits)
             else:
                 pred = np.clip(predictor.read(x, ref, key, side), 0, maxv)
-                ctx = _context(flat, p, bucket, pred)
+                ctx = _context(near, p, bucket, pred)
                 token = dec.adaptive(ctx, tables)
                 extra = dec.uniform(raw_bits_of(token))
                 value = pred + unzigzag(detokenize(token, extra))
@@ -473,8 +478,9 @@ class TreeGlobalPathCoder:
         passes, preds = [], []
         for p in hierarchy.iter_passes(info.rows, info.cols):
             x = _features(flat, p, prev_flat, predictor.fast)
-            ref = _reference(flat, p)
-            bucket = _activity(flat, emap, p)
+            near = x[: hierarchy.N_NEAREST]
+            ref = _reference(near)
+            bucket = _activity(near, emap, p)
             key = _class_key(flat, prev_flat, p, bucket)
             pred = np.clip(predictor.choose(x, ref, flat[p.pos], key, side_ls), 0, maxv)
             emap[p.pos] = np.abs(flat[p.pos] - pred)
@@ -518,8 +524,9 @@ class TreeGlobalPathCoder:
         tables = self._tables(tree, info)
         for p in hierarchy.iter_passes(info.rows, info.cols):
             x = _features(flat, p, prev_flat, predictor.fast)
-            ref = _reference(flat, p)
-            bucket = _activity(flat, emap, p)
+            near = x[: hierarchy.N_NEAREST]
+            ref = _reference(near)
+            bucket = _activity(near, emap, p)
             key = _class_key(flat, prev_flat, p, bucket)
             pred = np.clip(predictor.read(x, ref, key, side), 0, maxv)
             ctx = self._contexts(tree, flat, emap, p, pred, prev_flat, info.cols)
@@ -542,7 +549,8 @@ class TreeGlobalPathCoder:
 
     def _contexts(self, tree, flat, emap, p: hierarchy.Pass, pred, prev_flat, cols: int) -> np.ndarray:
         if tree is None:
-            return _context(flat, p, _activity(flat, emap, p), pred)
+            near = flat[p.inner[: hierarchy.N_NEAREST]]
+            return _context(near, p, _activity(near, emap, p), pred)
         return tree.contexts(self._properties(flat, emap, p, pred, prev_flat, cols, tree.used))
 
     @staticmethod
@@ -600,7 +608,7 @@ class TreeGlobalPathCoder:
         props, tokens = [], []
         for p, pred in zip(passes, preds):
             sel = slice(None, None, step)
-            sub = hierarchy.Pass(kind=p.kind, h=p.h, pos=p.pos[sel], inner=p.inner[:, sel], outer=p.outer[:, sel])
+            sub = p.subset(sel)
             props.append(self._properties(flat, emap, sub, pred[sel], prev_flat, info.cols))
             tokens.append(tokenize(zigzag(flat[sub.pos] - pred[sel]), self.MANTISSA)[0])
         prior = _token_scale_rows(info.bits, self.MANTISSA)
@@ -658,17 +666,18 @@ class ClassicalLocalPathCoder:
             x = np.concatenate(
                 [_features(values, p, prev_flat, predictor.fast), mid[p.pos][None, :], mid[unit]], axis=0
             )
-            ref = _reference(values, p)
-            bucket = _activity(values, emap, p)
+            near = x[: hierarchy.N_NEAREST]
+            ref = _reference(near)
+            bucket = _activity(near, emap, p)
             key = _class_key(values, prev_flat, p, bucket)
             if enc is not None:
                 target = base[p.pos] + flat_l[p.pos]
                 pred = np.clip(predictor.choose(x, ref, target, key, side), 0, maxv)
-                ctx = _context(values, p, bucket, pred)
+                ctx = _context(near, p, bucket, pred)
                 enc.windowed(flat_l[p.pos], ctx, base[p.pos] - pred, width, model)
             else:
                 pred = np.clip(predictor.read(x, ref, key, side), 0, maxv)
-                ctx = _context(values, p, bucket, pred)
+                ctx = _context(near, p, bucket, pred)
                 flat_l[p.pos] = dec.windowed(ctx, base[p.pos] - pred, width, model)
             values[p.pos] = base[p.pos] + flat_l[p.pos]
             emap[p.pos] = np.abs(values[p.pos] - pred)

@@ -79,3 +79,21 @@ def test_table_probabilities_and_updates_match_the_plain_definition():
             over = np.unique(ctx)[table[np.unique(ctx)].sum(1) > limit]
             table[over] = (table[over] + 1) >> 1
         assert np.array_equal(tables.fast, fast) and np.array_equal(tables.slow, slow)
+
+
+def test_batched_encoder_calls_write_the_same_stream(monkeypatch):
+    """Handing the coder several chunks per call is a speedup: the bytes must not change."""
+    import medcodec.entropy as entropy
+
+    rng = np.random.default_rng(5)
+    n, alphabet = 40_000, 30
+    ctx = rng.integers(0, 300, n) % 7
+    symbols = np.minimum(rng.geometric(0.3, n) - 1, alphabet - 1)
+    streams = []
+    for batch in (1, 3, entropy.BATCH):
+        monkeypatch.setattr(entropy, "BATCH", batch)
+        enc = Encoder()
+        enc.adaptive(symbols, ctx, AdaptiveTables(7, alphabet))
+        streams.append(enc.finish())
+    assert streams[0] == streams[1] == streams[2]
+    assert np.array_equal(Decoder(streams[0]).adaptive(ctx, AdaptiveTables(7, alphabet)), symbols)

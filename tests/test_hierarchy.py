@@ -64,3 +64,11 @@ def test_scan_geometry_matches_its_plain_definition(rows, cols):
         assert covered[p.inner].all() and covered[p.outer].all()  # only known pixels
         covered[p.pos] = True
     assert covered.all()
+
+
+def test_outer_neighbours_are_computed_only_when_read_and_subsets_agree():
+    p = list(hierarchy.iter_passes(65, 129))[-1]
+    assert callable(p._outer)  # not computed yet: `fast` never reads it
+    sub = p.subset(slice(1, None, 7))
+    assert np.array_equal(sub.outer, p.outer[:, 1::7])
+    assert np.array_equal(sub.inner, p.inner[:, 1::7]) and np.array_equal(sub.pos, p.pos[1::7])
