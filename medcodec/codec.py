@@ -16,13 +16,17 @@ from .dicom import DicomLimits, ParsedDicom, RESTORE_VERBATIM, parse_dicom, rebu
 from .errors import CorruptRecordError, MedcodecError, ModelMismatchError, UnsupportedError
 from .paths import ClassicalLocalPathCoder, GlobalPathCoder, LocalPathModel, PlaneInfo, TreeGlobalPathCoder
 from .planes import (
+    COLOUR_PALETTE_MAX,
     SampleFormat,
     choose_k,
     choose_k_transformer,
+    colour_palette,
     merge_planes,
+    pack_colours,
     pack_values,
     palette_bits,
     split_planes,
+    unpack_colours,
     unpack_values,
     value_palette,
     values_to_words,
@@ -141,11 +145,17 @@ def encode_words(
     models = [local_model_for(c) if isinstance(c, str) else c for c in candidates]
     if not models:
         raise ValueError("no local model to code with")
+    # A colour table (planes.colour_palette) is used where it applies; `max` also codes
+    # the samples as planes and keeps the smaller record.
+    colour_choices = (True, False) if preset == "max" else (True,)
     best = None
     for model in screen_local_models(words, fmt, preset, models, timings=timings):
-        coded = _encode_with(words, fmt, preset, model, timings)
-        if best is None or _coded_bytes(coded) < _coded_bytes(best):
-            best = coded
+        for colours in colour_choices:
+            coded = _encode_with(words, fmt, preset, model, timings, colours=colours)
+            if best is None or _coded_bytes(coded) < _coded_bytes(best):
+                best = coded
+            if coded[0].get("colour_palette") is None:
+                break  # no table applies: both choices code the same record
     return best
 
 
@@ -196,13 +206,25 @@ def _coded_bytes(coded: tuple[dict[str, Any], list[ct.Section]]) -> int:
 
 
 def _encode_with(
-    words: np.ndarray, fmt: SampleFormat, preset: str, local_model: LocalPathModel, timings: dict | None
+    words: np.ndarray,
+    fmt: SampleFormat,
+    preset: str,
+    local_model: LocalPathModel,
+    timings: dict | None,
+    *,
+    colours: bool = True,
 ) -> tuple[dict[str, Any], list[ct.Section]]:
     n_frames, n_samples, rows, cols = words.shape
     values, outside, bits, palette = coding_values(words, fmt)
     sections: list[ct.Section] = []
     if palette is not None:
         sections.append(ct.Section(ct.SECTION_PALETTE, _pack_palette(palette)))
+    table = colour_palette(values, bits) if colours else None
+    if table is not None:
+        sections.append(ct.Section(ct.SECTION_COLOURS, lzma.compress(table.astype("<u2").tobytes())))
+        values = pack_colours(values, table, bits)
+        bits = palette_bits(table[:, 0])
+    n_coded = values.shape[1]
     middle = values[n_frames // 2, 0]
     if getattr(local_model, "max_k", None) is None:
         k, plane_stats = choose_k(middle, bits)
@@ -212,7 +234,7 @@ def _encode_with(
     global_coder = GLOBAL_MODELS[global_id]()
     planes: dict[tuple[int, int], np.ndarray] = {}
     for f in range(n_frames):
-        for c in range(n_samples):
+        for c in range(n_coded):
             v = values[f, c]
             planes[(f, c)] = v
             prev = _previous_plane(planes, f, c)
@@ -248,6 +270,7 @@ def _encode_with(
         "shape": [n_frames, n_samples, rows, cols],
         "k": k,
         "palette": palette is not None,
+        **({"colour_palette": int(table.shape[0])} if table is not None else {}),
         "plane_stats": plane_stats,
         "outside": outside_mode,
         "digest": words_digest(words),
@@ -270,6 +293,7 @@ def decode_words(config: dict[str, Any], record: ct.Record, *, timings: dict | N
         k, preset = int(config["k"]), config["preset"]
         local_id = config["local_model"]
         packed = bool(config.get("palette", False))
+        n_colours = int(config.get("colour_palette", 0))
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptRecordError(f"pixel config incomplete or malformed: {exc!r}") from None
     _check_preset(preset)
@@ -277,6 +301,10 @@ def decode_words(config: dict[str, Any], record: ct.Record, *, timings: dict | N
         raise CorruptRecordError(f"record claims shape {config['shape']}, outside the decodable range")
     palette = _unpack_palette(record.one(ct.SECTION_PALETTE).payload, fmt.bits_stored) if packed else None
     bits = fmt.bits_stored if palette is None else palette_bits(palette)
+    table = None
+    if n_colours:
+        table = _unpack_colours(record.one(ct.SECTION_COLOURS).payload, n_colours, n_samples, bits)
+        bits, n_samples = palette_bits(table[:, 0]), 1
     if not 0 <= k < bits:
         raise CorruptRecordError(f"record claims k={k} for {bits} coded bits")
     local_model = local_model_for(local_id, config.get("local_model_sha256"), config.get("local_adapter_sha256"))
@@ -290,7 +318,7 @@ def decode_words(config: dict[str, Any], record: ct.Record, *, timings: dict | N
             f"record holds {len(global_streams)} global / {len(local_streams)} local streams for {n_planes} planes"
         )
     global_coder = GLOBAL_MODELS[global_id]()
-    values = np.empty((n_frames, n_samples, rows, cols), dtype=np.int64)
+    values = np.empty((n_frames, n_samples, rows, cols), dtype=np.int64)  # n_samples: coded planes
     planes: dict[tuple[int, int], np.ndarray] = {}
     for i in range(n_planes):
         f, c = divmod(i, n_samples)
@@ -304,6 +332,10 @@ def decode_words(config: dict[str, Any], record: ct.Record, *, timings: dict | N
         if timings is not None and k:
             timings["local_tokens"] = timings.get("local_tokens", 0) + rows * cols
         values[f, c] = planes[(f, c)] = merge_planes(g, loc, k)
+    if table is not None:
+        if values.max() >= table.shape[0]:
+            raise CorruptRecordError("decoded a colour index beyond the colour table")
+        values = unpack_colours(values, table)
     if palette is not None:
         if values.max() >= palette.size:
             raise CorruptRecordError("decoded a palette index beyond the palette")
@@ -339,6 +371,18 @@ def _unpack_palette(payload: bytes, bits: int) -> np.ndarray:
     if palette.size == 0 or palette[-1] >= (1 << bits) or (palette.size > 1 and (np.diff(palette) <= 0).any()):
         raise CorruptRecordError("palette section is not a sorted table of stored values")
     return palette
+
+
+def _unpack_colours(payload: bytes, n: int, samples: int, bits: int) -> np.ndarray:
+    if not 1 <= n <= COLOUR_PALETTE_MAX or samples < 2:
+        raise CorruptRecordError(f"record claims a colour table of {n} colours for {samples} samples")
+    try:
+        raw = np.frombuffer(lzma.decompress(payload), dtype="<u2")
+    except (lzma.LZMAError, ValueError) as exc:
+        raise CorruptRecordError(f"colour table section does not decompress: {exc}") from None
+    if raw.size != n * samples or (raw.size and int(raw.max()) >= (1 << bits)):
+        raise CorruptRecordError("colour table section does not hold the claimed colours")
+    return raw.reshape(n, samples).astype(np.int64)
 
 
 # --- numpy arrays ----------------------------------------------------------------------
@@ -598,6 +642,7 @@ def inspect_record(blob: bytes) -> dict[str, Any]:
                 **({"global_planes": _global_plane_models(record)}
                    if pixels["global_model"] == PerPlaneGlobalPathCoder.model_id else {}),
                 "k": pixels["k"],
+                **({"colour_palette": pixels["colour_palette"]} if "colour_palette" in pixels else {}),
                 "shape": pixels["shape"],
                 "bits_stored": pixels["format"]["bits_stored"],
                 "plane_stats": pixels["plane_stats"],

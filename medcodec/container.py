@@ -37,6 +37,7 @@ SECTION_GLOBAL = 16  # global path stream of one plane (frame-major, then sample
 SECTION_LOCAL = 17  # local path stream of one plane
 SECTION_OUTSIDE = 18  # bits outside BitsStored that differ from the expected pattern, lzma
 SECTION_PALETTE = 19  # sorted table of the values used, when values are coded as indices into it
+SECTION_COLOURS = 20  # table of the colours used (n x samples, <u2, lzma), when pixels are coded as indices into it
 SECTION_SEALED_ORIGINAL = 32  # sealed box: the original's non-pixel bytes and rebuild info (or whole file)
 SECTION_SEALED_DISPLACED = 33  # sealed box: the bits the embedded message displaced
 SECTION_SEALED_PHI = 34  # sealed box: the removed PHI (also embedded in the pixels)
@@ -48,6 +49,7 @@ SECTION_NAMES = {
     SECTION_LOCAL: "local",
     SECTION_OUTSIDE: "outside",
     SECTION_PALETTE: "palette",
+    SECTION_COLOURS: "colours",
     SECTION_SEALED_ORIGINAL: "sealed-original",
     SECTION_SEALED_DISPLACED: "sealed-displaced",
     SECTION_SEALED_PHI: "sealed-phi",

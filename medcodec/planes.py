@@ -184,3 +184,50 @@ def unpack_values(indices: np.ndarray, palette: np.ndarray) -> np.ndarray:
 
 def palette_bits(palette: np.ndarray) -> int:
     return max(1, int(palette.size - 1).bit_length())
+
+
+# Multi-sample images with few distinct colours (grey ultrasound with a colour overlay,
+# screen captures) are coded as one plane of indices into a table of their colours.
+# Greys (all samples equal) come first in value order, so a grey image's indices rise
+# with its values; the other colours follow by sum of samples. Held-out US1_J2KR.dcm
+# (480x640 RGB, 282 colours): `max` 0.988 -> 0.778 bits per sample, `fast` 1.345 -> 0.936
+# (JPEG-XL e7 0.783). Orderings by luma alone gave 0.850, unsorted 0.798.
+COLOUR_PALETTE_MAX = 4096
+COLOUR_PIXELS_PER_ENTRY = 16
+
+
+def colour_palette(values: np.ndarray, bits: int) -> np.ndarray | None:
+    """(n, samples) table of the distinct colours of ``values`` (frames, samples, rows,
+    cols), or None when the image has one sample or too many colours to pay off."""
+    n_frames, n_samples, rows, cols = values.shape
+    if n_samples < 2 or n_samples * bits > 62:
+        return None
+    keys = np.unique(_colour_keys(values, bits))
+    if keys.size > COLOUR_PALETTE_MAX or keys.size * COLOUR_PIXELS_PER_ENTRY > n_frames * rows * cols:
+        return None
+    shifts = bits * np.arange(n_samples - 1, -1, -1, dtype=np.int64)
+    table = (keys[:, None] >> shifts[None, :]) & ((1 << bits) - 1)
+    grey = (table == table[:, :1]).all(axis=1)
+    order = np.lexsort((keys, table.sum(axis=1), ~grey))
+    return table[order]
+
+
+def _colour_keys(values: np.ndarray, bits: int) -> np.ndarray:
+    n_samples = values.shape[1]
+    keys = np.zeros(values[:, 0].shape, dtype=np.int64)
+    for s in range(n_samples):
+        keys = (keys << bits) | values[:, s]
+    return keys
+
+
+def pack_colours(values: np.ndarray, table: np.ndarray, bits: int) -> np.ndarray:
+    """(frames, samples, rows, cols) -> (frames, 1, rows, cols) indices into ``table``."""
+    keys = _colour_keys(table.T[None, :, :, None], bits)[0, :, 0]
+    order = np.argsort(keys)
+    found = np.searchsorted(keys[order], _colour_keys(values, bits))
+    return order[found][:, None]
+
+
+def unpack_colours(indices: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """(frames, 1, rows, cols) indices -> (frames, samples, rows, cols) values."""
+    return np.moveaxis(table[indices[:, 0]], -1, 1)

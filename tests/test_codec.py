@@ -145,3 +145,56 @@ def test_sparse_histogram_is_coded_through_a_palette():
     assert np.array_equal(medcodec.decompress_pixels(blob), img)
     dense = smooth_image(80, 90, 12).astype(np.uint16)
     assert ct.read_record(medcodec.compress_pixels(dense, bits_stored=12, signed=False)).config["pixels"]["palette"] is False
+
+
+def _few_colour_rgb(rows=96, cols=128, seed=0):
+    """Grey ultrasound-like frame with a small coloured overlay (few distinct colours)."""
+    grey = (smooth_image(rows, cols, 8, seed=seed, noise=1.0) // 4 * 4).astype(np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    rgb[10:30, 20:50] = [[200, 30, 30], [30, 200, 30]][seed % 2]
+    rgb[40:44, 60:90, 2] = 255
+    return rgb
+
+
+@pytest.mark.parametrize("preset", ["fast", "max"])
+def test_few_colour_rgb_is_coded_as_one_plane_of_colour_indices(preset):
+    from medcodec import container as ct
+    from medcodec.codec import _coded_bytes, _encode_with, local_model_for
+    from medcodec.planes import SampleFormat
+
+    rgb = _few_colour_rgb()[None]  # (frames, rows, cols, samples)
+    blob = medcodec.compress_pixels(rgb, bits_stored=8, signed=False, preset=preset, local_model="classical-v1")
+    assert np.array_equal(medcodec.decompress_pixels(blob), rgb)
+    fmt = SampleFormat(bits_allocated=8, bits_stored=8, high_bit=7, signed=False)
+    words, model = np.moveaxis(rgb, 3, 1), local_model_for("classical-v1")
+    indexed = _encode_with(words, fmt, preset, model, None, colours=True)
+    planes = _encode_with(words, fmt, preset, model, None, colours=False)
+    n = int(np.unique(rgb.reshape(-1, 3), axis=0).shape[0])
+    assert indexed[0]["colour_palette"] == n and "colour_palette" not in planes[0]
+    kinds = [sec.type for sec in indexed[1]]
+    assert kinds.count(ct.SECTION_COLOURS) == 1 and kinds.count(ct.SECTION_GLOBAL) == 1  # one plane of indices
+    record = ct.read_record(blob)
+    if preset == "fast":  # uses the table wherever it applies
+        assert record.config["pixels"]["colour_palette"] == n == medcodec.inspect_record(blob)["colour_palette"]
+    else:  # keeps the smaller of the two (here the planes: G and B code as differences almost for free)
+        assert _coded_bytes((record.config["pixels"], record.sections)) == min(map(_coded_bytes, (indexed, planes)))
+
+
+def test_colour_table_damage_is_refused():
+    from medcodec import container as ct
+
+    rgb = np.stack([_few_colour_rgb(seed=0), _few_colour_rgb(seed=1)])
+    blob = medcodec.compress_pixels(rgb, bits_stored=8, signed=False, preset="fast")
+    assert np.array_equal(medcodec.decompress_pixels(blob), rgb)
+    record = ct.read_record(blob)
+    n = record.config["pixels"]["colour_palette"]
+    for claim, match in ((n + 1, "colours"), (0, "digest|SHA-256|streams"), (1 << 20, "colour table")):
+        bad = ct.read_record(blob)
+        bad.config["pixels"]["colour_palette"] = claim
+        with pytest.raises(CorruptRecordError, match=match):
+            medcodec.decompress_pixels(ct.write_record(bad))
+    bad = ct.read_record(blob)
+    i = next(j for j, s in enumerate(bad.sections) if s.type == ct.SECTION_COLOURS)
+    bad.sections[i] = ct.Section(ct.SECTION_COLOURS, bad.sections[i].payload[:-3])
+    with pytest.raises(CorruptRecordError, match="colour table"):
+        medcodec.decompress_pixels(ct.write_record(bad))

@@ -29,6 +29,11 @@ def test_golden_records_cover_the_local_path():
     assert any(k > 0 for k in ks.values()), ks
 
 
+def test_golden_records_cover_the_colour_table():
+    infos = [medcodec.inspect_record((GOLDEN / name).read_bytes()) for name in EXPECTED]
+    assert any(info.get("colour_palette") for info in infos)
+
+
 def test_golden_records_cover_every_model_a_reader_knows():
     # A coder added without a golden record could change its stream unnoticed.
     from medcodec.codec import GLOBAL_MODELS

@@ -99,3 +99,36 @@ def test_palette_pack_roundtrip(vals):
     packed = pack_values(values, palette)
     assert packed.max() < (1 << palette_bits(palette))
     assert np.array_equal(unpack_values(packed, palette), values)
+
+
+@given(st.integers(0, 2**32 - 1), st.sampled_from([2, 3, 4]), st.sampled_from([8, 12, 16]))
+def test_colour_table_roundtrip_and_order(seed, samples, bits):
+    from medcodec.planes import colour_palette, pack_colours, palette_bits, unpack_colours
+
+    rng = np.random.default_rng(seed)
+    levels = rng.integers(0, 1 << bits, 40)
+    grey = levels[rng.integers(0, levels.size, (2, 1, 40, 50))]
+    values = np.repeat(grey, samples, axis=1)
+    values[:, :, :2, :3] = rng.integers(0, 1 << bits, (2, samples, 2, 3))  # a few colours
+    table = colour_palette(values, bits)
+    if samples * bits > 62:  # one int64 key per colour: 4 x 16-bit samples do not fit
+        assert table is None
+        return
+    assert table is not None and table.shape[1] == samples
+    idx = pack_colours(values, table, bits)
+    assert idx.shape == (2, 1, 40, 50) and idx.max() < (1 << palette_bits(table[:, 0]))
+    assert np.array_equal(unpack_colours(idx, table), values)
+    grey_rows = (table == table[:, :1]).all(axis=1)
+    n_grey = int(grey_rows.sum())
+    assert grey_rows[:n_grey].all() and (np.diff(table[:n_grey, 0]) > 0).all()  # greys first, by value
+
+
+def test_colour_table_only_where_it_pays():
+    from medcodec.planes import COLOUR_PALETTE_MAX, colour_palette
+
+    rng = np.random.default_rng(0)
+    assert colour_palette(rng.integers(0, 4, (1, 1, 64, 64)), 8) is None  # one sample
+    many = rng.integers(0, 256, (1, 3, 128, 128))  # ~16k colours
+    assert colour_palette(many, 8) is None
+    few = rng.integers(0, 16, (1, 3, 128, 128))  # 4096 colours, 4 pixels each: too dear
+    assert colour_palette(few, 8) is None and np.unique(few.reshape(3, -1), axis=1).shape[1] <= COLOUR_PALETTE_MAX
