@@ -33,7 +33,7 @@ from .planes import (
     words_to_values,
 )
 from .spec import PixelSpec
-from .wavefront import PerPlaneGlobalPathCoder, RasterGlobalPathCoder
+from .wavefront import PerPlaneGlobalPathCoder, PerPlaneV4GlobalPathCoder, RasterGlobalPathCoder
 
 CODEC_ID = "medcodec.dualpath"
 # Global-path models a reader knows, by the id records carry. v2 (learned context trees,
@@ -48,11 +48,16 @@ CODEC_ID = "medcodec.dualpath"
 # the smallest of v2, the raster weighted-predictor path and its difference-to-previous
 # form, medcodec/wavefront.py) took `max` from 1.991 to 1.921 bpp on those images, and
 # fitting the predictors for absolute rather than squared residuals (paths._fit, encoder
-# only) took `max` to 1.877 and `fast` from 2.202 to 2.118 bpp.
+# only) took `max` to 1.877 and `fast` from 2.202 to 2.118 bpp. v4 adds the 5/3 wavelet
+# path (medcodec/wavelet.py) for images that were once lossy JPEG 2000.
 GLOBAL_MODELS = {
-    c.model_id: c for c in (GlobalPathCoder, TreeGlobalPathCoder, RasterGlobalPathCoder, PerPlaneGlobalPathCoder)
+    c.model_id: c
+    for c in (
+        GlobalPathCoder, TreeGlobalPathCoder, RasterGlobalPathCoder, PerPlaneGlobalPathCoder, PerPlaneV4GlobalPathCoder
+    )
 }
-PRESET_GLOBAL_MODEL = {"max": PerPlaneGlobalPathCoder.model_id, "fast": GlobalPathCoder.model_id}
+PRESET_GLOBAL_MODEL = {"max": PerPlaneV4GlobalPathCoder.model_id, "fast": GlobalPathCoder.model_id}
+PER_PLANE_MODELS = {c.model_id: c for c in (PerPlaneGlobalPathCoder, PerPlaneV4GlobalPathCoder)}
 PRESETS = ("max", "fast")
 # Decoding refuses records that claim more samples than this (a crafted record must not
 # make the reader allocate unbounded memory).
@@ -601,12 +606,12 @@ def decompress_dicom(blob: bytes, *, keyring=None) -> bytes:
     return out
 
 
-def _global_plane_models(record: ct.Record) -> dict[str, int]:
+def _global_plane_models(record: ct.Record, coder) -> dict[str, int]:
     """How many planes of a per-plane record each global coder took."""
     counts: dict[str, int] = {}
     for s in record.sections:
         if s.name == "global":
-            model = PerPlaneGlobalPathCoder.chosen_model(s.payload)
+            model = coder.chosen_model(s.payload)
             counts[model] = counts.get(model, 0) + 1
     return counts
 
@@ -639,8 +644,8 @@ def inspect_record(blob: bytes) -> dict[str, Any]:
                     "adapter_sha256": pixels.get("local_adapter_sha256"),
                 },
                 "preset": pixels["preset"],
-                **({"global_planes": _global_plane_models(record)}
-                   if pixels["global_model"] == PerPlaneGlobalPathCoder.model_id else {}),
+                **({"global_planes": _global_plane_models(record, PER_PLANE_MODELS[pixels["global_model"]])}
+                   if pixels["global_model"] in PER_PLANE_MODELS else {}),
                 "k": pixels["k"],
                 **({"colour_palette": pixels["colour_palette"]} if "colour_palette" in pixels else {}),
                 "shape": pixels["shape"],

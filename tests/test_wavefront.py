@@ -308,6 +308,6 @@ def test_max_records_use_the_per_plane_global_path():
     blob = medcodec.compress_pixels(a.astype(np.uint8), bits_stored=8, signed=False, preset="max",
                                     local_model="classical-v1")
     info = medcodec.inspect_record(blob)
-    assert info["models"]["global"] == "per-plane-v3"
+    assert info["models"]["global"] == "per-plane-v4"
     assert info["global_planes"] == {"raster-wp-v1": 1}
     assert np.array_equal(medcodec.decompress_pixels(blob), a)
