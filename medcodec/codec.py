@@ -33,7 +33,12 @@ from .planes import (
     words_to_values,
 )
 from .spec import PixelSpec
-from .wavefront import PerPlaneGlobalPathCoder, PerPlaneV4GlobalPathCoder, RasterGlobalPathCoder
+from .wavefront import (
+    FastPerPlaneGlobalPathCoder,
+    PerPlaneGlobalPathCoder,
+    PerPlaneV4GlobalPathCoder,
+    RasterGlobalPathCoder,
+)
 
 CODEC_ID = "medcodec.dualpath"
 # Global-path models a reader knows, by the id records carry. v2 (learned context trees,
@@ -49,15 +54,24 @@ CODEC_ID = "medcodec.dualpath"
 # form, medcodec/wavefront.py) took `max` from 1.991 to 1.921 bpp on those images, and
 # fitting the predictors for absolute rather than squared residuals (paths._fit, encoder
 # only) took `max` to 1.877 and `fast` from 2.202 to 2.118 bpp. v4 adds the 5/3 wavelet
-# path (medcodec/wavelet.py) for images that were once lossy JPEG 2000.
+# path (medcodec/wavelet.py) for images that were once lossy JPEG 2000. `fast` moved from
+# v1 to per-plane-fast-v1: v1, v1 on the difference to the previous plane, or the wavelet
+# path, chosen per plane by two cheap tests (wavefront.FastPerPlaneGlobalPathCoder).
 GLOBAL_MODELS = {
     c.model_id: c
     for c in (
-        GlobalPathCoder, TreeGlobalPathCoder, RasterGlobalPathCoder, PerPlaneGlobalPathCoder, PerPlaneV4GlobalPathCoder
+        GlobalPathCoder,
+        TreeGlobalPathCoder,
+        RasterGlobalPathCoder,
+        PerPlaneGlobalPathCoder,
+        PerPlaneV4GlobalPathCoder,
+        FastPerPlaneGlobalPathCoder,
     )
 }
-PRESET_GLOBAL_MODEL = {"max": PerPlaneV4GlobalPathCoder.model_id, "fast": GlobalPathCoder.model_id}
-PER_PLANE_MODELS = {c.model_id: c for c in (PerPlaneGlobalPathCoder, PerPlaneV4GlobalPathCoder)}
+PRESET_GLOBAL_MODEL = {"max": PerPlaneV4GlobalPathCoder.model_id, "fast": FastPerPlaneGlobalPathCoder.model_id}
+PER_PLANE_MODELS = {
+    c.model_id: c for c in (PerPlaneGlobalPathCoder, PerPlaneV4GlobalPathCoder, FastPerPlaneGlobalPathCoder)
+}
 PRESETS = ("max", "fast")
 # Decoding refuses records that claim more samples than this (a crafted record must not
 # make the reader allocate unbounded memory).

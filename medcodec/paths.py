@@ -223,6 +223,11 @@ def _activity(near: np.ndarray, emap: np.ndarray, p: hierarchy.Pass) -> np.ndarr
     return np.searchsorted(_ACT_THRESHOLDS, 2 * spread + noise, side="right")
 
 
+def activity_bucket(activity: np.ndarray) -> np.ndarray:
+    """Bucket (0..N_BUCKETS-1) of non-negative activity values; the priors' row index."""
+    return np.searchsorted(_ACT_THRESHOLDS, activity, side="right")
+
+
 def _default_weights(n_features: int) -> np.ndarray:
     w = np.zeros(n_features, dtype=np.int64)
     w[: hierarchy.N_NEAREST] = (1 << WEIGHT_BITS) // hierarchy.N_NEAREST

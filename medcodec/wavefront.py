@@ -41,6 +41,7 @@ from .entropy import AdaptiveTables, Decoder, Encoder
 from .errors import CorruptRecordError
 from .paths import (
     N_BUCKETS,
+    GlobalPathCoder,
     IntReader,
     IntWriter,
     PlaneInfo,
@@ -54,7 +55,8 @@ from .paths import (
     unzigzag,
     zigzag,
 )
-from .wavelet import WaveletGlobalPathCoder
+from .wavelet import LEVELS, WaveletGlobalPathCoder
+from .wavelet import forward as wavelet_forward
 
 # --- the weighted predictor (part of the bitstream definition) ---------------------------
 EXTRA_BITS = 3
@@ -294,19 +296,20 @@ class RasterDifferenceGlobalPathCoder:
     """
 
     model_id = "raster-wp-diff-v1"
+    BASE = RasterGlobalPathCoder
 
     def encode(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> bytes:
         if prev is None:
             raise ValueError("the difference coder needs a previous plane")
         offset = (1 << info.bits) - 1
         diff = np.asarray(plane, dtype=np.int64) - np.asarray(prev, dtype=np.int64) + offset
-        return RasterGlobalPathCoder().encode(diff, self._info(info))
+        return self.BASE().encode(diff, self._info(info))
 
     def decode(self, data: bytes, info: PlaneInfo, prev: np.ndarray | None = None) -> np.ndarray:
         if prev is None:
             raise CorruptRecordError("a difference-coded plane has no previous plane")
         offset = (1 << info.bits) - 1
-        out = RasterGlobalPathCoder().decode(data, self._info(info)) + np.asarray(prev, dtype=np.int64) - offset
+        out = self.BASE().decode(data, self._info(info)) + np.asarray(prev, dtype=np.int64) - offset
         if out.min(initial=0) < 0 or out.max(initial=0) > offset:
             raise CorruptRecordError("global path decoded a value outside the stored range")
         return out
@@ -332,7 +335,7 @@ class PerPlaneGlobalPathCoder:
     def encode(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> bytes:
         best = None
         for i, coder in enumerate(self.CANDIDATES):
-            if coder is RasterDifferenceGlobalPathCoder and prev is None:
+            if not self._applies(coder, plane, prev):
                 continue
             head = IntWriter()
             head.put(i)
@@ -340,6 +343,9 @@ class PerPlaneGlobalPathCoder:
             if best is None or len(data) < len(best):
                 best = data
         return best
+
+    def _applies(self, coder, plane: np.ndarray, prev: np.ndarray | None) -> bool:
+        return prev is not None or not issubclass(coder, RasterDifferenceGlobalPathCoder)
 
     def decode(self, data: bytes, info: PlaneInfo, prev: np.ndarray | None = None) -> np.ndarray:
         coder, at = self._choice(data)
@@ -359,10 +365,80 @@ class PerPlaneGlobalPathCoder:
         return cls._choice(data)[0].model_id
 
 
+# Which planes may gain from the wavelet path: on a PROBE x PROBE centre crop (aligned to
+# the transform's grid), the fraction of exactly zero finest-level 5/3 detail
+# coefficients minus the fraction of zero 4-neighbour Laplacians (flat areas are zero in
+# both domains). Held-out images: decoded lossy JPEG 2000 693_UNCI 0.50, RG3_UNCI 0.41,
+# MR2_UNCI 0.16, US1_UNCI 0.22; acquired 693_J2KR 0.18, RG3_J2KR 0.12, US1_J2KR 0.07,
+# MR2_J2KR 0.05, OBXXXX1A 0.02 (97.6% zero coefficients, but flat), emri 0.02. Below
+# WAVELET_PROBE_MIN neither preset tries the wavelet path.
+PROBE = 256
+WAVELET_PROBE_MIN = 0.1
+# `fast` codes a plane equal to its previous plane at FAST_DIFF_MIN_EQUAL of its pixels or
+# more (grey RGB) as the difference (held-out US1_UNCI G and B planes 101.1 -> 76.3 kB),
+# and a plane whose probe reaches FAST_WAVELET_PROBE by the wavelet path (693_UNCI 34.9 ->
+# 2.1 kB, RG3_UNCI 657 -> 573 kB), without trial codings. (Trying the wavelet path on the
+# probe crop wherever the probe reached WAVELET_PROBE_MIN also caught MR2_UNCI, 507 ->
+# 453 kB, but chose it for 693_J2KR too, where it is larger, and made `fast` encode at
+# 0.63x JPEG-XL's speed.)
+FAST_DIFF_MIN_EQUAL = 0.5
+FAST_WAVELET_PROBE = 0.3
+
+
+def _probe_crop(plane: np.ndarray) -> np.ndarray:
+    rows, cols = plane.shape
+    align = 1 << LEVELS
+    r0 = max(0, (rows - PROBE) // 2) // align * align
+    c0 = max(0, (cols - PROBE) // 2) // align * align
+    return np.asarray(plane[r0 : r0 + PROBE, c0 : c0 + PROBE], dtype=np.int64)
+
+
+def wavelet_probe(plane: np.ndarray) -> float:
+    """Zero wavelet detail fraction minus zero Laplacian fraction on the centre crop."""
+    crop = _probe_crop(plane)
+    if min(crop.shape) < 3:
+        return 0.0
+    details = wavelet_forward(crop, 1)[1:]
+    zero_w = sum(int((d == 0).sum()) for d in details) / sum(d.size for d in details)
+    lap = 4 * crop[1:-1, 1:-1] - crop[:-2, 1:-1] - crop[2:, 1:-1] - crop[1:-1, :-2] - crop[1:-1, 2:]
+    return zero_w - float((lap == 0).mean())
+
+
 class PerPlaneV4GlobalPathCoder(PerPlaneGlobalPathCoder):
     """``per-plane-v3``'s candidates plus the 5/3 wavelet path (``medcodec.wavelet``), for
-    planes that were once lossy JPEG 2000 images (held-out 693_UNCI.dcm: 0.632 -> 0.085
-    bits per sample; RG3_UNCI.dcm: 1.497 -> 1.471). v3 records keep decoding with v3."""
+    planes that were once lossy JPEG 2000 images (held-out 693_UNCI.dcm: 0.632 -> 0.065
+    bits per sample; RG3_UNCI.dcm: 1.497 -> 1.460), tried where ``wavelet_probe`` allows.
+    v3 records keep decoding with v3."""
 
     model_id = "per-plane-v4"
     CANDIDATES = PerPlaneGlobalPathCoder.CANDIDATES + (WaveletGlobalPathCoder,)
+
+    def _applies(self, coder, plane: np.ndarray, prev: np.ndarray | None) -> bool:
+        if coder is WaveletGlobalPathCoder:
+            return wavelet_probe(plane) >= WAVELET_PROBE_MIN
+        return super()._applies(coder, plane, prev)
+
+
+class InterlacedDifferenceGlobalPathCoder(RasterDifferenceGlobalPathCoder):
+    """``interlaced-ls-v1`` (the `fast` global path) on ``plane - prev``, as above."""
+
+    model_id = "interlaced-ls-diff-v1"
+    BASE = GlobalPathCoder
+
+
+class FastPerPlaneGlobalPathCoder(PerPlaneGlobalPathCoder):
+    """`fast`'s global path: ``interlaced-ls-v1``, its difference form, or the wavelet
+    path (its low band by ``interlaced-ls-v1``), one per plane by the tests above."""
+
+    model_id = "per-plane-fast-v1"
+    CANDIDATES = (GlobalPathCoder, InterlacedDifferenceGlobalPathCoder, WaveletGlobalPathCoder)
+
+    def encode(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> bytes:
+        choice = 0
+        if prev is not None and np.count_nonzero(plane == prev) >= FAST_DIFF_MIN_EQUAL * plane.size:
+            choice = 1
+        elif wavelet_probe(plane) >= FAST_WAVELET_PROBE:
+            choice = 2
+        head = IntWriter()
+        head.put(choice)
+        return bytes(head.buf) + self.CANDIDATES[choice]().encode(plane, info, prev)

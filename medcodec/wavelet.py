@@ -13,12 +13,18 @@ then rows; up to ``LEVELS`` levels) and codes each subband on its own, coarsest 
   (``paths.TreeGlobalPathCoder``);
 * mode 2: sparse: the number of non-zero coefficients, then for each in raster order
   the run of zeros before it and its value, as residual tokens with adaptive tables
-  (values in a context of the run's length class) and raw low bits.
+  (values in a context of the run's length class) and raw low bits;
+* mode 3: as mode 1 with ``paths.GlobalPathCoder`` (fixed contexts: `fast`);
+* mode 4 (detail bands): row by row, each coefficient in a context of the magnitudes of
+  the two rows above and of its parent in the next coarser band (see below).
 
-Modes 1 and 2 first divide the band by the greatest common divisor of its coefficients
+Bands are coded under the record's preset (modes 1 and 3 fit their predictors as it says).
+
+Modes 1-4 first divide the band by the greatest common divisor of its coefficients
 (written before the band): quantized bands are multiples of their step (693_UNCI's of
-32 to 256). The encoder codes modes 1 and 2 where they apply and keeps the smaller. Everything is
-integer arithmetic (shifts and adds), so every machine decodes the same plane.
+32 to 256). The encoder tries the modes ``_band`` lists and keeps the smallest.
+Everything is integer arithmetic (shifts and adds), so every machine decodes the same
+plane.
 """
 
 from __future__ import annotations
@@ -28,10 +34,13 @@ import numpy as np
 from .entropy import AdaptiveTables, Decoder, Encoder
 from .errors import CorruptRecordError
 from .paths import (
+    GlobalPathCoder,
     IntReader,
     IntWriter,
     PlaneInfo,
     TreeGlobalPathCoder,
+    _token_scale_rows,
+    activity_bucket,
     detokenize,
     raw_bits_of,
     token_alphabet,
@@ -172,6 +181,87 @@ def _sparse_decode(data: bytes, shape: tuple[int, int]) -> np.ndarray:
     return flat.reshape(shape)
 
 
+# --- detail bands by neighbour magnitude ------------------------------------------------
+# Mode 4 codes a detail band row by row: each coefficient's token (zigzag, two mantissa
+# bits, raw low bits) in a context of the magnitudes already known around it, those of
+# the row above (N + (NW + NE) / 2 + NN / 2) as an activity bucket and that of its parent
+# (same orientation, next coarser level, at (r // 2, c // 2)) in 6 classes: wavelet
+# coefficients cluster in space and across scales. A row's contexts depend only on
+# earlier rows and coarser bands, so the decoder decodes a row in one step.
+_PARENT_CLASSES = 6
+
+
+def _parent(bands: list, i: int):
+    """The coarser band of the same orientation (None for the coarsest details; False for LL)."""
+    if i == 0:
+        return False
+    return bands[i - 3] if i >= 4 else None
+
+
+def _row_contexts(above: np.ndarray, above2: np.ndarray, parent_row: np.ndarray | None) -> np.ndarray:
+    a = np.abs(above)
+    act = a.copy()
+    act[1:] += a[:-1] >> 1
+    act[:-1] += a[1:] >> 1
+    act += np.abs(above2) >> 1
+    bucket = activity_bucket(act)
+    if parent_row is None:
+        return bucket * _PARENT_CLASSES
+    pc = np.searchsorted(np.array([1, 2, 4, 8, 16]), parent_row, side="right")
+    return bucket * _PARENT_CLASSES + pc
+
+
+def _parent_rows(parent, scale: int, shape: tuple[int, int]):
+    """Per row of the band: its parent's magnitudes in this band's units (or None)."""
+    if parent is None:
+        return None
+    rows = np.minimum(np.arange(shape[0]) // 2, parent.shape[0] - 1)
+    cols = np.minimum(np.arange(shape[1]) // 2, parent.shape[1] - 1)
+    return np.abs(parent[rows][:, cols]) // scale
+
+
+def _context_tables(bits: int) -> AdaptiveTables:
+    prior = _token_scale_rows(bits, _MANTISSA)
+    return AdaptiveTables(
+        prior.shape[0] * _PARENT_CLASSES, prior.shape[1], init=np.repeat(prior, _PARENT_CLASSES, axis=0)
+    )
+
+
+def _context_encode(band: np.ndarray, scale: int, parent) -> bytes:
+    z = zigzag(band)
+    bits = max(1, int(z.max()).bit_length())
+    head = IntWriter()
+    head.put(bits)
+    tables, enc = _context_tables(bits), Encoder()
+    prow = _parent_rows(parent, scale, band.shape)
+    zero = np.zeros(band.shape[1], dtype=np.int64)
+    token, extra, nbits = tokenize(z, _MANTISSA)
+    for r in range(band.shape[0]):
+        above = band[r - 1] if r >= 1 else zero
+        above2 = band[r - 2] if r >= 2 else zero
+        enc.adaptive(token[r], _row_contexts(above, above2, None if prow is None else prow[r]), tables)
+        enc.uniform(extra[r], nbits[r])
+    return bytes(head.buf) + enc.finish()
+
+
+def _context_decode(data: bytes, shape: tuple[int, int], scale: int, parent) -> np.ndarray:
+    reader = IntReader(data)
+    bits = reader.get()
+    if not 1 <= bits <= MAX_BAND_BITS + 1:
+        raise CorruptRecordError(f"context-coded band claims {bits} bits")
+    dec = Decoder(data[reader.at :])
+    tables = _context_tables(bits)
+    prow = _parent_rows(parent, scale, shape)
+    band = np.zeros(shape, dtype=np.int64)
+    zero = np.zeros(shape[1], dtype=np.int64)
+    for r in range(shape[0]):
+        above = band[r - 1] if r >= 1 else zero
+        above2 = band[r - 2] if r >= 2 else zero
+        token = dec.adaptive(_row_contexts(above, above2, None if prow is None else prow[r]), tables)
+        band[r] = unzigzag(detokenize(token, dec.uniform(raw_bits_of(token, _MANTISSA)), _MANTISSA))
+    return band
+
+
 # --- the coder --------------------------------------------------------------------------------
 
 
@@ -185,8 +275,9 @@ class WaveletGlobalPathCoder:
         out = IntWriter()
         out.put(levels)
         chunks = []
-        for band in forward(plane, levels):
-            mode, payload = self._band(band, info.preset)
+        bands = forward(plane, levels)
+        for i, band in enumerate(bands):
+            mode, payload = self._band(band, info.preset, _parent(bands, i))
             out.put(mode)
             if mode == 0:
                 out.put(int(band.flat[0]) if band.size else 0)
@@ -204,7 +295,7 @@ class WaveletGlobalPathCoder:
         heads = []
         for shape in band_shapes(info.rows, info.cols, levels):
             mode = reader.get()
-            if mode not in (0, 1, 2):
+            if mode not in (0, 1, 2, 3, 4):
                 raise CorruptRecordError(f"wavelet band mode {mode} unknown")
             if mode == 0:
                 heads.append((shape, mode, reader.get(), 0))
@@ -215,14 +306,21 @@ class WaveletGlobalPathCoder:
             heads.append((shape, mode, scale, reader.get()))
         at = reader.at
         bands = []
-        for shape, mode, arg, size in heads:
+        for i, (shape, mode, arg, size) in enumerate(heads):
             if mode == 0:
                 bands.append(np.full(shape, arg, dtype=np.int64))
                 continue
             if size < 0 or at + size > len(data):
                 raise CorruptRecordError("wavelet band stream runs past the plane's stream")
             chunk, at = data[at : at + size], at + size
-            band = self._tree_decode(chunk, shape, info.preset) if mode == 1 else _sparse_decode(chunk, shape)
+            if mode == 2:
+                band = _sparse_decode(chunk, shape)
+            elif mode == 4:
+                if i == 0:
+                    raise CorruptRecordError("the low band cannot be context-coded")
+                band = _context_decode(chunk, shape, arg, _parent(bands, i))
+            else:
+                band = self._dense_decode(chunk, shape, mode, info.preset)
             bands.append(band * arg)
         plane = inverse(bands)
         if plane.min(initial=0) < 0 or plane.max(initial=0) >= (1 << info.bits):
@@ -230,30 +328,40 @@ class WaveletGlobalPathCoder:
         return plane
 
     @staticmethod
-    def _band(band: np.ndarray, preset: str) -> tuple[int, bytes]:
+    def _band(band: np.ndarray, preset: str, parent) -> tuple[int, bytes]:
+        """(mode, stream) of the smallest coding tried: `max` tries the tree path, sparse
+        runs and (detail bands) the context coder; `fast` codes the low band with
+        ``interlaced-ls-v1`` and detail bands with the cheaper two only."""
         if band.size == 0 or (band == band.flat[0]).all():
             return 0, b""
-        band = band // np.gcd.reduce(band.ravel())
+        scale = int(np.gcd.reduce(band.ravel()))
+        band = band // scale
         lo, hi = int(band.min()), int(band.max())
         bits = (hi - lo).bit_length()
         if bits > MAX_BAND_BITS:
             raise ValueError(f"wavelet band spans {bits} bits (at most {MAX_BAND_BITS})")
-        head = IntWriter()
-        head.put(lo)
-        head.put(bits)
-        info = PlaneInfo(rows=band.shape[0], cols=band.shape[1], bits=bits, k=0, preset=preset)
-        best = (1, bytes(head.buf) + TreeGlobalPathCoder().encode(band - lo, info))
+        tries = []
+        if preset != "fast" or parent is False:
+            head = IntWriter()
+            head.put(lo)
+            head.put(bits)
+            info = PlaneInfo(rows=band.shape[0], cols=band.shape[1], bits=bits, k=0, preset=preset)
+            mode = 3 if preset == "fast" else 1
+            tries.append((mode, bytes(head.buf) + _DENSE[mode]().encode(band - lo, info)))
         if np.count_nonzero(band) <= SPARSE_MAX_DENSITY * band.size:
-            sparse = _sparse_encode(band)
-            if len(sparse) < len(best[1]):
-                best = (2, sparse)
-        return best
+            tries.append((2, _sparse_encode(band)))
+        if parent is not False:  # a detail band
+            tries.append((4, _context_encode(band, scale, parent)))
+        return min(tries, key=lambda t: len(t[1]))
 
     @staticmethod
-    def _tree_decode(chunk: bytes, shape: tuple[int, int], preset: str) -> np.ndarray:
+    def _dense_decode(chunk: bytes, shape: tuple[int, int], mode: int, preset: str) -> np.ndarray:
         reader = IntReader(chunk)
         lo, bits = reader.get(), reader.get()
         if not 1 <= bits <= MAX_BAND_BITS:
             raise CorruptRecordError(f"wavelet band claims {bits} bits")
         info = PlaneInfo(rows=shape[0], cols=shape[1], bits=bits, k=0, preset=preset)
-        return TreeGlobalPathCoder().decode(chunk[reader.at :], info) + lo
+        return _DENSE[mode]().decode(chunk[reader.at :], info) + lo
+
+
+_DENSE = {1: TreeGlobalPathCoder, 3: GlobalPathCoder}

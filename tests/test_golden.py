@@ -29,6 +29,32 @@ def test_golden_records_cover_the_local_path():
     assert any(k > 0 for k in ks.values()), ks
 
 
+def test_golden_records_cover_every_wavelet_band_mode():
+    from medcodec import container as ct
+    from medcodec.codec import PER_PLANE_MODELS
+    from medcodec.paths import IntReader
+    from medcodec.wavefront import WaveletGlobalPathCoder
+
+    modes = set()
+    for name in EXPECTED:
+        blob = (GOLDEN / name).read_bytes()
+        info = medcodec.inspect_record(blob)
+        model = info.get("models", {}).get("global")
+        if "wavelet53-v1" not in info.get("global_planes", {}):
+            continue
+        for sec in ct.read_record(blob).of_type(ct.SECTION_GLOBAL):
+            r = IntReader(sec.payload)
+            if PER_PLANE_MODELS[model].CANDIDATES[r.get()] is not WaveletGlobalPathCoder:
+                continue
+            for _ in range(3 * r.get() + 1):
+                mode = r.get()
+                modes.add(mode)
+                r.get()
+                if mode:
+                    r.get()
+    assert modes == {0, 1, 2, 3, 4}
+
+
 def test_golden_records_cover_the_colour_table():
     infos = [medcodec.inspect_record((GOLDEN / name).read_bytes()) for name in EXPECTED]
     assert any(info.get("colour_palette") for info in infos)
@@ -39,7 +65,7 @@ def test_golden_records_cover_every_model_a_reader_knows():
     from medcodec.codec import GLOBAL_MODELS
     from medcodec.model.registry import WEIGHTS_DIR
     from medcodec.paths import ClassicalLocalPathCoder
-    from medcodec.wavefront import PerPlaneGlobalPathCoder
+    from medcodec.codec import PER_PLANE_MODELS
 
     seen = set()
     for name in EXPECTED:
@@ -47,7 +73,7 @@ def test_golden_records_cover_every_model_a_reader_knows():
         info = info.get("pixels", info)
         seen |= {info["models"]["global"], info["models"]["local"], *info.get("global_planes", {})}
     shipped = {p.stem for p in WEIGHTS_DIR.glob("*.safetensors")}
-    wanted = set(GLOBAL_MODELS) | {c.model_id for c in PerPlaneGlobalPathCoder.CANDIDATES}
+    wanted = set(GLOBAL_MODELS) | {c.model_id for pp in PER_PLANE_MODELS.values() for c in pp.CANDIDATES}
     assert wanted | shipped | {ClassicalLocalPathCoder.model_id} <= seen
 
 
