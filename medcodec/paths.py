@@ -306,10 +306,9 @@ class _Predictor:
 
     def choose(self, x: np.ndarray, ref: np.ndarray, y: np.ndarray, key: np.ndarray, side: IntWriter) -> np.ndarray:
         """Prediction for features ``x`` (F, N); fits and writes the weights."""
-        xr = _relative(x, ref)
-        f, n = xr.shape
+        f, n = x.shape
         if n < MIN_FIT_PIXELS:
-            return ref + self._apply(xr, _default_weights(f)[None], np.zeros(n, dtype=np.int64))
+            return ref + self._apply(x, ref, _default_weights(f)[None], np.zeros(n, dtype=np.int64))
         n_cls = self._classes_for(n)
         bounds = self._class_bounds(key, n_cls)
         side.put(n_cls)
@@ -319,26 +318,25 @@ class _Predictor:
         weights = np.empty((n_cls, f), dtype=np.int64)
         # Fit on at most about fit_rows pixels of the pass, taken at a fixed stride.
         sample = slice(None, None, max(1, n // self.fit_rows))
-        xs, ys, cs = xr[:, sample], (y - ref)[sample], cls[sample]
+        xs, ys, cs = _relative(x[:, sample], ref[sample]), (y - ref)[sample], cls[sample]
         for c in range(n_cls):
             sel = cs == c
             weights[c] = _fit(xs[:, sel], ys[sel], self.l1_iterations, self.fit_rows) if sel.sum() >= f * 4 else _default_weights(f)
             for v in weights[c]:
                 side.put(int(v))
-        return ref + self._apply(xr, weights, cls)
+        return ref + self._apply(x, ref, weights, cls)
 
     def read(self, x: np.ndarray, ref: np.ndarray, key: np.ndarray, side: IntReader) -> np.ndarray:
-        xr = _relative(x, ref)
-        f, n = xr.shape
+        f, n = x.shape
         if n < MIN_FIT_PIXELS:
-            return ref + self._apply(xr, _default_weights(f)[None], np.zeros(n, dtype=np.int64))
+            return ref + self._apply(x, ref, _default_weights(f)[None], np.zeros(n, dtype=np.int64))
         n_cls = side.get()
         if not 1 <= n_cls <= self.max_classes:
             raise CorruptRecordError(f"predictor class count {n_cls} outside 1..{self.max_classes}")
         bounds = np.array([side.get() for _ in range(n_cls - 1)], dtype=np.int64)
         cls = np.searchsorted(bounds, key, side="right")
         weights = np.array([[side.get() for _ in range(f)] for _ in range(n_cls)], dtype=np.int64)
-        return ref + self._apply(xr, weights, cls)
+        return ref + self._apply(x, ref, weights, cls)
 
     @staticmethod
     def _class_bounds(key: np.ndarray, n_cls: int) -> np.ndarray:
@@ -348,16 +346,19 @@ class _Predictor:
         return np.maximum.accumulate(np.asarray(qs, dtype=np.int64)) + 1
 
     @staticmethod
-    def _apply(xr: np.ndarray, weights: np.ndarray, cls: np.ndarray) -> np.ndarray:
-        # Exact integer dot products, one contiguous feature row at a time.
-        out = np.zeros(xr.shape[1], dtype=np.int64)
+    def _apply(x: np.ndarray, ref: np.ndarray, weights: np.ndarray, cls: np.ndarray) -> np.ndarray:
+        # Exact integer dot products of (x - ref) with the weights, one contiguous feature
+        # row at a time, as x @ w - ref * sum(w) (the same integers, one pass less).
+        out = np.zeros(x.shape[1], dtype=np.int64)
         if weights.shape[0] == 1:
-            for wf, row in zip(weights[0].tolist(), xr):
+            for wf, row in zip(weights[0].tolist(), x):
                 if wf:
                     out += wf * row
+            out -= int(weights[0].sum()) * ref
         else:
-            for wf, row in zip(np.ascontiguousarray(weights.T), xr):
+            for wf, row in zip(np.ascontiguousarray(weights.T), x):
                 out += np.take(wf, cls) * row
+            out -= np.take(weights.sum(axis=1), cls) * ref
         return (out + _HALF) >> WEIGHT_BITS
 
 
