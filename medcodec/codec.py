@@ -37,6 +37,7 @@ from .wavefront import (
     FastPerPlaneGlobalPathCoder,
     PerPlaneGlobalPathCoder,
     PerPlaneV4GlobalPathCoder,
+    PerPlaneV5GlobalPathCoder,
     RasterGlobalPathCoder,
 )
 
@@ -57,6 +58,8 @@ CODEC_ID = "medcodec.dualpath"
 # path (medcodec/wavelet.py) for images that were once lossy JPEG 2000. `fast` moved from
 # v1 to per-plane-fast-v1: v1, v1 on the difference to the previous plane, or the wavelet
 # path, chosen per plane by two cheap tests (wavefront.FastPerPlaneGlobalPathCoder).
+# v5 (`max`) replaces v4's raster coders by raster-wp-v2, which picks a predictor and an
+# offset per context leaf.
 GLOBAL_MODELS = {
     c.model_id: c
     for c in (
@@ -65,12 +68,14 @@ GLOBAL_MODELS = {
         RasterGlobalPathCoder,
         PerPlaneGlobalPathCoder,
         PerPlaneV4GlobalPathCoder,
+        PerPlaneV5GlobalPathCoder,
         FastPerPlaneGlobalPathCoder,
     )
 }
-PRESET_GLOBAL_MODEL = {"max": PerPlaneV4GlobalPathCoder.model_id, "fast": FastPerPlaneGlobalPathCoder.model_id}
+PRESET_GLOBAL_MODEL = {"max": PerPlaneV5GlobalPathCoder.model_id, "fast": FastPerPlaneGlobalPathCoder.model_id}
 PER_PLANE_MODELS = {
-    c.model_id: c for c in (PerPlaneGlobalPathCoder, PerPlaneV4GlobalPathCoder, FastPerPlaneGlobalPathCoder)
+    c.model_id: c
+    for c in (PerPlaneGlobalPathCoder, PerPlaneV4GlobalPathCoder, PerPlaneV5GlobalPathCoder, FastPerPlaneGlobalPathCoder)
 }
 PRESETS = ("max", "fast")
 # Decoding refuses records that claim more samples than this (a crafted record must not

@@ -55,6 +55,29 @@ def test_golden_records_cover_every_wavelet_band_mode():
     assert modes == {0, 1, 2, 3, 4}
 
 
+def test_golden_records_cover_a_raster_leaf_table():
+    from medcodec import container as ct
+    from medcodec import ctxtree
+    from medcodec.codec import PER_PLANE_MODELS
+    from medcodec.paths import N_BUCKETS, IntReader, _split
+    from medcodec.wavefront import RasterV2GlobalPathCoder
+
+    entries = []
+    for name in EXPECTED:
+        blob = (GOLDEN / name).read_bytes()
+        model = medcodec.inspect_record(blob).get("models", {}).get("global")
+        if model not in PER_PLANE_MODELS:
+            continue
+        for sec in ct.read_record(blob).of_type(ct.SECTION_GLOBAL):
+            r = IntReader(sec.payload)
+            if PER_PLANE_MODELS[model].CANDIDATES[r.get()] is not RasterV2GlobalPathCoder:
+                continue
+            side, _ = _split(sec.payload[r.at :])
+            ctxtree.Tree.read(side, len(RasterV2GlobalPathCoder.PROPERTIES), N_BUCKETS)
+            entries.append(side.get())
+    assert entries and max(entries) > 0
+
+
 def test_golden_records_cover_the_colour_table():
     infos = [medcodec.inspect_record((GOLDEN / name).read_bytes()) for name in EXPECTED]
     assert any(info.get("colour_palette") for info in infos)
