@@ -35,6 +35,7 @@ from .planes import (
 from .spec import PixelSpec
 from .wavefront import (
     FastPerPlaneGlobalPathCoder,
+    FastPerPlaneV2GlobalPathCoder,
     PerPlaneGlobalPathCoder,
     PerPlaneV4GlobalPathCoder,
     PerPlaneV5GlobalPathCoder,
@@ -59,7 +60,8 @@ CODEC_ID = "medcodec.dualpath"
 # v1 to per-plane-fast-v1: v1, v1 on the difference to the previous plane, or the wavelet
 # path, chosen per plane by two cheap tests (wavefront.FastPerPlaneGlobalPathCoder).
 # v5 (`max`) replaces v4's raster coders by raster-wp-v2, which picks a predictor and an
-# offset per context leaf.
+# offset per context leaf. per-plane-fast-v2 (`fast`) codes the planes v1 gave to
+# interlaced-ls-v1 with raster-ls-v1 (a fitted causal linear predictor, one step).
 GLOBAL_MODELS = {
     c.model_id: c
     for c in (
@@ -70,12 +72,19 @@ GLOBAL_MODELS = {
         PerPlaneV4GlobalPathCoder,
         PerPlaneV5GlobalPathCoder,
         FastPerPlaneGlobalPathCoder,
+        FastPerPlaneV2GlobalPathCoder,
     )
 }
-PRESET_GLOBAL_MODEL = {"max": PerPlaneV5GlobalPathCoder.model_id, "fast": FastPerPlaneGlobalPathCoder.model_id}
+PRESET_GLOBAL_MODEL = {"max": PerPlaneV5GlobalPathCoder.model_id, "fast": FastPerPlaneV2GlobalPathCoder.model_id}
 PER_PLANE_MODELS = {
     c.model_id: c
-    for c in (PerPlaneGlobalPathCoder, PerPlaneV4GlobalPathCoder, PerPlaneV5GlobalPathCoder, FastPerPlaneGlobalPathCoder)
+    for c in (
+        PerPlaneGlobalPathCoder,
+        PerPlaneV4GlobalPathCoder,
+        PerPlaneV5GlobalPathCoder,
+        FastPerPlaneGlobalPathCoder,
+        FastPerPlaneV2GlobalPathCoder,
+    )
 }
 PRESETS = ("max", "fast")
 # Decoding refuses records that claim more samples than this (a crafted record must not

@@ -203,6 +203,72 @@ class Decoder:
         return out
 
 
+class PieceDecoder:
+    """Decodes one ``Encoder.adaptive`` call's symbols in pieces of any length.
+
+    The encoder fixes a chunk's probabilities before coding it and updates the tables
+    after it; a reader that learns each piece's contexts only after decoding the
+    previous piece (a raster scan, one anti-diagonal at a time) decodes a piece with the
+    tables as they were at the start of its chunk, and updates them when a chunk is
+    complete: the same probabilities, so the same symbols, whatever the pieces.
+    """
+
+    def __init__(self, dec: Decoder, tables: AdaptiveTables) -> None:
+        self.dec, self.tables = dec, tables
+        self._ctx: list[np.ndarray] = []
+        self._sym: list[np.ndarray] = []
+        self._filled = 0
+
+    def decode(self, ctx: np.ndarray) -> np.ndarray:
+        out, at = [], 0
+        while at < ctx.size:
+            if self._filled == CHUNK:
+                self.tables.update(np.concatenate(self._ctx), np.concatenate(self._sym))
+                self._ctx, self._sym, self._filled = [], [], 0
+            take = min(CHUNK - self._filled, ctx.size - at)
+            c = ctx[at : at + take]
+            s = self.dec.categorical(self.tables.probabilities(c))
+            self._ctx.append(c)
+            self._sym.append(s)
+            self._filled += take
+            out.append(s)
+            at += take
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def pack_bits(values: np.ndarray, bits: np.ndarray) -> bytes:
+    """The low ``bits[i]`` bits of each ``values[i]``, most significant first, packed into
+    bytes (zero-padded at the end). Raw bits cost the same here as coded uniformly."""
+    bits = np.asarray(bits, dtype=np.int64)
+    total = int(bits.sum())
+    if total == 0:
+        return b""
+    owner = np.repeat(np.arange(bits.size), bits)
+    shift = np.cumsum(bits)[owner] - 1 - np.arange(total)
+    return np.packbits(((np.asarray(values, dtype=np.int64)[owner] >> shift) & 1).astype(np.uint8)).tobytes()
+
+
+class BitReader:
+    """Reads back what ``pack_bits`` wrote, in pieces."""
+
+    def __init__(self, data: bytes) -> None:
+        self._bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
+        self._at = 0
+
+    def read(self, bits: np.ndarray) -> np.ndarray:
+        bits = np.asarray(bits, dtype=np.int64)
+        total = int(bits.sum())
+        if self._at + total > self._bits.size:
+            raise CorruptRecordError("raw bits end early")
+        seg = self._bits[self._at : self._at + total].astype(np.int64)
+        self._at += total
+        owner = np.repeat(np.arange(bits.size), bits)
+        shift = np.cumsum(bits)[owner] - 1 - np.arange(total)
+        out = np.zeros(bits.size, dtype=np.int64)
+        np.add.at(out, owner, seg << shift)
+        return out
+
+
 _ONE = 1 << 30
 
 

@@ -327,16 +327,26 @@ class _Predictor:
         return ref + self._apply(x, ref, weights, cls)
 
     def read(self, x: np.ndarray, ref: np.ndarray, key: np.ndarray, side: IntReader) -> np.ndarray:
-        f, n = x.shape
+        return ref + self.apply(x, ref, key, self.read_weights(x.shape[0], x.shape[1], side))
+
+    def read_weights(self, f: int, n: int, side: IntReader) -> tuple[np.ndarray, np.ndarray] | None:
+        """(class bounds, weights) that ``choose`` wrote for ``n`` pixels of ``f`` features;
+        None where it wrote nothing (fewer than MIN_FIT_PIXELS: the default weights)."""
         if n < MIN_FIT_PIXELS:
-            return ref + self._apply(x, ref, _default_weights(f)[None], np.zeros(n, dtype=np.int64))
+            return None
         n_cls = side.get()
         if not 1 <= n_cls <= self.max_classes:
             raise CorruptRecordError(f"predictor class count {n_cls} outside 1..{self.max_classes}")
         bounds = np.array([side.get() for _ in range(n_cls - 1)], dtype=np.int64)
-        cls = np.searchsorted(bounds, key, side="right")
         weights = np.array([[side.get() for _ in range(f)] for _ in range(n_cls)], dtype=np.int64)
-        return ref + self._apply(x, ref, weights, cls)
+        return bounds, weights
+
+    def apply(self, x: np.ndarray, ref: np.ndarray, key: np.ndarray, model: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+        """The prediction minus ``ref`` for features ``x`` with ``read_weights``'s model."""
+        if model is None:
+            return self._apply(x, ref, _default_weights(x.shape[0])[None], np.zeros(x.shape[1], dtype=np.int64))
+        bounds, weights = model
+        return self._apply(x, ref, weights, np.searchsorted(bounds, key, side="right"))
 
     @staticmethod
     def _class_bounds(key: np.ndarray, n_cls: int) -> np.ndarray:

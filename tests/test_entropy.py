@@ -4,7 +4,9 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from medcodec.entropy import AdaptiveTables, Decoder, Encoder, RowModel, geometric_prior
+import pytest
+from medcodec.entropy import CHUNK, AdaptiveTables, Decoder, Encoder, RowModel, geometric_prior
+from medcodec.errors import CorruptRecordError
 from medcodec.paths import detokenize, raw_bits_of, token_alphabet, tokenize, unzigzag, zigzag
 
 
@@ -97,3 +99,36 @@ def test_batched_encoder_calls_write_the_same_stream(monkeypatch):
         streams.append(enc.finish())
     assert streams[0] == streams[1] == streams[2]
     assert np.array_equal(Decoder(streams[0]).adaptive(ctx, AdaptiveTables(7, alphabet)), symbols)
+
+
+def test_piece_decoder_reads_an_adaptive_call_in_any_pieces():
+    from medcodec.entropy import PieceDecoder
+
+    rng = np.random.default_rng(12)
+    n, contexts, alphabet = 3 * CHUNK + 77, 5, 9
+    ctx = rng.integers(0, contexts, n)
+    symbols = np.minimum(rng.geometric(0.3, n) - 1 + ctx, alphabet - 1)
+    enc = Encoder()
+    enc.adaptive(symbols, ctx, AdaptiveTables(contexts, alphabet))
+    data = enc.finish()
+    for cuts in ([], [1, 2, 3], [CHUNK - 1, CHUNK, CHUNK + 1], list(rng.integers(0, n, 40))):
+        edges = [0, *sorted(int(c) for c in cuts), n]
+        pieces = PieceDecoder(Decoder(data), AdaptiveTables(contexts, alphabet))
+        got = np.concatenate([pieces.decode(ctx[a:b]) for a, b in zip(edges[:-1], edges[1:])])
+        assert np.array_equal(got, symbols)
+
+
+def test_packed_raw_bits_round_trip_in_pieces():
+    from medcodec.entropy import BitReader, pack_bits
+
+    rng = np.random.default_rng(13)
+    bits = rng.integers(0, 17, 1000)
+    values = rng.integers(0, 1 << 16, 1000) & ((1 << bits) - 1)
+    data = pack_bits(values, bits)
+    assert len(data) == (int(bits.sum()) + 7) // 8
+    reader = BitReader(data)
+    got = np.concatenate([reader.read(bits[a : a + 97]) for a in range(0, 1000, 97)])
+    assert np.array_equal(got, values)
+    assert pack_bits(values[:3], np.zeros(3, dtype=np.int64)) == b""
+    with pytest.raises(CorruptRecordError, match="raw bits"):
+        reader.read(np.array([8]))

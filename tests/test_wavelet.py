@@ -131,8 +131,12 @@ def test_max_records_name_per_plane_v5_and_decode():
     assert np.array_equal(medcodec.decompress_pixels(blob), plane)
 
 
-def test_fast_picks_difference_wavelet_or_plain_per_plane_and_roundtrips():
-    from medcodec.wavefront import FastPerPlaneGlobalPathCoder as Fast
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_fast_picks_difference_wavelet_or_plain_per_plane_and_roundtrips(version):
+    from medcodec.wavefront import FastPerPlaneGlobalPathCoder, FastPerPlaneV2GlobalPathCoder
+
+    Fast = FastPerPlaneGlobalPathCoder if version == "v1" else FastPerPlaneV2GlobalPathCoder
+    plain = "interlaced-ls-v1" if version == "v1" else "raster-ls-v1"
 
     rng = np.random.default_rng(2)
     sparse = _decoded_lossy_j2k(64, 96, seed=5)
@@ -142,9 +146,9 @@ def test_fast_picks_difference_wavelet_or_plain_per_plane_and_roundtrips():
     info = PlaneInfo(rows=64, cols=96, bits=12, k=0, preset="fast")
     for plane, prev, expect in (
         (sparse, None, "wavelet53-v1"),
-        (natural, None, "interlaced-ls-v1"),
+        (natural, None, plain),
         (near, natural, "interlaced-ls-diff-v1"),
-        (natural, sparse, "interlaced-ls-v1"),
+        (natural, sparse, plain),
     ):
         data = Fast().encode(plane, info, prev)
         assert Fast.chosen_model(data) == expect
