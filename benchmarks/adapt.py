@@ -1,6 +1,7 @@
 """A-LoRA benchmark: base model vs base + A-LoRA vs plain LoRA, per modality, on unseen images.
 
-    python -m benchmarks.adapt [--steps 600] [--rank 4] [--json OUT.json] [SOURCE ...]
+    python -m benchmarks.adapt [--steps 600] [--rank 4] [--groups CT,MR] [--eval-size 512]
+                               [--json OUT.json] [SOURCE ...]
 
 Images: the benchmark's held-out pydicom-data groups (medcodec.model.train.HELD_OUT_GROUPS;
 the base model never saw them), or any SOURCE folders. Each image is split in two: frames
@@ -12,6 +13,12 @@ Every number is a real record: ``compress_pixels`` with the transformer local pa
 base model, A-LoRA, and plain LoRA fitted identically but without the anatomical prior),
 decoded again and compared. Bits per sample count the whole record; the adapter's size is
 reported amortized over 1,000 / 10,000 / 100,000 images of the modality's mean size.
+The local (transformer) part of each record is reported too: it is all an adapter changes.
+
+Time budget: each record is coded three times, each through ``max``'s global path and the
+transformer, so ``--eval-size S`` codes the centre S x S crop of each evaluation half
+(default 512; 0 codes it whole: the CR halves alone then take over 20 minutes on this
+2-core machine), and ``--groups`` limits the modality groups.
 """
 
 from __future__ import annotations
@@ -37,6 +44,15 @@ def split_image(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values[:, :, :r], values[:, :, r:]
 
 
+def centre_crop(values: np.ndarray, size: int) -> np.ndarray:
+    """The centre ``size`` x ``size`` crop of a (frames, samples, rows, cols) array (0: all)."""
+    if size <= 0:
+        return values
+    rows, cols = values.shape[2:]
+    r0, c0 = max(0, (rows - size) // 2), max(0, (cols - size) // 2)
+    return values[:, :, r0 : r0 + size, c0 : c0 + size]
+
+
 def _planes(values: np.ndarray, bits: int) -> list[tuple[np.ndarray, int]]:
     from medcodec.model.geometry import MAX_K
     from medcodec.planes import choose_k_transformer
@@ -60,7 +76,7 @@ def _code(values: np.ndarray, bits: int, coder) -> dict:
             "decode_s": t2 - t1}
 
 
-def run(sources: list[str], *, steps: int, rank: int, seed: int, log) -> dict:
+def run(sources: list[str], *, steps: int, rank: int, seed: int, log, groups_wanted=None, eval_size: int = 0) -> dict:
     import torch
 
     from benchmarks.compare import iter_images
@@ -74,11 +90,13 @@ def run(sources: list[str], *, steps: int, rank: int, seed: int, log) -> dict:
     images = [im for im in iter_images(sources, frame_cap=16) if not default or held_out(im.name)]
     groups: dict[str, list] = {}
     for im in images:
-        groups.setdefault(modality_group(im.modality), []).append(im)
+        group = modality_group(im.modality)
+        if groups_wanted is None or group in groups_wanted:
+            groups.setdefault(group, []).append(im)
     base = load_model("llm-base-v1", device="cpu")
     threads = torch.get_num_threads()
     report = {"images": {g: [im.name for im in ims] for g, ims in groups.items()}, "steps": steps, "rank": rank,
-              "seed": seed, "threads": threads, "groups": {}}
+              "seed": seed, "threads": threads, "eval_size": eval_size, "groups": {}}
     for group, ims in sorted(groups.items()):
         fit_planes = [p for im in ims for p in _planes(split_image(im.values)[0], im.bits)]
         train = plane_samples(fit_planes, max(64, TRAIN_PATCHES // len(fit_planes)), seed)
@@ -98,7 +116,7 @@ def run(sources: list[str], *, steps: int, rank: int, seed: int, log) -> dict:
             log(f"{group}: {label} fitted in {fits[label]['seconds']} s on {len(train)} patches")
         rows = []
         for im in ims:
-            ev = np.ascontiguousarray(split_image(im.values)[1])
+            ev = np.ascontiguousarray(centre_crop(split_image(im.values)[1], eval_size))
             row = {"image": im.name, "samples": int(ev.size)}
             for label, coder in coders.items():
                 row[label] = _code(ev, im.bits, coder)
@@ -123,7 +141,8 @@ def run(sources: list[str], *, steps: int, rank: int, seed: int, log) -> dict:
 def format_report(report: dict) -> str:
     lines = [
         f"A-LoRA benchmark: rank {report['rank']}, {report['steps']} steps, seed {report['seed']}, "
-        f"{report['threads']} thread(s); whole-record bits per sample on the evaluation halves",
+        f"{report['threads']} thread(s); whole-record bits per sample on the evaluation halves"
+        + (f" (centre {report['eval_size']} x {report['eval_size']} crops)" if report.get("eval_size") else ""),
         f"{'group':5} {'samples':>10} {'base':>7} {'A-LoRA':>7} {'LoRA':>7} {'A-LoRA gain':>11} {'LoRA gain':>9}"
         f"  {'local base/A/L':>20}  A-LoRA +adapter @1k/10k/100k   fit s (A/L)",
     ]
@@ -136,6 +155,11 @@ def format_report(report: dict) -> str:
             f"{am['1000']:.4f}/{am['10000']:.4f}/{am['100000']:.4f}   "
             f"{s['fits']['a-lora']['seconds']:.0f}/{s['fits']['lora']['seconds']:.0f}"
         )
+    for group, s in sorted(report["groups"].items()):
+        lb, la, ll = s["local_bpp_base"], s["local_bpp_a-lora"], s["local_bpp_lora"]
+        if lb:
+            lines.append(f"{group:5} local path alone: A-LoRA {100 * (1 - la / lb):.1f}% and LoRA "
+                         f"{100 * (1 - ll / lb):.1f}% below base ({lb:.3f} bits per image sample)")
     adapter = next(iter(report["groups"].values()))["fits"]["a-lora"]["adapter_bytes"] if report["groups"] else 0
     lines.append(f"adapter size {adapter:,} B per modality; images: {report['images']}")
     return "\n".join(lines)
@@ -147,10 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--rank", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--groups", help="comma-separated modality groups to run (default: all), e.g. CT,MR")
+    p.add_argument("--eval-size", type=int, default=512,
+                   help="code the centre S x S crop of each evaluation half (0: whole; see the docstring)")
     p.add_argument("--json", help="write the full report here")
     args = p.parse_args(argv)
+    wanted = None if not args.groups else {g.strip().upper() for g in args.groups.split(",") if g.strip()}
     report = run(args.sources, steps=args.steps, rank=args.rank, seed=args.seed,
-                 log=lambda m: print(m, file=sys.stderr, flush=True))
+                 log=lambda m: print(m, file=sys.stderr, flush=True), groups_wanted=wanted, eval_size=args.eval_size)
     print(format_report(report))
     if args.json:
         with open(args.json, "w") as fh:

@@ -78,6 +78,18 @@ def test_golden_records_cover_a_raster_leaf_table():
     assert entries and max(entries) > 0
 
 
+def test_golden_records_cover_both_raster_ls_context_sets():
+    from medcodec.wavefront import TEXTURE_MIN_PIXELS
+
+    sizes = set()
+    for name in EXPECTED:
+        info = medcodec.inspect_record((GOLDEN / name).read_bytes())
+        if "raster-ls-v1" in info.get("global_planes", {}):
+            rows, cols = info["shape"][-2:]
+            sizes.add(rows * cols >= TEXTURE_MIN_PIXELS)
+    assert sizes == {False, True}
+
+
 def test_golden_records_cover_the_colour_table():
     infos = [medcodec.inspect_record((GOLDEN / name).read_bytes()) for name in EXPECTED]
     assert any(info.get("colour_palette") for info in infos)

@@ -474,6 +474,17 @@ def test_raster_ls_round_trips_every_shape(shape):
         assert np.array_equal(RasterLSGlobalPathCoder().decode(RasterLSGlobalPathCoder().encode(const, small), small), const)
 
 
+def test_raster_ls_texture_contexts_round_trip_on_large_planes():
+    from medcodec.wavefront import TEXTURE_MIN_PIXELS
+
+    rng = np.random.default_rng(21)
+    a = np.clip(np.cumsum(rng.integers(-4, 5, (256, 513)), axis=1) + 128, 0, 255)
+    assert a.size >= TEXTURE_MIN_PIXELS
+    info = _info(a, 8)
+    data = RasterLSGlobalPathCoder().encode(a, info)
+    assert np.array_equal(RasterLSGlobalPathCoder().decode(data, info), a)
+
+
 def test_raster_ls_codes_ct_and_ultrasound_smaller_than_the_interlaced_fast_path():
     from medcodec.paths import GlobalPathCoder
 
