@@ -361,7 +361,7 @@ class _Predictor:
         # row at a time, as x @ w - ref * sum(w) (the same integers, one pass less).
         out = np.zeros(x.shape[1], dtype=np.int64)
         if weights.shape[0] == 1:
-            for wf, row in zip(weights[0].tolist(), x):
+            for wf, row in zip(weights[0], x):  # numpy int64 weights: int64 products for any row dtype
                 if wf:
                     out += wf * row
             out -= int(weights[0].sum()) * ref

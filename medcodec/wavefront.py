@@ -576,14 +576,16 @@ class RasterLSGlobalPathCoder:
         return near
 
     def encode(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> bytes:
-        img = np.asarray(plane, dtype=np.int64)
-        flat = img.ravel()
+        # Values of at most 16 bits: the neighbour planes are int32 (half the memory
+        # traffic); every sum, product and residual below is formed in int64.
+        img = np.asarray(plane, dtype=np.int32 if info.bits <= 16 else np.int64)
+        flat = img.ravel().astype(np.int64)
         maxv = (1 << info.bits) - 1
         n = flat.size
-        shifted = np.empty((len(self.NEIGHBOURS), info.rows, info.cols), dtype=np.int64)
+        shifted = np.empty((len(self.NEIGHBOURS), info.rows, info.cols), dtype=img.dtype)
         self._shifted(img, shifted)
         x = shifted.reshape(len(self.NEIGHBOURS), n)
-        W, N, NW, NE = x[0], x[1], x[2], x[3]
+        W, N, NW, NE = (x[i].astype(np.int64) for i in range(4))
         gradient = np.abs(W - NW) + np.abs(N - NW) + np.abs(N - NE)
         side = IntWriter()
         ref = (W + N) >> 1
