@@ -218,16 +218,21 @@ class PieceDecoder:
         self._ctx: list[np.ndarray] = []
         self._sym: list[np.ndarray] = []
         self._filled = 0
+        self._rows = None  # every context's probability row, for the current chunk
 
     def decode(self, ctx: np.ndarray) -> np.ndarray:
         out, at = [], 0
         while at < ctx.size:
             if self._filled == CHUNK:
                 self.tables.update(np.concatenate(self._ctx), np.concatenate(self._sym))
-                self._ctx, self._sym, self._filled = [], [], 0
+                self._ctx, self._sym, self._filled, self._rows = [], [], 0, None
+            if self._rows is None:
+                # Each row is computed as ``probabilities`` computes it (the same integers,
+                # one division): the same floats, computed once per chunk for all pieces.
+                self._rows = self.tables.probabilities(np.arange(self.tables.fast.shape[0]))
             take = min(CHUNK - self._filled, ctx.size - at)
             c = ctx[at : at + take]
-            s = self.dec.categorical(self.tables.probabilities(c))
+            s = self.dec.categorical(self._rows[c])
             self._ctx.append(c)
             self._sym.append(s)
             self._filled += take

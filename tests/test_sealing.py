@@ -66,8 +66,8 @@ def test_keyed_roundtrip_every_readable_file(path, keyring):
     original = parse_dicom(data)
     # The keyed path does not depend on the pixel models: files over 20 kB use the
     # transformer-free v1.0 local path, images over 2^19 samples the `fast` global path
-    # too, to keep the suite inside its time budget (test_dicom_roundtrip codes them all
-    # with `max`). Verification is what this test does, so skip the built-in one.
+    # too, to keep the suite inside its time budget (test_dicom_roundtrip codes files up to
+    # 1 MB with `max`). Verification is what this test does, so skip the built-in one.
     local_model = "classical-v1" if len(data) > 20_000 else None
     large = original.frames is not None and original.frames.size > 1 << 19
     preset = "fast" if large else "max"

@@ -533,3 +533,16 @@ def test_fast_records_use_per_plane_fast_v2():
     info = medcodec.inspect_record(blob)
     assert info["models"]["global"] == "per-plane-fast-v2" and info["global_planes"] == {"raster-ls-v1": 1}
     assert np.array_equal(medcodec.decompress_pixels(blob), a)
+
+
+def test_fast_v2_keeps_the_interlaced_path_for_very_large_planes(monkeypatch):
+    from medcodec import wavefront
+    from medcodec.wavefront import FastPerPlaneV2GlobalPathCoder as Fast
+
+    a, bits = _real_plane("CT_small.dcm")
+    info = PlaneInfo(rows=a.shape[0], cols=a.shape[1], bits=bits, k=0, preset="fast")
+    assert Fast.chosen_model(Fast().encode(a, info)) == "raster-ls-v1"
+    monkeypatch.setattr(wavefront, "RASTER_LS_MAX_PIXELS", a.size - 1)
+    data = Fast().encode(a, info)
+    assert Fast.chosen_model(data) == "interlaced-ls-v1"
+    assert np.array_equal(Fast().decode(data, info), a)
