@@ -224,6 +224,13 @@ class RasterGlobalPathCoder:
     BLOCK = 1 << 16  # encoder: pixels per block when computing contexts
 
     def encode(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> bytes:
+        flat, _, diags, pred, tree, ctx = self._analyse(plane, info, prev)
+        side = IntWriter()
+        tree.write(side)
+        return self._payload(side, tree, info, diags, ctx, flat - pred)
+
+    def _analyse(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None):
+        """(values, predictor state, scan steps, predictions, tree, contexts): encoder only."""
         flat = np.asarray(plane, dtype=np.int64).ravel()
         maxv = (1 << info.bits) - 1
         wf = Wavefront(info.rows, info.cols, prev)
@@ -234,7 +241,7 @@ class RasterGlobalPathCoder:
             p, _, sub, pred8 = wf.predict(pos, r, c, maxv)
             pred[pos] = p
             wf.update(pos, flat[pos], sub, pred8)
-        token, extra, nbits = tokenize(zigzag(flat - pred), MANTISSA)
+        token, _, _ = tokenize(zigzag(flat - pred), MANTISSA)
         order = np.concatenate([d[0] for d in diags])
         tree = self._learn(wf, order[:: max(1, n // ctxtree.LEARN_ROWS)], pred, token, info)
         # Every property reads decoded neighbours only, all known now: compute in blocks.
@@ -242,8 +249,10 @@ class RasterGlobalPathCoder:
         for lo in range(0, n, self.BLOCK):
             pos = np.arange(lo, min(n, lo + self.BLOCK), dtype=np.int64)
             ctx[pos] = tree.contexts(self._props(wf, pos, pred[pos], tree.used))
-        side = IntWriter()
-        tree.write(side)
+        return flat, wf, diags, pred, tree, ctx
+
+    def _payload(self, side: IntWriter, tree, info: PlaneInfo, diags, ctx: np.ndarray, residual: np.ndarray) -> bytes:
+        token, extra, nbits = tokenize(zigzag(residual), MANTISSA)
         enc = Encoder()
         tables = self._tables(tree, info)
         for pos, _, _ in diags:
@@ -254,6 +263,11 @@ class RasterGlobalPathCoder:
     def decode(self, data: bytes, info: PlaneInfo, prev: np.ndarray | None = None) -> np.ndarray:
         side, payload = _split(data)
         tree = ctxtree.Tree.read(side, len(self.PROPERTIES), N_BUCKETS)
+        return self._decode_payload(payload, tree, info, prev, None)
+
+    def _decode_payload(self, payload: bytes, tree, info: PlaneInfo, prev, leaf_table) -> np.ndarray:
+        """The plane from its range-coded payload; ``leaf_table`` (v2): (predictor, offset)
+        per leaf, or None where every leaf keeps the weighted prediction."""
         dec = Decoder(payload)
         maxv = (1 << info.bits) - 1
         wf = Wavefront(info.rows, info.cols, prev)
@@ -262,6 +276,10 @@ class RasterGlobalPathCoder:
         for pos, r, c in wf.diagonals():
             p, nb, sub, pred8 = wf.predict(pos, r, c, maxv)
             ctx = tree.contexts(wf.properties(pos, r, c, nb, p, used))
+            if leaf_table is not None:
+                choice, offset = leaf_table
+                cands = leaf_predictions(wf.value, nb, p, maxv)
+                p = np.clip(cands[choice[ctx], np.arange(pos.size)] + offset[ctx], 0, maxv)
             token = dec.adaptive(ctx, tables)
             extra = dec.uniform(raw_bits_of(token, MANTISSA))
             value = p + unzigzag(detokenize(token, extra, MANTISSA))
@@ -345,23 +363,9 @@ class RasterV2GlobalPathCoder(RasterGlobalPathCoder):
     model_id = "raster-wp-v2"
 
     def encode(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> bytes:
-        flat = np.asarray(plane, dtype=np.int64).ravel()
+        flat, wf, diags, pred, tree, ctx = self._analyse(plane, info, prev)
         maxv = (1 << info.bits) - 1
-        wf = Wavefront(info.rows, info.cols, prev)
         n = flat.size
-        pred = np.empty(n, dtype=np.int64)
-        diags = list(wf.diagonals())
-        for pos, r, c in diags:
-            p, _, sub, pred8 = wf.predict(pos, r, c, maxv)
-            pred[pos] = p
-            wf.update(pos, flat[pos], sub, pred8)
-        token, _, _ = tokenize(zigzag(flat - pred), MANTISSA)
-        order = np.concatenate([d[0] for d in diags])
-        tree = self._learn(wf, order[:: max(1, n // ctxtree.LEARN_ROWS)], pred, token, info)
-        ctx = np.empty(n, dtype=np.int64)
-        for lo in range(0, n, self.BLOCK):
-            pos = np.arange(lo, min(n, lo + self.BLOCK), dtype=np.int64)
-            ctx[pos] = tree.contexts(self._props(wf, pos, pred[pos], tree.used))
         leaves = tree.n_leaves
         allpos = np.arange(n, dtype=np.int64)
         r, c = np.divmod(allpos, info.cols)
@@ -388,7 +392,6 @@ class RasterV2GlobalPathCoder(RasterGlobalPathCoder):
         return best
 
     def _code(self, tree, info: PlaneInfo, diags, ctx: np.ndarray, residual: np.ndarray, table) -> bytes:
-        token, extra, nbits = tokenize(zigzag(residual), MANTISSA)
         side = IntWriter()
         tree.write(side)
         side.put(len(table))
@@ -398,12 +401,7 @@ class RasterV2GlobalPathCoder(RasterGlobalPathCoder):
             side.put(pick)
             side.put(move)
             last = leaf
-        enc = Encoder()
-        tables = self._tables(tree, info)
-        for pos, _, _ in diags:
-            enc.adaptive(token[pos], ctx[pos], tables)
-            enc.uniform(extra[pos], nbits[pos])
-        return _join(side, enc.finish())
+        return self._payload(side, tree, info, diags, ctx, residual)
 
     def decode(self, data: bytes, info: PlaneInfo, prev: np.ndarray | None = None) -> np.ndarray:
         side, payload = _split(data)
@@ -421,24 +419,7 @@ class RasterV2GlobalPathCoder(RasterGlobalPathCoder):
             if step < 0 or leaf >= tree.n_leaves or not 0 <= pick < len(LEAF_PREDICTORS) or abs(move) > maxv:
                 raise CorruptRecordError(f"raster leaf {leaf}: predictor {pick} or offset {move} out of range")
             choice[leaf], offset[leaf] = pick, move
-        dec = Decoder(payload)
-        wf = Wavefront(info.rows, info.cols, prev)
-        tables = self._tables(tree, info)
-        used = tree.used
-        for pos, r, c in wf.diagonals():
-            p, nb, sub, pred8 = wf.predict(pos, r, c, maxv)
-            ctx = tree.contexts(wf.properties(pos, r, c, nb, p, used))
-            final = p
-            if changed:
-                cands = leaf_predictions(wf.value, nb, p, maxv)
-                final = np.clip(cands[choice[ctx], np.arange(pos.size)] + offset[ctx], 0, maxv)
-            token = dec.adaptive(ctx, tables)
-            extra = dec.uniform(raw_bits_of(token, MANTISSA))
-            value = final + unzigzag(detokenize(token, extra, MANTISSA))
-            if value.min(initial=0) < 0 or value.max(initial=0) > maxv:
-                raise CorruptRecordError("global path decoded a value outside the stored range")
-            wf.update(pos, value, sub, pred8)
-        return wf.value[:-1].reshape(info.rows, info.cols)
+        return self._decode_payload(payload, tree, info, prev, (choice, offset) if changed else None)
 
 
 class RasterDifferenceGlobalPathCoder:

@@ -290,21 +290,25 @@ def test_per_plane_coder_rejects_an_unknown_candidate():
         PerPlaneGlobalPathCoder().decode(bytes(w.buf) + data[1:], info)
 
 
+def _flipped_bytes_fail_cleanly(coder, data: bytes, info: PlaneInfo, seed: int, trials: int) -> None:
+    """Flip a byte in the second half of ``data``: decoding fails with CorruptRecordError
+    or (a flipped payload byte may still decode) gives a plane within the stored range."""
+    rng = np.random.default_rng(seed)
+    for _ in range(trials):
+        bad = bytearray(data)
+        bad[int(rng.integers(len(bad) // 2, len(bad)))] ^= 0xFF
+        try:
+            out = coder.decode(bytes(bad), info)
+        except CorruptRecordError:
+            continue
+        assert out.shape == (info.rows, info.cols) and out.min() >= 0 and out.max() < (1 << info.bits)
+
+
 def test_corrupt_raster_streams_fail_cleanly():
     a, bits = _real_plane("MR_small.dcm")
     info = _info(a, bits)
     data = RasterGlobalPathCoder().encode(a, info)
-    rng = np.random.default_rng(3)
-    for _ in range(12):
-        bad = bytearray(data)
-        i = int(rng.integers(len(bad) // 2, len(bad)))
-        bad[i] ^= 0xFF
-        try:
-            out = RasterGlobalPathCoder().decode(bytes(bad), info)
-        except CorruptRecordError:
-            continue
-        # A flipped payload byte may still decode; it must then be a valid plane.
-        assert out.shape == a.shape and out.min() >= 0 and out.max() < (1 << bits)
+    _flipped_bytes_fail_cleanly(RasterGlobalPathCoder(), data, info, 3, 12)
     with pytest.raises(CorruptRecordError):
         RasterGlobalPathCoder().decode(data[:3], info)
 
@@ -416,15 +420,7 @@ def test_raster_v2_refuses_out_of_range_leaf_predictors_and_offsets():
                 [1, 1 << 20, 0, 0], [1 << 20], [-1], [1, 0, 0, -(1 << 62)]):
         with pytest.raises(CorruptRecordError, match="leaf"):
             RasterV2GlobalPathCoder().decode(_with_leaf_table(data, bad), info)
-    rng = np.random.default_rng(4)
-    for _ in range(8):
-        bad = bytearray(data)
-        bad[int(rng.integers(len(bad) // 2, len(bad)))] ^= 0xFF
-        try:
-            out = RasterV2GlobalPathCoder().decode(bytes(bad), info)
-        except CorruptRecordError:
-            continue
-        assert out.shape == a.shape and out.min() >= 0 and out.max() < (1 << bits)
+    _flipped_bytes_fail_cleanly(RasterV2GlobalPathCoder(), data, info, 4, 8)
 
 
 def test_per_plane_v5_keeps_the_smallest_candidate():
@@ -516,15 +512,7 @@ def test_corrupt_raster_ls_streams_fail_cleanly():
             RasterLSGlobalPathCoder().decode(_join(w, payload), info)
     with pytest.raises(CorruptRecordError):
         RasterLSGlobalPathCoder().decode(data[: len(data) - len(payload) // 2 - 3], info)
-    rng = np.random.default_rng(8)
-    for _ in range(10):
-        bad = bytearray(data)
-        bad[int(rng.integers(len(bad) // 2, len(bad)))] ^= 0xFF
-        try:
-            out = RasterLSGlobalPathCoder().decode(bytes(bad), info)
-        except CorruptRecordError:
-            continue
-        assert out.shape == a.shape and out.min() >= 0 and out.max() < (1 << bits)
+    _flipped_bytes_fail_cleanly(RasterLSGlobalPathCoder(), data, info, 8, 10)
 
 
 def test_fast_records_use_per_plane_fast_v2():
