@@ -93,6 +93,9 @@ def run(sources: list[str], *, steps: int, rank: int, seed: int, log, groups_wan
         group = modality_group(im.modality)
         if groups_wanted is None or group in groups_wanted:
             groups.setdefault(group, []).append(im)
+    if not groups:
+        raise SystemExit(f"no images in the modality groups {', '.join(sorted(groups_wanted or ()))} "
+                         f"of {', '.join(sources)}")
     base = load_model("llm-base-v1", device="cpu")
     threads = torch.get_num_threads()
     report = {"images": {g: [im.name for im in ims] for g, ims in groups.items()}, "steps": steps, "rank": rank,
@@ -176,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="code the centre S x S crop of each evaluation half (0: whole; see the docstring)")
     p.add_argument("--json", help="write the full report here")
     args = p.parse_args(argv)
+    if args.eval_size < 0:
+        p.error(f"--eval-size must be 0 (whole) or positive, not {args.eval_size}")
     wanted = None if not args.groups else {g.strip().upper() for g in args.groups.split(",") if g.strip()}
     report = run(args.sources, steps=args.steps, rank=args.rank, seed=args.seed,
                  log=lambda m: print(m, file=sys.stderr, flush=True), groups_wanted=wanted, eval_size=args.eval_size)

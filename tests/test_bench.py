@@ -148,3 +148,16 @@ def test_split_sweep_reports_every_k(tmp_path, capsys):
     assert split_sweep.main([str(tmp_path), "--ks", "0-2", "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "k=2" in text and "g.npy" in text and "weighted" in text
+
+
+def test_adapt_benchmark_crops_and_rejects_bad_options(tmp_path, capsys):
+    from benchmarks.adapt import centre_crop, main
+
+    a = np.arange(2 * 1 * 10 * 12).reshape(2, 1, 10, 12)
+    assert np.array_equal(centre_crop(a, 4), a[:, :, 3:7, 4:8])
+    assert centre_crop(a, 0) is a and centre_crop(a, 50).shape == a.shape
+    with pytest.raises(SystemExit) as exc:
+        main(["--eval-size", "-1", str(tmp_path)])
+    assert exc.value.code == 2 and "--eval-size" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="no images in the modality groups CT"):
+        main(["--groups", "ct", str(tmp_path)])
