@@ -245,12 +245,17 @@ def pack_bits(values: np.ndarray, bits: np.ndarray) -> bytes:
     """The low ``bits[i]`` bits of each ``values[i]``, most significant first, packed into
     bytes (zero-padded at the end). Raw bits cost the same here as coded uniformly."""
     bits = np.asarray(bits, dtype=np.int64)
-    total = int(bits.sum())
-    if total == 0:
-        return b""
-    owner = np.repeat(np.arange(bits.size), bits)
-    shift = np.cumsum(bits)[owner] - 1 - np.arange(total)
-    return np.packbits(((np.asarray(values, dtype=np.int64)[owner] >> shift) & 1).astype(np.uint8)).tobytes()
+    values = np.asarray(values, dtype=np.int64)
+    pieces = []
+    for lo in range(0, bits.size, _PACK_BLOCK):  # bounded temporaries on large planes
+        b, v = bits[lo : lo + _PACK_BLOCK], values[lo : lo + _PACK_BLOCK]
+        owner = np.repeat(np.arange(b.size), b)
+        shift = np.cumsum(b)[owner] - 1 - np.arange(owner.size)
+        pieces.append(((v[owner] >> shift) & 1).astype(np.uint8))
+    return np.packbits(np.concatenate(pieces)).tobytes() if pieces else b""
+
+
+_PACK_BLOCK = 1 << 18
 
 
 class BitReader:

@@ -479,8 +479,8 @@ class RasterLSGlobalPathCoder:
     g the local gradient ``|W - NW| + |N - NW| + |N - NE|`` and e the neighbours' residuals;
     on planes of ``TEXTURE_MIN_PIXELS`` or more, times the texture and W's residual sign.
     The decoder works one anti-diagonal at a time (t = 2r + c, as ``raster-wp-v1``). Held-out
-    (`fast`, against ``interlaced-ls-v1``): 693_J2KR 3.24 -> 2.92 bits per sample,
-    OBXXXX1A 0.48 -> 0.38, MR2_J2KR 4.44 -> 4.29.
+    planes (against ``interlaced-ls-v1``): 693_J2KR 3.22 -> 2.86 bits per sample, OBXXXX1A
+    0.476 -> 0.316, US1_UNCI red 3.02 -> 2.82, MR2_J2KR 4.43 -> 4.29, RG3_J2KR 2.13 -> 2.10.
 
     The encoder codes the whole plane in one call: the residual tokens (two mantissa bits),
     in scan order (anti-diagonal by anti-diagonal, increasing row within one), with the
@@ -545,7 +545,6 @@ class RasterLSGlobalPathCoder:
     def _shifted_errors(err: np.ndarray) -> np.ndarray:
         """|eW| + |eN| + (|eNW| + |eNE|) >> 1 of every pixel, zero outside the plane and NW,
         NE falling back to N (as ``Wavefront.neighbours``)."""
-        rows, cols = err.shape
         eN = np.zeros_like(err)
         eN[1:] = err[:-1]
         diag = eN.copy()  # eNW + eNE, starting from their fall-back eN
