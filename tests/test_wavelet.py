@@ -148,7 +148,7 @@ def test_fast_picks_difference_wavelet_or_plain_per_plane_and_roundtrips(version
         (sparse, None, "wavelet53-v1"),
         (natural, None, plain),
         (near, natural, "interlaced-ls-diff-v1"),
-        (natural, sparse, plain),
+        (natural, sparse, "interlaced-ls-v1"),  # v2 too: a previous plane serves as features
     ):
         data = Fast().encode(plane, info, prev)
         assert Fast.chosen_model(data) == expect
