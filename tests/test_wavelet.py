@@ -148,7 +148,9 @@ def test_fast_picks_difference_wavelet_or_plain_per_plane_and_roundtrips(version
         (sparse, None, "wavelet53-v1"),
         (natural, None, plain),
         (near, natural, "interlaced-ls-diff-v1"),
-        (natural, sparse, "interlaced-ls-v1"),  # v2 too: a previous plane serves as features
+        (natural, sparse, "interlaced-ls-v1"),  # follows its previous plane (v2: _follows)
+        (4095 - natural, natural, "interlaced-ls-v1"),
+        (natural, rng.integers(0, 4096, natural.shape), plain),  # an unrelated previous plane
     ):
         data = Fast().encode(plane, info, prev)
         assert Fast.chosen_model(data) == expect
