@@ -123,17 +123,19 @@ def run_adapt(
     """Fit, store the adapters under OUT/models/ and write OUT/models/adapters.json; returns it."""
     import os
 
-    from medcodec.model.adapt import AdaptConfig
-    from medcodec.model.registry import load_model
-    from pipelines.archive import Archive
-
-    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    # Options first: a typo is reported before torch and transformers load (seconds).
     if sample < 1:
         raise ValueError(f"--sample must be >= 1, got {sample}")
     if min_images < 2:
         raise ValueError(f"--min-images must be >= 2 (one image validates), got {min_images}")
     if not 1 <= rank <= 64 or steps < 1:
         raise ValueError(f"--rank must be 1..64 and --steps >= 1, got rank {rank}, steps {steps}")
+
+    from medcodec.model.adapt import AdaptConfig
+    from medcodec.model.registry import load_model
+    from pipelines.archive import Archive
+
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     started = time.perf_counter()
     config = AdaptConfig(rank=rank, steps=steps, prior=prior, seed=seed, threads=threads or os.cpu_count() or 1)
     images = sample_inputs(src, sample, storage_options, log)

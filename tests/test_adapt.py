@@ -291,10 +291,13 @@ def test_migrate_adapt_stores_adapters_and_audit_and_restore_use_them(tmp_path):
 
 
 @pytest.mark.parametrize("args", [["--min-images", "1"], ["--rank", "0"], ["--sample", "0"]])
-def test_adapt_rejects_bad_options_and_empty_sources_with_one_line(tmp_path, args):
+def test_adapt_rejects_bad_options_with_one_line(tmp_path, args):
     res = subprocess.run([sys.executable, "-m", "jobs.cli", "adapt", str(tmp_path / "none"), str(tmp_path / "out"),
                           *args], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert res.returncode != 0 and "Traceback" not in res.stderr and "error:" in res.stderr
+
+
+def test_adapt_rejects_a_source_without_images_with_one_line(tmp_path):
     empty = subprocess.run([sys.executable, "-m", "jobs.cli", "adapt", str(tmp_path), str(tmp_path / "out")],
                            capture_output=True, text=True, cwd=REPO, timeout=120)
     assert empty.returncode != 0 and "no pixel-coded DICOM images" in empty.stderr and "Traceback" not in empty.stderr
