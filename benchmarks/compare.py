@@ -735,7 +735,10 @@ def _machine() -> dict[str, Any]:
             versions[mod] = __import__(mod).__version__
         except Exception:
             versions[mod] = "missing"
+    from medcodec import allocator
+
     return {
+        "allocator": allocator.tune() or "default",
         "cpu_count": os.cpu_count(),
         "cpus_usable": usable,
         "platform": platform.platform(),
@@ -783,6 +786,9 @@ def run_benchmark(
     if frame_cap < 1:
         raise ValueError(f"frame_cap must be >= 1, got {frame_cap}")
     paths = [str(p) for p in paths]
+    from medcodec import allocator
+
+    allocator.tune()  # as medarchive's jobs run (every codec shares the process and its allocator)
     start = time.perf_counter()
     active, infos = build_codecs(codecs, preset=preset)
     _warm_up(active)

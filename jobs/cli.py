@@ -498,6 +498,9 @@ def main(argv: list[str] | None = None) -> int:
     # are printed explicitly. MEDARCHIVE_DEBUG=1 shows everything.
     if not os.environ.get("MEDARCHIVE_DEBUG"):
         logging.getLogger().setLevel(logging.ERROR)
+    from medcodec import allocator
+
+    allocator.tune()  # fewer page faults on the coders' temporaries (medcodec/allocator.py)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:

@@ -70,13 +70,20 @@ class AdaptiveTables:
     def mixed_counts(self, ctx: np.ndarray) -> np.ndarray:
         return self.fast[ctx] * self._slow_total[ctx, None] + self.slow[ctx] * self._fast_total[ctx, None]
 
-    def probabilities(self, ctx: np.ndarray, groups: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    def probabilities(
+        self, ctx: np.ndarray, groups: tuple[np.ndarray, np.ndarray] | None = None, out: np.ndarray | None = None
+    ) -> np.ndarray:
         # Each distinct context's row is computed once and then gathered: the same
         # arithmetic per row as computing all rows, so the same floats. A mixed row sums
         # to 2 * total_fast * total_slow exactly (integers), the divisor of every entry.
+        # ``out`` (ctx.size, alphabet) receives the rows without an intermediate copy.
         rows, inverse = self.group(ctx) if groups is None else groups
         total = 2 * self._fast_total[rows] * self._slow_total[rows]
-        return (self.mixed_counts(rows) / total[:, None])[inverse]
+        table = self.mixed_counts(rows) / total[:, None]
+        if out is None:
+            return table[inverse]
+        # mode="clip": inverse is always in range, and np.take buffers ``out`` in "raise" mode.
+        return np.take(table, inverse, axis=0, out=out, mode="clip")
 
     def update(self, ctx: np.ndarray, symbols: np.ndarray, groups: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         rows, inverse = self.group(ctx) if groups is None else groups
@@ -142,13 +149,16 @@ class Encoder:
     def adaptive(self, symbols: np.ndarray, ctx: np.ndarray, tables: AdaptiveTables) -> None:
         # The coder sees the same symbols and probability rows in the same order however
         # they are batched; up to BATCH chunks go to it in one call.
+        # One probability buffer for all batches (the coder is done with it when
+        # ``categorical`` returns): large planes would otherwise fault in fresh pages.
+        buffer = np.empty((min(symbols.size, BATCH * CHUNK), tables.alphabet), dtype=np.float64)
         for start in range(0, symbols.size, BATCH * CHUNK):
             stop = min(symbols.size, start + BATCH * CHUNK)
-            probs = np.empty((stop - start, tables.alphabet), dtype=np.float64)
+            probs = buffer[: stop - start]
             for lo in range(start, stop, CHUNK):
                 s, c = symbols[lo : lo + CHUNK], ctx[lo : lo + CHUNK]
                 groups = tables.group(c)
-                probs[lo - start : lo - start + s.size] = tables.probabilities(c, groups)
+                tables.probabilities(c, groups, out=probs[lo - start : lo - start + s.size])
                 tables.update(c, s, groups)
             self.categorical(symbols[start:stop], probs)
 

@@ -139,13 +139,14 @@ def tokenize(z: np.ndarray, mantissa: int = 1) -> tuple[np.ndarray, np.ndarray, 
     z < 16 is its own token; larger z becomes (exponent, the ``mantissa`` bits after the
     leading one) and the remaining low bits travel raw.
     """
-    n = np.searchsorted(_POW2, z, side="right") - 1  # floor(log2 z), exact
+    z = np.asarray(z, dtype=np.int64)
+    # floor(log2 z), exact below 2**53 (frexp of an exactly converted integer); -1 for 0.
+    n = np.frexp(z.astype(np.float64))[1].astype(np.int64) - 1
     big = z >= _DIRECT
     nb = np.where(big, n - mantissa, 0)
-    top = np.where(big, (z >> np.maximum(nb, 0)) & ((1 << mantissa) - 1), 0)
-    token = np.where(big, _DIRECT + (n - 4) * (1 << mantissa) + top, z)
-    extra = np.where(big, z & (_POW2[np.maximum(nb, 0)] - 1), 0)
-    return token, extra, nb
+    low = z >> nb  # the leading one and the mantissa bits (z itself where nb is 0)
+    token = np.where(big, _DIRECT - (4 << mantissa) + (n << mantissa) + (low & ((1 << mantissa) - 1)), z)
+    return token, z - (low << nb), nb
 
 
 def raw_bits_of(token: np.ndarray, mantissa: int = 1) -> np.ndarray:
@@ -173,7 +174,8 @@ def _token_bounds(bits: int, mantissa: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def zigzag(e: np.ndarray) -> np.ndarray:
-    return np.where(e >= 0, 2 * e, -2 * e - 1)
+    e = np.asarray(e, dtype=np.int64)
+    return (e << 1) ^ (e >> 63)  # 2e for e >= 0, -2e - 1 below
 
 
 def unzigzag(z: np.ndarray) -> np.ndarray:

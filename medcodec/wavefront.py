@@ -107,6 +107,20 @@ class Wavefront:
             c = t - 2 * r
             yield r * cols + c, r, c
 
+    def scan_order(self) -> np.ndarray:
+        """The flat positions of every ``diagonals`` step, concatenated, computed in one
+        pass: a pixel's rank is the size of the earlier diagonals plus its row's place in
+        its own diagonal (whose first row is max(0, (t - cols + 2) // 2))."""
+        rows, cols = self.rows, self.cols
+        t = (2 * np.arange(rows, dtype=np.int64)[:, None] + np.arange(cols, dtype=np.int64)[None, :]).ravel()
+        size = np.bincount(t)
+        start = np.cumsum(size) - size
+        first = np.maximum(0, (np.arange(size.size, dtype=np.int64) - cols + 2) // 2)
+        rank = (start - first)[t] + np.repeat(np.arange(rows, dtype=np.int64), cols)
+        order = np.empty(t.size, dtype=np.int64)
+        order[rank] = np.arange(t.size, dtype=np.int64)
+        return order
+
     def neighbours(self, pos: np.ndarray, r: np.ndarray, c: np.ndarray) -> dict[str, np.ndarray]:
         """Flat indices of the causal neighbours, with the edge rules applied.
 
@@ -242,7 +256,7 @@ class RasterGlobalPathCoder:
             pred[pos] = p
             wf.update(pos, flat[pos], sub, pred8)
         token, _, _ = tokenize(zigzag(flat - pred), MANTISSA)
-        order = np.concatenate([d[0] for d in diags])
+        order = wf.scan_order()
         tree = self._learn(wf, order[:: max(1, n // ctxtree.LEARN_ROWS)], pred, token, info)
         # Every property reads decoded neighbours only, all known now: compute in blocks.
         ctx = np.empty(n, dtype=np.int64)
@@ -577,7 +591,7 @@ class RasterLSGlobalPathCoder:
         ctx = self._contexts(near, gradient, x, pred, west.ravel(), self._textured(info))
         wf = Wavefront(info.rows, info.cols)
         token, extra, nbits = tokenize(zigzag(residual), MANTISSA)
-        order = np.concatenate([d for d, _, _ in wf.diagonals()])
+        order = wf.scan_order()
         enc = Encoder()
         enc.adaptive(token[order], ctx[order], self._tables(info))
         tokens = enc.finish()

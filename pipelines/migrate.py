@@ -146,6 +146,9 @@ class EncodeInstance(beam.DoFn):
 
     def setup(self) -> None:
         import medcodec
+        from medcodec import allocator
+
+        allocator.tune()  # on every worker process (medcodec/allocator.py)
 
         if self.cfg.model_threads:
             from medcodec.model.registry import set_threads

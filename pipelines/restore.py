@@ -44,6 +44,9 @@ class RestoreShard(beam.DoFn):
 
     def setup(self) -> None:
         import medcodec
+        from medcodec import allocator
+
+        allocator.tune()  # on every worker process (medcodec/allocator.py)
 
         self.codec = medcodec
         self.archive = Archive(self.cfg.archive, storage_options=self.cfg.storage_options)

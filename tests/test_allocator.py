@@ -1,0 +1,32 @@
+"""medcodec.allocator: the entry points' glibc settings, and the switch that turns them off."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+PROBE = "import json; from medcodec import allocator; print(json.dumps([allocator.tune(), allocator.tune()]))"
+
+
+def _run(env_value: str | None) -> list:
+    env = {k: v for k, v in os.environ.items() if k != "MEDARCHIVE_MALLOC"}
+    if env_value is not None:
+        env["MEDARCHIVE_MALLOC"] = env_value
+    res = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc settings")
+def test_tune_sets_the_thresholds_once_and_can_be_turned_off():
+    from medcodec import allocator
+
+    first, again = _run(None)
+    assert first == again == {"mmap_threshold": allocator.MMAP, "trim_threshold": allocator.TRIM,
+                              "top_pad": allocator.TOP_PAD}
+    assert _run("default") == [{}, {}]
