@@ -70,6 +70,12 @@ class AdaptiveTables:
     def mixed_counts(self, ctx: np.ndarray) -> np.ndarray:
         return self.fast[ctx] * self._slow_total[ctx, None] + self.slow[ctx] * self._fast_total[ctx, None]
 
+    def row_probabilities(self, rows: np.ndarray) -> np.ndarray:
+        """The probability rows of the distinct contexts ``rows``: each row by itself (the
+        same floats however many rows are computed together)."""
+        total = 2 * self._fast_total[rows] * self._slow_total[rows]
+        return self.mixed_counts(rows) / total[:, None]
+
     def probabilities(
         self, ctx: np.ndarray, groups: tuple[np.ndarray, np.ndarray] | None = None, out: np.ndarray | None = None
     ) -> np.ndarray:
@@ -78,8 +84,7 @@ class AdaptiveTables:
         # to 2 * total_fast * total_slow exactly (integers), the divisor of every entry.
         # ``out`` (ctx.size, alphabet) receives the rows without an intermediate copy.
         rows, inverse = self.group(ctx) if groups is None else groups
-        total = 2 * self._fast_total[rows] * self._slow_total[rows]
-        table = self.mixed_counts(rows) / total[:, None]
+        table = self.row_probabilities(rows)
         if out is None:
             return table[inverse]
         # mode="clip": inverse is always in range, and np.take buffers ``out`` in "raise" mode.
@@ -234,12 +239,16 @@ class PieceDecoder:
         out, at = [], 0
         while at < ctx.size:
             if self._filled == CHUNK:
-                self.tables.update(np.concatenate(self._ctx), np.concatenate(self._sym))
-                self._ctx, self._sym, self._filled, self._rows = [], [], 0, None
+                # Only the rows of the chunk's contexts change: recompute those.
+                ctx_chunk = np.concatenate(self._ctx)
+                groups = self.tables.group(ctx_chunk)
+                self.tables.update(ctx_chunk, np.concatenate(self._sym), groups)
+                self._rows[groups[0]] = self.tables.row_probabilities(groups[0])
+                self._ctx, self._sym, self._filled = [], [], 0
             if self._rows is None:
                 # Each row is computed as ``probabilities`` computes it (the same integers,
-                # one division): the same floats, computed once per chunk for all pieces.
-                self._rows = self.tables.probabilities(np.arange(self.tables.fast.shape[0]))
+                # one division): the same floats, kept for every context and piece.
+                self._rows = self.tables.row_probabilities(np.arange(self.tables.fast.shape[0]))
             take = min(CHUNK - self._filled, ctx.size - at)
             c = ctx[at : at + take]
             s = self.dec.categorical(self._rows[c])

@@ -173,6 +173,17 @@ def _token_bounds(bits: int, mantissa: int) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
+@functools.lru_cache(maxsize=64)
+def token_lookup(bits: int, mantissa: int) -> tuple[np.ndarray, np.ndarray]:
+    """(smallest z, raw bits) of every token: a token and its raw bits ``extra`` stand for
+    ``z = lowest[token] + extra`` (``detokenize`` by two lookups)."""
+    lo, hi = _token_bounds(bits, mantissa)
+    raw = np.frexp((hi - lo).astype(np.float64))[1].astype(np.int64) - 1  # widths are powers of two
+    lo.setflags(write=False)
+    raw.setflags(write=False)
+    return lo, raw
+
+
 def zigzag(e: np.ndarray) -> np.ndarray:
     e = np.asarray(e, dtype=np.int64)
     return (e << 1) ^ (e >> 63)  # 2e for e >= 0, -2e - 1 below
@@ -359,15 +370,13 @@ class _Predictor:
 
     @staticmethod
     def _apply(x: np.ndarray, ref: np.ndarray, weights: np.ndarray, cls: np.ndarray) -> np.ndarray:
-        # Exact integer dot products of (x - ref) with the weights, one contiguous feature
-        # row at a time, as x @ w - ref * sum(w) (the same integers, one pass less).
-        out = np.zeros(x.shape[1], dtype=np.int64)
+        # Exact integer dot products of (x - ref) with the weights, as x @ w - ref * sum(w)
+        # (the same integers, one pass less).
         if weights.shape[0] == 1:
-            for wf, row in zip(weights[0], x):  # numpy int64 weights: int64 products for any row dtype
-                if wf:
-                    out += wf * row
+            out = weights[0] @ x  # int64 weights: an int64 matrix product for any integer x, exact
             out -= int(weights[0].sum()) * ref
         else:
+            out = np.zeros(x.shape[1], dtype=np.int64)
             for wf, row in zip(np.ascontiguousarray(weights.T), x):
                 out += np.take(wf, cls) * row
             out -= np.take(weights.sum(axis=1), cls) * ref

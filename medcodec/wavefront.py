@@ -53,6 +53,7 @@ from .paths import (
     activity_bucket,
     detokenize,
     raw_bits_of,
+    token_lookup,
     tokenize,
     unzigzag,
     zigzag,
@@ -509,13 +510,6 @@ class RasterLSGlobalPathCoder:
     model_id = "raster-ls-v1"
     NEIGHBOURS = ("W", "N", "NW", "NE", "WW", "NN")
 
-    @classmethod
-    def _predict_inputs(cls, v: np.ndarray, nb: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        x = np.stack([v[nb[k]] for k in cls.NEIGHBOURS])
-        W, N, NW, NE = x[0], x[1], x[2], x[3]
-        gradient = np.abs(W - NW) + np.abs(N - NW) + np.abs(N - NE)
-        return x, (W + N) >> 1, gradient
-
     @staticmethod
     def _textured(info: PlaneInfo) -> bool:
         return info.rows * info.cols >= TEXTURE_MIN_PIXELS
@@ -600,16 +594,21 @@ class RasterLSGlobalPathCoder:
 
     BLOCK_STEPS = 64  # decoder: scan steps whose neighbour indices are computed together
 
+    ERROR_NEIGHBOURS = ("eW", "eN", "eNW", "eNE")
+
     @classmethod
     def _blocks(cls, wf: Wavefront):
-        """(positions, neighbour indices) of each scan step, indices computed per block of steps."""
+        """(positions, value neighbour indices (6, m), error neighbour indices (4, m)) of
+        each scan step, the indices computed and stacked per block of steps."""
         steps = list(wf.diagonals())
         for lo in range(0, len(steps), cls.BLOCK_STEPS):
             block = steps[lo : lo + cls.BLOCK_STEPS]
             nb = wf.neighbours(*(np.concatenate(parts) for parts in zip(*block)))
+            values = np.stack([nb[k] for k in cls.NEIGHBOURS])
+            errors = np.stack([nb[k] for k in cls.ERROR_NEIGHBOURS])
             at = 0
             for pos, _, _ in block:
-                yield pos, {k: v[at : at + pos.size] for k, v in nb.items()}
+                yield pos, values[:, at : at + pos.size], errors[:, at : at + pos.size]
                 at += pos.size
 
     def decode(self, data: bytes, info: PlaneInfo, prev: np.ndarray | None = None) -> np.ndarray:
@@ -626,12 +625,18 @@ class RasterLSGlobalPathCoder:
         res = np.zeros(info.rows * info.cols + 1, dtype=np.int64)  # signed residuals; sentinel 0
         err = np.zeros_like(res)
         textured = self._textured(info)
-        for pos, nb in self._blocks(wf):
-            x, ref, gradient = self._predict_inputs(wf.value, nb)
+        lowest, raw_bits = token_lookup(info.bits, MANTISSA)
+        for pos, at, eat in self._blocks(wf):
+            x = wf.value[at]
+            W, N, NW, NE = x[0], x[1], x[2], x[3]
+            gradient = np.abs(W - NW) + np.abs(N - NW) + np.abs(N - NE)
+            ref = (W + N) >> 1
             pred = np.minimum(np.maximum(ref + predictor.apply(x, ref, gradient, model), 0), maxv)
-            near = err[nb["eW"]] + err[nb["eN"]] + ((err[nb["eNW"]] + err[nb["eNE"]]) >> 1)
-            token = tokens.decode(self._contexts(near, gradient, x, pred, res[nb["eW"]], textured))
-            residual = unzigzag(detokenize(token, raw.read(raw_bits_of(token, MANTISSA)), MANTISSA))
+            e = err[eat]
+            near = e[0] + e[1] + ((e[2] + e[3]) >> 1)
+            token = tokens.decode(self._contexts(near, gradient, x, pred, res[eat[0]], textured))
+            z = lowest[token] + raw.read(raw_bits[token])
+            residual = (z >> 1) ^ -(z & 1)  # unzigzag
             value = pred + residual
             if value.min(initial=0) < 0 or value.max(initial=0) > maxv:
                 raise CorruptRecordError("global path decoded a value outside the stored range")

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 import pytest
 from medcodec.entropy import CHUNK, AdaptiveTables, Decoder, Encoder, RowModel, geometric_prior
 from medcodec.errors import CorruptRecordError
-from medcodec.paths import detokenize, raw_bits_of, token_alphabet, tokenize, unzigzag, zigzag
+from medcodec.paths import detokenize, raw_bits_of, token_alphabet, token_lookup, tokenize, unzigzag, zigzag
 
 
 @given(st.lists(st.integers(-((1 << 17) - 1), (1 << 17) - 1), min_size=1, max_size=200), st.sampled_from([1, 2, 3]))
@@ -18,6 +18,20 @@ def test_tokens_roundtrip(residuals, mantissa):
     assert token.max() < token_alphabet(17, mantissa)
     assert np.array_equal(unzigzag(detokenize(token, extra, mantissa)), e)
     assert (extra < (np.int64(1) << nbits)).all()
+    lowest, raw = token_lookup(17, mantissa)  # the decoders' two-lookup detokenize
+    assert np.array_equal(raw[token], nbits) and np.array_equal(lowest[token] + extra, zigzag(e))
+
+
+def test_tokens_and_zigzag_at_the_edges():
+    # tokens cover z < 2**40 (values of up to 38 bits; DICOM has at most 16)
+    z = np.array([0, 1, 15, 16, 17, 31, 32, 63, 64, 12345, (1 << 39) + 77, (1 << 40) - 1], dtype=np.int64)
+    for mantissa in (1, 2, 3, 4):
+        token, extra, nbits = tokenize(z, mantissa)
+        assert np.array_equal(detokenize(token, extra, mantissa), z)
+        assert np.array_equal(token[:4], [0, 1, 15, 16])
+    e = np.array([0, 1, -1, 5, -5, (1 << 60) - 1, -(1 << 60)], dtype=np.int64)
+    assert np.array_equal(zigzag(e), [0, 2, 1, 10, 9, (1 << 61) - 2, (1 << 61) - 1])
+    assert np.array_equal(unzigzag(zigzag(e)), e)
 
 
 @given(st.data())

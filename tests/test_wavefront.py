@@ -152,6 +152,13 @@ def test_diagonals_visit_every_pixel_once_after_its_causal_neighbours(shape):
             for c in range(cols):
                 if 0 <= r + dr < rows and 0 <= c + dc < cols:
                     assert grid[r + dr, c + dc] < grid[r, c]
+    assert np.array_equal(wf.scan_order(), np.concatenate([pos for pos, _, _ in wf.diagonals()]))
+
+
+@pytest.mark.parametrize("shape", [(2, 300), (300, 2), (64, 65), (129, 7)])
+def test_scan_order_is_the_diagonals_concatenated(shape):
+    wf = Wavefront(*shape)
+    assert np.array_equal(wf.scan_order(), np.concatenate([pos for pos, _, _ in wf.diagonals()]))
 
 
 def test_encoder_block_properties_equal_the_decoders_per_diagonal_ones():
