@@ -278,24 +278,41 @@ _PACK_BLOCK = 1 << 18
 
 
 class BitReader:
-    """Reads back what ``pack_bits`` wrote, in pieces."""
+    """Reads back what ``pack_bits`` wrote, in pieces.
+
+    Each value of up to WINDOW_BITS bits is cut out of the 64-bit big-endian word that
+    starts at its first byte (all such words are built once): a gather and a shift per
+    value, not an operation per bit.
+    """
+
+    WINDOW_BITS = 56  # 64 bits less the largest offset of a value's first bit in its byte
 
     def __init__(self, data: bytes) -> None:
-        self._bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
+        raw = np.frombuffer(data, dtype=np.uint8)
+        self._size = 8 * raw.size
+        padded = np.zeros(raw.size + 8, dtype=np.uint64)
+        padded[: raw.size] = raw
+        self._words = np.zeros(raw.size + 1, dtype=np.uint64)
+        for k in range(8):
+            self._words |= padded[k : k + raw.size + 1] << np.uint64(56 - 8 * k)
         self._at = 0
 
     def read(self, bits: np.ndarray) -> np.ndarray:
         bits = np.asarray(bits, dtype=np.int64)
-        total = int(bits.sum())
-        if self._at + total > self._bits.size:
+        if not bits.size:
+            return np.zeros(0, dtype=np.int64)
+        if int(bits.max()) > self.WINDOW_BITS or int(bits.min()) < 0:
+            raise CorruptRecordError(f"a raw field of {int(bits.max())} bits (at most {self.WINDOW_BITS})")
+        end = np.cumsum(bits) + self._at
+        if int(end[-1]) > self._size:
             raise CorruptRecordError("raw bits end early")
-        seg = self._bits[self._at : self._at + total].astype(np.int64)
-        self._at += total
-        owner = np.repeat(np.arange(bits.size), bits)
-        shift = np.cumsum(bits)[owner] - 1 - np.arange(total)
-        out = np.zeros(bits.size, dtype=np.int64)
-        np.add.at(out, owner, seg << shift)
-        return out
+        start = (end - bits).astype(np.uint64)
+        self._at = int(end[-1])
+        ubits = bits.astype(np.uint64)
+        word = self._words[start >> np.uint64(3)]
+        # shift 64 - offset - bits may be 64 for zero-bit fields: the mask is 0 there.
+        field = word >> (np.uint64(64) - (start & np.uint64(7)) - ubits)
+        return (field & ((np.uint64(1) << ubits) - np.uint64(1))).astype(np.int64)
 
 
 _ONE = 1 << 30

@@ -519,7 +519,7 @@ class RasterLSGlobalPathCoder:
         bucket = activity_bucket((2 * gradient // 3 + near) >> 1)
         if not textured:
             return bucket
-        above = (x[0] > pred).astype(np.int64) + (x[1] > pred) + (x[2] > pred) + (x[3] > pred)
+        above = np.count_nonzero(x[:4] > pred, axis=0)  # of W, N, NW, NE
         return (bucket * 5 + above) * 3 + np.sign(west_residual) + 1
 
     def _tables(self, info: PlaneInfo) -> AdaptiveTables:

@@ -146,3 +146,11 @@ def test_packed_raw_bits_round_trip_in_pieces():
     assert pack_bits(values[:3], np.zeros(3, dtype=np.int64)) == b""
     with pytest.raises(CorruptRecordError, match="raw bits"):
         reader.read(np.array([8]))
+    # fields up to the reader's 56-bit window, at every offset within a byte
+    wide = rng.integers(0, 57, 500)
+    values = rng.integers(0, 1 << 62, 500) & ((np.int64(1) << wide) - 1)
+    reader = BitReader(pack_bits(values, wide))
+    got = np.concatenate([reader.read(wide[a : a + 61]) for a in range(0, 500, 61)])
+    assert np.array_equal(got, values)
+    with pytest.raises(CorruptRecordError, match="57 bits"):
+        BitReader(bytes(16)).read(np.array([57]))
