@@ -1,7 +1,7 @@
 """A-LoRA benchmark: base model vs base + A-LoRA vs plain LoRA, per modality, on unseen images.
 
     python -m benchmarks.adapt [--steps 600] [--rank 4] [--groups CT,MR] [--eval-size 512]
-                               [--json OUT.json] [SOURCE ...]
+                               [--bound] [--no-records] [--json OUT.json] [SOURCE ...]
 
 Images: the benchmark's held-out pydicom-data groups (medcodec.model.train.HELD_OUT_GROUPS;
 the base model never saw them), or any SOURCE folders. Each image is split in two: frames
@@ -14,6 +14,12 @@ base model, A-LoRA, and plain LoRA fitted identically but without the anatomical
 decoded again and compared. Bits per sample count the whole record; the adapter's size is
 reported amortized over 1,000 / 10,000 / 100,000 images of the modality's mean size.
 The local (transformer) part of each record is reported too: it is all an adapter changes.
+
+``--bound`` also measures the local path on patches of the evaluation halves (the integer
+models' cross-entropy, which is what the coder pays per local symbol, without coding
+records), for the base model, both adapters, and an A-LoRA adapter fitted on those very
+patches: in-sample, it bounds what an adapter of this rank and step count can gain on them.
+``--no-records`` skips the records (with ``--bound``: the patch table alone, minutes).
 
 Time budget: each record is coded three times, each through ``max``'s global path and the
 transformer, so ``--eval-size S`` codes the centre S x S crop of each evaluation half
@@ -76,7 +82,28 @@ def _code(values: np.ndarray, bits: int, coder) -> dict:
             "decode_s": t2 - t1}
 
 
-def run(sources: list[str], *, steps: int, rank: int, seed: int, log, groups_wanted=None, eval_size: int = 0) -> dict:
+def local_bound(base, fitted: dict, planes: list, *, steps: int, rank: int, seed: int, threads: int) -> dict:
+    """Local bits per symbol (integer models) on patches of ``planes``: the base model, each
+    fitted adapter, and an A-LoRA adapter fitted on those patches themselves ("in-sample")."""
+    from jobs.adapt import VALID_PATCHES
+    from medcodec.model.adapt import AdaptConfig, fine_tune, plane_samples
+    from medcodec.model.train import Samples, integer_bits
+
+    patches = plane_samples(planes, max(64, VALID_PATCHES // max(1, len(planes))), seed + 1)
+    if not len(patches):
+        return {}
+    arrays = patches.arrays()
+    out = {"patches": len(patches), "base": integer_bits(base.tensors, base.meta, arrays)}
+    for label, model in fitted.items():
+        out[label] = integer_bits(model.tensors, base.meta, arrays)
+    own = fine_tune(base, patches, Samples(), AdaptConfig(rank=rank, steps=steps, prior=True, seed=seed,
+                                                          threads=threads), log=lambda m: None)
+    out["in-sample"] = integer_bits(own.model.tensors, base.meta, arrays)
+    return out
+
+
+def run(sources: list[str], *, steps: int, rank: int, seed: int, log, groups_wanted=None, eval_size: int = 0,
+        bound: bool = False, records: bool = True) -> dict:
     import torch
 
     from benchmarks.compare import iter_images
@@ -104,7 +131,7 @@ def run(sources: list[str], *, steps: int, rank: int, seed: int, log, groups_wan
         fit_planes = [p for im in ims for p in _planes(split_image(im.values)[0], im.bits)]
         train = plane_samples(fit_planes, max(64, TRAIN_PATCHES // len(fit_planes)), seed)
         coders = {"base": TransformerLocalPathCoder(base)}
-        fits = {}
+        fits, fitted = {}, {}
         for label, prior in (("a-lora", True), ("lora", False)):
             rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             t0 = time.perf_counter()
@@ -116,9 +143,17 @@ def run(sources: list[str], *, steps: int, rank: int, seed: int, log, groups_wan
                            "train_bits_base": result.metrics.get("train_bits_base")}
             register_adapter(result.blob)  # decoding finds it as restore finds an archive's models/
             coders[label] = TransformerLocalPathCoder(result.model)
+            fitted[label] = result.model
             log(f"{group}: {label} fitted in {fits[label]['seconds']} s on {len(train)} patches")
+        bound_bits = {}
+        if bound:
+            eval_planes = [p for im in ims for p in _planes(split_image(im.values)[1], im.bits)]
+            bound_bits = local_bound(base, fitted, eval_planes, steps=steps, rank=rank, seed=seed, threads=threads)
+            if bound_bits:
+                log(f"{group}: local bits per symbol on {bound_bits['patches']} evaluation patches: " + "  ".join(
+                    f"{lb} {bound_bits[lb]:.4f}" for lb in ("base", "a-lora", "lora", "in-sample")))
         rows = []
-        for im in ims:
+        for im in ims if records else ():
             ev = np.ascontiguousarray(centre_crop(split_image(im.values)[1], eval_size))
             row = {"image": im.name, "samples": int(ev.size)}
             for label, coder in coders.items():
@@ -128,7 +163,11 @@ def run(sources: list[str], *, steps: int, rank: int, seed: int, log, groups_wan
                                                    for lb in coders))
         samples = sum(r["samples"] for r in rows)
         mean_image = statistics.mean(int(im.values.size) for im in ims)
-        summary = {"samples": samples, "mean_image_samples": mean_image, "fits": fits, "images": rows}
+        summary = {"samples": samples, "mean_image_samples": mean_image, "fits": fits, "images": rows,
+                   "local_bound": bound_bits}
+        report["groups"][group] = summary
+        if not rows:
+            continue
         for label in coders:
             summary[f"bpp_{label}"] = 8 * sum(r[label]["bytes"] for r in rows) / samples
             summary[f"local_bpp_{label}"] = 8 * sum(r[label]["local_bytes"] for r in rows) / samples
@@ -137,7 +176,6 @@ def run(sources: list[str], *, steps: int, rank: int, seed: int, log, groups_wan
             summary[f"amortized_{label}"] = {
                 str(n): summary[f"bpp_{label}"] + 8 * fits[label]["adapter_bytes"] / (n * mean_image) for n in AMORTIZE
             }
-        report["groups"][group] = summary
     return report
 
 
@@ -150,6 +188,8 @@ def format_report(report: dict) -> str:
         f"  {'local base/A/L':>20}  A-LoRA +adapter @1k/10k/100k   fit s (A/L)",
     ]
     for group, s in sorted(report["groups"].items()):
+        if not s["images"]:
+            continue
         am = s["amortized_a-lora"]
         lines.append(
             f"{group:5} {s['samples']:>10,} {s['bpp_base']:7.3f} {s['bpp_a-lora']:7.3f} {s['bpp_lora']:7.3f} "
@@ -159,6 +199,14 @@ def format_report(report: dict) -> str:
             f"{s['fits']['a-lora']['seconds']:.0f}/{s['fits']['lora']['seconds']:.0f}"
         )
     for group, s in sorted(report["groups"].items()):
+        b = s.get("local_bound")
+        if b:
+            lines.append(f"{group:5} local bits per symbol on {b['patches']:,} evaluation patches (integer models): "
+                         f"base {b['base']:.4f}, " + ", ".join(
+                             f"{lb} {b[lb]:.4f} ({100 * (1 - b[lb] / b['base']):.1f}% below)"
+                             for lb in ("a-lora", "lora", "in-sample")))
+        if not s["images"]:
+            continue
         lb, la, ll = s["local_bpp_base"], s["local_bpp_a-lora"], s["local_bpp_lora"]
         if lb:
             lines.append(f"{group:5} local path alone: A-LoRA {100 * (1 - la / lb):.1f}% and LoRA "
@@ -177,13 +225,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--groups", help="comma-separated modality groups to run (default: all), e.g. CT,MR")
     p.add_argument("--eval-size", type=int, default=512,
                    help="code the centre S x S crop of each evaluation half (0: whole; see the docstring)")
+    p.add_argument("--bound", action="store_true",
+                   help="also measure local bits on evaluation patches, with an adapter fitted on them (in-sample)")
+    p.add_argument("--no-records", action="store_true", help="code no records (with --bound: the patch table only)")
     p.add_argument("--json", help="write the full report here")
     args = p.parse_args(argv)
     if args.eval_size < 0:
         p.error(f"--eval-size must be 0 (whole) or positive, not {args.eval_size}")
+    if args.no_records and not args.bound:
+        p.error("--no-records without --bound measures nothing")
     wanted = None if not args.groups else {g.strip().upper() for g in args.groups.split(",") if g.strip()}
     report = run(args.sources, steps=args.steps, rank=args.rank, seed=args.seed,
-                 log=lambda m: print(m, file=sys.stderr, flush=True), groups_wanted=wanted, eval_size=args.eval_size)
+                 log=lambda m: print(m, file=sys.stderr, flush=True), groups_wanted=wanted, eval_size=args.eval_size,
+                 bound=args.bound, records=not args.no_records)
     print(format_report(report))
     if args.json:
         with open(args.json, "w") as fh:

@@ -161,3 +161,26 @@ def test_adapt_benchmark_crops_and_rejects_bad_options(tmp_path, capsys):
     assert exc.value.code == 2 and "--eval-size" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="no images in the modality groups CT"):
         main(["--groups", "ct", str(tmp_path)])
+    with pytest.raises(SystemExit) as exc:
+        main(["--no-records", str(tmp_path)])
+    assert exc.value.code == 2 and "--no-records without --bound" in capsys.readouterr().err
+
+
+def test_adapt_benchmark_bound_measures_every_model_on_the_same_patches(monkeypatch):
+    import jobs.adapt
+    from benchmarks.adapt import format_report, local_bound
+    from medcodec.model.registry import load_model
+
+    monkeypatch.setattr(jobs.adapt, "VALID_PATCHES", 64)
+    base = load_model("llm-base-v1", device="cpu")
+    rng = np.random.default_rng(5)
+    planes = [((rng.normal(2000, 30, (40, 48)).astype(np.int64) & 4095), 3)]
+    bound = local_bound(base, {"a-lora": base, "lora": base}, planes, steps=2, rank=2, seed=0, threads=1)
+    assert bound["patches"] == 64
+    assert bound["a-lora"] == bound["lora"] == bound["base"] > 0  # the same model on the same patches
+    assert bound["in-sample"] > 0
+    report = {"rank": 2, "steps": 2, "seed": 0, "threads": 1, "eval_size": 0, "images": {"CT": ["x"]},
+              "groups": {"CT": {"images": [], "local_bound": bound, "fits": {"a-lora": {"adapter_bytes": 10}}}}}
+    text = format_report(report)
+    assert "CT    local bits per symbol on 64 evaluation patches" in text and "in-sample" in text
+    assert "0.0% below" in text
