@@ -180,13 +180,18 @@ def run(sources: list[str], *, steps: int, rank: int, seed: int, log, groups_wan
 
 
 def format_report(report: dict) -> str:
+    records = any(s["images"] for s in report["groups"].values())
+    what = ("whole-record bits per sample on the evaluation halves"
+            + (f" (centre {report['eval_size']} x {report['eval_size']} crops)" if report.get("eval_size") else "")
+            if records else "no records coded (--no-records)")
     lines = [
         f"A-LoRA benchmark: rank {report['rank']}, {report['steps']} steps, seed {report['seed']}, "
-        f"{report['threads']} thread(s); whole-record bits per sample on the evaluation halves"
-        + (f" (centre {report['eval_size']} x {report['eval_size']} crops)" if report.get("eval_size") else ""),
-        f"{'group':5} {'samples':>10} {'base':>7} {'A-LoRA':>7} {'LoRA':>7} {'A-LoRA gain':>11} {'LoRA gain':>9}"
-        f"  {'local base/A/L':>20}  A-LoRA +adapter @1k/10k/100k   fit s (A/L)",
+        f"{report['threads']} thread(s); {what}",
     ]
+    if records:
+        lines.append(
+            f"{'group':5} {'samples':>10} {'base':>7} {'A-LoRA':>7} {'LoRA':>7} {'A-LoRA gain':>11} {'LoRA gain':>9}"
+            f"  {'local base/A/L':>20}  A-LoRA +adapter @1k/10k/100k   fit s (A/L)")
     for group, s in sorted(report["groups"].items()):
         if not s["images"]:
             continue
