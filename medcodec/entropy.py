@@ -22,6 +22,7 @@ CHUNK = 512
 BATCH = 32
 
 _FAMILY = stream.model.Categorical(perfect=False)
+_UNIFORM = stream.model.Uniform()  # a size per symbol
 
 
 def counts_to_probabilities(counts: np.ndarray) -> np.ndarray:
@@ -148,8 +149,8 @@ class Encoder:
         """Code ``values[i]`` uniformly in ``[0, 2**bits[i])``; zero-bit entries cost nothing."""
         _uniform_pieces(values, bits, self._encode_uniform_piece)
 
-    def _encode_uniform_piece(self, values: np.ndarray, size: int) -> None:
-        self._coder.encode(values.astype(np.int32), stream.model.Uniform(size))
+    def _encode_uniform_piece(self, values: np.ndarray, sizes: np.ndarray) -> None:
+        self._coder.encode(values.astype(np.int32), _UNIFORM, sizes.astype(np.int32))
 
     def adaptive(self, symbols: np.ndarray, ctx: np.ndarray, tables: AdaptiveTables) -> None:
         # The coder sees the same symbols and probability rows in the same order however
@@ -193,8 +194,8 @@ class Decoder:
     def uniform(self, bits: np.ndarray) -> np.ndarray:
         out = np.zeros(bits.shape, dtype=np.int64)
 
-        def piece(mask_values: np.ndarray, size: int) -> np.ndarray:
-            return self._coder.decode(stream.model.Uniform(size), mask_values.size).astype(np.int64)
+        def piece(positions: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+            return self._coder.decode(_UNIFORM, sizes.astype(np.int32)).astype(np.int64)
 
         return _uniform_pieces(out, bits, piece, decode=True)
 
@@ -348,24 +349,27 @@ _PIECE = 12
 
 
 def _uniform_pieces(values: np.ndarray, bits: np.ndarray, op, *, decode: bool = False) -> np.ndarray:
-    """Split each value into <=12-bit pieces (low piece first) and code each group of equal width.
+    """Split each value into <=12-bit pieces (low piece first); code the pieces of one round
+    grouped by width (increasing, in index order within a width), one size per piece.
 
-    On encode ``op(piece_values, size)`` codes; on decode it returns the pieces, which are
-    reassembled into ``values`` (modified in place and returned).
+    On encode ``op(piece_values, sizes)`` codes; on decode ``op(positions, sizes)`` returns
+    the pieces, which are reassembled into ``values`` (modified in place and returned).
+    (The grouping is the order in which v1 coded one call per width: the same symbols with
+    the same sizes in the same order, so the same bytes.)
     """
     bits = np.asarray(bits, dtype=np.int64)
     remaining = bits.copy()
     shift = np.zeros_like(bits)
     while True:
-        active = remaining > 0
-        if not active.any():
+        active = np.flatnonzero(remaining > 0)
+        if not active.size:
             return values
-        width = np.minimum(remaining, _PIECE)
-        for w in np.unique(width[active]):
-            sel = np.flatnonzero(active & (width == w))
-            if decode:
-                values[sel] |= op(sel, 1 << int(w)) << shift[sel]
-            else:
-                op((values[sel] >> shift[sel]) & ((1 << int(w)) - 1), 1 << int(w))
-        shift += width
-        remaining -= width
+        width = np.minimum(remaining[active], _PIECE)
+        order = active[np.argsort(width, kind="stable")]
+        sizes = np.int64(1) << np.minimum(remaining[order], _PIECE)
+        if decode:
+            values[order] |= op(order, sizes) << shift[order]
+        else:
+            op((values[order] >> shift[order]) & (sizes - 1), sizes)
+        shift[active] += width
+        remaining[active] -= width

@@ -211,6 +211,21 @@ def _row_contexts(above: np.ndarray, above2: np.ndarray, parent_row: np.ndarray 
     return bucket * _PARENT_CLASSES + pc
 
 
+def _band_contexts(band: np.ndarray, prow: np.ndarray | None) -> np.ndarray:
+    """``_row_contexts`` of every row of ``band`` at once (encoder: it knows every row)."""
+    a = np.zeros((band.shape[0] + 2, band.shape[1]), dtype=np.int64)  # |band| two rows down
+    a[2:] = np.abs(band)
+    above, above2 = a[1:-1], a[:-2]
+    act = above.copy()
+    act[:, 1:] += above[:, :-1] >> 1
+    act[:, :-1] += above[:, 1:] >> 1
+    act += above2 >> 1
+    bucket = activity_bucket(act)
+    if prow is None:
+        return bucket * _PARENT_CLASSES
+    return bucket * _PARENT_CLASSES + np.searchsorted(np.array([1, 2, 4, 8, 16]), prow, side="right")
+
+
 def _parent_rows(parent, scale: int, shape: tuple[int, int]):
     """Per row of the band: its parent's magnitudes in this band's units (or None)."""
     if parent is None:
@@ -233,13 +248,10 @@ def _context_encode(band: np.ndarray, scale: int, parent) -> bytes:
     head = IntWriter()
     head.put(bits)
     tables, enc = _context_tables(bits), Encoder()
-    prow = _parent_rows(parent, scale, band.shape)
-    zero = np.zeros(band.shape[1], dtype=np.int64)
+    ctx = _band_contexts(band, _parent_rows(parent, scale, band.shape))
     token, extra, nbits = tokenize(z, _MANTISSA)
-    for r in range(band.shape[0]):
-        above = band[r - 1] if r >= 1 else zero
-        above2 = band[r - 2] if r >= 2 else zero
-        enc.adaptive(token[r], _row_contexts(above, above2, None if prow is None else prow[r]), tables)
+    for r in range(band.shape[0]):  # one adaptive call per row, as the decoder reads them
+        enc.adaptive(token[r], ctx[r], tables)
         enc.uniform(extra[r], nbits[r])
     return bytes(head.buf) + enc.finish()
 

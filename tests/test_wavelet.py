@@ -190,3 +190,17 @@ def test_context_coded_detail_bands_roundtrip_and_beat_runs_on_dense_bands():
         assert np.array_equal(_context_decode(data, bands[i].shape, 1, parent), bands[i])
         smaller += len(data) < len(_sparse_encode(bands[i]))
     assert smaller >= len(bands) // 2  # clustered magnitudes: contexts pay on most bands
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1), (2, 2), (17, 33)])
+def test_band_contexts_equal_the_decoders_row_contexts(shape):
+    from medcodec.wavelet import _band_contexts, _parent_rows, _row_contexts
+
+    rng = np.random.default_rng(shape[0] * 100 + shape[1])
+    band = rng.integers(-300, 300, shape) * (rng.random(shape) < 0.5)
+    parent = rng.integers(-500, 500, ((shape[0] + 1) // 2, (shape[1] + 1) // 2))
+    zero = np.zeros(shape[1], dtype=np.int64)
+    for prow in (None, _parent_rows(parent, 2, shape)):
+        rows = [_row_contexts(band[r - 1] if r >= 1 else zero, band[r - 2] if r >= 2 else zero,
+                              None if prow is None else prow[r]) for r in range(shape[0])]
+        assert np.array_equal(np.stack(rows), _band_contexts(band, prow))
