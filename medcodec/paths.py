@@ -190,7 +190,7 @@ def zigzag(e: np.ndarray) -> np.ndarray:
 
 
 def unzigzag(z: np.ndarray) -> np.ndarray:
-    return np.where(z & 1, -((z + 1) >> 1), z >> 1)
+    return (z >> 1) ^ -(z & 1)  # z / 2 for even z, -(z + 1) / 2 for odd
 
 
 # --- priors ------------------------------------------------------------------------------

@@ -636,7 +636,7 @@ class RasterLSGlobalPathCoder:
             near = e[0] + e[1] + ((e[2] + e[3]) >> 1)
             token = tokens.decode(self._contexts(near, gradient, x, pred, res[eat[0]], textured))
             z = lowest[token] + raw.read(raw_bits[token])
-            residual = (z >> 1) ^ -(z & 1)  # unzigzag
+            residual = unzigzag(z)
             value = pred + residual
             if value.min(initial=0) < 0 or value.max(initial=0) > maxv:
                 raise CorruptRecordError("global path decoded a value outside the stored range")

@@ -199,10 +199,11 @@ def _parent(bands: list, i: int):
 
 
 def _row_contexts(above: np.ndarray, above2: np.ndarray, parent_row: np.ndarray | None) -> np.ndarray:
+    """Contexts of one row (or, with 2-D arguments, of many rows: columns on the last axis)."""
     a = np.abs(above)
     act = a.copy()
-    act[1:] += a[:-1] >> 1
-    act[:-1] += a[1:] >> 1
+    act[..., 1:] += a[..., :-1] >> 1
+    act[..., :-1] += a[..., 1:] >> 1
     act += np.abs(above2) >> 1
     bucket = activity_bucket(act)
     if parent_row is None:
@@ -213,17 +214,9 @@ def _row_contexts(above: np.ndarray, above2: np.ndarray, parent_row: np.ndarray 
 
 def _band_contexts(band: np.ndarray, prow: np.ndarray | None) -> np.ndarray:
     """``_row_contexts`` of every row of ``band`` at once (encoder: it knows every row)."""
-    a = np.zeros((band.shape[0] + 2, band.shape[1]), dtype=np.int64)  # |band| two rows down
-    a[2:] = np.abs(band)
-    above, above2 = a[1:-1], a[:-2]
-    act = above.copy()
-    act[:, 1:] += above[:, :-1] >> 1
-    act[:, :-1] += above[:, 1:] >> 1
-    act += above2 >> 1
-    bucket = activity_bucket(act)
-    if prow is None:
-        return bucket * _PARENT_CLASSES
-    return bucket * _PARENT_CLASSES + np.searchsorted(np.array([1, 2, 4, 8, 16]), prow, side="right")
+    padded = np.zeros((band.shape[0] + 2, band.shape[1]), dtype=np.int64)  # band two rows down
+    padded[2:] = band
+    return _row_contexts(padded[1:-1], padded[:-2], prow)
 
 
 def _parent_rows(parent, scale: int, shape: tuple[int, int]):
