@@ -46,6 +46,10 @@ from .paths import (
     IntWriter,
     PlaneInfo,
     TreeGlobalPathCoder,
+    _HALF,
+    _WMAX,
+    WEIGHT_BITS,
+    _fit,
     _join,
     _Predictor,
     _split,
@@ -239,32 +243,39 @@ class RasterGlobalPathCoder:
     BLOCK = 1 << 16  # encoder: pixels per block when computing contexts
 
     def encode(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> bytes:
-        flat, _, diags, pred, tree, ctx = self._analyse(plane, info, prev)
+        flat, _, diags, pred, _, tree, ctx = self._analyse(plane, info, prev)
         side = IntWriter()
         tree.write(side)
         return self._payload(side, tree, info, diags, ctx, flat - pred)
 
     def _analyse(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None):
-        """(values, predictor state, scan steps, predictions, tree, contexts): encoder only."""
+        """(values, predictor state, scan steps, predictions, predictions x8, tree,
+        contexts): encoder only."""
         flat = np.asarray(plane, dtype=np.int64).ravel()
         maxv = (1 << info.bits) - 1
         wf = Wavefront(info.rows, info.cols, prev)
         n = flat.size
         pred = np.empty(n, dtype=np.int64)
+        pred8_all = np.empty(n, dtype=np.int64)
         diags = list(wf.diagonals())
         for pos, r, c in diags:
             p, _, sub, pred8 = wf.predict(pos, r, c, maxv)
             pred[pos] = p
+            pred8_all[pos] = pred8
             wf.update(pos, flat[pos], sub, pred8)
         token, _, _ = tokenize(zigzag(flat - pred), MANTISSA)
         order = wf.scan_order()
         tree = self._learn(wf, order[:: max(1, n // ctxtree.LEARN_ROWS)], pred, token, info)
+        return flat, wf, diags, pred, pred8_all, tree, self._all_contexts(wf, tree, pred)
+
+    def _all_contexts(self, wf: Wavefront, tree, pred: np.ndarray) -> np.ndarray:
         # Every property reads decoded neighbours only, all known now: compute in blocks.
+        n = pred.size
         ctx = np.empty(n, dtype=np.int64)
         for lo in range(0, n, self.BLOCK):
             pos = np.arange(lo, min(n, lo + self.BLOCK), dtype=np.int64)
             ctx[pos] = tree.contexts(self._props(wf, pos, pred[pos], tree.used))
-        return flat, wf, diags, pred, tree, ctx
+        return ctx
 
     def _payload(self, side: IntWriter, tree, info: PlaneInfo, diags, ctx: np.ndarray, residual: np.ndarray) -> bytes:
         token, extra, nbits = tokenize(zigzag(residual), MANTISSA)
@@ -292,9 +303,7 @@ class RasterGlobalPathCoder:
             p, nb, sub, pred8 = wf.predict(pos, r, c, maxv)
             ctx = tree.contexts(wf.properties(pos, r, c, nb, p, used))
             if leaf_table is not None:
-                choice, offset = leaf_table
-                cands = leaf_predictions(wf.value, nb, p, maxv)
-                p = np.clip(cands[choice[ctx], np.arange(pos.size)] + offset[ctx], 0, maxv)
+                p = self._leaf_prediction(wf, pos, nb, p, pred8, ctx, leaf_table, maxv)
             token = dec.adaptive(ctx, tables)
             extra = dec.uniform(raw_bits_of(token, MANTISSA))
             value = p + unzigzag(detokenize(token, extra, MANTISSA))
@@ -302,6 +311,13 @@ class RasterGlobalPathCoder:
                 raise CorruptRecordError("global path decoded a value outside the stored range")
             wf.update(pos, value, sub, pred8)
         return wf.value[:-1].reshape(info.rows, info.cols)
+
+    @staticmethod
+    def _leaf_prediction(wf: Wavefront, pos, nb, pred, pred8, ctx, leaf_table, maxv: int) -> np.ndarray:
+        """v2: the leaf's entry of LEAF_PREDICTORS plus its offset, within [0, maxv]."""
+        choice, offset = leaf_table[:2]
+        cands = leaf_predictions(wf.value, nb, pred, maxv)
+        return np.clip(cands[choice[ctx], np.arange(pos.size)] + offset[ctx], 0, maxv)
 
     @staticmethod
     def _tables(tree: ctxtree.Tree, info: PlaneInfo) -> AdaptiveTables:
@@ -378,13 +394,40 @@ class RasterV2GlobalPathCoder(RasterGlobalPathCoder):
     model_id = "raster-wp-v2"
 
     def encode(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> bytes:
-        flat, wf, diags, pred, tree, ctx = self._analyse(plane, info, prev)
+        flat, wf, diags, pred, _, tree, ctx = self._analyse(plane, info, prev)
         maxv = (1 << info.bits) - 1
-        n = flat.size
-        leaves = tree.n_leaves
-        allpos = np.arange(n, dtype=np.int64)
+        allpos = np.arange(flat.size, dtype=np.int64)
         r, c = np.divmod(allpos, info.cols)
         cands = leaf_predictions(wf.value, wf.neighbours(allpos, r, c), pred, maxv)
+        return self._code_best(tree, info, diags, ctx, flat, pred, cands, maxv)
+
+    def _code_best(self, tree, info: PlaneInfo, diags, ctx, flat, pred, cands, maxv: int, models=()) -> bytes:
+        """Chooses a candidate prediction (a row of ``cands``) and an offset per leaf, and
+        codes the plane with that table and without one (the weighted predictor
+        everywhere); the smaller stream wins. ``models`` (v3): the fitted predictors the
+        rows past LEAF_PREDICTORS come from; only those some leaf picks are written."""
+        choice, offset, final = self._select(ctx, tree.n_leaves, flat, cands, maxv)
+        # Fitted predictors no leaf picks are dropped; the others are renumbered in order.
+        fixed = len(LEAF_PREDICTORS)
+        used = np.unique(choice[choice >= fixed]) - fixed
+        renumber = np.arange(fixed + len(models))
+        renumber[fixed + used] = fixed + np.arange(used.size)
+        choice = renumber[choice]
+        models = [models[i] for i in used]
+        # The leaf table is checked by coding: the static costs ignore the adaptive
+        # tables' learning and the table's own bytes, so small planes may do better without.
+        best = self._code(tree, info, diags, ctx, flat - pred, [], [])
+        changed = np.flatnonzero(choice | offset)
+        if changed.size:
+            table = [(int(leaf), int(choice[leaf]), int(offset[leaf])) for leaf in changed]
+            data = self._code(tree, info, diags, ctx, flat - final, table, models)
+            best = data if len(data) < len(best) else best
+        return best
+
+    @staticmethod
+    def _select(ctx, leaves: int, flat, cands, maxv: int):
+        """(choice, offset) per leaf and the pixels' final predictions (encoder only)."""
+        allpos = np.arange(flat.size, dtype=np.int64)
         costs = np.stack([_leaf_costs(*tokenize(zigzag(flat - cp), MANTISSA)[::2], ctx, leaves) for cp in cands])
         # A leaf leaves the weighted predictor (or takes an offset) only for a clear gain:
         # the static cost is measured on the leaf's own pixels, and small leaves overfit.
@@ -396,19 +439,12 @@ class RasterV2GlobalPathCoder(RasterGlobalPathCoder):
         moved_cost = _leaf_costs(*tokenize(zigzag(flat - moved), MANTISSA)[::2], ctx, leaves)
         offset = np.where(chosen - moved_cost > LEAF_SWITCH_BITS, offset, 0)
         final = np.clip(final + offset[ctx], 0, maxv)
-        # The leaf table is checked by coding: the static costs ignore the adaptive
-        # tables' learning and the table's own bytes, so small planes may do better without.
-        best = self._code(tree, info, diags, ctx, flat - pred, [])
-        changed = np.flatnonzero(choice | offset)
-        if changed.size:
-            table = [(int(leaf), int(choice[leaf]), int(offset[leaf])) for leaf in changed]
-            data = self._code(tree, info, diags, ctx, flat - final, table)
-            best = data if len(data) < len(best) else best
-        return best
+        return choice, offset, final
 
-    def _code(self, tree, info: PlaneInfo, diags, ctx: np.ndarray, residual: np.ndarray, table) -> bytes:
+    def _code(self, tree, info: PlaneInfo, diags, ctx: np.ndarray, residual: np.ndarray, table, models) -> bytes:
         side = IntWriter()
         tree.write(side)
+        self._write_models(side, models)
         side.put(len(table))
         last = -1
         for leaf, pick, move in table:
@@ -418,9 +454,17 @@ class RasterV2GlobalPathCoder(RasterGlobalPathCoder):
             last = leaf
         return self._payload(side, tree, info, diags, ctx, residual)
 
+    @staticmethod
+    def _write_models(side: IntWriter, models) -> None:
+        """v2 has no fitted predictors."""
+
+    def _read_models(self, side: IntReader, info: PlaneInfo, prev) -> list:
+        return []
+
     def decode(self, data: bytes, info: PlaneInfo, prev: np.ndarray | None = None) -> np.ndarray:
         side, payload = _split(data)
         tree = ctxtree.Tree.read(side, len(self.PROPERTIES), N_BUCKETS)
+        models = self._read_models(side, info, prev)
         maxv = (1 << info.bits) - 1
         choice = np.zeros(tree.n_leaves, dtype=np.int64)
         offset = np.zeros(tree.n_leaves, dtype=np.int64)
@@ -431,10 +475,176 @@ class RasterV2GlobalPathCoder(RasterGlobalPathCoder):
         for _ in range(changed):
             step, pick, move = side.get(), side.get(), side.get()
             leaf += step + 1
-            if step < 0 or leaf >= tree.n_leaves or not 0 <= pick < len(LEAF_PREDICTORS) or abs(move) > maxv:
+            if step < 0 or leaf >= tree.n_leaves or not 0 <= pick < len(LEAF_PREDICTORS) + len(models) or abs(move) > maxv:
                 raise CorruptRecordError(f"raster leaf {leaf}: predictor {pick} or offset {move} out of range")
             choice[leaf], offset[leaf] = pick, move
-        return self._decode_payload(payload, tree, info, prev, (choice, offset) if changed else None)
+        return self._decode_payload(payload, tree, info, prev, (choice, offset, models) if changed else None)
+
+
+# --- raster-wp-v3: fitted linear predictors over a wider causal neighbourhood ------------
+# Offsets (row, col) of the neighbours a fitted predictor reads. Each has 2 * row + col < 0,
+# so it lies on an earlier anti-diagonal (decoded before the pixel). One outside the
+# plane reads the pixel's N where col >= 0 and its W otherwise (with their edge rules).
+LS_NEIGHBOURS = (
+    (0, -1), (-1, 0), (-1, -1), (-1, 1), (0, -2), (-2, 0), (-1, -2), (-2, -1), (-2, 1), (-2, 2), (-2, -2), (0, -3),
+    (-3, 0), (-2, 3), (-1, -3), (-3, -1), (-3, 1), (-3, 2), (0, -4), (-4, 0), (-2, -3), (-3, -2), (-3, 3),
+)
+_LS_REACH = 4  # no offset reaches further than this many rows or columns
+# Fitted predictors per plane: one per LS_CLASS_PIXELS pixels, at most LS_MAX_CLASSES,
+# none under LS_MIN_PIXELS. Encoder only (the stream says how many it holds).
+LS_CLASS_PIXELS = 1 << 14
+LS_MAX_CLASSES = 16
+LS_MIN_PIXELS = 1 << 12
+LS_ROUNDS = 2  # fit, reassign leaves, fit again
+LS_FIT_ROWS = 1 << 15
+LS_L1_ITERATIONS = 4
+
+
+def ls_feature_count(has_prev: bool) -> int:
+    return len(LS_NEIGHBOURS) + 5 + has_prev
+
+
+def ls_features(wf: Wavefront, pos: np.ndarray, r: np.ndarray, c: np.ndarray, nb: dict[str, np.ndarray], pred8: np.ndarray):
+    """(features (F, n), ref) of the fitted predictors, all integers relative to
+    ``ref = (W + N) >> 1``: the LS_NEIGHBOURS' values minus ref; the weighted prediction
+    (x8) minus ``8 ref``; the weighted predictor's errors at W, N, NW and NE (x8); and,
+    given a previous plane, its value at the pixel minus the mean of its W and N."""
+    v, cols = wf.value, wf.cols
+    ref = (v[nb["W"]] + v[nb["N"]]) >> 1
+    n_nb = len(LS_NEIGHBOURS)
+    deltas = np.array([dr * cols + dc for dr, dc in LS_NEIGHBOURS], dtype=np.int64)
+    idx = pos[None, :] + deltas[:, None]
+    edge = np.flatnonzero((r < _LS_REACH) | (c < _LS_REACH) | (c >= cols - _LS_REACH))
+    if edge.size:
+        er, ec = r[edge], c[edge]
+        for i, (dr, dc) in enumerate(LS_NEIGHBOURS):
+            inside = (er + dr >= 0) & (ec + dc >= 0) & (ec + dc < cols)
+            idx[i, edge] = np.where(inside, idx[i, edge], (nb["N"] if dc >= 0 else nb["W"])[edge])
+    x = np.empty((ls_feature_count(wf.prev is not None), pos.size), dtype=np.int64)
+    np.subtract(v[idx], ref, out=x[:n_nb])
+    x[n_nb] = pred8 - (ref << EXTRA_BITS)
+    te = wf.true_err
+    for i, key in enumerate(("eW", "eN", "eNW", "eNE")):
+        x[n_nb + 1 + i] = te[nb[key]]
+    if wf.prev is not None:
+        p = wf.prev
+        x[n_nb + 5] = p[pos] - ((p[nb["W"]] + p[nb["N"]]) >> 1)
+    return x, ref
+
+
+def ls_predict(x: np.ndarray, ref: np.ndarray, weights: np.ndarray, cls: np.ndarray | None, maxv: int) -> np.ndarray:
+    """``clip(ref + (w[cls] . x + half) >> WEIGHT_BITS, 0, maxv)`` in int64 (exact);
+    ``cls`` None: every pixel takes ``weights[0]``."""
+    if cls is None:
+        out = weights[0] @ x
+    else:
+        out = np.einsum("nf,fn->n", weights[cls], x)
+    return np.clip(ref + ((out + _HALF) >> WEIGHT_BITS), 0, maxv)
+
+
+class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
+    """``raster-wp-v2`` whose leaves may also pick one of a few fitted linear predictors.
+
+    The weighted predictor and the fixed candidates see four to six neighbours. Where the
+    noise is correlated over a few pixels (MR and CR detectors, reconstructions, scan
+    conversion) a predictor over a wider neighbourhood averages it better: each fitted
+    predictor is ``ref + ((x @ w + half) >> 12)`` over ``ls_features`` (14 causal
+    neighbours, the weighted prediction, and the previous plane's local deviation),
+    integer weights sent in the stream. The encoder groups the context leaves into
+    classes (first by their mean absolute residual, then each leaf to the class whose
+    predictor codes it in fewest bits, ``LS_ROUNDS`` times), fits one predictor per class
+    for small absolute residuals (``paths._fit``), and lets every leaf choose among the
+    fixed candidates and the fitted ones as in v2. Predictors no leaf picks are not sent.
+
+    Stream: the tree; the number of fitted predictors and their weights; then v2's leaf
+    table (choice ``len(LEAF_PREDICTORS) + j`` names fitted predictor j) and payload.
+    """
+
+    model_id = "raster-wp-v3"
+
+    def encode(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> bytes:
+        flat, wf, diags, pred, pred8, tree, ctx = self._analyse(plane, info, prev)
+        maxv = (1 << info.bits) - 1
+        n = flat.size
+        allpos = np.arange(n, dtype=np.int64)
+        r, c = np.divmod(allpos, info.cols)
+        nb = wf.neighbours(allpos, r, c)
+        cands = leaf_predictions(wf.value, nb, pred, maxv)
+        models: list[np.ndarray] = []
+        if n >= LS_MIN_PIXELS:
+            x, ref = ls_features(wf, allpos, r, c, nb, pred8)
+            models = self._fit_models(x, ref, flat, pred, ctx, tree.n_leaves, maxv)
+            cands = np.concatenate([cands, np.stack([ls_predict(x, ref, w[None], None, maxv) for w in models])])
+            # The tree was grown on the weighted predictor's residuals: grow it again on
+            # those of the chosen predictions (same properties), and choose again.
+            final = self._select(ctx, tree.n_leaves, flat, cands, maxv)[2]
+            token = tokenize(zigzag(flat - final), MANTISSA)[0]
+            tree = self._learn(wf, wf.scan_order()[:: max(1, n // ctxtree.LEARN_ROWS)], pred, token, info)
+            ctx = self._all_contexts(wf, tree, pred)
+        return self._code_best(tree, info, diags, ctx, flat, pred, cands, maxv, models)
+
+    @staticmethod
+    def _fit_models(x, ref, flat, pred, ctx, leaves: int, maxv: int) -> list[np.ndarray]:
+        """Weights of the fitted predictors, one per class of leaves (encoder only)."""
+        n = flat.size
+        k = int(min(LS_MAX_CLASSES, max(1, n // LS_CLASS_PIXELS)))
+        counts = np.bincount(ctx, minlength=leaves)
+        activity = np.bincount(ctx, weights=np.abs(flat - pred), minlength=leaves) / np.maximum(counts, 1)
+        order = np.argsort(activity, kind="stable")
+        group = np.empty(leaves, dtype=np.int64)
+        group[order] = np.minimum((np.cumsum(counts[order]) - counts[order]) * k // max(n, 1), k - 1)
+        y = flat - ref
+        for _ in range(LS_ROUNDS):
+            cls = group[ctx]
+            models = []
+            for j in range(k):
+                members = np.flatnonzero(cls == j)
+                if members.size < 4 * x.shape[0]:
+                    continue
+                members = members[:: max(1, members.size // LS_FIT_ROWS)]
+                models.append(_fit(x[:, members], y[members], LS_L1_ITERATIONS, LS_FIT_ROWS))
+            if not models:
+                return []
+            costs = np.stack([
+                _leaf_costs(*tokenize(zigzag(flat - ls_predict(x, ref, w[None], None, maxv)), MANTISSA)[::2], ctx, leaves)
+                for w in models
+            ])
+            group = costs.argmin(axis=0)
+            k = len(models)
+        return models
+
+    @staticmethod
+    def _write_models(side: IntWriter, models) -> None:
+        side.put(len(models))
+        for w in models:
+            for value in w:
+                side.put(int(value))
+
+    def _read_models(self, side: IntReader, info: PlaneInfo, prev) -> list:
+        count = side.get()
+        if not 0 <= count <= LS_MAX_CLASSES:
+            raise CorruptRecordError(f"raster stream names {count} fitted predictors (0..{LS_MAX_CLASSES})")
+        n_feat = ls_feature_count(prev is not None)
+        models = np.array([[side.get() for _ in range(n_feat)] for _ in range(count)], dtype=np.int64).reshape(count, n_feat)
+        if np.abs(models).max(initial=0) > _WMAX:
+            raise CorruptRecordError("fitted predictor weight out of range")
+        return models
+
+    @staticmethod
+    def _leaf_prediction(wf: Wavefront, pos, nb, pred, pred8, ctx, leaf_table, maxv: int) -> np.ndarray:
+        choice, offset, models = leaf_table
+        pick = choice[ctx]
+        fixed = len(LEAF_PREDICTORS)
+        cands = leaf_predictions(wf.value, nb, pred, maxv)
+        out = cands[np.minimum(pick, fixed - 1), np.arange(pos.size)]
+        fitted = np.flatnonzero(pick >= fixed)
+        if fitted.size:
+            sub = pos[fitted]
+            r, c = np.divmod(sub, wf.cols)
+            sub_nb = {key: idx[fitted] for key, idx in nb.items()}
+            x, ref = ls_features(wf, sub, r, c, sub_nb, pred8[fitted])
+            out[fitted] = ls_predict(x, ref, models, pick[fitted] - fixed, maxv)
+        return np.clip(out + offset[ctx], 0, maxv)
 
 
 class RasterDifferenceGlobalPathCoder:
@@ -768,6 +978,21 @@ class PerPlaneV5GlobalPathCoder(PerPlaneV4GlobalPathCoder):
 
     model_id = "per-plane-v5"
     CANDIDATES = (TreeGlobalPathCoder, RasterV2GlobalPathCoder, RasterDifferenceV2GlobalPathCoder, WaveletGlobalPathCoder)
+
+
+class RasterDifferenceV3GlobalPathCoder(RasterDifferenceGlobalPathCoder):
+    """``raster-wp-v3`` on ``plane - prev`` (see ``RasterDifferenceGlobalPathCoder``)."""
+
+    model_id = "raster-wp-diff-v3"
+    BASE = RasterV3GlobalPathCoder
+
+
+class PerPlaneV6GlobalPathCoder(PerPlaneV4GlobalPathCoder):
+    """``per-plane-v5`` with the raster coders replaced by ``raster-wp-v3`` (leaves may
+    pick fitted predictors over a wider neighbourhood). v5 records keep decoding with v5."""
+
+    model_id = "per-plane-v6"
+    CANDIDATES = (TreeGlobalPathCoder, RasterV3GlobalPathCoder, RasterDifferenceV3GlobalPathCoder, WaveletGlobalPathCoder)
 
 
 class FastPerPlaneGlobalPathCoder(PerPlaneGlobalPathCoder):

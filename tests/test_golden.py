@@ -78,6 +78,33 @@ def test_golden_records_cover_a_raster_leaf_table():
     assert entries and max(entries) > 0
 
 
+def test_golden_records_cover_fitted_raster_predictors():
+    # raster-wp-v3: a golden plane whose leaves pick a fitted predictor.
+    from medcodec import container as ct
+    from medcodec import ctxtree
+    from medcodec.codec import PER_PLANE_MODELS
+    from medcodec.paths import N_BUCKETS, IntReader, PlaneInfo, _split
+    from medcodec.wavefront import LEAF_PREDICTORS, RasterV3GlobalPathCoder
+
+    picks = []
+    for name in EXPECTED:
+        blob = (GOLDEN / name).read_bytes()
+        info = medcodec.inspect_record(blob)
+        if info.get("models", {}).get("global") not in PER_PLANE_MODELS:
+            continue
+        rows, cols = info["shape"][-2:]
+        for sec in ct.read_record(blob).of_type(ct.SECTION_GLOBAL)[:1]:  # the first plane: no previous one
+            r = IntReader(sec.payload)
+            if PER_PLANE_MODELS[info["models"]["global"]].CANDIDATES[r.get()] is not RasterV3GlobalPathCoder:
+                continue
+            side, _ = _split(sec.payload[r.at :])
+            ctxtree.Tree.read(side, len(RasterV3GlobalPathCoder.PROPERTIES), N_BUCKETS)
+            models = RasterV3GlobalPathCoder()._read_models(side, PlaneInfo(rows=rows, cols=cols, bits=12, k=0, preset="max"), None)
+            table = [(side.get(), side.get(), side.get()) for _ in range(side.get())]
+            picks += [pick - len(LEAF_PREDICTORS) for _, pick, _ in table if pick >= len(LEAF_PREDICTORS) and len(models)]
+    assert picks
+
+
 def test_golden_records_cover_both_raster_ls_context_sets():
     from medcodec.wavefront import TEXTURE_MIN_PIXELS
 
