@@ -546,6 +546,60 @@ def test_raster_v3_codes_correlated_noise_smaller_than_v2():
     assert len(models) >= 1 and any(pick >= len(LEAF_PREDICTORS) for _, pick, _ in table)
 
 
+_V3_SCRIPT = """
+import sys, numpy as np
+import medcodec.wavefront as wf
+from medcodec.paths import PlaneInfo
+a = np.frombuffer(sys.stdin.buffer.read(), dtype=np.int64).reshape({shape})
+wf.LS_SAMPLE = {sample}
+info = PlaneInfo(rows=a.shape[0], cols=a.shape[1], bits={bits}, k=0, preset="max")
+sys.stdout.buffer.write({action})
+"""
+
+
+def _v3_subprocess(a, bits, sample, action, data, threads="1"):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    script = _V3_SCRIPT.format(shape=a.shape, sample=sample, bits=bits, action=action)
+    return subprocess.run([sys.executable, "-c", script], input=data, capture_output=True, env=env, check=True).stdout
+
+
+@pytest.mark.parametrize("sample", [1 << 18, 1 << 11])
+def test_raster_v3_same_bytes_with_1_or_2_threads_and_decodes_in_another_process(sample, monkeypatch):
+    # The fitted predictors' sampled candidates use a float64 matrix product (BLAS): exact
+    # on integers, so the bytes may not depend on threads. 1 << 11: the strided sample.
+    import medcodec.wavefront as wf
+
+    a, bits = _real_plane("MR2_J2KR.dcm")
+    a = np.ascontiguousarray(a[448:576, 448:576])
+    info = _info(a, bits)
+    monkeypatch.setattr(wf, "LS_SAMPLE", sample)
+    data = RasterV3GlobalPathCoder().encode(a, info)
+    assert len(_v3_models(data, info)[0]) >= 1
+    for threads in ("1", "2"):
+        assert _v3_subprocess(a, bits, sample, "wf.RasterV3GlobalPathCoder().encode(a, info)", a.tobytes(), threads) == data
+    back = _decode_v3_elsewhere(data, a.shape, bits)
+    assert np.array_equal(np.frombuffer(back, dtype=np.int64).reshape(a.shape), a)
+
+
+def _decode_v3_elsewhere(data: bytes, shape, bits: int) -> bytes:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, numpy as np\n"
+        "from medcodec.paths import PlaneInfo\n"
+        "from medcodec.wavefront import RasterV3GlobalPathCoder\n"
+        f"info = PlaneInfo(rows={shape[0]}, cols={shape[1]}, bits={bits}, k=0, preset='max')\n"
+        "out = RasterV3GlobalPathCoder().decode(sys.stdin.buffer.read(), info)\n"
+        "sys.stdout.buffer.write(np.ascontiguousarray(out, dtype=np.int64).tobytes())\n"
+    )
+    return subprocess.run([sys.executable, "-c", script], input=data, capture_output=True, check=True).stdout
+
+
 def test_raster_v3_fits_no_predictor_on_small_planes():
     a, bits = _real_plane("MR_small.dcm")
     a = a[:40, :50]
