@@ -47,15 +47,12 @@ def test_codec_roundtrip(path):
             medcodec.compress_dicom(data)
         pytest.skip(f"rejected with a clear error: {type(exc).__name__}")
     # Suite time budget: the transformer path on files up to 150 kB (max up to 40 kB, fast
-    # above), the transformer-free v1.0 path on larger ones (tests/test_model.py covers the
-    # transformer on every layout; exactness does not depend on the image size), `max`'s
-    # global path up to 500 kB and `fast`'s above (the benchmark codes the big real images
-    # with `max` and verifies every decode; tests/test_wavefront.py covers raster-wp-v3's
-    # strided sample of large planes).
-    if len(data) > 500_000:
+    # above), the transformer-free v1.0 path and `fast`'s global path on larger ones
+    # (tests/test_model.py covers the transformer on every layout; exactness does not depend
+    # on the image size; the benchmark codes the big real images with `max` and verifies
+    # every decode; tests/test_wavefront.py covers raster-wp-v3's strided sample of large planes).
+    if len(data) > 150_000:
         blob = medcodec.compress_dicom(data, local_model="classical-v1", preset="fast", verify=False)
-    elif len(data) > 150_000:
-        blob = medcodec.compress_dicom(data, local_model="classical-v1", verify=False)
     else:
         blob = medcodec.compress_dicom(data, preset="max" if len(data) < 40_000 else "fast", verify=False)
     restored = medcodec.decompress_dicom(blob)

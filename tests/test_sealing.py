@@ -67,7 +67,7 @@ def test_keyed_roundtrip_every_readable_file(path, keyring):
     # The keyed path does not depend on the pixel models: files over 20 kB use the
     # transformer-free v1.0 local path, images over 2^19 samples the `fast` global path
     # too, to keep the suite inside its time budget (test_dicom_roundtrip codes files up to
-    # 1 MB with `max`). Verification is what this test does, so skip the built-in one.
+    # 150 kB with `max`). Verification is what this test does, so skip the built-in one.
     local_model = "classical-v1" if len(data) > 20_000 else None
     large = original.frames is not None and original.frames.size > 1 << 19
     preset = "fast" if large else "max"
@@ -208,7 +208,8 @@ def test_reveal_rejects_altered_pixels_and_foreign_messages(keyring):
             sealing.reveal(bytes(bad), keyring)
     # A message embedded for another image does not open in this one.
     other = medcodec.decompress_dicom(
-        medcodec.compress_dicom(Path(get_testdata_file("MR2_UNCI.dcm")).read_bytes(), keyring=keyring)
+        medcodec.compress_dicom(Path(get_testdata_file("MR2_UNCI.dcm")).read_bytes(), keyring=keyring,
+                                local_model="classical-v1", preset="fast")
     )
     ds = pydicom.dcmread(io.BytesIO(other))
     ds.SOPInstanceUID = cfg["uids"]["SOPInstanceUID"]
@@ -244,7 +245,7 @@ def test_cli_keys_compress_reveal(tmp_path):
     assert cli("keys", "new", ring).returncode == 0
     assert ring.stat().st_mode & 0o077 == 0
     src = get_testdata_file("693_UNCI.dcm")
-    assert cli("compress", "--key-file", ring, src, tmp_path / "r.mdc").returncode == 0
+    assert cli("compress", "--preset", "fast", "--key-file", ring, src, tmp_path / "r.mdc").returncode == 0
     assert cli("decompress", tmp_path / "r.mdc", tmp_path / "deid.dcm").returncode == 0
     assert cli("decompress", "--key-file", ring, tmp_path / "r.mdc", tmp_path / "orig.dcm").returncode == 0
     assert (tmp_path / "orig.dcm").read_bytes() == Path(src).read_bytes()
