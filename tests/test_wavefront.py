@@ -404,8 +404,9 @@ def test_raster_v2_codes_real_images_smaller_than_v1():
     assert picks and len(set(picks)) > 1
 
 
-def _with_leaf_table(data: bytes, entries: list[int]) -> bytes:
-    """``data`` with its leaf table replaced by the varints ``entries``."""
+def _with_side_replaced(data: bytes, skip, entries: list[int]) -> bytes:
+    """``data`` with the side information that ``skip(side)`` reads after the tree replaced
+    by the varints ``entries``."""
     from medcodec import ctxtree
     from medcodec.paths import N_BUCKETS, _join, _split
 
@@ -413,12 +414,21 @@ def _with_leaf_table(data: bytes, entries: list[int]) -> bytes:
     ctxtree.Tree.read(side, len(RasterV2GlobalPathCoder.PROPERTIES), N_BUCKETS)
     w = IntWriter()
     w.buf += side.data[: side.at]
-    for _ in range(3 * side.get()):
-        side.get()
+    skip(side)
     for v in entries:
         w.put(v)
     w.buf += side.data[side.at :]
     return _join(w, payload)
+
+
+def _with_leaf_table(data: bytes, entries: list[int]) -> bytes:
+    """``data`` (raster-wp-v2) with its leaf table replaced by the varints ``entries``."""
+
+    def skip(side):
+        for _ in range(3 * side.get()):
+            side.get()
+
+    return _with_side_replaced(data, skip, entries)
 
 
 def test_raster_v2_refuses_out_of_range_leaf_predictors_and_offsets():
@@ -611,19 +621,8 @@ def test_raster_v3_fits_no_predictor_on_small_planes():
 
 
 def _with_v3_models(data: bytes, info: PlaneInfo, entries: list[int]) -> bytes:
-    """``data`` with its fitted predictors replaced by the varints ``entries``."""
-    from medcodec import ctxtree
-    from medcodec.paths import N_BUCKETS, _join, _split
-
-    side, payload = _split(data)
-    ctxtree.Tree.read(side, len(RasterV3GlobalPathCoder.PROPERTIES), N_BUCKETS)
-    w = IntWriter()
-    w.buf += side.data[: side.at]
-    RasterV3GlobalPathCoder()._read_models(side, info, None)
-    for v in entries:
-        w.put(v)
-    w.buf += side.data[side.at :]
-    return _join(w, payload)
+    """``data`` (raster-wp-v3) with its fitted predictors replaced by the varints ``entries``."""
+    return _with_side_replaced(data, lambda side: RasterV3GlobalPathCoder()._read_models(side, info, None), entries)
 
 
 def test_raster_v3_refuses_bad_fitted_predictors():
