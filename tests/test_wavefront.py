@@ -449,18 +449,6 @@ def test_raster_v2_refuses_out_of_range_leaf_predictors_and_offsets():
     _flipped_bytes_fail_cleanly(RasterV2GlobalPathCoder(), data, info, 4, 8)
 
 
-def test_per_plane_v5_keeps_the_smallest_candidate():
-    r, g, _ = _rgb("US1_J2KR.dcm")
-    r, g = r[100:196, 100:228], g[100:196, 100:228]
-    info = _info(r, 8)
-    coder = PerPlaneV5GlobalPathCoder()
-    data = coder.encode(g, info, r)
-    sizes = [len(c().encode(g, info, r)) for c in PerPlaneV5GlobalPathCoder.CANDIDATES[:3]]
-    assert len(data) == 1 + min(sizes)
-    assert PerPlaneV5GlobalPathCoder.chosen_model(data) in ("raster-wp-diff-v2", "interlaced-tree-v2")
-    assert np.array_equal(coder.decode(data, info, r), g)
-
-
 # --- raster-wp-v3: fitted predictors over a wider causal neighbourhood ----------------------
 
 
@@ -645,17 +633,19 @@ def test_raster_v3_refuses_bad_fitted_predictors():
     _flipped_bytes_fail_cleanly(RasterV3GlobalPathCoder(), data, info, 5, 8)
 
 
-def test_per_plane_v6_keeps_the_smallest_candidate():
+@pytest.mark.parametrize("coder_cls", [PerPlaneV5GlobalPathCoder, PerPlaneV6GlobalPathCoder])
+def test_per_plane_coders_keep_the_smallest_candidate(coder_cls):
     r, g, _ = _rgb("US1_J2KR.dcm")
     r, g = r[100:196, 100:228], g[100:196, 100:228]
     info = _info(r, 8)
-    coder = PerPlaneV6GlobalPathCoder()
+    coder = coder_cls()
     for plane, prev in ((r, None), (g, r)):
         data = coder.encode(plane, info, prev)
-        n = 3 if prev is not None else 2
-        sizes = [len(c().encode(plane, info, prev)) for c in PerPlaneV6GlobalPathCoder.CANDIDATES[:n]]
+        n = 3 if prev is not None else 2  # the difference coder needs a previous plane
+        sizes = [len(c().encode(plane, info, prev)) for c in coder_cls.CANDIDATES[:n]]
         assert len(data) == 1 + min(sizes)
         assert np.array_equal(coder.decode(data, info, prev), plane)
+    assert coder_cls.chosen_model(data).startswith(("raster-wp-diff-", "interlaced-tree-"))
 
 
 # --- raster-ls-v1 (`fast`): a fitted causal linear predictor, one step -----------------------
