@@ -534,6 +534,12 @@ def ls_features(wf: Wavefront, pos: np.ndarray, r: np.ndarray, c: np.ndarray, nb
     return x, ref
 
 
+def _ls_features_at(wf: Wavefront, pos: np.ndarray, pred8_all: np.ndarray):
+    """``ls_features`` of the pixels ``pos`` of a fully known plane (encoder)."""
+    r, c = np.divmod(pos, wf.cols)
+    return ls_features(wf, pos, r, c, wf.neighbours(pos, r, c), pred8_all[pos])
+
+
 def ls_predict(x: np.ndarray, ref: np.ndarray, weights: np.ndarray, cls: np.ndarray | None, maxv: int) -> np.ndarray:
     """``clip(ref + (w[cls] . x + half) >> WEIGHT_BITS, 0, maxv)``, exact; ``cls`` None:
     every pixel takes ``weights[0]``. ``x`` may be int64 or float64 holding the same
@@ -583,34 +589,38 @@ class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
         if n < LS_MIN_PIXELS:
             choice, offset, final = self._select(ctx, tree.n_leaves, flat, fixed, maxv)
             return self._code_choice(tree, info, diags, ctx, flat, pred, choice, offset, final)
-        x, ref = ls_features(wf, allpos, r, c, nb, pred8)
         # Predictors are fitted and leaves choose on pixels at a fixed stride (all of
-        # them up to 2 * LS_SAMPLE); the chosen predictions are then made for every pixel.
+        # them up to 2 * LS_SAMPLE); the chosen predictions are then made for every pixel,
+        # in blocks (the features of a whole plane would take ~220 bytes per pixel).
         step = max(1, n // LS_SAMPLE)
         s = slice(None, None, step)
-        xs, refs, flats = x[:, s].astype(np.float64), ref[s], flat[s]
+        xs, refs = _ls_features_at(wf, allpos[s], pred8)
+        xs, flats = xs.astype(np.float64), flat[s]
         models = self._fit_models(xs, refs, flats, pred[s], ctx[s], tree.n_leaves, maxv, n)
         cands = np.concatenate([fixed[:, s]] + [ls_predict(xs, refs, w[None], None, maxv)[None] for w in models])
         choice, offset, _ = self._select(ctx[s], tree.n_leaves, flats, cands, maxv, step)
-        final = self._final(choice, offset, ctx, fixed, x, ref, models, maxv)
+        final = self._final(choice, offset, ctx, fixed, wf, pred8, models, maxv)
         # The tree was grown on the weighted predictor's residuals: grow it again on
         # those of the chosen predictions (same properties), and choose again.
         token = tokenize(zigzag(flat - final), MANTISSA)[0]
         tree = self._learn(wf, wf.scan_order()[:: max(1, n // ctxtree.LEARN_ROWS)], pred, token, info)
         ctx = self._all_contexts(wf, tree, pred)
         choice, offset, _ = self._select(ctx[s], tree.n_leaves, flats, cands, maxv, step)
-        final = self._final(choice, offset, ctx, fixed, x, ref, models, maxv)
+        final = self._final(choice, offset, ctx, fixed, wf, pred8, models, maxv)
         return self._code_choice(tree, info, diags, ctx, flat, pred, choice, offset, final, models)
 
     @staticmethod
-    def _final(choice, offset, ctx, fixed, x, ref, models, maxv: int) -> np.ndarray:
+    def _final(choice, offset, ctx, fixed, wf: Wavefront, pred8, models, maxv: int) -> np.ndarray:
         """Every pixel's prediction under a leaf table (encoder only): as the decoder's."""
         pick = choice[ctx]
         n_fixed = len(LEAF_PREDICTORS)
         out = fixed[np.minimum(pick, n_fixed - 1), np.arange(pick.size)]
         fitted = np.flatnonzero(pick >= n_fixed)
-        if fitted.size:
-            out[fitted] = ls_predict(x[:, fitted], ref[fitted], np.asarray(models), pick[fitted] - n_fixed, maxv)
+        weights = np.asarray(models)
+        for lo in range(0, fitted.size, LS_SAMPLE):
+            at = fitted[lo : lo + LS_SAMPLE]
+            x, ref = _ls_features_at(wf, at, pred8)
+            out[at] = ls_predict(x, ref, weights, pick[at] - n_fixed, maxv)
         return np.clip(out + offset[ctx], 0, maxv)
 
     @staticmethod
