@@ -55,22 +55,31 @@ class Tree:
         """The properties some node splits on."""
         return frozenset(int(p) for p in self.prop[self.prop >= 0])
 
+    def __post_init__(self) -> None:
+        # Traversal tables (derived, not stored): a leaf points to itself on both sides and
+        # reads property 0, so every pixel can take one step per level until the deepest
+        # leaf; the levels to walk are the tree's depth.
+        n = self.prop.size
+        is_leaf = self.prop < 0
+        me = np.arange(n, dtype=np.int64)
+        depth = np.zeros(n, dtype=np.int64)
+        for i in np.flatnonzero(~is_leaf):
+            depth[i + 1] = depth[self.right[i]] = depth[i] + 1
+        object.__setattr__(self, "_read", np.where(is_leaf, 0, self.prop).astype(np.int64))
+        object.__setattr__(self, "_left", np.where(is_leaf, me, me + 1))
+        object.__setattr__(self, "_right", np.where(is_leaf, me, self.right).astype(np.int64))
+        object.__setattr__(self, "_depth", int(depth.max(initial=0)))
+
     def contexts(self, props: np.ndarray) -> np.ndarray:
         """Leaf id of every column of ``props`` (P, N): exact integer comparisons only."""
         n = props.shape[1]
         flat_t = np.ascontiguousarray(props).ravel()  # property p of pixel r at p * n + r
+        at = self._read * n  # where property row of each node starts in flat_t
+        pixel = np.arange(n, dtype=np.int64)
         node = np.zeros(n, dtype=np.int64)
-        active = np.arange(n)
-        for _ in range(MAX_DEPTH + 1):
-            cur = node[active]
-            p = self.prop[cur]
-            inner = p >= 0
-            if not inner.all():
-                active, cur, p = active[inner], cur[inner], p[inner]
-            if active.size == 0:
-                break
-            v = flat_t[p * n + active]
-            node[active] = np.where(v > self.thr[cur], self.right[cur], cur + 1)
+        thr, left, right = self.thr, self._left, self._right
+        for _ in range(self._depth):
+            node = np.where(flat_t[at[node] + pixel] > thr[node], right[node], left[node])
         return self.leaf[node]
 
     # --- serialization (into the global stream's side information) ---------------------

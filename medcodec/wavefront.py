@@ -84,6 +84,18 @@ def _error_weight(err: np.ndarray, max_weight: int) -> np.ndarray:
     return 4 + ((max_weight * ((1 << 24) // ((err >> shift) + 1))) >> shift)
 
 
+class Neighbours(dict):
+    """Neighbour name -> flat indices (see ``Wavefront.neighbours``); ``index`` holds them
+    all as one (11, n) array, rows in the order of ``Wavefront.NB_KEYS``."""
+
+    def __init__(self, index: np.ndarray) -> None:
+        super().__init__(zip(Wavefront.NB_KEYS, index))
+        self.index = index
+
+    def subset(self, at: np.ndarray) -> "Neighbours":
+        return Neighbours(self.index[:, at])
+
+
 class Wavefront:
     """Predictor state of one plane: values, true errors and sub-predictor errors.
 
@@ -99,6 +111,9 @@ class Wavefront:
         self.true_err = np.zeros(n + 1, dtype=np.int64)
         self.n_sub = 4 if prev is None else 5
         self.sub_err = np.zeros((self.n_sub, n + 1), dtype=np.int64)
+        self._max_weights = np.array(MAX_WEIGHTS[: self.n_sub], dtype=np.int64)[:, None]
+        self._deltas = np.array([dr * cols + dc for dr, dc in self._OFFSETS], dtype=np.int64)[:, None]
+        self._edge_start = None
         self.prev = None
         if prev is not None:
             self.prev = np.zeros(n + 1, dtype=np.int64)
@@ -126,53 +141,91 @@ class Wavefront:
         order[rank] = np.arange(t.size, dtype=np.int64)
         return order
 
-    def neighbours(self, pos: np.ndarray, r: np.ndarray, c: np.ndarray) -> dict[str, np.ndarray]:
+    # Neighbour keys in the row order of ``neighbours``' index array, and their offsets
+    # (row, col) away from the plane's edges.
+    NB_KEYS = ("W", "N", "NW", "NE", "NN", "WW", "eW", "eN", "eNW", "eNE", "eWW")
+    _OFFSETS = ((0, -1), (-1, 0), (-1, -1), (-1, 1), (-2, 0), (0, -2), (0, -1), (-1, 0), (-1, -1), (-1, 1), (0, -2))
+
+    def neighbours(self, pos: np.ndarray, r: np.ndarray, c: np.ndarray) -> Neighbours:
         """Flat indices of the causal neighbours, with the edge rules applied.
 
         Values: W falls back to N, then to 0; N to W; NW to W; NE to N; NN to N; WW to W.
         Errors (keys ``e*``): outside the plane they are 0, except NW and NE, which
         fall back to N's.
         """
+        return Neighbours(self._neighbour_index(pos, r, c))
+
+    def _neighbour_index(self, pos: np.ndarray, r: np.ndarray, c: np.ndarray, diagonal: int | None = None) -> np.ndarray:
+        """``neighbours`` as one (11, n) array, rows in the order of NB_KEYS.
+        ``diagonal``: t where ``pos`` is the whole anti-diagonal t (as ``diagonals``)."""
+        idx = pos[None, :] + self._deltas
+        # Only pixels within two rows or columns of an edge need the rules: a few per
+        # anti-diagonal. A whole anti-diagonal (the coding steps) takes them from a table
+        # made once per plane.
+        if diagonal is not None:
+            lo, hi = self._edge_starts()[diagonal : diagonal + 2]
+            idx[:, self._edge_at[lo:hi]] = self._edge_index[:, lo:hi]
+            return idx
+        edge = np.flatnonzero((r < 2) | (c < 2) | (c >= self.cols - 1))
+        if edge.size:
+            idx[:, edge] = self._edge_neighbours(pos[edge], r[edge], c[edge])
+        return idx
+
+    def _edge_starts(self) -> np.ndarray:
+        """Where each anti-diagonal's entries start in the edge table: the pixels within
+        two rows or columns of an edge, sorted by anti-diagonal, with their place on it
+        (``_edge_at``) and their neighbour indices (``_edge_index``); made on first use."""
+        if self._edge_start is None:
+            rows, cols = self.rows, self.cols
+            near = np.zeros((rows, cols), dtype=bool)
+            near[:2] = near[:, :2] = near[:, cols - 1 :] = True
+            r, c = np.nonzero(near)
+            t = 2 * r + c
+            order = np.argsort(t, kind="stable")
+            r, c, t = r[order], c[order], t[order]
+            self._edge_at = r - np.maximum(0, (t - cols + 2) // 2)
+            self._edge_index = self._edge_neighbours(r * cols + c, r, c)
+            self._edge_start = np.searchsorted(t, np.arange(2 * (rows - 1) + cols + 1))
+        return self._edge_start
+
+    def _edge_neighbours(self, pos: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
         cols, zero = self.cols, self.zero
         has_n, has_w = r > 0, c > 0
         has_ne = has_n & (c < cols - 1)
         n_raw = np.where(has_n, pos - cols, zero)
         w = np.where(has_w, pos - 1, n_raw)
         n = np.where(has_n, n_raw, w)
-        return {
-            "W": w,
-            "N": n,
-            "NW": np.where(has_n & has_w, pos - cols - 1, w),
-            "NE": np.where(has_ne, pos - cols + 1, n),
-            "NN": np.where(r > 1, pos - 2 * cols, n),
-            "WW": np.where(c > 1, pos - 2, w),
-            "eW": np.where(has_w, pos - 1, zero),
-            "eN": n_raw,
-            "eNW": np.where(has_n & has_w, pos - cols - 1, n_raw),
-            "eNE": np.where(has_ne, pos - cols + 1, n_raw),
-            "eWW": np.where(c > 1, pos - 2, zero),
-        }
+        return np.stack([
+            w,
+            n,
+            np.where(has_n & has_w, pos - cols - 1, w),
+            np.where(has_ne, pos - cols + 1, n),
+            np.where(r > 1, pos - 2 * cols, n),
+            np.where(c > 1, pos - 2, w),
+            np.where(has_w, pos - 1, zero),
+            n_raw,
+            np.where(has_n & has_w, pos - cols - 1, n_raw),
+            np.where(has_ne, pos - cols + 1, n_raw),
+            np.where(c > 1, pos - 2, zero),
+        ])
 
-    def predict(self, pos: np.ndarray, r: np.ndarray, c: np.ndarray, maxv: int):
-        """(prediction in value units clipped to [0, maxv], neighbours, sub-predictions, pred x8)."""
-        nb = self.neighbours(pos, r, c)
-        v, te = self.value, self.true_err
-        W, N, NW, NE, NN = (v[nb[k]] << EXTRA_BITS for k in ("W", "N", "NW", "NE", "NN"))
-        teW, teN, teNW, teNE = te[nb["eW"]], te[nb["eN"]], te[nb["eNW"]], te[nb["eNE"]]
-        subs = [
-            W + NE - N,
-            N - (((teW + teN + teNE) * P1C) >> 5),
-            W - (((teW + teN + teNW) * P2C) >> 5),
-            N - ((teNW * P3C[0] + teN * P3C[1] + teNE * P3C[2] + (NN - N) * P3C[3] + (NW - W) * P3C[4]) >> 5),
-        ]
+    def predict(self, pos: np.ndarray, r: np.ndarray, c: np.ndarray, maxv: int, diagonal: int | None = None):
+        """(prediction in value units clipped to [0, maxv], neighbours, sub-predictions, pred x8).
+        ``diagonal``: t where ``pos`` is the whole anti-diagonal t (faster)."""
+        idx = self._neighbour_index(pos, r, c, diagonal)
+        W, N, NW, NE, NN = self.value[idx[:5]] << EXTRA_BITS
+        teW, teN, teNW, teNE = self.true_err[idx[6:10]]
+        sub = np.empty((self.n_sub, pos.size), dtype=np.int64)
+        np.subtract(W + NE, N, out=sub[0])
+        sub[1] = N - (((teW + teN + teNE) * P1C) >> 5)
+        sub[2] = W - (((teW + teN + teNW) * P2C) >> 5)
+        sub[3] = N - ((teNW * P3C[0] + teN * P3C[1] + teNE * P3C[2] + (NN - N) * P3C[3] + (NW - W) * P3C[4]) >> 5)
         if self.prev is not None:
             p = self.prev
-            pc = p[pos] << EXTRA_BITS
-            subs.append(pc + (((W - (p[nb["W"]] << EXTRA_BITS)) + (N - (p[nb["N"]] << EXTRA_BITS))) >> 1))
-        sub = np.stack(subs)
-        se = self.sub_err
-        err = se[:, nb["eN"]] + se[:, nb["eNE"]] + se[:, nb["eNW"]] + se[:, nb["eW"]] + se[:, nb["eWW"]]
-        weights = np.stack([_error_weight(err[i], MAX_WEIGHTS[i]) for i in range(self.n_sub)])
+            sub[4] = (p[pos] << EXTRA_BITS) + (((W - (p[idx[0]] << EXTRA_BITS)) + (N - (p[idx[1]] << EXTRA_BITS))) >> 1)
+        # Summed errors at eN, eNE, eNW, eW and eWW, per sub-predictor.
+        err = self.sub_err[:, idx[6:11]].sum(axis=1)
+        weights = _error_weight(err, self._max_weights)
         shift = _floor_log2(weights.sum(axis=0)) - 4
         weights >>= shift
         wsum = weights.sum(axis=0)
@@ -181,9 +234,9 @@ class Wavefront:
         agree = ((teN ^ teW) | (teN ^ teNW)) > 0
         lo = np.minimum(np.minimum(W, NE), N)
         hi = np.maximum(np.maximum(W, NE), N)
-        pred8 = np.where(agree, pred8, np.clip(pred8, lo, hi))
-        pred = np.clip((pred8 + _ROUND) >> EXTRA_BITS, 0, maxv)
-        return pred, nb, sub, pred8
+        pred8 = np.where(agree, pred8, np.minimum(np.maximum(pred8, lo), hi))
+        pred = np.minimum(np.maximum((pred8 + _ROUND) >> EXTRA_BITS, 0), maxv)
+        return pred, Neighbours(idx), sub, pred8
 
     def update(self, pos: np.ndarray, values: np.ndarray, sub: np.ndarray, pred8: np.ndarray) -> None:
         self.value[pos] = values
@@ -203,14 +256,15 @@ class Wavefront:
         want = (lambda j: True) if used is None else (lambda j: j in used)
         v, te = self.value, self.true_err
         out = np.zeros((len(self.PROPERTIES), pos.size), dtype=np.int64)
-        W, N, NW, NE = v[nb["W"]], v[nb["N"]], v[nb["NW"]], v[nb["NE"]]
+        near = v[nb.index[:4]]
+        W, N, NW, NE = near
         if want(0) or want(1):
-            errs = np.stack([te[nb["eW"]], te[nb["eN"]], te[nb["eNW"]], te[nb["eNE"]]])
+            errs = te[nb.index[6:10]]  # eW, eN, eNW, eNE
+            size = np.abs(errs)
             if want(0):
-                pick = np.abs(errs).argmax(axis=0)
-                out[0] = np.take_along_axis(errs, pick[None, :], axis=0)[0]
+                out[0] = np.take_along_axis(errs, size.argmax(axis=0)[None, :], axis=0)[0]
             if want(1):
-                out[1] = np.abs(errs).sum(axis=0) >> EXTRA_BITS
+                out[1] = size.sum(axis=0) >> EXTRA_BITS
         out[2] = N
         out[3] = W
         out[4] = N - NW
@@ -221,8 +275,7 @@ class Wavefront:
         if want(8):
             out[8] = W - v[nb["WW"]]
         if want(9):
-            stack = np.stack([W, N, NW, NE])
-            out[9] = stack.max(axis=0) - stack.min(axis=0)
+            out[9] = near.max(axis=0) - near.min(axis=0)
         out[10] = r
         out[11] = c
         out[12] = W + N - NW - pred
@@ -258,8 +311,8 @@ class RasterGlobalPathCoder:
         pred = np.empty(n, dtype=np.int64)
         pred8_all = np.empty(n, dtype=np.int64)
         diags = list(wf.diagonals())
-        for pos, r, c in diags:
-            p, _, sub, pred8 = wf.predict(pos, r, c, maxv)
+        for t, (pos, r, c) in enumerate(diags):
+            p, _, sub, pred8 = wf.predict(pos, r, c, maxv, t)
             pred[pos] = p
             pred8_all[pos] = pred8
             wf.update(pos, flat[pos], sub, pred8)
@@ -299,8 +352,8 @@ class RasterGlobalPathCoder:
         wf = Wavefront(info.rows, info.cols, prev)
         tables = self._tables(tree, info)
         used = tree.used
-        for pos, r, c in wf.diagonals():
-            p, nb, sub, pred8 = wf.predict(pos, r, c, maxv)
+        for t, (pos, r, c) in enumerate(wf.diagonals()):
+            p, nb, sub, pred8 = wf.predict(pos, r, c, maxv, t)
             ctx = tree.contexts(wf.properties(pos, r, c, nb, p, used))
             if leaf_table is not None:
                 p = self._leaf_prediction(wf, pos, nb, p, pred8, ctx, leaf_table, maxv)
@@ -317,7 +370,7 @@ class RasterGlobalPathCoder:
         """v2: the leaf's entry of LEAF_PREDICTORS plus its offset, within [0, maxv]."""
         choice, offset = leaf_table[:2]
         cands = leaf_predictions(wf.value, nb, pred, maxv)
-        return np.clip(cands[choice[ctx], np.arange(pos.size)] + offset[ctx], 0, maxv)
+        return np.minimum(np.maximum(cands[choice[ctx], np.arange(pos.size)] + offset[ctx], 0), maxv)
 
     @staticmethod
     def _tables(tree: ctxtree.Tree, info: PlaneInfo) -> AdaptiveTables:
@@ -346,13 +399,20 @@ LEAF_SWITCH_BITS = 32.0
 LEAF_PREDICTORS = ("weighted", "gradient", "W", "N", "(W+N)/2", "(N+NE)/2", "W+N-NW", "(weighted+gradient)/2")
 
 
-def leaf_predictions(v: np.ndarray, nb: dict[str, np.ndarray], weighted: np.ndarray, maxv: int) -> np.ndarray:
+def leaf_predictions(v: np.ndarray, nb: Neighbours, weighted: np.ndarray, maxv: int) -> np.ndarray:
     """(len(LEAF_PREDICTORS), n) candidate predictions, each within [0, maxv]."""
-    W, N, NW, NE = v[nb["W"]], v[nb["N"]], v[nb["NW"]], v[nb["NE"]]
-    gradient = np.clip(W + N - NW, np.minimum(W, N), np.maximum(W, N))
-    return np.stack([
-        weighted, gradient, W, N, (W + N) >> 1, (N + NE) >> 1, np.clip(W + N - NW, 0, maxv), (weighted + gradient) >> 1,
-    ])
+    W, N, NW, NE = v[nb.index[:4]]
+    out = np.empty((len(LEAF_PREDICTORS), W.size), dtype=np.int64)
+    out[0] = weighted
+    plane = W + N - NW
+    out[1] = np.minimum(np.maximum(plane, np.minimum(W, N)), np.maximum(W, N))
+    out[2] = W
+    out[3] = N
+    out[4] = (W + N) >> 1
+    out[5] = (N + NE) >> 1
+    out[6] = np.minimum(np.maximum(plane, 0), maxv)
+    out[7] = (weighted + out[1]) >> 1
+    return out
 
 
 def _leaf_costs(token: np.ndarray, nbits: np.ndarray, ctx: np.ndarray, leaves: int) -> np.ndarray:
@@ -491,6 +551,7 @@ LS_NEIGHBOURS = (
     (-3, 0), (-2, 3), (-1, -3), (-3, -1), (-3, 1), (-3, 2), (0, -4), (-4, 0), (-2, -3), (-3, -2), (-3, 3),
 )
 _LS_REACH = 4  # no offset reaches further than this many rows or columns
+_LS_ROW, _LS_COL = (np.array(d, dtype=np.int64)[:, None] for d in zip(*LS_NEIGHBOURS))
 # Fitted predictors per plane: one per LS_CLASS_PIXELS pixels, at most LS_MAX_CLASSES,
 # none under LS_MIN_PIXELS. Encoder only (the stream says how many it holds).
 LS_CLASS_PIXELS = 1 << 14
@@ -514,14 +575,13 @@ def ls_features(wf: Wavefront, pos: np.ndarray, r: np.ndarray, c: np.ndarray, nb
     v, cols = wf.value, wf.cols
     ref = (v[nb["W"]] + v[nb["N"]]) >> 1
     n_nb = len(LS_NEIGHBOURS)
-    deltas = np.array([dr * cols + dc for dr, dc in LS_NEIGHBOURS], dtype=np.int64)
-    idx = pos[None, :] + deltas[:, None]
+    idx = pos[None, :] + (_LS_ROW * cols + _LS_COL)
     edge = np.flatnonzero((r < _LS_REACH) | (c < _LS_REACH) | (c >= cols - _LS_REACH))
     if edge.size:
-        er, ec = r[edge], c[edge]
-        for i, (dr, dc) in enumerate(LS_NEIGHBOURS):
-            inside = (er + dr >= 0) & (ec + dc >= 0) & (ec + dc < cols)
-            idx[i, edge] = np.where(inside, idx[i, edge], (nb["N"] if dc >= 0 else nb["W"])[edge])
+        er, ec = r[edge], c[edge] + _LS_COL
+        inside = (er + _LS_ROW >= 0) & (ec >= 0) & (ec < cols)
+        outside = np.where(_LS_COL >= 0, nb["N"][edge], nb["W"][edge])
+        idx[:, edge] = np.where(inside, idx[:, edge], outside)
     x = np.empty((ls_feature_count(wf.prev is not None), pos.size), dtype=np.int64)
     np.subtract(v[idx], ref, out=x[:n_nb])
     x[n_nb] = pred8 - (ref << EXTRA_BITS)
@@ -551,7 +611,7 @@ def ls_predict(x: np.ndarray, ref: np.ndarray, weights: np.ndarray, cls: np.ndar
             out = out.astype(np.int64)
     else:
         out = np.einsum("nf,fn->n", weights[cls], x)
-    return np.clip(ref + ((out + _HALF) >> WEIGHT_BITS), 0, maxv)
+    return np.minimum(np.maximum(ref + ((out + _HALF) >> WEIGHT_BITS), 0), maxv)
 
 
 class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
@@ -681,10 +741,9 @@ class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
         if fitted.size:
             sub = pos[fitted]
             r, c = np.divmod(sub, wf.cols)
-            sub_nb = {key: idx[fitted] for key, idx in nb.items()}
-            x, ref = ls_features(wf, sub, r, c, sub_nb, pred8[fitted])
+            x, ref = ls_features(wf, sub, r, c, nb.subset(fitted), pred8[fitted])
             out[fitted] = ls_predict(x, ref, models, pick[fitted] - fixed, maxv)
-        return np.clip(out + offset[ctx], 0, maxv)
+        return np.minimum(np.maximum(out + offset[ctx], 0), maxv)
 
 
 class RasterDifferenceGlobalPathCoder:

@@ -27,6 +27,24 @@ def test_tree_routes_by_integer_thresholds():
     assert tree.contexts(props).tolist() == [0, 1, 2, 0, 1]
 
 
+def _walk(tree, column) -> int:
+    i = 0
+    while tree.prop[i] >= 0:
+        i = tree.right[i] if column[tree.prop[i]] > tree.thr[i] else i + 1
+    return int(tree.leaf[i])
+
+
+def test_contexts_equal_a_scalar_walk_of_a_learned_tree():
+    rng = np.random.default_rng(5)
+    props = rng.integers(-50, 50, size=(4, 4000))
+    tokens = np.clip((props[0] > 0) * 3 + (props[1] > 10) * 2 + (props[2] % 3 == 0) + rng.integers(0, 2, 4000), 0, 7)
+    tree = ctxtree.learn(props, tokens, 8, np.ones((2, 8)))
+    assert tree.n_leaves > 3
+    for cols in (props[:, :1], props[:, :7], props):
+        assert tree.contexts(cols).tolist() == [_walk(tree, col) for col in cols.T]
+    assert ctxtree.single_leaf(0).contexts(props).tolist() == [0] * props.shape[1]
+
+
 def test_tree_serialization_roundtrips_and_rejects_garbage():
     tree = _tree_from([0, -1, 1, -1, -1], [5, 0, -2, 0, 0], [3, 4, 5])
     w = IntWriter()

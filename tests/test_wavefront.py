@@ -117,12 +117,12 @@ def _reference_predictions(img: np.ndarray, maxv: int, prev: np.ndarray | None =
     return out
 
 
-def _wavefront_predictions(img: np.ndarray, maxv: int, prev: np.ndarray | None = None) -> np.ndarray:
+def _wavefront_predictions(img: np.ndarray, maxv: int, prev: np.ndarray | None = None, by_diagonal=True) -> np.ndarray:
     wf = Wavefront(*img.shape, prev)
     out = np.zeros(img.size, dtype=np.int64)
     flat = img.astype(np.int64).ravel()
-    for pos, r, c in wf.diagonals():
-        p, _, sub, pred8 = wf.predict(pos, r, c, maxv)
+    for t, (pos, r, c) in enumerate(wf.diagonals()):
+        p, _, sub, pred8 = wf.predict(pos, r, c, maxv, t if by_diagonal else None)
         out[pos] = p
         wf.update(pos, flat[pos], sub, pred8)
     return out.reshape(img.shape)
@@ -135,7 +135,16 @@ def test_wavefront_predictions_equal_the_scalar_raster_definition(shape):
     img[: shape[0] // 2] //= 64  # flat and textured parts
     prev = rng.integers(0, 1 << 12, size=shape)
     for p in (None, prev):
-        assert np.array_equal(_wavefront_predictions(img, 4095, p), _reference_predictions(img, 4095, p))
+        want = _reference_predictions(img, 4095, p)
+        assert np.array_equal(_wavefront_predictions(img, 4095, p), want)
+        assert np.array_equal(_wavefront_predictions(img, 4095, p, by_diagonal=False), want)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 6), (5, 1), (2, 2), (3, 4), (9, 2), (6, 17), (40, 33)])
+def test_anti_diagonal_neighbour_table_equals_the_edge_rules(shape):
+    wf = Wavefront(*shape)
+    for t, (pos, r, c) in enumerate(wf.diagonals()):
+        assert np.array_equal(wf.neighbours(pos, r, c).index, wf._neighbour_index(pos, r, c, t))
 
 
 def test_wavefront_on_a_real_crop_equals_the_scalar_definition():
