@@ -152,6 +152,19 @@ def _previous_plane(values: dict, f: int, c: int) -> np.ndarray | None:
     return None
 
 
+def _decode_global(coder, streams: list[bytes], info: PlaneInfo, n_samples: int) -> list[np.ndarray]:
+    """Every plane's global modality. A plane's previous plane (``_previous_plane``) splits
+    into its global modality and its local bits, so the global modalities decode by
+    themselves, all planes together where the coder can (``decode_planes``)."""
+    prev_of = [i - 1 if i % n_samples else (i - n_samples if i >= n_samples else None) for i in range(len(streams))]
+    if hasattr(coder, "decode_planes"):
+        return coder.decode_planes(streams, info, prev_of)
+    out: list[np.ndarray] = []
+    for data, p in zip(streams, prev_of):
+        out.append(coder.decode(data, info, None if p is None else out[p]))
+    return out
+
+
 def _add_time(timings: dict | None, key: str, since: float) -> float:
     now = time.perf_counter()
     if timings is not None:
@@ -359,14 +372,16 @@ def decode_words(config: dict[str, Any], record: ct.Record, *, timings: dict | N
         )
     global_coder = GLOBAL_MODELS[global_id]()
     values = np.empty((n_frames, n_samples, rows, cols), dtype=np.int64)  # n_samples: coded planes
+    info = PlaneInfo(rows=rows, cols=cols, bits=bits - k, k=k, preset=preset)
+    t = time.perf_counter()
+    global_planes = _decode_global(global_coder, [s.payload for s in global_streams], info, n_samples)
+    _add_time(timings, "global", t)
     planes: dict[tuple[int, int], np.ndarray] = {}
     for i in range(n_planes):
         f, c = divmod(i, n_samples)
         prev = _previous_plane(planes, f, c)
-        info = PlaneInfo(rows=rows, cols=cols, bits=bits - k, k=k, preset=preset)
+        g = global_planes[i]
         t = time.perf_counter()
-        g = global_coder.decode(global_streams[i].payload, info, None if prev is None else prev >> k)
-        t = _add_time(timings, "global", t)
         loc = local_model.decode(local_streams[i].payload if k else b"", g, info, prev)
         _add_time(timings, "local", t)
         if timings is not None and k:

@@ -72,15 +72,7 @@ class Tree:
 
     def contexts(self, props: np.ndarray) -> np.ndarray:
         """Leaf id of every column of ``props`` (P, N): exact integer comparisons only."""
-        n = props.shape[1]
-        flat_t = np.ascontiguousarray(props).ravel()  # property p of pixel r at p * n + r
-        at = self._read * n  # where property row of each node starts in flat_t
-        pixel = np.arange(n, dtype=np.int64)
-        node = np.zeros(n, dtype=np.int64)
-        thr, left, right = self.thr, self._left, self._right
-        for _ in range(self._depth):
-            node = np.where(flat_t[at[node] + pixel] > thr[node], right[node], left[node])
-        return self.leaf[node]
+        return self.leaf[_walk(self, props, np.zeros(props.shape[1], dtype=np.int64))]
 
     # --- serialization (into the global stream's side information) ---------------------
 
@@ -118,6 +110,36 @@ class Tree:
                 scales.append(s)
         right = _right_children(prop)
         return cls(prop=prop, thr=thr, right=right, leaf=leaf, scales=np.array(scales, dtype=np.int64))
+
+
+class Forest:
+    """Several trees walked together: each pixel starts at its own tree's root
+    (``roots``); ``contexts`` gives each pixel its leaf id within its tree."""
+
+    def __init__(self, trees: list[Tree]) -> None:
+        sizes = np.array([t.prop.size for t in trees], dtype=np.int64)
+        self.roots = np.cumsum(sizes) - sizes
+        self._read = np.concatenate([t._read for t in trees])
+        self.thr = np.concatenate([t.thr for t in trees])
+        self._left = np.concatenate([t._left + at for t, at in zip(trees, self.roots)])
+        self._right = np.concatenate([t._right + at for t, at in zip(trees, self.roots)])
+        self.leaf = np.concatenate([t.leaf for t in trees])
+        self._depth = max(t._depth for t in trees)
+
+    def contexts(self, props: np.ndarray, roots: np.ndarray) -> np.ndarray:
+        return self.leaf[_walk(self, props, roots)]
+
+
+def _walk(tree, props: np.ndarray, node: np.ndarray) -> np.ndarray:
+    """The leaf node reached from ``node`` by every column of ``props`` (P, N)."""
+    n = props.shape[1]
+    flat_t = np.ascontiguousarray(props).ravel()  # property p of pixel r at p * n + r
+    at = tree._read * n  # where each node's property row starts in flat_t
+    pixel = np.arange(n, dtype=np.int64)
+    thr, left, right = tree.thr, tree._left, tree._right
+    for _ in range(tree._depth):
+        node = np.where(flat_t[at[node] + pixel] > thr[node], right[node], left[node])
+    return node
 
 
 def _right_children(prop: np.ndarray) -> np.ndarray:

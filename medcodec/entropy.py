@@ -358,6 +358,17 @@ def _uniform_pieces(values: np.ndarray, bits: np.ndarray, op, *, decode: bool = 
     the same sizes in the same order, so the same bytes.)
     """
     bits = np.asarray(bits, dtype=np.int64)
+    if not bits.size or bits.max() <= _PIECE:
+        # One round (the loop below would take the same steps): the usual case.
+        active = np.flatnonzero(bits)
+        if active.size:
+            order = active[np.argsort(bits[active], kind="stable")]
+            sizes = np.int64(1) << bits[order]
+            if decode:
+                values[order] |= op(order, sizes)
+            else:
+                op(values[order] & (sizes - 1), sizes)
+        return values
     remaining = bits.copy()
     shift = np.zeros_like(bits)
     while True:

@@ -33,11 +33,12 @@ with the adaptive table of each pixel's leaf, then their raw low bits.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 
 from . import ctxtree
-from .entropy import AdaptiveTables, BitReader, Decoder, Encoder, PieceDecoder, pack_bits
+from .entropy import CHUNK, AdaptiveTables, BitReader, Decoder, Encoder, PieceDecoder, pack_bits
 from .errors import CorruptRecordError
 from .paths import (
     N_BUCKETS,
@@ -96,28 +97,57 @@ class Neighbours(dict):
         return Neighbours(self.index[:, at])
 
 
-class Wavefront:
-    """Predictor state of one plane: values, true errors and sub-predictor errors.
+class Lane:
+    """Per-pixel facts of one step of a decoding run (several planes in lockstep): where
+    each pixel's plane starts in the flat arrays (``base``), how far its previous plane's
+    value lies from its own (``prev_shift``), and whether it has one (``has_prev``, None
+    when every plane of the run does or none does). Each is an array, or one number
+    where the step holds one plane."""
 
-    Flat arrays of ``rows * cols + 1`` entries: the last entry is a sentinel that stays
-    0 and stands for a neighbour outside the plane.
+    __slots__ = ("base", "prev_shift", "has_prev")
+
+    def __init__(self, base, prev_shift, has_prev) -> None:
+        self.base, self.prev_shift, self.has_prev = base, prev_shift, has_prev
+
+    def subset(self, at: np.ndarray) -> "Lane":
+        return Lane(*(v[at] if isinstance(v, np.ndarray) else v for v in (self.base, self.prev_shift, self.has_prev)))
+
+
+class Wavefront:
+    """Predictor state of one plane, or of a run of same-shaped planes decoded in lockstep:
+    values, true errors and sub-predictor errors.
+
+    Flat arrays of segments of ``rows * cols + 1`` entries: the planes, then (where some
+    plane has a previous plane) one segment of zeros and the previous planes given from
+    outside. The last entry of a segment is a sentinel that stays 0 and stands for a
+    neighbour outside the plane. A plane's previous plane is read ``prev_shift`` entries
+    after its own value (a previous plane of the run, an external one, or the zeros).
+    ``prev`` (one plane): its previous plane.
     """
 
-    def __init__(self, rows: int, cols: int, prev: np.ndarray | None = None) -> None:
+    def __init__(
+        self, rows: int, cols: int, prev: np.ndarray | None = None, *, planes: int = 1, externals=(), with_prev=None
+    ) -> None:
         self.rows, self.cols = rows, cols
         n = rows * cols
         self.zero = n
-        self.value = np.zeros(n + 1, dtype=np.int64)
-        self.true_err = np.zeros(n + 1, dtype=np.int64)
-        self.n_sub = 4 if prev is None else 5
-        self.sub_err = np.zeros((self.n_sub, n + 1), dtype=np.int64)
+        self.segment = seg = n + 1
+        externals = list(externals) + ([] if prev is None else [prev])
+        self.has_prev = prev is not None if with_prev is None else with_prev
+        self.value = np.zeros((planes + self.has_prev + len(externals)) * seg, dtype=np.int64)
+        for e, plane in enumerate(externals):
+            at = (planes + 1 + e) * seg
+            self.value[at : at + n] = np.asarray(plane, dtype=np.int64).ravel()
+        self.true_err = np.zeros(planes * seg, dtype=np.int64)
+        self.n_sub = 5 if self.has_prev else 4
+        self.sub_err = np.zeros((self.n_sub, planes * seg), dtype=np.int64)
         self._max_weights = np.array(MAX_WEIGHTS[: self.n_sub], dtype=np.int64)[:, None]
         self._deltas = np.array([dr * cols + dc for dr, dc in self._OFFSETS], dtype=np.int64)[:, None]
         self._edge_start = None
-        self.prev = None
-        if prev is not None:
-            self.prev = np.zeros(n + 1, dtype=np.int64)
-            self.prev[:n] = np.asarray(prev, dtype=np.int64).ravel()
+        self._prev_shift = 2 * seg  # one plane: its previous plane follows the zeros
+
+    def _prev_values(self, idx: np.ndarray, lane: Lane | None) -> np.ndarray:
+        return self.value[idx + (self._prev_shift if lane is None else lane.prev_shift)]
 
     def diagonals(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(flat positions, rows, cols) of each anti-diagonal t = 2r + c, in coding order."""
@@ -209,23 +239,31 @@ class Wavefront:
             np.where(c > 1, pos - 2, zero),
         ])
 
-    def predict(self, pos: np.ndarray, r: np.ndarray, c: np.ndarray, maxv: int, diagonal: int | None = None):
+    def predict(
+        self, pos: np.ndarray, r: np.ndarray, c: np.ndarray, maxv, diagonal: int | None = None, lane: Lane | None = None,
+        idx: np.ndarray | None = None,
+    ):
         """(prediction in value units clipped to [0, maxv], neighbours, sub-predictions, pred x8).
-        ``diagonal``: t where ``pos`` is the whole anti-diagonal t (faster)."""
-        idx = self._neighbour_index(pos, r, c, diagonal)
-        W, N, NW, NE, NN = self.value[idx[:5]] << EXTRA_BITS
+        ``diagonal``: t where ``pos`` is the whole anti-diagonal t (faster). In a run,
+        ``lane`` and the neighbour indices ``idx`` come from the run's step."""
+        if idx is None:
+            idx = self._neighbour_index(pos, r, c, diagonal)
+        v = self.value
+        W, N, NW, NE, NN = v[idx[:5]] << EXTRA_BITS
         teW, teN, teNW, teNE = self.true_err[idx[6:10]]
         sub = np.empty((self.n_sub, pos.size), dtype=np.int64)
         np.subtract(W + NE, N, out=sub[0])
         sub[1] = N - (((teW + teN + teNE) * P1C) >> 5)
         sub[2] = W - (((teW + teN + teNW) * P2C) >> 5)
         sub[3] = N - ((teNW * P3C[0] + teN * P3C[1] + teNE * P3C[2] + (NN - N) * P3C[3] + (NW - W) * P3C[4]) >> 5)
-        if self.prev is not None:
-            p = self.prev
-            sub[4] = (p[pos] << EXTRA_BITS) + (((W - (p[idx[0]] << EXTRA_BITS)) + (N - (p[idx[1]] << EXTRA_BITS))) >> 1)
+        if self.has_prev:
+            pc, pW, pN = self._prev_values(np.vstack([pos, idx[:2]]), lane) << EXTRA_BITS
+            sub[4] = pc + (((W - pW) + (N - pN)) >> 1)
         # Summed errors at eN, eNE, eNW, eW and eWW, per sub-predictor.
         err = self.sub_err[:, idx[6:11]].sum(axis=1)
         weights = _error_weight(err, self._max_weights)
+        if lane is not None and lane.has_prev is not None:
+            weights[4] *= lane.has_prev  # planes without one: as if 4 sub-predictors
         shift = _floor_log2(weights.sum(axis=0)) - 4
         weights >>= shift
         wsum = weights.sum(axis=0)
@@ -251,7 +289,7 @@ class Wavefront:
         "gradient-pred", "prev_residual", "plane_diff", "prev_pred-pred",
     )
 
-    def properties(self, pos, r, c, nb, pred, used=None) -> np.ndarray:
+    def properties(self, pos, r, c, nb, pred, used=None, lane: Lane | None = None) -> np.ndarray:
         """Integer properties (P, n) of pixels whose causal neighbours are decoded."""
         want = (lambda j: True) if used is None else (lambda j: j in used)
         v, te = self.value, self.true_err
@@ -279,12 +317,13 @@ class Wavefront:
         out[10] = r
         out[11] = c
         out[12] = W + N - NW - pred
-        if self.prev is not None and any(want(j) for j in (13, 14, 15)):
-            p = self.prev
-            pW, pN, pNW, pNE = p[nb["W"]], p[nb["N"]], p[nb["NW"]], p[nb["NE"]]
-            out[13] = p[pos] - (pW + pN - pNW)
+        if self.has_prev and any(want(j) for j in (13, 14, 15)):
+            pc, pW, pN, pNW, pNE = self._prev_values(np.vstack([pos, nb.index[:4]]), lane)
+            out[13] = pc - (pW + pN - pNW)
             out[14] = np.abs(W - pW) + np.abs(N - pN) + np.abs(NW - pNW) + np.abs(NE - pNE)
-            out[15] = p[pos] + ((W - pW + N - pN) >> 1) - pred
+            out[15] = pc + ((W - pW + N - pN) >> 1) - pred
+            if lane is not None and lane.has_prev is not None:
+                out[13:16] *= lane.has_prev
         return out
 
 
@@ -340,42 +379,18 @@ class RasterGlobalPathCoder:
         return _join(side, enc.finish())
 
     def decode(self, data: bytes, info: PlaneInfo, prev: np.ndarray | None = None) -> np.ndarray:
+        return decode_run(info.rows, info.cols, [self.parse(data, info, prev)])[0]
+
+    def parse(self, data: bytes, info: PlaneInfo, prev=None) -> "RunPlane":
+        """The plane's stream read up to its payload, for ``decode_run``; ``prev`` (kept
+        as given) is its previous plane or where the run finds it."""
         side, payload = _split(data)
         tree = ctxtree.Tree.read(side, len(self.PROPERTIES), N_BUCKETS)
-        return self._decode_payload(payload, tree, info, prev, None)
-
-    def _decode_payload(self, payload: bytes, tree, info: PlaneInfo, prev, leaf_table) -> np.ndarray:
-        """The plane from its range-coded payload; ``leaf_table`` (v2): (predictor, offset)
-        per leaf, or None where every leaf keeps the weighted prediction."""
-        dec = Decoder(payload)
-        maxv = (1 << info.bits) - 1
-        wf = Wavefront(info.rows, info.cols, prev)
-        tables = self._tables(tree, info)
-        used = tree.used
-        for t, (pos, r, c) in enumerate(wf.diagonals()):
-            p, nb, sub, pred8 = wf.predict(pos, r, c, maxv, t)
-            ctx = tree.contexts(wf.properties(pos, r, c, nb, p, used))
-            if leaf_table is not None:
-                p = self._leaf_prediction(wf, pos, nb, p, pred8, ctx, leaf_table, maxv)
-            token = dec.adaptive(ctx, tables)
-            extra = dec.uniform(raw_bits_of(token, MANTISSA))
-            value = p + unzigzag(detokenize(token, extra, MANTISSA))
-            if value.min(initial=0) < 0 or value.max(initial=0) > maxv:
-                raise CorruptRecordError("global path decoded a value outside the stored range")
-            wf.update(pos, value, sub, pred8)
-        return wf.value[:-1].reshape(info.rows, info.cols)
-
-    @staticmethod
-    def _leaf_prediction(wf: Wavefront, pos, nb, pred, pred8, ctx, leaf_table, maxv: int) -> np.ndarray:
-        """v2: the leaf's entry of LEAF_PREDICTORS plus its offset, within [0, maxv]."""
-        choice, offset = leaf_table[:2]
-        cands = leaf_predictions(wf.value, nb, pred, maxv)
-        return np.minimum(np.maximum(cands[choice[ctx], np.arange(pos.size)] + offset[ctx], 0), maxv)
+        return RunPlane(tree, None, payload, info.bits, prev)
 
     @staticmethod
     def _tables(tree: ctxtree.Tree, info: PlaneInfo) -> AdaptiveTables:
-        rows = _token_scale_rows(info.bits, MANTISSA)
-        return AdaptiveTables(tree.n_leaves, rows.shape[1], init=rows[tree.scales])
+        return _leaf_tables(tree, info.bits)
 
     @staticmethod
     def _props(wf: Wavefront, pos: np.ndarray, pred: np.ndarray, used=None) -> np.ndarray:
@@ -522,7 +537,7 @@ class RasterV2GlobalPathCoder(RasterGlobalPathCoder):
     def _read_models(self, side: IntReader, info: PlaneInfo, prev) -> list:
         return []
 
-    def decode(self, data: bytes, info: PlaneInfo, prev: np.ndarray | None = None) -> np.ndarray:
+    def parse(self, data: bytes, info: PlaneInfo, prev=None) -> "RunPlane":
         side, payload = _split(data)
         tree = ctxtree.Tree.read(side, len(self.PROPERTIES), N_BUCKETS)
         models = self._read_models(side, info, prev)
@@ -539,7 +554,7 @@ class RasterV2GlobalPathCoder(RasterGlobalPathCoder):
             if step < 0 or leaf >= tree.n_leaves or not 0 <= pick < len(LEAF_PREDICTORS) + len(models) or abs(move) > maxv:
                 raise CorruptRecordError(f"raster leaf {leaf}: predictor {pick} or offset {move} out of range")
             choice[leaf], offset[leaf] = pick, move
-        return self._decode_payload(payload, tree, info, prev, (choice, offset, models) if changed else None)
+        return RunPlane(tree, (choice, offset, models) if changed else None, payload, info.bits, prev)
 
 
 # --- raster-wp-v3: fitted linear predictors over a wider causal neighbourhood ------------
@@ -567,7 +582,9 @@ def ls_feature_count(has_prev: bool) -> int:
     return len(LS_NEIGHBOURS) + 5 + has_prev
 
 
-def ls_features(wf: Wavefront, pos: np.ndarray, r: np.ndarray, c: np.ndarray, nb: dict[str, np.ndarray], pred8: np.ndarray):
+def ls_features(
+    wf: Wavefront, pos: np.ndarray, r: np.ndarray, c: np.ndarray, nb: Neighbours, pred8: np.ndarray, lane: Lane | None = None
+):
     """(features (F, n), ref) of the fitted predictors, all integers relative to
     ``ref = (W + N) >> 1``: the LS_NEIGHBOURS' values minus ref; the weighted prediction
     (x8) minus ``8 ref``; the weighted predictor's errors at W, N, NW and NE (x8); and,
@@ -582,15 +599,13 @@ def ls_features(wf: Wavefront, pos: np.ndarray, r: np.ndarray, c: np.ndarray, nb
         inside = (er + _LS_ROW >= 0) & (ec >= 0) & (ec < cols)
         outside = np.where(_LS_COL >= 0, nb["N"][edge], nb["W"][edge])
         idx[:, edge] = np.where(inside, idx[:, edge], outside)
-    x = np.empty((ls_feature_count(wf.prev is not None), pos.size), dtype=np.int64)
+    x = np.empty((ls_feature_count(wf.has_prev), pos.size), dtype=np.int64)
     np.subtract(v[idx], ref, out=x[:n_nb])
     x[n_nb] = pred8 - (ref << EXTRA_BITS)
-    te = wf.true_err
-    for i, key in enumerate(("eW", "eN", "eNW", "eNE")):
-        x[n_nb + 1 + i] = te[nb[key]]
-    if wf.prev is not None:
-        p = wf.prev
-        x[n_nb + 5] = p[pos] - ((p[nb["W"]] + p[nb["N"]]) >> 1)
+    x[n_nb + 1 : n_nb + 5] = wf.true_err[nb.index[6:10]]  # eW, eN, eNW, eNE
+    if wf.has_prev:
+        pc, pW, pN = wf._prev_values(np.vstack([pos, nb.index[:2]]), lane)
+        x[n_nb + 5] = pc - ((pW + pN) >> 1)
     return x, ref
 
 
@@ -612,6 +627,172 @@ def ls_predict(x: np.ndarray, ref: np.ndarray, weights: np.ndarray, cls: np.ndar
     else:
         out = np.einsum("nf,fn->n", weights[cls], x)
     return np.minimum(np.maximum(ref + ((out + _HALF) >> WEIGHT_BITS), 0), maxv)
+
+
+# --- decoding runs: same-shaped raster planes decoded in lockstep ------------------------
+# A raster plane is decoded one anti-diagonal per step, and a step costs some forty numpy
+# calls whatever its size: on small planes the calls, not the pixels, take the time. A
+# run decodes several planes (the frames of a cine, the samples of a colour image) with
+# one set of calls per step: plane j of the run is at anti-diagonal ``step - lag_j``,
+# where a plane whose previous plane is in the run lags one step behind it (it reads that
+# plane up to its own anti-diagonal, which the previous plane has then passed). Each
+# plane keeps its own tree, leaf table, adaptive tables and range decoder, so it decodes
+# exactly as it does alone. Decoder only: not part of the format.
+RUN_MAX_PLANES = 32
+RUN_MAX_PIXELS = 1 << 22
+
+
+class RunPlane(NamedTuple):
+    """A raster plane's stream, read up to its payload: the tree, the leaf table
+    ``(choice, offset, fitted predictors)`` or None, the payload, the coded bits, and its
+    previous plane (None, an array, or the index of an earlier plane of the run)."""
+
+    tree: ctxtree.Tree
+    table: tuple | None
+    payload: bytes
+    bits: int
+    prev: int | np.ndarray | None
+
+
+def _leaf_tables(tree: ctxtree.Tree, bits: int) -> AdaptiveTables:
+    rows = _token_scale_rows(bits, MANTISSA)
+    return AdaptiveTables(tree.n_leaves, rows.shape[1], init=rows[tree.scales])
+
+
+def decode_run(rows: int, cols: int, planes: list[RunPlane]) -> list[np.ndarray]:
+    """The planes of a run, each (rows, cols), decoded together."""
+    count, n = len(planes), rows * cols
+    externals = [p.prev for p in planes if isinstance(p.prev, np.ndarray)]
+    with_prev = np.array([p.prev is not None for p in planes])
+    wf = Wavefront(rows, cols, planes=count, externals=externals, with_prev=bool(with_prev.any()))
+    seg = wf.segment
+    shift = np.empty(count, dtype=np.int64)  # how far each plane's previous plane lies
+    lag = np.zeros(count, dtype=np.int64)
+    external = count + 1
+    for j, p in enumerate(planes):
+        if p.prev is None:
+            shift[j] = (count - j) * seg  # the zeros
+        elif isinstance(p.prev, np.ndarray):
+            shift[j] = (external - j) * seg
+            external += 1
+        else:
+            if not 0 <= p.prev < j:
+                raise ValueError(f"plane {j} of a run follows plane {p.prev}")
+            shift[j] = (p.prev - j) * seg
+            lag[j] = lag[p.prev] + 1
+    mixed = bool(with_prev.any() and not with_prev.all())
+    forest = ctxtree.Forest([p.tree for p in planes])
+    leaves = np.array([p.tree.n_leaves for p in planes], dtype=np.int64)
+    leaf_at = np.cumsum(leaves) - leaves
+    leaf_table = _run_table(planes, wf.has_prev) if any(p.table is not None for p in planes) else None
+    maxv_of = np.array([(1 << p.bits) - 1 for p in planes], dtype=np.int64)
+    decoders = [Decoder(p.payload) for p in planes]
+    # Leaf rows of planes with the same token alphabet live in one table (rows adapt
+    # independently; a row's probabilities do not depend on the others): then a step's
+    # chunks, one per plane, take their probabilities and updates in one call each.
+    prior = [_token_scale_rows(p.bits, MANTISSA) for p in planes]
+    shared = len({rows.shape[1] for rows in prior}) == 1
+    if shared:
+        table = AdaptiveTables(
+            int(leaves.sum()), prior[0].shape[1], init=np.concatenate([rows[p.tree.scales] for rows, p in zip(prior, planes)])
+        )
+        tables, row_at = [table] * count, leaf_at
+    else:
+        tables, row_at = [_leaf_tables(p.tree, p.bits) for p in planes], np.zeros(count, dtype=np.int64)
+    used = frozenset().union(*(p.tree.used for p in planes))
+    diags = list(wf.diagonals())
+    steps = len(diags)
+    only = np.zeros(1, dtype=np.int64)
+    for step in range(steps + int(lag.max())):
+        active = only if count == 1 else np.flatnonzero((lag <= step) & (step - lag < steps))
+        if active.size == 1:  # numbers, not per-pixel arrays
+            j = int(active[0])
+            t = step - int(lag[j])
+            pos, r, c = diags[t]
+            idx = wf._neighbour_index(pos, r, c, t)
+            sizes, base = [pos.size], j * seg
+            if base:
+                pos = pos + base
+                idx += base
+            lane = Lane(base, int(shift[j]), int(with_prev[j]) if mixed else None)
+            maxv, roots = int(maxv_of[j]), np.full(pos.size, forest.roots[j])
+            leaf_off, row_off = int(leaf_at[j]), int(row_at[j])
+        else:
+            parts = [diags[step - lag[j]] for j in active]
+            pos, r, c = (np.concatenate(x) for x in zip(*parts))
+            idx = wf._neighbour_index(pos, r, c)
+            sizes = [part[0].size for part in parts]
+            plane = np.repeat(active, sizes)
+            base = plane * seg
+            pos = pos + base
+            idx += base
+            lane = Lane(base, shift[plane], with_prev[plane].astype(np.int64) if mixed else None)
+            maxv, roots = maxv_of[plane], forest.roots[plane]
+            leaf_off, row_off = leaf_at[plane], row_at[plane]
+        p, nb, sub, pred8 = wf.predict(pos, r, c, maxv, lane=lane, idx=idx)
+        ctx = forest.contexts(wf.properties(pos, r, c, nb, p, used, lane), roots)
+        if leaf_table is not None:
+            p = _table_prediction(wf, leaf_table, pos, r, c, nb, p, pred8, ctx + leaf_off, maxv, lane)
+        row = ctx + row_off
+        token = np.empty(pos.size, dtype=np.int64)
+        extra = np.empty(pos.size, dtype=np.int64)
+        batched = shared and active.size > 1 and max(sizes) <= CHUNK
+        if batched:  # each plane's symbols are one chunk: as Decoder.adaptive codes it
+            groups = table.group(row)
+            probabilities = table.probabilities(row, groups)
+        at = 0
+        for j, size in zip(active, sizes):
+            part = slice(at, at + size)
+            if batched:
+                token[part] = decoders[j].categorical(probabilities[part])
+            else:
+                token[part] = decoders[j].adaptive(row[part], tables[j])
+            extra[part] = decoders[j].uniform(raw_bits_of(token[part], MANTISSA))
+            at += size
+        if batched:
+            table.update(row, token, groups)
+        value = p + unzigzag(detokenize(token, extra, MANTISSA))
+        if (value < 0).any() or (value > maxv).any():
+            raise CorruptRecordError("global path decoded a value outside the stored range")
+        wf.update(pos, value, sub, pred8)
+    return [wf.value[j * seg : j * seg + n].reshape(rows, cols) for j in range(count)]
+
+
+def _run_table(planes: list[RunPlane], has_prev: bool):
+    """The run's leaf tables as arrays over all its leaves (predictor, offset, index of
+    the fitted predictor), and every fitted predictor's weights (padded with a zero
+    weight where the run has previous planes and the plane has none)."""
+    n_fixed = len(LEAF_PREDICTORS)
+    n_feat = ls_feature_count(has_prev)
+    choice, offset, model, weights = [], [], [], []
+    for p in planes:
+        if p.table is None:
+            zeros = np.zeros(p.tree.n_leaves, dtype=np.int64)
+            choice.append(zeros)
+            offset.append(zeros)
+            model.append(zeros)
+            continue
+        pick, move, fitted = p.table
+        choice.append(pick)
+        offset.append(move)
+        model.append(np.maximum(pick - n_fixed, 0) + len(weights))
+        weights.extend(np.concatenate([w, np.zeros(n_feat - len(w), dtype=np.int64)]) for w in fitted)
+    stacked = np.array(weights, dtype=np.int64).reshape(len(weights), n_feat)
+    return np.concatenate(choice), np.concatenate(offset), np.concatenate(model), stacked
+
+
+def _table_prediction(wf: Wavefront, table, pos, r, c, nb, pred, pred8, leaf, maxv, lane: Lane) -> np.ndarray:
+    """Each pixel's prediction under its leaf's entry (v2, v3): a fixed candidate or a
+    fitted predictor, plus the leaf's offset, within [0, maxv]."""
+    choice, offset, model, weights = table
+    pick = choice[leaf]
+    n_fixed = len(LEAF_PREDICTORS)
+    out = leaf_predictions(wf.value, nb, pred, maxv)[np.minimum(pick, n_fixed - 1), np.arange(pos.size)]
+    fitted = np.flatnonzero(pick >= n_fixed)
+    if fitted.size:
+        x, ref = ls_features(wf, pos[fitted], r[fitted], c[fitted], nb.subset(fitted), pred8[fitted], lane.subset(fitted))
+        out[fitted] = ls_predict(x, ref, weights, model[leaf[fitted]], maxv if np.isscalar(maxv) else maxv[fitted])
+    return np.minimum(np.maximum(out + offset[leaf], 0), maxv)
 
 
 class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
@@ -730,21 +911,6 @@ class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
             raise CorruptRecordError("fitted predictor weight out of range")
         return models
 
-    @staticmethod
-    def _leaf_prediction(wf: Wavefront, pos, nb, pred, pred8, ctx, leaf_table, maxv: int) -> np.ndarray:
-        choice, offset, models = leaf_table
-        pick = choice[ctx]
-        fixed = len(LEAF_PREDICTORS)
-        cands = leaf_predictions(wf.value, nb, pred, maxv)
-        out = cands[np.minimum(pick, fixed - 1), np.arange(pos.size)]
-        fitted = np.flatnonzero(pick >= fixed)
-        if fitted.size:
-            sub = pos[fitted]
-            r, c = np.divmod(sub, wf.cols)
-            x, ref = ls_features(wf, sub, r, c, nb.subset(fitted), pred8[fitted])
-            out[fitted] = ls_predict(x, ref, models, pick[fitted] - fixed, maxv)
-        return np.minimum(np.maximum(out + offset[ctx], 0), maxv)
-
 
 class RasterDifferenceGlobalPathCoder:
     """The raster path on ``plane - prev``: for a plane coded after a nearly equal one.
@@ -769,8 +935,13 @@ class RasterDifferenceGlobalPathCoder:
     def decode(self, data: bytes, info: PlaneInfo, prev: np.ndarray | None = None) -> np.ndarray:
         if prev is None:
             raise CorruptRecordError("a difference-coded plane has no previous plane")
+        return self.finish(self.BASE().decode(data, self._info(info)), prev, info)
+
+    @staticmethod
+    def finish(diff: np.ndarray, prev: np.ndarray, info: PlaneInfo) -> np.ndarray:
+        """The plane from its decoded difference to ``prev``."""
         offset = (1 << info.bits) - 1
-        out = self.BASE().decode(data, self._info(info)) + np.asarray(prev, dtype=np.int64) - offset
+        out = diff + np.asarray(prev, dtype=np.int64) - offset
         if out.min(initial=0) < 0 or out.max(initial=0) > offset:
             raise CorruptRecordError("global path decoded a value outside the stored range")
         return out
@@ -952,7 +1123,7 @@ class RasterLSGlobalPathCoder:
             wf.value[pos] = value
             res[pos] = residual
             err[pos] = np.abs(residual)
-        return wf.value[:-1].reshape(info.rows, info.cols)
+        return wf.value[: info.rows * info.cols].reshape(info.rows, info.cols)
 
 
 class PerPlaneGlobalPathCoder:
@@ -986,6 +1157,47 @@ class PerPlaneGlobalPathCoder:
     def decode(self, data: bytes, info: PlaneInfo, prev: np.ndarray | None = None) -> np.ndarray:
         coder, at = self._choice(data)
         return coder().decode(data[at:], info, prev)
+
+    def decode_planes(self, streams: list[bytes], info: PlaneInfo, prev_of: list[int | None]) -> list[np.ndarray]:
+        """Every plane of a record, plane i's previous plane being plane ``prev_of[i]``
+        (an earlier one) or none: what ``decode`` gives plane by plane. Consecutive planes
+        coded by the raster path (or its difference form) decode together in runs
+        (``decode_run``); the others, and a raster plane whose previous plane is a
+        difference-coded plane of the current run, end the run."""
+        out: list[np.ndarray | None] = [None] * len(streams)
+        run: list[tuple[int, RunPlane, type | None]] = []  # (plane, stream, difference coder)
+
+        def flush() -> None:
+            decoded = decode_run(info.rows, info.cols, [plane for _, plane, _ in run]) if run else []
+            for (i, _, diff), plane in zip(run, decoded):
+                out[i] = plane if diff is None else diff.finish(plane, out[prev_of[i]], info)
+            run.clear()
+
+        for i, data in enumerate(streams):
+            coder, at = self._choice(data)
+            p = prev_of[i]
+            place = {plane: j for j, (plane, _, _) in enumerate(run)}
+            if issubclass(coder, RasterDifferenceGlobalPathCoder) and issubclass(coder.BASE, RasterGlobalPathCoder):
+                if p is None:
+                    raise CorruptRecordError("a difference-coded plane has no previous plane")
+                diff = coder()
+                item = (i, diff.BASE().parse(data[at:], diff._info(info), None), coder)
+            elif issubclass(coder, RasterGlobalPathCoder):
+                if p in place and run[place[p]][2] is not None:
+                    flush()
+                    place = {}
+                item = (i, coder().parse(data[at:], info, None if p is None else place.get(p, out[p])), None)
+            else:
+                flush()
+                out[i] = coder().decode(data[at:], info, None if p is None else out[p])
+                continue
+            if run and (len(run) >= RUN_MAX_PLANES or (len(run) + 1) * info.rows * info.cols > RUN_MAX_PIXELS):
+                flush()
+                if isinstance(item[1].prev, int):  # its previous plane was in that run: decoded now
+                    item = (i, item[1]._replace(prev=out[p]), None)
+            run.append(item)
+        flush()
+        return out
 
     @classmethod
     def _choice(cls, data: bytes):

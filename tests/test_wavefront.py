@@ -373,7 +373,7 @@ def test_leaf_predictions_match_a_scalar_definition():
     img = rng.integers(0, 1024, (7, 9))
     weighted = rng.integers(0, 1024, (7, 9))
     wf = Wavefront(7, 9)
-    wf.value[:-1] = img.ravel()
+    wf.value[: wf.zero] = img.ravel()
     pos = np.arange(img.size)
     r, c = np.divmod(pos, 9)
     got = leaf_predictions(wf.value, wf.neighbours(pos, r, c), weighted.ravel(), 1023)
@@ -469,7 +469,7 @@ def test_ls_neighbours_are_decoded_before_the_pixel():
         wf = Wavefront(rows, cols)
         pos = np.arange(rows * cols)
         r, c = np.divmod(pos, cols)
-        wf.value[:-1] = pos + 1  # value = 1 + flat index; the sentinel reads 0
+        wf.value[: wf.zero] = pos + 1  # value = 1 + flat index; the sentinel reads 0
         x, ref = ls_features(wf, pos, r, c, wf.neighbours(pos, r, c), np.zeros(pos.size, dtype=np.int64))
         src = x[: len(LS_NEIGHBOURS)] + ref - 1  # flat index read, or -1 for the sentinel
         t = 2 * r + c
@@ -487,7 +487,7 @@ def test_ls_features_and_prediction_match_a_scalar_definition():
     img = rng.integers(0, 4096, (rows, cols))
     prev = rng.integers(0, 4096, (rows, cols))
     wf = Wavefront(rows, cols, prev)
-    wf.value[:-1] = img.ravel()
+    wf.value[: wf.zero] = img.ravel()
     wf.true_err[:-1] = rng.integers(-900, 900, rows * cols)
     pos = np.arange(rows * cols)
     r, c = np.divmod(pos, cols)
@@ -498,7 +498,7 @@ def test_ls_features_and_prediction_match_a_scalar_definition():
     weights = rng.integers(-5000, 5000, (3, x.shape[0]))
     cls = rng.integers(0, 3, pos.size)
     got = ls_predict(x, ref, weights, cls, 4095)
-    v, te, p = wf.value, wf.true_err, wf.prev
+    v, te, p = wf.value, wf.true_err, np.append(prev.ravel(), 0)
     for i in range(pos.size):
         y, xx = int(r[i]), int(c[i])
         base = (int(v[nb["W"][i]]) + int(v[nb["N"][i]])) // 2
@@ -657,6 +657,98 @@ def test_per_plane_coders_keep_the_smallest_candidate(coder_cls):
     assert coder_cls.chosen_model(data).startswith(("raster-wp-diff-", "interlaced-tree-"))
 
 
+# --- decoding runs: raster planes decoded in lockstep ---------------------------------------
+
+
+def _forced(coder_cls, index: int, plane, info, prev) -> bytes:
+    """A per-plane stream that names candidate ``index`` of ``coder_cls``."""
+    head = IntWriter()
+    head.put(index)
+    return bytes(head.buf) + coder_cls.CANDIDATES[index]().encode(plane, info, prev)
+
+
+def _one_by_one(coder, streams, info, prev_of):
+    out = []
+    for data, p in zip(streams, prev_of):
+        out.append(coder.decode(data, info, None if p is None else out[p]))
+    return out
+
+
+def _frames(count: int) -> list[np.ndarray]:
+    """Frames of a real MR series (emri_small: 64 x 64, 12 bits)."""
+    import pydicom
+
+    a = pydicom.dcmread(get_testdata_file("emri_small.dcm")).pixel_array.astype(np.int64)
+    return [a[f % a.shape[0]] for f in range(count)]
+
+
+# (candidate per plane, previous plane per plane): v6's candidates are 0 tree, 1 raster-wp-v3,
+# 2 its difference form, 3 wavelet.
+RUN_CASES = {
+    "cine": ([1, 1, 1, 1], [None, 0, 1, 2]),  # each frame lags one step behind the one before
+    "colour": ([1, 2, 2], [None, 0, 1]),  # difference planes have no previous plane in the run
+    "raster after difference": ([1, 2, 1, 1], [None, 0, 1, 2]),  # plane 2 ends the run
+    "tree in between": ([1, 0, 1, 1], [None, 0, 1, 2]),
+    "colour cine": ([1, 2, 2, 1, 2, 2], [None, 0, 1, 0, 3, 4]),  # (f, 0) follows (f - 1, 0)
+}
+
+
+@pytest.mark.parametrize("case", sorted(RUN_CASES))
+def test_decode_planes_equals_decoding_plane_by_plane(case, monkeypatch):
+    import medcodec.wavefront as wavefront
+
+    picks, prev_of = RUN_CASES[case]
+    frames = _frames(len(picks))
+    info = _info(frames[0], 12)
+    coder = PerPlaneV6GlobalPathCoder()
+    streams = [_forced(PerPlaneV6GlobalPathCoder, k, frames[i], info, None if p is None else frames[p])
+               for i, (k, p) in enumerate(zip(picks, prev_of))]
+    want = _one_by_one(coder, streams, info, prev_of)
+    assert all(np.array_equal(a, b) for a, b in zip(want, frames))
+    chosen = [PerPlaneV6GlobalPathCoder._choice(data) for data in streams]
+    assert case != "cine" or any(c is RasterV3GlobalPathCoder and c().parse(data[at:], info, p).table
+               for (c, at), data, p in zip(chosen, streams, prev_of))  # a leaf table with fitted predictors
+    for planes, chunk in ((wavefront.RUN_MAX_PLANES, wavefront.CHUNK), (2, wavefront.CHUNK), (32, 16)):
+        # Runs cut every two planes; steps whose chunks the shared table cannot take at once.
+        monkeypatch.setattr(wavefront, "RUN_MAX_PLANES", planes)
+        monkeypatch.setattr(wavefront, "CHUNK", chunk)
+        got = coder.decode_planes(streams, info, prev_of)
+        assert all(np.array_equal(a, b) for a, b in zip(got, frames)), (planes, chunk)
+
+
+def test_a_run_decodes_planes_of_different_depths_and_previous_planes():
+    # 8-bit planes and a 9-bit difference plane (separate tables), a plane without a
+    # previous plane next to planes with one (the prev sub-predictor masked), a v1 and a v2
+    # plane next to v3 planes (leaf tables), and a plane given its previous plane from outside.
+    import medcodec.wavefront as wavefront
+
+    frames = [f >> 1 for f in _frames(4)]
+    info = _info(frames[0], 8)
+    outside = frames[0]
+    parsed = [
+        RasterV3GlobalPathCoder().parse(RasterV3GlobalPathCoder().encode(frames[1], info, outside), info, outside),
+        RasterGlobalPathCoder().parse(RasterGlobalPathCoder().encode(frames[2], info, frames[1]), info, 0),
+        RasterV2GlobalPathCoder().parse(RasterV2GlobalPathCoder().encode(frames[3], info), info, None),
+    ]
+    diff_info = RasterDifferenceV3GlobalPathCoder._info(info)
+    diff = frames[2] - frames[3] + 255
+    assert diff.min() >= 0 and diff.max() <= 511
+    parsed.append(RasterV3GlobalPathCoder().parse(RasterV3GlobalPathCoder().encode(diff, diff_info), diff_info, None))
+    got = wavefront.decode_run(*frames[0].shape, parsed)
+    for a, b in zip(got, [frames[1], frames[2], frames[3], diff]):
+        assert np.array_equal(a, b)
+    with pytest.raises(ValueError):
+        wavefront.decode_run(*frames[0].shape, [parsed[0]._replace(prev=0)])
+
+
+def test_max_records_of_several_frames_decode_as_runs():
+    # The codec decodes a record's global planes together (decode_planes): a cine whose
+    # frames take the raster path decodes to its frames.
+    frames = np.stack(_frames(3))
+    blob = medcodec.compress_pixels(frames.astype(np.uint16), bits_stored=12, signed=False, preset="max")
+    assert np.array_equal(medcodec.decompress_pixels(blob), frames)
+
+
 # --- raster-ls-v1 (`fast`): a fitted causal linear predictor, one step -----------------------
 
 
@@ -667,7 +759,7 @@ def test_raster_ls_shifted_neighbours_equal_the_wavefront_rules(shape):
     out = np.empty((6, *shape), dtype=np.int64)
     RasterLSGlobalPathCoder._shifted(img, out)
     wf = Wavefront(*shape)
-    wf.value[:-1] = img.ravel()
+    wf.value[: wf.zero] = img.ravel()
     pos = np.arange(img.size)
     r, c = np.divmod(pos, shape[1])
     nb = wf.neighbours(pos, r, c)
