@@ -691,11 +691,10 @@ def decode_run(rows: int, cols: int, planes: list[RunPlane]) -> list[np.ndarray]
     # independently; a row's probabilities do not depend on the others): then a step's
     # chunks, one per plane, take their probabilities and updates in one call each.
     prior = [_token_scale_rows(p.bits, MANTISSA) for p in planes]
-    shared = len({rows.shape[1] for rows in prior}) == 1
+    shared = len({scale_rows.shape[1] for scale_rows in prior}) == 1
     if shared:
-        table = AdaptiveTables(
-            int(leaves.sum()), prior[0].shape[1], init=np.concatenate([rows[p.tree.scales] for rows, p in zip(prior, planes)])
-        )
+        init = np.concatenate([scale_rows[p.tree.scales] for scale_rows, p in zip(prior, planes)])
+        table = AdaptiveTables(int(leaves.sum()), prior[0].shape[1], init=init)
         tables, row_at = [table] * count, leaf_at
     else:
         tables, row_at = [_leaf_tables(p.tree, p.bits) for p in planes], np.zeros(count, dtype=np.int64)
