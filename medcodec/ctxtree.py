@@ -62,13 +62,10 @@ class Tree:
         n = self.prop.size
         is_leaf = self.prop < 0
         me = np.arange(n, dtype=np.int64)
-        depth = np.zeros(n, dtype=np.int64)
-        for i in np.flatnonzero(~is_leaf):
-            depth[i + 1] = depth[self.right[i]] = depth[i] + 1
         object.__setattr__(self, "_read", np.where(is_leaf, 0, self.prop).astype(np.int64))
         object.__setattr__(self, "_left", np.where(is_leaf, me, me + 1))
         object.__setattr__(self, "_right", np.where(is_leaf, me, self.right).astype(np.int64))
-        object.__setattr__(self, "_depth", int(depth.max(initial=0)))
+        object.__setattr__(self, "_depth", int(_depths(self.prop, self.right).max(initial=0)))
 
     def contexts(self, props: np.ndarray) -> np.ndarray:
         """Leaf id of every column of ``props`` (P, N): exact integer comparisons only."""
@@ -156,13 +153,17 @@ def _right_children(prop: np.ndarray) -> np.ndarray:
     if n == 0 or end[0] != n:
         raise CorruptRecordError("context tree nodes do not form one tree")
     right = np.where(prop >= 0, end[np.minimum(np.arange(n) + 1, n)], -1)
-    depth = np.zeros(n, dtype=np.int64)
-    for i in range(n):
-        if prop[i] >= 0:
-            depth[i + 1] = depth[right[i]] = depth[i] + 1
-            if depth[i] + 1 > MAX_DEPTH:
-                raise CorruptRecordError(f"context tree deeper than {MAX_DEPTH}")
+    if _depths(prop, right).max(initial=0) > MAX_DEPTH:
+        raise CorruptRecordError(f"context tree deeper than {MAX_DEPTH}")
     return right
+
+
+def _depths(prop: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Each node's depth (the root's is 0) in a preorder tree."""
+    depth = np.zeros(prop.size, dtype=np.int64)
+    for i in np.flatnonzero(prop >= 0):
+        depth[i + 1] = depth[right[i]] = depth[i] + 1
+    return depth
 
 
 def single_leaf(scale: int) -> Tree:

@@ -360,7 +360,7 @@ def _uniform_pieces(values: np.ndarray, bits: np.ndarray, op, *, decode: bool = 
     bits = np.asarray(bits, dtype=np.int64)
     if not bits.size or bits.max() <= _PIECE:
         # One round (the loop below would take the same steps): the usual case.
-        active = np.flatnonzero(bits)
+        active = np.flatnonzero(bits > 0)
         if active.size:
             order = active[np.argsort(bits[active], kind="stable")]
             sizes = np.int64(1) << bits[order]

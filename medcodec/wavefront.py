@@ -372,7 +372,7 @@ class RasterGlobalPathCoder:
     def _payload(self, side: IntWriter, tree, info: PlaneInfo, diags, ctx: np.ndarray, residual: np.ndarray) -> bytes:
         token, extra, nbits = tokenize(zigzag(residual), MANTISSA)
         enc = Encoder()
-        tables = self._tables(tree, info)
+        tables = _leaf_tables(tree, info.bits)
         for pos, _, _ in diags:
             enc.adaptive(token[pos], ctx[pos], tables)
             enc.uniform(extra[pos], nbits[pos])
@@ -387,10 +387,6 @@ class RasterGlobalPathCoder:
         side, payload = _split(data)
         tree = ctxtree.Tree.read(side, len(self.PROPERTIES), N_BUCKETS)
         return RunPlane(tree, None, payload, info.bits, prev)
-
-    @staticmethod
-    def _tables(tree: ctxtree.Tree, info: PlaneInfo) -> AdaptiveTables:
-        return _leaf_tables(tree, info.bits)
 
     @staticmethod
     def _props(wf: Wavefront, pos: np.ndarray, pred: np.ndarray, used=None) -> np.ndarray:
