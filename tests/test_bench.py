@@ -72,6 +72,20 @@ def test_every_codec_round_trips_and_summary_is_complete(bench_dir):
         assert word in table
 
 
+def test_strongest_jpegxl_runs_only_when_named(bench_dir):
+    if not imagecodecs.JPEGXL.available:
+        pytest.skip("imagecodecs built without JPEG-XL")
+    assert "jpegxl-e10" not in ALL_CODECS  # the default columns stay as fast as before
+    result = run_benchmark([bench_dir], runs=1, codecs=["jpegxl", "jpegxl-e10"])
+    assert result.codec_names == ["jpegxl", "jpegxl-e10"]
+    for row in result.rows:  # decoded and compared with the input, like every column
+        assert row.results["jpegxl-e10"].status == STATUS_OK, row.results["jpegxl-e10"].error
+    e7, e10 = (sum(r.results[n].nbytes for r in result.rows) for n in ("jpegxl", "jpegxl-e10"))
+    assert e10 != e7  # a different encoder setting, not the effort-7 column twice
+    with pytest.raises(ValueError, match="jpegxl-e10"):
+        run_benchmark([bench_dir], runs=1, codecs=["jpegxl-e11"])
+
+
 def test_main_prints_table_and_json(bench_dir, tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = compare.main([str(bench_dir), "--runs", "1", "--json", str(out), "--quiet"])
