@@ -138,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"  with per-pixel LS input {row['v3_with_ls_bytes']:9,d} B  ({100 * row['change']:+.1f}%)", flush=True)
     if not rows:
         print("no images matched --names", file=sys.stderr)
+        for skip in report.skipped:
+            print(f"  skipped {skip.name}: {skip.reason}", file=sys.stderr)
         return 2
     total = sum(r["v3_with_ls_bytes"] for r in rows) / sum(r["v3_bytes"] for r in rows) - 1
     print(f"all: {100 * total:+.2f}% (window {args.window}, crop {args.crop or 'whole'}; code {code_version()})")

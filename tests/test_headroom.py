@@ -49,8 +49,11 @@ def test_cli_measures_a_real_image(tmp_path, capsys):
     assert row["change"] == pytest.approx(row["v3_with_ls_bytes"] / row["v3_bytes"] - 1)
 
 
-def test_cli_rejects_bad_options_and_no_match(capsys):
+def test_cli_rejects_bad_options_and_no_match(tmp_path, capsys):
     with pytest.raises(SystemExit):
         headroom.main(["pydicom", "--window", "0"])
     assert headroom.main([get_testdata_file("CT_small.dcm"), "--names", "nothing"]) == 2
     assert "no images matched" in capsys.readouterr().err
+    missing = tmp_path / "missing"
+    assert headroom.main([str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err  # says why: the source is not there
