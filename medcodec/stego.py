@@ -44,6 +44,20 @@ The message (the sealed PHI) is carried by bit 0 of the stored values:
   HMAC tag of length and message || message`` in the first eligible runs; its tag
   covers only the carried bits, so it cannot see a change to a carrying value's upper
   bits. ``extract_versioned`` says which version authenticated an image.
+* Colour images (version 3). For ``values`` of shape (frames, samples, rows, cols) with
+  two or more samples, the runs, tag and message are laid over the *first sample* of
+  every pixel, and a pixel may carry only when it is grey (every sample equal) or its
+  other samples are not all equal (R may carry where G != B). A change to a grey pixel is
+  made to all its samples, so it stays grey; a change to another carrying pixel touches
+  only its first sample, and since its other samples differ it never becomes grey. The
+  rule therefore reads the same on the cover and on the stego image, and grey pixels keep
+  their count and positions (embedding each plane on its own, as version 2 did, turned
+  grey pixels of near-grey ultrasound into colour ones, a tell for any test of channel
+  equality). Pixels whose other samples are equal but differ from the first (G = B != R)
+  never change. Version 2 and 3 share keys, framing and the displaced-information layout
+  (over the first samples); for one sample per pixel they are the same, and ``embed``
+  writes version 2 bytes there. Colour images embedded as version 2 are still read and
+  restored.
 * Displaced information (``embed`` returns it; the caller seals it): which carrying values
   changed (1 bit per carrying value) and the direction of each change (1 bit per changed
   value), the original bit 0 of the tag values, plus the count and a SHA-256 of the
@@ -69,7 +83,7 @@ import hmac
 import json
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -90,6 +104,7 @@ __all__ = [
     "RestoreError",
     "EmbedPlan",
     "capacity_bits",
+    "embeddable_values",
     "plan_embedding",
     "embed",
     "extract",
@@ -102,7 +117,7 @@ __all__ = [
 SEGMENT_BITS = 32  # values (and message bits) per run
 GROUP = 8  # values per texture group inside a run
 MIN_GROUP_RANGE = 3  # clipped range a group needs to carry bits
-VERSION = 2  # what embed writes; extract also reads version 1
+VERSION = 3  # newest layout: embed writes 3 for colour images, 2 (the same as 3) otherwise; 1 is still read
 LENGTH_BITS = 32  # u32 message length, first in the message runs
 TAG_BITS = 128  # truncated HMAC-SHA256 image tag, in its own robust runs
 HEADER_BITS = LENGTH_BITS + TAG_BITS  # carried bits that are not message
@@ -112,7 +127,6 @@ MAX_BITS_STORED = 16
 
 _LABEL = b"medarchive/stego/v1/"
 _DISPLACED_MAGIC = b"MSD"
-_DISPLACED_VERSION = 2  # equals the stego version; restore also reads 1
 _DISPLACED_FIXED = len(_DISPLACED_MAGIC) + 1 + 4 + 32
 
 
@@ -139,7 +153,8 @@ class EmbedPlan:
     ``positions``: int64 flat (C-order) indices into the values, in stream order (bit i of
     the whitened length+message stream goes to ``positions[i]``). ``tag_positions``: the
     ``TAG_BITS`` values that carry the image tag. ``capacity_bits``: the image's message
-    capacity under this key (same as ``capacity_bits()``).
+    capacity under this key (same as ``capacity_bits()``). ``linked_positions`` (version 3):
+    the other samples of grey carrying pixels, which change together with their first sample.
     """
 
     shape: tuple[int, ...]
@@ -147,6 +162,7 @@ class EmbedPlan:
     tag_positions: np.ndarray
     message_nbytes: int
     capacity_bits: int
+    linked_positions: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
     def n_bits(self) -> int:
@@ -156,7 +172,7 @@ class EmbedPlan:
     @property
     def mask(self) -> np.ndarray:
         """Boolean array of ``shape``: True where embedding may change a value."""
-        return _mask(self.shape, self.tag_positions, self.positions)
+        return _mask(self.shape, self.tag_positions, self.positions, self.linked_positions)
 
 
 def _mask(shape: tuple[int, ...], *positions: np.ndarray) -> np.ndarray:
@@ -249,13 +265,79 @@ def _robust(runs: np.ndarray, bits_stored: int) -> np.ndarray:
     return in_range & (groups.max(axis=2) - groups.min(axis=2) >= MIN_GROUP_RANGE + 1).all(axis=1)
 
 
-def _layout(flat: np.ndarray, key: bytes, bits_stored: int, segment_bits: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """(tag positions, message run order, message capacity in bits) for version 2.
+@dataclass(frozen=True, eq=False)
+class _Carrier:
+    """The values a layout runs over, and how they map back to the image's values.
+
+    Version 2 (and any one-sample image): the values themselves. Version 3, colour images
+    (frames, samples, rows, cols): the first sample of every pixel, of which only the
+    pixels that are grey (every sample equal) or whose other samples are not all equal may
+    carry (``allowed``). A change to a grey pixel's first sample is written to all its
+    samples, so it stays grey; a change to another carrying pixel leaves its other samples,
+    which differ among themselves, as they are, so it never becomes grey. Which pixels are
+    grey, and which may carry, is therefore the same on the cover and on the stego image.
+    """
+
+    flat: np.ndarray  # the values the layout and the embedding run over
+    allowed: np.ndarray | None  # per carrier value: may carry (None: all may)
+    grey: np.ndarray | None  # per carrier value: a grey pixel (version 3)
+    shape: tuple[int, ...]
+
+    def full(self, positions: np.ndarray) -> np.ndarray:
+        """Flat image indices of the values at carrier ``positions``."""
+        if self.grey is None:
+            return positions
+        frames, samples, rows, cols = self.shape
+        per_frame = rows * cols
+        return (positions // per_frame) * samples * per_frame + positions % per_frame
+
+    def linked(self, positions: np.ndarray) -> np.ndarray:
+        """Flat image indices of the other samples of the grey pixels among ``positions``."""
+        if self.grey is None:
+            return np.zeros(0, dtype=np.int64)
+        per_frame = self.shape[2] * self.shape[3]
+        first = self.full(positions[self.grey[positions]])
+        return (first[:, None] + per_frame * np.arange(1, self.shape[1], dtype=np.int64)).reshape(-1)
+
+    def write(self, image_flat: np.ndarray, positions: np.ndarray, values: np.ndarray) -> None:
+        """Put carrier values back into the image's flat values (grey pixels: every sample)."""
+        image_flat[self.full(positions)] = values
+        if self.grey is not None:
+            grey = self.grey[positions]
+            per_frame = self.shape[2] * self.shape[3]
+            first = self.full(positions[grey])
+            for s in range(1, self.shape[1]):
+                image_flat[first + s * per_frame] = values[grey]
+
+
+def _carrier(flat: np.ndarray, shape: tuple[int, ...], version: int) -> _Carrier:
+    if version != 3:
+        return _Carrier(flat=flat, allowed=None, grey=None, shape=shape)
+    v = flat.reshape(shape)
+    grey = (v == v[:, :1]).all(axis=1).reshape(-1)
+    rest = v[:, 1:]
+    others_differ = (rest != rest[:, :1]).any(axis=1).reshape(-1)
+    return _Carrier(flat=np.ascontiguousarray(v[:, 0]).reshape(-1), allowed=grey | others_differ, grey=grey,
+                    shape=shape)
+
+
+def _version_for(shape: tuple[int, ...]) -> int:
+    """The stego version ``embed`` writes for an image of this shape: 3 for colour, else 2
+    (for one sample per pixel the two layouts are the same, and so are the bytes)."""
+    return 3 if len(shape) == 4 and shape[1] >= 2 else 2
+
+
+def _layout(
+    flat: np.ndarray, key: bytes, bits_stored: int, segment_bits: int, carriers: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(tag positions, message run order, message capacity in bits) for versions 2 and 3.
 
     The tag runs are the first ``ceil(TAG_BITS / segment_bits)`` robust runs in the keyed
     order; the message runs are the eligible runs after the last of them. Runs ahead of
     the last tag run keep their values (or, for tag runs, their robustness) through
     embedding, and message runs stay eligible, so the extractor finds the same layout.
+    ``carriers`` (version 3, ``_Carrier.allowed``) further restricts both kinds of run to
+    those whose every value may carry.
     """
     runs = _all_runs(flat, segment_bits)
     n_slots = runs.shape[0]
@@ -265,15 +347,21 @@ def _layout(flat: np.ndarray, key: bytes, bits_stored: int, segment_bits: int) -
     sort_keys = np.frombuffer(_keystream(key, b"v2/order", 8 * n_slots), dtype="<u8")
     order = np.argsort(sort_keys, kind="stable").astype(np.int64)
     n_tag_runs = -(-TAG_BITS // segment_bits)
-    robust_at = np.flatnonzero(_robust(runs, bits_stored)[order])
+    allowed = np.ones(n_slots, dtype=bool) if carriers is None else _all_runs(carriers, segment_bits).all(axis=1)
+    robust_at = np.flatnonzero((_robust(runs, bits_stored) & allowed)[order])
     if robust_at.size < n_tag_runs:
         return empty, empty, 0
     last = int(robust_at[n_tag_runs - 1])
     tag_runs = order[robust_at[:n_tag_runs]]
     tag_positions = (tag_runs[:, None] * segment_bits + np.arange(segment_bits, dtype=np.int64)).reshape(-1)[:TAG_BITS]
     after = order[last + 1:]
-    message_order = after[_eligible(runs[after], bits_stored)]
+    message_order = after[_eligible(runs[after], bits_stored) & allowed[after]]
     return tag_positions, message_order, max(0, int(message_order.size) * segment_bits - LENGTH_BITS)
+
+
+def _layout_for(carrier: _Carrier, key: bytes, bits_stored: int, segment_bits: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """``_layout`` over a carrier (positions are carrier positions)."""
+    return _layout(carrier.flat, key, bits_stored, segment_bits, carrier.allowed)
 
 
 def _all_runs(flat: np.ndarray, segment_bits: int) -> np.ndarray:
@@ -313,7 +401,21 @@ def _capacity_from_order(order: np.ndarray, segment_bits: int) -> int:
 def capacity_bits(values: np.ndarray, bits_stored: int, *, key: bytes, segment_bits: int = SEGMENT_BITS) -> int:
     """Message bits the image can carry under ``key`` (length field and tag excluded)."""
     _check_params(bits_stored, segment_bits)
-    return _layout(_flat_values(values, bits_stored), _check_key(key), bits_stored, segment_bits)[2]
+    shape = tuple(np.shape(values))
+    carrier = _carrier(_flat_values(values, bits_stored), shape, _version_for(shape))
+    return _layout_for(carrier, _check_key(key), bits_stored, segment_bits)[2]
+
+
+def embeddable_values(values: np.ndarray, bits_stored: int, *, segment_bits: int = SEGMENT_BITS) -> int:
+    """Values in the runs that may carry bits (eligible runs, with the colour rule for colour
+    images): the embeddable region, the same under every key (only the order is keyed)."""
+    _check_params(bits_stored, segment_bits)
+    shape = tuple(np.shape(values))
+    carrier = _carrier(_flat_values(values, bits_stored), shape, _version_for(shape))
+    eligible = _eligible(_all_runs(carrier.flat, segment_bits), bits_stored)
+    if carrier.allowed is not None:
+        eligible &= _all_runs(carrier.allowed, segment_bits).all(axis=1)
+    return int(eligible.sum()) * segment_bits
 
 
 def plan_embedding(
@@ -327,11 +429,13 @@ def plan_embedding(
     """
     _check_params(bits_stored, segment_bits)
     key = _check_key(key)
-    flat = _flat_values(values, bits_stored)
-    tag_positions, order, capacity = _layout(flat, key, bits_stored, segment_bits)
+    shape = tuple(np.shape(values))
+    carrier = _carrier(_flat_values(values, bits_stored), shape, _version_for(shape))
+    tag_positions, order, capacity = _layout_for(carrier, key, bits_stored, segment_bits)
     positions = _planned(tag_positions, order, LENGTH_BITS + 8 * int(message_nbytes), segment_bits, capacity)
-    return EmbedPlan(shape=tuple(np.shape(values)), positions=positions, tag_positions=tag_positions,
-                     message_nbytes=int(message_nbytes), capacity_bits=capacity)
+    return EmbedPlan(shape=shape, positions=carrier.full(positions), tag_positions=carrier.full(tag_positions),
+                     message_nbytes=int(message_nbytes), capacity_bits=capacity,
+                     linked_positions=carrier.linked(np.concatenate([tag_positions, positions])))
 
 
 def _planned(tag_positions: np.ndarray, order: np.ndarray, n_bits: int, segment_bits: int, capacity: int) -> np.ndarray:
@@ -428,30 +532,48 @@ def embed(
     ``restore`` needs to give back ``values`` exactly; seal it. Raises CapacityError with
     the needed and available bits when the message does not fit.
     """
+    return _embed(values, message, key=key, bits_stored=bits_stored, segment_bits=segment_bits,
+                  version=_version_for(tuple(np.shape(values))))
+
+
+def _embed(values: np.ndarray, message: bytes, *, key: bytes, bits_stored: int, segment_bits: int,
+           version: int) -> tuple[np.ndarray, bytes]:
+    """``embed`` with the layout version given (2 or 3): tests write version 2 colour images
+    as earlier releases did, to check that they are still read."""
     _check_params(bits_stored, segment_bits)
     key = _check_key(key)
     message = bytes(message)
     flat = _flat_values(values, bits_stored)
-    tag_positions, order, capacity = _layout(flat, key, bits_stored, segment_bits)
+    shape = tuple(np.shape(values))
+    carrier = _carrier(flat, shape, version)
+    tag_positions, order, capacity = _layout_for(carrier, key, bits_stored, segment_bits)
     bits = _stream_bits(key, message)
     positions = _planned(tag_positions, order, bits.size, segment_bits, capacity)
     random_up = _keyed_bits(key, b"v2/direction", bits.size)
-    stego, changed, d = _embed_run_values(flat, positions, bits, random_up, bits_stored, segment_bits)
-    tag_cover = flat[tag_positions] & 1
-    stego[tag_positions] = (stego[tag_positions] & ~1) | _image_tag(
-        key, stego, np.shape(values), bits_stored, tag_positions)
+    carried, changed, d = _embed_run_values(carrier.flat, positions, bits, random_up, bits_stored, segment_bits)
+    stego = flat.copy()
+    carrier.write(stego, positions, carried[positions])
+    tag_cover = carrier.flat[tag_positions] & 1
+    tag = _image_tag(key, stego, shape, bits_stored, _tag_cleared(carrier, tag_positions))
+    carrier.write(stego, tag_positions, (carrier.flat[tag_positions] & ~1) | tag)
     displaced = b"".join(
         (
             _DISPLACED_MAGIC,
-            bytes([_DISPLACED_VERSION]),
+            bytes([version]),
             struct.pack("<I", positions.size),
-            _carried_digest(flat[np.concatenate([tag_positions, positions])]),
+            _carried_digest(carrier.flat[np.concatenate([tag_positions, positions])]),
             np.packbits(tag_cover).tobytes(),
             np.packbits(changed).tobytes(),
             np.packbits(d[changed] > 0).tobytes(),
         )
     )
-    return stego.reshape(np.shape(values)), displaced
+    return stego.reshape(shape), displaced
+
+
+def _tag_cleared(carrier: _Carrier, tag_positions: np.ndarray) -> np.ndarray:
+    """Image indices whose bit 0 the image tag does not cover: the tag values (and, in
+    version 3, the other samples of grey tag pixels, which repeat them)."""
+    return np.concatenate([carrier.full(tag_positions), carrier.linked(tag_positions)])
 
 
 def _carried_digest(carried: np.ndarray) -> bytes:
@@ -476,28 +598,34 @@ def extract(
 def extract_versioned(
     stego_values: np.ndarray, *, key: bytes, bits_stored: int, segment_bits: int = SEGMENT_BITS
 ) -> tuple[bytes, np.ndarray, int]:
-    """``extract``, plus the version that authenticated the image: 2 (the tag covers every
-    value) or 1 (an image embedded before version 2: the tag covers the carried bits only)."""
+    """``extract``, plus the version that authenticated the image: 3 (a colour image with
+    the colour rule of ``_Carrier``; the tag covers every value), 2 (the tag covers
+    every value) or 1 (an image embedded before version 2: the tag covers the carried bits
+    only)."""
     _check_params(bits_stored, segment_bits)
     key = _check_key(key)
     flat = _flat_values(stego_values, bits_stored)
     shape = tuple(np.shape(stego_values))
-    tag_positions, order, capacity = _layout(flat, key, bits_stored, segment_bits)
-    if tag_positions.size and np.array_equal(
-        flat[tag_positions] & 1, _image_tag(key, flat, shape, bits_stored, tag_positions)
-    ):
+    for version in range(_version_for(shape), 1, -1):  # 3 (colour images only), then 2
+        carrier = _carrier(flat, shape, version)
+        tag_positions, order, capacity = _layout_for(carrier, key, bits_stored, segment_bits)
+        if not tag_positions.size or not np.array_equal(
+            carrier.flat[tag_positions] & 1, _image_tag(key, flat, shape, bits_stored, _tag_cleared(carrier, tag_positions))
+        ):
+            continue
         if order.size * segment_bits < LENGTH_BITS:
             raise MessageNotFoundError(f"{_NOT_FOUND}: the image has no room for a length field")
         whiten = _keyed_bits(key, b"v2/whiten", LENGTH_BITS)
-        header = np.packbits((flat[_positions(order, LENGTH_BITS, segment_bits, capacity, LENGTH_BITS)] & 1)
+        header = np.packbits((carrier.flat[_positions(order, LENGTH_BITS, segment_bits, capacity, LENGTH_BITS)] & 1)
                              .astype(np.uint8) ^ whiten).tobytes()
         (length,) = struct.unpack("<I", header)
         if 8 * length > capacity:  # only a forged tag gets here (2**-128)
             raise MessageNotFoundError(f"{_NOT_FOUND}: the length field is beyond the image's capacity")
         n_bits = LENGTH_BITS + 8 * length
         positions = _positions(order, n_bits, segment_bits, capacity, LENGTH_BITS)
-        stream = np.packbits((flat[positions] & 1).astype(np.uint8) ^ _keyed_bits(key, b"v2/whiten", n_bits))
-        return stream.tobytes()[LENGTH_BITS // 8:], _mask(shape, tag_positions, positions), 2
+        stream = np.packbits((carrier.flat[positions] & 1).astype(np.uint8) ^ _keyed_bits(key, b"v2/whiten", n_bits))
+        used = np.concatenate([tag_positions, positions])
+        return stream.tobytes()[LENGTH_BITS // 8:], _mask(shape, carrier.full(used), carrier.linked(used)), version
     try:
         message, positions = _extract_v1(flat, key, bits_stored, segment_bits)
     except MessageNotFoundError:
@@ -554,17 +682,21 @@ def restore(
     if len(displaced) < _DISPLACED_FIXED or displaced[:3] != _DISPLACED_MAGIC:
         raise RestoreError("displaced bytes are not medarchive stego displaced information (bad magic)")
     version = displaced[3]
-    if version not in (1, 2):
+    if version not in (1, 2, 3):
         raise RestoreError(
-            f"displaced information version {version} is not supported; this reader knows 1 and {_DISPLACED_VERSION}"
+            f"displaced information version {version} is not supported; this reader knows 1 to {VERSION}"
         )
     (n_bits,) = struct.unpack_from("<I", displaced, 4)
     digest = displaced[8:40]
     offset = _DISPLACED_FIXED
     flat = _flat_values(stego_values, bits_stored)
+    shape = tuple(np.shape(stego_values))
     wrong = "stego values do not hold the runs the displaced information describes (wrong key or altered pixels)"
-    if version == 2:
-        tag_positions, order, capacity = _layout(flat, key, bits_stored, segment_bits)
+    if version == 3 and _version_for(shape) != 3:
+        raise RestoreError(f"displaced information version 3 is for colour images; these values have shape {shape}")
+    carrier = _carrier(flat, shape, version)
+    if version >= 2:
+        tag_positions, order, capacity = _layout_for(carrier, key, bits_stored, segment_bits)
         if not tag_positions.size:
             raise RestoreError(wrong)
         tag_cover, offset = _bit_field(displaced, offset, TAG_BITS)
@@ -583,19 +715,19 @@ def restore(
         positions = _positions(order, n_bits, segment_bits, capacity, header_bits)
     except CapacityError:
         raise RestoreError(wrong) from None
-    carried = flat[positions]
+    carried = carrier.flat[positions]
     carried[changed] -= np.where(up, 1, -1)
-    tag_values = flat[tag_positions]
-    if version == 2:
+    tag_values = carrier.flat[tag_positions]
+    if version >= 2:
         tag_values = (tag_values & ~1) | tag_cover
     original = np.concatenate([tag_values, carried])
     if original.size and (original.min() < 0 or original.max() >= 1 << bits_stored) or not hmac.compare_digest(
         _carried_digest(original), digest
     ):
         raise RestoreError("restored values fail their digest (wrong key, altered pixels, or another image's record)")
-    flat[tag_positions] = tag_values
-    flat[positions] = carried
-    return flat.reshape(np.shape(stego_values))
+    carrier.write(flat, tag_positions, tag_values)
+    carrier.write(flat, positions, carried)
+    return flat.reshape(shape)
 
 
 # --------------------------------------------------------------------------------------

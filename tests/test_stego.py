@@ -262,7 +262,7 @@ def test_altered_pixels_are_detected():
     values = noisy((1, 1, 64, 64), 12, seed=7)
     stego_values, displaced = embed(values, os.urandom(200), key=KEY, bits_stored=12)
     plan = plan_embedding(values, 200, key=KEY, bits_stored=12)
-    assert extract_versioned(stego_values, key=KEY, bits_stored=12)[2] == stego.VERSION == 2
+    assert extract_versioned(stego_values, key=KEY, bits_stored=12)[2] == 2  # one sample: version 2 bytes
     assert plan.tag_positions.size == TAG_BITS and not np.isin(plan.tag_positions, plan.positions).any()
     rng = np.random.default_rng(0)
     outside = np.flatnonzero(~plan.mask.reshape(-1))
@@ -327,17 +327,103 @@ def test_version_1_positions_are_stable():
         "869540dac3ce41638c6ff707076e7be354a7eacad9303bc6aa67e9427439d2a2")
 
 
-def test_version_2_layout_and_stego_image_are_stable():
-    """Golden check of what version 2 writes: tag and message positions, and the stego
-    values themselves (tag, whitening, directions). A change here breaks extraction of
-    every version 2 image."""
-    assert capacity_bits(GOLDEN_VALUES, 12, key=KEY) == 64 * 64 - HEADER_BITS
-    plan = plan_embedding(GOLDEN_VALUES, 64, key=KEY, bits_stored=12)
+def _golden_colour_values() -> np.ndarray:
+    """A colour image without RNG: even rows grey, every fourth row G = B != R (never
+    carries), the rest colour."""
+    golden = ((np.arange(3 * 64 * 64, dtype=np.int64) * 2654435761) % 4001 + 40).reshape(1, 3, 64, 64)
+    golden[:, 1:, ::2] = golden[:, :1, ::2]
+    golden[:, 2, 1::4] = golden[:, 1, 1::4]
+    return golden
+
+
+@pytest.mark.parametrize("values, capacity, digests", [
+    (GOLDEN_VALUES, 64 * 64 - HEADER_BITS,
+     ("4ac947793223dc4f1357610fdc2e110fc0671213e921ff6b0cb9d82441d9afef",
+      "6b0f4e5e1c3e8732442fb340b4c341901f308354c50e39e41d98be3f2fd9397f",
+      "b7dab5118fb9635cf77eb61f65aa343c0692c5a25241b747710d1b9122ec0517")),
+    (_golden_colour_values(), 2912,
+     ("87c33c7b41d0702e242495ecbec776b187e4970105ecdbed92e7e867667460e5",
+      "382e7ca577c6605e29d83686268c08d3fd3c1051a7df324991452edc0a514067",
+      "26bf3d400184296978eb1f5d6b446e0e21f87317111fea43a2542484fb25e57a")),
+], ids=["version-2", "version-3-colour"])
+def test_layout_and_stego_image_are_stable(values, capacity, digests):
+    """Golden check of what versions 2 and 3 write: tag and message positions, and the
+    stego values themselves (tag, whitening, directions). A change here breaks extraction
+    of every image of that version."""
+    assert capacity_bits(values, 12, key=KEY) == capacity
+    plan = plan_embedding(values, 64, key=KEY, bits_stored=12)
     layout = np.concatenate([plan.tag_positions, plan.positions]).astype("<i8").tobytes()
-    stego_values, displaced = embed(GOLDEN_VALUES, bytes(range(64)), key=KEY, bits_stored=12)
-    assert hashlib.sha256(layout).hexdigest() == "4ac947793223dc4f1357610fdc2e110fc0671213e921ff6b0cb9d82441d9afef"
-    assert hashlib.sha256(stego_values.astype("<u2").tobytes()).hexdigest() == "6b0f4e5e1c3e8732442fb340b4c341901f308354c50e39e41d98be3f2fd9397f"
-    assert hashlib.sha256(displaced).hexdigest() == "b7dab5118fb9635cf77eb61f65aa343c0692c5a25241b747710d1b9122ec0517"
+    stego_values, displaced = embed(values, bytes(range(64)), key=KEY, bits_stored=12)
+    assert (hashlib.sha256(layout).hexdigest(), hashlib.sha256(stego_values.astype("<u2").tobytes()).hexdigest(),
+            hashlib.sha256(displaced).hexdigest()) == digests
+
+
+# --------------------------------------------------------------------------------------
+# Colour images (version 3): grey pixels stay grey
+
+
+def near_grey_rgb(frames, rows, cols, bits, *, seed=0, grey_fraction=0.7, tint=2) -> np.ndarray:
+    """A textured grey image whose pixels are exactly grey (R = G = B) with probability
+    ``grey_fraction`` and otherwise carry independent colour differences up to ``tint``, plus a
+    saturated colour block: the structure of near-grey ultrasound with an overlay."""
+    rng = np.random.default_rng(seed)
+    maxval = (1 << bits) - 1
+    luma = noisy((frames, 1, rows, cols), bits, seed=seed)
+    diff = rng.integers(-tint, tint + 1, (frames, 3, rows, cols))
+    grey = rng.random((frames, 1, rows, cols)) < grey_fraction
+    rgb = np.clip(luma + np.where(grey, 0, diff), 0, maxval)
+    rgb[:, 0, : rows // 4, : cols // 4] = maxval // 2  # a flat coloured overlay
+    return rgb.astype(np.int64)
+
+
+def _grey(values: np.ndarray) -> np.ndarray:
+    return (values[:, 0] == values[:, 1]) & (values[:, 1] == values[:, 2])
+
+
+@given(
+    frames=st.integers(1, 2),
+    rows=st.integers(3, 40),
+    cols=st.integers(8, 96),
+    bits=st.integers(4, 16),
+    grey_fraction=st.sampled_from([0.0, 0.02, 0.5, 1.0]),
+    tint=st.sampled_from([1, 2, 40]),
+    fill=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_colour_embedding_keeps_every_grey_pixel(frames, rows, cols, bits, grey_fraction, tint, fill, seed):
+    values = near_grey_rgb(frames, rows, cols, bits, seed=seed, grey_fraction=grey_fraction, tint=tint)
+    cap = capacity_bits(values, bits, key=KEY)
+    try:
+        stego_values, _, mask = _check_round_trip(
+            values, np.random.default_rng(seed).bytes(int(fill * (cap // 8))), bits)
+    except CapacityError:
+        assert cap == 0
+        return
+    assert np.array_equal(_grey(stego_values), _grey(values)), "a pixel became grey or stopped being grey"
+    grey = _grey(values)
+    # The first sample carries; the others change only in grey pixels, and with it.
+    assert np.array_equal(mask[:, 1], mask[:, 0] & grey) and np.array_equal(mask[:, 2], mask[:, 0] & grey)
+    delta = stego_values - values
+    assert np.array_equal(delta[:, 1][grey], delta[:, 0][grey])
+    assert not (delta[:, 1:] * ~grey[:, None]).any()
+    # A pixel whose other samples are equal but differ from the first (G = B != R) never changes.
+    assert not mask[:, 0][(values[:, 1] == values[:, 2]) & ~grey].any()
+    assert extract_versioned(stego_values, key=KEY, bits_stored=bits)[2] == 3
+
+
+def test_colour_images_embedded_as_version_2_are_still_read():
+    """Colour images written before version 3 (each plane on its own) extract and restore."""
+    values = near_grey_rgb(1, 48, 64, 12, seed=3, grey_fraction=0.02, tint=40)
+    message = os.urandom(80)
+    old, displaced = stego._embed(values, message, key=KEY, bits_stored=12, segment_bits=SEGMENT_BITS, version=2)
+    assert displaced[3] == 2
+    got, _, version = extract_versioned(old, key=KEY, bits_stored=12)
+    assert (got, version) == (message, 2)
+    assert np.array_equal(restore(old, displaced, key=KEY, bits_stored=12), values)
+    new, displaced3 = embed(values, message, key=KEY, bits_stored=12)
+    assert displaced3[3] == 3 and extract_versioned(new, key=KEY, bits_stored=12)[2] == 3
+    with pytest.raises(RestoreError, match="colour"):  # version 3 displaced bytes on a one-sample image
+        restore(new[:, :1], displaced3, key=KEY, bits_stored=12)
 
 
 # --------------------------------------------------------------------------------------
