@@ -107,15 +107,26 @@ def _keyring(path: str | None):
 def cmd_reveal(args: argparse.Namespace) -> int:
     from medcodec import sealing
 
-    phi = sealing.reveal(_read(args.input), _keyring(args.key_file))
+    keyring = _keyring(args.key_file)
+    phi = sealing.reveal(_read(args.input), keyring)
+    carried = phi["tier"]
+    if args.record and carried == sealing.TIER_ESSENTIAL:
+        phi = {**sealing.follow_link(phi, _read(args.record), keyring), "stego_version": phi["stego_version"]}
     if args.json:
-        print(json.dumps(phi, indent=2, sort_keys=True))
+        print(json.dumps({**phi, "carried_tier": carried}, indent=2, sort_keys=True))
         return 0
     if phi.get("stego_version", 1) >= 2:
         print("authenticated: the message belongs to this image and every pixel value is unaltered")
     else:
         print("authenticated: the message belongs to this image and its pixels outside the message are unaltered"
               " (an image embedded before stego version 2: the carrying pixels' upper bits are not covered)")
+    if carried == sealing.TIER_FULL:
+        print("message tier: full (every removed attribute)")
+    elif phi["tier"] == sealing.TIER_FULL:
+        print(f"message tier: essential; its link to {args.record} verified: the full attributes sealed there")
+    else:
+        print("message tier: essential (identity fields only; `--record` with the archive's record of this"
+              " image gives every removed attribute)")
     for line in _phi_lines(phi.get("elements", {})):
         print(line)
     return 0
@@ -199,6 +210,14 @@ def _format_inspect(info: dict) -> str:
         lines.append(
             f"bits/sample      global {bps['global']:.3f}  local {bps['local']:.3f}  whole record {bps['record']:.3f}"
         )
+    report = (info.get("sealed") or {}).get("stego")
+    if report is not None:
+        tier = report.get("tier", "full" if report.get("embedded") else "none")  # records before tiers
+        sizes = ", ".join(f"{t} {n} B" for t, n in report.get("tier_bytes", {}).items())
+        lines.append(f"embedded PHI     tier {tier}" + (f" ({report['message_bytes']} B sealed)" if report.get("embedded") else "")
+                     + (f"; sealed sizes {sizes}; capacity {report.get('capacity_bits', 0) // 8} B" if sizes else ""))
+        if report.get("reason"):
+            lines.append(f"                 {report['reason']}")
     lines.append("sections         " + ", ".join(f"{k} {v} B" for k, v in info["sections"].items()))
     return "\n".join(lines)
 
@@ -386,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     p.add_argument("--key-file", required=True)
     p.add_argument("--json", action="store_true", help="the removed attributes as stored (restorable form)")
+    p.add_argument("--record", help="the archive's record (.mdc) of this image: when the image carries only the"
+                   " essential message, follow its keyed link to the full attributes sealed there")
     p.set_defaults(func=cmd_reveal)
 
     p = sub.add_parser("keys", help="keyring: new | rotate | retire KEY_ID | list")

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from . import container as ct
-from . import crypto, deid, stego
+from . import crypto, deid, essential, stego
 from .dicom import RESTORE_VERBATIM, ParsedDicom, parse_dicom, rebuild_dicom
 from .errors import CorruptRecordError, MedcodecError
 from .planes import SampleFormat, value_palette, values_to_words, words_to_values
@@ -39,6 +39,8 @@ from .spec import PixelSpec
 PURPOSE_ORIGINAL = "original"
 PURPOSE_DISPLACED = "displaced"
 PURPOSE_PHI = "phi"
+PURPOSE_PHI_ESSENTIAL = "phi-essential"  # only ever embedded, never a section
+TIER_FULL, TIER_ESSENTIAL, TIER_NONE = "full", "essential", "none"
 SEALED_SECTIONS = {
     PURPOSE_ORIGINAL: ct.SECTION_SEALED_ORIGINAL,
     PURPOSE_DISPLACED: ct.SECTION_SEALED_DISPLACED,
@@ -157,7 +159,7 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
     uids = {k: str(new.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
     phi = lzma.compress(result.removed_bytes(), preset=9)
     original = _pack_original(parsed, data)
-    report: dict[str, Any] = {"message_bytes": 0, "embedded": False}
+    report: dict[str, Any] = {"message_bytes": 0, "embedded": False, "tier": TIER_NONE}
     public_parsed: ParsedDicom | None = None
     sections: list[ct.Section] = []
     if parsed.restore_mode == RESTORE_VERBATIM:
@@ -171,24 +173,26 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
         fmt = SampleFormat.of(parsed.spec)
         values, outside = words_to_values(parsed.frames, fmt)
         key = keyring.stego_key(uids["SOPInstanceUID"].encode())
-        message_len = crypto.sealed_size(len(phi), key_id=keyring.primary_key_id)
         report["capacity_bits"] = stego.capacity_bits(values, fmt.bits_stored, key=key)
-        report["message_bytes"] = message_len
         binding = {"format_version": f"{ct.FORMAT_MAJOR}.{ct.FORMAT_MINOR}", "uids": uids}
-        plan = None
+        tiers = _message_tiers(result.removed, phi, keyring)
+        report["tier_bytes"] = {tier: crypto.sealed_size(len(m), key_id=keyring.primary_key_id)
+                                for tier, m, _ in tiers}
+        plan, chosen = None, None
         if value_palette(values, fmt.bits_stored) is not None:
             # +-1 changes would add values a sparse histogram never has: visible to any
             # histogram test and fatal to the codec's palette. Keep the PHI sealed only.
             report["reason"] = "sparse histogram: embedding would add new values; PHI kept sealed in the record"
         else:
-            try:
-                plan = stego.plan_embedding(values, message_len, key=key, bits_stored=fmt.bits_stored)
-            except stego.CapacityError as exc:
-                report["reason"] = str(exc)
+            plan, chosen, reason = _largest_fitting(values, tiers, report["tier_bytes"], key, fmt.bits_stored)
+            if reason:
+                report["reason"] = reason
         mask = plan.mask if plan is not None else np.zeros(values.shape, dtype=bool)
         binding["pixel_digest"] = stego.outside_digest(values, mask)
         if plan is not None:
-            box = crypto.seal(keyring, phi, associated=_binding_ad(binding, PURPOSE_PHI))
+            tier, message, purpose = chosen
+            report.update(tier=tier, message_bytes=report["tier_bytes"][tier])
+            box = crypto.seal(keyring, message, associated=_binding_ad(binding, purpose))
             stego_values, displaced = stego.embed(values, box.to_bytes(), key=key, bits_stored=fmt.bits_stored)
             sections.append(ct.Section(ct.SECTION_SEALED_DISPLACED, crypto.seal(
                 keyring, displaced, associated=_binding_ad(binding, PURPOSE_DISPLACED)).to_bytes()))
@@ -226,6 +230,28 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
         },
     }
     return config, sections, report
+
+
+def _message_tiers(removed: dict[str, Any], phi: bytes, keyring: crypto.Keyring) -> list[tuple[str, bytes, str]]:
+    """(tier, plaintext, purpose) of each message an image may carry, largest first: the
+    full PHI, then the essential message linked to it (``medcodec.essential``)."""
+    link = essential.full_link(keyring.uid_key(), phi)
+    return [(TIER_FULL, phi, PURPOSE_PHI),
+            (TIER_ESSENTIAL, essential.encode_essential(removed, link), PURPOSE_PHI_ESSENTIAL)]
+
+
+def _largest_fitting(values: np.ndarray, tiers: list, sizes: dict[str, int], key: bytes, bits_stored: int):
+    """(plan, tier, reason): the first tier whose sealed message fits; reason says why each
+    larger tier did not (None when the full message fits). Never truncates a message."""
+    reasons = []
+    for tier in tiers:
+        try:
+            plan = stego.plan_embedding(values, sizes[tier[0]], key=key, bits_stored=bits_stored)
+        except stego.CapacityError as exc:
+            reasons.append(f"{tier[0]} message ({sizes[tier[0]]} B sealed) does not fit: {exc}")
+            continue
+        return plan, tier, "; ".join(reasons) or None
+    return None, None, "; ".join(reasons)
 
 
 def _open(record: ct.Record, keyring: crypto.Keyring, purpose: str) -> bytes:
@@ -294,10 +320,13 @@ def rewrap_record(blob: bytes, keyring: crypto.Keyring) -> bytes:
 def reveal(stego_file: bytes, keyring: crypto.Keyring) -> dict[str, Any]:
     """Authenticate and return the PHI embedded in a de-identified (stego) DICOM file.
 
-    The returned removed-values record carries ``stego_version``: 2 when the image tag
-    authenticated every pixel value, 1 for an image embedded before version 2 (the
-    message and the pixels outside it are authenticated, not the carrying pixels' upper
-    bits).
+    The returned removed-values record carries ``tier``: ``"full"`` (every removed
+    attribute) or ``"essential"`` (the fields of ``medcodec.essential`` and a
+    ``full_link`` to the full record sealed in the archive: ``follow_link``), and
+    ``stego_version``: 3 or 2 when the image tag authenticated every pixel value (3: a
+    colour image embedded with grey pixels kept grey), 1 for an image embedded before
+    version 2 (the message and the pixels outside it are authenticated, not the carrying
+    pixels' upper bits).
     """
     parsed = parse_dicom(stego_file)
     if parsed.frames is None:
@@ -312,9 +341,39 @@ def reveal(stego_file: bytes, keyring: crypto.Keyring) -> dict[str, Any]:
     message, mask, version = stego.extract_versioned(values, key=key, bits_stored=fmt.bits_stored)
     binding = {"format_version": f"{ct.FORMAT_MAJOR}.{ct.FORMAT_MINOR}", "uids": uids,
                "pixel_digest": stego.outside_digest(values, mask)}
-    phi = crypto.open_sealed(keyring, crypto.SealedBox.from_bytes(message),
-                             associated=_binding_ad(binding, PURPOSE_PHI))
+    box = crypto.SealedBox.from_bytes(message)
     try:
-        return {**deid.removed_from_bytes(lzma.decompress(phi)), "stego_version": version}
+        phi = crypto.open_sealed(keyring, box, associated=_binding_ad(binding, PURPOSE_PHI))
+    except crypto.IntegrityError as full_error:
+        # The tier is bound into the associated data: only one of the two opens.
+        try:
+            plain = crypto.open_sealed(keyring, box, associated=_binding_ad(binding, PURPOSE_PHI_ESSENTIAL))
+        except crypto.IntegrityError:
+            raise full_error from None
+        return {**essential.decode_essential(plain), "stego_version": version}
+    try:
+        return {**deid.removed_from_bytes(lzma.decompress(phi)), "tier": TIER_FULL, "stego_version": version}
     except lzma.LZMAError as exc:
         raise CorruptRecordError(f"revealed message does not decompress: {exc}") from None
+
+
+def follow_link(revealed: dict[str, Any], record_blob: bytes, keyring: crypto.Keyring) -> dict[str, Any]:
+    """The full removed-values record that an essential message links to.
+
+    ``revealed`` is what ``reveal`` returned for an exported copy carrying the essential
+    tier; ``record_blob`` the archive's record of that image (found by the copy's SOP
+    Instance UID). Raises IntegrityError when the record's sealed PHI is not the one the
+    message links to (another image's record, or an altered one).
+    """
+    if revealed.get("tier") != TIER_ESSENTIAL:
+        raise SealingError(f"only an essential message links to a record; this one is {revealed.get('tier')!r}")
+    record = ct.read_record(record_blob)
+    if not record.config.get("sealed"):
+        raise SealingError("record holds no sealed PHI (it was written without a key)")
+    phi = _open(record, keyring, PURPOSE_PHI)
+    if essential.full_link(keyring.uid_key(), phi).hex() != revealed.get("full_link"):
+        raise crypto.IntegrityError("the record's sealed PHI is not the one this image's message links to")
+    try:
+        return {**deid.removed_from_bytes(lzma.decompress(phi)), "tier": TIER_FULL}
+    except lzma.LZMAError as exc:
+        raise CorruptRecordError(f"sealed PHI section does not decompress: {exc}") from None
