@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 from make_golden import output_digest  # noqa: E402
 from make_golden import test_keyring as golden_keyring  # noqa: E402  (not a test)
 
-from medcodec.sealing import reveal  # noqa: E402
+from medcodec.sealing import follow_link, reveal  # noqa: E402
 
 
 def test_there_are_golden_records_of_every_kind():
@@ -152,6 +152,9 @@ def test_golden_record_decodes(name):
         # The de-identified file's embedded PHI opens with the key, by the stego version it was written with.
         phi = reveal(public, golden_keyring())
         assert phi["elements"] and phi["stego_version"] == entry.get("stego_version", 1)
+        assert phi["tier"] == entry.get("tier", "full")  # records written before tiers carry the full PHI
+        if phi["tier"] == "essential":
+            assert follow_link(phi, blob, golden_keyring())["tier"] == "full"
     else:
         out = medcodec.decompress_dicom(blob)
     assert output_digest(entry["kind"], out) == entry["output_sha256"]
