@@ -21,7 +21,9 @@ from medcodec.sealing import follow_link, reveal  # noqa: E402
 def test_there_are_golden_records_of_every_kind():
     kinds = {entry["kind"] for entry in EXPECTED.values()}
     assert kinds == {"pixels", "dicom", "dicom-keyed"} and len(EXPECTED) >= 8
-    assert {e.get("stego_version", 1) for e in EXPECTED.values() if e["kind"] == "dicom-keyed"} == {1, 2}
+    keyed = [e for e in EXPECTED.values() if e["kind"] == "dicom-keyed"]
+    assert {e.get("stego_version", 1) for e in keyed} == {1, 2, 3}
+    assert {e.get("tier", "full") for e in keyed} == {"full", "essential"}
 
 
 def test_golden_records_cover_the_local_path():
