@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 DEMO   := demo-output
 ARCHIVE := demo-archive
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-slow bench clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,13 @@ install: $(STAMP)
 demo: install
 	$(BIN)/python -m jobs.demo --out $(DEMO) --archive $(ARCHIVE)
 
+# `make test`: everything but the tests marked slow (the sweeps over every real file beyond
+# a sample, multi-process and pipeline rehearsals); `make test-slow` runs those. CI runs both.
 test: install
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 -q -m "not slow"
+
+test-slow: install
+	$(BIN)/python -m pytest -n 2 -q -m slow
 
 bench: install
 	$(BIN)/medarchive bench pydicom --runs 3

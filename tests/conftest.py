@@ -18,3 +18,27 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     import torch
 
     torch.set_num_threads(1)
+
+
+# The two sweeps over every real file in pydicom-data (the whole codec, and the keyed path)
+# take most of the suite's time. `make test` runs them on this sample, which covers every
+# restore mode and the common layouts (signed CT, big-endian MR, lossless JPEG / JPEG-LS /
+# JPEG 2000 / RLE, RGB and YBR, multi-frame, odd sizes, 16 x 16 thumbnails, lossy sources
+# kept verbatim, files without pixels or file meta); `make test-slow` (and CI) the rest.
+SWEEP_TESTS = {"test_codec_roundtrip", "test_keyed_roundtrip_every_readable_file"}
+SWEEP_SAMPLE = {
+    "CT_small.dcm", "MR_small.dcm", "MR_small_bigendian.dcm", "JPEG-LL.dcm", "SC_rgb.dcm", "SC_rgb_rle.dcm",
+    "color3d_jpeg_baseline.dcm", "emri_small.dcm", "rtplan.dcm", "ExplVR_LitEndNoMeta.dcm", "liver.dcm",
+    "waveform_ecg.dcm", "SC_rgb_small_odd.dcm", "6154", "emri_small_jpeg_2k_lossless.dcm", "MR_small_RLE.dcm",
+    "SC_rgb_16bit.dcm", "JPGLosslessP14SV1_1s_1f_8b.dcm", "examples_ybr_color.dcm", "MR_small_jpeg_ls_lossless.dcm",
+    "SC_rgb_expb_2frame.dcm", "RG1_J2KI.dcm", "nested_priv_SQ.dcm", "no_meta_group_length.dcm",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+
+    for item in items:
+        name, _, param = item.name.partition("[")
+        if name in SWEEP_TESTS and param.rstrip("]") not in SWEEP_SAMPLE:
+            item.add_marker(pytest.mark.slow)

@@ -178,6 +178,7 @@ _SUBPROCESS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_adapted_records_same_bytes_with_1_or_2_threads_and_decode_in_another_process(fitted, tmp_path):
     result, _, _, plane = fitted
     script, adapter, image = tmp_path / "code.py", tmp_path / "adapter.safetensors", tmp_path / "img.npy"
@@ -222,6 +223,7 @@ def test_decoding_needs_the_registered_adapter(fitted):
 # --- archive: migrate --adapt, models/, audit, restore ----------------------------------------
 
 
+@pytest.mark.slow
 def test_migrate_adapt_stores_adapters_and_audit_and_restore_use_them(tmp_path):
     import json
     from collections import Counter

@@ -71,6 +71,7 @@ def test_large_multiplane_image_uses_local_path_and_roundtrips():
     assert np.array_equal(medcodec.decompress_pixels(blob), img)
 
 
+@pytest.mark.slow
 def test_same_bytes_every_time_and_in_other_processes():
     img = smooth_image(150, 170, 12, seed=5).astype(np.uint16)
     blob = medcodec.compress_pixels(img, bits_stored=12, signed=False)

@@ -282,6 +282,7 @@ def test_from_bytes_on_garbage_raises_only_typed_errors(data):
         pass
 
 
+@pytest.mark.slow
 def test_one_million_seals_give_unique_key_id_nonce_pairs(ring):
     """1,000,000 real seals (about 6-10 s here); both nonces are checked, grouped by key id."""
     n = 1_000_000

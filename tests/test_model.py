@@ -224,6 +224,7 @@ def test_max_keeps_the_smaller_of_the_transformer_and_classical_records():
     assert ct.read_record(blob).config["pixels"]["local_model"] == min(sizes, key=sizes.get)
 
 
+@pytest.mark.slow
 def test_max_screens_its_local_models_on_a_crop_of_a_large_image():
     import pydicom
     from pydicom.data import get_testdata_file

@@ -64,6 +64,7 @@ def s3():
             server.stop()
 
 
+@pytest.mark.slow
 def test_s3_migrate_audit_restore(s3, tmp_path):
     fs = s3fs.S3FileSystem(**s3)
     fs.mkdir("src-bucket")

@@ -174,6 +174,7 @@ def test_flipping_any_byte_of_a_sealed_section_is_rejected(sealed_ct, keyring, p
                 medcodec.decompress_dicom(tampered, keyring=keyring)
 
 
+@pytest.mark.slow
 def test_sections_transplanted_between_images_are_rejected(keyring):
     a = medcodec.compress_dicom(Path(get_testdata_file("CT_small.dcm")).read_bytes(), keyring=keyring)
     b = medcodec.compress_dicom(Path(get_testdata_file("693_UNCI.dcm")).read_bytes(), keyring=keyring)
