@@ -40,7 +40,30 @@ def _read(path: str) -> bytes:
 def _limits(args: argparse.Namespace):
     from medcodec import DicomLimits
 
-    return DicomLimits(max_samples=args.max_samples)
+    return DicomLimits(max_samples=getattr(args, "max_samples", 1 << 31), memory_bytes=_budget(args),
+                       max_pixel_ratio=getattr(args, "max_pixel_ratio", 10_000) or None)
+
+
+def _budget(args: argparse.Namespace) -> int | None:
+    gib = getattr(args, "memory_budget", None)
+    return None if gib is None else int(gib * 2**30)
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _add_limit_arguments(p: argparse.ArgumentParser, *, encode: bool = True) -> None:
+    p.add_argument("--memory-budget", type=_positive, metavar="GIB", default=None,
+                   help="memory one input may use, in GiB (default: 60%% of physical memory); larger images are"
+                        " refused before they are decoded")
+    if encode:
+        p.add_argument("--max-pixel-ratio", type=int, default=10_000, metavar="N",
+                       help="refuse compressed pixel data that claims more than N bytes of pixels per byte"
+                            " (default 10000; 0: no limit)")
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
@@ -87,10 +110,10 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     kind = container.read_record(blob).config.get("kind")
     if kind == "pixels":
         buf = io.BytesIO()
-        np.save(buf, medcodec.decompress_pixels(blob), allow_pickle=False)
+        np.save(buf, medcodec.decompress_pixels(blob, limits=_limits(args)), allow_pickle=False)
         out = buf.getvalue()
     else:
-        out = medcodec.decompress_dicom(blob, keyring=_keyring(args.key_file))
+        out = medcodec.decompress_dicom(blob, keyring=_keyring(args.key_file), limits=_limits(args))
     _write_atomic(args.output, out)
     sealed = container.read_record(blob).config.get("sealed")
     what = "original restored and verified" if (args.key_file or not sealed) else "de-identified file (no key)"
@@ -309,6 +332,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         keep_codestream=args.keep_codestream,
         key_file=args.key_file,
         progress=not args.no_progress,
+        memory_budget=_budget(args),
+        max_pixel_ratio=args.max_pixel_ratio or None,
+        max_input_bytes=int(args.max_input_size * 2**30),
         **settings,
     )
     print(format_summary(summary))
@@ -393,12 +419,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=int, default=1 << 31, help="refuse images with more samples than this")
     p.add_argument("--bits-stored", type=int, default=None, help=".npy input only: stored bits (default: dtype width)")
     p.add_argument("--key-file", help="de-identify, seal the original and embed the sealed PHI (keyring file)")
+    _add_limit_arguments(p)
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("decompress", help="restore a file from a record (verified)")
     p.add_argument("input")
     p.add_argument("output")
     p.add_argument("--key-file", help="keyed records: restore the original (without: the de-identified file)")
+    _add_limit_arguments(p, encode=False)
     p.set_defaults(func=cmd_decompress)
 
     p = sub.add_parser("reveal", help="authenticate and print the PHI embedded in a de-identified (stego) DICOM")
@@ -444,6 +472,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "default `max` tries both and keeps the smaller record")
     p.add_argument("--keep-codestream", action="store_true")
     p.add_argument("--strict", action="store_true", help="exit 1 if any input was dead-lettered")
+    _add_limit_arguments(p)
+    p.add_argument("--max-input-size", type=_positive, metavar="GIB", default=2.0,
+                   help="largest input after decompression, in GiB (default 2); .gz and archive members that"
+                        " inflate over 200:1 past 64 MiB are refused as they are read")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--adapt", type=int, metavar="N",
                    help="first fit A-LoRA adapters on N sampled inputs (per modality; see `adapt`), then code with "

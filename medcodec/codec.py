@@ -7,13 +7,14 @@ import lzma
 import struct
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from . import container as ct
 from .dicom import DicomLimits, ParsedDicom, RESTORE_VERBATIM, parse_dicom, rebuild_dicom
-from .errors import CorruptRecordError, MedcodecError, ModelMismatchError, UnsupportedError
+from .errors import CorruptRecordError, MedcodecError, ModelMismatchError, UnsupportedError, record_errors
 from .paths import ClassicalLocalPathCoder, GlobalPathCoder, LocalPathModel, PlaneInfo, TreeGlobalPathCoder
 from .planes import (
     COLOUR_PALETTE_MAX,
@@ -97,6 +98,19 @@ PRESETS = ("max", "fast")
 # Decoding refuses records that claim more samples than this (a crafted record must not
 # make the reader allocate unbounded memory).
 MAX_DECODE_SAMPLES = 1 << 31
+# Peak working memory per sample, with a margin, for the memory budget that is checked
+# before any pixel is allocated (DicomLimits.memory_bytes). Measured on RG3_UNCI (3.1 M
+# samples, CR) as the RSS above the imported library: encode fast 65, max 505 (raster-wp-v3's
+# predictor fits), decode 49-71 bytes per sample.
+ENCODE_BYTES_PER_SAMPLE = {"fast": 128, "max": 640}
+DECODE_BYTES_PER_SAMPLE = 96
+
+
+def working_bytes_per_sample(preset: str, *, decode_too: bool = True) -> int:
+    """The memory budget's estimate of bytes per sample to encode with ``preset`` (and
+    decode again, when the record is verified)."""
+    _check_preset(preset)
+    return max(ENCODE_BYTES_PER_SAMPLE[preset], DECODE_BYTES_PER_SAMPLE if decode_too else 0)
 
 # The local models a preset tries, in order; the smallest record wins. Records name their
 # model (id + SHA-256 of its weights), so older records keep decoding with theirs.
@@ -331,8 +345,12 @@ def _encode_with(
     return config, sections
 
 
-def decode_words(config: dict[str, Any], record: ct.Record, *, timings: dict | None = None) -> np.ndarray:
-    """Inverse of :func:`encode_words`; verifies the words' digest (``timings`` as there)."""
+def decode_words(
+    config: dict[str, Any], record: ct.Record, *, timings: dict | None = None, limits: DicomLimits | None = None
+) -> np.ndarray:
+    """Inverse of :func:`encode_words`; verifies the words' digest (``timings`` as there).
+
+    ``limits.memory_bytes`` bounds what the record may make the decoder allocate."""
     try:
         if config["codec_id"] != CODEC_ID:
             raise UnsupportedError(f"pixel codec {config['codec_id']!r} unknown; this reader knows {CODEC_ID!r}")
@@ -352,6 +370,8 @@ def decode_words(config: dict[str, Any], record: ct.Record, *, timings: dict | N
     _check_preset(preset)
     if min(n_frames, n_samples, rows, cols) < 1 or n_frames * n_samples * rows * cols > MAX_DECODE_SAMPLES:
         raise CorruptRecordError(f"record claims shape {config['shape']}, outside the decodable range")
+    replace(limits or DicomLimits(), bytes_per_sample=DECODE_BYTES_PER_SAMPLE).check_memory(
+        n_frames * n_samples * rows * cols, "a record")
     palette = _unpack_palette(record.one(ct.SECTION_PALETTE).payload, fmt.bits_stored) if packed else None
     bits = fmt.bits_stored if palette is None else palette_bits(palette)
     table = None
@@ -494,8 +514,10 @@ def compress_pixels(
     return ct.write_record(ct.Record(config=config, sections=sections))
 
 
-def decompress_pixels(blob: bytes, *, timings: dict | None = None) -> np.ndarray:
-    """Inverse of :func:`compress_pixels`: same dtype, shape and values."""
+@record_errors
+def decompress_pixels(blob: bytes, *, timings: dict | None = None, limits: DicomLimits | None = None) -> np.ndarray:
+    """Inverse of :func:`compress_pixels`: same dtype, shape and values (``limits``: the
+    memory budget, as for :func:`decompress_dicom`)."""
     record = ct.read_record(blob)
     if record.config.get("kind") != "pixels":
         raise UnsupportedError(
@@ -506,7 +528,7 @@ def decompress_pixels(blob: bytes, *, timings: dict | None = None) -> np.ndarray
         shape = tuple(int(x) for x in record.config["array"]["shape"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptRecordError(f"array description malformed: {exc!r}") from None
-    words = decode_words(record.config["pixels"], record, timings=timings)
+    words = decode_words(record.config["pixels"], record, timings=timings, limits=limits)
     frames = words.view(dtype)
     if len(shape) == 2:
         out = frames[0, 0]
@@ -559,7 +581,9 @@ def compress_dicom(
     and compares digests before returning.
     """
     _check_preset(preset)
-    parsed = parse_dicom(data, keep_codestream=keep_codestream, limits=limits or DicomLimits())
+    limits = limits or DicomLimits()
+    per_sample = max(limits.bytes_per_sample, working_bytes_per_sample(preset, decode_too=verify))
+    parsed = parse_dicom(data, keep_codestream=keep_codestream, limits=replace(limits, bytes_per_sample=per_sample))
     if keyring is not None:
         from . import sealing
 
@@ -609,11 +633,13 @@ def compress_dicom(
     return blob
 
 
-def decompress_dicom(blob: bytes, *, keyring=None) -> bytes:
+@record_errors
+def decompress_dicom(blob: bytes, *, keyring=None, limits: DicomLimits | None = None) -> bytes:
     """Restore the DICOM file of a record, checked against the record's digests.
 
     For a keyed record: without ``keyring`` the de-identified file (pixels = stego
-    image); with it the original, byte for byte.
+    image); with it the original, byte for byte. ``limits.memory_bytes`` bounds what the
+    record may claim (LimitExceededError before anything is allocated).
     """
     record = ct.read_record(blob)
     config = record.config
@@ -629,7 +655,9 @@ def decompress_dicom(blob: bytes, *, keyring=None) -> bytes:
         except (KeyError, TypeError) as exc:
             raise CorruptRecordError(f"pixel spec malformed: {exc!r}") from None
         prefix, suffix, extra = _unpack_header(record.one(ct.SECTION_HEADER).payload)
-        words = decode_words(config["pixels"], record)
+        if not isinstance(config.get("pixels"), dict):
+            raise CorruptRecordError(f"record in mode {mode!r} has no pixel config")
+        words = decode_words(config["pixels"], record, limits=limits)
         parsed = ParsedDicom(
             restore_mode=mode,
             spec=spec,
@@ -666,6 +694,7 @@ def _global_plane_models(record: ct.Record, coder) -> dict[str, int]:
     return counts
 
 
+@record_errors
 def inspect_record(blob: bytes) -> dict[str, Any]:
     """A JSON-able description of a record: versions, sections, sizes, bits per sample per path."""
     record = ct.read_record(blob)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import struct
 import warnings
 from dataclasses import dataclass
@@ -114,14 +115,44 @@ _SUBSAMPLED_PHOTOMETRICS = frozenset({"YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PA
 _DEFER_SIZE = 1 << 16
 
 
+def default_memory_budget() -> int:
+    """Bytes one input may use by default: 60% of this machine's physical memory."""
+    try:
+        return int(0.6 * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # no sysconf: assume a small machine
+        return 4 << 30
+
+
 @dataclass(frozen=True, kw_only=True)
 class DicomLimits:
-    """Upper bounds on what a header may claim before anything is allocated."""
+    """Upper bounds on what a header (or a record) may claim, checked before anything is
+    allocated.
+
+    ``memory_bytes``: the budget for one input's working memory (None: 60% of physical
+    memory, ``default_memory_budget``); an image is refused when its samples times
+    ``bytes_per_sample`` (the measured peak of the work to be done on it, set by the
+    caller: ``medcodec.codec.working_bytes_per_sample``) exceed it. ``max_pixel_ratio``:
+    decoded pixel bytes per byte of compressed pixel data (a 2 kB file must not claim a
+    4000 x 4000 image); None turns the check off.
+    """
 
     max_samples: int = 2**31
     max_rows: int = 65535
     max_cols: int = 65535
     max_frames: int = 100_000
+    memory_bytes: int | None = None
+    bytes_per_sample: int = 0
+    max_pixel_ratio: int | None = 10_000
+
+    def check_memory(self, samples: int, what: str) -> None:
+        """Raise LimitExceededError when ``samples`` would need more than the memory budget."""
+        need = samples * self.bytes_per_sample
+        budget = default_memory_budget() if self.memory_bytes is None else self.memory_bytes
+        if need > budget:
+            raise LimitExceededError(
+                f"{what} of {samples} samples needs about {need / 2**30:.1f} GiB to code, over the memory budget of"
+                f" {budget / 2**30:.1f} GiB (raise it with --memory-budget)"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -666,6 +697,19 @@ def _check_limits(geo: _Geometry, limits: DicomLimits) -> None:
         raise LimitExceededError(
             f"rows*cols*frames*samples = {total} exceeds the limit max_samples={limits.max_samples}"
         )
+    limits.check_memory(total, "an image")
+
+
+def _check_ratio(geo: _Geometry, compressed_bytes: int, limits: DicomLimits) -> None:
+    """Refuse compressed pixel data that claims far more pixels than its size can hold."""
+    if limits.max_pixel_ratio is None:
+        return
+    decoded = geo.rows * geo.cols * geo.frames * geo.samples * max(1, geo.bits_allocated // 8)
+    if decoded > limits.max_pixel_ratio * max(compressed_bytes, 1):
+        raise LimitExceededError(
+            f"{compressed_bytes} bytes of compressed pixel data claim {decoded} bytes of pixels, over the"
+            f" limit of {limits.max_pixel_ratio}:1"
+        )
 
 
 def _spec(
@@ -878,6 +922,7 @@ def _parse_encapsulated(
     reason = _uncodable_reason(geo)
     if reason is not None:
         return _verbatim(data, _spec(geo, ts, big_endian=False), f"{reason}; kept verbatim")
+    _check_ratio(geo, pixel.value_end - pixel.value_start, limits)
 
     prefix = data[: pixel.value_start]
     suffix = data[pixel.value_end :]

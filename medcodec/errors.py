@@ -6,6 +6,8 @@ They never contain pixel data, header values or key material.
 
 from __future__ import annotations
 
+import functools
+
 
 class MedcodecError(Exception):
     """Base class of every error raised by medcodec on bad input or a bad record."""
@@ -33,3 +35,26 @@ class UnsupportedVersionError(MedcodecError):
 
 class ModelMismatchError(MedcodecError):
     """A record names a model (id + hash) that is not the one available for decoding."""
+
+
+def record_errors(func):
+    """Decorator for the functions that read records: a failure that is not already a
+    MedcodecError (a crafted or damaged record reaching an assertion, a missing key or an
+    index out of range inside a decoder) becomes one CorruptRecordError line naming the
+    exception type, never a traceback; MemoryError becomes LimitExceededError. The
+    exception's own text is left out: it could quote record contents."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except MedcodecError:
+            raise
+        except MemoryError:
+            raise LimitExceededError(f"{func.__name__}: out of memory decoding this record") from None
+        except Exception as exc:  # noqa: BLE001 - the boundary where every failure becomes typed
+            raise CorruptRecordError(
+                f"record cannot be decoded: {type(exc).__name__} in {func.__name__} (damaged or crafted record)"
+            ) from None
+
+    return wrapper

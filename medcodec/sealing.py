@@ -32,7 +32,7 @@ import numpy as np
 from . import container as ct
 from . import crypto, deid, essential, stego
 from .dicom import RESTORE_VERBATIM, ParsedDicom, parse_dicom, rebuild_dicom
-from .errors import CorruptRecordError, MedcodecError
+from .errors import CorruptRecordError, MedcodecError, record_errors
 from .planes import SampleFormat, value_palette, values_to_words, words_to_values
 from .spec import PixelSpec
 
@@ -260,6 +260,7 @@ def _open(record: ct.Record, keyring: crypto.Keyring, purpose: str) -> bytes:
     return crypto.open_sealed(keyring, box, associated=_binding_ad(binding, purpose))
 
 
+@record_errors
 def unseal_dicom(record: ct.Record, keyring: crypto.Keyring, *, stego_words: np.ndarray | None, public: bytes) -> bytes:
     """The original file of a keyed record.
 
@@ -298,6 +299,7 @@ def unseal_dicom(record: ct.Record, keyring: crypto.Keyring, *, stego_words: np.
     return out
 
 
+@record_errors
 def rewrap_record(blob: bytes, keyring: crypto.Keyring) -> bytes:
     """Re-wrap every sealed section's data key under the keyring's primary; pixels untouched."""
     record = ct.read_record(blob)
@@ -317,6 +319,7 @@ def rewrap_record(blob: bytes, keyring: crypto.Keyring) -> bytes:
     return ct.write_record(ct.Record(config=record.config, sections=sections))
 
 
+@record_errors
 def reveal(stego_file: bytes, keyring: crypto.Keyring) -> dict[str, Any]:
     """Authenticate and return the PHI embedded in a de-identified (stego) DICOM file.
 
@@ -357,6 +360,7 @@ def reveal(stego_file: bytes, keyring: crypto.Keyring) -> dict[str, Any]:
         raise CorruptRecordError(f"revealed message does not decompress: {exc}") from None
 
 
+@record_errors
 def follow_link(revealed: dict[str, Any], record_blob: bytes, keyring: crypto.Keyring) -> dict[str, Any]:
     """The full removed-values record that an essential message links to.
 

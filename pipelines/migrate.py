@@ -27,7 +27,7 @@ from schemas.tables import DEADLETTER_SCHEMA, INDEX_SCHEMA, table_of
 from .archive import TMP_PREFIX, Archive, Identity
 from .keys import load_keyring
 from .progress import ProgressReporter
-from .sources import SourceRef, list_sources, read_source
+from .sources import ReadLimits, SourceRef, list_sources, read_source
 
 # A shard holds at most this many instances / bytes of records (a study may span shards).
 MAX_SHARD_INSTANCES = 512
@@ -56,6 +56,10 @@ class MigrateConfig:
     # inputs of those modalities are coded with base + adapter (and the v1.0 local path,
     # the smaller record kept); other modalities with the preset's models.
     adapters: dict = field(default_factory=dict)
+    # Resource bounds per input, checked from declared sizes before decoding (DicomLimits).
+    memory_budget: int | None = None
+    max_pixel_ratio: int | None = 10_000
+    max_input_bytes: int = 2 << 30  # one input after decompression (ReadLimits)
 
 
 def _resolve_identity(cfg: MigrateConfig) -> Identity:
@@ -197,7 +201,8 @@ class EncodeInstance(beam.DoFn):
         source_key = ident.hash("source", ref.identity)
         t0 = time.perf_counter()
         try:
-            data = read_source(ref, storage_options=cfg.storage_options)
+            data = read_source(ref, storage_options=cfg.storage_options,
+                               limits=ReadLimits(max_bytes=cfg.max_input_bytes))
         except Exception as exc:
             Metrics.counter(NAMESPACE, "deadlettered").inc()
             yield beam.pvalue.TaggedOutput("dead", _dead_row(ident, ref, "read", exc, cfg.run_id))
@@ -216,9 +221,10 @@ class EncodeInstance(beam.DoFn):
             record = self.codec.compress_dicom(
                 data, preset=cfg.preset, keep_codestream=cfg.keep_codestream, keyring=self.keyring,
                 local_model=self._local_model(uids.get("modality")),
+                limits=self.codec.DicomLimits(memory_bytes=cfg.memory_budget, max_pixel_ratio=cfg.max_pixel_ratio),
             )
             info = self.codec.inspect_record(record)
-        except self.codec.MedcodecError as exc:
+        except (self.codec.MedcodecError, MemoryError) as exc:  # out of memory: this input, not the job
             Metrics.counter(NAMESPACE, "deadlettered").inc()
             stage = "parse" if isinstance(exc, (self.codec.InvalidDicomError,)) else "encode"
             yield beam.pvalue.TaggedOutput(

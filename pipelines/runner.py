@@ -92,8 +92,17 @@ def run_migrate(
     beam_args: list[str] | None = None,
     storage_options: dict | None = None,
     progress: bool = True,
+    memory_budget: int | None = None,
+    max_pixel_ratio: int | None = 10_000,
+    max_input_bytes: int = 2 << 30,
 ) -> dict:
     """Run one migrate job to completion; returns the run summary (also in DST/runs/<id>.json).
+
+    ``memory_budget`` (bytes per input; None: 60% of each worker's physical memory) and
+    ``max_pixel_ratio`` bound what one input may claim before it is decoded; an input over
+    either is a dead letter (medcodec.DicomLimits), as is an input larger than
+    ``max_input_bytes`` or a .gz / archive member that inflates past its ratio limit
+    (pipelines.sources.ReadLimits).
 
     ``adapters`` ({modality group: SHA-256}, files under DST/models/) codes those
     modalities with A-LoRA adapters (see jobs/adapt.py, ``migrate --adapt N``).
@@ -119,6 +128,9 @@ def run_migrate(
             dst=dst,
             run_id=run_id,
             preset=preset,
+            memory_budget=memory_budget,
+            max_pixel_ratio=max_pixel_ratio,
+            max_input_bytes=max_input_bytes,
             local_model=local_model,
             adapters=dict(adapters or {}),
             keep_codestream=keep_codestream,

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import fsspec
 
@@ -40,6 +41,38 @@ class SourceRef:
 
 class SourceError(Exception):
     """A source could not be listed or read."""
+
+
+class InputTooLargeError(SourceError):
+    """An input is larger, or decompresses to more, than the read limits allow."""
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """Bounds on one input's bytes, checked while reading (before it is parsed).
+
+    ``max_bytes``: an input (a file, or a .gz / zip / tar member after decompression) may
+    not be larger. ``max_ratio``: a compressed input (.gz, zip and tar.gz members) may not
+    decompress to more than this many bytes per compressed byte once past ``ratio_from``
+    bytes (a few MB of gzip holding gigabytes of zeros stop at ``ratio_from``, not after
+    they were inflated). DICOM compresses 2-20:1 in gzip; padding or blank frames more.
+    """
+
+    max_bytes: int = 2 << 30
+    max_ratio: int = 200
+    ratio_from: int = 64 << 20
+
+    def check_size(self, size: int) -> None:
+        if size > self.max_bytes:
+            raise InputTooLargeError(f"input of {size} bytes is over the limit of {self.max_bytes} bytes (--max-input-size)")
+
+    def check_ratio(self, out_bytes: int, in_bytes: int) -> None:
+        self.check_size(out_bytes)
+        if out_bytes > self.ratio_from and out_bytes > self.max_ratio * max(in_bytes, 1):
+            raise InputTooLargeError(
+                f"compressed input inflates past {out_bytes} bytes from {in_bytes}, over the limit of"
+                f" {self.max_ratio}:1 (a decompression bomb, or raise the limit)"
+            )
 
 
 def _archive_kind(head: bytes) -> str | None:
@@ -84,39 +117,83 @@ def _archive_members(fs, path: str, kind: str) -> list[str] | None:
                 return [info.filename for info in zf.infolist() if not info.is_dir()]
         try:
             with tarfile.open(fileobj=fh, mode="r:gz" if kind == "tgz" else "r:") as tf:
-                return [info.name for info in tf.getmembers() if info.isfile()]
+                names = [info.name for info in tf.getmembers() if info.isfile()]
+                # gzip'd zeros read as an empty tar: take such a file as one input, never as none
+                return None if kind == "tgz" and not names else names
         except tarfile.TarError:
             if kind == "tgz":
                 return None
             raise
 
 
-def read_source(ref: SourceRef, *, storage_options: dict | None = None) -> bytes:
-    """The bytes of one input instance."""
+def read_source(ref: SourceRef, *, storage_options: dict | None = None, limits: ReadLimits = ReadLimits()) -> bytes:
+    """The bytes of one input instance, bounded by ``limits`` (InputTooLargeError)."""
     fs, path = fsspec.core.url_to_fs(ref.url, **(storage_options or {}))
+    size = fs.size(path) if ref.member is None else None
+    if size is not None:
+        limits.check_size(int(size))
     with fs.open(path, "rb") as fh:
         if ref.member is None:
-            data = fh.read()
+            data = fh.read() if size is not None else _read_bounded(fh, limits, compressed=None)
+            limits.check_size(len(data))
             if data.startswith(_GZIP_MAGIC):
-                return _gunzip(data)
+                return _gunzip(data, limits)
             return data
         head = fh.read(512)
         fh.seek(0)
         kind = _archive_kind(head)
         if kind == "zip":
             with zipfile.ZipFile(fh) as zf:
-                return zf.read(ref.member)
+                info = zf.getinfo(ref.member)
+                limits.check_ratio(info.file_size, info.compress_size)
+                with zf.open(info) as member:
+                    return _read_bounded(member, limits, compressed=info.compress_size)
         with tarfile.open(fileobj=fh, mode="r:gz" if kind == "tgz" else "r:") as tf:
-            member = tf.extractfile(ref.member)
+            info = tf.getmember(ref.member)
+            limits.check_size(info.size)
+            member = tf.extractfile(info)
             if member is None:
                 raise SourceError("archive member is not a regular file")
-            return member.read()
+            return _read_bounded(member, limits, compressed=None)
 
 
-def _gunzip(data: bytes) -> bytes:
-    import gzip
+def _read_bounded(stream: BinaryIO, limits: ReadLimits, *, compressed: int | None) -> bytes:
+    """Read a (decompressing) stream in chunks, stopping as soon as it passes the limits;
+    ``compressed`` is its compressed size, when known, for the ratio limit."""
+    chunks, total = [], 0
+    while True:
+        chunk = stream.read(1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        total += len(chunk)
+        if compressed is None:
+            limits.check_size(total)
+        else:
+            limits.check_ratio(total, compressed)
+        chunks.append(chunk)
 
+
+def _gunzip(data: bytes, limits: ReadLimits) -> bytes:
+    """Inflate a gzip file (several members allowed) within the limits; bytes that are
+    not valid gzip are returned as they are (a DICOM file that starts like gzip)."""
+    out, total, at = [], 0, 0
     try:
-        return gzip.decompress(data)
-    except (OSError, EOFError):
+        while at < len(data):
+            inflater = zlib.decompressobj(wbits=31)
+            pending = data[at:]
+            while pending:
+                chunk = inflater.decompress(pending, 1 << 20)
+                total += len(chunk)
+                limits.check_ratio(total, len(data) - len(inflater.unconsumed_tail))
+                out.append(chunk)
+                pending = inflater.unconsumed_tail
+                if inflater.eof:
+                    break
+            if not inflater.eof:
+                raise zlib.error("truncated gzip stream")
+            at = len(data) - len(inflater.unused_data)
+            if not inflater.unused_data.startswith(_GZIP_MAGIC):
+                break
+    except zlib.error:
         return data
+    return b"".join(out)

@@ -371,7 +371,7 @@ def _saved(ds) -> bytes:
     return buf.getvalue()
 
 
-def test_bad_inputs_become_dead_letters(tmp_path):
+def test_bad_inputs_become_dead_letters(tmp_path, jpegls_dicom):
     src, dst = tmp_path / "Smith^Jane export", tmp_path / "archive"
     ct = data("CT_small.dcm")
     huge = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
@@ -389,6 +389,8 @@ def test_bad_inputs_become_dead_letters(tmp_path):
         "odd_syntax.dcm": _saved(odd_syntax),
         "broken_Doe^John.zip": zip_bytes({"a.dcm": ct})[:1000],
         "crc.zip": bytes(crc_zip),
+        "tiny_claims_4000x4000.dcm": jpegls_dicom(4000, 4000),
+        "bomb.dcm.gz": __import__("gzip").compress(bytes(100 << 20), compresslevel=1),
     }
     for rel, payload in files.items():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -397,7 +399,7 @@ def test_bad_inputs_become_dead_letters(tmp_path):
     proc = run_cli("migrate", src, dst, "--preset", "fast", "--local-model", "classical-v1", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
-    assert "warning: 6 input(s) could not be archived" in proc.stderr
+    assert "warning: 8 input(s) could not be archived" in proc.stderr
 
     archive = Archive(str(dst))
     identity = identity_of(str(dst))
@@ -409,6 +411,8 @@ def test_bad_inputs_become_dead_letters(tmp_path):
         key("odd_syntax.dcm"): ("encode", "UnsupportedError", "1.2.3.4.5.6"),
         key("broken_Doe^John.zip"): ("list", "BadZipFile", "not a zip file"),
         key("crc.zip", "Roe^Richard/ct.dcm"): ("read", "BadZipFile", "Bad CRC-32"),
+        key("tiny_claims_4000x4000.dcm"): ("encode", "LimitExceededError", "compressed pixel data claim"),
+        key("bomb.dcm.gz"): ("read", "InputTooLargeError", "inflates past"),
     }
     dead = {r["source_key"]: r for r in dead_rows(archive)}
     assert set(dead) == set(expected)
@@ -419,7 +423,7 @@ def test_bad_inputs_become_dead_letters(tmp_path):
 
     strict = run_cli("migrate", src, dst, "--preset", "fast", "--local-model", "classical-v1", "--no-progress", "--strict")
     assert strict.returncode == 1 and "Traceback" not in strict.stderr
-    assert "warning: 6 input(s)" in strict.stderr and "skipped         1" in strict.stdout
+    assert "warning: 8 input(s)" in strict.stderr and "skipped         1" in strict.stdout
 
     # No source path or patient name in clear in the archive's tables and summaries. (Shards still
     # hold the DICOM headers inside their records, lzma-compressed, until sealing is on: not checked.)

@@ -1,0 +1,204 @@
+"""Hostile and damaged input: bounded before any allocation, and one typed line, never a traceback."""
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.data import get_testdata_file
+
+import medcodec
+from medcodec import container as ct
+from medcodec import crypto
+from medcodec.dicom import DicomLimits, parse_dicom
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_bounded(code: str, *, address_space_gib: float = 2.0, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter whose address space is capped (RLIMIT_AS)."""
+    prelude = textwrap.dedent(f"""
+        import resource
+        limit = int({address_space_gib} * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    """)
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+# --------------------------------------------------------------------------------------
+# DICOM files that claim more than they hold
+
+
+def test_tiny_jpegls_claiming_a_large_image_is_refused_before_decoding(jpegls_dicom):
+    """624 bytes of JPEG-LS for 4000 x 4000 zeros (32 MB, 51,000:1): refused by the pixel
+    ratio, not decoded (this took 16 s and 1.95 GB before)."""
+    data = jpegls_dicom(4000, 4000)
+    assert len(data) < 4000
+    with pytest.raises(medcodec.LimitExceededError, match="compressed pixel data claim"):
+        medcodec.compress_dicom(data, preset="fast")
+    # The same file codes when the user lifts the ratio limit on purpose.
+    small = jpegls_dicom(400, 400)
+    record = medcodec.compress_dicom(small, preset="fast", limits=DicomLimits(max_pixel_ratio=None))
+    restored = parse_dicom(medcodec.decompress_dicom(record))  # pixel-exact: the same pixels
+    assert np.array_equal(restored.frames, parse_dicom(small).frames)
+
+
+def test_header_claiming_16000_squared_is_refused_under_a_small_address_space(jpegls_dicom):
+    data = jpegls_dicom(64, 64, claim=(16000, 16000))
+    proc = run_bounded(f"""
+        import time, medcodec
+        data = bytes.fromhex({data.hex()!r})
+        t = time.perf_counter()
+        for limits in (medcodec.DicomLimits(memory_bytes=1 << 50),
+                       medcodec.DicomLimits(memory_bytes=4 << 30, max_pixel_ratio=None)):
+            try:
+                medcodec.compress_dicom(data, preset="fast", limits=limits)
+            except medcodec.LimitExceededError as exc:
+                print("refused:", exc)
+        print("seconds", round(time.perf_counter() - t, 2))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "compressed pixel data claim" in lines[0]
+    assert "memory budget of 4.0 GiB" in lines[1]  # 256 M samples x 128 B
+    assert float(lines[2].split()[1]) < 10 and "MemoryError" not in proc.stderr
+
+
+def test_memory_budget_is_checked_from_declared_sizes():
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()  # 128 x 128
+    with pytest.raises(medcodec.LimitExceededError, match="memory budget of 0.0 GiB"):
+        medcodec.compress_dicom(data, preset="fast", limits=DicomLimits(memory_bytes=1 << 20))
+    assert medcodec.compress_dicom(data, preset="fast", limits=DicomLimits(memory_bytes=64 << 20))
+    # max needs more per sample than fast: the same budget refuses it.
+    with pytest.raises(medcodec.LimitExceededError):
+        medcodec.compress_dicom(data, preset="max", limits=DicomLimits(memory_bytes=8 << 20))
+
+
+# --------------------------------------------------------------------------------------
+# Crafted records with valid checksums
+
+
+def _rewritten(blob: bytes, *, config=None, sections=None) -> bytes:
+    record = ct.read_record(blob)
+    return ct.write_record(ct.Record(config=record.config if config is None else config,
+                                     sections=record.sections if sections is None else sections))
+
+
+@pytest.fixture(scope="module")
+def ct_record():
+    return medcodec.compress_dicom(Path(get_testdata_file("CT_small.dcm")).read_bytes(), preset="fast")
+
+
+def test_record_claiming_40000_squared_is_refused_before_allocation(ct_record):
+    config = json.loads(json.dumps(ct.read_record(ct_record).config))
+    config["pixels"]["shape"] = [1, 1, 40000, 40000]
+    crafted = _rewritten(ct_record, config=config)
+    proc = run_bounded(f"""
+        import medcodec
+        try:
+            medcodec.decompress_dicom(bytes.fromhex({crafted.hex()!r}))
+        except medcodec.LimitExceededError as exc:
+            print("refused:", exc)
+    """)
+    assert proc.returncode == 0 and proc.stdout.startswith("refused:") and "memory budget" in proc.stdout, proc.stderr
+    with pytest.raises(medcodec.LimitExceededError):
+        medcodec.decompress_dicom(crafted, limits=DicomLimits(memory_bytes=1 << 30))
+
+
+def test_records_with_edited_sections_give_one_typed_error(ct_record, tmp_path):
+    record = ct.read_record(ct_record)
+    cases = {}
+    config = json.loads(json.dumps(record.config))
+    del config["pixels"]
+    cases["no pixels"] = _rewritten(ct_record, config=config)
+    for i, section in enumerate(record.sections):
+        for where in range(0, len(section.payload), max(1, len(section.payload) // 40)):
+            payload = bytearray(section.payload)
+            payload[where] ^= 0x5A
+            sections = list(record.sections)
+            sections[i] = ct.Section(section.type, bytes(payload), section.flags)
+            cases[f"{section.name} byte {where}"] = _rewritten(ct_record, sections=sections)
+        sections = list(record.sections)
+        sections[i] = ct.Section(section.type, section.payload[: len(section.payload) // 3], section.flags)
+        cases[f"{section.name} cut"] = _rewritten(ct_record, sections=sections)
+    for name, blob in cases.items():
+        with pytest.raises(medcodec.MedcodecError):
+            medcodec.decompress_dicom(blob)
+    # Through the CLI: one line on stderr, exit 2.
+    bad = tmp_path / "bad.mdc"
+    bad.write_bytes(cases["global byte 0"] if "global byte 0" in cases else next(iter(cases.values())))
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "decompress", str(bad), str(tmp_path / "out.dcm")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_keyed_record_without_its_stego_report_is_a_typed_error(tmp_path):
+    ring = crypto.Keyring.create(tmp_path / "ring.json")
+    blob = medcodec.compress_dicom(Path(get_testdata_file("CT_small.dcm")).read_bytes(), preset="fast", keyring=ring)
+    config = json.loads(json.dumps(ct.read_record(blob).config))
+    del config["sealed"]["stego"]
+    with pytest.raises(medcodec.MedcodecError):
+        medcodec.decompress_dicom(_rewritten(blob, config=config), keyring=ring)
+
+
+# --------------------------------------------------------------------------------------
+# Inputs that inflate: bounded while they are read
+
+
+def _gzip_zeros(n: int) -> bytes:
+    import gzip
+
+    return gzip.compress(bytes(n), compresslevel=1)
+
+
+def test_gzip_bomb_stops_at_the_ratio_limit(tmp_path):
+    from pipelines.sources import InputTooLargeError, ReadLimits, SourceRef, read_source
+
+    bomb = tmp_path / "scan.dcm.gz"
+    bomb.write_bytes(_gzip_zeros(300 << 20))  # 300 MiB of zeros in ~300 kB
+    proc = run_bounded(f"""
+        import time
+        from pipelines.sources import InputTooLargeError, SourceRef, read_source
+        t = time.perf_counter()
+        try:
+            read_source(SourceRef("file://{bomb}"))
+        except InputTooLargeError as exc:
+            print("refused:", exc)
+        print("seconds", round(time.perf_counter() - t, 2))
+    """, address_space_gib=1.5)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("refused: compressed input inflates past") and "200:1" in proc.stdout
+    assert float(proc.stdout.split("seconds")[1]) < 10
+    # A real gzip'd DICOM reads as before; a file over the size limit is refused before reading.
+    ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    good = tmp_path / "ct.dcm.gz"
+    good.write_bytes(__import__("gzip").compress(ct))
+    assert read_source(SourceRef(f"file://{good}")) == ct
+    with pytest.raises(InputTooLargeError, match="over the limit of 1000 bytes"):
+        read_source(SourceRef(f"file://{get_testdata_file('CT_small.dcm')}"), limits=ReadLimits(max_bytes=1000))
+
+
+def test_archive_members_are_bounded_by_their_declared_and_actual_sizes(tmp_path):
+    import tarfile
+    import zipfile
+
+    from pipelines.sources import InputTooLargeError, ReadLimits, SourceRef, read_source
+
+    zpath = tmp_path / "study.zip"
+    with zipfile.ZipFile(zpath, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("bomb.dcm", bytes(200 << 20))
+        zf.writestr("ct.dcm", Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    with pytest.raises(InputTooLargeError, match="200:1"):
+        read_source(SourceRef(f"file://{zpath}", "bomb.dcm"))
+    assert read_source(SourceRef(f"file://{zpath}", "ct.dcm")) == Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    tpath = tmp_path / "study.tar"
+    with tarfile.open(tpath, "w") as tf:
+        tf.add(get_testdata_file("CT_small.dcm"), arcname="ct.dcm")
+    with pytest.raises(InputTooLargeError):
+        read_source(SourceRef(f"file://{tpath}", "ct.dcm"), limits=ReadLimits(max_bytes=1000))
+    assert len(read_source(SourceRef(f"file://{tpath}", "ct.dcm"))) == Path(get_testdata_file("CT_small.dcm")).stat().st_size
