@@ -8,15 +8,20 @@ import io
 import json
 import os
 import re
+import sys
 import warnings
+from pathlib import Path
 
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
+from medcodec import deid as deid_module
+from medcodec import deid_table
 from medcodec.deid import (
     BASIC_PROFILE_ACTIONS,
     DEID_METHOD,
@@ -27,6 +32,9 @@ from medcodec.deid import (
     removed_from_bytes,
     removed_to_bytes,
 )
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+import make_deid_table  # noqa: E402  (tests/fixtures/make_deid_table.py, the table's generator)
 
 # Malformed reference files make pydicom warn when the tests read them (deidentify itself is silent).
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydicom.*")
@@ -362,3 +370,151 @@ def test_no_phi_in_logs_or_warnings(caplog, recwarn, tmp_path):
     assert "QZPHI" not in text
     for value in PHI.values():
         assert value not in text
+
+
+# --------------------------------------------------------------------------------------
+# The table: medcodec/deid_table.py, generated from NEMA's PS3.15 DocBook by
+# tests/fixtures/make_deid_table.py, checked against an independent maintained copy.
+
+_RESOLVED = {"D": "D", "Z": "Z", "X": "X", "U": "U", "X/Z": "Z", "X/D": "X", "Z/D": "Z", "X/Z/D": "Z", "X/Z/U*": "U"}
+
+
+def _table_rows() -> list[tuple[str, str, str]]:
+    return [tuple(line.split()) for line in deid_table.BASIC_PROFILE_TABLE.strip().splitlines()]
+
+
+def test_deid_uses_the_generated_table():
+    rows = _table_rows()
+    assert all(len(row) == 3 for row in rows)
+    tags = [row[0] for row in rows]
+    assert tags == sorted(tags) and len(set(tags)) == len(tags)
+    assert all(re.fullmatch(r"[0-9A-F]{4},[0-9A-F]{4}", t) for t in tags)
+    assert {row[1] for row in rows} <= set(_RESOLVED)
+    assert re.fullmatch(r"\d{4}[a-z]", deid_table.EDITION) and re.fullmatch(r"[0-9a-f]{64}", deid_table.SOURCE_SHA256)
+    # The de-identifier acts on exactly this table (plus its file-meta extras), and says which edition.
+    expected = {int(t.replace(",", ""), 16): _RESOLVED[code] for t, code, _ in rows}
+    extras = {tag: action for tag, action in BASIC_PROFILE_ACTIONS.items() if tag not in expected}
+    assert {tag: BASIC_PROFILE_ACTIONS[tag] for tag in expected} == expected
+    assert set(extras) == {0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102}
+    assert deid_module.BASIC_PROFILE_TABLE is deid_table.BASIC_PROFILE_TABLE
+    assert deid_module.BASIC_PROFILE_EDITION == deid_table.EDITION
+    assert f"the {deid_table.EDITION} edition" in deid_module.__doc__
+    # Rows the 2023 edition did not have.
+    for tag, action in {
+        0x00100012: "X", 0x00100016: "X", 0x00120041: "X", 0x00181010: "X", 0x3006002D: "X",
+        0x300A0054: "U", 0x0040B020: "X", 0x00700006: "D", 0x00102162: "X",
+    }.items():
+        assert BASIC_PROFILE_ACTIONS[tag] == action, f"{tag:08X}"
+
+
+def test_rows_of_the_current_edition_are_applied():
+    ds = _plant(_read(get_testdata_file("CT_small.dcm")))
+    ds.add_new(0x00100012, "LO", PHI_GIVEN)  # Name to Use (X)
+    ds.add_new(0x00100016, "LO", f"pronoun of {PHI_FAMILY}")  # Pronoun Comment (X)
+    ds.add_new(0x00181010, "LO", "SCDEVQZ-1")  # Secondary Capture Device ID (X)
+    ds.add_new(0x3006002D, "DT", "20240101101010")  # ROI DateTime (X)
+    ds.add_new(0x300A0054, "UI", "1.2.3.4.5.99")  # Table Top Position Alignment UID (U)
+    out = deidentify(ds, uid_key=UID_KEY).dataset
+    for tag in (0x00100012, 0x00100016, 0x00181010, 0x3006002D):
+        assert tag not in out, f"{tag:08X}"
+    assert out[0x300A0054].value == new_uid("1.2.3.4.5.99", UID_KEY)
+
+
+def _mask_examples() -> dict[str, list[int]]:
+    """Concrete tags for each family row of the table."""
+    return {
+        "50xx,xxxx": [0x50000010, 0x50023000, 0x501E0005],
+        "60xx,3000": [0x60003000, 0x60023000, 0x601E3000],
+        "60xx,4000": [0x60004000, 0x60024000, 0x601E4000],
+        "gggg,eeee where gggg is odd": [0x00090010, 0x00111001, 0x00291010, 0x7FE11010],
+    }
+
+
+def test_every_family_row_is_applied():
+    examples = _mask_examples()
+    masks = {mask: code for mask, code, _ in deid_table.BASIC_PROFILE_MASKS}
+    assert set(masks) == set(examples), "a family row of the table is not handled (medcodec.deid._action)"
+    for mask, code in masks.items():
+        for tag in examples[mask]:
+            assert deid_module._action(BaseTag(tag), in_meta=False) == _RESOLVED[code], f"{mask}: {tag:08X}"
+
+
+# The generator, on a small DocBook document shaped like NEMA's.
+
+_DB = "http://docbook.org/ns/docbook"
+_HEADER = ["Attribute Name", "Tag", "Retd. (from PS3.6)", "In Std. Comp. IOD (from PS3.3)", "Basic Prof.",
+           "Rtn. Safe Priv. Opt.", "Rtn. UIDs Opt.", "Rtn. Dev. Id. Opt.", "Rtn. Inst. Id. Opt.",
+           "Rtn. Pat. Chars. Opt.", "Rtn. Long. Full Dates Opt.", "Rtn. Long. Modif. Dates Opt.",
+           "Clean Desc. Opt.", "Clean Struct. Cont. Opt.", "Clean Graph. Opt."]
+
+
+def _docbook(rows: list[tuple[str, str, str]], header: list[str] = _HEADER, edition: str = "2099z") -> bytes:
+    def cell(kind: str, text: str) -> str:
+        return f"<{kind}><para>{text}</para></{kind}>" if text else f"<{kind}/>"
+
+    head = "<tr>" + "".join(cell("th", h) for h in header) + "</tr>"
+    body = "".join(
+        "<tr>" + cell("td", name) + cell("td", tag) + cell("td", "N") + cell("td", "Y") + cell("td", code)
+        + "".join(cell("td", "") for _ in range(10)) + "</tr>"
+        for name, tag, code in rows
+    )
+    return (f'<book xmlns="{_DB}" xmlns:xml="http://www.w3.org/XML/1998/namespace"><info><subtitle>DICOM PS3.15 '
+            f"{edition} - Security and System Management Profiles</subtitle></info><chapter>"
+            f'<table xml:id="table_E.1-1"><caption>Application Level Confidentiality Profile Attributes</caption>'
+            f"<thead>{head}</thead><tbody>{body}</tbody></table></chapter></book>").encode()
+
+
+def _synthetic_rows() -> list[tuple[str, str, str]]:
+    rows = [(f"Attribute {i}", f"(7777,{i:04X})", "X") for i in range(610)]  # unknown to pydicom
+    rows += [
+        ("Patient&apos;s Name", "(0010,0010)", "Z"),
+        ("Patient ID", "(0010,0020)", "Z/D"),
+        ("Name to Use", "(0010,\u200b0012)", "X"),
+        ("Source Image Sequence", "(0008,2112)", "X/Z/U*"),
+        ("Curve Data", "(50xx,xxxx)", "X"),
+        ("Private Attributes", "(gggg,eeee) where gggg is odd", "X"),
+    ]
+    return rows
+
+
+def test_generator_reads_a_docbook_table():
+    xml = _docbook(_synthetic_rows())
+    edition, rows, masks = make_deid_table.parse_part15(xml)
+    assert edition == "2099z" and len(rows) == 614
+    assert ("0010,0010", "Z", "Patient's Name") in rows and ("0010,0012", "X", "Name to Use") in rows
+    assert masks == [("50xx,xxxx", "X", "Curve Data"), ("gggg,eeee where gggg is odd", "X", "Private Attributes")]
+    # The module it writes is Python that medcodec.deid's parser reads back.
+    namespace: dict = {}
+    exec(compile(make_deid_table.render(xml), "deid_table.py", "exec"), namespace)
+    assert namespace["EDITION"] == "2099z"
+    actions = deid_module._parse_table(namespace["BASIC_PROFILE_TABLE"])
+    assert actions[0x00100010] == "Z" and actions[0x00100020] == "Z" and actions[0x00082112] == "U"
+    lines = namespace["BASIC_PROFILE_TABLE"].strip().splitlines()
+    assert "0010,0010  Z      PatientName" in lines  # pydicom's keyword
+    assert "0010,0012  X      NameToUse" in lines and "7777,0001  X      Attribute1" in lines  # derived
+    assert namespace["BASIC_PROFILE_MASKS"][0] == ("50xx,xxxx", "X", "CurveData")
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["unknown code", "duplicate tag", "odd tag cell", "moved column", "too few rows", "not PS3.15", "missing cell"],
+)
+def test_generator_refuses_a_table_of_another_shape(change):
+    rows, header, edition = _synthetic_rows(), list(_HEADER), "2099z"
+    if change == "unknown code":
+        rows[3] = ("Attribute 3", "(7777,0003)", "K")
+    elif change == "duplicate tag":
+        rows[3] = ("Attribute 3", "(7777,0004)", "X")
+    elif change == "odd tag cell":
+        rows[3] = ("Attribute 3", "(7777,00xx)", "X")
+    elif change == "moved column":
+        header[4], header[5] = header[5], header[4]
+    elif change == "too few rows":
+        rows = rows[:590]
+    elif change == "not PS3.15":
+        edition = ""
+    xml = _docbook(rows, header, edition)
+    if change == "missing cell":
+        xml = xml.replace(b"<td><para>N</para></td>", b"", 1)
+    with pytest.raises(make_deid_table.TableError):
+        make_deid_table.parse_part15(xml)
