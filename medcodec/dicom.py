@@ -23,6 +23,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import struct
 import warnings
 from dataclasses import dataclass
@@ -113,6 +114,7 @@ _SEQUENCE_DELIMITER_ITEM = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _SUBSAMPLED_PHOTOMETRICS = frozenset({"YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420"})
 
 _DEFER_SIZE = 1 << 16
+_UID_TEXT = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 def default_memory_budget() -> int:
@@ -461,8 +463,8 @@ def _parse(data: bytes, *, keep_codestream: bool, limits: DicomLimits) -> Parsed
     preamble = _has_preamble(data)
     if not preamble and _guess_headerless_encoding(data) is None:
         raise InvalidDicomError(
-            f"not a DICOM file: no 'DICM' marker at byte 128 and the first bytes"
-            f" ({data[:4].hex()}) are not a group 0002/0008 element of a headerless dataset"
+            "not a DICOM file: no 'DICM' marker at byte 128 and the first bytes"
+            " are not a group 0002/0008 element of a headerless dataset"
         )
     meta_start = 132 if preamble else 0
     try:
@@ -542,8 +544,10 @@ def _check_known_syntax(uid: str) -> None:
 
     entry = UID_dictionary.get(UID(uid))
     if entry is None or entry[1] != "Transfer Syntax":
+        # A well-formed UID (digits and dots) is quoted; anything else might be a name.
+        shown = repr(uid) if _UID_TEXT.fullmatch(uid) else f"(not a valid UID, {len(uid)} characters)"
         raise UnsupportedError(
-            f"unknown transfer syntax UID {uid!r}; expected a registered DICOM transfer"
+            f"unknown transfer syntax UID {shown}; expected a registered DICOM transfer"
             f" syntax such as {EXPLICIT_VR_LE} (Explicit VR Little Endian)"
         )
 
@@ -633,9 +637,10 @@ def _int_attr(ds: Any, keyword: str, default: int | None) -> int | None:
         )
     try:
         return int(value.strip() if isinstance(value, (str, bytes)) else value)
-    except ValueError:
-        shown = str(value)[:16]
-        raise InvalidDicomError(f"{keyword} {shown!r} is not an integer") from None
+    except ValueError:  # the value itself is never quoted: a broken writer may put a name there
+        raise InvalidDicomError(
+            f"{keyword} is not an integer (a {len(value)}-character value); expected a decimal integer"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,8 @@ def _deidentified_file(result: deid.DeidResult, parsed: ParsedDicom, stego_words
     except MedcodecError:
         raise
     except Exception as exc:
-        raise SealingError(f"could not write the de-identified file: {type(exc).__name__}: {exc}") from None
+        # pydicom's own text may quote a header value: name the failure only
+        raise SealingError(f"could not write the de-identified file ({type(exc).__name__})") from None
 
 
 def _complete_file_meta(ds) -> None:

@@ -202,3 +202,69 @@ def test_archive_members_are_bounded_by_their_declared_and_actual_sizes(tmp_path
     with pytest.raises(InputTooLargeError):
         read_source(SourceRef(f"file://{tpath}", "ct.dcm"), limits=ReadLimits(max_bytes=1000))
     assert len(read_source(SourceRef(f"file://{tpath}", "ct.dcm"))) == Path(get_testdata_file("CT_small.dcm")).stat().st_size
+
+
+# --------------------------------------------------------------------------------------
+# Planted PHI never reaches a message
+
+
+PLANT = "ZEBRAFISHQ"
+
+
+def _planted_inputs() -> dict[str, bytes]:
+    """Inputs that fail, each with the planted string in the field whose parsing fails."""
+    import copy
+
+    import pydicom
+    from pydicom.dataelem import DataElement
+    from pydicom.datadict import tag_for_keyword
+
+    def saved(ds) -> bytes:
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
+
+    base = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    base.PatientName = PLANT  # also in a field that parses fine
+    files = {}
+    for keyword in ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated", "BitsStored",
+                    "HighBit", "PixelRepresentation"):
+        ds = copy.deepcopy(base)
+        tag = tag_for_keyword(keyword)
+        ds[tag] = DataElement(tag, "LO", PLANT)
+        files[f"{keyword}.dcm"] = saved(ds)
+    ds = copy.deepcopy(base)
+    ds.file_meta.TransferSyntaxUID = PLANT
+    files["syntax.dcm"] = saved(ds)
+    files["not_dicom.bin"] = PLANT.encode() * 50
+    files["truncated.dcm"] = saved(base)[:-3000]
+    return files
+
+
+def test_planted_phi_is_in_no_message_table_or_log(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    files = _planted_inputs()
+    for name, payload in files.items():
+        (src / name).write_bytes(payload)
+    ring = tmp_path / "ring.json"
+    cli = [sys.executable, "-m", "jobs.cli"]
+    assert subprocess.run([*cli, "keys", "new", str(ring)], capture_output=True, cwd=ROOT).returncode == 0
+    outputs = []
+    for keyed in ([], ["--key-file", str(ring)]):
+        proc = subprocess.run([*cli, "migrate", str(src), str(dst / ("keyed" if keyed else "plain")), "--preset",
+                               "fast", "--no-progress", *keyed],
+                              capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert f"warning: {len(files)} input(s) could not be archived" in proc.stderr
+        outputs += [proc.stdout, proc.stderr]
+    for name in files:
+        proc = subprocess.run([*cli, "compress", str(src / name), str(tmp_path / "out.mdc")], capture_output=True,
+                              text=True, cwd=ROOT)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (name, proc.stderr)
+        outputs += [proc.stdout, proc.stderr]
+    written = [p.read_bytes() for p in dst.rglob("*") if p.is_file()]
+    assert len(written) >= 6  # per archive: archive.json, dead letters, run summary
+    hits = [i for i, text in enumerate(outputs) if PLANT in text]
+    hits += [i for i, blob in enumerate(written) if PLANT.encode() in blob or PLANT.encode().hex().encode() in blob]
+    assert not hits
