@@ -439,6 +439,93 @@ def test_every_family_row_is_applied():
             assert deid_module._action(BaseTag(tag), in_meta=False) == _RESOLVED[code], f"{mask}: {tag:08X}"
 
 
+# Independent copy: KitwareMedical's dicom-anonymizer keeps its own parse of Table E.1-1 per
+# edition (dicomanonymizer/dicom_anonymization_databases/dicomfields_<edition>.py, lists of
+# tags per Basic Profile code). Every difference from ours must be listed here, with why.
+THEIR_DIFFERENCES_ALLOWED = {
+    ("only ours", "gggg,eeee where gggg is odd", "X"): (
+        "dicom-anonymizer's table has no row for private attributes: its anonymize() removes "
+        "them through its own delete_private_tags switch, not through a table entry"
+    ),
+}
+
+
+def _their_key(tag: tuple[int, ...]) -> str:
+    if len(tag) == 2:
+        return f"{tag[0]:04X},{tag[1]:04X}"
+    group, elem, group_mask, elem_mask = tag  # a repeating-group row: value and bit mask
+
+    def nibbles(value: int, mask: int) -> str:
+        out = ""
+        for shift in (12, 8, 4, 0):
+            m = (mask >> shift) & 0xF
+            assert m in (0x0, 0xF), f"mask {mask:04X} is not made of whole hex digits"
+            out += f"{(value >> shift) & 0xF:X}" if m else "x"
+        return out
+
+    return f"{nibbles(group, group_mask)},{nibbles(elem, elem_mask)}"
+
+
+def table_differences(ours: dict[str, str], theirs: dict[str, str]) -> list[tuple[str, ...]]:
+    """Every difference between two tables (key -> Basic Profile code), sorted."""
+    out: list[tuple[str, ...]] = []
+    for key in sorted(set(ours) | set(theirs)):
+        if key not in theirs:
+            out.append(("only ours", key, ours[key]))
+        elif key not in ours:
+            out.append(("only theirs", key, theirs[key]))
+        elif ours[key] != theirs[key]:
+            out.append(("different code", key, f"ours {ours[key]}, theirs {theirs[key]}"))
+    return out
+
+
+def test_table_matches_an_independent_copy():
+    pytest.importorskip("dicomanonymizer")
+    import importlib
+
+    module_name = f"dicomanonymizer.dicom_anonymization_databases.dicomfields_{deid_table.EDITION}"
+    try:
+        theirs_module = importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        pytest.fail(f"the installed dicom-anonymizer has no table for edition {deid_table.EDITION} "
+                    f"({module_name}): pin a release that has it, or compare with an older one "
+                    "and list the edition's changes in THEIR_DIFFERENCES_ALLOWED")
+    categories = {"D_TAGS": "D", "Z_TAGS": "Z", "X_TAGS": "X", "U_TAGS": "U", "Z_D_TAGS": "Z/D",
+                  "X_Z_TAGS": "X/Z", "X_D_TAGS": "X/D", "X_Z_D_TAGS": "X/Z/D", "X_Z_U_STAR_TAGS": "X/Z/U*"}
+    theirs: dict[str, str] = {}
+    for attribute, code in categories.items():
+        for tag in getattr(theirs_module, attribute):
+            key = _their_key(tuple(tag))
+            assert key not in theirs, f"{key} is in two of dicom-anonymizer's lists"
+            theirs[key] = code
+    assert len(theirs_module.ALL_TAGS) == len(theirs)  # no list of theirs was left out
+    ours = {tag: code for tag, code, _ in _table_rows()}
+    ours.update({mask: code for mask, code, _ in deid_table.BASIC_PROFILE_MASKS})
+
+    differences = table_differences(ours, theirs)
+    listing = "\n".join(
+        f"  {' '.join(d)}: " + THEIR_DIFFERENCES_ALLOWED.get(d, "NOT EXPLAINED") for d in differences
+    )
+    print(f"PS3.15 {deid_table.EDITION} Table E.1-1: ours {len(ours)} rows, dicom-anonymizer's {len(theirs)}; "
+          f"{len(differences)} difference(s):\n{listing}")
+    unexplained = [d for d in differences if d not in THEIR_DIFFERENCES_ALLOWED]
+    stale = [d for d in THEIR_DIFFERENCES_ALLOWED if d not in differences]
+    assert not unexplained, f"unexplained differences from dicom-anonymizer's table:\n{listing}"
+    assert not stale, f"allowed differences that no longer occur (remove them): {stale}"
+
+
+def test_table_differences_lists_everything():
+    ours = {"0010,0010": "Z", "0010,0020": "Z", "50xx,xxxx": "X"}
+    theirs = {"0010,0010": "Z", "0010,0020": "X", "0010,1000": "X"}
+    assert table_differences(ours, theirs) == [
+        ("different code", "0010,0020", "ours Z, theirs X"),
+        ("only theirs", "0010,1000", "X"),
+        ("only ours", "50xx,xxxx", "X"),
+    ]
+    assert _their_key((0x5000, 0x0000, 0xFF00, 0x0000)) == "50xx,xxxx"
+    assert _their_key((0x6000, 0x3000, 0xFF00, 0xFFFF)) == "60xx,3000"
+
+
 # The generator, on a small DocBook document shaped like NEMA's.
 
 _DB = "http://docbook.org/ns/docbook"
