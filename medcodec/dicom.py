@@ -25,6 +25,8 @@ import logging
 import os
 import re
 import struct
+import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from collections.abc import Iterator
@@ -114,6 +116,7 @@ _SEQUENCE_DELIMITER_ITEM = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _SUBSAMPLED_PHOTOMETRICS = frozenset({"YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420"})
 
 _DEFER_SIZE = 1 << 16
+_LOG = logging.getLogger(__name__)
 _UID_TEXT = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
@@ -1039,6 +1042,36 @@ def _coding_params(header: Any, ts: str) -> _CodingParams:
     )
 
 
+@contextlib.contextmanager
+def native_stderr_captured() -> Iterator[None]:
+    """Keep what native code writes straight to file descriptor 2 off the user's stderr.
+
+    The decoding plugins are native (the RLE plugin is Rust): on hostile input a panic
+    prints its message, and with RUST_BACKTRACE set a backtrace of some 80 lines, to fd 2
+    before it reaches Python as an exception that we report in one line. Output written
+    inside this block goes to a temporary file and to this module's logger at DEBUG. It
+    is process-wide: another thread's stderr output in the same moment is logged too.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (an embedded interpreter): nothing to guard
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read(1 << 16)
+            if text:
+                _LOG.debug("a decoding plugin wrote %d bytes to stderr: %s", len(text),
+                           text.decode("utf-8", "replace").splitlines()[0][:200])
+
+
 def _decode_encapsulated(encapsulated: bytes, params: _CodingParams) -> tuple[np.ndarray, str]:
     """Every frame decoded to raw words (frames, samples, rows, cols), and the photometric
     interpretation of the decoded words."""
@@ -1051,7 +1084,8 @@ def _decode_encapsulated(encapsulated: bytes, params: _CodingParams) -> tuple[np
     failures = []
     for plugin in plugins:
         try:
-            return _decode_with(decoder, plugin, encapsulated, params)
+            with native_stderr_captured():
+                return _decode_with(decoder, plugin, encapsulated, params)
         except (_KeepVerbatim, _FrameCountError):
             raise
         except BaseException as exc:

@@ -268,3 +268,22 @@ def test_planted_phi_is_in_no_message_table_or_log(tmp_path):
     hits = [i for i, text in enumerate(outputs) if PLANT in text]
     hits += [i for i, blob in enumerate(written) if PLANT.encode() in blob or PLANT.encode().hex().encode() in blob]
     assert not hits
+
+
+def test_native_stderr_of_decoding_plugins_stays_off_the_users_stderr():
+    """What native code writes to fd 2 inside the guard (a Rust panic's backtrace) is not
+    printed; stderr works as before after it."""
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import os, sys
+        from medcodec.dicom import native_stderr_captured
+        with native_stderr_captured():
+            os.write(2, b"thread '<unnamed>' panicked at src/lib.rs\\n" * 80)
+        try:
+            with native_stderr_captured():
+                os.write(2, b"panicked again\\n")
+                raise ValueError("decoder failed")
+        except ValueError:
+            pass
+        sys.stderr.write("after\\n")
+    """)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stderr == "after\n"
