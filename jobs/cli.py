@@ -339,11 +339,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     )
     print(format_summary(summary))
     if summary["deadlettered"]:
-        print(
-            f"warning: {summary['deadlettered']} input(s) could not be archived; "
-            f"reasons in {args.dst.rstrip('/')}/deadletter/{summary['run_id']}.parquet",
-            file=sys.stderr,
-        )
+        new = summary["deadlettered"] - summary.get("deadlettered_before", 0)
+        where = (f"{args.dst.rstrip('/')}/deadletter/{summary['run_id']}.parquet" if new
+                 else f"{args.dst.rstrip('/')}/deadletter/ (recorded by earlier runs)")
+        print(f"warning: {summary['deadlettered']} input(s) could not be archived; reasons in {where}", file=sys.stderr)
         if args.strict:
             return 1
     return 0

@@ -173,6 +173,21 @@ class Archive:
             return INDEX_SCHEMA.empty_table()
         return pa.concat_tables([_as_index_schema(t) for t in tables])
 
+    def read_deadletters(self, *, indexed: set[str] | None = None) -> list[dict]:
+        """The inputs that are dead-lettered now: one row per input (source_key), the newest
+        run's reason; inputs indexed since (``indexed``: source keys, read from the index
+        when None) are left out. The deadletter/<run>.parquet files are the per-run log."""
+        if indexed is None:
+            indexed = set(self.read_index().column("source_key").to_pylist())
+        latest: dict[str, dict] = {}
+        for table in self.read_tables("deadletter"):
+            for row in table.to_pylist():
+                if row["source_key"] not in indexed:
+                    known = latest.get(row["source_key"])
+                    if known is None or row["run_id"] >= known["run_id"]:  # run ids sort by start time
+                        latest[row["source_key"]] = row
+        return sorted(latest.values(), key=lambda r: r["source_key"])
+
     def read_tables(self, folder: str) -> list[pa.Table]:
         out = []
         for name in self._list(folder, ".parquet"):

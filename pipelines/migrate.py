@@ -381,8 +381,12 @@ class Finalize(beam.DoFn):
         shards = [v for k, v in items if k == "shard"]
         dead = [v for k, v in items if k == "dead"]
         skipped = sum(1 for k, _ in items if k == "skip")
-        if dead:
-            archive.write_table(f"deadletter/{self.cfg.run_id}.parquet", table_of(dead, DEADLETTER_SCHEMA))
+        # An input that fails again for the same reason is not written again: the
+        # deadletter files hold one row per input and reason, read_deadletters one per input.
+        known = {_failure(r) for r in archive.read_deadletters()} if dead else set()
+        new = [d for d in dead if _failure(d) not in known]
+        if new:
+            archive.write_table(f"deadletter/{self.cfg.run_id}.parquet", table_of(new, DEADLETTER_SCHEMA))
         archived = sum(s["instances"] for s in shards)
         summary = {
             "run_id": self.cfg.run_id,
@@ -392,6 +396,7 @@ class Finalize(beam.DoFn):
             "archived": archived,
             "skipped": skipped,
             "deadlettered": len(dead),
+            "deadlettered_before": len(dead) - len(new),
             "deadletter_reasons": _count(d["error_type"] for d in dead),
             "shards": len(shards),
             "bytes_in": sum(s["bytes_in"] for s in shards),
@@ -408,6 +413,11 @@ class Finalize(beam.DoFn):
         }
         archive.write_atomic(f"runs/{self.cfg.run_id}.json", json.dumps(summary, indent=2, sort_keys=True).encode())
         yield summary
+
+
+def _failure(row: dict) -> tuple:
+    """What makes two dead-letter rows the same failure of the same input."""
+    return row["source_key"], row.get("source_sha256"), row["stage"], row["error_type"], row["message"]
 
 
 def _count(values: Iterable[str]) -> dict[str, int]:

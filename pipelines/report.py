@@ -22,10 +22,7 @@ def archive_stats(url: str, *, storage_options: dict | None = None) -> dict:
     for name in sorted(p.rsplit("/", 1)[-1] for p in archive.fs.glob(archive.path("runs", "*.json"))):
         with archive.fs.open(archive.path("runs", name), "rb") as fh:
             runs.append(json.loads(fh.read()))
-    # Inputs still dead-lettered: a re-run writes a new row for an input that is still bad,
-    # and an input fixed later is indexed; count each source once, and only if not archived.
-    indexed_sources = {r["source_key"] for r in rows}
-    dead = len({k for t in archive.read_tables("deadletter") for k in t.column("source_key").to_pylist()} - indexed_sources)
+    dead = len(archive.read_deadletters(indexed={r["source_key"] for r in rows}))
     by_modality: dict[str, dict] = {}
     for r in rows:
         m = by_modality.setdefault(r["modality"] or "?", {"instances": 0, "bytes_in": 0, "bytes_out": 0, "samples": 0, "bits": 0.0})

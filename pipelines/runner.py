@@ -171,7 +171,9 @@ def format_summary(summary: dict) -> str:
         f"  archived        {summary['archived']}  in {summary['shards']} shard(s)",
         f"  skipped         {summary['skipped']}  (already archived)",
         f"  dead-lettered   {summary['deadlettered']}"
-        + (f"  {summary['deadletter_reasons']}" if summary["deadletter_reasons"] else ""),
+        + (f"  {summary['deadletter_reasons']}" if summary["deadletter_reasons"] else "")
+        + (f"  ({summary['deadlettered_before']} with the same reason as before: not recorded again)"
+           if summary.get("deadlettered_before") else ""),
         f"  bytes in / out  {bytes_in:,} / {bytes_out:,}"
         + (f"  ratio {bytes_in / bytes_out:.2f}x" if bytes_out else ""),
         f"  bits/sample     {bps:.3f} (whole records, pixel-coded images)",

@@ -231,6 +231,9 @@ def test_local_rerun_adds_nothing_then_only_the_new_file(local, tmp_path):
     assert added["source_sha256"] == sha(data("rtdose_1frame.dcm")) and added["modality"] == "RTDOSE"
     assert len({r["source_key"] for r in index}) == len(index) == len(local.inputs) + 1
     assert run_audit(str(dst))["failures"] == 0
+    # The one bad input failed three times for the same reason: one dead-letter row in all.
+    assert second["deadlettered_before"] == third["deadlettered_before"] == 1
+    assert sum(t.num_rows for t in archive.read_tables("deadletter")) == 1 == len(archive.read_deadletters())
 
 
 def test_duckdb_reads_the_index(local):
@@ -434,7 +437,8 @@ def test_bad_inputs_become_dead_letters(tmp_path, jpegls_dicom):
     run_audit(str(dst))  # the audit folder too
     checked = [dst / "archive.json"]
     checked += [p for d in ("index", "deadletter", "runs", "audit") for p in (dst / d).rglob("*") if p.is_file()]
-    assert len(checked) == 1 + 1 + 2 + 2 + 2
+    # archive.json, 1 index, 1 dead-letter file (the --strict re-run adds none: same failures), 2 runs, 2 audit files
+    assert len(checked) == 1 + 1 + 1 + 2 + 2
     for path in checked:
         raw = path.read_bytes()
         # Parquet pages are compressed: search the decoded values as well as the raw bytes.
