@@ -93,7 +93,7 @@ def measure(src: Path, work: Path, *, workers: int, runs: int, preset: str) -> d
     summaries = []
     for run in range(runs):
         dst = work / f"dst-w{workers}-r{run}"
-        summary = run_migrate(str(src), str(dst), preset=preset, workers=workers, progress=False)
+        summary = run_migrate(str(src), str(dst), preset=preset, workers=workers, progress=False, phi_in_clear=True)
         if summary["deadlettered"] or summary["skipped"]:
             raise RuntimeError(f"expected a clean run, got {summary['deadlettered']} dead letters, "
                                f"{summary['skipped']} skipped")

@@ -315,10 +315,11 @@ def _migrate_adapters(args: argparse.Namespace, settings: dict) -> dict:
 def cmd_migrate(args: argparse.Namespace) -> int:
     from pipelines.runner import format_summary, run_migrate
 
-    if not args.key_file:
+    if not args.key_file and args.phi_in_clear:
         print(
-            "warning: no --key-file: records keep the DICOM headers (PHI) unencrypted; "
-            "index identifiers are pseudonymous. Use `medarchive keys new` and --key-file to seal them.",
+            "warning: --phi-in-clear: records keep the DICOM headers (PHI) unencrypted, and index identifiers are"
+            " salted hashes whose salt is in DST/archive.json (anyone with the archive can confirm a guess: not"
+            " pseudonyms). Use `medarchive keys new` and --key-file to seal them.",
             file=sys.stderr,
         )
     settings = _runner_settings(args)
@@ -335,6 +336,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         memory_budget=_budget(args),
         max_pixel_ratio=args.max_pixel_ratio or None,
         max_input_bytes=int(args.max_input_size * 2**30),
+        phi_in_clear=args.phi_in_clear,
         **settings,
     )
     print(format_summary(summary))
@@ -471,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default `max` tries both and keeps the smaller record")
     p.add_argument("--keep-codestream", action="store_true")
     p.add_argument("--strict", action="store_true", help="exit 1 if any input was dead-lettered")
+    p.add_argument("--phi-in-clear", action="store_true",
+                   help="without --key-file: store the DICOM headers (PHI) in clear, on purpose (refused otherwise)")
     _add_limit_arguments(p)
     p.add_argument("--max-input-size", type=_positive, metavar="GIB", default=2.0,
                    help="largest input after decompression, in GiB (default 2); .gz and archive members that"

@@ -112,7 +112,9 @@ class Archive:
         if key is None:
             salt = secrets.token_bytes(32)
             identity = Identity(salt)
-            ident = {"mode": "archive-salt", "salt": salt.hex()}
+            ident = {"mode": "archive-salt", "salt": salt.hex(),
+                     "note": "identifiers are HMACs under this salt: anyone who can read this file can confirm a"
+                             " guessed UID or path; they are not pseudonyms (a keyring keeps the key out)"}
         else:
             identity = Identity(key)
             ident = {"mode": key_mode, "check": identity.check}

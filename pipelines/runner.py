@@ -21,7 +21,7 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from .archive import Archive
+from .archive import Archive, ArchiveError
 from .migrate import Migrate, MigrateConfig
 from .progress import ProgressMonitor
 
@@ -95,10 +95,12 @@ def run_migrate(
     memory_budget: int | None = None,
     max_pixel_ratio: int | None = 10_000,
     max_input_bytes: int = 2 << 30,
+    phi_in_clear: bool = False,
 ) -> dict:
     """Run one migrate job to completion; returns the run summary (also in DST/runs/<id>.json).
 
-    ``memory_budget`` (bytes per input; None: 60% of each worker's physical memory) and
+    Without ``key_file`` the records keep the headers (PHI) in clear: refused unless
+    ``phi_in_clear``. ``memory_budget`` (bytes per input; None: 60% of each worker's physical memory) and
     ``max_pixel_ratio`` bound what one input may claim before it is decoded; an input over
     either is a dead letter (medcodec.DicomLimits), as is an input larger than
     ``max_input_bytes`` or a .gz / archive member that inflates past its ratio limit
@@ -107,6 +109,10 @@ def run_migrate(
     ``adapters`` ({modality group: SHA-256}, files under DST/models/) codes those
     modalities with A-LoRA adapters (see jobs/adapt.py, ``migrate --adapt N``).
     """
+    if key_file is None and not phi_in_clear:
+        raise ArchiveError(
+            "no key file: the records would keep every DICOM header (PHI) in clear; pass --key-file (create one"
+            " with `medarchive keys new`), or --phi-in-clear to store PHI in clear on purpose")
     quiet_beam_logs()
     storage_options = storage_options or {}
     archive = Archive(dst, storage_options=storage_options)

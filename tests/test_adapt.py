@@ -246,7 +246,7 @@ def test_migrate_adapt_stores_adapters_and_audit_and_restore_use_them(tmp_path):
         # --local-model llm-base-v1: the adapted transformer only (by default the v1.0 path may win on
         # these tiny images, and this test is about records that need the adapter).
         [sys.executable, "-m", "jobs.cli", "migrate", str(src), str(dst), "--adapt", "3", "--min-images", "2",
-         "--steps", "40", "--threads", "1", "--no-progress", "--local-model", "llm-base-v1"],
+         "--steps", "40", "--threads", "1", "--no-progress", "--local-model", "llm-base-v1", "--phi-in-clear"],
         capture_output=True, text=True, cwd=REPO, timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]

@@ -251,8 +251,8 @@ def test_planted_phi_is_in_no_message_table_or_log(tmp_path):
     cli = [sys.executable, "-m", "jobs.cli"]
     assert subprocess.run([*cli, "keys", "new", str(ring)], capture_output=True, cwd=ROOT).returncode == 0
     outputs = []
-    for keyed in ([], ["--key-file", str(ring)]):
-        proc = subprocess.run([*cli, "migrate", str(src), str(dst / ("keyed" if keyed else "plain")), "--preset",
+    for keyed in (["--phi-in-clear"], ["--key-file", str(ring)]):
+        proc = subprocess.run([*cli, "migrate", str(src), str(dst / keyed[0].strip("-")), "--preset",
                                "fast", "--no-progress", *keyed],
                               capture_output=True, text=True, cwd=ROOT, timeout=300)
         assert proc.returncode == 0, proc.stderr

@@ -79,7 +79,7 @@ def _build_source(src: Path) -> None:
 
 
 def _migrate_cmd(src: Path, dst: Path) -> list[str]:
-    return [sys.executable, "-m", "jobs.cli", "migrate", str(src), str(dst), "--preset", "fast", "--local-model", "classical-v1", "--no-progress"]
+    return [sys.executable, "-m", "jobs.cli", "migrate", str(src), str(dst), "--preset", "fast", "--local-model", "classical-v1", "--no-progress", "--phi-in-clear"]
 
 
 def _state(dst: Path) -> str:
@@ -125,7 +125,7 @@ def test_sigkill_at_random_points_then_resume(tmp_path):
         proc.wait()
         left = _state(dst)
 
-        summary = run_migrate(str(src), str(dst), preset="fast", local_model="classical-v1", progress=False)
+        summary = run_migrate(str(src), str(dst), preset="fast", local_model="classical-v1", progress=False, phi_in_clear=True)
         log.append(f"trial {trial}: {how}, "
                    f"{'killed' if killed else 'finished'} leaving [{left}]; "
                    f"re-run archived {summary['archived']}, skipped {summary['skipped']}, cleaned {summary['cleaned']}")

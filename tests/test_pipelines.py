@@ -29,7 +29,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import UID
 
-from pipelines.archive import TMP_PREFIX, Archive
+from pipelines.archive import TMP_PREFIX, Archive, ArchiveError
 from pipelines.audit import run_audit, sampled
 from pipelines.restore import run_restore
 from pipelines.runner import run_migrate
@@ -141,7 +141,7 @@ def local(tmp_path_factory):
     root = tmp_path_factory.mktemp("local")
     src, dst = root / "src", root / "dst"
     inputs = build_local_source(src)
-    summary = run_migrate(str(src), str(dst), preset="fast", local_model="classical-v1", progress=False)
+    summary = run_migrate(str(src), str(dst), preset="fast", local_model="classical-v1", progress=False, phi_in_clear=True)
     return SimpleNamespace(src=src, dst=dst, inputs=inputs, first=summary)
 
 
@@ -210,7 +210,7 @@ def test_local_rerun_adds_nothing_then_only_the_new_file(local, tmp_path):
     listing = lambda folder: sorted(p.name for p in (dst / folder).iterdir())  # noqa: E731
     shards, indexes = listing("shards"), listing("index")
 
-    second = run_migrate(str(local.src), str(dst), preset="fast", local_model="classical-v1", progress=False)
+    second = run_migrate(str(local.src), str(dst), preset="fast", local_model="classical-v1", progress=False, phi_in_clear=True)
     assert (second["archived"], second["skipped"], second["deadlettered"]) == (0, local.first["archived"], 1)
     assert second["shards"] == 0 and (listing("shards"), listing("index")) == (shards, indexes)
 
@@ -218,7 +218,7 @@ def test_local_rerun_adds_nothing_then_only_the_new_file(local, tmp_path):
     new.parent.mkdir()
     new.write_bytes(data("rtdose_1frame.dcm"))
     try:
-        third = run_migrate(str(local.src), str(dst), preset="fast", local_model="classical-v1", progress=False)
+        third = run_migrate(str(local.src), str(dst), preset="fast", local_model="classical-v1", progress=False, phi_in_clear=True)
     finally:
         shutil.rmtree(new.parent)
     assert (third["archived"], third["skipped"], third["deadlettered"]) == (1, local.first["archived"], 1)
@@ -341,7 +341,7 @@ def test_memory_source_and_destination():
         src, dst = f"memory://{base}/src", f"memory://{base}/dst"
         # The one pipeline run through the transformer path (small images; the other
         # pipeline tests use the v1.0 local path to stay inside the suite's time budget).
-        first = run_migrate(src, dst, preset="fast", progress=False, workers=1)
+        first = run_migrate(src, dst, preset="fast", progress=False, phi_in_clear=True, workers=1)
         assert (first["archived"], first["deadlettered"]) == (6, 0)
         identity = identity_of(dst)
         refs = [SourceRef(fs.unstrip_protocol(f"{base}/{rel}")) for rel in inputs]
@@ -357,7 +357,7 @@ def test_memory_source_and_destination():
         assert sorted(sha(b) for b in restored.values()) == sorted(sha(b) for b in [*inputs.values(), *sc.values()])
 
         before = sorted(fs.find(f"{base}/dst/shards")) + sorted(fs.find(f"{base}/dst/index"))
-        second = run_migrate(src, dst, preset="fast", local_model="classical-v1", progress=False, workers=1)
+        second = run_migrate(src, dst, preset="fast", local_model="classical-v1", progress=False, phi_in_clear=True, workers=1)
         assert (second["archived"], second["skipped"], second["shards"]) == (0, 6, 0)
         assert sorted(fs.find(f"{base}/dst/shards")) + sorted(fs.find(f"{base}/dst/index")) == before
     finally:
@@ -399,7 +399,7 @@ def test_bad_inputs_become_dead_letters(tmp_path, jpegls_dicom):
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).write_bytes(payload)
 
-    proc = run_cli("migrate", src, dst, "--preset", "fast", "--local-model", "classical-v1", "--no-progress")
+    proc = run_cli("migrate", src, dst, "--preset", "fast", "--local-model", "classical-v1", "--no-progress", "--phi-in-clear")
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
     assert "warning: 8 input(s) could not be archived" in proc.stderr
@@ -424,7 +424,7 @@ def test_bad_inputs_become_dead_letters(tmp_path, jpegls_dicom):
         assert words in dead[k]["message"] and dead[k]["message"]
     assert archive.read_index().column("source_key").to_pylist() == [key("good/Doe^John_CT.dcm")]
 
-    strict = run_cli("migrate", src, dst, "--preset", "fast", "--local-model", "classical-v1", "--no-progress", "--strict")
+    strict = run_cli("migrate", src, dst, "--preset", "fast", "--local-model", "classical-v1", "--no-progress", "--phi-in-clear", "--strict")
     assert strict.returncode == 1 and "Traceback" not in strict.stderr
     assert "warning: 8 input(s)" in strict.stderr and "skipped         1" in strict.stdout
 
@@ -461,3 +461,17 @@ def test_cli_inspect_with_html_report(local, tmp_path):
     assert "report written" in proc.stdout
     html = report.read_text()
     assert html.count("<svg") >= 3 and "Bits per sample by modality" in html
+
+
+def test_migrate_without_a_key_is_refused_unless_phi_in_clear_is_said(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "ct.dcm").write_bytes(data("CT_small.dcm"))
+    refused = run_cli("migrate", src, dst, "--preset", "fast", "--no-progress")
+    assert refused.returncode == 2 and "--phi-in-clear" in refused.stderr and "Traceback" not in refused.stderr
+    assert not dst.exists()
+    with pytest.raises(ArchiveError, match="PHI"):
+        run_migrate(str(src), str(dst), preset="fast", progress=False)
+    allowed = run_cli("migrate", src, dst, "--preset", "fast", "--no-progress", "--phi-in-clear")
+    assert allowed.returncode == 0 and "not pseudonyms" in allowed.stderr
+    assert "not pseudonyms" in json.loads((dst / "archive.json").read_text())["identity"]["note"]

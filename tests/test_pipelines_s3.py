@@ -78,7 +78,7 @@ def test_s3_migrate_audit_restore(s3, tmp_path):
     fs.pipe("src-bucket/in/zips/studies.zip", buf.getvalue())
     src, dst = "s3://src-bucket/in", "s3://dst-bucket/archives/one"
 
-    first = run_migrate(src, dst, preset="fast", local_model="classical-v1", progress=False, storage_options=s3, workers=2)
+    first = run_migrate(src, dst, preset="fast", local_model="classical-v1", progress=False, phi_in_clear=True, storage_options=s3, workers=2)
     assert (first["archived"], first["deadlettered"], first["skipped"]) == (6, 0, 0)
     assert first["shards"] == 5  # CT, MR, NM, SC (2 instances) and emri studies
 
@@ -105,7 +105,7 @@ def test_s3_migrate_audit_restore(s3, tmp_path):
     )
 
     shards_before = sorted(fs.find("dst-bucket/archives/one/shards"))
-    second = run_migrate(src, dst, preset="fast", local_model="classical-v1", progress=False, storage_options=s3)
+    second = run_migrate(src, dst, preset="fast", local_model="classical-v1", progress=False, phi_in_clear=True, storage_options=s3)
     assert (second["archived"], second["skipped"], second["shards"]) == (0, 6, 0)
     fs.invalidate_cache()
     assert sorted(fs.find("dst-bucket/archives/one/shards")) == shards_before
