@@ -370,13 +370,23 @@ def cmd_restore(args: argparse.Namespace) -> int:
         study=args.study,
         series=args.series,
         sop=args.sop,
+        fail_fast=args.fail_fast,
         **_runner_settings(args),
     )
+    for problem in summary["unreadable_indexes"]:
+        print(f"warning: {problem['file']}: {problem['reason']}; its records are not restored", file=sys.stderr)
     if summary["selected"] == 0:
         print("no archived instance matches the selection", file=sys.stderr)
         return 1
-    print(f"restored {summary['selected']} file(s) from {summary['shards']} shard(s) to {args.dst}, verified "
-          f"({summary['wall_seconds']:.1f} s)")
+    what = "de-identified files (no --key-file)" if summary["deidentified"] else "file(s)"
+    print(f"restored {summary['restored']} of {summary['selected']} {what} from {summary['shards']} shard(s) to"
+          f" {args.dst}, verified ({summary['wall_seconds']:.1f} s)")
+    for f in summary["failed"]:
+        print(f"  failed: {f['shard']} {f['sop_key']}: {f['reason']}", file=sys.stderr)
+    if summary["failed"] or summary["unreadable_indexes"]:
+        where = f"; report in {args.dst.rstrip('/')}/{summary['report']}" if summary["report"] else ""
+        print(f"error: {len(summary['failed'])} record(s) not restored{where}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -508,7 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("restore", help="restore original files (verified) from an archive")
     p.add_argument("archive")
     p.add_argument("dst")
-    p.add_argument("--key-file")
+    p.add_argument("--key-file", help="keyed archives: restore the originals (without: the de-identified files)")
+    p.add_argument("--fail-fast", action="store_true",
+                   help="stop at the first record or index file that cannot be restored (default: report it, go on)")
     sel = p.add_mutually_exclusive_group()
     sel.add_argument("--study", metavar="UID")
     sel.add_argument("--series", metavar="UID")

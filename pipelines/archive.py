@@ -167,13 +167,40 @@ class Archive:
         return [n[: -len(".tar")] for n in self._list("shards", ".tar")]
 
     def read_index(self, names: list[str] | None = None) -> pa.Table:
-        tables = []
+        """Every index row; an unreadable index file raises ArchiveError naming it."""
+        table, bad = self.read_index_reporting(names)
+        if bad:
+            raise ArchiveError(f"index file {bad[0]['file']} is unreadable ({bad[0]['reason']})")
+        return table
+
+    def read_index_reporting(self, names: list[str] | None = None) -> tuple[pa.Table, list[dict]]:
+        """(index rows, problems): rows of every readable index file, each record once;
+        a problem ({"file", "reason"}) for each index file that cannot be read, that
+        describes another shard than its own name says (a copied or moved file: its rows
+        are left out), or that repeats rows another file holds (counted once)."""
+        tables, bad, seen = [], [], set()
         for name in self.index_names() if names is None else names:
-            with self.fs.open(self.path("index", f"{name}.parquet"), "rb") as fh:
-                tables.append(pq.read_table(fh))
+            rel = f"index/{name}.parquet"
+            try:
+                with self.fs.open(self.path("index", f"{name}.parquet"), "rb") as fh:
+                    table = _as_index_schema(pq.read_table(fh))
+            except Exception as exc:  # noqa: BLE001 - a damaged index file is reported by name
+                bad.append({"file": rel, "reason": f"unreadable ({type(exc).__name__})"})
+                continue
+            shards = set(table.column("shard").to_pylist())
+            if shards != {f"shards/{name}.tar"} and table.num_rows:
+                bad.append({"file": rel, "reason": f"describes {', '.join(sorted(shards))}, not shards/{name}.tar"})
+                continue
+            places = list(zip(table.column("shard").to_pylist(), table.column("offset").to_pylist()))
+            fresh = [p not in seen for p in places]
+            if not all(fresh):
+                bad.append({"file": rel, "reason": f"repeats {fresh.count(False)} row(s) of another index file"})
+                table = table.filter(pa.array(fresh))
+            seen.update(places)
+            tables.append(table)
         if not tables:
-            return INDEX_SCHEMA.empty_table()
-        return pa.concat_tables([_as_index_schema(t) for t in tables])
+            return INDEX_SCHEMA.empty_table(), bad
+        return pa.concat_tables(tables), bad
 
     def read_deadletters(self, *, indexed: set[str] | None = None) -> list[dict]:
         """The inputs that are dead-lettered now: one row per input (source_key), the newest

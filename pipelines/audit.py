@@ -35,7 +35,7 @@ class AuditConfig:
     sample: float = 1.0
     key_file: str | None = None
     storage_options: dict = field(default_factory=dict)
-    model_rows: list = field(default_factory=list)  # the driver's model checks, written with the rest
+    model_rows: list = field(default_factory=list)  # the driver's checks (models, index files), written with the rest
 
 
 def sampled(sop_key: str, fraction: float) -> bool:
@@ -193,7 +193,8 @@ def run_audit(
     quiet_beam_logs()
     archive = Archive(archive_url, storage_options=storage_options)
     archive.read_manifest()
-    index = archive.read_index().to_pylist()
+    table, index_problems = archive.read_index_reporting()
+    index = table.to_pylist()
     by_shard: dict[str, list[dict]] = {}
     for r in index:
         by_shard.setdefault(r["shard"], []).append(r)
@@ -208,6 +209,8 @@ def run_audit(
         storage_options=storage_options or {},
     )
     cfg.model_rows.extend(check_models(archive, index, cfg.audit_id))
+    cfg.model_rows.extend({"shard": p["file"], "sop_key": None, "check": "index", "status": "fail",
+                           "detail": p["reason"], "audit_id": cfg.audit_id} for p in index_problems)
     started = time.time()
     with worker_logs_captured(runner in LOCAL_RUNNERS), beam.Pipeline(
         options=pipeline_options(runner, workers, beam_args)

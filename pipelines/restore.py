@@ -11,15 +11,17 @@ several sources, e.g. a file and its RLE copy).
 from __future__ import annotations
 
 import io
+import json
 import time
+import uuid
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 import apache_beam as beam
 import fsspec
 from apache_beam.metrics import Metrics
 
-from .archive import Archive, Identity
+from .archive import Archive, ArchiveError, Identity
 from .keys import load_keyring
 from .runner import LOCAL_RUNNERS, pipeline_options, quiet_beam_logs, worker_logs_captured
 
@@ -31,6 +33,9 @@ class RestoreConfig:
     storage_options: dict = field(default_factory=dict)
     dst_storage_options: dict = field(default_factory=dict)
     key_file: str | None = None
+    fail_fast: bool = False
+    identity_key: str | None = None  # hex; set when restored files can be checked against the index
+    report: str = ""  # the report's path under dst
 
 
 def _safe(uid: str | None, fallback: str) -> str:
@@ -39,6 +44,9 @@ def _safe(uid: str | None, fallback: str) -> str:
 
 
 class RestoreShard(beam.DoFn):
+    """Records of one shard -> files; a record that fails is reported on the "failed" output
+    (named by shard and SOP key, with the reason) and the others proceed."""
+
     def __init__(self, cfg: RestoreConfig) -> None:
         self.cfg = cfg
 
@@ -53,35 +61,71 @@ class RestoreShard(beam.DoFn):
         self.archive.register_models()  # A-LoRA adapters the records name
         self.dst_fs, self.dst_root = fsspec.core.url_to_fs(self.cfg.dst, **self.cfg.dst_storage_options)
         self.keyring = load_keyring(self.cfg.key_file)
+        # With the originals (a key, or a keyless archive) the restored file's SOP Instance
+        # UID must hash to the row's sop_key: an index row moved to another record is caught.
+        self.identity = self.cfg.identity_key and Identity(bytes.fromhex(self.cfg.identity_key))
 
-    def process(self, element: tuple[str, list[dict]]) -> Iterator[dict]:
-        import pydicom
-
+    def process(self, element: tuple[str, list[dict]]) -> Iterator[Any]:
         shard, rows = element
-        with self.archive.fs.open(self.archive.path(shard), "rb") as fh:
+        try:
+            fh = self.archive.fs.open(self.archive.path(shard), "rb")
+        except Exception as exc:  # a missing or unreadable shard fails its rows, not the job
             for r in rows:
-                fh.seek(r["offset"])
-                data = self.codec.decompress_dicom(fh.read(r["length"]), keyring=self.keyring)  # verified inside
+                yield self._failed(shard, r, f"shard unreadable ({type(exc).__name__})")
+            return
+        with fh:
+            for r in rows:
                 try:
-                    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
-                    study, series, sop = (str(ds.get(k, "") or "") for k in
-                                          ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
-                except Exception:
-                    study = series = sop = ""
-                # Two sources of one SOP instance (e.g. a file and its RLE copy) must not overwrite each other.
-                suffix = f"-{r['source_key'][:8]}" if r.get("duplicate_sop") else ""
-                rel = "/".join([_safe(study, r["study_key"]), _safe(series, r["series_key"]),
-                                _safe(sop, r["sop_key"]) + suffix + ".dcm"])
-                path = f"{self.dst_root.rstrip('/')}/{rel}"
-                self.dst_fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-                with self.dst_fs.open(path, "wb") as out:
-                    out.write(data)
+                    fh.seek(r["offset"])
+                    blob = fh.read(r["length"])
+                    data = self.codec.decompress_dicom(blob, keyring=self.keyring)  # verified inside
+                    rel = self._place(r, data)
+                except Exception as exc:  # noqa: BLE001 - one bad record is reported, the rest proceed
+                    if self.cfg.fail_fast:
+                        raise
+                    yield self._failed(shard, r, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                                       if isinstance(exc, (self.codec.MedcodecError, _WrongInstance))
+                                       else type(exc).__name__)
+                    continue
                 Metrics.counter("medarchive", "restored").inc()
                 yield {"sop_key": r["sop_key"], "path": rel, "bytes": len(data), "mode": r["restore_mode"]}
 
+    def _place(self, r: dict, data: bytes) -> str:
+        """Check the file is the row's instance, then write it atomically; its relative path."""
+        import pydicom
 
-def select_rows(archive: Archive, identity: Identity, *, study=None, series=None, sop=None) -> list[dict]:
-    rows = archive.read_index().to_pylist()
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+            study, series, sop = (str(ds.get(k, "") or "") for k in
+                                  ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
+        except Exception:
+            study = series = sop = ""
+        if self.identity and sop and self.identity.hash("sop", sop) != r["sop_key"]:
+            raise _WrongInstance("the record is not the instance its index row names (index altered or swapped)")
+        # Two sources of one SOP instance (e.g. a file and its RLE copy) must not overwrite each other.
+        suffix = f"-{r['source_key'][:8]}" if r.get("duplicate_sop") else ""
+        rel = "/".join([_safe(study, r["study_key"]), _safe(series, r["series_key"]),
+                        _safe(sop, r["sop_key"]) + suffix + ".dcm"])
+        path = f"{self.dst_root.rstrip('/')}/{rel}"
+        folder, name = path.rsplit("/", 1)
+        self.dst_fs.makedirs(folder, exist_ok=True)
+        tmp = f"{folder}/.tmp-{uuid.uuid4().hex}-{name}"  # a reader never sees half a file
+        with self.dst_fs.open(tmp, "wb") as out:
+            out.write(data)
+        self.dst_fs.mv(tmp, path)
+        return rel
+
+    @staticmethod
+    def _failed(shard: str, r: dict, reason: str) -> beam.pvalue.TaggedOutput:
+        Metrics.counter("medarchive", "restore_failed").inc()
+        return beam.pvalue.TaggedOutput("failed", {"shard": shard, "sop_key": r["sop_key"], "reason": reason})
+
+
+class _WrongInstance(Exception):
+    """A record decodes, but to another instance than its index row names."""
+
+
+def select_rows(rows: list[dict], identity: Identity | None, *, study=None, series=None, sop=None) -> list[dict]:
     if study:
         rows = [r for r in rows if r["study_key"] == identity.hash("study", study)]
     if series:
@@ -104,19 +148,33 @@ def run_restore(
     beam_args: list[str] | None = None,
     storage_options: dict | None = None,
     dst_storage_options: dict | None = None,
+    fail_fast: bool = False,
 ) -> dict:
+    """Restore the selected records to ``dst``; returns a summary with every failure named.
+
+    Without ``key_file``, sealed records restore to their de-identified files. A record or
+    shard that cannot be restored is reported (shard, SOP key, reason) and skipped, unless
+    ``fail_fast``; unreadable index files are reported too. Files are written under a
+    temporary name and moved into place. When anything failed, the summary is kept in
+    ``dst/.medarchive-restore-<id>.json``.
+    """
     quiet_beam_logs()
     archive = Archive(archive_url, storage_options=storage_options)
     ident = archive.read_manifest()["identity"]
     if ident["mode"] == "archive-salt":
         identity = Identity(bytes.fromhex(ident["salt"]))
-    else:
+    elif key_file or study or series or sop:
         from .keys import identity_key_from
 
         identity = Identity(identity_key_from(key_file))
         if identity.check != ident.get("check"):
             raise ValueError("the key file does not belong to this archive")
-    rows = select_rows(archive, identity, study=study, series=series, sop=sop)
+    else:
+        identity = None  # everything, de-identified: no UID to hash
+    index, bad_indexes = archive.read_index_reporting()
+    if bad_indexes and fail_fast:
+        raise ArchiveError(f"index file {bad_indexes[0]['file']} is unreadable ({bad_indexes[0]['reason']})")
+    rows = select_rows(index.to_pylist(), identity, study=study, series=series, sop=sop)
     per_sop: dict[str, int] = {}
     for r in rows:
         per_sop[r["sop_key"]] = per_sop.get(r["sop_key"], 0) + 1
@@ -124,27 +182,44 @@ def run_restore(
     for r in rows:
         r["duplicate_sop"] = per_sop[r["sop_key"]] > 1
         by_shard.setdefault(r["shard"], []).append(r)
-    if any(r["key_id"] for r in rows) and not key_file:
-        raise ValueError("the selected records are sealed: pass --key-file to restore the originals")
-    cfg = RestoreConfig(archive_url, dst, storage_options or {}, dst_storage_options or {}, key_file)
+    # The originals carry the UIDs the index keys were made from: check every file against its row.
+    originals = key_file is not None or not any(r["key_id"] for r in rows)
+    run_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+    cfg = RestoreConfig(archive_url, dst, storage_options or {}, dst_storage_options or {}, key_file, fail_fast,
+                        identity.key.hex() if identity is not None and originals else None,
+                        f".medarchive-restore-{run_id}.json")
     started = time.time()
-    restored: list[dict] = []
     if by_shard:
         with worker_logs_captured(runner in LOCAL_RUNNERS), beam.Pipeline(
             options=pipeline_options(runner, workers, beam_args)
         ) as p:
-            _ = (
+            results = (
                 p
                 | "Shards" >> beam.Create(sorted(by_shard.items()))
                 | "Reshuffle" >> beam.Reshuffle()
-                | "Restore" >> beam.ParDo(RestoreShard(cfg))
-                | "Count" >> beam.combiners.Count.Globally()
-                | "Check" >> beam.Map(_check_count, expected=len(rows))
+                | "Restore" >> beam.ParDo(RestoreShard(cfg)).with_outputs("failed", main="restored")
             )
-    return {"selected": len(rows), "shards": len(by_shard), "wall_seconds": time.time() - started, "dst": dst}
+            restored_n = results.restored | "Count" >> beam.combiners.Count.Globally()
+            failed = results.failed | "Failures" >> beam.combiners.ToList()
+            _ = restored_n | "Report" >> beam.Map(_write_report, beam.pvalue.AsSingleton(failed), cfg=cfg,
+                                                   selected=len(rows), bad_indexes=bad_indexes)
+        fs, root = fsspec.core.url_to_fs(dst, **(dst_storage_options or {}))
+        report_path = f"{root.rstrip('/')}/{cfg.report}"
+        with fs.open(report_path, "rb") as fh:
+            report = json.loads(fh.read())
+        if not report["failed"] and not bad_indexes:
+            fs.rm(report_path)  # kept only as the record of what failed
+    else:
+        report = {"selected": 0, "restored": 0, "failed": [], "unreadable_indexes": bad_indexes}
+    kept = by_shard and (report["failed"] or bad_indexes)
+    return {**report, "shards": len(by_shard), "wall_seconds": time.time() - started, "dst": dst,
+            "deidentified": not originals, "report": cfg.report if kept else None}
 
 
-def _check_count(n: int, expected: int) -> int:
-    if n != expected:
-        raise RuntimeError(f"restored {n} of {expected} selected records")
-    return n
+def _write_report(restored: int, failed: list[dict], *, cfg: RestoreConfig, selected: int, bad_indexes: list) -> None:
+    report = {"selected": selected, "restored": restored,
+              "failed": sorted(failed, key=lambda f: (f["shard"], f["sop_key"])), "unreadable_indexes": bad_indexes}
+    fs, root = fsspec.core.url_to_fs(cfg.dst, **cfg.dst_storage_options)
+    fs.makedirs(root, exist_ok=True)
+    with fs.open(f"{root.rstrip('/')}/{cfg.report}", "wb") as fh:
+        fh.write(json.dumps(report, indent=2).encode())
