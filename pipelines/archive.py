@@ -11,9 +11,15 @@ Layout under the archive root (any fsspec URL):
     models/<sha256>.safetensors  A-LoRA adapters used by records (content-addressed)
     models/adapters.json      which adapter codes which modality, with the fit's metrics
 
-Commit protocol: a shard is written under shards/.tmp-*, verified, moved to its final
-name, then its index is written under index/.tmp-* and moved into place. A shard
-without an index is uncommitted: the next run deletes it (and any .tmp-* file).
+Commit protocol: a shard is written under shards/.tmp-<run>.*, verified, moved to its
+final name, then its index is written under index/.tmp-<run>.* and moved into place.
+Each migrate run holds a lease, runs/<run>.live (host, pid, heartbeat), while it runs.
+The next run removes temporary files only of runs that are not live (no lease, a local
+process that is gone, or a heartbeat older than LEASE_SECONDS): a concurrent run or a
+scheduler retry keeps its in-flight files. A published shard is never deleted: one
+without an index (its run died between the two moves, or its index file was lost) is
+kept and reported (audit: "unindexed shard"); re-running the same inputs rewrites it
+under the same name and commits its index.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import io
 import json
 import os
 import secrets
+import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +44,8 @@ from schemas.tables import AUDIT_SCHEMA_VERSION, DEADLETTER_SCHEMA_VERSION, INDE
 
 ARCHIVE_LAYOUT_VERSION = 1
 TMP_PREFIX = ".tmp-"
+LEASE_SECONDS = 15 * 60  # a run whose heartbeat is older than this is taken as dead
+HEARTBEAT_SECONDS = 60
 
 
 class ArchiveError(Exception):
@@ -69,7 +79,8 @@ def _as_index_schema(table: pa.Table) -> pa.Table:
 class Archive:
     """An archive root on any fsspec filesystem."""
 
-    def __init__(self, url: str, *, storage_options: dict | None = None) -> None:
+    def __init__(self, url: str, *, storage_options: dict | None = None, owner: str | None = None) -> None:
+        self.owner = owner  # the run whose temporary files this instance writes (in their names)
         self.url = url.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
         self.root = self.root.rstrip("/")
@@ -136,7 +147,7 @@ class Archive:
     def write_atomic(self, rel: str, data: bytes) -> None:
         """Write under a temporary name in the same folder, then move into place."""
         folder, _, name = rel.rpartition("/")
-        tmp = self.path(*(p for p in (folder, f"{TMP_PREFIX}{secrets.token_hex(6)}-{name}") if p))
+        tmp = self.path(*(p for p in (folder, f"{self.tmp_name()}-{name}") if p))
         final = self.path(rel)
         self.fs.makedirs(os.path.dirname(final) or self.root, exist_ok=True)
         with self.fs.open(tmp, "wb") as fh:
@@ -270,20 +281,73 @@ class Archive:
             return fh.read(length)
 
     # --- cleanup (start of every run) ----------------------------------------------------
+    def tmp_name(self) -> str:
+        """A temporary file name that names its run: .tmp-<run>.<random>."""
+        return f"{TMP_PREFIX}{self.owner or 'anonymous'}.{secrets.token_hex(6)}"
+
+    # --- run leases ----------------------------------------------------------------------
+    def hold_lease(self, run_id: str) -> None:
+        """Write (or refresh) runs/<run>.live: this run is alive; its temporary files stay."""
+        lease = {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
+        self.fs.makedirs(self.path("runs"), exist_ok=True)
+        with self.fs.open(self.path("runs", f"{run_id}.live"), "wb") as fh:
+            fh.write(json.dumps(lease).encode())
+
+    def release_lease(self, run_id: str) -> None:
+        try:
+            self.fs.rm(self.path("runs", f"{run_id}.live"))
+        except FileNotFoundError:
+            pass
+
+    def live_runs(self, *, now: float | None = None) -> set[str]:
+        """Run ids holding a lease that is still good."""
+        now = time.time() if now is None else now
+        live = set()
+        base = self.path("runs")
+        if not self.fs.exists(base):
+            return live
+        for p in self.fs.ls(base, detail=False):
+            name = p.rstrip("/").rsplit("/", 1)[-1]
+            if not name.endswith(".live"):
+                continue
+            try:
+                with self.fs.open(p, "rb") as fh:
+                    lease = json.loads(fh.read())
+            except (OSError, ValueError):
+                continue
+            if _lease_alive(lease, now):
+                live.add(name[: -len(".live")])
+        return live
+
     def clean_uncommitted(self) -> dict[str, int]:
-        """Delete temporary files and shards that have no index (crashed runs)."""
-        removed = {"temporary": 0, "uncommitted_shards": 0}
+        """Delete the temporary files of runs that are not live; count (and keep) published
+        shards without an index."""
+        removed = {"temporary": 0, "unindexed_shards": 0}
+        live = self.live_runs()
         for folder in ("shards", "index", "deadletter", "runs", "audit", ""):
             base = self.path(folder) if folder else self.root
             if not self.fs.exists(base):
                 continue
             for p in self.fs.ls(base, detail=False):
-                if p.rstrip("/").rsplit("/", 1)[-1].startswith(TMP_PREFIX):
+                name = p.rstrip("/").rsplit("/", 1)[-1]
+                if name.startswith(TMP_PREFIX) and name[len(TMP_PREFIX):].split(".", 1)[0] not in live:
                     self.fs.rm(p)
                     removed["temporary"] += 1
         committed = set(self.index_names())
-        for shard in self.shard_names():
-            if shard not in committed:
-                self.fs.rm(self.path("shards", f"{shard}.tar"))
-                removed["uncommitted_shards"] += 1
+        removed["unindexed_shards"] = sum(1 for shard in self.shard_names() if shard not in committed)
         return removed
+
+
+def _lease_alive(lease: dict, now: float) -> bool:
+    """A lease is good while its heartbeat is fresh; on this host, only while its process lives
+    (a run killed here frees its files at once)."""
+    if now - float(lease.get("heartbeat", 0)) > LEASE_SECONDS:
+        return False
+    if lease.get("host") == socket.gethostname():
+        try:
+            os.kill(int(lease.get("pid", 0)), 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, ValueError, OverflowError):
+            return True  # another user's live process, or nothing to check
+    return True

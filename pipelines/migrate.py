@@ -15,7 +15,6 @@ import json
 import tarfile
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
@@ -24,7 +23,7 @@ from apache_beam.metrics import Metrics
 
 from schemas.tables import DEADLETTER_SCHEMA, INDEX_SCHEMA, table_of
 
-from .archive import TMP_PREFIX, Archive, Identity
+from .archive import Archive, Identity
 from .keys import load_keyring
 from .progress import ProgressReporter
 from .sources import ReadLimits, SourceRef, list_sources, read_source
@@ -314,7 +313,7 @@ class WriteShards(beam.DoFn):
         self.cfg = cfg
 
     def setup(self) -> None:
-        self.archive = Archive(self.cfg.dst, storage_options=self.cfg.storage_options)
+        self.archive = Archive(self.cfg.dst, storage_options=self.cfg.storage_options, owner=self.cfg.run_id)
 
     def process(self, element: tuple[str, Iterable[dict]]) -> Iterator[dict]:
         study_key, instances = element
@@ -337,7 +336,7 @@ class WriteShards(beam.DoFn):
                     rows.append(row)
             spool.seek(0)
             tar_bytes = spool.read()
-        tmp = archive.path("shards", f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}.tar")
+        tmp = archive.path("shards", f"{archive.tmp_name()}-{name}.tar")
         archive.fs.makedirs(archive.path("shards"), exist_ok=True)
         with archive.fs.open(tmp, "wb") as fh:
             fh.write(tar_bytes)
@@ -377,7 +376,7 @@ class Finalize(beam.DoFn):
         self.started = started
 
     def process(self, items: list[tuple[str, Any]]) -> Iterator[dict]:
-        archive = Archive(self.cfg.dst, storage_options=self.cfg.storage_options)
+        archive = Archive(self.cfg.dst, storage_options=self.cfg.storage_options, owner=self.cfg.run_id)
         shards = [v for k, v in items if k == "shard"]
         dead = [v for k, v in items if k == "dead"]
         skipped = sum(1 for k, _ in items if k == "skip")

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -123,10 +124,48 @@ def run_migrate(
 
         key = identity_key_from(key_file)
     archive.open_or_create(key=key, key_mode="keyring")
-    cleaned = archive.clean_uncommitted()
-    index = archive.read_index()
-    already = frozenset(zip(index.column("source_key").to_pylist(), index.column("source_sha256").to_pylist()))
     run_id = new_run_id()
+    archive.hold_lease(run_id)  # before cleaning: a second run started now keeps our files
+    with _heartbeat(archive, run_id):
+        cleaned = archive.clean_uncommitted()
+        index = archive.read_index()
+        already = frozenset(zip(index.column("source_key").to_pylist(), index.column("source_sha256").to_pylist()))
+        summary = _run_migrate_pipeline(
+            archive, run_id, already, src=src, dst=dst, preset=preset, memory_budget=memory_budget,
+            max_pixel_ratio=max_pixel_ratio, max_input_bytes=max_input_bytes, local_model=local_model,
+            adapters=adapters, keep_codestream=keep_codestream, key_file=key_file, storage_options=storage_options,
+            progress=progress, runner=runner, workers=workers, beam_args=beam_args)
+    summary["cleaned"] = cleaned
+    return summary
+
+
+@contextlib.contextmanager
+def _heartbeat(archive: Archive, run_id: str):
+    """Refresh the run's lease every HEARTBEAT_SECONDS while the block runs; release it after."""
+    from .archive import HEARTBEAT_SECONDS
+
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            try:
+                archive.hold_lease(run_id)
+            except Exception:  # noqa: BLE001 - a missed heartbeat only shortens the lease
+                pass
+
+    thread = threading.Thread(target=beat, name=f"lease-{run_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        archive.release_lease(run_id)
+
+
+def _run_migrate_pipeline(archive: Archive, run_id: str, already: frozenset, *, src, dst, preset, memory_budget,
+                          max_pixel_ratio, max_input_bytes, local_model, adapters, keep_codestream, key_file,
+                          storage_options, progress, runner, workers, beam_args) -> dict:
     local = runner in LOCAL_RUNNERS
     with tempfile.TemporaryDirectory(prefix="medarchive-progress-") as progress_dir:
         cfg = MigrateConfig(
@@ -160,7 +199,6 @@ def run_migrate(
     with archive.fs.open(archive.path("runs", f"{run_id}.json"), "rb") as fh:
         summary = json.loads(fh.read())
     summary["wall_seconds"] = time.time() - started
-    summary["cleaned"] = cleaned
     summary["runner"] = runner
     summary["workers"] = workers
     return summary
@@ -188,11 +226,11 @@ def format_summary(summary: dict) -> str:
         + f"stages (cpu-s): read {stages['read']:.1f}, encode {stages['encode']:.1f}, write {stages['write']:.1f}",
     ]
     cleaned = summary.get("cleaned") or {}
-    if any(cleaned.values()):
-        lines.append(
-            f"  cleaned         {cleaned.get('uncommitted_shards', 0)} uncommitted shard(s), "
-            f"{cleaned.get('temporary', 0)} temporary file(s) from an interrupted run"
-        )
+    if cleaned.get("temporary"):
+        lines.append(f"  cleaned         {cleaned['temporary']} temporary file(s) of runs that are no longer live")
+    if cleaned.get("unindexed_shards"):
+        lines.append(f"  warning         {cleaned['unindexed_shards']} published shard(s) without an index: kept"
+                     " (re-running their inputs commits them; `audit` names them)")
     return "\n".join(lines)
 
 

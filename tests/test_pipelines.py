@@ -32,7 +32,7 @@ from pydicom.uid import UID
 from pipelines.archive import TMP_PREFIX, Archive, ArchiveError
 from pipelines.audit import run_audit, sampled
 from pipelines.restore import run_restore
-from pipelines.runner import run_migrate
+from pipelines.runner import format_summary, run_migrate
 from pipelines.sources import SourceRef
 
 REPO = Path(__file__).resolve().parents[1]
@@ -553,3 +553,43 @@ def test_restore_without_a_key_gives_the_deidentified_files(tmp_path):
     (restored,) = list((tmp_path / "out").rglob("*.dcm"))
     ds = pydicom.dcmread(restored)
     assert ds.PatientIdentityRemoved == "YES" and str(ds.PatientName) != "CompressedSamples^CT1"
+
+
+# --- cleanup never deletes what a live run or a committed shard holds ------------------------------
+
+
+def test_a_lost_index_file_never_costs_its_shard(damaged, tmp_path):
+    """Deleting one index file used to make the next migrate (even of another SRC) delete the
+    shard with its good records. Now the shard is kept, named by audit, and re-running its
+    inputs commits it again."""
+    name = sorted((damaged / "index").glob("*.parquet"))[0]
+    shard = damaged / "shards" / (name.stem + ".tar")
+    before = shard.read_bytes()
+    name.unlink()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "mr.dcm").write_bytes(data("MR_small.dcm"))
+    summary = run_migrate(str(other), str(damaged), preset="fast", local_model="classical-v1", progress=False,
+                          phi_in_clear=True)
+    assert summary["cleaned"]["unindexed_shards"] == 1 and shard.read_bytes() == before
+    assert "without an index: kept" in format_summary(summary)
+    audit = run_audit(str(damaged))
+    assert [f["shard"] for f in failures(audit, damaged) if f["check"] != "record"] == [f"shards/{shard.name}"]
+
+
+def test_cleanup_keeps_a_live_runs_temporary_files(damaged):
+    archive = Archive(str(damaged), owner="20261203T000000Z-live0001")
+    dead = Archive(str(damaged), owner="20261203T000000Z-dead0002")
+    archive.hold_lease("20261203T000000Z-live0001")  # this process: alive
+    dead.hold_lease("20261203T000000Z-dead0002")
+    lease = damaged / "runs" / "20261203T000000Z-dead0002.live"
+    lease.write_text(json.dumps({**json.loads(lease.read_text()), "pid": 2**22 + 12345}))  # no such process
+    mine = damaged / "shards" / f"{archive.tmp_name()}-in-flight.tar"
+    theirs = damaged / "shards" / f"{dead.tmp_name()}-abandoned.tar"
+    old_style = damaged / "index" / f"{TMP_PREFIX}0123456789ab-x.parquet"
+    for p in (mine, theirs, old_style):
+        p.write_bytes(b"partial")
+    removed = Archive(str(damaged)).clean_uncommitted()
+    assert mine.exists() and not theirs.exists() and not old_style.exists() and removed["temporary"] == 2
+    archive.release_lease("20261203T000000Z-live0001")
+    assert Archive(str(damaged)).clean_uncommitted()["temporary"] == 1 and not mine.exists()
