@@ -314,6 +314,7 @@ def _migrate_adapters(args: argparse.Namespace, settings: dict) -> dict:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from pipelines.runner import format_summary, run_migrate
+    from pipelines.storage import StorageTimeouts
 
     if not args.key_file and args.phi_in_clear:
         print(
@@ -337,6 +338,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         max_pixel_ratio=args.max_pixel_ratio or None,
         max_input_bytes=int(args.max_input_size * 2**30),
         phi_in_clear=args.phi_in_clear,
+        timeouts=StorageTimeouts(connect=min(10.0, args.io_timeout), read=args.io_timeout, retries=args.io_retries),
         **settings,
     )
     print(format_summary(summary))
@@ -483,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default `max` tries both and keeps the smaller record")
     p.add_argument("--keep-codestream", action="store_true")
     p.add_argument("--strict", action="store_true", help="exit 1 if any input was dead-lettered")
+    p.add_argument("--io-timeout", type=_positive, default=60.0, metavar="S",
+                   help="object storage: seconds to wait for an answer (connect: at most 10), per try (default 60)")
+    p.add_argument("--io-retries", type=int, default=3, metavar="N", help="object storage: tries per call (default 3)")
     p.add_argument("--phi-in-clear", action="store_true",
                    help="without --key-file: store the DICOM headers (PHI) in clear, on purpose (refused otherwise)")
     _add_limit_arguments(p)
@@ -555,8 +560,9 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 def _pipeline_error_types() -> tuple[type[BaseException], ...]:
     """Errors of the archive jobs that are the user's to fix (bad archive, bad option values)."""
     from pipelines.archive import ArchiveError
+    from pipelines.storage import StorageUnavailableError
 
-    return (ArchiveError, ValueError)
+    return (ArchiveError, StorageUnavailableError, ValueError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,12 +35,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
 from schemas.tables import AUDIT_SCHEMA_VERSION, DEADLETTER_SCHEMA_VERSION, INDEX_SCHEMA, INDEX_SCHEMA_VERSION
+
+from .storage import open_fs
 
 ARCHIVE_LAYOUT_VERSION = 1
 TMP_PREFIX = ".tmp-"
@@ -82,7 +83,7 @@ class Archive:
     def __init__(self, url: str, *, storage_options: dict | None = None, owner: str | None = None) -> None:
         self.owner = owner  # the run whose temporary files this instance writes (in their names)
         self.url = url.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
+        self.fs, self.root = open_fs(self.url, storage_options)
         self.root = self.root.rstrip("/")
 
     # --- paths -------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from .archive import Archive, Identity
 from .keys import load_keyring
 from .progress import ProgressReporter
 from .sources import ReadLimits, SourceRef, list_sources, read_source
+from .storage import StorageUnavailableError, is_unavailable
 
 # A shard holds at most this many instances / bytes of records (a study may span shards).
 MAX_SHARD_INSTANCES = 512
@@ -203,6 +204,9 @@ class EncodeInstance(beam.DoFn):
             data = read_source(ref, storage_options=cfg.storage_options,
                                limits=ReadLimits(max_bytes=cfg.max_input_bytes))
         except Exception as exc:
+            if is_unavailable(exc):  # the store, not this input: stop the run (a re-run resumes)
+                raise StorageUnavailableError(f"SRC storage did not answer reading an input ({type(exc).__name__})"
+                                              ) from exc
             Metrics.counter(NAMESPACE, "deadlettered").inc()
             yield beam.pvalue.TaggedOutput("dead", _dead_row(ident, ref, "read", exc, cfg.run_id))
             self.progress.tick(0, 0, failed=True)

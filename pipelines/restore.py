@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import apache_beam as beam
-import fsspec
 from apache_beam.metrics import Metrics
 
 from .archive import Archive, ArchiveError, Identity
+from .storage import open_fs
 from .keys import load_keyring
 from .runner import LOCAL_RUNNERS, pipeline_options, quiet_beam_logs, worker_logs_captured
 
@@ -59,7 +59,7 @@ class RestoreShard(beam.DoFn):
         self.codec = medcodec
         self.archive = Archive(self.cfg.archive, storage_options=self.cfg.storage_options)
         self.archive.register_models()  # A-LoRA adapters the records name
-        self.dst_fs, self.dst_root = fsspec.core.url_to_fs(self.cfg.dst, **self.cfg.dst_storage_options)
+        self.dst_fs, self.dst_root = open_fs(self.cfg.dst, self.cfg.dst_storage_options)
         self.keyring = load_keyring(self.cfg.key_file)
         # With the originals (a key, or a keyless archive) the restored file's SOP Instance
         # UID must hash to the row's sop_key: an index row moved to another record is caught.
@@ -203,7 +203,7 @@ def run_restore(
             failed = results.failed | "Failures" >> beam.combiners.ToList()
             _ = restored_n | "Report" >> beam.Map(_write_report, beam.pvalue.AsSingleton(failed), cfg=cfg,
                                                    selected=len(rows), bad_indexes=bad_indexes)
-        fs, root = fsspec.core.url_to_fs(dst, **(dst_storage_options or {}))
+        fs, root = open_fs(dst, dst_storage_options)
         report_path = f"{root.rstrip('/')}/{cfg.report}"
         with fs.open(report_path, "rb") as fh:
             report = json.loads(fh.read())
@@ -219,7 +219,7 @@ def run_restore(
 def _write_report(restored: int, failed: list[dict], *, cfg: RestoreConfig, selected: int, bad_indexes: list) -> None:
     report = {"selected": selected, "restored": restored,
               "failed": sorted(failed, key=lambda f: (f["shard"], f["sop_key"])), "unreadable_indexes": bad_indexes}
-    fs, root = fsspec.core.url_to_fs(cfg.dst, **cfg.dst_storage_options)
+    fs, root = open_fs(cfg.dst, cfg.dst_storage_options)
     fs.makedirs(root, exist_ok=True)
     with fs.open(f"{root.rstrip('/')}/{cfg.report}", "wb") as fh:
         fh.write(json.dumps(report, indent=2).encode())

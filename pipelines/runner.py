@@ -23,6 +23,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from .archive import Archive, ArchiveError
+from .storage import StorageTimeouts, open_fs, storage_errors, with_timeouts
 from .migrate import Migrate, MigrateConfig
 from .progress import ProgressMonitor
 
@@ -97,6 +98,7 @@ def run_migrate(
     max_pixel_ratio: int | None = 10_000,
     max_input_bytes: int = 2 << 30,
     phi_in_clear: bool = False,
+    timeouts: StorageTimeouts = StorageTimeouts(),
 ) -> dict:
     """Run one migrate job to completion; returns the run summary (also in DST/runs/<id>.json).
 
@@ -107,6 +109,10 @@ def run_migrate(
     ``max_input_bytes`` or a .gz / archive member that inflates past its ratio limit
     (pipelines.sources.ReadLimits).
 
+    ``timeouts`` bound every object-storage call (pipelines.storage): a stalled or
+    unreachable SRC or DST ends the run with StorageUnavailableError; what was committed
+    stays, and a re-run resumes. A missing or empty SRC is an ArchiveError.
+
     ``adapters`` ({modality group: SHA-256}, files under DST/models/) codes those
     modalities with A-LoRA adapters (see jobs/adapt.py, ``migrate --adapt N``).
     """
@@ -115,18 +121,22 @@ def run_migrate(
             "no key file: the records would keep every DICOM header (PHI) in clear; pass --key-file (create one"
             " with `medarchive keys new`), or --phi-in-clear to store PHI in clear on purpose")
     quiet_beam_logs()
-    storage_options = storage_options or {}
-    archive = Archive(dst, storage_options=storage_options)
-    archive.fs.invalidate_cache()  # a long-lived process must not plan from stale listings
+    src, dst = _absolute(src), _absolute(dst)  # workers run in other directories
+    storage_options = with_timeouts(storage_options, timeouts)
+    with storage_errors(src, storage_options):
+        _check_source(src, storage_options)
     key = None
     if key_file:
         from .keys import identity_key_from
 
         key = identity_key_from(key_file)
-    archive.open_or_create(key=key, key_mode="keyring")
-    run_id = new_run_id()
-    archive.hold_lease(run_id)  # before cleaning: a second run started now keeps our files
-    with _heartbeat(archive, run_id):
+    with storage_errors(dst, storage_options):
+        archive = Archive(dst, storage_options=storage_options)
+        archive.fs.invalidate_cache()  # a long-lived process must not plan from stale listings
+        archive.open_or_create(key=key, key_mode="keyring")
+        run_id = new_run_id()
+        archive.hold_lease(run_id)  # before cleaning: a second run started now keeps our files
+    with _heartbeat(archive, run_id), storage_errors(dst, storage_options), storage_errors(src, storage_options):
         cleaned = archive.clean_uncommitted()
         index = archive.read_index()
         already = frozenset(zip(index.column("source_key").to_pylist(), index.column("source_sha256").to_pylist()))
@@ -137,6 +147,20 @@ def run_migrate(
             progress=progress, runner=runner, workers=workers, beam_args=beam_args)
     summary["cleaned"] = cleaned
     return summary
+
+
+def _absolute(url: str) -> str:
+    """A local path made absolute (a relative SRC on a worker pool would name nothing)."""
+    return url if "://" in url else os.path.abspath(url)
+
+
+def _check_source(src: str, storage_options: dict) -> None:
+    """A SRC that does not exist or holds nothing is an error, not a run of 0 inputs."""
+    fs, root = open_fs(src, storage_options)
+    if not fs.exists(root):
+        raise ArchiveError(f"SRC {src} does not exist")
+    if not fs.isfile(root) and not fs.ls(root, detail=False):
+        raise ArchiveError(f"SRC {src} holds no files")
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ import zlib
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
-import fsspec
+from .storage import open_fs
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -90,7 +90,7 @@ def list_sources(src: str, *, storage_options: dict | None = None) -> Iterator[S
 
     Yields SourceRef, or (SourceRef, error) for an archive that cannot be listed.
     """
-    fs, root = fsspec.core.url_to_fs(src, **(storage_options or {}))
+    fs, root = open_fs(src, storage_options)
     paths = [root] if fs.isfile(root) else sorted(fs.find(root))
     for path in paths:
         url = fs.unstrip_protocol(path)
@@ -128,7 +128,7 @@ def _archive_members(fs, path: str, kind: str) -> list[str] | None:
 
 def read_source(ref: SourceRef, *, storage_options: dict | None = None, limits: ReadLimits = ReadLimits()) -> bytes:
     """The bytes of one input instance, bounded by ``limits`` (InputTooLargeError)."""
-    fs, path = fsspec.core.url_to_fs(ref.url, **(storage_options or {}))
+    fs, path = open_fs(ref.url, storage_options)
     size = fs.size(path) if ref.member is None else None
     if size is not None:
         limits.check_size(int(size))

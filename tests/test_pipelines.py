@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import time
 import shutil
 import subprocess
 import sys
@@ -593,3 +594,59 @@ def test_cleanup_keeps_a_live_runs_temporary_files(damaged):
     assert mine.exists() and not theirs.exists() and not old_style.exists() and removed["temporary"] == 2
     archive.release_lease("20261203T000000Z-live0001")
     assert Archive(str(damaged)).clean_uncommitted()["temporary"] == 1 and not mine.exists()
+
+
+# --- object storage that does not answer ------------------------------------------------------------
+
+
+@pytest.fixture
+def stalled_endpoint():
+    """A loopback TCP endpoint that accepts connections and never answers (a paused store)."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    server.settimeout(0.2)
+    held, stop = [], threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join(timeout=2)
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def test_a_stalled_store_ends_the_run_with_one_line_in_bounded_time(stalled_endpoint, tmp_path):
+    options = json.dumps({"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": stalled_endpoint}})
+    local_src = tmp_path / "src"
+    local_src.mkdir()
+    (local_src / "ct.dcm").write_bytes(data("CT_small.dcm"))
+    for src, dst in (("s3://export/studies", tmp_path / "dst"), (local_src, "s3://archive/dst")):
+        started = time.perf_counter()
+        proc = run_cli("migrate", src, dst, "--preset", "fast", "--no-progress", "--phi-in-clear",
+                       "--storage-options", options, "--io-timeout", "1", "--io-retries", "2")
+        took = time.perf_counter() - started
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        errors = [line for line in proc.stderr.splitlines() if not line.startswith("warning: --phi-in-clear")]
+        assert len(errors) == 1 and "did not answer" in errors[0]
+        assert stalled_endpoint in proc.stderr and took < 60, (took, proc.stderr)
+
+
+def test_missing_or_empty_src_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for src, words in ((tmp_path / "nowhere", "does not exist"), (tmp_path / "empty", "holds no files")):
+        proc = run_cli("migrate", src, tmp_path / "dst", "--preset", "fast", "--no-progress", "--phi-in-clear")
+        assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "dst").exists()
