@@ -39,7 +39,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
-from schemas.tables import AUDIT_SCHEMA_VERSION, DEADLETTER_SCHEMA_VERSION, INDEX_SCHEMA, INDEX_SCHEMA_VERSION
+from schemas.tables import (
+    AUDIT_SCHEMA_VERSION,
+    DEADLETTER_SCHEMA_VERSION,
+    INDEX_MAC_FIELDS,
+    INDEX_SCHEMA,
+    INDEX_SCHEMA_VERSION,
+)
 
 from .storage import open_fs
 
@@ -62,6 +68,20 @@ class Identity:
     def hash(self, kind: str, value: str | bytes | None) -> str:
         raw = value.encode("utf-8") if isinstance(value, str) else (value or b"")
         return hmac.new(self.key, kind.encode() + b"\0" + raw, hashlib.sha256).hexdigest()[:32]
+
+    def row_mac(self, row: dict) -> str:
+        """The index row's authentication code: binds the record (its SHA-256) to its place
+        (shard, offset, length) and its identity (keyed UIDs, source); a row moved to another
+        record, or edited, no longer verifies. Keyless archives keep their key (the salt) in
+        archive.json, so there it proves only that the index is consistent."""
+        canonical = json.dumps([row[f] for f in INDEX_MAC_FIELDS], separators=(",", ":"))
+        return hmac.new(self.key, b"medarchive/index-row/v1\0" + canonical.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def row_verifies(self, row: dict) -> bool | None:
+        """True / False; None for a row written before index rows carried a MAC."""
+        if not row.get("row_mac"):
+            return None
+        return hmac.compare_digest(row["row_mac"], self.row_mac(row))
 
     @property
     def check(self) -> str:
@@ -337,6 +357,22 @@ class Archive:
         committed = set(self.index_names())
         removed["unindexed_shards"] = sum(1 for shard in self.shard_names() if shard not in committed)
         return removed
+
+
+def archive_identity(manifest: dict, key_file: str | None) -> Identity | None:
+    """The identity key of an archive: its salt (keyless archives), the keyring's identity key
+    (checked against archive.json), or None for a keyring archive when no key file is given."""
+    ident = manifest.get("identity", {})
+    if ident.get("mode") == "archive-salt":
+        return Identity(bytes.fromhex(ident["salt"]))
+    if not key_file:
+        return None
+    from .keys import identity_key_from
+
+    identity = Identity(identity_key_from(key_file))
+    if identity.check != ident.get("check"):
+        raise ArchiveError("the key file does not belong to this archive (identity check differs)")
+    return identity
 
 
 def _lease_alive(lease: dict, now: float) -> bool:

@@ -22,7 +22,7 @@ from apache_beam.metrics import Metrics
 
 from schemas.tables import AUDIT_SCHEMA, table_of
 
-from .archive import Archive, ArchiveError
+from .archive import Archive, ArchiveError, archive_identity
 from .keys import load_keyring
 from .runner import LOCAL_RUNNERS, pipeline_options, quiet_beam_logs, worker_logs_captured
 
@@ -192,9 +192,10 @@ def run_audit(
         raise ValueError(f"--sample must be in (0, 1], got {sample}")
     quiet_beam_logs()
     archive = Archive(archive_url, storage_options=storage_options)
-    archive.read_manifest()
+    manifest = archive.read_manifest()
     table, index_problems = archive.read_index_reporting()
     index = table.to_pylist()
+    identity = archive_identity(manifest, key_file)
     by_shard: dict[str, list[dict]] = {}
     for r in index:
         by_shard.setdefault(r["shard"], []).append(r)
@@ -211,6 +212,11 @@ def run_audit(
     cfg.model_rows.extend(check_models(archive, index, cfg.audit_id))
     cfg.model_rows.extend({"shard": p["file"], "sop_key": None, "check": "index", "status": "fail",
                            "detail": p["reason"], "audit_id": cfg.audit_id} for p in index_problems)
+    verdicts = [identity.row_verifies(r) for r in index] if identity is not None else []
+    cfg.model_rows.extend(
+        {"shard": r["shard"], "sop_key": r["sop_key"], "check": "index", "status": "fail", "audit_id": cfg.audit_id,
+         "detail": "index row fails its authentication code (edited, or moved to another record)"}
+        for r, ok in zip(index, verdicts) if ok is False)
     started = time.time()
     with worker_logs_captured(runner in LOCAL_RUNNERS), beam.Pipeline(
         options=pipeline_options(runner, workers, beam_args)
@@ -235,6 +241,10 @@ def run_audit(
         "sample": sample,
         "shards": len(by_shard),
         "records_indexed": len(index),
+        # index rows checked against their MAC (needs the key of a keyring archive), and rows
+        # written before index rows carried one
+        "rows_authenticated": sum(1 for ok in verdicts if ok is not None),
+        "rows_without_mac": sum(1 for ok in verdicts if ok is None),
         "records_checked": sum(1 for r in rows if r["check"] in ("record", "missing") and r["sop_key"]),
         "checks": len(rows),
         "failures": len(failures),
@@ -252,6 +262,9 @@ def format_audit(summary: dict) -> str:
         f"audit {summary['audit_id']} ({summary['mode']}, sample {summary['sample']:g}): {status}",
         f"  shards {summary['shards']}, records indexed {summary['records_indexed']}, "
         f"checked {summary['records_checked']}, checks {summary['checks']}, failures {summary['failures']}",
+        f"  index rows authenticated {summary.get('rows_authenticated', 0)}"
+        + (f", {summary['rows_without_mac']} written before rows carried a MAC" if summary.get("rows_without_mac") else "")
+        + ("" if summary.get("rows_authenticated") or not summary["records_indexed"] else " (pass --key-file to check them)"),
     ]
     if summary["failures"]:
         lines.append(f"  failures by check: {summary['failures_by_check']}")

@@ -318,6 +318,7 @@ class WriteShards(beam.DoFn):
 
     def setup(self) -> None:
         self.archive = Archive(self.cfg.dst, storage_options=self.cfg.storage_options, owner=self.cfg.run_id)
+        self.identity = _resolve_identity(self.cfg)
 
     def process(self, element: tuple[str, Iterable[dict]]) -> Iterator[dict]:
         study_key, instances = element
@@ -336,6 +337,7 @@ class WriteShards(beam.DoFn):
                     info.size, info.mtime, info.mode = len(inst["record"]), 0, 0o644
                     header = len(info.tobuf(tf.format, tf.encoding, tf.errors))
                     row.update(shard=f"shards/{name}.tar", offset=tf.offset + header, length=info.size)
+                    row["row_mac"] = self.identity.row_mac(row)
                     tf.addfile(info, io.BytesIO(inst["record"]))
                     rows.append(row)
             spool.seek(0)

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from .archive import Archive, ArchiveError, Identity
+from .archive import Archive, ArchiveError, Identity, archive_identity
 from .storage import open_fs
 from .keys import load_keyring
 from .runner import LOCAL_RUNNERS, pipeline_options, quiet_beam_logs, worker_logs_captured
@@ -160,21 +160,16 @@ def run_restore(
     """
     quiet_beam_logs()
     archive = Archive(archive_url, storage_options=storage_options)
-    ident = archive.read_manifest()["identity"]
-    if ident["mode"] == "archive-salt":
-        identity = Identity(bytes.fromhex(ident["salt"]))
-    elif key_file or study or series or sop:
-        from .keys import identity_key_from
-
-        identity = Identity(identity_key_from(key_file))
-        if identity.check != ident.get("check"):
-            raise ValueError("the key file does not belong to this archive")
-    else:
-        identity = None  # everything, de-identified: no UID to hash
+    identity = archive_identity(archive.read_manifest(), key_file)
+    if identity is None and (study or series or sop):
+        raise ArchiveError("selecting by UID in this archive needs its key: pass --key-file")
     index, bad_indexes = archive.read_index_reporting()
     if bad_indexes and fail_fast:
         raise ArchiveError(f"index file {bad_indexes[0]['file']} is unreadable ({bad_indexes[0]['reason']})")
     rows = select_rows(index.to_pylist(), identity, study=study, series=series, sop=sop)
+    # An index row that fails its MAC names a record it does not describe: never restored.
+    forged = [r for r in rows if identity is not None and identity.row_verifies(r) is False]
+    rows = [r for r in rows if not (identity is not None and identity.row_verifies(r) is False)]
     per_sop: dict[str, int] = {}
     for r in rows:
         per_sop[r["sop_key"]] = per_sop.get(r["sop_key"], 0) + 1
@@ -202,7 +197,8 @@ def run_restore(
             restored_n = results.restored | "Count" >> beam.combiners.Count.Globally()
             failed = results.failed | "Failures" >> beam.combiners.ToList()
             _ = restored_n | "Report" >> beam.Map(_write_report, beam.pvalue.AsSingleton(failed), cfg=cfg,
-                                                   selected=len(rows), bad_indexes=bad_indexes)
+                                                   selected=len(rows) + len(forged), bad_indexes=bad_indexes,
+                                                   forged=[_forged(r) for r in forged])
         fs, root = open_fs(dst, dst_storage_options)
         report_path = f"{root.rstrip('/')}/{cfg.report}"
         with fs.open(report_path, "rb") as fh:
@@ -210,15 +206,23 @@ def run_restore(
         if not report["failed"] and not bad_indexes:
             fs.rm(report_path)  # kept only as the record of what failed
     else:
-        report = {"selected": 0, "restored": 0, "failed": [], "unreadable_indexes": bad_indexes}
-    kept = by_shard and (report["failed"] or bad_indexes)
+        report = {"selected": len(forged), "restored": 0, "failed": [_forged(r) for r in forged],
+                  "unreadable_indexes": bad_indexes}
+    kept = bool(by_shard) and bool(report["failed"] or bad_indexes)
     return {**report, "shards": len(by_shard), "wall_seconds": time.time() - started, "dst": dst,
             "deidentified": not originals, "report": cfg.report if kept else None}
 
 
-def _write_report(restored: int, failed: list[dict], *, cfg: RestoreConfig, selected: int, bad_indexes: list) -> None:
+def _forged(row: dict) -> dict:
+    return {"shard": row["shard"], "sop_key": row["sop_key"],
+            "reason": "index row fails its authentication code (edited, or moved to another record)"}
+
+
+def _write_report(restored: int, failed: list[dict], *, cfg: RestoreConfig, selected: int, bad_indexes: list,
+                  forged: list[dict]) -> None:
     report = {"selected": selected, "restored": restored,
-              "failed": sorted(failed, key=lambda f: (f["shard"], f["sop_key"])), "unreadable_indexes": bad_indexes}
+              "failed": sorted(failed + forged, key=lambda f: (f["shard"], f["sop_key"])),
+              "unreadable_indexes": bad_indexes}
     fs, root = open_fs(cfg.dst, cfg.dst_storage_options)
     fs.makedirs(root, exist_ok=True)
     with fs.open(f"{root.rstrip('/')}/{cfg.report}", "wb") as fh:

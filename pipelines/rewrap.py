@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -19,8 +18,8 @@ import apache_beam as beam
 
 from schemas.tables import INDEX_SCHEMA, table_of
 
-from .archive import TMP_PREFIX, Archive
-from .runner import LOCAL_RUNNERS, pipeline_options, quiet_beam_logs, worker_logs_captured
+from .archive import Archive, Identity
+from .runner import LOCAL_RUNNERS, lease_held, new_run_id, pipeline_options, quiet_beam_logs, worker_logs_captured
 
 
 @dataclass(frozen=True)
@@ -28,6 +27,7 @@ class RewrapConfig:
     archive: str
     key_file: str
     storage_options: dict = field(default_factory=dict)
+    run_id: str = ""  # names its temporary files; the run holds a lease while it runs
 
 
 class RewrapShard(beam.DoFn):
@@ -38,7 +38,8 @@ class RewrapShard(beam.DoFn):
         from medcodec.crypto import Keyring
 
         self.keyring = Keyring.load(self.cfg.key_file)
-        self.archive = Archive(self.cfg.archive, storage_options=self.cfg.storage_options)
+        self.archive = Archive(self.cfg.archive, storage_options=self.cfg.storage_options, owner=self.cfg.run_id)
+        self.identity = Identity(self.keyring.uid_key())
 
     def process(self, element: tuple[str, list[dict]]) -> Iterator[int]:
         from medcodec.sealing import rewrap_record
@@ -54,10 +55,11 @@ class RewrapShard(beam.DoFn):
             if len(new) != len(old):
                 raise RuntimeError(f"re-wrapped record changed length in {shard}")
             data[r["offset"] : r["offset"] + r["length"]] = new
-            new_rows.append({**r, "record_sha256": hashlib.sha256(new).hexdigest(),
-                             "key_id": self.keyring.primary_key_id if r["key_id"] else None})
+            row = {**r, "record_sha256": hashlib.sha256(new).hexdigest(),
+                   "key_id": self.keyring.primary_key_id if r["key_id"] else None}
+            new_rows.append({**row, "row_mac": self.identity.row_mac(row)})
         name = shard.rsplit("/", 1)[-1]
-        tmp = archive.path("shards", f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}")
+        tmp = archive.path("shards", f"{archive.tmp_name()}-{name}")
         with archive.fs.open(tmp, "wb") as fh:
             fh.write(bytes(data))
         with archive.fs.open(tmp, "rb") as fh:
@@ -90,8 +92,9 @@ def run_rewrap(
         by_shard.setdefault(r["shard"], []).append(r)
     started = time.time()
     if by_shard:
-        cfg = RewrapConfig(archive_url, key_file, storage_options or {})
-        with worker_logs_captured(runner in LOCAL_RUNNERS), beam.Pipeline(
+        cfg = RewrapConfig(archive_url, key_file, storage_options or {}, run_id=new_run_id())
+        archive.hold_lease(cfg.run_id)  # a migrate started meanwhile keeps our temporary files
+        with lease_held(archive, cfg.run_id), worker_logs_captured(runner in LOCAL_RUNNERS), beam.Pipeline(
             options=pipeline_options(runner, workers, beam_args)
         ) as p:
             _ = (p | beam.Create(sorted(by_shard.items())) | beam.Reshuffle() | beam.ParDo(RewrapShard(cfg)))

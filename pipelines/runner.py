@@ -136,7 +136,7 @@ def run_migrate(
         archive.open_or_create(key=key, key_mode="keyring")
         run_id = new_run_id()
         archive.hold_lease(run_id)  # before cleaning: a second run started now keeps our files
-    with _heartbeat(archive, run_id), storage_errors(dst, storage_options), storage_errors(src, storage_options):
+    with lease_held(archive, run_id), storage_errors(dst, storage_options), storage_errors(src, storage_options):
         cleaned = archive.clean_uncommitted()
         index = archive.read_index()
         already = frozenset(zip(index.column("source_key").to_pylist(), index.column("source_sha256").to_pylist()))
@@ -164,7 +164,7 @@ def _check_source(src: str, storage_options: dict) -> None:
 
 
 @contextlib.contextmanager
-def _heartbeat(archive: Archive, run_id: str):
+def lease_held(archive: Archive, run_id: str):
     """Refresh the run's lease every HEARTBEAT_SECONDS while the block runs; release it after."""
     from .archive import HEARTBEAT_SECONDS
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-INDEX_SCHEMA_VERSION = "2"  # 2: adapter_sha256 (v1 index files read with it null)
+INDEX_SCHEMA_VERSION = "3"  # 2: adapter_sha256; 3: row_mac (older index files read with them null)
 DEADLETTER_SCHEMA_VERSION = "1"
 AUDIT_SCHEMA_VERSION = "1"
 
@@ -51,6 +51,9 @@ INDEX_SCHEMA = pa.schema(
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("encode_seconds", pa.float64()),
         pa.field("read_seconds", pa.float64()),
+        # HMAC-SHA256 (archive identity key) binding the record to its place and identity:
+        # INDEX_MAC_FIELDS below; checked by audit and restore (pipelines.archive.Identity.row_mac)
+        pa.field("row_mac", pa.string()),
     ],
     metadata={b"medarchive.schema": b"index/" + INDEX_SCHEMA_VERSION.encode()},
 )
@@ -68,6 +71,9 @@ DEADLETTER_SCHEMA = pa.schema(
     ],
     metadata={b"medarchive.schema": b"deadletter/" + DEADLETTER_SCHEMA_VERSION.encode()},
 )
+
+INDEX_MAC_FIELDS = ("record_sha256", "shard", "offset", "length", "sop_key", "series_key", "study_key", "patient_key",
+                    "source_key", "source_sha256")
 
 AUDIT_SCHEMA = pa.schema(
     [

@@ -523,24 +523,36 @@ def test_junk_and_copied_index_files_are_named_and_skipped(damaged, tmp_path):
     assert len(list(out.rglob("*.dcm"))) == len(local_rows)  # every record once, the copy not twice
 
 
-def test_restore_refuses_a_record_that_is_not_the_instance_its_row_names(damaged, tmp_path):
-    """Two index rows with their places (shard, offset, length, record SHA-256) swapped pass
-    the fast audit; restore decodes each record and checks its SOP Instance UID against the row."""
+@pytest.mark.parametrize("with_mac", [True, False], ids=["authenticated", "rows-before-macs"])
+def test_swapped_index_rows_are_caught(damaged, tmp_path, with_mac):
+    """Two index rows with their places (shard, offset, length, record SHA-256) swapped: the
+    rows' MACs fail (fast audit and restore); rows written before MACs existed are still caught
+    by restore, which checks each original's SOP Instance UID against its row."""
     import pyarrow as pa
 
     name = sorted((damaged / "index").glob("*.parquet"), key=lambda p: -pq.read_metadata(p).num_rows)[0]
     table = pq.read_table(name)
     rows = table.to_pylist()
-    assert len(rows) >= 2
+    assert len(rows) >= 2 and all(r["row_mac"] for r in rows)
     a, b = rows[0], rows[1]
     for k in ("offset", "length", "record_sha256"):
         a[k], b[k] = b[k], a[k]
+    if not with_mac:
+        for r in rows:
+            r["row_mac"] = None
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), name)
-    assert run_audit(str(damaged))["failures"] == 0  # what the index alone cannot see (authenticated index: later)
-    out = tmp_path / "out"
-    summary = run_restore(str(damaged), str(out))
+    audit = run_audit(str(damaged))
+    found = failures(audit, damaged)
+    if with_mac:
+        assert sorted(f["sop_key"] for f in found) == sorted([a["sop_key"], b["sop_key"]])
+        assert all(f["check"] == "index" and "authentication code" in f["detail"] for f in found)
+    else:
+        assert not found and audit["rows_without_mac"] == len(rows)
+    summary = run_restore(str(damaged), str(tmp_path / "out"))
     assert sorted(f["sop_key"] for f in summary["failed"]) == sorted([a["sop_key"], b["sop_key"]])
-    assert all("not the instance its index row names" in f["reason"] for f in summary["failed"])
+    reason = "authentication code" if with_mac else "not the instance its index row names"
+    assert all(reason in f["reason"] for f in summary["failed"])
+    assert summary["restored"] == summary["selected"] - 2
 
 
 def test_restore_without_a_key_gives_the_deidentified_files(tmp_path):
@@ -650,3 +662,22 @@ def test_missing_or_empty_src_is_an_error(tmp_path):
         proc = run_cli("migrate", src, tmp_path / "dst", "--preset", "fast", "--no-progress", "--phi-in-clear")
         assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "dst").exists()
+
+
+def test_rewrap_after_rotation_keeps_every_index_row_authentic(tmp_path):
+    src, dst, ring = tmp_path / "src", tmp_path / "dst", tmp_path / "ring.json"
+    src.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        (src / name).write_bytes(data(name))
+    assert run_cli("keys", "new", ring).returncode == 0
+    assert run_cli("migrate", src, dst, "--preset", "fast", "--no-progress", "--key-file", ring).returncode == 0
+    assert run_cli("keys", "rotate", ring).returncode == 0
+    proc = run_cli("rewrap", dst, "--key-file", ring)
+    assert proc.returncode == 0, proc.stderr
+    assert not [p for p in dst.rglob("*") if p.name.startswith(TMP_PREFIX) or p.suffix == ".live"]
+    audit = run_audit(str(dst), deep=True, key_file=str(ring))
+    assert audit["failures"] == 0 and audit["rows_authenticated"] == audit["records_indexed"] == 2
+    assert run_audit(str(dst))["rows_authenticated"] == 0  # without the key the rows cannot be checked
+    out = tmp_path / "out"
+    assert run_restore(str(dst), str(out), key_file=str(ring))["restored"] == 2
+    assert {sha(p.read_bytes()) for p in out.rglob("*.dcm")} == {sha(data(n)) for n in ("CT_small.dcm", "MR_small.dcm")}
