@@ -77,6 +77,11 @@ class Identity:
         canonical = json.dumps([row[f] for f in INDEX_MAC_FIELDS], separators=(",", ":"))
         return hmac.new(self.key, b"medarchive/index-row/v1\0" + canonical.encode(), hashlib.sha256).hexdigest()[:32]
 
+    def manifest_mac(self, run_id: str, index_files: list[str]) -> str:
+        """Authentication code of the list of index files a run committed (runs/<id>.json)."""
+        canonical = json.dumps([run_id, sorted(index_files)], separators=(",", ":"))
+        return hmac.new(self.key, b"medarchive/index-manifest/v1\0" + canonical.encode(), hashlib.sha256).hexdigest()[:32]
+
     def row_verifies(self, row: dict) -> bool | None:
         """True / False; None for a row written before index rows carried a MAC."""
         if not row.get("row_mac"):
@@ -191,6 +196,29 @@ class Archive:
             if name.endswith(suffix) and not name.startswith(TMP_PREFIX):
                 names.append(name)
         return sorted(names)
+
+    def committed_index_files(self, identity: Identity | None) -> tuple[set[str], list[dict]]:
+        """(names of every index file that runs say they committed, problems): the union of
+        runs/<id>.json ``index_files``; a run summary whose list fails its MAC is a problem
+        (not trusted). Runs written before these manifests list nothing."""
+        names: set[str] = set()
+        problems = []
+        for rel in sorted(self._list("runs", ".json")):
+            try:
+                with self.fs.open(self.path("runs", rel), "rb") as fh:
+                    run = json.loads(fh.read())
+            except (OSError, ValueError) as exc:
+                problems.append({"file": f"runs/{rel}", "reason": f"unreadable ({type(exc).__name__})"})
+                continue
+            listed = run.get("index_files")
+            if listed is None:
+                continue
+            if identity is not None and not hmac.compare_digest(
+                    str(run.get("index_files_mac", "")), identity.manifest_mac(run.get("run_id", ""), listed)):
+                problems.append({"file": f"runs/{rel}", "reason": "its list of index files fails its authentication code"})
+                continue
+            names.update(listed)
+        return names, problems
 
     def index_names(self) -> list[str]:
         return [n[: -len(".parquet")] for n in self._list("index", ".parquet")]

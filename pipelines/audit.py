@@ -212,6 +212,13 @@ def run_audit(
     cfg.model_rows.extend(check_models(archive, index, cfg.audit_id))
     cfg.model_rows.extend({"shard": p["file"], "sop_key": None, "check": "index", "status": "fail",
                            "detail": p["reason"], "audit_id": cfg.audit_id} for p in index_problems)
+    committed, run_problems = archive.committed_index_files(identity)
+    present = set(archive.index_names())
+    cfg.model_rows.extend({"shard": p["file"], "sop_key": None, "check": "index", "status": "fail",
+                           "detail": p["reason"], "audit_id": cfg.audit_id} for p in run_problems)
+    cfg.model_rows.extend({"shard": f"index/{name}.parquet", "sop_key": None, "check": "index", "status": "fail",
+                           "detail": "committed by a run (runs/*.json) but missing", "audit_id": cfg.audit_id}
+                          for name in sorted(committed - present))
     verdicts = [identity.row_verifies(r) for r in index] if identity is not None else []
     cfg.model_rows.extend(
         {"shard": r["shard"], "sop_key": r["sop_key"], "check": "index", "status": "fail", "audit_id": cfg.audit_id,

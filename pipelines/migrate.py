@@ -416,6 +416,9 @@ class Finalize(beam.DoFn):
             "started": self.started,
             "finished": time.time(),
         }
+        # The index files this run committed, authenticated: audit finds one that went missing.
+        summary["index_files"] = sorted(s["shard"] for s in shards)
+        summary["index_files_mac"] = _resolve_identity(self.cfg).manifest_mac(self.cfg.run_id, summary["index_files"])
         archive.write_atomic(f"runs/{self.cfg.run_id}.json", json.dumps(summary, indent=2, sort_keys=True).encode())
         yield summary
 

@@ -587,7 +587,8 @@ def test_a_lost_index_file_never_costs_its_shard(damaged, tmp_path):
     assert summary["cleaned"]["unindexed_shards"] == 1 and shard.read_bytes() == before
     assert "without an index: kept" in format_summary(summary)
     audit = run_audit(str(damaged))
-    assert [f["shard"] for f in failures(audit, damaged) if f["check"] != "record"] == [f"shards/{shard.name}"]
+    assert sorted(f["shard"] for f in failures(audit, damaged) if f["check"] != "record") == [
+        f"index/{name.name}", f"shards/{shard.name}"]  # the run's manifest misses the index; the shard has none
 
 
 def test_cleanup_keeps_a_live_runs_temporary_files(damaged):
@@ -681,3 +682,18 @@ def test_rewrap_after_rotation_keeps_every_index_row_authentic(tmp_path):
     out = tmp_path / "out"
     assert run_restore(str(dst), str(out), key_file=str(ring))["restored"] == 2
     assert {sha(p.read_bytes()) for p in out.rglob("*.dcm")} == {sha(data(n)) for n in ("CT_small.dcm", "MR_small.dcm")}
+
+
+def test_audit_finds_a_lost_index_file_from_the_runs_manifests(damaged):
+    name = sorted((damaged / "index").glob("*.parquet"))[0]
+    name.unlink()
+    (damaged / "shards" / (name.stem + ".tar")).unlink()  # shard gone too: only the manifest remembers
+    found = failures(run_audit(str(damaged)), damaged)
+    assert [(f["shard"], f["detail"]) for f in found] == [(f"index/{name.name}", "committed by a run (runs/*.json) but missing")]
+    # A run summary whose list was edited is not trusted, and says so.
+    run = sorted((damaged / "runs").glob("*.json"))[0]
+    summary = json.loads(run.read_text())
+    summary["index_files"] = summary["index_files"][1:]
+    run.write_text(json.dumps(summary))
+    details = [f["detail"] for f in failures(run_audit(str(damaged)), damaged)]
+    assert "its list of index files fails its authentication code" in details
