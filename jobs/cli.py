@@ -399,6 +399,19 @@ def _is_archive(target: str) -> bool:
     return fs.isdir(root) and fs.exists(root.rstrip("/") + "/archive.json")
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    from pipelines.repair import run_repair
+
+    summary = run_repair(args.archive, key_file=args.key_file, storage_options=args.storage_options)
+    if summary["rebuilt"]:
+        print(f"archive.json rebuilt for {args.archive}: {summary['evidence']}")
+        for problem in summary["index_problems"]:
+            print(f"warning: {problem['file']}: {problem['reason']}", file=sys.stderr)
+    else:
+        print(f"{args.archive}: {summary['evidence']}")
+    return 0
+
+
 def cmd_rewrap(args: argparse.Namespace) -> int:
     from pipelines.rewrap import run_rewrap
 
@@ -532,6 +545,12 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--sop", metavar="UID")
     runner_options(p)
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("repair", help="rebuild a lost archive.json from what the archive holds (proved with the key)")
+    p.add_argument("archive")
+    p.add_argument("--key-file", help="the archive's keyring (a keyless archive's salt cannot be rebuilt)")
+    p.add_argument("--storage-options", type=json.loads, default=None, help="fsspec options as JSON")
+    p.set_defaults(func=cmd_repair)
 
     p = sub.add_parser("rewrap", help="after `keys rotate`: re-wrap every record's data keys (no pixel re-coding)")
     p.add_argument("archive")

@@ -146,6 +146,9 @@ class Archive:
                 if identity.check != ident.get("check"):
                     raise ArchiveError("the key file does not belong to this archive (identity check differs)")
             return identity
+        if self.index_names() or self.shard_names():
+            raise ArchiveError(f"{self.url} holds shards or index files but no archive.json: it is not created again"
+                               " silently; run `medarchive repair` to rebuild it")
         if key is None:
             salt = secrets.token_bytes(32)
             identity = Identity(salt)
@@ -155,6 +158,11 @@ class Archive:
         else:
             identity = Identity(key)
             ident = {"mode": key_mode, "check": identity.check}
+        self.write_manifest(ident)
+        return identity
+
+    def write_manifest(self, ident: dict) -> None:
+        """Write archive.json with this identity section and the current versions."""
         manifest = {
             "layout_version": ARCHIVE_LAYOUT_VERSION,
             "format_version": schemas.FORMAT_VERSION,
@@ -167,7 +175,6 @@ class Archive:
         }
         self.fs.makedirs(self.root, exist_ok=True)
         self.write_atomic("archive.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
-        return identity
 
     # --- atomic writes -----------------------------------------------------------------
     def write_atomic(self, rel: str, data: bytes) -> None:

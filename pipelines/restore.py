@@ -160,7 +160,15 @@ def run_restore(
     """
     quiet_beam_logs()
     archive = Archive(archive_url, storage_options=storage_options)
-    identity = archive_identity(archive.read_manifest(), key_file)
+    if archive.exists():
+        identity = archive_identity(archive.read_manifest(), key_file)
+    elif study or series or sop:
+        raise ArchiveError("archive.json is missing: selecting by UID needs it (`medarchive repair --key-file`);"
+                           " without a selection every record is restored")
+    else:  # archive.json lost: the rows' MACs still tell whether the key file is the archive's
+        from .keys import identity_key_from
+
+        identity = Identity(identity_key_from(key_file)) if key_file else None
     if identity is None and (study or series or sop):
         raise ArchiveError("selecting by UID in this archive needs its key: pass --key-file")
     index, bad_indexes = archive.read_index_reporting()

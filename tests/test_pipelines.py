@@ -697,3 +697,27 @@ def test_audit_finds_a_lost_index_file_from_the_runs_manifests(damaged):
     run.write_text(json.dumps(summary))
     details = [f["detail"] for f in failures(run_audit(str(damaged)), damaged)]
     assert "its list of index files fails its authentication code" in details
+
+
+def test_a_lost_archive_json_is_rebuilt_with_the_key_never_silently(tmp_path):
+    src, dst, ring, other = tmp_path / "src", tmp_path / "dst", tmp_path / "ring.json", tmp_path / "other.json"
+    src.mkdir()
+    (src / "ct.dcm").write_bytes(data("CT_small.dcm"))
+    for r in (ring, other):
+        assert run_cli("keys", "new", r).returncode == 0
+    assert run_cli("migrate", src, dst, "--preset", "fast", "--no-progress", "--key-file", ring).returncode == 0
+    manifest = json.loads((dst / "archive.json").read_text())
+    (dst / "archive.json").unlink()
+    again = run_cli("migrate", src, dst, "--preset", "fast", "--no-progress", "--key-file", ring)
+    assert again.returncode == 2 and "medarchive repair" in again.stderr and not (dst / "archive.json").exists()
+    restored = run_cli("restore", dst, tmp_path / "out", "--key-file", ring)  # every record, without archive.json
+    assert restored.returncode == 0 and [sha(p.read_bytes()) for p in (tmp_path / "out").rglob("*.dcm")] == [
+        sha(data("CT_small.dcm"))]
+    wrong = run_cli("repair", dst, "--key-file", other)
+    assert wrong.returncode == 2 and "does not belong" in wrong.stderr and not (dst / "archive.json").exists()
+    keyless = run_cli("repair", dst)
+    assert keyless.returncode == 2 and "salt" in keyless.stderr
+    fixed = run_cli("repair", dst, "--key-file", ring)
+    assert fixed.returncode == 0 and "MAC(s) verify" in fixed.stdout
+    assert json.loads((dst / "archive.json").read_text())["identity"] == manifest["identity"]
+    assert run_audit(str(dst), deep=True, key_file=str(ring))["failures"] == 0
