@@ -421,11 +421,22 @@ def _walk_file_meta(data: bytes, pos: int) -> int:
     return pos
 
 
+def _padding_start(data: bytes) -> int:
+    """Where the file's trailing zero bytes begin (len(data) when it ends otherwise). Zeros
+    read as empty (0000,0000) elements, one per 8 bytes: a file padded with megabytes of
+    them must not be walked element by element (it took 18 s for 20 MB)."""
+    return len(data.rstrip(b"\0"))
+
+
 def _walk_top_level(data: bytes, pos: int, *, implicit: bool, little: bool) -> list[_Element]:
-    """Walk the top-level dataset to the end of the file; raise if it ends mid-element."""
+    """Walk the top-level dataset to the end of the file; raise if it ends mid-element.
+    Trailing zero padding (from a zero tag on, nothing but zeros) ends the walk."""
     elements = []
     size = len(data)
+    padding = _padding_start(data)
     while pos < size:
+        if pos >= padding:  # (0000,0000) is no dataset element: the rest is padding
+            break
         tag, vr, length, value_start = _read_header(data, pos, implicit=implicit, little=little)
         if tag >> 16 == 0xFFFE:
             raise InvalidDicomError(
@@ -483,8 +494,18 @@ def _parse(data: bytes, *, keep_codestream: bool, limits: DicomLimits) -> Parsed
     if declared_ts is not None and declared_ts not in NATIVE_SYNTAXES:
         _check_known_syntax(declared_ts)
 
+    # pydicom reads trailing zero padding element by element too: give it the content only,
+    # cut at an element boundary found by our own walk (the restore keeps every byte).
+    content = data
+    if declared_ts is not None and _padding_start(data) < len(data) - 1024:
+        try:
+            walked = _walk_top_level(data, dataset_start, implicit=declared_ts == IMPLICIT_VR_LE,
+                                     little=declared_ts != EXPLICIT_VR_BE)
+            content = data[: walked[-1].value_end] if walked else data
+        except InvalidDicomError:
+            content = data
     ds = _read_dataset(
-        data, preamble=preamble, fallback_ts=declared_ts, dataset_start=dataset_start
+        content, preamble=preamble, fallback_ts=declared_ts, dataset_start=dataset_start
     )
     implicit, little = ds.original_encoding
     if implicit is None:
@@ -1014,6 +1035,12 @@ def _header_dataset(prefix: bytes, suffix: bytes) -> Any:
     """The dataset of ``prefix + <empty encapsulated value> + suffix`` (header only)."""
     import pydicom
 
+    content = suffix[: _padding_start(suffix)]
+    if len(content) < len(suffix) - 1024:  # megabytes of trailing zeros: read without them if that works
+        try:
+            return pydicom.dcmread(io.BytesIO(prefix + _MINIMAL_ENCAPSULATED + content), force=True)
+        except Exception:  # noqa: BLE001 - the cut fell inside an element: read everything
+            pass
     return pydicom.dcmread(io.BytesIO(prefix + _MINIMAL_ENCAPSULATED + suffix), force=True)
 
 
