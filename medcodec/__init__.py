@@ -18,6 +18,7 @@ from .codec import (
     decompress_pixels,
     inspect_record,
 )
+from . import allocator  # ``medcodec.allocator.tune()`` after ``import medcodec`` (importing it tunes nothing)
 from .container import FORMAT_MAJOR, FORMAT_MINOR
 from .dicom import DicomLimits
 from .errors import (

@@ -30,3 +30,10 @@ def test_tune_sets_the_thresholds_once_and_can_be_turned_off():
     assert first == again == {"mmap_threshold": allocator.MMAP, "trim_threshold": allocator.TRIM,
                               "top_pad": allocator.TOP_PAD}
     assert _run("default") == [{}, {}]
+
+
+def test_the_readme_snippet_runs_after_import_medcodec():
+    """`import medcodec; medcodec.allocator.tune()` (README) works, and importing tunes nothing."""
+    code = "import medcodec; assert not medcodec.allocator._done; medcodec.allocator.tune(); print('ok')"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
