@@ -1366,6 +1366,8 @@ def _follows(plane: np.ndarray, prev: np.ndarray, samples: int = 4096) -> bool:
     p = np.asarray(prev, dtype=np.float64).ravel()
     step = max(1, x.size // samples)
     xs, ps = x[1::step], p[1::step]
+    if not xs.size:  # a one-pixel plane has no left neighbour to compare with
+        return False
     left = x[::step][: xs.size]
     fit = np.polyfit(ps, xs, 1) if np.ptp(ps) > 0 else np.array([0.0, xs.mean()])
     return float(np.abs(xs - np.polyval(fit, ps)).mean()) < 0.5 * float(np.abs(xs - left).mean())
