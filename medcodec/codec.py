@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import lzma
+import math
 import struct
 import time
 from collections.abc import Sequence
@@ -14,7 +15,15 @@ import numpy as np
 
 from . import container as ct
 from .dicom import DicomLimits, ParsedDicom, RESTORE_VERBATIM, parse_dicom, rebuild_dicom
-from .errors import CorruptRecordError, MedcodecError, ModelMismatchError, UnsupportedError, record_errors
+from .errors import (
+    CorruptRecordError,
+    MedcodecError,
+    ModelMismatchError,
+    UnsupportedError,
+    described,
+    record_errors,
+    shown,
+)
 from .paths import ClassicalLocalPathCoder, GlobalPathCoder, LocalPathModel, PlaneInfo, TreeGlobalPathCoder
 from .planes import (
     COLOUR_PALETTE_MAX,
@@ -132,7 +141,7 @@ def local_model_for(model_id: str, sha256: str | None = None, adapter_sha256: st
     """
     if model_id == ClassicalLocalPathCoder.model_id:
         if adapter_sha256:
-            raise CorruptRecordError(f"record names an adapter for the classical local model {model_id!r}")
+            raise CorruptRecordError(f"record names an adapter for the classical local model {shown(model_id)}")
         return ClassicalLocalPathCoder()
     if model_id.startswith(TRANSFORMER_PREFIX):
         from .model.coder import TransformerLocalPathCoder  # torch is imported only when needed
@@ -142,9 +151,13 @@ def local_model_for(model_id: str, sha256: str | None = None, adapter_sha256: st
             return TransformerLocalPathCoder(load_adapted(model_id, sha256=sha256, adapter_sha256=adapter_sha256))
         return TransformerLocalPathCoder(load_model(model_id, sha256=sha256))
     raise ModelMismatchError(
-        f"record was coded with local model {model_id!r}; this reader knows {ClassicalLocalPathCoder.model_id!r} "
+        f"record was coded with local model {shown(model_id)}; this reader knows {ClassicalLocalPathCoder.model_id!r} "
         f"and the shipped {TRANSFORMER_PREFIX}* models"
     )
+
+
+def _is_sha256(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def words_digest(words: np.ndarray) -> str:
@@ -154,7 +167,7 @@ def words_digest(words: np.ndarray) -> str:
 
 def _check_preset(preset: str) -> None:
     if preset not in PRESETS:
-        raise UnsupportedError(f"preset {preset!r} unknown; choose one of {', '.join(PRESETS)}")
+        raise UnsupportedError(f"preset {shown(preset)} unknown; choose one of {', '.join(PRESETS)}")
 
 
 def _previous_plane(values: dict, f: int, c: int) -> np.ndarray | None:
@@ -353,23 +366,31 @@ def decode_words(
     ``limits.memory_bytes`` bounds what the record may make the decoder allocate."""
     try:
         if config["codec_id"] != CODEC_ID:
-            raise UnsupportedError(f"pixel codec {config['codec_id']!r} unknown; this reader knows {CODEC_ID!r}")
+            raise UnsupportedError(f"pixel codec {shown(config['codec_id'])} unknown; this reader knows {CODEC_ID!r}")
         global_id = config["global_model"]
         if global_id not in GLOBAL_MODELS:
             raise ModelMismatchError(
-                f"record needs global model {global_id!r}; this reader knows {', '.join(map(repr, GLOBAL_MODELS))}"
+                f"record needs global model {shown(global_id)}; this reader knows {', '.join(map(repr, GLOBAL_MODELS))}"
             )
-        fmt = SampleFormat(**config["format"])
+        fields = config["format"]
+        if not (isinstance(fields, dict) and isinstance(fields.get("signed"), bool) and all(
+                type(fields.get(k)) is int for k in ("bits_allocated", "bits_stored", "high_bit"))):
+            raise CorruptRecordError("pixel config's sample format is not three integers and a flag")
+        fmt = SampleFormat(**fields)
         n_frames, n_samples, rows, cols = (int(x) for x in config["shape"])
         k, preset = int(config["k"]), config["preset"]
         local_id = config["local_model"]
         packed = bool(config.get("palette", False))
         n_colours = int(config.get("colour_palette", 0))
+        hashes = (config.get("local_model_sha256"), config.get("local_adapter_sha256"))
     except (KeyError, TypeError, ValueError) as exc:
-        raise CorruptRecordError(f"pixel config incomplete or malformed: {exc!r}") from None
+        raise CorruptRecordError(f"pixel config incomplete or malformed ({described(exc)})") from None
+    if not isinstance(local_id, str) or not all(h is None or _is_sha256(h) for h in hashes):
+        raise CorruptRecordError("pixel config names its local model, or the model's SHA-256, in the wrong form")
     _check_preset(preset)
     if min(n_frames, n_samples, rows, cols) < 1 or n_frames * n_samples * rows * cols > MAX_DECODE_SAMPLES:
-        raise CorruptRecordError(f"record claims shape {config['shape']}, outside the decodable range")
+        claimed = ", ".join(shown(n) for n in (n_frames, n_samples, rows, cols))
+        raise CorruptRecordError(f"record claims shape [{claimed}], outside the decodable range")
     replace(limits or DicomLimits(), bytes_per_sample=DECODE_BYTES_PER_SAMPLE).check_memory(
         n_frames * n_samples * rows * cols, "a record")
     palette = _unpack_palette(record.one(ct.SECTION_PALETTE).payload, fmt.bits_stored) if packed else None
@@ -379,10 +400,10 @@ def decode_words(
         table = _unpack_colours(record.one(ct.SECTION_COLOURS).payload, n_colours, n_samples, bits)
         bits, n_samples = palette_bits(table[:, 0]), 1
     if not 0 <= k < bits:
-        raise CorruptRecordError(f"record claims k={k} for {bits} coded bits")
+        raise CorruptRecordError(f"record claims k={shown(k)} for {bits} coded bits")
     local_model = local_model_for(local_id, config.get("local_model_sha256"), config.get("local_adapter_sha256"))
     if local_id.startswith(TRANSFORMER_PREFIX) and not config.get("local_model_sha256"):
-        raise CorruptRecordError(f"record names transformer model {local_id!r} without its SHA-256")
+        raise CorruptRecordError(f"record names transformer model {shown(local_id)} without its SHA-256")
     global_streams = record.of_type(ct.SECTION_GLOBAL)
     local_streams = record.of_type(ct.SECTION_LOCAL)
     n_planes = n_frames * n_samples
@@ -450,7 +471,7 @@ def _unpack_palette(payload: bytes, bits: int) -> np.ndarray:
 
 def _unpack_colours(payload: bytes, n: int, samples: int, bits: int) -> np.ndarray:
     if not 1 <= n <= COLOUR_PALETTE_MAX or samples < 2:
-        raise CorruptRecordError(f"record claims a colour table of {n} colours for {samples} samples")
+        raise CorruptRecordError(f"record claims a colour table of {shown(n)} colours for {samples} samples")
     try:
         raw = np.frombuffer(lzma.decompress(payload), dtype="<u2")
     except (lzma.LZMAError, ValueError) as exc:
@@ -461,6 +482,9 @@ def _unpack_colours(payload: bytes, n: int, samples: int, bits: int) -> np.ndarr
 
 
 # --- numpy arrays ----------------------------------------------------------------------
+
+# The dtypes compress_pixels codes, by the name its records carry.
+_ARRAY_DTYPES = {np.dtype(t).str.lstrip("<>|="): np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16)}
 
 
 def _as_frames(array: np.ndarray) -> np.ndarray:
@@ -521,14 +545,20 @@ def decompress_pixels(blob: bytes, *, timings: dict | None = None, limits: Dicom
     record = ct.read_record(blob)
     if record.config.get("kind") != "pixels":
         raise UnsupportedError(
-            f"record holds {record.config.get('kind')!r}, not a pixel array; use decompress_dicom"
+            f"record holds {shown(record.config.get('kind'))}, not a pixel array; use decompress_dicom"
         )
     try:
-        dtype = np.dtype(record.config["array"]["dtype"])
+        dtype = _ARRAY_DTYPES[record.config["array"]["dtype"]]
         shape = tuple(int(x) for x in record.config["array"]["shape"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise CorruptRecordError(f"array description malformed: {exc!r}") from None
+        raise CorruptRecordError(f"array description malformed ({described(exc)})") from None
+    if not 2 <= len(shape) <= 4:
+        raise CorruptRecordError(f"array description has {len(shape)} dimensions; arrays have 2 to 4")
+    if not isinstance(record.config.get("pixels"), dict):
+        raise CorruptRecordError("pixel record has no pixel config")
     words = decode_words(record.config["pixels"], record, timings=timings, limits=limits)
+    if words.dtype.itemsize != dtype.itemsize:
+        raise CorruptRecordError(f"array dtype {dtype} does not fit the record's {8 * words.dtype.itemsize}-bit words")
     frames = words.view(dtype)
     if len(shape) == 2:
         out = frames[0, 0]
@@ -537,7 +567,7 @@ def decompress_pixels(blob: bytes, *, timings: dict | None = None, limits: Dicom
     else:
         out = np.moveaxis(frames, 1, 3)
     if out.shape != shape:
-        raise CorruptRecordError(f"decoded shape {out.shape} differs from recorded {shape}")
+        raise CorruptRecordError(f"decoded shape {out.shape} differs from recorded ({', '.join(map(shown, shape))})")
     return np.ascontiguousarray(out)
 
 
@@ -644,7 +674,7 @@ def decompress_dicom(blob: bytes, *, keyring=None, limits: DicomLimits | None = 
     record = ct.read_record(blob)
     config = record.config
     if config.get("kind") != "dicom":
-        raise UnsupportedError(f"record holds {config.get('kind')!r}, not a DICOM file; use decompress_pixels")
+        raise UnsupportedError(f"record holds {shown(config.get('kind'))}, not a DICOM file; use decompress_pixels")
     mode = config.get("restore_mode")
     words = None
     if mode == RESTORE_VERBATIM:
@@ -653,10 +683,10 @@ def decompress_dicom(blob: bytes, *, keyring=None, limits: DicomLimits | None = 
         try:
             spec = PixelSpec.from_json(config["spec"])
         except (KeyError, TypeError) as exc:
-            raise CorruptRecordError(f"pixel spec malformed: {exc!r}") from None
+            raise CorruptRecordError(f"pixel spec malformed ({described(exc)})") from None
         prefix, suffix, extra = _unpack_header(record.one(ct.SECTION_HEADER).payload)
         if not isinstance(config.get("pixels"), dict):
-            raise CorruptRecordError(f"record in mode {mode!r} has no pixel config")
+            raise CorruptRecordError(f"record in mode {shown(mode)} has no pixel config")
         words = decode_words(config["pixels"], record, limits=limits)
         parsed = ParsedDicom(
             restore_mode=mode,
@@ -675,7 +705,11 @@ def decompress_dicom(blob: bytes, *, keyring=None, limits: DicomLimits | None = 
             raise
         except Exception as exc:  # a rebuild failure is a record problem, never a traceback
             raise CorruptRecordError(f"could not rebuild the DICOM file ({type(exc).__name__})") from None
-    if mode != "pixel-exact" and hashlib.sha256(out).hexdigest() != config["source"]["sha256"]:
+    source = config.get("source")
+    expected = source.get("sha256") if isinstance(source, dict) else None
+    if mode != "pixel-exact" and not _is_sha256(expected):
+        raise CorruptRecordError("record does not give the original's SHA-256 (config 'source')")
+    if mode != "pixel-exact" and hashlib.sha256(out).hexdigest() != expected:
         raise CorruptRecordError("restored file does not match the original SHA-256")
     if keyring is not None and config.get("sealed"):
         from . import sealing
@@ -712,29 +746,35 @@ def inspect_record(blob: bytes) -> dict[str, Any]:
         if key in config:
             out[key] = config[key]
     if pixels:
-        n = int(np.prod(pixels["shape"]))
-        out.update(
-            {
-                "codec_id": pixels["codec_id"],
-                "models": {
-                    "global": pixels["global_model"],
-                    "local": pixels["local_model"],
-                    "local_sha256": pixels.get("local_model_sha256"),
-                    "adapter_sha256": pixels.get("local_adapter_sha256"),
-                },
-                "preset": pixels["preset"],
-                **({"global_planes": _global_plane_models(record, PER_PLANE_MODELS[pixels["global_model"]])}
-                   if pixels["global_model"] in PER_PLANE_MODELS else {}),
+        try:
+            shape = [int(x) for x in pixels["shape"]]
+            per_plane = PER_PLANE_MODELS.get(pixels["global_model"])
+            models = {
+                "global": pixels["global_model"],
+                "local": pixels["local_model"],
+                "local_sha256": pixels.get("local_model_sha256"),
+                "adapter_sha256": pixels.get("local_adapter_sha256"),
+            }
+            described_pixels = {
                 "k": pixels["k"],
                 **({"colour_palette": pixels["colour_palette"]} if "colour_palette" in pixels else {}),
                 "shape": pixels["shape"],
                 "bits_stored": pixels["format"]["bits_stored"],
                 "plane_stats": pixels["plane_stats"],
-                "bps": {
-                    "global": 8 * out["sections"].get("global", 0) / n,
-                    "local": 8 * out["sections"].get("local", 0) / n,
-                    "record": 8 * len(blob) / n,
-                },
             }
-        )
+            head = {"codec_id": pixels["codec_id"], "models": models, "preset": pixels["preset"]}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptRecordError(f"pixel config incomplete or malformed ({described(exc)})") from None
+        if len(shape) != 4 or min(shape) < 1:
+            raise CorruptRecordError("record claims a pixel shape that is not 4 positive sizes")
+        n = math.prod(shape)
+        out.update(head)
+        if per_plane is not None:
+            out["global_planes"] = _global_plane_models(record, per_plane)
+        out.update(described_pixels)
+        out["bps"] = {
+            "global": 8 * out["sections"].get("global", 0) / n,
+            "local": 8 * out["sections"].get("local", 0) / n,
+            "record": 8 * len(blob) / n,
+        }
     return out

@@ -158,6 +158,8 @@ def _read_v1(data: bytes, minor: int, count: int) -> Record:
         config = json.loads(sections[0].payload)
     except ValueError as exc:
         raise CorruptRecordError(f"config section is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise CorruptRecordError(f"config section holds a JSON {type(config).__name__}, not an object")
     return Record(config=config, sections=sections[1:], major=1, minor=minor)
 
 

@@ -463,7 +463,7 @@ class SealedBox:
         except UnicodeDecodeError:
             raise SealedBoxFormatError("sealed box key id is not ASCII") from None
         if not _KEY_ID_RE.match(key_id):
-            raise SealedBoxFormatError(f"sealed box key id {key_id!r} is not 4..64 lowercase hex characters")
+            raise SealedBoxFormatError(f"sealed box key id ({len(key_id)} characters) is not 4..64 lowercase hex characters")
         pos += kid_len
         wrap_nonce = data[pos : pos + NONCE_BYTES]
         pos += NONCE_BYTES

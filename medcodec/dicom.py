@@ -40,6 +40,7 @@ from .errors import (
     LimitExceededError,
     MedcodecError,
     UnsupportedError,
+    shown,
 )
 from .spec import PixelSpec
 
@@ -267,11 +268,11 @@ def rebuild_dicom(parsed: ParsedDicom) -> bytes:
                 f"could not rebuild pixel-exact DICOM ({type(exc).__name__})"
             ) from exc
         raise CorruptRecordError(
-            f"unknown reencode {parsed.reencode!r}; expected"
+            f"unknown reencode {shown(parsed.reencode)}; expected"
             f" {REENCODE_ORIGINAL_SYNTAX!r} or {REENCODE_EXPLICIT_VR_LE!r}"
         )
     raise CorruptRecordError(
-        f"unknown restore mode {mode!r}; expected one of"
+        f"unknown restore mode {shown(mode)}; expected one of"
         f" {RESTORE_BYTE_EXACT!r}, {RESTORE_PIXEL_EXACT!r}, {RESTORE_VERBATIM!r}"
     )
 

@@ -186,16 +186,22 @@ class Decoder:
             raise CorruptRecordError(f"entropy stream length {len(data)} is not a multiple of 4")
         self._coder = stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
 
+    def _decode(self, family, params: np.ndarray) -> np.ndarray:
+        try:
+            return self._coder.decode(family, params).astype(np.int64)
+        except AssertionError:  # constriction's answer to bits no symbol of the model codes
+            raise CorruptRecordError("entropy-coded stream is not valid for its model (damaged or crafted)") from None
+
     def categorical(self, probabilities: np.ndarray) -> np.ndarray:
         if probabilities.shape[0] == 0:
             return np.zeros(0, dtype=np.int64)
-        return self._coder.decode(_FAMILY, np.ascontiguousarray(probabilities)).astype(np.int64)
+        return self._decode(_FAMILY, np.ascontiguousarray(probabilities))
 
     def uniform(self, bits: np.ndarray) -> np.ndarray:
         out = np.zeros(bits.shape, dtype=np.int64)
 
         def piece(positions: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-            return self._coder.decode(_UNIFORM, sizes.astype(np.int32)).astype(np.int64)
+            return self._decode(_UNIFORM, sizes.astype(np.int32))
 
         return _uniform_pieces(out, bits, piece, decode=True)
 

@@ -7,6 +7,7 @@ They never contain pixel data, header values or key material.
 from __future__ import annotations
 
 import functools
+import re
 
 
 class MedcodecError(Exception):
@@ -35,6 +36,33 @@ class UnsupportedVersionError(MedcodecError):
 
 class ModelMismatchError(MedcodecError):
     """A record names a model (id + hash) that is not the one available for decoding."""
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+
+
+def shown(value: object) -> str:
+    """A value read from a record, as an error message may show it.
+
+    Short identifiers (the codec, model, preset, kind and mode names records carry:
+    letters, digits and ``._+-``, at most 64) and numbers are quoted; any other value is
+    described by its type and length only, so a message never carries arbitrary record
+    content, control characters or a whole page of text."""
+    if value is None or isinstance(value, (bool, float)):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if abs(value) < 10**20 else f"(an integer of {len(str(abs(value)))} digits)"
+    if isinstance(value, str):
+        return repr(value) if _IDENTIFIER.fullmatch(value) else f"(a {len(value)}-character string)"
+    return f"(a {type(value).__name__})"
+
+
+def described(exc: BaseException) -> str:
+    """An exception met while reading a record's fields, without its text (which quotes
+    the field's value): its type, and for a KeyError the missing field."""
+    if isinstance(exc, KeyError) and exc.args:
+        return f"missing field {shown(exc.args[0])}"
+    return type(exc).__name__
 
 
 def record_errors(func):

@@ -86,7 +86,13 @@ def _unpack_original(blob: bytes) -> tuple[dict, bytes, bytes, bytes]:
     except (lzma.LZMAError, struct.error) as exc:
         raise CorruptRecordError(f"sealed original section is malformed: {exc}") from None
     at = struct.calcsize("<IQQQ")
-    meta = json.loads(raw[at : at + n_head])
+    try:
+        meta = json.loads(raw[at : at + n_head])
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        meta = None
+    if not isinstance(meta, dict) or not isinstance(meta.get("restore_mode"), str) or not isinstance(
+            meta.get("spec"), (dict, type(None))) or not isinstance(meta.get("sha256"), str):
+        raise CorruptRecordError("sealed original section's description is malformed")
     at += n_head
     return meta, raw[at : at + a], raw[at + a : at + a + b], raw[at + a + b : at + a + b + c]
 
@@ -255,8 +261,21 @@ def _largest_fitting(values: np.ndarray, tiers: list, sizes: dict[str, int], key
     return None, None, "; ".join(reasons)
 
 
+def _sealed(record: ct.Record) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A keyed record's ``sealed`` config and its binding, checked for the fields and types
+    every keyed reader uses."""
+    sealed = record.config.get("sealed")
+    binding = sealed.get("binding") if isinstance(sealed, dict) else None
+    if not (isinstance(binding, dict) and isinstance(sealed.get("stego"), dict)
+            and all(isinstance(binding.get(k), str) for k in ("format_version", "pixel_digest"))
+            and isinstance(binding.get("uids"), dict) and "SOPInstanceUID" in binding["uids"]
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in binding["uids"].items())):
+        raise CorruptRecordError("keyed record's 'sealed' config is malformed (binding, UIDs or stego report)")
+    return sealed, binding
+
+
 def _open(record: ct.Record, keyring: crypto.Keyring, purpose: str) -> bytes:
-    binding = record.config["sealed"]["binding"]
+    _, binding = _sealed(record)
     box = crypto.SealedBox.from_bytes(record.one(SEALED_SECTIONS[purpose]).payload)
     return crypto.open_sealed(keyring, box, associated=_binding_ad(binding, purpose))
 
@@ -268,7 +287,7 @@ def unseal_dicom(record: ct.Record, keyring: crypto.Keyring, *, stego_words: np.
     ``public`` is its verified de-identified file and ``stego_words`` the pixels already
     decoded for it (None for records without pixels), so nothing is decoded twice.
     """
-    binding = record.config["sealed"]["binding"]
+    sealed, binding = _sealed(record)
     meta, prefix, suffix, extra = _unpack_original(_open(record, keyring, PURPOSE_ORIGINAL))
     if meta["restore_mode"] == RESTORE_VERBATIM:
         if binding["pixel_digest"] != "file:" + hashlib.sha256(public).hexdigest():
@@ -280,7 +299,7 @@ def unseal_dicom(record: ct.Record, keyring: crypto.Keyring, *, stego_words: np.
         if stego_words is None:
             raise CorruptRecordError("keyed record has no pixel data to restore from")
         stego_values, outside = words_to_values(stego_words, fmt)
-        report = record.config["sealed"]["stego"]
+        report = sealed["stego"]
         if report.get("embedded"):
             key = keyring.stego_key(binding["uids"]["SOPInstanceUID"].encode())
             displaced = _open(record, keyring, PURPOSE_DISPLACED)
@@ -304,10 +323,9 @@ def unseal_dicom(record: ct.Record, keyring: crypto.Keyring, *, stego_words: np.
 def rewrap_record(blob: bytes, keyring: crypto.Keyring) -> bytes:
     """Re-wrap every sealed section's data key under the keyring's primary; pixels untouched."""
     record = ct.read_record(blob)
-    sealed = record.config.get("sealed")
-    if not sealed:
+    if not record.config.get("sealed"):
         return blob
-    binding = sealed["binding"]
+    _, binding = _sealed(record)
     by_type = {v: k for k, v in SEALED_SECTIONS.items()}
     sections = []
     for s in record.sections:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
-from .errors import UnsupportedError
+from .errors import CorruptRecordError, UnsupportedError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +53,13 @@ class PixelSpec:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> "PixelSpec":
+        """The spec a record carries; CorruptRecordError unless it has this class's fields
+        (those without a default at least), each of its type."""
+        types = {f.name: {"int": int, "str": str, "bool": bool}[f.type] for f in fields(cls)}  # annotations are text
+        required = {f.name for f in fields(cls) if f.default is MISSING}
+        if not isinstance(obj, dict) or not required <= obj.keys() <= types.keys() or not all(
+                type(value) is types[name] for name, value in obj.items()):
+            raise CorruptRecordError("pixel spec malformed: expected integer sizes, string names and a byte-order flag")
         return cls(**obj)
 
     def validate_for_coding(self) -> None:

@@ -5,7 +5,10 @@ content, header value or key material; see tests/test_fuzz.py for the harnesses'
 """
 
 import io
+import json
+import lzma
 import struct
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -13,6 +16,126 @@ import pytest
 from pydicom.data import get_testdata_file
 
 import medcodec
+from medcodec import container as ct
+from medcodec import crypto, sealing
+from medcodec.entropy import Decoder
+
+GOLDEN = Path(__file__).parent / "fixtures" / "golden"
+PLANT = "ZEBRA^FISH Q"  # not an identifier: never to be quoted
+
+
+def _ring():
+    return crypto.Keyring.load(GOLDEN / "test-keyring.json", check_permissions=False)
+
+
+@pytest.fixture(scope="module")
+def pixels_blob():
+    return medcodec.compress_pixels((np.arange(64, dtype=np.uint8) * 3).reshape(8, 8), bits_stored=8, signed=False,
+                                    preset="fast")
+
+
+@pytest.fixture(scope="module")
+def dicom_blob():
+    return medcodec.compress_dicom(Path(get_testdata_file("MR_small.dcm")).read_bytes(), preset="fast")
+
+
+@pytest.fixture(scope="module")
+def keyed_blob():
+    return (GOLDEN / "v1.0_dicom_keyed_CT_small.mdc").read_bytes()
+
+
+def _edited(blob: bytes, edit) -> bytes:
+    """The record with ``edit(config)`` applied, re-serialised with valid checksums."""
+    record = ct.read_record(blob)
+    config = json.loads(json.dumps(record.config))
+    edit(config)
+    return ct.write_record(ct.Record(config=config, sections=record.sections))
+
+
+def _one_line_error(call, *args, planted: str = PLANT, **kwargs) -> medcodec.MedcodecError:
+    with pytest.raises(medcodec.MedcodecError) as info:
+        call(*args, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 500, message
+    assert planted not in message and "\\x" not in message, message
+    return info.value
+
+
+def _set(path, value):
+    def edit(config):
+        node = config
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return edit
+
+
+# --------------------------------------------------------------------------------------
+# fuzz_records: a record's config values were quoted into messages as they were (repr), so a
+# crafted record put any text (control characters, a name) into a user's log line.
+
+
+@pytest.mark.parametrize("path, value, error", [
+    (("pixels", "codec_id"), f"medcodec.{PLANT}", medcodec.UnsupportedError),
+    (("pixels", "global_model"), PLANT, medcodec.ModelMismatchError),
+    (("pixels", "local_model"), "native Implicit VR Little Endian " + PLANT, medcodec.ModelMismatchError),
+    (("pixels", "preset"), "m!\x1e" + PLANT, medcodec.UnsupportedError),
+    (("pixels", "format", PLANT), 1, medcodec.CorruptRecordError),  # SampleFormat's unexpected keyword
+    (("pixels", "format", "bits_allocated"), PLANT, medcodec.CorruptRecordError),
+    (("array", "dtype"), "u\x12" + PLANT, medcodec.CorruptRecordError),
+    (("kind",), "pixels\x00\x02" + PLANT, medcodec.UnsupportedError),
+])
+def test_pixel_record_config_values_are_not_quoted(pixels_blob, path, value, error):
+    crafted = _edited(pixels_blob, _set(path, value))
+    exc = _one_line_error(medcodec.decompress_pixels, crafted)
+    assert isinstance(exc, error), exc
+
+
+@pytest.mark.parametrize("path, value", [
+    (("restore_mode",), "native Implicit VR Little Endian " + PLANT),
+    (("reencode",), PLANT),
+    (("spec", "rows"), PLANT),
+    (("spec", "photometric"), 7),
+    (("kind",), PLANT),
+])
+def test_dicom_record_config_values_are_not_quoted(dicom_blob, path, value):
+    def edit(config):
+        _set(path, value)(config)
+        if path == ("reencode",):  # a pixel-exact record naming an unknown re-encoding
+            config["restore_mode"] = "pixel-exact"
+    _one_line_error(medcodec.decompress_dicom, _edited(dicom_blob, edit))
+
+
+def test_identifier_shaped_values_are_still_named(pixels_blob):
+    """A record from a newer writer still says which model it needs."""
+    crafted = _edited(pixels_blob, _set(("pixels", "global_model"), "per-plane-v77"))
+    with pytest.raises(medcodec.ModelMismatchError, match="'per-plane-v77'"):
+        medcodec.decompress_pixels(crafted)
+
+
+# fuzz_records: a transformer model id was quoted by the model registry ('llm-~ase-v1'), and
+# any id under "llm-" became a path to look for weights at.
+
+
+def test_unknown_transformer_model_id_is_not_quoted_nor_a_path(pixels_blob):
+    crafted = _edited(pixels_blob, _set(("pixels", "local_model"), "llm-~ase-v1 " + PLANT))
+    exc = _one_line_error(medcodec.decompress_pixels, crafted)
+    assert isinstance(exc, medcodec.ModelMismatchError) and "llm-base-v1" in str(exc)
+    from medcodec.model.registry import load_model
+
+    with pytest.raises(medcodec.ModelMismatchError, match="shipped models"):
+        load_model("llm-base-v1/../llm-base-v1")
+
+
+# The same pattern, found by reading the code after the two above: a sealed box's key id
+# that is not hex was quoted (up to 255 characters of the section).
+
+
+def test_sealed_box_key_id_is_not_quoted():
+    box = crypto.SealedBox(key_id="ab" * 8, wrap_nonce=bytes(12), wrapped_key=bytes(48), nonce=bytes(12),
+                           ciphertext=bytes(16)).to_bytes()
+    planted = box.replace(b"ab" * 8, b"ZEBRAFISH^Q12345")
+    _one_line_error(crypto.SealedBox.from_bytes, planted, planted="ZEBRAFISH")
 
 
 # --------------------------------------------------------------------------------------
@@ -37,3 +160,93 @@ def test_one_pixel_two_frame_dicom_compresses():
     ds.save_as(buf, enforce_file_format=True)
     blob = medcodec.compress_dicom(buf.getvalue(), preset="fast")
     assert medcodec.decompress_dicom(blob) == buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------
+# Typed where the bad value enters, not only by a catch-all (the harnesses' strict mode:
+# foreign exceptions that errors.record_errors turned into "record cannot be decoded").
+
+
+def test_entropy_stream_its_model_cannot_produce_is_a_corrupt_record():
+    """constriction answers such bits with an AssertionError (gone under python -O)."""
+    probabilities = np.tile(np.array([[1.0, 0.0]]), (64, 1))  # symbol 1 has no probability
+    decoder = Decoder(b"\xff" * 16)
+    with pytest.raises(medcodec.CorruptRecordError, match="not valid for its model"):
+        decoder.categorical(probabilities)
+
+
+@pytest.mark.parametrize("config_json", [b"[1, 2]", b'"pixels"', b"7"])
+def test_config_that_is_not_a_json_object(config_json):
+    import google_crc32c
+
+    body = struct.pack("<8sHHII", ct.MAGIC, 1, 0, 0, 1) + struct.pack(
+        "<HHIQ", ct.SECTION_CONFIG, ct.FLAG_CRITICAL, google_crc32c.value(config_json), len(config_json)) + config_json
+    blob = body + __import__("hashlib").sha256(body).digest()
+    with pytest.raises(medcodec.CorruptRecordError, match="not an object"):
+        ct.read_record(blob)
+    for reader in (medcodec.decompress_pixels, medcodec.decompress_dicom, medcodec.inspect_record):
+        _one_line_error(reader, blob)
+
+
+@pytest.mark.parametrize("dtype", ["(1,u1", "u1,", "u8", "f2", ["u1"]])  # (1,u1: SyntaxError in numpy
+def test_array_dtype_outside_what_compress_pixels_writes(pixels_blob, dtype):
+    crafted = _edited(pixels_blob, _set(("array", "dtype"), dtype))
+    with pytest.raises(medcodec.CorruptRecordError, match="array description malformed"):
+        medcodec.decompress_pixels(crafted)
+
+
+def test_dicom_record_without_the_original_digest(dicom_blob):
+    for source in (None, {"size": 3}, {"sha256": 5}, "x"):
+        crafted = _edited(dicom_blob, _set(("source",), source))
+        with pytest.raises(medcodec.CorruptRecordError, match="original's SHA-256"):
+            medcodec.decompress_dicom(crafted)
+
+
+@pytest.mark.parametrize("path, value", [
+    (("pixels", "shape"), [1, 1, 0, 8]),  # was ZeroDivisionError
+    (("pixels", "shape"), [1, "x", 8, 8]),
+    (("pixels", "plane_stats"), None),
+])
+def test_inspect_record_checks_the_fields_it_describes(pixels_blob, path, value):
+    def edit(config):
+        _set(path, value)(config)
+        if value is None:
+            del config["pixels"]["plane_stats"]
+    with pytest.raises(medcodec.CorruptRecordError, match="pixel shape|pixel config"):
+        medcodec.inspect_record(_edited(pixels_blob, edit))
+
+
+@pytest.mark.parametrize("edit", [
+    lambda c: c["sealed"].pop("binding"),
+    lambda c: c["sealed"]["binding"].__setitem__("uids", ["x"]),
+    lambda c: c["sealed"]["binding"].__setitem__("pixel_digest", 5),
+    lambda c: c["sealed"].__setitem__("stego", None),
+])
+def test_keyed_record_with_a_malformed_sealed_config(keyed_blob, edit):
+    crafted = _edited(keyed_blob, edit)
+    ring = _ring()
+    with pytest.raises(medcodec.CorruptRecordError, match="'sealed' config is malformed"):
+        medcodec.decompress_dicom(crafted, keyring=ring)
+    with pytest.raises(medcodec.CorruptRecordError, match="'sealed' config is malformed"):
+        sealing.rewrap_record(crafted, ring)
+
+
+def test_sealed_original_with_a_malformed_description(keyed_blob):
+    """What only a key holder can write: the sealed original's JSON description broken."""
+    ring = _ring()
+    record = ct.read_record(keyed_blob)
+    binding = record.config["sealed"]["binding"]
+    ad = sealing._binding_ad(binding, sealing.PURPOSE_ORIGINAL)
+    i = next(j for j, s in enumerate(record.sections) if s.type == ct.SECTION_SEALED_ORIGINAL)
+    raw = lzma.decompress(crypto.open_sealed(ring, crypto.SealedBox.from_bytes(record.sections[i].payload),
+                                             associated=ad))
+    n_head = struct.unpack_from("<I", raw)[0]
+    at = struct.calcsize("<IQQQ")
+    for head in (b"{not json", b'["a list"]', json.dumps({"restore_mode": 1}).encode()):
+        inner = struct.pack("<I", len(head)) + raw[4:at] + head + raw[at + n_head :]
+        box = crypto.seal(ring, lzma.compress(inner), associated=ad).to_bytes()
+        sections = list(record.sections)
+        sections[i] = ct.Section(ct.SECTION_SEALED_ORIGINAL, box, sections[i].flags)
+        crafted = ct.write_record(ct.Record(config=record.config, sections=sections))
+        with pytest.raises(medcodec.CorruptRecordError, match="sealed original section's description"):
+            medcodec.decompress_dicom(crafted, keyring=ring)

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from ..errors import ModelMismatchError
+from ..errors import ModelMismatchError, shown
 from .intnet import IntegerTransformer, build
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
@@ -82,11 +82,12 @@ def load_model(model_id: str, *, sha256: str | None = None, device: str | None =
     with _LOCK:
         model = _CACHE.get((model_id, device))
         if model is None:
-            path = WEIGHTS_DIR / f"{model_id}.safetensors"
-            if not path.is_file():
+            # Only a shipped id names a file: a record's id never becomes a path of its own.
+            if model_id not in shipped_models():
                 raise ModelMismatchError(
-                    f"record was coded with local model {model_id!r}; shipped models: {shipped_models()}"
+                    f"record was coded with local model {shown(model_id)}; shipped models: {shipped_models()}"
                 )
+            path = WEIGHTS_DIR / f"{model_id}.safetensors"
             model = model_from_bytes(model_id, path.read_bytes(), device)
             _CACHE[(model_id, device)] = model
     if sha256 is not None and sha256 != model.sha256:
