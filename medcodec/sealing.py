@@ -159,6 +159,12 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        # pydicom converts element values when first accessed: convert every one now, so a
+        # value it cannot read (an unknown VR, a length that is no multiple of the value
+        # size) fails here rather than inside de-identification.
+        for dataset in (getattr(ds, "file_meta", None), ds):
+            for _ in dataset.iterall() if dataset is not None else ():
+                pass
     except Exception as exc:
         raise SealingError(f"header cannot be read for de-identification: {type(exc).__name__}") from None
     result = deid.deidentify(ds, uid_key=keyring.uid_key())
