@@ -1,0 +1,180 @@
+"""Shared machinery of the fuzz harnesses (tests/fuzz/fuzz_*.py).
+
+Each harness is a standalone atheris (libFuzzer) program: it instruments medcodec and
+pydicom, writes its seeds (made at start from pydicom's test files and the golden
+records, nothing committed) into a temporary corpus directory, caps its address space,
+and then feeds every input to the public readers. A *finding* (see _contract.py: an
+untyped exception, memory that ran out, a message that is not one line or quotes input or
+key material) stops the run with a crash artifact, as do an input that runs longer than
+``-timeout`` seconds (libFuzzer's timeout, 15 s here) and, for the DICOM harness, a
+CorruptRecordError from compress_dicom (the record it just wrote does not decode back).
+
+Flags are libFuzzer's (``-atheris_runs=N``, ``-max_total_time=S``, ``-seed=N``,
+``-timeout=S``, ``-rss_limit_mb=M``, corpus directories as positional arguments; the
+first one receives new inputs), plus ``-medcodec_as_headroom_mb=M`` (address space
+allowed above what the loaded harness uses; default 3072) and ``-medcodec_keep_going=1``
+(a campaign: each distinct finding is printed and its input saved once, the tally kept in
+``<artifact_prefix>findings.txt``, and fuzzing goes on) and ``-medcodec_strict=1`` (also
+report the foreign exceptions that only a catch-all boundary typed, with where they were
+raised) and ``-medcodec_instrument=medcodec`` (coverage from medcodec only: a faster start).
+"""
+
+from __future__ import annotations
+
+import os
+
+# One thread per pool, before numpy / torch start theirs: stable timing, and RLIMIT_AS
+# does not meet thread stacks the harness did not ask for.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import atexit  # noqa: E402
+import hashlib  # noqa: E402
+import importlib  # noqa: E402
+import re  # noqa: E402
+import resource  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import atheris  # noqa: E402
+
+MEMORY_BUDGET = 256 << 20  # DicomLimits(memory_bytes=...) given to every reader
+
+# Coverage comes from these modules' bytecode, instrumented as they are first imported.
+INSTRUMENTED = (
+    "pydicom", "pydicom.encaps", "pydicom.filereader", "pydicom.filewriter", "pydicom.pixels",
+    "pydicom.pixels.decoders", "pydicom.pixels.encoders",
+    "medcodec", "medcodec.codec", "medcodec.container", "medcodec.crypto", "medcodec.deid", "medcodec.dicom",
+    "medcodec.entropy", "medcodec.essential", "medcodec.paths", "medcodec.planes", "medcodec.sealing",
+    "medcodec.stego", "medcodec.wavefront", "medcodec.wavelet",
+)
+# Big tables, no branches: instrumenting them would only slow every start.
+NOT_INSTRUMENTED = ["pydicom._dicom_dict", "pydicom._private_dict", "pydicom._uid_dict", "medcodec.deid_table"]
+# -medcodec_instrument=medcodec: leave pydicom out (3 s less to start, for short passes).
+_PACKAGES = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("-medcodec_instrument=")),
+                 ["medcodec", "pydicom"])
+with atheris.instrument_imports(include=_PACKAGES, exclude=NOT_INSTRUMENTED):
+    for _module in INSTRUMENTED:
+        importlib.import_module(_module)
+
+import medcodec  # noqa: E402  (instrumented above)
+
+from _contract import Finding, signature  # noqa: E402  (after medcodec is instrumented)
+from _contract import check_error as _check_error  # noqa: E402
+
+LIMITS = medcodec.DicomLimits(memory_bytes=MEMORY_BUDGET)
+
+# --------------------------------------------------------------------------------------
+# Checking
+
+_ARTIFACTS = ""
+_KEEP_GOING: dict | None = None  # -medcodec_keep_going=1: signature -> count
+_STRICT = False  # -medcodec_strict=1
+
+
+def check_error(exc: BaseException, data: bytes, what: str) -> None:
+    """_contract.check_error, strict when the run was started with -medcodec_strict=1."""
+    _check_error(exc, data, what, strict=_STRICT)
+
+
+def call(what: str, func, data: bytes, *args, **kwargs):
+    """``func(data, ...)``; its error checked against the contract; its result or None."""
+    try:
+        return func(data, *args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - every exception is judged by check_error
+        try:
+            check_error(exc, data, what)
+        except Finding as finding:
+            report(finding, data)
+        return None
+
+
+def report(finding: Finding, data: bytes) -> None:
+    """Raise ``finding``, or with -medcodec_keep_going=1 record it and carry on."""
+    if _KEEP_GOING is None:
+        raise finding
+    sig = signature(finding)
+    _KEEP_GOING[sig] = _KEEP_GOING.get(sig, 0) + 1
+    if _KEEP_GOING[sig] == 1:
+        path = f"{_ARTIFACTS}finding-{hashlib.sha1(data).hexdigest()}"
+        Path(path).write_bytes(data)
+        print(f"\n=== FINDING {len(_KEEP_GOING)}: {sig}\n    input: {path}", file=sys.stderr)
+        traceback.print_exception(finding, limit=-6, file=sys.stderr)
+    # libFuzzer ends a -max_total_time run without Python's atexit: keep the tally on disk.
+    lines = [f"{n:6d} x {sig}" for sig, n in sorted(_KEEP_GOING.items())]
+    Path(f"{_ARTIFACTS}findings.txt").write_text("\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------------------
+# Running
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    for arg in argv:
+        if arg.startswith(f"-{name}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _cap_address_space(headroom_mb: int) -> None:
+    """RLIMIT_AS = what the loaded harness maps now + headroom: an allocation the memory
+    budget should have refused raises MemoryError, which check_error reports."""
+    with open("/proc/self/status") as fh:
+        vm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
+    limit = vm + (headroom_mb << 20)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+
+def _remove_stale_dirs() -> None:
+    """Scratch directories of earlier runs that ended without atexit (-max_total_time)."""
+    for path in Path(tempfile.gettempdir()).glob("medcodec-fuzz-*-*-*-*"):
+        pid = path.name.split("-")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(path, True)
+
+
+def run(name: str, test_one_input, seeds: dict[str, bytes], *, custom_mutator=None, argv=None) -> None:
+    """Start libFuzzer on ``test_one_input`` with ``seeds`` (never returns)."""
+    argv = list(sys.argv if argv is None else argv)
+    global _KEEP_GOING, _ARTIFACTS, _STRICT
+    _STRICT = _option(argv, "medcodec_strict") == "1"
+    headroom = int(_option(argv, "medcodec_as_headroom_mb") or 3072)
+    if _option(argv, "medcodec_keep_going") == "1":
+        _KEEP_GOING = {}
+    argv = [a for a in argv if not a.startswith("-medcodec_")]
+    flags = [a for a in argv[1:] if a.startswith("-")]
+    corpora = [a for a in argv[1:] if not a.startswith("-")]
+    _remove_stale_dirs()
+    replay = bool(corpora) and all(os.path.isfile(c) for c in corpora)  # libFuzzer runs those inputs once
+    if not replay:
+        seed_dir = tempfile.mkdtemp(prefix=f"medcodec-fuzz-{os.getpid()}-{name}-seeds-")
+        atexit.register(shutil.rmtree, seed_dir, True)
+        for i, (label, blob) in enumerate(sorted(seeds.items())):
+            Path(seed_dir, f"{i:03d}-{re.sub(r'[^A-Za-z0-9._-]', '_', label)}").write_bytes(blob)
+        if not corpora:  # new inputs go to the first corpus directory: a scratch one by default
+            work = tempfile.mkdtemp(prefix=f"medcodec-fuzz-{os.getpid()}-{name}-corpus-")
+            atexit.register(shutil.rmtree, work, True)
+            corpora = [work]
+        corpora.append(seed_dir)
+    defaults = {
+        "timeout": "15",
+        "rss_limit_mb": "4096",
+        "max_len": str(max(len(b) for b in seeds.values()) + 4096),
+        "artifact_prefix": os.path.join(tempfile.gettempdir(), "medcodec-fuzz-findings",
+                                        time.strftime(f"{name}-%Y%m%d-%H%M%S-")),
+        "print_final_stats": "1",
+    }
+    for key, value in defaults.items():
+        if _option(flags, key) is None:
+            flags.append(f"-{key}={value}")
+    _ARTIFACTS = _option(flags, "artifact_prefix")
+    os.makedirs(os.path.dirname(os.path.abspath(_ARTIFACTS)), exist_ok=True)
+    print(f"[{name}] {len(seeds)} seeds; artifacts: {_option(flags, 'artifact_prefix')}*", file=sys.stderr)
+    _cap_address_space(headroom)
+    atheris.Setup([argv[0], *flags, *corpora], test_one_input, custom_mutator=custom_mutator)
+    atheris.Fuzz()

@@ -1,0 +1,122 @@
+"""The fuzz harnesses of tests/fuzz/ as a short, bounded pass, and the contract they check.
+
+Each harness (DICOM parse / compress, record decode with the in-checksum mutator, reveal
+of a stego DICOM) runs in its own process for a fixed number of inputs and a fixed libFuzzer
+seed, starting from its seeds; any finding (an untyped exception, memory that ran out, a
+message that is not one line or quotes input, an input over the 15 s timeout) fails it.
+Longer campaigns: run the harnesses themselves (see tests/fuzz/_common.py).
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import medcodec
+from medcodec import container as ct
+
+FUZZ = Path(__file__).parent / "fuzz"
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(FUZZ))
+from _contract import Finding, check_error, quoted_input  # noqa: E402
+
+# Inputs per harness: its seeds (30 DICOM files, 39 records, 8 stego files), then mutants.
+RUNS = {"fuzz_dicom.py": 200, "fuzz_records.py": 500, "fuzz_reveal.py": 300}
+
+
+@pytest.mark.parametrize("harness", sorted(RUNS))
+def test_short_fuzz_pass_finds_nothing(harness, tmp_path):
+    pytest.importorskip("atheris", reason="atheris (test extra, requirements.lock) runs the harnesses")
+    runs = RUNS[harness]
+    (tmp_path / "corpus").mkdir()
+    proc = subprocess.run(
+        [sys.executable, str(FUZZ / harness), f"-atheris_runs={runs}", "-seed=1", "-medcodec_instrument=medcodec",
+         f"-artifact_prefix={tmp_path}/", str(tmp_path / "corpus")],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    tail = "\n".join(line for line in proc.stderr.splitlines() if not line.startswith(("#", "INFO:")))[-6000:]
+    assert proc.returncode == 0, tail
+    assert re.search(rf"^Done {runs} in \d+ second", proc.stderr, re.M), tail
+    assert not list(tmp_path.glob("crash-*")) and not list(tmp_path.glob("timeout-*")), tail
+    assert list((tmp_path / "corpus").iterdir()), "the pass found no new coverage at all: is it fuzzing?"
+
+
+# --------------------------------------------------------------------------------------
+# The contract the harnesses check: it must catch what it is there to catch.
+
+DATA = b"\x89MDC header SMITH^JOHN 1.2.840.10008.1.2.1 lots of other bytes"
+
+
+def _raised(exc: BaseException, *, cause: BaseException | None = None) -> BaseException:
+    try:
+        try:
+            raise cause or ValueError("inner")
+        except BaseException:
+            raise exc from (cause if cause is not None else None)
+    except BaseException as caught:  # noqa: BLE001 - the test builds exceptions to judge
+        return caught
+
+
+def test_contract_accepts_a_typed_one_line_error():
+    check_error(medcodec.CorruptRecordError("section 3 (global) fails its CRC32C"), DATA, "t")
+    # numbers and UIDs may coincide with input; medcodec's own words may too
+    check_error(medcodec.UnsupportedError("unknown transfer syntax UID '1.2.840.10008.1.2.1'"), DATA, "t")
+
+
+@pytest.mark.parametrize("exc", [
+    ValueError("boom"),  # untyped
+    medcodec.InvalidDicomError("patient SMITH^JOHN is not allowed"),  # quotes a header value
+    medcodec.CorruptRecordError("bad bytes b'\\x00\\x01'"),  # a bytes repr
+    medcodec.CorruptRecordError("first line\nsecond line"),  # not one line
+    medcodec.CorruptRecordError("x" * 600),  # not short
+])
+def test_contract_refuses(exc):
+    with pytest.raises(Finding):
+        check_error(exc, DATA, "t")
+
+
+def test_contract_refuses_an_error_caused_by_memory_running_out():
+    exc = _raised(medcodec.LimitExceededError("out of memory decoding this record"), cause=MemoryError())
+    with pytest.raises(Finding, match="out of memory"):
+        check_error(exc, DATA, "t")
+
+
+def test_contract_allows_config_identifiers_only():
+    blob = medcodec.compress_pixels(__import__("numpy").zeros((4, 4), "uint8"), bits_stored=8, signed=False)
+    record = ct.read_record(blob)
+    record.config["pixels"]["global_model"] = "per-plane-v77"
+    crafted = ct.write_record(record)
+    check_error(medcodec.ModelMismatchError("record needs global model 'per-plane-v77'"), crafted, "t")
+    record.config["pixels"]["global_model"] = "SMITH^JOHN went here"
+    crafted = ct.write_record(record)
+    assert quoted_input("record needs global model 'SMITH^JOHN went here'", crafted)
+    with pytest.raises(Finding):
+        check_error(medcodec.ModelMismatchError("record needs global model 'SMITH^JOHN went here'"), crafted, "t")
+
+
+def test_strict_contract_reports_what_only_a_catch_all_typed():
+    exc = _raised(medcodec.CorruptRecordError("record cannot be decoded: KeyError in decompress_dicom (damaged"
+                                              " or crafted record)"), cause=KeyError("x"))
+    check_error(exc, DATA, "t")
+    with pytest.raises(Finding, match="only a catch-all typed this KeyError"):
+        check_error(exc, DATA, "t", strict=True)
+
+
+def test_seeds_cover_the_syntaxes_and_readers():
+    """DICOM seeds: native LE / BE / implicit, JPEG-LS, JPEG 2000, RLE, deflated, headerless;
+    record seeds: pixels and DICOM, plain and keyed, every restore mode."""
+    import pydicom
+    from _seeds import DICOM_SEED_FILES, KEYED_SOURCES, RECORD_SOURCES, dicom_file, golden_records
+
+    syntaxes = set()
+    for name in DICOM_SEED_FILES:
+        ds = pydicom.dcmread(__import__("io").BytesIO(dicom_file(name)), force=True, stop_before_pixels=True)
+        meta = getattr(ds, "file_meta", None)
+        syntaxes.add(str(meta.get("TransferSyntaxUID", "none")) if meta is not None else "none")
+    assert {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99",
+            "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.5", "none"} <= syntaxes
+    assert set(RECORD_SOURCES) | set(KEYED_SOURCES) <= set(DICOM_SEED_FILES)
+    kinds = {ct.read_record(blob).config["kind"] for blob in golden_records().values()}
+    assert kinds == {"pixels", "dicom"}
