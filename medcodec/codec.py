@@ -437,10 +437,7 @@ def decode_words(
             raise CorruptRecordError("decoded a palette index beyond the palette")
         values = unpack_values(values, palette)
     if config.get("outside") == "lzma":
-        try:
-            raw = lzma.decompress(record.one(ct.SECTION_OUTSIDE).payload)
-        except lzma.LZMAError as exc:
-            raise CorruptRecordError(f"outside-bits section does not decompress: {exc}") from None
+        raw = _inflate(record.one(ct.SECTION_OUTSIDE).payload, values.size * fmt.word_dtype.itemsize, "outside-bits")
         outside = np.frombuffer(raw, dtype=fmt.word_dtype)
         if outside.size != values.size:
             raise CorruptRecordError("outside-bits section has the wrong size")
@@ -453,6 +450,37 @@ def decode_words(
     return words
 
 
+# What the lzma decoder may use: records are written with presets up to 9 (a 64 MiB
+# dictionary, 65 MiB to decode); a crafted stream header can ask for 1.5 GiB.
+_LZMA_MEMLIMIT = 128 << 20
+
+
+def _inflate(payload: bytes, limit: int, what: str) -> bytes:
+    """``lzma.decompress(payload)`` (concatenated streams too), refused as soon as it would
+    exceed ``limit`` bytes, the most the section can hold: a few kB of lzma must not make
+    the reader allocate gigabytes."""
+    out: list[bytes] = []
+    size = 0
+    while True:
+        decompressor = lzma.LZMADecompressor(memlimit=_LZMA_MEMLIMIT)
+        try:
+            chunk = decompressor.decompress(payload, max_length=limit - size + 1)
+        except lzma.LZMAError as exc:
+            if out:  # trailing bytes that are not a stream: ignored, as lzma.decompress does
+                break
+            raise CorruptRecordError(f"{what} section does not decompress: {exc}") from None
+        size += len(chunk)
+        if size > limit:
+            raise CorruptRecordError(f"{what} section inflates past the {limit} bytes it can hold")
+        out.append(chunk)
+        if not decompressor.eof:
+            raise CorruptRecordError(f"{what} section does not decompress: its lzma stream is cut short")
+        payload = decompressor.unused_data
+        if not payload:
+            return b"".join(out)
+    return b"".join(out)
+
+
 def _pack_palette(palette: np.ndarray) -> bytes:
     deltas = np.diff(palette, prepend=0).astype("<u4")
     return lzma.compress(deltas.tobytes())
@@ -460,8 +488,8 @@ def _pack_palette(palette: np.ndarray) -> bytes:
 
 def _unpack_palette(payload: bytes, bits: int) -> np.ndarray:
     try:
-        deltas = np.frombuffer(lzma.decompress(payload), dtype="<u4").astype(np.int64)
-    except (lzma.LZMAError, ValueError) as exc:
+        deltas = np.frombuffer(_inflate(payload, 4 << bits, "palette"), dtype="<u4").astype(np.int64)
+    except ValueError as exc:
         raise CorruptRecordError(f"palette section does not decompress: {exc}") from None
     palette = np.cumsum(deltas)
     if palette.size == 0 or palette[-1] >= (1 << bits) or (palette.size > 1 and (np.diff(palette) <= 0).any()):
@@ -473,8 +501,8 @@ def _unpack_colours(payload: bytes, n: int, samples: int, bits: int) -> np.ndarr
     if not 1 <= n <= COLOUR_PALETTE_MAX or samples < 2:
         raise CorruptRecordError(f"record claims a colour table of {shown(n)} colours for {samples} samples")
     try:
-        raw = np.frombuffer(lzma.decompress(payload), dtype="<u2")
-    except (lzma.LZMAError, ValueError) as exc:
+        raw = np.frombuffer(_inflate(payload, 2 * n * samples, "colour table"), dtype="<u2")
+    except ValueError as exc:
         raise CorruptRecordError(f"colour table section does not decompress: {exc}") from None
     if raw.size != n * samples or (raw.size and int(raw.max()) >= (1 << bits)):
         raise CorruptRecordError("colour table section does not hold the claimed colours")
@@ -581,11 +609,13 @@ def _pack_header(parsed: ParsedDicom) -> bytes:
     return lzma.compress(raw + parsed.prefix + parsed.suffix + parsed.extra, preset=9 | lzma.PRESET_EXTREME)
 
 
-def _unpack_header(payload: bytes) -> tuple[bytes, bytes, bytes]:
+def _unpack_header(payload: bytes, source_size: int) -> tuple[bytes, bytes, bytes]:
+    """The header section's prefix, suffix and extra bytes: together never more than the
+    source file they came from (``source_size``)."""
+    raw = _inflate(payload, _HEADER_LENGTHS.size + source_size, "header")
     try:
-        raw = lzma.decompress(payload)
         a, b, c = _HEADER_LENGTHS.unpack_from(raw, 0)
-    except (lzma.LZMAError, struct.error) as exc:
+    except struct.error as exc:
         raise CorruptRecordError(f"header section does not decompress: {exc}") from None
     at = _HEADER_LENGTHS.size
     if at + a + b + c != len(raw):
@@ -684,7 +714,11 @@ def decompress_dicom(blob: bytes, *, keyring=None, limits: DicomLimits | None = 
             spec = PixelSpec.from_json(config["spec"])
         except (KeyError, TypeError) as exc:
             raise CorruptRecordError(f"pixel spec malformed ({described(exc)})") from None
-        prefix, suffix, extra = _unpack_header(record.one(ct.SECTION_HEADER).payload)
+        source = config.get("source")
+        size = source.get("size") if isinstance(source, dict) else None
+        if type(size) is not int or size < 1:
+            raise CorruptRecordError("record does not give the original's size (config 'source')")
+        prefix, suffix, extra = _unpack_header(record.one(ct.SECTION_HEADER).payload, size)
         if not isinstance(config.get("pixels"), dict):
             raise CorruptRecordError(f"record in mode {shown(mode)} has no pixel config")
         words = decode_words(config["pixels"], record, limits=limits)

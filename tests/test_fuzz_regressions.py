@@ -8,6 +8,7 @@ import io
 import json
 import lzma
 import struct
+import time
 import warnings
 from pathlib import Path
 
@@ -197,6 +198,56 @@ def test_one_pixel_two_frame_dicom_compresses():
 
 
 # --------------------------------------------------------------------------------------
+# fuzz_records (the long campaign): lzma sections were inflated without a bound. The
+# campaign's own mutator ran out of address space inflating a mutant's section (a stream
+# libFuzzer had copied over and over); the readers did the same: a few hundred kB of
+# concatenated xz streams made decompress_* allocate gigabytes (MemoryError, or the memory
+# itself). Each section is now refused as soon as it inflates past what it can hold.
+
+
+@pytest.fixture(scope="module")
+def lzma_bomb():
+    """2 GiB of zeros in 317 kB: 32 concatenated xz streams of 64 MiB each."""
+    return lzma.compress(bytes(64 << 20), preset=0) * 32
+
+
+def _with_section(blob: bytes, section_type: int, payload: bytes) -> bytes:
+    record = ct.read_record(blob)
+    sections = [ct.Section(s.type, payload if s.type == section_type else s.payload, s.flags) for s in record.sections]
+    assert any(s.type == section_type for s in record.sections)
+    return ct.write_record(ct.Record(config=record.config, sections=sections))
+
+
+def _outside_record() -> bytes:
+    array = np.random.default_rng(0).integers(0, 4096, (16, 16), dtype=np.uint16)
+    array[::3, ::5] |= 0x8000  # bits above BitsStored: an outside-bits section
+    return medcodec.compress_pixels(array, bits_stored=12, signed=False, preset="fast")
+
+
+@pytest.mark.parametrize("source, section_type, reader", [
+    (lambda: medcodec.compress_dicom(Path(get_testdata_file("MR_small.dcm")).read_bytes(), preset="fast"),
+     ct.SECTION_HEADER, medcodec.decompress_dicom),
+    (lambda: (GOLDEN / "v1.0_dicom_sparse_palette.mdc").read_bytes(), ct.SECTION_PALETTE, medcodec.decompress_dicom),
+    (lambda: (GOLDEN / "v1.0_pixels_us_rgb_colour_table.mdc").read_bytes(), ct.SECTION_COLOURS,
+     medcodec.decompress_pixels),
+    (_outside_record, ct.SECTION_OUTSIDE, medcodec.decompress_pixels),
+], ids=["header", "palette", "colours", "outside"])
+def test_lzma_bomb_in_a_section_is_refused_before_it_inflates(lzma_bomb, source, section_type, reader):
+    crafted = _with_section(source(), section_type, lzma_bomb)
+    started = time.perf_counter()
+    with pytest.raises(medcodec.CorruptRecordError, match=r"inflates past the \d+ bytes it can hold"):
+        reader(crafted)
+    assert time.perf_counter() - started < 3  # inflating 2 GiB alone takes longer
+
+
+def test_lzma_stream_asking_for_a_huge_dictionary_is_refused(dicom_blob):
+    """An xz header may ask the decoder for a 1.5 GiB dictionary; records need 65 MiB."""
+    greedy = lzma.compress(b"x" * 64, filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 1536 << 20}])
+    with pytest.raises(medcodec.CorruptRecordError, match="header section does not decompress"):
+        medcodec.decompress_dicom(_with_section(dicom_blob, ct.SECTION_HEADER, greedy))
+
+
+# --------------------------------------------------------------------------------------
 # Typed where the bad value enters, not only by a catch-all (the harnesses' strict mode:
 # foreign exceptions that errors.record_errors turned into "record cannot be decoded").
 
@@ -229,11 +280,18 @@ def test_array_dtype_outside_what_compress_pixels_writes(pixels_blob, dtype):
         medcodec.decompress_pixels(crafted)
 
 
-def test_dicom_record_without_the_original_digest(dicom_blob):
+def test_dicom_record_without_the_original_size_or_digest(dicom_blob):
+    verbatim = medcodec.compress_dicom(Path(get_testdata_file("rtplan.dcm")).read_bytes(), preset="fast")
+    assert ct.read_record(verbatim).config["restore_mode"] == "verbatim"
     for source in (None, {"size": 3}, {"sha256": 5}, "x"):
-        crafted = _edited(dicom_blob, _set(("source",), source))
         with pytest.raises(medcodec.CorruptRecordError, match="original's SHA-256"):
-            medcodec.decompress_dicom(crafted)
+            medcodec.decompress_dicom(_edited(verbatim, _set(("source",), source)))
+    # A coded record's header section is bounded by the original's size: it must be given.
+    for source in (None, {"sha256": "0" * 64}, {"size": "9830"}, {"size": 0}):
+        with pytest.raises(medcodec.CorruptRecordError, match="original's size"):
+            medcodec.decompress_dicom(_edited(dicom_blob, _set(("source",), source)))
+    with pytest.raises(medcodec.CorruptRecordError, match="header section inflates past the 27 bytes"):
+        medcodec.decompress_dicom(_edited(dicom_blob, _set(("source", "size"), 3)))
 
 
 @pytest.mark.parametrize("path, value", [
