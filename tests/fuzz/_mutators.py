@@ -36,6 +36,17 @@ INTERESTING_INTS = (0, 1, 2, 3, 4, 7, 8, 9, 12, 15, 16, 17, 24, 31, 32, 33, 63, 
                     -1, -2, -(2**31), -(2**63), 10**30)
 
 
+def _inflated(payload: bytes, limit: int = 16 << 20) -> bytes | None:
+    """The lzma content of a payload, or None (not lzma, or more than ``limit`` bytes: a
+    mutant may hold an lzma bomb, which the readers must refuse and the mutator skip)."""
+    decompressor = lzma.LZMADecompressor(memlimit=128 << 20)
+    try:
+        out = decompressor.decompress(payload, max_length=limit + 1)
+    except lzma.LZMAError:
+        return None
+    return out if decompressor.eof and len(out) <= limit else None
+
+
 def _bounded(out: bytes, data: bytes, max_size: int) -> bytes:
     return out if len(out) <= max_size else atheris.Mutate(data, max_size)
 
@@ -185,11 +196,8 @@ class RecordMutator:
             if resealed is not None:
                 return resealed
         if r < 0.45:
-            try:
-                inner = lzma.decompress(payload)
-            except lzma.LZMAError:
-                pass
-            else:
+            inner = _inflated(payload)
+            if inner is not None:
                 return lzma.compress(self._mutate_inner(inner, rng), preset=0)
         if r < 0.55:
             return payload[: rng.randrange(len(payload) + 1)]
@@ -224,9 +232,8 @@ class RecordMutator:
             plain = crypto.open_sealed(self.keyring, crypto.SealedBox.from_bytes(payload), associated=ad)
         except Exception:  # noqa: BLE001 - not sealable as is: mutate the bytes instead
             return None
-        try:
-            inner = lzma.decompress(plain)
-        except lzma.LZMAError:
+        inner = _inflated(plain)
+        if inner is None:
             plain = self._mutate_inner(plain, rng)
         else:
             if stype == ct.SECTION_SEALED_ORIGINAL and len(inner) >= 28 and rng.random() < 0.5:
