@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 
 from . import container as ct
-from .dicom import DicomLimits, ParsedDicom, RESTORE_VERBATIM, parse_dicom, rebuild_dicom
+from .dicom import DicomLimits, ParsedDicom, RESTORE_VERBATIM, default_memory_budget, parse_dicom, rebuild_dicom
 from .errors import (
     CorruptRecordError,
+    LimitExceededError,
     MedcodecError,
     ModelMismatchError,
     UnsupportedError,
@@ -383,7 +384,7 @@ def decode_words(
         packed = bool(config.get("palette", False))
         n_colours = int(config.get("colour_palette", 0))
         hashes = (config.get("local_model_sha256"), config.get("local_adapter_sha256"))
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise CorruptRecordError(f"pixel config incomplete or malformed ({described(exc)})") from None
     if not isinstance(local_id, str) or not all(h is None or _is_sha256(h) for h in hashes):
         raise CorruptRecordError("pixel config names its local model, or the model's SHA-256, in the wrong form")
@@ -578,7 +579,7 @@ def decompress_pixels(blob: bytes, *, timings: dict | None = None, limits: Dicom
     try:
         dtype = _ARRAY_DTYPES[record.config["array"]["dtype"]]
         shape = tuple(int(x) for x in record.config["array"]["shape"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise CorruptRecordError(f"array description malformed ({described(exc)})") from None
     if not 2 <= len(shape) <= 4:
         raise CorruptRecordError(f"array description has {len(shape)} dimensions; arrays have 2 to 4")
@@ -718,6 +719,12 @@ def decompress_dicom(blob: bytes, *, keyring=None, limits: DicomLimits | None = 
         size = source.get("size") if isinstance(source, dict) else None
         if type(size) is not int or size < 1:
             raise CorruptRecordError("record does not give the original's size (config 'source')")
+        budget = (limits or DicomLimits()).memory_bytes
+        budget = default_memory_budget() if budget is None else budget
+        if size > budget:  # the header section may inflate to that size: bounded before it does
+            raise LimitExceededError(
+                f"record claims an original of {shown(size)} bytes, over the memory budget of"
+                f" {budget / 2**30:.1f} GiB (raise it with --memory-budget)")
         prefix, suffix, extra = _unpack_header(record.one(ct.SECTION_HEADER).payload, size)
         if not isinstance(config.get("pixels"), dict):
             raise CorruptRecordError(f"record in mode {shown(mode)} has no pixel config")
@@ -797,7 +804,7 @@ def inspect_record(blob: bytes) -> dict[str, Any]:
                 "plane_stats": pixels["plane_stats"],
             }
             head = {"codec_id": pixels["codec_id"], "models": models, "preset": pixels["preset"]}
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise CorruptRecordError(f"pixel config incomplete or malformed ({described(exc)})") from None
         if len(shape) != 4 or min(shape) < 1:
             raise CorruptRecordError("record claims a pixel shape that is not 4 positive sizes")

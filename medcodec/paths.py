@@ -104,6 +104,8 @@ class IntReader:
             z |= (b & 0x7F) << shift
             shift += 7
             if not b & 0x80:
+                if z >> 64:  # writers put 64-bit integers: anything wider is damage (and no int64)
+                    raise CorruptRecordError("varint in side information exceeds 64 bits")
                 return (z >> 1) ^ -(z & 1)
             if shift > 70:
                 raise CorruptRecordError("bad varint in side information")

@@ -280,6 +280,41 @@ def test_array_dtype_outside_what_compress_pixels_writes(pixels_blob, dtype):
         medcodec.decompress_pixels(crafted)
 
 
+@pytest.mark.parametrize("path, value", [
+    (("pixels", "shape"), [1, 1, float("inf"), 8]),  # int(inf): OverflowError
+    (("pixels", "k"), float("-inf")),
+    (("array", "shape"), [float("inf"), 8]),
+])
+def test_infinite_numbers_in_a_config(pixels_blob, path, value):
+    crafted = _edited(pixels_blob, _set(path, value))
+    with pytest.raises(medcodec.CorruptRecordError, match="malformed \\(OverflowError\\)"):
+        medcodec.decompress_pixels(crafted)
+    if path == ("pixels", "shape"):  # inspect_record describes k as it is; it computes with the shape
+        with pytest.raises(medcodec.CorruptRecordError, match="malformed \\(OverflowError\\)"):
+            medcodec.inspect_record(crafted)
+
+
+def test_side_information_integers_are_64_bit():
+    """A context tree's threshold (ctxtree.Tree.read) went into an int64 array: a 70-bit
+    varint raised OverflowError there."""
+    from medcodec.paths import IntReader, IntWriter
+
+    writer = IntWriter()
+    for value in (0, -1, (1 << 63) - 1, -(1 << 63)):
+        writer.put(value)
+    reader = IntReader(bytes(writer.buf))
+    assert [reader.get() for _ in range(4)] == [0, -1, (1 << 63) - 1, -(1 << 63)]
+    with pytest.raises(medcodec.CorruptRecordError, match="exceeds 64 bits"):
+        IntReader(b"\xff" * 9 + b"\x7f").get()
+
+
+def test_original_size_over_the_memory_budget_is_refused_before_inflating(dicom_blob):
+    """The header section may inflate up to the original's size, which the config gives."""
+    crafted = _edited(dicom_blob, _set(("source", "size"), 1 << 40))
+    with pytest.raises(medcodec.LimitExceededError, match="original of 1099511627776 bytes, over the memory budget"):
+        medcodec.decompress_dicom(crafted, limits=medcodec.DicomLimits(memory_bytes=256 << 20))
+
+
 def test_dicom_record_without_the_original_size_or_digest(dicom_blob):
     verbatim = medcodec.compress_dicom(Path(get_testdata_file("rtplan.dcm")).read_bytes(), preset="fast")
     assert ct.read_record(verbatim).config["restore_mode"] == "verbatim"
