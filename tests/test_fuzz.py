@@ -23,7 +23,7 @@ sys.path.insert(0, str(FUZZ))
 from _contract import Finding, check_error, quoted_input  # noqa: E402
 
 # Inputs per harness: its seeds (30 DICOM files, 39 records, 8 stego files), then mutants.
-RUNS = {"fuzz_dicom.py": 200, "fuzz_records.py": 500, "fuzz_reveal.py": 300}
+RUNS = {"fuzz_dicom.py": 160, "fuzz_records.py": 400, "fuzz_reveal.py": 200}
 
 
 @pytest.mark.parametrize("harness", sorted(RUNS))
