@@ -25,7 +25,8 @@ from .errors import (
     record_errors,
     shown,
 )
-from .paths import ClassicalLocalPathCoder, GlobalPathCoder, LocalPathModel, PlaneInfo, TreeGlobalPathCoder
+from .coders import coder_for, registered
+from .paths import ClassicalLocalPathCoder, LocalPathModel, PlaneInfo
 from .planes import (
     COLOUR_PALETTE_MAX,
     SampleFormat,
@@ -44,15 +45,7 @@ from .planes import (
     words_to_values,
 )
 from .spec import PixelSpec
-from .wavefront import (
-    FastPerPlaneGlobalPathCoder,
-    FastPerPlaneV2GlobalPathCoder,
-    PerPlaneGlobalPathCoder,
-    PerPlaneV4GlobalPathCoder,
-    PerPlaneV5GlobalPathCoder,
-    PerPlaneV6GlobalPathCoder,
-    RasterGlobalPathCoder,
-)
+from .wavefront import PerPlaneV6GlobalPathCoder
 
 CODEC_ID = "medcodec.dualpath"
 # Global-path models a reader knows, by the id records carry. v2 (learned context trees,
@@ -78,32 +71,11 @@ CODEC_ID = "medcodec.dualpath"
 # linear predictors the encoder fits per plane over 23 causal neighbours, the weighted
 # prediction and its errors (held-out MR2_J2KR raster path 569,596 -> 520,804 bytes,
 # 693_J2KR 83,138 -> 78,946).
-GLOBAL_MODELS = {
-    c.model_id: c
-    for c in (
-        GlobalPathCoder,
-        TreeGlobalPathCoder,
-        RasterGlobalPathCoder,
-        PerPlaneGlobalPathCoder,
-        PerPlaneV4GlobalPathCoder,
-        PerPlaneV5GlobalPathCoder,
-        PerPlaneV6GlobalPathCoder,
-        FastPerPlaneGlobalPathCoder,
-        FastPerPlaneV2GlobalPathCoder,
-    )
-}
-PRESET_GLOBAL_MODEL = {"max": PerPlaneV6GlobalPathCoder.model_id, "fast": FastPerPlaneV2GlobalPathCoder.model_id}
-PER_PLANE_MODELS = {
-    c.model_id: c
-    for c in (
-        PerPlaneGlobalPathCoder,
-        PerPlaneV4GlobalPathCoder,
-        PerPlaneV5GlobalPathCoder,
-        PerPlaneV6GlobalPathCoder,
-        FastPerPlaneGlobalPathCoder,
-        FastPerPlaneV2GlobalPathCoder,
-    )
-}
+# Every global model a record's config may name (medcodec.coders holds the registry).
+GLOBAL_MODELS = registered(record_level=True)
+PRESET_GLOBAL_MODEL = {"max": PerPlaneV6GlobalPathCoder.model_id, "fast": "per-plane-fast-v3"}
+# The record-level models that choose a candidate per plane (streams start with its index).
+PER_PLANE_MODELS = {k: v for k, v in GLOBAL_MODELS.items() if hasattr(v, "CANDIDATES")}
 PRESETS = ("max", "fast")
 # Decoding refuses records that claim more samples than this (a crafted record must not
 # make the reader allocate unbounded memory).
@@ -307,12 +279,14 @@ def _encode_with(
         bits = palette_bits(table[:, 0])
     n_coded = values.shape[1]
     middle = values[n_frames // 2, 0]
-    if getattr(local_model, "max_k", None) is None:
+    global_id = PRESET_GLOBAL_MODEL[preset]
+    global_coder = coder_for(global_id)
+    if getattr(global_coder, "codes_all_planes", False):
+        k, plane_stats = 0, {}  # the global path models the noise floor itself
+    elif getattr(local_model, "max_k", None) is None:
         k, plane_stats = choose_k(middle, bits)
     else:
         k, plane_stats = choose_k_transformer(middle, bits, max_k=local_model.max_k)
-    global_id = PRESET_GLOBAL_MODEL[preset]
-    global_coder = GLOBAL_MODELS[global_id]()
     planes: dict[tuple[int, int], np.ndarray] = {}
     for f in range(n_frames):
         for c in range(n_coded):
@@ -412,7 +386,7 @@ def decode_words(
         raise CorruptRecordError(
             f"record holds {len(global_streams)} global / {len(local_streams)} local streams for {n_planes} planes"
         )
-    global_coder = GLOBAL_MODELS[global_id]()
+    global_coder = coder_for(global_id)
     values = np.empty((n_frames, n_samples, rows, cols), dtype=np.int64)  # n_samples: coded planes
     info = PlaneInfo(rows=rows, cols=cols, bits=bits - k, k=k, preset=preset)
     t = time.perf_counter()

@@ -21,6 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .coders import register
 from . import ctxtree, hierarchy
 from .entropy import AdaptiveTables, Decoder, Encoder, RowModel, geometric_prior
 from .errors import CorruptRecordError
@@ -426,6 +427,7 @@ def _features(values: np.ndarray, p: hierarchy.Pass, prev: np.ndarray | None, fa
 # --- global path -----------------------------------------------------------------------
 
 
+@register(record_level=True)
 class GlobalPathCoder:
     """Exact adaptive context model for the global modality (v1: fixed contexts)."""
 
@@ -476,6 +478,7 @@ class GlobalPathCoder:
             emap[p.pos] = np.abs(flat[p.pos] - pred)
 
 
+@register(record_level=True)
 class TreeGlobalPathCoder:
     """v2 global path: the v1 predictors, finer residual tokens, and learned context trees.
 

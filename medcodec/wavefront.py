@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .coders import register
 from . import ctxtree
 from .entropy import CHUNK, AdaptiveTables, BitReader, Decoder, Encoder, PieceDecoder, pack_bits
 from .errors import CorruptRecordError
@@ -327,6 +328,7 @@ class Wavefront:
         return out
 
 
+@register(record_level=True)
 class RasterGlobalPathCoder:
     """Global path coded in raster-causal order with the weighted predictor (see module doc)."""
 
@@ -444,6 +446,7 @@ def _leaf_medians(residual: np.ndarray, ctx: np.ndarray, leaves: int) -> np.ndar
     return np.where(counts > 0, mid, 0).astype(np.int64)
 
 
+@register
 class RasterV2GlobalPathCoder(RasterGlobalPathCoder):
     """``raster-wp-v1`` with a predictor and an offset chosen per context leaf.
 
@@ -790,6 +793,7 @@ def _table_prediction(wf: Wavefront, table, pos, r, c, nb, pred, pred8, leaf, ma
     return np.minimum(np.maximum(out + offset[leaf], 0), maxv)
 
 
+@register
 class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
     """``raster-wp-v2`` whose leaves may also pick one of a few fitted linear predictors.
 
@@ -907,6 +911,7 @@ class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
         return models
 
 
+@register
 class RasterDifferenceGlobalPathCoder:
     """The raster path on ``plane - prev``: for a plane coded after a nearly equal one.
 
@@ -954,6 +959,7 @@ class RasterDifferenceGlobalPathCoder:
 TEXTURE_MIN_PIXELS = 1 << 17
 
 
+@register
 class RasterLSGlobalPathCoder:
     """`fast`'s raster path: a fitted linear predictor over six causal neighbours.
 
@@ -1121,6 +1127,7 @@ class RasterLSGlobalPathCoder:
         return wf.value[: info.rows * info.cols].reshape(info.rows, info.cols)
 
 
+@register(record_level=True)
 class PerPlaneGlobalPathCoder:
     """Global path that codes each plane with whichever of ``CANDIDATES`` gives fewer bytes.
 
@@ -1249,6 +1256,7 @@ def wavelet_probe(plane: np.ndarray) -> float:
     return zero_w - float((lap == 0).mean())
 
 
+@register(record_level=True)
 class PerPlaneV4GlobalPathCoder(PerPlaneGlobalPathCoder):
     """``per-plane-v3``'s candidates plus the 5/3 wavelet path (``medcodec.wavelet``), for
     planes that were once lossy JPEG 2000 images (held-out 693_UNCI.dcm: 0.632 -> 0.065
@@ -1264,6 +1272,7 @@ class PerPlaneV4GlobalPathCoder(PerPlaneGlobalPathCoder):
         return super()._applies(coder, plane, prev)
 
 
+@register
 class InterlacedDifferenceGlobalPathCoder(RasterDifferenceGlobalPathCoder):
     """``interlaced-ls-v1`` (the `fast` global path) on ``plane - prev``, as above."""
 
@@ -1271,6 +1280,7 @@ class InterlacedDifferenceGlobalPathCoder(RasterDifferenceGlobalPathCoder):
     BASE = GlobalPathCoder
 
 
+@register
 class RasterDifferenceV2GlobalPathCoder(RasterDifferenceGlobalPathCoder):
     """``raster-wp-v2`` on ``plane - prev`` (see ``RasterDifferenceGlobalPathCoder``)."""
 
@@ -1278,6 +1288,7 @@ class RasterDifferenceV2GlobalPathCoder(RasterDifferenceGlobalPathCoder):
     BASE = RasterV2GlobalPathCoder
 
 
+@register(record_level=True)
 class PerPlaneV5GlobalPathCoder(PerPlaneV4GlobalPathCoder):
     """``per-plane-v4`` with the raster coders replaced by ``raster-wp-v2`` (a predictor
     and an offset per context leaf). v4 records keep decoding with v4."""
@@ -1286,6 +1297,7 @@ class PerPlaneV5GlobalPathCoder(PerPlaneV4GlobalPathCoder):
     CANDIDATES = (TreeGlobalPathCoder, RasterV2GlobalPathCoder, RasterDifferenceV2GlobalPathCoder, WaveletGlobalPathCoder)
 
 
+@register
 class RasterDifferenceV3GlobalPathCoder(RasterDifferenceGlobalPathCoder):
     """``raster-wp-v3`` on ``plane - prev`` (see ``RasterDifferenceGlobalPathCoder``)."""
 
@@ -1293,6 +1305,7 @@ class RasterDifferenceV3GlobalPathCoder(RasterDifferenceGlobalPathCoder):
     BASE = RasterV3GlobalPathCoder
 
 
+@register(record_level=True)
 class PerPlaneV6GlobalPathCoder(PerPlaneV4GlobalPathCoder):
     """``per-plane-v5`` with the raster coders replaced by ``raster-wp-v3`` (leaves may
     pick fitted predictors over a wider neighbourhood). v5 records keep decoding with v5."""
@@ -1301,6 +1314,7 @@ class PerPlaneV6GlobalPathCoder(PerPlaneV4GlobalPathCoder):
     CANDIDATES = (TreeGlobalPathCoder, RasterV3GlobalPathCoder, RasterDifferenceV3GlobalPathCoder, WaveletGlobalPathCoder)
 
 
+@register(record_level=True)
 class FastPerPlaneGlobalPathCoder(PerPlaneGlobalPathCoder):
     """`fast`'s global path: ``interlaced-ls-v1``, its difference form, or the wavelet
     path (its low band by ``interlaced-ls-v1``), one per plane by the tests above."""
@@ -1333,6 +1347,7 @@ class FastPerPlaneGlobalPathCoder(PerPlaneGlobalPathCoder):
 RASTER_LS_MAX_PIXELS = 1 << 21
 
 
+@register(record_level=True)
 class FastPerPlaneV2GlobalPathCoder(FastPerPlaneGlobalPathCoder):
     """`fast`'s global path since v2: ``per-plane-fast-v1`` with ``raster-ls-v1`` in place
     of ``interlaced-ls-v1`` for planes that are neither near copies of the previous plane

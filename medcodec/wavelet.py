@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .coders import register
 from .entropy import AdaptiveTables, Decoder, Encoder
 from .errors import CorruptRecordError
 from .paths import (
@@ -270,6 +271,7 @@ def _context_decode(data: bytes, shape: tuple[int, int], scale: int, parent) -> 
 # --- the coder --------------------------------------------------------------------------------
 
 
+@register
 class WaveletGlobalPathCoder:
     """Global path coded as 5/3 wavelet subbands (see module doc). No previous plane."""
 

@@ -829,14 +829,6 @@ def test_corrupt_raster_ls_streams_fail_cleanly():
     _flipped_bytes_fail_cleanly(RasterLSGlobalPathCoder(), data, info, 8, 10)
 
 
-def test_fast_records_use_per_plane_fast_v2():
-    a, bits = _real_plane("CT_small.dcm")
-    blob = medcodec.compress_pixels(a.astype(np.uint16), bits_stored=bits, signed=False, preset="fast")
-    info = medcodec.inspect_record(blob)
-    assert info["models"]["global"] == "per-plane-fast-v2" and info["global_planes"] == {"raster-ls-v1": 1}
-    assert np.array_equal(medcodec.decompress_pixels(blob), a)
-
-
 def test_fast_v2_keeps_the_interlaced_path_for_very_large_planes(monkeypatch):
     from medcodec import wavefront
     from medcodec.wavefront import FastPerPlaneV2GlobalPathCoder as Fast

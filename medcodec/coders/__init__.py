@@ -1,0 +1,151 @@
+"""The global-path coder registry: every coder a record may name, by its stable id.
+
+A global-path coder turns one plane of non-negative integers (the global modality,
+``values >> k``) into bytes and back::
+
+    class MyCoder:
+        model_id = "my-coder-v1"          # stable: never changes meaning once records exist
+        def encode(self, plane, info, prev=None) -> bytes: ...
+        def decode(self, data, info, prev=None) -> np.ndarray: ...
+
+``info`` is a :class:`medcodec.paths.PlaneInfo`; ``prev`` is the previous plane of the
+same image (the previous sample of a pixel, or the same sample of the previous frame)
+or None. Decorate the class with :func:`register`; ``record_level=True`` when a
+record's config may name it as its ``global_model`` (the others are candidates of a
+per-plane selector, named inside its streams).
+
+A per-plane selector (:class:`PlaneSelector`) is data: an id, its candidates' ids (a
+stream's first varint is the index of the one that coded it) and the rule that picks
+one. Adding a coder means one module here (or beside the older ones), one section of
+schemas/FORMAT.md and one golden record (tests/fixtures/make_golden.py).
+
+Ids are never reused: a coder whose stream changes gets a new id, and the old one
+stays registered to decode what was written with it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+from ..errors import CorruptRecordError, ModelMismatchError
+
+
+class GlobalCoder(Protocol):
+    """What a global-path coder provides (see the module docstring)."""
+
+    model_id: str
+
+    def encode(self, plane: np.ndarray, info, prev: np.ndarray | None = None) -> bytes: ...
+
+    def decode(self, data: bytes, info, prev: np.ndarray | None = None) -> np.ndarray: ...
+
+
+_REGISTRY: dict[str, object] = {}
+_RECORD_LEVEL: set[str] = set()
+# Modules whose import registers coders (the older ones live beside the path code).
+_MODULES = (
+    "medcodec.paths",
+    "medcodec.wavefront",
+    "medcodec.wavelet",
+    "medcodec.coders.raster_wpc",
+)
+
+
+def register(cls=None, *, record_level: bool = False):
+    """Class decorator: add a coder (or a :class:`PlaneSelector` instance) to the registry."""
+
+    def add(entry):
+        model_id = entry.model_id
+        known = _REGISTRY.get(model_id)
+        if known is not None and known is not entry:
+            raise ValueError(f"global coder id {model_id!r} is already registered to {known!r}")
+        _REGISTRY[model_id] = entry
+        if record_level:
+            _RECORD_LEVEL.add(model_id)
+        return entry
+
+    return add if cls is None else add(cls)
+
+
+def _load() -> None:
+    for name in _MODULES:
+        importlib.import_module(name)
+
+
+def registered(*, record_level: bool | None = None) -> dict[str, object]:
+    """Every registered coder by id (only the record-level ones, or only the others)."""
+    _load()
+    return {
+        k: v for k, v in _REGISTRY.items() if record_level is None or (k in _RECORD_LEVEL) == record_level
+    }
+
+
+def coder_for(model_id: str) -> GlobalCoder:
+    """A coder instance for ``model_id``; ModelMismatchError if this reader does not know it."""
+    _load()
+    entry = _REGISTRY.get(model_id)
+    if entry is None:
+        raise ModelMismatchError(f"global coder {model_id!r} is unknown; this reader knows {', '.join(sorted(_REGISTRY))}")
+    return entry() if isinstance(entry, type) else entry
+
+
+@dataclass(frozen=True)
+class PlaneSelector:
+    """A global path that codes each plane with one of ``candidates`` (coder ids).
+
+    ``choose(plane, prev) -> indices`` names the candidates worth coding the plane with
+    (the smallest stream wins; one index means no trial coding); None tries them all. A stream is the
+    candidate's index (one varint) and that candidate's stream. ``codes_all_planes``:
+    the candidates model the noise floor themselves, so the record keeps no local planes
+    (k = 0).
+    """
+
+    model_id: str
+    candidates: tuple[str, ...]
+    choose: Callable[[np.ndarray, np.ndarray | None], tuple[int, ...]] | None = None
+    codes_all_planes: bool = False
+
+    @property
+    def CANDIDATES(self) -> tuple:  # noqa: N802 - the name the per-plane classes use
+        _load()
+        return tuple(_REGISTRY[c] for c in self.candidates)
+
+    def encode(self, plane: np.ndarray, info, prev: np.ndarray | None = None) -> bytes:
+        from ..paths import IntWriter
+
+        if self.choose is not None:
+            order = self.choose(plane, prev)
+        else:
+            order = range(len(self.candidates))
+        best = None
+        for i in order:
+            head = IntWriter()
+            head.put(i)
+            data = bytes(head.buf) + coder_for(self.candidates[i]).encode(plane, info, prev)
+            if best is None or len(data) < len(best):
+                best = data
+        return best
+
+    def _choice(self, data: bytes) -> tuple[str, int]:
+        from ..paths import IntReader
+
+        reader = IntReader(data)
+        i = reader.get()
+        if not 0 <= i < len(self.candidates):
+            raise CorruptRecordError(f"global stream names candidate {i} (0..{len(self.candidates) - 1})")
+        return self.candidates[i], reader.at
+
+    def decode(self, data: bytes, info, prev: np.ndarray | None = None) -> np.ndarray:
+        model_id, at = self._choice(data)
+        return coder_for(model_id).decode(data[at:], info, prev)
+
+    def chosen_model(self, data: bytes) -> str:
+        """The id of the candidate that coded this stream."""
+        return self._choice(data)[0]
+
+
+__all__ = ["GlobalCoder", "PlaneSelector", "coder_for", "register", "registered"]

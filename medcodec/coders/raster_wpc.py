@@ -1,0 +1,115 @@
+"""``raster-wpc-v1``: the compiled raster coder, and ``per-plane-fast-v3``, `fast`'s global path.
+
+The per-pixel model and the range coder are in :mod:`medcodec.coders.wpkernel`. A
+stream is one version byte (1), one flags byte (bit 0: the previous plane was used as
+a predictor) and the range coder's bytes (its first byte, always 0, left out). The
+stream needs nothing from the record's preset: what it was coded with, it says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from ..errors import CorruptRecordError
+from . import PlaneSelector, register
+from .wpkernel import code_plane
+
+STREAM_VERSION = 1
+_FLAG_PREV = 1
+_NO_PLANE = np.zeros((1, 1), dtype=np.int64)
+
+
+def _check_range(plane: np.ndarray, maxv: int) -> None:
+    if plane.size and (int(plane.min()) < 0 or int(plane.max()) > maxv):
+        raise ValueError(f"plane values must lie in 0..{maxv}")
+
+
+@register
+class RasterWPCGlobalPathCoder:
+    """Weighted predictor + bias cancellation + context-modelled binary range coding,
+    one compiled raster pass per plane (``wpkernel.code_plane``)."""
+
+    model_id = "raster-wpc-v1"
+
+    def encode(self, plane: np.ndarray, info, prev: np.ndarray | None = None) -> bytes:
+        plane = np.ascontiguousarray(plane, dtype=np.int64)
+        maxv = (1 << info.bits) - 1
+        _check_range(plane, maxv)
+        use_prev = prev is not None and prev.shape == plane.shape
+        ref = np.ascontiguousarray(prev, dtype=np.int64) if use_prev else _NO_PLANE
+        # Room for every sample at its full width and a margin: residual codes longer
+        # than that are possible only on adversarial planes, which get a larger buffer.
+        size = plane.size * (info.bits + 2) // 8 + 4096
+        while True:
+            buf = np.zeros(size, dtype=np.uint8)
+            n = code_plane(plane, ref, use_prev, maxv, False, buf)
+            if n >= 0:
+                break
+            size *= 4
+        head = bytes((STREAM_VERSION, _FLAG_PREV if use_prev else 0))
+        return head + buf[1:n].tobytes()
+
+    def decode(self, data: bytes, info, prev: np.ndarray | None = None) -> np.ndarray:
+        if len(data) < 2 or data[0] != STREAM_VERSION or data[1] & ~_FLAG_PREV:
+            raise CorruptRecordError(
+                f"raster-wpc stream header {data[:2].hex() or 'missing'}; this reader knows version {STREAM_VERSION}")
+        use_prev = bool(data[1] & _FLAG_PREV)
+        if use_prev and (prev is None or prev.shape != (info.rows, info.cols)):
+            raise CorruptRecordError("raster-wpc stream was coded with a previous plane this plane does not have")
+        ref = np.ascontiguousarray(prev, dtype=np.int64) if use_prev else _NO_PLANE
+        buf = np.frombuffer(bytearray(b"\0" + data[2:]), dtype=np.uint8)  # writable: one kernel both ways
+        plane = np.zeros((info.rows, info.cols), dtype=np.int64)
+        if code_plane(plane, ref, use_prev, (1 << info.bits) - 1, True, buf) < 0:
+            raise CorruptRecordError("raster-wpc stream decodes to a value outside the plane's range")
+        return plane
+
+
+@register
+class RasterWPCDifferenceGlobalPathCoder:
+    """``raster-wpc-v1`` on ``plane - prev + maxv`` (one bit wider): for planes that
+    equal their previous plane at most pixels (colour samples of a nearly grey image),
+    where the difference is mostly zero and its non-zero part is what is left to code."""
+
+    model_id = "raster-wpc-diff-v1"
+
+    def encode(self, plane: np.ndarray, info, prev: np.ndarray | None = None) -> bytes:
+        if prev is None or prev.shape != plane.shape:
+            raise ValueError("the difference coder needs a previous plane of the same shape")
+        maxv = (1 << info.bits) - 1
+        diff = np.asarray(plane, dtype=np.int64) - np.asarray(prev, dtype=np.int64) + maxv
+        return RasterWPCGlobalPathCoder().encode(diff, replace(info, bits=info.bits + 1), None)
+
+    def decode(self, data: bytes, info, prev: np.ndarray | None = None) -> np.ndarray:
+        if prev is None or prev.shape != (info.rows, info.cols):
+            raise CorruptRecordError("a difference-coded plane has no previous plane")
+        maxv = (1 << info.bits) - 1
+        plane = RasterWPCGlobalPathCoder().decode(data, replace(info, bits=info.bits + 1), None) + prev - maxv
+        if plane.size and (int(plane.min()) < 0 or int(plane.max()) > maxv):
+            raise CorruptRecordError("raster-wpc-diff stream decodes to a value outside the plane's range")
+        return plane
+
+
+def _fast_choice(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
+    """`fast`'s rule, without trial codings but for one case: the wavelet path for
+    decoded lossy JPEG 2000 images (``wavefront.wavelet_probe``), the compiled raster
+    coder for everything else (it uses the previous plane as a predictor itself); a
+    plane equal to its previous plane at ``FAST_DIFF_MIN_EQUAL`` of its pixels or more
+    is also coded as the difference, and the smaller stream kept."""
+    from ..wavefront import FAST_DIFF_MIN_EQUAL, FAST_WAVELET_PROBE, wavelet_probe
+
+    if prev is not None and prev.shape == plane.shape and np.count_nonzero(plane == prev) >= FAST_DIFF_MIN_EQUAL * plane.size:
+        return (0, 2)
+    return (1,) if wavelet_probe(plane) >= FAST_WAVELET_PROBE else (0,)
+
+
+FAST_V3 = register(
+    PlaneSelector(
+        model_id="per-plane-fast-v3",
+        candidates=(RasterWPCGlobalPathCoder.model_id, "wavelet53-v1", RasterWPCDifferenceGlobalPathCoder.model_id),
+        choose=_fast_choice,
+        codes_all_planes=True,
+    ),
+    record_level=True,
+)

@@ -1,0 +1,447 @@
+"""Compiled per-pixel kernel of ``raster-wpc-v1``: a weighted predictor, bias
+cancellation and context-modelled binary range coding, in one raster pass.
+
+Everything here is integer arithmetic on int64, so the encoder and decoder compute
+the same prediction and the same probability at every pixel on any machine, with any
+number of threads, in any process (numba does not reassociate integer code, and the
+kernel runs on one thread). The encoder and the decoder are one function
+(``code_plane``): the only difference is whether a decision's bit is given or read,
+which keeps the two sides from drifting apart.
+
+The model, per pixel, in the scan order of the rows:
+
+* sub-predictions in units of 1/8: JPEG-XL's self-correcting weighted predictor (W + NE
+  - N and three error-corrected N / W forms), the gradient W + N - NW, the means of N
+  and NE and of W and N, a normalized LMS filter over 12 causal neighbours (integer
+  weights, updated after every pixel) and, where the plane has a previous plane, that
+  plane's value moved by the local difference;
+* their mean, weighted by the inverse of each one's recent error around the pixel
+  (JPEG-XL's rule), clamped to the neighbours' range where the neighbours' errors
+  disagree in sign, then corrected by the mean residual of its context (bias
+  cancellation, as CALIC does), rounded and clamped to the value range;
+* the residual as binary decisions (zero?, sign, exponent from the context's expected
+  one up or down, two modelled mantissa bits, the rest equiprobable), each coded with
+  the mean of four adaptive probabilities: a fast and a slow estimate in each of two
+  context sets (activity x gradient; coarse activity x the north neighbour's level).
+
+The range coder is LZMA's (32-bit range, carry through a cached byte) with 16-bit
+probabilities. numba compiles the kernel once per machine and caches it beside this
+file (``cache=True``); without a writable cache it compiles in each new process.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+from numba.cpython.unsafe.numbers import leading_zeros
+
+# --- binary range coder ---------------------------------------------------------------------------
+
+_TOP = 1 << 24
+_MASK32 = (1 << 32) - 1
+PROB_ONE = 1 << 16
+FAST_SHIFT = 4
+SLOW_SHIFT = 7
+
+# The coder's state (low, range, cache, cache size, position, code) lives in local
+# variables of the kernel, and a decision is coded at one place in it: passed through
+# functions (as a tuple or an array), numba kept it in memory and a decision cost 20-45 ns
+# instead of 11.
+
+
+@njit(cache=True, inline="always")
+def _shift_low(low, cache, csize, pos, buf):
+    if low < 0xFF000000 or low > _MASK32:
+        carry = low >> 32
+        temp = cache
+        while True:
+            if pos < buf.size:
+                buf[pos] = (temp + carry) & 0xFF
+            pos += 1
+            temp = 0xFF
+            csize -= 1
+            if csize == 0:
+                break
+        cache = (low >> 24) & 0xFF
+    csize += 1
+    low = (low & 0x00FFFFFF) << 8
+    return low, cache, csize, pos
+
+
+# --- model ------------------------------------------------------------------------------------------
+
+N_BASE = 8  # sub-predictors without the previous plane
+N_PRED = N_BASE + 1
+EXTRA = 3  # sub-predictions are in units of 1 / 2**EXTRA
+# JPEG-XL's weighted-predictor defaults (p1, p2, p3a..p3e, and the sub-predictors' maximum weights).
+_P1, _P2, _P3A, _P3B, _P3C = 16, 10, 7, 7, 7
+_WMAX = np.array([13, 12, 12, 12, 12, 12, 12, 14, 12], dtype=np.int64)
+N_TAPS = 12
+LMS_BITS = 16
+LMS_MU = 2  # step: MU / 2**LMS_STEP of the normalized gradient
+LMS_STEP = 4
+LMS_WMAX = 1 << 20
+N_ACT = 16  # activity buckets
+N_GRAD = 4  # gradient buckets
+N_CTX = N_ACT * N_GRAD
+N_LEVEL = 8  # second context set: coarse activity x the north neighbour's level (eighths of the range)
+N_CTX2 = (N_ACT // 2) * N_LEVEL
+MAX_EXP = 24  # exponents above this are damage
+N_BIAS = N_ACT * 16  # bias contexts: activity x error-sign texture
+BIAS_LIMIT = 64  # bias counts are halved at this many samples
+
+# decision phases of one residual, and each decision's slot in a context's table
+_PH_ZERO, _PH_SIGN, _PH_UP, _PH_DOWN, _PH_MANT1, _PH_MANT2, _PH_DONE = 0, 1, 2, 3, 4, 5, 6
+_S_ZERO = 0
+_S_SIGN = 1  # 3 sign contexts
+_S_UP = 4  # "exponent > j", j = 0..MAX_EXP - 1
+_S_DOWN = _S_UP + MAX_EXP  # "exponent < j", j = 1..MAX_EXP - 1
+_S_MANT = _S_DOWN + MAX_EXP  # two context-coded mantissa bits per exponent: 3 slots each
+SLOTS = _S_MANT + 3 * (MAX_EXP + 1)
+
+# 2**16 / n, rounded: bias means without a division per pixel
+_RECIP = np.array([0] + [((1 << 17) // n + 1) >> 1 for n in range(1, 65)], dtype=np.int64)
+_INV_SIZE = 1 << 14
+_INV = np.array([(1 << 24) // (i + 1) for i in range(_INV_SIZE)], dtype=np.int64)
+_DIV = np.array([(1 << 24) // (i + 1) for i in range(64)], dtype=np.int64)
+
+
+@njit(cache=True, inline="always")
+def _floor_log2(x):
+    # x >= 1
+    return np.int64(63) - np.int64(leading_zeros(np.uint64(x)))
+
+
+@njit(cache=True, inline="always")
+def _weight(err_sum, wmax):
+    # JPEG-XL's error-to-weight map, 4 + wmax * 2**24 / (err_sum + 1), from one table
+    # (error sums beyond its end weigh as its last entry)
+    return 4 + wmax * _INV[err_sum if err_sum < _INV_SIZE else _INV_SIZE - 1]
+
+
+@njit(cache=True, inline="always")
+def _bucket(x, n):
+    # roughly logarithmic: 0, 1, 2, 3, 4-5, 6-7, 8-11, 12-15, ...
+    if x < 4:
+        b = x
+    else:
+        lg = _floor_log2(x)
+        b = 2 * lg + ((x >> (lg - 1)) & 1)
+    return b if b < n else n - 1
+
+
+@njit(cache=True)
+def code_plane(plane, prev, has_prev, maxv, decode, buf):
+    """Encode ``plane`` into ``buf`` (returns the byte count, or -1 if ``buf`` was too
+    small) or decode ``buf`` into ``plane`` (returns 0, or -2 if the data decodes to a
+    value outside 0..maxv: damage)."""
+    rows, cols = plane.shape
+    nbuf = buf.size
+    low = 0
+    rng = _MASK32
+    cache = 0
+    csize = 1
+    pos = 0
+    code = 0
+    if decode:
+        for _ in range(5):
+            code = ((code << 8) | (buf[pos] if pos < nbuf else 0)) & _MASK32
+            pos += 1
+    probs = np.empty(((N_CTX + N_CTX2) * SLOTS, 2), dtype=np.int64)
+    probs[:, :] = PROB_ONE >> 1
+    bias_sum = np.zeros(N_BIAS, dtype=np.int64)
+    bias_cnt = np.zeros(N_BIAS, dtype=np.int64)
+    width = cols + 2
+    # per sub-predictor error rows (two rows, ring) and the true error of the final prediction
+    perr = np.zeros((2 * width, N_PRED), dtype=np.int64)  # a position's errors side by side
+    terr = np.zeros(2 * width, dtype=np.int64)
+    sub = np.zeros(N_PRED, dtype=np.int64)
+    lmsw = np.zeros(N_TAPS, dtype=np.int64)
+    lmsw[0] = 1 << (LMS_BITS - 1)  # start as the mean of W and N
+    taps = np.zeros(N_TAPS, dtype=np.int64)
+    wts = np.zeros(N_PRED, dtype=np.int64)
+    npred = N_PRED if has_prev else N_BASE
+    half = (maxv + 1) >> 1
+    maxs = maxv << EXTRA
+    lshift = _floor_log2(maxv + 1) - 3
+    if lshift < 0:
+        lshift = 0
+    for y in range(rows):
+        cur = 0 if (y & 1) else width
+        prv = width if (y & 1) else 0
+        for x in range(cols):
+            # neighbours (edges replicate what exists)
+            if x > 0:
+                W = np.int64(plane[y, x - 1])
+            elif y > 0:
+                W = np.int64(plane[y - 1, x])
+            else:
+                W = half
+            if y > 0:
+                N = np.int64(plane[y - 1, x])
+                NW = np.int64(plane[y - 1, x - 1]) if x > 0 else N
+                NE = np.int64(plane[y - 1, x + 1]) if x + 1 < cols else N
+                NN = np.int64(plane[y - 2, x]) if y > 1 else N
+            else:
+                N = W
+                NW = W
+                NE = W
+                NN = W
+            pN = prv + x
+            pNE = pN + 1 if x + 1 < cols else pN
+            pNW = pN - 1 if x > 0 else pN
+            teW = terr[cur + x - 1] if x > 0 else 0
+            teN = terr[pN]
+            teNW = terr[pNW]
+            teNE = terr[pNE]
+            Ws = W << EXTRA
+            Ns = N << EXTRA
+            NEs = NE << EXTRA
+            NWs = NW << EXTRA
+            sumWN = teN + teW
+            sub[0] = Ws + NEs - Ns
+            sub[1] = Ns - (((sumWN + teNE) * _P1) >> 5)
+            sub[2] = Ws - (((sumWN + teNW) * _P2) >> 5)
+            sub[3] = Ns - ((teNW * _P3A + teN * _P3B + teNE * _P3C) >> 5)
+            sub[4] = Ws + Ns - NWs
+            sub[5] = (Ns + NEs) >> 1
+            sub[6] = (Ws + Ns) >> 1
+            # normalized LMS over 12 causal neighbours, relative to N
+            taps[0] = W - N
+            taps[1] = NW - N
+            taps[2] = NE - N
+            taps[3] = NN - N
+            taps[4] = (np.int64(plane[y, x - 2]) if x > 1 else W) - N
+            taps[5] = (np.int64(plane[y - 2, x + 1]) if y > 1 and x + 1 < cols else NN) - N
+            taps[6] = (np.int64(plane[y - 2, x - 1]) if y > 1 and x > 0 else NN) - N
+            taps[7] = (np.int64(plane[y - 1, x - 2]) if y > 0 and x > 1 else NW) - N
+            taps[8] = (np.int64(plane[y - 1, x + 2]) if y > 0 and x + 2 < cols else NE) - N
+            taps[9] = (np.int64(plane[y, x - 3]) if x > 2 else W) - N
+            taps[10] = (np.int64(plane[y - 3, x]) if y > 2 else NN) - N
+            taps[11] = (np.int64(plane[y - 2, x + 2]) if y > 1 and x + 2 < cols else NE) - N
+            lacc = 0
+            energy = 16
+            for t in range(N_TAPS):
+                lacc += lmsw[t] * taps[t]
+                energy += taps[t] * taps[t]
+            sub[7] = min(max(Ns + ((lacc << EXTRA) >> LMS_BITS), 0), maxs)  # a runaway filter stays in range
+
+            if has_prev:
+                P = np.int64(prev[y, x])
+                PW = np.int64(prev[y, x - 1]) if x > 0 else P
+                PN = np.int64(prev[y - 1, x]) if y > 0 else P
+                sub[N_BASE] = (P << EXTRA) + (((W - PW) + (N - PN)) << (EXTRA - 1))
+            wsum = 0
+            for i in range(npred):
+                wts[i] = _weight(perr[pN, i] + perr[pNE, i] + perr[pNW, i], _WMAX[i])
+                wsum += wts[i]
+            lw = _floor_log2(wsum) - 4
+            if lw < 0:
+                lw = 0
+            wsum = 0
+            for i in range(npred):
+                wts[i] >>= lw
+                wsum += wts[i]
+            acc = (wsum >> 1) - 1
+            for i in range(npred):
+                acc += sub[i] * wts[i]
+            pred = (acc * _DIV[wsum - 1]) >> 24
+            if ((teN ^ teW) | (teN ^ teNW)) <= 0:
+                lo = min(Ws, min(Ns, NEs))
+                hi = max(Ws, max(Ns, NEs))
+                pred = min(max(pred, lo), hi)
+            # contexts
+            act = (abs(teW) + abs(teN) + abs(teNE) + abs(teNW)) >> EXTRA
+            grad = abs(W - NW) + abs(N - NW) + abs(N - NE)
+            a = _bucket(act, N_ACT)
+            g = 0 if grad == 0 else (1 if grad <= act else (2 if grad <= 4 * act + 4 else 3))
+            ctx = a * N_GRAD + g
+            texture = (1 if teW > 0 else 0) | (2 if teN > 0 else 0) | (4 if teNW > 0 else 0) | (8 if teNE > 0 else 0)
+            bctx = a * 16 + texture
+            cnt = bias_cnt[bctx]
+            corr = 0
+            if cnt > 0:
+                bs = bias_sum[bctx]
+                corr = (bs * _RECIP[cnt] + (1 << 15)) >> 16
+            predc = pred + corr
+            pv = (predc + (1 << (EXTRA - 1))) >> EXTRA
+            if pv < 0:
+                pv = 0
+            elif pv > maxv:
+                pv = maxv
+            base = ctx * SLOTS
+            base2 = (N_CTX + (a >> 1) * N_LEVEL + (N >> lshift)) * SLOTS
+            # The residual as decisions: zero?, sign, exponent (from the context's expected
+            # one, up or down), two modelled mantissa bits, the rest equiprobable. One
+            # coding site (a small state machine) keeps the coder's state in registers.
+            r = 0
+            e = 0
+            mant = 0
+            if not decode:
+                r = np.int64(plane[y, x]) - pv
+                if r != 0:
+                    m = r if r > 0 else -r
+                    e = _floor_log2(m)
+                    mant = m - (1 << e)
+            sctx = 0 if corr == 0 else (1 if corr > 0 else 2)
+            k0 = _floor_log2((act >> 2) + 1)
+            if k0 > MAX_EXP - 1:
+                k0 = MAX_EXP - 1
+            neg = 0
+            nonzero = 0
+            hb = 0
+            ee = 0
+            phase = _PH_ZERO
+            while phase != _PH_DONE:
+                if phase == _PH_ZERO:
+                    slot = _S_ZERO
+                    want = 1 if r != 0 else 0
+                elif phase == _PH_SIGN:
+                    slot = _S_SIGN + sctx
+                    want = 1 if r < 0 else 0
+                elif phase == _PH_UP:
+                    slot = _S_UP + ee
+                    want = 1 if e > ee else 0
+                elif phase == _PH_DOWN:
+                    slot = _S_DOWN + ee
+                    want = 1 if e < ee else 0
+                elif phase == _PH_MANT1:
+                    slot = _S_MANT + 3 * e
+                    want = (mant >> (e - 1)) & 1
+                else:  # _PH_MANT2
+                    slot = _S_MANT + 3 * e + 1 + hb
+                    want = (mant >> (e - 2)) & 1
+                # -- one adaptive binary decision: the mean of four estimates --
+                i1 = base + slot
+                i2 = base2 + slot
+                pf = probs[i1, 0]
+                ps = probs[i1, 1]
+                qf = probs[i2, 0]
+                qs = probs[i2, 1]
+                bound = (rng >> 16) * ((pf + ps + qf + qs) >> 2)
+                if decode:
+                    if code < bound:
+                        rng = bound
+                        bit = 0
+                    else:
+                        code -= bound
+                        rng -= bound
+                        bit = 1
+                else:
+                    bit = want
+                    if bit == 0:
+                        rng = bound
+                    else:
+                        low += bound
+                        rng -= bound
+                while rng < _TOP:
+                    rng <<= 8
+                    if decode:
+                        code = ((code << 8) | (buf[pos] if pos < nbuf else 0)) & _MASK32
+                        pos += 1
+                    else:
+                        low, cache, csize, pos = _shift_low(low, cache, csize, pos, buf)
+                if bit == 0:
+                    probs[i1, 0] = pf + ((PROB_ONE - pf) >> FAST_SHIFT)
+                    probs[i1, 1] = ps + ((PROB_ONE - ps) >> SLOW_SHIFT)
+                    probs[i2, 0] = qf + ((PROB_ONE - qf) >> FAST_SHIFT)
+                    probs[i2, 1] = qs + ((PROB_ONE - qs) >> SLOW_SHIFT)
+                else:
+                    probs[i1, 0] = pf - (pf >> FAST_SHIFT)
+                    probs[i1, 1] = ps - (ps >> SLOW_SHIFT)
+                    probs[i2, 0] = qf - (qf >> FAST_SHIFT)
+                    probs[i2, 1] = qs - (qs >> SLOW_SHIFT)
+                # -- what the decision means --
+                exponent_known = False
+                if phase == _PH_ZERO:
+                    nonzero = bit
+                    phase = _PH_SIGN if bit else _PH_DONE
+                elif phase == _PH_SIGN:
+                    neg = bit
+                    if k0 > 0:
+                        ee = k0 - 1  # first question: e > k0 - 1, that is e >= k0
+                    phase = _PH_UP
+                elif phase == _PH_UP:
+                    if bit:
+                        ee += 1
+                        if ee >= MAX_EXP:
+                            return -2  # only damage gets here: no residual is that large
+                    elif ee == k0 - 1 and k0 > 0:
+                        ee = k0 - 1  # e < k0: walk down
+                        if ee > 0:
+                            phase = _PH_DOWN
+                        else:
+                            exponent_known = True
+                    else:
+                        exponent_known = True
+                elif phase == _PH_DOWN:
+                    if bit:
+                        ee -= 1
+                        if ee == 0:
+                            exponent_known = True
+                    else:
+                        exponent_known = True
+                elif phase == _PH_MANT1:
+                    hb = bit
+                    if e > 1:
+                        phase = _PH_MANT2
+                    else:
+                        mant = hb
+                        phase = _PH_DONE
+                else:
+                    rest = 0
+                    if e > 2:
+                        # equiprobable bits, most significant first
+                        for j in range(e - 3, -1, -1):
+                            rng >>= 1
+                            if decode:
+                                d = 1 if code >= rng else 0
+                                code -= rng * d
+                            else:
+                                d = (mant >> j) & 1
+                                low += rng * d
+                            rest = (rest << 1) | d
+                            if rng < _TOP:
+                                rng <<= 8
+                                if decode:
+                                    code = ((code << 8) | (buf[pos] if pos < nbuf else 0)) & _MASK32
+                                    pos += 1
+                                else:
+                                    low, cache, csize, pos = _shift_low(low, cache, csize, pos, buf)
+                    mant = (hb << (e - 1)) | (bit << (e - 2)) | rest
+                    phase = _PH_DONE
+                if exponent_known:
+                    e = ee
+                    phase = _PH_MANT1 if e > 0 else _PH_DONE
+            if decode and nonzero:
+                m = (1 << e) + mant
+                r = -m if neg else m
+            if decode:
+                v = pv + r
+                if v < 0 or v > maxv:
+                    return -2
+                plane[y, x] = v
+            val = (pv + r) << EXTRA
+            lerr = (val - sub[7]) >> EXTRA
+            gain = ((lerr << LMS_BITS) * LMS_MU) // energy
+            for t in range(N_TAPS):
+                wt = lmsw[t] + ((gain * taps[t]) >> LMS_STEP)
+                lmsw[t] = min(max(wt, -LMS_WMAX), LMS_WMAX)
+            # updates
+            terr[cur + x] = pred - val
+            for i in range(npred):
+                err = (abs(sub[i] - val) + 3) >> 3
+                perr[cur + x, i] = err
+                perr[prv + x + 1, i] += err
+            d = val - pred
+            lim = ((abs(teW) + abs(teN) + abs(teNE) + abs(teNW)) >> 2) + 8
+            bias_sum[bctx] += min(max(d, -lim), lim)
+            bias_cnt[bctx] += 1
+            if bias_cnt[bctx] >= BIAS_LIMIT:
+                bias_sum[bctx] >>= 1
+                bias_cnt[bctx] >>= 1
+    if decode:
+        return 0
+    for _ in range(5):
+        low, cache, csize, pos = _shift_low(low, cache, csize, pos, buf)
+    return -1 if pos > nbuf else pos
