@@ -41,7 +41,8 @@ def _limits(args: argparse.Namespace):
     from medcodec import DicomLimits
 
     return DicomLimits(max_samples=getattr(args, "max_samples", 1 << 31), memory_bytes=_budget(args),
-                       max_pixel_ratio=getattr(args, "max_pixel_ratio", 10_000) or None)
+                       max_pixel_ratio=getattr(args, "max_pixel_ratio", 10_000) or None,
+                       seconds=getattr(args, "max_seconds", None) or None)
 
 
 def _budget(args: argparse.Namespace) -> int | None:
@@ -56,6 +57,13 @@ def _positive(text: str) -> float:
     return value
 
 
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive number, got {text!r}")
+    return value
+
+
 def _add_limit_arguments(p: argparse.ArgumentParser, *, encode: bool = True) -> None:
     p.add_argument("--memory-budget", type=_positive, metavar="GIB", default=None,
                    help="memory one input may use, in GiB (default: 60%% of physical memory); larger images are"
@@ -64,6 +72,9 @@ def _add_limit_arguments(p: argparse.ArgumentParser, *, encode: bool = True) -> 
         p.add_argument("--max-pixel-ratio", type=int, default=10_000, metavar="N",
                        help="refuse compressed pixel data that claims more than N bytes of pixels per byte"
                             " (default 10000; 0: no limit)")
+        p.add_argument("--max-seconds", type=_non_negative, default=600.0, metavar="S",
+                       help="stop coding an input that takes longer than S seconds (checked between planes;"
+                            " default 600; 0: no limit)")
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
@@ -337,6 +348,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         memory_budget=_budget(args),
         max_pixel_ratio=args.max_pixel_ratio or None,
         max_input_bytes=int(args.max_input_size * 2**30),
+        max_seconds=args.max_seconds or None,
         phi_in_clear=args.phi_in_clear,
         timeouts=StorageTimeouts(connect=min(10.0, args.io_timeout), read=args.io_timeout, retries=args.io_retries),
         **settings,

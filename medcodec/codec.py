@@ -14,7 +14,16 @@ from typing import Any
 import numpy as np
 
 from . import container as ct
-from .dicom import DicomLimits, ParsedDicom, RESTORE_VERBATIM, default_memory_budget, parse_dicom, rebuild_dicom
+from .dicom import (
+    NO_DEADLINE,
+    Deadline,
+    DicomLimits,
+    ParsedDicom,
+    RESTORE_VERBATIM,
+    default_memory_budget,
+    parse_dicom,
+    rebuild_dicom,
+)
 from .errors import (
     CorruptRecordError,
     LimitExceededError,
@@ -179,6 +188,7 @@ def encode_words(
     preset: str = "max",
     local_model: LocalPathModel | str | Sequence[LocalPathModel | str] | None = None,
     timings: dict | None = None,
+    deadline: Deadline = NO_DEADLINE,
 ) -> tuple[dict[str, Any], list[ct.Section]]:
     """Code stored words shaped (frames, samples, rows, cols); returns (pixel config, sections).
 
@@ -186,7 +196,9 @@ def encode_words(
     transformer-free v1.0 path), a model object (e.g. a transformer with an A-LoRA
     adapter), or a sequence of them; every candidate is tried and the smallest record
     kept. ``timings``, when given, accumulates seconds per path ("global", "local") and
-    the number of local-path tokens ("local_tokens").
+    the number of local-path tokens ("local_tokens"). ``deadline`` (DicomLimits.deadline)
+    is checked between planes, candidate models and colour choices, and before `max`'s
+    comparison with `fast`: LimitExceededError once it has passed.
     """
     _check_preset(preset)
     if local_model is None:
@@ -202,9 +214,10 @@ def encode_words(
     # the samples as planes and keeps the smaller record.
     colour_choices = (True, False) if preset == "max" else (True,)
     best = None
-    for model in screen_local_models(words, fmt, preset, models, timings=timings):
+    for model in screen_local_models(words, fmt, preset, models, timings=timings, deadline=deadline):
         for colours in colour_choices:
-            coded = _encode_with(words, fmt, preset, model, timings, colours=colours)
+            deadline.check("between candidate models")
+            coded = _encode_with(words, fmt, preset, model, timings, colours=colours, deadline=deadline)
             if best is None or _coded_bytes(coded) < _coded_bytes(best):
                 best = coded
             if coded[0].get("colour_palette") is None:
@@ -213,7 +226,9 @@ def encode_words(
         # `fast`'s compiled coder (k = 0) codes some images smaller than every `max`
         # candidate, for a fraction of their time: `max` keeps the smaller record (its
         # config then says preset "fast", which is how it decodes).
-        coded = _encode_with(words, fmt, "fast", local_model_for(PRESET_LOCAL_MODELS["fast"][0]), timings)
+        deadline.check("before the comparison with fast")
+        coded = _encode_with(words, fmt, "fast", local_model_for(PRESET_LOCAL_MODELS["fast"][0]), timings,
+                             deadline=deadline)
         if _coded_bytes(coded) < _coded_bytes(best):
             best = coded
     return best
@@ -230,7 +245,8 @@ SCREEN_MARGIN = 0.02
 
 
 def screen_local_models(
-    words: np.ndarray, fmt: SampleFormat, preset: str, models: Sequence[LocalPathModel], *, timings: dict | None = None
+    words: np.ndarray, fmt: SampleFormat, preset: str, models: Sequence[LocalPathModel], *, timings: dict | None = None,
+    deadline: Deadline = NO_DEADLINE,
 ) -> list[LocalPathModel]:
     """The candidates worth coding ``words`` (frames, samples, rows, cols) with in full.
 
@@ -244,7 +260,7 @@ def screen_local_models(
     r, c = min(rows, SCREEN_CROP), min(cols, SCREEN_CROP)
     r0, c0, f = (rows - r) // 2, (cols - c) // 2, n_frames // 2
     crop = np.ascontiguousarray(words[f : f + 1, :, r0 : r0 + r, c0 : c0 + c])
-    sizes = [_coded_bytes(_encode_with(crop, fmt, preset, m, timings)) for m in models]
+    sizes = [_coded_bytes(_encode_with(crop, fmt, preset, m, timings, deadline=deadline)) for m in models]
     limit = min(sizes) * (1 + SCREEN_MARGIN)
     return [m for m, size in zip(models, sizes) if size <= limit]
 
@@ -273,6 +289,7 @@ def _encode_with(
     timings: dict | None,
     *,
     colours: bool = True,
+    deadline: Deadline = NO_DEADLINE,
 ) -> tuple[dict[str, Any], list[ct.Section]]:
     n_frames, n_samples, rows, cols = words.shape
     values, outside, bits, palette = coding_values(words, fmt)
@@ -297,6 +314,7 @@ def _encode_with(
     planes: dict[tuple[int, int], np.ndarray] = {}
     for f in range(n_frames):
         for c in range(n_coded):
+            deadline.check("between planes")  # one plane's coding is bounded by the memory budget
             v = values[f, c]
             planes[(f, c)] = v
             prev = _previous_plane(planes, f, c)
@@ -620,21 +638,26 @@ def compress_dicom(
     With a ``keyring`` (medcodec.crypto.Keyring) the record is keyed: its clear part is
     the de-identified file whose pixels carry the sealed PHI (medcodec.sealing), and the
     original is sealed. ``verify`` decodes the record again (with the key, when given)
-    and compares digests before returning.
+    and compares digests before returning. ``limits.seconds`` bounds the time one input
+    may take: checked after parsing, between planes and candidates (encode_words) and
+    before verification, LimitExceededError once it has passed.
     """
     _check_preset(preset)
     limits = limits or DicomLimits()
+    deadline = limits.deadline()
     per_sample = max(limits.bytes_per_sample, working_bytes_per_sample(preset, decode_too=verify))
     parsed = parse_dicom(data, keep_codestream=keep_codestream, limits=replace(limits, bytes_per_sample=per_sample))
+    deadline.check("after reading the input")
     if keyring is not None:
         from . import sealing
 
         def encode(words, fmt):
-            return encode_words(words, fmt, preset=preset, local_model=local_model)
+            return encode_words(words, fmt, preset=preset, local_model=local_model, deadline=deadline)
 
-        sealed_config, sections, _ = sealing.seal_dicom(data, parsed, keyring, encode=encode)
+        sealed_config, sections, _ = sealing.seal_dicom(data, parsed, keyring, encode=encode, deadline=deadline)
         blob = ct.write_record(ct.Record(config={"kind": "dicom", **sealed_config}, sections=sections))
         if verify:
+            deadline.check("before verification")
             restored = decompress_dicom(blob, keyring=keyring)
             if parsed.restore_mode == "pixel-exact":
                 same = np.array_equal(parse_dicom(restored).frames, parsed.frames)
@@ -657,7 +680,7 @@ def compress_dicom(
         config["pixels"] = None
     else:
         pixel_config, pixel_sections = encode_words(
-            parsed.frames, SampleFormat.of(parsed.spec), preset=preset, local_model=local_model
+            parsed.frames, SampleFormat.of(parsed.spec), preset=preset, local_model=local_model, deadline=deadline
         )
         config["pixels"] = pixel_config
         sections = [ct.Section(ct.SECTION_HEADER, _pack_header(parsed)), *pixel_sections]
@@ -671,6 +694,7 @@ def compress_dicom(
         if len(verbatim_blob) <= len(blob):
             blob = verbatim_blob
     if verify:
+        deadline.check("before verification")
         decompress_dicom(blob)
     return blob
 

@@ -27,6 +27,7 @@ import re
 import struct
 import sys
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from collections.abc import Iterator
@@ -139,7 +140,10 @@ class DicomLimits:
     ``bytes_per_sample`` (the measured peak of the work to be done on it, set by the
     caller: ``medcodec.codec.working_bytes_per_sample``) exceed it. ``max_pixel_ratio``:
     decoded pixel bytes per byte of compressed pixel data (a 2 kB file must not claim a
-    4000 x 4000 image); None turns the check off.
+    4000 x 4000 image); None turns the check off. ``seconds``: how long coding one input may
+    take (None: no limit; migrate and compress default to 600 s); a cooperative deadline
+    (``deadline()``) checked at natural boundaries of the encoder, so it stops an input
+    between planes, never inside one (one plane is bounded by the memory budget).
     """
 
     max_samples: int = 2**31
@@ -149,6 +153,11 @@ class DicomLimits:
     memory_bytes: int | None = None
     bytes_per_sample: int = 0
     max_pixel_ratio: int | None = 10_000
+    seconds: float | None = None
+
+    def deadline(self) -> "Deadline":
+        """A deadline ``seconds`` from now, for one input's coding."""
+        return Deadline(self.seconds)
 
     def check_memory(self, samples: int, what: str) -> None:
         """Raise LimitExceededError when ``samples`` would need more than the memory budget."""
@@ -159,6 +168,29 @@ class DicomLimits:
                 f"{what} of {samples} samples needs about {need / 2**30:.1f} GiB to code, over the memory budget of"
                 f" {budget / 2**30:.1f} GiB (raise it with --memory-budget)"
             )
+
+
+class Deadline:
+    """When coding one input must stop (``DicomLimits.seconds``). Cooperative: the encoder
+    calls ``check`` at its natural boundaries (between planes, between candidate models and
+    colour choices, before verification), which raises LimitExceededError once the time is
+    up. ``Deadline(None)`` never expires."""
+
+    __slots__ = ("seconds", "at")
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.at = None if seconds is None else time.monotonic() + seconds
+
+    def check(self, where: str) -> None:
+        if self.at is not None and time.monotonic() > self.at:
+            raise LimitExceededError(
+                f"coding this input took longer than the time limit of {self.seconds:g} s (stopped {where};"
+                " raise it with --max-seconds)"
+            )
+
+
+NO_DEADLINE = Deadline(None)
 
 
 @dataclass(frozen=True, kw_only=True)

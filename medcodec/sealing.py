@@ -31,7 +31,7 @@ import numpy as np
 
 from . import container as ct
 from . import crypto, deid, essential, stego
-from .dicom import RESTORE_VERBATIM, ParsedDicom, parse_dicom, rebuild_dicom
+from .dicom import NO_DEADLINE, RESTORE_VERBATIM, Deadline, ParsedDicom, parse_dicom, rebuild_dicom
 from .errors import CorruptRecordError, MedcodecError, record_errors
 from .planes import SampleFormat, value_palette, values_to_words, words_to_values
 from .spec import PixelSpec
@@ -149,10 +149,12 @@ def _complete_file_meta(ds) -> None:
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
 
 
-def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, encode) -> tuple[dict, list[ct.Section], dict]:
+def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, encode,
+               deadline: Deadline = NO_DEADLINE) -> tuple[dict, list[ct.Section], dict]:
     """The keyed record of one DICOM file.
 
     ``encode(words, fmt) -> (pixel_config, sections)`` codes pixels (the codec's encoder).
+    ``deadline`` is checked between the message tiers tried and before the pixels are coded.
     Returns (config additions, sections, report) where report has capacity / PSNR figures.
     """
     import pydicom
@@ -197,7 +199,8 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
             # histogram test and fatal to the codec's palette. Keep the PHI sealed only.
             report["reason"] = "sparse histogram: embedding would add new values; PHI kept sealed in the record"
         else:
-            plan, chosen, reason = _largest_fitting(values, tiers, report["tier_bytes"], key, fmt.bits_stored)
+            plan, chosen, reason = _largest_fitting(values, tiers, report["tier_bytes"], key, fmt.bits_stored,
+                                                    deadline)
             if reason:
                 report["reason"] = reason
         mask = plan.mask if plan is not None else np.zeros(values.shape, dtype=bool)
@@ -219,6 +222,7 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
         public_parsed = parse_dicom(public)
         if public_parsed.frames is None or not np.array_equal(public_parsed.frames, stego_words):
             raise SealingError("the de-identified file does not carry the stego pixels exactly")
+        deadline.check("before coding the pixels")
         pixel_config, pixel_sections = encode(stego_words, fmt)
         header = struct.pack("<QQQ", len(public_parsed.prefix), len(public_parsed.suffix), len(public_parsed.extra))
         sections.append(ct.Section(ct.SECTION_HEADER, lzma.compress(
@@ -253,11 +257,13 @@ def _message_tiers(removed: dict[str, Any], phi: bytes, keyring: crypto.Keyring)
             (TIER_ESSENTIAL, essential.encode_essential(removed, link), PURPOSE_PHI_ESSENTIAL)]
 
 
-def _largest_fitting(values: np.ndarray, tiers: list, sizes: dict[str, int], key: bytes, bits_stored: int):
+def _largest_fitting(values: np.ndarray, tiers: list, sizes: dict[str, int], key: bytes, bits_stored: int,
+                     deadline: Deadline = NO_DEADLINE):
     """(plan, tier, reason): the first tier whose sealed message fits; reason says why each
     larger tier did not (None when the full message fits). Never truncates a message."""
     reasons = []
     for tier in tiers:
+        deadline.check("between message tiers")
         try:
             plan = stego.plan_embedding(values, sizes[tier[0]], key=key, bits_stored=bits_stored)
         except stego.CapacityError as exc:

@@ -60,6 +60,7 @@ class MigrateConfig:
     memory_budget: int | None = None
     max_pixel_ratio: int | None = 10_000
     max_input_bytes: int = 2 << 30  # one input after decompression (ReadLimits)
+    max_seconds: float | None = 600.0  # coding one input (DicomLimits.seconds; checked between planes)
 
 
 def _resolve_identity(cfg: MigrateConfig) -> Identity:
@@ -224,7 +225,8 @@ class EncodeInstance(beam.DoFn):
             record = self.codec.compress_dicom(
                 data, preset=cfg.preset, keep_codestream=cfg.keep_codestream, keyring=self.keyring,
                 local_model=self._local_model(uids.get("modality")),
-                limits=self.codec.DicomLimits(memory_bytes=cfg.memory_budget, max_pixel_ratio=cfg.max_pixel_ratio),
+                limits=self.codec.DicomLimits(memory_bytes=cfg.memory_budget, max_pixel_ratio=cfg.max_pixel_ratio,
+                                              seconds=cfg.max_seconds),
             )
             info = self.codec.inspect_record(record)
         except (self.codec.MedcodecError, MemoryError) as exc:  # out of memory: this input, not the job

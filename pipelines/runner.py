@@ -97,6 +97,7 @@ def run_migrate(
     memory_budget: int | None = None,
     max_pixel_ratio: int | None = 10_000,
     max_input_bytes: int = 2 << 30,
+    max_seconds: float | None = 600.0,
     phi_in_clear: bool = False,
     timeouts: StorageTimeouts = StorageTimeouts(),
 ) -> dict:
@@ -107,7 +108,9 @@ def run_migrate(
     ``max_pixel_ratio`` bound what one input may claim before it is decoded; an input over
     either is a dead letter (medcodec.DicomLimits), as is an input larger than
     ``max_input_bytes`` or a .gz / archive member that inflates past its ratio limit
-    (pipelines.sources.ReadLimits).
+    (pipelines.sources.ReadLimits). ``max_seconds`` (None: no limit) bounds the time coding
+    one input may take; it is checked between planes, candidates and before verification,
+    and an input past it is a dead letter too.
 
     ``timeouts`` bound every object-storage call (pipelines.storage): a stalled or
     unreachable SRC or DST ends the run with StorageUnavailableError; what was committed
@@ -142,7 +145,8 @@ def run_migrate(
         already = frozenset(zip(index.column("source_key").to_pylist(), index.column("source_sha256").to_pylist()))
         summary = _run_migrate_pipeline(
             archive, run_id, already, src=src, dst=dst, preset=preset, memory_budget=memory_budget,
-            max_pixel_ratio=max_pixel_ratio, max_input_bytes=max_input_bytes, local_model=local_model,
+            max_pixel_ratio=max_pixel_ratio, max_input_bytes=max_input_bytes, max_seconds=max_seconds,
+            local_model=local_model,
             adapters=adapters, keep_codestream=keep_codestream, key_file=key_file, storage_options=storage_options,
             progress=progress, runner=runner, workers=workers, beam_args=beam_args)
     summary["cleaned"] = cleaned
@@ -188,7 +192,7 @@ def lease_held(archive: Archive, run_id: str):
 
 
 def _run_migrate_pipeline(archive: Archive, run_id: str, already: frozenset, *, src, dst, preset, memory_budget,
-                          max_pixel_ratio, max_input_bytes, local_model, adapters, keep_codestream, key_file,
+                          max_pixel_ratio, max_input_bytes, max_seconds, local_model, adapters, keep_codestream, key_file,
                           storage_options, progress, runner, workers, beam_args) -> dict:
     local = runner in LOCAL_RUNNERS
     with tempfile.TemporaryDirectory(prefix="medarchive-progress-") as progress_dir:
@@ -200,6 +204,7 @@ def _run_migrate_pipeline(archive: Archive, run_id: str, already: frozenset, *, 
             memory_budget=memory_budget,
             max_pixel_ratio=max_pixel_ratio,
             max_input_bytes=max_input_bytes,
+            max_seconds=max_seconds,
             local_model=local_model,
             adapters=dict(adapters or {}),
             keep_codestream=keep_codestream,

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,100 @@ def test_memory_budget_is_checked_from_declared_sizes():
     # max needs more per sample than fast: the same budget refuses it.
     with pytest.raises(medcodec.LimitExceededError):
         medcodec.compress_dicom(data, preset="max", limits=DicomLimits(memory_bytes=8 << 20))
+
+
+# --------------------------------------------------------------------------------------
+# Inputs that take too long: a cooperative deadline, checked between planes
+
+
+class _CountingCoder:
+    """The real global coder; ``on_plane(info)`` runs before each plane it encodes."""
+
+    def __init__(self, inner, on_plane):
+        self.inner, self.on_plane = inner, on_plane
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def encode(self, g, info, prev):
+        self.on_plane(info)
+        return self.inner.encode(g, info, prev)
+
+
+def _wrap_global_coder(monkeypatch, on_plane) -> None:
+    from medcodec import codec
+
+    real = codec.coder_for
+    monkeypatch.setattr(codec, "coder_for", lambda model_id: _CountingCoder(real(model_id), on_plane))
+
+
+def test_time_limit_stops_a_multi_frame_input_between_planes(monkeypatch, tmp_path):
+    from medcodec.codec import encode_words
+    from medcodec.dicom import Deadline
+    from medcodec.planes import SampleFormat
+
+    data = Path(get_testdata_file("emri_small.dcm")).read_bytes()  # 10 frames of 64 x 64
+    started = time.perf_counter()
+    with pytest.raises(medcodec.LimitExceededError, match=r"time limit of 1e-06 s .*raise it with --max-seconds"):
+        medcodec.compress_dicom(data, preset="fast", limits=DicomLimits(seconds=1e-6))
+    assert time.perf_counter() - started < 2
+    # The deadline passes while the third plane codes: the fourth is never started.
+    parsed = parse_dicom(data)
+    deadline, coded = Deadline(600), []
+
+    def on_plane(info):
+        coded.append(info)
+        if len(coded) == 3:
+            deadline.at = time.monotonic() - 1
+
+    _wrap_global_coder(monkeypatch, on_plane)
+    with pytest.raises(medcodec.LimitExceededError, match="stopped between planes"):
+        encode_words(parsed.frames, SampleFormat.of(parsed.spec), preset="fast", deadline=deadline)
+    assert len(coded) == 3
+    # No limit (the library's default) and a generous one code it as before.
+    monkeypatch.undo()
+    assert medcodec.compress_dicom(data, preset="fast", limits=DicomLimits(seconds=600))
+    # The CLI: one line, exit 2.
+    src = tmp_path / "emri.dcm"
+    src.write_bytes(data)
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "compress", str(src), str(tmp_path / "out.mdc"),
+                           "--preset", "fast", "--max-seconds", "0.000001"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "--max-seconds" in proc.stderr
+
+
+def test_migrate_dead_letters_an_input_past_its_time_limit_and_archives_the_rest(monkeypatch, tmp_path):
+    """The clock jumps 1000 s while each plane of the 10-frame MR codes (no sleeping): it
+    passes the default 600 s limit, is a dead letter with the reason, and the job goes on."""
+    from medcodec import dicom
+    from pipelines.archive import Archive
+    from pipelines.runner import run_migrate
+
+    class Clock:
+        offset = 0.0
+
+        @staticmethod
+        def monotonic():
+            return time.monotonic() + Clock.offset
+
+    def on_plane(info):
+        if (info.rows, info.cols) == (64, 64):  # emri_small's planes; CT_small's are 128 x 128
+            Clock.offset += 1000
+
+    monkeypatch.setattr(dicom, "time", Clock)
+    _wrap_global_coder(monkeypatch, on_plane)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    for name in ("emri_small.dcm", "CT_small.dcm"):
+        (src / name).write_bytes(Path(get_testdata_file(name)).read_bytes())
+    summary = run_migrate(str(src), str(dst), preset="fast", local_model="classical-v1", progress=False,
+                          phi_in_clear=True)
+    assert summary["deadlettered"] == 1 and summary["archived"] == 1, summary
+    archive = Archive(str(dst))
+    (dead,) = archive.read_deadletters()
+    assert (dead["stage"], dead["error_type"]) == ("encode", "LimitExceededError")
+    assert "time limit of 600 s" in dead["message"] and "--max-seconds" in dead["message"]
+    assert archive.read_index().num_rows == 1
 
 
 # --------------------------------------------------------------------------------------
