@@ -455,10 +455,13 @@ def decode_words(
 _LZMA_MEMLIMIT = 128 << 20
 
 
-def _inflate(payload: bytes, limit: int, what: str) -> bytes:
+def _inflate(payload: bytes, limit: int, what: str, *, over: type[MedcodecError] = CorruptRecordError,
+             hint: str = "") -> bytes:
     """``lzma.decompress(payload)`` (concatenated streams too), refused as soon as it would
     exceed ``limit`` bytes, the most the section can hold: a few kB of lzma must not make
-    the reader allocate gigabytes."""
+    the reader allocate gigabytes. Past ``limit`` it raises ``over`` (its message ends with
+    ``hint``): CorruptRecordError where the limit is what the section can hold, LimitExceededError
+    where it is the memory budget (medcodec.sealing)."""
     out: list[bytes] = []
     size = 0
     while True:
@@ -471,7 +474,7 @@ def _inflate(payload: bytes, limit: int, what: str) -> bytes:
             raise CorruptRecordError(f"{what} section does not decompress: {exc}") from None
         size += len(chunk)
         if size > limit:
-            raise CorruptRecordError(f"{what} section inflates past the {limit} bytes it can hold")
+            raise over(f"{what} section inflates past the {limit} bytes it can hold{hint}")
         out.append(chunk)
         if not decompressor.eof:
             raise CorruptRecordError(f"{what} section does not decompress: its lzma stream is cut short")
@@ -760,7 +763,7 @@ def decompress_dicom(blob: bytes, *, keyring=None, limits: DicomLimits | None = 
     if keyring is not None and config.get("sealed"):
         from . import sealing
 
-        return sealing.unseal_dicom(record, keyring, stego_words=words, public=out)
+        return sealing.unseal_dicom(record, keyring, stego_words=words, public=out, limits=limits)
     return out
 
 

@@ -31,8 +31,18 @@ import numpy as np
 
 from . import container as ct
 from . import crypto, deid, essential, stego
-from .dicom import NO_DEADLINE, RESTORE_VERBATIM, Deadline, ParsedDicom, parse_dicom, rebuild_dicom
-from .errors import CorruptRecordError, MedcodecError, record_errors
+from .codec import _inflate
+from .dicom import (
+    NO_DEADLINE,
+    RESTORE_VERBATIM,
+    Deadline,
+    DicomLimits,
+    ParsedDicom,
+    default_memory_budget,
+    parse_dicom,
+    rebuild_dicom,
+)
+from .errors import CorruptRecordError, LimitExceededError, MedcodecError, record_errors
 from .planes import SampleFormat, value_palette, values_to_words, words_to_values
 from .spec import PixelSpec
 
@@ -79,11 +89,26 @@ def _pack_original(parsed: ParsedDicom, data: bytes) -> bytes:
     return lzma.compress(raw, preset=9)
 
 
-def _unpack_original(blob: bytes) -> tuple[dict, bytes, bytes, bytes]:
+# What a sealed section may inflate to. Its plaintext is the original's non-pixel bytes (the
+# whole original for sources kept verbatim) with a short description, or the PHI removed
+# from the original's header: never more than the original file, which a restore holds in
+# memory, so the memory budget bounds it (codec._inflate stops the lzma stream there). The
+# sections are authenticated, so only a key holder can make one that inflates past it.
+_SEALED_DESCRIPTION_BYTES = 1 << 20
+
+
+def _inflate_sealed(payload: bytes, what: str, limits: DicomLimits | None) -> bytes:
+    budget = (limits or DicomLimits()).memory_bytes
+    budget = default_memory_budget() if budget is None else budget
+    return _inflate(payload, budget + _SEALED_DESCRIPTION_BYTES, what, over=LimitExceededError,
+                    hint=f" under the memory budget of {budget / 2**30:.1f} GiB (raise it with --memory-budget)")
+
+
+def _unpack_original(blob: bytes, limits: DicomLimits | None = None) -> tuple[dict, bytes, bytes, bytes]:
+    raw = _inflate_sealed(blob, "sealed original", limits)
     try:
-        raw = lzma.decompress(blob)
         n_head, a, b, c = struct.unpack_from("<IQQQ", raw, 0)
-    except (lzma.LZMAError, struct.error) as exc:
+    except struct.error as exc:
         raise CorruptRecordError(f"sealed original section is malformed: {exc}") from None
     at = struct.calcsize("<IQQQ")
     try:
@@ -293,14 +318,16 @@ def _open(record: ct.Record, keyring: crypto.Keyring, purpose: str) -> bytes:
 
 
 @record_errors
-def unseal_dicom(record: ct.Record, keyring: crypto.Keyring, *, stego_words: np.ndarray | None, public: bytes) -> bytes:
+def unseal_dicom(record: ct.Record, keyring: crypto.Keyring, *, stego_words: np.ndarray | None, public: bytes,
+                 limits: DicomLimits | None = None) -> bytes:
     """The original file of a keyed record.
 
     ``public`` is its verified de-identified file and ``stego_words`` the pixels already
     decoded for it (None for records without pixels), so nothing is decoded twice.
+    ``limits.memory_bytes`` bounds what the sealed original may inflate to.
     """
     sealed, binding = _sealed(record)
-    meta, prefix, suffix, extra = _unpack_original(_open(record, keyring, PURPOSE_ORIGINAL))
+    meta, prefix, suffix, extra = _unpack_original(_open(record, keyring, PURPOSE_ORIGINAL), limits)
     if meta["restore_mode"] == RESTORE_VERBATIM:
         if binding["pixel_digest"] != "file:" + hashlib.sha256(public).hexdigest():
             raise crypto.IntegrityError("de-identified file does not match the sealed binding")
@@ -351,7 +378,7 @@ def rewrap_record(blob: bytes, keyring: crypto.Keyring) -> bytes:
 
 
 @record_errors
-def reveal(stego_file: bytes, keyring: crypto.Keyring) -> dict[str, Any]:
+def reveal(stego_file: bytes, keyring: crypto.Keyring, *, limits: DicomLimits | None = None) -> dict[str, Any]:
     """Authenticate and return the PHI embedded in a de-identified (stego) DICOM file.
 
     The returned removed-values record carries ``tier``: ``"full"`` (every removed
@@ -360,7 +387,7 @@ def reveal(stego_file: bytes, keyring: crypto.Keyring) -> dict[str, Any]:
     ``stego_version``: 3 or 2 when the image tag authenticated every pixel value (3: a
     colour image embedded with grey pixels kept grey), 1 for an image embedded before
     version 2 (the message and the pixels outside it are authenticated, not the carrying
-    pixels' upper bits).
+    pixels' upper bits). ``limits.memory_bytes`` bounds what the message may inflate to.
     """
     parsed = parse_dicom(stego_file)
     if parsed.frames is None:
@@ -385,14 +412,13 @@ def reveal(stego_file: bytes, keyring: crypto.Keyring) -> dict[str, Any]:
         except crypto.IntegrityError:
             raise full_error from None
         return {**essential.decode_essential(plain), "stego_version": version}
-    try:
-        return {**deid.removed_from_bytes(lzma.decompress(phi)), "tier": TIER_FULL, "stego_version": version}
-    except lzma.LZMAError as exc:
-        raise CorruptRecordError(f"revealed message does not decompress: {exc}") from None
+    return {**deid.removed_from_bytes(_inflate_sealed(phi, "revealed message", limits)), "tier": TIER_FULL,
+            "stego_version": version}
 
 
 @record_errors
-def follow_link(revealed: dict[str, Any], record_blob: bytes, keyring: crypto.Keyring) -> dict[str, Any]:
+def follow_link(revealed: dict[str, Any], record_blob: bytes, keyring: crypto.Keyring, *,
+                limits: DicomLimits | None = None) -> dict[str, Any]:
     """The full removed-values record that an essential message links to.
 
     ``revealed`` is what ``reveal`` returned for an exported copy carrying the essential
@@ -408,7 +434,4 @@ def follow_link(revealed: dict[str, Any], record_blob: bytes, keyring: crypto.Ke
     phi = _open(record, keyring, PURPOSE_PHI)
     if essential.full_link(keyring.uid_key(), phi).hex() != revealed.get("full_link"):
         raise crypto.IntegrityError("the record's sealed PHI is not the one this image's message links to")
-    try:
-        return {**deid.removed_from_bytes(lzma.decompress(phi)), "tier": TIER_FULL}
-    except lzma.LZMAError as exc:
-        raise CorruptRecordError(f"sealed PHI section does not decompress: {exc}") from None
+    return {**deid.removed_from_bytes(_inflate_sealed(phi, "sealed PHI", limits)), "tier": TIER_FULL}

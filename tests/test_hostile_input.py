@@ -241,6 +241,38 @@ def test_keyed_record_without_its_stego_report_is_a_typed_error(tmp_path):
         medcodec.decompress_dicom(_rewritten(blob, config=config), keyring=ring)
 
 
+def test_lzma_bomb_in_a_sealed_section_is_refused_before_it_inflates(tmp_path):
+    """A sealed section is authenticated, so only a key holder can plant a bomb there; still,
+    2 GiB of zeros in 317 kB of xz is stopped at the memory budget, not inflated."""
+    import lzma
+
+    from medcodec import essential, sealing
+
+    ring = crypto.Keyring.create(tmp_path / "ring.json")
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    blob = medcodec.compress_dicom(data, preset="fast", keyring=ring)
+    assert medcodec.decompress_dicom(blob, keyring=ring, limits=DicomLimits(memory_bytes=64 << 20)) == data
+    record = ct.read_record(blob)
+    binding = record.config["sealed"]["binding"]
+    bomb = lzma.compress(bytes(64 << 20), preset=0) * 32
+    limits = DicomLimits(memory_bytes=64 << 20)
+
+    def with_sealed(purpose: str) -> bytes:
+        box = crypto.seal(ring, bomb, associated=sealing._binding_ad(binding, purpose))
+        kind = sealing.SEALED_SECTIONS[purpose]
+        return _rewritten(blob, sections=[ct.Section(s.type, box.to_bytes() if s.type == kind else s.payload, s.flags)
+                                          for s in record.sections])
+
+    started = time.perf_counter()
+    with pytest.raises(medcodec.LimitExceededError, match=r"sealed original section inflates past .*memory budget"
+                                                          r" of 0\.1 GiB \(raise it with --memory-budget\)"):
+        medcodec.decompress_dicom(with_sealed(sealing.PURPOSE_ORIGINAL), keyring=ring, limits=limits)
+    revealed = {"tier": sealing.TIER_ESSENTIAL, "full_link": essential.full_link(ring.uid_key(), bomb).hex()}
+    with pytest.raises(medcodec.LimitExceededError, match="sealed PHI section inflates past"):
+        sealing.follow_link(revealed, with_sealed(sealing.PURPOSE_PHI), ring, limits=limits)
+    assert time.perf_counter() - started < 5  # inflating 2 GiB alone takes longer
+
+
 # --------------------------------------------------------------------------------------
 # Inputs that inflate: bounded while they are read
 
