@@ -14,7 +14,6 @@ import numpy as np
 
 from ..errors import CorruptRecordError
 from . import PlaneSelector, register
-from .wpkernel import code_plane
 
 STREAM_VERSION = 1
 _FLAG_PREV = 1
@@ -34,6 +33,8 @@ class RasterWPCGlobalPathCoder:
     model_id = "raster-wpc-v1"
 
     def encode(self, plane: np.ndarray, info, prev: np.ndarray | None = None) -> bytes:
+        from .wpkernel import code_plane  # numba: imported (and its cache loaded) on first use
+
         plane = np.ascontiguousarray(plane, dtype=np.int64)
         maxv = (1 << info.bits) - 1
         _check_range(plane, maxv)
@@ -55,6 +56,8 @@ class RasterWPCGlobalPathCoder:
         if len(data) < 2 or data[0] != STREAM_VERSION or data[1] & ~_FLAG_PREV:
             raise CorruptRecordError(
                 f"raster-wpc stream header {data[:2].hex() or 'missing'}; this reader knows version {STREAM_VERSION}")
+        from .wpkernel import code_plane
+
         use_prev = bool(data[1] & _FLAG_PREV)
         if use_prev and (prev is None or prev.shape != (info.rows, info.cols)):
             raise CorruptRecordError("raster-wpc stream was coded with a previous plane this plane does not have")
