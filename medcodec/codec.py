@@ -609,7 +609,7 @@ _HEADER_LENGTHS = struct.Struct("<QQQ")
 
 def _pack_header(parsed: ParsedDicom) -> bytes:
     raw = _HEADER_LENGTHS.pack(len(parsed.prefix), len(parsed.suffix), len(parsed.extra))
-    return lzma.compress(raw + parsed.prefix + parsed.suffix + parsed.extra, preset=9 | lzma.PRESET_EXTREME)
+    return ct.lzma_pack(raw + parsed.prefix + parsed.suffix + parsed.extra, extreme=True)
 
 
 def _unpack_header(payload: bytes, source_size: int) -> tuple[bytes, bytes, bytes]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import lzma
 import struct
 from typing import Any
 
@@ -86,7 +85,7 @@ def _pack_original(parsed: ParsedDicom, data: bytes) -> bytes:
         parts = [parsed.prefix, parsed.suffix, parsed.extra]
     head = json.dumps(meta, sort_keys=True).encode()
     raw = struct.pack("<IQQQ", len(head), *(len(p) for p in parts)) + head + b"".join(parts)
-    return lzma.compress(raw, preset=9)
+    return ct.lzma_pack(raw)
 
 
 # What a sealed section may inflate to. Its plaintext is the original's non-pixel bytes (the
@@ -197,7 +196,7 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
     result = deid.deidentify(ds, uid_key=keyring.uid_key())
     new = result.dataset
     uids = {k: str(new.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
-    phi = lzma.compress(result.removed_bytes(), preset=9)
+    phi = ct.lzma_pack(result.removed_bytes())
     original = _pack_original(parsed, data)
     report: dict[str, Any] = {"message_bytes": 0, "embedded": False, "tier": TIER_NONE}
     public_parsed: ParsedDicom | None = None
@@ -250,8 +249,8 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
         deadline.check("before coding the pixels")
         pixel_config, pixel_sections = encode(stego_words, fmt)
         header = struct.pack("<QQQ", len(public_parsed.prefix), len(public_parsed.suffix), len(public_parsed.extra))
-        sections.append(ct.Section(ct.SECTION_HEADER, lzma.compress(
-            header + public_parsed.prefix + public_parsed.suffix + public_parsed.extra, preset=9)))
+        sections.append(ct.Section(ct.SECTION_HEADER, ct.lzma_pack(
+            header + public_parsed.prefix + public_parsed.suffix + public_parsed.extra)))
         sections.extend(pixel_sections)
     sections.append(ct.Section(ct.SECTION_SEALED_ORIGINAL, crypto.seal(
         keyring, original, associated=_binding_ad(binding, PURPOSE_ORIGINAL)).to_bytes()))
