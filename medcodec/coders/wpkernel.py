@@ -19,8 +19,9 @@ The model, per pixel, in the scan order of the rows:
   (JPEG-XL's rule), clamped to the neighbours' range where the neighbours' errors
   disagree in sign, then corrected by the mean residual of its context (bias
   cancellation, as CALIC does), rounded and clamped to the value range;
-* the residual as binary decisions (zero?, sign, exponent from the context's expected
-  one up or down, two modelled mantissa bits, the rest equiprobable), each coded with
+* the residual as binary decisions (its magnitude class, asked from the context's
+  expected class up or down; the sign; two modelled mantissa bits; the rest
+  equiprobable), each coded with
   the mean of four adaptive probabilities: a fast and a slow estimate in each of two
   context sets (activity x gradient; coarse activity x the north neighbour's level).
 
@@ -91,12 +92,12 @@ N_BIAS = N_ACT * 16  # bias contexts: activity x error-sign texture
 BIAS_LIMIT = 64  # bias counts are halved at this many samples
 
 # decision phases of one residual, and each decision's slot in a context's table
-_PH_ZERO, _PH_SIGN, _PH_UP, _PH_DOWN, _PH_MANT1, _PH_MANT2, _PH_DONE = 0, 1, 2, 3, 4, 5, 6
-_S_ZERO = 0
-_S_SIGN = 1  # 3 sign contexts
-_S_UP = 4  # "exponent > j", j = 0..MAX_EXP - 1
-_S_DOWN = _S_UP + MAX_EXP  # "exponent < j", j = 1..MAX_EXP - 1
-_S_MANT = _S_DOWN + MAX_EXP  # two context-coded mantissa bits per exponent: 3 slots each
+_PH_UP, _PH_DOWN, _PH_SIGN, _PH_MANT1, _PH_MANT2, _PH_DONE = 0, 1, 2, 3, 4, 5
+MAX_CLASS = MAX_EXP + 1  # class c: 0 for a zero residual, else 1 + floor(log2 |r|)
+_S_UP = 0  # "c > j", j = 0..MAX_CLASS - 1
+_S_DOWN = _S_UP + MAX_CLASS  # "c < j", j = 1..MAX_CLASS - 1
+_S_SIGN = _S_DOWN + MAX_CLASS  # 3 sign contexts
+_S_MANT = _S_SIGN + 3  # two context-coded mantissa bits per exponent: 3 slots each
 SLOTS = _S_MANT + 3 * (MAX_EXP + 1)
 
 # 2**16 / n, rounded: bias means without a division per pixel
@@ -271,40 +272,38 @@ def code_plane(plane, prev, has_prev, maxv, decode, buf):
                 pv = maxv
             base = ctx * SLOTS
             base2 = (N_CTX + (a >> 1) * N_LEVEL + (N >> lshift)) * SLOTS
-            # The residual as decisions: zero?, sign, exponent (from the context's expected
-            # one, up or down), two modelled mantissa bits, the rest equiprobable. One
-            # coding site (a small state machine) keeps the coder's state in registers.
+            # The residual as decisions: its class c (0 for zero, else 1 + the exponent of
+            # |r|), asked from the context's expected class up or down; the sign; two
+            # modelled mantissa bits; the rest equiprobable. One coding site (a small state
+            # machine) keeps the coder's state in registers.
             r = 0
-            e = 0
+            c = 0
             mant = 0
             if not decode:
                 r = np.int64(plane[y, x]) - pv
                 if r != 0:
                     m = r if r > 0 else -r
-                    e = _floor_log2(m)
-                    mant = m - (1 << e)
+                    c = _floor_log2(m) + 1
+                    mant = m - (1 << (c - 1))
             sctx = 0 if corr == 0 else (1 if corr > 0 else 2)
-            k0 = _floor_log2((act >> 2) + 1)
-            if k0 > MAX_EXP - 1:
-                k0 = MAX_EXP - 1
+            k0 = _floor_log2((act >> 1) + 1)  # expected class
+            if k0 > MAX_CLASS - 1:
+                k0 = MAX_CLASS - 1
             neg = 0
-            nonzero = 0
             hb = 0
-            ee = 0
-            phase = _PH_ZERO
+            e = 0
+            cc = k0 - 1 if k0 > 0 else 0  # first question: c > k0 - 1, that is c >= k0
+            phase = _PH_UP
             while phase != _PH_DONE:
-                if phase == _PH_ZERO:
-                    slot = _S_ZERO
-                    want = 1 if r != 0 else 0
+                if phase == _PH_UP:
+                    slot = _S_UP + cc
+                    want = 1 if c > cc else 0
+                elif phase == _PH_DOWN:
+                    slot = _S_DOWN + cc
+                    want = 1 if c < cc else 0
                 elif phase == _PH_SIGN:
                     slot = _S_SIGN + sctx
                     want = 1 if r < 0 else 0
-                elif phase == _PH_UP:
-                    slot = _S_UP + ee
-                    want = 1 if e > ee else 0
-                elif phase == _PH_DOWN:
-                    slot = _S_DOWN + ee
-                    want = 1 if e < ee else 0
                 elif phase == _PH_MANT1:
                     slot = _S_MANT + 3 * e
                     want = (mant >> (e - 1)) & 1
@@ -352,35 +351,29 @@ def code_plane(plane, prev, has_prev, maxv, decode, buf):
                     probs[i2, 0] = qf - (qf >> FAST_SHIFT)
                     probs[i2, 1] = qs - (qs >> SLOW_SHIFT)
                 # -- what the decision means --
-                exponent_known = False
-                if phase == _PH_ZERO:
-                    nonzero = bit
-                    phase = _PH_SIGN if bit else _PH_DONE
-                elif phase == _PH_SIGN:
-                    neg = bit
-                    if k0 > 0:
-                        ee = k0 - 1  # first question: e > k0 - 1, that is e >= k0
-                    phase = _PH_UP
-                elif phase == _PH_UP:
+                class_known = False
+                if phase == _PH_UP:
                     if bit:
-                        ee += 1
-                        if ee >= MAX_EXP:
+                        cc += 1
+                        if cc >= MAX_CLASS:
                             return -2  # only damage gets here: no residual is that large
-                    elif ee == k0 - 1 and k0 > 0:
-                        ee = k0 - 1  # e < k0: walk down
-                        if ee > 0:
-                            phase = _PH_DOWN
+                    elif k0 > 0 and cc == k0 - 1:
+                        if cc > 0:
+                            phase = _PH_DOWN  # c < k0: walk down
                         else:
-                            exponent_known = True
+                            class_known = True
                     else:
-                        exponent_known = True
+                        class_known = True
                 elif phase == _PH_DOWN:
                     if bit:
-                        ee -= 1
-                        if ee == 0:
-                            exponent_known = True
+                        cc -= 1
+                        if cc == 0:
+                            class_known = True
                     else:
-                        exponent_known = True
+                        class_known = True
+                elif phase == _PH_SIGN:
+                    neg = bit
+                    phase = _PH_MANT1 if e > 0 else _PH_DONE
                 elif phase == _PH_MANT1:
                     hb = bit
                     if e > 1:
@@ -410,10 +403,11 @@ def code_plane(plane, prev, has_prev, maxv, decode, buf):
                                     low, cache, csize, pos = _shift_low(low, cache, csize, pos, buf)
                     mant = (hb << (e - 1)) | (bit << (e - 2)) | rest
                     phase = _PH_DONE
-                if exponent_known:
-                    e = ee
-                    phase = _PH_MANT1 if e > 0 else _PH_DONE
-            if decode and nonzero:
+                if class_known:
+                    c = cc
+                    e = c - 1
+                    phase = _PH_SIGN if c > 0 else _PH_DONE
+            if decode and c > 0:
                 m = (1 << e) + mant
                 r = -m if neg else m
             if decode:
