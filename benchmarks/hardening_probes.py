@@ -174,7 +174,8 @@ def mutate_record(blob: bytes, rng: random.Random) -> tuple[str, bytes]:
 
 
 def jpegls_dicom(rows: int, cols: int, *, claim: tuple[int, int] | None = None) -> bytes:
-    """A JPEG-LS lossless DICOM of an all-zero image (tests/conftest.py's jpegls_dicom)."""
+    """A JPEG-LS lossless DICOM of an all-zero rows x cols image; ``claim=(rows, cols)`` makes
+    the header declare other dimensions (also the tests' ``jpegls_dicom`` fixture)."""
     import imagecodecs
     import numpy as np
     import pydicom

@@ -47,20 +47,6 @@ def pytest_collection_modifyitems(config, items):
 def jpegls_dicom():
     """Make a JPEG-LS lossless DICOM of an all-zero rows x cols image (a few hundred bytes
     of codestream); ``claim=(rows, cols)`` makes the header declare other dimensions."""
-    import io
+    from benchmarks.hardening_probes import jpegls_dicom
 
-    import imagecodecs
-    import numpy as np
-    import pydicom
-    from pydicom.data import get_testdata_file
-    from pydicom.encaps import encapsulate
-
-    def make(rows: int, cols: int, *, claim: tuple[int, int] | None = None) -> bytes:
-        ds = pydicom.dcmread(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
-        ds.PixelData = encapsulate([imagecodecs.jpegls_encode(np.zeros((rows, cols), np.uint16))])
-        ds.Rows, ds.Columns = claim or (rows, cols)
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
-        return buf.getvalue()
-
-    return make
+    return jpegls_dicom

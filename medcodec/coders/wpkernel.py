@@ -69,6 +69,18 @@ def _shift_low(low, cache, csize, pos, buf):
     return low, cache, csize, pos
 
 
+@njit(cache=True, inline="always")
+def _renormalize(low, rng, cache, csize, pos, code, buf, decode):
+    """One byte of renormalization: the encoder writes one, the decoder reads one."""
+    rng <<= 8
+    if decode:
+        code = ((code << 8) | (buf[pos] if pos < buf.size else 0)) & _MASK32
+        pos += 1
+    else:
+        low, cache, csize, pos = _shift_low(low, cache, csize, pos, buf)
+    return low, rng, cache, csize, pos, code
+
+
 # --- model ------------------------------------------------------------------------------------------
 
 N_BASE = 8  # sub-predictors without the previous plane
@@ -334,12 +346,7 @@ def code_plane(plane, prev, has_prev, maxv, decode, buf):
                         low += bound
                         rng -= bound
                 while rng < _TOP:
-                    rng <<= 8
-                    if decode:
-                        code = ((code << 8) | (buf[pos] if pos < nbuf else 0)) & _MASK32
-                        pos += 1
-                    else:
-                        low, cache, csize, pos = _shift_low(low, cache, csize, pos, buf)
+                    low, rng, cache, csize, pos, code = _renormalize(low, rng, cache, csize, pos, code, buf, decode)
                 if bit == 0:
                     probs[i1, 0] = pf + ((PROB_ONE - pf) >> FAST_SHIFT)
                     probs[i1, 1] = ps + ((PROB_ONE - ps) >> SLOW_SHIFT)
@@ -395,12 +402,8 @@ def code_plane(plane, prev, has_prev, maxv, decode, buf):
                                 low += rng * d
                             rest = (rest << 1) | d
                             if rng < _TOP:
-                                rng <<= 8
-                                if decode:
-                                    code = ((code << 8) | (buf[pos] if pos < nbuf else 0)) & _MASK32
-                                    pos += 1
-                                else:
-                                    low, cache, csize, pos = _shift_low(low, cache, csize, pos, buf)
+                                low, rng, cache, csize, pos, code = _renormalize(
+                                    low, rng, cache, csize, pos, code, buf, decode)
                     mant = (hb << (e - 1)) | (bit << (e - 2)) | rest
                     phase = _PH_DONE
                 if class_known:
