@@ -15,7 +15,12 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+# Exit statuses (README, "Exit statuses"): 0 done; 1 the run failed (storage became
+# unavailable) or found failures (audit, restore); 2 usage or input error, nothing done;
+# 3 `migrate --strict` completed but dead-lettered inputs.
+EXIT_FAILED = 1
 EXIT_USER_ERROR = 2
+EXIT_DEADLETTERS = 3
 _NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -351,16 +356,18 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         max_seconds=args.max_seconds or None,
         phi_in_clear=args.phi_in_clear,
         timeouts=StorageTimeouts(connect=min(10.0, args.io_timeout), read=args.io_timeout, retries=args.io_retries),
+        announce=lambda run_id: print(f"medarchive migrate: run {run_id} started ({args.src} -> {args.dst})",
+                                      file=sys.stderr, flush=True),
         **settings,
     )
-    print(format_summary(summary))
+    print(_as_json(summary) if args.json else format_summary(summary))
     if summary["deadlettered"]:
         new = summary["deadlettered"] - summary.get("deadlettered_before", 0)
         where = (f"{args.dst.rstrip('/')}/deadletter/{summary['run_id']}.parquet" if new
                  else f"{args.dst.rstrip('/')}/deadletter/ (recorded by earlier runs)")
         print(f"warning: {summary['deadlettered']} input(s) could not be archived; reasons in {where}", file=sys.stderr)
         if args.strict:
-            return 1
+            return EXIT_DEADLETTERS
     return 0
 
 
@@ -370,8 +377,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     summary = run_audit(
         args.archive, deep=args.deep, sample=args.sample, key_file=args.key_file, **_runner_settings(args)
     )
-    print(format_audit(summary))
-    return 0 if summary["failures"] == 0 else 1
+    print(_as_json(summary) if args.json else format_audit(summary))
+    return 0 if summary["failures"] == 0 else EXIT_FAILED
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -389,19 +396,27 @@ def cmd_restore(args: argparse.Namespace) -> int:
     )
     for problem in summary["unreadable_indexes"]:
         print(f"warning: {problem['file']}: {problem['reason']}; its records are not restored", file=sys.stderr)
+    if args.json:
+        print(_as_json(summary))
     if summary["selected"] == 0:
         print("no archived instance matches the selection", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     what = "de-identified files (no --key-file)" if summary["deidentified"] else "file(s)"
-    print(f"restored {summary['restored']} of {summary['selected']} {what} from {summary['shards']} shard(s) to"
-          f" {args.dst}, verified ({summary['wall_seconds']:.1f} s)")
+    if not args.json:
+        print(f"restored {summary['restored']} of {summary['selected']} {what} from {summary['shards']} shard(s) to"
+              f" {args.dst}, verified ({summary['wall_seconds']:.1f} s)")
     for f in summary["failed"]:
         print(f"  failed: {f['shard']} {f['sop_key']}: {f['reason']}", file=sys.stderr)
     if summary["failed"] or summary["unreadable_indexes"]:
         where = f"; report in {args.dst.rstrip('/')}/{summary['report']}" if summary["report"] else ""
         print(f"error: {len(summary['failed'])} record(s) not restored{where}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     return 0
+
+
+def _as_json(summary: dict) -> str:
+    """A run summary as one JSON document (what --json prints on stdout)."""
+    return json.dumps(summary, sort_keys=True, default=str)
 
 
 def _is_archive(target: str) -> bool:
@@ -509,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "faster on CPU) or llm-base-v1 (the transformer, with its adapter under --adapt); by "
                         "default `max` tries both and keeps the smaller record")
     p.add_argument("--keep-codestream", action="store_true")
-    p.add_argument("--strict", action="store_true", help="exit 1 if any input was dead-lettered")
+    p.add_argument("--strict", action="store_true", help="exit 3 if any input was dead-lettered")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     p.add_argument("--io-timeout", type=_positive, default=60.0, metavar="S",
                    help="object storage: seconds to wait for an answer (connect: at most 10), per try (default 60)")
     p.add_argument("--io-retries", type=int, default=3, metavar="N", help="object storage: tries per call (default 3)")
@@ -542,6 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deep", action="store_true")
     p.add_argument("--sample", type=float, default=1.0, help="fraction of records to check (deterministic)")
     p.add_argument("--key-file")
+    p.add_argument("--json", action="store_true", help="print the audit summary as JSON on stdout")
     runner_options(p)
     p.set_defaults(func=cmd_audit)
 
@@ -555,6 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--study", metavar="UID")
     sel.add_argument("--series", metavar="UID")
     sel.add_argument("--sop", metavar="UID")
+    p.add_argument("--json", action="store_true", help="print the restore summary as JSON on stdout")
     runner_options(p)
     p.set_defaults(func=cmd_restore)
 
@@ -591,9 +609,15 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 def _pipeline_error_types() -> tuple[type[BaseException], ...]:
     """Errors of the archive jobs that are the user's to fix (bad archive, bad option values)."""
     from pipelines.archive import ArchiveError
+
+    return (ArchiveError, ValueError)
+
+
+def _unavailable_error_types() -> tuple[type[BaseException], ...]:
+    """Object storage that stopped answering: the run failed, the inputs were fine."""
     from pipelines.storage import StorageUnavailableError
 
-    return (ArchiveError, StorageUnavailableError, ValueError)
+    return (StorageUnavailableError,)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -632,6 +656,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except _unavailable_error_types() as exc:  # the run could not finish: try again later
+        print(f"medarchive {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except _pipeline_error_types() as exc:
         print(f"medarchive {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -100,8 +100,12 @@ def run_migrate(
     max_seconds: float | None = 600.0,
     phi_in_clear: bool = False,
     timeouts: StorageTimeouts = StorageTimeouts(),
+    announce=None,
 ) -> dict:
     """Run one migrate job to completion; returns the run summary (also in DST/runs/<id>.json).
+
+    ``announce(run_id)``, when given, is called once the run holds its lease, before any
+    input is read (the CLI prints the run id there, so a log has it from the start).
 
     Without ``key_file`` the records keep the headers (PHI) in clear: refused unless
     ``phi_in_clear``. ``memory_budget`` (bytes per input; None: 60% of each worker's physical memory) and
@@ -139,6 +143,8 @@ def run_migrate(
         archive.open_or_create(key=key, key_mode="keyring")
         run_id = new_run_id()
         archive.hold_lease(run_id)  # before cleaning: a second run started now keeps our files
+    if announce is not None:
+        announce(run_id)
     with lease_held(archive, run_id), storage_errors(dst, storage_options), storage_errors(src, storage_options):
         cleaned = archive.clean_uncommitted()
         index = archive.read_index()

@@ -426,7 +426,7 @@ def test_bad_inputs_become_dead_letters(tmp_path, jpegls_dicom):
     assert archive.read_index().column("source_key").to_pylist() == [key("good/Doe^John_CT.dcm")]
 
     strict = run_cli("migrate", src, dst, "--preset", "fast", "--local-model", "classical-v1", "--no-progress", "--phi-in-clear", "--strict")
-    assert strict.returncode == 1 and "Traceback" not in strict.stderr
+    assert strict.returncode == 3 and "Traceback" not in strict.stderr  # completed, with dead letters
     assert "warning: 8 input(s)" in strict.stderr and "skipped         1" in strict.stdout
 
     # No source path or patient name in clear in the archive's tables and summaries. (Shards still
@@ -651,10 +651,30 @@ def test_a_stalled_store_ends_the_run_with_one_line_in_bounded_time(stalled_endp
         proc = run_cli("migrate", src, dst, "--preset", "fast", "--no-progress", "--phi-in-clear",
                        "--storage-options", options, "--io-timeout", "1", "--io-retries", "2")
         took = time.perf_counter() - started
-        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]  # a failed run
         errors = [line for line in proc.stderr.splitlines() if not line.startswith("warning: --phi-in-clear")]
         assert len(errors) == 1 and "did not answer" in errors[0]
         assert stalled_endpoint in proc.stderr and took < 60, (took, proc.stderr)
+
+
+def test_json_summaries_and_the_run_id_first(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ct.dcm").write_bytes(data("CT_small.dcm"))
+    (src / "junk.dcm").write_bytes(b"DICM" * 10)
+    dst = tmp_path / "dst"
+    proc = run_cli("migrate", src, dst, "--preset", "fast", "--no-progress", "--phi-in-clear", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout)  # stdout is the summary alone
+    announced = [line for line in proc.stderr.splitlines() if line.startswith("medarchive migrate: run ")]
+    assert announced == [f"medarchive migrate: run {summary['run_id']} started ({src} -> {dst})"]
+    assert (summary["archived"], summary["deadlettered"]) == (1, 1)
+    audit = run_cli("audit", dst, "--json")
+    assert audit.returncode == 0 and json.loads(audit.stdout)["failures"] == 0
+    restore = run_cli("restore", dst, tmp_path / "out", "--json")
+    assert restore.returncode == 0 and json.loads(restore.stdout)["restored"] == 1
+    strict = run_cli("migrate", src, dst, "--preset", "fast", "--no-progress", "--phi-in-clear", "--strict", "--json")
+    assert strict.returncode == 3 and json.loads(strict.stdout)["skipped"] == 1
 
 
 def test_missing_or_empty_src_is_an_error(tmp_path):
