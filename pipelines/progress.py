@@ -3,7 +3,10 @@
 Beam's metrics are only readable when a job ends on the in-process runner, so each
 worker process appends one small line per instance to its own file in a local
 folder; the launching process sums them twice a second into one status line
-(instances, MB, bits per sample, rate, ETA). Remote runners use Beam metrics instead.
+(instances, MB, rate, MB/s, ETA). On a terminal the line is redrawn in place; anywhere
+else (a scheduler's log, a pipe) a full line is written every ``log_interval`` seconds
+(30 by default, MEDARCHIVE_PROGRESS_SECONDS to change it) while the counts move, and at
+the end. Remote runners use Beam metrics instead.
 """
 
 from __future__ import annotations
@@ -33,11 +36,17 @@ class ProgressReporter:
 class ProgressMonitor:
     """Driver side: renders a status line while the pipeline runs."""
 
-    def __init__(self, folder: str, total: int | None, *, stream=sys.stderr, interval: float = 0.5) -> None:
+    def __init__(self, folder: str, total: int | None, *, stream=sys.stderr, interval: float = 0.5,
+                 log_interval: float | None = None) -> None:
         self.folder = Path(folder)
         self.total = total
         self.stream = stream
         self.interval = interval
+        if log_interval is None:
+            log_interval = float(os.environ.get("MEDARCHIVE_PROGRESS_SECONDS", "30"))
+        self.log_interval = log_interval
+        self._logged_at = time.time()
+        self._logged_count = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.started = time.time()
@@ -84,10 +93,12 @@ class ProgressMonitor:
             bar = "[" + "#" * done + "." * (24 - done) + "] "
         line = (
             f"{bar}{n}{total} instances, {bytes_in / 1e6:.1f} MB in{ratio}, "
-            f"{skipped} skipped, {failed} failed, {rate:.1f}/s{eta}"
+            f"{skipped} skipped, {failed} failed, {rate:.1f}/s, {bytes_in / 1e6 / elapsed:.2f} MB/s{eta}"
         )
+        now = time.time()
         if getattr(self.stream, "isatty", lambda: False)():
             self.stream.write("\r" + line.ljust(100) + ("\n" if final else ""))
-        elif final:
-            self.stream.write(line + "\n")
+        elif final or (now - self._logged_at >= self.log_interval and n != self._logged_count):
+            self.stream.write(f"progress: {line}\n")
+            self._logged_at, self._logged_count = now, n
         self.stream.flush()

@@ -741,3 +741,21 @@ def test_a_lost_archive_json_is_rebuilt_with_the_key_never_silently(tmp_path):
     assert fixed.returncode == 0 and "MAC(s) verify" in fixed.stdout
     assert json.loads((dst / "archive.json").read_text())["identity"] == manifest["identity"]
     assert run_audit(str(dst), deep=True, key_file=str(ring))["failures"] == 0
+
+
+def test_progress_lines_reach_a_log_that_is_not_a_terminal(tmp_path):
+    from pipelines.progress import ProgressMonitor, ProgressReporter
+
+    log = io.StringIO()  # what a scheduler captures: no TTY
+    worker = ProgressReporter(str(tmp_path))
+    with ProgressMonitor(str(tmp_path), total=None, stream=log, interval=0.01, log_interval=0.05):
+        for _ in range(4):
+            worker.tick(1_000_000, 250_000)
+            time.sleep(0.12)
+    lines = log.getvalue().splitlines()
+    assert len(lines) >= 3 and all(line.startswith("progress: ") for line in lines)
+    assert "4 instances, 4.0 MB in 4.00x" in lines[-1] and "MB/s" in lines[-1]
+    quiet = io.StringIO()
+    with ProgressMonitor(str(tmp_path / "none"), total=None, stream=quiet, interval=0.01, log_interval=0.02):
+        time.sleep(0.1)  # nothing moved: one final line only
+    assert len(quiet.getvalue().splitlines()) == 1
