@@ -517,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="archive every DICOM under SRC into DST (any fsspec URLs); resumable")
     p.add_argument("src")
     p.add_argument("dst")
-    p.add_argument("--key-file", help="keyring: keyed identifiers (and sealed metadata)")
+    p.add_argument("--key-file", help="keyring (a path, an fsspec URL or env:NAME): keyed identifiers and sealed metadata")
     p.add_argument("--preset", choices=("max", "fast"), default="max")
     p.add_argument("--local-model", choices=("classical-v1", "llm-base-v1"),
                    help="code the local path with this model only: classical-v1 (the v1.0 path, no transformer: "

@@ -37,7 +37,7 @@ import struct
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -222,6 +222,19 @@ class Keyring:
             # Never quote the content: it is key material.
             raise KeyringError(f"keyring {path} is not valid JSON") from None
         return cls._from_json(path, obj)
+
+    @classmethod
+    def from_source(cls, source: "KeySource") -> "Keyring":
+        """Read a keyring from a :class:`KeySource` (a file, an environment variable, an
+        fsspec URL, or anything else that implements the protocol, e.g. a KMS client)."""
+        if isinstance(source, FileKeySource):
+            return cls.load(source.path)
+        text = source.read()
+        try:
+            obj = json.loads(text)
+        except (ValueError, UnicodeDecodeError):
+            raise KeyringError(f"keyring {source.describe()} is not valid JSON") from None  # never quote key material
+        return cls._from_json(Path(source.describe()), obj)
 
     @classmethod
     def _from_json(cls, path: Path, obj: Any) -> "Keyring":
@@ -595,3 +608,84 @@ def keyed_hash(key: bytes, value: str, *, purpose: str) -> str:
     by ``purpose``: for lookup identifiers that must not appear in clear (index columns)."""
     mac = hmac.new(bytes(key), purpose.encode("utf-8") + b"\x00" + value.encode("utf-8"), hashlib.sha256)
     return mac.hexdigest()
+
+
+# --- where a keyring comes from ------------------------------------------------------------------
+
+
+class KeySource(Protocol):
+    """Where a keyring's JSON comes from. Jobs carry a source's *spec* (a path, a URL, an
+    environment variable's name) to their workers, never the key material; each worker
+    reads the keyring itself, once. A secret manager or KMS client implements these two
+    methods."""
+
+    def describe(self) -> str:
+        """What to name in messages (never the material)."""
+        ...
+
+    def read(self) -> bytes:
+        """The keyring file's bytes; KeyringError when they cannot be had."""
+        ...
+
+
+@dataclass(frozen=True)
+class FileKeySource:
+    """A local keyring file (refused when group or others may read it)."""
+
+    path: str
+
+    def describe(self) -> str:
+        return self.path
+
+    def read(self) -> bytes:
+        try:
+            return Path(self.path).read_bytes()
+        except OSError as exc:
+            raise KeyringError(f"keyring {self.path} cannot be read ({exc.strerror})") from None
+
+
+@dataclass(frozen=True)
+class EnvKeySource:
+    """A keyring held in an environment variable of every worker (``env:NAME``)."""
+
+    variable: str
+
+    def describe(self) -> str:
+        return f"env:{self.variable}"
+
+    def read(self) -> bytes:
+        value = os.environ.get(self.variable)
+        if not value:
+            raise KeyringError(f"keyring env:{self.variable}: the environment variable is not set or empty")
+        return value.encode()
+
+
+@dataclass(frozen=True)
+class UrlKeySource:
+    """A keyring object in storage (``s3://secrets/ring.json``, ``gs://...``), read with
+    fsspec and the worker's own credentials (none travel with the job)."""
+
+    url: str
+
+    def describe(self) -> str:
+        return self.url
+
+    def read(self) -> bytes:
+        import fsspec
+
+        try:
+            with fsspec.open(self.url, "rb") as fh:
+                return fh.read()
+        except (OSError, ValueError, ImportError) as exc:
+            raise KeyringError(f"keyring {self.url} cannot be read ({type(exc).__name__})") from None
+
+
+def key_source(spec: str | os.PathLike[str]) -> KeySource:
+    """The key source a ``--key-file`` value names: ``env:NAME``, a URL (``scheme://``,
+    read with fsspec), or a local path."""
+    text = os.fspath(spec)
+    if text.startswith("env:"):
+        return EnvKeySource(text[4:])
+    if "://" in text and not text.startswith("file://"):
+        return UrlKeySource(text)
+    return FileKeySource(text.removeprefix("file://"))

@@ -30,9 +30,9 @@ def run_repair(archive_url: str, *, key_file: str | None = None, storage_options
             "archive.json is gone; an archive written with a key file is rebuilt with it (--key-file); a keyless"
             " archive kept its salt only there, so its UIDs cannot be looked up again (restore of everything still"
             " works)")
-    from medcodec.crypto import Keyring
+    from .keys import load_keyring
 
-    keyring = Keyring.load(key_file)
+    keyring = load_keyring(key_file)
     identity = Identity(keyring.uid_key())
     evidence = _prove(archive, identity, keyring, rows)
     archive.write_manifest({"mode": "keyring", "check": identity.check})

@@ -35,9 +35,9 @@ class RewrapShard(beam.DoFn):
         self.cfg = cfg
 
     def setup(self) -> None:
-        from medcodec.crypto import Keyring
+        from .keys import load_keyring
 
-        self.keyring = Keyring.load(self.cfg.key_file)
+        self.keyring = load_keyring(self.cfg.key_file)
         self.archive = Archive(self.cfg.archive, storage_options=self.cfg.storage_options, owner=self.cfg.run_id)
         self.identity = Identity(self.keyring.uid_key())
 
@@ -81,10 +81,10 @@ def run_rewrap(
     beam_args: list[str] | None = None,
     storage_options: dict | None = None,
 ) -> dict:
-    from medcodec.crypto import Keyring
+    from .keys import load_keyring
 
     quiet_beam_logs()
-    keyring = Keyring.load(key_file)
+    keyring = load_keyring(key_file)
     archive = Archive(archive_url, storage_options=storage_options)
     archive.read_manifest()
     by_shard: dict[str, list[dict]] = {}

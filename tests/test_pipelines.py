@@ -759,3 +759,47 @@ def test_progress_lines_reach_a_log_that_is_not_a_terminal(tmp_path):
     with ProgressMonitor(str(tmp_path / "none"), total=None, stream=quiet, interval=0.01, log_interval=0.02):
         time.sleep(0.1)  # nothing moved: one final line only
     assert len(quiet.getvalue().splitlines()) == 1
+
+
+def test_keys_come_from_env_or_url_and_no_key_material_enters_the_job_graph(tmp_path, monkeypatch):
+    import apache_beam as beam
+
+    from medcodec.crypto import EnvKeySource, FileKeySource, Keyring, KeyringError, UrlKeySource, key_source
+
+    assert key_source("env:RING") == EnvKeySource("RING") and key_source("s3://b/ring.json") == UrlKeySource("s3://b/ring.json")
+    assert key_source("file:///k/ring.json") == key_source("/k/ring.json") == FileKeySource("/k/ring.json")
+    ring_path = tmp_path / "ring.json"
+    ring = Keyring.create(ring_path)
+    text = ring_path.read_text()
+    secrets = [v for k, v in json.loads(text).items() if k == "identity_secret"]
+    secrets += [k["material"] for k in json.loads(text)["keys"]]
+    monkeypatch.setenv("MEDARCHIVE_TEST_RING", text)
+    with fsspec.open("memory://secrets/ring.json", "w") as fh:
+        fh.write(text)
+    for spec in ("env:MEDARCHIVE_TEST_RING", "memory://secrets/ring.json"):
+        assert Keyring.from_source(key_source(spec)).uid_key() == ring.uid_key()
+    monkeypatch.setenv("MEDARCHIVE_EMPTY", "")
+    for spec, words in (("env:MEDARCHIVE_EMPTY", "not set or empty"), ("memory://secrets/none.json", "cannot be read")):
+        with pytest.raises(KeyringError, match=words):
+            Keyring.from_source(key_source(spec))
+
+    graphs = []
+    run = beam.Pipeline.run
+
+    def recording_run(self, *args, **kwargs):
+        graphs.append(self.to_runner_api().SerializeToString())
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(beam.Pipeline, "run", recording_run)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ct.dcm").write_bytes(data("CT_small.dcm"))
+    summary = run_migrate(str(src), str(tmp_path / "dst"), preset="fast", key_file="env:MEDARCHIVE_TEST_RING",
+                          progress=False)
+    assert summary["archived"] == 1 and graphs
+    for graph in graphs:
+        for secret in secrets:
+            import base64
+
+            assert secret.encode() not in graph and base64.b64decode(secret) not in graph
+    assert run_restore(str(tmp_path / "dst"), str(tmp_path / "out"), key_file="env:MEDARCHIVE_TEST_RING")["restored"] == 1
