@@ -230,6 +230,25 @@ class Archive:
     def index_names(self) -> list[str]:
         return [n[: -len(".parquet")] for n in self._list("index", ".parquet")]
 
+    def check_index_files(self, names: list[str], *, threads: int = 16) -> None:
+        """Raise ArchiveError naming the first index file whose parquet footer does not read
+        (a junk or truncated file), reading only the footers, several at a time: what a run
+        checks before it starts, without reading any rows."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def footer(name: str) -> str | None:
+            try:
+                with self.fs.open(self.path("index", f"{name}.parquet"), "rb") as fh:
+                    pq.read_metadata(fh)
+            except Exception as exc:  # noqa: BLE001 - named in the error below
+                return f"index/{name}.parquet is unreadable ({type(exc).__name__})"
+            return None
+
+        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(names)))) as pool:
+            for problem in pool.map(footer, names):
+                if problem:
+                    raise ArchiveError(f"index file {problem}; run `medarchive audit` on DST")
+
     def shard_names(self) -> list[str]:
         return [n[: -len(".tar")] for n in self._list("shards", ".tar")]
 

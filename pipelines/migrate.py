@@ -4,7 +4,8 @@
       -> write shards (tmp, verify, publish) + index (commit marker) -> finalize (dead letters, run summary)
 
 Every input ends as exactly one indexed record, one dead-letter row, or a skip
-(already indexed with the same source checksum by an earlier run).
+(already indexed with the same source checksum by an earlier run: workers read DST's
+index files and meet them with the listed inputs by source key).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from apache_beam.metrics import Metrics
 
 from schemas.tables import DEADLETTER_SCHEMA, INDEX_SCHEMA, table_of
 
-from .archive import Archive, Identity
+from .archive import Archive, ArchiveError, Identity
 from .keys import load_keyring
 from .progress import ProgressReporter
 from .sources import ReadLimits, SourceRef, list_sources, read_source
@@ -143,6 +144,48 @@ def header_identifiers(data: bytes) -> dict[str, str | None]:
     }
 
 
+class ReadIndexKeys(beam.DoFn):
+    """One committed index file -> (source_key, source_sha256) of each of its rows.
+
+    Workers read the index files (in parallel, one element per file) to decide what to
+    skip, so nothing proportional to the archive enters the job graph: it carries only
+    the index files' names. A file that cannot be trusted stops the run, as before: its
+    inputs would otherwise be archived twice."""
+
+    def __init__(self, cfg: MigrateConfig) -> None:
+        self.cfg = cfg
+
+    def setup(self) -> None:
+        self.archive = Archive(self.cfg.dst, storage_options=self.cfg.storage_options)
+
+    def process(self, name: str) -> Iterator[tuple[str, str]]:
+        table, bad = self.archive.read_index_reporting([name])
+        if bad:
+            raise ArchiveError(f"index file {bad[0]['file']} is {bad[0]['reason']}; run `medarchive audit` on DST")
+        yield from zip(table.column("source_key").to_pylist(), table.column("source_sha256").to_pylist())
+
+
+class KeySources(beam.DoFn):
+    """A listed input -> (source_key, ref), to meet its index rows (if any) by key."""
+
+    def __init__(self, cfg: MigrateConfig) -> None:
+        self.cfg = cfg
+
+    def setup(self) -> None:
+        self.identity = _resolve_identity(self.cfg)
+
+    def process(self, ref: SourceRef) -> Iterator[tuple[str, SourceRef]]:
+        yield self.identity.hash("source", ref.identity), ref
+
+
+def _with_indexed(keyed: tuple[str, dict]) -> Iterator[tuple[SourceRef, frozenset]]:
+    """(ref, checksums its source key is indexed with) for each listed input of one key."""
+    _, groups = keyed
+    known = frozenset(groups["indexed"])
+    for ref in groups["listed"]:
+        yield ref, known
+
+
 class EncodeInstance(beam.DoFn):
     """Read, checksum, skip if already archived, compress (verified) -> (study_key, instance)."""
 
@@ -197,7 +240,8 @@ class EncodeInstance(beam.DoFn):
             return self.cfg.local_model
         return (coder, "classical-v1")
 
-    def process(self, ref: SourceRef, already: frozenset) -> Iterator[Any]:
+    def process(self, element: tuple[SourceRef, frozenset]) -> Iterator[Any]:
+        ref, indexed = element  # indexed: the checksums this source is archived with already
         ident, cfg = self.identity, self.cfg
         source_key = ident.hash("source", ref.identity)
         t0 = time.perf_counter()
@@ -214,7 +258,7 @@ class EncodeInstance(beam.DoFn):
             return
         read_s = time.perf_counter() - t0
         sha = hashlib.sha256(data).hexdigest()
-        if (source_key, sha) in already:
+        if sha in indexed:
             Metrics.counter(NAMESPACE, "skipped").inc()
             yield beam.pvalue.TaggedOutput("skipped", source_key)
             self.progress.tick(len(data), 0, skipped=True)
@@ -442,7 +486,7 @@ class Migrate(beam.PTransform):
     """The whole job as one transform: a PCollection of SRC URLs -> the run summary."""
 
     cfg: MigrateConfig
-    already: frozenset
+    index_files: tuple[str, ...]  # names of DST's index files: the graph carries no index rows
     started: float
 
     def __post_init__(self) -> None:
@@ -451,14 +495,19 @@ class Migrate(beam.PTransform):
     def expand(self, srcs):
         cfg = self.cfg
         listed = srcs | "List" >> beam.ParDo(ListSources(cfg)).with_outputs("dead", main="refs")
-        already = srcs.pipeline | "Indexed" >> beam.Create([self.already])
+        indexed = (
+            srcs.pipeline
+            | "IndexFiles" >> beam.Create(list(self.index_files))
+            | "SpreadIndexFiles" >> beam.Reshuffle()
+            | "ReadIndex" >> beam.ParDo(ReadIndexKeys(cfg))
+        )
+        keyed = listed.refs | "KeySources" >> beam.ParDo(KeySources(cfg))
         encoded = (
-            listed.refs
+            {"listed": keyed, "indexed": indexed}
+            | "MeetIndex" >> beam.CoGroupByKey()
+            | "WithIndexed" >> beam.FlatMap(_with_indexed)
             | "Reshuffle" >> beam.Reshuffle()
-            | "Encode"
-            >> beam.ParDo(EncodeInstance(cfg), already=beam.pvalue.AsSingleton(already)).with_outputs(
-                "dead", "skipped", main="instances"
-            )
+            | "Encode" >> beam.ParDo(EncodeInstance(cfg)).with_outputs("dead", "skipped", main="instances")
         )
         shards = encoded.instances | "ByStudy" >> beam.GroupByKey() | "WriteShards" >> beam.ParDo(WriteShards(cfg))
         tagged = (

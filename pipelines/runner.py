@@ -147,10 +147,10 @@ def run_migrate(
         announce(run_id)
     with lease_held(archive, run_id), storage_errors(dst, storage_options), storage_errors(src, storage_options):
         cleaned = archive.clean_uncommitted()
-        index = archive.read_index()
-        already = frozenset(zip(index.column("source_key").to_pylist(), index.column("source_sha256").to_pylist()))
+        index_files = tuple(archive.index_names())  # names only: workers read the rows
+        archive.check_index_files(list(index_files))  # a junk file stops the run here, in one line
         summary = _run_migrate_pipeline(
-            archive, run_id, already, src=src, dst=dst, preset=preset, memory_budget=memory_budget,
+            archive, run_id, index_files, src=src, dst=dst, preset=preset, memory_budget=memory_budget,
             max_pixel_ratio=max_pixel_ratio, max_input_bytes=max_input_bytes, max_seconds=max_seconds,
             local_model=local_model,
             adapters=adapters, keep_codestream=keep_codestream, key_file=key_file, storage_options=storage_options,
@@ -197,7 +197,7 @@ def lease_held(archive: Archive, run_id: str):
         archive.release_lease(run_id)
 
 
-def _run_migrate_pipeline(archive: Archive, run_id: str, already: frozenset, *, src, dst, preset, memory_budget,
+def _run_migrate_pipeline(archive: Archive, run_id: str, index_files: tuple[str, ...], *, src, dst, preset, memory_budget,
                           max_pixel_ratio, max_input_bytes, max_seconds, local_model, adapters, keep_codestream, key_file,
                           storage_options, progress, runner, workers, beam_args) -> dict:
     local = runner in LOCAL_RUNNERS
@@ -221,7 +221,7 @@ def _run_migrate_pipeline(archive: Archive, run_id: str, already: frozenset, *, 
         )
         started = time.time()
         pipeline = beam.Pipeline(options=pipeline_options(runner, workers, beam_args))
-        _ = pipeline | "Source" >> beam.Create([src]) | "Migrate" >> Migrate(cfg, already, started)
+        _ = pipeline | "Source" >> beam.Create([src]) | "Migrate" >> Migrate(cfg, index_files, started)
         with worker_logs_captured(local) as console:
             if cfg.progress_dir:
                 with ProgressMonitor(progress_dir, total=None, stream=console):
