@@ -12,7 +12,7 @@ CONFIGS = sorted((Path(__file__).parents[1] / "jobs" / "configs").glob("*.json")
 
 
 def test_configs_for_each_runner_exist():
-    assert {p.stem for p in CONFIGS} >= {"local", "dataflow-gpu", "flink", "spark"}
+    assert {p.stem for p in CONFIGS} >= {"local", "dataflow-gpu", "flink", "spark", "portable-pool"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -23,6 +23,8 @@ def test_config_yields_pipeline_options(path):
     assert opts["runner"] == config["runner"]
     if path.stem == "dataflow-gpu":
         assert any("worker_accelerator" in a for a in config["beam_args"])
+    if path.stem in ("flink", "spark"):  # a job-server jar and the cluster's version: no download at submit time
+        assert opts[f"{path.stem}_job_server_jar"].endswith(".jar") and opts[f"{path.stem}_version"]
 
 
 def test_schedule_examples_are_well_formed():
