@@ -198,3 +198,13 @@ def test_adapt_benchmark_bound_measures_every_model_on_the_same_patches(monkeypa
     text = format_report(report)
     assert "CT    local bits per symbol on 64 evaluation patches" in text and "in-sample" in text
     assert "0.0% below" in text and "no records coded" in text
+
+
+@pytest.mark.slow
+def test_scale_rehearsal_runs_and_resumes(capsys):
+    from benchmarks import scale_rehearsal
+
+    assert scale_rehearsal.main(["--n", "12", "--workers", "1"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    row = table[-1].split()
+    assert row[:3] == ["1", "12", "0"] and row[-1] == "12"  # all archived, none dead, all skipped on resume
