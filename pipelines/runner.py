@@ -245,7 +245,8 @@ def format_summary(summary: dict) -> str:
     bps = summary["coded_bits"] / summary["samples"] if summary["samples"] else float("nan")
     stages = summary["stage_seconds"]
     lines = [
-        f"run {summary['run_id']}  ({summary.get('runner', '?')}, {summary.get('workers', '?')} worker(s))",
+        f"run {summary['run_id']}  ({summary.get('runner', '?')}"
+        + (f", {summary.get('workers', '?')} worker(s))" if summary.get("runner") in LOCAL_RUNNERS else ")"),
         f"  inputs          {summary['inputs']}",
         f"  archived        {summary['archived']}  in {summary['shards']} shard(s)",
         f"  skipped         {summary['skipped']}  (already archived)",
