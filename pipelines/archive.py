@@ -3,23 +3,34 @@
 Layout under the archive root (any fsspec URL):
 
     archive.json              format / schema versions, identity mode
-    shards/<name>.tar         records (one tar member per instance)
-    index/<name>.parquet      one per shard, one row per record; the shard's commit marker
-    deadletter/<run>.parquet  inputs that could not be archived, with the reason
+    shards/<stem>.<run>.<sha16>.tar  records (one tar member per instance); named by the
+                              run that wrote it and the first 16 hex of its SHA-256
+    index/<stem>.parquet      one per shard stem, one row per record; names the one shard
+                              file it describes; the shard's commit marker
+    deadletter/<run>-<part>.parquet  inputs that could not be archived, with the reason
+                              (one file per bundle of a run's workers)
     runs/<run>.json           run summaries
     audit/<id>.parquet|.json  audit reports
     models/<sha256>.safetensors  A-LoRA adapters used by records (content-addressed)
     models/adapters.json      which adapter codes which modality, with the fit's metrics
 
-Commit protocol: a shard is written under shards/.tmp-<run>.*, verified, moved to its
-final name, then its index is written under index/.tmp-<run>.* and moved into place.
-Each migrate run holds a lease, runs/<run>.live (host, pid, heartbeat), while it runs.
-The next run removes temporary files only of runs that are not live (no lease, a local
-process that is gone, or a heartbeat older than LEASE_SECONDS): a concurrent run or a
-scheduler retry keeps its in-flight files. A published shard is never deleted: one
-without an index (its run died between the two moves, or its index file was lost) is
-kept and reported (audit: "unindexed shard"); re-running the same inputs rewrites it
-under the same name and commits its index.
+A shard's *stem* names its inputs (the study and the source keys and checksums of the
+instances it holds), so any run or retried bundle that archives the same inputs commits
+the same index file; its file name adds the writing run and the tar's own digest, so two
+attempts never write the same file. Sealed records differ on every attempt (fresh nonce
+and data key): a retried bundle, a zombie attempt or a second concurrent run each publish
+their own tar, and each index file names the tar its rows were measured in.
+
+Commit protocol: a shard is streamed to shards/.tmp-<run>.*, verified, moved to its
+content name, then index/<stem>.parquet is written under index/.tmp-<run>.* and moved
+into place (the last attempt to commit wins, whole). Each run holds a lease,
+runs/<run>.live (host, pid, heartbeat), while it runs. Cleanup (at the start and end of
+every migrate run) removes only files of runs that are not live (no lease, a local
+process that is gone, or a heartbeat older than LEASE_SECONDS): their temporary files,
+and their *superseded* shards (a stem whose index names another tar of the same stem: a
+lost race). A published shard that no index names at all (its run died between the two
+moves, or its index file was lost) is never deleted: it is kept and reported (audit:
+"shard has no index"); re-running the same inputs commits that stem again.
 """
 
 from __future__ import annotations
@@ -53,6 +64,22 @@ ARCHIVE_LAYOUT_VERSION = 1
 TMP_PREFIX = ".tmp-"
 LEASE_SECONDS = 15 * 60  # a run whose heartbeat is older than this is taken as dead
 HEARTBEAT_SECONDS = 60
+CREATE_SETTLE_SECONDS = 2.0  # object stores: how long a new archive.json must stay ours
+
+
+def shard_stem(name: str) -> str:
+    """The stem of a shard file ("shards/<stem>.<run>.<sha16>.tar", "<stem>.tar", or a name
+    from ``shard_names``): what its index file is named after."""
+    name = name.rsplit("/", 1)[-1]
+    if name.endswith(".tar"):
+        name = name[: -len(".tar")]
+    return name.split(".", 1)[0]
+
+
+def shard_writer_run(name: str) -> str | None:
+    """The run that wrote a content-named shard; None for a shard named before runs were."""
+    parts = name.rsplit("/", 1)[-1].removesuffix(".tar").split(".")
+    return parts[1] if len(parts) == 3 else None
 
 
 class ArchiveError(Exception):
@@ -151,18 +178,51 @@ class Archive:
                                " silently; run `medarchive repair` to rebuild it")
         if key is None:
             salt = secrets.token_bytes(32)
-            identity = Identity(salt)
             ident = {"mode": "archive-salt", "salt": salt.hex(),
                      "note": "identifiers are HMACs under this salt: anyone who can read this file can confirm a"
                              " guessed UID or path; they are not pseudonyms (a keyring keeps the key out)"}
         else:
-            identity = Identity(key)
-            ident = {"mode": key_mode, "check": identity.check}
-        self.write_manifest(ident)
-        return identity
+            ident = {"mode": key_mode, "check": Identity(key).check}
+        if not self.create_manifest(ident):  # another run created it first: take its identity
+            return self.open_or_create(key=key, key_mode=key_mode)
+        return Identity(bytes.fromhex(ident["salt"])) if key is None else Identity(key)
+
+    def create_manifest(self, ident: dict) -> bool:
+        """Create archive.json unless it exists; False when another run created it first.
+
+        Two first runs started together into a new DST must agree on one identity (a keyless
+        archive's salt is random). On a local disk the file is linked into place, which fails
+        when it exists; on an object store (no create-if-absent across stores) it is written,
+        then read back after CREATE_SETTLE_SECONDS: a run whose file was overwritten meanwhile
+        takes the other's. Workers read archive.json only after this returns."""
+        data = self._manifest_bytes(ident)
+        self.fs.makedirs(self.root, exist_ok=True)
+        protocols = set(self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else [self.fs.protocol])
+        if protocols & {"file", "local"}:
+            tmp = os.path.join(self.root, f"{self.tmp_name()}-archive.json")
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            try:
+                os.link(tmp, os.path.join(self.root, "archive.json"))
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+        self.write_atomic("archive.json", data)
+        if "memory" in protocols:
+            return True  # one process: nobody else can write it
+        time.sleep(CREATE_SETTLE_SECONDS)
+        self.fs.invalidate_cache()
+        return self.read_manifest().get("identity") == ident
 
     def write_manifest(self, ident: dict) -> None:
         """Write archive.json with this identity section and the current versions."""
+        self.fs.makedirs(self.root, exist_ok=True)
+        self.write_atomic("archive.json", self._manifest_bytes(ident))
+
+    @staticmethod
+    def _manifest_bytes(ident: dict) -> bytes:
         manifest = {
             "layout_version": ARCHIVE_LAYOUT_VERSION,
             "format_version": schemas.FORMAT_VERSION,
@@ -173,8 +233,7 @@ class Archive:
             },
             "identity": ident,
         }
-        self.fs.makedirs(self.root, exist_ok=True)
-        self.write_atomic("archive.json", json.dumps(manifest, indent=2, sort_keys=True).encode())
+        return json.dumps(manifest, indent=2, sort_keys=True).encode()
 
     # --- atomic writes -----------------------------------------------------------------
     def write_atomic(self, rel: str, data: bytes) -> None:
@@ -274,8 +333,8 @@ class Archive:
                 bad.append({"file": rel, "reason": f"unreadable ({type(exc).__name__})"})
                 continue
             shards = set(table.column("shard").to_pylist())
-            if shards != {f"shards/{name}.tar"} and table.num_rows:
-                bad.append({"file": rel, "reason": f"describes {', '.join(sorted(shards))}, not shards/{name}.tar"})
+            if table.num_rows and (len(shards) != 1 or shard_stem(next(iter(shards))) != name):
+                bad.append({"file": rel, "reason": f"describes {', '.join(sorted(shards))}, not one shard of stem {name}"})
                 continue
             places = list(zip(table.column("shard").to_pylist(), table.column("offset").to_pylist()))
             fresh = [p not in seen for p in places]
@@ -395,9 +454,9 @@ class Archive:
         return live
 
     def clean_uncommitted(self) -> dict[str, int]:
-        """Delete the temporary files of runs that are not live; count (and keep) published
-        shards without an index."""
-        removed = {"temporary": 0, "unindexed_shards": 0}
+        """Delete the temporary files and superseded shards of runs that are not live; count
+        (and keep) published shards that no index names."""
+        removed = {"temporary": 0, "superseded": 0, "unindexed_shards": 0}
         live = self.live_runs()
         for folder in ("shards", "index", "deadletter", "runs", "audit", ""):
             base = self.path(folder) if folder else self.root
@@ -409,8 +468,38 @@ class Archive:
                     self.fs.rm(p)
                     removed["temporary"] += 1
         committed = set(self.index_names())
-        removed["unindexed_shards"] = sum(1 for shard in self.shard_names() if shard not in committed)
+        by_stem: dict[str, list[str]] = {}
+        for shard in self.shard_names():
+            by_stem.setdefault(shard_stem(shard), []).append(shard)
+        for stem, shards in sorted(by_stem.items()):
+            if stem not in committed:
+                removed["unindexed_shards"] += len(shards)
+                continue
+            if len(shards) == 1:
+                continue
+            named = self.indexed_shard(stem)
+            for shard in shards:
+                if f"shards/{shard}.tar" == named:
+                    continue
+                writer = shard_writer_run(shard)
+                if writer is not None and writer in live:
+                    continue  # its run may still commit it
+                if named is not None and writer is not None:
+                    self.fs.rm(self.path("shards", f"{shard}.tar"))
+                    removed["superseded"] += 1
+                else:  # a shard named before runs were, or nothing says which tar is current: kept
+                    removed["unindexed_shards"] += 1
         return removed
+
+    def indexed_shard(self, stem: str) -> str | None:
+        """The shard file that index/<stem>.parquet names ("shards/<...>.tar"); None when it
+        names none or does not read."""
+        try:
+            with self.fs.open(self.path("index", f"{stem}.parquet"), "rb") as fh:
+                shards = set(pq.read_table(fh, columns=["shard"]).column("shard").to_pylist())
+        except Exception:  # noqa: BLE001 - an unreadable index: nothing is deleted on its word
+            return None
+        return next(iter(shards)) if len(shards) == 1 else None
 
 
 def archive_identity(manifest: dict, key_file: str | None) -> Identity | None:

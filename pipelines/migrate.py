@@ -1,7 +1,9 @@
 """The migrate job: SRC (any fsspec URL) -> a verified, indexed archive at DST.
 
-    list sources -> read + encode (codec loaded once per worker) -> group by study
-      -> write shards (tmp, verify, publish) + index (commit marker) -> finalize (dead letters, run summary)
+    list (top level, then each folder and each file's head on its own worker)
+      -> read + encode (codec loaded once per worker) -> group by study
+      -> stream shards (tmp, verify, publish under a content name) + index (commit marker)
+      -> dead letters (one file per bundle) -> run summary (a combiner: counts and sums)
 
 Every input ends as exactly one indexed record, one dead-letter row, or a skip
 (already indexed with the same source checksum by an earlier run: workers read DST's
@@ -14,7 +16,6 @@ import hashlib
 import io
 import json
 import tarfile
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
@@ -27,7 +28,7 @@ from schemas.tables import DEADLETTER_SCHEMA, INDEX_SCHEMA, table_of
 from .archive import Archive, ArchiveError, Identity
 from .keys import load_keyring
 from .progress import ProgressReporter
-from .sources import ReadLimits, SourceRef, list_sources, read_source
+from .sources import ReadLimits, SourceRef, expand_file, find_files, list_top, read_source
 from .storage import StorageUnavailableError, is_unavailable
 
 # A shard holds at most this many instances / bytes of records (a study may span shards).
@@ -78,8 +79,32 @@ def _resolve_identity(cfg: MigrateConfig) -> Identity:
 # --- DoFns ---------------------------------------------------------------------------------
 
 
-class ListSources(beam.DoFn):
-    """SRC URL -> one SourceRef per input (zip/tar members expanded); unlistable archives dead-lettered."""
+class ListTop(beam.DoFn):
+    """SRC URL -> (URL, is a folder) of each entry directly under it (one listing call)."""
+
+    def __init__(self, cfg: MigrateConfig) -> None:
+        self.cfg = cfg
+
+    def process(self, src: str) -> Iterator[tuple[str, bool]]:
+        yield from list_top(src, storage_options=self.cfg.storage_options)
+
+
+class FindFiles(beam.DoFn):
+    """(URL, is a folder) -> every file URL under it: each top-level folder walked on its own worker."""
+
+    def __init__(self, cfg: MigrateConfig) -> None:
+        self.cfg = cfg
+
+    def process(self, entry: tuple[str, bool]) -> Iterator[str]:
+        url, is_dir = entry
+        yield from (find_files(url, storage_options=self.cfg.storage_options) if is_dir else [url])
+
+
+class ExpandFile(beam.DoFn):
+    """A file URL -> one SourceRef per input (zip/tar members expanded); unlistable archives dead-lettered.
+
+    Reading each object's first bytes is the slow part of listing a PACS export: it runs
+    here, after a Reshuffle, on every worker."""
 
     def __init__(self, cfg: MigrateConfig) -> None:
         self.cfg = cfg
@@ -87,8 +112,8 @@ class ListSources(beam.DoFn):
     def setup(self) -> None:
         self.identity = _resolve_identity(self.cfg)
 
-    def process(self, src: str) -> Iterator[Any]:
-        for item in list_sources(src, storage_options=self.cfg.storage_options):
+    def process(self, url: str) -> Iterator[Any]:
+        for item in expand_file(url, storage_options=self.cfg.storage_options):
             if isinstance(item, tuple):
                 ref, exc = item
                 Metrics.counter(NAMESPACE, "deadlettered").inc()
@@ -141,6 +166,7 @@ def header_identifiers(data: bytes) -> dict[str, str | None]:
         "sop": str(sop) if sop else None,
         "patient": str(ds.get("PatientID", "") or "") or None,
         "modality": str(ds.get("Modality", "") or "") or None,
+        "transfer_syntax": str(meta.get("TransferSyntaxUID", "") or "") or None if meta is not None else None,
     }
 
 
@@ -301,7 +327,8 @@ class EncodeInstance(beam.DoFn):
             "samples": spec.get("samples"),
             "bits_allocated": spec.get("bits_allocated"),
             "bits_stored": spec.get("bits_stored"),
-            "transfer_syntax": spec.get("transfer_syntax"),
+            # The source's, as its file meta states it (spec's is the de-identified copy's).
+            "transfer_syntax": uids.get("transfer_syntax") or spec.get("transfer_syntax"),
             # For keyed records: how the *original* restores (the clear part is always byte-exact).
             "restore_mode": (info.get("sealed") or {}).get("original_restore_mode") or info["restore_mode"],
             "pixel_sha256": _pixel_digest(record),
@@ -334,30 +361,122 @@ def _pixel_digest(record: bytes) -> str | None:
     return pixels["digest"] if pixels else None
 
 
-def shard_chunks(instances: list[dict]) -> Iterator[list[dict]]:
-    """Deterministic split of one study's instances into shards."""
-    chunk: list[dict] = []
+def shard_chunks(instances: Iterable[dict]) -> list[list[tuple]]:
+    """Deterministic split of one study's instances into shards, from their rows and sizes
+    only: a list of chunks, each a list of (sop_key, source_key, source_sha256) sorted. The
+    records themselves are not held (a study can be larger than a worker's memory)."""
+    keys = sorted((i["row"]["sop_key"], i["row"]["source_key"], i["row"]["source_sha256"], len(i["record"]))
+                  for i in instances)
+    chunks: list[list[tuple]] = []
+    chunk: list[tuple] = []
     size = 0
-    for inst in sorted(instances, key=lambda i: (i["row"]["sop_key"], i["row"]["source_key"])):
-        if chunk and (len(chunk) >= MAX_SHARD_INSTANCES or size + len(inst["record"]) > MAX_SHARD_BYTES):
-            yield chunk
+    for *key, length in keys:
+        if chunk and (len(chunk) >= MAX_SHARD_INSTANCES or size + length > MAX_SHARD_BYTES):
+            chunks.append(chunk)
             chunk, size = [], 0
-        chunk.append(inst)
-        size += len(inst["record"])
+        chunk.append(tuple(key))
+        size += length
     if chunk:
-        yield chunk
+        chunks.append(chunk)
+    return chunks
 
 
-def shard_name(study_key: str, chunk: list[dict]) -> str:
-    """Same instances -> same name, so a retried bundle rewrites its own shard, never a second one."""
+def shard_stem(study_key: str, chunk: list[tuple]) -> str:
+    """Same inputs -> same stem, so every attempt at them commits the same index file."""
     content = hashlib.sha256()
-    for inst in chunk:
-        content.update(f"{inst['row']['source_key']}:{inst['row']['source_sha256']}\n".encode())
+    for _, source_key, source_sha256 in chunk:
+        content.update(f"{source_key}:{source_sha256}\n".encode())
     return f"{study_key[:16]}-{content.hexdigest()[:16]}"
 
 
+class _Sha256Writer:
+    """A write-only file wrapper that hashes what passes through and counts its offset."""
+
+    def __init__(self, fh) -> None:
+        self.fh, self.sha, self.offset = fh, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.fh.write(data)
+        self.sha.update(data)
+        self.offset += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.offset
+
+    def flush(self) -> None:
+        pass
+
+
+class ShardWriter:
+    """One shard, streamed: records go to a temporary tar as they arrive (nothing but the
+    current record is held), then ``publish`` verifies it and moves it to its content name
+    shards/<stem>.<run>.<sha16>.tar, and ``commit`` writes index/<stem>.parquet naming it.
+
+    Two attempts at the same stem (a retried bundle, a zombie worker, a second run) each
+    publish their own tar; whichever commits last wins, and its index names its own tar,
+    so an index never describes another attempt's bytes."""
+
+    def __init__(self, archive: Archive, identity: Identity, stem: str) -> None:
+        self.archive, self.identity, self.stem = archive, identity, stem
+        self.rows: list[dict] = []
+        archive.fs.makedirs(archive.path("shards"), exist_ok=True)
+        self.tmp = archive.path("shards", f"{archive.tmp_name()}-{stem}.tar")
+        self._fh = archive.fs.open(self.tmp, "wb")
+        self._out = _Sha256Writer(self._fh)
+        self._tar = tarfile.open(fileobj=self._out, mode="w", format=tarfile.USTAR_FORMAT)
+        self.shard: str | None = None
+        self.size = 0
+
+    def add(self, row: dict, record: bytes) -> None:
+        row = dict(row)
+        info = tarfile.TarInfo(f"{row['sop_key']}-{row['source_key'][:8]}.mdc")
+        info.size, info.mtime, info.mode = len(record), 0, 0o644
+        header = len(info.tobuf(self._tar.format, self._tar.encoding, self._tar.errors))
+        row.update(offset=self._tar.offset + header, length=info.size)
+        self._tar.addfile(info, io.BytesIO(record))
+        self.rows.append(row)
+
+    def publish(self) -> str:
+        """Close, verify every record against its SHA-256, move to the content name."""
+        self._tar.close()
+        self._fh.close()
+        self.size = self._out.offset
+        run = self.archive.owner or "anonymous"
+        self.shard = f"shards/{self.stem}.{run}.{self._out.sha.hexdigest()[:16]}.tar"
+        for row in self.rows:
+            row["shard"] = self.shard
+            row["row_mac"] = self.identity.row_mac(row)
+        _verify(self.archive, self.tmp, self.rows)
+        self.archive.fs.mv(self.tmp, self.archive.path(self.shard))
+        return self.shard
+
+    def commit(self) -> None:
+        """index/<stem>.parquet, written atomically: the shard's commit marker."""
+        self.archive.write_table(f"index/{self.stem}.parquet", table_of(self.rows, INDEX_SCHEMA))
+
+    def abandon(self) -> None:
+        try:
+            self._tar.close()
+            self._fh.close()
+            self.archive.fs.rm(self.tmp)
+        except Exception:  # noqa: BLE001 - a temporary file of a dead attempt; cleanup removes it later
+            pass
+
+
+def _verify(archive: Archive, path: str, rows: list[dict]) -> None:
+    with archive.fs.open(path, "rb") as fh:
+        for row in rows:
+            fh.seek(row["offset"])
+            if hashlib.sha256(fh.read(row["length"])).hexdigest() != row["record_sha256"]:
+                raise IOError(f"shard verification failed for a record in {path}")
+
+
 class WriteShards(beam.DoFn):
-    """(study_key, instances) -> shards/<name>.tar + index/<name>.parquet, committed in that order."""
+    """(study_key, instances) -> shards/<stem>.<run>.<sha16>.tar + index/<stem>.parquet, committed in that order.
+
+    The instances are iterated twice (Beam's grouped values are re-iterable): once for
+    their keys and sizes, to plan the shards, once to stream each record into its shard."""
 
     def __init__(self, cfg: MigrateConfig) -> None:
         self.cfg = cfg
@@ -366,104 +485,172 @@ class WriteShards(beam.DoFn):
         self.archive = Archive(self.cfg.dst, storage_options=self.cfg.storage_options, owner=self.cfg.run_id)
         self.identity = _resolve_identity(self.cfg)
 
-    def process(self, element: tuple[str, Iterable[dict]]) -> Iterator[dict]:
+    def process(self, element: tuple[str, Iterable[dict]]) -> Iterator[tuple[str, dict]]:
         study_key, instances = element
-        for chunk in shard_chunks(list(instances)):
-            yield self._write(shard_name(study_key, chunk), chunk)
-
-    def _write(self, name: str, chunk: list[dict]) -> dict:
-        archive = self.archive
         t0 = time.perf_counter()
-        rows = []
-        with tempfile.SpooledTemporaryFile(max_size=64 << 20) as spool:
-            with tarfile.open(fileobj=spool, mode="w", format=tarfile.USTAR_FORMAT) as tf:
-                for inst in chunk:
-                    row = dict(inst["row"])
-                    info = tarfile.TarInfo(f"{row['sop_key']}-{row['source_key'][:8]}.mdc")
-                    info.size, info.mtime, info.mode = len(inst["record"]), 0, 0o644
-                    header = len(info.tobuf(tf.format, tf.encoding, tf.errors))
-                    row.update(shard=f"shards/{name}.tar", offset=tf.offset + header, length=info.size)
-                    row["row_mac"] = self.identity.row_mac(row)
-                    tf.addfile(info, io.BytesIO(inst["record"]))
-                    rows.append(row)
-            spool.seek(0)
-            tar_bytes = spool.read()
-        tmp = archive.path("shards", f"{archive.tmp_name()}-{name}.tar")
-        archive.fs.makedirs(archive.path("shards"), exist_ok=True)
-        with archive.fs.open(tmp, "wb") as fh:
-            fh.write(tar_bytes)
-        self._verify(tmp, rows)
-        archive.fs.mv(tmp, archive.path("shards", f"{name}.tar"))
-        archive.write_table(f"index/{name}.parquet", table_of(rows, INDEX_SCHEMA))  # commit marker
-        Metrics.counter(NAMESPACE, "shards").inc()
-        return {
-            "shard": name,
-            "instances": len(rows),
-            "bytes_in": sum(r["original_size"] for r in rows),
-            "bytes_out": len(tar_bytes),
-            "samples": sum((r["rows"] or 0) * (r["cols"] or 0) * (r["frames"] or 0) * (r["samples"] or 0) for r in rows),
-            "coded_bits": sum(
-                (r["bpp_record"] or 0) * (r["rows"] or 0) * (r["cols"] or 0) * (r["frames"] or 0) * (r["samples"] or 0)
-                for r in rows
-            ),
-            "read_seconds": sum(r["read_seconds"] for r in rows),
-            "encode_seconds": sum(r["encode_seconds"] for r in rows),
-            "write_seconds": time.perf_counter() - t0,
-            "modalities": sorted({r["modality"] or "?" for r in rows}),
-        }
+        chunks = shard_chunks(instances)
+        which = {key: i for i, chunk in enumerate(chunks) for key in chunk}
+        writers: dict[int, ShardWriter] = {}
+        try:
+            for inst in instances:
+                row = inst["row"]
+                i = which[(row["sop_key"], row["source_key"], row["source_sha256"])]
+                if i not in writers:
+                    writers[i] = ShardWriter(self.archive, self.identity, shard_stem(study_key, chunks[i]))
+                writers[i].add(row, inst["record"])
+            for i in sorted(writers):
+                writers[i].publish()
+                writers[i].commit()
+                Metrics.counter(NAMESPACE, "shards").inc()
+        except BaseException:
+            for writer in writers.values():
+                if writer.shard is None:
+                    writer.abandon()
+            raise
+        seconds = (time.perf_counter() - t0) / max(len(writers), 1)
+        for i in sorted(writers):
+            yield "shard", _shard_stats(writers[i], seconds)
 
-    def _verify(self, path: str, rows: list[dict]) -> None:
-        with self.archive.fs.open(path, "rb") as fh:
-            for row in rows:
-                fh.seek(row["offset"])
-                if hashlib.sha256(fh.read(row["length"])).hexdigest() != row["record_sha256"]:
-                    raise IOError(f"shard verification failed for a record in {path}")
+
+def _shard_stats(writer: ShardWriter, write_seconds: float) -> dict:
+    rows = writer.rows
+
+    def samples(r: dict) -> int:
+        return (r["rows"] or 0) * (r["cols"] or 0) * (r["frames"] or 0) * (r["samples"] or 0)
+
+    return {
+        "shard": writer.stem,
+        "instances": len(rows),
+        "bytes_in": sum(r["original_size"] for r in rows),
+        "bytes_out": writer.size,
+        "record_bytes": sum(r["length"] for r in rows),
+        "samples": sum(samples(r) for r in rows),
+        "coded_bits": sum((r["bpp_record"] or 0) * samples(r) for r in rows),
+        "read_seconds": sum(r["read_seconds"] for r in rows),
+        "encode_seconds": sum(r["encode_seconds"] for r in rows),
+        "write_seconds": write_seconds,
+        "modalities": sorted({r["modality"] or "?" for r in rows}),
+    }
+
+
+class WriteDeadLetters(beam.DoFn):
+    """Dead-letter rows -> deadletter/<run>-<part>.parquet, one file per bundle, on every
+    worker (never gathered on one): the part is named by its rows' source keys, so a
+    retried bundle rewrites its own file. An input that fails again for the same reason
+    as in an earlier run is not written again (the deadletter files hold one row per input
+    and reason; read_deadletters gives one per input). Emits ("dead", reason, new) per row
+    for the run summary."""
+
+    FLUSH_ROWS = 10_000
+
+    def __init__(self, cfg: MigrateConfig) -> None:
+        self.cfg = cfg
+
+    def setup(self) -> None:
+        self.archive = Archive(self.cfg.dst, storage_options=self.cfg.storage_options, owner=self.cfg.run_id)
+        self.known = {_failure(r) for t in self.archive.read_tables("deadletter") for r in t.to_pylist()
+                      if r["run_id"] != self.cfg.run_id}
+
+    def start_bundle(self) -> None:
+        self.pending: list[dict] = []
+
+    def process(self, row: dict) -> Iterator[tuple[str, dict]]:
+        new = _failure(row) not in self.known
+        if new:
+            self.pending.append(row)
+            if len(self.pending) >= self.FLUSH_ROWS:
+                self._flush()
+        yield "dead", {"error_type": row["error_type"], "new": new}
+
+    def finish_bundle(self) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        part = hashlib.sha256("\n".join(sorted(r["source_key"] for r in self.pending)).encode()).hexdigest()[:16]
+        self.archive.write_table(f"deadletter/{self.cfg.run_id}-{part}.parquet",
+                                 table_of(self.pending, DEADLETTER_SCHEMA))
+        self.pending = []
+
+
+class SummarizeRun(beam.CombineFn):
+    """("shard", stats) / ("dead", {error_type, new}) / ("skip", key) -> the run's totals.
+
+    Bounded state: counts and sums, plus the committed stems (names only, for the run's
+    authenticated list of index files)."""
+
+    SUMS = ("instances", "bytes_in", "bytes_out", "record_bytes", "samples", "coded_bits",
+            "read_seconds", "encode_seconds", "write_seconds")
+
+    def create_accumulator(self) -> dict:
+        return {"shards": [], "dead": 0, "dead_before": 0, "reasons": {}, "skipped": 0,
+                **{k: 0 for k in self.SUMS}}
+
+    def add_input(self, acc: dict, item: tuple[str, Any]) -> dict:
+        kind, value = item
+        if kind == "shard":
+            acc["shards"].append(value["shard"])
+            for k in self.SUMS:
+                acc[k] += value[k]
+        elif kind == "dead":
+            acc["dead"] += 1
+            acc["dead_before"] += 0 if value["new"] else 1
+            acc["reasons"][value["error_type"]] = acc["reasons"].get(value["error_type"], 0) + 1
+        else:
+            acc["skipped"] += 1
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[dict]) -> dict:
+        out = self.create_accumulator()
+        for acc in accs:
+            out["shards"].extend(acc["shards"])
+            for k in (*self.SUMS, "dead", "dead_before", "skipped"):
+                out[k] += acc[k]
+            for reason, n in acc["reasons"].items():
+                out["reasons"][reason] = out["reasons"].get(reason, 0) + n
+        return out
+
+    def extract_output(self, acc: dict) -> dict:
+        return acc
 
 
 class Finalize(beam.DoFn):
-    """All shard stats, dead letters and skips -> deadletter/<run>.parquet and runs/<run>.json."""
+    """The run's totals -> runs/<run>.json (with the authenticated list of index files it committed)."""
 
     def __init__(self, cfg: MigrateConfig, started: float) -> None:
         self.cfg = cfg
         self.started = started
 
-    def process(self, items: list[tuple[str, Any]]) -> Iterator[dict]:
+    def process(self, acc: dict) -> Iterator[dict]:
         archive = Archive(self.cfg.dst, storage_options=self.cfg.storage_options, owner=self.cfg.run_id)
-        shards = [v for k, v in items if k == "shard"]
-        dead = [v for k, v in items if k == "dead"]
-        skipped = sum(1 for k, _ in items if k == "skip")
-        # An input that fails again for the same reason is not written again: the
-        # deadletter files hold one row per input and reason, read_deadletters one per input.
-        known = {_failure(r) for r in archive.read_deadletters()} if dead else set()
-        new = [d for d in dead if _failure(d) not in known]
-        if new:
-            archive.write_table(f"deadletter/{self.cfg.run_id}.parquet", table_of(new, DEADLETTER_SCHEMA))
-        archived = sum(s["instances"] for s in shards)
+        archived = acc["instances"]
         summary = {
             "run_id": self.cfg.run_id,
             "src_hash": hashlib.sha256(self.cfg.src.encode()).hexdigest()[:16],
             "preset": self.cfg.preset,
-            "inputs": archived + len(dead) + skipped,
+            "inputs": archived + acc["dead"] + acc["skipped"],
             "archived": archived,
-            "skipped": skipped,
-            "deadlettered": len(dead),
-            "deadlettered_before": len(dead) - len(new),
-            "deadletter_reasons": _count(d["error_type"] for d in dead),
-            "shards": len(shards),
-            "bytes_in": sum(s["bytes_in"] for s in shards),
-            "bytes_out": sum(s["bytes_out"] for s in shards),
-            "samples": sum(s["samples"] for s in shards),
-            "coded_bits": sum(s["coded_bits"] for s in shards),
+            "skipped": acc["skipped"],
+            "deadlettered": acc["dead"],
+            "deadlettered_before": acc["dead_before"],
+            "deadletter_reasons": dict(sorted(acc["reasons"].items())),
+            "shards": len(acc["shards"]),
+            "bytes_in": acc["bytes_in"],
+            "bytes_out": acc["bytes_out"],
+            "record_bytes": acc["record_bytes"],
+            "samples": acc["samples"],
+            "coded_bits": acc["coded_bits"],
             "stage_seconds": {
-                "read": sum(s["read_seconds"] for s in shards),
-                "encode": sum(s["encode_seconds"] for s in shards),
-                "write": sum(s["write_seconds"] for s in shards),
+                "read": acc["read_seconds"],
+                "encode": acc["encode_seconds"],
+                "write": acc["write_seconds"],
             },
             "started": self.started,
             "finished": time.time(),
         }
         # The index files this run committed, authenticated: audit finds one that went missing.
-        summary["index_files"] = sorted(s["shard"] for s in shards)
+        summary["index_files"] = sorted(acc["shards"])
         summary["index_files_mac"] = _resolve_identity(self.cfg).manifest_mac(self.cfg.run_id, summary["index_files"])
         archive.write_atomic(f"runs/{self.cfg.run_id}.json", json.dumps(summary, indent=2, sort_keys=True).encode())
         yield summary
@@ -472,13 +659,6 @@ class Finalize(beam.DoFn):
 def _failure(row: dict) -> tuple:
     """What makes two dead-letter rows the same failure of the same input."""
     return row["source_key"], row.get("source_sha256"), row["stage"], row["error_type"], row["message"]
-
-
-def _count(values: Iterable[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return out
 
 
 @dataclass
@@ -494,7 +674,14 @@ class Migrate(beam.PTransform):
 
     def expand(self, srcs):
         cfg = self.cfg
-        listed = srcs | "List" >> beam.ParDo(ListSources(cfg)).with_outputs("dead", main="refs")
+        listed = (
+            srcs
+            | "ListTop" >> beam.ParDo(ListTop(cfg))
+            | "SpreadFolders" >> beam.Reshuffle()
+            | "FindFiles" >> beam.ParDo(FindFiles(cfg))
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "ExpandFiles" >> beam.ParDo(ExpandFile(cfg)).with_outputs("dead", main="refs")
+        )
         indexed = (
             srcs.pipeline
             | "IndexFiles" >> beam.Create(list(self.index_files))
@@ -510,12 +697,11 @@ class Migrate(beam.PTransform):
             | "Encode" >> beam.ParDo(EncodeInstance(cfg)).with_outputs("dead", "skipped", main="instances")
         )
         shards = encoded.instances | "ByStudy" >> beam.GroupByKey() | "WriteShards" >> beam.ParDo(WriteShards(cfg))
-        tagged = (
-            (shards | "TagShards" >> beam.Map(lambda s: ("shard", s)),
-             listed.dead | "TagListDead" >> beam.Map(lambda d: ("dead", d)),
-             encoded.dead | "TagDead" >> beam.Map(lambda d: ("dead", d)),
-             encoded.skipped | "TagSkip" >> beam.Map(lambda s: ("skip", s)))
+        dead = ((listed.dead, encoded.dead) | "AllDead" >> beam.Flatten()
+                | "WriteDeadLetters" >> beam.ParDo(WriteDeadLetters(cfg)))
+        return (
+            (shards, dead, encoded.skipped | "TagSkip" >> beam.Map(lambda s: ("skip", s)))
             | "All" >> beam.Flatten()
-            | "Collect" >> beam.combiners.ToList()
+            | "Summarize" >> beam.CombineGlobally(SummarizeRun())
+            | "Finalize" >> beam.ParDo(Finalize(cfg, self.started))
         )
-        return tagged | "Finalize" >> beam.ParDo(Finalize(cfg, self.started))

@@ -155,7 +155,12 @@ def run_migrate(
             local_model=local_model,
             adapters=adapters, keep_codestream=keep_codestream, key_file=key_file, storage_options=storage_options,
             progress=progress, runner=runner, workers=workers, beam_args=beam_args)
-    summary["cleaned"] = cleaned
+        # Superseded shards of runs that ended meanwhile (e.g. a killed run whose inputs this
+        # run committed again) go now, not one run later.
+        after = archive.clean_uncommitted()
+    summary["cleaned"] = {"temporary": cleaned["temporary"] + after["temporary"],
+                          "superseded": cleaned["superseded"] + after["superseded"],
+                          "unindexed_shards": after["unindexed_shards"]}
     return summary
 
 

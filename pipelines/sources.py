@@ -88,25 +88,54 @@ def _archive_kind(head: bytes) -> str | None:
 def list_sources(src: str, *, storage_options: dict | None = None) -> Iterator[SourceRef | tuple[SourceRef, Exception]]:
     """Every input under ``src``: files in any nested folder, and zip/tar(.gz) members.
 
-    Yields SourceRef, or (SourceRef, error) for an archive that cannot be listed.
+    Yields SourceRef, or (SourceRef, error) for an archive that cannot be listed. The
+    migrate job runs the same three steps on many workers (list_top, find_files,
+    expand_file); this is them in a row, in order.
     """
+    for url, is_dir in list_top(src, storage_options=storage_options):
+        for file_url in (find_files(url, storage_options=storage_options) if is_dir else [url]):
+            yield from expand_file(file_url, storage_options=storage_options)
+
+
+def list_top(src: str, *, storage_options: dict | None = None) -> list[tuple[str, bool]]:
+    """(URL, is a folder) of each entry directly under ``src`` (``src`` itself when it is a
+    file): the first level of the listing, which workers then walk in parallel."""
     fs, root = open_fs(src, storage_options)
-    paths = [root] if fs.isfile(root) else sorted(fs.find(root))
-    for path in paths:
-        url = fs.unstrip_protocol(path)
-        try:
-            with fs.open(path, "rb") as fh:
-                head = fh.read(512)
-            kind = _archive_kind(head)
-            members = None if kind is None else _archive_members(fs, path, kind)
-        except Exception as exc:  # an unreadable archive is a dead letter, never a crash
-            yield SourceRef(url), exc
-            continue
-        if members is None:
-            yield SourceRef(url)
-        else:
-            for member in members:
-                yield SourceRef(url, member)
+    if fs.isfile(root):
+        return [(fs.unstrip_protocol(root), False)]
+    out = []
+    for entry in fs.ls(root, detail=True):
+        path = entry["name"].rstrip("/")
+        if path == root.rstrip("/"):
+            continue  # some stores list a folder's own marker
+        out.append((fs.unstrip_protocol(path), entry.get("type") == "directory"))
+    return sorted(out)
+
+
+def find_files(url: str, *, storage_options: dict | None = None) -> list[str]:
+    """Every file under one folder, at any depth (sorted URLs)."""
+    fs, root = open_fs(url, storage_options)
+    return [fs.unstrip_protocol(p) for p in sorted(fs.find(root))]
+
+
+def expand_file(url: str, *, storage_options: dict | None = None) -> Iterator[SourceRef | tuple[SourceRef, Exception]]:
+    """One listed file -> its inputs: the file, or each member of a zip/tar(.gz) archive
+    (read from its first bytes); (SourceRef, error) when an archive cannot be listed."""
+    fs, path = open_fs(url, storage_options)
+    url = fs.unstrip_protocol(path)
+    try:
+        with fs.open(path, "rb") as fh:
+            head = fh.read(512)
+        kind = _archive_kind(head)
+        members = None if kind is None else _archive_members(fs, path, kind)
+    except Exception as exc:  # an unreadable archive is a dead letter, never a crash
+        yield SourceRef(url), exc
+        return
+    if members is None:
+        yield SourceRef(url)
+    else:
+        for member in members:
+            yield SourceRef(url, member)
 
 
 def _archive_members(fs, path: str, kind: str) -> list[str] | None:
