@@ -245,9 +245,13 @@ def _format_inspect(info: dict) -> str:
             + (f" + A-LoRA adapter {models['adapter_sha256'][:16]}..." if models.get("adapter_sha256") else "")
         )
         lines.append(f"split plane k    {info['k']} (noise floor {info['plane_stats'].get('noise')})")
+        from pipelines.report import PIXEL_SECTIONS
+
         bps = info["bps"]
+        pixel_bits = 8 * sum(info["sections"].get(name, 0) for name in PIXEL_SECTIONS)
         lines.append(
-            f"bits/sample      global {bps['global']:.3f}  local {bps['local']:.3f}  whole record {bps['record']:.3f}"
+            f"bits/sample      pixel streams {pixel_bits / (f * s * r * c):.3f}"
+            f" (global {bps['global']:.3f}, local {bps['local']:.3f}, tables)  whole record {bps['record']:.3f}"
         )
     report = (info.get("sealed") or {}).get("stego")
     if report is not None:
@@ -499,7 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="describe a record (sizes, bits/sample per path, k, models) or an archive")
     p.add_argument("input", help="a .mdc record, or an archive root (any fsspec URL)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--html", metavar="REPORT.html", help="archives: also write an HTML report with plots")
+    p.add_argument("--html", metavar="REPORT.html",
+                   help="archives: also write an HTML report with plots, and a sample of records decoded and"
+                        " sized with JPEG-LS / JPEG-XL on the same pixels")
     p.set_defaults(func=cmd_inspect)
 
     def runner_options(p: argparse.ArgumentParser) -> None:

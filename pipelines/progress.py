@@ -7,6 +7,12 @@ folder; the launching process sums them twice a second into one status line
 else (a scheduler's log, a pipe) a full line is written every ``log_interval`` seconds
 (30 by default, MEDARCHIVE_PROGRESS_SECONDS to change it) while the counts move, and at
 the end. Remote runners use Beam metrics instead.
+
+The figures: "MB in" and "MB/s read" count every input read, skipped ones too (what the
+run got through); the ratio is input bytes / record bytes, as `inspect` defines it, over
+the instances this run encoded (a skipped or failed input wrote nothing), and says so
+(the run summary adds input / shard bytes, the tar files). Before anything is read, and at
+the end of a run that archived nothing new, the line says so instead of a zero rate.
 """
 
 from __future__ import annotations
@@ -31,6 +37,28 @@ class ProgressReporter:
         if self._fh is None:
             self._fh = open(Path(self.folder) / f"worker-{os.getpid()}-{threading.get_ident()}.log", "a", buffering=1)
         self._fh.write(f"{bytes_in} {bytes_out} {int(skipped)} {int(failed)}\n")
+
+
+def status_line(c: dict[str, int], elapsed: float, total: int | None = None, *, final: bool = False) -> str:
+    """One progress line from :meth:`ProgressMonitor.counts` after ``elapsed`` seconds."""
+    n = c["instances"]
+    shown_total = f"/{total}" if total else ""
+    bar = ""
+    if total:
+        done = int(24 * min(n, total) / total)
+        bar = "[" + "#" * done + "." * (24 - done) + "] "
+    ratio = (f" {c['archived_in'] / c['archived_out']:.2f}x (input / record bytes)"
+             if c["archived"] and c["archived_out"] else "")
+    line = (f"{bar}{n}{shown_total} instances, {c['bytes_in'] / 1e6:.1f} MB in{ratio}, "
+            f"{c['skipped']} skipped, {c['failed']} failed")
+    if not n:
+        return line + (": nothing read" if final else "")
+    rate = n / elapsed
+    eta = f" ETA {int((total - n) / rate)}s" if total and n < total else ""
+    line += f", {rate:.1f} instances/s, {c['bytes_in'] / 1e6 / elapsed:.2f} MB/s read{eta}"
+    if final and not c["archived"]:
+        line += "; nothing new archived"
+    return line
 
 
 class ProgressMonitor:
@@ -60,41 +88,39 @@ class ProgressMonitor:
         self._thread.join()
         self._render(final=True)
 
-    def totals(self) -> tuple[int, int, int, int, int]:
-        n = bytes_in = bytes_out = skipped = failed = 0
+    def counts(self) -> dict[str, int]:
+        """Sums over every worker's ticks: instances seen, bytes read, and for the instances
+        archived (neither skipped nor failed) their input and record bytes."""
+        c = dict.fromkeys(("instances", "bytes_in", "archived", "archived_in", "archived_out", "skipped", "failed"), 0)
         for f in self.folder.glob("worker-*.log"):
             for line in f.read_text().splitlines():
                 parts = line.split()
                 if len(parts) != 4:
-                    continue
-                n += 1
-                bytes_in += int(parts[0])
-                bytes_out += int(parts[1])
-                skipped += int(parts[2])
-                failed += int(parts[3])
-        return n, bytes_in, bytes_out, skipped, failed
+                    continue  # a line being written
+                bytes_in, bytes_out, skipped, failed = map(int, parts)
+                c["instances"] += 1
+                c["bytes_in"] += bytes_in
+                c["skipped"] += skipped
+                c["failed"] += failed
+                if not skipped and not failed:
+                    c["archived"] += 1
+                    c["archived_in"] += bytes_in
+                    c["archived_out"] += bytes_out
+        return c
+
+    def totals(self) -> tuple[int, int, int, int, int]:
+        """(instances, bytes read, record bytes written, skipped, failed)."""
+        c = self.counts()
+        return c["instances"], c["bytes_in"], c["archived_out"], c["skipped"], c["failed"]
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self._render()
 
     def _render(self, final: bool = False) -> None:
-        n, bytes_in, bytes_out, skipped, failed = self.totals()
-        elapsed = max(time.time() - self.started, 1e-6)
-        rate = n / elapsed
-        total = f"/{self.total}" if self.total else ""
-        eta = ""
-        if self.total and rate > 0 and n < self.total:
-            eta = f" ETA {int((self.total - n) / rate)}s"
-        ratio = f" {bytes_in / bytes_out:.2f}x" if bytes_out else ""
-        bar = ""
-        if self.total:
-            done = int(24 * min(n, self.total) / self.total)
-            bar = "[" + "#" * done + "." * (24 - done) + "] "
-        line = (
-            f"{bar}{n}{total} instances, {bytes_in / 1e6:.1f} MB in{ratio}, "
-            f"{skipped} skipped, {failed} failed, {rate:.1f}/s, {bytes_in / 1e6 / elapsed:.2f} MB/s{eta}"
-        )
+        c = self.counts()
+        n = c["instances"]
+        line = status_line(c, max(time.time() - self.started, 1e-6), self.total, final=final)
         now = time.time()
         if getattr(self.stream, "isatty", lambda: False)():
             self.stream.write("\r" + line.ljust(100) + ("\n" if final else ""))

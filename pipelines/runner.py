@@ -245,27 +245,44 @@ def _run_migrate_pipeline(archive: Archive, run_id: str, index_files: tuple[str,
 
 
 def format_summary(summary: dict) -> str:
+    """The run summary for people. Every figure is labelled with its definition: input bytes
+    are the archived inputs' sizes; shard bytes the tar files written (``bytes_out``); record
+    bytes (``record_bytes``; absent from older run files) the records in them, as `inspect`
+    and the progress line count them; bits/sample is over pixel-coded images, weighted by samples.
+    A run that archived nothing new says so, with no ratio, bits/sample or rate."""
     bytes_in, bytes_out = summary["bytes_in"], summary["bytes_out"]
+    records = summary.get("record_bytes")
     wall = summary.get("wall_seconds") or (summary["finished"] - summary["started"])
-    bps = summary["coded_bits"] / summary["samples"] if summary["samples"] else float("nan")
     stages = summary["stage_seconds"]
+    archived = summary["archived"]
     lines = [
         f"run {summary['run_id']}  ({summary.get('runner', '?')}"
         + (f", {summary.get('workers', '?')} worker(s))" if summary.get("runner") in LOCAL_RUNNERS else ")"),
         f"  inputs          {summary['inputs']}",
-        f"  archived        {summary['archived']}  in {summary['shards']} shard(s)",
+        f"  archived        {archived}  in {summary['shards']} shard(s)",
         f"  skipped         {summary['skipped']}  (already archived)",
         f"  dead-lettered   {summary['deadlettered']}"
         + (f"  {summary['deadletter_reasons']}" if summary["deadletter_reasons"] else "")
         + (f"  ({summary['deadlettered_before']} with the same reason as before: not recorded again)"
            if summary.get("deadlettered_before") else ""),
-        f"  bytes in / out  {bytes_in:,} / {bytes_out:,}"
-        + (f"  ratio {bytes_in / bytes_out:.2f}x" if bytes_out else ""),
-        f"  bits/sample     {bps:.3f} (whole records, pixel-coded images)",
-        f"  time            {wall:.1f} s wall, "
-        + (f"{summary['archived'] / wall:.2f} instances/s, {bytes_in / 1e6 / wall:.2f} MB/s; " if wall > 0 else "")
-        + f"stages (cpu-s): read {stages['read']:.1f}, encode {stages['encode']:.1f}, write {stages['write']:.1f}",
     ]
+    if archived:
+        width = len(f"{max(bytes_in, bytes_out, records or 0):,}")
+        lines.append(f"  input bytes     {bytes_in:>{width},}  (the inputs archived by this run)")
+        if records:
+            lines.append(f"  record bytes    {records:>{width},}  ratio {bytes_in / records:.2f}x (input / record bytes)")
+        lines.append(f"  shard bytes     {bytes_out:>{width},}"
+                     + (f"  ratio {bytes_in / bytes_out:.2f}x (input / shard bytes: tar files)" if bytes_out else ""))
+        lines.append("  bits/sample     " + (f"{summary['coded_bits'] / summary['samples']:.3f}"
+                                                  " (whole records, pixel-coded images, weighted by samples)"
+                                                  if summary["samples"] else "- (no pixel-coded images)"))
+        rates = f"{archived / wall:.2f} instances/s, {bytes_in / 1e6 / wall:.2f} MB/s archived; " if wall > 0 else ""
+    else:
+        lines.append("  nothing new archived"
+                     + (f" ({summary['skipped']} input(s) already in the archive)" if summary["skipped"] else ""))
+        rates = ""
+    lines.append(f"  time            {wall:.1f} s wall, " + rates
+                 + f"stages (cpu-s): read {stages['read']:.1f}, encode {stages['encode']:.1f}, write {stages['write']:.1f}")
     cleaned = summary.get("cleaned") or {}
     if cleaned.get("temporary"):
         lines.append(f"  cleaned         {cleaned['temporary']} temporary file(s) of runs that are no longer live")
