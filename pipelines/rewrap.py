@@ -25,6 +25,7 @@ from schemas.tables import INDEX_SCHEMA, table_of
 
 from .archive import Archive, Identity
 from .migrate import _Sha256Writer, _verify
+from .storage import worker_storage_options
 from .runner import LOCAL_RUNNERS, lease_held, new_run_id, pipeline_options, quiet_beam_logs, worker_logs_captured
 
 
@@ -119,7 +120,8 @@ def run_rewrap(
     started = time.time()
     records = 0
     if stems:
-        cfg = RewrapConfig(archive_url, key_file, storage_options or {}, run_id=new_run_id())
+        cfg = RewrapConfig(archive_url, key_file, worker_storage_options(storage_options, local=runner in LOCAL_RUNNERS),
+                           run_id=new_run_id())
         archive.hold_lease(cfg.run_id)  # a migrate started meanwhile keeps our temporary files
         with lease_held(archive, cfg.run_id), worker_logs_captured(runner in LOCAL_RUNNERS):
             p = beam.Pipeline(options=pipeline_options(runner, workers, beam_args))

@@ -23,7 +23,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from .archive import Archive, ArchiveError
-from .storage import StorageTimeouts, open_fs, storage_errors, with_timeouts
+from .storage import StorageTimeouts, open_fs, storage_errors, with_timeouts, worker_storage_options
 from .migrate import Migrate, MigrateConfig
 from .progress import ProgressMonitor
 
@@ -129,7 +129,9 @@ def run_migrate(
             " with `medarchive keys new`), or --phi-in-clear to store PHI in clear on purpose")
     quiet_beam_logs()
     src, dst = _absolute(src), _absolute(dst)  # workers run in other directories
-    storage_options = with_timeouts(storage_options, timeouts)
+    # Secrets never travel in the job graph: moved to this process's environment (local
+    # runners' workers inherit it) or refused for a remote runner (pipelines.storage).
+    storage_options = worker_storage_options(with_timeouts(storage_options, timeouts), local=runner in LOCAL_RUNNERS)
     with storage_errors(src, storage_options):
         _check_source(src, storage_options)
     key = None

@@ -13,6 +13,8 @@ filesystems the same way.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
@@ -46,10 +48,89 @@ def with_timeouts(storage_options: dict | None, timeouts: StorageTimeouts) -> di
     return {**(storage_options or {}), IO_KEY: asdict(timeouts)}
 
 
+# Storage option names whose values are secrets (s3fs, gcsfs, adlfs and botocore spellings).
+CREDENTIAL_KEYS = frozenset({
+    "key", "secret", "token", "password", "session_token", "aws_access_key_id", "aws_secret_access_key",
+    "aws_session_token", "account_key", "sas_token", "connection_string", "client_secret", "credentials",
+})
+ENV_PREFIX = "env:"
+_TOKEN_MODES = {"anon", "google_default", "cloud", "browser", "cache"}  # gcsfs token= modes, not secrets
+
+
+class CredentialsError(ValueError):
+    """Storage options hold a secret that would travel in a job graph."""
+
+
+def resolve_options(options: Any) -> Any:
+    """``options`` with every "env:NAME" string replaced by that environment variable, read
+    here (on the worker): how credentials reach workers without entering the job graph."""
+    if isinstance(options, dict):
+        return {k: resolve_options(v) for k, v in options.items()}
+    if isinstance(options, list):
+        return [resolve_options(v) for v in options]
+    if isinstance(options, str) and options.startswith(ENV_PREFIX):
+        name = options[len(ENV_PREFIX):]
+        if not os.environ.get(name):
+            raise CredentialsError(f"a storage option refers to {options}, which is not set on this worker")
+        return os.environ[name]
+    return options
+
+
+def _literal_credentials(options: Any, path: str = "") -> list[str]:
+    found = []
+    if isinstance(options, dict):
+        for k, v in options.items():
+            where = f"{path}.{k}" if path else str(k)
+            if str(k).lower() in CREDENTIAL_KEYS and v not in (None, "", False) and not (
+                    isinstance(v, str) and (v.startswith(ENV_PREFIX) or v in _TOKEN_MODES)):
+                found.append(where)
+            else:
+                found.extend(_literal_credentials(v, where))
+    return found
+
+
+def worker_storage_options(storage_options: dict | None, *, local: bool) -> dict:
+    """The storage options a job's workers get (they travel in the job graph): no secrets.
+
+    A literal credential (``key``, ``secret``, ``token``, ...) is moved into an environment
+    variable of this process and replaced by its "env:NAME" reference, which workers resolve
+    (resolve_options). Local runners' workers are this process or its children and inherit
+    it; a remote runner's workers do not, so there a literal credential is refused: give
+    the workers credentials by their environment (AWS_* variables, a service account, a
+    profile) or write "env:NAME" yourself."""
+    found = _literal_credentials(storage_options or {})
+    if not found:
+        return dict(storage_options or {})
+    if not local:
+        raise CredentialsError(
+            f"storage option {found[0]} holds a secret that a remote runner would ship in the job graph: give"
+            f" the workers credentials by their environment, or pass \"{ENV_PREFIX}NAME\" and set NAME on every worker")
+
+    def move(options: Any, path: str = "") -> Any:
+        if not isinstance(options, dict):
+            return options
+        out = {}
+        for k, v in options.items():
+            where = f"{path}.{k}" if path else str(k)
+            if where in found:
+                if not isinstance(v, str):
+                    raise CredentialsError(f"storage option {where} is a secret that is not a string: give the"
+                                           " workers credentials by their environment instead")
+                name = "MEDARCHIVE_SO_" + hashlib.sha256(where.encode() + str(v).encode()).hexdigest()[:12].upper()
+                os.environ[name] = str(v)
+                out[k] = ENV_PREFIX + name
+            else:
+                out[k] = move(v, where)
+        return out
+
+    return move(storage_options)
+
+
 def open_fs(url: str, storage_options: dict | None = None) -> tuple[Any, str]:
     """``fsspec.core.url_to_fs`` with the timeouts of ``storage_options[IO_KEY]`` (defaults:
-    StorageTimeouts()) applied to the S3 and GCS clients."""
-    options = dict(storage_options or {})
+    StorageTimeouts()) applied to the S3 and GCS clients; "env:NAME" values read from the
+    environment (resolve_options)."""
+    options = resolve_options(dict(storage_options or {}))
     timeouts = StorageTimeouts(**options.pop(IO_KEY, {}))
     protocol = fsspec.utils.get_protocol(url)
     if protocol in _S3:

@@ -50,3 +50,44 @@ def jpegls_dicom():
     from benchmarks.hardening_probes import jpegls_dicom
 
     return jpegls_dicom
+
+
+def graph_plaintext(pipeline) -> bytes:
+    """A Beam pipeline's job graph as a runner receives it, with every pickled payload
+    opened (Beam stores DoFns and their configs bz2- or zlib-compressed and base64-encoded,
+    so a plain search of the serialized graph finds nothing that is inside them)."""
+    import base64
+    import bz2
+    import re
+    import zlib
+
+    raw = pipeline.to_runner_api().SerializeToString()
+    opened = [raw]
+    for run in re.findall(rb"[A-Za-z0-9+/]{32,}={0,2}", raw):
+        try:
+            blob = base64.b64decode(run, validate=True)
+        except ValueError:
+            continue
+        for inflate in (bz2.decompress, zlib.decompress):
+            try:
+                opened.append(inflate(blob))
+                break
+            except (OSError, ValueError, zlib.error):
+                continue
+    return b"\n".join(opened)
+
+
+@pytest.fixture
+def job_graphs(monkeypatch):
+    """Every job graph submitted in the test (graph_plaintext of each pipeline run)."""
+    import apache_beam as beam
+
+    graphs: list[bytes] = []
+    run = beam.Pipeline.run
+
+    def recording_run(self, *args, **kwargs):
+        graphs.append(graph_plaintext(self))
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(beam.Pipeline, "run", recording_run)
+    return graphs

@@ -1,0 +1,43 @@
+"""What a distributed runner receives: job graphs free of secrets and of anything that grows
+with the archive."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+
+from pipelines.runner import run_migrate
+from pipelines.storage import CredentialsError, resolve_options, worker_storage_options
+
+
+def test_storage_credentials_never_enter_the_job_graph(tmp_path, monkeypatch, job_graphs):
+    """Literal credentials in --storage-options are moved to the launcher's environment and
+    referred to as env:NAME (local runners' workers inherit it); a remote runner is refused
+    before anything starts; workers resolve env:NAME themselves."""
+    secret = "s3cr3t-" + uuid.uuid4().hex
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "ct.dcm").write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    options = {"key": "AKIA" + uuid.uuid4().hex[:16].upper(), "secret": secret, "auto_mkdir": True}
+    summary = run_migrate(str(src), str(dst), preset="fast", progress=False, phi_in_clear=True, storage_options=options)
+    assert summary["archived"] == 1 and job_graphs
+    for graph in job_graphs:
+        assert str(dst).encode() in graph  # the configs are in what is searched
+        assert secret.encode() not in graph and options["key"].encode() not in graph
+        assert b"env:MEDARCHIVE_SO_" in graph
+
+    with pytest.raises(CredentialsError, match="storage option key holds a secret"):
+        run_migrate(str(src), str(tmp_path / "remote"), preset="fast", progress=False, phi_in_clear=True,
+                    storage_options=options, runner="PortableRunner")
+    assert not (tmp_path / "remote").exists()
+
+    monkeypatch.setenv("MEDARCHIVE_TEST_SECRET", secret)
+    nested = {"client_kwargs": {"aws_secret_access_key": "env:MEDARCHIVE_TEST_SECRET"}, "token": "anon"}
+    assert worker_storage_options(nested, local=False) == nested  # references and modes are not secrets
+    assert resolve_options(nested)["client_kwargs"]["aws_secret_access_key"] == secret
+    monkeypatch.delenv("MEDARCHIVE_TEST_SECRET")
+    with pytest.raises(CredentialsError, match="not set on this worker"):
+        resolve_options(nested)
