@@ -367,7 +367,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     print(_as_json(summary) if args.json else format_summary(summary))
     if summary["deadlettered"]:
         new = summary["deadlettered"] - summary.get("deadlettered_before", 0)
-        where = (f"{args.dst.rstrip('/')}/deadletter/{summary['run_id']}.parquet" if new
+        where = (f"{args.dst.rstrip('/')}/deadletter/{summary['run_id']}-*.parquet" if new
                  else f"{args.dst.rstrip('/')}/deadletter/ (recorded by earlier runs)")
         print(f"warning: {summary['deadlettered']} input(s) could not be archived; reasons in {where}", file=sys.stderr)
         if args.strict:
