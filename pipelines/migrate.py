@@ -524,7 +524,7 @@ def _shard_stats(writer: ShardWriter, write_seconds: float) -> dict:
         "bytes_in": sum(r["original_size"] for r in rows),
         "bytes_out": writer.size,
         "record_bytes": sum(r["length"] for r in rows),
-        "samples": sum(samples(r) for r in rows),
+        "samples": sum(samples(r) for r in rows if r["bpp_record"] is not None),  # pixel-coded records only
         "coded_bits": sum((r["bpp_record"] or 0) * samples(r) for r in rows),
         "read_seconds": sum(r["read_seconds"] for r in rows),
         "encode_seconds": sum(r["encode_seconds"] for r in rows),

@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from .archive import Archive, ArchiveError
 from .storage import StorageTimeouts, open_fs, storage_errors, with_timeouts, worker_storage_options
 from .migrate import Migrate, MigrateConfig
-from .progress import ProgressMonitor
+from .progress import MetricsProgress, ProgressMonitor
 
 LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner"}
 
@@ -233,6 +233,10 @@ def _run_migrate_pipeline(archive: Archive, run_id: str, index_files: tuple[str,
             if cfg.progress_dir:
                 with ProgressMonitor(progress_dir, total=None, stream=console):
                     pipeline.run().wait_until_finish()
+            elif progress and not local:
+                result = pipeline.run()
+                with MetricsProgress(result, stream=console):
+                    result.wait_until_finish()
             else:
                 pipeline.run().wait_until_finish()
     # Workers (other processes, or other machines) wrote under DST: drop this process's

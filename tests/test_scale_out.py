@@ -41,3 +41,33 @@ def test_storage_credentials_never_enter_the_job_graph(tmp_path, monkeypatch, jo
     monkeypatch.delenv("MEDARCHIVE_TEST_SECRET")
     with pytest.raises(CredentialsError, match="not set on this worker"):
         resolve_options(nested)
+
+
+def test_progress_from_a_runners_metrics(tmp_path):
+    """MetricsProgress reads the job's own Beam counters from a real runner's result (here the
+    in-process FnApiRunner, whose counters are final when run() returns; remote runners
+    answer the same query while they run)."""
+    import io
+
+    import apache_beam as beam
+
+    from pipelines.archive import Archive
+    from pipelines.migrate import Migrate, MigrateConfig
+    from pipelines.progress import MetricsProgress
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        (src / name).write_bytes(Path(get_testdata_file(name)).read_bytes())
+    (src / "junk.dcm").write_bytes(b"junk" * 100)
+    Archive(str(dst)).open_or_create(key=None, key_mode="keyring")
+    cfg = MigrateConfig(src=str(src), dst=str(dst), run_id="20261204T000000Z-metrics1", preset="fast")
+    pipeline = beam.Pipeline(runner="FnApiRunner")
+    _ = pipeline | beam.Create([str(src)]) | Migrate(cfg, (), 0.0)
+    result = pipeline.run()
+    result.wait_until_finish()
+    out = io.StringIO()
+    with MetricsProgress(result, stream=out, interval=3600):
+        pass
+    [line] = out.getvalue().splitlines()
+    assert line.startswith("progress: ") and " 3/3 instances," in line and "1 failed" in line and "(runner metrics" in line, line
