@@ -350,7 +350,7 @@ class Archive:
     def read_deadletters(self, *, indexed: set[str] | None = None) -> list[dict]:
         """The inputs that are dead-lettered now: one row per input (source_key), the newest
         run's reason; inputs indexed since (``indexed``: source keys, read from the index
-        when None) are left out. The deadletter/<run>.parquet files are the per-run log."""
+        when None) are left out. The deadletter/<run>-<part>.parquet files are the per-run log."""
         if indexed is None:
             indexed = set(self.read_index().column("source_key").to_pylist())
         latest: dict[str, dict] = {}
