@@ -6,6 +6,13 @@ for byte-exact and verbatim records, pixel digest for pixel-exact ones) before i
 written as <StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm (with
 -<source key prefix> before .dcm when the selection holds one SOP instance from
 several sources, e.g. a file and its RLE copy).
+
+Nothing proportional to the archive enters the job graph (it carries the archive URL,
+the options and the selection's keyed hashes; never key material): a worker lists
+index/, workers read the index files after a reshuffle, select rows and verify their
+MACs, rows meet by SOP key (a SOP instance held by several sources, in any index files,
+is restored under distinct names) and then by shard, and each shard's records are
+restored by one worker. The report (counts, failures) comes from one combiner.
 """
 
 from __future__ import annotations
@@ -15,32 +22,109 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from .archive import Archive, ArchiveError, Identity, archive_identity
-from .storage import open_fs
+from .storage import open_fs, worker_storage_options
 from .keys import load_keyring
 from .runner import LOCAL_RUNNERS, pipeline_options, quiet_beam_logs, worker_logs_captured
 
 
 @dataclass(frozen=True)
 class RestoreConfig:
+    """Everything a restore needs; picklable, and small: no index rows and no key material
+    (workers resolve the identity key from ``key_file``)."""
+
     archive: str
     dst: str
     storage_options: dict = field(default_factory=dict)
     dst_storage_options: dict = field(default_factory=dict)
     key_file: str | None = None
     fail_fast: bool = False
-    identity_key: str | None = None  # hex; set when restored files can be checked against the index
     report: str = ""  # the report's path under dst
+    # The selection: keyed hashes of the UIDs (as in the index), never the UIDs themselves.
+    study_key: str | None = None
+    series_key: str | None = None
+    sop_key: str | None = None
 
 
 def _safe(uid: str | None, fallback: str) -> str:
     uid = (uid or "").strip()
     return uid if uid and all(c.isdigit() or c == "." for c in uid) else fallback
+
+
+def _resolve_identity(cfg: RestoreConfig) -> Identity | None:
+    """The archive's identity key, resolved on the worker: from archive.json (its salt) or the
+    key file; without archive.json, the key file's (the rows' MACs tell whether it is the
+    archive's); None for a keyring archive restored without its key."""
+    archive = Archive(cfg.archive, storage_options=cfg.storage_options)
+    if archive.exists():
+        return archive_identity(archive.read_manifest(), cfg.key_file)
+    if cfg.key_file:
+        from .keys import identity_key_from
+
+        return Identity(identity_key_from(cfg.key_file))
+    return None
+
+
+class ListIndexFiles(beam.DoFn):
+    """The archive URL -> the names of its index files (on a worker)."""
+
+    def __init__(self, cfg: RestoreConfig) -> None:
+        self.cfg = cfg
+
+    def process(self, _: Any) -> Iterator[str]:
+        archive = Archive(self.cfg.archive, storage_options=self.cfg.storage_options)
+        archive.fs.invalidate_cache()  # a long-lived worker must not list from a stale cache
+        yield from archive.index_names()
+
+
+class SelectRows(beam.DoFn):
+    """One index file -> its selected rows, keyed by SOP key; a row that fails its MAC names a
+    record it does not describe: reported ("report" output), never restored; an index file
+    that cannot be read is reported too (or stops the run under fail_fast)."""
+
+    def __init__(self, cfg: RestoreConfig) -> None:
+        self.cfg = cfg
+
+    def setup(self) -> None:
+        self.archive = Archive(self.cfg.archive, storage_options=self.cfg.storage_options)
+        self.identity = _resolve_identity(self.cfg)
+
+    def process(self, name: str) -> Iterator[Any]:
+        table, bad = self.archive.read_index_reporting([name])
+        if bad and self.cfg.fail_fast:
+            raise ArchiveError(f"index file {bad[0]['file']} is unreadable ({bad[0]['reason']})")
+        for problem in bad:
+            yield beam.pvalue.TaggedOutput("report", ("unreadable", problem))
+        rows = table.to_pylist()
+        rows = [r for r in rows if (self.cfg.study_key is None or r["study_key"] == self.cfg.study_key)
+                and (self.cfg.series_key is None or r["series_key"] == self.cfg.series_key)
+                and (self.cfg.sop_key is None or r["sop_key"] == self.cfg.sop_key)]
+        if rows:
+            yield beam.pvalue.TaggedOutput("report", ("selected", len(rows)))
+        for r in rows:
+            if self.identity is not None and self.identity.row_verifies(r) is False:
+                yield beam.pvalue.TaggedOutput("report", ("failed", _forged(r)))
+                continue
+            yield r["sop_key"], r
+
+
+def _mark_duplicates(element: tuple[str, Iterable[dict]]) -> Iterator[Any]:
+    """The rows of one SOP key (from any index files) -> (shard, row), each row marked when
+    the selection holds that SOP instance from several sources (their files must not
+    overwrite each other); sealed rows counted for the report."""
+    _, rows = element
+    rows = list(rows)
+    for r in rows:
+        r["duplicate_sop"] = len(rows) > 1
+        yield r["shard"], r
+    sealed = sum(1 for r in rows if r["key_id"])
+    if sealed:
+        yield beam.pvalue.TaggedOutput("report", ("sealed", sealed))
 
 
 class RestoreShard(beam.DoFn):
@@ -61,12 +145,15 @@ class RestoreShard(beam.DoFn):
         self.archive.register_models()  # A-LoRA adapters the records name
         self.dst_fs, self.dst_root = open_fs(self.cfg.dst, self.cfg.dst_storage_options)
         self.keyring = load_keyring(self.cfg.key_file)
-        # With the originals (a key, or a keyless archive) the restored file's SOP Instance
-        # UID must hash to the row's sop_key: an index row moved to another record is caught.
-        self.identity = self.cfg.identity_key and Identity(bytes.fromhex(self.cfg.identity_key))
+        # With the originals (a key, or a record that is not sealed) the restored file's SOP
+        # Instance UID must hash to the row's sop_key: an index row moved to another record
+        # is caught. The identity key is resolved here, from the key file: never in the graph.
+        self.identity = _resolve_identity(self.cfg)
 
-    def process(self, element: tuple[str, list[dict]]) -> Iterator[Any]:
+    def process(self, element: tuple[str, Iterable[dict]]) -> Iterator[Any]:
         shard, rows = element
+        rows = sorted(rows, key=lambda r: r["offset"])
+        yield beam.pvalue.TaggedOutput("report", ("shards", 1))
         try:
             fh = self.archive.fs.open(self.archive.path(shard), "rb")
         except Exception as exc:  # a missing or unreadable shard fails its rows, not the job
@@ -88,6 +175,7 @@ class RestoreShard(beam.DoFn):
                                        else type(exc).__name__)
                     continue
                 Metrics.counter("medarchive", "restored").inc()
+                yield beam.pvalue.TaggedOutput("report", ("restored", 1))
                 yield {"sop_key": r["sop_key"], "path": rel, "bytes": len(data), "mode": r["restore_mode"]}
 
     def _place(self, r: dict, data: bytes) -> str:
@@ -100,7 +188,8 @@ class RestoreShard(beam.DoFn):
                                   ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
         except Exception:
             study = series = sop = ""
-        if self.identity and sop and self.identity.hash("sop", sop) != r["sop_key"]:
+        original = self.cfg.key_file is not None or not r["key_id"]
+        if self.identity and original and sop and self.identity.hash("sop", sop) != r["sop_key"]:
             raise _WrongInstance("the record is not the instance its index row names (index altered or swapped)")
         # Two sources of one SOP instance (e.g. a file and its RLE copy) must not overwrite each other.
         suffix = f"-{r['source_key'][:8]}" if r.get("duplicate_sop") else ""
@@ -118,7 +207,7 @@ class RestoreShard(beam.DoFn):
     @staticmethod
     def _failed(shard: str, r: dict, reason: str) -> beam.pvalue.TaggedOutput:
         Metrics.counter("medarchive", "restore_failed").inc()
-        return beam.pvalue.TaggedOutput("failed", {"shard": shard, "sop_key": r["sop_key"], "reason": reason})
+        return beam.pvalue.TaggedOutput("report", ("failed", {"shard": shard, "sop_key": r["sop_key"], "reason": reason}))
 
 
 class _WrongInstance(Exception):
@@ -133,6 +222,80 @@ def select_rows(rows: list[dict], identity: Identity | None, *, study=None, seri
     if sop:
         rows = [r for r in rows if r["sop_key"] == identity.hash("sop", sop)]
     return rows
+
+
+class RestoreReportFn(beam.CombineFn):
+    """(kind, value) items -> the report: counts (selected, restored, shards, sealed), every
+    failed record and unreadable index file (the report names each one)."""
+
+    def create_accumulator(self) -> dict:
+        return {"selected": 0, "restored": 0, "shards": 0, "sealed": 0, "failed": [], "unreadable": []}
+
+    def add_input(self, acc: dict, item: tuple[str, Any]) -> dict:
+        kind, value = item
+        if kind in ("failed", "unreadable"):
+            acc[kind].append(value)
+        else:
+            acc[kind] += value
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[dict]) -> dict:
+        out = self.create_accumulator()
+        for acc in accs:
+            for k, v in acc.items():
+                out[k] = out[k] + v
+        return out
+
+    def extract_output(self, acc: dict) -> dict:
+        return {**acc, "failed": sorted(acc["failed"], key=lambda f: (f["shard"], f["sop_key"])),
+                "unreadable": sorted(acc["unreadable"], key=lambda p: p["file"])}
+
+
+def _write_report(counts: dict, *, cfg: RestoreConfig) -> None:
+    report = {"selected": counts["selected"], "restored": counts["restored"], "failed": counts["failed"],
+              "unreadable_indexes": counts["unreadable"], "shards": counts["shards"],
+              # sealed records restored without the key come back de-identified
+              "deidentified": cfg.key_file is None and counts["sealed"] > 0}
+    fs, root = open_fs(cfg.dst, cfg.dst_storage_options)
+    fs.makedirs(root, exist_ok=True)
+    with fs.open(f"{root.rstrip('/')}/{cfg.report}", "wb") as fh:
+        fh.write(json.dumps(report, indent=2).encode())
+
+
+@dataclass
+class Restore(beam.PTransform):
+    """The whole restore as one transform: a PCollection holding the archive URL -> nothing
+    (the report is written under dst)."""
+
+    cfg: RestoreConfig
+
+    def __post_init__(self) -> None:
+        super().__init__()
+
+    def expand(self, start):
+        cfg = self.cfg
+        selected = (
+            start
+            | "ListIndex" >> beam.ParDo(ListIndexFiles(cfg))
+            | "SpreadIndex" >> beam.Reshuffle()
+            | "Select" >> beam.ParDo(SelectRows(cfg)).with_outputs("report", main="rows")
+        )
+        by_sop = (
+            selected.rows
+            | "BySop" >> beam.GroupByKey()
+            | "MarkDuplicates" >> beam.FlatMap(_mark_duplicates).with_outputs("report", main="rows")
+        )
+        restored = (
+            by_sop.rows
+            | "ByShard" >> beam.GroupByKey()
+            | "Restore" >> beam.ParDo(RestoreShard(cfg)).with_outputs("report", main="restored")
+        )
+        return (
+            (selected.report, by_sop.report, restored.report)
+            | "AllReports" >> beam.Flatten()
+            | "Report" >> beam.CombineGlobally(RestoreReportFn())
+            | "WriteReport" >> beam.Map(_write_report, cfg=cfg)
+        )
 
 
 def run_restore(
@@ -157,8 +320,18 @@ def run_restore(
     ``fail_fast``; unreadable index files are reported too. Files are written under a
     temporary name and moved into place. When anything failed, the summary is kept in
     ``dst/.medarchive-restore-<id>.json``.
+
+    The launcher checks the archive and the key (and hashes the selection's UIDs); workers
+    read the index.
     """
+    import os
+
     quiet_beam_logs()
+    archive_url, dst = (u if "://" in u else os.path.abspath(u) for u in (archive_url, dst))  # workers run elsewhere
+    # Secrets never travel in the job graph (pipelines.storage): env:NAME references instead.
+    local = runner in LOCAL_RUNNERS
+    storage_options = worker_storage_options(storage_options, local=local)
+    dst_storage_options = worker_storage_options(dst_storage_options, local=local)
     archive = Archive(archive_url, storage_options=storage_options)
     if archive.exists():
         identity = archive_identity(archive.read_manifest(), key_file)
@@ -168,70 +341,39 @@ def run_restore(
     else:  # archive.json lost: the rows' MACs still tell whether the key file is the archive's
         from .keys import identity_key_from
 
-        identity = Identity(identity_key_from(key_file)) if key_file else None
+        identity = Identity(identity_key_from(key_file)) if key_file else None  # a bad key file: one line, here
     if identity is None and (study or series or sop):
         raise ArchiveError("selecting by UID in this archive needs its key: pass --key-file")
-    index, bad_indexes = archive.read_index_reporting()
-    if bad_indexes and fail_fast:
-        raise ArchiveError(f"index file {bad_indexes[0]['file']} is unreadable ({bad_indexes[0]['reason']})")
-    rows = select_rows(index.to_pylist(), identity, study=study, series=series, sop=sop)
-    # An index row that fails its MAC names a record it does not describe: never restored.
-    forged = [r for r in rows if identity is not None and identity.row_verifies(r) is False]
-    rows = [r for r in rows if not (identity is not None and identity.row_verifies(r) is False)]
-    per_sop: dict[str, int] = {}
-    for r in rows:
-        per_sop[r["sop_key"]] = per_sop.get(r["sop_key"], 0) + 1
-    by_shard: dict[str, list[dict]] = {}
-    for r in rows:
-        r["duplicate_sop"] = per_sop[r["sop_key"]] > 1
-        by_shard.setdefault(r["shard"], []).append(r)
-    # The originals carry the UIDs the index keys were made from: check every file against its row.
-    originals = key_file is not None or not any(r["key_id"] for r in rows)
     run_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
-    cfg = RestoreConfig(archive_url, dst, storage_options or {}, dst_storage_options or {}, key_file, fail_fast,
-                        identity.key.hex() if identity is not None and originals else None,
-                        f".medarchive-restore-{run_id}.json")
+    cfg = RestoreConfig(
+        archive_url, dst, storage_options or {}, dst_storage_options or {}, key_file, fail_fast,
+        f".medarchive-restore-{run_id}.json",
+        study_key=identity.hash("study", study) if study else None,
+        series_key=identity.hash("series", series) if series else None,
+        sop_key=identity.hash("sop", sop) if sop else None,
+    )
+    fs, root = open_fs(dst, dst_storage_options)
+    existed = fs.exists(root)
     started = time.time()
-    if by_shard:
-        with worker_logs_captured(runner in LOCAL_RUNNERS), beam.Pipeline(
-            options=pipeline_options(runner, workers, beam_args)
-        ) as p:
-            results = (
-                p
-                | "Shards" >> beam.Create(sorted(by_shard.items()))
-                | "Reshuffle" >> beam.Reshuffle()
-                | "Restore" >> beam.ParDo(RestoreShard(cfg)).with_outputs("failed", main="restored")
-            )
-            restored_n = results.restored | "Count" >> beam.combiners.Count.Globally()
-            failed = results.failed | "Failures" >> beam.combiners.ToList()
-            _ = restored_n | "Report" >> beam.Map(_write_report, beam.pvalue.AsSingleton(failed), cfg=cfg,
-                                                   selected=len(rows) + len(forged), bad_indexes=bad_indexes,
-                                                   forged=[_forged(r) for r in forged])
-        fs, root = open_fs(dst, dst_storage_options)
-        report_path = f"{root.rstrip('/')}/{cfg.report}"
-        with fs.open(report_path, "rb") as fh:
-            report = json.loads(fh.read())
-        if not report["failed"] and not bad_indexes:
-            fs.rm(report_path)  # kept only as the record of what failed
-    else:
-        report = {"selected": len(forged), "restored": 0, "failed": [_forged(r) for r in forged],
-                  "unreadable_indexes": bad_indexes}
-    kept = bool(by_shard) and bool(report["failed"] or bad_indexes)
-    return {**report, "shards": len(by_shard), "wall_seconds": time.time() - started, "dst": dst,
-            "deidentified": not originals, "report": cfg.report if kept else None}
+    with worker_logs_captured(runner in LOCAL_RUNNERS), beam.Pipeline(
+        options=pipeline_options(runner, workers, beam_args)
+    ) as p:
+        _ = p | "Archive" >> beam.Create([archive_url]) | "Restore" >> Restore(cfg)
+    fs.invalidate_cache()  # written by workers
+    report_path = f"{root.rstrip('/')}/{cfg.report}"
+    with fs.open(report_path, "rb") as fh:
+        report = json.loads(fh.read())
+    kept = bool(report["failed"] or report["unreadable_indexes"])
+    if not kept:
+        fs.rm(report_path)  # kept only as the record of what failed
+        if not existed and not report["restored"]:
+            try:
+                fs.rmdir(root)  # nothing selected: leave no empty folder behind
+            except (OSError, NotImplementedError):
+                pass
+    return {**report, "wall_seconds": time.time() - started, "dst": dst, "report": cfg.report if kept else None}
 
 
 def _forged(row: dict) -> dict:
     return {"shard": row["shard"], "sop_key": row["sop_key"],
             "reason": "index row fails its authentication code (edited, or moved to another record)"}
-
-
-def _write_report(restored: int, failed: list[dict], *, cfg: RestoreConfig, selected: int, bad_indexes: list,
-                  forged: list[dict]) -> None:
-    report = {"selected": selected, "restored": restored,
-              "failed": sorted(failed + forged, key=lambda f: (f["shard"], f["sop_key"])),
-              "unreadable_indexes": bad_indexes}
-    fs, root = open_fs(cfg.dst, cfg.dst_storage_options)
-    fs.makedirs(root, exist_ok=True)
-    with fs.open(f"{root.rstrip('/')}/{cfg.report}", "wb") as fh:
-        fh.write(json.dumps(report, indent=2).encode())

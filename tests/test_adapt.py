@@ -228,11 +228,10 @@ def test_migrate_adapt_stores_adapters_and_audit_and_restore_use_them(tmp_path):
     import json
     from collections import Counter
 
-    import pyarrow.parquet as pq
     from pydicom.data import get_testdata_file
 
     from pipelines.archive import Archive
-    from pipelines.audit import run_audit
+    from pipelines.audit import read_audit_rows, run_audit
     from pipelines.restore import run_restore
 
     src, dst = tmp_path / "src", tmp_path / "archive"
@@ -268,7 +267,7 @@ def test_migrate_adapt_stores_adapters_and_audit_and_restore_use_them(tmp_path):
     # deep audit decodes with the archive's adapter; every model is checked
     summary = run_audit(str(dst), deep=True)
     assert summary["failures"] == 0, summary
-    audit = pq.read_table(next((dst / "audit").glob("*.parquet"))).to_pylist()
+    audit = read_audit_rows(str(dst), summary["audit_id"])
     model_rows = [r for r in audit if r["check"] == "model"]
     assert model_rows and all(r["status"] == "ok" for r in model_rows)
     assert any(mr["sha256"][:16] in r["detail"] for r in model_rows)

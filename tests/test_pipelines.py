@@ -31,7 +31,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import UID
 
 from pipelines.archive import TMP_PREFIX, Archive, ArchiveError
-from pipelines.audit import run_audit, sampled
+from pipelines.audit import read_audit_rows, run_audit, sampled, shard_stem
 from pipelines.restore import run_restore
 from pipelines.runner import format_summary, run_migrate
 from pipelines.sources import SourceRef
@@ -168,7 +168,7 @@ def test_local_deep_audit_passes(local):
     summary = run_audit(str(local.dst), deep=True)
     assert summary["failures"] == 0, summary["first_failures"]
     assert summary["records_checked"] == summary["records_indexed"] == len(local.inputs)
-    checks = Counter(r["check"] for r in pq.read_table(local.dst / "audit" / f"{summary['audit_id']}.parquet").to_pylist())
+    checks = Counter(r["check"] for r in read_audit_rows(str(local.dst), summary["audit_id"]))
     # pixel digests of every pixel-coded record, file SHA-256 of every byte-exact / verbatim one
     modes = Counter(Archive(str(local.dst)).read_index().column("restore_mode").to_pylist())
     assert checks["record"] == len(local.inputs)
@@ -264,7 +264,7 @@ def damaged(local, tmp_path):
 
 
 def failures(summary: dict, audit_dir: Path) -> list[dict]:
-    rows = pq.read_table(audit_dir / "audit" / f"{summary['audit_id']}.parquet").to_pylist()
+    rows = read_audit_rows(str(audit_dir), summary["audit_id"])
     return [r for r in rows if r["status"] == "fail"]
 
 
@@ -313,7 +313,7 @@ def test_audit_sample_checks_a_deterministic_half(local):
     for _ in range(2):
         summary = run_audit(str(local.dst), sample=0.5)
         assert summary["failures"] == 0
-        rows = pq.read_table(local.dst / "audit" / f"{summary['audit_id']}.parquet").to_pylist()
+        rows = read_audit_rows(str(local.dst), summary["audit_id"])
         seen.append(sorted(r["sop_key"] for r in rows if r["check"] == "record"))
     assert seen[0] == seen[1]
     assert set(seen[0]) == chosen
@@ -438,8 +438,11 @@ def test_bad_inputs_become_dead_letters(tmp_path, jpegls_dicom):
     run_audit(str(dst))  # the audit folder too
     checked = [dst / "archive.json"]
     checked += [p for d in ("index", "deadletter", "runs", "audit") for p in (dst / d).rglob("*") if p.is_file()]
-    # archive.json, 1 index, 1 dead-letter file (the --strict re-run adds none: same failures), 2 runs, 2 audit files
-    assert len(checked) == 1 + 1 + 1 + 2 + 2
+    # archive.json, 1 index, 1 dead-letter file (the --strict re-run adds none: same failures), 2 runs, and the
+    # audit: its summary (audit/<id>.json) and its rows, one part file per shard stem / model (audit/<id>/part-*)
+    parts = [p for p in (dst / "audit").rglob("part-*.parquet")]
+    assert len(list((dst / "audit").glob("*.json"))) == 1 and parts
+    assert len(checked) == 1 + 1 + 1 + 2 + 1 + len(parts)
     for path in checked:
         raw = path.read_bytes()
         # Parquet pages are compressed: search the decoded values as well as the raw bytes.
@@ -707,7 +710,9 @@ def test_rewrap_after_rotation_keeps_every_index_row_authentic(tmp_path):
 def test_audit_finds_a_lost_index_file_from_the_runs_manifests(damaged):
     name = sorted((damaged / "index").glob("*.parquet"))[0]
     name.unlink()
-    (damaged / "shards" / (name.stem + ".tar")).unlink()  # shard gone too: only the manifest remembers
+    for shard in (damaged / "shards").glob("*.tar"):  # shard gone too (any name of its stem): only the manifest remembers
+        if shard_stem(shard.name) == name.stem:
+            shard.unlink()
     found = failures(run_audit(str(damaged)), damaged)
     assert [(f["shard"], f["detail"]) for f in found] == [(f"index/{name.name}", "committed by a run (runs/*.json) but missing")]
     # A run summary whose list was edited is not trusted, and says so.
