@@ -10,7 +10,7 @@ Layout under the archive root (any fsspec URL):
     deadletter/<run>-<part>.parquet  inputs that could not be archived, with the reason
                               (one file per bundle of a run's workers)
     runs/<run>.json           run summaries
-    audit/<id>.parquet|.json  audit reports
+    audit/<id>.json           an audit's summary; audit/<id>/part-*.parquet its rows (one file per shard stem)
     models/<sha256>.safetensors  A-LoRA adapters used by records (content-addressed)
     models/adapters.json      which adapter codes which modality, with the fit's metrics
 
@@ -458,7 +458,11 @@ class Archive:
         (and keep) published shards that no index names."""
         removed = {"temporary": 0, "superseded": 0, "unindexed_shards": 0}
         live = self.live_runs()
-        for folder in ("shards", "index", "deadletter", "runs", "audit", ""):
+        folders = ["shards", "index", "deadletter", "runs", "audit", ""]
+        if self.fs.exists(self.path("audit")):  # an audit's part files sit in audit/<id>/
+            folders += [f"audit/{e['name'].rstrip('/').rsplit('/', 1)[-1]}"
+                        for e in self.fs.ls(self.path("audit"), detail=True) if e.get("type") == "directory"]
+        for folder in folders:
             base = self.path(folder) if folder else self.root
             if not self.fs.exists(base):
                 continue

@@ -579,7 +579,7 @@ def test_a_lost_index_file_never_costs_its_shard(damaged, tmp_path):
     shard with its good records. Now the shard is kept, named by audit, and re-running its
     inputs commits it again."""
     name = sorted((damaged / "index").glob("*.parquet"))[0]
-    shard = damaged / "shards" / (name.stem + ".tar")
+    [shard] = (damaged / "shards").glob(name.stem + ".*tar")  # shards/<stem>.<run>.<sha16>.tar
     before = shard.read_bytes()
     name.unlink()
     other = tmp_path / "other"
@@ -604,10 +604,13 @@ def test_cleanup_keeps_a_live_runs_temporary_files(damaged):
     mine = damaged / "shards" / f"{archive.tmp_name()}-in-flight.tar"
     theirs = damaged / "shards" / f"{dead.tmp_name()}-abandoned.tar"
     old_style = damaged / "index" / f"{TMP_PREFIX}0123456789ab-x.parquet"
-    for p in (mine, theirs, old_style):
+    in_audit = damaged / "audit" / "20261203T000000Z-audit001" / f"{dead.tmp_name()}-part-shard-x.parquet"
+    in_audit.parent.mkdir(parents=True, exist_ok=True)
+    for p in (mine, theirs, old_style, in_audit):
         p.write_bytes(b"partial")
     removed = Archive(str(damaged)).clean_uncommitted()
-    assert mine.exists() and not theirs.exists() and not old_style.exists() and removed["temporary"] == 2
+    assert mine.exists() and not theirs.exists() and not old_style.exists() and not in_audit.exists()
+    assert removed["temporary"] == 3
     archive.release_lease("20261203T000000Z-live0001")
     assert Archive(str(damaged)).clean_uncommitted()["temporary"] == 1 and not mine.exists()
 
