@@ -17,17 +17,15 @@ import uuid
 from pathlib import Path
 
 import apache_beam as beam
-import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from pydicom.data import get_testdata_file
 
+from benchmarks.graph_sizes import synthetic_index_file
 from pipelines.archive import Archive
 from pipelines.audit import AuditConfig, read_audit_rows, run_audit, shard_stem
 from pipelines.restore import RestoreConfig, run_restore
 from pipelines.runner import run_migrate
-from schemas.tables import INDEX_SCHEMA
 
 
 def data(name: str) -> bytes:
@@ -36,19 +34,6 @@ def data(name: str) -> bytes:
 
 def sha(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
-
-
-def synthetic_index_file(dst: Path, name: str, rows: int, seed: int) -> None:
-    """An index file of ``rows`` made-up rows for shards/<name>.tar (no shard file behind it)."""
-    rng = np.random.default_rng(seed)
-    hexes = lambda: [rng.bytes(32).hex() for _ in range(rows)]  # noqa: E731
-    columns = {f.name: [None] * rows for f in INDEX_SCHEMA}
-    for field in ("sop_key", "series_key", "study_key", "patient_key", "source_key", "source_sha256", "record_sha256"):
-        columns[field] = hexes()
-    columns.update(original_size=[1000] * rows, shard=[f"shards/{name}.tar"] * rows, offset=list(range(rows)),
-                   length=[1] * rows, restore_mode=["byte-exact"] * rows, format_version=["1.0"] * rows,
-                   run_id=["synthetic"] * rows)
-    pq.write_table(pa.Table.from_pydict(columns, schema=INDEX_SCHEMA), dst / "index" / f"{name}.parquet")
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import UID
 
+from benchmarks.graph_sizes import synthetic_index_file
 from pipelines.archive import TMP_PREFIX, Archive, ArchiveError
 from pipelines.audit import read_audit_rows, run_audit, sampled, shard_stem
 from pipelines.restore import run_restore
@@ -804,24 +805,6 @@ def test_keys_come_from_env_or_url_and_no_key_material_enters_the_job_graph(tmp_
     assert run_restore(str(tmp_path / "dst"), str(tmp_path / "out"), key_file="env:MEDARCHIVE_TEST_RING")["restored"] == 1
 
 
-def _synthetic_index_file(dst: Path, name: str, rows: int, seed: int) -> None:
-    """An index file of ``rows`` made-up rows for shards/<name>.tar (nothing in the shard)."""
-    import numpy as np
-    import pyarrow as pa
-
-    from schemas.tables import INDEX_SCHEMA
-
-    rng = np.random.default_rng(seed)
-    hexes = lambda: [rng.bytes(32).hex() for _ in range(rows)]  # noqa: E731
-    columns = {f.name: [None] * rows for f in INDEX_SCHEMA}
-    for field in ("sop_key", "series_key", "study_key", "patient_key", "source_key", "source_sha256", "record_sha256"):
-        columns[field] = hexes()
-    columns.update(original_size=[1000] * rows, shard=[f"shards/{name}.tar"] * rows, offset=list(range(rows)),
-                   length=[1] * rows, restore_mode=["byte-exact"] * rows, format_version=["1.0"] * rows,
-                   run_id=["synthetic"] * rows)
-    pq.write_table(pa.Table.from_pydict(columns, schema=INDEX_SCHEMA), dst / "index" / f"{name}.parquet")
-
-
 def test_the_job_graph_does_not_grow_with_the_index(tmp_path, monkeypatch):
     import apache_beam as beam
 
@@ -838,9 +821,9 @@ def test_the_job_graph_does_not_grow_with_the_index(tmp_path, monkeypatch):
     (src / "ct.dcm").write_bytes(data("CT_small.dcm"))
     assert run_migrate(str(src), str(dst), preset="fast", progress=False, phi_in_clear=True)["archived"] == 1
     for i in range(10):  # 100,000 more rows in 10 index files (the issue measured 20.6 MB of graph at 100k)
-        _synthetic_index_file(dst, f"synthetic-{i:02d}", 10_000, i)
+        synthetic_index_file(dst, f"synthetic-{i:02d}", 10_000, i)
     (src / "mr.dcm").write_bytes(data("MR_small.dcm"))
     again = run_migrate(str(src), str(dst), preset="fast", progress=False, phi_in_clear=True)
     assert (again["archived"], again["skipped"]) == (1, 1)  # the CT was met with its index row by a worker
-    empty, full = graphs  # measured: 78.0 kB with an empty index, 87.2 kB with 100,001 rows in 11 files
+    empty, full = graphs  # measured: 92.4 kB with an empty index, 101.5 kB with 100,001 rows (benchmarks.graph_sizes)
     assert full < (1 << 20) and full < 1.5 * empty, graphs
