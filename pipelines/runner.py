@@ -242,8 +242,14 @@ def _run_migrate_pipeline(archive: Archive, run_id: str, index_files: tuple[str,
     # Workers (other processes, or other machines) wrote under DST: drop this process's
     # cached listings (s3fs, gcsfs) or the run summary they wrote is "not found".
     archive.fs.invalidate_cache()
-    with archive.fs.open(archive.path("runs", f"{run_id}.json"), "rb") as fh:
-        summary = json.loads(fh.read())
+    try:
+        with archive.fs.open(archive.path("runs", f"{run_id}.json"), "rb") as fh:
+            summary = json.loads(fh.read())
+    except FileNotFoundError:
+        raise ArchiveError(
+            f"the job ended but its summary is not at {dst}/runs/{run_id}.json as this machine sees it"
+            + ("" if local else ": with a remote runner DST must be storage that the workers and this machine"
+               " both reach (s3://, gs://, a shared mount), not a path on this machine's disk")) from None
     summary["wall_seconds"] = time.time() - started
     summary["runner"] = runner
     summary["workers"] = workers
