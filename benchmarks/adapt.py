@@ -85,8 +85,7 @@ def _code(values: np.ndarray, bits: int, coder) -> dict:
 def local_bound(base, fitted: dict, planes: list, *, steps: int, rank: int, seed: int, threads: int) -> dict:
     """Local bits per symbol (integer models) on patches of ``planes``: the base model, each
     fitted adapter, and an A-LoRA adapter fitted on those patches themselves ("in-sample")."""
-    from jobs.adapt import VALID_PATCHES
-    from medcodec.model.adapt import AdaptConfig, fine_tune, plane_samples
+    from medcodec.model.adapt import VALID_PATCHES, AdaptConfig, fine_tune, plane_samples
     from medcodec.model.train import Samples, integer_bits
 
     patches = plane_samples(planes, max(64, VALID_PATCHES // max(1, len(planes))), seed + 1)
@@ -106,10 +105,9 @@ def run(sources: list[str], *, steps: int, rank: int, seed: int, log, groups_wan
         bound: bool = False, records: bool = True) -> dict:
     import torch
 
-    from benchmarks.compare import iter_images
-    from jobs.adapt import TRAIN_PATCHES
-    from medcodec.model.adapt import AdaptConfig, fine_tune, modality_group, plane_samples
+    from medcodec.model.adapt import TRAIN_PATCHES, AdaptConfig, fine_tune, modality_group, plane_samples
     from medcodec.model.coder import TransformerLocalPathCoder
+    from medcodec.model.images import iter_images
     from medcodec.model.registry import load_model, register_adapter
     from medcodec.model.train import Samples, held_out
 

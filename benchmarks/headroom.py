@@ -32,7 +32,8 @@ from typing import Sequence
 import numpy as np
 
 from benchmarks.adapt import centre_crop
-from benchmarks.compare import InputReport, code_version, iter_images
+from benchmarks.compare import code_version
+from medcodec.model.images import InputReport, iter_images
 
 DEFAULT_NAMES = ("693_J2KR", "MR2_J2KR", "MR2_UNCI", "RG3_J2KR")
 # Causal neighbours (row, col offsets) of the per-pixel predictor.

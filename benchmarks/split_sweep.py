@@ -25,7 +25,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmarks.compare import InputReport, code_version, iter_images
+from benchmarks.compare import code_version
+from medcodec.model.images import InputReport, iter_images
 
 DEFAULT_KS = tuple(range(7))
 

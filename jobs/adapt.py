@@ -28,8 +28,6 @@ BASE_MODEL = "llm-base-v1"
 MIN_IMAGES = 4
 VALID_FRACTION = 5  # every 5th image of a modality (at least one) validates
 FRAME_CAP = 2  # planes per image: at most this many frames (all samples)
-TRAIN_PATCHES = 24000  # per modality, spread over its planes
-VALID_PATCHES = 6000
 MANIFEST = "models/adapters.json"
 
 
@@ -73,7 +71,7 @@ def sample_inputs(src: str, n: int, storage_options: dict | None, log) -> list[d
 
 def adapt_images(images: list[dict], config, *, min_images: int, log) -> tuple[dict, dict]:
     """One adapter per modality group with enough images -> ({group: AdaptResult}, {group: reason})."""
-    from medcodec.model.adapt import fine_tune, plane_samples
+    from medcodec.model.adapt import TRAIN_PATCHES, VALID_PATCHES, fine_tune, plane_samples
     from medcodec.model.registry import load_model
 
     base = load_model(BASE_MODEL, device="cpu")

@@ -45,8 +45,8 @@ def _package_version(name: str) -> str:
 
 
 def load_planes(sources: list[str], log) -> tuple[list, list, list[dict]]:
-    """(train planes, held-out planes, file records) from the benchmark image reader."""
-    from benchmarks.compare import iter_images
+    """(train planes, held-out planes, file records) from the image reader the benchmarks share."""
+    from medcodec.model.images import iter_images
     from medcodec.model.train import held_out, image_group
 
     train, valid, files = [], [], []

@@ -49,7 +49,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import schemas
+from medcodec import FORMAT_MAJOR, FORMAT_MINOR
 from schemas.tables import (
     AUDIT_SCHEMA_VERSION,
     DEADLETTER_SCHEMA_VERSION,
@@ -225,7 +225,7 @@ class Archive:
     def _manifest_bytes(ident: dict) -> bytes:
         manifest = {
             "layout_version": ARCHIVE_LAYOUT_VERSION,
-            "format_version": schemas.FORMAT_VERSION,
+            "format_version": f"{FORMAT_MAJOR}.{FORMAT_MINOR}",
             "schemas": {
                 "index": INDEX_SCHEMA_VERSION,
                 "deadletter": DEADLETTER_SCHEMA_VERSION,

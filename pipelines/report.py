@@ -196,8 +196,8 @@ def format_modality_table(by_modality: dict[str, dict]) -> list[str]:
 
 
 def _codecs() -> tuple[list, dict[str, str]]:
-    """(available standard codecs, {name: label or why unavailable}) as benchmarks/compare.py builds them."""
-    from benchmarks.compare import build_codecs
+    """(available standard codecs, {name: label or why unavailable}) as pipelines/standard_codecs.py builds them."""
+    from pipelines.standard_codecs import build_codecs
 
     codecs, infos = build_codecs([name for name, _ in STANDARD], preset="fast")
     return codecs, {i.name: (i.label if i.unavailable is None else f"unavailable: {i.unavailable}") for i in infos}
@@ -213,8 +213,8 @@ def compare_with_standard_codecs(url: str, *, storage_options: dict | None = Non
     bits, offset binary when signed, frame by frame) and must decode them back exactly.
     Returns {"records": [per record byte counts], "codecs": {name: label}, "left_out": n}."""
     import medcodec
-    from benchmarks.compare import BenchImage, stored_values
     from medcodec.codec import decode_words
+    from medcodec.model.images import BenchImage, stored_values
 
     archive = Archive(url, storage_options=storage_options)
     rows = sorted((r for r in archive.read_index().to_pylist() if r["pixel_sha256"] and n_samples(r)),

@@ -1,36 +1,7 @@
-"""Schemas of what medarchive stores: the container format (FORMAT.md) and its version constants.
+"""Schemas of what medarchive stores: the record format (FORMAT.md) and the archive's tables (tables.py).
 
-The constants are defined once, in medcodec.container (medcodec imports nothing from
-other top-level packages), and re-exported here for pipelines and audits.
+A leaf: this package imports no other medarchive package. The record format's constants
+(magic, version, section types) are defined once, by the code that writes them, in
+medcodec.container; FORMAT.md specifies them, and ``medcodec.FORMAT_MAJOR`` /
+``medcodec.FORMAT_MINOR`` are the version everything else reads.
 """
-
-from medcodec.container import (
-    FLAG_CRITICAL,
-    FORMAT_MAJOR,
-    FORMAT_MINOR,
-    MAGIC,
-    SECTION_CONFIG,
-    SECTION_GLOBAL,
-    SECTION_HEADER,
-    SECTION_LOCAL,
-    SECTION_NAMES,
-    SECTION_OUTSIDE,
-    SECTION_VERBATIM,
-)
-
-FORMAT_VERSION = f"{FORMAT_MAJOR}.{FORMAT_MINOR}"
-
-__all__ = [
-    "FLAG_CRITICAL",
-    "FORMAT_MAJOR",
-    "FORMAT_MINOR",
-    "FORMAT_VERSION",
-    "MAGIC",
-    "SECTION_CONFIG",
-    "SECTION_GLOBAL",
-    "SECTION_HEADER",
-    "SECTION_LOCAL",
-    "SECTION_NAMES",
-    "SECTION_OUTSIDE",
-    "SECTION_VERBATIM",
-]

@@ -181,11 +181,11 @@ def test_adapt_benchmark_crops_and_rejects_bad_options(tmp_path, capsys):
 
 
 def test_adapt_benchmark_bound_measures_every_model_on_the_same_patches(monkeypatch):
-    import jobs.adapt
+    import medcodec.model.adapt
     from benchmarks.adapt import format_report, local_bound
     from medcodec.model.registry import load_model
 
-    monkeypatch.setattr(jobs.adapt, "VALID_PATCHES", 64)
+    monkeypatch.setattr(medcodec.model.adapt, "VALID_PATCHES", 64)
     base = load_model("llm-base-v1", device="cpu")
     rng = np.random.default_rng(5)
     planes = [((rng.normal(2000, 30, (40, 48)).astype(np.int64) & 4095), 3)]

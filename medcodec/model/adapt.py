@@ -46,6 +46,8 @@ LORA_TARGETS = {
 A_LEVELS = 127  # LoRA A rows are quantized to +-127
 B_BITS = 20  # LoRA B (in base weight-grid units) keeps about 20 significant bits
 MAX_RANK = 64
+TRAIN_PATCHES = 24000  # patches an adapter is fitted on, per modality, spread over its planes
+VALID_PATCHES = 6000  # patches it is validated (and benchmarked) on
 
 BLOCK = 8  # the prior is computed on 8x8 blocks (a patch is 4x8)
 # Calibrated on 7 *training* images (top half fits, bottom half validates, 2 seeds, rank 4,
