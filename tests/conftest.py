@@ -1,6 +1,13 @@
-"""Shared test settings."""
+"""Shared test settings, inputs (pydicom test files, keyrings) and job-graph helpers.
 
+Helpers and parametrize lists take the pydicom test files through the functions here
+(``from conftest import pydicom_bytes, pydicom_file, pydicom_files``); test bodies may
+take them as the fixtures ``testdata`` and ``testdata_path``.
+"""
+
+import functools
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -91,3 +98,56 @@ def job_graphs(monkeypatch):
 
     monkeypatch.setattr(beam.Pipeline, "run", recording_run)
     return graphs
+
+
+# --- shared inputs: pydicom test files and keyrings ------------------------------------------
+
+
+@functools.cache
+def pydicom_file(name: str) -> str:
+    """The path of one pydicom test file (pydicom's own or pydicom-data's), looked up once."""
+    from pydicom.data import get_testdata_file
+
+    return get_testdata_file(name)
+
+
+@functools.cache
+def pydicom_bytes(name: str) -> bytes:
+    """The bytes of one pydicom test file, read once per session."""
+    return Path(pydicom_file(name)).read_bytes()
+
+
+@functools.cache
+def pydicom_files() -> tuple[str, ...]:
+    """Every pydicom test file on this machine, sorted (listed once: the listing is slow)."""
+    from pydicom.data import get_testdata_files
+
+    return tuple(sorted(get_testdata_files()))
+
+
+@pytest.fixture(scope="session")
+def testdata():
+    """name -> bytes of a pydicom test file."""
+    return pydicom_bytes
+
+
+@pytest.fixture(scope="session")
+def testdata_path():
+    """name -> path (a str, as pydicom gives it) of a pydicom test file."""
+    return pydicom_file
+
+
+@pytest.fixture(scope="module")
+def keyring(tmp_path_factory):
+    """One fresh keyring per test module."""
+    from medcodec import crypto
+
+    return crypto.Keyring.create(tmp_path_factory.mktemp("keys") / "ring.json")
+
+
+@pytest.fixture
+def fresh_keyring(tmp_path):
+    """A fresh keyring of this test's own (its file: ``fresh_keyring.path``)."""
+    from medcodec import crypto
+
+    return crypto.Keyring.create(tmp_path / "ring.json")

@@ -22,6 +22,8 @@ from medcodec.model.registry import WEIGHTS_DIR, load_model, register_adapter
 from medcodec.model.train import float_bits, integer_bits
 from medcodec.paths import PlaneInfo
 
+from conftest import pydicom_bytes
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -228,8 +230,6 @@ def test_migrate_adapt_stores_adapters_and_audit_and_restore_use_them(tmp_path):
     import json
     from collections import Counter
 
-    from pydicom.data import get_testdata_file
-
     from pipelines.archive import Archive
     from pipelines.audit import read_audit_rows, run_audit
     from pipelines.restore import run_restore
@@ -238,7 +238,7 @@ def test_migrate_adapt_stores_adapters_and_audit_and_restore_use_them(tmp_path):
     src.mkdir()
     originals = {}
     for name in ("MR_small.dcm", "emri_small.dcm", "CT_small.dcm"):
-        data = Path(get_testdata_file(name)).read_bytes()
+        data = pydicom_bytes(name)
         (src / name).write_bytes(data)
         originals[name] = data
     res = subprocess.run(

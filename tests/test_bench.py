@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.data import get_testdata_file
 
 from benchmarks import compare, split_sweep
 from benchmarks.compare import ALL_CODECS, STATUS_OK, format_table, run_benchmark, stored_values
+
+from conftest import pydicom_bytes, pydicom_file
 
 imagecodecs = pytest.importorskip("imagecodecs")
 
@@ -31,7 +32,7 @@ def bench_dir(tmp_path):
     (d / "nested").mkdir(parents=True)
     np.save(d / "gray8.npy", _smooth((40, 48), 255, 1).astype(np.uint8))
     np.save(d / "nested" / "gray12.npy", _smooth((36, 44), 4095, 2).astype(np.uint16))
-    shutil.copy(get_testdata_file("CT_small.dcm"), d / "nested" / "ct")  # DICOM found by content, any name
+    shutil.copy(pydicom_file("CT_small.dcm"), d / "nested" / "ct")  # DICOM found by content, any name
     return d
 
 
@@ -101,7 +102,7 @@ def test_main_prints_table_and_json(bench_dir, tmp_path, capsys):
 
 def test_bad_inputs_are_reported_not_fatal(tmp_path):
     np.save(tmp_path / "good.npy", _smooth((24, 24), 255, 3).astype(np.uint8))
-    ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    ct = pydicom_bytes("CT_small.dcm")
     (tmp_path / "truncated.dcm").write_bytes(ct[:900])  # DICM preamble, cut inside the header
     (tmp_path / "notes.txt").write_text("not an image\n")
     (tmp_path / "garbage.npy").write_bytes(b"\x93NUMPY garbage")

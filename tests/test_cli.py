@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 
 from jobs.cli import main
+
+from conftest import pydicom_bytes, pydicom_file
 
 
 def run_cli(*args):
@@ -19,7 +20,7 @@ def run_cli(*args):
 
 
 def test_compress_inspect_decompress_dicom(tmp_path, capsys):
-    src = Path(get_testdata_file("CT_small.dcm"))
+    src = Path(pydicom_file("CT_small.dcm"))
     rec, out = tmp_path / "ct.mdc", tmp_path / "ct.dcm"
     assert main(["compress", str(src), str(rec)]) == 0
     assert main(["inspect", str(rec)]) == 0
@@ -35,7 +36,7 @@ def test_inspect_json(tmp_path, capsys):
     import json
 
     rec = tmp_path / "mr.mdc"
-    assert main(["compress", "--preset", "fast", get_testdata_file("MR_small.dcm"), str(rec)]) == 0
+    assert main(["compress", "--preset", "fast", pydicom_file("MR_small.dcm"), str(rec)]) == 0
     capsys.readouterr()
     assert main(["inspect", "--json", str(rec)]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -43,7 +44,7 @@ def test_inspect_json(tmp_path, capsys):
 
 
 def test_keep_codestream_restores_compressed_source_byte_exact(tmp_path):
-    src = Path(get_testdata_file("MR_small_RLE.dcm"))
+    src = Path(pydicom_file("MR_small_RLE.dcm"))
     rec, out = tmp_path / "r.mdc", tmp_path / "r.dcm"
     assert main(["compress", "--keep-codestream", str(src), str(rec)]) == 0
     assert main(["decompress", str(rec), str(out)]) == 0
@@ -59,20 +60,20 @@ def test_npy_roundtrip(tmp_path):
 
 
 def _header_claims_more_pixels(path: Path) -> None:
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
     ds.Rows = ds.Rows * 2
     ds.save_as(path)
 
 
 def _huge_dimensions(path: Path) -> None:
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
     ds.Rows = ds.Columns = 60000
     ds.NumberOfFrames = 50000
     ds.save_as(path)
 
 
 def _unsupported_syntax(path: Path) -> None:
-    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
     ds.file_meta.TransferSyntaxUID = "1.2.3.4.5.6"
     ds.save_as(path, enforce_file_format=True)
 
@@ -81,7 +82,7 @@ def _unsupported_syntax(path: Path) -> None:
     "make, expect",
     [
         (lambda p: p.write_bytes(b"hello, not an image" * 20), "not a DICOM"),
-        (lambda p: p.write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes()[:20000]), "truncated|claims"),
+        (lambda p: p.write_bytes(pydicom_bytes("CT_small.dcm")[:20000]), "truncated|claims"),
         (_header_claims_more_pixels, "truncated|claims"),
         (_huge_dimensions, "limit|exceed"),
         (_unsupported_syntax, "1.2.3.4.5.6"),
@@ -102,12 +103,12 @@ def test_bad_input_is_one_clear_line(tmp_path, make, expect):
 
 
 def test_dimension_limit_is_configurable(tmp_path):
-    res = run_cli("compress", "--max-samples", "1000", get_testdata_file("CT_small.dcm"), tmp_path / "o.mdc")
+    res = run_cli("compress", "--max-samples", "1000", pydicom_file("CT_small.dcm"), tmp_path / "o.mdc")
     assert res.returncode == 2 and "Traceback" not in res.stderr
 
 
 def test_corrupt_record_and_missing_file(tmp_path):
-    src = get_testdata_file("MR_small.dcm")
+    src = pydicom_file("MR_small.dcm")
     rec = tmp_path / "m.mdc"
     assert main(["compress", src, str(rec)]) == 0
     data = bytearray(rec.read_bytes())

@@ -2,12 +2,13 @@
 
 import numpy as np
 import pytest
-from pydicom.data import get_testdata_file
 
 import medcodec
 from medcodec import ctxtree
 from medcodec.errors import CorruptRecordError, ModelMismatchError
 from medcodec.paths import GlobalPathCoder, IntReader, IntWriter, PlaneInfo, TreeGlobalPathCoder
+
+from conftest import pydicom_file
 
 
 def _tree_from(prop, thr, scales):
@@ -94,7 +95,7 @@ def test_learning_finds_the_property_that_matters():
 def _real_plane(name="CT_small.dcm"):
     import pydicom
 
-    ds = pydicom.dcmread(get_testdata_file(name))
+    ds = pydicom.dcmread(pydicom_file(name))
     a = ds.pixel_array.astype(np.int64)
     if ds.PixelRepresentation:
         a = a - a.min()

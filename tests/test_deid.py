@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
@@ -32,6 +31,8 @@ from medcodec.deid import (
     removed_from_bytes,
     removed_to_bytes,
 )
+
+from conftest import pydicom_file, pydicom_files
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import make_deid_table  # noqa: E402  (tests/fixtures/make_deid_table.py, the table's generator)
@@ -68,7 +69,7 @@ PHI = {
 
 
 def _readable_files() -> list[tuple[str, str]]:
-    paths = sorted(p for p in get_testdata_files() if os.path.isfile(p))
+    paths = sorted(p for p in pydicom_files() if os.path.isfile(p))
     counts = collections.Counter(os.path.basename(p) for p in paths)
     out = []
     with warnings.catch_warnings():
@@ -236,8 +237,8 @@ def test_planted_phi_never_survives(path):
 
 
 def test_uids_are_consistent_across_files_of_a_study():
-    a = _plant(_read(get_testdata_file("CT_small.dcm")))
-    b = _plant(_read(get_testdata_file("MR_small.dcm")))
+    a = _plant(_read(pydicom_file("CT_small.dcm")))
+    b = _plant(_read(pydicom_file("MR_small.dcm")))
     study = "1.2.826.0.1.3680043.8.498.1"
     a.StudyInstanceUID = b.StudyInstanceUID = study
     ra = deidentify(a, uid_key=UID_KEY)
@@ -251,7 +252,7 @@ def test_uids_are_consistent_across_files_of_a_study():
 
 
 def test_references_and_file_meta_follow_the_instance_uid():
-    ds = _plant(_read(get_testdata_file("CT_small.dcm")))
+    ds = _plant(_read(pydicom_file("CT_small.dcm")))
     sop = str(ds.SOPInstanceUID)
     ds.file_meta.MediaStorageSOPInstanceUID = sop
     # A reference in an attribute the table does not list is caught by the second pass.
@@ -279,7 +280,7 @@ def test_references_and_file_meta_follow_the_instance_uid():
 
 
 def test_basic_profile_actions():
-    ds = _plant(_read(get_testdata_file("CT_small.dcm")))
+    ds = _plant(_read(pydicom_file("CT_small.dcm")))
     ds.ContentDate = "20240101"  # Z/D -> Z
     ds.SeriesDate = "20240101"  # X/D -> X
     ds.add_new(0x00400551, "LO", "SPECIMEN-42")  # SpecimenIdentifier, D
@@ -325,7 +326,7 @@ def test_new_uid_is_a_valid_deterministic_uid():
 
 
 def test_removed_record_is_json_and_checked():
-    ds = _plant(_read(get_testdata_file("MR_small.dcm")))
+    ds = _plant(_read(pydicom_file("MR_small.dcm")))
     result = deidentify(ds, uid_key=UID_KEY)
     blob = result.removed_bytes()
     assert json.loads(blob)["elements"]["00100010"] == {"vr": "PN", "value": PHI["name"]}
@@ -354,7 +355,7 @@ def test_dataset_without_file_meta():
 
 def test_no_phi_in_logs_or_warnings(caplog, recwarn, tmp_path):
     # Invalid values make pydicom's validation warn (and log) with the value quoted.
-    ds = _plant(_read(get_testdata_file("CT_small.dcm")))
+    ds = _plant(_read(pydicom_file("CT_small.dcm")))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds.add_new(0x00209161, "UI", "1.2.QZPHIUID")  # ConcatenationUID, not a valid UID
@@ -408,7 +409,7 @@ def test_deid_uses_the_generated_table():
 
 
 def test_rows_of_the_current_edition_are_applied():
-    ds = _plant(_read(get_testdata_file("CT_small.dcm")))
+    ds = _plant(_read(pydicom_file("CT_small.dcm")))
     ds.add_new(0x00100012, "LO", PHI_GIVEN)  # Name to Use (X)
     ds.add_new(0x00100016, "LO", f"pronoun of {PHI_FAMILY}")  # Pronoun Comment (X)
     ds.add_new(0x00181010, "LO", "SCDEVQZ-1")  # Secondary Capture Device ID (X)

@@ -13,7 +13,6 @@ import pydicom
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_extended
 from pydicom.pixels import get_decoder, get_encoder
@@ -40,6 +39,8 @@ from medcodec.dicom import (
 )
 from medcodec.errors import InvalidDicomError, LimitExceededError, MedcodecError, UnsupportedError
 
+from conftest import pydicom_file, pydicom_files
+
 PATIENT_NAME = "Secret^Patient"
 PATIENT_ID = "PID-0042-SECRET"
 
@@ -55,7 +56,7 @@ def _sha256(data: bytes) -> str:
 def _testdata() -> list[tuple[str, str]]:
     """(test id, path) for every regular file pydicom-data ships; ids are basenames,
     qualified by the parent folder where two files share a basename."""
-    paths = sorted(p for p in get_testdata_files() if os.path.isfile(p))
+    paths = sorted(p for p in pydicom_files() if os.path.isfile(p))
     counts = collections.Counter(os.path.basename(p) for p in paths)
     out = []
     for path in paths:
@@ -71,7 +72,7 @@ TESTDATA = _testdata()
 
 
 def _read(name: str) -> bytes:
-    with open(get_testdata_file(name), "rb") as fh:
+    with open(pydicom_file(name), "rb") as fh:
         return fh.read()
 
 

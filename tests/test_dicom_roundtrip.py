@@ -8,15 +8,16 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.data import get_testdata_files
 
 import medcodec
 from medcodec.dicom import parse_dicom
 
+from conftest import pydicom_files
+
 
 def _files():
     out = []
-    for f in sorted(get_testdata_files()):
+    for f in sorted(pydicom_files()):
         p = Path(f)
         if not p.is_file():
             continue

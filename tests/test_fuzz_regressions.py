@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 
 import medcodec
 from medcodec import container as ct
 from medcodec import crypto, sealing
 from medcodec.entropy import Decoder
+
+from conftest import pydicom_bytes, pydicom_file
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 PLANT = "ZEBRA^FISH Q"  # not an identifier: never to be quoted
@@ -38,7 +39,7 @@ def pixels_blob():
 
 @pytest.fixture(scope="module")
 def dicom_blob():
-    return medcodec.compress_dicom(Path(get_testdata_file("MR_small.dcm")).read_bytes(), preset="fast")
+    return medcodec.compress_dicom(pydicom_bytes("MR_small.dcm"), preset="fast")
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +150,7 @@ def test_sealed_box_key_id_is_not_quoted():
 def _patched(name: str, tag: bytes, vr: bytes, new_vr: bytes | None = None, grow: int = 0) -> bytes:
     """``name`` with the explicit VR LE element ``tag`` given another VR, or its value
     ``grow`` bytes longer (its 2-byte length updated)."""
-    data = bytearray(Path(get_testdata_file(name)).read_bytes())
+    data = bytearray(pydicom_bytes(name))
     at = data.index(tag + vr)
     if new_vr is not None:
         data[at + 4 : at + 6] = new_vr
@@ -187,7 +188,7 @@ def test_one_pixel_planes_code_with_fast(shape):
 
 
 def test_one_pixel_two_frame_dicom_compresses():
-    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds = pydicom.dcmread(pydicom_file("MR_small.dcm"))
     ds.Rows = ds.Columns = 1
     ds.NumberOfFrames = 2
     ds.PixelData = struct.pack("<hh", 7, -3)
@@ -225,7 +226,7 @@ def _outside_record() -> bytes:
 
 
 @pytest.mark.parametrize("source, section_type, reader", [
-    (lambda: medcodec.compress_dicom(Path(get_testdata_file("MR_small.dcm")).read_bytes(), preset="fast"),
+    (lambda: medcodec.compress_dicom(pydicom_bytes("MR_small.dcm"), preset="fast"),
      ct.SECTION_HEADER, medcodec.decompress_dicom),
     (lambda: (GOLDEN / "v1.0_dicom_sparse_palette.mdc").read_bytes(), ct.SECTION_PALETTE, medcodec.decompress_dicom),
     (lambda: (GOLDEN / "v1.0_pixels_us_rgb_colour_table.mdc").read_bytes(), ct.SECTION_COLOURS,
@@ -316,7 +317,7 @@ def test_original_size_over_the_memory_budget_is_refused_before_inflating(dicom_
 
 
 def test_dicom_record_without_the_original_size_or_digest(dicom_blob):
-    verbatim = medcodec.compress_dicom(Path(get_testdata_file("rtplan.dcm")).read_bytes(), preset="fast")
+    verbatim = medcodec.compress_dicom(pydicom_bytes("rtplan.dcm"), preset="fast")
     assert ct.read_record(verbatim).config["restore_mode"] == "verbatim"
     for source in (None, {"size": 3}, {"sha256": 5}, "x"):
         with pytest.raises(medcodec.CorruptRecordError, match="original's SHA-256"):

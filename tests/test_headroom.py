@@ -5,9 +5,10 @@ import json
 
 import numpy as np
 import pytest
-from pydicom.data import get_testdata_file
 
 from benchmarks import headroom
+
+from conftest import pydicom_file
 
 
 def _image(seed=0, shape=(24, 21), maxv=4095):
@@ -40,7 +41,7 @@ def test_prediction_fits_a_plane_exactly():
 
 def test_cli_measures_a_real_image(tmp_path, capsys):
     out = tmp_path / "h.json"
-    path = get_testdata_file("CT_small.dcm")
+    path = pydicom_file("CT_small.dcm")
     assert headroom.main([path, "--names", "CT_small", "--crop", "48", "--window", "3", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "CT_small.dcm" in text and "raster-wp-v3" in text
@@ -52,7 +53,7 @@ def test_cli_measures_a_real_image(tmp_path, capsys):
 def test_cli_rejects_bad_options_and_no_match(tmp_path, capsys):
     with pytest.raises(SystemExit):
         headroom.main(["pydicom", "--window", "0"])
-    assert headroom.main([get_testdata_file("CT_small.dcm"), "--names", "nothing"]) == 2
+    assert headroom.main([pydicom_file("CT_small.dcm"), "--names", "nothing"]) == 2
     assert "no images matched" in capsys.readouterr().err
     missing = tmp_path / "missing"
     assert headroom.main([str(missing)]) == 2

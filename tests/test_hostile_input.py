@@ -70,8 +70,8 @@ def test_header_claiming_16000_squared_is_refused_under_a_small_address_space(jp
     assert float(lines[2].split()[1]) < 10 and "MemoryError" not in proc.stderr
 
 
-def test_memory_budget_is_checked_from_declared_sizes():
-    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()  # 128 x 128
+def test_memory_budget_is_checked_from_declared_sizes(testdata):
+    data = testdata("CT_small.dcm")  # 128 x 128
     with pytest.raises(medcodec.LimitExceededError, match="memory budget of 0.0 GiB"):
         medcodec.compress_dicom(data, preset="fast", limits=DicomLimits(memory_bytes=1 << 20))
     assert medcodec.compress_dicom(data, preset="fast", limits=DicomLimits(memory_bytes=64 << 20))
@@ -105,12 +105,12 @@ def _wrap_global_coder(monkeypatch, on_plane) -> None:
     monkeypatch.setattr(codec, "coder_for", lambda model_id: _CountingCoder(real(model_id), on_plane))
 
 
-def test_time_limit_stops_a_multi_frame_input_between_planes(monkeypatch, tmp_path):
+def test_time_limit_stops_a_multi_frame_input_between_planes(monkeypatch, tmp_path, testdata):
     from medcodec.codec import encode_words
     from medcodec.dicom import Deadline
     from medcodec.planes import SampleFormat
 
-    data = Path(get_testdata_file("emri_small.dcm")).read_bytes()  # 10 frames of 64 x 64
+    data = testdata("emri_small.dcm")  # 10 frames of 64 x 64
     started = time.perf_counter()
     with pytest.raises(medcodec.LimitExceededError, match=r"time limit of 1e-06 s .*raise it with --max-seconds"):
         medcodec.compress_dicom(data, preset="fast", limits=DicomLimits(seconds=1e-6))
@@ -140,7 +140,7 @@ def test_time_limit_stops_a_multi_frame_input_between_planes(monkeypatch, tmp_pa
     assert len(proc.stderr.strip().splitlines()) == 1 and "--max-seconds" in proc.stderr
 
 
-def test_migrate_dead_letters_an_input_past_its_time_limit_and_archives_the_rest(monkeypatch, tmp_path):
+def test_migrate_dead_letters_an_input_past_its_time_limit_and_archives_the_rest(monkeypatch, tmp_path, testdata):
     """The clock jumps 1000 s while each plane of the 10-frame MR codes (no sleeping): it
     passes the default 600 s limit, is a dead letter with the reason, and the job goes on."""
     from medcodec import dicom
@@ -163,7 +163,7 @@ def test_migrate_dead_letters_an_input_past_its_time_limit_and_archives_the_rest
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     for name in ("emri_small.dcm", "CT_small.dcm"):
-        (src / name).write_bytes(Path(get_testdata_file(name)).read_bytes())
+        (src / name).write_bytes(testdata(name))
     summary = run_migrate(str(src), str(dst), preset="fast", local_model="classical-v1", progress=False,
                           phi_in_clear=True)
     assert summary["deadlettered"] == 1 and summary["archived"] == 1, summary
@@ -185,8 +185,8 @@ def _rewritten(blob: bytes, *, config=None, sections=None) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def ct_record():
-    return medcodec.compress_dicom(Path(get_testdata_file("CT_small.dcm")).read_bytes(), preset="fast")
+def ct_record(testdata):
+    return medcodec.compress_dicom(testdata("CT_small.dcm"), preset="fast")
 
 
 def test_record_claiming_40000_squared_is_refused_before_allocation(ct_record):
@@ -232,24 +232,24 @@ def test_records_with_edited_sections_give_one_typed_error(ct_record, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_keyed_record_without_its_stego_report_is_a_typed_error(tmp_path):
-    ring = crypto.Keyring.create(tmp_path / "ring.json")
-    blob = medcodec.compress_dicom(Path(get_testdata_file("CT_small.dcm")).read_bytes(), preset="fast", keyring=ring)
+def test_keyed_record_without_its_stego_report_is_a_typed_error(fresh_keyring, testdata):
+    ring = fresh_keyring
+    blob = medcodec.compress_dicom(testdata("CT_small.dcm"), preset="fast", keyring=ring)
     config = json.loads(json.dumps(ct.read_record(blob).config))
     del config["sealed"]["stego"]
     with pytest.raises(medcodec.MedcodecError):
         medcodec.decompress_dicom(_rewritten(blob, config=config), keyring=ring)
 
 
-def test_lzma_bomb_in_a_sealed_section_is_refused_before_it_inflates(tmp_path):
+def test_lzma_bomb_in_a_sealed_section_is_refused_before_it_inflates(fresh_keyring, testdata):
     """A sealed section is authenticated, so only a key holder can plant a bomb there; still,
     2 GiB of zeros in 317 kB of xz is stopped at the memory budget, not inflated."""
     import lzma
 
     from medcodec import essential, sealing
 
-    ring = crypto.Keyring.create(tmp_path / "ring.json")
-    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    ring = fresh_keyring
+    data = testdata("CT_small.dcm")
     blob = medcodec.compress_dicom(data, preset="fast", keyring=ring)
     assert medcodec.decompress_dicom(blob, keyring=ring, limits=DicomLimits(memory_bytes=64 << 20)) == data
     record = ct.read_record(blob)
@@ -283,7 +283,7 @@ def _gzip_zeros(n: int) -> bytes:
     return gzip.compress(bytes(n), compresslevel=1)
 
 
-def test_gzip_bomb_stops_at_the_ratio_limit(tmp_path):
+def test_gzip_bomb_stops_at_the_ratio_limit(tmp_path, testdata, testdata_path):
     from pipelines.sources import InputTooLargeError, ReadLimits, SourceRef, read_source
 
     bomb = tmp_path / "scan.dcm.gz"
@@ -302,15 +302,15 @@ def test_gzip_bomb_stops_at_the_ratio_limit(tmp_path):
     assert proc.stdout.startswith("refused: compressed input inflates past") and "200:1" in proc.stdout
     assert float(proc.stdout.split("seconds")[1]) < 10
     # A real gzip'd DICOM reads as before; a file over the size limit is refused before reading.
-    ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    ct = testdata("CT_small.dcm")
     good = tmp_path / "ct.dcm.gz"
     good.write_bytes(__import__("gzip").compress(ct))
     assert read_source(SourceRef(f"file://{good}")) == ct
     with pytest.raises(InputTooLargeError, match="over the limit of 1000 bytes"):
-        read_source(SourceRef(f"file://{get_testdata_file('CT_small.dcm')}"), limits=ReadLimits(max_bytes=1000))
+        read_source(SourceRef(f"file://{testdata_path('CT_small.dcm')}"), limits=ReadLimits(max_bytes=1000))
 
 
-def test_archive_members_are_bounded_by_their_declared_and_actual_sizes(tmp_path):
+def test_archive_members_are_bounded_by_their_declared_and_actual_sizes(tmp_path, testdata, testdata_path):
     import tarfile
     import zipfile
 
@@ -319,16 +319,16 @@ def test_archive_members_are_bounded_by_their_declared_and_actual_sizes(tmp_path
     zpath = tmp_path / "study.zip"
     with zipfile.ZipFile(zpath, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("bomb.dcm", bytes(200 << 20))
-        zf.writestr("ct.dcm", Path(get_testdata_file("CT_small.dcm")).read_bytes())
+        zf.writestr("ct.dcm", testdata("CT_small.dcm"))
     with pytest.raises(InputTooLargeError, match="200:1"):
         read_source(SourceRef(f"file://{zpath}", "bomb.dcm"))
-    assert read_source(SourceRef(f"file://{zpath}", "ct.dcm")) == Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    assert read_source(SourceRef(f"file://{zpath}", "ct.dcm")) == testdata("CT_small.dcm")
     tpath = tmp_path / "study.tar"
     with tarfile.open(tpath, "w") as tf:
-        tf.add(get_testdata_file("CT_small.dcm"), arcname="ct.dcm")
+        tf.add(testdata_path("CT_small.dcm"), arcname="ct.dcm")
     with pytest.raises(InputTooLargeError):
         read_source(SourceRef(f"file://{tpath}", "ct.dcm"), limits=ReadLimits(max_bytes=1000))
-    assert len(read_source(SourceRef(f"file://{tpath}", "ct.dcm"))) == Path(get_testdata_file("CT_small.dcm")).stat().st_size
+    assert len(read_source(SourceRef(f"file://{tpath}", "ct.dcm"))) == Path(testdata_path("CT_small.dcm")).stat().st_size
 
 
 # --------------------------------------------------------------------------------------
@@ -417,12 +417,12 @@ def test_native_stderr_of_decoding_plugins_stays_off_the_users_stderr():
 
 
 @pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_bigendian.dcm", "MR_small_jpeg_ls_lossless.dcm"])
-def test_trailing_zero_padding_is_not_walked_element_by_element(name):
+def test_trailing_zero_padding_is_not_walked_element_by_element(name, testdata):
     """20 MB of zeros after the dataset read as 2.6 M empty elements (18 s); now the parse
     is proportional to the content, and the record restores every padding byte."""
     import time
 
-    data = Path(get_testdata_file(name)).read_bytes() + bytes(20 << 20)
+    data = testdata(name) + bytes(20 << 20)
     started = time.perf_counter()
     parsed = parse_dicom(data)
     assert time.perf_counter() - started < 3

@@ -26,11 +26,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from pydicom.data import get_testdata_file
 
 from pipelines.archive import shard_stem, TMP_PREFIX, Archive
 from pipelines.audit import run_audit
 from pipelines.runner import run_migrate
+
+from conftest import pydicom_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 TRIALS = 10
@@ -70,11 +71,11 @@ def _wait_for_files(proc: subprocess.Popen, dst: Path, n: int, *, timeout: float
 def _build_source(src: Path) -> None:
     for rel, name in PLAIN.items():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        (src / rel).write_bytes(Path(get_testdata_file(name)).read_bytes())
+        (src / rel).write_bytes(pydicom_bytes(name))
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for member, name in ZIPPED.items():
-            zf.writestr(member, Path(get_testdata_file(name)).read_bytes())
+            zf.writestr(member, pydicom_bytes(name))
     (src / "sc.zip").write_bytes(buf.getvalue())
 
 

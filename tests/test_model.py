@@ -25,6 +25,8 @@ from medcodec.model.coder import TransformerLocalPathCoder
 from medcodec.model.registry import WEIGHTS_DIR, load_model, model_from_bytes, pack, unpack
 from medcodec.paths import PlaneInfo
 
+from conftest import pydicom_file
+
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = ["llm-base-v1", "llm-fast-v1"]
 
@@ -232,13 +234,12 @@ def test_max_keeps_the_smallest_of_the_transformer_classical_and_fast_records():
 @pytest.mark.slow
 def test_max_screens_its_local_models_on_a_crop_of_a_large_image():
     import pydicom
-    from pydicom.data import get_testdata_file
 
     from medcodec.codec import SCREEN_CROP, SCREEN_MIN_SAMPLES, screen_local_models
     from medcodec.paths import ClassicalLocalPathCoder
     from medcodec.planes import SampleFormat
 
-    img = pydicom.dcmread(get_testdata_file("OBXXXX1A.dcm")).pixel_array  # 600 x 800 ultrasound
+    img = pydicom.dcmread(pydicom_file("OBXXXX1A.dcm")).pixel_array  # 600 x 800 ultrasound
     assert img.size >= SCREEN_MIN_SAMPLES
     words = img[None, None].astype(np.uint8)
     fmt = SampleFormat(bits_allocated=8, bits_stored=8, high_bit=7, signed=False)

@@ -2,14 +2,12 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydicom.data import get_testdata_file
 
 import medcodec
 from medcodec import container as ct
@@ -17,12 +15,9 @@ from medcodec import crypto, deid, essential, sealing
 from medcodec.dicom import parse_dicom
 from medcodec.planes import SampleFormat, words_to_values
 
+from conftest import pydicom_bytes, pydicom_file
+
 LINK = bytes(range(16))
-
-
-@pytest.fixture(scope="module")
-def keyring(tmp_path_factory):
-    return crypto.Keyring.create(tmp_path_factory.mktemp("keys") / "ring.json")
 
 
 def _removed(**elements):
@@ -76,7 +71,7 @@ def test_essential_message_rejects_damage():
 
 
 def _keyed(name: str, keyring, **kw):
-    data = Path(get_testdata_file(name)).read_bytes()
+    data = pydicom_bytes(name)
     blob = medcodec.compress_dicom(data, keyring=keyring, preset="fast", local_model="classical-v1", **kw)
     return data, blob, ct.read_record(blob).config["sealed"]["stego"]
 
@@ -101,7 +96,7 @@ def test_essential_tier_where_the_full_phi_does_not_fit(keyring):
     assert report["tier_bytes"]["full"] > report["capacity_bits"] // 8 and "full message" in report["reason"]
     public = medcodec.decompress_dicom(blob)
     phi = sealing.reveal(public, keyring)
-    original = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    original = pydicom.dcmread(pydicom_file("MR_small.dcm"))
     assert phi["tier"] == "essential"
     assert phi["elements"]["00100010"]["value"] == str(original.PatientName)
     assert phi["elements"]["00100020"]["value"] == original.PatientID
@@ -120,7 +115,7 @@ def test_essential_tier_where_the_full_phi_does_not_fit(keyring):
 
 def test_no_tier_says_why_for_each(keyring, tmp_path):
     """A tiny image has room for neither message: the record says why, and keeps the PHI sealed."""
-    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds = pydicom.dcmread(pydicom_file("MR_small.dcm"))
     ds.PixelData = ds.pixel_array[:4, :16].astype(ds.pixel_array.dtype).tobytes()
     ds.Rows, ds.Columns = 4, 16
     path = tmp_path / "tiny.dcm"
@@ -156,7 +151,7 @@ def test_cli_reveal_says_the_tier_and_follows_the_link(tmp_path):
 
     ring = tmp_path / "ring.json"
     assert cli("keys", "new", ring).returncode == 0
-    src = get_testdata_file("MR_small.dcm")
+    src = pydicom_file("MR_small.dcm")
     assert cli("compress", "--preset", "fast", "--key-file", ring, src, tmp_path / "r.mdc").returncode == 0
     assert cli("decompress", tmp_path / "r.mdc", tmp_path / "deid.dcm").returncode == 0
     shown = cli("inspect", tmp_path / "r.mdc").stdout

@@ -16,13 +16,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from pydicom.data import get_testdata_file
 
 from pipelines.archive import TMP_PREFIX, Archive
 from pipelines.audit import run_audit
 from pipelines.restore import run_restore
 from pipelines.runner import run_migrate
 from pipelines.sources import SourceRef
+
+from conftest import pydicom_bytes
 
 s3fs = pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
@@ -36,7 +37,7 @@ ZIPPED = {  # two studies in one zip
 
 
 def data(name: str) -> bytes:
-    return Path(get_testdata_file(name)).read_bytes()
+    return pydicom_bytes(name)
 
 
 def sha(b: bytes) -> str:

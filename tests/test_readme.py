@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 
 import numpy as np
-from pydicom.data import get_testdata_file
+
+from conftest import pydicom_bytes
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -19,7 +20,7 @@ def test_every_python_snippet_in_the_readme_runs():
     for block in blocks:
         # The names a snippet uses without defining: an image and a DICOM file.
         namespace = {"array": rng.integers(0, 4096, size=(32, 48), dtype=np.uint16),
-                     "dicom_bytes": Path(get_testdata_file("CT_small.dcm")).read_bytes()}
+                     "dicom_bytes": pydicom_bytes("CT_small.dcm")}
         original = dict(namespace)
         exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - as written
         if "decompress_pixels" in block:

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file, get_testdata_files
 
 import medcodec
 from medcodec import container as ct
@@ -20,12 +19,9 @@ from medcodec import crypto, sealing, stego
 from medcodec.dicom import parse_dicom
 from medcodec.planes import SampleFormat, words_to_values
 
+from conftest import pydicom_bytes, pydicom_file, pydicom_files
+
 PLANTED = ["ZZPLANTED^NAME", "PLANTEDID-4711", "PLANTED HOSPITAL", "PLANTEDSEQ-1234", "PLANTEDPRIV-99"]
-
-
-@pytest.fixture(scope="module")
-def keyring(tmp_path_factory):
-    return crypto.Keyring.create(tmp_path_factory.mktemp("keys") / "ring.json")
 
 
 def _values(data: bytes):
@@ -38,7 +34,7 @@ def _values(data: bytes):
 
 def _readable_files():
     out = []
-    for f in sorted(get_testdata_files()):
+    for f in sorted(pydicom_files()):
         try:
             parse_dicom(Path(f).read_bytes())
         except medcodec.MedcodecError:
@@ -95,7 +91,7 @@ def test_keyed_roundtrip_every_readable_file(path, keyring):
 
 
 def _planted_file(tmp_path: Path) -> bytes:
-    ds = pydicom.dcmread(get_testdata_file("693_UNCI.dcm"))
+    ds = pydicom.dcmread(pydicom_file("693_UNCI.dcm"))
     ds.PatientName = PLANTED[0]
     ds.PatientID = PLANTED[1]
     ds.InstitutionName = PLANTED[2]
@@ -150,7 +146,7 @@ def _reseal_with_section(blob: bytes, section_type: int, payload: bytes) -> byte
 
 @pytest.fixture(scope="module")
 def sealed_ct(keyring):
-    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    data = pydicom_bytes("CT_small.dcm")
     # Sealing does not depend on the pixel model; the v1.0 local path and the `fast`
     # global path keep the ~300 tamper decodes below inside the suite's time budget.
     return data, medcodec.compress_dicom(data, keyring=keyring, local_model="classical-v1", preset="fast")
@@ -176,8 +172,8 @@ def test_flipping_any_byte_of_a_sealed_section_is_rejected(sealed_ct, keyring, p
 
 @pytest.mark.slow
 def test_sections_transplanted_between_images_are_rejected(keyring):
-    a = medcodec.compress_dicom(Path(get_testdata_file("CT_small.dcm")).read_bytes(), keyring=keyring)
-    b = medcodec.compress_dicom(Path(get_testdata_file("693_UNCI.dcm")).read_bytes(), keyring=keyring)
+    a = medcodec.compress_dicom(pydicom_bytes("CT_small.dcm"), keyring=keyring)
+    b = medcodec.compress_dicom(pydicom_bytes("693_UNCI.dcm"), keyring=keyring)
     for stype in sealing.SEALED_SECTIONS.values():
         moved = _reseal_with_section(b, stype, ct.read_record(a).one(stype).payload)
         with pytest.raises(crypto.IntegrityError):
@@ -185,7 +181,7 @@ def test_sections_transplanted_between_images_are_rejected(keyring):
 
 
 def test_reveal_rejects_altered_pixels_and_foreign_messages(keyring):
-    blob = medcodec.compress_dicom(Path(get_testdata_file("693_UNCI.dcm")).read_bytes(), keyring=keyring,
+    blob = medcodec.compress_dicom(pydicom_bytes("693_UNCI.dcm"), keyring=keyring,
                                   local_model="classical-v1")  # 512x512: see sealed_ct
     public = medcodec.decompress_dicom(blob)
     phi = sealing.reveal(public, keyring)
@@ -209,7 +205,7 @@ def test_reveal_rejects_altered_pixels_and_foreign_messages(keyring):
             sealing.reveal(bytes(bad), keyring)
     # A message embedded for another image does not open in this one.
     other = medcodec.decompress_dicom(
-        medcodec.compress_dicom(Path(get_testdata_file("MR2_UNCI.dcm")).read_bytes(), keyring=keyring,
+        medcodec.compress_dicom(pydicom_bytes("MR2_UNCI.dcm"), keyring=keyring,
                                 local_model="classical-v1", preset="fast")
     )
     ds = pydicom.dcmread(io.BytesIO(other))
@@ -220,9 +216,9 @@ def test_reveal_rejects_altered_pixels_and_foreign_messages(keyring):
         sealing.reveal(buf.getvalue(), keyring)
 
 
-def test_rotation_rewrap_and_retirement(tmp_path):
-    ring = crypto.Keyring.create(tmp_path / "r.json")
-    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+def test_rotation_rewrap_and_retirement(fresh_keyring):
+    ring = fresh_keyring
+    data = pydicom_bytes("CT_small.dcm")
     old = medcodec.compress_dicom(data, keyring=ring)
     old_id = ring.primary_key_id
     ring.rotate()
@@ -245,7 +241,7 @@ def test_cli_keys_compress_reveal(tmp_path):
     ring = tmp_path / "ring.json"
     assert cli("keys", "new", ring).returncode == 0
     assert ring.stat().st_mode & 0o077 == 0
-    src = get_testdata_file("693_UNCI.dcm")
+    src = pydicom_file("693_UNCI.dcm")
     assert cli("compress", "--preset", "fast", "--key-file", ring, src, tmp_path / "r.mdc").returncode == 0
     assert cli("decompress", tmp_path / "r.mdc", tmp_path / "deid.dcm").returncode == 0
     assert cli("decompress", "--key-file", ring, tmp_path / "r.mdc", tmp_path / "orig.dcm").returncode == 0
@@ -266,7 +262,7 @@ def test_cli_keys_compress_reveal(tmp_path):
 
 
 def test_sparse_histogram_images_keep_the_phi_sealed_only(keyring):
-    data = Path(get_testdata_file("gdcm-US-ALOKA-16.dcm")).read_bytes()
+    data = pydicom_bytes("gdcm-US-ALOKA-16.dcm")
     blob = medcodec.compress_dicom(data, keyring=keyring, local_model="classical-v1")  # 600 kB: see sealed_ct
     report = ct.read_record(blob).config["sealed"]["stego"]
     assert report["embedded"] is False and "sparse histogram" in report["reason"]

@@ -41,6 +41,8 @@ from medcodec.stego import (
     restore,
 )
 
+from conftest import pydicom_bytes
+
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(100, 132))
 
@@ -161,12 +163,10 @@ def test_fallback_directions_are_exercised():
 
 
 def test_real_image_round_trip_and_psnr():
-    from pydicom.data import get_testdata_file
-
     from medcodec.dicom import parse_dicom
     from medcodec.planes import SampleFormat, words_to_values
 
-    parsed = parse_dicom(open(get_testdata_file("CT_small.dcm"), "rb").read())
+    parsed = parse_dicom(pydicom_bytes("CT_small.dcm"))
     spec = parsed.spec
     fmt = SampleFormat(
         bits_allocated=spec.bits_allocated, bits_stored=spec.bits_stored, high_bit=spec.high_bit, signed=spec.signed

@@ -4,7 +4,6 @@ import hashlib
 
 import numpy as np
 import pytest
-from pydicom.data import get_testdata_file
 
 import medcodec
 from medcodec.errors import CorruptRecordError
@@ -35,6 +34,8 @@ from medcodec.wavefront import (
     ls_predict,
 )
 
+from conftest import pydicom_file
+
 
 def _info(a: np.ndarray, bits: int) -> PlaneInfo:
     return PlaneInfo(rows=a.shape[0], cols=a.shape[1], bits=bits, k=0, preset="max")
@@ -43,7 +44,7 @@ def _info(a: np.ndarray, bits: int) -> PlaneInfo:
 def _real_plane(name: str) -> tuple[np.ndarray, int]:
     import pydicom
 
-    ds = pydicom.dcmread(get_testdata_file(name))
+    ds = pydicom.dcmread(pydicom_file(name))
     a = ds.pixel_array
     a = a[..., 0] if a.ndim == 3 and a.shape[-1] == 3 else a[0] if a.ndim == 3 else a
     a = a.astype(np.int64)
@@ -262,7 +263,7 @@ def test_per_plane_coder_keeps_the_smaller_candidate_and_decodes_it():
 def _rgb(name: str) -> np.ndarray:
     import pydicom
 
-    a = pydicom.dcmread(get_testdata_file(name)).pixel_array
+    a = pydicom.dcmread(pydicom_file(name)).pixel_array
     return a.transpose(2, 0, 1).astype(np.int64)
 
 
@@ -678,7 +679,7 @@ def _frames(count: int) -> list[np.ndarray]:
     """Frames of a real MR series (emri_small: 64 x 64, 12 bits)."""
     import pydicom
 
-    a = pydicom.dcmread(get_testdata_file("emri_small.dcm")).pixel_array.astype(np.int64)
+    a = pydicom.dcmread(pydicom_file("emri_small.dcm")).pixel_array.astype(np.int64)
     return [a[f % a.shape[0]] for f in range(count)]
 
 

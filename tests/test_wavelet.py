@@ -11,6 +11,8 @@ from medcodec.paths import PlaneInfo, TreeGlobalPathCoder
 from medcodec.wavefront import PerPlaneV4GlobalPathCoder
 from medcodec.wavelet import WaveletGlobalPathCoder, band_shapes, forward, inverse, levels_for
 
+from conftest import pydicom_file
+
 
 def _plain_53(x):
     """JPEG 2000 Annex F reversible 5/3 analysis of one signal, written from the standard:
@@ -90,9 +92,8 @@ def test_wavelet_coder_roundtrips_any_shape(shape):
 
 def test_a_decoded_lossy_jpeg2000_ct_image_costs_a_tenth_of_a_bit():
     import pydicom
-    from pydicom.data import get_testdata_file
 
-    ds = pydicom.dcmread(get_testdata_file("693_UNCI.dcm"))
+    ds = pydicom.dcmread(pydicom_file("693_UNCI.dcm"))
     assert ds.PixelRepresentation == 1 and ds.BitsStored == 14
     plane = ds.pixel_array.astype(np.int64) + (1 << 13)  # offset binary, as the codec sees it
     info = PlaneInfo(rows=plane.shape[0], cols=plane.shape[1], bits=14, k=0, preset="max")
@@ -159,12 +160,11 @@ def test_fast_picks_difference_wavelet_or_plain_per_plane_and_roundtrips(version
 
 def test_wavelet_probe_separates_decoded_lossy_jpeg2000_from_acquired_images():
     import pydicom
-    from pydicom.data import get_testdata_file
 
     from medcodec.wavefront import WAVELET_PROBE_MIN, wavelet_probe
 
     def plane(name):
-        ds = pydicom.dcmread(get_testdata_file(name))
+        ds = pydicom.dcmread(pydicom_file(name))
         return ds.pixel_array.astype(np.int64) + (ds.PixelRepresentation << (ds.BitsStored - 1))
 
     assert wavelet_probe(plane("693_UNCI.dcm")) > 0.4  # measured 0.495
@@ -179,9 +179,8 @@ def test_context_coded_detail_bands_roundtrip_and_beat_runs_on_dense_bands():
     from medcodec.wavelet import _context_decode, _context_encode, _parent, _sparse_encode
 
     import pydicom
-    from pydicom.data import get_testdata_file
 
-    plane = pydicom.dcmread(get_testdata_file("RG3_UNCI.dcm")).pixel_array[640:896, 640:896].astype(np.int64)
+    plane = pydicom.dcmread(pydicom_file("RG3_UNCI.dcm")).pixel_array[640:896, 640:896].astype(np.int64)
     bands = forward(plane, levels_for(*plane.shape))
     smaller = 0
     for i in range(1, len(bands)):
