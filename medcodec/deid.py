@@ -59,11 +59,7 @@ import binascii
 import copy
 import hashlib
 import hmac
-import contextlib
 import json
-import logging
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +71,7 @@ from pydicom.tag import BaseTag
 
 from .deid_table import BASIC_PROFILE_MASKS, BASIC_PROFILE_TABLE
 from .deid_table import EDITION as BASIC_PROFILE_EDITION
+from .dicom.quiet import quiet_pydicom  # pydicom quotes values (here PHI) in its warnings and logs
 from .errors import MedcodecError
 
 __all__ = [
@@ -421,26 +418,6 @@ class _Walker:
         ds[tag] = DataElement(tag, vr, value)
 
 
-class _DropAll(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return False
-
-
-@contextlib.contextmanager
-def _quiet_pydicom() -> Iterator[None]:
-    """Silence pydicom's warnings and log records: its value-validation messages quote
-    values, which here are PHI."""
-    logger = logging.getLogger("pydicom")
-    drop = _DropAll()
-    logger.addFilter(drop)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.removeFilter(drop)
-
-
 def deidentify(ds: Dataset, *, uid_key: bytes) -> DeidResult:
     """Apply the Basic Application Level Confidentiality Profile to a copy of ``ds``.
 
@@ -449,7 +426,7 @@ def deidentify(ds: Dataset, *, uid_key: bytes) -> DeidResult:
     _check_uid_key(uid_key)
     if not isinstance(ds, Dataset):
         raise DeidError(f"deidentify needs a pydicom Dataset, got {type(ds).__name__}")
-    with _quiet_pydicom():
+    with quiet_pydicom():
         out = copy.deepcopy(ds)
         walker = _Walker(uid_key)
         meta = getattr(out, "file_meta", None)
@@ -471,7 +448,7 @@ def deidentify(ds: Dataset, *, uid_key: bytes) -> DeidResult:
 def reidentify(ds_deid: Dataset, removed: dict[str, Any]) -> Dataset:
     """Put the values recorded in ``removed`` back into a copy of ``ds_deid``."""
     _check_removed(removed)
-    with _quiet_pydicom():
+    with quiet_pydicom():
         out = copy.deepcopy(ds_deid)
         for path, enc in removed["elements"].items():
             parent, tag = _navigate(out, path)

@@ -86,6 +86,9 @@ INSTRUMENTED = (
     "pydicom", "pydicom.encaps", "pydicom.filereader", "pydicom.filewriter", "pydicom.pixels",
     "pydicom.pixels.decoders", "pydicom.pixels.encoders",
     "medcodec", "medcodec.codec", "medcodec.container", "medcodec.crypto", "medcodec.deid", "medcodec.dicom",
+    "medcodec.dicom.elements", "medcodec.dicom.encapsulation", "medcodec.dicom.geometry", "medcodec.dicom.limits",
+    "medcodec.dicom.parsed", "medcodec.dicom.pixel_words", "medcodec.dicom.quiet", "medcodec.dicom.reading",
+    "medcodec.dicom.syntaxes", "medcodec.dicom.writing",
     "medcodec.entropy", "medcodec.essential", "medcodec.paths", "medcodec.planes", "medcodec.sealing",
     "medcodec.stego", "medcodec.wavefront", "medcodec.wavelet",
 )

@@ -1,0 +1,55 @@
+"""The split of one DICOM file: how it is restored, the bytes around its pixel data, its words."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..spec import PixelSpec
+
+RESTORE_BYTE_EXACT = "byte-exact"
+RESTORE_PIXEL_EXACT = "pixel-exact"
+RESTORE_VERBATIM = "verbatim"
+
+REENCODE_ORIGINAL_SYNTAX = "original-syntax"
+REENCODE_EXPLICIT_VR_LE = "explicit-vr-le"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParsedDicom:
+    """A DICOM file split into the bytes around the pixel data and the pixel words.
+
+    ``frames`` has shape (frames, samples, rows, cols), dtype uint8 or uint16 in
+    native byte order, and holds the stored words untouched (no masking, no sign
+    extension).  ``prefix + <pixel value> + suffix`` is the file.
+
+    In pixel-exact mode the words are what the decoder yields (signed samples as the
+    unsigned view of their two's complement word), ``spec.transfer_syntax`` is the
+    original syntax and ``spec.photometric`` describes the decoded words: JPEG 2000
+    YBR_RCT data decodes to RGB, so the spec says "RGB" while the header keeps YBR_RCT.
+    """
+
+    restore_mode: str
+    spec: PixelSpec | None
+    prefix: bytes
+    suffix: bytes
+    frames: np.ndarray | None
+    extra: bytes
+    original: bytes | None
+    reencode: str | None
+    note: str
+
+
+def verbatim(data: bytes, spec: PixelSpec | None, note: str) -> ParsedDicom:
+    return ParsedDicom(
+        restore_mode=RESTORE_VERBATIM,
+        spec=spec,
+        prefix=b"",
+        suffix=b"",
+        frames=None,
+        extra=b"",
+        original=data,
+        reencode=None,
+        note=note,
+    )

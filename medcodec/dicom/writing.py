@@ -1,0 +1,169 @@
+"""A file back from its split (``rebuild_dicom``), and the choice, made while reading, of how a
+pixel-exact file will be written back (``choose_reencode``)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+
+from ..errors import CorruptRecordError, MedcodecError, shown
+from .elements import pixel_header
+from .encapsulation import (
+    Encapsulation,
+    decode_frames,
+    encapsulate,
+    encapsulation_of,
+    encode_frames,
+    encoder_available,
+    has_encoder,
+    header_dataset,
+)
+from .limits import caused_by_input
+from .parsed import (
+    REENCODE_EXPLICIT_VR_LE,
+    REENCODE_ORIGINAL_SYNTAX,
+    RESTORE_BYTE_EXACT,
+    RESTORE_PIXEL_EXACT,
+    RESTORE_VERBATIM,
+    ParsedDicom,
+)
+from .pixel_words import check_frames, native_bytes, needs_ow_swap, swap_pairs
+from .quiet import quiet_pydicom
+from .syntaxes import EXTENDED_OFFSET_TABLE, EXTENDED_OFFSET_TABLE_LENGTHS
+
+
+def rebuild_dicom(parsed: ParsedDicom) -> bytes:
+    """Rebuild the file from ``parsed``: the original bytes (byte-exact, verbatim) or a
+    file with the same pixel words (pixel-exact)."""
+    mode = parsed.restore_mode
+    if mode == RESTORE_VERBATIM:
+        if parsed.original is None:
+            raise CorruptRecordError("verbatim record has no original bytes")
+        return parsed.original
+    if parsed.spec is None or parsed.frames is None:
+        raise CorruptRecordError(f"{mode} record lacks its pixel spec or frames")
+    check_frames(parsed.frames, parsed.spec)
+    if mode == RESTORE_BYTE_EXACT:
+        return _rebuild_native(parsed)
+    if mode == RESTORE_PIXEL_EXACT:
+        try:
+            with quiet_pydicom():
+                if parsed.reencode == REENCODE_ORIGINAL_SYNTAX:
+                    return _rebuild_original_syntax(parsed)
+                if parsed.reencode == REENCODE_EXPLICIT_VR_LE:
+                    return _rebuild_explicit_vr_le(parsed)
+        except MedcodecError:
+            raise
+        except BaseException as exc:
+            if not caused_by_input(exc):
+                raise
+            raise CorruptRecordError(
+                f"could not rebuild pixel-exact DICOM ({type(exc).__name__})"
+            ) from exc
+        raise CorruptRecordError(
+            f"unknown reencode {shown(parsed.reencode)}; expected"
+            f" {REENCODE_ORIGINAL_SYNTAX!r} or {REENCODE_EXPLICIT_VR_LE!r}"
+        )
+    raise CorruptRecordError(
+        f"unknown restore mode {shown(mode)}; expected one of"
+        f" {RESTORE_BYTE_EXACT!r}, {RESTORE_PIXEL_EXACT!r}, {RESTORE_VERBATIM!r}"
+    )
+
+
+def _rebuild_native(parsed: ParsedDicom) -> bytes:
+    spec = parsed.spec
+    assert spec is not None and parsed.frames is not None
+    value = native_bytes(parsed.frames, spec, big_endian=spec.big_endian) + parsed.extra
+    vr, length = pixel_header(parsed.prefix, spec)
+    if length != len(value):
+        raise CorruptRecordError(
+            f"PixelData header declares {length} bytes but frames+extra give {len(value)}"
+        )
+    if needs_ow_swap(spec, vr):
+        value = swap_pairs(value)
+    return parsed.prefix + value + parsed.suffix
+
+
+def choose_reencode(words: np.ndarray, enc: Encapsulation, header: Any) -> tuple[str | None, str]:
+    """(reencode mode or None for verbatim, reason)."""
+    ts = enc.spec.transfer_syntax
+    original_reason = None
+    if not has_encoder(ts):
+        original_reason = "no encoder for this syntax"
+    elif enc.extended_offsets is not None:
+        original_reason = "Extended Offset Table in the header would not match new fragments"
+    else:
+        try:
+            available = encoder_available(ts)
+        except BaseException as exc:
+            if not caused_by_input(exc):
+                raise
+            available = False
+        if not available:
+            original_reason = "encoder not installed"
+    if original_reason is None:
+        try:
+            encoded = encode_frames(words, enc)  # may fail: parse_dicom keeps pydicom quiet about it
+            again, _ = decode_frames(encapsulate(encoded, enc.has_bot), enc)
+            if np.array_equal(again, words):
+                return REENCODE_ORIGINAL_SYNTAX, "re-encoding verified to give the same words"
+            original_reason = "re-encoding did not give the same words back"
+        except BaseException as exc:
+            if not caused_by_input(exc):
+                raise
+            original_reason = f"re-encoding failed ({type(exc).__name__})"
+    try:
+        _write_explicit_vr_le(header, None, enc)  # dry run: the header must be writable
+    except BaseException as exc:
+        if not caused_by_input(exc):
+            raise
+        why = f"header not writable as Explicit VR LE ({type(exc).__name__})"
+        return None, f"{original_reason}; {why}"
+    return REENCODE_EXPLICIT_VR_LE, original_reason
+
+
+def _encapsulation_from_parsed(parsed: ParsedDicom) -> tuple[Any, Encapsulation]:
+    spec = parsed.spec
+    assert spec is not None
+    header = header_dataset(parsed.prefix, parsed.suffix)
+    return header, encapsulation_of(header, spec.transfer_syntax)
+
+
+def _rebuild_original_syntax(parsed: ParsedDicom) -> bytes:
+    _, enc = _encapsulation_from_parsed(parsed)
+    assert parsed.frames is not None
+    encoded = encode_frames(parsed.frames, enc)
+    return parsed.prefix + encapsulate(encoded, enc.has_bot) + parsed.suffix
+
+
+def _rebuild_explicit_vr_le(parsed: ParsedDicom) -> bytes:
+    header, enc = _encapsulation_from_parsed(parsed)
+    return _write_explicit_vr_le(header, parsed, enc)
+
+
+def _write_explicit_vr_le(header: Any, parsed: ParsedDicom | None, enc: Encapsulation) -> bytes:
+    """Write ``header`` as Explicit VR LE with native PixelData (empty for a dry run)."""
+    from pydicom.filewriter import dcmwrite
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    if parsed is not None:
+        assert parsed.spec is not None and parsed.frames is not None
+        spec = parsed.spec
+        value = native_bytes(parsed.frames, spec, big_endian=False)
+        photometric = spec.photometric
+    else:
+        value = b""
+        photometric = enc.spec.photometric
+    for tag in (EXTENDED_OFFSET_TABLE, EXTENDED_OFFSET_TABLE_LENGTHS):
+        if tag in header:
+            del header[tag]
+    header.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if photometric != enc.spec.photometric:
+        header.PhotometricInterpretation = photometric  # e.g. YBR_RCT decodes to RGB
+    header.PixelData = value
+    header["PixelData"].VR = "OB" if enc.spec.bits_allocated == 8 else "OW"
+    out = io.BytesIO()
+    dcmwrite(out, header, enforce_file_format=True, implicit_vr=False, little_endian=True)
+    return out.getvalue()
