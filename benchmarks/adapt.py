@@ -67,13 +67,13 @@ def _planes(values: np.ndarray, bits: int) -> list[tuple[np.ndarray, int]]:
     return [(values[f, s].astype(np.int64), k) for f in range(values.shape[0]) for s in range(values.shape[1])]
 
 
-def _code(values: np.ndarray, bits: int, coder) -> dict:
+def _code(values: np.ndarray, bits: int, coder, models) -> dict:
     import medcodec
 
     t0 = time.perf_counter()
     blob = medcodec.compress_pixels(values, bits_stored=bits, signed=False, local_model=coder)
     t1 = time.perf_counter()
-    out = medcodec.decompress_pixels(blob)
+    out = medcodec.decompress_pixels(blob, models=models)
     t2 = time.perf_counter()
     if not np.array_equal(out.reshape(values.shape), values):
         raise AssertionError("decoded pixels differ from the input")
@@ -105,23 +105,25 @@ def run(sources: list[str], *, steps: int, rank: int, seed: int, log, groups_wan
         bound: bool = False, records: bool = True) -> dict:
     import torch
 
-    from medcodec.model.adapt import TRAIN_PATCHES, AdaptConfig, fine_tune, modality_group, plane_samples
+    import medcodec
+    from medcodec.model.adapt import TRAIN_PATCHES, AdaptConfig, fine_tune, plane_samples
     from medcodec.model.coder import TransformerLocalPathCoder
     from medcodec.model.images import iter_images
-    from medcodec.model.registry import load_model, register_adapter
+    from medcodec.model.registry import load_model
     from medcodec.model.train import Samples, held_out
 
     default = sources == ["pydicom"]
     images = [im for im in iter_images(sources, frame_cap=16) if not default or held_out(im.name)]
     groups: dict[str, list] = {}
     for im in images:
-        group = modality_group(im.modality)
+        group = medcodec.modality_group(im.modality)
         if groups_wanted is None or group in groups_wanted:
             groups.setdefault(group, []).append(im)
     if not groups:
         raise SystemExit(f"no images in the modality groups {', '.join(sorted(groups_wanted or ()))} "
                          f"of {', '.join(sources)}")
     base = load_model("llm-base-v1", device="cpu")
+    store = medcodec.ModelStore()  # the adapters fitted here, handed to decoding
     threads = torch.get_num_threads()
     report = {"images": {g: [im.name for im in ims] for g, ims in groups.items()}, "steps": steps, "rank": rank,
               "seed": seed, "threads": threads, "eval_size": eval_size, "groups": {}}
@@ -139,7 +141,7 @@ def run(sources: list[str], *, steps: int, rank: int, seed: int, log, groups_wan
                            "peak_rss_mb": round(max(rss0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024, 1),
                            "train_bits": result.metrics.get("train_bits_adapted"),
                            "train_bits_base": result.metrics.get("train_bits_base")}
-            register_adapter(result.blob)  # decoding finds it as restore finds an archive's models/
+            store.add_adapter(result.blob)  # decoding gets it as restore gets an archive's models/
             coders[label] = TransformerLocalPathCoder(result.model)
             fitted[label] = result.model
             log(f"{group}: {label} fitted in {fits[label]['seconds']} s on {len(train)} patches")
@@ -155,7 +157,7 @@ def run(sources: list[str], *, steps: int, rank: int, seed: int, log, groups_wan
             ev = np.ascontiguousarray(centre_crop(split_image(im.values)[1], eval_size))
             row = {"image": im.name, "samples": int(ev.size)}
             for label, coder in coders.items():
-                row[label] = _code(ev, im.bits, coder)
+                row[label] = _code(ev, im.bits, coder, store)
             rows.append(row)
             log(f"{group}: {im.name} " + "  ".join(f"{lb} {8 * row[lb]['bytes'] / row['samples']:.3f}"
                                                    for lb in coders))

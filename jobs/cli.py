@@ -302,7 +302,8 @@ def _runner_settings(args: argparse.Namespace) -> dict:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from jobs.adapt import format_manifest, run_from_args
+    from jobs.adapt import run_from_args
+    from pipelines.adapt import format_manifest
 
     manifest = run_from_args(args, args.src, args.out, args.sample, sys.argv[2:], args.storage_options)
     print(format_manifest(manifest))
@@ -313,9 +314,9 @@ def _migrate_adapters(args: argparse.Namespace, settings: dict) -> dict:
     """--adapt N: the adapters to code with (fitted now, or DST's from an earlier run)."""
     if not args.adapt:
         return {}
-    from jobs.adapt import adapter_map, format_manifest, read_manifest, run_from_args
-
-    from jobs.adapt import BASE_MODEL
+    from jobs.adapt import run_from_args
+    from medcodec.models import BASE_TRANSFORMER as BASE_MODEL
+    from pipelines.adapt import adapter_map, format_manifest, read_manifest
 
     if args.preset != "max" or args.local_model not in (None, BASE_MODEL):
         raise ValueError(

@@ -35,7 +35,8 @@ from .errors import (
     shown,
 )
 from .coders import coder_for, registered
-from .paths import ClassicalLocalPathCoder, LocalPathModel, PlaneInfo
+from .models import BASE_TRANSFORMER, CLASSICAL, TRANSFORMER_PREFIX, ModelStore
+from .paths import LocalPathModel, PlaneInfo
 from .planes import (
     COLOUR_PALETTE_MAX,
     SampleFormat,
@@ -57,29 +58,10 @@ from .spec import PixelSpec
 from .wavefront import PerPlaneV6GlobalPathCoder
 
 CODEC_ID = "medcodec.dualpath"
-# Global-path models a reader knows, by the id records carry. v2 (learned context trees,
-# finer residual tokens) makes `max` records of the held-out benchmark images 8% smaller
-# (weighted bpp 2.165 -> 1.990) but its global path encodes about 2x slower than v1's
-# (1.7 vs 3.7 MB/s), so `max` uses it and `fast` keeps v1, which encoded as fast as
-# JPEG-XL e7 side by side then (3.80 vs 3.75 MB/s; on 2026-11-29's machine 1.95 vs
-# 2.78 MB/s, per-image medians, the same 0.70x before and after the L1 fit below, and
-# 2.87 vs 2.59 after the shared tables, scan geometry and gathers got cheaper, same bytes).
-# (v2 with a smaller tree learned on fewer rows reached JPEG-XL's size, 2.000 bpp, but
-# only 1.45 MB/s: measured, not shipped.) v3 (per plane
-# the smallest of v2, the raster weighted-predictor path and its difference-to-previous
-# form, medcodec/wavefront.py) took `max` from 1.991 to 1.921 bpp on those images, and
-# fitting the predictors for absolute rather than squared residuals (paths._fit, encoder
-# only) took `max` to 1.877 and `fast` from 2.202 to 2.118 bpp. v4 adds the 5/3 wavelet
-# path (medcodec/wavelet.py) for images that were once lossy JPEG 2000. `fast` moved from
-# v1 to per-plane-fast-v1: v1, v1 on the difference to the previous plane, or the wavelet
-# path, chosen per plane by two cheap tests (wavefront.FastPerPlaneGlobalPathCoder).
-# v5 (`max`) replaces v4's raster coders by raster-wp-v2, which picks a predictor and an
-# offset per context leaf. per-plane-fast-v2 (`fast`) codes the planes v1 gave to
-# interlaced-ls-v1 with raster-ls-v1 (a fitted causal linear predictor, one step).
-# v6 (`max`) replaces raster-wp-v2 by raster-wp-v3: leaves may also pick one of up to 16
-# linear predictors the encoder fits per plane over 23 causal neighbours, the weighted
-# prediction and its errors (held-out MR2_J2KR raster path 569,596 -> 520,804 bytes,
-# 693_J2KR 83,138 -> 78,946).
+# Each preset uses the global model that gave it the smallest records at the speed it
+# promises: `max` keeps, per plane, the smallest of the strongest coders; `fast` one
+# compiled pass. Why each model id exists, and what it measured when it came in, is in
+# schemas/FORMAT.md ("Why the presets code as they do").
 # Every global model a record's config may name (medcodec.coders holds the registry).
 GLOBAL_MODELS = registered(record_level=True)
 PRESET_GLOBAL_MODEL = {"max": PerPlaneV6GlobalPathCoder.model_id, "fast": "per-plane-fast-v3"}
@@ -105,37 +87,19 @@ def working_bytes_per_sample(preset: str, *, decode_too: bool = True) -> int:
 
 # The local models a preset tries, in order; the smallest record wins. Records name their
 # model (id + SHA-256 of its weights), so older records keep decoding with theirs.
-# On the held-out benchmark images the transformer path alone was 9% larger than the
-# v1.0 classical path (weighted bpp 2.373 vs 2.170; it wins on 693_* CT and OBXXXX1A US,
-# loses on MR2, RG3, US1), so `max` codes both ways and keeps the smaller, and `fast`
-# stays transformer-free. `llm-fast-v1` is available as an explicit local_model. Large
-# images screen the candidates on a crop first (screen_local_models).
-PRESET_LOCAL_MODELS = {"max": ("llm-base-v1", "classical-v1"), "fast": ("classical-v1",)}
-TRANSFORMER_PREFIX = "llm-"
+# The transformer path alone does not beat the classical one on every image (it wins on
+# some CT and ultrasound, loses on MR and CR: schemas/FORMAT.md), so `max` codes both
+# ways and keeps the smaller, and `fast` stays transformer-free. `llm-fast-v1` is
+# available as an explicit local_model. Large images screen the candidates on a crop
+# first (screen_local_models).
+PRESET_LOCAL_MODELS = {"max": (BASE_TRANSFORMER, CLASSICAL), "fast": (CLASSICAL,)}
 
 
-def local_model_for(model_id: str, sha256: str | None = None, adapter_sha256: str | None = None) -> LocalPathModel:
-    """The local-path model a record names; a transformer's weights must match ``sha256``.
-
-    ``adapter_sha256`` names an A-LoRA adapter merged into the transformer; its file must
-    have been registered (medcodec.model.registry.register_adapter, done by restore and
-    audit from the archive's models/ folder).
-    """
-    if model_id == ClassicalLocalPathCoder.model_id:
-        if adapter_sha256:
-            raise CorruptRecordError(f"record names an adapter for the classical local model {shown(model_id)}")
-        return ClassicalLocalPathCoder()
-    if model_id.startswith(TRANSFORMER_PREFIX):
-        from .model.coder import TransformerLocalPathCoder  # torch is imported only when needed
-        from .model.registry import load_adapted, load_model
-
-        if adapter_sha256:
-            return TransformerLocalPathCoder(load_adapted(model_id, sha256=sha256, adapter_sha256=adapter_sha256))
-        return TransformerLocalPathCoder(load_model(model_id, sha256=sha256))
-    raise ModelMismatchError(
-        f"record was coded with local model {shown(model_id)}; this reader knows {ClassicalLocalPathCoder.model_id!r} "
-        f"and the shipped {TRANSFORMER_PREFIX}* models"
-    )
+def local_model_for(model_id: str, sha256: str | None = None, adapter_sha256: str | None = None,
+                    models: ModelStore | None = None) -> LocalPathModel:
+    """The local-path model a record names, from ``models`` (a ModelStore: base transformers
+    by SHA-256, adapters by the files it holds; None: shipped models only)."""
+    return (models or ModelStore()).local_model(model_id, sha256, adapter_sha256)
 
 
 def _is_sha256(value: object) -> bool:
@@ -359,7 +323,8 @@ def _encode_with(
 
 
 def decode_words(
-    config: dict[str, Any], record: ct.Record, *, timings: dict | None = None, limits: DicomLimits | None = None
+    config: dict[str, Any], record: ct.Record, *, timings: dict | None = None, limits: DicomLimits | None = None,
+    models: ModelStore | None = None,
 ) -> np.ndarray:
     """Inverse of :func:`encode_words`; verifies the words' digest (``timings`` as there).
 
@@ -401,7 +366,7 @@ def decode_words(
         bits, n_samples = palette_bits(table[:, 0]), 1
     if not 0 <= k < bits:
         raise CorruptRecordError(f"record claims k={shown(k)} for {bits} coded bits")
-    local_model = local_model_for(local_id, config.get("local_model_sha256"), config.get("local_adapter_sha256"))
+    local_model = local_model_for(local_id, config.get("local_model_sha256"), config.get("local_adapter_sha256"), models)
     if local_id.startswith(TRANSFORMER_PREFIX) and not config.get("local_model_sha256"):
         raise CorruptRecordError(f"record names transformer model {shown(local_id)} without its SHA-256")
     global_streams = record.of_type(ct.SECTION_GLOBAL)
@@ -570,9 +535,11 @@ def compress_pixels(
 
 
 @record_errors
-def decompress_pixels(blob: bytes, *, timings: dict | None = None, limits: DicomLimits | None = None) -> np.ndarray:
+def decompress_pixels(blob: bytes, *, timings: dict | None = None, limits: DicomLimits | None = None,
+                      models: ModelStore | None = None) -> np.ndarray:
     """Inverse of :func:`compress_pixels`: same dtype, shape and values (``limits``: the
-    memory budget, as for :func:`decompress_dicom`)."""
+    memory budget, as for :func:`decompress_dicom`; ``models``: where the record's adapter
+    comes from, as there)."""
     record = ct.read_record(blob)
     if record.config.get("kind") != "pixels":
         raise UnsupportedError(
@@ -587,7 +554,7 @@ def decompress_pixels(blob: bytes, *, timings: dict | None = None, limits: Dicom
         raise CorruptRecordError(f"array description has {len(shape)} dimensions; arrays have 2 to 4")
     if not isinstance(record.config.get("pixels"), dict):
         raise CorruptRecordError("pixel record has no pixel config")
-    words = decode_words(record.config["pixels"], record, timings=timings, limits=limits)
+    words = decode_words(record.config["pixels"], record, timings=timings, limits=limits, models=models)
     if words.dtype.itemsize != dtype.itemsize:
         raise CorruptRecordError(f"array dtype {dtype} does not fit the record's {8 * words.dtype.itemsize}-bit words")
     frames = words.view(dtype)
@@ -635,6 +602,7 @@ def compress_dicom(
     verify: bool = True,
     keyring=None,
     local_model: LocalPathModel | str | Sequence[LocalPathModel | str] | None = None,
+    models: ModelStore | None = None,
 ) -> bytes:
     """Compress one DICOM file (bytes) into a record that restores it exactly.
 
@@ -643,7 +611,9 @@ def compress_dicom(
     original is sealed. ``verify`` decodes the record again (with the key, when given)
     and compares digests before returning. ``limits.seconds`` bounds the time one input
     may take: checked after parsing, between planes and candidates (encode_words) and
-    before verification, LimitExceededError once it has passed.
+    before verification, LimitExceededError once it has passed. ``models`` (a ModelStore)
+    resolves the local models named by id and holds the adapter a coder in ``local_model``
+    was built from, for verification.
     """
     _check_preset(preset)
     limits = limits or DicomLimits()
@@ -661,7 +631,7 @@ def compress_dicom(
         blob = ct.write_record(ct.Record(config={"kind": "dicom", **sealed_config}, sections=sections))
         if verify:
             deadline.check("before verification")
-            restored = decompress_dicom(blob, keyring=keyring)
+            restored = decompress_dicom(blob, keyring=keyring, models=models)
             if parsed.restore_mode == "pixel-exact":
                 same = np.array_equal(parse_dicom(restored).frames, parsed.frames)
             else:
@@ -698,17 +668,19 @@ def compress_dicom(
             blob = verbatim_blob
     if verify:
         deadline.check("before verification")
-        decompress_dicom(blob)
+        decompress_dicom(blob, models=models)
     return blob
 
 
 @record_errors
-def decompress_dicom(blob: bytes, *, keyring=None, limits: DicomLimits | None = None) -> bytes:
+def decompress_dicom(blob: bytes, *, keyring=None, limits: DicomLimits | None = None,
+                     models: ModelStore | None = None) -> bytes:
     """Restore the DICOM file of a record, checked against the record's digests.
 
     For a keyed record: without ``keyring`` the de-identified file (pixels = stego
     image); with it the original, byte for byte. ``limits.memory_bytes`` bounds what the
-    record may claim (LimitExceededError before anything is allocated).
+    record may claim (LimitExceededError before anything is allocated). ``models`` (a
+    ModelStore) holds the A-LoRA adapter a record names; None: shipped models only.
     """
     record = ct.read_record(blob)
     config = record.config
@@ -736,7 +708,7 @@ def decompress_dicom(blob: bytes, *, keyring=None, limits: DicomLimits | None = 
         prefix, suffix, extra = _unpack_header(record.one(ct.SECTION_HEADER).payload, size)
         if not isinstance(config.get("pixels"), dict):
             raise CorruptRecordError(f"record in mode {shown(mode)} has no pixel config")
-        words = decode_words(config["pixels"], record, limits=limits)
+        words = decode_words(config["pixels"], record, limits=limits, models=models)
         parsed = ParsedDicom(
             restore_mode=mode,
             spec=spec,
@@ -810,6 +782,7 @@ def inspect_record(blob: bytes) -> dict[str, Any]:
                 "shape": pixels["shape"],
                 "bits_stored": pixels["format"]["bits_stored"],
                 "plane_stats": pixels["plane_stats"],
+                "pixel_sha256": pixels.get("digest"),  # of the stored words, checked on every decode
             }
             head = {"codec_id": pixels["codec_id"], "models": models, "preset": pixels["preset"]}
         except (KeyError, TypeError, ValueError, OverflowError) as exc:

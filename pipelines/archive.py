@@ -394,20 +394,19 @@ class Archive:
             raise ArchiveError(f"models/{sha256}.safetensors does not match its SHA-256")
         return blob
 
-    def register_models(self) -> list[str]:
-        """Make every intact adapter under models/ available to decoding in this process."""
-        hashes = self.model_hashes()
-        if not hashes:
-            return []
-        from medcodec.model.registry import register_adapter  # imports torch
+    def model_store(self):
+        """A medcodec.ModelStore holding every intact adapter under models/ (what decoding the
+        archive's records needs, passed to the codec, never registered process-wide). A bad
+        file fails only the records that name it (audit reports it)."""
+        import medcodec
 
-        done = []
-        for sha in hashes:
+        store = medcodec.ModelStore()
+        for sha in self.model_hashes():
             try:
-                done.append(register_adapter(self.read_model(sha)))
-            except Exception:  # noqa: BLE001 - a bad file fails only the records that need it (audit reports it)
+                store.add_adapter(self.read_model(sha))
+            except (ArchiveError, medcodec.MedcodecError):
                 continue
-        return done
+        return store
 
     def read_record(self, shard: str, offset: int, length: int) -> bytes:
         with self.fs.open(self.path(shard), "rb") as fh:

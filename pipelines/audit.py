@@ -244,11 +244,11 @@ class AuditStem(beam.DoFn):
 
         allocator.tune()  # on every worker process (medcodec/allocator.py)
 
-        self.codec = medcodec
+        self.medcodec = medcodec
         self.archive = Archive(self.cfg.archive, storage_options=self.cfg.storage_options)
         self.keyring = load_keyring(self.cfg.key_file)
-        if self.cfg.deep:
-            self.archive.register_models()
+        # Deep: records decode with the archive's own adapters (models/), handed to the codec.
+        self.codec = medcodec.Codec(models=self.archive.model_store() if self.cfg.deep else medcodec.ModelStore())
 
     def _row(self, shard, sop_key, check, ok, detail=""):
         return _row(self.cfg, shard, sop_key, check, ok, detail)
@@ -319,26 +319,24 @@ class AuditStem(beam.DoFn):
                     yield self._row(shard, r["sop_key"], "record", False, "record SHA-256 differs from the index")
                     continue
                 try:
-                    self.codec.container.read_record(blob)
-                except self.codec.MedcodecError as exc:
+                    info = self.codec.inspect(blob)  # reads the whole container: framing, checksums
+                except self.medcodec.MedcodecError as exc:
                     yield self._row(shard, r["sop_key"], "record", False, str(exc))
                     continue
                 yield self._row(shard, r["sop_key"], "record", True)
                 if self.cfg.deep:
-                    yield from self._deep(shard, r, blob)
+                    yield from self._deep(shard, r, blob, info)
 
-    def _deep(self, shard: str, r: dict, blob: bytes) -> Iterator[dict]:
+    def _deep(self, shard: str, r: dict, blob: bytes, info: dict) -> Iterator[dict]:
         sealed = bool(r["key_id"])
         try:
             # Checks the pixel digest and the (de-identified) file SHA itself; with the key
             # it also opens the sealed sections and restores the original.
             restored = self.codec.decompress_dicom(blob, keyring=self.keyring if sealed else None)
-        except self.codec.MedcodecError as exc:
+        except self.medcodec.MedcodecError as exc:
             yield self._row(shard, r["sop_key"], "pixels", False, str(exc))
             return
-        config = self.codec.container.read_record(blob).config
-        pixels = config.get("pixels")
-        if pixels and pixels.get("digest") != r["pixel_sha256"]:
+        if info.get("pixel_sha256") is not None and info["pixel_sha256"] != r["pixel_sha256"]:
             yield self._row(shard, r["sop_key"], "pixels", False, "pixel digest differs from the index")
             return
         yield self._row(shard, r["sop_key"], "pixels", True)
@@ -473,7 +471,7 @@ def check_model(archive: Archive, model_id: str, model_hash: str | None, adapter
     Base transformers must be the shipped file with the recorded SHA-256; adapters must be
     under models/ with bytes matching their name, and fitted to that base.
     """
-    from medcodec import MedcodecError
+    import medcodec
 
     def row(detail: str, ok: bool, what: str) -> dict:
         return {"shard": "models/", "sop_key": None, "check": "model", "status": "ok" if ok else "fail",
@@ -482,16 +480,10 @@ def check_model(archive: Archive, model_id: str, model_hash: str | None, adapter
     what = f"{model_id}" + (f" + adapter {adapter[:16]}..." if adapter else "") + f" ({users} record(s))"
     if not model_id.startswith("llm-"):
         return row("built into the codec", True, what)
-    try:
-        from medcodec.model.adapt import read_adapter
-        from medcodec.model.registry import load_model
-
-        base = load_model(model_id, sha256=model_hash, device="cpu")
-        if adapter:
-            _, meta = read_adapter(archive.read_model(adapter))
-            if (meta.get("base_model"), meta.get("base_sha256")) != (base.model_id, base.sha256):
-                raise ArchiveError(f"adapter {adapter[:16]}... was fitted to another base model")
-    except (MedcodecError, ArchiveError) as exc:
+    try:  # the shipped base with that SHA-256; the adapter's bytes under models/, fitted to that base
+        store = medcodec.ModelStore([archive.read_model(adapter)] if adapter else [])
+        medcodec.check_model(store, model_id, model_hash, adapter)
+    except (medcodec.MedcodecError, ArchiveError) as exc:
         return row(str(exc), False, what)
     return row("present, SHA-256 matches", True, what)
 

@@ -220,51 +220,23 @@ class EncodeInstance(beam.DoFn):
 
     def setup(self) -> None:
         import medcodec
-        from medcodec import allocator
 
-        allocator.tune()  # on every worker process (medcodec/allocator.py)
-
+        medcodec.allocator.tune()  # on every worker process (medcodec/allocator.py)
         if self.cfg.model_threads:
-            from medcodec.model.registry import set_threads
-
-            set_threads(self.cfg.model_threads)
-        self.codec = medcodec
+            medcodec.set_model_threads(self.cfg.model_threads)
+        self.medcodec = medcodec
         self.identity = _resolve_identity(self.cfg)
         self.progress = ProgressReporter(self.cfg.progress_dir)
-        self.keyring = load_keyring(self.cfg.key_file)
-        self.adapted = self._adapted_coders()
-
-    def _adapted_coders(self) -> dict:
-        """{modality group: transformer coder with that group's adapter} (read from DST/models/)."""
-        if not self.cfg.adapters:
-            return {}
-        from medcodec.model.adapt import read_adapter
-        from medcodec.model.coder import TransformerLocalPathCoder
-        from medcodec.model.registry import load_adapted, register_adapter
-
-        archive = Archive(self.cfg.dst, storage_options=self.cfg.storage_options)
-        coders = {}
-        for group, sha in sorted(self.cfg.adapters.items()):
-            blob = archive.read_model(sha)
-            _, meta = read_adapter(blob)
-            register_adapter(blob)
-            model = load_adapted(meta["base_model"], sha256=meta["base_sha256"], adapter_sha256=sha)
-            coders[group] = TransformerLocalPathCoder(model)
-        return coders
-
-    def _local_model(self, modality: str | None):
-        if not self.adapted:
-            return self.cfg.local_model
-        from medcodec.model.adapt import modality_group
-
-        coder = self.adapted.get(modality_group(modality))
-        if coder is None or self.cfg.preset != "max":
-            return self.cfg.local_model
-        if self.cfg.local_model == coder.model_id:  # the adapted transformer only
-            return coder
-        if self.cfg.local_model is not None:
-            return self.cfg.local_model
-        return (coder, "classical-v1")
+        cfg = self.cfg
+        # The adapters the run codes with, read from DST/models/ (by SHA-256) into this
+        # worker's model store: passed to the codec, never registered process-wide.
+        archive = Archive(cfg.dst, storage_options=cfg.storage_options)
+        models = medcodec.ModelStore(archive.read_model(sha) for sha in sorted(set(cfg.adapters.values())))
+        self.codec = medcodec.Codec(
+            preset=cfg.preset, models=models, adapters=dict(cfg.adapters), local_model=cfg.local_model,
+            keyring=load_keyring(cfg.key_file), keep_codestream=cfg.keep_codestream,
+            limits=medcodec.DicomLimits(memory_bytes=cfg.memory_budget, max_pixel_ratio=cfg.max_pixel_ratio,
+                                        seconds=cfg.max_seconds))
 
     def process(self, element: tuple[SourceRef, frozenset]) -> Iterator[Any]:
         ref, indexed = element  # indexed: the checksums this source is archived with already
@@ -292,16 +264,11 @@ class EncodeInstance(beam.DoFn):
         t1 = time.perf_counter()
         uids = header_identifiers(data)
         try:
-            record = self.codec.compress_dicom(
-                data, preset=cfg.preset, keep_codestream=cfg.keep_codestream, keyring=self.keyring,
-                local_model=self._local_model(uids.get("modality")),
-                limits=self.codec.DicomLimits(memory_bytes=cfg.memory_budget, max_pixel_ratio=cfg.max_pixel_ratio,
-                                              seconds=cfg.max_seconds),
-            )
-            info = self.codec.inspect_record(record)
-        except (self.codec.MedcodecError, MemoryError) as exc:  # out of memory: this input, not the job
+            record = self.codec.compress_dicom(data, modality=uids.get("modality"))
+            info = self.codec.inspect(record)
+        except (self.medcodec.MedcodecError, MemoryError) as exc:  # out of memory: this input, not the job
             Metrics.counter(NAMESPACE, "deadlettered").inc()
-            stage = "parse" if isinstance(exc, (self.codec.InvalidDicomError,)) else "encode"
+            stage = "parse" if isinstance(exc, (self.medcodec.InvalidDicomError,)) else "encode"
             yield beam.pvalue.TaggedOutput(
                 "dead", _dead_row(ident, ref, stage, exc, cfg.run_id, source_sha256=sha, size=len(data))
             )
@@ -331,7 +298,7 @@ class EncodeInstance(beam.DoFn):
             "transfer_syntax": uids.get("transfer_syntax") or spec.get("transfer_syntax"),
             # For keyed records: how the *original* restores (the clear part is always byte-exact).
             "restore_mode": (info.get("sealed") or {}).get("original_restore_mode") or info["restore_mode"],
-            "pixel_sha256": _pixel_digest(record),
+            "pixel_sha256": info.get("pixel_sha256"),
             "k": info.get("k"),
             "bpp_global": bps.get("global"),
             "bpp_local": bps.get("local"),
@@ -352,13 +319,6 @@ class EncodeInstance(beam.DoFn):
         Metrics.counter(NAMESPACE, "bytes_out").inc(len(record))
         self.progress.tick(len(data), len(record))
         yield row["study_key"], {"row": row, "record": record}
-
-
-def _pixel_digest(record: bytes) -> str | None:
-    from medcodec import container
-
-    pixels = container.read_record(record).config.get("pixels")
-    return pixels["digest"] if pixels else None
 
 
 def shard_chunks(instances: Iterable[dict]) -> list[list[tuple]]:

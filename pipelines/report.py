@@ -213,8 +213,9 @@ def compare_with_standard_codecs(url: str, *, storage_options: dict | None = Non
     bits, offset binary when signed, frame by frame) and must decode them back exactly.
     Returns {"records": [per record byte counts], "codecs": {name: label}, "left_out": n}."""
     import medcodec
-    from medcodec.codec import decode_words
-    from medcodec.model.images import BenchImage, stored_values
+    BenchImage, stored_values = medcodec.images.BenchImage, medcodec.images.stored_values
+
+    ours = medcodec.Codec(models=Archive(url, storage_options=storage_options).model_store())
 
     archive = Archive(url, storage_options=storage_options)
     rows = sorted((r for r in archive.read_index().to_pylist() if r["pixel_sha256"] and n_samples(r)),
@@ -228,10 +229,8 @@ def compare_with_standard_codecs(url: str, *, storage_options: dict | None = Non
             left_out += 1
             continue
         blob = archive.read_record(r["shard"], r["offset"], r["length"])
-        record = medcodec.container.read_record(blob)
-        pixels = record.config["pixels"]
-        fmt = pixels["format"]
-        values = stored_values(decode_words(pixels, record), bits_stored=fmt["bits_stored"],
+        words, fmt = ours.pixel_values(blob)
+        values = stored_values(words, bits_stored=fmt["bits_stored"],
                                high_bit=fmt["high_bit"], signed=fmt["signed"])
         image = BenchImage(name=r["sop_key"], source="archive", modality=r["modality"] or "?", values=values,
                            bits=fmt["bits_stored"], frames_total=values.shape[0], photometric="", origin="archive")

@@ -136,15 +136,14 @@ class RestoreShard(beam.DoFn):
 
     def setup(self) -> None:
         import medcodec
-        from medcodec import allocator
 
-        allocator.tune()  # on every worker process (medcodec/allocator.py)
-
-        self.codec = medcodec
+        medcodec.allocator.tune()  # on every worker process (medcodec/allocator.py)
+        self.medcodec = medcodec
         self.archive = Archive(self.cfg.archive, storage_options=self.cfg.storage_options)
-        self.archive.register_models()  # A-LoRA adapters the records name
         self.dst_fs, self.dst_root = open_fs(self.cfg.dst, self.cfg.dst_storage_options)
         self.keyring = load_keyring(self.cfg.key_file)
+        # The A-LoRA adapters records name come from the archive's models/, handed to the codec.
+        self.codec = medcodec.Codec(models=self.archive.model_store(), keyring=self.keyring)
         # With the originals (a key, or a record that is not sealed) the restored file's SOP
         # Instance UID must hash to the row's sop_key: an index row moved to another record
         # is caught. The identity key is resolved here, from the key file: never in the graph.
@@ -171,7 +170,7 @@ class RestoreShard(beam.DoFn):
                     if self.cfg.fail_fast:
                         raise
                     yield self._failed(shard, r, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-                                       if isinstance(exc, (self.codec.MedcodecError, _WrongInstance))
+                                       if isinstance(exc, (self.medcodec.MedcodecError, _WrongInstance))
                                        else type(exc).__name__)
                     continue
                 Metrics.counter("medarchive", "restored").inc()

@@ -49,7 +49,7 @@ class RewrapShard(beam.DoFn):
         self.identity = Identity(self.keyring.uid_key())
 
     def process(self, stem: str) -> Iterator[int]:
-        from medcodec.sealing import rewrap_record
+        from medcodec import rewrap_record
 
         archive = self.archive
         rows = sorted(archive.read_index([stem]).to_pylist(), key=lambda r: r["offset"])

@@ -121,7 +121,7 @@ def run_migrate(
     stays, and a re-run resumes. A missing or empty SRC is an ArchiveError.
 
     ``adapters`` ({modality group: SHA-256}, files under DST/models/) codes those
-    modalities with A-LoRA adapters (see jobs/adapt.py, ``migrate --adapt N``).
+    modalities with A-LoRA adapters (see pipelines/adapt.py, ``migrate --adapt N``).
     """
     if key_file is None and not phi_in_clear:
         raise ArchiveError(

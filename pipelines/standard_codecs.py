@@ -2,7 +2,7 @@
 
 ``inspect --html`` (:mod:`pipelines.report`) sizes an archive's decoded pixels with the
 standard codecs; ``benchmarks/compare.py`` measures all of them side by side. Every
-codec is handed the same values (:class:`medcodec.model.images.BenchImage`) and must
+codec is handed the same values (:class:`medcodec.images.BenchImage`) and must
 give them back exactly; the standard codecs run frame by frame and their sizes are
 their codestreams, summed.
 """
@@ -14,7 +14,9 @@ from typing import Callable, ClassVar, Protocol, Sequence
 
 import numpy as np
 
-from medcodec.model.images import BenchImage
+from medcodec import images
+
+BenchImage = images.BenchImage
 
 STANDARD_CODECS = ("jpegls", "jpeg2k", "htj2k", "jpegxl")
 ALL_CODECS = ("ours", *STANDARD_CODECS)

@@ -16,9 +16,9 @@ import torch
 import medcodec
 from medcodec import container as ct
 from medcodec.errors import ModelMismatchError
-from medcodec.model import adapt
+from medcodec.model import adapt, adapter
 from medcodec.model.coder import TransformerLocalPathCoder
-from medcodec.model.registry import WEIGHTS_DIR, load_model, register_adapter
+from medcodec.model.registry import WEIGHTS_DIR, load_model
 from medcodec.model.train import float_bits, integer_bits
 from medcodec.paths import PlaneInfo
 
@@ -66,7 +66,7 @@ def test_a_small_bright_speck_is_not_kept_as_anatomy():
 
 @pytest.mark.parametrize(("modality", "group"), [("CT", "CT"), ("dx", "CR"), ("RG", "CR"), (None, "OT"), ("US", "US")])
 def test_modality_groups(modality, group):
-    assert adapt.modality_group(modality) == group
+    assert adapter.modality_group(modality) == group
 
 
 # --- float copy, export, merge ----------------------------------------------------------------
@@ -108,12 +108,12 @@ def test_fine_tuning_learns_the_archive_and_exports_an_exact_adapter(fitted, bas
     assert m["train_bits_adapted"] < m["train_bits_base"] - 0.1
     assert m["valid_bits_adapted"] < m["valid_bits_base"] - 0.1
     assert abs(m["valid_bits_adapted"] - m["valid_bits_adapted_float"]) < 0.05  # integer export stays close
-    tensors, meta = adapt.read_adapter(result.blob)
+    tensors, meta = adapter.read_adapter(result.blob)
     assert meta["base_model"] == "llm-base-v1" and meta["base_sha256"] == base.sha256
     assert all(int(t.abs().max()) <= adapt.A_LEVELS for n, t in tensors.items() if n.endswith(".lora_a"))
     # merging is integer arithmetic: the same tensors every time, and only projections change
-    merged = adapt.merge_adapter(base.tensors, tensors)
-    again = adapt.merge_adapter(base.tensors, tensors)
+    merged = adapter.merge_adapter(base.tensors, tensors)
+    again = adapter.merge_adapter(base.tensors, tensors)
     assert all(torch.equal(merged[n], again[n]) for n in merged)
     changed = {n for n in merged if not torch.equal(merged[n], base.tensors[n])}
     assert changed and all(n.rsplit(".", 2)[-2] in adapt.LORA_TARGETS.values() for n in changed)
@@ -124,11 +124,11 @@ def test_adapter_refuses_another_base_and_other_files(fitted):
     result = fitted[0]
     fast = load_model("llm-fast-v1", device="cpu")
     with pytest.raises(ModelMismatchError, match="fitted to"):
-        adapt.apply_adapter(fast, result.blob)
+        adapter.apply_adapter(fast, result.blob)
     with pytest.raises(ModelMismatchError, match="not an A-LoRA adapter"):
-        adapt.read_adapter((WEIGHTS_DIR / "llm-base-v1.safetensors").read_bytes())
+        adapter.read_adapter((WEIGHTS_DIR / "llm-base-v1.safetensors").read_bytes())
     with pytest.raises(ModelMismatchError):
-        register_adapter(b"garbage")
+        medcodec.ModelStore([b"garbage"])
 
 
 def test_adapted_stream_is_independent_of_batch_size(fitted):
@@ -150,7 +150,7 @@ def test_adapted_model_on_cuda_gives_the_cpu_bitstream(fitted):
     info = PlaneInfo(rows=plane.shape[0], cols=plane.shape[1], bits=12 - k, k=k, preset="max")
     g, loc = plane >> k, plane & 3
     cpu = TransformerLocalPathCoder(result.model).encode(loc, g, info)
-    gpu = TransformerLocalPathCoder(adapt.apply_adapter(load_model("llm-base-v1", device="cuda"), result.blob,
+    gpu = TransformerLocalPathCoder(adapter.apply_adapter(load_model("llm-base-v1", device="cuda"), result.blob,
                                                         device="cuda"))
     assert gpu.encode(loc, g, info) == cpu
     assert np.array_equal(gpu.decode(cpu, g, info), loc)
@@ -164,16 +164,14 @@ _SUBPROCESS = textwrap.dedent(
     import sys, numpy as np, torch
     torch.set_num_threads(int(sys.argv[1]))
     import medcodec
-    from medcodec.model.coder import TransformerLocalPathCoder
-    from medcodec.model.registry import load_adapted, register_adapter
-    sha = register_adapter(open(sys.argv[3], "rb").read())
+    store = medcodec.ModelStore([open(sys.argv[3], "rb").read()])
     img = np.load(sys.argv[4])
     if sys.argv[2] == "encode":
-        coder = TransformerLocalPathCoder(load_adapted("llm-base-v1", sha256=None, adapter_sha256=sha))
+        coder = store.adapted(store.adapters[0])
         blob = medcodec.compress_pixels(img, bits_stored=12, signed=False, local_model=coder)
         open(sys.argv[5], "wb").write(blob)
     else:
-        out = medcodec.decompress_pixels(open(sys.argv[5], "rb").read())
+        out = medcodec.decompress_pixels(open(sys.argv[5], "rb").read(), models=store)
         assert np.array_equal(out, img)
         print("decoded-ok")
     """
@@ -202,24 +200,22 @@ def test_adapted_records_same_bytes_with_1_or_2_threads_and_decode_in_another_pr
     assert "decoded-ok" in res.stdout
 
 
-def test_decoding_needs_the_registered_adapter(fitted):
-    from medcodec.model import registry
-
+def test_decoding_takes_the_adapter_from_the_model_store_it_is_given(fitted):
+    """No process-global registration: a store that holds the adapter decodes the record,
+    one that does not (or none) says where the adapter lives, and using a store leaves
+    nothing behind for the next decode."""
     result, _, _, plane = fitted
     coder = TransformerLocalPathCoder(result.model)
     blob = medcodec.compress_pixels(plane.astype(np.uint16), bits_stored=12, signed=False, local_model=coder)
     assert medcodec.inspect_record(blob)["models"]["adapter_sha256"] == result.sha256
-    saved = dict(registry._ADAPTERS), dict(registry._ADAPTED)
-    registry._ADAPTERS.clear()
-    registry._ADAPTED.clear()
-    try:
+    holder = medcodec.ModelStore([result.blob])
+    for store in (None, medcodec.ModelStore()):
         with pytest.raises(ModelMismatchError, match="models/"):
-            medcodec.decompress_pixels(blob)
-        register_adapter(result.blob)
-        assert np.array_equal(medcodec.decompress_pixels(blob), plane)
-    finally:
-        registry._ADAPTERS.update(saved[0])
-        registry._ADAPTED.update(saved[1])
+            medcodec.decompress_pixels(blob, models=store)
+    assert np.array_equal(medcodec.decompress_pixels(blob, models=holder), plane)
+    assert np.array_equal(medcodec.Codec(models=holder).decompress_pixels(blob), plane)
+    with pytest.raises(ModelMismatchError, match="models/"):
+        medcodec.decompress_pixels(blob)
 
 
 # --- archive: migrate --adapt, models/, audit, restore ----------------------------------------

@@ -9,9 +9,8 @@ only ever uses the exported integer result:
 * the adapted weights are ``W + round((B_int @ A_int) / 2**shift)``: integer arithmetic,
   identical on every machine, so the adapted model is as exact as the base.
 
-The adapter file is safetensors (int32 tensors, metadata naming the base model id and
-SHA-256); its SHA-256 is its identity. A record coded with an adapter names it, and
-decoding needs the same bytes (the archive stores them once under ``models/``).
+The adapter file format, merging and modality groups are model/adapter.py (what
+decoding loads); this module is fitting only (float network, peft, training loop).
 
 The anatomical prior weights the training loss from the global modality alone (the
 decoder could compute it too): a body/foreground mask (Otsu threshold on 8x8 block
@@ -30,14 +29,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..errors import ModelMismatchError
 from .floatnet import FloatLocalModel
 from .geometry import N_BINS, N_CAUSAL
-from .intnet import ACT_SHIFT, OUT_SHIFT, PROMPT_SHIFT, REQUANT_SHIFT, ModelShape, build, rshift_round
-from .registry import LoadedModel, pack, unpack
+from .intnet import ACT_SHIFT, OUT_SHIFT, PROMPT_SHIFT, REQUANT_SHIFT, ModelShape
+from .adapter import ADAPTER_KIND, MAX_RANK, apply_adapter
+from .registry import LoadedModel, pack
 from .train import Samples, TrainConfig, fit, float_bits, integer_bits
 
-ADAPTER_KIND = "medarchive-alora-v1"
 # peft target module -> the integer model's projection name
 LORA_TARGETS = {
     "q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o",
@@ -45,7 +43,6 @@ LORA_TARGETS = {
 }
 A_LEVELS = 127  # LoRA A rows are quantized to +-127
 B_BITS = 20  # LoRA B (in base weight-grid units) keeps about 20 significant bits
-MAX_RANK = 64
 TRAIN_PATCHES = 24000  # patches an adapter is fitted on, per modality, spread over its planes
 VALID_PATCHES = 6000  # patches it is validated (and benchmarked) on
 
@@ -59,16 +56,6 @@ BLOCK = 8  # the prior is computed on 8x8 blocks (a patch is 4x8)
 BACKGROUND_WEIGHT = 0.5
 EDGE_GAIN = 0.5  # foreground weight is 1 + EDGE_GAIN * edge density
 MIN_COMPONENT_FRACTION = 0.1  # keep foreground components at least this fraction of the largest
-
-
-# Modalities that share an adapter (one adapter per group; DICOM Modality codes).
-MODALITY_GROUPS = {"DX": "CR", "RG": "CR", "PX": "CR", "IVUS": "US"}
-
-
-def modality_group(modality: str | None) -> str:
-    """'DX' -> 'CR', 'ct' -> 'CT', None -> 'OT': the adapter group of a DICOM Modality."""
-    m = (modality or "").strip().upper() or "OT"
-    return MODALITY_GROUPS.get(m, m)
 
 
 # --- the anatomical prior ------------------------------------------------------------------
@@ -235,52 +222,6 @@ def export_adapter(model: FloatLocalModel, base: LoadedModel, *, rank: int, extr
     return pack(tensors, meta)
 
 
-def read_adapter(blob: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors + metadata of an adapter file; refuses anything else."""
-    try:
-        tensors, meta = unpack(blob)
-    except Exception as exc:
-        raise ModelMismatchError(f"not an adapter file: {exc}") from None
-    if meta.get("kind") != ADAPTER_KIND:
-        raise ModelMismatchError(f"not an A-LoRA adapter (kind {meta.get('kind')!r}, expected {ADAPTER_KIND!r})")
-    return tensors, meta
-
-
-def merge_adapter(base_tensors: dict[str, torch.Tensor], adapter: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Base integer tensors with W + round(B_int @ A_int / 2**shift) for every adapted projection."""
-    merged = dict(base_tensors)
-    prefixes = sorted({n.rsplit(".", 1)[0] for n in adapter})
-    for prefix in prefixes:
-        name = prefix + ".weight"
-        if name not in base_tensors:
-            raise ModelMismatchError(f"adapter targets {prefix!r}, which the base model does not have")
-        a, b = adapter[prefix + ".lora_a"], adapter[prefix + ".lora_b"]
-        shift = int(adapter[prefix + ".lora_shift"][0])
-        w = base_tensors[name]
-        if a.shape[0] > MAX_RANK or b.shape != (w.shape[0], a.shape[0]) or a.shape[1] != w.shape[1]:
-            raise ModelMismatchError(f"adapter tensors for {prefix!r} do not fit the base model")
-        # Exact: |B| < 2**31, |A| <= 2**31, and rank * |B| * |A| stays below 2**53 for
-        # the values export writes (checked, so a crafted file cannot break exactness).
-        if int(b.abs().max()) * int(a.abs().max()) * a.shape[0] >= 1 << 53:
-            raise ModelMismatchError(f"adapter tensors for {prefix!r} are too large for exact merging")
-        delta = rshift_round(b.double() @ a.double(), shift)
-        merged[name] = (w.to(torch.int64) + delta.to(torch.int64))
-    return merged
-
-
-def apply_adapter(base: LoadedModel, blob: bytes, *, device: str = "cpu") -> LoadedModel:
-    """The base model with the adapter merged; the adapter must name this exact base."""
-    adapter, meta = read_adapter(blob)
-    if meta.get("base_model") != base.model_id or meta.get("base_sha256") != base.sha256:
-        raise ModelMismatchError(
-            f"adapter was fitted to {meta.get('base_model')!r} sha256 {str(meta.get('base_sha256'))[:16]}..., "
-            f"not {base.model_id!r} sha256 {base.sha256[:16]}..."
-        )
-    tensors = merge_adapter(base.tensors, adapter)
-    net = build(tensors, base.meta, device)
-    return LoadedModel(base.model_id, base.sha256, net, base.meta, tensors, hashlib.sha256(blob).hexdigest())
-
-
 # --- fine-tuning ----------------------------------------------------------------------------
 
 
@@ -387,6 +328,69 @@ def plane_samples(
 
 
 __all__ = [
-    "ADAPTER_KIND", "AdaptConfig", "AdaptResult", "anatomical_prior", "apply_adapter", "export_adapter",
-    "fine_tune", "float_from_integer", "foreground_mask", "merge_adapter", "modality_group", "plane_samples", "read_adapter",
+    "AdaptConfig", "AdaptResult", "anatomical_prior", "export_adapter", "fine_tune", "fit_group_adapters",
+    "fitting_image", "float_from_integer", "foreground_mask", "plane_samples",
 ]
+
+
+# --- fitting an archive's adapters (what `medarchive adapt` runs) ------------------------------
+
+VALID_FRACTION = 5  # every 5th image of a modality (at least one) validates
+FRAME_CAP = 2  # planes per image: at most this many frames (all samples)
+
+
+def fitting_image(data: bytes) -> dict | None:
+    """One DICOM file -> {"planes": [(plane, k)], "k", "shape"} as the transformer codes it
+    (None for a file without coded pixels, or one that does not read)."""
+    from ..codec import coding_values
+    from ..dicom import DicomLimits, parse_dicom
+    from ..planes import SampleFormat, choose_k_transformer
+    from .geometry import MAX_K
+
+    try:
+        parsed = parse_dicom(data, limits=DicomLimits())
+    except Exception:  # noqa: BLE001 - migrate dead-letters what cannot be read; fitting skips it
+        return None
+    if parsed.spec is None or parsed.frames is None or parsed.restore_mode == "verbatim":
+        return None
+    values, _, bits, _ = coding_values(parsed.frames, SampleFormat.of(parsed.spec))
+    n_frames = values.shape[0]
+    k, _ = choose_k_transformer(values[n_frames // 2, 0], bits, max_k=MAX_K)
+    frames = sorted({int(round(x)) for x in np.linspace(0, n_frames - 1, min(FRAME_CAP, n_frames))})
+    return {"planes": [(values[f, s], k) for f in frames for s in range(values.shape[1])], "k": k,
+            "shape": list(values.shape)}
+
+
+def fit_group_adapters(images: list[dict], config: AdaptConfig, *, min_images: int, log,
+                       base_model: str) -> tuple[dict, dict]:
+    """One adapter per modality group ({"group", "planes", "k"} images) with at least
+    ``min_images`` usable images -> ({group: AdaptResult}, {group: why it keeps the base})."""
+    from .registry import load_model
+
+    base = load_model(base_model, device="cpu")
+    by_group: dict[str, list[dict]] = {}
+    for image in images:
+        by_group.setdefault(image["group"], []).append(image)
+    results, fallback = {}, {}
+    for group, members in sorted(by_group.items()):
+        usable = [m for m in members if m["k"] > 0]
+        if len(usable) < min_images:
+            fallback[group] = f"{len(usable)} usable image(s) < --min-images {min_images}: base model"
+            log(f"{group}: {fallback[group]}")
+            continue
+        n_valid = max(1, len(usable) // VALID_FRACTION)
+        valid_imgs, train_imgs = usable[:n_valid], usable[n_valid:]
+        train_planes = [p for m in train_imgs for p in m["planes"]]
+        valid_planes = [p for m in valid_imgs for p in m["planes"]]
+        train = plane_samples(train_planes, max(64, TRAIN_PATCHES // len(train_planes)), config.seed)
+        valid = plane_samples(valid_planes, max(64, VALID_PATCHES // len(valid_planes)), config.seed + 1)
+        log(f"{group}: fitting on {len(train_imgs)} image(s) ({len(train)} patches), "
+            f"validating on {len(valid_imgs)} ({len(valid)} patches)")
+        result = fine_tune(base, train, valid, config, extra_meta={"modality": group},
+                           log=lambda m, g=group: log(f"{g}: {m}"))
+        result.metrics.update({"train_images": len(train_imgs), "valid_images": len(valid_imgs)})
+        results[group] = result
+        m = result.metrics
+        log(f"{group}: valid bits/symbol base {m['valid_bits_base']:.4f} -> adapted {m['valid_bits_adapted']:.4f} "
+            f"({m['fit_seconds']:.0f} s)")
+    return results, fallback

@@ -57,9 +57,7 @@ def model_from_bytes(model_id: str, blob: bytes, device: str = "cpu") -> LoadedM
     return LoadedModel(model_id, hashlib.sha256(blob).hexdigest(), build(tensors, meta, device), meta, tensors)
 
 
-_CACHE: dict[tuple[str, str], LoadedModel] = {}
-_ADAPTED: dict[tuple[str, str, str], LoadedModel] = {}
-_ADAPTERS: dict[str, bytes] = {}  # sha256 -> adapter file, registered by whoever holds models/
+_CACHE: dict[tuple[str, str], LoadedModel] = {}  # shipped files, by id and device (a cache: no state)
 _LOCK = threading.RLock()
 
 
@@ -95,42 +93,4 @@ def load_model(model_id: str, *, sha256: str | None = None, device: str | None =
             f"record was coded with {model_id!r} sha256 {sha256[:16]}..., but this installation has "
             f"{model.sha256[:16]}...: decode with the medarchive version (or archive models/) that wrote it"
         )
-    return model
-
-
-def register_adapter(blob: bytes) -> str:
-    """Make an adapter file available to decoding in this process; returns its SHA-256."""
-    from .adapt import read_adapter
-
-    read_adapter(blob)  # refuses anything that is not an adapter
-    sha = hashlib.sha256(blob).hexdigest()
-    with _LOCK:
-        _ADAPTERS[sha] = bytes(blob)
-    return sha
-
-
-def registered_adapters() -> list[str]:
-    with _LOCK:
-        return sorted(_ADAPTERS)
-
-
-def load_adapted(
-    model_id: str, *, sha256: str | None, adapter_sha256: str, device: str | None = None
-) -> LoadedModel:
-    """Base model ``model_id`` with the registered adapter ``adapter_sha256`` merged (cached)."""
-    from .adapt import apply_adapter
-
-    device = device or default_device()
-    base = load_model(model_id, sha256=sha256, device=device)
-    with _LOCK:
-        model = _ADAPTED.get((model_id, adapter_sha256, device))
-        if model is None:
-            blob = _ADAPTERS.get(adapter_sha256)
-            if blob is None:
-                raise ModelMismatchError(
-                    f"record was coded with {model_id!r} + A-LoRA adapter {adapter_sha256[:16]}..., which is not "
-                    f"available: it is stored in the archive's models/ folder (restore and audit load it from there)"
-                )
-            model = apply_adapter(base, blob, device=device)
-            _ADAPTED[(model_id, adapter_sha256, device)] = model
     return model
