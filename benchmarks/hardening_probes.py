@@ -71,7 +71,7 @@ CATEGORIES = {
     "migrate": "migrate run (dead letters)",
 }
 MEMORY_BUDGET = 1 << 30
-PLANT = "ZEBRAFISHQ"  # the string tests/test_hostile_input.py plants
+PLANT = "ZEBRAFISHQ"  # the string planted in failing fields (planted_inputs)
 
 
 def _fuzz_path() -> None:
@@ -191,11 +191,35 @@ def jpegls_dicom(rows: int, cols: int, *, claim: tuple[int, int] | None = None) 
 
 
 def planted_inputs() -> dict[str, bytes]:
-    """tests/test_hostile_input.py's inputs with the planted string in the failing field."""
-    from tests.test_hostile_input import PLANT as planted, _planted_inputs
+    """Inputs that fail, each with the planted string in the field whose parsing fails
+    (tests/test_hostile_input.py runs them through migrate too)."""
+    import copy
 
-    assert planted == PLANT
-    return _planted_inputs()
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.dataelem import DataElement
+    from pydicom.datadict import tag_for_keyword
+
+    def saved(ds) -> bytes:
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
+
+    base = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    base.PatientName = PLANT  # also in a field that parses fine
+    files = {}
+    for keyword in ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated", "BitsStored",
+                    "HighBit", "PixelRepresentation"):
+        ds = copy.deepcopy(base)
+        tag = tag_for_keyword(keyword)
+        ds[tag] = DataElement(tag, "LO", PLANT)
+        files[f"{keyword}.dcm"] = saved(ds)
+    ds = copy.deepcopy(base)
+    ds.file_meta.TransferSyntaxUID = PLANT
+    files["syntax.dcm"] = saved(ds)
+    files["not_dicom.bin"] = PLANT.encode() * 50
+    files["truncated.dcm"] = saved(base)[:-3000]
+    return files
 
 
 def build_probes(args, scratch: Path) -> tuple[list[Probe], list[str]]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import UnsupportedError
+from .spec import word_layout_problem
 
 # Upper bound on k: the local alphabet is 2**k symbols per pixel.
 MAX_LOCAL_PLANES = 6
@@ -45,16 +46,9 @@ class SampleFormat:
                    signed=spec.signed)
 
     def __post_init__(self) -> None:
-        if self.bits_allocated not in (8, 16):
-            raise UnsupportedError(f"bits_allocated must be 8 or 16, got {self.bits_allocated}")
-        if not 1 <= self.bits_stored <= self.bits_allocated:
-            raise UnsupportedError(
-                f"bits_stored must be in 1..{self.bits_allocated}, got {self.bits_stored}"
-            )
-        if not self.bits_stored - 1 <= self.high_bit <= self.bits_allocated - 1:
-            raise UnsupportedError(
-                f"high_bit must be in {self.bits_stored - 1}..{self.bits_allocated - 1}, got {self.high_bit}"
-            )
+        problem = word_layout_problem(self.bits_allocated, self.bits_stored, self.high_bit)  # the same rules as a header's
+        if problem:
+            raise UnsupportedError(problem)
 
     @property
     def word_dtype(self) -> np.dtype:

@@ -39,8 +39,10 @@ from .dicom import (
     ParsedDicom,
     default_memory_budget,
     parse_dicom,
+    quiet_pydicom,
     rebuild_dicom,
 )
+from .dicom.syntaxes import EXPLICIT_VR_LE
 from .errors import CorruptRecordError, LimitExceededError, MedcodecError, record_errors
 from .planes import SampleFormat, value_palette, values_to_words, words_to_values
 from .spec import PixelSpec
@@ -55,7 +57,6 @@ SEALED_SECTIONS = {
     PURPOSE_DISPLACED: ct.SECTION_SEALED_DISPLACED,
     PURPOSE_PHI: ct.SECTION_SEALED_PHI,
 }
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 
 
 class SealingError(MedcodecError):
@@ -184,13 +185,14 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
     import pydicom
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
-        # pydicom converts element values when first accessed: convert every one now, so a
-        # value it cannot read (an unknown VR, a length that is no multiple of the value
-        # size) fails here rather than inside de-identification.
-        for dataset in (getattr(ds, "file_meta", None), ds):
-            for _ in dataset.iterall() if dataset is not None else ():
-                pass
+        with quiet_pydicom():  # its validation messages quote header values (PHI)
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)
+            # pydicom converts element values when first accessed: convert every one now, so a
+            # value it cannot read (an unknown VR, a length that is no multiple of the value
+            # size) fails here rather than inside de-identification.
+            for dataset in (getattr(ds, "file_meta", None), ds):
+                for _ in dataset.iterall() if dataset is not None else ():
+                    pass
     except Exception as exc:
         raise SealingError(f"header cannot be read for de-identification: {type(exc).__name__}") from None
     result = deid.deidentify(ds, uid_key=keyring.uid_key())
@@ -395,7 +397,8 @@ def reveal(stego_file: bytes, keyring: crypto.Keyring, *, limits: DicomLimits | 
     values, _ = words_to_values(parsed.frames, fmt)
     import pydicom
 
-    ds = pydicom.dcmread(io.BytesIO(stego_file), stop_before_pixels=True, force=True)
+    with quiet_pydicom():
+        ds = pydicom.dcmread(io.BytesIO(stego_file), stop_before_pixels=True, force=True)
     uids = {k: str(ds.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
     key = keyring.stego_key(uids["SOPInstanceUID"].encode())
     message, mask, version = stego.extract_versioned(values, key=key, bits_stored=fmt.bits_stored)

@@ -8,6 +8,19 @@ from typing import Any
 from .errors import CorruptRecordError, UnsupportedError
 
 
+def word_layout_problem(bits_allocated: int, bits_stored: int, high_bit: int) -> str | None:
+    """Why samples laid out this way are not integer words the pixel codec codes (None:
+    they are). The one statement of these rules: PixelSpec.validate_for_coding (a DICOM
+    header) and planes.SampleFormat (an array, or a record's pixel config) both ask here."""
+    if bits_allocated not in (8, 16):
+        return f"pixel codec needs BitsAllocated 8 or 16, got {bits_allocated}"
+    if not 1 <= bits_stored <= bits_allocated:
+        return f"BitsStored {bits_stored} outside 1..BitsAllocated ({bits_allocated})"
+    if not bits_stored - 1 <= high_bit < bits_allocated:
+        return f"HighBit {high_bit} inconsistent with BitsStored {bits_stored} and BitsAllocated {bits_allocated}"
+    return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class PixelSpec:
     """Geometry and sample format of the pixel data of one image (all frames).
@@ -64,16 +77,6 @@ class PixelSpec:
 
     def validate_for_coding(self) -> None:
         """Raise UnsupportedError unless the pixel codec can code this layout as integer words."""
-        if self.bits_allocated not in (8, 16):
-            raise UnsupportedError(
-                f"pixel codec needs BitsAllocated 8 or 16, got {self.bits_allocated}"
-            )
-        if not 1 <= self.bits_stored <= self.bits_allocated:
-            raise UnsupportedError(
-                f"BitsStored {self.bits_stored} outside 1..BitsAllocated ({self.bits_allocated})"
-            )
-        if not self.bits_stored - 1 <= self.high_bit < self.bits_allocated:
-            raise UnsupportedError(
-                f"HighBit {self.high_bit} inconsistent with BitsStored {self.bits_stored}"
-                f" and BitsAllocated {self.bits_allocated}"
-            )
+        problem = word_layout_problem(self.bits_allocated, self.bits_stored, self.high_bit)
+        if problem:
+            raise UnsupportedError(problem)

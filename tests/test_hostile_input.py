@@ -1,6 +1,5 @@
 """Hostile and damaged input: bounded before any allocation, and one typed line, never a traceback."""
 
-import io
 import json
 import subprocess
 import sys
@@ -10,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.data import get_testdata_file
+
+from benchmarks.hardening_probes import PLANT
+from benchmarks.hardening_probes import planted_inputs as _planted_inputs
 
 import medcodec
 from medcodec import container as ct
@@ -333,39 +334,6 @@ def test_archive_members_are_bounded_by_their_declared_and_actual_sizes(tmp_path
 
 # --------------------------------------------------------------------------------------
 # Planted PHI never reaches a message
-
-
-PLANT = "ZEBRAFISHQ"
-
-
-def _planted_inputs() -> dict[str, bytes]:
-    """Inputs that fail, each with the planted string in the field whose parsing fails."""
-    import copy
-
-    import pydicom
-    from pydicom.dataelem import DataElement
-    from pydicom.datadict import tag_for_keyword
-
-    def saved(ds) -> bytes:
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
-        return buf.getvalue()
-
-    base = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    base.PatientName = PLANT  # also in a field that parses fine
-    files = {}
-    for keyword in ("Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated", "BitsStored",
-                    "HighBit", "PixelRepresentation"):
-        ds = copy.deepcopy(base)
-        tag = tag_for_keyword(keyword)
-        ds[tag] = DataElement(tag, "LO", PLANT)
-        files[f"{keyword}.dcm"] = saved(ds)
-    ds = copy.deepcopy(base)
-    ds.file_meta.TransferSyntaxUID = PLANT
-    files["syntax.dcm"] = saved(ds)
-    files["not_dicom.bin"] = PLANT.encode() * 50
-    files["truncated.dcm"] = saved(base)[:-3000]
-    return files
 
 
 def test_planted_phi_is_in_no_message_table_or_log(tmp_path):

@@ -65,17 +65,24 @@ def test_garbage_above_bits_stored_is_kept():
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "said"),
     [
-        dict(bits_allocated=32, bits_stored=12, high_bit=11, signed=False),
-        dict(bits_allocated=16, bits_stored=17, high_bit=16, signed=False),
-        dict(bits_allocated=16, bits_stored=12, high_bit=16, signed=False),
-        dict(bits_allocated=8, bits_stored=0, high_bit=0, signed=False),
+        (dict(bits_allocated=32, bits_stored=12, high_bit=11, signed=False), "BitsAllocated 8 or 16, got 32"),
+        (dict(bits_allocated=16, bits_stored=17, high_bit=16, signed=False), "BitsStored 17 outside"),
+        (dict(bits_allocated=16, bits_stored=12, high_bit=16, signed=False), "HighBit 16 inconsistent"),
+        (dict(bits_allocated=8, bits_stored=0, high_bit=0, signed=False), "BitsStored 0 outside"),
     ],
 )
-def test_bad_formats_are_refused_with_the_value(kwargs):
-    with pytest.raises(UnsupportedError, match="must be"):
+def test_bad_formats_are_refused_with_the_value(kwargs, said):
+    """The same rules, and words, as a DICOM header's (spec.word_layout_problem)."""
+    from medcodec.spec import PixelSpec
+
+    with pytest.raises(UnsupportedError, match=said):
         SampleFormat(**kwargs)
+    spec = PixelSpec(rows=1, cols=1, bits_allocated=kwargs["bits_allocated"], bits_stored=kwargs["bits_stored"],
+                     high_bit=kwargs["high_bit"])
+    with pytest.raises(UnsupportedError, match=said):
+        spec.validate_for_coding()
 
 
 def test_choose_k_follows_the_noise_floor():
