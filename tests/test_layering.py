@@ -68,3 +68,30 @@ def test_decoding_loads_no_training_code(tmp_path):
     loaded, runtime = out.stdout.split("\n")[:2]
     assert runtime == "True"  # the integer transformer did run
     assert loaded == "[]", loaded
+
+
+# Which top-level packages each package may import (downward only). jobs/cli.py's `bench`
+# command is the one way into benchmarks from the product; tests may import anything.
+ALLOWED = {
+    "schemas": set(),
+    "medcodec": {"schemas"},
+    "pipelines": {"medcodec", "schemas"},
+    "jobs": {"pipelines", "medcodec", "schemas"},
+    "benchmarks": {"pipelines", "medcodec", "schemas"},
+}
+PACKAGES = {*ALLOWED, "tests"}
+
+
+def test_packages_import_downward_only():
+    bad = []
+    for package, allowed in ALLOWED.items():
+        for path in sorted((REPO / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level
+                         else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+                for name in names:
+                    top = name.split(".")[0]
+                    if top in PACKAGES and top != package and top not in allowed and not (
+                            path == REPO / "jobs" / "cli.py" and top == "benchmarks"):
+                        bad.append(f"{path.relative_to(REPO)}:{node.lineno}: {package} imports {name}")
+    assert not bad, "\n".join(bad)
