@@ -14,22 +14,17 @@ import json
 import pickle
 import shutil
 import uuid
-from pathlib import Path
 
 import apache_beam as beam
 import pyarrow.parquet as pq
 import pytest
-from pydicom.data import get_testdata_file
+from conftest import pydicom_bytes
 
 from benchmarks.graph_sizes import synthetic_index_file
 from pipelines.archive import Archive
 from pipelines.audit import AuditConfig, read_audit_rows, run_audit, shard_stem
 from pipelines.restore import RestoreConfig, run_restore
 from pipelines.runner import run_migrate
-
-
-def data(name: str) -> bytes:
-    return Path(get_testdata_file(name)).read_bytes()
 
 
 def sha(b: bytes) -> str:
@@ -55,7 +50,7 @@ def small(tmp_path):
     """A keyless archive of one CT (one shard, one index file)."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
-    (src / "ct.dcm").write_bytes(data("CT_small.dcm"))
+    (src / "ct.dcm").write_bytes(pydicom_bytes("CT_small.dcm"))
     assert run_migrate(str(src), str(dst), preset="fast", progress=False, phi_in_clear=True)["archived"] == 1
     return dst
 
@@ -98,7 +93,7 @@ def test_no_key_material_or_credentials_in_the_audit_or_restore_graph(tmp_path, 
     assert Keyring.from_source(key_source(spec)).uid_key() == uid_key
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
-    (src / "ct.dcm").write_bytes(data("CT_small.dcm"))
+    (src / "ct.dcm").write_bytes(pydicom_bytes("CT_small.dcm"))
     assert run_migrate(str(src), str(dst), preset="fast", key_file=spec, progress=False)["archived"] == 1
     job_graphs.clear()
     credential = "s3cr3t-" + uuid.uuid4().hex  # a literal secret in the storage options (unused by file://)
@@ -108,7 +103,7 @@ def test_no_key_material_or_credentials_in_the_audit_or_restore_graph(tmp_path, 
     restored = run_restore(str(dst), str(tmp_path / "out"), key_file=spec, storage_options=options,
                            dst_storage_options=options)
     assert restored["restored"] == 1 and not restored["deidentified"]
-    assert [sha(p.read_bytes()) for p in (tmp_path / "out").rglob("*.dcm")] == [sha(data("CT_small.dcm"))]
+    assert [sha(p.read_bytes()) for p in (tmp_path / "out").rglob("*.dcm")] == [sha(pydicom_bytes("CT_small.dcm"))]
     assert len(job_graphs) == 2
     needles = [uid_key, uid_key.hex().encode(), credential.encode()]
     for secret in secrets:
@@ -128,7 +123,7 @@ def test_audit_rows_are_written_per_shard_stem_and_read_back_whole(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     for name in ("CT_small.dcm", "MR_small.dcm"):  # two studies: two shards, two index files
-        (src / name).write_bytes(data(name))
+        (src / name).write_bytes(pydicom_bytes(name))
     assert run_migrate(str(src), str(dst), preset="fast", progress=False, phi_in_clear=True)["archived"] == 2
     audit = run_audit(str(dst), deep=True)
     assert audit["failures"] == 0 and audit["shards"] == 2
@@ -175,10 +170,10 @@ def test_restore_tells_apart_one_sop_instance_from_two_index_files(tmp_path):
     two index files, and still both come back, under distinct names."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     (src / "a").mkdir(parents=True)
-    (src / "a" / "mr.dcm").write_bytes(data("MR_small.dcm"))
+    (src / "a" / "mr.dcm").write_bytes(pydicom_bytes("MR_small.dcm"))
     assert run_migrate(str(src), str(dst), preset="fast", progress=False, phi_in_clear=True)["archived"] == 1
     (src / "b").mkdir()
-    (src / "b" / "mr_rle.dcm").write_bytes(data("MR_small_RLE.dcm"))
+    (src / "b" / "mr_rle.dcm").write_bytes(pydicom_bytes("MR_small_RLE.dcm"))
     assert run_migrate(str(src), str(dst), preset="fast", progress=False, phi_in_clear=True)["archived"] == 1
     index_files = list((dst / "index").glob("*.parquet"))
     rows = Archive(str(dst)).read_index().to_pylist()

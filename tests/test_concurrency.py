@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from pydicom.data import get_testdata_file
+from conftest import pydicom_bytes
 
 from benchmarks.shard_memory import SyntheticStudy
 from pipelines.archive import Archive, shard_stem
@@ -34,10 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 FILES = ("CT_small.dcm", "MR_small.dcm")
 
 
-def _data(name: str) -> bytes:
-    return Path(get_testdata_file(name)).read_bytes()
-
-
 def _cli(*args, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "jobs.cli", *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=300, **kwargs)
@@ -50,7 +46,7 @@ def keyed(tmp_path_factory):
     src, dst, ring = root / "src", root / "dst", root / "ring.json"
     src.mkdir()
     for name in FILES:
-        (src / name).write_bytes(_data(name))
+        (src / name).write_bytes(pydicom_bytes(name))
     assert _cli("keys", "new", ring).returncode == 0
     summary = run_migrate(str(src), str(dst), preset="fast", key_file=str(ring), progress=False)
     assert summary["archived"] == 2
@@ -113,7 +109,7 @@ def test_a_retried_bundle_never_pairs_an_index_with_another_attempts_tar(keyed, 
     out = tmp_path / "out"
     assert run_restore(str(dst), str(out), key_file=str(ring))["restored"] == 2
     assert sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in out.rglob("*.dcm")) == sorted(
-        hashlib.sha256(_data(n)).hexdigest() for n in FILES)
+        hashlib.sha256(pydicom_bytes(n)).hexdigest() for n in FILES)
 
 
 def test_shard_writing_streams_one_record_at_a_time(tmp_path):
@@ -147,7 +143,7 @@ def test_two_runs_started_together_into_one_new_dst(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     for i, name in enumerate(("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "MR2_J2KR.dcm")):
         (src / f"study{i % 2}").mkdir(parents=True, exist_ok=True)
-        (src / f"study{i % 2}" / name).write_bytes(_data(name))
+        (src / f"study{i % 2}" / name).write_bytes(pydicom_bytes(name))
     (src / "junk.dcm").write_bytes(b"not dicom " * 50)
     env = {**os.environ, "MEDARCHIVE_PROGRESS_SECONDS": "3600"}
     cmd = [sys.executable, "-m", "jobs.cli", "migrate", str(src), str(dst), "--preset", "fast", "--phi-in-clear",

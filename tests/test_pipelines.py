@@ -27,7 +27,7 @@ import fsspec
 import pyarrow.parquet as pq
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
+from conftest import pydicom_bytes, pydicom_file
 from pydicom.uid import UID
 
 from benchmarks.graph_sizes import synthetic_index_file
@@ -39,10 +39,6 @@ from pipelines.sources import SourceRef
 
 REPO = Path(__file__).resolve().parents[1]
 EXACT_MODES = ("byte-exact", "verbatim")  # restore gives the original file's bytes
-
-
-def data(name: str) -> bytes:
-    return Path(get_testdata_file(name)).read_bytes()
 
 
 def sha(b: bytes) -> str:
@@ -94,13 +90,13 @@ def build_local_source(src: Path) -> dict[str, bytes]:
     inputs = {}
     for rel, name in PLAIN.items():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        (src / rel).write_bytes(data(name))
-        inputs[rel] = data(name)
+        (src / rel).write_bytes(pydicom_bytes(name))
+        inputs[rel] = pydicom_bytes(name)
     (src / "studies").mkdir(parents=True)
-    (src / "studies" / "ct693.zip").write_bytes(zip_bytes({m: data(n) for m, n in ZIP_STUDY.items()}))
-    (src / "studies" / "sc.tar.gz").write_bytes(tgz_bytes({m: data(n) for m, n in TGZ_STUDY.items()}))
-    inputs.update({f"studies/ct693.zip::{m}": data(n) for m, n in ZIP_STUDY.items()})
-    inputs.update({f"studies/sc.tar.gz::{m}": data(n) for m, n in TGZ_STUDY.items()})
+    (src / "studies" / "ct693.zip").write_bytes(zip_bytes({m: pydicom_bytes(n) for m, n in ZIP_STUDY.items()}))
+    (src / "studies" / "sc.tar.gz").write_bytes(tgz_bytes({m: pydicom_bytes(n) for m, n in TGZ_STUDY.items()}))
+    inputs.update({f"studies/ct693.zip::{m}": pydicom_bytes(n) for m, n in ZIP_STUDY.items()})
+    inputs.update({f"studies/sc.tar.gz::{m}": pydicom_bytes(n) for m, n in TGZ_STUDY.items()})
     (src / "notes.txt").write_bytes(b"scanner export log, not a DICOM file\n" * 20)  # -> one dead letter
     return inputs
 
@@ -201,7 +197,7 @@ def test_local_restore_one_study(local, tmp_path):
     result = run_restore(str(local.dst), str(out), study=SC_STUDY_UID)
     restored = sorted(p for p in out.rglob("*") if p.is_file())
     assert result["selected"] == len(restored) == 3
-    assert {sha(p.read_bytes()) for p in restored} == {sha(data(n)) for n in TGZ_STUDY.values()}
+    assert {sha(p.read_bytes()) for p in restored} == {sha(pydicom_bytes(n)) for n in TGZ_STUDY.values()}
     assert all(p.relative_to(out).parts[0] == SC_STUDY_UID for p in restored)
 
 
@@ -218,7 +214,7 @@ def test_local_rerun_adds_nothing_then_only_the_new_file(local, tmp_path):
 
     new = local.src / "mr" / "later" / "rtdose"  # shared source: removed again below
     new.parent.mkdir()
-    new.write_bytes(data("rtdose_1frame.dcm"))
+    new.write_bytes(pydicom_bytes("rtdose_1frame.dcm"))
     try:
         third = run_migrate(str(local.src), str(dst), preset="fast", local_model="classical-v1", progress=False, phi_in_clear=True)
     finally:
@@ -230,7 +226,7 @@ def test_local_rerun_adds_nothing_then_only_the_new_file(local, tmp_path):
     (added,) = [r for r in index if r["run_id"] == third["run_id"]]
     identity = identity_of(str(dst))
     assert added["source_key"] == identity.hash("source", SourceRef(f"file://{new}").identity)
-    assert added["source_sha256"] == sha(data("rtdose_1frame.dcm")) and added["modality"] == "RTDOSE"
+    assert added["source_sha256"] == sha(pydicom_bytes("rtdose_1frame.dcm")) and added["modality"] == "RTDOSE"
     assert len({r["source_key"] for r in index}) == len(index) == len(local.inputs) + 1
     assert run_audit(str(dst))["failures"] == 0
     # The one bad input failed three times for the same reason: one dead-letter row in all.
@@ -331,11 +327,11 @@ def test_memory_source_and_destination():
     fs = fsspec.filesystem("memory")
     base = f"/medarchive-test-{uuid.uuid4().hex[:8]}"
     inputs = {
-        "src/ct/CT_small.dcm": data("CT_small.dcm"),
-        "src/mr/IM1": data("MR_small.dcm"),
-        "src/nm/lossy.dcm": data("JPEG-lossy.dcm"),
+        "src/ct/CT_small.dcm": pydicom_bytes("CT_small.dcm"),
+        "src/mr/IM1": pydicom_bytes("MR_small.dcm"),
+        "src/nm/lossy.dcm": pydicom_bytes("JPEG-lossy.dcm"),
     }
-    sc = {m: data(n) for m, n in TGZ_STUDY.items()}
+    sc = {m: pydicom_bytes(n) for m, n in TGZ_STUDY.items()}
     try:
         for rel, payload in inputs.items():
             fs.pipe(f"{base}/{rel}", payload)
@@ -378,11 +374,11 @@ def _saved(ds) -> bytes:
 
 def test_bad_inputs_become_dead_letters(tmp_path, jpegls_dicom):
     src, dst = tmp_path / "Smith^Jane export", tmp_path / "archive"
-    ct = data("CT_small.dcm")
-    huge = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ct = pydicom_bytes("CT_small.dcm")
+    huge = pydicom.dcmread(pydicom_file("CT_small.dcm"))
     huge.Rows = huge.Columns = 60000
     huge.NumberOfFrames = 50000
-    odd_syntax = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    odd_syntax = pydicom.dcmread(pydicom_file("MR_small.dcm"))
     odd_syntax.file_meta.TransferSyntaxUID = UID("1.2.3.4.5.6")
     crc_zip = bytearray(zip_bytes({"Roe^Richard/ct.dcm": ct}, compression=zipfile.ZIP_STORED))
     crc_zip[2000] ^= 0xFF  # inside the stored member: listing works, reading fails its CRC
@@ -435,7 +431,7 @@ def test_bad_inputs_become_dead_letters(tmp_path, jpegls_dicom):
     secrets = {str(src), src.name, "Smith^Jane", "Doe^John", "Roe^Richard", "truncated.dcm", "random_Doe",
                "huge_dims", "odd_syntax", "broken_Doe", "crc.zip"}
     for name in ("CT_small.dcm", "MR_small.dcm"):
-        secrets.add(str(pydicom.dcmread(get_testdata_file(name), stop_before_pixels=True).PatientName))
+        secrets.add(str(pydicom.dcmread(pydicom_file(name), stop_before_pixels=True).PatientName))
     run_audit(str(dst))  # the audit folder too
     checked = [dst / "archive.json"]
     checked += [p for d in ("index", "deadletter", "runs", "audit") for p in (dst / d).rglob("*") if p.is_file()]
@@ -471,7 +467,7 @@ def test_cli_inspect_with_html_report(local, tmp_path):
 def test_migrate_without_a_key_is_refused_unless_phi_in_clear_is_said(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
-    (src / "ct.dcm").write_bytes(data("CT_small.dcm"))
+    (src / "ct.dcm").write_bytes(pydicom_bytes("CT_small.dcm"))
     refused = run_cli("migrate", src, dst, "--preset", "fast", "--no-progress")
     assert refused.returncode == 2 and "--phi-in-clear" in refused.stderr and "Traceback" not in refused.stderr
     assert not dst.exists()
@@ -562,7 +558,7 @@ def test_swapped_index_rows_are_caught(damaged, tmp_path, with_mac):
 def test_restore_without_a_key_gives_the_deidentified_files(tmp_path):
     src, dst, ring = tmp_path / "src", tmp_path / "dst", tmp_path / "ring.json"
     src.mkdir()
-    (src / "ct.dcm").write_bytes(data("CT_small.dcm"))
+    (src / "ct.dcm").write_bytes(pydicom_bytes("CT_small.dcm"))
     assert run_cli("keys", "new", ring).returncode == 0
     assert run_cli("migrate", src, dst, "--preset", "fast", "--no-progress", "--key-file", ring).returncode == 0
     proc = run_cli("restore", dst, tmp_path / "out")
@@ -585,7 +581,7 @@ def test_a_lost_index_file_never_costs_its_shard(damaged, tmp_path):
     name.unlink()
     other = tmp_path / "other"
     other.mkdir()
-    (other / "mr.dcm").write_bytes(data("MR_small.dcm"))
+    (other / "mr.dcm").write_bytes(pydicom_bytes("MR_small.dcm"))
     summary = run_migrate(str(other), str(damaged), preset="fast", local_model="classical-v1", progress=False,
                           phi_in_clear=True)
     assert summary["cleaned"]["unindexed_shards"] == 1 and shard.read_bytes() == before
@@ -652,7 +648,7 @@ def test_a_stalled_store_ends_the_run_with_one_line_in_bounded_time(stalled_endp
     options = json.dumps({"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": stalled_endpoint}})
     local_src = tmp_path / "src"
     local_src.mkdir()
-    (local_src / "ct.dcm").write_bytes(data("CT_small.dcm"))
+    (local_src / "ct.dcm").write_bytes(pydicom_bytes("CT_small.dcm"))
     for src, dst in (("s3://export/studies", tmp_path / "dst"), (local_src, "s3://archive/dst")):
         started = time.perf_counter()
         proc = run_cli("migrate", src, dst, "--preset", "fast", "--no-progress", "--phi-in-clear",
@@ -667,7 +663,7 @@ def test_a_stalled_store_ends_the_run_with_one_line_in_bounded_time(stalled_endp
 def test_json_summaries_and_the_run_id_first(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    (src / "ct.dcm").write_bytes(data("CT_small.dcm"))
+    (src / "ct.dcm").write_bytes(pydicom_bytes("CT_small.dcm"))
     (src / "junk.dcm").write_bytes(b"DICM" * 10)
     dst = tmp_path / "dst"
     proc = run_cli("migrate", src, dst, "--preset", "fast", "--no-progress", "--phi-in-clear", "--json")
@@ -696,7 +692,7 @@ def test_rewrap_after_rotation_keeps_every_index_row_authentic(tmp_path):
     src, dst, ring = tmp_path / "src", tmp_path / "dst", tmp_path / "ring.json"
     src.mkdir()
     for name in ("CT_small.dcm", "MR_small.dcm"):
-        (src / name).write_bytes(data(name))
+        (src / name).write_bytes(pydicom_bytes(name))
     assert run_cli("keys", "new", ring).returncode == 0
     assert run_cli("migrate", src, dst, "--preset", "fast", "--no-progress", "--key-file", ring).returncode == 0
     assert run_cli("keys", "rotate", ring).returncode == 0
@@ -708,7 +704,7 @@ def test_rewrap_after_rotation_keeps_every_index_row_authentic(tmp_path):
     assert run_audit(str(dst))["rows_authenticated"] == 0  # without the key the rows cannot be checked
     out = tmp_path / "out"
     assert run_restore(str(dst), str(out), key_file=str(ring))["restored"] == 2
-    assert {sha(p.read_bytes()) for p in out.rglob("*.dcm")} == {sha(data(n)) for n in ("CT_small.dcm", "MR_small.dcm")}
+    assert {sha(p.read_bytes()) for p in out.rglob("*.dcm")} == {sha(pydicom_bytes(n)) for n in ("CT_small.dcm", "MR_small.dcm")}
 
 
 def test_audit_finds_a_lost_index_file_from_the_runs_manifests(damaged):
@@ -731,7 +727,7 @@ def test_audit_finds_a_lost_index_file_from_the_runs_manifests(damaged):
 def test_a_lost_archive_json_is_rebuilt_with_the_key_never_silently(tmp_path):
     src, dst, ring, other = tmp_path / "src", tmp_path / "dst", tmp_path / "ring.json", tmp_path / "other.json"
     src.mkdir()
-    (src / "ct.dcm").write_bytes(data("CT_small.dcm"))
+    (src / "ct.dcm").write_bytes(pydicom_bytes("CT_small.dcm"))
     for r in (ring, other):
         assert run_cli("keys", "new", r).returncode == 0
     assert run_cli("migrate", src, dst, "--preset", "fast", "--no-progress", "--key-file", ring).returncode == 0
@@ -741,7 +737,7 @@ def test_a_lost_archive_json_is_rebuilt_with_the_key_never_silently(tmp_path):
     assert again.returncode == 2 and "medarchive repair" in again.stderr and not (dst / "archive.json").exists()
     restored = run_cli("restore", dst, tmp_path / "out", "--key-file", ring)  # every record, without archive.json
     assert restored.returncode == 0 and [sha(p.read_bytes()) for p in (tmp_path / "out").rglob("*.dcm")] == [
-        sha(data("CT_small.dcm"))]
+        sha(pydicom_bytes("CT_small.dcm"))]
     wrong = run_cli("repair", dst, "--key-file", other)
     assert wrong.returncode == 2 and "does not belong" in wrong.stderr and not (dst / "archive.json").exists()
     keyless = run_cli("repair", dst)
@@ -792,7 +788,7 @@ def test_keys_come_from_env_or_url_and_no_key_material_enters_the_job_graph(tmp_
 
     src = tmp_path / "src"
     src.mkdir()
-    (src / "ct.dcm").write_bytes(data("CT_small.dcm"))
+    (src / "ct.dcm").write_bytes(pydicom_bytes("CT_small.dcm"))
     summary = run_migrate(str(src), str(tmp_path / "dst"), preset="fast", key_file="env:MEDARCHIVE_TEST_RING",
                           progress=False)
     assert summary["archived"] == 1 and job_graphs
@@ -818,11 +814,11 @@ def test_the_job_graph_does_not_grow_with_the_index(tmp_path, monkeypatch):
     monkeypatch.setattr(beam.Pipeline, "run", recording_run)
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
-    (src / "ct.dcm").write_bytes(data("CT_small.dcm"))
+    (src / "ct.dcm").write_bytes(pydicom_bytes("CT_small.dcm"))
     assert run_migrate(str(src), str(dst), preset="fast", progress=False, phi_in_clear=True)["archived"] == 1
     for i in range(10):  # 100,000 more rows in 10 index files (the issue measured 20.6 MB of graph at 100k)
         synthetic_index_file(dst, f"synthetic-{i:02d}", 10_000, i)
-    (src / "mr.dcm").write_bytes(data("MR_small.dcm"))
+    (src / "mr.dcm").write_bytes(pydicom_bytes("MR_small.dcm"))
     again = run_migrate(str(src), str(dst), preset="fast", progress=False, phi_in_clear=True)
     assert (again["archived"], again["skipped"]) == (1, 1)  # the CT was met with its index row by a worker
     empty, full = graphs  # measured: 92.4 kB with an empty index, 101.5 kB with 100,001 rows (benchmarks.graph_sizes)

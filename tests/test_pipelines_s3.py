@@ -36,10 +36,6 @@ ZIPPED = {  # two studies in one zip
 }
 
 
-def data(name: str) -> bytes:
-    return pydicom_bytes(name)
-
-
 def sha(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
 
@@ -71,11 +67,11 @@ def test_s3_migrate_audit_restore(s3, tmp_path):
     fs.mkdir("src-bucket")
     fs.mkdir("dst-bucket")
     for key, name in PLAIN.items():
-        fs.pipe(f"src-bucket/{key}", data(name))
+        fs.pipe(f"src-bucket/{key}", pydicom_bytes(name))
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for member, name in ZIPPED.items():
-            zf.writestr(member, data(name))
+            zf.writestr(member, pydicom_bytes(name))
     fs.pipe("src-bucket/in/zips/studies.zip", buf.getvalue())
     src, dst = "s3://src-bucket/in", "s3://dst-bucket/archives/one"
 
@@ -102,7 +98,7 @@ def test_s3_migrate_audit_restore(s3, tmp_path):
     files = [p for p in out.rglob("*") if p.is_file()]
     assert restored["selected"] == len(files) == 6
     assert sorted(sha(p.read_bytes()) for p in files) == sorted(
-        sha(data(n)) for n in [*PLAIN.values(), *ZIPPED.values()]
+        sha(pydicom_bytes(n)) for n in [*PLAIN.values(), *ZIPPED.values()]
     )
 
     shards_before = sorted(fs.find("dst-bucket/archives/one/shards"))
@@ -137,7 +133,7 @@ def test_portable_runner_with_an_external_worker_pool_over_s3(s3, tmp_path):
     fs = s3fs.S3FileSystem(**s3)
     fs.mkdir("pool-src")
     fs.mkdir("pool-dst")
-    originals = {name: data(name) for name in ("CT_small.dcm", "MR_small.dcm")}
+    originals = {name: pydicom_bytes(name) for name in ("CT_small.dcm", "MR_small.dcm")}
     for name, blob in originals.items():
         fs.pipe(f"pool-src/in/{name}", blob)
     port = _free_port()

@@ -4,10 +4,9 @@ with the archive."""
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
 import pytest
-from pydicom.data import get_testdata_file
+from conftest import pydicom_bytes
 
 from pipelines.runner import run_migrate
 from pipelines.storage import CredentialsError, resolve_options, worker_storage_options
@@ -20,7 +19,7 @@ def test_storage_credentials_never_enter_the_job_graph(tmp_path, monkeypatch, jo
     secret = "s3cr3t-" + uuid.uuid4().hex
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
-    (src / "ct.dcm").write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    (src / "ct.dcm").write_bytes(pydicom_bytes("CT_small.dcm"))
     options = {"key": "AKIA" + uuid.uuid4().hex[:16].upper(), "secret": secret, "auto_mkdir": True}
     summary = run_migrate(str(src), str(dst), preset="fast", progress=False, phi_in_clear=True, storage_options=options)
     assert summary["archived"] == 1 and job_graphs
@@ -58,7 +57,7 @@ def test_progress_from_a_runners_metrics(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     for name in ("CT_small.dcm", "MR_small.dcm"):
-        (src / name).write_bytes(Path(get_testdata_file(name)).read_bytes())
+        (src / name).write_bytes(pydicom_bytes(name))
     (src / "junk.dcm").write_bytes(b"junk" * 100)
     Archive(str(dst)).open_or_create(key=None, key_mode="keyring")
     cfg = MigrateConfig(src=str(src), dst=str(dst), run_id="20261204T000000Z-metrics1", preset="fast")
