@@ -48,7 +48,8 @@ class SampleFormat:
     def __post_init__(self) -> None:
         problem = word_layout_problem(self.bits_allocated, self.bits_stored, self.high_bit)  # the same rules as a header's
         if problem:
-            raise UnsupportedError(problem)
+            raise UnsupportedError(f"sample format bits_allocated={self.bits_allocated}, bits_stored={self.bits_stored},"
+                                   f" high_bit={self.high_bit}: {problem}")
 
     @property
     def word_dtype(self) -> np.dtype:
