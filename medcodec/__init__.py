@@ -25,7 +25,7 @@ from .codec import (
     inspect_record,
 )
 from . import allocator  # ``medcodec.allocator.tune()`` after ``import medcodec`` (importing it tunes nothing)
-from .api import Codec, check_model, fit_adapters, fitting_image, set_model_threads
+from .api import Codec, check_model, dicom_identifiers, fit_adapters, fitting_image, set_model_threads
 from .model import images  # numpy + pydicom only (no torch)
 from .models import ModelStore, modality_group
 from .crypto import Keyring, KeyringError, key_source
@@ -66,6 +66,7 @@ __all__ = [
     "KeyringError",
     "allocator",
     "check_model",
+    "dicom_identifiers",
     "fit_adapters",
     "fitting_image",
     "images",

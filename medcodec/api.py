@@ -61,6 +61,20 @@ class Codec:
                                     verify=verify, keyring=self.keyring, local_model=self.local_models(modality),
                                     models=self.models)
 
+    def archive_dicom(self, data: bytes, *, verify: bool = True) -> tuple[bytes, dict]:
+        """One DICOM file -> (its record, its identifiers as the header states them: study,
+        series, sop, patient, modality, transfer_syntax), from one parse of the file: the
+        modality it states picks the adapter."""
+        from .dicom import parse_dicom
+
+        limits = codec.parse_limits(self.limits or DicomLimits(), self.preset, verify=verify)
+        parsed = parse_dicom(data, keep_codestream=self.keep_codestream, limits=limits)
+        ids = dict(parsed.identifiers)
+        blob = codec.compress_dicom(data, preset=self.preset, keep_codestream=self.keep_codestream, limits=self.limits,
+                                    verify=verify, keyring=self.keyring, local_model=self.local_models(ids.get("modality")),
+                                    models=self.models, parsed=parsed)
+        return blob, ids
+
     def decompress_dicom(self, blob: bytes, *, keyring: Any = ...) -> bytes:
         """The record's file: the original with the keyring (the codec's unless given; None:
         the de-identified file of a keyed record)."""
@@ -91,6 +105,25 @@ class Codec:
     @staticmethod
     def inspect(blob: bytes) -> dict:
         return codec.inspect_record(blob)
+
+
+def dicom_identifiers(data: bytes) -> dict[str, str | None]:
+    """A DICOM file's study / series / SOP / patient identifiers, modality and transfer
+    syntax, read from its header alone ({} when pydicom cannot read it). Codec.archive_dicom
+    gives the same from the parse it codes with."""
+    import io
+
+    import pydicom
+
+    from .dicom import quiet_pydicom
+    from .dicom.reading import identifiers
+
+    try:
+        with quiet_pydicom():
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+    except Exception:  # noqa: BLE001 - best effort, as documented
+        return {}
+    return identifiers(ds)
 
 
 def set_model_threads(n: int) -> None:

@@ -593,6 +593,13 @@ def _unpack_header(payload: bytes, source_size: int) -> tuple[bytes, bytes, byte
     return raw[at : at + a], raw[at + a : at + a + b], raw[at + a + b :]
 
 
+def parse_limits(limits: DicomLimits, preset: str, *, verify: bool = True) -> DicomLimits:
+    """The limits to parse an input with before coding it with ``preset``: the memory budget
+    per sample covers the encoder's working set (and the verification decode)."""
+    per_sample = max(limits.bytes_per_sample, working_bytes_per_sample(preset, decode_too=verify))
+    return replace(limits, bytes_per_sample=per_sample)
+
+
 def compress_dicom(
     data: bytes,
     *,
@@ -603,6 +610,7 @@ def compress_dicom(
     keyring=None,
     local_model: LocalPathModel | str | Sequence[LocalPathModel | str] | None = None,
     models: ModelStore | None = None,
+    parsed: ParsedDicom | None = None,
 ) -> bytes:
     """Compress one DICOM file (bytes) into a record that restores it exactly.
 
@@ -613,13 +621,15 @@ def compress_dicom(
     may take: checked after parsing, between planes and candidates (encode_words) and
     before verification, LimitExceededError once it has passed. ``models`` (a ModelStore)
     resolves the local models named by id and holds the adapter a coder in ``local_model``
-    was built from, for verification.
+    was built from, for verification. ``parsed``: ``data``'s parse_dicom result (with the
+    same ``keep_codestream`` and limits), when the caller has parsed it already: one parse
+    per input (``limits.seconds`` then counts from here).
     """
     _check_preset(preset)
     limits = limits or DicomLimits()
     deadline = limits.deadline()
-    per_sample = max(limits.bytes_per_sample, working_bytes_per_sample(preset, decode_too=verify))
-    parsed = parse_dicom(data, keep_codestream=keep_codestream, limits=replace(limits, bytes_per_sample=per_sample))
+    if parsed is None:
+        parsed = parse_dicom(data, keep_codestream=keep_codestream, limits=parse_limits(limits, preset, verify=verify))
     deadline.check("after reading the input")
     if keyring is not None:
         from . import sealing

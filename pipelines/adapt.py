@@ -34,7 +34,6 @@ def sample_inputs(src: str, n: int, storage_options: dict | None, log) -> list[d
     """Up to ``n`` pixel-coded images of SRC in hash order: {"group", "planes": [(plane, k)], "k", "shape"}."""
     import medcodec
 
-    from .migrate import header_identifiers
     from .sources import list_sources, read_source
 
     refs = [r for r in list_sources(src, storage_options=storage_options) if not isinstance(r, tuple)]
@@ -49,7 +48,7 @@ def sample_inputs(src: str, n: int, storage_options: dict | None, log) -> list[d
             continue
         image = medcodec.fitting_image(data)
         if image is not None:
-            images.append({"group": medcodec.modality_group(header_identifiers(data).get("modality")), **image})
+            images.append({"group": medcodec.modality_group(medcodec.dicom_identifiers(data).get("modality")), **image})
     log(f"sampled {len(images)} image(s) of {len(refs)} input(s)")
     return images
 

@@ -150,26 +150,6 @@ def _redact(message: str, ref: SourceRef) -> str:
     return message
 
 
-def header_identifiers(data: bytes) -> dict[str, str | None]:
-    """Study / series / SOP / patient identifiers and modality from the header (no pixel data read)."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
-    except Exception:  # the codec has already accepted the file; identifiers are best effort
-        return {}
-    meta = getattr(ds, "file_meta", None)
-    sop = ds.get("SOPInstanceUID") or (meta.get("MediaStorageSOPInstanceUID") if meta is not None else None)
-    return {
-        "study": str(ds.get("StudyInstanceUID", "") or "") or None,
-        "series": str(ds.get("SeriesInstanceUID", "") or "") or None,
-        "sop": str(sop) if sop else None,
-        "patient": str(ds.get("PatientID", "") or "") or None,
-        "modality": str(ds.get("Modality", "") or "") or None,
-        "transfer_syntax": str(meta.get("TransferSyntaxUID", "") or "") or None if meta is not None else None,
-    }
-
-
 class ReadIndexKeys(beam.DoFn):
     """One committed index file -> (source_key, source_sha256) of each of its rows.
 
@@ -262,9 +242,8 @@ class EncodeInstance(beam.DoFn):
             self.progress.tick(len(data), 0, skipped=True)
             return
         t1 = time.perf_counter()
-        uids = header_identifiers(data)
         try:
-            record = self.codec.compress_dicom(data, modality=uids.get("modality"))
+            record, uids = self.codec.archive_dicom(data)  # one parse: the record and the header's identifiers
             info = self.codec.inspect(record)
         except (self.medcodec.MedcodecError, MemoryError) as exc:  # out of memory: this input, not the job
             Metrics.counter(NAMESPACE, "deadlettered").inc()
@@ -275,6 +254,8 @@ class EncodeInstance(beam.DoFn):
             self.progress.tick(len(data), 0, failed=True)
             return
         encode_s = time.perf_counter() - t1
+        if not uids:  # the codec read no dataset (e.g. kept verbatim before pydicom looked): best effort here
+            uids = self.medcodec.dicom_identifiers(data)
         models = info.get("models") or {}
         spec = info.get("spec") or {}
         bps = info.get("bps", {})

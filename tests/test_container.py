@@ -68,3 +68,20 @@ def test_unknown_sections_critical_fails_optional_is_skipped():
 def test_not_a_record():
     with pytest.raises(CorruptRecordError, match="not a medcodec record|too short"):
         ct.read_record(b"DICM" * 40)
+
+
+def test_lzma_pack_sizes_its_dictionary_to_the_input_and_loses_nothing():
+    """The dictionary is cut to the input's size: the stream is exactly as long as the
+    preset's (a match reaches every earlier byte either way) and still plain xz."""
+    import lzma
+
+    import numpy as np
+
+    from medcodec.container import lzma_pack
+
+    rng = np.random.default_rng(0)
+    for raw in (b"", b"x", bytes(range(256)) * 12, rng.integers(0, 4, 300_000, dtype=np.uint8).tobytes()):
+        for extreme in (False, True):
+            packed = lzma_pack(raw, extreme=extreme)
+            preset = lzma.compress(raw, preset=6 | (lzma.PRESET_EXTREME if extreme else 0))
+            assert lzma.decompress(packed) == raw and len(packed) == len(preset)

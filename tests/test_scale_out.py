@@ -70,3 +70,32 @@ def test_progress_from_a_runners_metrics(tmp_path):
         pass
     [line] = out.getvalue().splitlines()
     assert line.startswith("progress: ") and " 3/3 instances," in line and "1 failed" in line and "(runner metrics" in line, line
+
+
+def test_a_keyless_migrate_parses_each_input_once(tmp_path, monkeypatch):
+    """The record and the index's identifiers come from one parse of the file (the codec's);
+    pydicom is not asked to read the header a second time."""
+    import pydicom
+
+    import medcodec
+
+    calls = []
+    real = pydicom.dcmread
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("stop_before_pixels", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", counting)
+    src = tmp_path / "src"
+    src.mkdir()
+    names = ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm")
+    for name in names:
+        (src / name).write_bytes(pydicom_bytes(name))
+    summary = run_migrate(str(src), str(tmp_path / "dst"), preset="fast", progress=False, phi_in_clear=True)
+    assert summary["archived"] == 3
+    assert len(calls) == 3, calls  # was 6: the codec's parse and a header read for the identifiers
+    for name in names:
+        data = pydicom_bytes(name)
+        _, ids = medcodec.Codec(preset="fast").archive_dicom(data)
+        assert ids == medcodec.dicom_identifiers(data) and ids["sop"] and ids["modality"]

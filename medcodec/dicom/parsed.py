@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -39,6 +39,10 @@ class ParsedDicom:
     original: bytes | None
     reencode: str | None
     note: str
+    # The source's identifiers as its header states them (study, series, sop, patient,
+    # modality, transfer_syntax; None where absent), read in the same parse: what an
+    # archive indexes the file by. Empty for a file pydicom could not read as a dataset.
+    identifiers: dict = field(default_factory=dict, compare=False)
 
 
 def verbatim(data: bytes, spec: PixelSpec | None, note: str) -> ParsedDicom:

@@ -104,8 +104,8 @@ def _parse(data: bytes, *, keep_codestream: bool, limits: DicomLimits) -> Parsed
         raise _headerless_error(exc) if not preamble else exc
 
     if declared_ts == DEFLATED_EXPLICIT_VR_LE:
-        _read_dataset(data, preamble=preamble)  # must at least be readable
-        return verbatim(data, None, "Deflated Explicit VR Little Endian kept verbatim")
+        ds = _read_dataset(data, preamble=preamble)  # must at least be readable
+        return replace(verbatim(data, None, "Deflated Explicit VR Little Endian kept verbatim"), identifiers=identifiers(ds))
 
     if declared_ts is not None and declared_ts not in NATIVE_SYNTAXES:
         check_known_syntax(declared_ts)
@@ -123,6 +123,11 @@ def _parse(data: bytes, *, keep_codestream: bool, limits: DicomLimits) -> Parsed
     ds = _read_dataset(
         content, preamble=preamble, fallback_ts=declared_ts, dataset_start=dataset_start
     )
+    ids = identifiers(ds)
+
+    def done(parsed: ParsedDicom) -> ParsedDicom:
+        return replace(parsed, identifiers=ids)
+
     implicit, little = ds.original_encoding
     if implicit is None:
         # Nothing after the file meta: pydicom never chose an encoding.
@@ -141,20 +146,38 @@ def _parse(data: bytes, *, keep_codestream: bool, limits: DicomLimits) -> Parsed
         ts = declared_ts
 
     if pixel is None:
-        return verbatim(data, None, _no_pixel_note(elements))
+        return done(verbatim(data, None, _no_pixel_note(elements)))
 
     if ts in NATIVE_SYNTAXES and not pixel.undefined_length:
-        return _parse_native(
+        return done(_parse_native(
             data, ds, pixel, ts, little=little, limits=limits, guessed=declared_ts is None
-        )
+        ))
     if ts in NATIVE_SYNTAXES:
         spec = lenient_spec(ds, ts, big_endian=not little)
-        return verbatim(
+        return done(verbatim(
             data, spec, "encapsulated PixelData under a native transfer syntax kept verbatim"
-        )
-    return _parse_encapsulated(
+        ))
+    return done(_parse_encapsulated(
         data, ds, pixel, ts, keep_codestream=keep_codestream, limits=limits
-    )
+    ))
+
+
+def identifiers(ds: Any) -> dict[str, str | None]:
+    """Study / series / SOP / patient identifiers, modality and the file meta's transfer
+    syntax of a read dataset ({} when its values do not read)."""
+    try:
+        meta = getattr(ds, "file_meta", None)
+        sop = ds.get("SOPInstanceUID") or (meta.get("MediaStorageSOPInstanceUID") if meta is not None else None)
+        return {
+            "study": str(ds.get("StudyInstanceUID", "") or "") or None,
+            "series": str(ds.get("SeriesInstanceUID", "") or "") or None,
+            "sop": str(sop) if sop else None,
+            "patient": str(ds.get("PatientID", "") or "") or None,
+            "modality": str(ds.get("Modality", "") or "") or None,
+            "transfer_syntax": (str(meta.get("TransferSyntaxUID", "") or "") or None) if meta is not None else None,
+        }
+    except Exception:  # noqa: BLE001 - identifiers are best effort; the codec has accepted the file
+        return {}
 
 
 def _headerless_error(exc: InvalidDicomError) -> InvalidDicomError:
