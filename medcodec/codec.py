@@ -392,7 +392,7 @@ def decode_words(
         _add_time(timings, "local", t)
         if timings is not None and k:
             timings["local_tokens"] = timings.get("local_tokens", 0) + rows * cols
-        values[f, c] = planes[(f, c)] = merge_planes(g, loc, k)
+        values[f, c] = planes[(f, c)] = merge_planes(g, loc, k) if k else g
     if table is not None:
         if values.max() >= table.shape[0]:
             raise CorruptRecordError("decoded a colour index beyond the colour table")
@@ -408,7 +408,7 @@ def decode_words(
             raise CorruptRecordError("outside-bits section has the wrong size")
         outside = outside.reshape(values.shape).astype(np.int64)
     else:
-        outside = np.zeros(values.shape, dtype=np.int64)
+        outside = None
     words = values_to_words(values, outside, fmt)
     if words_digest(words) != config.get("digest"):
         raise CorruptRecordError("decoded pixels do not match the record's SHA-256 (corrupt record or model mismatch)")
