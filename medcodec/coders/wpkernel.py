@@ -89,7 +89,7 @@ EXTRA = 3  # sub-predictions are in units of 1 / 2**EXTRA
 # JPEG-XL's weighted-predictor defaults (p1, p2, p3a..p3e, and the sub-predictors' maximum weights).
 _P1, _P2, _P3A, _P3B, _P3C = 16, 10, 7, 7, 7
 _WMAX = np.array([13, 12, 12, 12, 12, 12, 12, 14, 12], dtype=np.int64)
-N_TAPS = 12
+N_TAPS = 12  # the filter below is written out tap by tap (t0..t11, w0..w11)
 LMS_BITS = 16
 LMS_MU = 2  # step: MU / 2**LMS_STEP of the normalized gradient
 LMS_STEP = 4
@@ -169,9 +169,20 @@ def code_plane(plane, prev, has_prev, maxv, decode, buf):
     perr = np.zeros((2 * width, N_PRED), dtype=np.int64)  # a position's errors side by side
     terr = np.zeros(2 * width, dtype=np.int64)
     sub = np.zeros(N_PRED, dtype=np.int64)
-    lmsw = np.zeros(N_TAPS, dtype=np.int64)
-    lmsw[0] = 1 << (LMS_BITS - 1)  # start as the mean of W and N
-    taps = np.zeros(N_TAPS, dtype=np.int64)
+    # The filter's weights and taps are scalars, not arrays: numba kept arrays in memory
+    # and reloaded them at every use (5% of the kernel's time).
+    w0 = np.int64(1 << (LMS_BITS - 1))  # start as the mean of W and N
+    w1 = np.int64(0)
+    w2 = np.int64(0)
+    w3 = np.int64(0)
+    w4 = np.int64(0)
+    w5 = np.int64(0)
+    w6 = np.int64(0)
+    w7 = np.int64(0)
+    w8 = np.int64(0)
+    w9 = np.int64(0)
+    w10 = np.int64(0)
+    w11 = np.int64(0)
     wts = np.zeros(N_PRED, dtype=np.int64)
     npred = N_PRED if has_prev else N_BASE
     half = (maxv + 1) >> 1
@@ -183,23 +194,46 @@ def code_plane(plane, prev, has_prev, maxv, decode, buf):
         cur = 0 if (y & 1) else width
         prv = width if (y & 1) else 0
         for x in range(cols):
-            # neighbours (edges replicate what exists)
-            if x > 0:
+            if y > 2 and x > 2 and x + 2 < cols:  # every neighbour exists: no edge rules
                 W = np.int64(plane[y, x - 1])
-            elif y > 0:
-                W = np.int64(plane[y - 1, x])
-            else:
-                W = half
-            if y > 0:
                 N = np.int64(plane[y - 1, x])
-                NW = np.int64(plane[y - 1, x - 1]) if x > 0 else N
-                NE = np.int64(plane[y - 1, x + 1]) if x + 1 < cols else N
-                NN = np.int64(plane[y - 2, x]) if y > 1 else N
+                NW = np.int64(plane[y - 1, x - 1])
+                NE = np.int64(plane[y - 1, x + 1])
+                NN = np.int64(plane[y - 2, x])
+                t4 = np.int64(plane[y, x - 2]) - N
+                t5 = np.int64(plane[y - 2, x + 1]) - N
+                t6 = np.int64(plane[y - 2, x - 1]) - N
+                t7 = np.int64(plane[y - 1, x - 2]) - N
+                t8 = np.int64(plane[y - 1, x + 2]) - N
+                t9 = np.int64(plane[y, x - 3]) - N
+                t10 = np.int64(plane[y - 3, x]) - N
+                t11 = np.int64(plane[y - 2, x + 2]) - N
             else:
-                N = W
-                NW = W
-                NE = W
-                NN = W
+                # neighbours (edges replicate what exists)
+                if x > 0:
+                    W = np.int64(plane[y, x - 1])
+                elif y > 0:
+                    W = np.int64(plane[y - 1, x])
+                else:
+                    W = half
+                if y > 0:
+                    N = np.int64(plane[y - 1, x])
+                    NW = np.int64(plane[y - 1, x - 1]) if x > 0 else N
+                    NE = np.int64(plane[y - 1, x + 1]) if x + 1 < cols else N
+                    NN = np.int64(plane[y - 2, x]) if y > 1 else N
+                else:
+                    N = W
+                    NW = W
+                    NE = W
+                    NN = W
+                t4 = (np.int64(plane[y, x - 2]) if x > 1 else W) - N
+                t5 = (np.int64(plane[y - 2, x + 1]) if y > 1 and x + 1 < cols else NN) - N
+                t6 = (np.int64(plane[y - 2, x - 1]) if y > 1 and x > 0 else NN) - N
+                t7 = (np.int64(plane[y - 1, x - 2]) if y > 0 and x > 1 else NW) - N
+                t8 = (np.int64(plane[y - 1, x + 2]) if y > 0 and x + 2 < cols else NE) - N
+                t9 = (np.int64(plane[y, x - 3]) if x > 2 else W) - N
+                t10 = (np.int64(plane[y - 3, x]) if y > 2 else NN) - N
+                t11 = (np.int64(plane[y - 2, x + 2]) if y > 1 and x + 2 < cols else NE) - N
             pN = prv + x
             pNE = pN + 1 if x + 1 < cols else pN
             pNW = pN - 1 if x > 0 else pN
@@ -220,23 +254,14 @@ def code_plane(plane, prev, has_prev, maxv, decode, buf):
             sub[5] = (Ns + NEs) >> 1
             sub[6] = (Ws + Ns) >> 1
             # normalized LMS over 12 causal neighbours, relative to N
-            taps[0] = W - N
-            taps[1] = NW - N
-            taps[2] = NE - N
-            taps[3] = NN - N
-            taps[4] = (np.int64(plane[y, x - 2]) if x > 1 else W) - N
-            taps[5] = (np.int64(plane[y - 2, x + 1]) if y > 1 and x + 1 < cols else NN) - N
-            taps[6] = (np.int64(plane[y - 2, x - 1]) if y > 1 and x > 0 else NN) - N
-            taps[7] = (np.int64(plane[y - 1, x - 2]) if y > 0 and x > 1 else NW) - N
-            taps[8] = (np.int64(plane[y - 1, x + 2]) if y > 0 and x + 2 < cols else NE) - N
-            taps[9] = (np.int64(plane[y, x - 3]) if x > 2 else W) - N
-            taps[10] = (np.int64(plane[y - 3, x]) if y > 2 else NN) - N
-            taps[11] = (np.int64(plane[y - 2, x + 2]) if y > 1 and x + 2 < cols else NE) - N
-            lacc = 0
-            energy = 16
-            for t in range(N_TAPS):
-                lacc += lmsw[t] * taps[t]
-                energy += taps[t] * taps[t]
+            t0 = W - N
+            t1 = NW - N
+            t2 = NE - N
+            t3 = NN - N
+            lacc = (w0 * t0 + w1 * t1 + w2 * t2 + w3 * t3 + w4 * t4 + w5 * t5
+                    + w6 * t6 + w7 * t7 + w8 * t8 + w9 * t9 + w10 * t10 + w11 * t11)
+            energy = (16 + t0 * t0 + t1 * t1 + t2 * t2 + t3 * t3 + t4 * t4 + t5 * t5
+                      + t6 * t6 + t7 * t7 + t8 * t8 + t9 * t9 + t10 * t10 + t11 * t11)
             sub[7] = min(max(Ns + ((lacc << EXTRA) >> LMS_BITS), 0), maxs)  # a runaway filter stays in range
 
             if has_prev:
@@ -421,9 +446,18 @@ def code_plane(plane, prev, has_prev, maxv, decode, buf):
             val = (pv + r) << EXTRA
             lerr = (val - sub[7]) >> EXTRA
             gain = ((lerr << LMS_BITS) * LMS_MU) // energy
-            for t in range(N_TAPS):
-                wt = lmsw[t] + ((gain * taps[t]) >> LMS_STEP)
-                lmsw[t] = min(max(wt, -LMS_WMAX), LMS_WMAX)
+            w0 = min(max(w0 + ((gain * t0) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
+            w1 = min(max(w1 + ((gain * t1) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
+            w2 = min(max(w2 + ((gain * t2) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
+            w3 = min(max(w3 + ((gain * t3) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
+            w4 = min(max(w4 + ((gain * t4) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
+            w5 = min(max(w5 + ((gain * t5) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
+            w6 = min(max(w6 + ((gain * t6) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
+            w7 = min(max(w7 + ((gain * t7) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
+            w8 = min(max(w8 + ((gain * t8) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
+            w9 = min(max(w9 + ((gain * t9) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
+            w10 = min(max(w10 + ((gain * t10) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
+            w11 = min(max(w11 + ((gain * t11) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
             # updates
             terr[cur + x] = pred - val
             for i in range(npred):
