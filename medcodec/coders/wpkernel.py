@@ -160,7 +160,9 @@ def code_plane(plane, prev, has_prev, maxv, decode, buf):
         for _ in range(5):
             code = ((code << 8) | (buf[pos] if pos < nbuf else 0)) & _MASK32
             pos += 1
-    probs = np.empty(((N_CTX + N_CTX2) * SLOTS, 2), dtype=np.int64)
+    # 16-bit probabilities stay below PROB_ONE (an update moves one by less than its
+    # distance to 0 or PROB_ONE), so uint16 holds them: half the cache of int32.
+    probs = np.empty(((N_CTX + N_CTX2) * SLOTS, 2), dtype=np.uint16)
     probs[:, :] = PROB_ONE >> 1
     bias_sum = np.zeros(N_BIAS, dtype=np.int64)
     bias_cnt = np.zeros(N_BIAS, dtype=np.int64)
@@ -350,10 +352,10 @@ def code_plane(plane, prev, has_prev, maxv, decode, buf):
                 # -- one adaptive binary decision: the mean of four estimates --
                 i1 = base + slot
                 i2 = base2 + slot
-                pf = probs[i1, 0]
-                ps = probs[i1, 1]
-                qf = probs[i2, 0]
-                qs = probs[i2, 1]
+                pf = np.int64(probs[i1, 0])
+                ps = np.int64(probs[i1, 1])
+                qf = np.int64(probs[i2, 0])
+                qs = np.int64(probs[i2, 1])
                 bound = (rng >> 16) * ((pf + ps + qf + qs) >> 2)
                 if decode:
                     if code < bound:
