@@ -1,7 +1,7 @@
 """Throughput of the migrate job on the local runner, by number of worker processes.
 
     python -m benchmarks.pipeline_throughput [--workers 1 2] [--runs 3] [--preset max|fast]
-                                             [--max-mb MB] [--json OUT.json]
+                                             [--keyed] [--max-mb MB] [--json OUT.json]
 
 The source is every pydicom-data file (pydicom's own test files and the pydicom-data
 package) of an imaging modality (CT, MR, CR, US, NM) with native (uncompressed) pixel
@@ -13,7 +13,16 @@ median over ``--runs`` of:
   (job start to summary, Beam start-up included);
 * ratio: input bytes / bytes written in shards;
 * the per-stage split from the run summary: read / encode / write, each summed over
-  instances inside the workers (so with 2 workers they can add up to more than wall).
+  instances inside the workers (so with 2 workers they can add up to more than wall);
+* overhead: the one-worker wall time over the codec's own time on the same pixels,
+  less one. The codec's time is ``medcodec.compress_pixels`` plus
+  ``decompress_pixels`` (migrate verifies every record by decoding it) on each file's
+  parsed frames, in this process, median over ``--runs``: everything else a migrate
+  does (Beam, listing, parsing, de-identification, sealing and stego with
+  ``--keyed``, tar, index) is overhead.
+
+``--keyed`` migrates with a fresh keyring (sealed, de-identified records); without it
+the records keep the headers in clear.
 """
 
 from __future__ import annotations
@@ -87,13 +96,43 @@ def copy_source(files: list[tuple[Path, Path]], dest: Path) -> int:
     return total
 
 
-def measure(src: Path, work: Path, *, workers: int, runs: int, preset: str) -> dict:
+def codec_seconds(files: list[tuple[Path, Path]], *, runs: int, preset: str) -> float:
+    """Median over ``runs`` of the codec's encode + decode time over every file's pixels."""
+    import time
+
+    import numpy as np
+
+    import medcodec
+    from medcodec.dicom import parse_dicom
+
+    arrays = []
+    for _, path in files:
+        parsed = parse_dicom(path.read_bytes())
+        frames = parsed.frames  # (frames, samples, rows, cols) words, as compress_dicom codes them
+        if frames.shape[1] > 1:
+            array = frames.transpose(0, 2, 3, 1)  # compress_pixels takes samples last
+        else:
+            array = frames[0, 0] if frames.shape[0] == 1 else frames[:, 0]
+        arrays.append((parsed.spec, np.ascontiguousarray(array)))
+    totals = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        for spec, array in arrays:
+            blob = medcodec.compress_pixels(array, bits_stored=spec.bits_stored, signed=spec.signed,
+                                            high_bit=spec.high_bit, preset=preset)
+            medcodec.decompress_pixels(blob)
+        totals.append(time.perf_counter() - t0)
+    return statistics.median(totals)
+
+
+def measure(src: Path, work: Path, *, workers: int, runs: int, preset: str, key_file: str | None = None) -> dict:
     from pipelines.runner import run_migrate
 
     summaries = []
     for run in range(runs):
         dst = work / f"dst-w{workers}-r{run}"
-        summary = run_migrate(str(src), str(dst), preset=preset, workers=workers, progress=False, phi_in_clear=True)
+        summary = run_migrate(str(src), str(dst), preset=preset, workers=workers, progress=False,
+                              phi_in_clear=key_file is None, key_file=key_file)
         if summary["deadlettered"] or summary["skipped"]:
             raise RuntimeError(f"expected a clean run, got {summary['deadlettered']} dead letters, "
                                f"{summary['skipped']} skipped")
@@ -114,10 +153,10 @@ def measure(src: Path, work: Path, *, workers: int, runs: int, preset: str) -> d
     }
 
 
-def format_table(rows: list[dict], *, files: int, mb: float, preset: str) -> str:
+def format_table(rows: list[dict], *, files: int, mb: float, preset: str, keyed: bool, codec_s: float) -> str:
     lines = [
-        f"migrate throughput, local FnApiRunner, preset {preset}: {files} instances, {mb:.1f} MB "
-        f"(pydicom-data, native {'/'.join(MODALITIES)}), {os.cpu_count()} CPU(s), "
+        f"migrate throughput, local FnApiRunner, preset {preset}, {'keyed' if keyed else 'keyless'}: {files} "
+        f"instances, {mb:.1f} MB (pydicom-data, native {'/'.join(MODALITIES)}), {os.cpu_count()} CPU(s), "
         f"{platform.python_implementation()} {platform.python_version()}",
         "workers  runs  instances/s   MB/s   ratio   wall s   read s  encode s  write s",
     ]
@@ -128,6 +167,10 @@ def format_table(rows: list[dict], *, files: int, mb: float, preset: str) -> str
             f"{r['ratio']:5.2f}x  {r['wall_s']:7.1f}  {st['read']:7.2f}  {st['encode']:8.1f}  {st['write']:7.2f}"
         )
     lines.append("(medians over runs; stage seconds are summed inside the workers, wall is the whole job)")
+    one = [r for r in rows if r["workers"] == 1]
+    if one:
+        lines.append(f"codec alone (compress_pixels + decompress_pixels on the same pixels): {codec_s:.1f} s; "
+                     f"one-worker overhead: {one[0]['wall_s'] / codec_s - 1:+.0%} of codec time")
     return "\n".join(lines)
 
 
@@ -136,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--preset", choices=("max", "fast"), default="max")
+    parser.add_argument("--keyed", action="store_true", help="migrate with a fresh keyring (sealed records)")
     parser.add_argument("--max-mb", type=float, default=None, help="leave out files larger than this")
     parser.add_argument("--json", help="also write the results as JSON")
     args = parser.parse_args(argv)
@@ -154,11 +198,20 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="medarchive-bench-") as tmp:
         src = Path(tmp) / "src"
         total = copy_source(files, src)
-        rows = [measure(src, Path(tmp), workers=w, runs=args.runs, preset=args.preset) for w in args.workers]
-    print(format_table(rows, files=len(files), mb=total / 1e6, preset=args.preset))
+        key_file = None
+        if args.keyed:
+            from medcodec import Keyring
+
+            key_file = str(Path(tmp) / "bench.key")
+            Keyring.create(key_file)
+        codec_s = codec_seconds(files, runs=args.runs, preset=args.preset)
+        rows = [measure(src, Path(tmp), workers=w, runs=args.runs, preset=args.preset, key_file=key_file)
+                for w in args.workers]
+    print(format_table(rows, files=len(files), mb=total / 1e6, preset=args.preset, keyed=args.keyed,
+                       codec_s=codec_s))
     if args.json:
-        Path(args.json).write_text(json.dumps({"preset": args.preset, "files": len(files), "bytes": total,
-                                               "results": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"preset": args.preset, "keyed": args.keyed, "files": len(files),
+                                               "bytes": total, "codec_s": codec_s, "results": rows}, indent=2))
     return 0
 
 
