@@ -81,11 +81,17 @@ def words_to_values(words: np.ndarray, fmt: SampleFormat) -> tuple[np.ndarray, n
     """Split stored words into (offset-binary values, outside-bit residual), both int64."""
     if words.dtype != fmt.word_dtype:
         raise UnsupportedError(f"words must be {fmt.word_dtype}, got {words.dtype}")
-    w = words.astype(np.int64)
-    values = (w >> fmt.low_bit) & fmt.value_mask
+    # masks and shifts in the words' own width, then one widening each: sealing splits
+    # every image several times, and int64 temporaries cost more than the arithmetic
+    word_mask = (1 << fmt.bits_allocated) - 1
+    shifted = words >> fmt.low_bit if fmt.low_bit else words
+    if fmt.bits_stored < fmt.bits_allocated:
+        shifted = shifted & fmt.value_mask
+    values = shifted.astype(np.int64)
+    outside = (words & (word_mask & ~fmt.stored_mask)).astype(np.int64)
     if fmt.signed:
         values ^= 1 << (fmt.bits_stored - 1)
-    outside = (w & ~fmt.stored_mask & ((1 << fmt.bits_allocated) - 1)) ^ fmt.expected_outside(values)
+        outside ^= fmt.expected_outside(values)
     return values, outside
 
 

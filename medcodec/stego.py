@@ -242,13 +242,11 @@ def _clip(values: np.ndarray, maxval: int) -> np.ndarray:
 def _eligible(runs: np.ndarray, bits_stored: int) -> np.ndarray:
     """Runs (k, L) that carry bits: no value at 0 or the maximum, and every group's
     clipped range (values clipped to [2, max - 2]) at least MIN_GROUP_RANGE."""
-    maxval = (1 << bits_stored) - 1
-    if runs.shape[0] == 0 or maxval - 2 < 2:
-        return np.zeros(runs.shape[0], dtype=bool)
-    groups = _clip(runs, maxval).reshape(runs.shape[0], -1, GROUP)
-    textured = (groups.max(axis=2) - groups.min(axis=2) >= MIN_GROUP_RANGE).all(axis=1)
-    unsaturated = ((runs != 0) & (runs != maxval)).all(axis=1)
-    return textured & unsaturated
+    from .stegokernel import eligible_runs  # numba: loaded on first use
+
+    if runs.shape[0] == 0:
+        return np.zeros(0, dtype=bool)
+    return eligible_runs(np.ascontiguousarray(runs), (1 << bits_stored) - 1, GROUP, MIN_GROUP_RANGE)
 
 
 def _robust(runs: np.ndarray, bits_stored: int) -> np.ndarray:
@@ -256,13 +254,11 @@ def _robust(runs: np.ndarray, bits_stored: int) -> np.ndarray:
     ``v & ~1``, every value in [2, max - 3] (so v in [2, max - 2], never clipped nor
     saturated) and every group's range >= MIN_GROUP_RANGE + 1 (so v's range, at most 1
     less, still qualifies). Embedding the tag by LSB replacement keeps them robust."""
-    maxval = (1 << bits_stored) - 1
+    from .stegokernel import robust_runs
+
     if runs.shape[0] == 0:
-        return np.zeros(runs.shape[0], dtype=bool)
-    high = runs & ~1
-    groups = high.reshape(runs.shape[0], -1, GROUP)
-    in_range = ((high >= 2) & (high <= maxval - 3)).all(axis=1)
-    return in_range & (groups.max(axis=2) - groups.min(axis=2) >= MIN_GROUP_RANGE + 1).all(axis=1)
+        return np.zeros(0, dtype=bool)
+    return robust_runs(np.ascontiguousarray(runs), (1 << bits_stored) - 1, GROUP, MIN_GROUP_RANGE)
 
 
 @dataclass(frozen=True, eq=False)

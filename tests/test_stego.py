@@ -472,3 +472,41 @@ def test_auc_and_window_helpers():
     view = windowed_view(np.arange(1000).reshape(10, 100))
     assert view.dtype == np.uint8 and view.min() == 0 and view.max() == 255
     assert not windowed_view(np.full((4, 4), 9)).any()
+
+
+# --- the compiled run tests agree with their numpy definitions ---------------------------------------
+
+
+def _eligible_reference(runs: np.ndarray, bits_stored: int) -> np.ndarray:
+    """stego._eligible as numpy expressions (its definition before the compiled loops)."""
+    maxval = (1 << bits_stored) - 1
+    if runs.shape[0] == 0 or maxval - 2 < 2:
+        return np.zeros(runs.shape[0], dtype=bool)
+    groups = np.clip(runs, 2, maxval - 2).reshape(runs.shape[0], -1, stego.GROUP)
+    textured = (groups.max(axis=2) - groups.min(axis=2) >= stego.MIN_GROUP_RANGE).all(axis=1)
+    unsaturated = ((runs != 0) & (runs != maxval)).all(axis=1)
+    return textured & unsaturated
+
+
+def _robust_reference(runs: np.ndarray, bits_stored: int) -> np.ndarray:
+    maxval = (1 << bits_stored) - 1
+    if runs.shape[0] == 0:
+        return np.zeros(0, dtype=bool)
+    high = runs & ~1
+    groups = high.reshape(runs.shape[0], -1, stego.GROUP)
+    in_range = ((high >= 2) & (high <= maxval - 3)).all(axis=1)
+    return in_range & (groups.max(axis=2) - groups.min(axis=2) >= stego.MIN_GROUP_RANGE + 1).all(axis=1)
+
+
+@given(bits=st.integers(1, 16), spread=st.integers(0, 12), n=st.integers(0, 40), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from([np.uint8, np.uint16, np.int64]))
+def test_compiled_run_tests_match_their_numpy_definitions(bits, spread, n, seed, dtype):
+    rng = np.random.default_rng(seed)
+    maxval = (1 << bits) - 1
+    if np.dtype(dtype).itemsize == 1 and bits > 8:
+        bits, maxval = 8, 255
+    # runs around a random level with a small spread, so every rule is met and missed
+    level = rng.integers(0, maxval + 1, (n, 1))
+    runs = np.clip(level + rng.integers(-spread, spread + 1, (n, stego.SEGMENT_BITS)), 0, maxval).astype(dtype)
+    assert np.array_equal(stego._eligible(runs, bits), _eligible_reference(runs.astype(np.int64), bits))
+    assert np.array_equal(stego._robust(runs, bits), _robust_reference(runs.astype(np.int64), bits))
