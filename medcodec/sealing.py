@@ -51,6 +51,11 @@ PURPOSE_ORIGINAL = "original"
 PURPOSE_DISPLACED = "displaced"
 PURPOSE_PHI = "phi"
 PURPOSE_PHI_ESSENTIAL = "phi-essential"  # only ever embedded, never a section
+# The "format_version" of a sealed box's binding (part of its associated data): the record
+# format the binding's layout was defined in, fixed at 1.0. It does not follow the container's
+# minor version: reveal() rebuilds the binding from a stego file alone, with no record to read
+# a version from, so a binding written under any 1.x must name the same version.
+BINDING_FORMAT_VERSION = "1.0"
 TIER_FULL, TIER_ESSENTIAL, TIER_NONE = "full", "essential", "none"
 SEALED_SECTIONS = {
     PURPOSE_ORIGINAL: ct.SECTION_SEALED_ORIGINAL,
@@ -205,7 +210,7 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
     sections: list[ct.Section] = []
     if parsed.restore_mode == RESTORE_VERBATIM:
         public = _deidentified_file(result, parsed, None)
-        binding = {"format_version": f"{ct.FORMAT_MAJOR}.{ct.FORMAT_MINOR}", "uids": uids,
+        binding = {"format_version": BINDING_FORMAT_VERSION, "uids": uids,
                    "pixel_digest": "file:" + hashlib.sha256(public).hexdigest()}
         sections.append(ct.Section(ct.SECTION_VERBATIM, public))
         pixel_config = None
@@ -215,7 +220,7 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
         values, outside = words_to_values(parsed.frames, fmt)
         key = keyring.stego_key(uids["SOPInstanceUID"].encode())
         report["capacity_bits"] = stego.capacity_bits(values, fmt.bits_stored, key=key)
-        binding = {"format_version": f"{ct.FORMAT_MAJOR}.{ct.FORMAT_MINOR}", "uids": uids}
+        binding = {"format_version": BINDING_FORMAT_VERSION, "uids": uids}
         tiers = _message_tiers(result.removed, phi, keyring)
         report["tier_bytes"] = {tier: crypto.sealed_size(len(m), key_id=keyring.primary_key_id)
                                 for tier, m, _ in tiers}
@@ -402,7 +407,7 @@ def reveal(stego_file: bytes, keyring: crypto.Keyring, *, limits: DicomLimits | 
     uids = {k: str(ds.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
     key = keyring.stego_key(uids["SOPInstanceUID"].encode())
     message, mask, version = stego.extract_versioned(values, key=key, bits_stored=fmt.bits_stored)
-    binding = {"format_version": f"{ct.FORMAT_MAJOR}.{ct.FORMAT_MINOR}", "uids": uids,
+    binding = {"format_version": BINDING_FORMAT_VERSION, "uids": uids,
                "pixel_digest": stego.outside_digest(values, mask)}
     box = crypto.SealedBox.from_bytes(message)
     try:
