@@ -380,7 +380,8 @@ def rewrap_record(blob: bytes, keyring: crypto.Keyring) -> bytes:
             s = ct.Section(s.type, box.to_bytes(), s.flags)
         sections.append(s)
     record.config["sealed"]["key_id"] = keyring.primary_key_id
-    return ct.write_record(ct.Record(config=record.config, sections=sections))
+    # The config keeps its form (plain or deflated): the record keeps its length.
+    return ct.write_record(ct.Record(config=record.config, sections=sections, config_form=record.config_form))
 
 
 @record_errors

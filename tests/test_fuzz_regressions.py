@@ -261,17 +261,56 @@ def test_entropy_stream_its_model_cannot_produce_is_a_corrupt_record():
         decoder.categorical(probabilities)
 
 
+@pytest.mark.parametrize("deflated", [False, True], ids=["plain", "config-deflate"])
 @pytest.mark.parametrize("config_json", [b"[1, 2]", b'"pixels"', b"7"])
-def test_config_that_is_not_a_json_object(config_json):
+def test_config_that_is_not_a_json_object(config_json, deflated):
     import google_crc32c
 
-    body = struct.pack("<8sHHII", ct.MAGIC, 1, 0, 0, 1) + struct.pack(
-        "<HHIQ", ct.SECTION_CONFIG, ct.FLAG_CRITICAL, google_crc32c.value(config_json), len(config_json)) + config_json
+    stype, payload = ((ct.SECTION_CONFIG_DEFLATE, ct.deflate_config(config_json)) if deflated
+                      else (ct.SECTION_CONFIG, config_json))
+    body = struct.pack("<8sHHII", ct.MAGIC, 1, int(deflated), 0, 1) + struct.pack(
+        "<HHIQ", stype, ct.FLAG_CRITICAL, google_crc32c.value(payload), len(payload)) + payload
     blob = body + __import__("hashlib").sha256(body).digest()
     with pytest.raises(medcodec.CorruptRecordError, match="not an object"):
         ct.read_record(blob)
     for reader in (medcodec.decompress_pixels, medcodec.decompress_dicom, medcodec.inspect_record):
         _one_line_error(reader, blob)
+
+
+def _deflate_bomb() -> bytes:
+    import zlib
+
+    coder = zlib.compressobj(9, zlib.DEFLATED, -15, zdict=ct.CONFIG_DICTIONARIES[1])
+    return b"\x01" + b"".join([coder.compress(b"{")] + [coder.compress(b" " * (1 << 20)) for _ in range(64)]
+                               + [coder.flush()])
+
+
+@pytest.mark.parametrize("payload, error", [
+    (b"", medcodec.CorruptRecordError),
+    (b"\x01" + PLANT.encode(), medcodec.CorruptRecordError),  # not a deflate stream; never quoted
+    (b"\x09" + PLANT.encode(), medcodec.UnsupportedVersionError),  # a dictionary this reader lacks
+    ("bomb", medcodec.CorruptRecordError),
+    ("planted json", medcodec.CorruptRecordError),
+], ids=["empty", "not-deflate", "unknown-dictionary", "bomb", "invalid-json"])
+def test_damaged_config_deflate_is_one_typed_line(pixels_blob, payload, error):
+    """A config-deflate section (format 1.1) under valid checksums that does not give a
+    config: every public reader says so in one line, quoting nothing, inflating <= 1 MiB."""
+    import google_crc32c
+
+    if payload == "bomb":
+        payload = _deflate_bomb()
+    elif payload == "planted json":
+        payload = ct.deflate_config(b'{"kind":"' + PLANT.encode() + b'"')
+    record = ct.read_record(pixels_blob)
+    rest = b"".join(struct.pack("<HHIQ", s.type, s.flags, google_crc32c.value(s.payload), len(s.payload)) + s.payload
+                    for s in record.sections)
+    body = struct.pack("<8sHHII", ct.MAGIC, 1, 1, 0, 1 + len(record.sections)) + struct.pack(
+        "<HHIQ", ct.SECTION_CONFIG_DEFLATE, ct.FLAG_CRITICAL, google_crc32c.value(payload), len(payload)) + payload + rest
+    blob = body + __import__("hashlib").sha256(body).digest()
+    for reader in (ct.read_record, medcodec.decompress_pixels, medcodec.decompress_dicom, medcodec.inspect_record):
+        started = time.perf_counter()
+        assert isinstance(_one_line_error(reader, blob), error)
+        assert time.perf_counter() - started < 2
 
 
 @pytest.mark.parametrize("dtype", ["(1,u1", "u1,", "u8", "f2", ["u1"]])  # (1,u1: SyntaxError in numpy

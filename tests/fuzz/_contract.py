@@ -89,8 +89,9 @@ def quoted_input(message: str, data: bytes, min_len: int = 8, identifiers_from: 
     """Runs of ``min_len``+ characters of ``message`` that also occur in ``data`` (read as
     latin-1) and are neither medcodec's own text nor harmless (digits, hex, punctuation).
     Identifier-shaped runs (codec, model, mode names) that occur in ``identifiers_from`` (a
-    record's config text) are allowed too."""
-    text = data.decode("latin-1")
+    record's config text) are allowed too. A record's config counts as input in either form:
+    a deflated config's text is searched too, as a plain one's is with the record's bytes."""
+    text = data.decode("latin-1") + "\0" + _config_text(data)
     found = []
     i = 0
     while i <= len(message) - min_len:
@@ -123,11 +124,20 @@ def chain(exc: BaseException):
 
 
 def _config_text(data: bytes) -> str:
-    """The config JSON of a record (when ``data`` looks like one), for quoted_input."""
-    if not data.startswith(medcodec.container.MAGIC) or len(data) < 40:
+    """The config JSON of a record (when ``data`` looks like one), for quoted_input: the
+    first section's payload, inflated when it is a config-deflate section."""
+    ct = medcodec.container
+    if not data.startswith(ct.MAGIC) or len(data) < 40:
         return ""
+    (stype,) = struct.unpack_from("<H", data, 20)
     (length,) = struct.unpack_from("<Q", data, 28)
-    return data[36 : 36 + min(length, len(data))].decode("latin-1")
+    payload = data[36 : 36 + min(length, len(data))]
+    if stype == ct.SECTION_CONFIG_DEFLATE:
+        try:
+            payload = ct.inflate_config(payload)
+        except medcodec.MedcodecError:
+            return ""
+    return payload.decode("latin-1")
 
 
 def check_error(exc: BaseException, data: bytes, what: str, *, strict: bool = False) -> None:

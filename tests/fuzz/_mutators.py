@@ -5,10 +5,11 @@ the lzma checks inside sections and the GCM tags of sealed sections, and rarely 
 few bytes of a DICOM header that describe the image. These mutators edit *inside* those
 checks and fields, then make the checks valid again:
 
-* records: parsed leniently, then a config value (JSON), a section payload (raw, or its
-  lzma-compressed content, or a sealed section's plaintext re-sealed with the key and the
-  record's binding), or the section list is edited, and the record re-serialised with
-  ``medcodec.container.write_record`` (valid CRC32C and trailer);
+* records: parsed leniently, then a config value (JSON, whether the record holds it plain
+  or deflated), a section payload (raw, or its lzma-compressed content, or a sealed
+  section's plaintext re-sealed with the key and the record's binding), or the section list
+  is edited, and the record re-serialised with ``medcodec.container.write_record`` (valid
+  CRC32C and trailer);
 * DICOM files: an Image Pixel attribute (US, IS, CS), the transfer syntax UID, or bytes
   inside the PixelData value are set, keeping element lengths consistent.
 
@@ -56,8 +57,8 @@ def _bounded(out: bytes, data: bytes, max_size: int) -> bytes:
 
 
 def split_record(data: bytes):
-    """(config bytes, [(type, flags, payload)]) of a record, checksums not checked; None
-    when its section table does not parse."""
+    """((config section type, its payload), [(type, flags, payload)]) of a record, checksums
+    not checked; None when its section table does not parse or starts with no config."""
     head, sec = struct.Struct("<8sHHII"), struct.Struct("<HHIQ")
     if len(data) < head.size + 32:
         return None
@@ -73,17 +74,29 @@ def split_record(data: bytes):
             return None
         sections.append((stype, sflags, body[at : at + length]))
         at += length
-    if not sections or sections[0][0] != ct.SECTION_CONFIG:
+    if not sections or sections[0][0] not in ct.CONFIG_SECTIONS:
         return None
-    return sections[0][2], sections[1:]
+    return (sections[0][0], sections[0][2]), sections[1:]
 
 
-def serialise_raw(config: bytes, sections, *, major: int = ct.FORMAT_MAJOR, minor: int = ct.FORMAT_MINOR) -> bytes:
-    """A record with valid CRC32Cs and trailer around whatever config bytes and sections."""
+def config_json(config_type: int, payload: bytes) -> bytes | None:
+    """The JSON bytes of a config section of either form; None when a deflated one does not inflate."""
+    if config_type == ct.SECTION_CONFIG:
+        return payload
+    try:
+        return ct.inflate_config(payload)
+    except medcodec.MedcodecError:
+        return None
+
+
+def serialise_raw(config: bytes, sections, *, major: int = ct.FORMAT_MAJOR, minor: int = ct.FORMAT_MINOR,
+                  config_type: int = ct.SECTION_CONFIG) -> bytes:
+    """A record with valid CRC32Cs and trailer around whatever config section payload (of
+    ``config_type``: plain JSON, or a config-deflate payload) and sections."""
     import google_crc32c
 
     parts = [struct.pack("<8sHHII", ct.MAGIC, major, minor, 0, len(sections) + 1)]
-    for stype, sflags, payload in [(ct.SECTION_CONFIG, ct.FLAG_CRITICAL, config), *sections]:
+    for stype, sflags, payload in [(config_type, ct.FLAG_CRITICAL, config), *sections]:
         parts.append(struct.pack("<HHIQ", stype, sflags, google_crc32c.value(payload), len(payload)))
         parts.append(payload)
     body = b"".join(parts)
@@ -262,23 +275,29 @@ class RecordMutator:
         parts = split_record(data)
         if r < 0.12 or parts is None:
             return atheris.Mutate(data, max_size)
-        config_bytes, sections = parts
+        (config_type, config_payload), sections = parts
+        config_bytes = config_json(config_type, config_payload)
         try:
-            config = json.loads(config_bytes)
+            config = json.loads(config_bytes) if config_bytes is not None else None
         except ValueError:
             config = None
         if r < 0.17 or not isinstance(config, dict):  # bytes edited under valid checksums
             if rng.random() < 0.5 or not sections:
-                config_bytes = atheris.Mutate(config_bytes, len(config_bytes) + 64)
+                if config_type == ct.SECTION_CONFIG_DEFLATE and config_bytes is not None and rng.random() < 0.5:
+                    # the JSON inside, deflated again: what a reader inflates is edited
+                    config_payload = ct.deflate_config(atheris.Mutate(config_bytes, len(config_bytes) + 64))
+                else:  # the section's own bytes: plain JSON, or dictionary id and deflate stream
+                    config_payload = atheris.Mutate(config_payload, len(config_payload) + 64)
             else:
                 i = rng.randrange(len(sections))
                 stype, sflags, payload = sections[i]
                 sections[i] = (stype, sflags, atheris.Mutate(payload, max(64, 2 * len(payload))))
-            return _bounded(serialise_raw(config_bytes, sections), data, max_size)
-        if r < 0.27:  # the section list itself
+            return _bounded(serialise_raw(config_payload, sections, config_type=config_type), data, max_size)
+        if r < 0.27:  # the section list itself, the config in either form
             sections = self._mutate_sections(sections, rng)
             major = ct.FORMAT_MAJOR if rng.random() < 0.9 else rng.choice([0, 2, 65535])
-            return _bounded(serialise_raw(ct.encode_config(config), sections, major=major), data, max_size)
+            first = ct.config_section(config) if rng.random() < 0.8 else ct.Section(ct.SECTION_CONFIG, ct.encode_config(config))
+            return _bounded(serialise_raw(first.payload, sections, major=major, config_type=first.type), data, max_size)
         if r < 0.6 or not sections:
             for _ in range(1 + (rng.random() < 0.25)):
                 config = self.mutate_config(config, rng)
@@ -306,7 +325,7 @@ class RecordMutator:
         elif r < 0.8 and sections:
             i = rng.randrange(len(sections))
             stype, sflags, payload = sections[i]
-            sections[i] = (rng.choice(sorted(ct.KNOWN_SECTIONS) + [4, 99, 65535]), sflags, payload)
+            sections[i] = (rng.choice(sorted(ct.KNOWN_SECTIONS) + [5, 99, 65535]), sflags, payload)
         elif sections:
             i = rng.randrange(len(sections))
             stype, sflags, payload = sections[i]
