@@ -26,6 +26,49 @@ def test_there_are_golden_records_of_every_kind():
     assert {e.get("tier", "full") for e in keyed} == {"full", "essential"}
 
 
+def test_golden_records_cover_both_config_forms():
+    """1.0 records carry their config as plain JSON, 1.1 records as config-deflate with
+    dictionary 1 (FORMAT.md "Compressed config"); the head's version matches the file name."""
+    import struct
+
+    from medcodec import container as ct
+
+    forms: dict[str, set] = {}
+    for name in EXPECTED:
+        blob = (GOLDEN / name).read_bytes()
+        record = ct.read_record(blob)
+        version = name.split("_", 1)[0]
+        assert version == f"v{record.major}.{record.minor}", name
+        stype, _flags, _crc, length = struct.unpack_from("<HHIQ", blob, 20)
+        forms.setdefault(version, set()).add(stype)
+        if stype == ct.SECTION_CONFIG_DEFLATE:
+            assert blob[36] == 1 and ct.inflate_config(blob[36 : 36 + length]) == ct.encode_config(record.config)
+    assert forms["v1.0"] == {ct.SECTION_CONFIG}
+    assert forms["v1.1"] == {ct.SECTION_CONFIG_DEFLATE}
+
+
+@pytest.mark.parametrize("name", sorted(n for n, e in EXPECTED.items() if e["kind"] == "dicom-keyed"))
+def test_a_golden_keyed_record_rewrapped_keeps_its_length(name, tmp_path):
+    """Key rotation rewrites archive shards in place (pipelines/rewrap.py): a re-wrapped
+    record keeps its length, its config in the form it was written in (1.0: plain JSON,
+    1.1: deflated, the key id a stored span)."""
+    import shutil
+
+    from medcodec import container as ct
+    from medcodec.crypto import Keyring
+    from medcodec.sealing import rewrap_record
+
+    shutil.copy(GOLDEN / "test-keyring.json", tmp_path / "ring.json")
+    ring = Keyring.load(tmp_path / "ring.json", check_permissions=False)
+    old = (GOLDEN / name).read_bytes()
+    ring.rotate()
+    new = rewrap_record(old, ring)
+    assert len(new) == len(old) and new != old
+    before, after = ct.read_record(old), ct.read_record(new)
+    assert after.config_form == before.config_form and after.config["sealed"]["key_id"] == ring.primary_key_id
+    assert medcodec.decompress_dicom(new, keyring=ring) == medcodec.decompress_dicom(old, keyring=golden_keyring())
+
+
 def test_golden_records_cover_the_local_path():
     ks = {name: medcodec.inspect_record((GOLDEN / name).read_bytes()).get("k", 0) for name in EXPECTED}
     assert any(k > 0 for k in ks.values()), ks
