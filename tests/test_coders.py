@@ -49,8 +49,8 @@ def _plane(kind: str, rows: int, cols: int, bits: int, seed: int) -> np.ndarray:
 def test_registry_knows_every_global_model_once_and_records_name_only_record_level_ones():
     every = registered()
     record_level = registered(record_level=True)
-    assert {"per-plane-fast-v3", "per-plane-v6", "interlaced-ls-v1"} <= set(record_level)
-    assert {"raster-wpc-v1", "raster-wpc-diff-v1", "wavelet53-v1"} <= set(every) - set(record_level)
+    assert {"per-plane-fast-v4", "per-plane-fast-v3", "per-plane-v6", "interlaced-ls-v1"} <= set(record_level)
+    assert {"raster-wpc-v1", "raster-wpc-diff-v1", "wavelet53-v1", "wavelet53-v2"} <= set(every) - set(record_level)
     for selector in (v for v in record_level.values() if hasattr(v, "CANDIDATES")):
         assert all(c.model_id in every for c in selector.CANDIDATES)
     from medcodec.codec import GLOBAL_MODELS, PRESET_GLOBAL_MODEL
@@ -158,7 +158,7 @@ def test_values_outside_the_plane_range_are_refused_when_encoding():
         WPC.encode(np.array([[0, 256]]), PlaneInfo(rows=1, cols=2, bits=8, k=0, preset="fast"))
 
 
-# --- per-plane-fast-v3 ------------------------------------------------------------------------------
+# --- per-plane-fast-v3 (fast's global path before v4, which keeps its rule for these planes) ---------
 
 
 def test_fast_records_use_the_compiled_coder_without_local_planes():
@@ -167,7 +167,7 @@ def test_fast_records_use_the_compiled_coder_without_local_planes():
     a, bits = _real_plane("CT_small.dcm")
     blob = medcodec.compress_pixels(a.astype(np.uint16), bits_stored=bits, signed=False, preset="fast")
     info = medcodec.inspect_record(blob)
-    assert info["models"]["global"] == "per-plane-fast-v3" and info["global_planes"] == {"raster-wpc-v1": 1}
+    assert info["models"]["global"] == "per-plane-fast-v4" and info["global_planes"] == {"raster-wpc-v1": 1}
     assert info["k"] == 0 and "local" not in info["sections"]
     assert np.array_equal(medcodec.decompress_pixels(blob), a)
 

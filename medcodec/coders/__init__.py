@@ -52,6 +52,7 @@ _MODULES = (
     "medcodec.wavefront",
     "medcodec.wavelet",
     "medcodec.coders.raster_wpc",
+    "medcodec.coders.wavelet_v2",
 )
 
 

@@ -1,0 +1,132 @@
+"""wavelet53-v2 (the 5/3 wavelet path with compiled band coders) and per-plane-fast-v4.
+
+Exactness is a format guarantee: every plane decodes to itself (property tests over
+sizes, bit depths and content, decoded-lossy planes among them), the bytes do not depend
+on the process that wrote them, damage fails cleanly, and the golden records pin them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from medcodec.coders import coder_for
+from medcodec.coders.wavelet_v2 import FAST_V4, FAST_V4_TRIAL_SAMPLES, WaveletV2GlobalPathCoder
+from medcodec.errors import CorruptRecordError
+from medcodec.paths import PlaneInfo
+from medcodec.wavelet import forward, inverse, levels_for
+from tests.test_coders import _plane
+
+V2 = WaveletV2GlobalPathCoder()
+
+
+def _info(plane: np.ndarray, bits: int) -> PlaneInfo:
+    return PlaneInfo(rows=plane.shape[0], cols=plane.shape[1], bits=bits, k=0, preset="fast")
+
+
+def _lossy(rows: int, cols: int, bits: int, seed: int, step: int) -> np.ndarray:
+    """A plane as a lossy JPEG 2000 decoder leaves it: detail bands quantized to ``step``."""
+    plane = _plane("smooth", rows, cols, bits, seed)
+    bands = forward(plane, levels_for(rows, cols))
+    bands = [bands[0]] + [(b // step) * step for b in bands[1:]]
+    return np.clip(inverse(bands), 0, (1 << bits) - 1)
+
+
+@settings(deadline=None)  # the first example loads the compiled kernels
+@given(
+    kind=st.sampled_from(["noise", "constant", "extremes", "smooth", "lossy"]),
+    rows=st.integers(1, 40),
+    cols=st.integers(1, 40),
+    bits=st.integers(1, 16),
+    seed=st.integers(0, 2**16),
+)
+def test_every_plane_decodes_to_itself(kind, rows, cols, bits, seed):
+    if kind == "lossy":
+        plane = _lossy(rows, cols, bits, seed, 1 + seed % 64)
+    else:
+        plane = _plane(kind, rows, cols, bits, seed)
+    info = _info(plane, bits)
+    assert np.array_equal(V2.decode(V2.encode(plane, info), info), plane)
+
+
+def test_a_low_band_wider_than_the_raster_coder_takes_is_coded_by_the_band_kernel():
+    from medcodec.coders.wavelet_v2 import MODE_BAND, RASTER_MAX_BITS
+    from medcodec.paths import IntReader
+
+    plane = _plane("smooth", 40, 40, 16, 3) << 8  # 24-bit values: a low band of 24 bits
+    info = _info(plane, 24)
+    data = V2.encode(plane, info)
+    reader = IntReader(data)
+    reader.get()  # levels
+    assert reader.get() == MODE_BAND and 24 > RASTER_MAX_BITS
+    assert np.array_equal(V2.decode(data, info), plane)
+
+
+def test_decoded_lossy_planes_are_smaller_than_with_wavelet53_v1():
+    v1 = coder_for("wavelet53-v1")
+    for seed, step in ((1, 8), (2, 32), (3, 128)):
+        plane = _lossy(96, 128, 12, seed, step)
+        info = _info(plane, 12)
+        new, old = V2.encode(plane, info), v1.encode(plane, info)
+        assert np.array_equal(V2.decode(new, info), plane)
+        assert len(new) < len(old), (step, len(new), len(old))
+
+
+def test_bytes_do_not_depend_on_the_process_that_wrote_them():
+    plane = _lossy(70, 90, 14, 4, 16)
+    here = V2.encode(plane, _info(plane, 14))
+    code = (
+        "import sys\n"
+        "from medcodec.coders.wavelet_v2 import WaveletV2GlobalPathCoder\n"
+        "from medcodec.paths import PlaneInfo\n"
+        "from tests.test_wavelet_v2 import _lossy\n"
+        "p = _lossy(70, 90, 14, 4, 16)\n"
+        "sys.stdout.write(WaveletV2GlobalPathCoder().encode(p, PlaneInfo(rows=70, cols=90, bits=14, k=0, preset='fast')).hex())\n"
+    )
+    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert bytes.fromhex(there.stdout) == here
+
+
+def test_damaged_streams_fail_cleanly():
+    plane = _lossy(64, 48, 12, 5, 16)
+    info = _info(plane, 12)
+    data = V2.encode(plane, info)
+    rng = np.random.default_rng(11)
+    for trial in range(60):
+        bad = bytearray(data)
+        if trial % 2:
+            bad[int(rng.integers(0, len(bad)))] ^= int(rng.integers(1, 256))
+        else:
+            bad = bad[: int(rng.integers(0, len(bad)))]
+        try:
+            out = V2.decode(bytes(bad), info)
+        except CorruptRecordError:
+            continue
+        assert out.shape == plane.shape and out.min() >= 0 and out.max() <= 4095
+
+
+def test_fast_v4_tries_the_raster_coder_too_on_small_planes_the_probe_sends_to_the_wavelet_path():
+    plane = _lossy(128, 128, 12, 6, 64)
+    assert plane.size <= FAST_V4_TRIAL_SAMPLES
+    assert FAST_V4.choose(plane, None) == (0, 1)
+    big = _lossy(320, 320, 12, 6, 64)
+    assert FAST_V4.choose(big, None) == (1,)
+    info = _info(plane, 12)
+    data = FAST_V4.encode(plane, info)
+    assert np.array_equal(FAST_V4.decode(data, info), plane)
+    assert len(data) <= 1 + min(len(coder_for(c).encode(plane, info)) for c in ("raster-wpc-v1", "wavelet53-v2"))
+
+
+def test_fast_records_name_per_plane_fast_v4():
+    import medcodec
+
+    plane = _lossy(80, 80, 12, 7, 32).astype(np.uint16)
+    blob = medcodec.compress_pixels(plane, bits_stored=12, signed=False, preset="fast")
+    info = medcodec.inspect_record(blob)
+    assert info["models"]["global"] == "per-plane-fast-v4"
+    assert set(info["global_planes"]) <= {"raster-wpc-v1", "wavelet53-v2"}
+    assert np.array_equal(medcodec.decompress_pixels(blob), plane)
