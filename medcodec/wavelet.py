@@ -271,6 +271,66 @@ def _context_decode(data: bytes, shape: tuple[int, int], scale: int, parent) -> 
 # --- the coder --------------------------------------------------------------------------------
 
 
+def encode_bands(plane: np.ndarray, band_coder) -> bytes:
+    """A wavelet stream: the levels, each band's mode and arguments, then the payloads.
+
+    ``band_coder(i, band, bands) -> (mode, payload)`` codes band ``i`` (mode 0: every
+    coefficient equal, no payload); the header gives a coded band's scale (the gcd of its
+    coefficients) and its payload's length. Shared by every wavelet coder."""
+    levels = levels_for(*plane.shape)
+    out = IntWriter()
+    out.put(levels)
+    chunks = []
+    bands = forward(plane, levels)
+    for i, band in enumerate(bands):
+        mode, payload = band_coder(i, band, bands)
+        out.put(mode)
+        if mode == 0:
+            out.put(int(band.flat[0]) if band.size else 0)
+        else:
+            out.put(int(np.gcd.reduce(band.ravel())))
+            out.put(len(payload))
+            chunks.append(payload)
+    return bytes(out.buf) + b"".join(chunks)
+
+
+def decode_bands(data: bytes, info: PlaneInfo, modes, band_decoder) -> np.ndarray:
+    """Inverse of :func:`encode_bands`: ``modes(i, mode)`` says whether band ``i`` may
+    have ``mode``; ``band_decoder(i, mode, chunk, shape, scale, bands)`` decodes a coded
+    band's payload in units of its scale, ``bands`` holding the bands before it (in
+    coefficients). Damage of any kind is a CorruptRecordError."""
+    reader = IntReader(data)
+    levels = reader.get()
+    if levels != levels_for(info.rows, info.cols):
+        raise CorruptRecordError(f"wavelet stream claims {levels} levels for a {info.rows}x{info.cols} plane")
+    heads = []
+    for i, shape in enumerate(band_shapes(info.rows, info.cols, levels)):
+        mode = reader.get()
+        if not modes(i, mode):
+            raise CorruptRecordError(f"wavelet band {i} names mode {mode}, unknown to its coder")
+        if mode == 0:
+            heads.append((shape, mode, reader.get(), 0))
+            continue
+        scale = reader.get()
+        if not 1 <= scale < (1 << MAX_BAND_BITS):
+            raise CorruptRecordError(f"wavelet band claims scale {scale}")
+        heads.append((shape, mode, scale, reader.get()))
+    at = reader.at
+    bands: list[np.ndarray] = []
+    for i, (shape, mode, arg, size) in enumerate(heads):
+        if mode == 0:
+            bands.append(np.full(shape, arg, dtype=np.int64))
+            continue
+        if size < 0 or at + size > len(data):
+            raise CorruptRecordError("wavelet band stream runs past the plane's stream")
+        chunk, at = data[at : at + size], at + size
+        bands.append(band_decoder(i, mode, chunk, shape, arg, bands) * arg)
+    plane = inverse(bands)
+    if plane.min(initial=0) < 0 or plane.max(initial=0) >= (1 << info.bits):
+        raise CorruptRecordError("wavelet path decoded a value outside the stored range")
+    return plane
+
+
 @register
 class WaveletGlobalPathCoder:
     """Global path coded as 5/3 wavelet subbands (see module doc). No previous plane."""
@@ -278,61 +338,18 @@ class WaveletGlobalPathCoder:
     model_id = "wavelet53-v1"
 
     def encode(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> bytes:
-        levels = levels_for(info.rows, info.cols)
-        out = IntWriter()
-        out.put(levels)
-        chunks = []
-        bands = forward(plane, levels)
-        for i, band in enumerate(bands):
-            mode, payload = self._band(band, info.preset, _parent(bands, i))
-            out.put(mode)
-            if mode == 0:
-                out.put(int(band.flat[0]) if band.size else 0)
-            else:
-                out.put(int(np.gcd.reduce(band.ravel())))
-                out.put(len(payload))
-                chunks.append(payload)
-        return bytes(out.buf) + b"".join(chunks)
+        return encode_bands(plane, lambda i, band, bands: self._band(band, info.preset, _parent(bands, i)))
 
     def decode(self, data: bytes, info: PlaneInfo, prev: np.ndarray | None = None) -> np.ndarray:
-        reader = IntReader(data)
-        levels = reader.get()
-        if levels != levels_for(info.rows, info.cols):
-            raise CorruptRecordError(f"wavelet stream claims {levels} levels for a {info.rows}x{info.cols} plane")
-        heads = []
-        for shape in band_shapes(info.rows, info.cols, levels):
-            mode = reader.get()
-            if mode not in (0, 1, 2, 3, 4):
-                raise CorruptRecordError(f"wavelet band mode {mode} unknown")
-            if mode == 0:
-                heads.append((shape, mode, reader.get(), 0))
-                continue
-            scale = reader.get()
-            if not 1 <= scale < (1 << MAX_BAND_BITS):
-                raise CorruptRecordError(f"wavelet band claims scale {scale}")
-            heads.append((shape, mode, scale, reader.get()))
-        at = reader.at
-        bands = []
-        for i, (shape, mode, arg, size) in enumerate(heads):
-            if mode == 0:
-                bands.append(np.full(shape, arg, dtype=np.int64))
-                continue
-            if size < 0 or at + size > len(data):
-                raise CorruptRecordError("wavelet band stream runs past the plane's stream")
-            chunk, at = data[at : at + size], at + size
+        def band(i, mode, chunk, shape, scale, bands):
             if mode == 2:
-                band = _sparse_decode(chunk, shape)
-            elif mode == 4:
-                if i == 0:
-                    raise CorruptRecordError("the low band cannot be context-coded")
-                band = _context_decode(chunk, shape, arg, _parent(bands, i))
-            else:
-                band = self._dense_decode(chunk, shape, mode, info.preset)
-            bands.append(band * arg)
-        plane = inverse(bands)
-        if plane.min(initial=0) < 0 or plane.max(initial=0) >= (1 << info.bits):
-            raise CorruptRecordError("wavelet path decoded a value outside the stored range")
-        return plane
+                return _sparse_decode(chunk, shape)
+            if mode == 4:
+                return _context_decode(chunk, shape, scale, _parent(bands, i))
+            return self._dense_decode(chunk, shape, mode, info.preset)
+
+        # mode 4 (context-coded) is for detail bands only
+        return decode_bands(data, info, lambda i, mode: mode in (0, 1, 2, 3) or (mode == 4 and i > 0), band)
 
     @staticmethod
     def _band(band: np.ndarray, preset: str, parent) -> tuple[int, bytes]:

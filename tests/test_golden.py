@@ -74,58 +74,44 @@ def test_golden_records_cover_the_local_path():
     assert any(k > 0 for k in ks.values()), ks
 
 
-def test_golden_records_cover_every_wavelet_band_mode():
+def _wavelet_band_modes(model_id: str, coder) -> set[int]:
+    """The band modes of every golden plane that ``coder`` (a wavelet coder) coded."""
     from medcodec import container as ct
     from medcodec.codec import PER_PLANE_MODELS
     from medcodec.paths import IntReader
-    from medcodec.wavefront import WaveletGlobalPathCoder
 
     modes = set()
     for name in EXPECTED:
         blob = (GOLDEN / name).read_bytes()
         info = medcodec.inspect_record(blob)
-        model = info.get("models", {}).get("global")
-        if "wavelet53-v1" not in info.get("global_planes", {}):
+        if model_id not in info.get("global_planes", {}):
             continue
+        model = info["models"]["global"]
         for sec in ct.read_record(blob).of_type(ct.SECTION_GLOBAL):
             r = IntReader(sec.payload)
-            if PER_PLANE_MODELS[model].CANDIDATES[r.get()] is not WaveletGlobalPathCoder:
+            if PER_PLANE_MODELS[model].CANDIDATES[r.get()] is not coder:
                 continue
-            for _ in range(3 * r.get() + 1):
+            for _ in range(3 * r.get() + 1):  # levels, then per band: mode, value | scale, length
                 mode = r.get()
                 modes.add(mode)
                 r.get()
                 if mode:
                     r.get()
-    assert modes == {0, 1, 2, 3, 4}
+    return modes
+
+
+def test_golden_records_cover_every_wavelet_band_mode():
+    from medcodec.wavefront import WaveletGlobalPathCoder
+
+    assert _wavelet_band_modes("wavelet53-v1", WaveletGlobalPathCoder) == {0, 1, 2, 3, 4}
 
 
 def test_golden_records_cover_every_wavelet53_v2_band_mode_in_use():
     # Modes 0 (constant band), 5 (band kernel) and 6 (low band by raster-wpc-v1); mode 5
     # on a low band needs one wider than 16-bit samples give (tests/test_wavelet_v2.py).
-    from medcodec import container as ct
-    from medcodec.codec import PER_PLANE_MODELS
     from medcodec.coders.wavelet_v2 import WaveletV2GlobalPathCoder
-    from medcodec.paths import IntReader
 
-    modes = set()
-    for name in EXPECTED:
-        blob = (GOLDEN / name).read_bytes()
-        info = medcodec.inspect_record(blob)
-        if "wavelet53-v2" not in info.get("global_planes", {}):
-            continue
-        model = info["models"]["global"]
-        for sec in ct.read_record(blob).of_type(ct.SECTION_GLOBAL):
-            r = IntReader(sec.payload)
-            if PER_PLANE_MODELS[model].CANDIDATES[r.get()] is not WaveletV2GlobalPathCoder:
-                continue
-            for _ in range(3 * r.get() + 1):
-                mode = r.get()
-                modes.add(mode)
-                r.get()
-                if mode:
-                    r.get()
-    assert modes == {0, 5, 6}
+    assert _wavelet_band_modes("wavelet53-v2", WaveletV2GlobalPathCoder) == {0, 5, 6}
 
 
 def test_golden_records_cover_a_raster_leaf_table():

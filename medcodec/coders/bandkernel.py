@@ -29,12 +29,16 @@ from .wpkernel import (
     FAST_SHIFT,
     PROB_ONE,
     SLOW_SHIFT,
-    _MASK32,
     _TOP,
     _bucket,
+    _decide,
+    _equiprobable,
+    _finish,
     _floor_log2,
+    _p0,
     _renormalize,
-    _shift_low,
+    _start,
+    _update,
 )
 
 MAX_CLASS = 32  # classes 0..31: magnitudes below 2**31 (bands span at most 30 bits)
@@ -68,17 +72,7 @@ def code_band(band, parent, has_parent, scale, max_class, decode, buf):
     largest class, from the stream's header (a damaged stream cannot make a larger one)."""
     rows, cols = band.shape
     prow, pcol = parent.shape
-    nbuf = buf.size
-    low = 0
-    rng = _MASK32
-    cache = 0
-    csize = 1
-    pos = 0
-    code = 0
-    if decode:
-        for _ in range(5):
-            code = ((code << 8) | (buf[pos] if pos < nbuf else 0)) & _MASK32
-            pos += 1
+    low, rng, cache, csize, pos, code = _start(buf, decode)
     probs = np.empty(((N_CTX1 + N_CTX2) * SLOTS, 2), dtype=np.uint16)
     probs[:, :] = PROB_ONE >> 1
     # decisions seen per slot: an estimate moves by 1/(n + 2) until its rate is reached,
@@ -140,26 +134,7 @@ def code_band(band, parent, has_parent, scale, max_class, decode, buf):
                     want = (m >> (c - 2)) & 1
                 i1 = base1 + slot
                 i2 = base2 + slot
-                pf = np.int64(probs[i1, 0])
-                ps = np.int64(probs[i1, 1])
-                qf = np.int64(probs[i2, 0])
-                qs = np.int64(probs[i2, 1])
-                bound = (rng >> 16) * ((pf + ps + qf + qs) >> 2)
-                if decode:
-                    if code < bound:
-                        rng = bound
-                        bit = 0
-                    else:
-                        code -= bound
-                        rng -= bound
-                        bit = 1
-                else:
-                    bit = want
-                    if bit == 0:
-                        rng = bound
-                    else:
-                        low += bound
-                        rng -= bound
+                bit, low, rng, code = _decide(low, rng, code, _p0(probs, i1, i2), want, decode)
                 while rng < _TOP:
                     low, rng, cache, csize, pos, code = _renormalize(low, rng, cache, csize, pos, code, buf, decode)
                 n1 = np.int64(seen[i1])
@@ -172,16 +147,7 @@ def code_band(band, parent, has_parent, scale, max_class, decode, buf):
                     seen[i1] = n1 + 1
                 if n2 < _SEEN_MAX:
                     seen[i2] = n2 + 1
-                if bit == 0:
-                    probs[i1, 0] = pf + ((PROB_ONE - pf) >> f1)
-                    probs[i1, 1] = ps + ((PROB_ONE - ps) >> s1)
-                    probs[i2, 0] = qf + ((PROB_ONE - qf) >> f2)
-                    probs[i2, 1] = qs + ((PROB_ONE - qs) >> s2)
-                else:
-                    probs[i1, 0] = pf - (pf >> f1)
-                    probs[i1, 1] = ps - (ps >> s1)
-                    probs[i2, 0] = qf - (qf >> f2)
-                    probs[i2, 1] = qs - (qs >> s2)
+                _update(probs, i1, i2, bit, f1, s1, f2, s2)
                 if phase == 0:
                     if bit:
                         j += 1
@@ -199,13 +165,7 @@ def code_band(band, parent, has_parent, scale, max_class, decode, buf):
             if c > 1:
                 rest = 0
                 for k in range(c - 3, -1, -1):  # equiprobable low bits, most significant first
-                    rng >>= 1
-                    if decode:
-                        d = 1 if code >= rng else 0
-                        code -= rng * d
-                    else:
-                        d = (m >> k) & 1
-                        low += rng * d
+                    d, low, rng, code = _equiprobable(low, rng, code, (m >> k) & 1, decode)
                     rest = (rest << 1) | d
                     if rng < _TOP:
                         low, rng, cache, csize, pos, code = _renormalize(low, rng, cache, csize, pos, code, buf, decode)
@@ -217,6 +177,4 @@ def code_band(band, parent, has_parent, scale, max_class, decode, buf):
                 band[y, x] = -m if neg else m
     if decode:
         return 0
-    for _ in range(5):
-        low, cache, csize, pos = _shift_low(low, cache, csize, pos, buf)
-    return -1 if pos > nbuf else pos
+    return _finish(low, cache, csize, pos, buf)

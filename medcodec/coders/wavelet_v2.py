@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import CorruptRecordError
 from ..paths import IntReader, IntWriter, PlaneInfo
-from ..wavelet import MAX_BAND_BITS, _parent, band_shapes, forward, inverse, levels_for
+from ..wavelet import MAX_BAND_BITS, _parent, decode_bands, encode_bands
 from . import PlaneSelector, register
 from .raster_wpc import RasterWPCDifferenceGlobalPathCoder, RasterWPCGlobalPathCoder, _fast_choice
 
@@ -77,78 +77,42 @@ class WaveletV2GlobalPathCoder:
     model_id = "wavelet53-v2"
 
     def encode(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> bytes:
-        levels = levels_for(info.rows, info.cols)
-        out = IntWriter()
-        out.put(levels)
-        chunks = []
-        bands = forward(plane, levels)
-        for i, band in enumerate(bands):
-            if band.size == 0 or (band == band.flat[0]).all():
-                out.put(MODE_CONSTANT)
-                out.put(int(band.flat[0]) if band.size else 0)
-                continue
-            scale = int(np.gcd.reduce(band.ravel()))
-            units = band // scale
-            lo, hi = int(units.min()), int(units.max())
-            bits = (hi - lo).bit_length()
-            if bits > MAX_BAND_BITS:
-                raise ValueError(f"wavelet band spans {bits} bits (at most {MAX_BAND_BITS})")
-            if i == 0 and bits <= RASTER_MAX_BITS:
-                mode = MODE_RASTER
-                head = IntWriter()
-                head.put(lo)
-                head.put(bits)
-                sub = PlaneInfo(rows=band.shape[0], cols=band.shape[1], bits=bits, k=0, preset=info.preset)
-                payload = bytes(head.buf) + RasterWPCGlobalPathCoder().encode(units - lo, sub)
-            else:
-                mode = MODE_BAND
-                payload = _band_encode(units, _parent(bands, i), scale)
-            out.put(mode)
-            out.put(scale)
-            out.put(len(payload))
-            chunks.append(payload)
-        return bytes(out.buf) + b"".join(chunks)
+        return encode_bands(plane, lambda i, band, bands: _code_band(i, band, bands, info.preset))
 
     def decode(self, data: bytes, info: PlaneInfo, prev: np.ndarray | None = None) -> np.ndarray:
-        reader = IntReader(data)
-        levels = reader.get()
-        if levels != levels_for(info.rows, info.cols):
-            raise CorruptRecordError(f"wavelet stream claims {levels} levels for a {info.rows}x{info.cols} plane")
-        heads = []
-        for i, shape in enumerate(band_shapes(info.rows, info.cols, levels)):
-            mode = reader.get()
-            if mode == MODE_CONSTANT:
-                heads.append((shape, mode, reader.get(), 0))
-                continue
-            if mode not in (MODE_BAND, MODE_RASTER) or (mode == MODE_RASTER and i != 0):
-                raise CorruptRecordError(f"wavelet53-v2 band {i} names mode {mode}")
-            scale = reader.get()
-            if not 1 <= scale < (1 << MAX_BAND_BITS):
-                raise CorruptRecordError(f"wavelet band claims scale {scale}")
-            heads.append((shape, mode, scale, reader.get()))
-        at = reader.at
-        bands: list[np.ndarray] = []
-        for i, (shape, mode, arg, size) in enumerate(heads):
-            if mode == MODE_CONSTANT:
-                bands.append(np.full(shape, arg, dtype=np.int64))
-                continue
-            if size < 0 or at + size > len(data):
-                raise CorruptRecordError("wavelet band stream runs past the plane's stream")
-            chunk, at = data[at:at + size], at + size
-            if mode == MODE_RASTER:
-                head = IntReader(chunk)
-                lo, bits = head.get(), head.get()
-                if not 1 <= bits <= RASTER_MAX_BITS:
-                    raise CorruptRecordError(f"wavelet low band claims {bits} bits")
-                sub = PlaneInfo(rows=shape[0], cols=shape[1], bits=bits, k=0, preset=info.preset)
-                band = RasterWPCGlobalPathCoder().decode(chunk[head.at:], sub) + lo
-            else:
-                band = _band_decode(chunk, shape, _parent(bands, i), arg)
-            bands.append(band * arg)
-        plane = inverse(bands)
-        if plane.min(initial=0) < 0 or plane.max(initial=0) >= (1 << info.bits):
-            raise CorruptRecordError("wavelet path decoded a value outside the stored range")
-        return plane
+        def band(i, mode, chunk, shape, scale, bands):
+            if mode == MODE_BAND:
+                return _band_decode(chunk, shape, _parent(bands, i), scale)
+            head = IntReader(chunk)
+            lo, bits = head.get(), head.get()
+            if not 1 <= bits <= RASTER_MAX_BITS:
+                raise CorruptRecordError(f"wavelet low band claims {bits} bits")
+            sub = PlaneInfo(rows=shape[0], cols=shape[1], bits=bits, k=0, preset=info.preset)
+            return RasterWPCGlobalPathCoder().decode(chunk[head.at:], sub) + lo
+
+        # mode 6 (the raster coder) is for the low band only
+        return decode_bands(data, info, lambda i, mode: mode in (MODE_CONSTANT, MODE_BAND) or (
+            mode == MODE_RASTER and i == 0), band)
+
+
+def _code_band(i: int, band: np.ndarray, bands: list[np.ndarray], preset: str) -> tuple[int, bytes]:
+    """(mode, payload) of band ``i``: constant, the raster coder (a low band of at most
+    RASTER_MAX_BITS bits) or the band kernel."""
+    if band.size == 0 or (band == band.flat[0]).all():
+        return MODE_CONSTANT, b""
+    scale = int(np.gcd.reduce(band.ravel()))
+    units = band // scale
+    lo, hi = int(units.min()), int(units.max())
+    bits = (hi - lo).bit_length()
+    if bits > MAX_BAND_BITS:
+        raise ValueError(f"wavelet band spans {bits} bits (at most {MAX_BAND_BITS})")
+    if i == 0 and bits <= RASTER_MAX_BITS:
+        head = IntWriter()
+        head.put(lo)
+        head.put(bits)
+        sub = PlaneInfo(rows=band.shape[0], cols=band.shape[1], bits=bits, k=0, preset=preset)
+        return MODE_RASTER, bytes(head.buf) + RasterWPCGlobalPathCoder().encode(units - lo, sub)
+    return MODE_BAND, _band_encode(units, _parent(bands, i), scale)
 
 
 # Planes up to this many samples that the wavelet probe sends to the wavelet path are

@@ -81,6 +81,74 @@ def _renormalize(low, rng, cache, csize, pos, code, buf, decode):
     return low, rng, cache, csize, pos, code
 
 
+@njit(cache=True, inline="always")
+def _start(buf, decode):
+    """The coder's initial state (low, range, cache, cache size, position, code); the
+    decoder reads its first five bytes."""
+    pos = 0
+    code = 0
+    if decode:
+        for _ in range(5):
+            code = ((code << 8) | (buf[pos] if pos < buf.size else 0)) & _MASK32
+            pos += 1
+    return 0, _MASK32, 0, 1, pos, code
+
+
+@njit(cache=True, inline="always")
+def _finish(low, cache, csize, pos, buf):
+    """Flush the encoder: the byte count, or -1 if ``buf`` was too small."""
+    for _ in range(5):
+        low, cache, csize, pos = _shift_low(low, cache, csize, pos, buf)
+    return -1 if pos > buf.size else pos
+
+
+@njit(cache=True, inline="always")
+def _decide(low, rng, code, p0, want, decode):
+    """One binary decision with probability ``p0`` (of 16 bits) of a 0: the encoder codes
+    ``want``, the decoder reads the bit. Returns (bit, low, range, code); renormalize after."""
+    bound = (rng >> 16) * p0
+    if decode:
+        if code < bound:
+            return 0, low, bound, code
+        return 1, low, rng - bound, code - bound
+    if want == 0:
+        return 0, low, bound, code
+    return 1, low + bound, rng - bound, code
+
+
+@njit(cache=True, inline="always")
+def _equiprobable(low, rng, code, want, decode):
+    """One bit at probability 1/2 (``want`` when encoding). Returns (bit, low, range,
+    code); renormalize after."""
+    rng >>= 1
+    if decode:
+        d = 1 if code >= rng else 0
+        return d, low, rng, code - rng * d
+    return want, low + rng * want, rng, code
+
+
+@njit(cache=True, inline="always")
+def _adapt(p, bit, shift):
+    """A 16-bit probability of a 0 moved 1/2**shift of the way towards what was seen."""
+    return p + ((PROB_ONE - p) >> shift) if bit == 0 else p - (p >> shift)
+
+
+@njit(cache=True, inline="always")
+def _p0(probs, i1, i2):
+    """A decision's probability of a 0: the mean of the fast and slow estimates of its two
+    context slots (rows ``i1`` and ``i2`` of ``probs``)."""
+    return (np.int64(probs[i1, 0]) + np.int64(probs[i1, 1]) + np.int64(probs[i2, 0]) + np.int64(probs[i2, 1])) >> 2
+
+
+@njit(cache=True, inline="always")
+def _update(probs, i1, i2, bit, fast1, slow1, fast2, slow2):
+    """Move the four estimates of a decision towards its bit, each at its own shift."""
+    probs[i1, 0] = _adapt(np.int64(probs[i1, 0]), bit, fast1)
+    probs[i1, 1] = _adapt(np.int64(probs[i1, 1]), bit, slow1)
+    probs[i2, 0] = _adapt(np.int64(probs[i2, 0]), bit, fast2)
+    probs[i2, 1] = _adapt(np.int64(probs[i2, 1]), bit, slow2)
+
+
 # --- model ------------------------------------------------------------------------------------------
 
 N_BASE = 8  # sub-predictors without the previous plane
@@ -149,17 +217,7 @@ def code_plane(plane, prev, has_prev, maxv, decode, buf):
     small) or decode ``buf`` into ``plane`` (returns 0, or -2 if the data decodes to a
     value outside 0..maxv: damage)."""
     rows, cols = plane.shape
-    nbuf = buf.size
-    low = 0
-    rng = _MASK32
-    cache = 0
-    csize = 1
-    pos = 0
-    code = 0
-    if decode:
-        for _ in range(5):
-            code = ((code << 8) | (buf[pos] if pos < nbuf else 0)) & _MASK32
-            pos += 1
+    low, rng, cache, csize, pos, code = _start(buf, decode)
     # 16-bit probabilities stay below PROB_ONE (an update moves one by less than its
     # distance to 0 or PROB_ONE), so uint16 holds them: half the cache of int32.
     probs = np.empty(((N_CTX + N_CTX2) * SLOTS, 2), dtype=np.uint16)
@@ -352,38 +410,10 @@ def code_plane(plane, prev, has_prev, maxv, decode, buf):
                 # -- one adaptive binary decision: the mean of four estimates --
                 i1 = base + slot
                 i2 = base2 + slot
-                pf = np.int64(probs[i1, 0])
-                ps = np.int64(probs[i1, 1])
-                qf = np.int64(probs[i2, 0])
-                qs = np.int64(probs[i2, 1])
-                bound = (rng >> 16) * ((pf + ps + qf + qs) >> 2)
-                if decode:
-                    if code < bound:
-                        rng = bound
-                        bit = 0
-                    else:
-                        code -= bound
-                        rng -= bound
-                        bit = 1
-                else:
-                    bit = want
-                    if bit == 0:
-                        rng = bound
-                    else:
-                        low += bound
-                        rng -= bound
+                bit, low, rng, code = _decide(low, rng, code, _p0(probs, i1, i2), want, decode)
                 while rng < _TOP:
                     low, rng, cache, csize, pos, code = _renormalize(low, rng, cache, csize, pos, code, buf, decode)
-                if bit == 0:
-                    probs[i1, 0] = pf + ((PROB_ONE - pf) >> FAST_SHIFT)
-                    probs[i1, 1] = ps + ((PROB_ONE - ps) >> SLOW_SHIFT)
-                    probs[i2, 0] = qf + ((PROB_ONE - qf) >> FAST_SHIFT)
-                    probs[i2, 1] = qs + ((PROB_ONE - qs) >> SLOW_SHIFT)
-                else:
-                    probs[i1, 0] = pf - (pf >> FAST_SHIFT)
-                    probs[i1, 1] = ps - (ps >> SLOW_SHIFT)
-                    probs[i2, 0] = qf - (qf >> FAST_SHIFT)
-                    probs[i2, 1] = qs - (qs >> SLOW_SHIFT)
+                _update(probs, i1, i2, bit, FAST_SHIFT, SLOW_SHIFT, FAST_SHIFT, SLOW_SHIFT)
                 # -- what the decision means --
                 class_known = False
                 if phase == _PH_UP:
@@ -420,13 +450,7 @@ def code_plane(plane, prev, has_prev, maxv, decode, buf):
                     if e > 2:
                         # equiprobable bits, most significant first
                         for j in range(e - 3, -1, -1):
-                            rng >>= 1
-                            if decode:
-                                d = 1 if code >= rng else 0
-                                code -= rng * d
-                            else:
-                                d = (mant >> j) & 1
-                                low += rng * d
+                            d, low, rng, code = _equiprobable(low, rng, code, (mant >> j) & 1, decode)
                             rest = (rest << 1) | d
                             if rng < _TOP:
                                 low, rng, cache, csize, pos, code = _renormalize(
@@ -475,6 +499,4 @@ def code_plane(plane, prev, has_prev, maxv, decode, buf):
                 bias_cnt[bctx] >>= 1
     if decode:
         return 0
-    for _ in range(5):
-        low, cache, csize, pos = _shift_low(low, cache, csize, pos, buf)
-    return -1 if pos > nbuf else pos
+    return _finish(low, cache, csize, pos, buf)
