@@ -113,7 +113,10 @@ def values_to_words(values: np.ndarray, outside: np.ndarray | None, fmt: SampleF
 
 
 def split_planes(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Global modality (high planes) and local modality (low k planes)."""
+    """Global modality (high planes) and local modality (low k planes). With k = 0 the
+    global part is ``values`` itself, not a copy (no coder writes to its plane)."""
+    if k == 0:
+        return values, np.zeros(values.shape, dtype=np.int64)  # calloc: no pass over memory
     return values >> k, values & ((1 << k) - 1)
 
 
