@@ -363,7 +363,7 @@ _last_layout: tuple = (None, None)  # (digest, layout), replaced whole: safe acr
 
 def _layout_for(carrier: _Carrier, key: bytes, bits_stored: int, segment_bits: int) -> tuple[np.ndarray, np.ndarray, int]:
     """``_layout`` over a carrier (positions are carrier positions)."""
-    digest = hashlib.blake2b(carrier.flat.astype(np.uint16 if bits_stored <= 16 else np.int64).tobytes(),
+    digest = hashlib.blake2b(np.ascontiguousarray(carrier.flat, dtype=np.uint16 if bits_stored <= 16 else np.int64).data,
                              digest_size=32)
     if carrier.allowed is not None:
         digest.update(np.packbits(carrier.allowed).tobytes())
@@ -764,7 +764,7 @@ def outside_digest(values: np.ndarray, positions_mask: np.ndarray) -> str:
     h = hashlib.sha256(_LABEL + b"outside\x00")
     h.update(json.dumps(list(arr.shape)).encode("ascii"))
     h.update(np.packbits(flat_mask).tobytes())
-    h.update(np.ascontiguousarray(flat[~flat_mask]).astype("<i8").tobytes())
+    h.update(np.ascontiguousarray(flat[~flat_mask], dtype="<i8").data)  # the same bytes, hashed in place
     return h.hexdigest()
 
 
