@@ -274,21 +274,22 @@ def _context_decode(data: bytes, shape: tuple[int, int], scale: int, parent) -> 
 def encode_bands(plane: np.ndarray, band_coder) -> bytes:
     """A wavelet stream: the levels, each band's mode and arguments, then the payloads.
 
-    ``band_coder(i, band, bands) -> (mode, payload)`` codes band ``i`` (mode 0: every
-    coefficient equal, no payload); the header gives a coded band's scale (the gcd of its
-    coefficients) and its payload's length. Shared by every wavelet coder."""
+    ``band_coder(i, band, bands) -> (mode, payload, scale)`` codes band ``i`` (mode 0:
+    every coefficient equal, no payload); the header gives a coded band's scale (the gcd
+    of its coefficients, which the coder has computed) and its payload's length. Shared by
+    every wavelet coder."""
     levels = levels_for(*plane.shape)
     out = IntWriter()
     out.put(levels)
     chunks = []
     bands = forward(plane, levels)
     for i, band in enumerate(bands):
-        mode, payload = band_coder(i, band, bands)
+        mode, payload, scale = band_coder(i, band, bands)
         out.put(mode)
         if mode == 0:
             out.put(int(band.flat[0]) if band.size else 0)
         else:
-            out.put(int(np.gcd.reduce(band.ravel())))
+            out.put(scale)
             out.put(len(payload))
             chunks.append(payload)
     return bytes(out.buf) + b"".join(chunks)
@@ -352,12 +353,12 @@ class WaveletGlobalPathCoder:
         return decode_bands(data, info, lambda i, mode: mode in (0, 1, 2, 3) or (mode == 4 and i > 0), band)
 
     @staticmethod
-    def _band(band: np.ndarray, preset: str, parent) -> tuple[int, bytes]:
-        """(mode, stream) of the smallest coding tried: `max` tries the tree path, sparse
+    def _band(band: np.ndarray, preset: str, parent) -> tuple[int, bytes, int]:
+        """(mode, stream, scale) of the smallest coding tried: `max` tries the tree path, sparse
         runs and (detail bands) the context coder; `fast` codes the low band with
         ``interlaced-ls-v1`` and detail bands with the cheaper two only."""
         if band.size == 0 or (band == band.flat[0]).all():
-            return 0, b""
+            return 0, b"", 0
         scale = int(np.gcd.reduce(band.ravel()))
         band = band // scale
         lo, hi = int(band.min()), int(band.max())
@@ -376,7 +377,8 @@ class WaveletGlobalPathCoder:
             tries.append((2, _sparse_encode(band)))
         if parent is not False:  # a detail band
             tries.append((4, _context_encode(band, scale, parent)))
-        return min(tries, key=lambda t: len(t[1]))
+        mode, stream = min(tries, key=lambda t: len(t[1]))
+        return mode, stream, scale
 
     @staticmethod
     def _dense_decode(chunk: bytes, shape: tuple[int, int], mode: int, preset: str) -> np.ndarray:

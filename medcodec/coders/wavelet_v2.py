@@ -95,11 +95,11 @@ class WaveletV2GlobalPathCoder:
             mode == MODE_RASTER and i == 0), band)
 
 
-def _code_band(i: int, band: np.ndarray, bands: list[np.ndarray], preset: str) -> tuple[int, bytes]:
-    """(mode, payload) of band ``i``: constant, the raster coder (a low band of at most
+def _code_band(i: int, band: np.ndarray, bands: list[np.ndarray], preset: str) -> tuple[int, bytes, int]:
+    """(mode, payload, scale) of band ``i``: constant, the raster coder (a low band of at most
     RASTER_MAX_BITS bits) or the band kernel."""
     if band.size == 0 or (band == band.flat[0]).all():
-        return MODE_CONSTANT, b""
+        return MODE_CONSTANT, b"", 0
     scale = int(np.gcd.reduce(band.ravel()))
     units = band // scale
     lo, hi = int(units.min()), int(units.max())
@@ -111,8 +111,8 @@ def _code_band(i: int, band: np.ndarray, bands: list[np.ndarray], preset: str) -
         head.put(lo)
         head.put(bits)
         sub = PlaneInfo(rows=band.shape[0], cols=band.shape[1], bits=bits, k=0, preset=preset)
-        return MODE_RASTER, bytes(head.buf) + RasterWPCGlobalPathCoder().encode(units - lo, sub)
-    return MODE_BAND, _band_encode(units, _parent(bands, i), scale)
+        return MODE_RASTER, bytes(head.buf) + RasterWPCGlobalPathCoder().encode(units - lo, sub), scale
+    return MODE_BAND, _band_encode(units, _parent(bands, i), scale), scale
 
 
 # Planes up to this many samples that the wavelet probe sends to the wavelet path are
