@@ -219,7 +219,8 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
         fmt = SampleFormat.of(parsed.spec)
         values, outside = words_to_values(parsed.frames, fmt)
         key = keyring.stego_key(uids["SOPInstanceUID"].encode())
-        report["capacity_bits"] = stego.capacity_bits(values, fmt.bits_stored, key=key)
+        cover = stego.Cover(values, key=key, bits_stored=fmt.bits_stored)  # one layout: capacity, plans, embedding
+        report["capacity_bits"] = cover.capacity_bits
         binding = {"format_version": BINDING_FORMAT_VERSION, "uids": uids}
         tiers = _message_tiers(result.removed, phi, keyring)
         report["tier_bytes"] = {tier: crypto.sealed_size(len(m), key_id=keyring.primary_key_id)
@@ -230,8 +231,7 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
             # histogram test and fatal to the codec's palette. Keep the PHI sealed only.
             report["reason"] = "sparse histogram: embedding would add new values; PHI kept sealed in the record"
         else:
-            plan, chosen, reason = _largest_fitting(values, tiers, report["tier_bytes"], key, fmt.bits_stored,
-                                                    deadline)
+            plan, chosen, reason = _largest_fitting(cover, tiers, report["tier_bytes"], deadline)
             if reason:
                 report["reason"] = reason
         mask = plan.mask if plan is not None else np.zeros(values.shape, dtype=bool)
@@ -240,12 +240,10 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
             tier, message, purpose = chosen
             report.update(tier=tier, message_bytes=report["tier_bytes"][tier])
             box = crypto.seal(keyring, message, associated=_binding_ad(binding, purpose))
-            stego_values, displaced = stego.embed(values, box.to_bytes(), key=key, bits_stored=fmt.bits_stored)
+            stego_values, displaced = cover.embed(box.to_bytes())
             sections.append(ct.Section(ct.SECTION_SEALED_DISPLACED, crypto.seal(
                 keyring, displaced, associated=_binding_ad(binding, PURPOSE_DISPLACED)).to_bytes()))
-            report.update(embedded=True, changed=int((stego_values != values).sum()),
-                          max_error=int(np.abs(stego_values - values).max(initial=0)),
-                          psnr=stego.psnr(values, stego_values, fmt.bits_stored))
+            report.update(embedded=True, **cover.changes(stego_values, plan))
         else:
             stego_values = values
         stego_words = values_to_words(stego_values, outside, fmt)
@@ -288,15 +286,14 @@ def _message_tiers(removed: dict[str, Any], phi: bytes, keyring: crypto.Keyring)
             (TIER_ESSENTIAL, essential.encode_essential(removed, link), PURPOSE_PHI_ESSENTIAL)]
 
 
-def _largest_fitting(values: np.ndarray, tiers: list, sizes: dict[str, int], key: bytes, bits_stored: int,
-                     deadline: Deadline = NO_DEADLINE):
+def _largest_fitting(cover: stego.Cover, tiers: list, sizes: dict[str, int], deadline: Deadline = NO_DEADLINE):
     """(plan, tier, reason): the first tier whose sealed message fits; reason says why each
     larger tier did not (None when the full message fits). Never truncates a message."""
     reasons = []
     for tier in tiers:
         deadline.check("between message tiers")
         try:
-            plan = stego.plan_embedding(values, sizes[tier[0]], key=key, bits_stored=bits_stored)
+            plan = cover.plan(sizes[tier[0]])
         except stego.CapacityError as exc:
             reasons.append(f"{tier[0]} message ({sizes[tier[0]]} B sealed) does not fit: {exc}")
             continue

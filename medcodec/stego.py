@@ -103,6 +103,7 @@ __all__ = [
     "MessageNotFoundError",
     "RestoreError",
     "EmbedPlan",
+    "Cover",
     "capacity_bits",
     "embeddable_values",
     "plan_embedding",
@@ -355,9 +356,9 @@ def _layout(
     return tag_positions, message_order, max(0, int(message_order.size) * segment_bits - LENGTH_BITS)
 
 
-# The last layout computed, by a digest of everything it depends on: sealing asks for the
-# same image's layout up to five times (capacity, plan, embed; extract and restore when
-# verifying), at ~35 ms per million values.
+# The last layout computed, by a digest of everything it depends on: verifying a keyed
+# record asks for the stego image's layout twice (extract, then restore), at ~35 ms per
+# million values. (Sealing keeps its cover's layout in a ``Cover``.)
 _last_layout: tuple = (None, None)  # (digest, layout), replaced whole: safe across threads
 
 
@@ -413,12 +414,76 @@ def _capacity_from_order(order: np.ndarray, segment_bits: int) -> int:
     return max(0, int(order.size) * segment_bits - HEADER_BITS)
 
 
+class Cover:
+    """One image made ready to carry a message under one key: its checked flat values, its
+    carrier and its layout, computed once. Sealing asks the same image for its capacity,
+    a plan per message tier and the embedding; through one ``Cover`` they share one copy of
+    the values and one layout instead of each recomputing (or hashing the image to find)
+    them. ``capacity_bits``, ``plan_embedding`` and ``embed`` are this class for one call.
+    """
+
+    def __init__(self, values: np.ndarray, *, key: bytes, bits_stored: int, segment_bits: int = SEGMENT_BITS,
+                 version: int | None = None) -> None:
+        _check_params(bits_stored, segment_bits)
+        self.key = _check_key(key)
+        self.bits_stored = int(bits_stored)
+        self.segment_bits = int(segment_bits)
+        self.shape = tuple(np.shape(values))
+        self.version = _version_for(self.shape) if version is None else version
+        self.flat = _flat_values(values, bits_stored)
+        self.carrier = _carrier(self.flat, self.shape, self.version)
+        self.tag_positions, self.order, self.capacity_bits = _layout(
+            self.carrier.flat, self.key, self.bits_stored, self.segment_bits, self.carrier.allowed)
+
+    def plan(self, message_nbytes: int) -> EmbedPlan:
+        """``plan_embedding`` for this image."""
+        carrier, tag_positions = self.carrier, self.tag_positions
+        positions = _planned(tag_positions, self.order, LENGTH_BITS + 8 * int(message_nbytes), self.segment_bits,
+                             self.capacity_bits)
+        return EmbedPlan(shape=self.shape, positions=carrier.full(positions), tag_positions=carrier.full(tag_positions),
+                         message_nbytes=int(message_nbytes), capacity_bits=self.capacity_bits,
+                         linked_positions=carrier.linked(np.concatenate([tag_positions, positions])))
+
+    def embed(self, message: bytes) -> tuple[np.ndarray, bytes]:
+        """``embed`` into this image (the cover is left as it was)."""
+        key, carrier, tag_positions, segment_bits = self.key, self.carrier, self.tag_positions, self.segment_bits
+        message = bytes(message)
+        bits = _stream_bits(key, message)
+        positions = _planned(tag_positions, self.order, bits.size, segment_bits, self.capacity_bits)
+        random_up = _keyed_bits(key, b"v2/direction", bits.size)
+        carried, changed, d = _embed_run_values(carrier.flat, positions, bits, random_up, self.bits_stored, segment_bits)
+        stego = self.flat.copy()
+        carrier.write(stego, positions, carried[positions])
+        tag_cover = carrier.flat[tag_positions] & 1
+        tag = _image_tag(key, stego, self.shape, self.bits_stored, _tag_cleared(carrier, tag_positions))
+        carrier.write(stego, tag_positions, (carrier.flat[tag_positions] & ~1) | tag)
+        displaced = b"".join(
+            (
+                _DISPLACED_MAGIC,
+                bytes([self.version]),
+                struct.pack("<I", positions.size),
+                _carried_digest(carrier.flat[np.concatenate([tag_positions, positions])]),
+                np.packbits(tag_cover).tobytes(),
+                np.packbits(changed).tobytes(),
+                np.packbits(d[changed] > 0).tobytes(),
+            )
+        )
+        return stego.reshape(self.shape), displaced
+
+    def changes(self, stego_values: np.ndarray, plan: EmbedPlan) -> dict[str, float | int]:
+        """What embedding ``plan``'s message changed: values changed, the largest change and
+        the PSNR of the stego image against this cover. Embedding changes only the plan's
+        values (its mask), so only those are compared."""
+        at = np.concatenate([plan.tag_positions, plan.positions, plan.linked_positions])
+        diff = np.asarray(stego_values).reshape(-1)[at] - self.flat[at]
+        sse = float(np.dot(diff, diff))
+        return {"changed": int(np.count_nonzero(diff)), "max_error": int(np.abs(diff).max(initial=0)),
+                "psnr": _psnr(sse, self.flat.size, self.bits_stored)}
+
+
 def capacity_bits(values: np.ndarray, bits_stored: int, *, key: bytes, segment_bits: int = SEGMENT_BITS) -> int:
     """Message bits the image can carry under ``key`` (length field and tag excluded)."""
-    _check_params(bits_stored, segment_bits)
-    shape = tuple(np.shape(values))
-    carrier = _carrier(_flat_values(values, bits_stored), shape, _version_for(shape))
-    return _layout_for(carrier, _check_key(key), bits_stored, segment_bits)[2]
+    return Cover(values, key=key, bits_stored=bits_stored, segment_bits=segment_bits).capacity_bits
 
 
 def embeddable_values(values: np.ndarray, bits_stored: int, *, segment_bits: int = SEGMENT_BITS) -> int:
@@ -442,15 +507,7 @@ def plan_embedding(
     extractor finds on the stego image: ``outside_digest(cover, plan.mask)`` can be bound
     into the associated data before the message is sealed. Raises CapacityError.
     """
-    _check_params(bits_stored, segment_bits)
-    key = _check_key(key)
-    shape = tuple(np.shape(values))
-    carrier = _carrier(_flat_values(values, bits_stored), shape, _version_for(shape))
-    tag_positions, order, capacity = _layout_for(carrier, key, bits_stored, segment_bits)
-    positions = _planned(tag_positions, order, LENGTH_BITS + 8 * int(message_nbytes), segment_bits, capacity)
-    return EmbedPlan(shape=shape, positions=carrier.full(positions), tag_positions=carrier.full(tag_positions),
-                     message_nbytes=int(message_nbytes), capacity_bits=capacity,
-                     linked_positions=carrier.linked(np.concatenate([tag_positions, positions])))
+    return Cover(values, key=key, bits_stored=bits_stored, segment_bits=segment_bits).plan(message_nbytes)
 
 
 def _planned(tag_positions: np.ndarray, order: np.ndarray, n_bits: int, segment_bits: int, capacity: int) -> np.ndarray:
@@ -477,11 +534,11 @@ def _stream_bits(key: bytes, message: bytes) -> np.ndarray:
 def _image_tag(key: bytes, flat: np.ndarray, shape: tuple[int, ...], bits_stored: int, tag_positions: np.ndarray) -> np.ndarray:
     """The image tag's bits: HMAC-SHA256 over the bit depth, the shape and every value,
     with bit 0 of the tag's own values cleared."""
-    cleared = flat.copy()
-    cleared[tag_positions] &= ~1
+    cleared = flat.astype("<u2")  # the values as the tag covers them (bits_stored <= 16): a copy
+    cleared[tag_positions] &= 0xFFFE
     mac = hmac.new(_subkey(key, b"v2/tag"), digestmod=hashlib.sha256)
     mac.update(struct.pack("<B", bits_stored) + json.dumps(list(shape)).encode("ascii") + b"\x00")
-    mac.update(cleared.astype("<u2").tobytes())
+    mac.update(cleared.data)
     return np.unpackbits(np.frombuffer(mac.digest()[: TAG_BITS // 8], dtype=np.uint8))
 
 
@@ -555,34 +612,7 @@ def _embed(values: np.ndarray, message: bytes, *, key: bytes, bits_stored: int, 
            version: int) -> tuple[np.ndarray, bytes]:
     """``embed`` with the layout version given (2 or 3): tests write version 2 colour images
     as earlier releases did, to check that they are still read."""
-    _check_params(bits_stored, segment_bits)
-    key = _check_key(key)
-    message = bytes(message)
-    flat = _flat_values(values, bits_stored)
-    shape = tuple(np.shape(values))
-    carrier = _carrier(flat, shape, version)
-    tag_positions, order, capacity = _layout_for(carrier, key, bits_stored, segment_bits)
-    bits = _stream_bits(key, message)
-    positions = _planned(tag_positions, order, bits.size, segment_bits, capacity)
-    random_up = _keyed_bits(key, b"v2/direction", bits.size)
-    carried, changed, d = _embed_run_values(carrier.flat, positions, bits, random_up, bits_stored, segment_bits)
-    stego = flat.copy()
-    carrier.write(stego, positions, carried[positions])
-    tag_cover = carrier.flat[tag_positions] & 1
-    tag = _image_tag(key, stego, shape, bits_stored, _tag_cleared(carrier, tag_positions))
-    carrier.write(stego, tag_positions, (carrier.flat[tag_positions] & ~1) | tag)
-    displaced = b"".join(
-        (
-            _DISPLACED_MAGIC,
-            bytes([version]),
-            struct.pack("<I", positions.size),
-            _carried_digest(carrier.flat[np.concatenate([tag_positions, positions])]),
-            np.packbits(tag_cover).tobytes(),
-            np.packbits(changed).tobytes(),
-            np.packbits(d[changed] > 0).tobytes(),
-        )
-    )
-    return stego.reshape(shape), displaced
+    return Cover(values, key=key, bits_stored=bits_stored, segment_bits=segment_bits, version=version).embed(message)
 
 
 def _tag_cleared(carrier: _Carrier, tag_positions: np.ndarray) -> np.ndarray:
@@ -774,7 +804,13 @@ def psnr(a: np.ndarray, b: np.ndarray, bits_stored: int) -> float:
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise StegoError(f"psnr needs equal shapes, got {a.shape} and {b.shape}")
-    mse = float(np.mean((a - b) ** 2)) if a.size else 0.0
+    d = (a - b).reshape(-1)
+    return _psnr(float(np.dot(d, d)), a.size, bits_stored)
+
+
+def _psnr(sse: float, n: int, bits_stored: int) -> float:
+    """PSNR in dB from the sum of squared differences over ``n`` values (inf if none differ)."""
+    mse = sse / n if n else 0.0
     if mse == 0.0:
         return math.inf
     peak = float((1 << bits_stored) - 1)

@@ -358,6 +358,33 @@ def test_layout_and_stego_image_are_stable(values, capacity, digests):
             hashlib.sha256(displaced).hexdigest()) == digests
 
 
+@pytest.mark.parametrize("values", [noisy((2, 1, 40, 72), 12, seed=7), "colour"], ids=["grey", "colour"])
+def test_one_cover_serves_capacity_plans_and_embedding(values):
+    """Sealing asks one ``Cover`` for the capacity, a plan per message tier and the
+    embedding: each answer is the one-call function's, and ``changes`` (computed on the
+    plan's values only) is what comparing the whole images gives."""
+    if isinstance(values, str):
+        values = near_grey_rgb(1, 40, 72, 12, seed=3)
+    cover = stego.Cover(values, key=KEY, bits_stored=12)
+    assert cover.capacity_bits == capacity_bits(values, 12, key=KEY) > 0
+    for nbytes in (1, cover.capacity_bits // 16, cover.capacity_bits // 8):
+        plan, one_call = cover.plan(nbytes), plan_embedding(values, nbytes, key=KEY, bits_stored=12)
+        assert np.array_equal(plan.mask, one_call.mask) and plan.n_bits == one_call.n_bits
+    with pytest.raises(CapacityError):
+        cover.plan(cover.capacity_bits // 8 + 1)
+    message = bytes(range(256)) * (cover.capacity_bits // 2048 + 1)
+    message = message[: cover.capacity_bits // 8]
+    stego_values, displaced = cover.embed(message)
+    assert (stego_values.tobytes(), displaced) == tuple(
+        x.tobytes() if isinstance(x, np.ndarray) else x for x in embed(values, message, key=KEY, bits_stored=12))
+    assert np.array_equal(cover.flat.reshape(values.shape), values), "embedding changed the cover"
+    changes = cover.changes(stego_values, cover.plan(len(message)))
+    assert changes == {"changed": int((stego_values != values).sum()),
+                       "max_error": int(np.abs(stego_values - values).max()),
+                       "psnr": psnr(values, stego_values, 12)}
+    assert changes["changed"] > 0
+
+
 # --------------------------------------------------------------------------------------
 # Colour images (version 3): grey pixels stay grey
 
