@@ -345,8 +345,7 @@ def unseal_dicom(record: ct.Record, keyring: crypto.Keyring, *, stego_words: np.
         if report.get("embedded"):
             key = keyring.stego_key(binding["uids"]["SOPInstanceUID"].encode())
             displaced = _open(record, keyring, PURPOSE_DISPLACED)
-            _, mask = stego.extract(stego_values, key=key, bits_stored=fmt.bits_stored)
-            values = stego.restore(stego_values, displaced, key=key, bits_stored=fmt.bits_stored)
+            values, mask = stego.recover(stego_values, displaced, key=key, bits_stored=fmt.bits_stored)
         else:
             mask = np.zeros(stego_values.shape, dtype=bool)
             values = stego_values

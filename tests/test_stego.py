@@ -358,6 +358,20 @@ def test_layout_and_stego_image_are_stable(values, capacity, digests):
             hashlib.sha256(displaced).hexdigest()) == digests
 
 
+@pytest.mark.parametrize("ties", [False, True])
+def test_keyed_order_is_the_stable_argsort_of_its_sort_keys(monkeypatch, ties):
+    """The run order is defined as the stable argsort of the keystream's 64-bit sort keys;
+    the fast path (default argsort when no two keys tie) must give exactly that order, and
+    tied keys must fall back to it."""
+    n = 5000
+    if ties:  # keys with many ties, as a keystream almost never gives
+        keys = (np.random.default_rng(3).integers(0, 50, n)).astype("<u8")
+        monkeypatch.setattr(stego, "_keystream", lambda key, label, nbytes: keys.tobytes())
+    else:
+        keys = np.frombuffer(stego._keystream(KEY, b"v2/order", 8 * n), dtype="<u8")
+    assert np.array_equal(stego._keyed_order(KEY, b"v2/order", n), np.argsort(keys, kind="stable"))
+
+
 @pytest.mark.parametrize("values", [noisy((2, 1, 40, 72), 12, seed=7), "colour"], ids=["grey", "colour"])
 def test_one_cover_serves_capacity_plans_and_embedding(values):
     """Sealing asks one ``Cover`` for the capacity, a plan per message tier and the
@@ -383,6 +397,27 @@ def test_one_cover_serves_capacity_plans_and_embedding(values):
                        "max_error": int(np.abs(stego_values - values).max()),
                        "psnr": psnr(values, stego_values, 12)}
     assert changes["changed"] > 0
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_recover_is_extract_and_restore_in_one_pass(version):
+    """``recover`` (what verifying a keyed record calls) gives ``restore``'s values and
+    ``extract``'s mask, and fails as they do: a wrong key or an altered pixel is refused."""
+    values = noisy((1, 1, 48, 64), 12, seed=11) if version == 2 else near_grey_rgb(1, 48, 64, 12, seed=5)
+    message = bytes(range(40))
+    stego_values, displaced = embed(values, message, key=KEY, bits_stored=12)
+    got, mask = stego.recover(stego_values, displaced, key=KEY, bits_stored=12)
+    assert np.array_equal(got, values) and got.shape == values.shape
+    assert np.array_equal(mask, extract(stego_values, key=KEY, bits_stored=12)[1])
+    assert np.array_equal(stego_values, embed(values, message, key=KEY, bits_stored=12)[0]), "recover changed its input"
+    with pytest.raises(MessageNotFoundError):
+        stego.recover(stego_values, displaced, key=OTHER_KEY, bits_stored=12)
+    altered = stego_values.copy()
+    altered.reshape(-1)[np.flatnonzero(~mask.reshape(-1))[5]] ^= 2
+    with pytest.raises(MessageNotFoundError):
+        stego.recover(altered, displaced, key=KEY, bits_stored=12)
+    with pytest.raises(RestoreError):
+        stego.recover(stego_values, displaced[:-1], key=KEY, bits_stored=12)
 
 
 # --------------------------------------------------------------------------------------
