@@ -191,7 +191,9 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
 
     try:
         with quiet_pydicom():  # its validation messages quote header values (PHI)
-            ds = pydicom.dcmread(io.BytesIO(data), force=True)
+            # The dataset parse_dicom read (one parse per input); a file it kept none for
+            # (deflated, kept verbatim) is read here.
+            ds = parsed.dataset if parsed.dataset is not None else pydicom.dcmread(io.BytesIO(data), force=True)
             # pydicom converts element values when first accessed: convert every one now, so a
             # value it cannot read (an unknown VR, a length that is no multiple of the value
             # size) fails here rather than inside de-identification.

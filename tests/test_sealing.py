@@ -269,3 +269,22 @@ def test_sparse_histogram_images_keep_the_phi_sealed_only(keyring):
     assert ct.read_record(blob).config["pixels"]["palette"] is True
     assert medcodec.decompress_dicom(blob, keyring=keyring) == data
     assert sealing._open(ct.read_record(blob), keyring, sealing.PURPOSE_PHI)
+
+
+def test_a_keyed_record_reads_its_input_once(keyring, monkeypatch):
+    """One parse per input: de-identification works on the dataset the parse read, so the
+    input's bytes go through pydicom once (the de-identified file is read back once more,
+    to check that it carries the stego pixels; that is our output, not the input)."""
+    data = pydicom_bytes("CT_small.dcm")
+    reads = []
+    real = pydicom.dcmread
+
+    def counting(fp, *args, **kwargs):
+        reads.append(fp.getvalue() if isinstance(fp, io.BytesIO) else None)
+        return real(fp, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", counting)
+    blob = medcodec.compress_dicom(data, keyring=keyring, preset="fast", verify=False)
+    assert sum(r == data for r in reads) == 1 and len(reads) == 2
+    monkeypatch.undo()
+    assert medcodec.decompress_dicom(blob, keyring=keyring) == data

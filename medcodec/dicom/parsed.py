@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,10 @@ class ParsedDicom:
     # modality, transfer_syntax; None where absent), read in the same parse: what an
     # archive indexes the file by. Empty for a file pydicom could not read as a dataset.
     identifiers: dict = field(default_factory=dict, compare=False)
+    # pydicom's dataset from that parse (values of 64 KiB or more still unread in the
+    # file), which de-identification reads again instead of the file: None where the parse
+    # kept no dataset.
+    dataset: Any = field(default=None, compare=False, repr=False)
 
 
 def verbatim(data: bytes, spec: PixelSpec | None, note: str) -> ParsedDicom:

@@ -126,7 +126,7 @@ def _parse(data: bytes, *, keep_codestream: bool, limits: DicomLimits) -> Parsed
     ids = identifiers(ds)
 
     def done(parsed: ParsedDicom) -> ParsedDicom:
-        return replace(parsed, identifiers=ids)
+        return replace(parsed, identifiers=ids, dataset=ds)
 
     implicit, little = ds.original_encoding
     if implicit is None:
