@@ -1,4 +1,4 @@
-"""Throughput of the migrate job on the local runner, by number of worker processes.
+"""Throughput of the migrate job on the local runner, by number of workers (threads).
 
     python -m benchmarks.pipeline_throughput [--workers 1 2] [--runs 3] [--preset max|fast]
                                              [--keyed] [--max-mb MB] [--json OUT.json]

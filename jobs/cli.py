@@ -517,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
             help='fsspec options as JSON, e.g. \'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\'',
         )
         p.add_argument("--runner", help="Beam runner (default FnApiRunner, in-process and offline)")
-        p.add_argument("--workers", type=int, help="local worker processes (default 1)")
+        p.add_argument("--workers", type=int, help="local workers: threads of one process (default 1)")
         p.add_argument("--pipeline-config", help="JSON job config: runner, workers, beam_args (see jobs/configs/)")
         p.set_defaults(beam_args=[], accepts_beam_args=True)
 

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def eligible_runs(runs, maxval, group, min_range):
     """Per run (row of ``runs``): no value at 0 or ``maxval``, and every group of
     ``group`` values has a range of at least ``min_range`` once clipped to [2, maxval - 2]."""
@@ -41,7 +41,7 @@ def eligible_runs(runs, maxval, group, min_range):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def robust_runs(runs, maxval, group, min_range):
     """Per run: with bit 0 of every value cleared, every value lies in [2, maxval - 3]
     and every group's range is at least ``min_range + 1``."""

@@ -52,7 +52,8 @@ class MigrateConfig:
     storage_options: dict = field(default_factory=dict)
     progress_dir: str | None = None
     # Torch threads per worker for the transformer path (None: torch's default). Local
-    # runners with N worker processes give each cores // N, so they do not oversubscribe.
+    # runners with N workers give each cores // N, so they do not oversubscribe (worker
+    # threads set the same value for their one process).
     model_threads: int | None = None
     # A-LoRA adapters by modality group ({"CT": sha256, ...}, files under DST/models/):
     # inputs of those modalities are coded with base + adapter (and the v1.0 local path,

@@ -75,7 +75,8 @@ def test_s3_migrate_audit_restore(s3, tmp_path):
     fs.pipe("src-bucket/in/zips/studies.zip", buf.getvalue())
     src, dst = "s3://src-bucket/in", "s3://dst-bucket/archives/one"
 
-    first = run_migrate(src, dst, preset="fast", local_model="classical-v1", progress=False, phi_in_clear=True, storage_options=s3, workers=2)
+    first = run_migrate(src, dst, preset="fast", local_model="classical-v1", progress=False, phi_in_clear=True, storage_options=s3, workers=2,
+                        beam_args=["--direct_running_mode=multi_processing"])
     assert (first["archived"], first["deadlettered"], first["skipped"]) == (6, 0, 0)
     assert first["shards"] == 5  # CT, MR, NM, SC (2 instances) and emri studies
 

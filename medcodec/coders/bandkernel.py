@@ -62,7 +62,7 @@ def _mag_class(m, n):
     return c if c < n else n - 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def code_band(band, parent, has_parent, scale, max_class, decode, buf):
     """Encode ``band`` (signed coefficients, in units of ``scale``) into ``buf`` (returns
     the byte count, or -1 if ``buf`` was too small) or decode ``buf`` into ``band``

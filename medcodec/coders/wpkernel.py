@@ -211,7 +211,7 @@ def _bucket(x, n):
     return b if b < n else n - 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def code_plane(plane, prev, has_prev, maxv, decode, buf):
     """Encode ``plane`` into ``buf`` (returns the byte count, or -1 if ``buf`` was too
     small) or decode ``buf`` into ``plane`` (returns 0, or -2 if the data decodes to a
