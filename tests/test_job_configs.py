@@ -32,3 +32,12 @@ def test_schedule_examples_are_well_formed():
     ast.parse((folder / "airflow_dag.py").read_text())
     cron = [l for l in (folder / "crontab").read_text().splitlines() if l and not l.startswith("#") and "=" not in l.split()[0]]
     assert len(cron) == 3 and all(len(l.split()) > 6 and "medarchive" in l.lower() for l in cron)
+
+
+def test_local_workers_are_threads_unless_processes_are_asked_for():
+    """--workers N on the local runner: N threads of one process (no Beam start-up and
+    kernel loading per worker); Beam's own option, passed through, still gives processes."""
+    assert pipeline_options("FnApiRunner", 1).get_all_options()["direct_running_mode"] == "in_memory"
+    assert pipeline_options("FnApiRunner", 2).get_all_options()["direct_running_mode"] == "multi_threading"
+    opts = pipeline_options("FnApiRunner", 2, ["--direct_running_mode=multi_processing"]).get_all_options()
+    assert (opts["direct_running_mode"], opts["direct_num_workers"]) == ("multi_processing", 2)
