@@ -21,6 +21,11 @@ median over ``--runs`` of:
   does (Beam, listing, parsing, de-identification, sealing and stego with
   ``--keyed``, tar, index) is overhead.
 
+With ``--keyed`` a last line times the encode stage's own work (``Codec.archive_dicom``
+and ``inspect``) on every file with and without the key, in this process: the keyed
+path's cost apart from Beam (whose start-up and scheduling vary by a second or more
+between runs on a small job).
+
 ``--keyed`` migrates with a fresh keyring (sealed, de-identified records); without it
 the records keep the headers in clear.
 """
@@ -125,6 +130,30 @@ def codec_seconds(files: list[tuple[Path, Path]], *, runs: int, preset: str) -> 
     return statistics.median(totals)
 
 
+def keying_seconds(files: list[tuple[Path, Path]], *, runs: int, preset: str, key_file: str) -> tuple[float, float]:
+    """Median over ``runs`` of (keyless, keyed) seconds of the encode stage's own work,
+    ``medcodec.Codec.archive_dicom`` (parse, de-identify, seal, embed, code, verify) plus
+    ``inspect``, over every file in this process: what keying costs without Beam's noise.
+    The two alternate within each run."""
+    import time
+
+    import medcodec
+    from pipelines.keys import load_keyring
+
+    datas = [path.read_bytes() for _, path in files]
+    codecs = (medcodec.Codec(preset=preset), medcodec.Codec(preset=preset, keyring=load_keyring(key_file)))
+    for codec in codecs:
+        codec.archive_dicom(datas[0])  # load the compiled kernels
+    totals: tuple[list[float], list[float]] = ([], [])
+    for _ in range(runs):
+        for codec, times in zip(codecs, totals):
+            t0 = time.perf_counter()
+            for data in datas:
+                codec.inspect(codec.archive_dicom(data)[0])
+            times.append(time.perf_counter() - t0)
+    return statistics.median(totals[0]), statistics.median(totals[1])
+
+
 def measure(src: Path, work: Path, *, workers: int, runs: int, preset: str, key_file: str | None = None) -> dict:
     from pipelines.runner import run_migrate
 
@@ -153,7 +182,8 @@ def measure(src: Path, work: Path, *, workers: int, runs: int, preset: str, key_
     }
 
 
-def format_table(rows: list[dict], *, files: int, mb: float, preset: str, keyed: bool, codec_s: float) -> str:
+def format_table(rows: list[dict], *, files: int, mb: float, preset: str, keyed: bool, codec_s: float,
+                 keying: tuple[float, float] | None = None) -> str:
     lines = [
         f"migrate throughput, local FnApiRunner, preset {preset}, {'keyed' if keyed else 'keyless'}: {files} "
         f"instances, {mb:.1f} MB (pydicom-data, native {'/'.join(MODALITIES)}), {os.cpu_count()} CPU(s), "
@@ -171,6 +201,10 @@ def format_table(rows: list[dict], *, files: int, mb: float, preset: str, keyed:
     if one:
         lines.append(f"codec alone (compress_pixels + decompress_pixels on the same pixels): {codec_s:.1f} s; "
                      f"one-worker overhead: {one[0]['wall_s'] / codec_s - 1:+.0%} of codec time")
+    if keying:
+        plain, sealed = keying
+        lines.append(f"keying in the codec (Codec.archive_dicom + inspect, this process): {plain:.2f} s keyless, "
+                     f"{sealed:.2f} s keyed: +{sealed - plain:.2f} s ({(sealed - plain) / codec_s:+.0%} of codec time)")
     return "\n".join(lines)
 
 
@@ -188,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipelines.runner import quiet_beam_logs
 
+    import medcodec
+
+    medcodec.allocator.tune()  # as the migrate's workers do (EncodeInstance.setup): the codec-only timings too
     quiet_beam_logs()
     logging.getLogger("pydicom").setLevel(logging.ERROR)  # odd test files warn while sniffing
     max_bytes = int(args.max_mb * 1e6) if args.max_mb else None
@@ -205,13 +242,14 @@ def main(argv: list[str] | None = None) -> int:
             key_file = str(Path(tmp) / "bench.key")
             Keyring.create(key_file)
         codec_s = codec_seconds(files, runs=args.runs, preset=args.preset)
+        keying = keying_seconds(files, runs=args.runs, preset=args.preset, key_file=key_file) if key_file else None
         rows = [measure(src, Path(tmp), workers=w, runs=args.runs, preset=args.preset, key_file=key_file)
                 for w in args.workers]
     print(format_table(rows, files=len(files), mb=total / 1e6, preset=args.preset, keyed=args.keyed,
-                       codec_s=codec_s))
+                       codec_s=codec_s, keying=keying))
     if args.json:
         Path(args.json).write_text(json.dumps({"preset": args.preset, "keyed": args.keyed, "files": len(files),
-                                               "bytes": total, "codec_s": codec_s, "results": rows}, indent=2))
+                                               "bytes": total, "codec_s": codec_s, "keying_s": keying, "results": rows}, indent=2))
     return 0
 
 
