@@ -67,49 +67,66 @@ class SampleFormat:
     def stored_mask(self) -> int:
         return self.value_mask << self.low_bit
 
+    @property
+    def sign_fill(self) -> int:
+        """The bits above HighBit that a conforming writer sets in a negative sample's word
+        (its sign extension): 0 for unsigned samples and where HighBit is the word's top bit."""
+        if not self.signed:
+            return 0
+        return ((1 << self.bits_allocated) - 1) & ~((1 << (self.high_bit + 1)) - 1)
+
     def expected_outside(self, values: np.ndarray) -> np.ndarray:
         """The outside bits a conforming writer produces for these (offset-binary) values."""
-        if not self.signed:
-            return np.zeros(values.shape, dtype=np.int64)
-        word_mask = (1 << self.bits_allocated) - 1
-        above = word_mask & ~((1 << (self.high_bit + 1)) - 1)
+        if not self.sign_fill:
+            return np.zeros(values.shape, dtype=np.int64)  # calloc: no pass over memory
         negative = (values >> (self.bits_stored - 1)) == 0  # offset binary: sign bit flipped
-        return np.where(negative, above, 0).astype(np.int64)
+        return np.where(negative, self.sign_fill, 0).astype(np.int64)
+
+    def _sign_extension(self, words: np.ndarray) -> np.ndarray:
+        """``expected_outside`` from words whose stored bits are set (their sign bit is
+        HighBit), in the words' dtype (``sign_fill`` nonzero)."""
+        word = self.word_dtype.type
+        return ((words >> word(self.high_bit)) & word(1)) * word(self.sign_fill)
+
+
+# Both conversions below run over every sample of every image a migrate seals or a
+# restore rebuilds: masks, shifts and the sign in the words' own width, and one widening
+# or narrowing each (an int64 temporary costs as much as a tenth of the pixel kernel).
 
 
 def words_to_values(words: np.ndarray, fmt: SampleFormat) -> tuple[np.ndarray, np.ndarray]:
     """Split stored words into (offset-binary values, outside-bit residual), both int64."""
     if words.dtype != fmt.word_dtype:
         raise UnsupportedError(f"words must be {fmt.word_dtype}, got {words.dtype}")
-    # masks and shifts in the words' own width, then one widening each: sealing splits
-    # every image several times, and int64 temporaries cost more than the arithmetic
     word_mask = (1 << fmt.bits_allocated) - 1
     shifted = words >> fmt.low_bit if fmt.low_bit else words
     if fmt.bits_stored < fmt.bits_allocated:
         shifted = shifted & fmt.value_mask
-    values = shifted.astype(np.int64)
-    outside = (words & (word_mask & ~fmt.stored_mask)).astype(np.int64)
     if fmt.signed:
-        values ^= 1 << (fmt.bits_stored - 1)
-        outside ^= fmt.expected_outside(values)
-    return values, outside
+        shifted = shifted ^ fmt.word_dtype.type(1 << (fmt.bits_stored - 1))
+    values = shifted.astype(np.int64)
+    outside_mask = word_mask & ~fmt.stored_mask
+    outside = words & fmt.word_dtype.type(outside_mask) if outside_mask else None
+    if fmt.sign_fill:
+        outside ^= fmt._sign_extension(words)
+    if outside is None or not outside.any():
+        return values, np.zeros(values.shape, dtype=np.int64)  # the usual case, without a pass
+    return values, outside.astype(np.int64)
 
 
 def values_to_words(values: np.ndarray, outside: np.ndarray | None, fmt: SampleFormat) -> np.ndarray:
-    """Exact inverse of :func:`words_to_values` (``outside`` None: all zero, the usual case).
-
-    One pass over the samples where it can be: restores are decode-bound and a full-size
-    int64 temporary costs as much as a tenth of the pixel kernel."""
-    v = values.astype(np.int64, copy=False)
-    raw = v ^ (1 << (fmt.bits_stored - 1)) if fmt.signed else v
+    """Exact inverse of :func:`words_to_values` (``outside`` None: all zero, the usual case)."""
+    words = np.asarray(values).astype(fmt.word_dtype)  # values lie in 0..2**bits_stored - 1
+    if fmt.signed:
+        words ^= fmt.word_dtype.type(1 << (fmt.bits_stored - 1))
     if fmt.low_bit:
-        raw = raw << fmt.low_bit
-    fill = fmt.expected_outside(v) if fmt.signed else None
-    if outside is not None:
-        fill = outside if fill is None else outside ^ fill
+        words <<= fmt.word_dtype.type(fmt.low_bit)
+    fill = fmt._sign_extension(words) if fmt.sign_fill else None
+    if outside is not None:  # the residual is relative to the sign extension
+        fill = outside.astype(fmt.word_dtype) if fill is None else fill ^ outside.astype(fmt.word_dtype)
     if fill is not None:
-        raw = raw | fill
-    return raw.astype(fmt.word_dtype)
+        words |= fill
+    return words
 
 
 def split_planes(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

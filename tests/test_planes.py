@@ -38,6 +38,26 @@ def test_words_values_roundtrip_any_bits(case):
     assert np.array_equal(values_to_words(values, outside, fmt), words)
 
 
+@given(formats_and_words())
+def test_words_split_as_the_format_defines(case):
+    """The record format's definition, written out in int64 arithmetic: values are the
+    stored bits (sign bit flipped when signed), the outside residual is the bits outside
+    BitsStored XOR the sign extension a conforming writer stores (FORMAT.md, ``outside``);
+    the conversions themselves work in the words' dtype."""
+    fmt, words = case
+    w = words.astype(np.int64)
+    values = (w >> fmt.low_bit) & fmt.value_mask
+    if fmt.signed:
+        values ^= 1 << (fmt.bits_stored - 1)
+    outside = (w & ~(fmt.value_mask << fmt.low_bit) & ((1 << fmt.bits_allocated) - 1)) ^ fmt.expected_outside(values)
+    got_values, got_outside = words_to_values(words, fmt)
+    assert got_values.dtype == got_outside.dtype == np.int64
+    assert np.array_equal(got_values, values) and np.array_equal(got_outside, outside)
+    conforming = values_to_words(values, None, fmt)
+    assert conforming.dtype == fmt.word_dtype
+    assert not words_to_values(conforming, fmt)[1].any()
+
+
 @given(formats_and_words(), st.integers(0, 15))
 def test_split_merge_roundtrip(case, k):
     fmt, words = case
