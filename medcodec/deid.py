@@ -418,16 +418,20 @@ class _Walker:
         ds[tag] = DataElement(tag, vr, value)
 
 
-def deidentify(ds: Dataset, *, uid_key: bytes) -> DeidResult:
+def deidentify(ds: Dataset, *, uid_key: bytes, in_place: bool = False) -> DeidResult:
     """Apply the Basic Application Level Confidentiality Profile to a copy of ``ds``.
 
-    ``ds`` is never modified. ``uid_key`` is ``Keyring.uid_key()`` (>= 16 bytes).
+    ``ds`` is not modified, unless ``in_place``: then ``ds`` itself is de-identified and
+    returned as the result's dataset, which spares a deep copy of every element (a
+    quarter of the de-identification's time) where the caller has no further use for
+    the original dataset (sealing: the parse's own). ``uid_key`` is
+    ``Keyring.uid_key()`` (>= 16 bytes).
     """
     _check_uid_key(uid_key)
     if not isinstance(ds, Dataset):
         raise DeidError(f"deidentify needs a pydicom Dataset, got {type(ds).__name__}")
     with quiet_pydicom():
-        out = copy.deepcopy(ds)
+        out = ds if in_place else copy.deepcopy(ds)
         walker = _Walker(uid_key)
         meta = getattr(out, "file_meta", None)
         if meta is not None:

@@ -193,7 +193,9 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
         with quiet_pydicom():  # its validation messages quote header values (PHI)
             # The dataset parse_dicom read (one parse per input); a file it kept none for
             # (deflated, kept verbatim) is read here.
-            ds = parsed.dataset if parsed.dataset is not None else pydicom.dcmread(io.BytesIO(data), force=True)
+            ds = parsed.take_dataset()
+            if ds is None:
+                ds = pydicom.dcmread(io.BytesIO(data), force=True)
             # pydicom converts element values when first accessed: convert every one now, so a
             # value it cannot read (an unknown VR, a length that is no multiple of the value
             # size) fails here rather than inside de-identification.
@@ -202,7 +204,9 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
                     pass
     except Exception as exc:
         raise SealingError(f"header cannot be read for de-identification: {type(exc).__name__}") from None
-    result = deid.deidentify(ds, uid_key=keyring.uid_key())
+    # The dataset is this sealing's own (taken from the parse, or read just above):
+    # de-identified in place, not copied.
+    result = deid.deidentify(ds, uid_key=keyring.uid_key(), in_place=True)
     new = result.dataset
     uids = {k: str(new.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
     phi = ct.lzma_pack(result.removed_bytes())

@@ -213,6 +213,11 @@ def test_planted_phi_never_survives(path):
     assert _write(original) == before
 
     out = _write(result.dataset)
+    # In place (sealing's way: the dataset is its own) is the same de-identification.
+    own = _plant(_read(path))
+    in_place = deidentify(own, uid_key=UID_KEY, in_place=True)
+    assert in_place.dataset is own
+    assert _write(own) == out and in_place.removed == result.removed and in_place.uid_map == result.uid_map
     for text in PHI.values():
         for needle in _needles(text):
             assert needle not in out, f"planted PHI {needle!r} survived"

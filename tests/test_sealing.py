@@ -288,3 +288,22 @@ def test_a_keyed_record_reads_its_input_once(keyring, monkeypatch):
     assert sum(r == data for r in reads) == 1 and len(reads) == 2
     monkeypatch.undo()
     assert medcodec.decompress_dicom(blob, keyring=keyring) == data
+
+
+def test_sealing_one_parse_twice_seals_the_original_header_both_times(keyring):
+    """Sealing de-identifies the parse's dataset in place: the parse hands it over, and a
+    second sealing of the same parse reads the file again instead of de-identifying the
+    de-identified dataset (which would seal no PHI at all)."""
+    from medcodec.dicom import parse_dicom
+
+    data = pydicom_bytes("CT_small.dcm")
+    parsed = parse_dicom(data)
+    assert parsed.dataset is not None
+    blobs = [medcodec.compress_dicom(data, keyring=keyring, preset="fast", parsed=parsed) for _ in range(2)]
+    assert parsed.dataset is None
+    revealed = [sealing.reveal(medcodec.decompress_dicom(b), keyring) for b in blobs]
+    assert revealed[0] == revealed[1]
+    assert revealed[0]["elements"]  # the PHI the original header holds, not an empty record
+    for blob in blobs:
+        assert medcodec.decompress_dicom(blob, keyring=keyring) == data
+

@@ -45,9 +45,17 @@ class ParsedDicom:
     # archive indexes the file by. Empty for a file pydicom could not read as a dataset.
     identifiers: dict = field(default_factory=dict, compare=False)
     # pydicom's dataset from that parse (values of 64 KiB or more still unread in the
-    # file), which de-identification reads again instead of the file: None where the parse
-    # kept no dataset.
+    # file), which de-identification uses instead of reading the file again: None where
+    # the parse kept no dataset, or once ``take_dataset`` handed it over.
     dataset: Any = field(default=None, compare=False, repr=False)
+
+    def take_dataset(self) -> Any:
+        """The parse's dataset, handed over once: the taker may change it (sealing
+        de-identifies it in place), so this parse forgets it (None from then on, and a
+        second sealing of the same parse reads the file again)."""
+        ds = self.dataset
+        object.__setattr__(self, "dataset", None)  # frozen: the one field that may be let go
+        return ds
 
 
 def verbatim(data: bytes, spec: PixelSpec | None, note: str) -> ParsedDicom:
