@@ -43,7 +43,7 @@ from .dicom import (
     rebuild_dicom,
 )
 from .dicom.syntaxes import EXPLICIT_VR_LE
-from .errors import CorruptRecordError, LimitExceededError, MedcodecError, record_errors
+from .errors import CorruptRecordError, LimitExceededError, MedcodecError, UnsupportedError, record_errors, shown
 from .planes import SampleFormat, value_palette, values_to_words, words_to_values
 from .spec import PixelSpec
 
@@ -51,11 +51,15 @@ PURPOSE_ORIGINAL = "original"
 PURPOSE_DISPLACED = "displaced"
 PURPOSE_PHI = "phi"
 PURPOSE_PHI_ESSENTIAL = "phi-essential"  # only ever embedded, never a section
-# The "format_version" of a sealed box's binding (part of its associated data): the record
-# format the binding's layout was defined in, fixed at 1.0. It does not follow the container's
-# minor version: reveal() rebuilds the binding from a stego file alone, with no record to read
-# a version from, so a binding written under any 1.x must name the same version.
-BINDING_FORMAT_VERSION = "1.0"
+# The "format_version" of a sealed box's binding (part of its associated data): which
+# pixel digest it holds. It does not follow the container's minor version. "1.0": the
+# outside values as int64 (stego.outside_digest without bits_stored); "1.1", what writers
+# use: every value at its sample width, the embedded ones as 0 (a quarter of the bytes to
+# hash for 16-bit images). reveal() rebuilds the binding from a stego file alone, with
+# no record to read the version from: it tries each version (the newest first), and the
+# associated data, which names the version, lets only the right one open.
+BINDING_FORMAT_VERSION = "1.1"
+BINDING_FORMAT_VERSIONS = ("1.1", "1.0")
 TIER_FULL, TIER_ESSENTIAL, TIER_NONE = "full", "essential", "none"
 SEALED_SECTIONS = {
     PURPOSE_ORIGINAL: ct.SECTION_SEALED_ORIGINAL,
@@ -66,6 +70,12 @@ SEALED_SECTIONS = {
 
 class SealingError(MedcodecError):
     """A keyed operation cannot be carried out (e.g. the de-identified file cannot be written)."""
+
+
+def _pixel_digest(version: str, values: np.ndarray, mask: np.ndarray, bits_stored: int) -> str:
+    """The binding's digest of the pixels that embedding does not touch, as ``version``
+    (one of BINDING_FORMAT_VERSIONS: ``_sealed`` refuses others) defines it."""
+    return stego.outside_digest(values, mask, bits_stored=None if version == "1.0" else bits_stored)
 
 
 def _binding_ad(binding: dict[str, Any], purpose: str) -> bytes:
@@ -241,7 +251,7 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
             if reason:
                 report["reason"] = reason
         mask = plan.mask if plan is not None else np.zeros(values.shape, dtype=bool)
-        binding["pixel_digest"] = stego.outside_digest(values, mask)
+        binding["pixel_digest"] = _pixel_digest(BINDING_FORMAT_VERSION, values, mask, fmt.bits_stored)
         if plan is not None:
             tier, message, purpose = chosen
             report.update(tier=tier, message_bytes=report["tier_bytes"][tier])
@@ -317,6 +327,9 @@ def _sealed(record: ct.Record) -> tuple[dict[str, Any], dict[str, Any]]:
             and isinstance(binding.get("uids"), dict) and "SOPInstanceUID" in binding["uids"]
             and all(isinstance(k, str) and isinstance(v, str) for k, v in binding["uids"].items())):
         raise CorruptRecordError("keyed record's 'sealed' config is malformed (binding, UIDs or stego report)")
+    if binding["format_version"] not in BINDING_FORMAT_VERSIONS:
+        raise UnsupportedError(f"binding format version {shown(binding['format_version'])} unknown; this reader "
+                               f"knows {', '.join(BINDING_FORMAT_VERSIONS)}")
     return sealed, binding
 
 
@@ -355,7 +368,7 @@ def unseal_dicom(record: ct.Record, keyring: crypto.Keyring, *, stego_words: np.
         else:
             mask = np.zeros(stego_values.shape, dtype=bool)
             values = stego_values
-        if stego.outside_digest(stego_values, mask) != binding["pixel_digest"]:
+        if _pixel_digest(binding["format_version"], stego_values, mask, fmt.bits_stored) != binding["pixel_digest"]:
             raise crypto.IntegrityError("pixels do not match the sealed binding (record altered or transplanted)")
         words = values_to_words(values, outside, fmt)
         parsed = ParsedDicom(restore_mode=meta["restore_mode"], spec=spec, prefix=prefix, suffix=suffix,
@@ -410,20 +423,26 @@ def reveal(stego_file: bytes, keyring: crypto.Keyring, *, limits: DicomLimits | 
     uids = {k: str(ds.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
     key = keyring.stego_key(uids["SOPInstanceUID"].encode())
     message, mask, version = stego.extract_versioned(values, key=key, bits_stored=fmt.bits_stored)
-    binding = {"format_version": BINDING_FORMAT_VERSION, "uids": uids,
-               "pixel_digest": stego.outside_digest(values, mask)}
     box = crypto.SealedBox.from_bytes(message)
-    try:
-        phi = crypto.open_sealed(keyring, box, associated=_binding_ad(binding, PURPOSE_PHI))
-    except crypto.IntegrityError as full_error:
-        # The tier is bound into the associated data: only one of the two opens.
+    first_error = None
+    # The binding's version and the tier are both in the associated data: only one
+    # (version, tier) opens the message.
+    for binding_version in BINDING_FORMAT_VERSIONS:
+        binding = {"format_version": binding_version, "uids": uids,
+                   "pixel_digest": _pixel_digest(binding_version, values, mask, fmt.bits_stored)}
+        try:
+            phi = crypto.open_sealed(keyring, box, associated=_binding_ad(binding, PURPOSE_PHI))
+        except crypto.IntegrityError as exc:
+            first_error = first_error or exc
+        else:
+            return {**deid.removed_from_bytes(_inflate_sealed(phi, "revealed message", limits)), "tier": TIER_FULL,
+                    "stego_version": version}
         try:
             plain = crypto.open_sealed(keyring, box, associated=_binding_ad(binding, PURPOSE_PHI_ESSENTIAL))
         except crypto.IntegrityError:
-            raise full_error from None
+            continue
         return {**essential.decode_essential(plain), "stego_version": version}
-    return {**deid.removed_from_bytes(_inflate_sealed(phi, "revealed message", limits)), "tier": TIER_FULL,
-            "stego_version": version}
+    raise first_error
 
 
 @record_errors

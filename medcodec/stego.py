@@ -845,11 +845,17 @@ def _restore(flat: np.ndarray, shape: tuple[int, ...], displaced: bytes, key: by
 # Binding and quality
 
 
-def outside_digest(values: np.ndarray, positions_mask: np.ndarray) -> str:
+def outside_digest(values: np.ndarray, positions_mask: np.ndarray, *, bits_stored: int | None = None) -> str:
     """Hex SHA-256 of the values outside the embedded positions (and of the mask and shape).
 
     Equal for the cover and the stego image (embedding only changes masked values), so
     it binds a sealed message to the pixels that embedding does not touch.
+
+    ``bits_stored`` None: the digest of binding format 1.0, the outside values in order
+    as little-endian int64. Given (binding format 1.1): every value at its sample width
+    (1 byte up to 8 bits, else 2; little-endian, unsigned), the embedded positions' as
+    0, under its own label: a quarter of the bytes to hash for 16-bit images, and no
+    gather of the outside values. Values outside 0..2**bits_stored - 1 are refused.
     """
     arr = np.asarray(values)
     mask = np.asarray(positions_mask, dtype=bool)
@@ -857,10 +863,19 @@ def outside_digest(values: np.ndarray, positions_mask: np.ndarray) -> str:
         raise StegoError(f"positions mask has {mask.size} entries for {arr.size} values")
     flat = arr.reshape(-1)
     flat_mask = mask.reshape(-1)
-    h = hashlib.sha256(_LABEL + b"outside\x00")
+    h = hashlib.sha256(_LABEL + (b"outside\x00" if bits_stored is None else b"outside-samples\x00"))
     h.update(json.dumps(list(arr.shape)).encode("ascii"))
     h.update(np.packbits(flat_mask).tobytes())
-    h.update(np.ascontiguousarray(flat[~flat_mask], dtype="<i8").data)  # the same bytes, hashed in place
+    if bits_stored is None:
+        h.update(np.ascontiguousarray(flat[~flat_mask], dtype="<i8").data)  # the same bytes, hashed in place
+        return h.hexdigest()
+    if not 1 <= bits_stored <= 16:
+        raise StegoError(f"bits_stored must be 1..16, got {bits_stored}")
+    if flat.size and (int(flat.min()) < 0 or int(flat.max()) >= 1 << bits_stored):
+        raise StegoError(f"values must lie in 0..{(1 << bits_stored) - 1}")
+    samples = flat.astype("<u1" if bits_stored <= 8 else "<u2")
+    samples[flat_mask] = 0
+    h.update(samples.data)
     return h.hexdigest()
 
 

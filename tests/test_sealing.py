@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import json
 import logging
 import lzma
 import struct
@@ -307,3 +308,29 @@ def test_sealing_one_parse_twice_seals_the_original_header_both_times(keyring):
     for blob in blobs:
         assert medcodec.decompress_dicom(blob, keyring=keyring) == data
 
+
+def test_new_bindings_hold_the_sample_width_digest_and_name_it(keyring):
+    """Writers bind sealed sections to binding format 1.1 (pixel digest over every value
+    at its sample width); the version is in the associated data, so a record claiming
+    1.0 for a 1.1 digest does not open, and a version this reader does not know is
+    refused by name. (Records with 1.0 bindings are golden records: test_golden.)"""
+    data = pydicom_bytes("CT_small.dcm")
+    blob = medcodec.compress_dicom(data, keyring=keyring, preset="fast")
+    record = ct.read_record(blob)
+    binding = record.config["sealed"]["binding"]
+    assert binding["format_version"] == sealing.BINDING_FORMAT_VERSION == "1.1"
+    values, spec = _values(medcodec.decompress_dicom(blob))
+    key = keyring.stego_key(binding["uids"]["SOPInstanceUID"].encode())
+    _, mask = stego.extract(values, key=key, bits_stored=spec.bits_stored)
+    assert binding["pixel_digest"] == stego.outside_digest(values, mask, bits_stored=spec.bits_stored)
+    assert sealing.reveal(medcodec.decompress_dicom(blob), keyring)["tier"] == "full"
+
+    def claiming(version):
+        config = json.loads(json.dumps(record.config))
+        config["sealed"]["binding"]["format_version"] = version
+        return ct.write_record(ct.Record(config=config, sections=record.sections))
+
+    with pytest.raises(crypto.IntegrityError):
+        medcodec.decompress_dicom(claiming("1.0"), keyring=keyring)
+    with pytest.raises(medcodec.UnsupportedError, match="binding format version '7.0' unknown"):
+        medcodec.decompress_dicom(claiming("7.0"), keyring=keyring)

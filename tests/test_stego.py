@@ -79,6 +79,7 @@ def _check_round_trip(values, message, bits, key=KEY):
     plan = plan_embedding(values, len(message), key=key, bits_stored=bits)
     assert np.array_equal(plan.mask, mask) and plan.n_bits == HEADER_BITS + 8 * len(message)
     assert outside_digest(values, mask) == outside_digest(stego_values, mask)
+    assert outside_digest(values, mask, bits_stored=bits) == outside_digest(stego_values, mask, bits_stored=bits)
     # Deterministic: same inputs, same outputs.
     again, displaced_again = embed(values, message, key=key, bits_stored=bits)
     assert np.array_equal(again, stego_values) and displaced_again == displaced
@@ -307,6 +308,10 @@ def test_invalid_inputs_are_typed_errors():
         lambda: embed(values, b"x", key=KEY, bits_stored=17),
         lambda: capacity_bits(values, 8, key=KEY, segment_bits=12),
         lambda: outside_digest(values, np.zeros(3, dtype=bool)),
+        lambda: outside_digest(values + 256, np.zeros(values.shape, dtype=bool), bits_stored=8),
+        lambda: outside_digest(np.where(values == values.flat[0], -1, values), np.zeros(values.shape, dtype=bool),
+                               bits_stored=8),
+        lambda: outside_digest(values, np.zeros(values.shape, dtype=bool), bits_stored=17),
     ):
         with pytest.raises(StegoError) as info:
             call()
@@ -572,3 +577,34 @@ def test_compiled_run_tests_match_their_numpy_definitions(bits, spread, n, seed,
     runs = np.clip(level + rng.integers(-spread, spread + 1, (n, stego.SEGMENT_BITS)), 0, maxval).astype(dtype)
     assert np.array_equal(stego._eligible(runs, bits), _eligible_reference(runs.astype(np.int64), bits))
     assert np.array_equal(stego._robust(runs, bits), _robust_reference(runs.astype(np.int64), bits))
+
+
+@pytest.mark.parametrize("bits", [8, 12, 16])
+def test_outside_digests_cover_exactly_the_values_outside_the_mask(bits):
+    """Both pixel digests (binding 1.0: int64 outside values; 1.1: every value at its
+    sample width, masked ones as 0) ignore the masked values and see every other value,
+    the mask and the shape; the two differ from each other; 1.1 is the definition in
+    FORMAT.md, recomputed here from it."""
+    import hashlib
+    import json
+
+    values = noisy((2, 1, 16, 24), bits)
+    mask = np.zeros(values.shape, dtype=bool)
+    mask[0, 0, 3, 5:12] = mask[1, 0, 9, 0] = True
+    for width in (None, bits):
+        base = outside_digest(values, mask, bits_stored=width)
+        masked = values.copy()
+        masked[mask] = (masked[mask] + 1) % (1 << bits)
+        assert outside_digest(masked, mask, bits_stored=width) == base
+        changed = values.copy()
+        changed[1, 0, 9, 1] ^= 1
+        assert outside_digest(changed, mask, bits_stored=width) != base
+        other_mask = mask.copy()
+        other_mask[1, 0, 9, 1] = True
+        assert outside_digest(values, other_mask, bits_stored=width) != base
+        assert outside_digest(values.reshape(1, 2, 16, 24), mask.reshape(1, 2, 16, 24), bits_stored=width) != base
+    assert outside_digest(values, mask) != outside_digest(values, mask, bits_stored=bits)
+    samples = np.where(mask, 0, values).astype("<u1" if bits <= 8 else "<u2")
+    spec = hashlib.sha256(b"medarchive/stego/v1/outside-samples\x00" + json.dumps(list(values.shape)).encode()
+                          + np.packbits(mask.reshape(-1)).tobytes() + samples.tobytes())
+    assert outside_digest(values, mask, bits_stored=bits) == spec.hexdigest()
