@@ -466,7 +466,7 @@ class Cover:
         random_up = _keyed_bits(key, b"v2/direction", bits.size)
         carried, changed, d = _embed_run_values(carrier.flat, positions, bits, random_up, self.bits_stored, segment_bits)
         stego = self.flat.copy()
-        carrier.write(stego, positions, carried[positions])
+        carrier.write(stego, positions, carried)
         tag_cover = carrier.flat[tag_positions] & 1
         tag = _image_tag(key, stego, self.shape, self.bits_stored, _tag_cleared(carrier, tag_positions))
         carrier.write(stego, tag_positions, (carrier.flat[tag_positions] & ~1) | tag)
@@ -565,7 +565,7 @@ def _directions(cover: np.ndarray, random_up: np.ndarray, maxval: int) -> np.nda
 def _embed_run_values(
     flat: np.ndarray, positions: np.ndarray, bits: np.ndarray, random_up: np.ndarray, bits_stored: int, segment_bits: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stego flat values, plus (changed, direction) per carrying value.
+    """The carrying values after embedding, plus (changed, direction), each per carrying value.
 
     Invariant (what makes extraction possible): every used run stays eligible. Values
     never reach 0 or the maximum (1 always goes up, max - 1 always down). Random
@@ -580,14 +580,18 @@ def _embed_run_values(
     cover = flat[positions]
     changed = (cover & 1) != bits
     d = _directions(cover, random_up, maxval)
-    stego = flat.copy()
-    stego[positions] = cover + changed * d
 
+    # Only the used runs are looked at (not a copy of the image): the carrying values are
+    # the first values of the runs they fill, in order.
     run_starts = positions[::segment_bits] // segment_bits
     run_idx = run_starts[:, None] * segment_bits + np.arange(segment_bits, dtype=np.int64)
-    ok = _eligible(stego[run_idx], bits_stored)
+    if not np.array_equal(run_idx.reshape(-1)[: positions.size], positions):  # pragma: no cover - by construction
+        raise StegoError("internal error: carrying positions do not fill their runs in order")
+    cover_runs = flat[run_idx]  # (k, L)
+    runs = cover_runs.copy()
+    runs.reshape(-1)[: positions.size] = cover + changed * d
+    ok = _eligible(runs, bits_stored)
     if not ok.all():
-        cover_runs = flat[run_idx]  # (k, L)
         clipped = _clip(cover_runs, maxval).reshape(cover_runs.shape[0], -1, GROUP)
         gmin = np.repeat(clipped.min(axis=2), GROUP, axis=1).reshape(-1)
         gmax = np.repeat(clipped.max(axis=2), GROUP, axis=1).reshape(-1)
@@ -600,10 +604,10 @@ def _embed_run_values(
         high = sel & (c == gmax[local])
         d[low] = np.where(cover[low] > 1, -1, 1)
         d[high] = np.where(cover[high] < maxval - 1, 1, -1)
-        stego[positions] = cover + changed * d
-        if not _eligible(stego[run_idx], bits_stored).all():  # pragma: no cover - excluded by the invariant
+        runs.reshape(-1)[: positions.size] = cover + changed * d
+        if not _eligible(runs, bits_stored).all():  # pragma: no cover - excluded by the invariant
             raise StegoError("internal error: embedding changed run eligibility")
-    return stego, changed, d
+    return runs.reshape(-1)[: positions.size], changed, d
 
 
 def embed(
