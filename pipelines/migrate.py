@@ -55,6 +55,9 @@ class MigrateConfig:
     # runners with N workers give each cores // N, so they do not oversubscribe (worker
     # threads set the same value for their one process).
     model_threads: int | None = None
+    # Local runners with N > 1 workers: how many ways Beam splits the encode stage's input
+    # (the inputs are dealt out evenly by size for it: _dealt_evenly); None elsewhere.
+    local_workers: int | None = None
     # A-LoRA adapters by modality group ({"CT": sha256, ...}, files under DST/models/):
     # inputs of those modalities are coded with base + adapter (and the v1.0 local path,
     # the smaller record kept); other modalities with the preset's models.
@@ -191,6 +194,31 @@ def _with_indexed(keyed: tuple[str, dict]) -> Iterator[tuple[SourceRef, frozense
     known = frozenset(groups["indexed"])
     for ref in groups["listed"]:
         yield ref, known
+
+
+def balanced_order(items: list, sizes: list[int], ways: int) -> list:
+    """``items`` in an order that deals them out evenly by size to ``ways`` takers who each
+    take every ``ways``-th item: the largest first, in rounds of ``ways`` whose direction
+    alternates (a snake draft), so no taker gets the largest item of every round (two
+    takers' shares then differ by at most the largest item)."""
+    ranked = [item for _, _, item in sorted(zip((-s for s in sizes), range(len(items)), items))]
+    out = []
+    for start in range(0, len(ranked), ways):
+        round_ = ranked[start : start + ways]
+        out.extend(round_ if (start // ways) % 2 == 0 else round_[::-1])
+    return out
+
+
+def _dealt_evenly(pairs: list[tuple[SourceRef, frozenset]], ways: int) -> list[tuple[SourceRef, frozenset]]:
+    """Every listed input of a local run, in ``balanced_order`` by size for ``ways`` workers.
+
+    Beam's local runner splits the encode stage's input into one part per worker thread,
+    dealing the elements out in the order they arrived, and never rebalances: with a few
+    large files among many small ones, one thread got about three times the other's work
+    (benchmarks.pipeline_throughput --workers 2; the notes of issue 22). Local runs hold
+    every element in memory anyway, so the list of inputs is gathered and ordered here;
+    distributed runners balance work themselves and never take this step."""
+    return balanced_order(pairs, [ref.size or 0 for ref, _ in pairs], ways)
 
 
 class EncodeInstance(beam.DoFn):
@@ -631,10 +659,17 @@ class Migrate(beam.PTransform):
             | "ReadIndex" >> beam.ParDo(ReadIndexKeys(cfg))
         )
         keyed = listed.refs | "KeySources" >> beam.ParDo(KeySources(cfg))
-        encoded = (
+        inputs = (
             {"listed": keyed, "indexed": indexed}
             | "MeetIndex" >> beam.CoGroupByKey()
             | "WithIndexed" >> beam.FlatMap(_with_indexed)
+        )
+        if cfg.local_workers:
+            inputs = (inputs
+                      | "Gather" >> beam.combiners.ToList()
+                      | "DealEvenly" >> beam.FlatMap(_dealt_evenly, cfg.local_workers))
+        encoded = (
+            inputs
             | "Reshuffle" >> beam.Reshuffle()
             | "Encode" >> beam.ParDo(EncodeInstance(cfg)).with_outputs("dead", "skipped", main="instances")
         )

@@ -230,6 +230,7 @@ def _run_migrate_pipeline(archive: Archive, run_id: str, index_files: tuple[str,
             storage_options=storage_options,
             progress_dir=progress_dir if (progress and local) else None,
             model_threads=max(1, (os.cpu_count() or 1) // workers) if local else None,
+            local_workers=workers if local and workers > 1 else None,
         )
         started = time.time()
         pipeline = beam.Pipeline(options=pipeline_options(runner, workers, beam_args))

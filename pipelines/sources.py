@@ -10,7 +10,7 @@ from __future__ import annotations
 import tarfile
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
 from .storage import open_fs
@@ -21,10 +21,15 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 @dataclass(frozen=True, order=True)
 class SourceRef:
-    """One input instance: a file, or a member of a zip/tar archive."""
+    """One input instance: a file, or a member of a zip/tar archive.
+
+    ``size``: its bytes as listing saw them (a file's stored size, a zip or tar member's
+    uncompressed size; None where unknown). It only orders work (``migrate.balanced_order``)
+    and is not part of its identity."""
 
     url: str
     member: str | None = None
+    size: int | None = field(default=None, compare=False)
 
     @property
     def identity(self) -> str:
@@ -126,27 +131,29 @@ def expand_file(url: str, *, storage_options: dict | None = None) -> Iterator[So
     try:
         with fs.open(path, "rb") as fh:
             head = fh.read(512)
+            size = getattr(fh, "size", None)  # known from opening it: no request of its own
         kind = _archive_kind(head)
         members = None if kind is None else _archive_members(fs, path, kind)
     except Exception as exc:  # an unreadable archive is a dead letter, never a crash
         yield SourceRef(url), exc
         return
     if members is None:
-        yield SourceRef(url)
+        yield SourceRef(url, size=size if isinstance(size, int) else None)
     else:
-        for member in members:
-            yield SourceRef(url, member)
+        for member, member_size in members:
+            yield SourceRef(url, member, size=member_size)
 
 
-def _archive_members(fs, path: str, kind: str) -> list[str] | None:
-    """Member names of a zip/tar archive; None for a gzip file that holds no tar (one file)."""
+def _archive_members(fs, path: str, kind: str) -> list[tuple[str, int]] | None:
+    """(name, uncompressed size) of each member of a zip/tar archive; None for a gzip file
+    that holds no tar (one file)."""
     with fs.open(path, "rb") as fh:
         if kind == "zip":
             with zipfile.ZipFile(fh) as zf:
-                return [info.filename for info in zf.infolist() if not info.is_dir()]
+                return [(info.filename, info.file_size) for info in zf.infolist() if not info.is_dir()]
         try:
             with tarfile.open(fileobj=fh, mode="r:gz" if kind == "tgz" else "r:") as tf:
-                names = [info.name for info in tf.getmembers() if info.isfile()]
+                names = [(info.name, info.size) for info in tf.getmembers() if info.isfile()]
                 # gzip'd zeros read as an empty tar: take such a file as one input, never as none
                 return None if kind == "tgz" and not names else names
         except tarfile.TarError:

@@ -192,14 +192,33 @@ def test_local_restore_all_is_byte_exact(local, tmp_path):
         assert p.stem.split("-")[0] == ds.SOPInstanceUID
 
 
-def test_two_worker_threads_do_what_one_worker_does(local, tmp_path):
+def test_two_worker_threads_do_what_one_worker_does(local, tmp_path, monkeypatch):
     """``--workers 2`` on the local runner: two worker threads of one process (the compiled
     coders release the GIL). The same inputs give the same records; audit and restore,
-    with two workers too, pass and are byte-exact."""
+    with two workers too, pass and are byte-exact. The inputs are dealt out evenly by
+    size: each thread gets the share ``balanced_order`` deals it."""
+    import threading
+
+    from pipelines import migrate
+
+    dealt: dict[int, list[int]] = {}
+    encode = migrate.EncodeInstance.process
+
+    def counting(self, element):
+        dealt.setdefault(threading.get_ident(), []).append(element[0].size)
+        yield from encode(self, element)
+
+    monkeypatch.setattr(migrate.EncodeInstance, "process", counting)
     dst = tmp_path / "dst"
     summary = run_migrate(str(local.src), str(dst), preset="fast", local_model="classical-v1", progress=False,
                           phi_in_clear=True, workers=2)
+    monkeypatch.undo()
     assert (summary["archived"], summary["deadlettered"], summary["workers"]) == (local.first["archived"], 1, 2)
+    sizes = [size for got in dealt.values() for size in got]
+    assert len(sizes) == len(local.inputs) + 1 and None not in sizes  # the inputs and notes.txt, sizes known
+    # Each thread got the share balanced_order deals it (not whatever the arrival order gave).
+    order = migrate.balanced_order(sizes, sizes, 2)
+    assert sorted(sorted(got) for got in dealt.values()) == sorted([sorted(order[0::2]), sorted(order[1::2])])
 
     def records(archive_dir):
         return sorted((r["source_sha256"], r["record_sha256"]) for r in Archive(str(archive_dir)).read_index().to_pylist())
@@ -213,6 +232,35 @@ def test_two_worker_threads_do_what_one_worker_does(local, tmp_path):
         return sorted(sha(p.read_bytes()) for p in out.rglob("*") if p.is_file())
 
     assert restored(dst, tmp_path / "two", 2) == restored(local.dst, tmp_path / "one", 1)
+
+
+def test_listing_gives_each_input_its_size(local):
+    """Plain files, zip and tar members: the size an input reads as (members uncompressed)."""
+    from pipelines.sources import list_sources
+
+    listed = {ref.identity: ref.size for ref in list_sources(str(local.src)) if isinstance(ref, SourceRef)}
+    for rel, data in local.inputs.items():
+        assert listed[local_ref(local.src, rel).identity] == len(data), rel
+
+
+@pytest.mark.parametrize("ways", [1, 2, 3])
+def test_inputs_are_dealt_out_evenly_by_size(ways):
+    """balanced_order: the same items, the largest first; the takers' shares (every
+    ``ways``-th item, as the local runner deals them) differ by no more than the largest
+    item (for two takers always; here for three too)."""
+    from pipelines.migrate import balanced_order
+
+    sizes = [7200, 6200, 6200, 2100, 2100, 900, 900, 900, 500, 300, 40, 40, 10] + [5] * 20
+    items = [f"input{i}" for i in range(len(sizes))]
+    order = balanced_order(items, sizes, ways)
+    assert sorted(order) == sorted(items)
+    size_of = dict(zip(items, sizes))
+    assert size_of[order[0]] == max(sizes)
+    shares = [sum(size_of[x] for x in order[k::ways]) for k in range(ways)]
+    assert max(shares) - min(shares) <= max(sizes)
+    # Dealt in arrival order instead, one taker of two would get 1.6x the other's bytes.
+    if ways == 2:
+        assert sum(sizes[0::2]) > 1.6 * sum(sizes[1::2])
 
 
 def test_local_restore_one_study(local, tmp_path):
