@@ -96,6 +96,17 @@ class SampleFormat:
 
 def words_to_values(words: np.ndarray, fmt: SampleFormat) -> tuple[np.ndarray, np.ndarray]:
     """Split stored words into (offset-binary values, outside-bit residual), both int64."""
+    values, outside = words_to_samples(words, fmt)
+    if outside is None:
+        return values.astype(np.int64), np.zeros(values.shape, dtype=np.int64)  # the usual case, without a pass
+    return values.astype(np.int64), outside.astype(np.int64)
+
+
+def words_to_samples(words: np.ndarray, fmt: SampleFormat) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`words_to_values` in the words' own dtype (uint8 or uint16), the outside
+    residual None where it is all zero: what sealing, stego and the digests read, at a
+    quarter (16-bit) or an eighth (8-bit) of the int64 bytes. The values may share memory
+    with ``words`` (when no bit needs moving): read them, do not write to them."""
     if words.dtype != fmt.word_dtype:
         raise UnsupportedError(f"words must be {fmt.word_dtype}, got {words.dtype}")
     word_mask = (1 << fmt.bits_allocated) - 1
@@ -104,14 +115,13 @@ def words_to_values(words: np.ndarray, fmt: SampleFormat) -> tuple[np.ndarray, n
         shifted = shifted & fmt.value_mask
     if fmt.signed:
         shifted = shifted ^ fmt.word_dtype.type(1 << (fmt.bits_stored - 1))
-    values = shifted.astype(np.int64)
     outside_mask = word_mask & ~fmt.stored_mask
     outside = words & fmt.word_dtype.type(outside_mask) if outside_mask else None
     if fmt.sign_fill:
         outside ^= fmt._sign_extension(words)
     if outside is None or not outside.any():
-        return values, np.zeros(values.shape, dtype=np.int64)  # the usual case, without a pass
-    return values, outside.astype(np.int64)
+        return shifted, None
+    return shifted, outside
 
 
 def values_to_words(values: np.ndarray, outside: np.ndarray | None, fmt: SampleFormat) -> np.ndarray:

@@ -44,7 +44,7 @@ from .dicom import (
 )
 from .dicom.syntaxes import EXPLICIT_VR_LE
 from .errors import CorruptRecordError, LimitExceededError, MedcodecError, UnsupportedError, record_errors, shown
-from .planes import SampleFormat, value_palette, values_to_words, words_to_values
+from .planes import SampleFormat, value_palette, values_to_words, words_to_samples
 from .spec import PixelSpec
 
 PURPOSE_ORIGINAL = "original"
@@ -233,7 +233,7 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
         report["reason"] = "source kept verbatim: no pixels to embed in"
     else:
         fmt = SampleFormat.of(parsed.spec)
-        values, outside = words_to_values(parsed.frames, fmt)
+        values, outside = words_to_samples(parsed.frames, fmt)
         key = keyring.stego_key(uids["SOPInstanceUID"].encode())
         cover = stego.Cover(values, key=key, bits_stored=fmt.bits_stored)  # one layout: capacity, plans, embedding
         report["capacity_bits"] = cover.capacity_bits
@@ -359,7 +359,7 @@ def unseal_dicom(record: ct.Record, keyring: crypto.Keyring, *, stego_words: np.
         fmt = SampleFormat.of(spec)
         if stego_words is None:
             raise CorruptRecordError("keyed record has no pixel data to restore from")
-        stego_values, outside = words_to_values(stego_words, fmt)
+        stego_values, outside = words_to_samples(stego_words, fmt)
         report = sealed["stego"]
         if report.get("embedded"):
             key = keyring.stego_key(binding["uids"]["SOPInstanceUID"].encode())
@@ -415,7 +415,7 @@ def reveal(stego_file: bytes, keyring: crypto.Keyring, *, limits: DicomLimits | 
     if parsed.frames is None:
         raise stego.MessageNotFoundError("file has no pixel data that could carry a message")
     fmt = SampleFormat.of(parsed.spec)
-    values, _ = words_to_values(parsed.frames, fmt)
+    values, _ = words_to_samples(parsed.frames, fmt)
     import pydicom
 
     with quiet_pydicom():

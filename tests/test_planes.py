@@ -13,6 +13,7 @@ from medcodec.planes import (
     merge_planes,
     split_planes,
     values_to_words,
+    words_to_samples,
     words_to_values,
 )
 
@@ -56,6 +57,14 @@ def test_words_split_as_the_format_defines(case):
     conforming = values_to_words(values, None, fmt)
     assert conforming.dtype == fmt.word_dtype
     assert not words_to_values(conforming, fmt)[1].any()
+    # the same split in the words' own dtype (what sealing and stego read), the
+    # all-zero residual as None; back to the same words from either width
+    narrow, narrow_outside = words_to_samples(words, fmt)
+    assert narrow.dtype == fmt.word_dtype and np.array_equal(narrow, values)
+    assert (narrow_outside is None) == (not outside.any())
+    if narrow_outside is not None:
+        assert narrow_outside.dtype == fmt.word_dtype and np.array_equal(narrow_outside, outside)
+    assert np.array_equal(values_to_words(narrow, narrow_outside, fmt), words)
 
 
 @given(formats_and_words(), st.integers(0, 15))
