@@ -207,7 +207,15 @@ def value_palette(values: np.ndarray, bits: int) -> np.ndarray | None:
     Images with sparse histograms (rescaled data, few grey levels in a wide range) are
     common; their indices are dense, which the predictors and tables need.
     """
-    used = np.flatnonzero(np.bincount(values.ravel(), minlength=1 << bits))
+    from .countkernel import value_counts  # numba: loaded on first use
+
+    flat = np.ascontiguousarray(values).reshape(-1)
+    if not np.issubdtype(flat.dtype, np.integer):
+        raise TypeError(f"values must be integers, got {flat.dtype}")
+    counts, bad = value_counts(flat, 1 << bits)
+    if bad >= 0:
+        raise ValueError(f"value {flat[bad]} lies outside 0..{(1 << bits) - 1}")
+    used = np.flatnonzero(counts)
     sparse = used.size and (int(used[-1]) - int(used[0]) + 1) >= PACK_SPAN_FACTOR * used.size
     if sparse and used.size * PACK_PIXELS_PER_ENTRY <= values.size:
         return used.astype(np.int64)

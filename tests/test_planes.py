@@ -12,6 +12,7 @@ from medcodec.planes import (
     choose_k,
     merge_planes,
     split_planes,
+    value_palette,
     values_to_words,
     words_to_samples,
     words_to_values,
@@ -135,6 +136,34 @@ def test_palette_pack_roundtrip(vals):
     packed = pack_values(values, palette)
     assert packed.max() < (1 << palette_bits(palette))
     assert np.array_equal(unpack_values(packed, palette), values)
+
+
+@given(st.integers(0, 2**32 - 1), st.sampled_from([1, 8, 12, 16]), st.sampled_from([np.uint8, np.uint16, np.int64]),
+       st.integers(0, 3000))
+def test_value_counts_are_bincount(seed, bits, dtype, n):
+    """The compiled histogram behind ``value_palette`` counts as ``np.bincount`` does, in
+    any integer dtype, and names the first value outside the range instead of writing
+    past its table."""
+    from medcodec.countkernel import value_counts
+
+    if np.iinfo(dtype).max < (1 << bits) - 1:
+        bits = 8
+    rng = np.random.default_rng(seed)
+    # sparse and dense histograms: a few levels spread over the range, or every value
+    levels = rng.integers(0, 1 << bits, size=rng.integers(1, 40))
+    flat = (rng.choice(levels, n) if seed % 2 else rng.integers(0, 1 << bits, n)).astype(dtype)
+    counts, bad = value_counts(flat, 1 << bits)
+    assert bad == -1 and np.array_equal(counts, np.bincount(flat.astype(np.int64), minlength=1 << bits))
+    palette = value_palette(flat, bits)
+    used = np.flatnonzero(counts)
+    if palette is not None:
+        assert np.array_equal(palette, used)
+    if bits < 16 or dtype is np.int64:
+        wide = flat.astype(np.int64)
+        wide = np.append(wide, [1 << bits, 5])
+        assert value_counts(wide, 1 << bits)[1] == n
+        with pytest.raises(ValueError):
+            value_palette(wide, bits)
 
 
 @given(st.integers(0, 2**32 - 1), st.sampled_from([2, 3, 4]), st.sampled_from([8, 12, 16]))
