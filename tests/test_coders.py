@@ -7,6 +7,7 @@ wrote them, damage fails cleanly, and the golden records (test_golden.py) pin th
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 
@@ -127,6 +128,21 @@ def test_bytes_do_not_depend_on_the_process_that_wrote_them():
     )
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
     assert bytes.fromhex(there.stdout) == here
+
+
+def test_the_stream_is_pinned():
+    # The stream is part of the record format: a change to the kernel that moves one
+    # prediction or probability shows up here (speed work must keep these; a new model
+    # needs a new id). Real planes (the interior and edge paths), and one with a previous plane.
+    from tests.test_wavefront import _real_plane
+
+    digests = []
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        a, bits = _real_plane(name)
+        digests.append(hashlib.sha256(WPC.encode(a, _info(a, bits))).hexdigest()[:16])
+    prev = np.clip(a + np.random.default_rng(3).integers(-3, 4, a.shape), 0, (1 << bits) - 1)
+    digests.append(hashlib.sha256(WPC.encode(a, _info(a, bits), prev)).hexdigest()[:16])
+    assert digests == ["af3ab747fb54d2c3", "4fb0b7fe1a816585", "fdcfbcd171bfd4a4"]
 
 
 # --- damage ---------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from .wpkernel import (
     _p0,
     _renormalize,
     _start,
+    _u,
     _update,
 )
 
@@ -83,13 +84,13 @@ def code_band(band, parent, has_parent, scale, max_class, decode, buf):
         if py >= prow:
             py = prow - 1
         for x in range(cols):
-            W = np.int64(band[y, x - 1]) if x > 0 else 0
-            WW = np.int64(band[y, x - 2]) if x > 1 else 0
+            W = np.int64(band[_u(y), _u(x - 1)]) if x > 0 else 0
+            WW = np.int64(band[_u(y), _u(x - 2)]) if x > 1 else 0
             if y > 0:
-                N = np.int64(band[y - 1, x])
-                NW = np.int64(band[y - 1, x - 1]) if x > 0 else 0
-                NE = np.int64(band[y - 1, x + 1]) if x + 1 < cols else 0
-                NN = np.int64(band[y - 2, x]) if y > 1 else 0
+                N = np.int64(band[_u(y - 1), _u(x)])
+                NW = np.int64(band[_u(y - 1), _u(x - 1)]) if x > 0 else 0
+                NE = np.int64(band[_u(y - 1), _u(x + 1)]) if x + 1 < cols else 0
+                NN = np.int64(band[_u(y - 2), _u(x)]) if y > 1 else 0
             else:
                 N = 0
                 NW = 0
@@ -103,7 +104,7 @@ def code_band(band, parent, has_parent, scale, max_class, decode, buf):
                 px = x >> 1
                 if px >= pcol:
                     px = pcol - 1
-                pm = abs(np.int64(parent[py, px])) // scale
+                pm = abs(np.int64(parent[_u(py), _u(px)])) // scale
                 pc = _mag_class(pm, N_PARENT)
             base1 = (_bucket(act, N_ACT) * N_PARENT + pc) * SLOTS
             base2 = (N_CTX1 + (_mag_class(aW, N_MAG) * N_MAG + _mag_class(aN, N_MAG)) * 2
@@ -114,7 +115,7 @@ def code_band(band, parent, has_parent, scale, max_class, decode, buf):
             m = 0
             c = 0
             if not decode:
-                v = np.int64(band[y, x])
+                v = np.int64(band[_u(y), _u(x)])
                 m = v if v >= 0 else -v
                 c = 0 if m == 0 else _floor_log2(m) + 1
             # decisions: class walk (phase 0), sign (1), first mantissa bit (2)
@@ -137,16 +138,16 @@ def code_band(band, parent, has_parent, scale, max_class, decode, buf):
                 bit, low, rng, code = _decide(low, rng, code, _p0(probs, i1, i2), want, decode)
                 while rng < _TOP:
                     low, rng, cache, csize, pos, code = _renormalize(low, rng, cache, csize, pos, code, buf, decode)
-                n1 = np.int64(seen[i1])
-                n2 = np.int64(seen[i2])
-                f1 = _RATE[n1] if _RATE[n1] < FAST_SHIFT else FAST_SHIFT
-                f2 = _RATE[n2] if _RATE[n2] < FAST_SHIFT else FAST_SHIFT
-                s1 = _RATE[n1]
-                s2 = _RATE[n2]
+                n1 = np.int64(seen[_u(i1)])
+                n2 = np.int64(seen[_u(i2)])
+                f1 = _RATE[_u(n1)] if _RATE[_u(n1)] < FAST_SHIFT else FAST_SHIFT
+                f2 = _RATE[_u(n2)] if _RATE[_u(n2)] < FAST_SHIFT else FAST_SHIFT
+                s1 = _RATE[_u(n1)]
+                s2 = _RATE[_u(n2)]
                 if n1 < _SEEN_MAX:
-                    seen[i1] = n1 + 1
+                    seen[_u(i1)] = n1 + 1
                 if n2 < _SEEN_MAX:
-                    seen[i2] = n2 + 1
+                    seen[_u(i2)] = n2 + 1
                 _update(probs, i1, i2, bit, f1, s1, f2, s2)
                 if phase == 0:
                     if bit:
@@ -174,7 +175,7 @@ def code_band(band, parent, has_parent, scale, max_class, decode, buf):
             elif c == 1 and decode:
                 m = 1
             if decode:
-                band[y, x] = -m if neg else m
+                band[_u(y), _u(x)] = -m if neg else m
     if decode:
         return 0
     return _finish(low, cache, csize, pos, buf)

@@ -36,6 +36,13 @@ import numpy as np
 from numba import njit
 from numba.cpython.unsafe.numbers import leading_zeros
 
+
+@njit(cache=True, inline="always")
+def _u(i):
+    """An index as unsigned: numba then adds no negative-index wraparound (a compare and
+    an add per subscript; 10% of the kernel's time). Every index here is >= 0."""
+    return np.uint64(i)
+
 # --- binary range coder ---------------------------------------------------------------------------
 
 _TOP = 1 << 24
@@ -57,7 +64,7 @@ def _shift_low(low, cache, csize, pos, buf):
         temp = cache
         while True:
             if pos < buf.size:
-                buf[pos] = (temp + carry) & 0xFF
+                buf[_u(pos)] = (temp + carry) & 0xFF
             pos += 1
             temp = 0xFF
             csize -= 1
@@ -74,7 +81,7 @@ def _renormalize(low, rng, cache, csize, pos, code, buf, decode):
     """One byte of renormalization: the encoder writes one, the decoder reads one."""
     rng <<= 8
     if decode:
-        code = ((code << 8) | (buf[pos] if pos < buf.size else 0)) & _MASK32
+        code = ((code << 8) | (buf[_u(pos)] if pos < buf.size else 0)) & _MASK32
         pos += 1
     else:
         low, cache, csize, pos = _shift_low(low, cache, csize, pos, buf)
@@ -89,7 +96,7 @@ def _start(buf, decode):
     code = 0
     if decode:
         for _ in range(5):
-            code = ((code << 8) | (buf[pos] if pos < buf.size else 0)) & _MASK32
+            code = ((code << 8) | (buf[_u(pos)] if pos < buf.size else 0)) & _MASK32
             pos += 1
     return 0, _MASK32, 0, 1, pos, code
 
@@ -137,16 +144,16 @@ def _adapt(p, bit, shift):
 def _p0(probs, i1, i2):
     """A decision's probability of a 0: the mean of the fast and slow estimates of its two
     context slots (rows ``i1`` and ``i2`` of ``probs``)."""
-    return (np.int64(probs[i1, 0]) + np.int64(probs[i1, 1]) + np.int64(probs[i2, 0]) + np.int64(probs[i2, 1])) >> 2
+    return (np.int64(probs[_u(i1), 0]) + np.int64(probs[_u(i1), 1]) + np.int64(probs[_u(i2), 0]) + np.int64(probs[_u(i2), 1])) >> 2
 
 
 @njit(cache=True, inline="always")
 def _update(probs, i1, i2, bit, fast1, slow1, fast2, slow2):
     """Move the four estimates of a decision towards its bit, each at its own shift."""
-    probs[i1, 0] = _adapt(np.int64(probs[i1, 0]), bit, fast1)
-    probs[i1, 1] = _adapt(np.int64(probs[i1, 1]), bit, slow1)
-    probs[i2, 0] = _adapt(np.int64(probs[i2, 0]), bit, fast2)
-    probs[i2, 1] = _adapt(np.int64(probs[i2, 1]), bit, slow2)
+    probs[_u(i1), 0] = _adapt(np.int64(probs[_u(i1), 0]), bit, fast1)
+    probs[_u(i1), 1] = _adapt(np.int64(probs[_u(i1), 1]), bit, slow1)
+    probs[_u(i2), 0] = _adapt(np.int64(probs[_u(i2), 0]), bit, fast2)
+    probs[_u(i2), 1] = _adapt(np.int64(probs[_u(i2), 1]), bit, slow2)
 
 
 # --- model ------------------------------------------------------------------------------------------
@@ -156,7 +163,7 @@ N_PRED = N_BASE + 1
 EXTRA = 3  # sub-predictions are in units of 1 / 2**EXTRA
 # JPEG-XL's weighted-predictor defaults (p1, p2, p3a..p3e, and the sub-predictors' maximum weights).
 _P1, _P2, _P3A, _P3B, _P3C = 16, 10, 7, 7, 7
-_WMAX = np.array([13, 12, 12, 12, 12, 12, 12, 14, 12], dtype=np.int64)
+_WMAX0, _WMAX1, _WMAX7, _WMAX8 = 13, 12, 14, 12  # W + NE - N; the error-corrected forms and the rest; LMS; previous plane
 N_TAPS = 12  # the filter below is written out tap by tap (t0..t11, w0..w11)
 LMS_BITS = 16
 LMS_MU = 2  # step: MU / 2**LMS_STEP of the normalized gradient
@@ -197,7 +204,7 @@ def _floor_log2(x):
 def _weight(err_sum, wmax):
     # JPEG-XL's error-to-weight map, 4 + wmax * 2**24 / (err_sum + 1), from one table
     # (error sums beyond its end weigh as its last entry)
-    return 4 + wmax * _INV[err_sum if err_sum < _INV_SIZE else _INV_SIZE - 1]
+    return 4 + wmax * _INV[_u(err_sum if err_sum < _INV_SIZE else _INV_SIZE - 1)]
 
 
 @njit(cache=True, inline="always")
@@ -209,6 +216,21 @@ def _bucket(x, n):
         lg = _floor_log2(x)
         b = 2 * lg + ((x >> (lg - 1)) & 1)
     return b if b < n else n - 1
+
+
+@njit(cache=True, inline="always")
+def _near_errors(perr, pN, pNE, pNW, i):
+    """Sub-predictor ``i``'s error sum around the pixel: N, NE and NW (W is added into N's slot)."""
+    return perr[_u(pN), i] + perr[_u(pNE), i] + perr[_u(pNW), i]
+
+
+@njit(cache=True, inline="always")
+def _record_error(perr, here, ne_of_west, i, sub, val):
+    """Sub-predictor ``i``'s error at this pixel, kept for the next row and added into the
+    slot the next pixel reads as its N (JPEG-XL's N + W sum)."""
+    err = (abs(sub - val) + 3) >> 3
+    perr[_u(here), i] = err
+    perr[_u(ne_of_west), i] += err
 
 
 @njit(cache=True, nogil=True)
@@ -228,7 +250,6 @@ def code_plane(plane, prev, has_prev, maxv, decode, buf):
     # per sub-predictor error rows (two rows, ring) and the true error of the final prediction
     perr = np.zeros((2 * width, N_PRED), dtype=np.int64)  # a position's errors side by side
     terr = np.zeros(2 * width, dtype=np.int64)
-    sub = np.zeros(N_PRED, dtype=np.int64)
     # The filter's weights and taps are scalars, not arrays: numba kept arrays in memory
     # and reloaded them at every use (5% of the kernel's time).
     w0 = np.int64(1 << (LMS_BITS - 1))  # start as the mean of W and N
@@ -243,8 +264,6 @@ def code_plane(plane, prev, has_prev, maxv, decode, buf):
     w9 = np.int64(0)
     w10 = np.int64(0)
     w11 = np.int64(0)
-    wts = np.zeros(N_PRED, dtype=np.int64)
-    npred = N_PRED if has_prev else N_BASE
     half = (maxv + 1) >> 1
     maxs = maxv << EXTRA
     lshift = _floor_log2(maxv + 1) - 3
@@ -255,64 +274,64 @@ def code_plane(plane, prev, has_prev, maxv, decode, buf):
         prv = width if (y & 1) else 0
         for x in range(cols):
             if y > 2 and x > 2 and x + 2 < cols:  # every neighbour exists: no edge rules
-                W = np.int64(plane[y, x - 1])
-                N = np.int64(plane[y - 1, x])
-                NW = np.int64(plane[y - 1, x - 1])
-                NE = np.int64(plane[y - 1, x + 1])
-                NN = np.int64(plane[y - 2, x])
-                t4 = np.int64(plane[y, x - 2]) - N
-                t5 = np.int64(plane[y - 2, x + 1]) - N
-                t6 = np.int64(plane[y - 2, x - 1]) - N
-                t7 = np.int64(plane[y - 1, x - 2]) - N
-                t8 = np.int64(plane[y - 1, x + 2]) - N
-                t9 = np.int64(plane[y, x - 3]) - N
-                t10 = np.int64(plane[y - 3, x]) - N
-                t11 = np.int64(plane[y - 2, x + 2]) - N
+                W = np.int64(plane[_u(y), _u(x - 1)])
+                N = np.int64(plane[_u(y - 1), _u(x)])
+                NW = np.int64(plane[_u(y - 1), _u(x - 1)])
+                NE = np.int64(plane[_u(y - 1), _u(x + 1)])
+                NN = np.int64(plane[_u(y - 2), _u(x)])
+                t4 = np.int64(plane[_u(y), _u(x - 2)]) - N
+                t5 = np.int64(plane[_u(y - 2), _u(x + 1)]) - N
+                t6 = np.int64(plane[_u(y - 2), _u(x - 1)]) - N
+                t7 = np.int64(plane[_u(y - 1), _u(x - 2)]) - N
+                t8 = np.int64(plane[_u(y - 1), _u(x + 2)]) - N
+                t9 = np.int64(plane[_u(y), _u(x - 3)]) - N
+                t10 = np.int64(plane[_u(y - 3), _u(x)]) - N
+                t11 = np.int64(plane[_u(y - 2), _u(x + 2)]) - N
             else:
                 # neighbours (edges replicate what exists)
                 if x > 0:
-                    W = np.int64(plane[y, x - 1])
+                    W = np.int64(plane[_u(y), _u(x - 1)])
                 elif y > 0:
-                    W = np.int64(plane[y - 1, x])
+                    W = np.int64(plane[_u(y - 1), _u(x)])
                 else:
                     W = half
                 if y > 0:
-                    N = np.int64(plane[y - 1, x])
-                    NW = np.int64(plane[y - 1, x - 1]) if x > 0 else N
-                    NE = np.int64(plane[y - 1, x + 1]) if x + 1 < cols else N
-                    NN = np.int64(plane[y - 2, x]) if y > 1 else N
+                    N = np.int64(plane[_u(y - 1), _u(x)])
+                    NW = np.int64(plane[_u(y - 1), _u(x - 1)]) if x > 0 else N
+                    NE = np.int64(plane[_u(y - 1), _u(x + 1)]) if x + 1 < cols else N
+                    NN = np.int64(plane[_u(y - 2), _u(x)]) if y > 1 else N
                 else:
                     N = W
                     NW = W
                     NE = W
                     NN = W
-                t4 = (np.int64(plane[y, x - 2]) if x > 1 else W) - N
-                t5 = (np.int64(plane[y - 2, x + 1]) if y > 1 and x + 1 < cols else NN) - N
-                t6 = (np.int64(plane[y - 2, x - 1]) if y > 1 and x > 0 else NN) - N
-                t7 = (np.int64(plane[y - 1, x - 2]) if y > 0 and x > 1 else NW) - N
-                t8 = (np.int64(plane[y - 1, x + 2]) if y > 0 and x + 2 < cols else NE) - N
-                t9 = (np.int64(plane[y, x - 3]) if x > 2 else W) - N
-                t10 = (np.int64(plane[y - 3, x]) if y > 2 else NN) - N
-                t11 = (np.int64(plane[y - 2, x + 2]) if y > 1 and x + 2 < cols else NE) - N
+                t4 = (np.int64(plane[_u(y), _u(x - 2)]) if x > 1 else W) - N
+                t5 = (np.int64(plane[_u(y - 2), _u(x + 1)]) if y > 1 and x + 1 < cols else NN) - N
+                t6 = (np.int64(plane[_u(y - 2), _u(x - 1)]) if y > 1 and x > 0 else NN) - N
+                t7 = (np.int64(plane[_u(y - 1), _u(x - 2)]) if y > 0 and x > 1 else NW) - N
+                t8 = (np.int64(plane[_u(y - 1), _u(x + 2)]) if y > 0 and x + 2 < cols else NE) - N
+                t9 = (np.int64(plane[_u(y), _u(x - 3)]) if x > 2 else W) - N
+                t10 = (np.int64(plane[_u(y - 3), _u(x)]) if y > 2 else NN) - N
+                t11 = (np.int64(plane[_u(y - 2), _u(x + 2)]) if y > 1 and x + 2 < cols else NE) - N
             pN = prv + x
             pNE = pN + 1 if x + 1 < cols else pN
             pNW = pN - 1 if x > 0 else pN
-            teW = terr[cur + x - 1] if x > 0 else 0
-            teN = terr[pN]
-            teNW = terr[pNW]
-            teNE = terr[pNE]
+            teW = terr[_u(cur + x - 1)] if x > 0 else 0
+            teN = terr[_u(pN)]
+            teNW = terr[_u(pNW)]
+            teNE = terr[_u(pNE)]
             Ws = W << EXTRA
             Ns = N << EXTRA
             NEs = NE << EXTRA
             NWs = NW << EXTRA
             sumWN = teN + teW
-            sub[0] = Ws + NEs - Ns
-            sub[1] = Ns - (((sumWN + teNE) * _P1) >> 5)
-            sub[2] = Ws - (((sumWN + teNW) * _P2) >> 5)
-            sub[3] = Ns - ((teNW * _P3A + teN * _P3B + teNE * _P3C) >> 5)
-            sub[4] = Ws + Ns - NWs
-            sub[5] = (Ns + NEs) >> 1
-            sub[6] = (Ws + Ns) >> 1
+            s0 = Ws + NEs - Ns
+            s1 = Ns - (((sumWN + teNE) * _P1) >> 5)
+            s2 = Ws - (((sumWN + teNW) * _P2) >> 5)
+            s3 = Ns - ((teNW * _P3A + teN * _P3B + teNE * _P3C) >> 5)
+            s4 = Ws + Ns - NWs
+            s5 = (Ns + NEs) >> 1
+            s6 = (Ws + Ns) >> 1
             # normalized LMS over 12 causal neighbours, relative to N
             t0 = W - N
             t1 = NW - N
@@ -322,28 +341,42 @@ def code_plane(plane, prev, has_prev, maxv, decode, buf):
                     + w6 * t6 + w7 * t7 + w8 * t8 + w9 * t9 + w10 * t10 + w11 * t11)
             energy = (16 + t0 * t0 + t1 * t1 + t2 * t2 + t3 * t3 + t4 * t4 + t5 * t5
                       + t6 * t6 + t7 * t7 + t8 * t8 + t9 * t9 + t10 * t10 + t11 * t11)
-            sub[7] = min(max(Ns + ((lacc << EXTRA) >> LMS_BITS), 0), maxs)  # a runaway filter stays in range
+            s7 = min(max(Ns + ((lacc << EXTRA) >> LMS_BITS), 0), maxs)  # a runaway filter stays in range
 
+            s8 = 0
+            q8 = 0
             if has_prev:
-                P = np.int64(prev[y, x])
-                PW = np.int64(prev[y, x - 1]) if x > 0 else P
-                PN = np.int64(prev[y - 1, x]) if y > 0 else P
-                sub[N_BASE] = (P << EXTRA) + (((W - PW) + (N - PN)) << (EXTRA - 1))
-            wsum = 0
-            for i in range(npred):
-                wts[i] = _weight(perr[pN, i] + perr[pNE, i] + perr[pNW, i], _WMAX[i])
-                wsum += wts[i]
-            lw = _floor_log2(wsum) - 4
+                P = np.int64(prev[_u(y), _u(x)])
+                PW = np.int64(prev[_u(y), _u(x - 1)]) if x > 0 else P
+                PN = np.int64(prev[_u(y - 1), _u(x)]) if y > 0 else P
+                s8 = (P << EXTRA) + (((W - PW) + (N - PN)) << (EXTRA - 1))
+                q8 = _weight(_near_errors(perr, pN, pNE, pNW, 8), _WMAX8)
+            # each sub-prediction's weight (scalars: a weights array made numba store them
+            # one by one and reload them as a vector, a store-forwarding stall)
+            q0 = _weight(_near_errors(perr, pN, pNE, pNW, 0), _WMAX0)
+            q1 = _weight(_near_errors(perr, pN, pNE, pNW, 1), _WMAX1)
+            q2 = _weight(_near_errors(perr, pN, pNE, pNW, 2), _WMAX1)
+            q3 = _weight(_near_errors(perr, pN, pNE, pNW, 3), _WMAX1)
+            q4 = _weight(_near_errors(perr, pN, pNE, pNW, 4), _WMAX1)
+            q5 = _weight(_near_errors(perr, pN, pNE, pNW, 5), _WMAX1)
+            q6 = _weight(_near_errors(perr, pN, pNE, pNW, 6), _WMAX1)
+            q7 = _weight(_near_errors(perr, pN, pNE, pNW, 7), _WMAX7)
+            lw = _floor_log2(q0 + q1 + q2 + q3 + q4 + q5 + q6 + q7 + q8) - 4
             if lw < 0:
                 lw = 0
-            wsum = 0
-            for i in range(npred):
-                wts[i] >>= lw
-                wsum += wts[i]
-            acc = (wsum >> 1) - 1
-            for i in range(npred):
-                acc += sub[i] * wts[i]
-            pred = (acc * _DIV[wsum - 1]) >> 24
+            q0 >>= lw
+            q1 >>= lw
+            q2 >>= lw
+            q3 >>= lw
+            q4 >>= lw
+            q5 >>= lw
+            q6 >>= lw
+            q7 >>= lw
+            q8 >>= lw
+            wsum = q0 + q1 + q2 + q3 + q4 + q5 + q6 + q7 + q8
+            acc = ((wsum >> 1) - 1 + s0 * q0 + s1 * q1 + s2 * q2 + s3 * q3 + s4 * q4 + s5 * q5 + s6 * q6
+                   + s7 * q7 + s8 * q8)
+            pred = (acc * _DIV[_u(wsum - 1)]) >> 24
             if ((teN ^ teW) | (teN ^ teNW)) <= 0:
                 lo = min(Ws, min(Ns, NEs))
                 hi = max(Ws, max(Ns, NEs))
@@ -356,11 +389,11 @@ def code_plane(plane, prev, has_prev, maxv, decode, buf):
             ctx = a * N_GRAD + g
             texture = (1 if teW > 0 else 0) | (2 if teN > 0 else 0) | (4 if teNW > 0 else 0) | (8 if teNE > 0 else 0)
             bctx = a * 16 + texture
-            cnt = bias_cnt[bctx]
+            cnt = bias_cnt[_u(bctx)]
             corr = 0
             if cnt > 0:
-                bs = bias_sum[bctx]
-                corr = (bs * _RECIP[cnt] + (1 << 15)) >> 16
+                bs = bias_sum[_u(bctx)]
+                corr = (bs * _RECIP[_u(cnt)] + (1 << 15)) >> 16
             predc = pred + corr
             pv = (predc + (1 << (EXTRA - 1))) >> EXTRA
             if pv < 0:
@@ -377,7 +410,7 @@ def code_plane(plane, prev, has_prev, maxv, decode, buf):
             c = 0
             mant = 0
             if not decode:
-                r = np.int64(plane[y, x]) - pv
+                r = np.int64(plane[_u(y), _u(x)]) - pv
                 if r != 0:
                     m = r if r > 0 else -r
                     c = _floor_log2(m) + 1
@@ -468,9 +501,9 @@ def code_plane(plane, prev, has_prev, maxv, decode, buf):
                 v = pv + r
                 if v < 0 or v > maxv:
                     return -2
-                plane[y, x] = v
+                plane[_u(y), _u(x)] = v
             val = (pv + r) << EXTRA
-            lerr = (val - sub[7]) >> EXTRA
+            lerr = (val - s7) >> EXTRA
             gain = ((lerr << LMS_BITS) * LMS_MU) // energy
             w0 = min(max(w0 + ((gain * t0) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
             w1 = min(max(w1 + ((gain * t1) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
@@ -485,18 +518,24 @@ def code_plane(plane, prev, has_prev, maxv, decode, buf):
             w10 = min(max(w10 + ((gain * t10) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
             w11 = min(max(w11 + ((gain * t11) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
             # updates
-            terr[cur + x] = pred - val
-            for i in range(npred):
-                err = (abs(sub[i] - val) + 3) >> 3
-                perr[cur + x, i] = err
-                perr[prv + x + 1, i] += err
+            terr[_u(cur + x)] = pred - val
+            _record_error(perr, cur + x, prv + x + 1, 0, s0, val)
+            _record_error(perr, cur + x, prv + x + 1, 1, s1, val)
+            _record_error(perr, cur + x, prv + x + 1, 2, s2, val)
+            _record_error(perr, cur + x, prv + x + 1, 3, s3, val)
+            _record_error(perr, cur + x, prv + x + 1, 4, s4, val)
+            _record_error(perr, cur + x, prv + x + 1, 5, s5, val)
+            _record_error(perr, cur + x, prv + x + 1, 6, s6, val)
+            _record_error(perr, cur + x, prv + x + 1, 7, s7, val)
+            if has_prev:
+                _record_error(perr, cur + x, prv + x + 1, 8, s8, val)
             d = val - pred
             lim = ((abs(teW) + abs(teN) + abs(teNE) + abs(teNW)) >> 2) + 8
-            bias_sum[bctx] += min(max(d, -lim), lim)
-            bias_cnt[bctx] += 1
-            if bias_cnt[bctx] >= BIAS_LIMIT:
-                bias_sum[bctx] >>= 1
-                bias_cnt[bctx] >>= 1
+            bias_sum[_u(bctx)] += min(max(d, -lim), lim)
+            bias_cnt[_u(bctx)] += 1
+            if bias_cnt[_u(bctx)] >= BIAS_LIMIT:
+                bias_sum[_u(bctx)] >>= 1
+                bias_cnt[_u(bctx)] >>= 1
     if decode:
         return 0
     return _finish(low, cache, csize, pos, buf)
