@@ -339,8 +339,6 @@ def _code_plane(plane, prev, has_prev, maxv, decode, buf):
             t3 = NN - N
             lacc = (w0 * t0 + w1 * t1 + w2 * t2 + w3 * t3 + w4 * t4 + w5 * t5
                     + w6 * t6 + w7 * t7 + w8 * t8 + w9 * t9 + w10 * t10 + w11 * t11)
-            energy = (16 + t0 * t0 + t1 * t1 + t2 * t2 + t3 * t3 + t4 * t4 + t5 * t5
-                      + t6 * t6 + t7 * t7 + t8 * t8 + t9 * t9 + t10 * t10 + t11 * t11)
             s7 = min(max(Ns + ((lacc << EXTRA) >> LMS_BITS), 0), maxs)  # a runaway filter stays in range
 
             s8 = 0
@@ -504,19 +502,22 @@ def _code_plane(plane, prev, has_prev, maxv, decode, buf):
                 plane[_u(y), _u(x)] = v
             val = (pv + r) << EXTRA
             lerr = (val - s7) >> EXTRA
-            gain = ((lerr << LMS_BITS) * LMS_MU) // energy
-            w0 = min(max(w0 + ((gain * t0) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
-            w1 = min(max(w1 + ((gain * t1) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
-            w2 = min(max(w2 + ((gain * t2) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
-            w3 = min(max(w3 + ((gain * t3) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
-            w4 = min(max(w4 + ((gain * t4) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
-            w5 = min(max(w5 + ((gain * t5) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
-            w6 = min(max(w6 + ((gain * t6) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
-            w7 = min(max(w7 + ((gain * t7) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
-            w8 = min(max(w8 + ((gain * t8) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
-            w9 = min(max(w9 + ((gain * t9) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
-            w10 = min(max(w10 + ((gain * t10) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
-            w11 = min(max(w11 + ((gain * t11) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
+            if lerr != 0:  # else the gain is 0 and every weight (inside +-LMS_WMAX) stays as it is
+                energy = (16 + t0 * t0 + t1 * t1 + t2 * t2 + t3 * t3 + t4 * t4 + t5 * t5
+                          + t6 * t6 + t7 * t7 + t8 * t8 + t9 * t9 + t10 * t10 + t11 * t11)
+                gain = ((lerr << LMS_BITS) * LMS_MU) // energy
+                w0 = min(max(w0 + ((gain * t0) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
+                w1 = min(max(w1 + ((gain * t1) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
+                w2 = min(max(w2 + ((gain * t2) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
+                w3 = min(max(w3 + ((gain * t3) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
+                w4 = min(max(w4 + ((gain * t4) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
+                w5 = min(max(w5 + ((gain * t5) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
+                w6 = min(max(w6 + ((gain * t6) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
+                w7 = min(max(w7 + ((gain * t7) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
+                w8 = min(max(w8 + ((gain * t8) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
+                w9 = min(max(w9 + ((gain * t9) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
+                w10 = min(max(w10 + ((gain * t10) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
+                w11 = min(max(w11 + ((gain * t11) >> LMS_STEP), -LMS_WMAX), LMS_WMAX)
             # updates
             terr[_u(cur + x)] = pred - val
             _record_error(perr, cur + x, prv + x + 1, 0, s0, val)
