@@ -63,9 +63,14 @@ def _mag_class(m, n):
     return c if c < n else n - 1
 
 
-@njit(cache=True, inline="always")
-def _code_band(band, parent, has_parent, scale, max_class, decode, buf):
-    """``code_band``'s work, inlined into its two compiled copies."""
+@njit(cache=True, nogil=True)
+def code_band(band, parent, has_parent, scale, max_class, decode, buf):
+    """Encode ``band`` (signed coefficients, in units of ``scale``) into ``buf`` (returns
+    the byte count, or -1 if ``buf`` was too small) or decode ``buf`` into ``band``
+    (returns 0, or -2 for damage: a class no band can have). ``parent``: the coarser
+    band of the same orientation in its own stored units (its values times its scale),
+    read at (y // 2, x // 2) clamped to its shape. ``max_class``: the band's
+    largest class, from the stream's header (a damaged stream cannot make a larger one)."""
     rows, cols = band.shape
     prow, pcol = parent.shape
     low, rng, cache, csize, pos, code = _start(buf, decode)
@@ -174,27 +179,3 @@ def _code_band(band, parent, has_parent, scale, max_class, decode, buf):
     if decode:
         return 0
     return _finish(low, cache, csize, pos, buf)
-
-
-# Compiled once per direction, with ``decode`` constant: no branch on it per coefficient
-# (as in wpkernel).
-
-
-@njit(cache=True, nogil=True)
-def _encode_band(band, parent, has_parent, scale, max_class, buf):
-    return _code_band(band, parent, has_parent, scale, max_class, False, buf)
-
-
-@njit(cache=True, nogil=True)
-def _decode_band(band, parent, has_parent, scale, max_class, buf):
-    return _code_band(band, parent, has_parent, scale, max_class, True, buf)
-
-
-def code_band(band, parent, has_parent, scale, max_class, decode, buf):
-    """Encode ``band`` (signed coefficients, in units of ``scale``) into ``buf`` (returns
-    the byte count, or -1 if ``buf`` was too small) or decode ``buf`` into ``band``
-    (returns 0, or -2 for damage: a class no band can have). ``parent``: the coarser
-    band of the same orientation in its own stored units (its values times its scale),
-    read at (y // 2, x // 2) clamped to its shape. ``max_class``: the band's
-    largest class, from the stream's header (a damaged stream cannot make a larger one)."""
-    return (_decode_band if decode else _encode_band)(band, parent, has_parent, scale, max_class, buf)

@@ -5,10 +5,8 @@ Everything here is integer arithmetic on int64, so the encoder and decoder compu
 the same prediction and the same probability at every pixel on any machine, with any
 number of threads, in any process (numba does not reassociate integer code, and the
 kernel runs on one thread). The encoder and the decoder are one function
-(``_code_plane``): the only difference is whether a decision's bit is given or read,
-which keeps the two sides from drifting apart. It is compiled four times, once per
-(encode or decode, with or without a previous plane), with those two flags constant,
-so each copy carries no branch on them (``code_plane`` picks one).
+(``code_plane``): the only difference is whether a decision's bit is given or read,
+which keeps the two sides from drifting apart.
 
 The model, per pixel, in the scan order of the rows:
 
@@ -235,9 +233,11 @@ def _record_error(perr, here, ne_of_west, i, sub, val):
     perr[_u(ne_of_west), i] += err
 
 
-@njit(cache=True, inline="always")
-def _code_plane(plane, prev, has_prev, maxv, decode, buf):
-    """``code_plane``'s work, inlined into its four compiled copies."""
+@njit(cache=True, nogil=True)
+def code_plane(plane, prev, has_prev, maxv, decode, buf):
+    """Encode ``plane`` into ``buf`` (returns the byte count, or -1 if ``buf`` was too
+    small) or decode ``buf`` into ``plane`` (returns 0, or -2 if the data decodes to a
+    value outside 0..maxv: damage)."""
     rows, cols = plane.shape
     low, rng, cache, csize, pos, code = _start(buf, decode)
     # 16-bit probabilities stay below PROB_ONE (an update moves one by less than its
@@ -540,37 +540,3 @@ def _code_plane(plane, prev, has_prev, maxv, decode, buf):
     if decode:
         return 0
     return _finish(low, cache, csize, pos, buf)
-
-
-# The four compiled copies. With ``decode`` and ``has_prev`` constant, LLVM drops the
-# branches on them from the per-pixel loop: 7% faster decoding with the ``decode`` flag
-# alone, 3% more with ``has_prev`` (same bytes). Each copy compiles on first use.
-
-
-@njit(cache=True, nogil=True)
-def _encode_plane(plane, prev, maxv, buf):
-    return _code_plane(plane, prev, False, maxv, False, buf)
-
-
-@njit(cache=True, nogil=True)
-def _encode_plane_prev(plane, prev, maxv, buf):
-    return _code_plane(plane, prev, True, maxv, False, buf)
-
-
-@njit(cache=True, nogil=True)
-def _decode_plane(plane, prev, maxv, buf):
-    return _code_plane(plane, prev, False, maxv, True, buf)
-
-
-@njit(cache=True, nogil=True)
-def _decode_plane_prev(plane, prev, maxv, buf):
-    return _code_plane(plane, prev, True, maxv, True, buf)
-
-
-def code_plane(plane, prev, has_prev, maxv, decode, buf):
-    """Encode ``plane`` into ``buf`` (returns the byte count, or -1 if ``buf`` was too
-    small) or decode ``buf`` into ``plane`` (returns 0, or -2 if the data decodes to a
-    value outside 0..maxv: damage). ``prev`` (read when ``has_prev``) is the previous plane."""
-    if decode:
-        return (_decode_plane_prev if has_prev else _decode_plane)(plane, prev, maxv, buf)
-    return (_encode_plane_prev if has_prev else _encode_plane)(plane, prev, maxv, buf)
