@@ -106,23 +106,30 @@ def levels_for(rows: int, cols: int) -> int:
 
 def forward(plane: np.ndarray, levels: int) -> list[np.ndarray]:
     """Subbands coarsest first: [LL, (HL, LH, HH) of the coarsest level, ..., of the finest]."""
-    ll = np.asarray(plane, dtype=np.int64)
+    from .liftkernel import split_cols, split_rows  # numba: loaded on first use
+
+    ll = np.ascontiguousarray(plane, dtype=np.int64)
     details = []
     for _ in range(levels):
-        low, high = _split(ll)  # columns (vertical filtering) first
-        ll, hl = (a.T for a in _split(low.T))
-        lh, hh = (a.T for a in _split(high.T))
+        low, high = split_rows(ll)  # columns (vertical filtering) first: _split along axis 0
+        ll, hl = split_cols(low)  # then rows: _split along axis 1
+        lh, hh = split_cols(high)
         details.append((hl, lh, hh))
     return [ll] + [b for trio in reversed(details) for b in trio]
 
 
 def inverse(bands: list[np.ndarray]) -> np.ndarray:
-    ll = bands[0]
+    from .liftkernel import merge_cols, merge_rows
+
+    def c(band):
+        return np.ascontiguousarray(band, dtype=np.int64)
+
+    ll = c(bands[0])
     for i in range(1, len(bands), 3):
         hl, lh, hh = bands[i : i + 3]
-        low = _merge(ll.T, hl.T).T
-        high = _merge(lh.T, hh.T).T
-        ll = _merge(low, high)
+        low = merge_cols(ll, c(hl))  # _merge along axis 1
+        high = merge_cols(c(lh), c(hh))
+        ll = merge_rows(low, high)
     return ll
 
 
