@@ -5,7 +5,7 @@ Everything here is integer arithmetic on int64, so the encoder and decoder compu
 the same prediction and the same probability at every pixel on any machine, with any
 number of threads, in any process (numba does not reassociate integer code, and the
 kernel runs on one thread). The encoder and the decoder are one function
-(``code_plane``): the only difference is whether a decision's bit is given or read,
+(``code_plane``, compiled once per direction): the only difference is whether a decision's bit is given or read,
 which keeps the two sides from drifting apart.
 
 The model, per pixel, in the scan order of the rows:
@@ -234,10 +234,9 @@ def _record_error(perr, here, ne_of_west, i, sub, val):
 
 
 @njit(cache=True, nogil=True)
-def code_plane(plane, prev, has_prev, maxv, decode, buf):
-    """Encode ``plane`` into ``buf`` (returns the byte count, or -1 if ``buf`` was too
-    small) or decode ``buf`` into ``plane`` (returns 0, or -2 if the data decodes to a
-    value outside 0..maxv: damage)."""
+def _kernel(plane, prev, has_prev, maxv, direction, buf):
+    """``code_plane``'s work; ``direction`` is ``_DECODE`` or ``_ENCODE``."""
+    decode = len(direction) == 1  # a constant in each compiled copy
     rows, cols = plane.shape
     low, rng, cache, csize, pos, code = _start(buf, decode)
     # 16-bit probabilities stay below PROB_ONE (an update moves one by less than its
@@ -540,3 +539,19 @@ def code_plane(plane, prev, has_prev, maxv, decode, buf):
     if decode:
         return 0
     return _finish(low, cache, csize, pos, buf)
+
+
+# The direction as a type, not a value: numba compiles ``_kernel`` once for each (the
+# tuple's length is a constant of its type), so neither copy branches on it per pixel:
+# decoding 6% faster on the train planes. A constant flag through an inlined wrapper did the
+# same but took twice as long to compile; this costs one more compile of the kernel (~6 s,
+# once per machine: the cache keeps both).
+_ENCODE = ()
+_DECODE = (0,)
+
+
+def code_plane(plane, prev, has_prev, maxv, decode, buf):
+    """Encode ``plane`` into ``buf`` (returns the byte count, or -1 if ``buf`` was too
+    small) or decode ``buf`` into ``plane`` (returns 0, or -2 if the data decodes to a
+    value outside 0..maxv: damage)."""
+    return _kernel(plane, prev, has_prev, maxv, _DECODE if decode else _ENCODE, buf)
