@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .coders import register
+from .coders import PlaneSelector, coder_for, register
 from . import ctxtree
 from .entropy import CHUNK, AdaptiveTables, BitReader, Decoder, Encoder, PieceDecoder, pack_bits
 from .errors import CorruptRecordError
@@ -1127,92 +1127,78 @@ class RasterLSGlobalPathCoder:
         return wf.value[: info.rows * info.cols].reshape(info.rows, info.cols)
 
 
-@register(record_level=True)
-class PerPlaneGlobalPathCoder:
-    """Global path that codes each plane with whichever of ``CANDIDATES`` gives fewer bytes.
+def decode_in_runs(selector: PlaneSelector, streams: list[bytes], info: PlaneInfo,
+                   prev_of: list[int | None]) -> list[np.ndarray]:
+    """A per-plane selector's ``planes_decoder``: every plane of a record, plane i's
+    previous plane being plane ``prev_of[i]`` (an earlier one) or none, as ``decode``
+    gives them plane by plane. Consecutive planes coded by the raster path (or its
+    difference form) decode together in runs (``decode_run``); the others, and a raster
+    plane whose previous plane is a difference-coded plane of the current run, end the run."""
+    out: list[np.ndarray | None] = [None] * len(streams)
+    run: list[tuple[int, RunPlane, object | None]] = []  # (plane, stream, difference coder)
 
-    The interlaced tree path wins on smooth and upsampled images (it predicts from both
-    sides at every level), the raster path on images with pixel-scale texture, the
-    difference coder on planes nearly equal to the previous one (grey RGB). The encoder
-    runs every candidate that applies (the last needs a previous plane); the stream is
-    one varint naming the candidate (its index) and that candidate's stream.
-    """
+    def flush() -> None:
+        decoded = decode_run(info.rows, info.cols, [plane for _, plane, _ in run]) if run else []
+        for (i, _, diff), plane in zip(run, decoded):
+            out[i] = plane if diff is None else diff.finish(plane, out[prev_of[i]], info)
+        run.clear()
 
-    model_id = "per-plane-v3"
-    CANDIDATES = (TreeGlobalPathCoder, RasterGlobalPathCoder, RasterDifferenceGlobalPathCoder)
-
-    def encode(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> bytes:
-        best = None
-        for i, coder in enumerate(self.CANDIDATES):
-            if not self._applies(coder, plane, prev):
-                continue
-            head = IntWriter()
-            head.put(i)
-            data = bytes(head.buf) + coder().encode(plane, info, prev)
-            if best is None or len(data) < len(best):
-                best = data
-        return best
-
-    def _applies(self, coder, plane: np.ndarray, prev: np.ndarray | None) -> bool:
-        return prev is not None or not issubclass(coder, RasterDifferenceGlobalPathCoder)
-
-    def decode(self, data: bytes, info: PlaneInfo, prev: np.ndarray | None = None) -> np.ndarray:
-        coder, at = self._choice(data)
-        return coder().decode(data[at:], info, prev)
-
-    def decode_planes(self, streams: list[bytes], info: PlaneInfo, prev_of: list[int | None]) -> list[np.ndarray]:
-        """Every plane of a record, plane i's previous plane being plane ``prev_of[i]``
-        (an earlier one) or none: what ``decode`` gives plane by plane. Consecutive planes
-        coded by the raster path (or its difference form) decode together in runs
-        (``decode_run``); the others, and a raster plane whose previous plane is a
-        difference-coded plane of the current run, end the run."""
-        out: list[np.ndarray | None] = [None] * len(streams)
-        run: list[tuple[int, RunPlane, type | None]] = []  # (plane, stream, difference coder)
-
-        def flush() -> None:
-            decoded = decode_run(info.rows, info.cols, [plane for _, plane, _ in run]) if run else []
-            for (i, _, diff), plane in zip(run, decoded):
-                out[i] = plane if diff is None else diff.finish(plane, out[prev_of[i]], info)
-            run.clear()
-
-        for i, data in enumerate(streams):
-            coder, at = self._choice(data)
-            p = prev_of[i]
-            place = {plane: j for j, (plane, _, _) in enumerate(run)}
-            if issubclass(coder, RasterDifferenceGlobalPathCoder) and issubclass(coder.BASE, RasterGlobalPathCoder):
-                if p is None:
-                    raise CorruptRecordError("a difference-coded plane has no previous plane")
-                diff = coder()
-                item = (i, diff.BASE().parse(data[at:], diff._info(info), None), coder)
-            elif issubclass(coder, RasterGlobalPathCoder):
-                if p in place and run[place[p]][2] is not None:
-                    flush()
-                    place = {}
-                item = (i, coder().parse(data[at:], info, None if p is None else place.get(p, out[p])), None)
-            else:
+    for i, data in enumerate(streams):
+        model_id, at = selector._choice(data)
+        coder = coder_for(model_id)
+        p = prev_of[i]
+        place = {plane: j for j, (plane, _, _) in enumerate(run)}
+        if isinstance(coder, RasterDifferenceGlobalPathCoder) and issubclass(coder.BASE, RasterGlobalPathCoder):
+            if p is None:
+                raise CorruptRecordError("a difference-coded plane has no previous plane")
+            item = (i, coder.BASE().parse(data[at:], coder._info(info), None), coder)
+        elif isinstance(coder, RasterGlobalPathCoder):
+            if p in place and run[place[p]][2] is not None:
                 flush()
-                out[i] = coder().decode(data[at:], info, None if p is None else out[p])
-                continue
-            if run and (len(run) >= RUN_MAX_PLANES or (len(run) + 1) * info.rows * info.cols > RUN_MAX_PIXELS):
-                flush()
-                if isinstance(item[1].prev, int):  # its previous plane was in that run: decoded now
-                    item = (i, item[1]._replace(prev=out[p]), None)
-            run.append(item)
-        flush()
-        return out
+                place = {}
+            item = (i, coder.parse(data[at:], info, None if p is None else place.get(p, out[p])), None)
+        else:
+            flush()
+            out[i] = coder.decode(data[at:], info, None if p is None else out[p])
+            continue
+        if run and (len(run) >= RUN_MAX_PLANES or (len(run) + 1) * info.rows * info.cols > RUN_MAX_PIXELS):
+            flush()
+            if isinstance(item[1].prev, int):  # its previous plane was in that run: decoded now
+                item = (i, item[1]._replace(prev=out[p]), None)
+        run.append(item)
+    flush()
+    return out
 
-    @classmethod
-    def _choice(cls, data: bytes):
-        reader = IntReader(data)
-        choice = reader.get()
-        if not 0 <= choice < len(cls.CANDIDATES):
-            raise CorruptRecordError(f"global stream names candidate {choice} (0..{len(cls.CANDIDATES) - 1})")
-        return cls.CANDIDATES[choice], reader.at
 
-    @classmethod
-    def chosen_model(cls, data: bytes) -> str:
-        """The model id a plane's stream was coded with."""
-        return cls._choice(data)[0].model_id
+def _trials(candidates: tuple[str, ...], *, difference: int, wavelet: int | None = None):
+    """A ``choose`` rule that codes a plane with every candidate that applies (the smallest
+    stream wins): the difference coder (index ``difference``) where there is a previous
+    plane, the wavelet path (index ``wavelet``) where ``wavelet_probe`` reaches
+    ``WAVELET_PROBE_MIN``, the others always."""
+
+    def choose(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
+        return tuple(
+            i for i in range(len(candidates))
+            if (i != difference or prev is not None)
+            and (i != wavelet or wavelet_probe(plane) >= WAVELET_PROBE_MIN)
+        )
+
+    return choose
+
+
+def _per_plane(model_id: str, candidates: tuple[str, ...], *, wavelet: int | None = None) -> PlaneSelector:
+    """A `max` per-plane selector: every candidate that applies (``_trials``; the
+    difference coder is candidate 2), raster planes decoded in runs."""
+    return register(PlaneSelector(model_id=model_id, candidates=candidates,
+                                  choose=_trials(candidates, difference=2, wavelet=wavelet),
+                                  planes_decoder=decode_in_runs), record_level=True)
+
+
+# The interlaced tree path wins on smooth and upsampled images (it predicts from both
+# sides at every level), the raster path on images with pixel-scale texture, the
+# difference coder on planes nearly equal to the previous one (grey RGB).
+PER_PLANE_V3 = _per_plane("per-plane-v3", (
+    TreeGlobalPathCoder.model_id, RasterGlobalPathCoder.model_id, RasterDifferenceGlobalPathCoder.model_id))
 
 
 # Which planes may gain from the wavelet path: on a PROBE x PROBE centre crop (aligned to
@@ -1256,20 +1242,10 @@ def wavelet_probe(plane: np.ndarray) -> float:
     return zero_w - float((lap == 0).mean())
 
 
-@register(record_level=True)
-class PerPlaneV4GlobalPathCoder(PerPlaneGlobalPathCoder):
-    """``per-plane-v3``'s candidates plus the 5/3 wavelet path (``medcodec.wavelet``), for
-    planes that were once lossy JPEG 2000 images (held-out 693_UNCI.dcm: 0.632 -> 0.065
-    bits per sample; RG3_UNCI.dcm: 1.497 -> 1.460), tried where ``wavelet_probe`` allows.
-    v3 records keep decoding with v3."""
-
-    model_id = "per-plane-v4"
-    CANDIDATES = PerPlaneGlobalPathCoder.CANDIDATES + (WaveletGlobalPathCoder,)
-
-    def _applies(self, coder, plane: np.ndarray, prev: np.ndarray | None) -> bool:
-        if coder is WaveletGlobalPathCoder:
-            return wavelet_probe(plane) >= WAVELET_PROBE_MIN
-        return super()._applies(coder, plane, prev)
+# per-plane-v3's candidates plus the 5/3 wavelet path (``medcodec.wavelet``), for planes
+# that were once lossy JPEG 2000 images (held-out 693_UNCI.dcm: 0.632 -> 0.065 bits per
+# sample; RG3_UNCI.dcm: 1.497 -> 1.460), tried where ``wavelet_probe`` allows.
+PER_PLANE_V4 = _per_plane("per-plane-v4", PER_PLANE_V3.candidates + (WaveletGlobalPathCoder.model_id,), wavelet=3)
 
 
 @register
@@ -1288,13 +1264,11 @@ class RasterDifferenceV2GlobalPathCoder(RasterDifferenceGlobalPathCoder):
     BASE = RasterV2GlobalPathCoder
 
 
-@register(record_level=True)
-class PerPlaneV5GlobalPathCoder(PerPlaneV4GlobalPathCoder):
-    """``per-plane-v4`` with the raster coders replaced by ``raster-wp-v2`` (a predictor
-    and an offset per context leaf). v4 records keep decoding with v4."""
-
-    model_id = "per-plane-v5"
-    CANDIDATES = (TreeGlobalPathCoder, RasterV2GlobalPathCoder, RasterDifferenceV2GlobalPathCoder, WaveletGlobalPathCoder)
+# per-plane-v4 with the raster coders replaced by raster-wp-v2 (a predictor and an offset
+# per context leaf).
+PER_PLANE_V5 = _per_plane("per-plane-v5", (
+    TreeGlobalPathCoder.model_id, RasterV2GlobalPathCoder.model_id, RasterDifferenceV2GlobalPathCoder.model_id,
+    WaveletGlobalPathCoder.model_id), wavelet=3)
 
 
 @register
@@ -1305,36 +1279,31 @@ class RasterDifferenceV3GlobalPathCoder(RasterDifferenceGlobalPathCoder):
     BASE = RasterV3GlobalPathCoder
 
 
-@register(record_level=True)
-class PerPlaneV6GlobalPathCoder(PerPlaneV4GlobalPathCoder):
-    """``per-plane-v5`` with the raster coders replaced by ``raster-wp-v3`` (leaves may
-    pick fitted predictors over a wider neighbourhood). v5 records keep decoding with v5."""
-
-    model_id = "per-plane-v6"
-    CANDIDATES = (TreeGlobalPathCoder, RasterV3GlobalPathCoder, RasterDifferenceV3GlobalPathCoder, WaveletGlobalPathCoder)
+# per-plane-v5 with the raster coders replaced by raster-wp-v3 (leaves may pick fitted
+# predictors over a wider neighbourhood): `max`'s global path.
+PER_PLANE_V6 = _per_plane("per-plane-v6", (
+    TreeGlobalPathCoder.model_id, RasterV3GlobalPathCoder.model_id, RasterDifferenceV3GlobalPathCoder.model_id,
+    WaveletGlobalPathCoder.model_id), wavelet=3)
 
 
-@register(record_level=True)
-class FastPerPlaneGlobalPathCoder(PerPlaneGlobalPathCoder):
-    """`fast`'s global path: ``interlaced-ls-v1``, its difference form, or the wavelet
-    path (its low band by ``interlaced-ls-v1``), one per plane by the tests above."""
+def _fast_v1_choice(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
+    """per-plane-fast-v1's one candidate, no trial coding: the difference form (1) for a
+    plane equal to its previous plane at ``FAST_DIFF_MIN_EQUAL`` of its pixels or more,
+    the wavelet path (2) where the probe reaches ``FAST_WAVELET_PROBE``, else 0."""
+    if prev is not None and np.count_nonzero(plane == prev) >= FAST_DIFF_MIN_EQUAL * plane.size:
+        return (1,)
+    if wavelet_probe(plane) >= FAST_WAVELET_PROBE:
+        return (2,)
+    return (0,)
 
-    model_id = "per-plane-fast-v1"
-    CANDIDATES = (GlobalPathCoder, InterlacedDifferenceGlobalPathCoder, WaveletGlobalPathCoder)
 
-    def encode(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> bytes:
-        choice = self._choose(plane, prev)
-        head = IntWriter()
-        head.put(choice)
-        return bytes(head.buf) + self.CANDIDATES[choice]().encode(plane, info, prev)
-
-    @staticmethod
-    def _choose(plane: np.ndarray, prev: np.ndarray | None) -> int:
-        if prev is not None and np.count_nonzero(plane == prev) >= FAST_DIFF_MIN_EQUAL * plane.size:
-            return 1
-        if wavelet_probe(plane) >= FAST_WAVELET_PROBE:
-            return 2
-        return 0
+# `fast`'s global path from v1: interlaced-ls-v1, its difference form, or the wavelet path
+# (its low band by interlaced-ls-v1).
+FAST_V1 = register(PlaneSelector(
+    model_id="per-plane-fast-v1",
+    candidates=(GlobalPathCoder.model_id, InterlacedDifferenceGlobalPathCoder.model_id, WaveletGlobalPathCoder.model_id),
+    choose=_fast_v1_choice,
+), record_level=True)
 
 
 # per-plane-fast-v2 keeps interlaced-ls-v1 for planes above this many pixels: on held-out
@@ -1347,28 +1316,25 @@ class FastPerPlaneGlobalPathCoder(PerPlaneGlobalPathCoder):
 RASTER_LS_MAX_PIXELS = 1 << 21
 
 
-@register(record_level=True)
-class FastPerPlaneV2GlobalPathCoder(FastPerPlaneGlobalPathCoder):
-    """`fast`'s global path since v2: ``per-plane-fast-v1`` with ``raster-ls-v1`` in place
-    of ``interlaced-ls-v1`` for planes that are neither near copies of the previous plane
-    nor decoded lossy JPEG 2000 images (same tests, no trial codings), up to
-    ``RASTER_LS_MAX_PIXELS`` and unless the plane follows its previous plane
-    (``interlaced-ls-v1``, candidate 3, then). Held-out, full planes,
-    raster-ls-v1 / interlaced-ls-v1 size: 693_J2KR 0.91, OBXXXX1A 0.79, US1 planes 0.90-0.96,
-    emri_small 0.91, MR2_J2KR 0.97, RG3_J2KR 1.00, MR2_UNCI 1.03 (the one loss; no cheap
-    test told it apart: centre-crop trials favoured the raster path on every image)."""
+def _fast_v2_choice(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
+    """per-plane-fast-v1's rule with ``raster-ls-v1`` (0) in place of ``interlaced-ls-v1``
+    (3), up to ``RASTER_LS_MAX_PIXELS`` and unless the plane follows its previous plane.
+    Held-out, full planes, raster-ls-v1 / interlaced-ls-v1 size: 693_J2KR 0.91, OBXXXX1A
+    0.79, US1 planes 0.90-0.96, emri_small 0.91, MR2_J2KR 0.97, RG3_J2KR 1.00, MR2_UNCI
+    1.03 (the one loss; no cheap test told it apart: centre-crop trials favoured the
+    raster path on every image)."""
+    choice = _fast_v1_choice(plane, prev)
+    if choice == (0,) and (plane.size > RASTER_LS_MAX_PIXELS or (prev is not None and _follows(plane, prev))):
+        return (3,)
+    return choice
 
-    model_id = "per-plane-fast-v2"
-    CANDIDATES = (
-        RasterLSGlobalPathCoder, InterlacedDifferenceGlobalPathCoder, WaveletGlobalPathCoder, GlobalPathCoder,
-    )
 
-    @staticmethod
-    def _choose(plane: np.ndarray, prev: np.ndarray | None) -> int:
-        choice = FastPerPlaneGlobalPathCoder._choose(plane, prev)
-        if choice == 0 and (plane.size > RASTER_LS_MAX_PIXELS or (prev is not None and _follows(plane, prev))):
-            return 3
-        return choice
+FAST_V2 = register(PlaneSelector(
+    model_id="per-plane-fast-v2",
+    candidates=(RasterLSGlobalPathCoder.model_id, InterlacedDifferenceGlobalPathCoder.model_id,
+                WaveletGlobalPathCoder.model_id, GlobalPathCoder.model_id),
+    choose=_fast_v2_choice,
+), record_level=True)
 
 
 def _follows(plane: np.ndarray, prev: np.ndarray, samples: int = 4096) -> bool:

@@ -13,14 +13,14 @@ from medcodec.wavefront import (
     P1C,
     P2C,
     P3C,
-    PerPlaneGlobalPathCoder,
+    PER_PLANE_V3,
     RasterDifferenceGlobalPathCoder,
     LEAF_PREDICTORS,
     LS_MAX_CLASSES,
     LS_MIN_PIXELS,
     LS_NEIGHBOURS,
-    PerPlaneV5GlobalPathCoder,
-    PerPlaneV6GlobalPathCoder,
+    PER_PLANE_V5,
+    PER_PLANE_V6,
     RasterDifferenceV2GlobalPathCoder,
     RasterDifferenceV3GlobalPathCoder,
     RasterGlobalPathCoder,
@@ -249,12 +249,12 @@ def test_raster_stream_is_pinned():
 
 
 def test_per_plane_coder_keeps_the_smaller_candidate_and_decodes_it():
-    coder = PerPlaneGlobalPathCoder()
+    coder = PER_PLANE_V3
     for name in ("OBXXXX1A.dcm", "MR_small.dcm"):
         a, bits = _real_plane(name)
         info = _info(a, bits)
         data = coder.encode(a, info)
-        sizes = [len(c().encode(a, info)) for c in PerPlaneGlobalPathCoder.CANDIDATES[:2]]  # no previous plane
+        sizes = [len(c().encode(a, info)) for c in PER_PLANE_V3.CANDIDATES[:2]]  # no previous plane
         assert len(data) == 1 + min(sizes)
         assert data[0] == 2 * int(np.argmin(sizes))  # zigzag varint of the index
         assert np.array_equal(coder.decode(data, info), a)
@@ -271,12 +271,12 @@ def test_difference_coder_takes_mostly_grey_colour_planes():
     # US1: a colour-Doppler ultrasound screen stored as RGB, grey almost everywhere.
     r, g, b = _rgb("US1_J2KR.dcm")
     info = _info(r, 8)
-    coder = PerPlaneGlobalPathCoder()
+    coder = PER_PLANE_V3
     chosen = raster = 0
     picks = []
     for plane, prev in ((g, r), (b, g)):
         data = coder.encode(plane, info, prev)
-        picks.append(PerPlaneGlobalPathCoder.chosen_model(data))
+        picks.append(PER_PLANE_V3.chosen_model(data))
         assert np.array_equal(coder.decode(data, info, prev), plane)
         chosen += len(data)
         raster += len(RasterGlobalPathCoder().encode(plane, info, prev))
@@ -284,7 +284,7 @@ def test_difference_coder_takes_mostly_grey_colour_planes():
     # L1-fitted predictor (previous plane among its features) now codes it smaller.
     assert picks[0] == "raster-wp-diff-v1" and picks[1] in ("raster-wp-diff-v1", "interlaced-tree-v2")
     assert chosen < 0.8 * raster  # measured: 0.369 + 0.276 vs 0.539 + 0.349 bits per sample
-    assert PerPlaneGlobalPathCoder.chosen_model(coder.encode(r, info)) == "raster-wp-v1"
+    assert PER_PLANE_V3.chosen_model(coder.encode(r, info)) == "raster-wp-v1"
 
 
 def test_difference_coder_needs_a_previous_plane():
@@ -294,9 +294,9 @@ def test_difference_coder_needs_a_previous_plane():
     with pytest.raises(CorruptRecordError, match="previous plane"):
         RasterDifferenceGlobalPathCoder().decode(data, info, None)
     w = IntWriter()
-    w.put(PerPlaneGlobalPathCoder.CANDIDATES.index(RasterDifferenceGlobalPathCoder))
+    w.put(PER_PLANE_V3.CANDIDATES.index(RasterDifferenceGlobalPathCoder))
     with pytest.raises(CorruptRecordError, match="previous plane"):
-        PerPlaneGlobalPathCoder().decode(bytes(w.buf) + data, info, None)
+        PER_PLANE_V3.decode(bytes(w.buf) + data, info, None)
     # The extreme differences (0 - max and max - 0) survive the offset.
     hi = np.full((5, 6), (1 << bits) - 1)
     lo = np.zeros((5, 6), dtype=np.int64)
@@ -309,11 +309,11 @@ def test_difference_coder_needs_a_previous_plane():
 def test_per_plane_coder_rejects_an_unknown_candidate():
     a, bits = _real_plane("MR_small.dcm")
     info = _info(a, bits)
-    data = PerPlaneGlobalPathCoder().encode(a, info)
+    data = PER_PLANE_V3.encode(a, info)
     w = IntWriter()
-    w.put(len(PerPlaneGlobalPathCoder.CANDIDATES))
+    w.put(len(PER_PLANE_V3.CANDIDATES))
     with pytest.raises(CorruptRecordError, match="candidate"):
-        PerPlaneGlobalPathCoder().decode(bytes(w.buf) + data[1:], info)
+        PER_PLANE_V3.decode(bytes(w.buf) + data[1:], info)
 
 
 def _flipped_bytes_fail_cleanly(coder, data: bytes, info: PlaneInfo, seed: int, trials: int) -> None:
@@ -643,29 +643,28 @@ def test_raster_v3_refuses_bad_fitted_predictors():
     _flipped_bytes_fail_cleanly(RasterV3GlobalPathCoder(), data, info, 5, 8)
 
 
-@pytest.mark.parametrize("coder_cls", [PerPlaneV5GlobalPathCoder, PerPlaneV6GlobalPathCoder])
-def test_per_plane_coders_keep_the_smallest_candidate(coder_cls):
+@pytest.mark.parametrize("selector", [PER_PLANE_V5, PER_PLANE_V6], ids=lambda s: s.model_id)
+def test_per_plane_coders_keep_the_smallest_candidate(selector):
     r, g, _ = _rgb("US1_J2KR.dcm")
     r, g = r[100:196, 100:228], g[100:196, 100:228]
     info = _info(r, 8)
-    coder = coder_cls()
     for plane, prev in ((r, None), (g, r)):
-        data = coder.encode(plane, info, prev)
+        data = selector.encode(plane, info, prev)
         n = 3 if prev is not None else 2  # the difference coder needs a previous plane
-        sizes = [len(c().encode(plane, info, prev)) for c in coder_cls.CANDIDATES[:n]]
+        sizes = [len(c().encode(plane, info, prev)) for c in selector.CANDIDATES[:n]]
         assert len(data) == 1 + min(sizes)
-        assert np.array_equal(coder.decode(data, info, prev), plane)
-    assert coder_cls.chosen_model(data).startswith(("raster-wp-diff-", "interlaced-tree-"))
+        assert np.array_equal(selector.decode(data, info, prev), plane)
+    assert selector.chosen_model(data).startswith(("raster-wp-diff-", "interlaced-tree-"))
 
 
 # --- decoding runs: raster planes decoded in lockstep ---------------------------------------
 
 
-def _forced(coder_cls, index: int, plane, info, prev) -> bytes:
-    """A per-plane stream that names candidate ``index`` of ``coder_cls``."""
+def _forced(selector, index: int, plane, info, prev) -> bytes:
+    """A per-plane stream that names candidate ``index`` of ``selector``."""
     head = IntWriter()
     head.put(index)
-    return bytes(head.buf) + coder_cls.CANDIDATES[index]().encode(plane, info, prev)
+    return bytes(head.buf) + selector.CANDIDATES[index]().encode(plane, info, prev)
 
 
 def _one_by_one(coder, streams, info, prev_of):
@@ -701,13 +700,14 @@ def test_decode_planes_equals_decoding_plane_by_plane(case, monkeypatch):
     picks, prev_of = RUN_CASES[case]
     frames = _frames(len(picks))
     info = _info(frames[0], 12)
-    coder = PerPlaneV6GlobalPathCoder()
-    streams = [_forced(PerPlaneV6GlobalPathCoder, k, frames[i], info, None if p is None else frames[p])
+    coder = PER_PLANE_V6
+    streams = [_forced(PER_PLANE_V6, k, frames[i], info, None if p is None else frames[p])
                for i, (k, p) in enumerate(zip(picks, prev_of))]
     want = _one_by_one(coder, streams, info, prev_of)
     assert all(np.array_equal(a, b) for a, b in zip(want, frames))
-    chosen = [PerPlaneV6GlobalPathCoder._choice(data) for data in streams]
-    assert case != "cine" or any(c is RasterV3GlobalPathCoder and c().parse(data[at:], info, p).table
+    chosen = [PER_PLANE_V6._choice(data) for data in streams]
+    assert case != "cine" or any(c == RasterV3GlobalPathCoder.model_id and RasterV3GlobalPathCoder().parse(
+               data[at:], info, p).table
                for (c, at), data, p in zip(chosen, streams, prev_of))  # a leaf table with fitted predictors
     for planes, chunk in ((wavefront.RUN_MAX_PLANES, wavefront.CHUNK), (2, wavefront.CHUNK), (32, 16)):
         # Runs cut every two planes; steps whose chunks the shared table cannot take at once.
@@ -832,12 +832,12 @@ def test_corrupt_raster_ls_streams_fail_cleanly():
 
 def test_fast_v2_keeps_the_interlaced_path_for_very_large_planes(monkeypatch):
     from medcodec import wavefront
-    from medcodec.wavefront import FastPerPlaneV2GlobalPathCoder as Fast
+    from medcodec.wavefront import FAST_V2 as fast
 
     a, bits = _real_plane("CT_small.dcm")
     info = PlaneInfo(rows=a.shape[0], cols=a.shape[1], bits=bits, k=0, preset="fast")
-    assert Fast.chosen_model(Fast().encode(a, info)) == "raster-ls-v1"
+    assert fast.chosen_model(fast.encode(a, info)) == "raster-ls-v1"
     monkeypatch.setattr(wavefront, "RASTER_LS_MAX_PIXELS", a.size - 1)
-    data = Fast().encode(a, info)
-    assert Fast.chosen_model(data) == "interlaced-ls-v1"
-    assert np.array_equal(Fast().decode(data, info), a)
+    data = fast.encode(a, info)
+    assert fast.chosen_model(data) == "interlaced-ls-v1"
+    assert np.array_equal(fast.decode(data, info), a)

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 import medcodec
 from medcodec.errors import CorruptRecordError
 from medcodec.paths import PlaneInfo, TreeGlobalPathCoder
-from medcodec.wavefront import PerPlaneV4GlobalPathCoder
+from medcodec.wavefront import PER_PLANE_V4
 from medcodec.wavelet import WaveletGlobalPathCoder, band_shapes, forward, inverse, levels_for
 
 from conftest import pydicom_file
@@ -76,9 +76,9 @@ def test_sparse_coefficient_images_take_the_wavelet_path():
     data = WaveletGlobalPathCoder().encode(plane, info)
     assert np.array_equal(WaveletGlobalPathCoder().decode(data, info), plane)
     assert len(data) * 3 < len(TreeGlobalPathCoder().encode(plane, info))
-    chosen = PerPlaneV4GlobalPathCoder().encode(plane, info)
-    assert PerPlaneV4GlobalPathCoder.chosen_model(chosen) == "wavelet53-v1"
-    assert np.array_equal(PerPlaneV4GlobalPathCoder().decode(chosen, info), plane)
+    chosen = PER_PLANE_V4.encode(plane, info)
+    assert PER_PLANE_V4.chosen_model(chosen) == "wavelet53-v1"
+    assert np.array_equal(PER_PLANE_V4.decode(chosen, info), plane)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (2, 3), (17, 33), (64, 64)])
@@ -134,9 +134,9 @@ def test_max_records_name_per_plane_v5_and_decode():
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_fast_picks_difference_wavelet_or_plain_per_plane_and_roundtrips(version):
-    from medcodec.wavefront import FastPerPlaneGlobalPathCoder, FastPerPlaneV2GlobalPathCoder
+    from medcodec.wavefront import FAST_V1, FAST_V2
 
-    Fast = FastPerPlaneGlobalPathCoder if version == "v1" else FastPerPlaneV2GlobalPathCoder
+    fast = FAST_V1 if version == "v1" else FAST_V2
     plain = "interlaced-ls-v1" if version == "v1" else "raster-ls-v1"
 
     rng = np.random.default_rng(2)
@@ -153,9 +153,9 @@ def test_fast_picks_difference_wavelet_or_plain_per_plane_and_roundtrips(version
         (4095 - natural, natural, "interlaced-ls-v1"),
         (natural, rng.integers(0, 4096, natural.shape), plain),  # an unrelated previous plane
     ):
-        data = Fast().encode(plane, info, prev)
-        assert Fast.chosen_model(data) == expect
-        assert np.array_equal(Fast().decode(data, info, prev), plane)
+        data = fast.encode(plane, info, prev)
+        assert fast.chosen_model(data) == expect
+        assert np.array_equal(fast.decode(data, info, prev), plane)
 
 
 def test_wavelet_probe_separates_decoded_lossy_jpeg2000_from_acquired_images():

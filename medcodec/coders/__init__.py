@@ -102,16 +102,18 @@ class PlaneSelector:
     (the smallest stream wins; one index means no trial coding); None tries them all. A stream is the
     candidate's index (one varint) and that candidate's stream. ``codes_all_planes``:
     the candidates model the noise floor themselves, so the record keeps no local planes
-    (k = 0).
+    (k = 0). ``planes_decoder(selector, streams, info, prev_of) -> planes`` decodes a
+    record's planes together (as ``decode`` would one by one); None: one by one.
     """
 
     model_id: str
     candidates: tuple[str, ...]
     choose: Callable[[np.ndarray, np.ndarray | None], tuple[int, ...]] | None = None
     codes_all_planes: bool = False
+    planes_decoder: Callable | None = None
 
     @property
-    def CANDIDATES(self) -> tuple:  # noqa: N802 - the name the per-plane classes use
+    def CANDIDATES(self) -> tuple:  # noqa: N802 - the registered coders, in candidate order
         _load()
         return tuple(_REGISTRY[c] for c in self.candidates)
 
@@ -147,6 +149,16 @@ class PlaneSelector:
     def chosen_model(self, data: bytes) -> str:
         """The id of the candidate that coded this stream."""
         return self._choice(data)[0]
+
+    def decode_planes(self, streams: list[bytes], info, prev_of: list[int | None]) -> list[np.ndarray]:
+        """Every plane of a record, plane i's previous plane being plane ``prev_of[i]`` (an
+        earlier one) or none."""
+        if self.planes_decoder is not None:
+            return self.planes_decoder(self, streams, info, prev_of)
+        out: list[np.ndarray] = []
+        for data, p in zip(streams, prev_of):
+            out.append(self.decode(data, info, None if p is None else out[p]))
+        return out
 
 
 __all__ = ["GlobalCoder", "PlaneSelector", "coder_for", "register", "registered"]
