@@ -34,7 +34,7 @@ from .errors import (
     record_errors,
     shown,
 )
-from .coders import coder_for, registered
+from .coders import PlaneSelector, coder_for, registered
 from .models import BASE_TRANSFORMER, CLASSICAL, TRANSFORMER_PREFIX, ModelStore
 from .paths import LocalPathModel, PlaneInfo
 from .planes import (
@@ -66,7 +66,7 @@ CODEC_ID = "medcodec.dualpath"
 GLOBAL_MODELS = registered(record_level=True)
 PRESET_GLOBAL_MODEL = {"max": PER_PLANE_V6.model_id, "fast": "per-plane-fast-v4"}
 # The record-level models that choose a candidate per plane (streams start with its index).
-PER_PLANE_MODELS = {k: v for k, v in GLOBAL_MODELS.items() if hasattr(v, "CANDIDATES")}
+PER_PLANE_MODELS = {k: v for k, v in GLOBAL_MODELS.items() if isinstance(v, PlaneSelector)}
 PRESETS = ("max", "fast")
 # Decoding refuses records that claim more samples than this (a crafted record must not
 # make the reader allocate unbounded memory).

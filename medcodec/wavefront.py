@@ -38,6 +38,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .coders import PlaneSelector, coder_for, register
+from .coders.difference import DifferenceCoder
 from . import ctxtree
 from .entropy import CHUNK, AdaptiveTables, BitReader, Decoder, Encoder, PieceDecoder, pack_bits
 from .errors import CorruptRecordError
@@ -911,44 +912,9 @@ class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
         return models
 
 
-@register
-class RasterDifferenceGlobalPathCoder:
-    """The raster path on ``plane - prev``: for a plane coded after a nearly equal one.
-
-    Colour images stored as RGB are mostly grey (R = G = B) in medical practice
-    (ultrasound, screen captures); there the difference to the previous sample is 0 and
-    smooth where it is not, which the raster path codes almost for free. The
-    difference, offset by ``2**bits - 1``, is coded with ``bits + 1`` bits and no
-    previous plane. Needs a previous plane.
-    """
-
-    model_id = "raster-wp-diff-v1"
-    BASE = RasterGlobalPathCoder
-
-    def encode(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> bytes:
-        if prev is None:
-            raise ValueError("the difference coder needs a previous plane")
-        offset = (1 << info.bits) - 1
-        diff = np.asarray(plane, dtype=np.int64) - np.asarray(prev, dtype=np.int64) + offset
-        return self.BASE().encode(diff, self._info(info))
-
-    def decode(self, data: bytes, info: PlaneInfo, prev: np.ndarray | None = None) -> np.ndarray:
-        if prev is None:
-            raise CorruptRecordError("a difference-coded plane has no previous plane")
-        return self.finish(self.BASE().decode(data, self._info(info)), prev, info)
-
-    @staticmethod
-    def finish(diff: np.ndarray, prev: np.ndarray, info: PlaneInfo) -> np.ndarray:
-        """The plane from its decoded difference to ``prev``."""
-        offset = (1 << info.bits) - 1
-        out = diff + np.asarray(prev, dtype=np.int64) - offset
-        if out.min(initial=0) < 0 or out.max(initial=0) > offset:
-            raise CorruptRecordError("global path decoded a value outside the stored range")
-        return out
-
-    @staticmethod
-    def _info(info: PlaneInfo) -> PlaneInfo:
-        return PlaneInfo(rows=info.rows, cols=info.cols, bits=info.bits + 1, k=info.k, preset=info.preset)
+# raster-wp-v1 on the difference to the previous plane (``medcodec.coders.difference``):
+# for a plane coded after a nearly equal one (grey RGB).
+RASTER_WP_DIFF_V1 = register(DifferenceCoder("raster-wp-diff-v1", RasterGlobalPathCoder.model_id))
 
 
 # raster-ls-v1: planes of at least this many pixels split each activity bucket by texture
@@ -1148,10 +1114,10 @@ def decode_in_runs(selector: PlaneSelector, streams: list[bytes], info: PlaneInf
         coder = coder_for(model_id)
         p = prev_of[i]
         place = {plane: j for j, (plane, _, _) in enumerate(run)}
-        if isinstance(coder, RasterDifferenceGlobalPathCoder) and issubclass(coder.BASE, RasterGlobalPathCoder):
+        if isinstance(coder, DifferenceCoder) and isinstance(coder.base_coder(), RasterGlobalPathCoder):
             if p is None:
                 raise CorruptRecordError("a difference-coded plane has no previous plane")
-            item = (i, coder.BASE().parse(data[at:], coder._info(info), None), coder)
+            item = (i, coder.base_coder().parse(data[at:], coder.wide(info), None), coder)
         elif isinstance(coder, RasterGlobalPathCoder):
             if p in place and run[place[p]][2] is not None:
                 flush()
@@ -1198,7 +1164,7 @@ def _per_plane(model_id: str, candidates: tuple[str, ...], *, wavelet: int | Non
 # sides at every level), the raster path on images with pixel-scale texture, the
 # difference coder on planes nearly equal to the previous one (grey RGB).
 PER_PLANE_V3 = _per_plane("per-plane-v3", (
-    TreeGlobalPathCoder.model_id, RasterGlobalPathCoder.model_id, RasterDifferenceGlobalPathCoder.model_id))
+    TreeGlobalPathCoder.model_id, RasterGlobalPathCoder.model_id, RASTER_WP_DIFF_V1.model_id))
 
 
 # Which planes may gain from the wavelet path: on a PROBE x PROBE centre crop (aligned to
@@ -1248,41 +1214,26 @@ def wavelet_probe(plane: np.ndarray) -> float:
 PER_PLANE_V4 = _per_plane("per-plane-v4", PER_PLANE_V3.candidates + (WaveletGlobalPathCoder.model_id,), wavelet=3)
 
 
-@register
-class InterlacedDifferenceGlobalPathCoder(RasterDifferenceGlobalPathCoder):
-    """``interlaced-ls-v1`` (the `fast` global path) on ``plane - prev``, as above."""
-
-    model_id = "interlaced-ls-diff-v1"
-    BASE = GlobalPathCoder
-
-
-@register
-class RasterDifferenceV2GlobalPathCoder(RasterDifferenceGlobalPathCoder):
-    """``raster-wp-v2`` on ``plane - prev`` (see ``RasterDifferenceGlobalPathCoder``)."""
-
-    model_id = "raster-wp-diff-v2"
-    BASE = RasterV2GlobalPathCoder
+# interlaced-ls-v1 (the `fast` global path before the compiled coders) and raster-wp-v2 on
+# the difference to the previous plane.
+INTERLACED_LS_DIFF_V1 = register(DifferenceCoder("interlaced-ls-diff-v1", GlobalPathCoder.model_id))
+RASTER_WP_DIFF_V2 = register(DifferenceCoder("raster-wp-diff-v2", RasterV2GlobalPathCoder.model_id))
 
 
 # per-plane-v4 with the raster coders replaced by raster-wp-v2 (a predictor and an offset
 # per context leaf).
 PER_PLANE_V5 = _per_plane("per-plane-v5", (
-    TreeGlobalPathCoder.model_id, RasterV2GlobalPathCoder.model_id, RasterDifferenceV2GlobalPathCoder.model_id,
+    TreeGlobalPathCoder.model_id, RasterV2GlobalPathCoder.model_id, RASTER_WP_DIFF_V2.model_id,
     WaveletGlobalPathCoder.model_id), wavelet=3)
 
 
-@register
-class RasterDifferenceV3GlobalPathCoder(RasterDifferenceGlobalPathCoder):
-    """``raster-wp-v3`` on ``plane - prev`` (see ``RasterDifferenceGlobalPathCoder``)."""
-
-    model_id = "raster-wp-diff-v3"
-    BASE = RasterV3GlobalPathCoder
+RASTER_WP_DIFF_V3 = register(DifferenceCoder("raster-wp-diff-v3", RasterV3GlobalPathCoder.model_id))
 
 
 # per-plane-v5 with the raster coders replaced by raster-wp-v3 (leaves may pick fitted
 # predictors over a wider neighbourhood): `max`'s global path.
 PER_PLANE_V6 = _per_plane("per-plane-v6", (
-    TreeGlobalPathCoder.model_id, RasterV3GlobalPathCoder.model_id, RasterDifferenceV3GlobalPathCoder.model_id,
+    TreeGlobalPathCoder.model_id, RasterV3GlobalPathCoder.model_id, RASTER_WP_DIFF_V3.model_id,
     WaveletGlobalPathCoder.model_id), wavelet=3)
 
 
@@ -1301,7 +1252,7 @@ def _fast_v1_choice(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ..
 # (its low band by interlaced-ls-v1).
 FAST_V1 = register(PlaneSelector(
     model_id="per-plane-fast-v1",
-    candidates=(GlobalPathCoder.model_id, InterlacedDifferenceGlobalPathCoder.model_id, WaveletGlobalPathCoder.model_id),
+    candidates=(GlobalPathCoder.model_id, INTERLACED_LS_DIFF_V1.model_id, WaveletGlobalPathCoder.model_id),
     choose=_fast_v1_choice,
 ), record_level=True)
 
@@ -1331,7 +1282,7 @@ def _fast_v2_choice(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ..
 
 FAST_V2 = register(PlaneSelector(
     model_id="per-plane-fast-v2",
-    candidates=(RasterLSGlobalPathCoder.model_id, InterlacedDifferenceGlobalPathCoder.model_id,
+    candidates=(RasterLSGlobalPathCoder.model_id, INTERLACED_LS_DIFF_V1.model_id,
                 WaveletGlobalPathCoder.model_id, GlobalPathCoder.model_id),
     choose=_fast_v2_choice,
 ), record_level=True)

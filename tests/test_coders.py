@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 
 import medcodec
 from medcodec.coders import PlaneSelector, coder_for, register, registered
-from medcodec.coders.raster_wpc import FAST_V3, RasterWPCDifferenceGlobalPathCoder, RasterWPCGlobalPathCoder
+from medcodec.coders.raster_wpc import FAST_V3, RASTER_WPC_DIFF_V1, RasterWPCGlobalPathCoder
 from medcodec.errors import CorruptRecordError, ModelMismatchError
 from medcodec.paths import PlaneInfo
 
 WPC = RasterWPCGlobalPathCoder()
-DIFF = RasterWPCDifferenceGlobalPathCoder()
+DIFF = RASTER_WPC_DIFF_V1
 
 
 def _info(plane: np.ndarray, bits: int) -> PlaneInfo:
@@ -52,8 +52,8 @@ def test_registry_knows_every_global_model_once_and_records_name_only_record_lev
     record_level = registered(record_level=True)
     assert {"per-plane-fast-v4", "per-plane-fast-v3", "per-plane-v6", "interlaced-ls-v1"} <= set(record_level)
     assert {"raster-wpc-v1", "raster-wpc-diff-v1", "wavelet53-v1", "wavelet53-v2"} <= set(every) - set(record_level)
-    for selector in (v for v in record_level.values() if hasattr(v, "CANDIDATES")):
-        assert all(c.model_id in every for c in selector.CANDIDATES)
+    for selector in (v for v in record_level.values() if isinstance(v, PlaneSelector)):
+        assert all(c in every for c in selector.candidates)
     from medcodec.codec import GLOBAL_MODELS, PRESET_GLOBAL_MODEL
 
     assert set(PRESET_GLOBAL_MODEL.values()) <= set(GLOBAL_MODELS) == set(record_level)
@@ -87,6 +87,35 @@ def test_every_plane_decodes_to_itself(kind, rows, cols, bits, seed, with_prev):
     if prev is not None:
         data = DIFF.encode(plane, info, prev)
         assert np.array_equal(DIFF.decode(data, info, prev), plane)
+
+
+def _difference_coders():
+    from medcodec.coders.difference import DifferenceCoder
+
+    return sorted((c for c in registered().values() if isinstance(c, DifferenceCoder)), key=lambda c: c.model_id)
+
+
+def test_every_difference_coder_is_data_over_a_registered_base():
+    coders = _difference_coders()
+    assert {c.model_id for c in coders} == {"raster-wp-diff-v1", "raster-wp-diff-v2", "raster-wp-diff-v3",
+                                            "interlaced-ls-diff-v1", "raster-wpc-diff-v1"}
+    assert all(c.base in registered() and c.base_coder().model_id == c.base for c in coders)
+
+
+@pytest.mark.parametrize("coder", _difference_coders(), ids=lambda c: c.model_id)
+def test_a_difference_coder_round_trips_the_extremes_and_needs_its_previous_plane(coder):
+    bits = 8
+    hi = np.full((9, 11), (1 << bits) - 1, dtype=np.int64)
+    lo = np.zeros((9, 11), dtype=np.int64)
+    info = _info(hi, bits)
+    for plane, prev in ((hi, lo), (lo, hi), (hi, hi)):  # the differences -max, +max and 0
+        data = coder.encode(plane, info, prev)
+        assert np.array_equal(coder.decode(data, info, prev), plane)
+    with pytest.raises(ValueError, match="previous plane"):
+        coder.encode(hi, info, None)
+    for wrong in (None, lo[:, :-1]):
+        with pytest.raises(CorruptRecordError, match="previous plane"):
+            coder.decode(data, info, wrong)
 
 
 def test_real_planes_round_trip_and_beat_the_previous_fast_coder():

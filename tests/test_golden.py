@@ -89,7 +89,7 @@ def _wavelet_band_modes(model_id: str, coder) -> set[int]:
         model = info["models"]["global"]
         for sec in ct.read_record(blob).of_type(ct.SECTION_GLOBAL):
             r = IntReader(sec.payload)
-            if PER_PLANE_MODELS[model].CANDIDATES[r.get()] is not coder:
+            if PER_PLANE_MODELS[model].candidates[r.get()] != coder.model_id:
                 continue
             for _ in range(3 * r.get() + 1):  # levels, then per band: mode, value | scale, length
                 mode = r.get()
@@ -129,7 +129,7 @@ def test_golden_records_cover_a_raster_leaf_table():
             continue
         for sec in ct.read_record(blob).of_type(ct.SECTION_GLOBAL):
             r = IntReader(sec.payload)
-            if PER_PLANE_MODELS[model].CANDIDATES[r.get()] is not RasterV2GlobalPathCoder:
+            if PER_PLANE_MODELS[model].candidates[r.get()] != RasterV2GlobalPathCoder.model_id:
                 continue
             side, _ = _split(sec.payload[r.at :])
             ctxtree.Tree.read(side, len(RasterV2GlobalPathCoder.PROPERTIES), N_BUCKETS)
@@ -154,7 +154,7 @@ def test_golden_records_cover_fitted_raster_predictors():
         rows, cols = info["shape"][-2:]
         for sec in ct.read_record(blob).of_type(ct.SECTION_GLOBAL)[:1]:  # the first plane: no previous one
             r = IntReader(sec.payload)
-            if PER_PLANE_MODELS[info["models"]["global"]].CANDIDATES[r.get()] is not RasterV3GlobalPathCoder:
+            if PER_PLANE_MODELS[info["models"]["global"]].candidates[r.get()] != RasterV3GlobalPathCoder.model_id:
                 continue
             side, _ = _split(sec.payload[r.at :])
             ctxtree.Tree.read(side, len(RasterV3GlobalPathCoder.PROPERTIES), N_BUCKETS)
@@ -194,7 +194,7 @@ def test_golden_records_cover_every_model_a_reader_knows():
         info = info.get("pixels", info)
         seen |= {info["models"]["global"], info["models"]["local"], *info.get("global_planes", {})}
     shipped = {p.stem for p in WEIGHTS_DIR.glob("*.safetensors")}
-    wanted = set(GLOBAL_MODELS) | {c.model_id for pp in PER_PLANE_MODELS.values() for c in pp.CANDIDATES}
+    wanted = set(GLOBAL_MODELS) | {c for pp in PER_PLANE_MODELS.values() for c in pp.candidates}
     assert wanted | shipped | {ClassicalLocalPathCoder.model_id} <= seen
 
 

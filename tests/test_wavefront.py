@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import medcodec
+from medcodec.coders import coder_for
 from medcodec.errors import CorruptRecordError
 from medcodec.paths import IntWriter, PlaneInfo, TreeGlobalPathCoder
 from medcodec.wavefront import (
@@ -14,15 +15,15 @@ from medcodec.wavefront import (
     P2C,
     P3C,
     PER_PLANE_V3,
-    RasterDifferenceGlobalPathCoder,
+    RASTER_WP_DIFF_V1,
     LEAF_PREDICTORS,
     LS_MAX_CLASSES,
     LS_MIN_PIXELS,
     LS_NEIGHBOURS,
     PER_PLANE_V5,
     PER_PLANE_V6,
-    RasterDifferenceV2GlobalPathCoder,
-    RasterDifferenceV3GlobalPathCoder,
+    RASTER_WP_DIFF_V2,
+    RASTER_WP_DIFF_V3,
     RasterGlobalPathCoder,
     RasterLSGlobalPathCoder,
     RasterV2GlobalPathCoder,
@@ -254,7 +255,7 @@ def test_per_plane_coder_keeps_the_smaller_candidate_and_decodes_it():
         a, bits = _real_plane(name)
         info = _info(a, bits)
         data = coder.encode(a, info)
-        sizes = [len(c().encode(a, info)) for c in PER_PLANE_V3.CANDIDATES[:2]]  # no previous plane
+        sizes = [len(coder_for(c).encode(a, info)) for c in PER_PLANE_V3.candidates[:2]]  # no previous plane
         assert len(data) == 1 + min(sizes)
         assert data[0] == 2 * int(np.argmin(sizes))  # zigzag varint of the index
         assert np.array_equal(coder.decode(data, info), a)
@@ -290,11 +291,11 @@ def test_difference_coder_takes_mostly_grey_colour_planes():
 def test_difference_coder_needs_a_previous_plane():
     a, bits = _real_plane("MR_small.dcm")
     info = _info(a, bits)
-    data = RasterDifferenceGlobalPathCoder().encode(a, info, a[::-1].copy())
+    data = RASTER_WP_DIFF_V1.encode(a, info, a[::-1].copy())
     with pytest.raises(CorruptRecordError, match="previous plane"):
-        RasterDifferenceGlobalPathCoder().decode(data, info, None)
+        RASTER_WP_DIFF_V1.decode(data, info, None)
     w = IntWriter()
-    w.put(PER_PLANE_V3.CANDIDATES.index(RasterDifferenceGlobalPathCoder))
+    w.put(PER_PLANE_V3.candidates.index(RASTER_WP_DIFF_V1.model_id))
     with pytest.raises(CorruptRecordError, match="previous plane"):
         PER_PLANE_V3.decode(bytes(w.buf) + data, info, None)
     # The extreme differences (0 - max and max - 0) survive the offset.
@@ -302,7 +303,7 @@ def test_difference_coder_needs_a_previous_plane():
     lo = np.zeros((5, 6), dtype=np.int64)
     for plane, prev in ((hi, lo), (lo, hi)):
         small = _info(plane, bits)
-        out = RasterDifferenceGlobalPathCoder().decode(RasterDifferenceGlobalPathCoder().encode(plane, small, prev), small, prev)
+        out = RASTER_WP_DIFF_V1.decode(RASTER_WP_DIFF_V1.encode(plane, small, prev), small, prev)
         assert np.array_equal(out, plane)
 
 
@@ -311,7 +312,7 @@ def test_per_plane_coder_rejects_an_unknown_candidate():
     info = _info(a, bits)
     data = PER_PLANE_V3.encode(a, info)
     w = IntWriter()
-    w.put(len(PER_PLANE_V3.CANDIDATES))
+    w.put(len(PER_PLANE_V3.candidates))
     with pytest.raises(CorruptRecordError, match="candidate"):
         PER_PLANE_V3.decode(bytes(w.buf) + data[1:], info)
 
@@ -391,8 +392,8 @@ def test_raster_v2_round_trips_every_shape(shape):
     for prev in (None, np.clip(a + rng.integers(-2, 3, shape), 0, 255)):
         data = RasterV2GlobalPathCoder().encode(a, info, prev)
         assert np.array_equal(RasterV2GlobalPathCoder().decode(data, info, prev), a)
-        diff = RasterDifferenceV2GlobalPathCoder().encode(a, info, a if prev is None else prev)
-        assert np.array_equal(RasterDifferenceV2GlobalPathCoder().decode(diff, info, a if prev is None else prev), a)
+        diff = RASTER_WP_DIFF_V2.encode(a, info, a if prev is None else prev)
+        assert np.array_equal(RASTER_WP_DIFF_V2.decode(diff, info, a if prev is None else prev), a)
 
 
 def test_raster_v2_codes_real_images_smaller_than_v1():
@@ -525,8 +526,8 @@ def test_raster_v3_round_trips_every_shape(shape):
         data = RasterV3GlobalPathCoder().encode(a, info, prev)
         assert np.array_equal(RasterV3GlobalPathCoder().decode(data, info, prev), a)
         other = a if prev is None else prev
-        diff = RasterDifferenceV3GlobalPathCoder().encode(a, info, other)
-        assert np.array_equal(RasterDifferenceV3GlobalPathCoder().decode(diff, info, other), a)
+        diff = RASTER_WP_DIFF_V3.encode(a, info, other)
+        assert np.array_equal(RASTER_WP_DIFF_V3.decode(diff, info, other), a)
 
 
 def _v3_models(data: bytes, info: PlaneInfo, prev=None):
@@ -651,7 +652,7 @@ def test_per_plane_coders_keep_the_smallest_candidate(selector):
     for plane, prev in ((r, None), (g, r)):
         data = selector.encode(plane, info, prev)
         n = 3 if prev is not None else 2  # the difference coder needs a previous plane
-        sizes = [len(c().encode(plane, info, prev)) for c in selector.CANDIDATES[:n]]
+        sizes = [len(coder_for(c).encode(plane, info, prev)) for c in selector.candidates[:n]]
         assert len(data) == 1 + min(sizes)
         assert np.array_equal(selector.decode(data, info, prev), plane)
     assert selector.chosen_model(data).startswith(("raster-wp-diff-", "interlaced-tree-"))
@@ -664,7 +665,7 @@ def _forced(selector, index: int, plane, info, prev) -> bytes:
     """A per-plane stream that names candidate ``index`` of ``selector``."""
     head = IntWriter()
     head.put(index)
-    return bytes(head.buf) + selector.CANDIDATES[index]().encode(plane, info, prev)
+    return bytes(head.buf) + coder_for(selector.candidates[index]).encode(plane, info, prev)
 
 
 def _one_by_one(coder, streams, info, prev_of):
@@ -731,7 +732,7 @@ def test_a_run_decodes_planes_of_different_depths_and_previous_planes():
         RasterGlobalPathCoder().parse(RasterGlobalPathCoder().encode(frames[2], info, frames[1]), info, 0),
         RasterV2GlobalPathCoder().parse(RasterV2GlobalPathCoder().encode(frames[3], info), info, None),
     ]
-    diff_info = RasterDifferenceV3GlobalPathCoder._info(info)
+    diff_info = RASTER_WP_DIFF_V3.wide(info)
     diff = frames[2] - frames[3] + 255
     assert diff.min() >= 0 and diff.max() <= 511
     parsed.append(RasterV3GlobalPathCoder().parse(RasterV3GlobalPathCoder().encode(diff, diff_info), diff_info, None))

@@ -16,7 +16,9 @@ per-plane selector, named inside its streams).
 
 A per-plane selector (:class:`PlaneSelector`) is data: an id, its candidates' ids (a
 stream's first varint is the index of the one that coded it) and the rule that picks
-one. Adding a coder means one module here (or beside the older ones), one section of
+one. A coder of the difference to the previous plane is data too
+(:class:`medcodec.coders.difference.DifferenceCoder`: its id and its base coder's id).
+Adding a coder means one module here (or beside the older ones), one section of
 schemas/FORMAT.md and one golden record (tests/fixtures/make_golden.py).
 
 Ids are never reused: a coder whose stream changes gets a new id, and the old one
@@ -111,11 +113,6 @@ class PlaneSelector:
     choose: Callable[[np.ndarray, np.ndarray | None], tuple[int, ...]] | None = None
     codes_all_planes: bool = False
     planes_decoder: Callable | None = None
-
-    @property
-    def CANDIDATES(self) -> tuple:  # noqa: N802 - the registered coders, in candidate order
-        _load()
-        return tuple(_REGISTRY[c] for c in self.candidates)
 
     def encode(self, plane: np.ndarray, info, prev: np.ndarray | None = None) -> bytes:
         from ..paths import IntWriter

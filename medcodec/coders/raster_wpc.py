@@ -8,12 +8,12 @@ stream needs nothing from the record's preset: what it was coded with, it says.
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import numpy as np
 
 from ..errors import CorruptRecordError
 from . import PlaneSelector, register
+from .difference import DifferenceCoder
 
 STREAM_VERSION = 1
 _FLAG_PREV = 1
@@ -69,29 +69,10 @@ class RasterWPCGlobalPathCoder:
         return plane
 
 
-@register
-class RasterWPCDifferenceGlobalPathCoder:
-    """``raster-wpc-v1`` on ``plane - prev + maxv`` (one bit wider): for planes that
-    equal their previous plane at most pixels (colour samples of a nearly grey image),
-    where the difference is mostly zero and its non-zero part is what is left to code."""
-
-    model_id = "raster-wpc-diff-v1"
-
-    def encode(self, plane: np.ndarray, info, prev: np.ndarray | None = None) -> bytes:
-        if prev is None or prev.shape != plane.shape:
-            raise ValueError("the difference coder needs a previous plane of the same shape")
-        maxv = (1 << info.bits) - 1
-        diff = np.asarray(plane, dtype=np.int64) - np.asarray(prev, dtype=np.int64) + maxv
-        return RasterWPCGlobalPathCoder().encode(diff, replace(info, bits=info.bits + 1), None)
-
-    def decode(self, data: bytes, info, prev: np.ndarray | None = None) -> np.ndarray:
-        if prev is None or prev.shape != (info.rows, info.cols):
-            raise CorruptRecordError("a difference-coded plane has no previous plane")
-        maxv = (1 << info.bits) - 1
-        plane = RasterWPCGlobalPathCoder().decode(data, replace(info, bits=info.bits + 1), None) + prev - maxv
-        if plane.size and (int(plane.min()) < 0 or int(plane.max()) > maxv):
-            raise CorruptRecordError("raster-wpc-diff stream decodes to a value outside the plane's range")
-        return plane
+# raster-wpc-v1 on ``plane - prev + maxv`` (one bit wider): for planes that equal their
+# previous plane at most pixels (colour samples of a nearly grey image), where the
+# difference is mostly zero and its non-zero part is what is left to code.
+RASTER_WPC_DIFF_V1 = register(DifferenceCoder("raster-wpc-diff-v1", RasterWPCGlobalPathCoder.model_id))
 
 
 def _fast_choice(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
@@ -110,7 +91,7 @@ def _fast_choice(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
 FAST_V3 = register(
     PlaneSelector(
         model_id="per-plane-fast-v3",
-        candidates=(RasterWPCGlobalPathCoder.model_id, "wavelet53-v1", RasterWPCDifferenceGlobalPathCoder.model_id),
+        candidates=(RasterWPCGlobalPathCoder.model_id, "wavelet53-v1", RASTER_WPC_DIFF_V1.model_id),
         choose=_fast_choice,
         codes_all_planes=True,
     ),

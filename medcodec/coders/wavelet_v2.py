@@ -30,7 +30,7 @@ from ..errors import CorruptRecordError
 from ..paths import IntReader, IntWriter, PlaneInfo
 from ..wavelet import MAX_BAND_BITS, _parent, decode_bands, encode_bands
 from . import PlaneSelector, register
-from .raster_wpc import RasterWPCDifferenceGlobalPathCoder, RasterWPCGlobalPathCoder, _fast_choice
+from .raster_wpc import RASTER_WPC_DIFF_V1, RasterWPCGlobalPathCoder, _fast_choice
 
 MODE_CONSTANT, MODE_BAND, MODE_RASTER = 0, 5, 6
 RASTER_MAX_BITS = 20  # the raster coder's residual classes stop at 2**24; keep a margin
@@ -144,7 +144,7 @@ FAST_V4 = register(
     PlaneSelector(
         model_id="per-plane-fast-v4",
         candidates=(RasterWPCGlobalPathCoder.model_id, WaveletV2GlobalPathCoder.model_id,
-                    RasterWPCDifferenceGlobalPathCoder.model_id),
+                    RASTER_WPC_DIFF_V1.model_id),
         choose=_fast_v4_choice,
         codes_all_planes=True,
     ),
