@@ -18,8 +18,9 @@ A per-plane selector (:class:`PlaneSelector`) is data: an id, its candidates' id
 stream's first varint is the index of the one that coded it) and the rule that picks
 one. A coder of the difference to the previous plane is data too
 (:class:`medcodec.coders.difference.DifferenceCoder`: its id and its base coder's id).
-Adding a coder means one module here (or beside the older ones), one section of
-schemas/FORMAT.md and one golden record (tests/fixtures/make_golden.py).
+Adding a coder means one module in this package (found and imported by the registry
+itself), one section of schemas/FORMAT.md and one golden record
+(tests/fixtures/make_golden.py).
 
 Ids are never reused: a coder whose stream changes gets a new id, and the old one
 stays registered to decode what was written with it.
@@ -48,14 +49,10 @@ class GlobalCoder(Protocol):
 
 _REGISTRY: dict[str, object] = {}
 _RECORD_LEVEL: set[str] = set()
-# Modules whose import registers coders (the older ones live beside the path code).
-_MODULES = (
-    "medcodec.paths",
-    "medcodec.wavefront",
-    "medcodec.wavelet",
-    "medcodec.coders.raster_wpc",
-    "medcodec.coders.wavelet_v2",
-)
+# Modules whose import registers coders: the older ones, which live beside the path code,
+# and every module of this package (a new coder's module is found without being listed).
+_OLDER_MODULES = ("medcodec.paths", "medcodec.wavefront", "medcodec.wavelet")
+_loaded = False
 
 
 def register(cls=None, *, record_level: bool = False):
@@ -75,8 +72,14 @@ def register(cls=None, *, record_level: bool = False):
 
 
 def _load() -> None:
-    for name in _MODULES:
+    global _loaded
+    if _loaded:
+        return
+    import pkgutil
+
+    for name in _OLDER_MODULES + tuple(f"{__name__}.{m.name}" for m in pkgutil.iter_modules(__path__)):
         importlib.import_module(name)
+    _loaded = True
 
 
 def registered(*, record_level: bool | None = None) -> dict[str, object]:
