@@ -33,7 +33,7 @@ def measure(split: str, runs: int, limit: int | None) -> list[dict]:
     from medcodec.model.images import iter_images, pydicom_test_files
     from medcodec.model.train import held_out
     from medcodec.paths import PlaneInfo
-    from medcodec.wavefront import FAST_WAVELET_PROBE, wavelet_probe
+    from medcodec.coders.selectors import FAST_WAVELET_PROBE, wavelet_probe
 
     rows = []
     for image in iter_images(sorted(pydicom_test_files())):

@@ -55,7 +55,7 @@ from .planes import (
     words_to_values,
 )
 from .spec import PixelSpec
-from .wavefront import PER_PLANE_V6
+from .coders.selectors import PER_PLANE_V6
 
 CODEC_ID = "medcodec.dualpath"
 # Each preset uses the global model that gave it the smallest records at the speed it

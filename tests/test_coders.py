@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 import medcodec
 from medcodec.coders import PlaneSelector, coder_for, register, registered
-from medcodec.coders.raster_wpc import FAST_V3, RASTER_WPC_DIFF_V1, RasterWPCGlobalPathCoder
+from medcodec.coders.raster_wpc import RASTER_WPC_DIFF_V1, RasterWPCGlobalPathCoder
+from medcodec.coders.selectors import FAST_V3
 from medcodec.errors import CorruptRecordError, ModelMismatchError
 from medcodec.paths import PlaneInfo
 
@@ -87,6 +88,17 @@ def test_every_plane_decodes_to_itself(kind, rows, cols, bits, seed, with_prev):
     if prev is not None:
         data = DIFF.encode(plane, info, prev)
         assert np.array_equal(DIFF.decode(data, info, prev), plane)
+
+
+def test_every_per_plane_selector_lives_in_the_selectors_module_and_its_table():
+    from medcodec.coders import selectors
+
+    found = [v for v in registered().values() if isinstance(v, PlaneSelector)]
+    assert {s.model_id for s in found} >= {"per-plane-v6", "per-plane-fast-v4"}
+    defined = {id(v) for v in vars(selectors).values()}
+    for selector in found:
+        assert id(selector) in defined, selector.model_id
+        assert f"``{selector.model_id}``" in selectors.__doc__, selector.model_id
 
 
 def _difference_coders():

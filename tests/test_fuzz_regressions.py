@@ -175,7 +175,7 @@ def test_keyed_compress_of_values_pydicom_cannot_convert(data, tmp_path):
 
 
 # --------------------------------------------------------------------------------------
-# fuzz_dicom: the fast preset's plane chooser (wavefront._follows) took the extremes of an
+# fuzz_dicom: the fast preset's plane chooser (selectors._follows) took the extremes of an
 # empty sample when a plane has one pixel: ValueError for a 1 x 1 image with two frames or
 # three samples (compress_dicom of a DICOM file claiming that, compress_pixels).
 

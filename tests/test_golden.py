@@ -101,7 +101,7 @@ def _wavelet_band_modes(model_id: str, coder) -> set[int]:
 
 
 def test_golden_records_cover_every_wavelet_band_mode():
-    from medcodec.wavefront import WaveletGlobalPathCoder
+    from medcodec.wavelet import WaveletGlobalPathCoder
 
     assert _wavelet_band_modes("wavelet53-v1", WaveletGlobalPathCoder) == {0, 1, 2, 3, 4}
 

@@ -9,19 +9,17 @@ import medcodec
 from medcodec.coders import coder_for
 from medcodec.errors import CorruptRecordError
 from medcodec.paths import IntWriter, PlaneInfo, TreeGlobalPathCoder
+from medcodec.coders.selectors import PER_PLANE_V3, PER_PLANE_V5, PER_PLANE_V6
 from medcodec.wavefront import (
     MAX_WEIGHTS,
     P1C,
     P2C,
     P3C,
-    PER_PLANE_V3,
     RASTER_WP_DIFF_V1,
     LEAF_PREDICTORS,
     LS_MAX_CLASSES,
     LS_MIN_PIXELS,
     LS_NEIGHBOURS,
-    PER_PLANE_V5,
-    PER_PLANE_V6,
     RASTER_WP_DIFF_V2,
     RASTER_WP_DIFF_V3,
     RasterGlobalPathCoder,
@@ -832,13 +830,13 @@ def test_corrupt_raster_ls_streams_fail_cleanly():
 
 
 def test_fast_v2_keeps_the_interlaced_path_for_very_large_planes(monkeypatch):
-    from medcodec import wavefront
-    from medcodec.wavefront import FAST_V2 as fast
+    from medcodec.coders import selectors
+    from medcodec.coders.selectors import FAST_V2 as fast
 
     a, bits = _real_plane("CT_small.dcm")
     info = PlaneInfo(rows=a.shape[0], cols=a.shape[1], bits=bits, k=0, preset="fast")
     assert fast.chosen_model(fast.encode(a, info)) == "raster-ls-v1"
-    monkeypatch.setattr(wavefront, "RASTER_LS_MAX_PIXELS", a.size - 1)
+    monkeypatch.setattr(selectors, "RASTER_LS_MAX_PIXELS", a.size - 1)
     data = fast.encode(a, info)
     assert fast.chosen_model(data) == "interlaced-ls-v1"
     assert np.array_equal(fast.decode(data, info), a)

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 import medcodec
 from medcodec.errors import CorruptRecordError
 from medcodec.paths import PlaneInfo, TreeGlobalPathCoder
-from medcodec.wavefront import PER_PLANE_V4
+from medcodec.coders.selectors import PER_PLANE_V4
 from medcodec.wavelet import WaveletGlobalPathCoder, band_shapes, forward, inverse, levels_for
 
 from conftest import pydicom_file
@@ -134,7 +134,7 @@ def test_max_records_name_per_plane_v5_and_decode():
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_fast_picks_difference_wavelet_or_plain_per_plane_and_roundtrips(version):
-    from medcodec.wavefront import FAST_V1, FAST_V2
+    from medcodec.coders.selectors import FAST_V1, FAST_V2
 
     fast = FAST_V1 if version == "v1" else FAST_V2
     plain = "interlaced-ls-v1" if version == "v1" else "raster-ls-v1"
@@ -161,7 +161,7 @@ def test_fast_picks_difference_wavelet_or_plain_per_plane_and_roundtrips(version
 def test_wavelet_probe_separates_decoded_lossy_jpeg2000_from_acquired_images():
     import pydicom
 
-    from medcodec.wavefront import WAVELET_PROBE_MIN, wavelet_probe
+    from medcodec.coders.selectors import WAVELET_PROBE_MIN, wavelet_probe
 
     def plane(name):
         ds = pydicom.dcmread(pydicom_file(name))

@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medcodec.coders import coder_for
-from medcodec.coders.wavelet_v2 import FAST_V4, FAST_V4_TRIAL_SAMPLES, WaveletV2GlobalPathCoder
+from medcodec.coders.selectors import FAST_V4, FAST_V4_TRIAL_SAMPLES
+from medcodec.coders.wavelet_v2 import WaveletV2GlobalPathCoder
 from medcodec.errors import CorruptRecordError
 from medcodec.paths import PlaneInfo
 from medcodec.wavelet import forward, inverse, levels_for

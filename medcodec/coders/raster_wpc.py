@@ -1,4 +1,4 @@
-"""``raster-wpc-v1``: the compiled raster coder, and ``per-plane-fast-v3``, `fast`'s global path.
+"""``raster-wpc-v1``: the compiled raster coder, and its difference form ``raster-wpc-diff-v1``.
 
 The per-pixel model and the range coder are in :mod:`medcodec.coders.wpkernel`. A
 stream is one version byte (1), one flags byte (bit 0: the previous plane was used as
@@ -8,11 +8,10 @@ stream needs nothing from the record's preset: what it was coded with, it says.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from ..errors import CorruptRecordError
-from . import PlaneSelector, register
+from . import register
 from .difference import DifferenceCoder
 
 STREAM_VERSION = 1
@@ -73,27 +72,3 @@ class RasterWPCGlobalPathCoder:
 # previous plane at most pixels (colour samples of a nearly grey image), where the
 # difference is mostly zero and its non-zero part is what is left to code.
 RASTER_WPC_DIFF_V1 = register(DifferenceCoder("raster-wpc-diff-v1", RasterWPCGlobalPathCoder.model_id))
-
-
-def _fast_choice(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
-    """`fast`'s rule, without trial codings but for one case: the wavelet path for
-    decoded lossy JPEG 2000 images (``wavefront.wavelet_probe``), the compiled raster
-    coder for everything else (it uses the previous plane as a predictor itself); a
-    plane equal to its previous plane at ``FAST_DIFF_MIN_EQUAL`` of its pixels or more
-    is also coded as the difference, and the smaller stream kept."""
-    from ..wavefront import FAST_DIFF_MIN_EQUAL, FAST_WAVELET_PROBE, wavelet_probe
-
-    if prev is not None and prev.shape == plane.shape and np.count_nonzero(plane == prev) >= FAST_DIFF_MIN_EQUAL * plane.size:
-        return (0, 2)
-    return (1,) if wavelet_probe(plane) >= FAST_WAVELET_PROBE else (0,)
-
-
-FAST_V3 = register(
-    PlaneSelector(
-        model_id="per-plane-fast-v3",
-        candidates=(RasterWPCGlobalPathCoder.model_id, "wavelet53-v1", RASTER_WPC_DIFF_V1.model_id),
-        choose=_fast_choice,
-        codes_all_planes=True,
-    ),
-    record_level=True,
-)

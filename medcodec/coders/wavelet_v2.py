@@ -1,5 +1,5 @@
-"""``wavelet53-v2``: the 5/3 wavelet path with compiled band coders, and
-``per-plane-fast-v4``, `fast`'s global path since it.
+"""``wavelet53-v2``: the 5/3 wavelet path with compiled band coders (`fast`'s
+``per-plane-fast-v4`` takes it: ``medcodec.coders.selectors``).
 
 The transform, the band order and the division of a band by the greatest common
 divisor of its coefficients are ``wavelet53-v1``'s (:mod:`medcodec.wavelet`). What
@@ -29,8 +29,8 @@ import numpy as np
 from ..errors import CorruptRecordError
 from ..paths import IntReader, IntWriter, PlaneInfo
 from ..wavelet import MAX_BAND_BITS, _parent, decode_bands, encode_bands
-from . import PlaneSelector, register
-from .raster_wpc import RASTER_WPC_DIFF_V1, RasterWPCGlobalPathCoder, _fast_choice
+from . import register
+from .raster_wpc import RasterWPCGlobalPathCoder
 
 MODE_CONSTANT, MODE_BAND, MODE_RASTER = 0, 5, 6
 RASTER_MAX_BITS = 20  # the raster coder's residual classes stop at 2**24; keep a margin
@@ -113,40 +113,3 @@ def _code_band(i: int, band: np.ndarray, bands: list[np.ndarray], preset: str) -
         sub = PlaneInfo(rows=band.shape[0], cols=band.shape[1], bits=bits, k=0, preset=preset)
         return MODE_RASTER, bytes(head.buf) + RasterWPCGlobalPathCoder().encode(units - lo, sub), scale
     return MODE_BAND, _band_encode(units, _parent(bands, i), scale), scale
-
-
-# Planes up to this many samples that the wavelet probe sends to the wavelet path are
-# also coded with the raster coder, and the smaller stream kept; larger ones are coded
-# by whichever of the two codes the probe's centre crop smaller. The probe alone is
-# often wrong: 100x100 screen-capture planes (train) take 500-1,000 B by the wavelet path
-# and 130-550 B raster, JPEG2000_UNC.dcm (train) 22.4 against 18.2 kB.
-FAST_V4_TRIAL_SAMPLES = 1 << 16
-
-
-def _fast_v4_choice(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
-    """``per-plane-fast-v3``'s rule with ``wavelet53-v2`` in place of v1, where the
-    wavelet path is checked against the raster coder (``FAST_V4_TRIAL_SAMPLES``)."""
-    from ..wavefront import _probe_crop
-
-    order = _fast_choice(plane, prev)
-    if order != (1,):
-        return order
-    if plane.size <= FAST_V4_TRIAL_SAMPLES:
-        return (0, 1)
-    crop = _probe_crop(plane)
-    bits = max(1, int(plane.max()).bit_length())
-    info = PlaneInfo(rows=crop.shape[0], cols=crop.shape[1], bits=bits, k=0, preset="fast")
-    raster = len(RasterWPCGlobalPathCoder().encode(crop, info))
-    return (1,) if len(WaveletV2GlobalPathCoder().encode(crop, info)) < raster else (0,)
-
-
-FAST_V4 = register(
-    PlaneSelector(
-        model_id="per-plane-fast-v4",
-        candidates=(RasterWPCGlobalPathCoder.model_id, WaveletV2GlobalPathCoder.model_id,
-                    RASTER_WPC_DIFF_V1.model_id),
-        choose=_fast_v4_choice,
-        codes_all_planes=True,
-    ),
-    record_level=True,
-)

@@ -90,7 +90,7 @@ INSTRUMENTED = (
     "medcodec.dicom.parsed", "medcodec.dicom.pixel_words", "medcodec.dicom.quiet", "medcodec.dicom.reading",
     "medcodec.dicom.syntaxes", "medcodec.dicom.writing",
     "medcodec.entropy", "medcodec.essential", "medcodec.paths", "medcodec.planes", "medcodec.sealing",
-    "medcodec.stego", "medcodec.wavefront", "medcodec.wavelet",
+    "medcodec.stego", "medcodec.wavefront", "medcodec.wavelet", "medcodec.coders.difference", "medcodec.coders.selectors",
 )
 # Big tables, no branches: instrumenting them would only slow every start. The compiled
 # kernels cannot be instrumented at all: numba compiles their bytecode, and atheris's

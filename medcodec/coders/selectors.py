@@ -1,0 +1,260 @@
+"""Every per-plane selector a record may name, as data: its id, its candidates' ids (a
+plane's stream starts with the index of the one that coded it) and the rule that picks
+the candidates worth coding a plane with (the smallest stream wins).
+
+============================  ========  ==============================================
+selector                      preset    candidates
+============================  ========  ==============================================
+``per-plane-v3``              (max)     interlaced-tree-v2, raster-wp-v1, its difference
+``per-plane-v4``              (max)     v3's, wavelet53-v1
+``per-plane-v5``              (max)     interlaced-tree-v2, raster-wp-v2, its difference, wavelet53-v1
+``per-plane-v6``              max       interlaced-tree-v2, raster-wp-v3, its difference, wavelet53-v1
+``per-plane-fast-v1``         (fast)    interlaced-ls-v1, its difference, wavelet53-v1
+``per-plane-fast-v2``         (fast)    raster-ls-v1, interlaced-ls-v1's difference, wavelet53-v1, interlaced-ls-v1
+``per-plane-fast-v3``         (fast)    raster-wpc-v1, wavelet53-v1, raster-wpc-v1's difference
+``per-plane-fast-v4``         fast      raster-wpc-v1, wavelet53-v2, raster-wpc-v1's difference
+============================  ========  ==============================================
+
+A preset in brackets wrote records with that selector once; they still decode with it.
+The rules are the encoder's alone: a decoder reads the candidate's index. Why each rule
+is what it is, and what it measured, is beside it and in schemas/FORMAT.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..paths import GlobalPathCoder, PlaneInfo, TreeGlobalPathCoder
+from ..wavefront import (
+    INTERLACED_LS_DIFF_V1,
+    RASTER_WP_DIFF_V1,
+    RASTER_WP_DIFF_V2,
+    RASTER_WP_DIFF_V3,
+    RasterGlobalPathCoder,
+    RasterLSGlobalPathCoder,
+    RasterV2GlobalPathCoder,
+    RasterV3GlobalPathCoder,
+    decode_in_runs,
+)
+from ..wavelet import LEVELS, WaveletGlobalPathCoder
+from ..wavelet import forward as wavelet_forward
+from . import PlaneSelector, register
+from .raster_wpc import RASTER_WPC_DIFF_V1, RasterWPCGlobalPathCoder
+from .wavelet_v2 import WaveletV2GlobalPathCoder
+
+
+# Which planes may gain from the wavelet path: on a PROBE x PROBE centre crop (aligned to
+# the transform's grid), the fraction of exactly zero finest-level 5/3 detail
+# coefficients minus the fraction of zero 4-neighbour Laplacians (flat areas are zero in
+# both domains). Held-out images: decoded lossy JPEG 2000 693_UNCI 0.50, RG3_UNCI 0.41,
+# MR2_UNCI 0.16, US1_UNCI 0.22; acquired 693_J2KR 0.18, RG3_J2KR 0.12, US1_J2KR 0.07,
+# MR2_J2KR 0.05, OBXXXX1A 0.02 (97.6% zero coefficients, but flat), emri 0.02. `max`
+# tries the wavelet path from WAVELET_PROBE_MIN on (on the held-out images it won only on
+# 693_UNCI and RG3_UNCI; at 0.1 it was also coded for 693_J2KR, RG3_J2KR, MR2_UNCI and
+# US1_UNCI, and lost).
+PROBE = 256
+WAVELET_PROBE_MIN = 0.25
+# `fast` codes a plane equal to its previous plane at FAST_DIFF_MIN_EQUAL of its pixels or
+# more (grey RGB) as the difference (held-out US1_UNCI G and B planes 101.1 -> 76.3 kB),
+# and a plane whose probe reaches FAST_WAVELET_PROBE by the wavelet path (693_UNCI 34.9 ->
+# 2.1 kB, RG3_UNCI 657 -> 573 kB), without trial codings. (Trying the wavelet path on the
+# probe crop wherever the probe reached 0.1 also caught MR2_UNCI, 507 ->
+# 453 kB, but chose it for 693_J2KR too, where it is larger, and made `fast` encode at
+# 0.63x JPEG-XL's speed.)
+FAST_DIFF_MIN_EQUAL = 0.5
+FAST_WAVELET_PROBE = 0.3
+
+
+def _probe_crop(plane: np.ndarray) -> np.ndarray:
+    rows, cols = plane.shape
+    align = 1 << LEVELS
+    r0 = max(0, (rows - PROBE) // 2) // align * align
+    c0 = max(0, (cols - PROBE) // 2) // align * align
+    return np.asarray(plane[r0 : r0 + PROBE, c0 : c0 + PROBE], dtype=np.int64)
+
+
+def wavelet_probe(plane: np.ndarray) -> float:
+    """Zero wavelet detail fraction minus zero Laplacian fraction on the centre crop."""
+    crop = _probe_crop(plane)
+    if min(crop.shape) < 3:
+        return 0.0
+    details = wavelet_forward(crop, 1)[1:]
+    zero_w = sum(int((d == 0).sum()) for d in details) / sum(d.size for d in details)
+    lap = 4 * crop[1:-1, 1:-1] - crop[:-2, 1:-1] - crop[2:, 1:-1] - crop[1:-1, :-2] - crop[1:-1, 2:]
+    return zero_w - float((lap == 0).mean())
+
+
+def _trials(candidates: tuple[str, ...], *, difference: int, wavelet: int | None = None):
+    """A ``choose`` rule that codes a plane with every candidate that applies (the smallest
+    stream wins): the difference coder (index ``difference``) where there is a previous
+    plane, the wavelet path (index ``wavelet``) where ``wavelet_probe`` reaches
+    ``WAVELET_PROBE_MIN``, the others always."""
+
+    def choose(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
+        return tuple(
+            i for i in range(len(candidates))
+            if (i != difference or prev is not None)
+            and (i != wavelet or wavelet_probe(plane) >= WAVELET_PROBE_MIN)
+        )
+
+    return choose
+
+
+def _per_plane(model_id: str, candidates: tuple[str, ...], *, wavelet: int | None = None) -> PlaneSelector:
+    """A `max` per-plane selector: every candidate that applies (``_trials``; the
+    difference coder is candidate 2), raster planes decoded in runs."""
+    return register(PlaneSelector(model_id=model_id, candidates=candidates,
+                                  choose=_trials(candidates, difference=2, wavelet=wavelet),
+                                  planes_decoder=decode_in_runs), record_level=True)
+
+
+# The interlaced tree path wins on smooth and upsampled images (it predicts from both
+# sides at every level), the raster path on images with pixel-scale texture, the
+# difference coder on planes nearly equal to the previous one (grey RGB).
+PER_PLANE_V3 = _per_plane("per-plane-v3", (
+    TreeGlobalPathCoder.model_id, RasterGlobalPathCoder.model_id, RASTER_WP_DIFF_V1.model_id))
+
+
+# per-plane-v3's candidates plus the 5/3 wavelet path (``medcodec.wavelet``), for planes
+# that were once lossy JPEG 2000 images (held-out 693_UNCI.dcm: 0.632 -> 0.065 bits per
+# sample; RG3_UNCI.dcm: 1.497 -> 1.460), tried where ``wavelet_probe`` allows.
+PER_PLANE_V4 = _per_plane("per-plane-v4", PER_PLANE_V3.candidates + (WaveletGlobalPathCoder.model_id,), wavelet=3)
+
+
+# per-plane-v4 with the raster coders replaced by raster-wp-v2 (a predictor and an offset
+# per context leaf).
+PER_PLANE_V5 = _per_plane("per-plane-v5", (
+    TreeGlobalPathCoder.model_id, RasterV2GlobalPathCoder.model_id, RASTER_WP_DIFF_V2.model_id,
+    WaveletGlobalPathCoder.model_id), wavelet=3)
+
+
+# per-plane-v5 with the raster coders replaced by raster-wp-v3 (leaves may pick fitted
+# predictors over a wider neighbourhood): `max`'s global path.
+PER_PLANE_V6 = _per_plane("per-plane-v6", (
+    TreeGlobalPathCoder.model_id, RasterV3GlobalPathCoder.model_id, RASTER_WP_DIFF_V3.model_id,
+    WaveletGlobalPathCoder.model_id), wavelet=3)
+
+
+def _fast_v1_choice(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
+    """per-plane-fast-v1's one candidate, no trial coding: the difference form (1) for a
+    plane equal to its previous plane at ``FAST_DIFF_MIN_EQUAL`` of its pixels or more,
+    the wavelet path (2) where the probe reaches ``FAST_WAVELET_PROBE``, else 0."""
+    if prev is not None and np.count_nonzero(plane == prev) >= FAST_DIFF_MIN_EQUAL * plane.size:
+        return (1,)
+    if wavelet_probe(plane) >= FAST_WAVELET_PROBE:
+        return (2,)
+    return (0,)
+
+
+# `fast`'s global path from v1: interlaced-ls-v1, its difference form, or the wavelet path
+# (its low band by interlaced-ls-v1).
+FAST_V1 = register(PlaneSelector(
+    model_id="per-plane-fast-v1",
+    candidates=(GlobalPathCoder.model_id, INTERLACED_LS_DIFF_V1.model_id, WaveletGlobalPathCoder.model_id),
+    choose=_fast_v1_choice,
+), record_level=True)
+
+
+# per-plane-fast-v2 keeps interlaced-ls-v1 for planes above this many pixels: on held-out
+# RG3_J2KR (3.1 M pixels, CR) raster-ls-v1 saved 1.1% but decoded 2.4x slower (4.2 vs
+# 1.75 s), its decoder taking 2 rows + cols vector steps. It also keeps it for planes
+# that follow their previous plane closely (``_follows``; later frames, colour samples),
+# which interlaced-ls-v1 uses as features and raster-ls-v1 does not: held-out
+# OBXXXX1A_2frame rose from 0.264 to 0.317 bits per sample when its second frame took
+# raster-ls-v1, while emri_small's slices code smaller with it (7.53 -> 6.98).
+RASTER_LS_MAX_PIXELS = 1 << 21
+
+
+def _fast_v2_choice(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
+    """per-plane-fast-v1's rule with ``raster-ls-v1`` (0) in place of ``interlaced-ls-v1``
+    (3), up to ``RASTER_LS_MAX_PIXELS`` and unless the plane follows its previous plane.
+    Held-out, full planes, raster-ls-v1 / interlaced-ls-v1 size: 693_J2KR 0.91, OBXXXX1A
+    0.79, US1 planes 0.90-0.96, emri_small 0.91, MR2_J2KR 0.97, RG3_J2KR 1.00, MR2_UNCI
+    1.03 (the one loss; no cheap test told it apart: centre-crop trials favoured the
+    raster path on every image)."""
+    choice = _fast_v1_choice(plane, prev)
+    if choice == (0,) and (plane.size > RASTER_LS_MAX_PIXELS or (prev is not None and _follows(plane, prev))):
+        return (3,)
+    return choice
+
+
+FAST_V2 = register(PlaneSelector(
+    model_id="per-plane-fast-v2",
+    candidates=(RasterLSGlobalPathCoder.model_id, INTERLACED_LS_DIFF_V1.model_id,
+                WaveletGlobalPathCoder.model_id, GlobalPathCoder.model_id),
+    choose=_fast_v2_choice,
+), record_level=True)
+
+
+def _follows(plane: np.ndarray, prev: np.ndarray, samples: int = 4096) -> bool:
+    """Whether ``a * prev + b`` (least squares on a sample) predicts ``plane`` with under
+    half the mean absolute error of its left neighbour: then interlaced-ls-v1, which has
+    the previous plane among its features, beats raster-ls-v1, which has not (encoder only).
+    Held-out OBXXXX1A_2frame's second frame (about 255 minus the first) passes; emri_small's
+    slices (mean |difference| 31 against 28 to the left neighbour) do not."""
+    x = np.asarray(plane, dtype=np.float64).ravel()
+    p = np.asarray(prev, dtype=np.float64).ravel()
+    step = max(1, x.size // samples)
+    xs, ps = x[1::step], p[1::step]
+    if not xs.size:  # a one-pixel plane has no left neighbour to compare with
+        return False
+    left = x[::step][: xs.size]
+    fit = np.polyfit(ps, xs, 1) if np.ptp(ps) > 0 else np.array([0.0, xs.mean()])
+    return float(np.abs(xs - np.polyval(fit, ps)).mean()) < 0.5 * float(np.abs(xs - left).mean())
+
+
+def _fast_choice(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
+    """`fast`'s rule, without trial codings but for one case: the wavelet path for
+    decoded lossy JPEG 2000 images (``wavelet_probe``), the compiled raster
+    coder for everything else (it uses the previous plane as a predictor itself); a
+    plane equal to its previous plane at ``FAST_DIFF_MIN_EQUAL`` of its pixels or more
+    is also coded as the difference, and the smaller stream kept."""
+    if prev is not None and prev.shape == plane.shape and np.count_nonzero(plane == prev) >= FAST_DIFF_MIN_EQUAL * plane.size:
+        return (0, 2)
+    return (1,) if wavelet_probe(plane) >= FAST_WAVELET_PROBE else (0,)
+
+
+FAST_V3 = register(
+    PlaneSelector(
+        model_id="per-plane-fast-v3",
+        candidates=(RasterWPCGlobalPathCoder.model_id, "wavelet53-v1", RASTER_WPC_DIFF_V1.model_id),
+        choose=_fast_choice,
+        codes_all_planes=True,
+    ),
+    record_level=True,
+)
+
+
+# Planes up to this many samples that the wavelet probe sends to the wavelet path are
+# also coded with the raster coder, and the smaller stream kept; larger ones are coded
+# by whichever of the two codes the probe's centre crop smaller. The probe alone is
+# often wrong: 100x100 screen-capture planes (train) take 500-1,000 B by the wavelet path
+# and 130-550 B raster, JPEG2000_UNC.dcm (train) 22.4 against 18.2 kB.
+FAST_V4_TRIAL_SAMPLES = 1 << 16
+
+
+def _fast_v4_choice(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
+    """``per-plane-fast-v3``'s rule with ``wavelet53-v2`` in place of v1, where the
+    wavelet path is checked against the raster coder (``FAST_V4_TRIAL_SAMPLES``)."""
+    order = _fast_choice(plane, prev)
+    if order != (1,):
+        return order
+    if plane.size <= FAST_V4_TRIAL_SAMPLES:
+        return (0, 1)
+    crop = _probe_crop(plane)
+    bits = max(1, int(plane.max()).bit_length())
+    info = PlaneInfo(rows=crop.shape[0], cols=crop.shape[1], bits=bits, k=0, preset="fast")
+    raster = len(RasterWPCGlobalPathCoder().encode(crop, info))
+    return (1,) if len(WaveletV2GlobalPathCoder().encode(crop, info)) < raster else (0,)
+
+
+FAST_V4 = register(
+    PlaneSelector(
+        model_id="per-plane-fast-v4",
+        candidates=(RasterWPCGlobalPathCoder.model_id, WaveletV2GlobalPathCoder.model_id,
+                    RASTER_WPC_DIFF_V1.model_id),
+        choose=_fast_v4_choice,
+        codes_all_planes=True,
+    ),
+    record_level=True,
+)
