@@ -135,11 +135,17 @@ PER_PLANE_V6 = _per_plane("per-plane-v6", (
     WaveletGlobalPathCoder.model_id), wavelet=3)
 
 
+def _mostly_equal(plane: np.ndarray, prev: np.ndarray | None) -> bool:
+    """Whether ``plane`` equals its previous plane at ``FAST_DIFF_MIN_EQUAL`` of its pixels or more."""
+    return (prev is not None and prev.shape == plane.shape
+            and np.count_nonzero(plane == prev) >= FAST_DIFF_MIN_EQUAL * plane.size)
+
+
 def _fast_v1_choice(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
     """per-plane-fast-v1's one candidate, no trial coding: the difference form (1) for a
     plane equal to its previous plane at ``FAST_DIFF_MIN_EQUAL`` of its pixels or more,
     the wavelet path (2) where the probe reaches ``FAST_WAVELET_PROBE``, else 0."""
-    if prev is not None and np.count_nonzero(plane == prev) >= FAST_DIFF_MIN_EQUAL * plane.size:
+    if _mostly_equal(plane, prev):
         return (1,)
     if wavelet_probe(plane) >= FAST_WAVELET_PROBE:
         return (2,)
@@ -203,13 +209,13 @@ def _follows(plane: np.ndarray, prev: np.ndarray, samples: int = 4096) -> bool:
     return float(np.abs(xs - np.polyval(fit, ps)).mean()) < 0.5 * float(np.abs(xs - left).mean())
 
 
-def _fast_choice(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
+def _fast_v3_choice(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
     """`fast`'s rule, without trial codings but for one case: the wavelet path for
     decoded lossy JPEG 2000 images (``wavelet_probe``), the compiled raster
     coder for everything else (it uses the previous plane as a predictor itself); a
     plane equal to its previous plane at ``FAST_DIFF_MIN_EQUAL`` of its pixels or more
     is also coded as the difference, and the smaller stream kept."""
-    if prev is not None and prev.shape == plane.shape and np.count_nonzero(plane == prev) >= FAST_DIFF_MIN_EQUAL * plane.size:
+    if _mostly_equal(plane, prev):
         return (0, 2)
     return (1,) if wavelet_probe(plane) >= FAST_WAVELET_PROBE else (0,)
 
@@ -217,8 +223,8 @@ def _fast_choice(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
 FAST_V3 = register(
     PlaneSelector(
         model_id="per-plane-fast-v3",
-        candidates=(RasterWPCGlobalPathCoder.model_id, "wavelet53-v1", RASTER_WPC_DIFF_V1.model_id),
-        choose=_fast_choice,
+        candidates=(RasterWPCGlobalPathCoder.model_id, WaveletGlobalPathCoder.model_id, RASTER_WPC_DIFF_V1.model_id),
+        choose=_fast_v3_choice,
         codes_all_planes=True,
     ),
     record_level=True,
@@ -236,7 +242,7 @@ FAST_V4_TRIAL_SAMPLES = 1 << 16
 def _fast_v4_choice(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
     """``per-plane-fast-v3``'s rule with ``wavelet53-v2`` in place of v1, where the
     wavelet path is checked against the raster coder (``FAST_V4_TRIAL_SAMPLES``)."""
-    order = _fast_choice(plane, prev)
+    order = _fast_v3_choice(plane, prev)
     if order != (1,):
         return order
     if plane.size <= FAST_V4_TRIAL_SAMPLES:
