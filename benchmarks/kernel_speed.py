@@ -2,8 +2,9 @@
 
     python -m benchmarks.kernel_speed [--split held-out|train|all] [--runs 3] [--limit N]
 
-For each single-plane pydicom-data image of the split, codes its plane with
-``raster-wpc-v1`` and, where the wavelet probe would send it there, ``wavelet53-v2``,
+For each single-plane pydicom-data image of the split, codes its plane with `fast`'s
+raster coder (``raster-wpc-v2``) and, where the wavelet probe would send it there, its
+wavelet path (``wavelet53-v2``),
 then decodes it and checks the round trip. Reports the best of ``--runs`` encode and
 decode times per sample (the coder alone: no record, digest or words), so a kernel
 change can be timed without the rest of the codec. The numba cache is loaded before
@@ -33,7 +34,10 @@ def measure(split: str, runs: int, limit: int | None) -> list[dict]:
     from medcodec.model.images import iter_images, pydicom_test_files
     from medcodec.model.train import held_out
     from medcodec.paths import PlaneInfo
+    from medcodec.codec import PRESET_GLOBAL_MODEL
     from medcodec.coders.selectors import FAST_WAVELET_PROBE, wavelet_probe
+
+    raster, wavelet = coder_for(PRESET_GLOBAL_MODEL["fast"]).candidates[:2]
 
     rows = []
     for image in iter_images(sorted(pydicom_test_files())):
@@ -43,7 +47,7 @@ def measure(split: str, runs: int, limit: int | None) -> list[dict]:
             continue
         plane = np.ascontiguousarray(image.values[0, 0], dtype=np.int64)
         info = PlaneInfo(rows=plane.shape[0], cols=plane.shape[1], bits=image.bits, k=0, preset="fast")
-        ids = ["raster-wpc-v1"] + (["wavelet53-v2"] if wavelet_probe(plane) >= FAST_WAVELET_PROBE else [])
+        ids = [raster] + ([wavelet] if wavelet_probe(plane) >= FAST_WAVELET_PROBE else [])
         for model_id in ids:
             coder = coder_for(model_id)
             coder.decode(coder.encode(plane, info), info)  # load the compiled kernels

@@ -1,4 +1,5 @@
-"""The coder registry and the compiled raster coder (raster-wpc-v1), `fast`'s global path.
+"""The coder registry and the compiled raster coders (raster-wpc-v1, and v2 with its
+run mode), `fast`'s global path.
 
 The kernel's exactness is a format guarantee: every plane decodes to itself (property
 tests over sizes, bit depths and content), the bytes do not depend on the process that
@@ -18,13 +19,19 @@ from hypothesis import strategies as st
 
 import medcodec
 from medcodec.coders import PlaneSelector, coder_for, register, registered
-from medcodec.coders.raster_wpc import RASTER_WPC_DIFF_V1, RasterWPCGlobalPathCoder
-from medcodec.coders.selectors import FAST_V3
+from medcodec.coders.raster_wpc import (
+    RASTER_WPC_DIFF_V1,
+    RASTER_WPC_DIFF_V2,
+    RasterWPCGlobalPathCoder,
+    RasterWPCV2GlobalPathCoder,
+)
+from medcodec.coders.selectors import FAST_V3, FAST_V5
 from medcodec.errors import CorruptRecordError, ModelMismatchError
 from medcodec.paths import PlaneInfo
 
 WPC = RasterWPCGlobalPathCoder()
 DIFF = RASTER_WPC_DIFF_V1
+WPC2 = RasterWPCV2GlobalPathCoder()
 
 
 def _info(plane: np.ndarray, bits: int) -> PlaneInfo:
@@ -40,6 +47,11 @@ def _plane(kind: str, rows: int, cols: int, bits: int, seed: int) -> np.ndarray:
         return np.full((rows, cols), int(rng.integers(0, top + 1)))
     if kind == "extremes":
         return np.where(rng.random((rows, cols)) < 0.5, 0, top)
+    if kind == "patches":  # flat blocks, a few stray pixels: raster-wpc-v2's run mode hits and misses
+        blocks = rng.integers(0, top + 1, (rows // 4 + 1, cols // 4 + 1))
+        plane = np.kron(blocks, np.ones((4, 4), dtype=np.int64))[:rows, :cols]
+        stray = rng.random((rows, cols)) < 0.05
+        return np.where(stray, rng.integers(0, top + 1, (rows, cols)), plane)
     y, x = np.mgrid[:rows, :cols]
     smooth = top / 2 + top / 3 * np.sin(x / 5.0 + seed) * np.cos(y / 7.0) + rng.normal(0, 1 + top / 200, (rows, cols))
     return np.clip(np.rint(smooth), 0, top).astype(np.int64)
@@ -51,8 +63,10 @@ def _plane(kind: str, rows: int, cols: int, bits: int, seed: int) -> np.ndarray:
 def test_registry_knows_every_global_model_once_and_records_name_only_record_level_ones():
     every = registered()
     record_level = registered(record_level=True)
-    assert {"per-plane-fast-v4", "per-plane-fast-v3", "per-plane-v6", "interlaced-ls-v1"} <= set(record_level)
-    assert {"raster-wpc-v1", "raster-wpc-diff-v1", "wavelet53-v1", "wavelet53-v2"} <= set(every) - set(record_level)
+    assert {"per-plane-fast-v5", "per-plane-fast-v4", "per-plane-fast-v3", "per-plane-v6",
+            "interlaced-ls-v1"} <= set(record_level)
+    assert {"raster-wpc-v1", "raster-wpc-diff-v1", "raster-wpc-v2", "raster-wpc-diff-v2", "wavelet53-v1",
+            "wavelet53-v2"} <= set(every) - set(record_level)
     for selector in (v for v in record_level.values() if isinstance(v, PlaneSelector)):
         assert all(c in every for c in selector.candidates)
     from medcodec.codec import GLOBAL_MODELS, PRESET_GLOBAL_MODEL
@@ -67,12 +81,12 @@ def test_an_id_cannot_be_registered_twice_or_looked_up_unknown():
         coder_for("no-such-coder")
 
 
-# --- raster-wpc-v1: exactness -----------------------------------------------------------------------
+# --- raster-wpc-v1 and v2: exactness ---------------------------------------------------------------
 
 
 @settings(max_examples=60, deadline=None)
 @given(
-    kind=st.sampled_from(["noise", "constant", "extremes", "smooth"]),
+    kind=st.sampled_from(["noise", "constant", "extremes", "smooth", "patches"]),
     rows=st.integers(1, 23),
     cols=st.integers(1, 23),
     bits=st.integers(1, 16),
@@ -83,18 +97,20 @@ def test_every_plane_decodes_to_itself(kind, rows, cols, bits, seed, with_prev):
     plane = _plane(kind, rows, cols, bits, seed)
     prev = _plane("smooth", rows, cols, bits, seed + 1) if with_prev else None
     info = _info(plane, bits)
-    data = WPC.encode(plane, info, prev)
-    assert np.array_equal(WPC.decode(data, info, prev), plane)
+    for coder in (WPC, WPC2):
+        data = coder.encode(plane, info, prev)
+        assert np.array_equal(coder.decode(data, info, prev), plane)
     if prev is not None:
-        data = DIFF.encode(plane, info, prev)
-        assert np.array_equal(DIFF.decode(data, info, prev), plane)
+        for coder in (DIFF, RASTER_WPC_DIFF_V2):
+            data = coder.encode(plane, info, prev)
+            assert np.array_equal(coder.decode(data, info, prev), plane)
 
 
 def test_every_per_plane_selector_lives_in_the_selectors_module_and_its_table():
     from medcodec.coders import selectors
 
     found = [v for v in registered().values() if isinstance(v, PlaneSelector)]
-    assert {s.model_id for s in found} >= {"per-plane-v6", "per-plane-fast-v4"}
+    assert {s.model_id for s in found} >= {"per-plane-v6", "per-plane-fast-v4", "per-plane-fast-v5"}
     defined = {id(v) for v in vars(selectors).values()}
     for selector in found:
         assert id(selector) in defined, selector.model_id
@@ -110,7 +126,7 @@ def _difference_coders():
 def test_every_difference_coder_is_data_over_a_registered_base():
     coders = _difference_coders()
     assert {c.model_id for c in coders} == {"raster-wp-diff-v1", "raster-wp-diff-v2", "raster-wp-diff-v3",
-                                            "interlaced-ls-diff-v1", "raster-wpc-diff-v1"}
+                                            "interlaced-ls-diff-v1", "raster-wpc-diff-v1", "raster-wpc-diff-v2"}
     assert all(c.base in registered() and c.base_coder().model_id == c.base for c in coders)
 
 
@@ -177,25 +193,45 @@ def test_the_stream_is_pinned():
     # needs a new id). Real planes (the interior and edge paths), and one with a previous plane.
     from tests.test_wavefront import _real_plane
 
-    digests = []
-    for name in ("CT_small.dcm", "MR_small.dcm"):
-        a, bits = _real_plane(name)
-        digests.append(hashlib.sha256(WPC.encode(a, _info(a, bits))).hexdigest()[:16])
-    prev = np.clip(a + np.random.default_rng(3).integers(-3, 4, a.shape), 0, (1 << bits) - 1)
-    digests.append(hashlib.sha256(WPC.encode(a, _info(a, bits), prev)).hexdigest()[:16])
-    assert digests == ["af3ab747fb54d2c3", "4fb0b7fe1a816585", "fdcfbcd171bfd4a4"]
+    digests = {}
+    for coder in (WPC, WPC2):
+        for name in ("CT_small.dcm", "MR_small.dcm"):
+            a, bits = _real_plane(name)
+            digests.setdefault(coder.model_id, []).append(
+                hashlib.sha256(coder.encode(a, _info(a, bits))).hexdigest()[:16])
+        prev = np.clip(a + np.random.default_rng(3).integers(-3, 4, a.shape), 0, (1 << bits) - 1)
+        digests[coder.model_id].append(hashlib.sha256(coder.encode(a, _info(a, bits), prev)).hexdigest()[:16])
+    flat = _plane("patches", 40, 52, 10, 4)
+    digests["raster-wpc-v2"].append(hashlib.sha256(WPC2.encode(flat, _info(flat, 10))).hexdigest()[:16])
+    assert digests == {
+        "raster-wpc-v1": ["af3ab747fb54d2c3", "4fb0b7fe1a816585", "fdcfbcd171bfd4a4"],
+        "raster-wpc-v2": ["3517fca69ddf8f3e", "5998c400e0332862", "33e60979017fd718", "3c9970979c686a25"],
+    }
+
+
+def test_run_mode_codes_flat_areas_smaller_and_reads_only_its_own_streams():
+    flat = _plane("patches", 64, 80, 12, 5)
+    info = _info(flat, 12)
+    v1, v2 = WPC.encode(flat, info), WPC2.encode(flat, info)
+    assert (v1[0], v2[0]) == (1, 2)  # the version byte is the id's
+    assert len(v2) < 0.9 * len(v1)
+    assert np.array_equal(WPC2.decode(v2, info), flat)
+    for coder, other in ((WPC, v2), (WPC2, v1)):
+        with pytest.raises(CorruptRecordError, match=coder.model_id):
+            coder.decode(other, info)
 
 
 # --- damage ---------------------------------------------------------------------------------------------
 
 
-def test_damaged_streams_fail_cleanly():
-    plane = _plane("smooth", 48, 40, 12, 2)
+@pytest.mark.parametrize("coder", [WPC, WPC2], ids=lambda c: c.model_id)
+def test_damaged_streams_fail_cleanly(coder):
+    plane = _plane("patches" if coder.runs else "smooth", 48, 40, 12, 2)
     info = _info(plane, 12)
-    data = WPC.encode(plane, info)
-    for bad in (b"", data[:1], b"\x02" + data[1:], data[:1] + b"\x04" + data[2:]):
-        with pytest.raises(CorruptRecordError, match="raster-wpc"):
-            WPC.decode(bad, info)
+    data = coder.encode(plane, info)
+    for bad in (b"", data[:1], b"\x03" + data[1:], data[:1] + b"\x04" + data[2:]):
+        with pytest.raises(CorruptRecordError, match=coder.model_id):
+            coder.decode(bad, info)
     rng = np.random.default_rng(7)
     for trial in range(40):
         bad = bytearray(data)
@@ -204,7 +240,7 @@ def test_damaged_streams_fail_cleanly():
         else:
             bad = bad[: int(rng.integers(2, len(bad)))]
         try:
-            out = WPC.decode(bytes(bad), info)
+            out = coder.decode(bytes(bad), info)
         except CorruptRecordError:
             continue
         assert out.shape == plane.shape and out.min() >= 0 and out.max() <= 4095
@@ -215,7 +251,7 @@ def test_values_outside_the_plane_range_are_refused_when_encoding():
         WPC.encode(np.array([[0, 256]]), PlaneInfo(rows=1, cols=2, bits=8, k=0, preset="fast"))
 
 
-# --- per-plane-fast-v3 (fast's global path before v4, which keeps its rule for these planes) ---------
+# --- per-plane-fast-v3 (fast's global path before v4; v4 and v5 keep its rule for these planes) ---------
 
 
 def test_fast_records_use_the_compiled_coder_without_local_planes():
@@ -224,7 +260,7 @@ def test_fast_records_use_the_compiled_coder_without_local_planes():
     a, bits = _real_plane("CT_small.dcm")
     blob = medcodec.compress_pixels(a.astype(np.uint16), bits_stored=bits, signed=False, preset="fast")
     info = medcodec.inspect_record(blob)
-    assert info["models"]["global"] == "per-plane-fast-v4" and info["global_planes"] == {"raster-wpc-v1": 1}
+    assert info["models"]["global"] == "per-plane-fast-v5" and info["global_planes"] == {"raster-wpc-v2": 1}
     assert info["k"] == 0 and "local" not in info["sections"]
     assert np.array_equal(medcodec.decompress_pixels(blob), a)
 
@@ -241,3 +277,14 @@ def test_fast_v3_codes_near_copies_of_the_previous_plane_as_the_difference_when_
     diff = len(DIFF.encode(g, info, r)) + 1
     assert len(data) == min(direct, diff)
     assert FAST_V3.choose(_plane("noise", 48, 64, 8, 4), r) == (0,)
+
+
+def test_fast_v5_keeps_the_rule_with_the_run_mode_coders():
+    rng = np.random.default_rng(3)
+    r = _plane("patches", 48, 64, 8, 1)
+    g = np.where(rng.random(r.shape) < 0.9, r, np.clip(r + rng.integers(-9, 10, r.shape), 0, 255))
+    info = _info(r, 8)
+    assert FAST_V5.choose(g, r) == FAST_V3.choose(g, r) == (0, 2)
+    data = FAST_V5.encode(g, info, r)
+    assert np.array_equal(FAST_V5.decode(data, info, r), g)
+    assert len(data) == 1 + min(len(WPC2.encode(g, info, r)), len(RASTER_WPC_DIFF_V2.encode(g, info, r)))

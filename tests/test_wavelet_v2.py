@@ -1,4 +1,4 @@
-"""wavelet53-v2 (the 5/3 wavelet path with compiled band coders) and per-plane-fast-v4.
+"""wavelet53-v2 (the 5/3 wavelet path with compiled band coders) and per-plane-fast-v4/v5.
 
 Exactness is a format guarantee: every plane decodes to itself (property tests over
 sizes, bit depths and content, decoded-lossy planes among them), the bytes do not depend
@@ -12,11 +12,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medcodec.coders import coder_for
-from medcodec.coders.selectors import FAST_V4, FAST_V4_TRIAL_SAMPLES
+from medcodec.coders.selectors import FAST_V4, FAST_V4_TRIAL_SAMPLES, FAST_V5
 from medcodec.coders.wavelet_v2 import WaveletV2GlobalPathCoder
 from medcodec.errors import CorruptRecordError
 from medcodec.paths import PlaneInfo
@@ -144,24 +145,25 @@ def test_damaged_streams_fail_cleanly():
         assert out.shape == plane.shape and out.min() >= 0 and out.max() <= 4095
 
 
-def test_fast_v4_tries_the_raster_coder_too_on_small_planes_the_probe_sends_to_the_wavelet_path():
+@pytest.mark.parametrize("selector", [FAST_V4, FAST_V5], ids=lambda s: s.model_id)
+def test_fast_tries_the_raster_coder_too_on_small_planes_the_probe_sends_to_the_wavelet_path(selector):
     plane = _lossy(128, 128, 12, 6, 64)
     assert plane.size <= FAST_V4_TRIAL_SAMPLES
-    assert FAST_V4.choose(plane, None) == (0, 1)
+    assert selector.choose(plane, None) == (0, 1)
     big = _lossy(320, 320, 12, 6, 64)
-    assert FAST_V4.choose(big, None) == (1,)
+    assert selector.choose(big, None) == (1,)
     info = _info(plane, 12)
-    data = FAST_V4.encode(plane, info)
-    assert np.array_equal(FAST_V4.decode(data, info), plane)
-    assert len(data) <= 1 + min(len(coder_for(c).encode(plane, info)) for c in ("raster-wpc-v1", "wavelet53-v2"))
+    data = selector.encode(plane, info)
+    assert np.array_equal(selector.decode(data, info), plane)
+    assert len(data) <= 1 + min(len(coder_for(c).encode(plane, info)) for c in selector.candidates[:2])
 
 
-def test_fast_records_name_per_plane_fast_v4():
+def test_fast_records_name_per_plane_fast_v5():
     import medcodec
 
     plane = _lossy(80, 80, 12, 7, 32).astype(np.uint16)
     blob = medcodec.compress_pixels(plane, bits_stored=12, signed=False, preset="fast")
     info = medcodec.inspect_record(blob)
-    assert info["models"]["global"] == "per-plane-fast-v4"
-    assert set(info["global_planes"]) <= {"raster-wpc-v1", "wavelet53-v2"}
+    assert info["models"]["global"] == "per-plane-fast-v5"
+    assert set(info["global_planes"]) <= {"raster-wpc-v2", "wavelet53-v2"}
     assert np.array_equal(medcodec.decompress_pixels(blob), plane)

@@ -1,9 +1,13 @@
-"""``raster-wpc-v1``: the compiled raster coder, and its difference form ``raster-wpc-diff-v1``.
+"""``raster-wpc-v1`` and ``raster-wpc-v2``: the compiled raster coder, and their
+difference forms ``raster-wpc-diff-v1`` and ``raster-wpc-diff-v2``.
 
-The per-pixel model and the range coder are in :mod:`medcodec.coders.wpkernel`. A
-stream is one version byte (1), one flags byte (bit 0: the previous plane was used as
-a predictor) and the range coder's bytes (its first byte, always 0, left out). The
-stream needs nothing from the record's preset: what it was coded with, it says.
+The per-pixel model and the range coder are in :mod:`medcodec.coders.wpkernel`. v2 is
+v1 with a run mode: where W, N, NW and NE are equal, one decision asks whether the pixel
+is too, and a pixel that is skips the predictor (flat backgrounds, padding, text and
+graphics code faster and smaller). A stream is one version byte (1 or 2: the id's), one
+flags byte (bit 0: the previous plane was used as a predictor) and the range coder's
+bytes (its first byte, always 0, left out). The stream needs nothing from the record's
+preset: what it was coded with, it says.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from ..errors import CorruptRecordError
 from . import register
 from .difference import DifferenceCoder
 
-STREAM_VERSION = 1
 _FLAG_PREV = 1
 _NO_PLANE = np.zeros((1, 1), dtype=np.int64)
 
@@ -30,6 +33,8 @@ class RasterWPCGlobalPathCoder:
     one compiled raster pass per plane (``wpkernel.code_plane``)."""
 
     model_id = "raster-wpc-v1"
+    stream_version = 1
+    runs = False  # the kernel's run mode (v2)
 
     def encode(self, plane: np.ndarray, info, prev: np.ndarray | None = None) -> bytes:
         from .wpkernel import code_plane  # numba: imported (and its cache loaded) on first use
@@ -44,27 +49,28 @@ class RasterWPCGlobalPathCoder:
         size = plane.size * (info.bits + 2) // 8 + 4096
         while True:
             buf = np.zeros(size, dtype=np.uint8)
-            n = code_plane(plane, ref, use_prev, maxv, False, buf)
+            n = code_plane(plane, ref, use_prev, maxv, False, buf, self.runs)
             if n >= 0:
                 break
             size *= 4
-        head = bytes((STREAM_VERSION, _FLAG_PREV if use_prev else 0))
+        head = bytes((self.stream_version, _FLAG_PREV if use_prev else 0))
         return head + buf[1:n].tobytes()
 
     def decode(self, data: bytes, info, prev: np.ndarray | None = None) -> np.ndarray:
-        if len(data) < 2 or data[0] != STREAM_VERSION or data[1] & ~_FLAG_PREV:
+        if len(data) < 2 or data[0] != self.stream_version or data[1] & ~_FLAG_PREV:
             raise CorruptRecordError(
-                f"raster-wpc stream header {data[:2].hex() or 'missing'}; this reader knows version {STREAM_VERSION}")
+                f"{self.model_id} stream header {data[:2].hex() or 'missing'}; "
+                f"its version byte is {self.stream_version}")
         from .wpkernel import code_plane
 
         use_prev = bool(data[1] & _FLAG_PREV)
         if use_prev and (prev is None or prev.shape != (info.rows, info.cols)):
-            raise CorruptRecordError("raster-wpc stream was coded with a previous plane this plane does not have")
+            raise CorruptRecordError(f"{self.model_id} stream was coded with a previous plane this plane does not have")
         ref = np.ascontiguousarray(prev, dtype=np.int64) if use_prev else _NO_PLANE
         buf = np.frombuffer(bytearray(b"\0" + data[2:]), dtype=np.uint8)  # writable: one kernel both ways
         plane = np.zeros((info.rows, info.cols), dtype=np.int64)
-        if code_plane(plane, ref, use_prev, (1 << info.bits) - 1, True, buf) < 0:
-            raise CorruptRecordError("raster-wpc stream decodes to a value outside the plane's range")
+        if code_plane(plane, ref, use_prev, (1 << info.bits) - 1, True, buf, self.runs) < 0:
+            raise CorruptRecordError(f"{self.model_id} stream decodes to a value outside the plane's range")
         return plane
 
 
@@ -72,3 +78,17 @@ class RasterWPCGlobalPathCoder:
 # previous plane at most pixels (colour samples of a nearly grey image), where the
 # difference is mostly zero and its non-zero part is what is left to code.
 RASTER_WPC_DIFF_V1 = register(DifferenceCoder("raster-wpc-diff-v1", RasterWPCGlobalPathCoder.model_id))
+
+
+@register
+class RasterWPCV2GlobalPathCoder(RasterWPCGlobalPathCoder):
+    """raster-wpc-v1 with the kernel's run mode. 10 train planes (4.69 M samples):
+    0.4% smaller (mlut_18 -19%, gdcm-US-ALOKA-16 -3.7%, JPGLosslessP14SV1 -3.1%), flat
+    images coded in half the time, planes without flat areas at v1's speed."""
+
+    model_id = "raster-wpc-v2"
+    stream_version = 2
+    runs = True
+
+
+RASTER_WPC_DIFF_V2 = register(DifferenceCoder("raster-wpc-diff-v2", RasterWPCV2GlobalPathCoder.model_id))

@@ -12,7 +12,8 @@ selector                      preset    candidates
 ``per-plane-fast-v1``         (fast)    interlaced-ls-v1, its difference, wavelet53-v1
 ``per-plane-fast-v2``         (fast)    raster-ls-v1, interlaced-ls-v1's difference, wavelet53-v1, interlaced-ls-v1
 ``per-plane-fast-v3``         (fast)    raster-wpc-v1, wavelet53-v1, raster-wpc-v1's difference
-``per-plane-fast-v4``         fast      raster-wpc-v1, wavelet53-v2, raster-wpc-v1's difference
+``per-plane-fast-v4``         (fast)    raster-wpc-v1, wavelet53-v2, raster-wpc-v1's difference
+``per-plane-fast-v5``         fast      raster-wpc-v2, wavelet53-v2, raster-wpc-v2's difference
 ============================  ========  ==============================================
 
 A preset in brackets wrote records with that selector once; they still decode with it.
@@ -21,6 +22,8 @@ is what it is, and what it measured, is beside it and in schemas/FORMAT.md.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 
@@ -39,7 +42,7 @@ from ..wavefront import (
 from ..wavelet import LEVELS, WaveletGlobalPathCoder
 from ..wavelet import forward as wavelet_forward
 from . import PlaneSelector, register
-from .raster_wpc import RASTER_WPC_DIFF_V1, RasterWPCGlobalPathCoder
+from .raster_wpc import RASTER_WPC_DIFF_V1, RASTER_WPC_DIFF_V2, RasterWPCGlobalPathCoder, RasterWPCV2GlobalPathCoder
 from .wavelet_v2 import WaveletV2GlobalPathCoder
 
 
@@ -239,27 +242,47 @@ FAST_V3 = register(
 FAST_V4_TRIAL_SAMPLES = 1 << 16
 
 
-def _fast_v4_choice(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
-    """``per-plane-fast-v3``'s rule with ``wavelet53-v2`` in place of v1, where the
-    wavelet path is checked against the raster coder (``FAST_V4_TRIAL_SAMPLES``)."""
-    order = _fast_v3_choice(plane, prev)
-    if order != (1,):
-        return order
-    if plane.size <= FAST_V4_TRIAL_SAMPLES:
-        return (0, 1)
-    crop = _probe_crop(plane)
-    bits = max(1, int(plane.max()).bit_length())
-    info = PlaneInfo(rows=crop.shape[0], cols=crop.shape[1], bits=bits, k=0, preset="fast")
-    raster = len(RasterWPCGlobalPathCoder().encode(crop, info))
-    return (1,) if len(WaveletV2GlobalPathCoder().encode(crop, info)) < raster else (0,)
+def _wavelet_checked(raster) -> Callable[[np.ndarray, np.ndarray | None], tuple[int, ...]]:
+    """``per-plane-fast-v3``'s rule with the wavelet path (1) checked against the raster
+    coder ``raster`` (0): both coded up to ``FAST_V4_TRIAL_SAMPLES``, above that whichever
+    codes the probe's centre crop smaller."""
+
+    def choose(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
+        order = _fast_v3_choice(plane, prev)
+        if order != (1,):
+            return order
+        if plane.size <= FAST_V4_TRIAL_SAMPLES:
+            return (0, 1)
+        crop = _probe_crop(plane)
+        bits = max(1, int(plane.max()).bit_length())
+        info = PlaneInfo(rows=crop.shape[0], cols=crop.shape[1], bits=bits, k=0, preset="fast")
+        size = len(raster().encode(crop, info))
+        return (1,) if len(WaveletV2GlobalPathCoder().encode(crop, info)) < size else (0,)
+
+    return choose
 
 
+# ``per-plane-fast-v3`` with ``wavelet53-v2`` in place of v1, where the wavelet path is
+# checked against the raster coder.
 FAST_V4 = register(
     PlaneSelector(
         model_id="per-plane-fast-v4",
         candidates=(RasterWPCGlobalPathCoder.model_id, WaveletV2GlobalPathCoder.model_id,
                     RASTER_WPC_DIFF_V1.model_id),
-        choose=_fast_v4_choice,
+        choose=_wavelet_checked(RasterWPCGlobalPathCoder),
+        codes_all_planes=True,
+    ),
+    record_level=True,
+)
+
+
+# `fast`'s global path: per-plane-fast-v4 with raster-wpc-v2 (run mode) for raster-wpc-v1.
+FAST_V5 = register(
+    PlaneSelector(
+        model_id="per-plane-fast-v5",
+        candidates=(RasterWPCV2GlobalPathCoder.model_id, WaveletV2GlobalPathCoder.model_id,
+                    RASTER_WPC_DIFF_V2.model_id),
+        choose=_wavelet_checked(RasterWPCV2GlobalPathCoder),
         codes_all_planes=True,
     ),
     record_level=True,

@@ -186,6 +186,7 @@ _S_DOWN = _S_UP + MAX_CLASS  # "c < j", j = 1..MAX_CLASS - 1
 _S_SIGN = _S_DOWN + MAX_CLASS  # 3 sign contexts
 _S_MANT = _S_SIGN + 3  # two context-coded mantissa bits per exponent: 3 slots each
 SLOTS = _S_MANT + 3 * (MAX_EXP + 1)
+_RUN = (N_CTX + N_CTX2) * SLOTS  # run mode's 4 probabilities: W was a run pixel (2) x a wider flat neighbourhood (2)
 
 # 2**16 / n, rounded: bias means without a division per pixel
 _RECIP = np.array([0] + [((1 << 17) // n + 1) >> 1 for n in range(1, 65)], dtype=np.int64)
@@ -234,14 +235,14 @@ def _record_error(perr, here, ne_of_west, i, sub, val):
 
 
 @njit(cache=True, nogil=True)
-def _kernel(plane, prev, has_prev, maxv, direction, buf):
+def _kernel(plane, prev, has_prev, maxv, direction, buf, runs):
     """``code_plane``'s work; ``direction`` is ``_DECODE`` or ``_ENCODE``."""
     decode = len(direction) == 1  # a constant in each compiled copy
     rows, cols = plane.shape
     low, rng, cache, csize, pos, code = _start(buf, decode)
     # 16-bit probabilities stay below PROB_ONE (an update moves one by less than its
     # distance to 0 or PROB_ONE), so uint16 holds them: half the cache of int32.
-    probs = np.empty(((N_CTX + N_CTX2) * SLOTS, 2), dtype=np.uint16)
+    probs = np.empty((_RUN + 4, 2), dtype=np.uint16)
     probs[:, :] = PROB_ONE >> 1
     bias_sum = np.zeros(N_BIAS, dtype=np.int64)
     bias_cnt = np.zeros(N_BIAS, dtype=np.int64)
@@ -271,6 +272,7 @@ def _kernel(plane, prev, has_prev, maxv, direction, buf):
     for y in range(rows):
         cur = 0 if (y & 1) else width
         prv = width if (y & 1) else 0
+        hit_w = 0  # the pixel to the left was coded as a run pixel
         for x in range(cols):
             if y > 2 and x > 2 and x + 2 < cols:  # every neighbour exists: no edge rules
                 W = np.int64(plane[_u(y), _u(x - 1)])
@@ -312,6 +314,28 @@ def _kernel(plane, prev, has_prev, maxv, direction, buf):
                 t9 = (np.int64(plane[_u(y), _u(x - 3)]) if x > 2 else W) - N
                 t10 = (np.int64(plane[_u(y - 3), _u(x)]) if y > 2 else NN) - N
                 t11 = (np.int64(plane[_u(y - 2), _u(x + 2)]) if y > 1 and x + 2 < cols else NE) - N
+            if runs and W == N and N == NW and N == NE:
+                # run mode (raster-wpc-v2): a flat neighbourhood asks "same as W?" first;
+                # a pixel that is records zero errors and leaves the filter and the bias
+                # as they are (a miss is coded as any other pixel)
+                i1 = _RUN + hit_w
+                i2 = _RUN + 2 + (1 if (t4 | t5 | t7 | t8) == 0 else 0)
+                want = 0
+                if not decode:
+                    want = 1 if np.int64(plane[_u(y), _u(x)]) == W else 0
+                bit, low, rng, code = _decide(low, rng, code, _p0(probs, i1, i2), want, decode)
+                while rng < _TOP:
+                    low, rng, cache, csize, pos, code = _renormalize(low, rng, cache, csize, pos, code, buf, decode)
+                _update(probs, i1, i2, bit, FAST_SHIFT, SLOW_SHIFT, FAST_SHIFT, SLOW_SHIFT)
+                if bit:
+                    if decode:
+                        plane[_u(y), _u(x)] = W
+                    terr[_u(cur + x)] = 0
+                    for i in range(N_PRED):
+                        perr[_u(cur + x), i] = 0
+                    hit_w = 1
+                    continue
+            hit_w = 0
             pN = prv + x
             pNE = pN + 1 if x + 1 < cols else pN
             pNW = pN - 1 if x > 0 else pN
@@ -550,8 +574,8 @@ _ENCODE = ()
 _DECODE = (0,)
 
 
-def code_plane(plane, prev, has_prev, maxv, decode, buf):
+def code_plane(plane, prev, has_prev, maxv, decode, buf, runs=False):
     """Encode ``plane`` into ``buf`` (returns the byte count, or -1 if ``buf`` was too
     small) or decode ``buf`` into ``plane`` (returns 0, or -2 if the data decodes to a
-    value outside 0..maxv: damage)."""
-    return _kernel(plane, prev, has_prev, maxv, _DECODE if decode else _ENCODE, buf)
+    value outside 0..maxv: damage). ``runs``: raster-wpc-v2's run mode."""
+    return _kernel(plane, prev, has_prev, maxv, _DECODE if decode else _ENCODE, buf, runs)
