@@ -100,6 +100,21 @@ def test_contract_allows_config_identifiers_only():
         check_error(medcodec.ModelMismatchError("record needs global model 'SMITH^JOHN went here'"), crafted, "t")
 
 
+def test_contract_knows_the_coder_ids_of_every_medcodec_module():
+    # A mutated id that shares a run with a registered one ("peane-fast-v2" and
+    # "per-plane-fast-v2", defined in medcodec/coders/): the reader's list of the ids it
+    # knows is medcodec's own text, not input (a campaign reported it when the contract
+    # read only medcodec/*.py).
+    from medcodec.coders import registered
+
+    blob = medcodec.compress_pixels(__import__("numpy").zeros((4, 4), "uint8"), bits_stored=8, signed=False)
+    record = ct.read_record(blob)
+    record.config["pixels"]["global_model"] = "peane-fast-v2"
+    crafted = ct.write_record(record)
+    known = ", ".join(f"'{k}'" for k in registered(record_level=True))
+    check_error(medcodec.ModelMismatchError(f"this reader knows {known}"), crafted, "t")
+
+
 def test_strict_contract_reports_what_only_a_catch_all_typed():
     exc = _raised(medcodec.CorruptRecordError("record cannot be decoded: KeyError in decompress_dicom (damaged"
                                               " or crafted record)"), cause=KeyError("x"))

@@ -37,7 +37,8 @@ class Finding(AssertionError):
 
 
 def _source_text() -> str:
-    return "\n".join(p.read_text() for p in sorted((ROOT / "medcodec").glob("*.py")))
+    # every module, subpackages too (the coder ids live in medcodec/coders/)
+    return "\n".join(p.read_text() for p in sorted((ROOT / "medcodec").rglob("*.py")))
 
 
 # Library messages that medcodec's messages include (lzma's, json's, struct's): fixed text
