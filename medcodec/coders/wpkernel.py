@@ -1,5 +1,6 @@
-"""Compiled per-pixel kernel of ``raster-wpc-v1``: a weighted predictor, bias
-cancellation and context-modelled binary range coding, in one raster pass.
+"""Compiled per-pixel kernel of ``raster-wpc-v1`` and ``raster-wpc-v2``: a weighted
+predictor, bias cancellation and context-modelled binary range coding, in one raster
+pass (v2 adds a run mode, below).
 
 Everything here is integer arithmetic on int64, so the encoder and decoder compute
 the same prediction and the same probability at every pixel on any machine, with any
@@ -24,6 +25,11 @@ The model, per pixel, in the scan order of the rows:
   equiprobable), each coded with
   the mean of four adaptive probabilities: a fast and a slow estimate in each of two
   context sets (activity x gradient; coarse activity x the north neighbour's level).
+
+With ``runs`` (``raster-wpc-v2``), a pixel whose W, N, NW and NE are equal is first
+asked one decision, "equal to W?" (two context slots of its own: whether W was such a
+run pixel; whether four more neighbours equal N); a pixel that is skips everything
+above and records zero errors, so flat backgrounds cost one decision per pixel.
 
 The range coder is LZMA's (32-bit range, carry through a cached byte) with 16-bit
 probabilities. numba compiles the kernel once per machine and caches it beside this
