@@ -26,10 +26,12 @@ The model, per pixel, in the scan order of the rows:
   the mean of four adaptive probabilities: a fast and a slow estimate in each of two
   context sets (activity x gradient; coarse activity x the north neighbour's level).
 
-With ``runs`` (``raster-wpc-v2``), a pixel whose W, N, NW and NE are equal is first
+With ``v2`` (``raster-wpc-v2``), a pixel whose W, N, NW and NE are equal is first
 asked one decision, "equal to W?" (two context slots of its own: whether W was such a
 run pixel; whether four more neighbours equal N); a pixel that is skips everything
-above and records zero errors, so flat backgrounds cost one decision per pixel.
+above and records zero errors, so flat backgrounds cost one decision per pixel. v2 also
+codes the sign and the mantissa bits below the top one as equiprobable bits: 0.12%
+larger and 12% faster than modelling them.
 
 The range coder is LZMA's (32-bit range, carry through a cached byte) with 16-bit
 probabilities. numba compiles the kernel once per machine and caches it beside this
@@ -241,7 +243,7 @@ def _record_error(perr, here, ne_of_west, i, sub, val):
 
 
 @njit(cache=True, nogil=True)
-def _kernel(plane, prev, has_prev, maxv, direction, buf, runs):
+def _kernel(plane, prev, has_prev, maxv, direction, buf, v2):
     """``code_plane``'s work; ``direction`` is ``_DECODE`` or ``_ENCODE``."""
     decode = len(direction) == 1  # a constant in each compiled copy
     rows, cols = plane.shape
@@ -320,7 +322,7 @@ def _kernel(plane, prev, has_prev, maxv, direction, buf, runs):
                 t9 = (np.int64(plane[_u(y), _u(x - 3)]) if x > 2 else W) - N
                 t10 = (np.int64(plane[_u(y - 3), _u(x)]) if y > 2 else NN) - N
                 t11 = (np.int64(plane[_u(y - 2), _u(x + 2)]) if y > 1 and x + 2 < cols else NE) - N
-            if runs and W == N and N == NW and N == NE:
+            if v2 and W == N and N == NW and N == NE:
                 # run mode (raster-wpc-v2): a flat neighbourhood asks "same as W?" first;
                 # a pixel that is records zero errors and leaves the filter and the bias
                 # as they are (a miss is coded as any other pixel)
@@ -500,10 +502,18 @@ def _kernel(plane, prev, has_prev, maxv, direction, buf, runs):
                     phase = _PH_MANT1 if e > 0 else _PH_DONE
                 elif phase == _PH_MANT1:
                     hb = bit
-                    if e > 1:
+                    if e > 1 and not v2:
                         phase = _PH_MANT2
                     else:
-                        mant = hb
+                        # v2: the bits below the top one are equiprobable, most significant first
+                        rest = 0
+                        for j in range(e - 2, -1, -1):
+                            d, low, rng, code = _equiprobable(low, rng, code, (mant >> j) & 1, decode)
+                            rest = (rest << 1) | d
+                            if rng < _TOP:
+                                low, rng, cache, csize, pos, code = _renormalize(
+                                    low, rng, cache, csize, pos, code, buf, decode)
+                        mant = (hb << (e - 1)) | rest
                         phase = _PH_DONE
                 else:
                     rest = 0
@@ -520,7 +530,17 @@ def _kernel(plane, prev, has_prev, maxv, direction, buf, runs):
                 if class_known:
                     c = cc
                     e = c - 1
-                    phase = _PH_SIGN if c > 0 else _PH_DONE
+                    if c == 0:
+                        phase = _PH_DONE
+                    elif v2:
+                        # v2: the sign is equiprobable (modelling it gained 0.02%)
+                        neg, low, rng, code = _equiprobable(low, rng, code, 1 if r < 0 else 0, decode)
+                        if rng < _TOP:
+                            low, rng, cache, csize, pos, code = _renormalize(
+                                low, rng, cache, csize, pos, code, buf, decode)
+                        phase = _PH_MANT1 if e > 0 else _PH_DONE
+                    else:
+                        phase = _PH_SIGN
             if decode and c > 0:
                 m = (1 << e) + mant
                 r = -m if neg else m
@@ -580,8 +600,8 @@ _ENCODE = ()
 _DECODE = (0,)
 
 
-def code_plane(plane, prev, has_prev, maxv, decode, buf, runs=False):
+def code_plane(plane, prev, has_prev, maxv, decode, buf, v2=False):
     """Encode ``plane`` into ``buf`` (returns the byte count, or -1 if ``buf`` was too
     small) or decode ``buf`` into ``plane`` (returns 0, or -2 if the data decodes to a
-    value outside 0..maxv: damage). ``runs``: raster-wpc-v2's run mode."""
-    return _kernel(plane, prev, has_prev, maxv, _DECODE if decode else _ENCODE, buf, runs)
+    value outside 0..maxv: damage). ``v2``: raster-wpc-v2's model (run mode, lean residual)."""
+    return _kernel(plane, prev, has_prev, maxv, _DECODE if decode else _ENCODE, buf, v2)
