@@ -49,7 +49,7 @@ class RasterWPCGlobalPathCoder:
         # than that are possible only on adversarial planes, which get a larger buffer.
         size = plane.size * (info.bits + 2) // 8 + 4096
         while True:
-            buf = np.zeros(size, dtype=np.uint8)
+            buf = np.empty(size, dtype=np.uint8)  # the kernel writes every byte it returns
             n = code_plane(plane, ref, use_prev, maxv, False, buf, self.v2)
             if n >= 0:
                 break
@@ -69,7 +69,7 @@ class RasterWPCGlobalPathCoder:
             raise CorruptRecordError(f"{self.model_id} stream was coded with a previous plane this plane does not have")
         ref = np.ascontiguousarray(prev, dtype=np.int64) if use_prev else _NO_PLANE
         buf = np.frombuffer(bytearray(b"\0" + data[2:]), dtype=np.uint8)  # writable: one kernel both ways
-        plane = np.zeros((info.rows, info.cols), dtype=np.int64)
+        plane = np.empty((info.rows, info.cols), dtype=np.int64)  # the kernel writes every pixel
         if code_plane(plane, ref, use_prev, (1 << info.bits) - 1, True, buf, self.v2) < 0:
             raise CorruptRecordError(f"{self.model_id} stream decodes to a value outside the plane's range")
         return plane
