@@ -262,28 +262,25 @@ def _wavelet_checked(raster) -> Callable[[np.ndarray, np.ndarray | None], tuple[
     return choose
 
 
+def _fast_selector(model_id: str, raster, difference) -> PlaneSelector:
+    """A `fast` selector over the raster coder ``raster`` (0), ``wavelet53-v2`` (1) and
+    ``difference`` (2), with ``_wavelet_checked``'s rule."""
+    return register(
+        PlaneSelector(
+            model_id=model_id,
+            candidates=(raster.model_id, WaveletV2GlobalPathCoder.model_id, difference.model_id),
+            choose=_wavelet_checked(raster),
+            codes_all_planes=True,
+        ),
+        record_level=True,
+    )
+
+
 # ``per-plane-fast-v3`` with ``wavelet53-v2`` in place of v1, where the wavelet path is
 # checked against the raster coder.
-FAST_V4 = register(
-    PlaneSelector(
-        model_id="per-plane-fast-v4",
-        candidates=(RasterWPCGlobalPathCoder.model_id, WaveletV2GlobalPathCoder.model_id,
-                    RASTER_WPC_DIFF_V1.model_id),
-        choose=_wavelet_checked(RasterWPCGlobalPathCoder),
-        codes_all_planes=True,
-    ),
-    record_level=True,
-)
+FAST_V4 = _fast_selector("per-plane-fast-v4", RasterWPCGlobalPathCoder, RASTER_WPC_DIFF_V1)
 
 
-# `fast`'s global path: per-plane-fast-v4 with raster-wpc-v2 (run mode) for raster-wpc-v1.
-FAST_V5 = register(
-    PlaneSelector(
-        model_id="per-plane-fast-v5",
-        candidates=(RasterWPCV2GlobalPathCoder.model_id, WaveletV2GlobalPathCoder.model_id,
-                    RASTER_WPC_DIFF_V2.model_id),
-        choose=_wavelet_checked(RasterWPCV2GlobalPathCoder),
-        codes_all_planes=True,
-    ),
-    record_level=True,
-)
+# `fast`'s global path: per-plane-fast-v4 with raster-wpc-v2 (run mode, leaner residual)
+# for raster-wpc-v1.
+FAST_V5 = _fast_selector("per-plane-fast-v5", RasterWPCV2GlobalPathCoder, RASTER_WPC_DIFF_V2)

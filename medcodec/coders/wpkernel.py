@@ -500,32 +500,27 @@ def _kernel(plane, prev, has_prev, maxv, direction, buf, v2):
                 elif phase == _PH_SIGN:
                     neg = bit
                     phase = _PH_MANT1 if e > 0 else _PH_DONE
-                elif phase == _PH_MANT1:
+                elif phase == _PH_MANT1 and e > 1 and not v2:
                     hb = bit
-                    if e > 1 and not v2:
-                        phase = _PH_MANT2
-                    else:
-                        # v2: the bits below the top one are equiprobable, most significant first
-                        rest = 0
-                        for j in range(e - 2, -1, -1):
-                            d, low, rng, code = _equiprobable(low, rng, code, (mant >> j) & 1, decode)
-                            rest = (rest << 1) | d
-                            if rng < _TOP:
-                                low, rng, cache, csize, pos, code = _renormalize(
-                                    low, rng, cache, csize, pos, code, buf, decode)
-                        mant = (hb << (e - 1)) | rest
-                        phase = _PH_DONE
+                    phase = _PH_MANT2
                 else:
+                    # the modelled top bit (v2), or the top two (v1), then the bits below
+                    # them equiprobable, most significant first
+                    if phase == _PH_MANT1:
+                        hb = bit
+                        top = hb << (e - 1)
+                        n = e - 1
+                    else:
+                        top = (hb << (e - 1)) | (bit << (e - 2))
+                        n = e - 2
                     rest = 0
-                    if e > 2:
-                        # equiprobable bits, most significant first
-                        for j in range(e - 3, -1, -1):
-                            d, low, rng, code = _equiprobable(low, rng, code, (mant >> j) & 1, decode)
-                            rest = (rest << 1) | d
-                            if rng < _TOP:
-                                low, rng, cache, csize, pos, code = _renormalize(
-                                    low, rng, cache, csize, pos, code, buf, decode)
-                    mant = (hb << (e - 1)) | (bit << (e - 2)) | rest
+                    for j in range(n - 1, -1, -1):
+                        d, low, rng, code = _equiprobable(low, rng, code, (mant >> j) & 1, decode)
+                        rest = (rest << 1) | d
+                        if rng < _TOP:
+                            low, rng, cache, csize, pos, code = _renormalize(
+                                low, rng, cache, csize, pos, code, buf, decode)
+                    mant = top | rest
                     phase = _PH_DONE
                 if class_known:
                     c = cc
