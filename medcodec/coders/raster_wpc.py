@@ -5,10 +5,12 @@ The per-pixel model and the range coder are in :mod:`medcodec.coders.wpkernel`. 
 v1 with a run mode (where W, N, NW and NE are equal, one decision asks whether the pixel
 is too, and a pixel that is skips the predictor: flat backgrounds, padding, text and
 graphics code faster and smaller) and fewer modelled decisions per residual (the sign
-and the mantissa bits below the top one are equiprobable). A stream is one version byte (1 or 2: the id's), one
-flags byte (bit 0: the previous plane was used as a predictor) and the range coder's
-bytes (its first byte, always 0, left out). The stream needs nothing from the record's
-preset: what it was coded with, it says.
+and the mantissa bits below the top one are equiprobable).
+
+A stream is one version byte (1 or 2: the id's), one flags byte (bit 0: the previous
+plane was used as a predictor) and the range coder's bytes (its first byte, always 0,
+left out). The stream needs nothing from the record's preset: what it was coded with,
+it says.
 """
 
 from __future__ import annotations
