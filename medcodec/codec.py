@@ -575,8 +575,11 @@ _HEADER_LENGTHS = struct.Struct("<QQQ")
 
 
 def _pack_header(parsed: ParsedDicom) -> bytes:
+    """The header section: the bytes around the pixel data, lzma-packed. Not at lzma's
+    extreme setting: on the pipeline benchmark's 64 files (742 KB of headers) it saved 548
+    bytes, 0.005% of their records, for 87 ms, 2.6% of the codec's time on them."""
     raw = _HEADER_LENGTHS.pack(len(parsed.prefix), len(parsed.suffix), len(parsed.extra))
-    return ct.lzma_pack(raw + parsed.prefix + parsed.suffix + parsed.extra, extreme=True)
+    return ct.lzma_pack(raw + parsed.prefix + parsed.suffix + parsed.extra)
 
 
 def _unpack_header(payload: bytes, source_size: int) -> tuple[bytes, bytes, bytes]:

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import container as ct
 from . import crypto, deid, essential, stego
-from .codec import _inflate
+from .codec import _inflate, _pack_header
 from .dicom import (
     NO_DEADLINE,
     RESTORE_VERBATIM,
@@ -269,9 +269,7 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
             raise SealingError("the de-identified file does not carry the stego pixels exactly")
         deadline.check("before coding the pixels")
         pixel_config, pixel_sections = encode(stego_words, fmt)
-        header = struct.pack("<QQQ", len(public_parsed.prefix), len(public_parsed.suffix), len(public_parsed.extra))
-        sections.append(ct.Section(ct.SECTION_HEADER, ct.lzma_pack(
-            header + public_parsed.prefix + public_parsed.suffix + public_parsed.extra)))
+        sections.append(ct.Section(ct.SECTION_HEADER, _pack_header(public_parsed)))
         sections.extend(pixel_sections)
     sections.append(ct.Section(ct.SECTION_SEALED_ORIGINAL, crypto.seal(
         keyring, original, associated=_binding_ad(binding, PURPOSE_ORIGINAL)).to_bytes()))
