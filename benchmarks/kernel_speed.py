@@ -3,7 +3,7 @@
     python -m benchmarks.kernel_speed [--split held-out|train|all] [--runs 3] [--limit N]
 
 For each single-plane pydicom-data image of the split, codes its plane with `fast`'s
-raster coder (``raster-wpc-v2``) and, where the wavelet probe would send it there, its
+raster coder (``raster-wpc-v3``) and, where the wavelet probe would send it there, its
 wavelet path (``wavelet53-v2``),
 then decodes it and checks the round trip. Reports the best of ``--runs`` encode and
 decode times per sample (the coder alone: no record, digest or words), so a kernel

@@ -215,5 +215,5 @@ def test_kernel_speed_times_the_compiled_coders_and_checks_their_round_trip():
     from benchmarks.kernel_speed import measure
 
     rows = measure("train", 1, 1)
-    assert rows and rows[0]["coder"] == "raster-wpc-v2"
+    assert rows and rows[0]["coder"] == "raster-wpc-v3"
     assert rows[0]["bytes"] > 0 and rows[0]["encode_ns"] > 0 and rows[0]["decode_ns"] > 0

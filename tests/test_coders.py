@@ -22,16 +22,19 @@ from medcodec.coders import PlaneSelector, coder_for, register, registered
 from medcodec.coders.raster_wpc import (
     RASTER_WPC_DIFF_V1,
     RASTER_WPC_DIFF_V2,
+    RASTER_WPC_DIFF_V3,
     RasterWPCGlobalPathCoder,
     RasterWPCV2GlobalPathCoder,
+    RasterWPCV3GlobalPathCoder,
 )
-from medcodec.coders.selectors import FAST_V3, FAST_V5
+from medcodec.coders.selectors import FAST_V3, FAST_V5, FAST_V6
 from medcodec.errors import CorruptRecordError, ModelMismatchError
 from medcodec.paths import PlaneInfo
 
 WPC = RasterWPCGlobalPathCoder()
 DIFF = RASTER_WPC_DIFF_V1
 WPC2 = RasterWPCV2GlobalPathCoder()
+WPC3 = RasterWPCV3GlobalPathCoder()
 
 
 def _info(plane: np.ndarray, bits: int) -> PlaneInfo:
@@ -63,10 +66,10 @@ def _plane(kind: str, rows: int, cols: int, bits: int, seed: int) -> np.ndarray:
 def test_registry_knows_every_global_model_once_and_records_name_only_record_level_ones():
     every = registered()
     record_level = registered(record_level=True)
-    assert {"per-plane-fast-v5", "per-plane-fast-v4", "per-plane-fast-v3", "per-plane-v6",
+    assert {"per-plane-fast-v6", "per-plane-fast-v5", "per-plane-fast-v4", "per-plane-fast-v3", "per-plane-v6",
             "interlaced-ls-v1"} <= set(record_level)
-    assert {"raster-wpc-v1", "raster-wpc-diff-v1", "raster-wpc-v2", "raster-wpc-diff-v2", "wavelet53-v1",
-            "wavelet53-v2"} <= set(every) - set(record_level)
+    assert {"raster-wpc-v1", "raster-wpc-diff-v1", "raster-wpc-v2", "raster-wpc-diff-v2", "raster-wpc-v3",
+            "raster-wpc-diff-v3", "wavelet53-v1", "wavelet53-v2"} <= set(every) - set(record_level)
     for selector in (v for v in record_level.values() if isinstance(v, PlaneSelector)):
         assert all(c in every for c in selector.candidates)
     from medcodec.codec import GLOBAL_MODELS, PRESET_GLOBAL_MODEL
@@ -81,7 +84,7 @@ def test_an_id_cannot_be_registered_twice_or_looked_up_unknown():
         coder_for("no-such-coder")
 
 
-# --- raster-wpc-v1 and v2: exactness ---------------------------------------------------------------
+# --- raster-wpc-v1, v2 and v3: exactness ---------------------------------------------------------------
 
 
 @settings(max_examples=60, deadline=None)
@@ -97,11 +100,11 @@ def test_every_plane_decodes_to_itself(kind, rows, cols, bits, seed, with_prev):
     plane = _plane(kind, rows, cols, bits, seed)
     prev = _plane("smooth", rows, cols, bits, seed + 1) if with_prev else None
     info = _info(plane, bits)
-    for coder in (WPC, WPC2):
+    for coder in (WPC, WPC2, WPC3):
         data = coder.encode(plane, info, prev)
         assert np.array_equal(coder.decode(data, info, prev), plane)
     if prev is not None:
-        for coder in (DIFF, RASTER_WPC_DIFF_V2):
+        for coder in (DIFF, RASTER_WPC_DIFF_V2, RASTER_WPC_DIFF_V3):
             data = coder.encode(plane, info, prev)
             assert np.array_equal(coder.decode(data, info, prev), plane)
 
@@ -126,7 +129,8 @@ def _difference_coders():
 def test_every_difference_coder_is_data_over_a_registered_base():
     coders = _difference_coders()
     assert {c.model_id for c in coders} == {"raster-wp-diff-v1", "raster-wp-diff-v2", "raster-wp-diff-v3",
-                                            "interlaced-ls-diff-v1", "raster-wpc-diff-v1", "raster-wpc-diff-v2"}
+                                            "interlaced-ls-diff-v1", "raster-wpc-diff-v1", "raster-wpc-diff-v2",
+                                            "raster-wpc-diff-v3"}
     assert all(c.base in registered() and c.base_coder().model_id == c.base for c in coders)
 
 
@@ -173,19 +177,20 @@ def test_the_previous_plane_is_used_where_it_predicts():
 
 
 def test_bytes_do_not_depend_on_the_process_that_wrote_them():
-    # v1 on a smooth plane, v2 on one with flat patches (its run mode)
-    planes = {"raster-wpc-v1": ("smooth", 9), "raster-wpc-v2": ("patches", 4)}
+    # v1 on a smooth plane, v2 on one with flat patches (its run mode), v3 on both kinds
+    cases = [("raster-wpc-v1", "smooth", 9), ("raster-wpc-v2", "patches", 4), ("raster-wpc-v3", "smooth", 9),
+             ("raster-wpc-v3", "patches", 4)]
     here = ",".join(coder_for(m).encode(_plane(k, 40, 52, 14, s), _info(_plane(k, 40, 52, 14, s), 14)).hex()
-                    for m, (k, s) in planes.items())
+                    for m, k, s in cases)
     code = (
         "import sys\n"
         "from medcodec.coders import coder_for\n"
         "from medcodec.paths import PlaneInfo\n"
         "from tests.test_coders import _plane\n"
         "info = PlaneInfo(rows=40, cols=52, bits=14, k=0, preset='fast')\n"
-        f"planes = {planes!r}\n"
+        f"cases = {cases!r}\n"
         "sys.stdout.write(','.join(coder_for(m).encode(_plane(k, 40, 52, 14, s), info).hex()"
-        " for m, (k, s) in planes.items()))\n"
+        " for m, k, s in cases))\n"
     )
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
     assert there.stdout == here
@@ -198,7 +203,7 @@ def test_the_stream_is_pinned():
     from tests.test_wavefront import _real_plane
 
     digests = {}
-    for coder in (WPC, WPC2):
+    for coder in (WPC, WPC2, WPC3):
         for name in ("CT_small.dcm", "MR_small.dcm"):
             a, bits = _real_plane(name)
             digests.setdefault(coder.model_id, []).append(
@@ -206,34 +211,47 @@ def test_the_stream_is_pinned():
         prev = np.clip(a + np.random.default_rng(3).integers(-3, 4, a.shape), 0, (1 << bits) - 1)
         digests[coder.model_id].append(hashlib.sha256(coder.encode(a, _info(a, bits), prev)).hexdigest()[:16])
     flat = _plane("patches", 40, 52, 10, 4)
-    digests["raster-wpc-v2"].append(hashlib.sha256(WPC2.encode(flat, _info(flat, 10))).hexdigest()[:16])
+    for coder in (WPC2, WPC3):
+        digests[coder.model_id].append(hashlib.sha256(coder.encode(flat, _info(flat, 10))).hexdigest()[:16])
     assert digests == {
         "raster-wpc-v1": ["af3ab747fb54d2c3", "4fb0b7fe1a816585", "fdcfbcd171bfd4a4"],
         "raster-wpc-v2": ["ef9f5ffac08faf02", "67374fb0710f675f", "07f29b690206a83e", "18f58162f5d31d9b"],
+        "raster-wpc-v3": ["98c449287a8c67a5", "a356ffab9b46f907", "f0d063cadc4074a4", "6f1f861afb6dbbdb"],
     }
 
 
-def test_run_mode_codes_flat_areas_smaller_and_reads_only_its_own_streams():
+def test_run_mode_codes_flat_areas_smaller_and_each_version_reads_only_its_own_streams():
     flat = _plane("patches", 64, 80, 12, 5)
     info = _info(flat, 12)
-    v1, v2 = WPC.encode(flat, info), WPC2.encode(flat, info)
-    assert (v1[0], v2[0]) == (1, 2)  # the version byte is the id's
-    assert len(v2) < 0.9 * len(v1)
-    assert np.array_equal(WPC2.decode(v2, info), flat)
-    for coder, other in ((WPC, v2), (WPC2, v1)):
-        with pytest.raises(CorruptRecordError, match=coder.model_id):
-            coder.decode(other, info)
+    v1, v2, v3 = WPC.encode(flat, info), WPC2.encode(flat, info), WPC3.encode(flat, info)
+    assert (v1[0], v2[0], v3[0]) == (1, 2, 3)  # the version byte is the id's
+    assert len(v2) < 0.9 * len(v1) and len(v3) < 0.9 * len(v1)
+    assert np.array_equal(WPC2.decode(v2, info), flat) and np.array_equal(WPC3.decode(v3, info), flat)
+    streams = {WPC: v1, WPC2: v2, WPC3: v3}
+    for coder in streams:
+        for other in (data for c, data in streams.items() if c is not coder):
+            with pytest.raises(CorruptRecordError, match=coder.model_id):
+                coder.decode(other, info)
+
+
+def test_v3_round_trips_a_row_as_wide_as_dicom_allows():
+    # v3 clamps its filter's weights once per row (wpkernel): the widest row, 16-bit noise
+    # and extremes (the largest steps) in a few rows.
+    rng = np.random.default_rng(11)
+    plane = np.vstack([rng.integers(0, 1 << 16, (2, 65535)), np.where(rng.random((1, 65535)) < 0.5, 0, 65535)])
+    info = _info(plane, 16)
+    assert np.array_equal(WPC3.decode(WPC3.encode(plane, info), info), plane)
 
 
 # --- damage ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("coder", [WPC, WPC2], ids=lambda c: c.model_id)
+@pytest.mark.parametrize("coder", [WPC, WPC2, WPC3], ids=lambda c: c.model_id)
 def test_damaged_streams_fail_cleanly(coder):
-    plane = _plane("patches" if coder.v2 else "smooth", 48, 40, 12, 2)
+    plane = _plane("patches" if coder.stream_version >= 2 else "smooth", 48, 40, 12, 2)
     info = _info(plane, 12)
     data = coder.encode(plane, info)
-    for bad in (b"", data[:1], b"\x03" + data[1:], data[:1] + b"\x04" + data[2:]):
+    for bad in (b"", data[:1], b"\x09" + data[1:], data[:1] + b"\x04" + data[2:]):  # no such version; an unknown flag
         with pytest.raises(CorruptRecordError, match=coder.model_id):
             coder.decode(bad, info)
     rng = np.random.default_rng(7)
@@ -264,7 +282,7 @@ def test_fast_records_use_the_compiled_coder_without_local_planes():
     a, bits = _real_plane("CT_small.dcm")
     blob = medcodec.compress_pixels(a.astype(np.uint16), bits_stored=bits, signed=False, preset="fast")
     info = medcodec.inspect_record(blob)
-    assert info["models"]["global"] == "per-plane-fast-v5" and info["global_planes"] == {"raster-wpc-v2": 1}
+    assert info["models"]["global"] == "per-plane-fast-v6" and info["global_planes"] == {"raster-wpc-v3": 1}
     assert info["k"] == 0 and "local" not in info["sections"]
     assert np.array_equal(medcodec.decompress_pixels(blob), a)
 
@@ -283,12 +301,16 @@ def test_fast_v3_codes_near_copies_of_the_previous_plane_as_the_difference_when_
     assert FAST_V3.choose(_plane("noise", 48, 64, 8, 4), r) == (0,)
 
 
-def test_fast_v5_keeps_the_rule_with_the_run_mode_coders():
+@pytest.mark.parametrize("selector, raster, difference", [(FAST_V5, WPC2, RASTER_WPC_DIFF_V2),
+                                                          (FAST_V6, WPC3, RASTER_WPC_DIFF_V3)],
+                         ids=lambda x: getattr(x, "model_id", None))
+def test_fast_v5_and_v6_keep_the_rule_with_the_run_mode_coders(selector, raster, difference):
     rng = np.random.default_rng(3)
     r = _plane("patches", 48, 64, 8, 1)
     g = np.where(rng.random(r.shape) < 0.9, r, np.clip(r + rng.integers(-9, 10, r.shape), 0, 255))
     info = _info(r, 8)
-    assert FAST_V5.choose(g, r) == FAST_V3.choose(g, r) == (0, 2)
-    data = FAST_V5.encode(g, info, r)
-    assert np.array_equal(FAST_V5.decode(data, info, r), g)
-    assert len(data) == 1 + min(len(WPC2.encode(g, info, r)), len(RASTER_WPC_DIFF_V2.encode(g, info, r)))
+    assert selector.candidates == (raster.model_id, "wavelet53-v2", difference.model_id)
+    assert selector.choose(g, r) == FAST_V3.choose(g, r) == (0, 2)
+    data = selector.encode(g, info, r)
+    assert np.array_equal(selector.decode(data, info, r), g)
+    assert len(data) == 1 + min(len(raster.encode(g, info, r)), len(difference.encode(g, info, r)))

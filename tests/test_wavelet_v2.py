@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medcodec.coders import coder_for
-from medcodec.coders.selectors import FAST_V4, FAST_V4_TRIAL_SAMPLES, FAST_V5
+from medcodec.coders.selectors import FAST_V4, FAST_V4_TRIAL_SAMPLES, FAST_V5, FAST_V6
 from medcodec.coders.wavelet_v2 import WaveletV2GlobalPathCoder
 from medcodec.errors import CorruptRecordError
 from medcodec.paths import PlaneInfo
@@ -145,7 +145,7 @@ def test_damaged_streams_fail_cleanly():
         assert out.shape == plane.shape and out.min() >= 0 and out.max() <= 4095
 
 
-@pytest.mark.parametrize("selector", [FAST_V4, FAST_V5], ids=lambda s: s.model_id)
+@pytest.mark.parametrize("selector", [FAST_V4, FAST_V5, FAST_V6], ids=lambda s: s.model_id)
 def test_fast_tries_the_raster_coder_too_on_small_planes_the_probe_sends_to_the_wavelet_path(selector):
     plane = _lossy(128, 128, 12, 6, 64)
     assert plane.size <= FAST_V4_TRIAL_SAMPLES
@@ -158,12 +158,12 @@ def test_fast_tries_the_raster_coder_too_on_small_planes_the_probe_sends_to_the_
     assert len(data) <= 1 + min(len(coder_for(c).encode(plane, info)) for c in selector.candidates[:2])
 
 
-def test_fast_records_name_per_plane_fast_v5():
+def test_fast_records_name_per_plane_fast_v6():
     import medcodec
 
     plane = _lossy(80, 80, 12, 7, 32).astype(np.uint16)
     blob = medcodec.compress_pixels(plane, bits_stored=12, signed=False, preset="fast")
     info = medcodec.inspect_record(blob)
-    assert info["models"]["global"] == "per-plane-fast-v5"
-    assert set(info["global_planes"]) <= {"raster-wpc-v2", "wavelet53-v2"}
+    assert info["models"]["global"] == "per-plane-fast-v6"
+    assert set(info["global_planes"]) <= {"raster-wpc-v3", "wavelet53-v2"}
     assert np.array_equal(medcodec.decompress_pixels(blob), plane)

@@ -13,7 +13,8 @@ selector                      preset    candidates
 ``per-plane-fast-v2``         (fast)    raster-ls-v1, interlaced-ls-v1's difference, wavelet53-v1, interlaced-ls-v1
 ``per-plane-fast-v3``         (fast)    raster-wpc-v1, wavelet53-v1, raster-wpc-v1's difference
 ``per-plane-fast-v4``         (fast)    raster-wpc-v1, wavelet53-v2, raster-wpc-v1's difference
-``per-plane-fast-v5``         fast      raster-wpc-v2, wavelet53-v2, raster-wpc-v2's difference
+``per-plane-fast-v5``         (fast)    raster-wpc-v2, wavelet53-v2, raster-wpc-v2's difference
+``per-plane-fast-v6``         fast      raster-wpc-v3, wavelet53-v2, raster-wpc-v3's difference
 ============================  ========  ==============================================
 
 A preset in brackets wrote records with that selector once; they still decode with it.
@@ -42,7 +43,14 @@ from ..wavefront import (
 from ..wavelet import LEVELS, WaveletGlobalPathCoder
 from ..wavelet import forward as wavelet_forward
 from . import PlaneSelector, register
-from .raster_wpc import RASTER_WPC_DIFF_V1, RASTER_WPC_DIFF_V2, RasterWPCGlobalPathCoder, RasterWPCV2GlobalPathCoder
+from .raster_wpc import (
+    RASTER_WPC_DIFF_V1,
+    RASTER_WPC_DIFF_V2,
+    RASTER_WPC_DIFF_V3,
+    RasterWPCGlobalPathCoder,
+    RasterWPCV2GlobalPathCoder,
+    RasterWPCV3GlobalPathCoder,
+)
 from .wavelet_v2 import WaveletV2GlobalPathCoder
 
 
@@ -281,6 +289,10 @@ def _fast_selector(model_id: str, raster, difference) -> PlaneSelector:
 FAST_V4 = _fast_selector("per-plane-fast-v4", RasterWPCGlobalPathCoder, RASTER_WPC_DIFF_V1)
 
 
-# `fast`'s global path: per-plane-fast-v4 with raster-wpc-v2 (run mode, leaner residual)
-# for raster-wpc-v1.
+# per-plane-fast-v4 with raster-wpc-v2 (run mode, leaner residual) for raster-wpc-v1.
 FAST_V5 = _fast_selector("per-plane-fast-v5", RasterWPCV2GlobalPathCoder, RASTER_WPC_DIFF_V2)
+
+
+# `fast`'s global path: per-plane-fast-v5 with raster-wpc-v3 (a lighter predictor and
+# probability model) for raster-wpc-v2.
+FAST_V6 = _fast_selector("per-plane-fast-v6", RasterWPCV3GlobalPathCoder, RASTER_WPC_DIFF_V3)
