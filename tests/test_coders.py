@@ -235,12 +235,14 @@ def test_run_mode_codes_flat_areas_smaller_and_each_version_reads_only_its_own_s
 
 
 def test_v3_round_trips_a_row_as_wide_as_dicom_allows():
-    # v3 clamps its filter's weights once per row (wpkernel): the widest row, 16-bit noise
-    # and extremes (the largest steps) in a few rows.
+    # v3 clamps its filter's weights every 4096 pixels (wpkernel): the widest row, 16-bit
+    # noise and extremes (the largest steps), alone and as a difference (17-bit values).
     rng = np.random.default_rng(11)
     plane = np.vstack([rng.integers(0, 1 << 16, (2, 65535)), np.where(rng.random((1, 65535)) < 0.5, 0, 65535)])
+    prev = np.where(rng.random(plane.shape) < 0.5, 65535 - plane, plane)
     info = _info(plane, 16)
     assert np.array_equal(WPC3.decode(WPC3.encode(plane, info), info), plane)
+    assert np.array_equal(RASTER_WPC_DIFF_V3.decode(RASTER_WPC_DIFF_V3.encode(plane, info, prev), info, prev), plane)
 
 
 # --- damage ---------------------------------------------------------------------------------------------

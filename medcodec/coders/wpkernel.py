@@ -34,7 +34,7 @@ codes the sign and the mantissa bits below the top one as equiprobable bits: 0.1
 larger and 12% faster than modelling them.
 
 ``raster-wpc-v3`` is v2 without the two plain means, with 8 filter taps (a reciprocal
-for the step's division; the weights clamped once per row) and one estimate per context
+for the step's division; the weights clamped every 4096 pixels) and one estimate per context
 slot: 0.09% larger than v2 on the train planes, encoded 1.29x and decoded 1.30x as fast.
 v3 and the older models are compiled apart (``_LEAN``, ``_FULL``), so neither pays for
 the other's branches.
@@ -197,6 +197,7 @@ LMS_BITS = 16
 LMS_MU = 2  # step: MU / 2**LMS_STEP of the normalized gradient
 LMS_STEP = 4
 LMS_WMAX = 1 << 20
+LMS_CLAMP_EVERY = 1 << 12  # v3: the weights are clamped at the start of a row and every 4096 pixels in it
 N_ACT = 16  # activity buckets
 N_GRAD = 4  # gradient buckets
 N_CTX = N_ACT * N_GRAD
@@ -307,6 +308,20 @@ def _kernel(plane, prev, has_prev, maxv, direction, buf, v2, model):
         prv = width if (y & 1) else 0
         hit_w = 0  # the pixel to the left was coded as a run pixel
         for x in range(cols):
+            if lean and (x & (LMS_CLAMP_EVERY - 1)) == 0:
+                # v3 clamps the filter's weights here, not after every step. A step moves a
+                # weight by at most about 2**27 (gain * t >> LMS_STEP: about 2**17 * |lerr| *
+                # |t| / (16 + t**2) / 16, with |lerr| and |t| under 2**17 in a difference
+                # plane), so between two clamps |w| < 2**40 and the 8 products w * t sum far
+                # inside int64.
+                w0 = min(max(w0, -LMS_WMAX), LMS_WMAX)
+                w1 = min(max(w1, -LMS_WMAX), LMS_WMAX)
+                w2 = min(max(w2, -LMS_WMAX), LMS_WMAX)
+                w3 = min(max(w3, -LMS_WMAX), LMS_WMAX)
+                w4 = min(max(w4, -LMS_WMAX), LMS_WMAX)
+                w5 = min(max(w5, -LMS_WMAX), LMS_WMAX)
+                w6 = min(max(w6, -LMS_WMAX), LMS_WMAX)
+                w7 = min(max(w7, -LMS_WMAX), LMS_WMAX)
             if y > 2 and x > 2 and x + 2 < cols:  # every neighbour exists: no edge rules
                 W = np.int64(plane[_u(y), _u(x - 1)])
                 N = np.int64(plane[_u(y - 1), _u(x)])
@@ -400,7 +415,7 @@ def _kernel(plane, prev, has_prev, maxv, direction, buf, v2, model):
             lacc = w0 * t0 + w1 * t1 + w2 * t2 + w3 * t3 + w4 * t4 + w5 * t5 + w6 * t6 + w7 * t7
             if not lean:  # v3's filter has the first 8 taps
                 lacc += w8 * t8 + w9 * t9 + w10 * t10 + w11 * t11
-            # (lacc << EXTRA) >> LMS_BITS, which is how FORMAT.md states it: no int64 overflow either way
+            # v1's (lacc << EXTRA) >> LMS_BITS without the shift left, which v3's weights could overflow
             s7 = min(max(Ns + (lacc >> (LMS_BITS - EXTRA)), 0), maxs)  # a runaway filter stays in range
 
             s8 = 0
@@ -500,7 +515,7 @@ def _kernel(plane, prev, has_prev, maxv, direction, buf, v2, model):
                 else:  # _PH_MANT2
                     slot = _S_MANT + 3 * e + 1 + hb
                     want = (mant >> (e - 2)) & 1
-                # -- one adaptive binary decision: the mean of four estimates --
+                # -- one adaptive binary decision: the mean of four estimates (v3: two) --
                 i1 = base + slot
                 i2 = base2 + slot
                 bit, low, rng, code = _decide(low, rng, code, _p0_lean(probs, i1, i2) if lean else _p0(probs, i1, i2),
@@ -583,7 +598,7 @@ def _kernel(plane, prev, has_prev, maxv, direction, buf, v2, model):
             lerr = (val - s7) >> EXTRA
             if lerr != 0 and lean:
                 # v3: 8 taps, the division by the energy as a product with an 8-bit
-                # reciprocal, and the weights clamped once per row (below)
+                # reciprocal, and the weights clamped every LMS_CLAMP_EVERY pixels (above)
                 energy = (16 + t0 * t0 + t1 * t1 + t2 * t2 + t3 * t3 + t4 * t4 + t5 * t5 + t6 * t6 + t7 * t7)
                 le = _floor_log2(energy)
                 sh = le - 7 if le > 7 else 0
@@ -632,18 +647,6 @@ def _kernel(plane, prev, has_prev, maxv, direction, buf, v2, model):
             if bias_cnt[_u(bctx)] >= BIAS_LIMIT:
                 bias_sum[_u(bctx)] >>= 1
                 bias_cnt[_u(bctx)] >>= 1
-        if lean:
-            # One step moves a weight by at most about 2**26 (gain * t >> LMS_STEP: about
-            # 2**17 * |lerr| * |t| / (16 + t**2) / 16, |lerr| < 2**16), so after a row of up
-            # to 2**16 pixels |w| < 2**43, and the 8 products w * t sum inside int64.
-            w0 = min(max(w0, -LMS_WMAX), LMS_WMAX)
-            w1 = min(max(w1, -LMS_WMAX), LMS_WMAX)
-            w2 = min(max(w2, -LMS_WMAX), LMS_WMAX)
-            w3 = min(max(w3, -LMS_WMAX), LMS_WMAX)
-            w4 = min(max(w4, -LMS_WMAX), LMS_WMAX)
-            w5 = min(max(w5, -LMS_WMAX), LMS_WMAX)
-            w6 = min(max(w6, -LMS_WMAX), LMS_WMAX)
-            w7 = min(max(w7, -LMS_WMAX), LMS_WMAX)
     if decode:
         return 0
     return _finish(low, cache, csize, pos, buf)
