@@ -127,8 +127,10 @@ def dicom_identifiers(data: bytes) -> dict[str, str | None]:
 
 
 def set_model_threads(n: int) -> None:
-    """Torch CPU threads for the transformer path (the bitstream does not depend on it)."""
-    from .model.registry import set_threads
+    """Torch CPU threads for the transformer path (the bitstream does not depend on it),
+    applied when the path loads torch: a process that never codes with a transformer
+    never imports it (``medcodec.model.threads``)."""
+    from .model.threads import set_threads
 
     set_threads(n)
 

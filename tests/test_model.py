@@ -164,6 +164,30 @@ def test_same_bytes_with_1_or_2_threads_and_decoding_in_another_process(tmp_path
     assert "decoded-ok" in res.stdout
 
 
+def test_model_threads_reach_torch_only_when_the_transformer_path_loads_it():
+    # A `fast` worker sets its thread count and never codes with a transformer: torch
+    # (about a second and 180 MB per process) stays unloaded; max's path then gets it.
+    code = textwrap.dedent(
+        """
+        import sys, numpy as np, medcodec
+        medcodec.set_model_threads(1)
+        img = (np.arange(48 * 40).reshape(48, 40) % 700).astype(np.uint16)
+        blob = medcodec.compress_pixels(img, bits_stored=12, signed=False, preset="fast")
+        assert np.array_equal(medcodec.decompress_pixels(blob), img)
+        assert "torch" not in sys.modules, "a fast round trip loaded torch"
+        from medcodec.model.registry import load_model
+        import torch
+        assert torch.get_num_threads() == 1
+        medcodec.set_model_threads(2)  # torch is loaded now: applied at once
+        assert torch.get_num_threads() == 2
+        print("ok")
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("model_id", SHIPPED)
 def test_cuda_gives_the_cpu_bitstream(model_id):

@@ -19,9 +19,11 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from ..errors import ModelMismatchError, shown
+from . import threads
 from .intnet import IntegerTransformer, build
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
+threads.apply(torch)  # the count a host set before torch was loaded (medcodec.set_model_threads)
 _INT32 = (-(1 << 31), (1 << 31) - 1)
 
 
@@ -63,11 +65,6 @@ _LOCK = threading.RLock()
 
 def shipped_models() -> list[str]:
     return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
-
-
-def set_threads(n: int) -> None:
-    """Torch CPU threads for the transformer path (the bitstream does not depend on it)."""
-    torch.set_num_threads(max(1, int(n)))
 
 
 def default_device() -> str:
