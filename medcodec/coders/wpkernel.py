@@ -163,25 +163,32 @@ def _p0(probs, i1, i2):
 
 
 @njit(cache=True, inline="always")
-def _p0_lean(probs, i1, i2):
-    """v3: the mean of one estimate in each of the two context slots (column 0)."""
-    return (np.int64(probs[_u(i1), 0]) + np.int64(probs[_u(i2), 0])) >> 1
-
-
-@njit(cache=True, inline="always")
-def _update_lean(probs, i1, i2, bit):
-    """v3: move the two estimates of a decision towards its bit at ``LEAN_SHIFT``."""
-    probs[_u(i1), 0] = _adapt(np.int64(probs[_u(i1), 0]), bit, LEAN_SHIFT)
-    probs[_u(i2), 0] = _adapt(np.int64(probs[_u(i2), 0]), bit, LEAN_SHIFT)
-
-
-@njit(cache=True, inline="always")
 def _update(probs, i1, i2, bit, fast1, slow1, fast2, slow2):
     """Move the four estimates of a decision towards its bit, each at its own shift."""
     probs[_u(i1), 0] = _adapt(np.int64(probs[_u(i1), 0]), bit, fast1)
     probs[_u(i1), 1] = _adapt(np.int64(probs[_u(i1), 1]), bit, slow1)
     probs[_u(i2), 0] = _adapt(np.int64(probs[_u(i2), 0]), bit, fast2)
     probs[_u(i2), 1] = _adapt(np.int64(probs[_u(i2), 1]), bit, slow2)
+
+
+@njit(cache=True, inline="always")
+def _model_p0(probs, i1, i2, lean):
+    """The raster kernel's probability of a 0: ``_p0``, or with v3 (``lean``) the mean of
+    one estimate in each of the two slots (column 0)."""
+    if lean:
+        return (np.int64(probs[_u(i1), 0]) + np.int64(probs[_u(i2), 0])) >> 1
+    return _p0(probs, i1, i2)
+
+
+@njit(cache=True, inline="always")
+def _model_update(probs, i1, i2, bit, lean):
+    """The raster kernel's update: ``_update`` at FAST_SHIFT and SLOW_SHIFT, or with v3
+    its one estimate per slot at LEAN_SHIFT."""
+    if lean:
+        probs[_u(i1), 0] = _adapt(np.int64(probs[_u(i1), 0]), bit, LEAN_SHIFT)
+        probs[_u(i2), 0] = _adapt(np.int64(probs[_u(i2), 0]), bit, LEAN_SHIFT)
+    else:
+        _update(probs, i1, i2, bit, FAST_SHIFT, SLOW_SHIFT, FAST_SHIFT, SLOW_SHIFT)
 
 
 # --- model ------------------------------------------------------------------------------------------
@@ -371,14 +378,10 @@ def _kernel(plane, prev, has_prev, maxv, direction, buf, v2, model):
                 want = 0
                 if not decode:
                     want = 1 if np.int64(plane[_u(y), _u(x)]) == W else 0
-                bit, low, rng, code = _decide(low, rng, code, _p0_lean(probs, i1, i2) if lean else _p0(probs, i1, i2),
-                                              want, decode)
+                bit, low, rng, code = _decide(low, rng, code, _model_p0(probs, i1, i2, lean), want, decode)
                 while rng < _TOP:
                     low, rng, cache, csize, pos, code = _renormalize(low, rng, cache, csize, pos, code, buf, decode)
-                if lean:
-                    _update_lean(probs, i1, i2, bit)
-                else:
-                    _update(probs, i1, i2, bit, FAST_SHIFT, SLOW_SHIFT, FAST_SHIFT, SLOW_SHIFT)
+                _model_update(probs, i1, i2, bit, lean)
                 if bit:
                     if decode:
                         plane[_u(y), _u(x)] = W
@@ -518,14 +521,10 @@ def _kernel(plane, prev, has_prev, maxv, direction, buf, v2, model):
                 # -- one adaptive binary decision: the mean of four estimates (v3: two) --
                 i1 = base + slot
                 i2 = base2 + slot
-                bit, low, rng, code = _decide(low, rng, code, _p0_lean(probs, i1, i2) if lean else _p0(probs, i1, i2),
-                                              want, decode)
+                bit, low, rng, code = _decide(low, rng, code, _model_p0(probs, i1, i2, lean), want, decode)
                 while rng < _TOP:
                     low, rng, cache, csize, pos, code = _renormalize(low, rng, cache, csize, pos, code, buf, decode)
-                if lean:
-                    _update_lean(probs, i1, i2, bit)
-                else:
-                    _update(probs, i1, i2, bit, FAST_SHIFT, SLOW_SHIFT, FAST_SHIFT, SLOW_SHIFT)
+                _model_update(probs, i1, i2, bit, lean)
                 # -- what the decision means --
                 class_known = False
                 if phase == _PH_UP:
