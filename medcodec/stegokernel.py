@@ -64,3 +64,49 @@ def robust_runs(runs, maxval, group, min_range):
                 break
         out[i] = ok
     return out
+
+
+@njit(cache=True, nogil=True)
+def stable_argsort_uniform(keys):
+    """``np.argsort(keys, kind="stable")`` of uniformly distributed uint64 sort keys (the
+    keyed run order), in linear time: the keys are dealt into about one bucket per key by
+    their top bits (in index order), and each bucket, about one key long, is sorted by
+    insertion (a key moves only past larger ones: equal keys keep their index order). A
+    bucket that is long all the same (keys that are not uniform) is sorted by merge sort,
+    which is stable too. numpy's argsort took 24 ms for 387,200 keys here."""
+    n = keys.size
+    out = np.empty(n, dtype=np.int64)
+    if n == 0:
+        return out
+    bits = 1
+    while (1 << (bits + 2)) < n and bits < 24:
+        bits += 1
+    shift = np.uint64(64 - bits)
+    start = np.zeros((1 << bits) + 1, dtype=np.int64)
+    for i in range(n):
+        start[np.int64(keys[i] >> shift) + 1] += 1
+    for b in range(1 << bits):
+        start[b + 1] += start[b]
+    fill = start[:-1].copy()
+    for i in range(n):
+        b = np.int64(keys[i] >> shift)
+        out[fill[b]] = i
+        fill[b] += 1
+    for b in range(1 << bits):
+        lo = start[b]
+        hi = start[b + 1]
+        if hi - lo <= 32:
+            for j in range(lo + 1, hi):
+                cur = out[j]
+                k = keys[cur]
+                m = j - 1
+                while m >= lo and keys[out[m]] > k:
+                    out[m + 1] = out[m]
+                    m -= 1
+                out[m + 1] = cur
+        else:
+            part = out[lo:hi].copy()
+            rank = np.argsort(keys[part], kind="mergesort")
+            for j in range(hi - lo):
+                out[lo + j] = part[rank[j]]
+    return out

@@ -366,8 +366,8 @@ def test_layout_and_stego_image_are_stable(values, capacity, digests):
 @pytest.mark.parametrize("ties", [False, True])
 def test_keyed_order_is_the_stable_argsort_of_its_sort_keys(monkeypatch, ties):
     """The run order is defined as the stable argsort of the keystream's 64-bit sort keys;
-    the fast path (default argsort when no two keys tie) must give exactly that order, and
-    tied keys must fall back to it."""
+    the bucket sort must give exactly that order, with tied keys (which a keystream almost
+    never gives) in index order."""
     n = 5000
     if ties:  # keys with many ties, as a keystream almost never gives
         keys = (np.random.default_rng(3).integers(0, 50, n)).astype("<u8")
@@ -375,6 +375,22 @@ def test_keyed_order_is_the_stable_argsort_of_its_sort_keys(monkeypatch, ties):
     else:
         keys = np.frombuffer(stego._keystream(KEY, b"v2/order", 8 * n), dtype="<u8")
     assert np.array_equal(stego._keyed_order(KEY, b"v2/order", n), np.argsort(keys, kind="stable"))
+
+
+def test_stable_argsort_uniform_is_numpys_stable_argsort():
+    """The bucket sort behind the run order, on sizes around its bucket arithmetic and on
+    keys that are not uniform (one bucket holds them all: merge sort), or tie."""
+    from medcodec.stegokernel import stable_argsort_uniform
+
+    rng = np.random.default_rng(11)
+    cases = [rng.integers(0, 2**64, n, dtype=np.uint64) for n in (0, 1, 2, 3, 4, 5, 31, 33, 1000, 70_001)]
+    cases += [rng.integers(0, 2**20, 3000, dtype=np.uint64),  # all in the first bucket
+              rng.integers(0, 40, 3000, dtype=np.uint64) << np.uint64(58)]  # 40 values: long tied buckets
+    tied = rng.integers(0, 2**64, 3000, dtype=np.uint64)
+    tied[::3] = tied[1]
+    cases.append(tied)
+    for keys in cases:
+        assert np.array_equal(stable_argsort_uniform(keys), np.argsort(keys, kind="stable"))
 
 
 @pytest.mark.parametrize("values", [noisy((2, 1, 40, 72), 12, seed=7), "colour"], ids=["grey", "colour"])
