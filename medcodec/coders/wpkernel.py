@@ -51,11 +51,11 @@ from numba import njit
 from numba.cpython.unsafe.numbers import leading_zeros
 
 
-@njit(cache=True, inline="always")
-def _u(i):
-    """An index as unsigned: numba then adds no negative-index wraparound (a compare and
-    an add per subscript; 10% of the kernel's time). Every index here is >= 0."""
-    return np.uint64(i)
+# An index as unsigned, ``_u(i)``: numba then adds no negative-index wraparound (a compare
+# and an add per subscript; 10% of the kernel's time). Every index here is >= 0. The type
+# itself rather than an inlined function: the same machine code, and each of the kernel's
+# two copies compiles 0.9 s faster (7.5 -> 6.6 s) without 67 inlinings.
+_u = np.uint64
 
 # --- binary range coder ---------------------------------------------------------------------------
 
