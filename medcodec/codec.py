@@ -42,9 +42,8 @@ from .planes import (
     SampleFormat,
     choose_k,
     choose_k_transformer,
-    colour_palette,
+    colour_table,
     merge_planes,
-    pack_colours,
     pack_values,
     palette_bits,
     split_planes,
@@ -52,7 +51,7 @@ from .planes import (
     unpack_values,
     value_palette,
     values_to_words,
-    words_to_values,
+    words_to_samples,
 )
 from .spec import PixelSpec
 from .coders.selectors import FAST_V6, PER_PLANE_V6
@@ -108,7 +107,7 @@ def _is_sha256(value: object) -> bool:
 
 def words_digest(words: np.ndarray) -> str:
     """SHA-256 of stored words in canonical order (frame, sample, row, col), little-endian."""
-    return hashlib.sha256(np.ascontiguousarray(words).astype(words.dtype.newbyteorder("<")).tobytes()).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(words, dtype=words.dtype.newbyteorder("<"))).hexdigest()
 
 
 def _check_preset(preset: str) -> None:
@@ -174,7 +173,7 @@ def encode_words(
     models = [local_model_for(c) if isinstance(c, str) else c for c in candidates]
     if not models:
         raise ValueError("no local model to code with")
-    # A colour table (planes.colour_palette) is used where it applies; `max` also codes
+    # A colour table (planes.colour_table) is used where it applies; `max` also codes
     # the samples as planes and keeps the smaller record.
     colour_choices = (True, False) if preset == "max" else (True,)
     best = None
@@ -229,15 +228,16 @@ def screen_local_models(
     return [m for m, size in zip(models, sizes) if size <= limit]
 
 
-def coding_values(words: np.ndarray, fmt: SampleFormat) -> tuple[np.ndarray, np.ndarray, int, np.ndarray | None]:
-    """(values the paths code, words outside BitsStored, coded bits, palette or None)."""
-    values, outside = words_to_values(words, fmt)
+def coding_values(words: np.ndarray, fmt: SampleFormat) -> tuple[np.ndarray, np.ndarray | None, int, np.ndarray | None]:
+    """(values the paths code, words outside BitsStored or None where all zero, coded
+    bits, palette or None). The histogram reads the samples in their own dtype; they are
+    widened to int64 once, or packed into palette indices instead."""
+    samples, outside = words_to_samples(words, fmt)
     bits = fmt.bits_stored
-    palette = value_palette(values, bits)
-    if palette is not None:
-        values = pack_values(values, palette)
-        bits = palette_bits(palette)
-    return values, outside, bits, palette
+    palette = value_palette(samples, bits)
+    if palette is None:
+        return samples.astype(np.int64), outside, bits, None
+    return pack_values(samples, palette), outside, palette_bits(palette), palette
 
 
 def _coded_bytes(coded: tuple[dict[str, Any], list[ct.Section]]) -> int:
@@ -260,10 +260,11 @@ def _encode_with(
     sections: list[ct.Section] = []
     if palette is not None:
         sections.append(ct.Section(ct.SECTION_PALETTE, _pack_palette(palette)))
-    table = colour_palette(values, bits) if colours else None
-    if table is not None:
-        sections.append(ct.Section(ct.SECTION_COLOURS, lzma.compress(table.astype("<u2").tobytes())))
-        values = pack_colours(values, table, bits)
+    found = colour_table(values, bits) if colours else None
+    table = None
+    if found is not None:
+        table, values = found
+        sections.append(ct.Section(ct.SECTION_COLOURS, ct.lzma_pack(table.astype("<u2").tobytes())))
         bits = palette_bits(table[:, 0])
     n_coded = values.shape[1]
     middle = values[n_frames // 2, 0]
@@ -295,7 +296,7 @@ def _encode_with(
             if k:
                 sections.append(ct.Section(ct.SECTION_LOCAL, ls))
     outside_mode = "none"
-    if outside.any():
+    if outside is not None:
         outside_mode = "lzma"
         sections.append(ct.Section(ct.SECTION_OUTSIDE, lzma.compress(outside.astype(fmt.word_dtype).tobytes())))
     config = {

@@ -1,8 +1,13 @@
-"""Compiled histogram of sample values, for ``planes.value_palette``.
+"""Compiled counting passes over an image that the encoder makes before coding it.
 
-``np.bincount`` casts uint8/uint16 input to a temporary int64 copy of the image before
-counting, and counts int64 input at ~3 ns per sample; this loop reads the samples in their
-own dtype. Every migrate asks it twice per image (the sealing's check and the codec's).
+* ``value_counts``: the histogram of sample values, for ``planes.value_palette``.
+  ``np.bincount`` casts uint8/uint16 input to a temporary int64 copy of the image before
+  counting, and counts int64 input at ~3 ns per sample; this loop reads the samples in
+  their own dtype. Every migrate asks it twice per image (the sealing's check and the
+  codec's).
+* ``colour_slots``: the distinct colours of a multi-sample image and each pixel's index,
+  for ``planes.colour_table``.
+* ``zero_laplacian_count``: the smoothness half of `fast`'s wavelet probe.
 """
 
 from __future__ import annotations
@@ -39,3 +44,66 @@ def value_counts(flat, n):
             return c[0], i
         c[0, v] += 1
     return c[0] + c[1] + c[2] + c[3], -1
+
+
+@njit(cache=True, nogil=True)
+def colour_slots(values, bits, limit):
+    """(distinct colour keys in order of first appearance, each pixel's index into them,
+    their number; -1 and partial arrays once more than ``limit`` colours are seen) for
+    ``values`` (frames, samples, rows, cols): a colour's key is its samples' bits joined,
+    first sample highest (samples x bits <= 62). One pass and an open-addressed table a
+    quarter full at most, where np.unique and a search sort the whole image twice."""
+    n_frames, n_samples, rows, cols = values.shape
+    log2 = 4
+    while (1 << log2) < 4 * limit:
+        log2 += 1
+    size = 1 << log2
+    mask = size - 1
+    shift = np.uint64(64 - log2)
+    table = np.full(size, -1, dtype=np.int64)
+    slot_index = np.zeros(size, dtype=np.int32)
+    keys = np.empty(max(limit, 1), dtype=np.int64)
+    index = np.empty((n_frames, rows, cols), dtype=np.int32)
+    n = 0
+    last_key = np.int64(-1)
+    last = 0
+    for f in range(n_frames):
+        for r in range(rows):
+            for c in range(cols):
+                key = np.int64(0)
+                for s in range(n_samples):
+                    key = (key << bits) | np.int64(values[f, s, r, c])
+                if key != last_key:  # runs of one colour skip the table
+                    h = np.int64((np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)) >> shift)
+                    while True:
+                        k = table[h]
+                        if k == key:
+                            last = slot_index[h]
+                            break
+                        if k == -1:
+                            if n == limit:
+                                return keys[:n], index, -1
+                            table[h] = key
+                            slot_index[h] = n
+                            keys[n] = key
+                            last = n
+                            n += 1
+                            break
+                        h = (h + 1) & mask
+                    last_key = key
+                index[f, r, c] = last
+    return keys[:n], index, n
+
+
+@njit(cache=True, nogil=True)
+def zero_laplacian_count(plane):
+    """How many interior samples of ``plane`` equal the mean of their four neighbours
+    (4 x centre - up - down - left - right == 0): the wavelet probe's smoothness measure."""
+    rows, cols = plane.shape
+    n = 0
+    for r in range(1, rows - 1):
+        for c in range(1, cols - 1):
+            v = (4 * np.int64(plane[r, c]) - np.int64(plane[r - 1, c]) - np.int64(plane[r + 1, c])
+                 - np.int64(plane[r, c - 1]) - np.int64(plane[r, c + 1]))
+            n += v == 0
+    return n

@@ -244,36 +244,32 @@ COLOUR_PALETTE_MAX = 4096
 COLOUR_PIXELS_PER_ENTRY = 16
 
 
-def colour_palette(values: np.ndarray, bits: int) -> np.ndarray | None:
-    """(n, samples) table of the distinct colours of ``values`` (frames, samples, rows,
-    cols), or None when the image has one sample or too many colours to pay off."""
+def colour_table(values: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """((n, samples) table of the distinct colours of ``values`` (frames, samples, rows,
+    cols), (frames, 1, rows, cols) indices into it), or None when the image has one sample
+    or too many colours to pay off (found without reading further)."""
+    from .countkernel import colour_slots  # numba: loaded on first use
+
     n_frames, n_samples, rows, cols = values.shape
     if n_samples < 2 or n_samples * bits > 62:
         return None
-    keys = np.unique(_colour_keys(values, bits))
-    if keys.size > COLOUR_PALETTE_MAX or keys.size * COLOUR_PIXELS_PER_ENTRY > n_frames * rows * cols:
+    limit = min(COLOUR_PALETTE_MAX, n_frames * rows * cols // COLOUR_PIXELS_PER_ENTRY)
+    keys, first_seen, n = colour_slots(values, bits, limit)
+    if n < 0:
         return None
     shifts = bits * np.arange(n_samples - 1, -1, -1, dtype=np.int64)
     table = (keys[:, None] >> shifts[None, :]) & ((1 << bits) - 1)
     grey = (table == table[:, :1]).all(axis=1)
     order = np.lexsort((keys, table.sum(axis=1), ~grey))
-    return table[order]
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n, dtype=np.int64)
+    return table[order], rank[first_seen][:, None]
 
 
-def _colour_keys(values: np.ndarray, bits: int) -> np.ndarray:
-    n_samples = values.shape[1]
-    keys = np.zeros(values[:, 0].shape, dtype=np.int64)
-    for s in range(n_samples):
-        keys = (keys << bits) | values[:, s]
-    return keys
-
-
-def pack_colours(values: np.ndarray, table: np.ndarray, bits: int) -> np.ndarray:
-    """(frames, samples, rows, cols) -> (frames, 1, rows, cols) indices into ``table``."""
-    keys = _colour_keys(table.T[None, :, :, None], bits)[0, :, 0]
-    order = np.argsort(keys)
-    found = np.searchsorted(keys[order], _colour_keys(values, bits))
-    return order[found][:, None]
+def colour_palette(values: np.ndarray, bits: int) -> np.ndarray | None:
+    """The table of :func:`colour_table` alone."""
+    found = colour_table(values, bits)
+    return None if found is None else found[0]
 
 
 def unpack_colours(indices: np.ndarray, table: np.ndarray) -> np.ndarray:

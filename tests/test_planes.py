@@ -166,26 +166,80 @@ def test_value_counts_are_bincount(seed, bits, dtype, n):
             value_palette(wide, bits)
 
 
+def _reference_colour_table(values, bits):
+    """planes.colour_table by sorting (np.unique), as it was written before its kernel:
+    the table's order (greys by value, then colours by sum of samples, then key) and
+    each pixel's index are the format's, so the kernel must give exactly these."""
+    from medcodec.planes import COLOUR_PALETTE_MAX, COLOUR_PIXELS_PER_ENTRY
+
+    n_frames, n_samples, rows, cols = values.shape
+    if n_samples < 2 or n_samples * bits > 62:
+        return None
+    keys = np.zeros((n_frames, rows, cols), dtype=np.int64)
+    for s in range(n_samples):
+        keys = (keys << bits) | values[:, s]
+    distinct, inverse = np.unique(keys, return_inverse=True)
+    if distinct.size > COLOUR_PALETTE_MAX or distinct.size * COLOUR_PIXELS_PER_ENTRY > n_frames * rows * cols:
+        return None
+    shifts = bits * np.arange(n_samples - 1, -1, -1, dtype=np.int64)
+    table = (distinct[:, None] >> shifts[None, :]) & ((1 << bits) - 1)
+    grey = (table == table[:, :1]).all(axis=1)
+    order = np.lexsort((distinct, table.sum(axis=1), ~grey))
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size)
+    return table[order], rank[inverse.reshape(keys.shape)][:, None]
+
+
 @given(st.integers(0, 2**32 - 1), st.sampled_from([2, 3, 4]), st.sampled_from([8, 12, 16]))
 def test_colour_table_roundtrip_and_order(seed, samples, bits):
-    from medcodec.planes import colour_palette, pack_colours, palette_bits, unpack_colours
+    from medcodec.planes import colour_table, palette_bits, unpack_colours
 
     rng = np.random.default_rng(seed)
     levels = rng.integers(0, 1 << bits, 40)
     grey = levels[rng.integers(0, levels.size, (2, 1, 40, 50))]
     values = np.repeat(grey, samples, axis=1)
     values[:, :, :2, :3] = rng.integers(0, 1 << bits, (2, samples, 2, 3))  # a few colours
-    table = colour_palette(values, bits)
+    found = colour_table(values, bits)
     if samples * bits > 62:  # one int64 key per colour: 4 x 16-bit samples do not fit
-        assert table is None
+        assert found is None
         return
-    assert table is not None and table.shape[1] == samples
-    idx = pack_colours(values, table, bits)
+    assert found is not None
+    table, idx = found
+    assert table.shape[1] == samples
     assert idx.shape == (2, 1, 40, 50) and idx.max() < (1 << palette_bits(table[:, 0]))
     assert np.array_equal(unpack_colours(idx, table), values)
     grey_rows = (table == table[:, :1]).all(axis=1)
     n_grey = int(grey_rows.sum())
     assert grey_rows[:n_grey].all() and (np.diff(table[:n_grey, 0]) > 0).all()  # greys first, by value
+    want_table, want_idx = _reference_colour_table(values, bits)
+    assert np.array_equal(table, want_table) and np.array_equal(idx, want_idx)
+
+
+@pytest.mark.parametrize("colours", [1, 2, 255, 256, 257, 4095, 4096, 4097])
+@pytest.mark.parametrize("pixels", [64 * 64, 256 * 256 + 3])
+def test_colour_table_kernel_is_the_sorting_reference(colours, pixels):
+    """Exactly the sorting reference around the limits (4096 colours, 16 pixels per
+    colour), with runs of one colour (the kernel's shortcut) and colours that collide
+    in its table; every colour is present."""
+    from medcodec.planes import colour_table
+
+    rng = np.random.default_rng(colours * 7 + pixels)
+    palette = rng.integers(0, 256, (colours, 3))
+    palette[: colours // 3] = palette[: colours // 3, :1]  # some greys
+    which = np.concatenate([np.arange(colours), rng.integers(0, colours, max(0, pixels - colours))])
+    which = np.repeat(which, rng.integers(1, 4, which.size))[:pixels]  # runs
+    which[: min(colours, pixels)] = np.arange(min(colours, pixels))
+    values = palette[rng.permutation(which) if colours % 2 else which].T.reshape(1, 3, 1, pixels)
+    want = _reference_colour_table(values, 8)
+    got = colour_table(values, 8)
+    assert (got is None) == (want is None)
+    if want is not None:
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    wide = (values.astype(np.int64) << 4) | 5  # 12-bit colours, 36-bit keys
+    want, got = _reference_colour_table(wide, 12), colour_table(wide, 12)
+    assert (got is None) == (want is None)
+    if want is not None:
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
 
 
 def test_colour_table_only_where_it_pays():

@@ -175,6 +175,20 @@ def test_wavelet_probe_separates_decoded_lossy_jpeg2000_from_acquired_images():
     assert wavelet_probe(flat) < WAVELET_PROBE_MIN
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (3, 3), (3, 700), (257, 255), (300, 301)])
+def test_zero_laplacian_kernel_is_the_array_formula(shape):
+    """The probe's compiled count gives the fraction the array formula gave (the probe
+    picks `fast`'s coder, so it decides bytes), on smooth and on noisy planes."""
+    from medcodec.countkernel import zero_laplacian_count
+
+    rng = np.random.default_rng(shape[0] * shape[1])
+    for plane in (rng.integers(0, 3, shape).cumsum(axis=1), rng.integers(0, 1 << 16, shape),
+                  np.full(shape, 7, dtype=np.uint16)):
+        p = plane.astype(np.int64)
+        lap = 4 * p[1:-1, 1:-1] - p[:-2, 1:-1] - p[2:, 1:-1] - p[1:-1, :-2] - p[1:-1, 2:]
+        assert zero_laplacian_count(plane) == int((lap == 0).sum())
+
+
 def test_context_coded_detail_bands_roundtrip_and_beat_runs_on_dense_bands():
     from medcodec.wavelet import _context_decode, _context_encode, _parent, _sparse_encode
 
