@@ -46,12 +46,12 @@ from .planes import (
     merge_planes,
     pack_values,
     palette_bits,
+    palette_of,
     split_planes,
     unpack_colours,
     unpack_values,
-    value_palette,
+    values_and_seen,
     values_to_words,
-    words_to_samples,
 )
 from .spec import PixelSpec
 from .coders.selectors import FAST_V6, PER_PLANE_V6
@@ -230,14 +230,13 @@ def screen_local_models(
 
 def coding_values(words: np.ndarray, fmt: SampleFormat) -> tuple[np.ndarray, np.ndarray | None, int, np.ndarray | None]:
     """(values the paths code, words outside BitsStored or None where all zero, coded
-    bits, palette or None). The histogram reads the samples in their own dtype; they are
-    widened to int64 once, or packed into palette indices instead."""
-    samples, outside = words_to_samples(words, fmt)
-    bits = fmt.bits_stored
-    palette = value_palette(samples, bits)
+    bits, palette or None), from one compiled pass over the words
+    (planes.values_and_seen)."""
+    values, outside, seen = values_and_seen(words, fmt)
+    palette = palette_of(seen, values.size)
     if palette is None:
-        return samples.astype(np.int64), outside, bits, None
-    return pack_values(samples, palette), outside, palette_bits(palette), palette
+        return values, outside, fmt.bits_stored, None
+    return pack_values(values, palette), outside, palette_bits(palette), palette
 
 
 def _coded_bytes(coded: tuple[dict[str, Any], list[ct.Section]]) -> int:

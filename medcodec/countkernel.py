@@ -5,6 +5,9 @@
   counting, and counts int64 input at ~3 ns per sample; this loop reads the samples in
   their own dtype. Every migrate asks it twice per image (the sealing's check and the
   codec's).
+* ``stored_values``: the codec's first pass: every word's stored value as int64, which
+  values occur, and whether any bit outside the stored ones differs from what a conforming
+  writer puts there, in one read of the words.
 * ``colour_slots``: the distinct colours of a multi-sample image and each pixel's index,
   for ``planes.colour_table``.
 * ``zero_laplacian_count``: the smoothness half of `fast`'s wavelet probe.
@@ -44,6 +47,32 @@ def value_counts(flat, n):
             return c[0], i
         c[0, v] += 1
     return c[0] + c[1] + c[2] + c[3], -1
+
+
+@njit(cache=True, nogil=True)
+def stored_values(flat, low_bit, value_mask, sign_bit, outside_mask, high_bit, sign_fill, out, n):
+    """(which of the values 0..n-1 occur, as 0/1 bytes; whether any word has an outside
+    residual) for the words ``flat``, writing each word's value to ``out`` (int64, same
+    length): ``planes.words_to_samples`` and the palette's histogram fused. value =
+    ((word >> low_bit) & value_mask) ^ sign_bit; the residual is (word & outside_mask) ^
+    (sign_fill where bit ``high_bit`` is set, else 0). Marking a value seen is a store
+    with no load, so runs of one value do not wait on a counter (``value_counts`` needs
+    four tables for that). The residual has a loop of its own, which the compiler
+    vectorises."""
+    seen = np.zeros(n, dtype=np.uint8)
+    for i in range(flat.size):
+        v = ((np.int64(flat[i]) >> low_bit) & value_mask) ^ sign_bit
+        out[i] = v
+        seen[v] = 1
+    o = flat.dtype.type(0)
+    word_mask = flat.dtype.type(outside_mask)
+    fill = flat.dtype.type(sign_fill)
+    top = flat.dtype.type(high_bit)
+    one = flat.dtype.type(1)
+    for i in range(flat.size):
+        w = flat[i]
+        o |= (w & word_mask) ^ (((w >> top) & one) * fill)
+    return seen, o != 0
 
 
 @njit(cache=True, nogil=True)

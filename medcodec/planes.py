@@ -124,6 +124,23 @@ def words_to_samples(words: np.ndarray, fmt: SampleFormat) -> tuple[np.ndarray, 
     return shifted, outside
 
 
+def values_and_seen(words: np.ndarray, fmt: SampleFormat) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(int64 values, outside residual in the words' dtype or None where all zero, 0/1
+    per value 0..2**bits_stored - 1: whether it occurs): :func:`words_to_values` and what
+    :func:`value_palette` needs to know, in one compiled pass over the words, which is
+    what the encoder reads them for before coding."""
+    from .countkernel import stored_values  # numba: loaded on first use
+
+    if words.dtype != fmt.word_dtype:
+        raise UnsupportedError(f"words must be {fmt.word_dtype}, got {words.dtype}")
+    values = np.empty(words.shape, dtype=np.int64)
+    seen, outside_set = stored_values(
+        np.ascontiguousarray(words).reshape(-1), fmt.low_bit, fmt.value_mask,
+        1 << (fmt.bits_stored - 1) if fmt.signed else 0, ((1 << fmt.bits_allocated) - 1) & ~fmt.stored_mask,
+        fmt.high_bit, fmt.sign_fill, values.reshape(-1), 1 << fmt.bits_stored)
+    return values, (words_to_samples(words, fmt)[1] if outside_set else None), seen
+
+
 def values_to_words(values: np.ndarray, outside: np.ndarray | None, fmt: SampleFormat) -> np.ndarray:
     """Exact inverse of :func:`words_to_values` (``outside`` None: all zero, the usual case)."""
     words = np.asarray(values).astype(fmt.word_dtype)  # values lie in 0..2**bits_stored - 1
@@ -215,15 +232,24 @@ def value_palette(values: np.ndarray, bits: int) -> np.ndarray | None:
     counts, bad = value_counts(flat, 1 << bits)
     if bad >= 0:
         raise ValueError(f"value {flat[bad]} lies outside 0..{(1 << bits) - 1}")
-    used = np.flatnonzero(counts)
+    return palette_of(counts, values.size)
+
+
+def palette_of(occurs: np.ndarray, n_samples: int) -> np.ndarray | None:
+    """:func:`value_palette`'s choice for an image of ``n_samples`` samples, from
+    ``occurs`` (one entry per value, nonzero where the value occurs: counts or flags)."""
+    used = np.flatnonzero(occurs)
     sparse = used.size and (int(used[-1]) - int(used[0]) + 1) >= PACK_SPAN_FACTOR * used.size
-    if sparse and used.size * PACK_PIXELS_PER_ENTRY <= values.size:
+    if sparse and used.size * PACK_PIXELS_PER_ENTRY <= n_samples:
         return used.astype(np.int64)
     return None
 
 
 def pack_values(values: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    return np.searchsorted(palette, values)
+    """Each value's index in ``palette`` (sorted, holding every one of the values)."""
+    lut = np.zeros(int(palette[-1]) + 1, dtype=np.int64)
+    lut[palette] = np.arange(palette.size, dtype=np.int64)
+    return lut[values]
 
 
 def unpack_values(indices: np.ndarray, palette: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ from medcodec.planes import (
     merge_planes,
     split_planes,
     value_palette,
+    values_and_seen,
     values_to_words,
     words_to_samples,
     words_to_values,
@@ -66,6 +67,18 @@ def test_words_split_as_the_format_defines(case):
     if narrow_outside is not None:
         assert narrow_outside.dtype == fmt.word_dtype and np.array_equal(narrow_outside, outside)
     assert np.array_equal(values_to_words(narrow, narrow_outside, fmt), words)
+    # the encoder's fused pass (countkernel.stored_values): the same split and which
+    # values occur, on conforming words too (whose residual is None)
+    for ws, want_outside in ((words, outside), (conforming, None)):
+        want_values = words_to_values(ws, fmt)[0]
+        fused, fused_outside, seen = values_and_seen(ws, fmt)
+        assert fused.dtype == np.int64 and np.array_equal(fused, want_values)
+        want_seen = np.bincount(want_values.reshape(-1), minlength=1 << fmt.bits_stored) > 0
+        assert seen.dtype == np.uint8 and np.array_equal(seen, want_seen.astype(np.uint8))
+        if want_outside is None or not want_outside.any():
+            assert fused_outside is None
+        else:
+            assert np.array_equal(fused_outside, want_outside)
 
 
 @given(formats_and_words(), st.integers(0, 15))
