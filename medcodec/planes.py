@@ -292,12 +292,6 @@ def colour_table(values: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]
     return table[order], rank[first_seen][:, None]
 
 
-def colour_palette(values: np.ndarray, bits: int) -> np.ndarray | None:
-    """The table of :func:`colour_table` alone."""
-    found = colour_table(values, bits)
-    return None if found is None else found[0]
-
-
 def unpack_colours(indices: np.ndarray, table: np.ndarray) -> np.ndarray:
     """(frames, 1, rows, cols) indices -> (frames, samples, rows, cols) values."""
     return np.moveaxis(table[indices[:, 0]], -1, 1)

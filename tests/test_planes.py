@@ -256,11 +256,11 @@ def test_colour_table_kernel_is_the_sorting_reference(colours, pixels):
 
 
 def test_colour_table_only_where_it_pays():
-    from medcodec.planes import COLOUR_PALETTE_MAX, colour_palette
+    from medcodec.planes import COLOUR_PALETTE_MAX, colour_table
 
     rng = np.random.default_rng(0)
-    assert colour_palette(rng.integers(0, 4, (1, 1, 64, 64)), 8) is None  # one sample
+    assert colour_table(rng.integers(0, 4, (1, 1, 64, 64)), 8) is None  # one sample
     many = rng.integers(0, 256, (1, 3, 128, 128))  # ~16k colours
-    assert colour_palette(many, 8) is None
+    assert colour_table(many, 8) is None
     few = rng.integers(0, 16, (1, 3, 128, 128))  # 4096 colours, 4 pixels each: too dear
-    assert colour_palette(few, 8) is None and np.unique(few.reshape(3, -1), axis=1).shape[1] <= COLOUR_PALETTE_MAX
+    assert colour_table(few, 8) is None and np.unique(few.reshape(3, -1), axis=1).shape[1] <= COLOUR_PALETTE_MAX
