@@ -191,6 +191,11 @@ class BenchResult:
         }
 
 
+def _overall(rows: Sequence[ImageRow], name: str, times: str) -> float | None:
+    seconds = sum(statistics.median(getattr(r.results[name], times)) for r in rows)
+    return sum(r.raw_bytes for r in rows) / 1e6 / seconds if rows and seconds > 0 else None
+
+
 def summarize(rows: Sequence[ImageRow], codec_names: Sequence[str]) -> dict[str, Any]:
     """Means, medians and ratios over the images on which every codec round-tripped."""
     common = [r for r in rows if all(r.results[c].status == STATUS_OK for c in codec_names)]
@@ -205,6 +210,10 @@ def summarize(rows: Sequence[ImageRow], codec_names: Sequence[str]) -> dict[str,
             "mean_bpp": statistics.fmean(x.bpp for x in res) if common else None,
             "median_encode_mbps": statistics.median(x.encode_mbps for x in res) if common else None,
             "median_decode_mbps": statistics.median(x.decode_mbps for x in res) if common else None,
+            # every image's raw MB over the sum of its median seconds: the speed of coding
+            # all of them, which no single image's place in the order decides
+            "overall_encode_mbps": _overall(common, name, "encode_s"),
+            "overall_decode_mbps": _overall(common, name, "decode_s"),
             "total_bytes": sum(x.nbytes for x in res),
         }
     ratios: dict[str, float | None] = {}
@@ -451,6 +460,8 @@ def format_table(result: BenchResult) -> str:
         ["unweighted mean bpp", *blank, *(_fmt(per[n]["mean_bpp"], 3) for n in names)],
         ["median encode MB/s", *blank, *(_fmt(per[n]["median_encode_mbps"], 2) for n in names)],
         ["median decode MB/s", *blank, *(_fmt(per[n]["median_decode_mbps"], 2) for n in names)],
+        ["overall encode MB/s", *blank, *(_fmt(per[n]["overall_encode_mbps"], 2) for n in names)],
+        ["overall decode MB/s", *blank, *(_fmt(per[n]["overall_decode_mbps"], 2) for n in names)],
     ]
     if "ours" in names:
         summary_rows.append(
@@ -497,6 +508,7 @@ def format_table(result: BenchResult) -> str:
     if capped:
         notes.append(f"* only the first {meta['frame_cap']} frames benchmarked (keeps the run short)")
     notes.append("bpp = 8 x compressed bytes / samples; MB = raw input bytes (1 per sample <= 8 bits, else 2)")
+    notes.append("median MB/s: the median image's; overall MB/s: all images' MB over the sum of their median times")
     notes.append("ours: whole record (header, config, trailer); standard codecs: codestream per frame, summed")
     for r in result.rows:
         for n in names:

@@ -3,6 +3,7 @@ the summary is complete, and bad inputs are reported, never a crash."""
 
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +69,14 @@ def test_every_codec_round_trips_and_summary_is_complete(bench_dir):
     ours = [r.results["ours"] for r in result.rows]
     total = sum(r.n_samples for r in result.rows)
     assert summary["codecs"]["ours"]["weighted_bpp"] == pytest.approx(8 * sum(x.nbytes for x in ours) / total)
+    # Overall speed = all raw MB / the sum of each image's median time.
+    raw_mb = sum(r.raw_bytes for r in result.rows) / 1e6
+    for key, times in (("overall_encode_mbps", "encode_s"), ("overall_decode_mbps", "decode_s")):
+        seconds = sum(statistics.median(getattr(x, times)) for x in ours)
+        assert summary["codecs"]["ours"][key] == pytest.approx(raw_mb / seconds)
     table = format_table(result)
-    for word in ("weighted mean bpp", "unweighted mean bpp", "median encode MB/s", "ours / codec", "gray8.npy"):
+    for word in ("weighted mean bpp", "unweighted mean bpp", "median encode MB/s", "overall decode MB/s",
+                 "ours / codec", "gray8.npy"):
         assert word in table
 
 
