@@ -205,7 +205,7 @@ def encode_words(
 # 128x128: on the 12 train images the screen applies to (decided there), it keeps the
 # same models as a 256x256 crop did (the transformer alone on OT-PAL-8-face, both on
 # RG1_J2KR and RG1_UNCI at +0.2-0.6%, the classical path alone elsewhere, explicit_VR-UN
-# at +2.6-2.7%), and so did the 11 held-out images checked afterwards; the screen costs
+# at +2.6-2.7%); so did the 11 held-out images of the same run, outside the choice; it costs
 # 0.4-0.9 s per image instead of 2-3.4 s (US1_UNCI 2.7 against 9.2 s).
 SCREEN_MIN_SAMPLES = 1 << 18
 SCREEN_CROP = 128
