@@ -109,24 +109,6 @@ class Tree:
         return cls(prop=prop, thr=thr, right=right, leaf=leaf, scales=np.array(scales, dtype=np.int64))
 
 
-class Forest:
-    """Several trees walked together: each pixel starts at its own tree's root
-    (``roots``); ``contexts`` gives each pixel its leaf id within its tree."""
-
-    def __init__(self, trees: list[Tree]) -> None:
-        sizes = np.array([t.prop.size for t in trees], dtype=np.int64)
-        self.roots = np.cumsum(sizes) - sizes
-        self._read = np.concatenate([t._read for t in trees])
-        self.thr = np.concatenate([t.thr for t in trees])
-        self._left = np.concatenate([t._left + at for t, at in zip(trees, self.roots)])
-        self._right = np.concatenate([t._right + at for t, at in zip(trees, self.roots)])
-        self.leaf = np.concatenate([t.leaf for t in trees])
-        self._depth = max(t._depth for t in trees)
-
-    def contexts(self, props: np.ndarray, roots: np.ndarray) -> np.ndarray:
-        return self.leaf[_walk(self, props, roots)]
-
-
 def _walk(tree, props: np.ndarray, node: np.ndarray) -> np.ndarray:
     """The leaf node reached from ``node`` by every column of ``props`` (P, N)."""
     n = props.shape[1]

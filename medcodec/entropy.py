@@ -152,6 +152,12 @@ class Encoder:
     def _encode_uniform_piece(self, values: np.ndarray, sizes: np.ndarray) -> None:
         self._coder.encode(values.astype(np.int32), _UNIFORM, sizes.astype(np.int32))
 
+    def sized(self, values: np.ndarray, sizes: np.ndarray) -> None:
+        """``values[i]`` uniformly in ``[0, sizes[i])``, int32 sizes up to ``2**UNIFORM_PIECE``
+        in the order given: one round of ``uniform`` whose order the caller made."""
+        if sizes.size:
+            self._coder.encode(values, _UNIFORM, sizes)
+
     def adaptive(self, symbols: np.ndarray, ctx: np.ndarray, tables: AdaptiveTables) -> None:
         # The coder sees the same symbols and probability rows in the same order however
         # they are batched; up to BATCH chunks go to it in one call.
@@ -204,6 +210,10 @@ class Decoder:
             return self._decode(_UNIFORM, sizes.astype(np.int32))
 
         return _uniform_pieces(out, bits, piece, decode=True)
+
+    def sized(self, sizes: np.ndarray) -> np.ndarray:
+        """What ``Encoder.sized`` coded with these int32 sizes."""
+        return self._decode(_UNIFORM, sizes) if sizes.size else np.zeros(0, dtype=np.int64)
 
     def adaptive(self, ctx: np.ndarray, tables: AdaptiveTables) -> np.ndarray:
         out = np.empty(ctx.size, dtype=np.int64)
@@ -351,7 +361,7 @@ def geometric_prior(scales: list[int], lo: np.ndarray, hi: np.ndarray, *, total:
 
 
 # Uniform sizes are limited to < 2**24 by constriction: wide values go in 12-bit pieces.
-_PIECE = 12
+UNIFORM_PIECE = _PIECE = 12
 
 
 def _uniform_pieces(values: np.ndarray, bits: np.ndarray, op, *, decode: bool = False) -> np.ndarray:

@@ -17,11 +17,12 @@ better. This module codes a plane in raster-causal form:
   divisions and arithmetic shifts: exact on every machine.
 * **Order.** The predictor needs the true errors of W, N, NW and NE, so a pixel can be
   computed once those are known. Pixel (r, c) is visited at step ``t = 2r + c``: its W
-  and NE were visited at t - 1, N at t - 2, NW at t - 3. Each step is one anti-diagonal,
-  handled as one numpy operation, so a plane takes ``2 rows + cols`` vector steps
-  rather than ``rows * cols`` scalar ones. Symbols are coded in that order (diagonal by
-  diagonal, increasing row within a diagonal); adaptive tables update between
-  diagonals (and every ``entropy.CHUNK`` symbols within one).
+  and NE were visited at t - 1, N at t - 2, NW at t - 3. Symbols are coded in that order
+  (diagonal by diagonal, increasing row within a diagonal); adaptive tables update
+  between diagonals (and every ``entropy.CHUNK`` symbols within one). The order was
+  chosen when each step was one numpy operation; the per-pixel rules are now compiled
+  (``wavekernel``), and the decoder still takes one step per anti-diagonal: the
+  constriction call that decodes a diagonal's tokens needs their contexts first.
 * **Contexts.** The encoder grows a context tree (``ctxtree``) over ``PROPERTIES``, all
   computable by the decoder from decoded neighbours and errors, and writes it first.
 
@@ -37,11 +38,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .coders import PlaneSelector, coder_for, register
+from .coders import register
 from .coders.difference import DifferenceCoder
 from . import ctxtree
 from .entropy import CHUNK, AdaptiveTables, BitReader, Decoder, Encoder, PieceDecoder, pack_bits
 from .errors import CorruptRecordError
+from . import wavekernel as wk
+from .wavekernel import LS_NEIGHBOURS, N_FIXED
 from .paths import (
     N_BUCKETS,
     GlobalPathCoder,
@@ -57,31 +60,15 @@ from .paths import (
     _split,
     _token_scale_rows,
     activity_bucket,
-    detokenize,
-    raw_bits_of,
     token_lookup,
     tokenize,
     unzigzag,
     zigzag,
 )
 
-# --- the weighted predictor (part of the bitstream definition) ---------------------------
-EXTRA_BITS = 3
-_ROUND = ((1 << EXTRA_BITS) >> 1) - 1
-P1C, P2C = 16, 10
-P3C = (7, 7, 7, 0, 0)  # teNW, teN, teNE, NN - N, NW - W
-MAX_WEIGHTS = (13, 12, 12, 12, 12)  # the last: the previous-plane sub-predictor
+# The weighted predictor's constants, the fitted predictors' neighbourhood and every
+# per-pixel rule live in ``wavekernel`` (compiled); they are part of the bitstream definition.
 MANTISSA = 2
-
-
-def _floor_log2(x: np.ndarray) -> np.ndarray:
-    """floor(log2(x)) of positive int64 below 2**53 (frexp is exact there)."""
-    return np.frexp(x.astype(np.float64))[1].astype(np.int64) - 1
-
-
-def _error_weight(err: np.ndarray, max_weight: int) -> np.ndarray:
-    shift = np.maximum(_floor_log2(err + 1) - 5, 0)
-    return 4 + ((max_weight * ((1 << 24) // ((err >> shift) + 1))) >> shift)
 
 
 class Neighbours(dict):
@@ -92,61 +79,42 @@ class Neighbours(dict):
         super().__init__(zip(Wavefront.NB_KEYS, index))
         self.index = index
 
-    def subset(self, at: np.ndarray) -> "Neighbours":
-        return Neighbours(self.index[:, at])
-
-
-class Lane:
-    """Per-pixel facts of one step of a decoding run (several planes in lockstep): where
-    each pixel's plane starts in the flat arrays (``base``), how far its previous plane's
-    value lies from its own (``prev_shift``), and whether it has one (``has_prev``, None
-    when every plane of the run does or none does). Each is an array, or one number
-    where the step holds one plane."""
-
-    __slots__ = ("base", "prev_shift", "has_prev")
-
-    def __init__(self, base, prev_shift, has_prev) -> None:
-        self.base, self.prev_shift, self.has_prev = base, prev_shift, has_prev
-
-    def subset(self, at: np.ndarray) -> "Lane":
-        return Lane(*(v[at] if isinstance(v, np.ndarray) else v for v in (self.base, self.prev_shift, self.has_prev)))
-
 
 class Wavefront:
-    """Predictor state of one plane, or of a run of same-shaped planes decoded in lockstep:
-    values, true errors and sub-predictor errors.
+    """Predictor state of one plane: values, true errors and sub-predictor errors, as
+    the compiled rules (``wavekernel``) read and write them.
 
-    Flat arrays of segments of ``rows * cols + 1`` entries: the planes, then (where some
-    plane has a previous plane) one segment of zeros and the previous planes given from
-    outside. The last entry of a segment is a sentinel that stays 0 and stands for a
-    neighbour outside the plane. A plane's previous plane is read ``prev_shift`` entries
-    after its own value (a previous plane of the run, an external one, or the zeros).
-    ``prev`` (one plane): its previous plane.
+    Flat arrays of ``rows * cols + 1`` entries whose last entry is a sentinel that stays
+    0 and stands for a neighbour outside the plane. Given a previous plane ``prev``,
+    ``value`` also holds a segment of zeros and then that plane (with its own sentinel),
+    read ``prev_shift`` entries after the pixel's own value.
     """
 
-    def __init__(
-        self, rows: int, cols: int, prev: np.ndarray | None = None, *, planes: int = 1, externals=(), with_prev=None
-    ) -> None:
+    def __init__(self, rows: int, cols: int, prev: np.ndarray | None = None) -> None:
         self.rows, self.cols = rows, cols
         n = rows * cols
         self.zero = n
         self.segment = seg = n + 1
-        externals = list(externals) + ([] if prev is None else [prev])
-        self.has_prev = prev is not None if with_prev is None else with_prev
-        self.value = np.zeros((planes + self.has_prev + len(externals)) * seg, dtype=np.int64)
-        for e, plane in enumerate(externals):
-            at = (planes + 1 + e) * seg
-            self.value[at : at + n] = np.asarray(plane, dtype=np.int64).ravel()
-        self.true_err = np.zeros(planes * seg, dtype=np.int64)
+        self.has_prev = prev is not None
+        self.value = np.zeros((3 if self.has_prev else 1) * seg, dtype=np.int64)
+        if self.has_prev:
+            self.value[2 * seg : 2 * seg + n] = np.asarray(prev, dtype=np.int64).ravel()
+        self.prev_shift = 2 * seg if self.has_prev else 0
+        self.true_err = np.zeros(seg, dtype=np.int64)
         self.n_sub = 5 if self.has_prev else 4
-        self.sub_err = np.zeros((self.n_sub, planes * seg), dtype=np.int64)
-        self._max_weights = np.array(MAX_WEIGHTS[: self.n_sub], dtype=np.int64)[:, None]
+        self.sub_err = np.zeros((self.n_sub, seg), dtype=np.int64)
         self._deltas = np.array([dr * cols + dc for dr, dc in self._OFFSETS], dtype=np.int64)[:, None]
-        self._edge_start = None
-        self._prev_shift = 2 * seg  # one plane: its previous plane follows the zeros
 
-    def _prev_values(self, idx: np.ndarray, lane: Lane | None) -> np.ndarray:
-        return self.value[idx + (self._prev_shift if lane is None else lane.prev_shift)]
+    def analyse(self, flat: np.ndarray, maxv: int) -> tuple[np.ndarray, np.ndarray]:
+        """Load the known plane ``flat`` and run the predictor over it (encoder): every
+        pixel's weighted prediction within [0, maxv] and its prediction x8."""
+        n = flat.size
+        self.value[:n] = flat
+        pred = np.empty(n, dtype=np.int64)
+        pred8 = np.empty(n, dtype=np.int64)
+        wk.analyse(self.rows, self.cols, self.value, self.true_err, self.sub_err, self.prev_shift, self.has_prev,
+                   maxv, pred, pred8)
+        return pred, pred8
 
     def diagonals(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """(flat positions, rows, cols) of each anti-diagonal t = 2r + c, in coding order."""
@@ -182,40 +150,12 @@ class Wavefront:
         Errors (keys ``e*``): outside the plane they are 0, except NW and NE, which
         fall back to N's.
         """
-        return Neighbours(self._neighbour_index(pos, r, c))
-
-    def _neighbour_index(self, pos: np.ndarray, r: np.ndarray, c: np.ndarray, diagonal: int | None = None) -> np.ndarray:
-        """``neighbours`` as one (11, n) array, rows in the order of NB_KEYS.
-        ``diagonal``: t where ``pos`` is the whole anti-diagonal t (as ``diagonals``)."""
         idx = pos[None, :] + self._deltas
-        # Only pixels within two rows or columns of an edge need the rules: a few per
-        # anti-diagonal. A whole anti-diagonal (the coding steps) takes them from a table
-        # made once per plane.
-        if diagonal is not None:
-            lo, hi = self._edge_starts()[diagonal : diagonal + 2]
-            idx[:, self._edge_at[lo:hi]] = self._edge_index[:, lo:hi]
-            return idx
+        # Only pixels within two rows or columns of an edge need the rules.
         edge = np.flatnonzero((r < 2) | (c < 2) | (c >= self.cols - 1))
         if edge.size:
             idx[:, edge] = self._edge_neighbours(pos[edge], r[edge], c[edge])
-        return idx
-
-    def _edge_starts(self) -> np.ndarray:
-        """Where each anti-diagonal's entries start in the edge table: the pixels within
-        two rows or columns of an edge, sorted by anti-diagonal, with their place on it
-        (``_edge_at``) and their neighbour indices (``_edge_index``); made on first use."""
-        if self._edge_start is None:
-            rows, cols = self.rows, self.cols
-            near = np.zeros((rows, cols), dtype=bool)
-            near[:2] = near[:, :2] = near[:, cols - 1 :] = True
-            r, c = np.nonzero(near)
-            t = 2 * r + c
-            order = np.argsort(t, kind="stable")
-            r, c, t = r[order], c[order], t[order]
-            self._edge_at = r - np.maximum(0, (t - cols + 2) // 2)
-            self._edge_index = self._edge_neighbours(r * cols + c, r, c)
-            self._edge_start = np.searchsorted(t, np.arange(2 * (rows - 1) + cols + 1))
-        return self._edge_start
+        return Neighbours(idx)
 
     def _edge_neighbours(self, pos: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
         cols, zero = self.cols, self.zero
@@ -238,49 +178,6 @@ class Wavefront:
             np.where(c > 1, pos - 2, zero),
         ])
 
-    def predict(
-        self, pos: np.ndarray, r: np.ndarray, c: np.ndarray, maxv, diagonal: int | None = None, lane: Lane | None = None,
-        idx: np.ndarray | None = None,
-    ):
-        """(prediction in value units clipped to [0, maxv], neighbours, sub-predictions, pred x8).
-        ``diagonal``: t where ``pos`` is the whole anti-diagonal t (faster). In a run,
-        ``lane`` and the neighbour indices ``idx`` come from the run's step."""
-        if idx is None:
-            idx = self._neighbour_index(pos, r, c, diagonal)
-        v = self.value
-        W, N, NW, NE, NN = v[idx[:5]] << EXTRA_BITS
-        teW, teN, teNW, teNE = self.true_err[idx[6:10]]
-        sub = np.empty((self.n_sub, pos.size), dtype=np.int64)
-        np.subtract(W + NE, N, out=sub[0])
-        sub[1] = N - (((teW + teN + teNE) * P1C) >> 5)
-        sub[2] = W - (((teW + teN + teNW) * P2C) >> 5)
-        sub[3] = N - ((teNW * P3C[0] + teN * P3C[1] + teNE * P3C[2] + (NN - N) * P3C[3] + (NW - W) * P3C[4]) >> 5)
-        if self.has_prev:
-            pc, pW, pN = self._prev_values(np.vstack([pos, idx[:2]]), lane) << EXTRA_BITS
-            sub[4] = pc + (((W - pW) + (N - pN)) >> 1)
-        # Summed errors at eN, eNE, eNW, eW and eWW, per sub-predictor.
-        err = self.sub_err[:, idx[6:11]].sum(axis=1)
-        weights = _error_weight(err, self._max_weights)
-        if lane is not None and lane.has_prev is not None:
-            weights[4] *= lane.has_prev  # planes without one: as if 4 sub-predictors
-        shift = _floor_log2(weights.sum(axis=0)) - 4
-        weights >>= shift
-        wsum = weights.sum(axis=0)
-        total = (wsum >> 1) - 1 + (sub * weights).sum(axis=0)
-        pred8 = (total * ((1 << 24) // wsum)) >> 24
-        agree = ((teN ^ teW) | (teN ^ teNW)) > 0
-        lo = np.minimum(np.minimum(W, NE), N)
-        hi = np.maximum(np.maximum(W, NE), N)
-        pred8 = np.where(agree, pred8, np.minimum(np.maximum(pred8, lo), hi))
-        pred = np.minimum(np.maximum((pred8 + _ROUND) >> EXTRA_BITS, 0), maxv)
-        return pred, Neighbours(idx), sub, pred8
-
-    def update(self, pos: np.ndarray, values: np.ndarray, sub: np.ndarray, pred8: np.ndarray) -> None:
-        self.value[pos] = values
-        v8 = values << EXTRA_BITS
-        self.true_err[pos] = pred8 - v8
-        self.sub_err[:, pos] = (np.abs(sub - v8[None, :]) + _ROUND) >> EXTRA_BITS
-
     # --- context properties ---------------------------------------------------------------
 
     PROPERTIES = (
@@ -288,41 +185,12 @@ class Wavefront:
         "gradient-pred", "prev_residual", "plane_diff", "prev_pred-pred",
     )
 
-    def properties(self, pos, r, c, nb, pred, used=None, lane: Lane | None = None) -> np.ndarray:
-        """Integer properties (P, n) of pixels whose causal neighbours are decoded."""
-        want = (lambda j: True) if used is None else (lambda j: j in used)
-        v, te = self.value, self.true_err
-        out = np.zeros((len(self.PROPERTIES), pos.size), dtype=np.int64)
-        near = v[nb.index[:4]]
-        W, N, NW, NE = near
-        if want(0) or want(1):
-            errs = te[nb.index[6:10]]  # eW, eN, eNW, eNE
-            size = np.abs(errs)
-            if want(0):
-                out[0] = np.take_along_axis(errs, size.argmax(axis=0)[None, :], axis=0)[0]
-            if want(1):
-                out[1] = size.sum(axis=0) >> EXTRA_BITS
-        out[2] = N
-        out[3] = W
-        out[4] = N - NW
-        out[5] = W - NW
-        out[6] = NE - N
-        if want(7):
-            out[7] = N - v[nb["NN"]]
-        if want(8):
-            out[8] = W - v[nb["WW"]]
-        if want(9):
-            out[9] = near.max(axis=0) - near.min(axis=0)
-        out[10] = r
-        out[11] = c
-        out[12] = W + N - NW - pred
-        if self.has_prev and any(want(j) for j in (13, 14, 15)):
-            pc, pW, pN, pNW, pNE = self._prev_values(np.vstack([pos, nb.index[:4]]), lane)
-            out[13] = pc - (pW + pN - pNW)
-            out[14] = np.abs(W - pW) + np.abs(N - pN) + np.abs(NW - pNW) + np.abs(NE - pNE)
-            out[15] = pc + ((W - pW + N - pN) >> 1) - pred
-            if lane is not None and lane.has_prev is not None:
-                out[13:16] *= lane.has_prev
+    def properties(self, pos: np.ndarray, pred: np.ndarray) -> np.ndarray:
+        """Integer properties (P, n) of the pixels ``pos`` of an analysed plane, whose
+        weighted predictions are ``pred`` (every pixel's)."""
+        out = np.empty((len(self.PROPERTIES), pos.size), dtype=np.int64)
+        wk.properties_at(np.ascontiguousarray(pos, dtype=np.int64), self.cols, self.value, self.true_err,
+                         self.prev_shift, self.has_prev, pred, out)
         return out
 
 
@@ -332,71 +200,76 @@ class RasterGlobalPathCoder:
 
     model_id = "raster-wp-v1"
     PROPERTIES = Wavefront.PROPERTIES
-    BLOCK = 1 << 16  # encoder: pixels per block when computing contexts
 
     def encode(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> bytes:
-        flat, _, diags, pred, _, tree, ctx = self._analyse(plane, info, prev)
+        flat, wf, pred, _, tree, ctx = self._analyse(plane, info, prev)
         side = IntWriter()
         tree.write(side)
-        return self._payload(side, tree, info, diags, ctx, flat - pred)
+        return self._payload(side, tree, info, wf, ctx, flat - pred)
 
     def _analyse(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None):
-        """(values, predictor state, scan steps, predictions, predictions x8, tree,
-        contexts): encoder only."""
+        """(values, predictor state, predictions, predictions x8, tree, contexts): encoder only."""
         flat = np.asarray(plane, dtype=np.int64).ravel()
-        maxv = (1 << info.bits) - 1
         wf = Wavefront(info.rows, info.cols, prev)
-        n = flat.size
-        pred = np.empty(n, dtype=np.int64)
-        pred8_all = np.empty(n, dtype=np.int64)
-        diags = list(wf.diagonals())
-        for t, (pos, r, c) in enumerate(diags):
-            p, _, sub, pred8 = wf.predict(pos, r, c, maxv, t)
-            pred[pos] = p
-            pred8_all[pos] = pred8
-            wf.update(pos, flat[pos], sub, pred8)
+        pred, pred8 = wf.analyse(flat, (1 << info.bits) - 1)
         token, _, _ = tokenize(zigzag(flat - pred), MANTISSA)
         order = wf.scan_order()
-        tree = self._learn(wf, order[:: max(1, n // ctxtree.LEARN_ROWS)], pred, token, info)
-        return flat, wf, diags, pred, pred8_all, tree, self._all_contexts(wf, tree, pred)
+        tree = self._learn(wf, order[:: max(1, flat.size // ctxtree.LEARN_ROWS)], pred, token, info)
+        return flat, wf, pred, pred8, tree, self._all_contexts(wf, tree, pred)
 
-    def _all_contexts(self, wf: Wavefront, tree, pred: np.ndarray) -> np.ndarray:
-        # Every property reads decoded neighbours only, all known now: compute in blocks.
-        n = pred.size
-        ctx = np.empty(n, dtype=np.int64)
-        for lo in range(0, n, self.BLOCK):
-            pos = np.arange(lo, min(n, lo + self.BLOCK), dtype=np.int64)
-            ctx[pos] = tree.contexts(self._props(wf, pos, pred[pos], tree.used))
+    @staticmethod
+    def _all_contexts(wf: Wavefront, tree, pred: np.ndarray) -> np.ndarray:
+        """Every pixel's leaf: its properties read decoded neighbours only, all known now."""
+        ctx = np.empty(pred.size, dtype=np.int64)
+        wk.contexts_at(0, pred.size, wf.cols, wf.value, wf.true_err, wf.prev_shift, wf.has_prev, pred,
+                       tree.prop, tree.thr, tree.right, tree.leaf, ctx)
         return ctx
 
-    def _payload(self, side: IntWriter, tree, info: PlaneInfo, diags, ctx: np.ndarray, residual: np.ndarray) -> bytes:
-        token, extra, nbits = tokenize(zigzag(residual), MANTISSA)
-        enc = Encoder()
+    def _payload(self, side: IntWriter, tree, info: PlaneInfo, wf: Wavefront, ctx: np.ndarray, residual: np.ndarray) -> bytes:
+        """Per anti-diagonal, the residual tokens with their leaves' adaptive tables (in
+        chunks of ``CHUNK``: the probabilities of a chunk are the tables' before it), then
+        their raw low bits."""
+        order = wf.scan_order()
+        token, extra, nbits = tokenize(zigzag(residual[order]), MANTISSA)
+        ctx = ctx[order]
         tables = _leaf_tables(tree, info.bits)
-        for pos, _, _ in diags:
-            enc.adaptive(token[pos], ctx[pos], tables)
-            enc.uniform(extra[pos], nbits[pos])
+        seen = np.zeros(tree.n_leaves, dtype=np.bool_)
+        rows, cols = info.rows, info.cols
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(
+            (2 * np.arange(rows)[:, None] + np.arange(cols)[None, :]).ravel(), minlength=2 * (rows - 1) + cols))])
+        longest = min(rows, cols // 2 + 1)
+        probs = np.empty((longest, tables.alphabet), dtype=np.float64)
+        order = np.empty(longest, dtype=np.int64)
+        sizes = np.empty(longest, dtype=np.int32)
+        values = np.empty(longest, dtype=np.int32)
+        _, raw_bits = token_lookup(info.bits, MANTISSA)
+        enc = Encoder()
+        for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            p = probs[: hi - lo]
+            wk.table_chunks(tables.fast, tables.slow, tables._fast_total, tables._slow_total, ctx[lo:hi], token[lo:hi],
+                            seen, p)
+            enc.categorical(token[lo:hi], p)
+            k = wk.raw_order(token[lo:hi], hi - lo, raw_bits, extra[lo:hi], order, sizes, values)
+            if k >= 0:
+                enc.sized(values[:k], sizes[:k])
+            else:
+                enc.uniform(extra[lo:hi], nbits[lo:hi])
         return _join(side, enc.finish())
 
     def decode(self, data: bytes, info: PlaneInfo, prev: np.ndarray | None = None) -> np.ndarray:
-        return decode_run(info.rows, info.cols, [self.parse(data, info, prev)])[0]
+        return decode_plane(info.rows, info.cols, self.parse(data, info, prev))
 
-    def parse(self, data: bytes, info: PlaneInfo, prev=None) -> "RunPlane":
-        """The plane's stream read up to its payload, for ``decode_run``; ``prev`` (kept
-        as given) is its previous plane or where the run finds it."""
+    def parse(self, data: bytes, info: PlaneInfo, prev: np.ndarray | None = None) -> "ParsedPlane":
+        """The plane's stream read up to its payload, for ``decode_plane``; ``prev`` is its
+        previous plane."""
         side, payload = _split(data)
         tree = ctxtree.Tree.read(side, len(self.PROPERTIES), N_BUCKETS)
-        return RunPlane(tree, None, payload, info.bits, prev)
-
-    @staticmethod
-    def _props(wf: Wavefront, pos: np.ndarray, pred: np.ndarray, used=None) -> np.ndarray:
-        r, c = np.divmod(pos, wf.cols)
-        return wf.properties(pos, r, c, wf.neighbours(pos, r, c), pred, used)
+        return ParsedPlane(tree, None, payload, info.bits, prev)
 
     def _learn(self, wf: Wavefront, sample: np.ndarray, pred, token, info: PlaneInfo) -> ctxtree.Tree:
         """A tree over ``sample``, pixels spread evenly over the coding order (encoder only)."""
         prior = _token_scale_rows(info.bits, MANTISSA)
-        props = self._props(wf, sample, pred[sample])
+        props = wf.properties(sample, pred)
         return ctxtree.learn(props, token[sample], prior.shape[1], prior, weight=pred.size / sample.size)
 
 
@@ -466,15 +339,15 @@ class RasterV2GlobalPathCoder(RasterGlobalPathCoder):
     model_id = "raster-wp-v2"
 
     def encode(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> bytes:
-        flat, wf, diags, pred, _, tree, ctx = self._analyse(plane, info, prev)
+        flat, wf, pred, _, tree, ctx = self._analyse(plane, info, prev)
         maxv = (1 << info.bits) - 1
         allpos = np.arange(flat.size, dtype=np.int64)
         r, c = np.divmod(allpos, info.cols)
         cands = leaf_predictions(wf.value, wf.neighbours(allpos, r, c), pred, maxv)
         choice, offset, final = self._select(ctx, tree.n_leaves, flat, cands, maxv)
-        return self._code_choice(tree, info, diags, ctx, flat, pred, choice, offset, final)
+        return self._code_choice(tree, info, wf, ctx, flat, pred, choice, offset, final)
 
-    def _code_choice(self, tree, info: PlaneInfo, diags, ctx, flat, pred, choice, offset, final, models=()) -> bytes:
+    def _code_choice(self, tree, info: PlaneInfo, wf: Wavefront, ctx, flat, pred, choice, offset, final, models=()) -> bytes:
         """Codes the plane with the leaf table (``choice``, ``offset``; ``final`` the
         pixels' predictions under it) and without one (the weighted predictor
         everywhere); the smaller stream wins. ``models`` (v3): the fitted predictors the
@@ -488,11 +361,11 @@ class RasterV2GlobalPathCoder(RasterGlobalPathCoder):
         models = [models[i] for i in used]
         # The leaf table is checked by coding: the static costs ignore the adaptive
         # tables' learning and the table's own bytes, so small planes may do better without.
-        best = self._code(tree, info, diags, ctx, flat - pred, [], [])
+        best = self._code(tree, info, wf, ctx, flat - pred, [], [])
         changed = np.flatnonzero(choice | offset)
         if changed.size:
             table = [(int(leaf), int(choice[leaf]), int(offset[leaf])) for leaf in changed]
-            data = self._code(tree, info, diags, ctx, flat - final, table, models)
+            data = self._code(tree, info, wf, ctx, flat - final, table, models)
             best = data if len(data) < len(best) else best
         return best
 
@@ -514,7 +387,7 @@ class RasterV2GlobalPathCoder(RasterGlobalPathCoder):
         final = np.clip(final + offset[ctx], 0, maxv)
         return choice, offset, final
 
-    def _code(self, tree, info: PlaneInfo, diags, ctx: np.ndarray, residual: np.ndarray, table, models) -> bytes:
+    def _code(self, tree, info: PlaneInfo, wf: Wavefront, ctx: np.ndarray, residual: np.ndarray, table, models) -> bytes:
         side = IntWriter()
         tree.write(side)
         self._write_models(side, models)
@@ -525,7 +398,7 @@ class RasterV2GlobalPathCoder(RasterGlobalPathCoder):
             side.put(pick)
             side.put(move)
             last = leaf
-        return self._payload(side, tree, info, diags, ctx, residual)
+        return self._payload(side, tree, info, wf, ctx, residual)
 
     @staticmethod
     def _write_models(side: IntWriter, models) -> None:
@@ -534,7 +407,7 @@ class RasterV2GlobalPathCoder(RasterGlobalPathCoder):
     def _read_models(self, side: IntReader, info: PlaneInfo, prev) -> list:
         return []
 
-    def parse(self, data: bytes, info: PlaneInfo, prev=None) -> "RunPlane":
+    def parse(self, data: bytes, info: PlaneInfo, prev=None) -> "ParsedPlane":
         side, payload = _split(data)
         tree = ctxtree.Tree.read(side, len(self.PROPERTIES), N_BUCKETS)
         models = self._read_models(side, info, prev)
@@ -551,19 +424,10 @@ class RasterV2GlobalPathCoder(RasterGlobalPathCoder):
             if step < 0 or leaf >= tree.n_leaves or not 0 <= pick < len(LEAF_PREDICTORS) + len(models) or abs(move) > maxv:
                 raise CorruptRecordError(f"raster leaf {leaf}: predictor {pick} or offset {move} out of range")
             choice[leaf], offset[leaf] = pick, move
-        return RunPlane(tree, (choice, offset, models) if changed else None, payload, info.bits, prev)
+        return ParsedPlane(tree, (choice, offset, models) if changed else None, payload, info.bits, prev)
 
 
 # --- raster-wp-v3: fitted linear predictors over a wider causal neighbourhood ------------
-# Offsets (row, col) of the neighbours a fitted predictor reads. Each has 2 * row + col < 0,
-# so it lies on an earlier anti-diagonal (decoded before the pixel). One outside the
-# plane reads the pixel's N where col >= 0 and its W otherwise (with their edge rules).
-LS_NEIGHBOURS = (
-    (0, -1), (-1, 0), (-1, -1), (-1, 1), (0, -2), (-2, 0), (-1, -2), (-2, -1), (-2, 1), (-2, 2), (-2, -2), (0, -3),
-    (-3, 0), (-2, 3), (-1, -3), (-3, -1), (-3, 1), (-3, 2), (0, -4), (-4, 0), (-2, -3), (-3, -2), (-3, 3),
-)
-_LS_REACH = 4  # no offset reaches further than this many rows or columns
-_LS_ROW, _LS_COL = (np.array(d, dtype=np.int64)[:, None] for d in zip(*LS_NEIGHBOURS))
 # Fitted predictors per plane: one per LS_CLASS_PIXELS pixels, at most LS_MAX_CLASSES,
 # none under LS_MIN_PIXELS. Encoder only (the stream says how many it holds).
 LS_CLASS_PIXELS = 1 << 14
@@ -579,37 +443,18 @@ def ls_feature_count(has_prev: bool) -> int:
     return len(LS_NEIGHBOURS) + 5 + has_prev
 
 
-def ls_features(
-    wf: Wavefront, pos: np.ndarray, r: np.ndarray, c: np.ndarray, nb: Neighbours, pred8: np.ndarray, lane: Lane | None = None
-):
-    """(features (F, n), ref) of the fitted predictors, all integers relative to
-    ``ref = (W + N) >> 1``: the LS_NEIGHBOURS' values minus ref; the weighted prediction
-    (x8) minus ``8 ref``; the weighted predictor's errors at W, N, NW and NE (x8); and,
-    given a previous plane, its value at the pixel minus the mean of its W and N."""
-    v, cols = wf.value, wf.cols
-    ref = (v[nb["W"]] + v[nb["N"]]) >> 1
-    n_nb = len(LS_NEIGHBOURS)
-    idx = pos[None, :] + (_LS_ROW * cols + _LS_COL)
-    edge = np.flatnonzero((r < _LS_REACH) | (c < _LS_REACH) | (c >= cols - _LS_REACH))
-    if edge.size:
-        er, ec = r[edge], c[edge] + _LS_COL
-        inside = (er + _LS_ROW >= 0) & (ec >= 0) & (ec < cols)
-        outside = np.where(_LS_COL >= 0, nb["N"][edge], nb["W"][edge])
-        idx[:, edge] = np.where(inside, idx[:, edge], outside)
+def ls_features(wf: Wavefront, pos: np.ndarray, pred8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(features (F, n), ref) of the fitted predictors at the pixels ``pos`` of an
+    analysed plane (``pred8``: every pixel's weighted prediction x8), all integers
+    relative to ``ref = (W + N) >> 1``: the LS_NEIGHBOURS' values minus ref (a neighbour
+    outside the plane reads N where its column offset is >= 0, else W); the weighted
+    prediction (x8) minus ``8 ref``; the weighted predictor's errors at W, N, NW and NE
+    (x8); and, given a previous plane, its value at the pixel minus the mean of its W and N."""
     x = np.empty((ls_feature_count(wf.has_prev), pos.size), dtype=np.int64)
-    np.subtract(v[idx], ref, out=x[:n_nb])
-    x[n_nb] = pred8 - (ref << EXTRA_BITS)
-    x[n_nb + 1 : n_nb + 5] = wf.true_err[nb.index[6:10]]  # eW, eN, eNW, eNE
-    if wf.has_prev:
-        pc, pW, pN = wf._prev_values(np.vstack([pos, nb.index[:2]]), lane)
-        x[n_nb + 5] = pc - ((pW + pN) >> 1)
+    ref = np.empty(pos.size, dtype=np.int64)
+    wk.ls_features_at(np.ascontiguousarray(pos, dtype=np.int64), wf.cols, wf.value, wf.true_err, wf.prev_shift,
+                      wf.has_prev, pred8, x, ref)
     return x, ref
-
-
-def _ls_features_at(wf: Wavefront, pos: np.ndarray, pred8_all: np.ndarray):
-    """``ls_features`` of the pixels ``pos`` of a fully known plane (encoder)."""
-    r, c = np.divmod(pos, wf.cols)
-    return ls_features(wf, pos, r, c, wf.neighbours(pos, r, c), pred8_all[pos])
 
 
 def ls_predict(x: np.ndarray, ref: np.ndarray, weights: np.ndarray, cls: np.ndarray | None, maxv: int) -> np.ndarray:
@@ -626,29 +471,19 @@ def ls_predict(x: np.ndarray, ref: np.ndarray, weights: np.ndarray, cls: np.ndar
     return np.minimum(np.maximum(ref + ((out + _HALF) >> WEIGHT_BITS), 0), maxv)
 
 
-# --- decoding runs: same-shaped raster planes decoded in lockstep ------------------------
-# A raster plane is decoded one anti-diagonal per step, and a step costs some forty numpy
-# calls whatever its size: on small planes the calls, not the pixels, take the time. A
-# run decodes several planes (the frames of a cine, the samples of a colour image) with
-# one set of calls per step: plane j of the run is at anti-diagonal ``step - lag_j``,
-# where a plane whose previous plane is in the run lags one step behind it (it reads that
-# plane up to its own anti-diagonal, which the previous plane has then passed). Each
-# plane keeps its own tree, leaf table, adaptive tables and range decoder, so it decodes
-# exactly as it does alone. Decoder only: not part of the format.
-RUN_MAX_PLANES = 32
-RUN_MAX_PIXELS = 1 << 22
+# --- decoding: one anti-diagonal per step ----------------------------------------------
 
 
-class RunPlane(NamedTuple):
+class ParsedPlane(NamedTuple):
     """A raster plane's stream, read up to its payload: the tree, the leaf table
     ``(choice, offset, fitted predictors)`` or None, the payload, the coded bits, and its
-    previous plane (None, an array, or the index of an earlier plane of the run)."""
+    previous plane (None or an array)."""
 
     tree: ctxtree.Tree
     table: tuple | None
     payload: bytes
     bits: int
-    prev: int | np.ndarray | None
+    prev: np.ndarray | None
 
 
 def _leaf_tables(tree: ctxtree.Tree, bits: int) -> AdaptiveTables:
@@ -656,139 +491,60 @@ def _leaf_tables(tree: ctxtree.Tree, bits: int) -> AdaptiveTables:
     return AdaptiveTables(tree.n_leaves, rows.shape[1], init=rows[tree.scales])
 
 
-def decode_run(rows: int, cols: int, planes: list[RunPlane]) -> list[np.ndarray]:
-    """The planes of a run, each (rows, cols), decoded together."""
-    count, n = len(planes), rows * cols
-    externals = [p.prev for p in planes if isinstance(p.prev, np.ndarray)]
-    with_prev = np.array([p.prev is not None for p in planes])
-    wf = Wavefront(rows, cols, planes=count, externals=externals, with_prev=bool(with_prev.any()))
-    seg = wf.segment
-    shift = np.empty(count, dtype=np.int64)  # how far each plane's previous plane lies
-    lag = np.zeros(count, dtype=np.int64)
-    external = count + 1
-    for j, p in enumerate(planes):
-        if p.prev is None:
-            shift[j] = (count - j) * seg  # the zeros
-        elif isinstance(p.prev, np.ndarray):
-            shift[j] = (external - j) * seg
-            external += 1
-        else:
-            if not 0 <= p.prev < j:
-                raise ValueError(f"plane {j} of a run follows plane {p.prev}")
-            shift[j] = (p.prev - j) * seg
-            lag[j] = lag[p.prev] + 1
-    mixed = bool(with_prev.any() and not with_prev.all())
-    forest = ctxtree.Forest([p.tree for p in planes])
-    leaves = np.array([p.tree.n_leaves for p in planes], dtype=np.int64)
-    leaf_at = np.cumsum(leaves) - leaves
-    leaf_table = _run_table(planes, wf.has_prev) if any(p.table is not None for p in planes) else None
-    maxv_of = np.array([(1 << p.bits) - 1 for p in planes], dtype=np.int64)
-    decoders = [Decoder(p.payload) for p in planes]
-    # Leaf rows of planes with the same token alphabet live in one table (rows adapt
-    # independently; a row's probabilities do not depend on the others): then a step's
-    # chunks, one per plane, take their probabilities and updates in one call each.
-    prior = [_token_scale_rows(p.bits, MANTISSA) for p in planes]
-    shared = len({scale_rows.shape[1] for scale_rows in prior}) == 1
-    if shared:
-        init = np.concatenate([scale_rows[p.tree.scales] for scale_rows, p in zip(prior, planes)])
-        table = AdaptiveTables(int(leaves.sum()), prior[0].shape[1], init=init)
-        tables, row_at = [table] * count, leaf_at
+def decode_plane(rows: int, cols: int, plane: ParsedPlane) -> np.ndarray:
+    """A parsed raster plane, decoded: per anti-diagonal, the kernel predicts the pixels
+    and finds their contexts, constriction decodes their tokens (in chunks of ``CHUNK``,
+    the tables updated after each) and then their raw low bits, and the kernel records
+    the values."""
+    wf = Wavefront(rows, cols, plane.prev)
+    tree = plane.tree
+    maxv = (1 << plane.bits) - 1
+    n_feat = ls_feature_count(wf.has_prev)
+    if plane.table is None:
+        choice = offset = model = np.zeros(1, dtype=np.int64)
+        weights = np.zeros((1, n_feat), dtype=np.int64)
     else:
-        tables, row_at = [_leaf_tables(p.tree, p.bits) for p in planes], np.zeros(count, dtype=np.int64)
-    used = frozenset().union(*(p.tree.used for p in planes))
-    diags = list(wf.diagonals())
-    steps = len(diags)
-    only = np.zeros(1, dtype=np.int64)
-    for step in range(steps + int(lag.max())):
-        active = only if count == 1 else np.flatnonzero((lag <= step) & (step - lag < steps))
-        if active.size == 1:  # numbers, not per-pixel arrays
-            j = int(active[0])
-            t = step - int(lag[j])
-            pos, r, c = diags[t]
-            idx = wf._neighbour_index(pos, r, c, t)
-            sizes, base = [pos.size], j * seg
-            if base:
-                pos = pos + base
-                idx += base
-            lane = Lane(base, int(shift[j]), int(with_prev[j]) if mixed else None)
-            maxv, roots = int(maxv_of[j]), np.full(pos.size, forest.roots[j])
-            leaf_off, row_off = int(leaf_at[j]), int(row_at[j])
-        else:
-            parts = [diags[step - lag[j]] for j in active]
-            pos, r, c = (np.concatenate(x) for x in zip(*parts))
-            idx = wf._neighbour_index(pos, r, c)
-            sizes = [part[0].size for part in parts]
-            plane = np.repeat(active, sizes)
-            base = plane * seg
-            pos = pos + base
-            idx += base
-            lane = Lane(base, shift[plane], with_prev[plane].astype(np.int64) if mixed else None)
-            maxv, roots = maxv_of[plane], forest.roots[plane]
-            leaf_off, row_off = leaf_at[plane], row_at[plane]
-        p, nb, sub, pred8 = wf.predict(pos, r, c, maxv, lane=lane, idx=idx)
-        ctx = forest.contexts(wf.properties(pos, r, c, nb, p, used, lane), roots)
-        if leaf_table is not None:
-            p = _table_prediction(wf, leaf_table, pos, r, c, nb, p, pred8, ctx + leaf_off, maxv, lane)
-        row = ctx + row_off
-        token = np.empty(pos.size, dtype=np.int64)
-        extra = np.empty(pos.size, dtype=np.int64)
-        batched = shared and active.size > 1 and max(sizes) <= CHUNK
-        if batched:  # each plane's symbols are one chunk: as Decoder.adaptive codes it
-            groups = table.group(row)
-            probabilities = table.probabilities(row, groups)
-        at = 0
-        for j, size in zip(active, sizes):
-            part = slice(at, at + size)
-            if batched:
-                token[part] = decoders[j].categorical(probabilities[part])
-            else:
-                token[part] = decoders[j].adaptive(row[part], tables[j])
-            extra[part] = decoders[j].uniform(raw_bits_of(token[part], MANTISSA))
-            at += size
-        if batched:
-            table.update(row, token, groups)
-        value = p + unzigzag(detokenize(token, extra, MANTISSA))
-        if (value < 0).any() or (value > maxv).any():
+        choice, offset, fitted = plane.table
+        model = np.maximum(choice - N_FIXED, 0)
+        weights = np.zeros((max(1, len(fitted)), n_feat), dtype=np.int64)
+        weights[: len(fitted)] = np.asarray(fitted, dtype=np.int64).reshape(len(fitted), n_feat)
+    tables = _leaf_tables(tree, plane.bits)
+    fast, slow, fast_total, slow_total = tables.fast, tables.slow, tables._fast_total, tables._slow_total
+    seen = np.zeros(tree.n_leaves, dtype=np.bool_)
+    dec = Decoder(plane.payload)
+    lowest, raw_bits = token_lookup(plane.bits, MANTISSA)
+    longest = min(rows, cols // 2 + 1)
+    pos = np.empty(longest, dtype=np.int64)
+    pred = np.empty(longest, dtype=np.int64)
+    pred8 = np.empty(longest, dtype=np.int64)
+    sub = np.empty((5, longest), dtype=np.int64)
+    ctx = np.empty(longest, dtype=np.int64)
+    token = np.empty(longest, dtype=np.int64)
+    extra = np.empty(longest, dtype=np.int64)
+    order = np.empty(longest, dtype=np.int64)
+    sizes = np.empty(longest, dtype=np.int32)
+    none = np.zeros(0, dtype=np.int64)
+    probs = np.empty((min(longest, CHUNK), tables.alphabet), dtype=np.float64)
+    for t in range(2 * (rows - 1) + cols):
+        m = wk.predict_diagonal(t, rows, cols, wf.value, wf.true_err, wf.sub_err, wf.prev_shift, wf.has_prev, maxv,
+                                tree.prop, tree.thr, tree.right, tree.leaf, plane.table is not None,
+                                choice, offset, model, weights, pos, pred, pred8, sub, ctx)
+        for lo in range(0, m, CHUNK):
+            hi = min(m, lo + CHUNK)
+            p = probs[: hi - lo]
+            wk.table_probabilities(fast, slow, fast_total, slow_total, ctx[lo:hi], p)
+            token[lo:hi] = dec.categorical(p)
+            wk.table_update(fast, slow, fast_total, slow_total, ctx[lo:hi], token[lo:hi], seen)
+        k = wk.raw_order(token, m, raw_bits, none, order, sizes, none)
+        if k >= 0:
+            fields = dec.sized(sizes[:k])
+        else:  # a field wider than one uniform piece: entropy's general rule
+            k, fields = m, dec.uniform(raw_bits[token[:m]])
+            order[:m] = np.arange(m)
+        if not wk.finish_diagonal(m, wf.has_prev, maxv, pos, pred, pred8, sub, token, order, k, fields, extra,
+                                  lowest, wf.value, wf.true_err, wf.sub_err):
             raise CorruptRecordError("global path decoded a value outside the stored range")
-        wf.update(pos, value, sub, pred8)
-    return [wf.value[j * seg : j * seg + n].reshape(rows, cols) for j in range(count)]
-
-
-def _run_table(planes: list[RunPlane], has_prev: bool):
-    """The run's leaf tables as arrays over all its leaves (predictor, offset, index of
-    the fitted predictor), and every fitted predictor's weights (padded with a zero
-    weight where the run has previous planes and the plane has none)."""
-    n_fixed = len(LEAF_PREDICTORS)
-    n_feat = ls_feature_count(has_prev)
-    choice, offset, model, weights = [], [], [], []
-    for p in planes:
-        if p.table is None:
-            zeros = np.zeros(p.tree.n_leaves, dtype=np.int64)
-            choice.append(zeros)
-            offset.append(zeros)
-            model.append(zeros)
-            continue
-        pick, move, fitted = p.table
-        choice.append(pick)
-        offset.append(move)
-        model.append(np.maximum(pick - n_fixed, 0) + len(weights))
-        weights.extend(np.concatenate([w, np.zeros(n_feat - len(w), dtype=np.int64)]) for w in fitted)
-    stacked = np.array(weights, dtype=np.int64).reshape(len(weights), n_feat)
-    return np.concatenate(choice), np.concatenate(offset), np.concatenate(model), stacked
-
-
-def _table_prediction(wf: Wavefront, table, pos, r, c, nb, pred, pred8, leaf, maxv, lane: Lane) -> np.ndarray:
-    """Each pixel's prediction under its leaf's entry (v2, v3): a fixed candidate or a
-    fitted predictor, plus the leaf's offset, within [0, maxv]."""
-    choice, offset, model, weights = table
-    pick = choice[leaf]
-    n_fixed = len(LEAF_PREDICTORS)
-    out = leaf_predictions(wf.value, nb, pred, maxv)[np.minimum(pick, n_fixed - 1), np.arange(pos.size)]
-    fitted = np.flatnonzero(pick >= n_fixed)
-    if fitted.size:
-        x, ref = ls_features(wf, pos[fitted], r[fitted], c[fitted], nb.subset(fitted), pred8[fitted], lane.subset(fitted))
-        out[fitted] = ls_predict(x, ref, weights, model[leaf[fitted]], maxv if np.isscalar(maxv) else maxv[fitted])
-    return np.minimum(np.maximum(out + offset[leaf], 0), maxv)
+    return wf.value[: rows * cols].reshape(rows, cols)
 
 
 @register
@@ -817,7 +573,7 @@ class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
     model_id = "raster-wp-v3"
 
     def encode(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> bytes:
-        flat, wf, diags, pred, pred8, tree, ctx = self._analyse(plane, info, prev)
+        flat, wf, pred, pred8, tree, ctx = self._analyse(plane, info, prev)
         maxv = (1 << info.bits) - 1
         n = flat.size
         allpos = np.arange(n, dtype=np.int64)
@@ -826,13 +582,13 @@ class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
         fixed = leaf_predictions(wf.value, nb, pred, maxv)
         if n < LS_MIN_PIXELS:
             choice, offset, final = self._select(ctx, tree.n_leaves, flat, fixed, maxv)
-            return self._code_choice(tree, info, diags, ctx, flat, pred, choice, offset, final)
+            return self._code_choice(tree, info, wf, ctx, flat, pred, choice, offset, final)
         # Predictors are fitted and leaves choose on pixels at a fixed stride (all of
         # them up to 2 * LS_SAMPLE); the chosen predictions are then made for every pixel,
         # in blocks (the features of a whole plane would take ~220 bytes per pixel).
         step = max(1, n // LS_SAMPLE)
         s = slice(None, None, step)
-        xs, refs = _ls_features_at(wf, allpos[s], pred8)
+        xs, refs = ls_features(wf, allpos[s], pred8)
         xs, flats = xs.astype(np.float64), flat[s]
         models = self._fit_models(xs, refs, flats, pred[s], ctx[s], tree.n_leaves, maxv, n)
         cands = np.concatenate([fixed[:, s]] + [ls_predict(xs, refs, w[None], None, maxv)[None] for w in models])
@@ -845,20 +601,20 @@ class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
         ctx = self._all_contexts(wf, tree, pred)
         choice, offset, _ = self._select(ctx[s], tree.n_leaves, flats, cands, maxv, step)
         final = self._final(choice, offset, ctx, fixed, wf, pred8, models, maxv)
-        return self._code_choice(tree, info, diags, ctx, flat, pred, choice, offset, final, models)
+        return self._code_choice(tree, info, wf, ctx, flat, pred, choice, offset, final, models)
 
     @staticmethod
     def _final(choice, offset, ctx, fixed, wf: Wavefront, pred8, models, maxv: int) -> np.ndarray:
         """Every pixel's prediction under a leaf table (encoder only): as the decoder's."""
         pick = choice[ctx]
-        n_fixed = len(LEAF_PREDICTORS)
-        out = fixed[np.minimum(pick, n_fixed - 1), np.arange(pick.size)]
-        fitted = np.flatnonzero(pick >= n_fixed)
-        weights = np.asarray(models)
-        for lo in range(0, fitted.size, LS_SAMPLE):
-            at = fitted[lo : lo + LS_SAMPLE]
-            x, ref = _ls_features_at(wf, at, pred8)
-            out[at] = ls_predict(x, ref, weights, pick[at] - n_fixed, maxv)
+        out = fixed[np.minimum(pick, N_FIXED - 1), np.arange(pick.size)]
+        fitted = np.flatnonzero(pick >= N_FIXED)
+        if fitted.size:
+            weights = np.array(models, dtype=np.int64).reshape(len(models), -1)
+            made = np.empty(fitted.size, dtype=np.int64)
+            wk.fitted_at(fitted, pick[fitted] - N_FIXED, wf.cols, wf.value, wf.true_err, wf.prev_shift, wf.has_prev,
+                         pred8, weights, maxv, made)
+            out[fitted] = made
         return np.clip(out + offset[ctx], 0, maxv)
 
     @staticmethod
@@ -1088,49 +844,6 @@ class RasterLSGlobalPathCoder:
             res[pos] = residual
             err[pos] = np.abs(residual)
         return wf.value[: info.rows * info.cols].reshape(info.rows, info.cols)
-
-
-def decode_in_runs(selector: PlaneSelector, streams: list[bytes], info: PlaneInfo,
-                   prev_of: list[int | None]) -> list[np.ndarray]:
-    """A per-plane selector's ``planes_decoder``: every plane of a record, plane i's
-    previous plane being plane ``prev_of[i]`` (an earlier one) or none, as ``decode``
-    gives them plane by plane. Consecutive planes coded by the raster path (or its
-    difference form) decode together in runs (``decode_run``); the others, and a raster
-    plane whose previous plane is a difference-coded plane of the current run, end the run."""
-    out: list[np.ndarray | None] = [None] * len(streams)
-    run: list[tuple[int, RunPlane, object | None]] = []  # (plane, stream, difference coder)
-
-    def flush() -> None:
-        decoded = decode_run(info.rows, info.cols, [plane for _, plane, _ in run]) if run else []
-        for (i, _, diff), plane in zip(run, decoded):
-            out[i] = plane if diff is None else diff.finish(plane, out[prev_of[i]], info)
-        run.clear()
-
-    for i, data in enumerate(streams):
-        model_id, at = selector._choice(data)
-        coder = coder_for(model_id)
-        p = prev_of[i]
-        place = {plane: j for j, (plane, _, _) in enumerate(run)}
-        if isinstance(coder, DifferenceCoder) and isinstance(coder.base_coder(), RasterGlobalPathCoder):
-            if p is None:
-                raise CorruptRecordError("a difference-coded plane has no previous plane")
-            item = (i, coder.base_coder().parse(data[at:], coder.wide(info), None), coder)
-        elif isinstance(coder, RasterGlobalPathCoder):
-            if p in place and run[place[p]][2] is not None:
-                flush()
-                place = {}
-            item = (i, coder.parse(data[at:], info, None if p is None else place.get(p, out[p])), None)
-        else:
-            flush()
-            out[i] = coder.decode(data[at:], info, None if p is None else out[p])
-            continue
-        if run and (len(run) >= RUN_MAX_PLANES or (len(run) + 1) * info.rows * info.cols > RUN_MAX_PIXELS):
-            flush()
-            if isinstance(item[1].prev, int):  # its previous plane was in that run: decoded now
-                item = (i, item[1]._replace(prev=out[p]), None)
-        run.append(item)
-    flush()
-    return out
 
 
 # interlaced-ls-v1 (the `fast` global path before the compiled coders) and raster-wp-v2 on

@@ -10,11 +10,12 @@ from medcodec.coders import coder_for
 from medcodec.errors import CorruptRecordError
 from medcodec.paths import IntWriter, PlaneInfo, TreeGlobalPathCoder
 from medcodec.coders.selectors import PER_PLANE_V3, PER_PLANE_V5, PER_PLANE_V6
+from medcodec import ctxtree
+from medcodec import wavekernel as wk
+from medcodec.paths import token_lookup, tokenize, zigzag
+from medcodec.wavekernel import MAX_WEIGHTS, P1C, P2C, P3C
 from medcodec.wavefront import (
-    MAX_WEIGHTS,
-    P1C,
-    P2C,
-    P3C,
+    MANTISSA,
     RASTER_WP_DIFF_V1,
     LEAF_PREDICTORS,
     LS_MAX_CLASSES,
@@ -117,15 +118,50 @@ def _reference_predictions(img: np.ndarray, maxv: int, prev: np.ndarray | None =
     return out
 
 
-def _wavefront_predictions(img: np.ndarray, maxv: int, prev: np.ndarray | None = None, by_diagonal=True) -> np.ndarray:
-    wf = Wavefront(*img.shape, prev)
-    out = np.zeros(img.size, dtype=np.int64)
-    flat = img.astype(np.int64).ravel()
-    for t, (pos, r, c) in enumerate(wf.diagonals()):
-        p, _, sub, pred8 = wf.predict(pos, r, c, maxv, t if by_diagonal else None)
-        out[pos] = p
-        wf.update(pos, flat[pos], sub, pred8)
-    return out.reshape(img.shape)
+class _DiagonalDecoder:
+    """The decoder's steps (``wavekernel.predict_diagonal`` / ``finish_diagonal``) driven
+    with a plane's true values instead of a stream: what it predicts, and which leaf of
+    ``tree`` each pixel reaches, diagonal by diagonal."""
+
+    def __init__(self, img: np.ndarray, maxv: int, prev=None, tree=None, table=None):
+        self.img, self.maxv, self.prev = img.astype(np.int64), maxv, prev
+        self.tree = ctxtree.single_leaf(0) if tree is None else tree
+        self.table = table
+
+    def run(self):
+        rows, cols = self.img.shape
+        wf = Wavefront(rows, cols, self.prev)
+        tree, flat = self.tree, self.img.ravel()
+        n_feat = ls_feature_count(wf.has_prev)
+        if self.table is None:
+            choice = offset = model = np.zeros(1, dtype=np.int64)
+            weights = np.zeros((1, n_feat), dtype=np.int64)
+        else:
+            choice, offset, weights = self.table
+            model = np.maximum(choice - len(LEAF_PREDICTORS), 0)
+        lowest, _ = token_lookup(16, MANTISSA)
+        k = min(rows, cols // 2 + 1)
+        pos, pred, pred8, ctx = (np.empty(k, dtype=np.int64) for _ in range(4))
+        sub = np.empty((5, k), dtype=np.int64)
+        pred_all = np.zeros(flat.size, dtype=np.int64)
+        ctx_all = np.zeros(flat.size, dtype=np.int64)
+        for t in range(2 * (rows - 1) + cols):
+            m = wk.predict_diagonal(t, rows, cols, wf.value, wf.true_err, wf.sub_err, wf.prev_shift, wf.has_prev,
+                                    self.maxv, tree.prop, tree.thr, tree.right, tree.leaf, self.table is not None,
+                                    choice, offset, model, weights, pos, pred, pred8, sub, ctx)
+            at = pos[:m]
+            pred_all[at], ctx_all[at] = pred[:m], ctx[:m]
+            token, extra, _ = tokenize(zigzag(flat[at] - pred[:m]), MANTISSA)
+            assert wk.finish_diagonal(m, wf.has_prev, self.maxv, pos, pred, pred8, sub, token, np.arange(m), m, extra,
+                                      np.empty(m, dtype=np.int64), lowest, wf.value, wf.true_err, wf.sub_err)
+        assert np.array_equal(wf.value[: flat.size], flat)
+        return pred_all.reshape(rows, cols), ctx_all
+
+
+def _wavefront_predictions(img: np.ndarray, maxv: int, prev: np.ndarray | None = None, decoder=True) -> np.ndarray:
+    if decoder:
+        return _DiagonalDecoder(img, maxv, prev).run()[0]
+    return Wavefront(*img.shape, prev).analyse(img.astype(np.int64).ravel(), maxv)[0].reshape(img.shape)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 1), (2, 2), (5, 13), (12, 7)])
@@ -137,21 +173,16 @@ def test_wavefront_predictions_equal_the_scalar_raster_definition(shape):
     for p in (None, prev):
         want = _reference_predictions(img, 4095, p)
         assert np.array_equal(_wavefront_predictions(img, 4095, p), want)
-        assert np.array_equal(_wavefront_predictions(img, 4095, p, by_diagonal=False), want)
-
-
-@pytest.mark.parametrize("shape", [(1, 1), (1, 6), (5, 1), (2, 2), (3, 4), (9, 2), (6, 17), (40, 33)])
-def test_anti_diagonal_neighbour_table_equals_the_edge_rules(shape):
-    wf = Wavefront(*shape)
-    for t, (pos, r, c) in enumerate(wf.diagonals()):
-        assert np.array_equal(wf.neighbours(pos, r, c).index, wf._neighbour_index(pos, r, c, t))
+        assert np.array_equal(_wavefront_predictions(img, 4095, p, decoder=False), want)
 
 
 def test_wavefront_on_a_real_crop_equals_the_scalar_definition():
     a, bits = _real_plane("CT_small.dcm")
     crop = a[20:44, 30:61]
     maxv = (1 << bits) - 1
-    assert np.array_equal(_wavefront_predictions(crop, maxv), _reference_predictions(crop, maxv))
+    want = _reference_predictions(crop, maxv)
+    assert np.array_equal(_wavefront_predictions(crop, maxv), want)
+    assert np.array_equal(_wavefront_predictions(crop, maxv, decoder=False), want)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 5), (6, 1), (3, 3), (4, 11), (17, 6)])
@@ -179,21 +210,103 @@ def test_scan_order_is_the_diagonals_concatenated(shape):
     assert np.array_equal(wf.scan_order(), np.concatenate([pos for pos, _, _ in wf.diagonals()]))
 
 
-def test_encoder_block_properties_equal_the_decoders_per_diagonal_ones():
+def _reference_properties(img: np.ndarray, prev: np.ndarray, pred: np.ndarray, te: np.ndarray) -> np.ndarray:
+    """``Wavefront.PROPERTIES`` pixel by pixel in pure Python, from the plane, its previous
+    plane, the weighted predictions and the true errors (x8)."""
+    rows, cols = img.shape
+    out = np.zeros((len(Wavefront.PROPERTIES), img.size), dtype=np.int64)
+    for y in range(rows):
+        for x in range(cols):
+            def at(a, r, c, fallback):
+                return int(a[r, c]) if 0 <= r and 0 <= c < cols else fallback
+
+            def nbrs(a):
+                W = at(a, y, x - 1, None) if x > 0 else (int(a[y - 1, x]) if y > 0 else 0)
+                N = int(a[y - 1, x]) if y > 0 else W
+                NW = int(a[y - 1, x - 1]) if y > 0 and x > 0 else W
+                NE = int(a[y - 1, x + 1]) if y > 0 and x + 1 < cols else N
+                return W, N, NW, NE
+
+            W, N, NW, NE = nbrs(img)
+            NN = int(img[y - 2, x]) if y > 1 else N
+            WW = int(img[y, x - 2]) if x > 1 else W
+            eW = int(te[y, x - 1]) if x > 0 else 0
+            eN = int(te[y - 1, x]) if y > 0 else 0
+            eNW = int(te[y - 1, x - 1]) if y > 0 and x > 0 else eN
+            eNE = int(te[y - 1, x + 1]) if y > 0 and x + 1 < cols else eN
+            errs = [eW, eN, eNW, eNE]
+            biggest = max(abs(e) for e in errs)
+            p = int(pred[y, x])
+            pc = int(prev[y, x])
+            pW, pN, pNW, pNE = nbrs(prev)
+            out[:, y * cols + x] = [
+                next(e for e in errs if abs(e) == biggest), sum(abs(e) for e in errs) >> 3, N, W, N - NW, W - NW,
+                NE - N, N - NN, W - WW, max(W, N, NW, NE) - min(W, N, NW, NE), y, x, W + N - NW - p,
+                pc - (pW + pN - pNW), abs(W - pW) + abs(N - pN) + abs(NW - pNW) + abs(NE - pNE),
+                pc + ((W - pW + N - pN) >> 1) - p,
+            ]
+    return out
+
+
+def test_properties_match_a_scalar_definition():
+    a, bits = _real_plane("CT_small.dcm")
+    img = a[10:40, 20:47]
+    prev = np.roll(img, 2, axis=0) + 3
+    wf = Wavefront(*img.shape, prev)
+    pred, _ = wf.analyse(img.ravel(), (1 << bits) - 1)
+    got = wf.properties(np.arange(img.size), pred)
+    te = wf.true_err[:-1].reshape(img.shape)
+    assert np.array_equal(got, _reference_properties(img, prev, pred.reshape(img.shape), te))
+
+
+def _comb_tree(props: np.ndarray) -> ctxtree.Tree:
+    """A tree that asks every property in turn (at its median) until one says "greater"."""
+    prop, thr = [], []
+    for j in range(props.shape[0]):
+        prop += [j, -1]
+        thr += [int(np.median(props[j])), 0]
+    prop.append(-1)
+    thr.append(0)
+    prop_a = np.array(prop, dtype=np.int64)
+    leaf = np.full(prop_a.size, -1, dtype=np.int64)
+    leaf[prop_a < 0] = np.arange(int((prop_a < 0).sum()))
+    return ctxtree.Tree(prop=prop_a, thr=np.array(thr, dtype=np.int64), right=ctxtree._right_children(prop_a),
+                        leaf=leaf, scales=np.zeros(int((prop_a < 0).sum()), dtype=np.int64))
+
+
+@pytest.mark.parametrize("coder", [RasterGlobalPathCoder(), RasterV3GlobalPathCoder()])
+def test_the_decoders_contexts_and_predictions_equal_the_encoders(coder):
+    # A real plane with a previous plane, a tree that reads every property and (v3) a
+    # leaf table with fitted predictors: the decoder's step finds every pixel's leaf and
+    # final prediction as the encoder's whole-plane passes do.
     a, bits = _real_plane("MR_small.dcm")
     prev = np.roll(a, 3, axis=1)
     maxv = (1 << bits) - 1
-    flat = a.ravel()
-    wf = Wavefront(*a.shape, prev)
-    during = np.zeros((len(Wavefront.PROPERTIES), a.size), dtype=np.int64)
-    pred = np.zeros(a.size, dtype=np.int64)
-    for pos, r, c in wf.diagonals():
-        p, nb, sub, pred8 = wf.predict(pos, r, c, maxv)
-        during[:, pos] = wf.properties(pos, r, c, nb, p)
-        pred[pos] = p
-        wf.update(pos, flat[pos], sub, pred8)
-    after = RasterGlobalPathCoder._props(wf, np.arange(a.size), pred)
-    assert np.array_equal(during, after)
+    flat, wf, pred, pred8, _, _ = coder._analyse(a, _info(a, bits), prev)
+    allpos = np.arange(flat.size)
+    tree = _comb_tree(wf.properties(allpos, pred))
+    ctx = coder._all_contexts(wf, tree, pred)
+    assert np.unique(ctx).size >= 12  # the pixels spread over the comb
+    table = None
+    want = pred
+    if isinstance(coder, RasterV3GlobalPathCoder):
+        rng = np.random.default_rng(5)
+        n_fixed = len(LEAF_PREDICTORS)
+        choice = rng.integers(0, n_fixed + 2, tree.n_leaves)
+        offset = rng.integers(-3, 4, tree.n_leaves)
+        x, ref = ls_features(wf, allpos, pred8)
+        weights = rng.integers(-3000, 3000, (2, x.shape[0]))
+        weights[:, 0] += 4096
+        fixed = leaf_predictions(wf.value, wf.neighbours(allpos, *np.divmod(allpos, a.shape[1])), pred, maxv)
+        want = coder._final(choice, offset, ctx, fixed, wf, pred8, list(weights), maxv)
+        fitted = choice[ctx] >= n_fixed
+        assert fitted.sum() > 100
+        by_features = np.clip(ls_predict(x, ref, weights, np.maximum(choice[ctx] - n_fixed, 0), maxv) + offset[ctx], 0, maxv)
+        assert np.array_equal(want[fitted], by_features[fitted])
+        table = (choice, offset, weights)
+    got_pred, got_ctx = _DiagonalDecoder(a, maxv, prev, tree, table).run()
+    assert np.array_equal(got_ctx, ctx)
+    assert np.array_equal(got_pred.ravel(), want)
 
 
 @pytest.mark.parametrize("shape,bits", [((1, 1), 1), ((1, 40), 16), ((33, 1), 9), ((2, 3), 8), ((19, 23), 16), ((64, 64), 12)])
@@ -470,7 +583,7 @@ def test_ls_neighbours_are_decoded_before_the_pixel():
         pos = np.arange(rows * cols)
         r, c = np.divmod(pos, cols)
         wf.value[: wf.zero] = pos + 1  # value = 1 + flat index; the sentinel reads 0
-        x, ref = ls_features(wf, pos, r, c, wf.neighbours(pos, r, c), np.zeros(pos.size, dtype=np.int64))
+        x, ref = ls_features(wf, pos, np.zeros(pos.size, dtype=np.int64))
         src = x[: len(LS_NEIGHBOURS)] + ref - 1  # flat index read, or -1 for the sentinel
         t = 2 * r + c
         read = src >= 0
@@ -493,11 +606,14 @@ def test_ls_features_and_prediction_match_a_scalar_definition():
     r, c = np.divmod(pos, cols)
     pred8 = rng.integers(0, 8 * 4096, pos.size)
     nb = wf.neighbours(pos, r, c)
-    x, ref = ls_features(wf, pos, r, c, nb, pred8)
+    x, ref = ls_features(wf, pos, pred8)
     assert x.shape == (ls_feature_count(True), pos.size)
     weights = rng.integers(-5000, 5000, (3, x.shape[0]))
     cls = rng.integers(0, 3, pos.size)
     got = ls_predict(x, ref, weights, cls, 4095)
+    made = np.empty(pos.size, dtype=np.int64)  # the compiled prediction, without the features
+    wk.fitted_at(pos, cls, cols, wf.value, wf.true_err, wf.prev_shift, True, pred8, weights, 4095, made)
+    assert np.array_equal(made, got)
     v, te, p = wf.value, wf.true_err, np.append(prev.ravel(), 0)
     for i in range(pos.size):
         y, xx = int(r[i]), int(c[i])
@@ -656,7 +772,7 @@ def test_per_plane_coders_keep_the_smallest_candidate(selector):
     assert selector.chosen_model(data).startswith(("raster-wp-diff-", "interlaced-tree-"))
 
 
-# --- decoding runs: raster planes decoded in lockstep ---------------------------------------
+# --- records of several planes: each plane after its previous plane ----------------------
 
 
 def _forced(selector, index: int, plane, info, prev) -> bytes:
@@ -664,13 +780,6 @@ def _forced(selector, index: int, plane, info, prev) -> bytes:
     head = IntWriter()
     head.put(index)
     return bytes(head.buf) + coder_for(selector.candidates[index]).encode(plane, info, prev)
-
-
-def _one_by_one(coder, streams, info, prev_of):
-    out = []
-    for data, p in zip(streams, prev_of):
-        out.append(coder.decode(data, info, None if p is None else out[p]))
-    return out
 
 
 def _frames(count: int) -> list[np.ndarray]:
@@ -683,67 +792,32 @@ def _frames(count: int) -> list[np.ndarray]:
 
 # (candidate per plane, previous plane per plane): v6's candidates are 0 tree, 1 raster-wp-v3,
 # 2 its difference form, 3 wavelet.
-RUN_CASES = {
-    "cine": ([1, 1, 1, 1], [None, 0, 1, 2]),  # each frame lags one step behind the one before
-    "colour": ([1, 2, 2], [None, 0, 1]),  # difference planes have no previous plane in the run
-    "raster after difference": ([1, 2, 1, 1], [None, 0, 1, 2]),  # plane 2 ends the run
+PLANE_CASES = {
+    "cine": ([1, 1, 1, 1], [None, 0, 1, 2]),
+    "colour": ([1, 2, 2], [None, 0, 1]),
+    "raster after difference": ([1, 2, 1, 1], [None, 0, 1, 2]),
     "tree in between": ([1, 0, 1, 1], [None, 0, 1, 2]),
     "colour cine": ([1, 2, 2, 1, 2, 2], [None, 0, 1, 0, 3, 4]),  # (f, 0) follows (f - 1, 0)
 }
 
 
-@pytest.mark.parametrize("case", sorted(RUN_CASES))
-def test_decode_planes_equals_decoding_plane_by_plane(case, monkeypatch):
-    import medcodec.wavefront as wavefront
-
-    picks, prev_of = RUN_CASES[case]
+@pytest.mark.parametrize("case", sorted(PLANE_CASES))
+def test_decode_planes_follows_each_planes_previous_plane(case):
+    picks, prev_of = PLANE_CASES[case]
     frames = _frames(len(picks))
     info = _info(frames[0], 12)
-    coder = PER_PLANE_V6
     streams = [_forced(PER_PLANE_V6, k, frames[i], info, None if p is None else frames[p])
                for i, (k, p) in enumerate(zip(picks, prev_of))]
-    want = _one_by_one(coder, streams, info, prev_of)
-    assert all(np.array_equal(a, b) for a, b in zip(want, frames))
     chosen = [PER_PLANE_V6._choice(data) for data in streams]
     assert case != "cine" or any(c == RasterV3GlobalPathCoder.model_id and RasterV3GlobalPathCoder().parse(
                data[at:], info, p).table
                for (c, at), data, p in zip(chosen, streams, prev_of))  # a leaf table with fitted predictors
-    for planes, chunk in ((wavefront.RUN_MAX_PLANES, wavefront.CHUNK), (2, wavefront.CHUNK), (32, 16)):
-        # Runs cut every two planes; steps whose chunks the shared table cannot take at once.
-        monkeypatch.setattr(wavefront, "RUN_MAX_PLANES", planes)
-        monkeypatch.setattr(wavefront, "CHUNK", chunk)
-        got = coder.decode_planes(streams, info, prev_of)
-        assert all(np.array_equal(a, b) for a, b in zip(got, frames)), (planes, chunk)
+    got = PER_PLANE_V6.decode_planes(streams, info, prev_of)
+    assert all(np.array_equal(a, b) for a, b in zip(got, frames))
 
 
-def test_a_run_decodes_planes_of_different_depths_and_previous_planes():
-    # 8-bit planes and a 9-bit difference plane (separate tables), a plane without a
-    # previous plane next to planes with one (the prev sub-predictor masked), a v1 and a v2
-    # plane next to v3 planes (leaf tables), and a plane given its previous plane from outside.
-    import medcodec.wavefront as wavefront
-
-    frames = [f >> 1 for f in _frames(4)]
-    info = _info(frames[0], 8)
-    outside = frames[0]
-    parsed = [
-        RasterV3GlobalPathCoder().parse(RasterV3GlobalPathCoder().encode(frames[1], info, outside), info, outside),
-        RasterGlobalPathCoder().parse(RasterGlobalPathCoder().encode(frames[2], info, frames[1]), info, 0),
-        RasterV2GlobalPathCoder().parse(RasterV2GlobalPathCoder().encode(frames[3], info), info, None),
-    ]
-    diff_info = RASTER_WP_DIFF_V3.wide(info)
-    diff = frames[2] - frames[3] + 255
-    assert diff.min() >= 0 and diff.max() <= 511
-    parsed.append(RasterV3GlobalPathCoder().parse(RasterV3GlobalPathCoder().encode(diff, diff_info), diff_info, None))
-    got = wavefront.decode_run(*frames[0].shape, parsed)
-    for a, b in zip(got, [frames[1], frames[2], frames[3], diff]):
-        assert np.array_equal(a, b)
-    with pytest.raises(ValueError):
-        wavefront.decode_run(*frames[0].shape, [parsed[0]._replace(prev=0)])
-
-
-def test_max_records_of_several_frames_decode_as_runs():
-    # The codec decodes a record's global planes together (decode_planes): a cine whose
-    # frames take the raster path decodes to its frames.
+def test_max_records_of_several_frames_decode():
+    # A cine whose frames take the raster path (each after the one before) decodes to its frames.
     frames = np.stack(_frames(3))
     blob = medcodec.compress_pixels(frames.astype(np.uint16), bits_stored=12, signed=False, preset="max")
     assert np.array_equal(medcodec.decompress_pixels(blob), frames)

@@ -107,15 +107,13 @@ class PlaneSelector:
     (the smallest stream wins; one index means no trial coding); None tries them all. A stream is the
     candidate's index (one varint) and that candidate's stream. ``codes_all_planes``:
     the candidates model the noise floor themselves, so the record keeps no local planes
-    (k = 0). ``planes_decoder(selector, streams, info, prev_of) -> planes`` decodes a
-    record's planes together (as ``decode`` would one by one); None: one by one.
+    (k = 0).
     """
 
     model_id: str
     candidates: tuple[str, ...]
     choose: Callable[[np.ndarray, np.ndarray | None], tuple[int, ...]] | None = None
     codes_all_planes: bool = False
-    planes_decoder: Callable | None = None
 
     def encode(self, plane: np.ndarray, info, prev: np.ndarray | None = None) -> bytes:
         from ..paths import IntWriter
@@ -153,8 +151,6 @@ class PlaneSelector:
     def decode_planes(self, streams: list[bytes], info, prev_of: list[int | None]) -> list[np.ndarray]:
         """Every plane of a record, plane i's previous plane being plane ``prev_of[i]`` (an
         earlier one) or none."""
-        if self.planes_decoder is not None:
-            return self.planes_decoder(self, streams, info, prev_of)
         out: list[np.ndarray] = []
         for data, p in zip(streams, prev_of):
             out.append(self.decode(data, info, None if p is None else out[p]))

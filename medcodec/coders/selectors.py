@@ -38,7 +38,6 @@ from ..wavefront import (
     RasterLSGlobalPathCoder,
     RasterV2GlobalPathCoder,
     RasterV3GlobalPathCoder,
-    decode_in_runs,
 )
 from ..wavelet import LEVELS, WaveletGlobalPathCoder
 from ..wavelet import forward as wavelet_forward
@@ -114,10 +113,9 @@ def _trials(candidates: tuple[str, ...], *, difference: int, wavelet: int | None
 
 def _per_plane(model_id: str, candidates: tuple[str, ...], *, wavelet: int | None = None) -> PlaneSelector:
     """A `max` per-plane selector: every candidate that applies (``_trials``; the
-    difference coder is candidate 2), raster planes decoded in runs."""
+    difference coder is candidate 2)."""
     return register(PlaneSelector(model_id=model_id, candidates=candidates,
-                                  choose=_trials(candidates, difference=2, wavelet=wavelet),
-                                  planes_decoder=decode_in_runs), record_level=True)
+                                  choose=_trials(candidates, difference=2, wavelet=wavelet)), record_level=True)
 
 
 # The interlaced tree path wins on smooth and upsampled images (it predicts from both

@@ -1,0 +1,481 @@
+"""Compiled per-pixel work of the raster-wp coders (``raster-wp-v1``, ``v2``, ``v3``).
+
+These streams were defined by a numpy implementation that visits one anti-diagonal
+(t = 2r + c) per vector step; the per-pixel rules are the same here as plain loops, with
+the same int64 arithmetic (floor divisions, arithmetic shifts), so the same predictions,
+contexts and probabilities, and the same bytes: the golden records decode unchanged and
+``tests/test_wavefront.py`` holds every rule to a scalar definition.
+
+* ``analyse``: the encoder's pass over a known plane (raster order: every value a pixel
+  reads, W, N, NW, NE, NN and WW, and their errors, come before it in either order).
+* ``properties_at``, ``contexts_at``, ``ls_features_at``, ``fitted_at``: what the encoder
+  asks of the known plane at chosen pixels.
+* ``predict_diagonal`` and ``finish_diagonal``: the decoder's step. The tokens of a
+  diagonal are range-coded by constriction (the coder of record for these streams) with
+  the adaptive tables of their contexts, so each anti-diagonal is one round trip: the
+  kernel predicts the diagonal and gives its contexts, constriction decodes its tokens,
+  the kernel records the values.
+* ``table_probabilities`` and ``table_update``: ``entropy.AdaptiveTables``' integer rules
+  over one chunk (the same floats: one exactly rounded float64 division per entry).
+
+State is the ``Wavefront``'s flat arrays: ``value`` (the plane, a sentinel 0 at index
+``n``, and, where the plane has a previous plane, that plane ``prev_shift`` entries later
+with its own sentinel), ``true_err`` (n + 1) and ``sub_err`` (sub-predictors, n + 1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+from numba.cpython.unsafe.numbers import leading_zeros
+
+from .entropy import CHUNK, UNIFORM_PIECE, AdaptiveTables
+from .paths import _HALF, WEIGHT_BITS
+
+# --- the weighted predictor (part of the bitstream definition) ---------------------------
+EXTRA_BITS = 3
+_ROUND = ((1 << EXTRA_BITS) >> 1) - 1
+P1C, P2C = 16, 10
+P3C = (7, 7, 7, 0, 0)  # teNW, teN, teNE, NN - N, NW - W
+MAX_WEIGHTS = (13, 12, 12, 12, 12)  # the last: the previous-plane sub-predictor
+N_PROPERTIES = 16
+N_FIXED = 8  # wavefront.LEAF_PREDICTORS
+
+# Offsets (row, col) of the neighbours a fitted predictor reads. Each has 2 * row + col < 0,
+# so it lies on an earlier anti-diagonal (decoded before the pixel). One outside the
+# plane reads the pixel's N where col >= 0 and its W otherwise (with their edge rules).
+LS_NEIGHBOURS = (
+    (0, -1), (-1, 0), (-1, -1), (-1, 1), (0, -2), (-2, 0), (-1, -2), (-2, -1), (-2, 1), (-2, 2), (-2, -2), (0, -3),
+    (-3, 0), (-2, 3), (-1, -3), (-3, -1), (-3, 1), (-3, 2), (0, -4), (-4, 0), (-2, -3), (-3, -2), (-3, 3),
+)
+_LS_DR = np.array([d[0] for d in LS_NEIGHBOURS], dtype=np.int64)
+_LS_DC = np.array([d[1] for d in LS_NEIGHBOURS], dtype=np.int64)
+_N_LS = len(LS_NEIGHBOURS)
+_MAXW = np.array(MAX_WEIGHTS, dtype=np.int64)
+_P3C = np.array(P3C, dtype=np.int64)
+_FAST_INC, _FAST_LIMIT = AdaptiveTables.FAST
+_SLOW_INC, _SLOW_LIMIT = AdaptiveTables.SLOW
+
+
+@njit(cache=True, inline="always")
+def _floor_log2(x):
+    # x >= 1
+    return np.int64(63) - np.int64(leading_zeros(np.uint64(x)))
+
+
+@njit(cache=True, inline="always")
+def _neighbours(pos, r, c, cols, zero):
+    """Flat indices (W, N, NW, NE, NN, WW, eW, eN, eNW, eNE, eWW) with the edge rules:
+    values W -> N -> 0, N -> W, NW -> W, NE -> N, NN -> N, WW -> W; errors outside the
+    plane 0 (the sentinel), except eNW and eNE, which fall back to eN."""
+    has_n = r > 0
+    has_w = c > 0
+    has_ne = has_n and c < cols - 1
+    en = pos - cols if has_n else zero
+    w = pos - 1 if has_w else en
+    n = en if has_n else w
+    nw = pos - cols - 1 if has_n and has_w else w
+    ne = pos - cols + 1 if has_ne else n
+    nn = pos - 2 * cols if r > 1 else n
+    ww = pos - 2 if c > 1 else w
+    ew = pos - 1 if has_w else zero
+    enw = pos - cols - 1 if has_n and has_w else en
+    ene = pos - cols + 1 if has_ne else en
+    eww = pos - 2 if c > 1 else zero
+    return w, n, nw, ne, nn, ww, ew, en, enw, ene, eww
+
+
+@njit(cache=True, inline="always")
+def _predict(pos, r, c, cols, zero, value, true_err, sub_err, prev_shift, has_prev, maxv, sub, weights):
+    """(prediction clipped to [0, maxv], prediction x8); the sub-predictions into ``sub``."""
+    w, n, nw, ne, nn, ww, ew, en, enw, ene, eww = _neighbours(pos, r, c, cols, zero)
+    W = value[w] << EXTRA_BITS
+    N = value[n] << EXTRA_BITS
+    NW = value[nw] << EXTRA_BITS
+    NE = value[ne] << EXTRA_BITS
+    NN = value[nn] << EXTRA_BITS
+    teW = true_err[ew]
+    teN = true_err[en]
+    teNW = true_err[enw]
+    teNE = true_err[ene]
+    sub[0] = W + NE - N
+    sub[1] = N - (((teW + teN + teNE) * P1C) >> 5)
+    sub[2] = W - (((teW + teN + teNW) * P2C) >> 5)
+    sub[3] = N - ((teNW * _P3C[0] + teN * _P3C[1] + teNE * _P3C[2] + (NN - N) * _P3C[3] + (NW - W) * _P3C[4]) >> 5)
+    n_sub = 4
+    if has_prev:
+        pc = value[pos + prev_shift] << EXTRA_BITS
+        pW = value[w + prev_shift] << EXTRA_BITS
+        pN = value[n + prev_shift] << EXTRA_BITS
+        sub[4] = pc + (((W - pW) + (N - pN)) >> 1)
+        n_sub = 5
+    total_w = np.int64(0)
+    for i in range(n_sub):
+        err = sub_err[i, ew] + sub_err[i, en] + sub_err[i, enw] + sub_err[i, ene] + sub_err[i, eww]
+        shift = _floor_log2(err + 1) - 5
+        if shift < 0:
+            shift = 0
+        wi = 4 + ((_MAXW[i] * ((1 << 24) // ((err >> shift) + 1))) >> shift)
+        weights[i] = wi
+        total_w += wi
+    shift = _floor_log2(total_w) - 4
+    wsum = np.int64(0)
+    total = np.int64(0)
+    for i in range(n_sub):
+        wi = weights[i] >> shift
+        wsum += wi
+        total += sub[i] * wi
+    total += (wsum >> 1) - 1
+    pred8 = (total * ((1 << 24) // wsum)) >> 24
+    if not ((teN ^ teW) | (teN ^ teNW)) > 0:
+        lo = min(min(W, NE), N)
+        hi = max(max(W, NE), N)
+        pred8 = min(max(pred8, lo), hi)
+    pred = (pred8 + _ROUND) >> EXTRA_BITS
+    return min(max(pred, 0), maxv), pred8
+
+
+@njit(cache=True, inline="always")
+def _record(pos, v, pred8, sub, n_sub, value, true_err, sub_err):
+    value[pos] = v
+    v8 = v << EXTRA_BITS
+    true_err[pos] = pred8 - v8
+    for i in range(n_sub):
+        sub_err[i, pos] = (abs(sub[i] - v8) + _ROUND) >> EXTRA_BITS
+
+
+@njit(cache=True, inline="always")
+def _properties(pos, r, c, cols, zero, value, true_err, prev_shift, has_prev, pred, out):
+    """``Wavefront.PROPERTIES`` of one pixel into ``out`` (16,)."""
+    w, n, nw, ne, nn, ww, ew, en, enw, ene, eww = _neighbours(pos, r, c, cols, zero)
+    # max_err: the error of largest size among eW, eN, eNW, eNE (the first on ties)
+    best = true_err[ew]
+    size = abs(best)
+    total = size
+    for e in (true_err[en], true_err[enw], true_err[ene]):
+        total += abs(e)
+        if abs(e) > size:
+            best, size = e, abs(e)
+    out[0] = best
+    out[1] = total >> EXTRA_BITS
+    W, N, NW, NE = value[w], value[n], value[nw], value[ne]
+    out[2] = N
+    out[3] = W
+    out[4] = N - NW
+    out[5] = W - NW
+    out[6] = NE - N
+    out[7] = N - value[nn]
+    out[8] = W - value[ww]
+    out[9] = max(max(W, N), max(NW, NE)) - min(min(W, N), min(NW, NE))
+    out[10] = r
+    out[11] = c
+    out[12] = W + N - NW - pred
+    if has_prev:
+        pc, pW, pN = value[pos + prev_shift], value[w + prev_shift], value[n + prev_shift]
+        pNW, pNE = value[nw + prev_shift], value[ne + prev_shift]
+        out[13] = pc - (pW + pN - pNW)
+        out[14] = abs(W - pW) + abs(N - pN) + abs(NW - pNW) + abs(NE - pNE)
+        out[15] = pc + ((W - pW + N - pN) >> 1) - pred
+    else:
+        out[13] = 0
+        out[14] = 0
+        out[15] = 0
+
+
+@njit(cache=True, inline="always")
+def _leaf(prop, thr, right, leaf, root, props):
+    """The leaf id a pixel's properties reach from node ``root`` (trees are checked when
+    read: every step moves forward and ends at a leaf)."""
+    node = root
+    while prop[node] >= 0:
+        node = right[node] if props[prop[node]] > thr[node] else node + 1
+    return leaf[node]
+
+
+@njit(cache=True, inline="always")
+def _fitted(pos, r, c, cols, zero, value, true_err, prev_shift, has_prev, pred8, weights, m, maxv):
+    """Fitted predictor ``m``'s prediction: ``clip(ref + (w . x + half) >> WEIGHT_BITS)``
+    over ``wavefront.ls_features`` (computed in place, not stored)."""
+    w, n, nw, ne, nn, ww, ew, en, enw, ene, eww = _neighbours(pos, r, c, cols, zero)
+    ref = (value[w] + value[n]) >> 1
+    acc = np.int64(0)
+    for k in range(_N_LS):
+        rr = r + _LS_DR[k]
+        cc = c + _LS_DC[k]
+        if rr >= 0 and cc >= 0 and cc < cols:
+            at = pos + _LS_DR[k] * cols + _LS_DC[k]
+        else:
+            at = n if _LS_DC[k] >= 0 else w
+        acc += weights[m, k] * (value[at] - ref)
+    acc += weights[m, _N_LS] * (pred8 - (ref << EXTRA_BITS))
+    acc += weights[m, _N_LS + 1] * true_err[ew] + weights[m, _N_LS + 2] * true_err[en]
+    acc += weights[m, _N_LS + 3] * true_err[enw] + weights[m, _N_LS + 4] * true_err[ene]
+    if has_prev:
+        acc += weights[m, _N_LS + 5] * (value[pos + prev_shift] - ((value[w + prev_shift] + value[n + prev_shift]) >> 1))
+    out = ref + ((acc + _HALF) >> WEIGHT_BITS)
+    return min(max(out, 0), maxv)
+
+
+@njit(cache=True, inline="always")
+def _table_prediction(pos, r, c, cols, zero, value, true_err, prev_shift, has_prev, weighted, pred8, leaf,
+                      choice, offset, model, weights, maxv):
+    """The prediction under the leaf's entry (v2, v3): ``wavefront.LEAF_PREDICTORS[pick]``
+    or fitted predictor ``pick - N_FIXED``, plus the leaf's offset, within [0, maxv]."""
+    pick = choice[leaf]
+    if pick == 0:
+        out = weighted
+    elif pick >= N_FIXED:
+        out = _fitted(pos, r, c, cols, zero, value, true_err, prev_shift, has_prev, pred8, weights, model[leaf], maxv)
+    else:
+        w, n, nw, ne, nn, ww, ew, en, enw, ene, eww = _neighbours(pos, r, c, cols, zero)
+        W, N, NW, NE = value[w], value[n], value[nw], value[ne]
+        plane = W + N - NW
+        gradient = min(max(plane, min(W, N)), max(W, N))
+        if pick == 1:
+            out = gradient
+        elif pick == 2:
+            out = W
+        elif pick == 3:
+            out = N
+        elif pick == 4:
+            out = (W + N) >> 1
+        elif pick == 5:
+            out = (N + NE) >> 1
+        elif pick == 6:
+            out = min(max(plane, 0), maxv)
+        else:
+            out = (weighted + gradient) >> 1
+    return min(max(out + offset[leaf], 0), maxv)
+
+
+# --- the encoder: a known plane ------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def analyse(rows, cols, value, true_err, sub_err, prev_shift, has_prev, maxv, pred, pred8):
+    """Every pixel's weighted prediction (clipped) and prediction x8 of a plane already in
+    ``value``, filling ``true_err`` and ``sub_err`` as the decoder will."""
+    zero = rows * cols
+    n_sub = 5 if has_prev else 4
+    sub = np.empty(5, dtype=np.int64)
+    weights = np.empty(5, dtype=np.int64)
+    for r in range(rows):
+        for c in range(cols):
+            pos = r * cols + c
+            p, p8 = _predict(pos, r, c, cols, zero, value, true_err, sub_err, prev_shift, has_prev, maxv, sub, weights)
+            pred[pos] = p
+            pred8[pos] = p8
+            _record(pos, value[pos], p8, sub, n_sub, value, true_err, sub_err)
+
+
+@njit(cache=True, nogil=True)
+def properties_at(at, cols, value, true_err, prev_shift, has_prev, pred, out):
+    """``Wavefront.PROPERTIES`` (16, m) of the pixels ``at`` of an analysed plane."""
+    zero = true_err.size - 1
+    props = np.empty(N_PROPERTIES, dtype=np.int64)
+    for i in range(at.size):
+        pos = at[i]
+        _properties(pos, pos // cols, pos % cols, cols, zero, value, true_err, prev_shift, has_prev, pred[pos], props)
+        for j in range(N_PROPERTIES):
+            out[j, i] = props[j]
+
+
+@njit(cache=True, nogil=True)
+def contexts_at(start, stop, cols, value, true_err, prev_shift, has_prev, pred, prop, thr, right, leaf, out):
+    """The tree's leaf of every pixel ``start <= pos < stop`` of an analysed plane."""
+    zero = true_err.size - 1
+    props = np.empty(N_PROPERTIES, dtype=np.int64)
+    for pos in range(start, stop):
+        _properties(pos, pos // cols, pos % cols, cols, zero, value, true_err, prev_shift, has_prev, pred[pos], props)
+        out[pos] = _leaf(prop, thr, right, leaf, 0, props)
+
+
+@njit(cache=True, nogil=True)
+def ls_features_at(at, cols, value, true_err, prev_shift, has_prev, pred8, out, ref):
+    """``wavefront.ls_features`` (F, m) and ``ref`` of the pixels ``at`` of an analysed plane."""
+    zero = true_err.size - 1
+    for i in range(at.size):
+        pos = at[i]
+        r = pos // cols
+        c = pos % cols
+        w, n, nw, ne, nn, ww, ew, en, enw, ene, eww = _neighbours(pos, r, c, cols, zero)
+        base = (value[w] + value[n]) >> 1
+        ref[i] = base
+        for k in range(_N_LS):
+            rr = r + _LS_DR[k]
+            cc = c + _LS_DC[k]
+            if rr >= 0 and cc >= 0 and cc < cols:
+                out[k, i] = value[pos + _LS_DR[k] * cols + _LS_DC[k]] - base
+            else:
+                out[k, i] = value[n if _LS_DC[k] >= 0 else w] - base
+        out[_N_LS, i] = pred8[pos] - (base << EXTRA_BITS)
+        out[_N_LS + 1, i] = true_err[ew]
+        out[_N_LS + 2, i] = true_err[en]
+        out[_N_LS + 3, i] = true_err[enw]
+        out[_N_LS + 4, i] = true_err[ene]
+        if has_prev:
+            out[_N_LS + 5, i] = value[pos + prev_shift] - ((value[w + prev_shift] + value[n + prev_shift]) >> 1)
+
+
+@njit(cache=True, nogil=True)
+def fitted_at(at, cls, cols, value, true_err, prev_shift, has_prev, pred8, weights, maxv, out):
+    """Fitted predictor ``cls[i]``'s prediction at each pixel ``at[i]`` of an analysed plane."""
+    zero = true_err.size - 1
+    for i in range(at.size):
+        pos = at[i]
+        out[i] = _fitted(pos, pos // cols, pos % cols, cols, zero, value, true_err, prev_shift, has_prev, pred8[pos],
+                         weights, cls[i], maxv)
+
+
+# --- the decoder: one anti-diagonal per step -----------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def predict_diagonal(t, rows, cols, value, true_err, sub_err, prev_shift, has_prev, maxv,
+                     prop, thr, right, leaf, has_table, choice, offset, model, weights,
+                     pos_out, pred_out, pred8_out, sub_out, ctx_out):
+    """Predict anti-diagonal ``t`` (increasing row) of a plane decoded up to it: each
+    pixel's position, final prediction, prediction x8, sub-predictions and tree leaf.
+    Returns the diagonal's length."""
+    zero = rows * cols
+    sub = np.empty(5, dtype=np.int64)
+    wts = np.empty(5, dtype=np.int64)
+    props = np.empty(N_PROPERTIES, dtype=np.int64)
+    r0 = max(0, (t - cols + 2) // 2)
+    r1 = min(rows - 1, t // 2)
+    m = 0
+    for r in range(r0, r1 + 1):
+        c = t - 2 * r
+        pos = r * cols + c
+        p, p8 = _predict(pos, r, c, cols, zero, value, true_err, sub_err, prev_shift, has_prev, maxv, sub, wts)
+        _properties(pos, r, c, cols, zero, value, true_err, prev_shift, has_prev, p, props)
+        ctx = _leaf(prop, thr, right, leaf, 0, props)
+        if has_table:
+            p = _table_prediction(pos, r, c, cols, zero, value, true_err, prev_shift, has_prev, p, p8, ctx,
+                                  choice, offset, model, weights, maxv)
+        pos_out[m] = pos
+        pred_out[m] = p
+        pred8_out[m] = p8
+        for i in range(5):
+            sub_out[i, m] = sub[i]
+        ctx_out[m] = ctx
+        m += 1
+    return m
+
+
+@njit(cache=True, nogil=True)
+def raw_order(token, m, raw_bits, extra, order, sizes, values):
+    """The order in which ``entropy.Encoder.uniform`` codes the raw low bits of ``m``
+    tokens (by width, stable; fields of no bits left out) into ``order``, their sizes
+    (int32) into ``sizes`` and, given the fields ``extra`` (the encoder), their values
+    into ``values``. Returns their count, or -1 where a field is wider than
+    ``UNIFORM_PIECE`` bits (then ``uniform`` codes it in pieces)."""
+    counts = np.zeros(UNIFORM_PIECE + 1, dtype=np.int64)
+    for i in range(m):
+        b = raw_bits[token[i]]
+        if b > UNIFORM_PIECE:
+            return -1
+        counts[b] += 1
+    at = np.zeros(UNIFORM_PIECE + 1, dtype=np.int64)
+    k = 0
+    for b in range(1, UNIFORM_PIECE + 1):
+        at[b] = k
+        k += counts[b]
+    for i in range(m):
+        b = raw_bits[token[i]]
+        if b > 0:
+            j = at[b]
+            at[b] += 1
+            order[j] = i
+            sizes[j] = np.int32(1 << b)
+            if extra.size:
+                values[j] = np.int32(extra[i])
+    return k
+
+
+@njit(cache=True, nogil=True)
+def finish_diagonal(m, has_prev, maxv, pos_in, pred_in, pred8_in, sub_in, token, order, k, fields, extra, lowest,
+                    value, true_err, sub_err):
+    """Record a predicted diagonal's decoded values, ``pred + unzigzag(lowest[token] +
+    extra)``, the raw fields ``fields[j]`` belonging to pixel ``order[j]`` (``extra`` is
+    scratch); returns False, recording nothing, where a value falls outside [0, maxv]."""
+    n_sub = 5 if has_prev else 4
+    for i in range(m):
+        extra[i] = 0
+    for j in range(k):
+        extra[order[j]] = fields[j]
+    for i in range(m):
+        z = lowest[token[i]] + extra[i]
+        v = pred_in[i] + ((z >> 1) ^ -(z & 1))
+        if v < 0 or v > maxv:
+            return False
+    for i in range(m):
+        z = lowest[token[i]] + extra[i]
+        v = pred_in[i] + ((z >> 1) ^ -(z & 1))
+        pos = pos_in[i]
+        value[pos] = v
+        v8 = v << EXTRA_BITS
+        true_err[pos] = pred8_in[i] - v8
+        for s in range(n_sub):
+            sub_err[s, pos] = (abs(sub_in[s, i] - v8) + _ROUND) >> EXTRA_BITS
+    return True
+
+
+# --- adaptive tables (entropy.AdaptiveTables' rules) -----------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def table_probabilities(fast, slow, fast_total, slow_total, ctx, out):
+    """The probability row of each symbol's context: ``AdaptiveTables.probabilities``."""
+    alphabet = fast.shape[1]
+    for i in range(ctx.size):
+        k = ctx[i]
+        ft = fast_total[k]
+        st = slow_total[k]
+        total = np.float64(2 * ft * st)
+        for a in range(alphabet):
+            out[i, a] = np.float64(fast[k, a] * st + slow[k, a] * ft) / total
+
+
+@njit(cache=True, nogil=True)
+def table_chunks(fast, slow, fast_total, slow_total, ctx, symbols, seen, out):
+    """The probability rows of known symbols coded in chunks of ``CHUNK``, the tables
+    updated after each chunk: what ``Decoder.adaptive`` will see (the encoder's side)."""
+    for lo in range(0, ctx.size, CHUNK):
+        hi = min(ctx.size, lo + CHUNK)
+        table_probabilities(fast, slow, fast_total, slow_total, ctx[lo:hi], out[lo:hi])
+        table_update(fast, slow, fast_total, slow_total, ctx[lo:hi], symbols[lo:hi], seen)
+
+
+@njit(cache=True, nogil=True)
+def table_update(fast, slow, fast_total, slow_total, ctx, symbols, seen):
+    """``AdaptiveTables.update`` over one chunk: every symbol's count raised, then each row
+    the chunk touched halved (rounding up) if its total passed its limit. ``seen``: one
+    flag per context, all False on entry and on return."""
+    for i in range(ctx.size):
+        k = ctx[i]
+        s = symbols[i]
+        fast[k, s] += _FAST_INC
+        fast_total[k] += _FAST_INC
+        slow[k, s] += _SLOW_INC
+        slow_total[k] += _SLOW_INC
+    for i in range(ctx.size):
+        k = ctx[i]
+        if seen[k]:
+            continue
+        seen[k] = True
+        if fast_total[k] > _FAST_LIMIT:
+            fast_total[k] = _halve(fast, k)
+        if slow_total[k] > _SLOW_LIMIT:
+            slow_total[k] = _halve(slow, k)
+    for i in range(ctx.size):
+        seen[ctx[i]] = False
+
+
+@njit(cache=True, inline="always")
+def _halve(table, k):
+    total = np.int64(0)
+    for a in range(table.shape[1]):
+        table[k, a] = (table[k, a] + 1) >> 1
+        total += table[k, a]
+    return total
