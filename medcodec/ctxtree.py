@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import contextkernel as ck
 from .errors import CorruptRecordError
 
 # Limits a decoder enforces on a tree read from a record (a crafted record must not make
@@ -55,21 +56,13 @@ class Tree:
         """The properties some node splits on."""
         return frozenset(int(p) for p in self.prop[self.prop >= 0])
 
-    def __post_init__(self) -> None:
-        # Traversal tables (derived, not stored): a leaf points to itself on both sides and
-        # reads property 0, so every pixel can take one step per level until the deepest
-        # leaf; the levels to walk are the tree's depth.
-        n = self.prop.size
-        is_leaf = self.prop < 0
-        me = np.arange(n, dtype=np.int64)
-        object.__setattr__(self, "_read", np.where(is_leaf, 0, self.prop).astype(np.int64))
-        object.__setattr__(self, "_left", np.where(is_leaf, me, me + 1))
-        object.__setattr__(self, "_right", np.where(is_leaf, me, self.right).astype(np.int64))
-        object.__setattr__(self, "_depth", int(_depths(self.prop, self.right).max(initial=0)))
-
     def contexts(self, props: np.ndarray) -> np.ndarray:
         """Leaf id of every column of ``props`` (P, N): exact integer comparisons only."""
-        return self.leaf[_walk(self, props, np.zeros(props.shape[1], dtype=np.int64))]
+        if int(self.prop.max(initial=-1)) >= props.shape[0]:
+            raise ValueError(f"the tree reads property {int(self.prop.max())} of {props.shape[0]}")
+        out = np.empty(props.shape[1], dtype=np.int64)
+        ck.leaves(self.prop, self.thr, self.right, self.leaf, np.ascontiguousarray(props, dtype=np.int64), out)
+        return out
 
     # --- serialization (into the global stream's side information) ---------------------
 
@@ -107,18 +100,6 @@ class Tree:
                 scales.append(s)
         right = _right_children(prop)
         return cls(prop=prop, thr=thr, right=right, leaf=leaf, scales=np.array(scales, dtype=np.int64))
-
-
-def _walk(tree, props: np.ndarray, node: np.ndarray) -> np.ndarray:
-    """The leaf node reached from ``node`` by every column of ``props`` (P, N)."""
-    n = props.shape[1]
-    flat_t = np.ascontiguousarray(props).ravel()  # property p of pixel r at p * n + r
-    at = tree._read * n  # where each node's property row starts in flat_t
-    pixel = np.arange(n, dtype=np.int64)
-    thr, left, right = tree.thr, tree._left, tree._right
-    for _ in range(tree._depth):
-        node = np.where(flat_t[at[node] + pixel] > thr[node], right[node], left[node])
-    return node
 
 
 def _right_children(prop: np.ndarray) -> np.ndarray:

@@ -13,11 +13,10 @@ from __future__ import annotations
 import numpy as np
 from constriction import stream
 
+from . import contextkernel as ck
+from .contextkernel import CHUNK
 from .errors import CorruptRecordError
 
-# Symbols per adaptation step. Smaller adapts faster, larger costs fewer calls.
-# Part of the bitstream definition: changing it changes every record.
-CHUNK = 512
 # Chunks whose probabilities the encoder hands to the range coder in one call (speed only).
 BATCH = 32
 
@@ -39,15 +38,12 @@ class AdaptiveTables:
     symbol's probability is the average of the two rows' frequencies, computed as the
     integer ``fast * total_slow + slow * total_fast`` normalized once, so it is exact.
     Counts start at ``init``; a row whose total exceeds its limit is halved (rounding
-    up, so no count reaches zero).
-
-    Row totals are kept alongside the rows (integers, so always equal to the row sums),
-    and a chunk's contexts are grouped once (``group``) and reused by ``probabilities``
-    and ``update``: speedups of the same integer arithmetic, not a new model.
+    up, so no count reaches zero). Row totals are kept alongside the rows (integers, so
+    always equal to the row sums). The rules run compiled (``contextkernel``).
     """
 
-    FAST = (48, 1 << 13)  # (increment, limit)
-    SLOW = (24, 1 << 16)
+    FAST = ck.FAST  # (increment, limit)
+    SLOW = ck.SLOW
 
     def __init__(self, contexts: int, alphabet: int, *, init: np.ndarray | None = None) -> None:
         if init is None:
@@ -56,55 +52,36 @@ class AdaptiveTables:
         self.slow = self.fast.copy()
         self._fast_total = self.fast.sum(axis=1)
         self._slow_total = self._fast_total.copy()
-        self._slot = np.zeros(contexts, dtype=np.int64)
+        self._seen = np.zeros(contexts, dtype=np.bool_)  # the update's scratch: all False between calls
 
     @property
     def alphabet(self) -> int:
         return self.fast.shape[1]
 
-    def group(self, ctx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(distinct contexts in increasing order, index of each symbol's context among them)."""
-        rows = np.flatnonzero(np.bincount(ctx, minlength=self._slot.size))
-        self._slot[rows] = np.arange(rows.size)
-        return rows, self._slot[ctx]
-
     def mixed_counts(self, ctx: np.ndarray) -> np.ndarray:
         return self.fast[ctx] * self._slow_total[ctx, None] + self.slow[ctx] * self._fast_total[ctx, None]
 
-    def row_probabilities(self, rows: np.ndarray) -> np.ndarray:
-        """The probability rows of the distinct contexts ``rows``: each row by itself (the
-        same floats however many rows are computed together)."""
-        total = 2 * self._fast_total[rows] * self._slow_total[rows]
-        return self.mixed_counts(rows) / total[:, None]
-
-    def probabilities(
-        self, ctx: np.ndarray, groups: tuple[np.ndarray, np.ndarray] | None = None, out: np.ndarray | None = None
-    ) -> np.ndarray:
-        # Each distinct context's row is computed once and then gathered: the same
-        # arithmetic per row as computing all rows, so the same floats. A mixed row sums
-        # to 2 * total_fast * total_slow exactly (integers), the divisor of every entry.
-        # ``out`` (ctx.size, alphabet) receives the rows without an intermediate copy.
-        rows, inverse = self.group(ctx) if groups is None else groups
-        table = self.row_probabilities(rows)
+    def probabilities(self, ctx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The probability row of each symbol's context (into ``out`` (ctx.size, alphabet)
+        if given): each row by itself, the same floats however many are computed together."""
+        ctx = np.ascontiguousarray(ctx, dtype=np.int64)
         if out is None:
-            return table[inverse]
-        # mode="clip": inverse is always in range, and np.take buffers ``out`` in "raise" mode.
-        return np.take(table, inverse, axis=0, out=out, mode="clip")
+            out = np.empty((ctx.size, self.alphabet), dtype=np.float64)
+        ck.table_probabilities(self.fast, self.slow, self._fast_total, self._slow_total, ctx, out)
+        return out
 
-    def update(self, ctx: np.ndarray, symbols: np.ndarray, groups: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-        rows, inverse = self.group(ctx) if groups is None else groups
-        hits = np.bincount(inverse, minlength=rows.size)
-        flat = ctx * self.alphabet + symbols
-        for table, total, (increment, limit) in (
-            (self.fast, self._fast_total, self.FAST),
-            (self.slow, self._slow_total, self.SLOW),
-        ):
-            np.add.at(table.reshape(-1), flat, increment)
-            total[rows] += increment * hits
-            over = rows[total[rows] > limit]
-            if over.size:
-                table[over] = (table[over] + 1) >> 1
-                total[over] = table[over].sum(axis=1)
+    def update(self, ctx: np.ndarray, symbols: np.ndarray) -> None:
+        """Count one chunk's symbols, then halve the rows it touched that passed their limit."""
+        ck.table_update(self.fast, self.slow, self._fast_total, self._slow_total,
+                        np.ascontiguousarray(ctx, dtype=np.int64), np.ascontiguousarray(symbols, dtype=np.int64),
+                        self._seen)
+
+    def code_chunks(self, ctx: np.ndarray, symbols: np.ndarray, out: np.ndarray) -> None:
+        """The probability rows of known symbols coded in chunks of ``CHUNK`` from the
+        first, the tables updated after each chunk (the encoder's side of ``Decoder.adaptive``)."""
+        ck.table_chunks(self.fast, self.slow, self._fast_total, self._slow_total,
+                        np.ascontiguousarray(ctx, dtype=np.int64), np.ascontiguousarray(symbols, dtype=np.int64),
+                        self._seen, out)
 
 
 class RowModel:
@@ -167,11 +144,7 @@ class Encoder:
         for start in range(0, symbols.size, BATCH * CHUNK):
             stop = min(symbols.size, start + BATCH * CHUNK)
             probs = buffer[: stop - start]
-            for lo in range(start, stop, CHUNK):
-                s, c = symbols[lo : lo + CHUNK], ctx[lo : lo + CHUNK]
-                groups = tables.group(c)
-                tables.probabilities(c, groups, out=probs[lo - start : lo - start + s.size])
-                tables.update(c, s, groups)
+            tables.code_chunks(ctx[start:stop], symbols[start:stop], probs)
             self.categorical(symbols[start:stop], probs)
 
     def windowed(self, symbols: np.ndarray, ctx: np.ndarray, offsets: np.ndarray, width: int, model: RowModel) -> None:
@@ -217,11 +190,11 @@ class Decoder:
 
     def adaptive(self, ctx: np.ndarray, tables: AdaptiveTables) -> np.ndarray:
         out = np.empty(ctx.size, dtype=np.int64)
+        probs = np.empty((min(ctx.size, CHUNK), tables.alphabet), dtype=np.float64)
         for lo in range(0, ctx.size, CHUNK):
             c = ctx[lo : lo + CHUNK]
-            groups = tables.group(c)
-            s = self.categorical(tables.probabilities(c, groups))
-            tables.update(c, s, groups)
+            s = self.categorical(tables.probabilities(c, probs[: c.size]))
+            tables.update(c, s)
             out[lo : lo + CHUNK] = s
         return out
 
@@ -258,14 +231,14 @@ class PieceDecoder:
             if self._filled == CHUNK:
                 # Only the rows of the chunk's contexts change: recompute those.
                 ctx_chunk = np.concatenate(self._ctx)
-                groups = self.tables.group(ctx_chunk)
-                self.tables.update(ctx_chunk, np.concatenate(self._sym), groups)
-                self._rows[groups[0]] = self.tables.row_probabilities(groups[0])
+                self.tables.update(ctx_chunk, np.concatenate(self._sym))
+                rows = np.unique(ctx_chunk)
+                self._rows[rows] = self.tables.probabilities(rows)
                 self._ctx, self._sym, self._filled = [], [], 0
             if self._rows is None:
                 # Each row is computed as ``probabilities`` computes it (the same integers,
                 # one division): the same floats, kept for every context and piece.
-                self._rows = self.tables.row_probabilities(np.arange(self.tables.fast.shape[0]))
+                self._rows = self.tables.probabilities(np.arange(self.tables.fast.shape[0]))
             take = min(CHUNK - self._filled, ctx.size - at)
             c = ctx[at : at + take]
             s = self.dec.categorical(self._rows[c])

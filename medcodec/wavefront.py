@@ -233,7 +233,6 @@ class RasterGlobalPathCoder:
         token, extra, nbits = tokenize(zigzag(residual[order]), MANTISSA)
         ctx = ctx[order]
         tables = _leaf_tables(tree, info.bits)
-        seen = np.zeros(tree.n_leaves, dtype=np.bool_)
         rows, cols = info.rows, info.cols
         bounds = np.concatenate([[0], np.cumsum(np.bincount(
             (2 * np.arange(rows)[:, None] + np.arange(cols)[None, :]).ravel(), minlength=2 * (rows - 1) + cols))])
@@ -246,8 +245,7 @@ class RasterGlobalPathCoder:
         enc = Encoder()
         for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
             p = probs[: hi - lo]
-            wk.table_chunks(tables.fast, tables.slow, tables._fast_total, tables._slow_total, ctx[lo:hi], token[lo:hi],
-                            seen, p)
+            tables.code_chunks(ctx[lo:hi], token[lo:hi], p)
             enc.categorical(token[lo:hi], p)
             k = wk.raw_order(token[lo:hi], hi - lo, raw_bits, extra[lo:hi], order, sizes, values)
             if k >= 0:
@@ -509,8 +507,6 @@ def decode_plane(rows: int, cols: int, plane: ParsedPlane) -> np.ndarray:
         weights = np.zeros((max(1, len(fitted)), n_feat), dtype=np.int64)
         weights[: len(fitted)] = np.asarray(fitted, dtype=np.int64).reshape(len(fitted), n_feat)
     tables = _leaf_tables(tree, plane.bits)
-    fast, slow, fast_total, slow_total = tables.fast, tables.slow, tables._fast_total, tables._slow_total
-    seen = np.zeros(tree.n_leaves, dtype=np.bool_)
     dec = Decoder(plane.payload)
     lowest, raw_bits = token_lookup(plane.bits, MANTISSA)
     longest = min(rows, cols // 2 + 1)
@@ -531,10 +527,8 @@ def decode_plane(rows: int, cols: int, plane: ParsedPlane) -> np.ndarray:
                                 choice, offset, model, weights, pos, pred, pred8, sub, ctx)
         for lo in range(0, m, CHUNK):
             hi = min(m, lo + CHUNK)
-            p = probs[: hi - lo]
-            wk.table_probabilities(fast, slow, fast_total, slow_total, ctx[lo:hi], p)
-            token[lo:hi] = dec.categorical(p)
-            wk.table_update(fast, slow, fast_total, slow_total, ctx[lo:hi], token[lo:hi], seen)
+            token[lo:hi] = dec.categorical(tables.probabilities(ctx[lo:hi], probs[: hi - lo]))
+            tables.update(ctx[lo:hi], token[lo:hi])
         k = wk.raw_order(token, m, raw_bits, none, order, sizes, none)
         if k >= 0:
             fields = dec.sized(sizes[:k])

@@ -15,8 +15,6 @@ contexts and probabilities, and the same bytes: the golden records decode unchan
   the adaptive tables of their contexts, so each anti-diagonal is one round trip: the
   kernel predicts the diagonal and gives its contexts, constriction decodes its tokens,
   the kernel records the values.
-* ``table_probabilities`` and ``table_update``: ``entropy.AdaptiveTables``' integer rules
-  over one chunk (the same floats: one exactly rounded float64 division per entry).
 
 State is the ``Wavefront``'s flat arrays: ``value`` (the plane, a sentinel 0 at index
 ``n``, and, where the plane has a previous plane, that plane ``prev_shift`` entries later
@@ -29,7 +27,8 @@ import numpy as np
 from numba import njit
 from numba.cpython.unsafe.numbers import leading_zeros
 
-from .entropy import CHUNK, UNIFORM_PIECE, AdaptiveTables
+from .contextkernel import leaf_of
+from .entropy import UNIFORM_PIECE
 from .paths import _HALF, WEIGHT_BITS
 
 # --- the weighted predictor (part of the bitstream definition) ---------------------------
@@ -53,8 +52,13 @@ _LS_DC = np.array([d[1] for d in LS_NEIGHBOURS], dtype=np.int64)
 _N_LS = len(LS_NEIGHBOURS)
 _MAXW = np.array(MAX_WEIGHTS, dtype=np.int64)
 _P3C = np.array(P3C, dtype=np.int64)
-_FAST_INC, _FAST_LIMIT = AdaptiveTables.FAST
-_SLOW_INC, _SLOW_LIMIT = AdaptiveTables.SLOW
+# An index as unsigned, ``_u(i)``: numba then adds no negative-index wraparound (as in
+# ``coders.wpkernel``). Every index here is >= 0.
+_u = np.uint64
+# (1 << 24) // (d + 1) for the predictor's two divisions, whose divisors are small: an error
+# sum e shifted by max(floor(log2(e + 1)) - 5, 0) is below 64, and the weights shifted by
+# floor(log2(their sum)) - 4 sum to less than 32.
+_INV = np.array([(1 << 24) // (d + 1) for d in range(64)], dtype=np.int64)
 
 
 @njit(cache=True, inline="always")
@@ -89,33 +93,33 @@ def _neighbours(pos, r, c, cols, zero):
 def _predict(pos, r, c, cols, zero, value, true_err, sub_err, prev_shift, has_prev, maxv, sub, weights):
     """(prediction clipped to [0, maxv], prediction x8); the sub-predictions into ``sub``."""
     w, n, nw, ne, nn, ww, ew, en, enw, ene, eww = _neighbours(pos, r, c, cols, zero)
-    W = value[w] << EXTRA_BITS
-    N = value[n] << EXTRA_BITS
-    NW = value[nw] << EXTRA_BITS
-    NE = value[ne] << EXTRA_BITS
-    NN = value[nn] << EXTRA_BITS
-    teW = true_err[ew]
-    teN = true_err[en]
-    teNW = true_err[enw]
-    teNE = true_err[ene]
+    W = value[_u(w)] << EXTRA_BITS
+    N = value[_u(n)] << EXTRA_BITS
+    NW = value[_u(nw)] << EXTRA_BITS
+    NE = value[_u(ne)] << EXTRA_BITS
+    NN = value[_u(nn)] << EXTRA_BITS
+    teW = true_err[_u(ew)]
+    teN = true_err[_u(en)]
+    teNW = true_err[_u(enw)]
+    teNE = true_err[_u(ene)]
     sub[0] = W + NE - N
     sub[1] = N - (((teW + teN + teNE) * P1C) >> 5)
     sub[2] = W - (((teW + teN + teNW) * P2C) >> 5)
     sub[3] = N - ((teNW * _P3C[0] + teN * _P3C[1] + teNE * _P3C[2] + (NN - N) * _P3C[3] + (NW - W) * _P3C[4]) >> 5)
     n_sub = 4
     if has_prev:
-        pc = value[pos + prev_shift] << EXTRA_BITS
-        pW = value[w + prev_shift] << EXTRA_BITS
-        pN = value[n + prev_shift] << EXTRA_BITS
+        pc = value[_u(pos + prev_shift)] << EXTRA_BITS
+        pW = value[_u(w + prev_shift)] << EXTRA_BITS
+        pN = value[_u(n + prev_shift)] << EXTRA_BITS
         sub[4] = pc + (((W - pW) + (N - pN)) >> 1)
         n_sub = 5
     total_w = np.int64(0)
     for i in range(n_sub):
-        err = sub_err[i, ew] + sub_err[i, en] + sub_err[i, enw] + sub_err[i, ene] + sub_err[i, eww]
+        err = sub_err[i, _u(ew)] + sub_err[i, _u(en)] + sub_err[i, _u(enw)] + sub_err[i, _u(ene)] + sub_err[i, _u(eww)]
         shift = _floor_log2(err + 1) - 5
         if shift < 0:
             shift = 0
-        wi = 4 + ((_MAXW[i] * ((1 << 24) // ((err >> shift) + 1))) >> shift)
+        wi = 4 + ((_MAXW[i] * _INV[_u(err >> shift)]) >> shift)
         weights[i] = wi
         total_w += wi
     shift = _floor_log2(total_w) - 4
@@ -126,7 +130,7 @@ def _predict(pos, r, c, cols, zero, value, true_err, sub_err, prev_shift, has_pr
         wsum += wi
         total += sub[i] * wi
     total += (wsum >> 1) - 1
-    pred8 = (total * ((1 << 24) // wsum)) >> 24
+    pred8 = (total * _INV[_u(wsum - 1)]) >> 24
     if not ((teN ^ teW) | (teN ^ teNW)) > 0:
         lo = min(min(W, NE), N)
         hi = max(max(W, NE), N)
@@ -137,11 +141,11 @@ def _predict(pos, r, c, cols, zero, value, true_err, sub_err, prev_shift, has_pr
 
 @njit(cache=True, inline="always")
 def _record(pos, v, pred8, sub, n_sub, value, true_err, sub_err):
-    value[pos] = v
+    value[_u(pos)] = v
     v8 = v << EXTRA_BITS
-    true_err[pos] = pred8 - v8
+    true_err[_u(pos)] = pred8 - v8
     for i in range(n_sub):
-        sub_err[i, pos] = (abs(sub[i] - v8) + _ROUND) >> EXTRA_BITS
+        sub_err[i, _u(pos)] = (abs(sub[i] - v8) + _ROUND) >> EXTRA_BITS
 
 
 @njit(cache=True, inline="always")
@@ -149,30 +153,30 @@ def _properties(pos, r, c, cols, zero, value, true_err, prev_shift, has_prev, pr
     """``Wavefront.PROPERTIES`` of one pixel into ``out`` (16,)."""
     w, n, nw, ne, nn, ww, ew, en, enw, ene, eww = _neighbours(pos, r, c, cols, zero)
     # max_err: the error of largest size among eW, eN, eNW, eNE (the first on ties)
-    best = true_err[ew]
+    best = true_err[_u(ew)]
     size = abs(best)
     total = size
-    for e in (true_err[en], true_err[enw], true_err[ene]):
+    for e in (true_err[_u(en)], true_err[_u(enw)], true_err[_u(ene)]):
         total += abs(e)
         if abs(e) > size:
             best, size = e, abs(e)
     out[0] = best
     out[1] = total >> EXTRA_BITS
-    W, N, NW, NE = value[w], value[n], value[nw], value[ne]
+    W, N, NW, NE = value[_u(w)], value[_u(n)], value[_u(nw)], value[_u(ne)]
     out[2] = N
     out[3] = W
     out[4] = N - NW
     out[5] = W - NW
     out[6] = NE - N
-    out[7] = N - value[nn]
-    out[8] = W - value[ww]
+    out[7] = N - value[_u(nn)]
+    out[8] = W - value[_u(ww)]
     out[9] = max(max(W, N), max(NW, NE)) - min(min(W, N), min(NW, NE))
     out[10] = r
     out[11] = c
     out[12] = W + N - NW - pred
     if has_prev:
-        pc, pW, pN = value[pos + prev_shift], value[w + prev_shift], value[n + prev_shift]
-        pNW, pNE = value[nw + prev_shift], value[ne + prev_shift]
+        pc, pW, pN = value[_u(pos + prev_shift)], value[_u(w + prev_shift)], value[_u(n + prev_shift)]
+        pNW, pNE = value[_u(nw + prev_shift)], value[_u(ne + prev_shift)]
         out[13] = pc - (pW + pN - pNW)
         out[14] = abs(W - pW) + abs(N - pN) + abs(NW - pNW) + abs(NE - pNE)
         out[15] = pc + ((W - pW + N - pN) >> 1) - pred
@@ -183,21 +187,11 @@ def _properties(pos, r, c, cols, zero, value, true_err, prev_shift, has_prev, pr
 
 
 @njit(cache=True, inline="always")
-def _leaf(prop, thr, right, leaf, root, props):
-    """The leaf id a pixel's properties reach from node ``root`` (trees are checked when
-    read: every step moves forward and ends at a leaf)."""
-    node = root
-    while prop[node] >= 0:
-        node = right[node] if props[prop[node]] > thr[node] else node + 1
-    return leaf[node]
-
-
-@njit(cache=True, inline="always")
 def _fitted(pos, r, c, cols, zero, value, true_err, prev_shift, has_prev, pred8, weights, m, maxv):
     """Fitted predictor ``m``'s prediction: ``clip(ref + (w . x + half) >> WEIGHT_BITS)``
     over ``wavefront.ls_features`` (computed in place, not stored)."""
     w, n, nw, ne, nn, ww, ew, en, enw, ene, eww = _neighbours(pos, r, c, cols, zero)
-    ref = (value[w] + value[n]) >> 1
+    ref = (value[_u(w)] + value[_u(n)]) >> 1
     acc = np.int64(0)
     for k in range(_N_LS):
         rr = r + _LS_DR[k]
@@ -206,12 +200,12 @@ def _fitted(pos, r, c, cols, zero, value, true_err, prev_shift, has_prev, pred8,
             at = pos + _LS_DR[k] * cols + _LS_DC[k]
         else:
             at = n if _LS_DC[k] >= 0 else w
-        acc += weights[m, k] * (value[at] - ref)
+        acc += weights[m, k] * (value[_u(at)] - ref)
     acc += weights[m, _N_LS] * (pred8 - (ref << EXTRA_BITS))
-    acc += weights[m, _N_LS + 1] * true_err[ew] + weights[m, _N_LS + 2] * true_err[en]
-    acc += weights[m, _N_LS + 3] * true_err[enw] + weights[m, _N_LS + 4] * true_err[ene]
+    acc += weights[m, _N_LS + 1] * true_err[_u(ew)] + weights[m, _N_LS + 2] * true_err[_u(en)]
+    acc += weights[m, _N_LS + 3] * true_err[_u(enw)] + weights[m, _N_LS + 4] * true_err[_u(ene)]
     if has_prev:
-        acc += weights[m, _N_LS + 5] * (value[pos + prev_shift] - ((value[w + prev_shift] + value[n + prev_shift]) >> 1))
+        acc += weights[m, _N_LS + 5] * (value[_u(pos + prev_shift)] - ((value[_u(w + prev_shift)] + value[_u(n + prev_shift)]) >> 1))
     out = ref + ((acc + _HALF) >> WEIGHT_BITS)
     return min(max(out, 0), maxv)
 
@@ -221,14 +215,14 @@ def _table_prediction(pos, r, c, cols, zero, value, true_err, prev_shift, has_pr
                       choice, offset, model, weights, maxv):
     """The prediction under the leaf's entry (v2, v3): ``wavefront.LEAF_PREDICTORS[pick]``
     or fitted predictor ``pick - N_FIXED``, plus the leaf's offset, within [0, maxv]."""
-    pick = choice[leaf]
+    pick = choice[_u(leaf)]
     if pick == 0:
         out = weighted
     elif pick >= N_FIXED:
-        out = _fitted(pos, r, c, cols, zero, value, true_err, prev_shift, has_prev, pred8, weights, model[leaf], maxv)
+        out = _fitted(pos, r, c, cols, zero, value, true_err, prev_shift, has_prev, pred8, weights, model[_u(leaf)], maxv)
     else:
         w, n, nw, ne, nn, ww, ew, en, enw, ene, eww = _neighbours(pos, r, c, cols, zero)
-        W, N, NW, NE = value[w], value[n], value[nw], value[ne]
+        W, N, NW, NE = value[_u(w)], value[_u(n)], value[_u(nw)], value[_u(ne)]
         plane = W + N - NW
         gradient = min(max(plane, min(W, N)), max(W, N))
         if pick == 1:
@@ -245,7 +239,7 @@ def _table_prediction(pos, r, c, cols, zero, value, true_err, prev_shift, has_pr
             out = min(max(plane, 0), maxv)
         else:
             out = (weighted + gradient) >> 1
-    return min(max(out + offset[leaf], 0), maxv)
+    return min(max(out + offset[_u(leaf)], 0), maxv)
 
 
 # --- the encoder: a known plane ------------------------------------------------------------
@@ -265,7 +259,7 @@ def analyse(rows, cols, value, true_err, sub_err, prev_shift, has_prev, maxv, pr
             p, p8 = _predict(pos, r, c, cols, zero, value, true_err, sub_err, prev_shift, has_prev, maxv, sub, weights)
             pred[pos] = p
             pred8[pos] = p8
-            _record(pos, value[pos], p8, sub, n_sub, value, true_err, sub_err)
+            _record(pos, value[_u(pos)], p8, sub, n_sub, value, true_err, sub_err)
 
 
 @njit(cache=True, nogil=True)
@@ -287,7 +281,7 @@ def contexts_at(start, stop, cols, value, true_err, prev_shift, has_prev, pred, 
     props = np.empty(N_PROPERTIES, dtype=np.int64)
     for pos in range(start, stop):
         _properties(pos, pos // cols, pos % cols, cols, zero, value, true_err, prev_shift, has_prev, pred[pos], props)
-        out[pos] = _leaf(prop, thr, right, leaf, 0, props)
+        out[pos] = leaf_of(prop, thr, right, leaf, 0, props)
 
 
 @njit(cache=True, nogil=True)
@@ -299,7 +293,7 @@ def ls_features_at(at, cols, value, true_err, prev_shift, has_prev, pred8, out, 
         r = pos // cols
         c = pos % cols
         w, n, nw, ne, nn, ww, ew, en, enw, ene, eww = _neighbours(pos, r, c, cols, zero)
-        base = (value[w] + value[n]) >> 1
+        base = (value[_u(w)] + value[_u(n)]) >> 1
         ref[i] = base
         for k in range(_N_LS):
             rr = r + _LS_DR[k]
@@ -309,12 +303,12 @@ def ls_features_at(at, cols, value, true_err, prev_shift, has_prev, pred8, out, 
             else:
                 out[k, i] = value[n if _LS_DC[k] >= 0 else w] - base
         out[_N_LS, i] = pred8[pos] - (base << EXTRA_BITS)
-        out[_N_LS + 1, i] = true_err[ew]
-        out[_N_LS + 2, i] = true_err[en]
-        out[_N_LS + 3, i] = true_err[enw]
-        out[_N_LS + 4, i] = true_err[ene]
+        out[_N_LS + 1, i] = true_err[_u(ew)]
+        out[_N_LS + 2, i] = true_err[_u(en)]
+        out[_N_LS + 3, i] = true_err[_u(enw)]
+        out[_N_LS + 4, i] = true_err[_u(ene)]
         if has_prev:
-            out[_N_LS + 5, i] = value[pos + prev_shift] - ((value[w + prev_shift] + value[n + prev_shift]) >> 1)
+            out[_N_LS + 5, i] = value[_u(pos + prev_shift)] - ((value[_u(w + prev_shift)] + value[_u(n + prev_shift)]) >> 1)
 
 
 @njit(cache=True, nogil=True)
@@ -349,7 +343,7 @@ def predict_diagonal(t, rows, cols, value, true_err, sub_err, prev_shift, has_pr
         pos = r * cols + c
         p, p8 = _predict(pos, r, c, cols, zero, value, true_err, sub_err, prev_shift, has_prev, maxv, sub, wts)
         _properties(pos, r, c, cols, zero, value, true_err, prev_shift, has_prev, p, props)
-        ctx = _leaf(prop, thr, right, leaf, 0, props)
+        ctx = leaf_of(prop, thr, right, leaf, 0, props)
         if has_table:
             p = _table_prediction(pos, r, c, cols, zero, value, true_err, prev_shift, has_prev, p, p8, ctx,
                                   choice, offset, model, weights, maxv)
@@ -413,69 +407,9 @@ def finish_diagonal(m, has_prev, maxv, pos_in, pred_in, pred8_in, sub_in, token,
         z = lowest[token[i]] + extra[i]
         v = pred_in[i] + ((z >> 1) ^ -(z & 1))
         pos = pos_in[i]
-        value[pos] = v
+        value[_u(pos)] = v
         v8 = v << EXTRA_BITS
-        true_err[pos] = pred8_in[i] - v8
+        true_err[_u(pos)] = pred8_in[i] - v8
         for s in range(n_sub):
-            sub_err[s, pos] = (abs(sub_in[s, i] - v8) + _ROUND) >> EXTRA_BITS
+            sub_err[s, _u(pos)] = (abs(sub_in[s, i] - v8) + _ROUND) >> EXTRA_BITS
     return True
-
-
-# --- adaptive tables (entropy.AdaptiveTables' rules) -----------------------------------------
-
-
-@njit(cache=True, nogil=True)
-def table_probabilities(fast, slow, fast_total, slow_total, ctx, out):
-    """The probability row of each symbol's context: ``AdaptiveTables.probabilities``."""
-    alphabet = fast.shape[1]
-    for i in range(ctx.size):
-        k = ctx[i]
-        ft = fast_total[k]
-        st = slow_total[k]
-        total = np.float64(2 * ft * st)
-        for a in range(alphabet):
-            out[i, a] = np.float64(fast[k, a] * st + slow[k, a] * ft) / total
-
-
-@njit(cache=True, nogil=True)
-def table_chunks(fast, slow, fast_total, slow_total, ctx, symbols, seen, out):
-    """The probability rows of known symbols coded in chunks of ``CHUNK``, the tables
-    updated after each chunk: what ``Decoder.adaptive`` will see (the encoder's side)."""
-    for lo in range(0, ctx.size, CHUNK):
-        hi = min(ctx.size, lo + CHUNK)
-        table_probabilities(fast, slow, fast_total, slow_total, ctx[lo:hi], out[lo:hi])
-        table_update(fast, slow, fast_total, slow_total, ctx[lo:hi], symbols[lo:hi], seen)
-
-
-@njit(cache=True, nogil=True)
-def table_update(fast, slow, fast_total, slow_total, ctx, symbols, seen):
-    """``AdaptiveTables.update`` over one chunk: every symbol's count raised, then each row
-    the chunk touched halved (rounding up) if its total passed its limit. ``seen``: one
-    flag per context, all False on entry and on return."""
-    for i in range(ctx.size):
-        k = ctx[i]
-        s = symbols[i]
-        fast[k, s] += _FAST_INC
-        fast_total[k] += _FAST_INC
-        slow[k, s] += _SLOW_INC
-        slow_total[k] += _SLOW_INC
-    for i in range(ctx.size):
-        k = ctx[i]
-        if seen[k]:
-            continue
-        seen[k] = True
-        if fast_total[k] > _FAST_LIMIT:
-            fast_total[k] = _halve(fast, k)
-        if slow_total[k] > _SLOW_LIMIT:
-            slow_total[k] = _halve(slow, k)
-    for i in range(ctx.size):
-        seen[ctx[i]] = False
-
-
-@njit(cache=True, inline="always")
-def _halve(table, k):
-    total = np.int64(0)
-    for a in range(table.shape[1]):
-        table[k, a] = (table[k, a] + 1) >> 1
-        total += table[k, a]
-    return total

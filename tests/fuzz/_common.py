@@ -97,7 +97,7 @@ INSTRUMENTED = (
 # tracing calls in it do not type (every input reaching the kernel failed with TypingError).
 NOT_INSTRUMENTED = [
     "pydicom._dicom_dict", "pydicom._private_dict", "pydicom._uid_dict", "medcodec.deid_table",
-    "medcodec.coders.wpkernel", "medcodec.wavekernel",
+    "medcodec.coders.wpkernel", "medcodec.wavekernel", "medcodec.contextkernel",
 ]
 # -medcodec_instrument=medcodec: leave pydicom out (3 s less to start, for short passes).
 _PACKAGES = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("-medcodec_instrument=")),

@@ -1,0 +1,106 @@
+"""Compiled context-model primitives shared by the coders: the walk down a context tree
+(``ctxtree.Tree``) and the adaptive frequency tables (``entropy.AdaptiveTables``).
+
+Both are integer rules of the bitstream: a node goes right when its property is greater
+than its threshold; a table counts each coded symbol, halves a row (rounding up) once its
+total passes its limit, and gives a symbol the probability ``(fast * slow_total + slow *
+fast_total) / (2 * fast_total * slow_total)``, one exactly rounded float64 division (the
+same float on every IEEE-754 machine, as numpy's ``int64 / int64``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# (increment, limit) of each row's fast and slow copy.
+FAST = (48, 1 << 13)
+SLOW = (24, 1 << 16)
+# Symbols per adaptation step. Smaller adapts faster, larger costs fewer calls.
+# Part of the bitstream definition: changing it changes every record.
+CHUNK = 512
+_FAST_INC, _FAST_LIMIT = FAST
+_SLOW_INC, _SLOW_LIMIT = SLOW
+
+
+# --- context trees ----------------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def leaf_of(prop, thr, right, leaf, root, props):
+    """The leaf id a pixel's properties reach from node ``root`` (trees are checked when
+    read: every step moves forward and ends at a leaf)."""
+    node = root
+    while prop[node] >= 0:
+        node = right[node] if props[prop[node]] > thr[node] else node + 1
+    return leaf[node]
+
+
+@njit(cache=True, nogil=True)
+def leaves(prop, thr, right, leaf, props, out):
+    """The leaf of every column of ``props`` (P, n)."""
+    for i in range(props.shape[1]):
+        node = 0
+        while prop[node] >= 0:
+            node = right[node] if props[prop[node], i] > thr[node] else node + 1
+        out[i] = leaf[node]
+
+
+# --- adaptive frequency tables (``entropy.AdaptiveTables``) -----------------------------------
+
+
+@njit(cache=True, nogil=True)
+def table_probabilities(fast, slow, fast_total, slow_total, ctx, out):
+    """The probability row of each symbol's context: ``AdaptiveTables.probabilities``."""
+    alphabet = fast.shape[1]
+    for i in range(ctx.size):
+        k = ctx[i]
+        ft = fast_total[k]
+        st = slow_total[k]
+        total = np.float64(2 * ft * st)
+        for a in range(alphabet):
+            out[i, a] = np.float64(fast[k, a] * st + slow[k, a] * ft) / total
+
+
+@njit(cache=True, nogil=True)
+def table_chunks(fast, slow, fast_total, slow_total, ctx, symbols, seen, out):
+    """The probability rows of known symbols coded in chunks of ``CHUNK``, the tables
+    updated after each chunk: what ``Decoder.adaptive`` will see (the encoder's side)."""
+    for lo in range(0, ctx.size, CHUNK):
+        hi = min(ctx.size, lo + CHUNK)
+        table_probabilities(fast, slow, fast_total, slow_total, ctx[lo:hi], out[lo:hi])
+        table_update(fast, slow, fast_total, slow_total, ctx[lo:hi], symbols[lo:hi], seen)
+
+
+@njit(cache=True, nogil=True)
+def table_update(fast, slow, fast_total, slow_total, ctx, symbols, seen):
+    """``AdaptiveTables.update`` over one chunk: every symbol's count raised, then each row
+    the chunk touched halved (rounding up) if its total passed its limit. ``seen``: one
+    flag per context, all False on entry and on return."""
+    for i in range(ctx.size):
+        k = ctx[i]
+        s = symbols[i]
+        fast[k, s] += _FAST_INC
+        fast_total[k] += _FAST_INC
+        slow[k, s] += _SLOW_INC
+        slow_total[k] += _SLOW_INC
+    for i in range(ctx.size):
+        k = ctx[i]
+        if seen[k]:
+            continue
+        seen[k] = True
+        if fast_total[k] > _FAST_LIMIT:
+            fast_total[k] = _halve(fast, k)
+        if slow_total[k] > _SLOW_LIMIT:
+            slow_total[k] = _halve(slow, k)
+    for i in range(ctx.size):
+        seen[ctx[i]] = False
+
+
+@njit(cache=True, inline="always")
+def _halve(table, k):
+    total = np.int64(0)
+    for a in range(table.shape[1]):
+        table[k, a] = (table[k, a] + 1) >> 1
+        total += table[k, a]
+    return total
