@@ -67,9 +67,9 @@ def test_registry_knows_every_global_model_once_and_records_name_only_record_lev
     every = registered()
     record_level = registered(record_level=True)
     assert {"per-plane-fast-v6", "per-plane-fast-v5", "per-plane-fast-v4", "per-plane-fast-v3", "per-plane-v6",
-            "interlaced-ls-v1"} <= set(record_level)
+            "per-plane-v7", "interlaced-ls-v1"} <= set(record_level)
     assert {"raster-wpc-v1", "raster-wpc-diff-v1", "raster-wpc-v2", "raster-wpc-diff-v2", "raster-wpc-v3",
-            "raster-wpc-diff-v3", "wavelet53-v1", "wavelet53-v2"} <= set(every) - set(record_level)
+            "raster-wpc-diff-v3", "raster-wp-v4", "raster-wp-diff-v4", "wavelet53-v1", "wavelet53-v2"} <= set(every) - set(record_level)
     for selector in (v for v in record_level.values() if isinstance(v, PlaneSelector)):
         assert all(c in every for c in selector.candidates)
     from medcodec.codec import GLOBAL_MODELS, PRESET_GLOBAL_MODEL
@@ -128,7 +128,7 @@ def _difference_coders():
 
 def test_every_difference_coder_is_data_over_a_registered_base():
     coders = _difference_coders()
-    assert {c.model_id for c in coders} == {"raster-wp-diff-v1", "raster-wp-diff-v2", "raster-wp-diff-v3",
+    assert {c.model_id for c in coders} == {"raster-wp-diff-v1", "raster-wp-diff-v2", "raster-wp-diff-v3", "raster-wp-diff-v4",
                                             "interlaced-ls-diff-v1", "raster-wpc-diff-v1", "raster-wpc-diff-v2",
                                             "raster-wpc-diff-v3"}
     assert all(c.base in registered() and c.base_coder().model_id == c.base for c in coders)

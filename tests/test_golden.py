@@ -137,8 +137,9 @@ def test_golden_records_cover_a_raster_leaf_table():
     assert entries and max(entries) > 0
 
 
-def test_golden_records_cover_fitted_raster_predictors():
-    # raster-wp-v3: a golden plane whose leaves pick a fitted predictor.
+@pytest.mark.parametrize("model_id", ["raster-wp-v3", "raster-wp-v4"])
+def test_golden_records_cover_fitted_raster_predictors(model_id):
+    # raster-wp-v3 and v4 (v3's side information): a golden plane whose leaves pick a fitted predictor.
     from medcodec import container as ct
     from medcodec import ctxtree
     from medcodec.codec import PER_PLANE_MODELS
@@ -154,7 +155,7 @@ def test_golden_records_cover_fitted_raster_predictors():
         rows, cols = info["shape"][-2:]
         for sec in ct.read_record(blob).of_type(ct.SECTION_GLOBAL)[:1]:  # the first plane: no previous one
             r = IntReader(sec.payload)
-            if PER_PLANE_MODELS[info["models"]["global"]].candidates[r.get()] != RasterV3GlobalPathCoder.model_id:
+            if PER_PLANE_MODELS[info["models"]["global"]].candidates[r.get()] != model_id:
                 continue
             side, _ = _split(sec.payload[r.at :])
             ctxtree.Tree.read(side, len(RasterV3GlobalPathCoder.PROPERTIES), N_BUCKETS)

@@ -9,7 +9,8 @@ import medcodec
 from medcodec.coders import coder_for
 from medcodec.errors import CorruptRecordError
 from medcodec.paths import IntWriter, PlaneInfo, TreeGlobalPathCoder
-from medcodec.coders.selectors import PER_PLANE_V3, PER_PLANE_V5, PER_PLANE_V6
+from medcodec.coders.raster_wp_v4 import RASTER_WP_DIFF_V4, RasterV4GlobalPathCoder
+from medcodec.coders.selectors import PER_PLANE_V3, PER_PLANE_V5, PER_PLANE_V6, PER_PLANE_V7
 from medcodec import ctxtree
 from medcodec import wavekernel as wk
 from medcodec.paths import token_lookup, tokenize, zigzag
@@ -456,8 +457,8 @@ def test_max_records_use_the_per_plane_global_path():
     blob = medcodec.compress_pixels(a.astype(np.uint8), bits_stored=8, signed=False, preset="max",
                                     local_model="classical-v1")
     info = medcodec.inspect_record(blob)
-    assert info["models"]["global"] == "per-plane-v6"
-    assert info["global_planes"] == {"raster-wp-v3": 1}
+    assert info["models"]["global"] == "per-plane-v7"
+    assert info["global_planes"] == {"raster-wp-v4": 1}
     assert np.array_equal(medcodec.decompress_pixels(blob), a)
 
 
@@ -708,16 +709,17 @@ def test_raster_v3_same_bytes_with_1_or_2_threads_and_decodes_in_another_process
     assert np.array_equal(np.frombuffer(back, dtype=np.int64).reshape(a.shape), a)
 
 
-def _decode_v3_elsewhere(data: bytes, shape, bits: int) -> bytes:
+def _decode_v3_elsewhere(data: bytes, shape, bits: int, coder: str = "medcodec.wavefront.RasterV3GlobalPathCoder") -> bytes:
     import subprocess
     import sys
 
+    module, name = coder.rsplit(".", 1)
     script = (
         "import sys, numpy as np\n"
         "from medcodec.paths import PlaneInfo\n"
-        "from medcodec.wavefront import RasterV3GlobalPathCoder\n"
+        f"from {module} import {name} as Coder\n"
         f"info = PlaneInfo(rows={shape[0]}, cols={shape[1]}, bits={bits}, k=0, preset='max')\n"
-        "out = RasterV3GlobalPathCoder().decode(sys.stdin.buffer.read(), info)\n"
+        "out = Coder().decode(sys.stdin.buffer.read(), info)\n"
         "sys.stdout.buffer.write(np.ascontiguousarray(out, dtype=np.int64).tobytes())\n"
     )
     return subprocess.run([sys.executable, "-c", script], input=data, capture_output=True, check=True).stdout
@@ -758,7 +760,7 @@ def test_raster_v3_refuses_bad_fitted_predictors():
     _flipped_bytes_fail_cleanly(RasterV3GlobalPathCoder(), data, info, 5, 8)
 
 
-@pytest.mark.parametrize("selector", [PER_PLANE_V5, PER_PLANE_V6], ids=lambda s: s.model_id)
+@pytest.mark.parametrize("selector", [PER_PLANE_V5, PER_PLANE_V6, PER_PLANE_V7], ids=lambda s: s.model_id)
 def test_per_plane_coders_keep_the_smallest_candidate(selector):
     r, g, _ = _rgb("US1_J2KR.dcm")
     r, g = r[100:196, 100:228], g[100:196, 100:228]
@@ -770,6 +772,79 @@ def test_per_plane_coders_keep_the_smallest_candidate(selector):
         assert len(data) == 1 + min(sizes)
         assert np.array_equal(selector.decode(data, info, prev), plane)
     assert selector.chosen_model(data).startswith(("raster-wp-diff-", "interlaced-tree-"))
+
+
+# --- raster-wp-v4: raster-wp-v3's model, coded inside the kernel ----------------------------
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 17), (13, 1), (2, 3), (37, 29), (64, 70)])
+def test_raster_v4_round_trips_every_shape(shape):
+    rng = np.random.default_rng(sum(shape) + 2)
+    a = np.clip(np.cumsum(rng.integers(-3, 4, shape), axis=-1) + 40 + rng.integers(0, 3, shape), 0, 255)
+    info = _info(a, 8)
+    for prev in (None, np.clip(a + rng.integers(-2, 3, shape), 0, 255)):
+        data = RasterV4GlobalPathCoder().encode(a, info, prev)
+        assert np.array_equal(RasterV4GlobalPathCoder().decode(data, info, prev), a)
+        other = a if prev is None else prev
+        diff = RASTER_WP_DIFF_V4.encode(a, info, other)
+        assert np.array_equal(RASTER_WP_DIFF_V4.decode(diff, info, other), a)
+
+
+@pytest.mark.parametrize("bits", [1, 12, 16])
+def test_raster_v4_round_trips_extreme_values(bits):
+    # Residuals of every size (the whole token alphabet and its raw bits) and constant planes.
+    rng = np.random.default_rng(bits)
+    maxv = (1 << bits) - 1
+    for a in (rng.integers(0, maxv + 1, (23, 31)), np.full((9, 12), maxv), np.zeros((5, 7), dtype=np.int64)):
+        info = _info(a, bits)
+        data = RasterV4GlobalPathCoder().encode(a, info)
+        assert np.array_equal(RasterV4GlobalPathCoder().decode(data, info), a)
+
+
+def test_raster_v4_keeps_v3s_model_and_side_information():
+    # The same encoder decisions (tree, fitted predictors, leaf table): only the payload's
+    # coding differs, and it codes the same tokens in about as many bytes.
+    from medcodec.paths import _split
+
+    a, bits = _real_plane("MR2_J2KR.dcm")
+    a = a[448:576, 448:576]
+    prev = np.roll(a, 1, axis=0)
+    info = _info(a, bits)
+    for p in (None, prev):
+        v3 = RasterV3GlobalPathCoder().encode(a, info, p)
+        v4 = RasterV4GlobalPathCoder().encode(a, info, p)
+        assert _split(v4)[0].data == _split(v3)[0].data
+        assert abs(len(v4) / len(v3) - 1) < 0.02
+        assert np.array_equal(RasterV4GlobalPathCoder().decode(v4, info, p), a)
+    assert len(_v3_models(v4, info, prev)[0]) >= 1
+
+
+def test_raster_v4_same_bytes_with_1_or_2_threads_and_decodes_in_another_process():
+    a, bits = _real_plane("MR2_J2KR.dcm")
+    a = np.ascontiguousarray(a[448:576, 448:576])
+    info = _info(a, bits)
+    data = RasterV4GlobalPathCoder().encode(a, info)
+    action = "__import__('medcodec.coders.raster_wp_v4', fromlist=['_']).RasterV4GlobalPathCoder().encode(a, info)"
+    for threads in ("1", "2"):
+        assert _v3_subprocess(a, bits, 1 << 18, action, a.tobytes(), threads) == data
+    back = _decode_v3_elsewhere(data, a.shape, bits, "medcodec.coders.raster_wp_v4.RasterV4GlobalPathCoder")
+    assert np.array_equal(np.frombuffer(back, dtype=np.int64).reshape(a.shape), a)
+
+
+def test_corrupt_raster_v4_streams_fail_cleanly():
+    a, bits = _real_plane("MR2_J2KR.dcm")
+    a = a[480:544, 480:544]
+    info = _info(a, bits)
+    data = RasterV4GlobalPathCoder().encode(a, info)
+    _flipped_bytes_fail_cleanly(RasterV4GlobalPathCoder(), data, info, 5, 40)
+    for cut in (3, len(data) // 2):
+        try:
+            out = RasterV4GlobalPathCoder().decode(data[:cut], info)
+        except CorruptRecordError:
+            continue
+        assert out.min() >= 0 and out.max() <= (1 << bits) - 1
+    with pytest.raises(CorruptRecordError, match="fitted predictors"):
+        RasterV4GlobalPathCoder().decode(_with_v3_models(data, info, [LS_MAX_CLASSES + 1]), info)
 
 
 # --- records of several planes: each plane after its previous plane ----------------------
@@ -790,8 +865,8 @@ def _frames(count: int) -> list[np.ndarray]:
     return [a[f % a.shape[0]] for f in range(count)]
 
 
-# (candidate per plane, previous plane per plane): v6's candidates are 0 tree, 1 raster-wp-v3,
-# 2 its difference form, 3 wavelet.
+# (candidate per plane, previous plane per plane): v6's and v7's candidates are 0 tree, 1 the
+# raster coder (raster-wp-v3, raster-wp-v4), 2 its difference form, 3 wavelet.
 PLANE_CASES = {
     "cine": ([1, 1, 1, 1], [None, 0, 1, 2]),
     "colour": ([1, 2, 2], [None, 0, 1]),
@@ -801,18 +876,19 @@ PLANE_CASES = {
 }
 
 
+@pytest.mark.parametrize("selector", [PER_PLANE_V6, PER_PLANE_V7], ids=lambda s: s.model_id)
 @pytest.mark.parametrize("case", sorted(PLANE_CASES))
-def test_decode_planes_follows_each_planes_previous_plane(case):
+def test_decode_planes_follows_each_planes_previous_plane(case, selector):
     picks, prev_of = PLANE_CASES[case]
     frames = _frames(len(picks))
     info = _info(frames[0], 12)
-    streams = [_forced(PER_PLANE_V6, k, frames[i], info, None if p is None else frames[p])
+    streams = [_forced(selector, k, frames[i], info, None if p is None else frames[p])
                for i, (k, p) in enumerate(zip(picks, prev_of))]
-    chosen = [PER_PLANE_V6._choice(data) for data in streams]
-    assert case != "cine" or any(c == RasterV3GlobalPathCoder.model_id and RasterV3GlobalPathCoder().parse(
-               data[at:], info, p).table
-               for (c, at), data, p in zip(chosen, streams, prev_of))  # a leaf table with fitted predictors
-    got = PER_PLANE_V6.decode_planes(streams, info, prev_of)
+    chosen = [selector._choice(data) for data in streams]
+    raster = coder_for(selector.candidates[1])
+    assert case != "cine" or any(c == raster.model_id and raster.parse(data[at:], info, p).table
+                                 for (c, at), data, p in zip(chosen, streams, prev_of))  # fitted predictors
+    got = selector.decode_planes(streams, info, prev_of)
     assert all(np.array_equal(a, b) for a, b in zip(got, frames))
 
 

@@ -124,11 +124,11 @@ def test_corrupt_wavelet_streams_fail_cleanly():
         assert out.shape == plane.shape and out.min() >= 0 and out.max() < (1 << 12)
 
 
-def test_max_records_name_per_plane_v5_and_decode():
+def test_max_records_name_their_per_plane_selector_and_decode():
     plane = _decoded_lossy_j2k(64, 80, seed=3).astype(np.uint16)
     blob = medcodec.compress_pixels(plane, bits_stored=12, signed=False, preset="max", local_model="classical-v1")
     info = medcodec.inspect_record(blob)
-    assert info["models"]["global"] == "per-plane-v6" and info["global_planes"] == {"wavelet53-v1": 1}
+    assert info["models"]["global"] == "per-plane-v7" and info["global_planes"] == {"wavelet53-v1": 1}
     assert np.array_equal(medcodec.decompress_pixels(blob), plane)
 
 

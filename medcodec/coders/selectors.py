@@ -8,7 +8,8 @@ selector                      preset    candidates
 ``per-plane-v3``              (max)     interlaced-tree-v2, raster-wp-v1, its difference
 ``per-plane-v4``              (max)     v3's, wavelet53-v1
 ``per-plane-v5``              (max)     interlaced-tree-v2, raster-wp-v2, its difference, wavelet53-v1
-``per-plane-v6``              max       interlaced-tree-v2, raster-wp-v3, its difference, wavelet53-v1
+``per-plane-v6``              (max)     interlaced-tree-v2, raster-wp-v3, its difference, wavelet53-v1
+``per-plane-v7``              max       interlaced-tree-v2, raster-wp-v4, its difference, wavelet53-v1
 ``per-plane-fast-v1``         (fast)    interlaced-ls-v1, its difference, wavelet53-v1
 ``per-plane-fast-v2``         (fast)    raster-ls-v1, interlaced-ls-v1's difference, wavelet53-v1, interlaced-ls-v1
 ``per-plane-fast-v3``         (fast)    raster-wpc-v1, wavelet53-v1, raster-wpc-v1's difference
@@ -42,6 +43,7 @@ from ..wavefront import (
 from ..wavelet import LEVELS, WaveletGlobalPathCoder
 from ..wavelet import forward as wavelet_forward
 from . import PlaneSelector, register
+from .raster_wp_v4 import RASTER_WP_DIFF_V4, RasterV4GlobalPathCoder
 from .raster_wpc import (
     RASTER_WPC_DIFF_V1,
     RASTER_WPC_DIFF_V2,
@@ -139,9 +141,16 @@ PER_PLANE_V5 = _per_plane("per-plane-v5", (
 
 
 # per-plane-v5 with the raster coders replaced by raster-wp-v3 (leaves may pick fitted
-# predictors over a wider neighbourhood): `max`'s global path.
+# predictors over a wider neighbourhood).
 PER_PLANE_V6 = _per_plane("per-plane-v6", (
     TreeGlobalPathCoder.model_id, RasterV3GlobalPathCoder.model_id, RASTER_WP_DIFF_V3.model_id,
+    WaveletGlobalPathCoder.model_id), wavelet=3)
+
+
+# per-plane-v6 with raster-wp-v3 replaced by raster-wp-v4 (its model, coded inside the
+# kernel): `max`'s global path.
+PER_PLANE_V7 = _per_plane("per-plane-v7", (
+    TreeGlobalPathCoder.model_id, RasterV4GlobalPathCoder.model_id, RASTER_WP_DIFF_V4.model_id,
     WaveletGlobalPathCoder.model_id), wavelet=3)
 
 

@@ -1,0 +1,112 @@
+"""Compiled kernel of ``raster-wp-v4``: raster-wp-v3's model coded in raster order by a
+binary range coder inside the kernel.
+
+The model is v3's, rule for rule (``medcodec.wavekernel``: the weighted predictor, the
+context tree over its 16 properties, the leaf table of fixed and fitted predictors and
+offsets). What changes is the coding: v3 hands every anti-diagonal's probability rows to
+constriction (the decoder's only way to learn the next diagonal's contexts is to go back
+to Python), while here one loop over the plane predicts, finds the leaf and codes the
+token with LZMA's binary range coder (``wpkernel``'s, 16-bit probabilities):
+
+* the token (``paths.tokenize``, two mantissa bits) as ``depth`` binary decisions down a
+  binary tree of the token alphabet (most significant bit first), each decision with the
+  mean of a fast and a slow adaptive probability of its node in the pixel's leaf, both
+  starting from the leaf's prior row (v3's initial counts: the probability of the left
+  subtree's tokens);
+* then its raw low bits, equiprobable, most significant first.
+
+Encoder and decoder are one function (``code_plane``): the encoder passes the tokens,
+raw bits and leaves it computed for the whole plane, the decoder computes them pixel by
+pixel, and the decisions are coded at one place. Integer arithmetic only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ..contextkernel import leaf_of
+from ..wavekernel import N_PROPERTIES, _predict, _properties, _record, _table_prediction
+from .wpkernel import _TOP, _adapt, _decide, _equiprobable, _finish, _renormalize, _start, _u
+
+# Adaptation rates of a node's two estimates (a move of 1/2**shift towards each bit).
+# Chosen on 18 planes of the train split, bytes against raster-wp-v3's: (4, 7) -0.45%,
+# (5, 8) -0.64%, (6, 9) -0.58%, (5, 10) -0.55%; without the early rates below, +2.1% at
+# (4, 7) and +4.0% at (5, 8) (deep nodes see few tokens and never leave their priors).
+FAST_SHIFT = 5
+SLOW_SHIFT = 8
+# A node's first decisions move its estimates by more: a node that has seen n decisions
+# adapts at shift _RATE[n] (capped at the estimate's own), 1 / (n + PRIOR_WEIGHT) roughly,
+# so deep nodes, which see few tokens, learn from their first ones.
+PRIOR_WEIGHT = 2
+_SEEN_MAX = 255
+_RATE = np.array([max(1, (n + PRIOR_WEIGHT).bit_length() - 1) for n in range(_SEEN_MAX + 1)], dtype=np.int64)
+
+
+@njit(cache=True, nogil=True)
+def code_plane(rows, cols, value, true_err, sub_err, prev_shift, has_prev, maxv, prop, thr, right, leaf, has_table,
+               choice, offset, model, weights, probs, depth, alphabet, lowest, raw_bits, tokens, extras, leaves,
+               decode, buf):
+    """Encode (``decode`` False: ``tokens``, ``extras`` and ``leaves`` given in raster
+    order) into ``buf``, returning the byte count or -1 if ``buf`` was too small; or
+    decode ``buf`` into ``value`` (the ``Wavefront`` state), returning 0, or -2 for
+    damage (a token outside the alphabet, a value outside [0, maxv])."""
+    low, rng, cache, csize, at, code = _start(buf, decode)
+    zero = rows * cols
+    n_sub = 5 if has_prev else 4
+    sub = np.empty(5, dtype=np.int64)
+    wts = np.empty(5, dtype=np.int64)
+    props = np.empty(N_PROPERTIES, dtype=np.int64)
+    nodes = np.int64(1) << depth
+    seen = np.zeros(probs.shape[0], dtype=np.int64)
+    for r in range(rows):
+        for c in range(cols):
+            pos = r * cols + c
+            p = np.int64(0)
+            p8 = np.int64(0)
+            t = np.int64(0)
+            e = np.int64(0)
+            if decode:
+                p, p8 = _predict(pos, r, c, cols, zero, value, true_err, sub_err, prev_shift, has_prev, maxv, sub, wts)
+                _properties(pos, r, c, cols, zero, value, true_err, prev_shift, has_prev, p, props)
+                ctx = leaf_of(prop, thr, right, leaf, 0, props)
+                if has_table:
+                    p = _table_prediction(pos, r, c, cols, zero, value, true_err, prev_shift, has_prev, p, p8, ctx,
+                                          choice, offset, model, weights, maxv)
+            else:
+                ctx = leaves[_u(pos)]
+                t = tokens[_u(pos)]
+                e = extras[_u(pos)]
+            base = ctx * nodes
+            node = np.int64(1)
+            for j in range(depth - 1, -1, -1):
+                i = _u(base + node)
+                p0 = (probs[i, 0] + probs[i, 1]) >> 1
+                bit, low, rng, code = _decide(low, rng, code, p0, (t >> j) & 1, decode)
+                while rng < _TOP:
+                    low, rng, cache, csize, at, code = _renormalize(low, rng, cache, csize, at, code, buf, decode)
+                n = seen[i]
+                rate = _RATE[_u(n)]
+                probs[i, 0] = _adapt(probs[i, 0], bit, rate if rate < FAST_SHIFT else FAST_SHIFT)
+                probs[i, 1] = _adapt(probs[i, 1], bit, rate if rate < SLOW_SHIFT else SLOW_SHIFT)
+                if n < _SEEN_MAX:
+                    seen[i] = n + 1
+                node = 2 * node + bit
+            t = node - nodes
+            if t >= alphabet:
+                return -2
+            x = np.int64(0)
+            for k in range(raw_bits[_u(t)] - 1, -1, -1):
+                d, low, rng, code = _equiprobable(low, rng, code, (e >> k) & 1, decode)
+                x = (x << 1) | d
+                if rng < _TOP:
+                    low, rng, cache, csize, at, code = _renormalize(low, rng, cache, csize, at, code, buf, decode)
+            if decode:
+                z = lowest[_u(t)] + x
+                v = p + ((z >> 1) ^ -(z & 1))
+                if v < 0 or v > maxv:
+                    return -2
+                _record(pos, v, p8, sub, n_sub, value, true_err, sub_err)
+    if decode:
+        return 0
+    return _finish(low, cache, csize, at, buf)
