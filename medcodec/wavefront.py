@@ -489,6 +489,19 @@ def _leaf_tables(tree: ctxtree.Tree, bits: int) -> AdaptiveTables:
     return AdaptiveTables(tree.n_leaves, rows.shape[1], init=rows[tree.scales])
 
 
+def leaf_table_arrays(table: tuple | None, has_prev: bool):
+    """A parsed leaf table ``(choice, offset, fitted predictors)`` (or None) as the
+    kernels take it: (choice, offset, fitted predictor index, weights (K, F)) per leaf."""
+    n_feat = ls_feature_count(has_prev)
+    if table is None:
+        zero = np.zeros(1, dtype=np.int64)
+        return zero, zero, zero, np.zeros((1, n_feat), dtype=np.int64)
+    choice, offset, fitted = table
+    weights = np.zeros((max(1, len(fitted)), n_feat), dtype=np.int64)
+    weights[: len(fitted)] = np.asarray(fitted, dtype=np.int64).reshape(len(fitted), n_feat)
+    return choice, offset, np.maximum(choice - N_FIXED, 0), weights
+
+
 def decode_plane(rows: int, cols: int, plane: ParsedPlane) -> np.ndarray:
     """A parsed raster plane, decoded: per anti-diagonal, the kernel predicts the pixels
     and finds their contexts, constriction decodes their tokens (in chunks of ``CHUNK``,
@@ -497,15 +510,7 @@ def decode_plane(rows: int, cols: int, plane: ParsedPlane) -> np.ndarray:
     wf = Wavefront(rows, cols, plane.prev)
     tree = plane.tree
     maxv = (1 << plane.bits) - 1
-    n_feat = ls_feature_count(wf.has_prev)
-    if plane.table is None:
-        choice = offset = model = np.zeros(1, dtype=np.int64)
-        weights = np.zeros((1, n_feat), dtype=np.int64)
-    else:
-        choice, offset, fitted = plane.table
-        model = np.maximum(choice - N_FIXED, 0)
-        weights = np.zeros((max(1, len(fitted)), n_feat), dtype=np.int64)
-        weights[: len(fitted)] = np.asarray(fitted, dtype=np.int64).reshape(len(fitted), n_feat)
+    choice, offset, model, weights = leaf_table_arrays(plane.table, wf.has_prev)
     tables = _leaf_tables(tree, plane.bits)
     dec = Decoder(plane.payload)
     lowest, raw_bits = token_lookup(plane.bits, MANTISSA)

@@ -242,6 +242,20 @@ def _table_prediction(pos, r, c, cols, zero, value, true_err, prev_shift, has_pr
     return min(max(out + offset[_u(leaf)], 0), maxv)
 
 
+@njit(cache=True, inline="always")
+def model_step(pos, r, c, cols, zero, value, true_err, sub_err, prev_shift, has_prev, maxv, sub, wts, props,
+               prop, thr, right, leaf, has_table, choice, offset, model, weights):
+    """A decoder's model at one pixel whose causal neighbours are decoded: (final
+    prediction, weighted prediction x8, tree leaf); the sub-predictions into ``sub``."""
+    p, p8 = _predict(pos, r, c, cols, zero, value, true_err, sub_err, prev_shift, has_prev, maxv, sub, wts)
+    _properties(pos, r, c, cols, zero, value, true_err, prev_shift, has_prev, p, props)
+    ctx = leaf_of(prop, thr, right, leaf, 0, props)
+    if has_table:
+        p = _table_prediction(pos, r, c, cols, zero, value, true_err, prev_shift, has_prev, p, p8, ctx,
+                              choice, offset, model, weights, maxv)
+    return p, p8, ctx
+
+
 # --- the encoder: a known plane ------------------------------------------------------------
 
 
@@ -341,12 +355,8 @@ def predict_diagonal(t, rows, cols, value, true_err, sub_err, prev_shift, has_pr
     for r in range(r0, r1 + 1):
         c = t - 2 * r
         pos = r * cols + c
-        p, p8 = _predict(pos, r, c, cols, zero, value, true_err, sub_err, prev_shift, has_prev, maxv, sub, wts)
-        _properties(pos, r, c, cols, zero, value, true_err, prev_shift, has_prev, p, props)
-        ctx = leaf_of(prop, thr, right, leaf, 0, props)
-        if has_table:
-            p = _table_prediction(pos, r, c, cols, zero, value, true_err, prev_shift, has_prev, p, p8, ctx,
-                                  choice, offset, model, weights, maxv)
+        p, p8, ctx = model_step(pos, r, c, cols, zero, value, true_err, sub_err, prev_shift, has_prev, maxv, sub, wts,
+                                props, prop, thr, right, leaf, has_table, choice, offset, model, weights)
         pos_out[m] = pos
         pred_out[m] = p
         pred8_out[m] = p8

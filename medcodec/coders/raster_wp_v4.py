@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import CorruptRecordError
 from ..paths import IntWriter, PlaneInfo, _join, _token_scale_rows, token_lookup, tokenize, zigzag
-from ..wavefront import MANTISSA, N_FIXED, RasterV3GlobalPathCoder, Wavefront, ls_feature_count
+from ..wavefront import MANTISSA, RasterV3GlobalPathCoder, Wavefront, leaf_table_arrays
 from . import register
 from .difference import DifferenceCoder
 
@@ -66,8 +66,8 @@ class RasterV4GlobalPathCoder(RasterV3GlobalPathCoder):
             probs, depth = node_priors(tree, info.bits)
             buf = np.empty(size, dtype=np.uint8)  # the kernel writes every byte it returns
             n = code_plane(info.rows, info.cols, wf.value, wf.true_err, wf.sub_err, wf.prev_shift, wf.has_prev,
-                           (1 << info.bits) - 1, tree.prop, tree.thr, tree.right, tree.leaf, False, _NONE, _NONE,
-                           _NONE, _NONE.reshape(0, 0), probs, depth, lowest.size, lowest, raw_bits, token, extra,
+                           (1 << info.bits) - 1, tree.prop, tree.thr, tree.right, tree.leaf, False,
+                           *leaf_table_arrays(None, wf.has_prev), probs, depth, lowest.size, lowest, raw_bits, token, extra,
                            np.ascontiguousarray(ctx, dtype=np.int64), False, buf)
             if n >= 0:
                 break
@@ -80,15 +80,7 @@ class RasterV4GlobalPathCoder(RasterV3GlobalPathCoder):
         plane = self.parse(data, info, prev)
         wf = Wavefront(info.rows, info.cols, plane.prev)
         tree = plane.tree
-        n_feat = ls_feature_count(wf.has_prev)
-        if plane.table is None:
-            choice = offset = model = _NONE
-            weights = _NONE.reshape(0, 0)
-        else:
-            choice, offset, fitted = plane.table
-            model = np.maximum(choice - N_FIXED, 0)
-            weights = np.zeros((max(1, len(fitted)), n_feat), dtype=np.int64)
-            weights[: len(fitted)] = np.asarray(fitted, dtype=np.int64).reshape(len(fitted), n_feat)
+        choice, offset, model, weights = leaf_table_arrays(plane.table, wf.has_prev)
         probs, depth = node_priors(tree, info.bits)
         lowest, raw_bits = token_lookup(info.bits, MANTISSA)
         buf = np.frombuffer(bytearray(b"\0" + plane.payload), dtype=np.uint8)

@@ -25,8 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..contextkernel import leaf_of
-from ..wavekernel import N_PROPERTIES, _predict, _properties, _record, _table_prediction
+from ..wavekernel import N_PROPERTIES, _record, model_step
 from .wpkernel import _TOP, _adapt, _decide, _equiprobable, _finish, _renormalize, _start, _u
 
 # Adaptation rates of a node's two estimates (a move of 1/2**shift towards each bit).
@@ -67,12 +66,9 @@ def code_plane(rows, cols, value, true_err, sub_err, prev_shift, has_prev, maxv,
             t = np.int64(0)
             e = np.int64(0)
             if decode:
-                p, p8 = _predict(pos, r, c, cols, zero, value, true_err, sub_err, prev_shift, has_prev, maxv, sub, wts)
-                _properties(pos, r, c, cols, zero, value, true_err, prev_shift, has_prev, p, props)
-                ctx = leaf_of(prop, thr, right, leaf, 0, props)
-                if has_table:
-                    p = _table_prediction(pos, r, c, cols, zero, value, true_err, prev_shift, has_prev, p, p8, ctx,
-                                          choice, offset, model, weights, maxv)
+                p, p8, ctx = model_step(pos, r, c, cols, zero, value, true_err, sub_err, prev_shift, has_prev, maxv,
+                                        sub, wts, props, prop, thr, right, leaf, has_table, choice, offset, model,
+                                        weights)
             else:
                 ctx = leaves[_u(pos)]
                 t = tokens[_u(pos)]
