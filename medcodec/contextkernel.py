@@ -55,6 +55,8 @@ def table_probabilities(fast, slow, fast_total, slow_total, ctx, out):
     alphabet = fast.shape[1]
     for i in range(ctx.size):
         k = ctx[i]
+        if k < 0 or k >= fast.shape[0]:  # indices are not bounds-checked in compiled code
+            raise IndexError("adaptive table context out of range")
         ft = fast_total[k]
         st = slow_total[k]
         total = np.float64(2 * ft * st)
@@ -77,6 +79,9 @@ def table_update(fast, slow, fast_total, slow_total, ctx, symbols, seen):
     """``AdaptiveTables.update`` over one chunk: every symbol's count raised, then each row
     the chunk touched halved (rounding up) if its total passed its limit. ``seen``: one
     flag per context, all False on entry and on return."""
+    for i in range(ctx.size):  # indices are not bounds-checked in compiled code
+        if ctx[i] < 0 or ctx[i] >= fast.shape[0] or symbols[i] < 0 or symbols[i] >= fast.shape[1]:
+            raise IndexError("adaptive table context or symbol out of range")
     for i in range(ctx.size):
         k = ctx[i]
         s = symbols[i]

@@ -154,3 +154,17 @@ def test_packed_raw_bits_round_trip_in_pieces():
     assert np.array_equal(got, values)
     with pytest.raises(CorruptRecordError, match="57 bits"):
         BitReader(bytes(16)).read(np.array([57]))
+
+
+def test_adaptive_tables_refuse_contexts_and_symbols_out_of_range():
+    # The table rules are compiled without bounds checks: they check their indices first.
+    tables = AdaptiveTables(3, 4)
+    before = tables.fast.copy()
+    for ctx, sym in (([0, 3], [0, 0]), ([-1], [0]), ([1], [4]), ([2], [-1])):
+        with pytest.raises(IndexError):
+            tables.update(np.array(ctx), np.array(sym))
+    with pytest.raises(IndexError):
+        tables.probabilities(np.array([0, 5]))
+    assert np.array_equal(tables.fast, before)
+    tables.update(np.array([2, 2]), np.array([3, 1]))
+    assert tables.fast[2, 3] == before[2, 3] + AdaptiveTables.FAST[0]
