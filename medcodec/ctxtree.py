@@ -31,7 +31,7 @@ MAX_DEPTH = 24
 # Encoder knobs (not part of the format: a different encoder may grow other trees).
 MAX_LEAVES = 256
 LEARN_ROWS = 1 << 17
-BINS = 32
+BINS = 32  # at most 256: a sample's bins are bytes
 SPLIT_COST_BITS = 24.0
 
 
@@ -149,87 +149,52 @@ def learn(props: np.ndarray, tokens: np.ndarray, alphabet: int, prior_rows: np.n
     (``sum n log2(N / n)``) plus half a log2(n) per used symbol for learning each table
     (MDL) plus SPLIT_COST_BITS.
     """
+    from . import learnkernel as lk  # numba: loaded on first use
+
     n_props, n = props.shape
-    tokens = tokens.astype(np.int64)
+    tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+    if tokens.size and not 0 <= int(tokens.min()) <= int(tokens.max()) < alphabet:
+        raise ValueError(f"tokens outside the alphabet of {alphabet}")
     # Candidate thresholds: quantiles of each property; bin b holds values <= qs[b].
+    props = np.ascontiguousarray(props, dtype=np.int64)
     thresholds = np.zeros((n_props, BINS - 1), dtype=np.int64)
-    valid = np.zeros((n_props, BINS - 1), dtype=bool)
-    code = np.empty((n_props, n), dtype=np.int64)
-    for j in range(n_props):
-        qs = np.unique(np.quantile(props[j], np.linspace(0, 1, BINS + 1)[1:-1], method="lower").astype(np.int64))
-        thresholds[j, : qs.size] = qs
-        valid[j, : qs.size] = True
-        code[j] = ((j * BINS + np.searchsorted(qs, props[j], side="left")) * alphabet)
-    nlogn = np.arange(n + 1, dtype=np.float64)
-    nlogn[1:] *= np.log2(nlogn[1:])
-
-    def price(h: np.ndarray, total: np.ndarray) -> np.ndarray:
-        """Code length of count rows ``h`` (.., A) with sums ``total``, plus the MDL term."""
-        bits = nlogn[total] - nlogn[h].sum(-1)
-        used = (h > 0).sum(-1)
-        return bits + 0.5 * used * np.log2(np.maximum(total * weight, 2.0)) / weight
-
-    def histogram(idx: np.ndarray) -> np.ndarray:
-        """Token counts per (property, bin): (P, BINS, alphabet)."""
-        h = np.bincount((code[:, idx] + tokens[idx]).ravel(), minlength=n_props * BINS * alphabet)
-        return h.reshape(n_props, BINS, alphabet)
-
-    def best_split(h: np.ndarray):
-        whole = h[0].sum(0)
-        m = int(whole.sum())
-        base = price(whole, np.array(m))
-        left = np.cumsum(h, axis=1)[:, :-1]
-        n_left = left.sum(-1)
-        ok = valid & (n_left > 0) & (n_left < m)
-        if not ok.any():
-            return None
-        gain = (base - price(left, n_left) - price(whole - left, m - n_left)) * weight - SPLIT_COST_BITS
-        gain = np.where(ok, gain, -np.inf)
-        j, b = np.unravel_index(int(np.argmax(gain)), gain.shape)
-        return float(gain[j, b]), int(j), int(thresholds[j, b]), int(b)
-
-    # Grow best-first; remember the structure as a dict tree. A node keeps its histogram
-    # until it splits: the smaller child is counted, the larger one is the difference.
-    root = {"idx": np.arange(n), "depth": 0, "h": histogram(np.arange(n))}
-    frontier = [root]
-    root["split"] = best_split(root["h"])
-    leaves = 1
-    while leaves < MAX_LEAVES:
-        cand = [nd for nd in frontier if nd["split"] is not None and nd["split"][0] > 0 and nd["depth"] < MAX_DEPTH]
-        if not cand:
-            break
-        nd = max(cand, key=lambda x: x["split"][0])
-        _, j, thr, b = nd["split"]
-        idx = nd["idx"]
-        go = code[j, idx] > (j * BINS + b) * alphabet
-        nd["prop"], nd["thr"] = j, thr
-        kids = [{"idx": idx[~go], "depth": nd["depth"] + 1}, {"idx": idx[go], "depth": nd["depth"] + 1}]
-        small = 0 if kids[0]["idx"].size <= kids[1]["idx"].size else 1
-        kids[small]["h"] = histogram(kids[small]["idx"])
-        kids[1 - small]["h"] = nd.pop("h") - kids[small]["h"]
-        nd["kids"] = kids
-        frontier.remove(nd)
-        for kid in kids:
-            kid["split"] = best_split(kid["h"])
-            frontier.append(kid)
-        leaves += 1
+    counts = np.zeros(n_props, dtype=np.int64)
+    if n:
+        quantiles = np.empty((n_props, BINS - 1), dtype=np.int64)
+        # np.quantile(..., method="lower")'s ranks, the order statistics found in the kernel.
+        ranks = np.floor((n - 1) * np.linspace(0, 1, BINS + 1)[1:-1]).astype(np.int64)
+        if not lk.order_statistics(props, ranks, quantiles):
+            quantiles = np.partition(props, ranks, axis=1)[:, ranks]  # a range too wide to count
+        for j in range(n_props):
+            qs = np.unique(quantiles[j])
+            thresholds[j, : qs.size] = qs
+            counts[j] = qs.size
+    valid = np.arange(BINS - 1)[None, :] < counts[:, None]
+    bins = np.empty((n, n_props), dtype=np.uint8)  # a sample's bins side by side
+    lk.bin_codes(props, thresholds, counts, bins)
+    # Grown best-first in the kernel (``learnkernel.grow``), which sorts the samples by node.
+    capacity = 2 * MAX_LEAVES - 1
+    tokens = tokens.copy()
+    node_prop, node_bin, node_left, node_lo, node_hi = (np.empty(capacity, dtype=np.int64) for _ in range(5))
+    lk.grow(bins, tokens, alphabet, valid, float(weight), SPLIT_COST_BITS, MAX_LEAVES, MAX_DEPTH,
+            node_prop, node_bin, node_left, node_lo, node_hi)
 
     prop, thr, scales = [], [], []
     log_prior = np.log2(prior_rows / prior_rows.sum(1, keepdims=True))
 
-    def emit(nd) -> None:
-        if "kids" in nd:
-            prop.append(nd["prop"])
-            thr.append(nd["thr"])
-            emit(nd["kids"][0])
-            emit(nd["kids"][1])
+    def emit(i: int) -> None:
+        p = int(node_prop[i])
+        prop.append(p)
+        if p >= 0:
+            thr.append(int(thresholds[p, node_bin[i]]))
+            emit(int(node_left[i]))
+            emit(int(node_left[i]) + 1)
         else:
-            h = np.bincount(tokens[nd["idx"]], minlength=alphabet)
-            prop.append(-1)
+            h = np.bincount(tokens[node_lo[i] : node_hi[i]], minlength=alphabet)
             thr.append(0)
             scales.append(int(np.argmax(log_prior @ h)))
 
-    emit(root)
+    emit(0)
     prop_a = np.array(prop, dtype=np.int64)
     leaf = np.full(prop_a.size, -1, dtype=np.int64)
     leaf[prop_a < 0] = np.arange(int((prop_a < 0).sum()))

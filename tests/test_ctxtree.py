@@ -92,6 +92,97 @@ def test_learning_finds_the_property_that_matters():
     assert flat.n_leaves == 1  # nothing to split on
 
 
+def _reference_learn(props, tokens, alphabet, prior_rows, weight=1.0):
+    """The tree ``ctxtree.learn`` grows, written with numpy over the samples (its rules as
+    documented there): the compiled learner must grow the same tree."""
+    B = ctxtree.BINS
+    n_props, n = props.shape
+    thresholds = np.zeros((n_props, B - 1), dtype=np.int64)
+    valid = np.zeros((n_props, B - 1), dtype=bool)
+    code = np.empty((n_props, n), dtype=np.int64)
+    for j in range(n_props):
+        qs = np.unique(np.quantile(props[j], np.linspace(0, 1, B + 1)[1:-1], method="lower").astype(np.int64))
+        thresholds[j, : qs.size], valid[j, : qs.size] = qs, True
+        code[j] = (j * B + np.searchsorted(qs, props[j], side="left")) * alphabet
+    nlogn = np.arange(n + 1, dtype=np.float64)
+    nlogn[1:] *= np.log2(nlogn[1:])
+
+    def price(h, total):
+        return nlogn[total] - nlogn[h].sum(-1) + 0.5 * (h > 0).sum(-1) * np.log2(np.maximum(total * weight, 2.0)) / weight
+
+    def histogram(idx):
+        return np.bincount((code[:, idx] + tokens[idx]).ravel(), minlength=n_props * B * alphabet).reshape(n_props, B, alphabet)
+
+    def best_split(h):
+        whole = h[0].sum(0)
+        m = int(whole.sum())
+        left = np.cumsum(h, axis=1)[:, :-1]
+        n_left = left.sum(-1)
+        ok = valid & (n_left > 0) & (n_left < m)
+        if not ok.any():
+            return None
+        gain = (price(whole, np.array(m)) - price(left, n_left) - price(whole - left, m - n_left)) * weight
+        gain = np.where(ok, gain - ctxtree.SPLIT_COST_BITS, -np.inf)
+        j, b = np.unravel_index(int(np.argmax(gain)), gain.shape)
+        return float(gain[j, b]), int(j), int(thresholds[j, b]), int(b)
+
+    root = {"idx": np.arange(n), "depth": 0}
+    root["split"] = best_split(histogram(root["idx"]))
+    frontier, leaves = [root], 1
+    while leaves < ctxtree.MAX_LEAVES:
+        cand = [nd for nd in frontier if nd["split"] and nd["split"][0] > 0 and nd["depth"] < ctxtree.MAX_DEPTH]
+        if not cand:
+            break
+        nd = max(cand, key=lambda x: x["split"][0])
+        _, j, nd["thr"], b = nd["split"]
+        nd["prop"], idx = j, nd["idx"]
+        go = code[j, idx] > (j * B + b) * alphabet
+        nd["kids"] = [{"idx": idx[~go], "depth": nd["depth"] + 1}, {"idx": idx[go], "depth": nd["depth"] + 1}]
+        frontier.remove(nd)
+        for kid in nd["kids"]:
+            kid["split"] = best_split(histogram(kid["idx"]))
+            frontier.append(kid)
+        leaves += 1
+    prop, thr, scales = [], [], []
+    log_prior = np.log2(prior_rows / prior_rows.sum(1, keepdims=True))
+
+    def emit(nd):
+        prop.append(nd.get("prop", -1))
+        thr.append(nd.get("thr", 0))
+        if "kids" in nd:
+            emit(nd["kids"][0])
+            emit(nd["kids"][1])
+        else:
+            scales.append(int(np.argmax(log_prior @ np.bincount(tokens[nd["idx"]], minlength=alphabet))))
+
+    emit(root)
+    return _tree_from(prop, thr, scales)
+
+
+@pytest.mark.parametrize("case", ["narrow", "wide", "few", "weighted"])
+def test_the_compiled_learner_grows_the_reference_tree(case):
+    rng = np.random.default_rng(["narrow", "wide", "few", "weighted"].index(case))
+    n = 37 if case == "few" else 30000
+    props = rng.integers(-40, 40, size=(5, n))
+    if case == "wide":  # ranges too wide to count: the order statistics are sorted
+        props[1] = rng.integers(-(1 << 40), 1 << 40, n)
+        props[3] *= 1 << 33
+    props[4] = 7  # a constant property cannot split
+    tokens = np.clip((props[0] > 3) * 5 + (props[1] > 0) * 3 + (props[2] % 4 == 0) * 2 + rng.integers(0, 4, n), 0, 15)
+    prior = rng.integers(1, 50, size=(3, 16))
+    weight = 3.5 if case == "weighted" else 1.0
+    got = ctxtree.learn(props, tokens, 16, prior, weight=weight)
+    want = _reference_learn(props, tokens, 16, prior, weight)
+    assert got.n_leaves > (1 if case == "few" else 4)
+    for field in ("prop", "thr", "right", "leaf", "scales"):
+        assert np.array_equal(getattr(got, field), getattr(want, field)), field
+
+
+def test_the_learner_refuses_tokens_outside_its_alphabet():
+    with pytest.raises(ValueError, match="alphabet"):
+        ctxtree.learn(np.zeros((2, 10), dtype=np.int64), np.full(10, 16), 16, np.ones((1, 16)))
+
+
 def _real_plane(name="CT_small.dcm"):
     import pydicom
 

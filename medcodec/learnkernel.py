@@ -1,0 +1,232 @@
+"""Compiled encoder-side learning: growing a context tree (``ctxtree.learn``).
+
+Nothing here is part of the bitstream: the encoder writes the tree it grew, and a
+decoder reads the integers back. The rules are those ``ctxtree.learn`` documents; float
+sums here run in a different order than numpy's, so a near-tie between two splits may
+resolve the other way (a different, equally good tree).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def _histogram(bins, tokens, lo, hi, out):
+    """Token counts per (property, bin) of the samples ``lo:hi`` into ``out`` (P, B, A)."""
+    flat = out.reshape(-1)
+    for j in range(flat.size):
+        flat[j] = 0
+    for i in range(lo, hi):
+        t = tokens[i]
+        for p in range(bins.shape[1]):
+            out[p, bins[i, p], t] += 1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _price(bits_sum, total, used, nlogn, weight):
+    """Code length of a count row (``nlogn[total] - bits_sum``) plus its MDL term."""
+    return nlogn[total] - bits_sum + 0.5 * used * np.log2(max(total * weight, 2.0)) / weight
+
+
+@njit(cache=True, nogil=True)
+def _best_split(h, valid, nlogn, weight, split_cost, left, whole):
+    """(gain, property, bin) of the best split of a node with histogram ``h`` (P, B, A);
+    property -1 where no split separates its samples. ``left``, ``whole``: scratch rows (A,)."""
+    n_props, n_bins, alphabet = h.shape
+    m = 0
+    bits = 0.0
+    used = 0
+    for a in range(alphabet):
+        c = 0
+        for b in range(n_bins):
+            c += h[0, b, a]
+        whole[a] = c
+        m += c
+        if c > 0:
+            bits += nlogn[c]
+            used += 1
+    base = _price(bits, m, used, nlogn, weight)
+    best, best_p, best_b = -np.inf, -1, -1
+    for p in range(n_props):
+        left[:] = 0
+        n_left = 0
+        for b in range(n_bins - 1):
+            for a in range(alphabet):
+                c = h[p, b, a]
+                left[a] += c
+                n_left += c
+            if not valid[p, b] or n_left <= 0 or n_left >= m:
+                continue
+            bits_l = 0.0
+            bits_r = 0.0
+            used_l = 0
+            used_r = 0
+            for a in range(alphabet):
+                cl = left[a]
+                cr = whole[a] - cl
+                if cl > 0:
+                    bits_l += nlogn[cl]
+                    used_l += 1
+                if cr > 0:
+                    bits_r += nlogn[cr]
+                    used_r += 1
+            gain = (base - _price(bits_l, n_left, used_l, nlogn, weight)
+                    - _price(bits_r, m - n_left, used_r, nlogn, weight)) * weight - split_cost
+            if gain > best:
+                best, best_p, best_b = gain, p, b
+    return best, best_p, best_b
+
+
+@njit(cache=True, nogil=True)
+def grow(bins, tokens, alphabet, valid, weight, split_cost, max_leaves, max_depth, node_prop, node_bin, node_left,
+         node_lo, node_hi):
+    """Grows a tree best-first over samples whose property bins are ``bins`` (n, P) and
+    tokens ``tokens`` (n,); ``valid`` (P, B - 1): which bins may be split after. Both
+    arrays are reordered in place so that every node's samples are contiguous.
+
+    Node 0 is the root. For node i: ``node_prop[i]`` the property it splits on (-1 for a
+    leaf) and ``node_bin[i]`` the last bin that goes left, ``node_left[i]`` its left
+    child (the right one follows it), and ``node_lo[i]:node_hi[i]`` its samples.
+    Arrays hold 2 * max_leaves - 1 nodes. Returns the number of nodes.
+
+    At each step the leaf with the largest positive gain (the first such in the order
+    leaves were made, ``ctxtree.learn``'s frontier order) splits; a node keeps its
+    histogram until it splits, the smaller child is counted and the larger is the
+    difference.
+    """
+    n, n_props = bins.shape
+    n_bins = valid.shape[1] + 1
+    nlogn = np.zeros(n + 1, dtype=np.float64)
+    for c in range(2, n + 1):
+        nlogn[c] = c * np.log2(c)
+    # One histogram per leaf at most (a leaf's slot passes to its larger child); each is
+    # cleared when first counted, so pages no leaf uses are never touched.
+    slots = np.empty((max_leaves + 1, n_props, n_bins, alphabet), dtype=np.int32)
+    free = np.arange(max_leaves + 1)  # a stack of free slots: free[1:n_free]
+    n_free = max_leaves + 1
+    left = np.zeros(alphabet, dtype=np.int64)
+    whole = np.zeros(alphabet, dtype=np.int64)
+    capacity = node_prop.size
+    slot_of = np.zeros(capacity, dtype=np.int64)
+    gain = np.zeros(capacity)
+    split_p = np.zeros(capacity, dtype=np.int64)
+    split_b = np.zeros(capacity, dtype=np.int64)
+    depth = np.zeros(capacity, dtype=np.int64)
+    frontier = np.zeros(capacity, dtype=np.int64)  # leaf nodes in the order they were made
+    buf = np.empty((n, n_props), dtype=bins.dtype)
+    buf_tokens = np.empty(n, dtype=tokens.dtype)
+    node_prop[0], node_lo[0], node_hi[0], node_left[0] = -1, 0, n, -1
+    slot_of[0] = 0
+    _histogram(bins, tokens, 0, n, slots[0])
+    gain[0], split_p[0], split_b[0] = _best_split(slots[0], valid, nlogn, weight, split_cost, left, whole)
+    frontier[0] = 0
+    n_frontier, n_nodes, n_leaves = 1, 1, 1
+    while n_leaves < max_leaves:
+        pick, at = -1, -1
+        for f in range(n_frontier):
+            nd = frontier[f]
+            if split_p[nd] >= 0 and gain[nd] > 0 and depth[nd] < max_depth and (pick < 0 or gain[nd] > gain[pick]):
+                pick, at = nd, f
+        if pick < 0:
+            break
+        p, b = split_p[pick], split_b[pick]
+        lo, hi = node_lo[pick], node_hi[pick]
+        # Stable partition of the node's samples: bin <= b to the left.
+        k = lo
+        r = 0
+        for s in range(lo, hi):
+            if bins[s, p] > b:
+                buf[r] = bins[s]
+                buf_tokens[r] = tokens[s]
+                r += 1
+            else:
+                if k != s:
+                    bins[k] = bins[s]
+                    tokens[k] = tokens[s]
+                k += 1
+        for s in range(r):
+            bins[k + s] = buf[s]
+            tokens[k + s] = buf_tokens[s]
+        kid = n_nodes
+        n_nodes += 2
+        node_prop[pick], node_bin[pick], node_left[pick] = p, b, kid
+        for c in range(2):
+            node_prop[kid + c], node_left[kid + c] = -1, -1
+            depth[kid + c] = depth[pick] + 1
+        node_lo[kid], node_hi[kid] = lo, k
+        node_lo[kid + 1], node_hi[kid + 1] = k, hi
+        small = kid if k - lo <= hi - k else kid + 1
+        big = kid + kid + 1 - small
+        parent = slot_of[pick]
+        n_free -= 1
+        s_small = free[n_free]
+        _histogram(bins, tokens, node_lo[small], node_hi[small], slots[s_small])
+        whole_h = slots[parent].reshape(-1)
+        small_h = slots[s_small].reshape(-1)
+        for j in range(whole_h.size):
+            whole_h[j] -= small_h[j]
+        slot_of[small], slot_of[big] = s_small, parent
+        # The frontier drops the node that split and gains its children, in order.
+        for f in range(at, n_frontier - 1):
+            frontier[f] = frontier[f + 1]
+        frontier[n_frontier - 1] = kid
+        frontier[n_frontier] = kid + 1
+        n_frontier += 1
+        for c in range(2):
+            nd = kid + c
+            gain[nd], split_p[nd], split_b[nd] = _best_split(slots[slot_of[nd]], valid, nlogn, weight, split_cost,
+                                                             left, whole)
+        n_leaves += 1
+    return n_nodes
+
+
+@njit(cache=True, nogil=True)
+def bin_codes(props, thresholds, counts, out):
+    """``out[i, p]``: how many of property p's thresholds ``thresholds[p, :counts[p]]``
+    (increasing) are below ``props[p, i]``."""
+    for p in range(props.shape[0]):
+        m = counts[p]
+        for i in range(props.shape[1]):
+            v = props[p, i]
+            lo, hi = 0, m
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if thresholds[p, mid] < v:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            out[i, p] = lo
+
+
+@njit(cache=True, nogil=True)
+def order_statistics(props, ranks, out):
+    """``out[p, j]``: the value of rank ``ranks[j]`` (increasing, 0 the smallest) among
+    ``props[p]``: what ``np.quantile(props[p], q, method="lower")`` returns for ranks
+    ``floor((n - 1) * q)``, counted. Returns whether every property was counted: one
+    whose range is wide is left for the caller (a sort), and so are those after it."""
+    n = props.shape[1]
+    for p in range(props.shape[0]):
+        row = props[p]
+        lo, hi = row[0], row[0]
+        for i in range(1, n):
+            v = row[i]
+            if v < lo:
+                lo = v
+            elif v > hi:
+                hi = v
+        if hi - lo < 4 * n + 4096:
+            counts = np.zeros(hi - lo + 1, dtype=np.int64)
+            for i in range(n):
+                counts[row[i] - lo] += 1
+            seen = 0
+            value = 0
+            for j in range(ranks.size):
+                while seen + counts[value] <= ranks[j]:
+                    seen += counts[value]
+                    value += 1
+                out[p, j] = lo + value
+        else:
+            return False
+    return True
