@@ -327,9 +327,11 @@ def run_benchmark(
     if frame_cap < 1:
         raise ValueError(f"frame_cap must be >= 1, got {frame_cap}")
     paths = [str(p) for p in paths]
+    import medcodec
     from medcodec import allocator
 
     allocator.tune()  # as medarchive's jobs run (every codec shares the process and its allocator)
+    medcodec.set_model_threads(1)  # single-threaded, as the standard codecs (torch and BLAS)
     start = time.perf_counter()
     active, infos = build_codecs(codecs, preset=preset)
     _warm_up(active)

@@ -127,9 +127,9 @@ def dicom_identifiers(data: bytes) -> dict[str, str | None]:
 
 
 def set_model_threads(n: int) -> None:
-    """Torch CPU threads for the transformer path (the bitstream does not depend on it),
-    applied when the path loads torch: a process that never codes with a transformer
-    never imports it (``medcodec.model.threads``)."""
+    """The codec's CPU threads (the bitstream does not depend on them): numpy's BLAS at
+    once, and torch's for the transformer path when the path loads torch, so a process
+    that never codes with a transformer never imports it (``medcodec.model.threads``)."""
     from .model.threads import set_threads
 
     set_threads(n)

@@ -230,3 +230,38 @@ def order_statistics(props, ranks, out):
         else:
             return False
     return True
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _token(z, mantissa, direct):
+    """``paths.tokenize`` of one non-negative int: (token, raw bits)."""
+    if z < direct:
+        return z, 0
+    n = 0
+    while (z >> (n + 1)) > 0:
+        n += 1
+    nb = n - mantissa
+    return direct - (4 << mantissa) + (n << mantissa) + ((z >> nb) & ((1 << mantissa) - 1)), nb
+
+
+@njit(cache=True, nogil=True)
+def leaf_token_counts(preds, flat, ctx, mantissa, direct, hist, raw, top):
+    """For each candidate k's predictions ``preds[k]`` (K, n) of ``flat`` (n,): the
+    residual tokens (``paths.tokenize`` of their zigzag) counted per context leaf
+    ``ctx`` into ``hist[k, leaf, token]``, their raw bits summed into ``raw[k, leaf]``,
+    and the largest token into ``top[k]``. ``hist`` must hold every token (an
+    alphabet of ``paths.token_alphabet``); both are cleared first."""
+    hist[:] = 0
+    raw[:] = 0
+    for k in range(preds.shape[0]):
+        row = preds[k]
+        t_max = 0
+        for i in range(flat.size):
+            e = np.int64(flat[i]) - np.int64(row[i])
+            z = (e << 1) ^ (e >> 63)
+            t, nb = _token(z, mantissa, direct)
+            hist[k, ctx[i], t] += 1
+            raw[k, ctx[i]] += nb
+            if t > t_max:
+                t_max = t
+        top[k] = t_max

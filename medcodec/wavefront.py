@@ -51,6 +51,7 @@ from .paths import (
     IntReader,
     IntWriter,
     PlaneInfo,
+    _DIRECT,
     _HALF,
     _WMAX,
     WEIGHT_BITS,
@@ -60,6 +61,7 @@ from .paths import (
     _split,
     _token_scale_rows,
     activity_bucket,
+    token_alphabet,
     token_lookup,
     tokenize,
     unzigzag,
@@ -300,11 +302,31 @@ def leaf_predictions(v: np.ndarray, nb: Neighbours, weighted: np.ndarray, maxv: 
 def _leaf_costs(token: np.ndarray, nbits: np.ndarray, ctx: np.ndarray, leaves: int) -> np.ndarray:
     """Static code length in bits of each leaf's tokens plus their raw bits (encoder only)."""
     alphabet = int(token.max(initial=0)) + 1
-    h = np.bincount(ctx * alphabet + token, minlength=leaves * alphabet).reshape(leaves, alphabet).astype(np.float64)
-    total = h.sum(axis=1, keepdims=True)
+    h = np.bincount(ctx * alphabet + token, minlength=leaves * alphabet).reshape(leaves, alphabet)
+    return _static_bits(h) + np.bincount(ctx, weights=nbits, minlength=leaves)
+
+
+def _static_bits(h: np.ndarray) -> np.ndarray:
+    """Empirical code length in bits of each row of token counts ``h`` (.., alphabet)."""
+    h = h.astype(np.float64)
+    total = h.sum(axis=-1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
-        bits = -(h * np.log2(np.where(h > 0, h / np.maximum(total, 1), 1.0))).sum(axis=1)
-    return bits + np.bincount(ctx, weights=nbits, minlength=leaves)
+        return -(h * np.log2(np.where(h > 0, h / np.maximum(total, 1), 1.0))).sum(axis=-1)
+
+
+def _candidate_leaf_costs(preds: np.ndarray, flat: np.ndarray, ctx: np.ndarray, leaves: int, bits: int) -> np.ndarray:
+    """``_leaf_costs`` of the residuals of each row of ``preds`` (K, n) against ``flat``
+    (K, leaves), counted in one compiled pass (``learnkernel.leaf_token_counts``); the
+    same floats as ``_leaf_costs`` row by row."""
+    from . import learnkernel as lk  # numba: loaded on first use
+
+    preds = np.ascontiguousarray(preds, dtype=np.int64)
+    hist = np.empty((preds.shape[0], leaves, token_alphabet(bits, MANTISSA)), dtype=np.int64)
+    raw = np.empty((preds.shape[0], leaves), dtype=np.int64)
+    top = np.empty(preds.shape[0], dtype=np.int64)
+    lk.leaf_token_counts(preds, np.ascontiguousarray(flat, dtype=np.int64), np.ascontiguousarray(ctx, dtype=np.int64),
+                         MANTISSA, _DIRECT, hist, raw, top)
+    return np.stack([_static_bits(hist[k, :, : top[k] + 1]) + raw[k] for k in range(preds.shape[0])])
 
 
 def _leaf_medians(residual: np.ndarray, ctx: np.ndarray, leaves: int) -> np.ndarray:
@@ -372,7 +394,8 @@ class RasterV2GlobalPathCoder(RasterGlobalPathCoder):
         """(choice, offset) per leaf and the pixels' final predictions (encoder only).
         ``scale``: how many pixels of the plane each given pixel stands for (a sample)."""
         allpos = np.arange(flat.size, dtype=np.int64)
-        costs = scale * np.stack([_leaf_costs(*tokenize(zigzag(flat - cp), MANTISSA)[::2], ctx, leaves) for cp in cands])
+        bits = max(1, int(maxv).bit_length())
+        costs = scale * _candidate_leaf_costs(cands, flat, ctx, leaves, bits)
         # A leaf leaves the weighted predictor (or takes an offset) only for a clear gain:
         # the static cost is measured on the leaf's own pixels, and small leaves overfit.
         choice = np.where(costs[0] - costs.min(axis=0) > LEAF_SWITCH_BITS, costs.argmin(axis=0), 0)
@@ -380,7 +403,7 @@ class RasterV2GlobalPathCoder(RasterGlobalPathCoder):
         final = cands[choice[ctx], allpos]
         offset = _leaf_medians(flat - final, ctx, leaves)
         moved = np.clip(final + offset[ctx], 0, maxv)
-        moved_cost = scale * _leaf_costs(*tokenize(zigzag(flat - moved), MANTISSA)[::2], ctx, leaves)
+        moved_cost = scale * _candidate_leaf_costs(moved[None], flat, ctx, leaves, bits)[0]
         offset = np.where(chosen - moved_cost > LEAF_SWITCH_BITS, offset, 0)
         final = np.clip(final + offset[ctx], 0, maxv)
         return choice, offset, final
@@ -467,6 +490,13 @@ def ls_predict(x: np.ndarray, ref: np.ndarray, weights: np.ndarray, cls: np.ndar
     else:
         out = np.einsum("nf,fn->n", weights[cls], x)
     return np.minimum(np.maximum(ref + ((out + _HALF) >> WEIGHT_BITS), 0), maxv)
+
+
+def ls_predict_many(x: np.ndarray, ref: np.ndarray, weights: np.ndarray, maxv: int) -> np.ndarray:
+    """``ls_predict`` with each row of ``weights`` (K, F) for every pixel: (K, n), the
+    products summed in one matrix product (exact in float64, as ``ls_predict`` says)."""
+    out = weights.astype(np.float64) @ np.asarray(x, dtype=np.float64)
+    return np.minimum(np.maximum(ref + ((out.astype(np.int64) + _HALF) >> WEIGHT_BITS), 0), maxv)
 
 
 # --- decoding: one anti-diagonal per step ----------------------------------------------
@@ -590,7 +620,7 @@ class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
         xs, refs = ls_features(wf, allpos[s], pred8)
         xs, flats = xs.astype(np.float64), flat[s]
         models = self._fit_models(xs, refs, flats, pred[s], ctx[s], tree.n_leaves, maxv, n)
-        cands = np.concatenate([fixed[:, s]] + [ls_predict(xs, refs, w[None], None, maxv)[None] for w in models])
+        cands = np.concatenate([fixed[:, s]] + ([ls_predict_many(xs, refs, np.array(models), maxv)] if models else []))
         choice, offset, _ = self._select(ctx[s], tree.n_leaves, flats, cands, maxv, step)
         final = self._final(choice, offset, ctx, fixed, wf, pred8, models, maxv)
         # The tree was grown on the weighted predictor's residuals: grow it again on
@@ -638,10 +668,8 @@ class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
                 models.append(_fit(x[:, members], y[members], LS_L1_ITERATIONS, LS_FIT_ROWS))
             if not models:
                 return []
-            costs = np.stack([
-                _leaf_costs(*tokenize(zigzag(flat - ls_predict(x, ref, w[None], None, maxv)), MANTISSA)[::2], ctx, leaves)
-                for w in models
-            ])
+            costs = _candidate_leaf_costs(ls_predict_many(x, ref, np.array(models), maxv), flat, ctx, leaves,
+                                          max(1, maxv.bit_length()))
             group = costs.argmin(axis=0)
             k = len(models)
         return models

@@ -165,12 +165,15 @@ def test_same_bytes_with_1_or_2_threads_and_decoding_in_another_process(tmp_path
 
 
 def test_model_threads_reach_torch_only_when_the_transformer_path_loads_it():
-    # A `fast` worker sets its thread count and never codes with a transformer: torch
+    # numpy's BLAS gets the count at once (its own threads would spin beside the other
+    # worker's). A `fast` worker sets its thread count and never codes with a transformer: torch
     # (about a second and 180 MB per process) stays unloaded; max's path then gets it.
     code = textwrap.dedent(
         """
         import sys, numpy as np, medcodec
+        from threadpoolctl import threadpool_info
         medcodec.set_model_threads(1)
+        assert {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"} == {1}
         img = (np.arange(48 * 40).reshape(48, 40) % 700).astype(np.uint16)
         blob = medcodec.compress_pixels(img, bits_stored=12, signed=False, preset="fast")
         assert np.array_equal(medcodec.decompress_pixels(blob), img)
@@ -180,6 +183,7 @@ def test_model_threads_reach_torch_only_when_the_transformer_path_loads_it():
         assert torch.get_num_threads() == 1
         medcodec.set_model_threads(2)  # torch is loaded now: applied at once
         assert torch.get_num_threads() == 2
+        assert {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"} == {2}
         print("ok")
         """
     )
