@@ -265,3 +265,15 @@ def leaf_token_counts(preds, flat, ctx, mantissa, direct, hist, raw, top):
             if t > t_max:
                 t_max = t
         top[k] = t_max
+
+
+@njit(cache=True, nogil=True)
+def tokenize_into(z, mantissa, direct, token, extra, nbits):
+    """``paths.tokenize`` of every element of ``z`` (non-negative int64) into the three
+    output arrays."""
+    for i in range(z.size):
+        v = z[i]
+        t, nb = _token(v, mantissa, direct)
+        token[i] = t
+        nbits[i] = nb
+        extra[i] = v - ((v >> nb) << nb)

@@ -605,46 +605,40 @@ class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
         flat, wf, pred, pred8, tree, ctx = self._analyse(plane, info, prev)
         maxv = (1 << info.bits) - 1
         n = flat.size
-        allpos = np.arange(n, dtype=np.int64)
-        r, c = np.divmod(allpos, info.cols)
-        nb = wf.neighbours(allpos, r, c)
-        fixed = leaf_predictions(wf.value, nb, pred, maxv)
+        # Predictors are fitted and leaves choose on pixels at a fixed stride (all of
+        # them up to 2 * LS_SAMPLE, and all of a plane too small to fit predictors); the
+        # chosen predictions are then made for every pixel.
+        step = max(1, n // LS_SAMPLE) if n >= LS_MIN_PIXELS else 1
+        sample = np.arange(0, n, step, dtype=np.int64)
+        fixed = np.empty((N_FIXED, sample.size), dtype=np.int64)
+        wk.fixed_at(sample, wf.cols, wf.value, wf.true_err, wf.prev_shift, wf.has_prev, pred, maxv, fixed)
         if n < LS_MIN_PIXELS:
             choice, offset, final = self._select(ctx, tree.n_leaves, flat, fixed, maxv)
             return self._code_choice(tree, info, wf, ctx, flat, pred, choice, offset, final)
-        # Predictors are fitted and leaves choose on pixels at a fixed stride (all of
-        # them up to 2 * LS_SAMPLE); the chosen predictions are then made for every pixel,
-        # in blocks (the features of a whole plane would take ~220 bytes per pixel).
-        step = max(1, n // LS_SAMPLE)
         s = slice(None, None, step)
-        xs, refs = ls_features(wf, allpos[s], pred8)
+        xs, refs = ls_features(wf, sample, pred8)
         xs, flats = xs.astype(np.float64), flat[s]
         models = self._fit_models(xs, refs, flats, pred[s], ctx[s], tree.n_leaves, maxv, n)
-        cands = np.concatenate([fixed[:, s]] + ([ls_predict_many(xs, refs, np.array(models), maxv)] if models else []))
+        cands = np.concatenate([fixed] + ([ls_predict_many(xs, refs, np.array(models), maxv)] if models else []))
         choice, offset, _ = self._select(ctx[s], tree.n_leaves, flats, cands, maxv, step)
-        final = self._final(choice, offset, ctx, fixed, wf, pred8, models, maxv)
+        final = self._final(choice, offset, ctx, wf, pred, pred8, models, maxv)
         # The tree was grown on the weighted predictor's residuals: grow it again on
         # those of the chosen predictions (same properties), and choose again.
         token = tokenize(zigzag(flat - final), MANTISSA)[0]
         tree = self._learn(wf, wf.scan_order()[:: max(1, n // ctxtree.LEARN_ROWS)], pred, token, info)
         ctx = self._all_contexts(wf, tree, pred)
         choice, offset, _ = self._select(ctx[s], tree.n_leaves, flats, cands, maxv, step)
-        final = self._final(choice, offset, ctx, fixed, wf, pred8, models, maxv)
+        final = self._final(choice, offset, ctx, wf, pred, pred8, models, maxv)
         return self._code_choice(tree, info, wf, ctx, flat, pred, choice, offset, final, models)
 
     @staticmethod
-    def _final(choice, offset, ctx, fixed, wf: Wavefront, pred8, models, maxv: int) -> np.ndarray:
-        """Every pixel's prediction under a leaf table (encoder only): as the decoder's."""
-        pick = choice[ctx]
-        out = fixed[np.minimum(pick, N_FIXED - 1), np.arange(pick.size)]
-        fitted = np.flatnonzero(pick >= N_FIXED)
-        if fitted.size:
-            weights = np.array(models, dtype=np.int64).reshape(len(models), -1)
-            made = np.empty(fitted.size, dtype=np.int64)
-            wk.fitted_at(fitted, pick[fitted] - N_FIXED, wf.cols, wf.value, wf.true_err, wf.prev_shift, wf.has_prev,
-                         pred8, weights, maxv, made)
-            out[fitted] = made
-        return np.clip(out + offset[ctx], 0, maxv)
+    def _final(choice, offset, ctx, wf: Wavefront, pred, pred8, models, maxv: int) -> np.ndarray:
+        """Every pixel's prediction under a leaf table (encoder only): the decoder's rule,
+        compiled (``wavekernel.table_predictions``)."""
+        out = np.empty(pred.size, dtype=np.int64)
+        wk.table_predictions(wf.cols, wf.value, wf.true_err, wf.prev_shift, wf.has_prev, pred, pred8, ctx,
+                             *leaf_table_arrays((choice, offset, models), wf.has_prev), maxv, out)
+        return out
 
     @staticmethod
     def _fit_models(x, ref, flat, pred, ctx, leaves: int, maxv: int, n: int) -> list[np.ndarray]:

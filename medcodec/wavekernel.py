@@ -222,24 +222,30 @@ def _table_prediction(pos, r, c, cols, zero, value, true_err, prev_shift, has_pr
         out = _fitted(pos, r, c, cols, zero, value, true_err, prev_shift, has_prev, pred8, weights, model[_u(leaf)], maxv)
     else:
         w, n, nw, ne, nn, ww, ew, en, enw, ene, eww = _neighbours(pos, r, c, cols, zero)
-        W, N, NW, NE = value[_u(w)], value[_u(n)], value[_u(nw)], value[_u(ne)]
-        plane = W + N - NW
-        gradient = min(max(plane, min(W, N)), max(W, N))
-        if pick == 1:
-            out = gradient
-        elif pick == 2:
-            out = W
-        elif pick == 3:
-            out = N
-        elif pick == 4:
-            out = (W + N) >> 1
-        elif pick == 5:
-            out = (N + NE) >> 1
-        elif pick == 6:
-            out = min(max(plane, 0), maxv)
-        else:
-            out = (weighted + gradient) >> 1
+        out = _fixed(pick, value[_u(w)], value[_u(n)], value[_u(nw)], value[_u(ne)], weighted, maxv)
     return min(max(out + offset[_u(leaf)], 0), maxv)
+
+
+@njit(cache=True, inline="always")
+def _fixed(pick, W, N, NW, NE, weighted, maxv):
+    """``wavefront.LEAF_PREDICTORS[pick]`` from the neighbours' values, within [0, maxv]."""
+    if pick == 0:
+        return weighted
+    plane = W + N - NW
+    gradient = min(max(plane, min(W, N)), max(W, N))
+    if pick == 1:
+        return gradient
+    if pick == 2:
+        return W
+    if pick == 3:
+        return N
+    if pick == 4:
+        return (W + N) >> 1
+    if pick == 5:
+        return (N + NE) >> 1
+    if pick == 6:
+        return min(max(plane, 0), maxv)
+    return (weighted + gradient) >> 1
 
 
 @njit(cache=True, inline="always")
@@ -333,6 +339,30 @@ def fitted_at(at, cls, cols, value, true_err, prev_shift, has_prev, pred8, weigh
         pos = at[i]
         out[i] = _fitted(pos, pos // cols, pos % cols, cols, zero, value, true_err, prev_shift, has_prev, pred8[pos],
                          weights, cls[i], maxv)
+
+
+@njit(cache=True, nogil=True)
+def fixed_at(at, cols, value, true_err, prev_shift, has_prev, pred, maxv, out):
+    """``wavefront.LEAF_PREDICTORS``' predictions (N_FIXED, m) at the pixels ``at`` of an
+    analysed plane (``pred``: the weighted predictions), by the decoder's rule."""
+    zero = true_err.size - 1
+    for i in range(at.size):
+        pos = at[i]
+        w, n, nw, ne, nn, ww, ew, en, enw, ene, eww = _neighbours(pos, pos // cols, pos % cols, cols, zero)
+        W, N, NW, NE = value[_u(w)], value[_u(n)], value[_u(nw)], value[_u(ne)]
+        for k in range(N_FIXED):
+            out[k, i] = _fixed(k, W, N, NW, NE, pred[pos], maxv)
+
+
+@njit(cache=True, nogil=True)
+def table_predictions(cols, value, true_err, prev_shift, has_prev, pred, pred8, ctx, choice, offset, model, weights,
+                      maxv, out):
+    """Every pixel's final prediction under a leaf table (``ctx``: its leaf), by the
+    decoder's rule (``_table_prediction``), of an analysed plane."""
+    zero = true_err.size - 1
+    for pos in range(zero):
+        out[pos] = _table_prediction(pos, pos // cols, pos % cols, cols, zero, value, true_err, prev_shift, has_prev,
+                                     pred[pos], pred8[pos], ctx[pos], choice, offset, model, weights, maxv)
 
 
 # --- the decoder: one anti-diagonal per step -----------------------------------------------

@@ -34,6 +34,20 @@ def test_tokens_and_zigzag_at_the_edges():
     assert np.array_equal(unzigzag(zigzag(e)), e)
 
 
+@pytest.mark.parametrize("mantissa", [1, 2, 3])
+def test_compiled_tokens_equal_numpy_tokens(mantissa, monkeypatch):
+    import medcodec.paths as paths
+
+    rng = np.random.default_rng(mantissa)
+    z = np.concatenate([np.arange(1 << 12), rng.integers(0, 1 << 40, 5000), 1 << np.arange(1, 40),
+                        (1 << np.arange(1, 41)) - 1])
+    assert z.size >= paths._COMPILED_TOKENIZE
+    compiled = tokenize(z, mantissa)
+    monkeypatch.setattr(paths, "_COMPILED_TOKENIZE", z.size + 1)
+    for got, want in zip(compiled, tokenize(z, mantissa)):
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
 @given(st.data())
 def test_adaptive_and_windowed_streams_roundtrip(data):
     n = data.draw(st.integers(0, 5000))

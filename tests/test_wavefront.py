@@ -293,12 +293,18 @@ def test_the_decoders_contexts_and_predictions_equal_the_encoders(coder):
         x, ref = ls_features(wf, allpos, pred8)
         weights = rng.integers(-3000, 3000, (2, x.shape[0]))
         weights[:, 0] += 4096
+        # The numpy rules (leaf_predictions, ls_predict) against the compiled ones the
+        # encoder uses (wavekernel.fixed_at, RasterV3GlobalPathCoder._final).
         fixed = leaf_predictions(wf.value, wf.neighbours(allpos, *np.divmod(allpos, a.shape[1])), pred, maxv)
-        want = coder._final(choice, offset, ctx, fixed, wf, pred8, list(weights), maxv)
-        fitted = choice[ctx] >= n_fixed
-        assert fitted.sum() > 100
-        by_features = np.clip(ls_predict(x, ref, weights, np.maximum(choice[ctx] - n_fixed, 0), maxv) + offset[ctx], 0, maxv)
-        assert np.array_equal(want[fitted], by_features[fitted])
+        compiled = np.empty_like(fixed)
+        wk.fixed_at(allpos, wf.cols, wf.value, wf.true_err, wf.prev_shift, wf.has_prev, pred, maxv, compiled)
+        assert np.array_equal(compiled, fixed)
+        pick = choice[ctx]
+        fitted = pick >= n_fixed
+        assert fitted.sum() > 100 and (pick == 0).sum() > 100
+        by_features = ls_predict(x, ref, weights, np.maximum(pick - n_fixed, 0), maxv)
+        want = np.clip(np.where(fitted, by_features, fixed[np.minimum(pick, n_fixed - 1), allpos]) + offset[ctx], 0, maxv)
+        assert np.array_equal(coder._final(choice, offset, ctx, wf, pred, pred8, list(weights), maxv), want)
         table = (choice, offset, list(weights))
     got_pred, got_ctx = _DiagonalDecoder(a, maxv, prev, tree, table).run()
     assert np.array_equal(got_ctx, ctx)
