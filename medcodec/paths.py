@@ -292,11 +292,12 @@ def _fit(x: np.ndarray, y: np.ndarray, iterations: int, rows: int = FIT_ROWS["ma
     row_w = np.ones_like(yf)
     best_w, best_cost = None, np.inf
     for _ in range(iterations + 1):
-        xw = xf * row_w
-        gram = xw @ xf.T
+        root = np.sqrt(row_w)
+        xw = xf * root
+        gram = xw @ xw.T  # one product with its own transpose: BLAS computes half (syrk)
         ridge = 1e-6 * (np.trace(gram) / gram.shape[0] + 1.0)
         try:
-            w = np.linalg.solve(gram + ridge * eye, xw @ yf)
+            w = np.linalg.solve(gram + ridge * eye, xw @ (yf * root))
         except np.linalg.LinAlgError:
             break
         resid = np.abs(yf - w @ xf)
