@@ -163,8 +163,10 @@ def learn(props: np.ndarray, tokens: np.ndarray, alphabet: int, prior_rows: np.n
         quantiles = np.empty((n_props, BINS - 1), dtype=np.int64)
         # np.quantile(..., method="lower")'s ranks, the order statistics found in the kernel.
         ranks = np.floor((n - 1) * np.linspace(0, 1, BINS + 1)[1:-1]).astype(np.int64)
-        if not lk.order_statistics(props, ranks, quantiles):
-            quantiles = np.partition(props, ranks, axis=1)[:, ranks]  # a range too wide to count
+        counted = np.empty(n_props, dtype=np.bool_)
+        lk.order_statistics(props, ranks, quantiles, counted)
+        for j in np.flatnonzero(~counted):  # a range too wide to count
+            quantiles[j] = np.partition(props[j], ranks)[ranks]
         for j in range(n_props):
             qs = np.unique(quantiles[j])
             thresholds[j, : qs.size] = qs

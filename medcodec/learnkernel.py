@@ -201,11 +201,11 @@ def bin_codes(props, thresholds, counts, out):
 
 
 @njit(cache=True, nogil=True)
-def order_statistics(props, ranks, out):
+def order_statistics(props, ranks, out, counted):
     """``out[p, j]``: the value of rank ``ranks[j]`` (increasing, 0 the smallest) among
     ``props[p]``: what ``np.quantile(props[p], q, method="lower")`` returns for ranks
-    ``floor((n - 1) * q)``, counted. Returns whether every property was counted: one
-    whose range is wide is left for the caller (a sort), and so are those after it."""
+    ``floor((n - 1) * q)``, counted. ``counted[p]`` says whether property p was: one
+    whose range is too wide to count is left for the caller (a partial sort)."""
     n = props.shape[1]
     for p in range(props.shape[0]):
         row = props[p]
@@ -216,7 +216,8 @@ def order_statistics(props, ranks, out):
                 lo = v
             elif v > hi:
                 hi = v
-        if hi - lo < 4 * n + 4096:
+        counted[p] = hi - lo < 4 * n + 4096
+        if counted[p]:
             counts = np.zeros(hi - lo + 1, dtype=np.int64)
             for i in range(n):
                 counts[row[i] - lo] += 1
@@ -227,9 +228,6 @@ def order_statistics(props, ranks, out):
                     seen += counts[value]
                     value += 1
                 out[p, j] = lo + value
-        else:
-            return False
-    return True
 
 
 @njit(cache=True, nogil=True, inline="always")
