@@ -272,9 +272,9 @@ def test_max_screens_its_local_models_on_a_crop_of_a_large_image():
     words = img[None, None].astype(np.uint8)
     fmt = SampleFormat(bits_allocated=8, bits_stored=8, high_bit=7, signed=False)
     base, classical = TransformerLocalPathCoder(load_model("llm-base-v1")), ClassicalLocalPathCoder()
-    # The transformer loses on the crop by more than the margin: it never codes the whole image.
+    # The transformer loses on the crop: it never codes the whole image.
     assert screen_local_models(words, fmt, "max", [base, classical]) == [classical]
-    # Two equal candidates are both within the margin of the best.
+    # Two equal candidates are both within the margin of the best (SCREEN_MARGIN, 0).
     twin = ClassicalLocalPathCoder()
     assert screen_local_models(words, fmt, "max", [classical, twin]) == [classical, twin]
     timings: dict = {}
