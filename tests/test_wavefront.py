@@ -776,6 +776,17 @@ def test_per_plane_coders_keep_the_smallest_candidate(selector):
     assert selector.chosen_model(data).startswith(("raster-wp-diff-", "interlaced-tree-"))
 
 
+def test_max_tries_the_difference_coder_on_planes_mostly_equal_to_their_previous_plane():
+    r, g, _ = _rgb("US1_J2KR.dcm")
+    r, g = r[100:196, 100:228], g[100:196, 100:228]
+    assert np.count_nonzero(g == r) >= 0.5 * g.size  # grey ultrasound: R and G agree
+    assert 2 in PER_PLANE_V7.choose(g, r) and 2 in PER_PLANE_V6.choose(g, r)
+    other = np.roll(r, 7, axis=1)  # a previous plane it does not follow pixel for pixel
+    assert 2 not in PER_PLANE_V7.choose(g, other) and 1 in PER_PLANE_V7.choose(g, other)
+    assert 2 in PER_PLANE_V6.choose(g, other)  # v6's rule, as its records were written
+    assert 2 not in PER_PLANE_V7.choose(g, None)
+
+
 # --- raster-wp-v4: raster-wp-v3's model, coded inside the kernel ----------------------------
 
 
