@@ -182,6 +182,42 @@ def test_few_colour_rgb_is_coded_as_one_plane_of_colour_indices(preset):
         assert _coded_bytes((record.config["pixels"], record.sections)) == min(map(_coded_bytes, (indexed, planes)))
 
 
+def test_max_codes_a_screened_image_only_the_colour_way_its_crop_codes_smaller():
+    from medcodec.codec import (
+        SCREEN_GLOBAL_MODEL,
+        SCREEN_MIN_SAMPLES,
+        _coded_bytes,
+        _encode_with,
+        _screen_crop,
+        local_model_for,
+        screen_colours,
+    )
+    from medcodec.planes import SampleFormat
+
+    fmt = SampleFormat(bits_allocated=8, bits_stored=8, high_bit=7, signed=False)
+    model = local_model_for("classical-v1")
+    rng = np.random.default_rng(3)
+    levels = np.clip(smooth_image(256, 256, 8, seed=3, noise=0.0).astype(np.int64) * 30 // 256, 0, 29)
+    painted = rng.integers(0, 256, (30, 3)).astype(np.uint8)[levels]  # 30 unrelated colours: the table wins
+    choices = []
+    for rgb in (_few_colour_rgb(256, 256), painted):  # grey with an overlay: the planes win
+        words = np.ascontiguousarray(np.moveaxis(rgb, 2, 0)[None])  # (1, 3, 256, 256)
+        assert words.size >= SCREEN_MIN_SAMPLES
+        crop = _screen_crop(words)
+        sizes = {c: _coded_bytes(_encode_with(crop, fmt, "max", model, None, colours=c, global_id=SCREEN_GLOBAL_MODEL))
+                 for c in (True, False)}
+        assert sizes[True] != sizes[False]
+        choice = screen_colours(words, fmt, "max", model)
+        assert choice == (sizes[True] < sizes[False],)
+        choices.append(choice)
+        blob = medcodec.compress_pixels(rgb[None], bits_stored=8, signed=False, local_model="classical-v1")
+        assert np.array_equal(medcodec.decompress_pixels(blob), rgb[None])
+        assert ("colour_palette" in medcodec.inspect_record(blob)) == choice[0]
+    assert choices == [(False,), (True,)]
+    small = words[:, :, :96, :96]  # under SCREEN_MIN_SAMPLES: both ways, the smaller record kept
+    assert small.size < SCREEN_MIN_SAMPLES and screen_colours(small, fmt, "max", model) == (True, False)
+
+
 def test_colour_table_damage_is_refused():
     from medcodec import container as ct
 
