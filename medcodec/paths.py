@@ -286,8 +286,8 @@ def _fit(x: np.ndarray, y: np.ndarray, iterations: int, rows: int = FIT_ROWS["ma
     best is kept, so the result is never worse by that measure than least squares.
     """
     step = max(1, x.shape[1] // rows)
-    xf = x[:, ::step].astype(np.float64)
-    yf = y[::step].astype(np.float64)
+    xf = np.asarray(x[:, ::step], dtype=np.float64)  # no copy of float64 columns taken whole
+    yf = np.asarray(y[::step], dtype=np.float64)
     eye = np.eye(xf.shape[0])
     row_w = np.ones_like(yf)
     best_w, best_cost = None, np.inf
