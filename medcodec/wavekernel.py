@@ -8,8 +8,10 @@ contexts and probabilities, and the same bytes: the golden records decode unchan
 
 * ``analyse``: the encoder's pass over a known plane (raster order: every value a pixel
   reads, W, N, NW, NE, NN and WW, and their errors, come before it in either order).
-* ``properties_at``, ``contexts_at``, ``ls_features_at``, ``fitted_at``: what the encoder
-  asks of the known plane at chosen pixels.
+* ``properties_at``, ``contexts_at``, ``ls_features_at``, ``fixed_at``: what the encoder
+  asks of the known plane at chosen pixels; ``table_predictions``: every pixel's final
+  prediction under a leaf table, by the decoder's rule (``fitted_at``: the fitted
+  predictors alone, which the tests hold to their scalar definition).
 * ``predict_diagonal`` and ``finish_diagonal``: the decoder's step. The tokens of a
   diagonal are range-coded by constriction (the coder of record for these streams) with
   the adaptive tables of their contexts, so each anti-diagonal is one round trip: the
