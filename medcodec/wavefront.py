@@ -625,8 +625,8 @@ class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
         s = slice(None, None, step)
         xs, refs = ls_features(wf, sample, pred8)
         xs, flats = xs.astype(np.float64), flat[s]
-        models = self._fit_models(xs, refs, flats, pred[s], ctx[s], tree.n_leaves, maxv, n)
-        cands = np.concatenate([fixed] + ([ls_predict_many(xs, refs, np.array(models), maxv)] if models else []))
+        models, fitted = self._fit_models(xs, refs, flats, pred[s], ctx[s], tree.n_leaves, maxv, n)
+        cands = np.concatenate([fixed, fitted])
         choice, offset, _ = self._select(ctx[s], tree.n_leaves, flats, cands, maxv, step)
         final = self._final(choice, offset, ctx, wf, pred, pred8, models, maxv)
         # The tree was grown on the weighted predictor's residuals: grow it again on
@@ -648,9 +648,9 @@ class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
         return out
 
     @staticmethod
-    def _fit_models(x, ref, flat, pred, ctx, leaves: int, maxv: int, n: int) -> list[np.ndarray]:
-        """Weights of the fitted predictors, one per class of leaves, from pixels sampled
-        from a plane of ``n`` (encoder only)."""
+    def _fit_models(x, ref, flat, pred, ctx, leaves: int, maxv: int, n: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """(weights of the fitted predictors, one per class of leaves, from pixels sampled
+        from a plane of ``n``; their predictions (K, sample) at those pixels), encoder only."""
         k = int(min(LS_MAX_CLASSES, max(1, n // LS_CLASS_PIXELS)))
         counts = np.bincount(ctx, minlength=leaves)
         activity = np.bincount(ctx, weights=np.abs(flat - pred), minlength=leaves) / np.maximum(counts, 1)
@@ -668,12 +668,11 @@ class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
                 members = members[:: max(1, members.size // LS_FIT_ROWS)]
                 models.append(_fit(x[:, members], y[members], LS_L1_ITERATIONS, LS_FIT_ROWS))
             if not models:
-                return []
-            costs = _candidate_leaf_costs(ls_predict_many(x, ref, np.array(models), maxv), flat, ctx, leaves,
-                                          max(1, maxv.bit_length()))
-            group = costs.argmin(axis=0)
+                return [], np.empty((0, flat.size), dtype=np.int64)
+            preds = ls_predict_many(x, ref, np.array(models), maxv)
+            group = _candidate_leaf_costs(preds, flat, ctx, leaves, max(1, maxv.bit_length())).argmin(axis=0)
             k = len(models)
-        return models
+        return models, preds
 
     @staticmethod
     def _write_models(side: IntWriter, models) -> None:
