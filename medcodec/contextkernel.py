@@ -109,3 +109,69 @@ def _halve(table, k):
         table[k, a] = (table[k, a] + 1) >> 1
         total += table[k, a]
     return total
+
+
+# --- the interlaced tree path's properties (``paths.TreeGlobalPathCoder.PROPERTIES``) ---------
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _interlaced_at(i, flat, emap, prev, has_prev, pos, nearest, outer, has_outer, cols, kind, level, p, out):
+    """The 17 properties of pixel ``i`` of an interlaced pass into ``out`` (17,)."""
+    a, b, c, d = nearest[0, i], nearest[1, i], nearest[2, i], nearest[3, i]
+    v0, v1, v2, v3 = flat[a], flat[b], flat[c], flat[d]
+    e0, e1, e2, e3 = emap[a], emap[b], emap[c], emap[d]
+    noise = (e0 + e1 + e2 + e3) >> 2
+    spread = max(max(v0, v1), max(v2, v3)) - min(min(v0, v1), min(v2, v3))
+    ref = (v0 + v1 + v2 + v3) >> 2
+    out[0] = kind
+    out[1] = level
+    out[2] = spread
+    out[3] = noise
+    out[4] = np.int64(v0 > p) + np.int64(v1 > p) + np.int64(v2 > p) + np.int64(v3 > p)
+    out[5] = ref
+    out[6] = p - ref
+    out[7] = abs(v0 - v1)
+    out[8] = abs(v2 - v3)
+    out[9] = max(max(e0, e1), max(e2, e3))
+    out[12] = 2 * spread + noise
+    out[13] = pos[i] // cols
+    out[14] = pos[i] - out[13] * cols
+    out[10] = out[11] = out[16] = 0
+    if has_prev:
+        d0, d1, d2, d3 = v0 - prev[a], v1 - prev[b], v2 - prev[c], v3 - prev[d]
+        out[10] = abs(d0) + abs(d1) + abs(d2) + abs(d3)
+        out[11] = max(max(d0, d1), max(d2, d3)) - min(min(d0, d1), min(d2, d3))
+        out[16] = abs(4 * prev[pos[i]] - (prev[a] + prev[b] + prev[c] + prev[d]))
+    out[15] = 0
+    if has_outer and outer.shape[0] > 0:
+        lo = hi = flat[outer[0, i]]
+        for k in range(1, outer.shape[0]):
+            v = flat[outer[k, i]]
+            lo = min(lo, v)
+            hi = max(hi, v)
+        out[15] = hi - lo
+
+
+@njit(cache=True, nogil=True)
+def interlaced_properties(flat, emap, prev, has_prev, pos, nearest, outer, has_outer, cols, kind, level, pred, out):
+    """The 17 integer properties (17, N) of the N pixels ``pos`` of one interlaced pass:
+    ``nearest`` (4, N) their nearest known neighbours, ``outer`` (M, N) the wider ones
+    (read where ``has_outer``; row 15 is left 0 otherwise), ``pred`` their predictions,
+    ``emap`` every known pixel's absolute residual, ``prev`` the previous plane (rows 10,
+    11 and 16 are 0 without one)."""
+    props = np.empty(17, dtype=np.int64)
+    for i in range(pos.size):
+        _interlaced_at(i, flat, emap, prev, has_prev, pos, nearest, outer, has_outer, cols, kind, level, pred[i], props)
+        for j in range(17):
+            out[j, i] = props[j]
+
+
+@njit(cache=True, nogil=True)
+def interlaced_contexts(flat, emap, prev, has_prev, pos, nearest, outer, has_outer, cols, kind, level, pred,
+                        prop, thr, right, leaf, out):
+    """The tree leaf of each pixel of an interlaced pass (``interlaced_properties``, walked
+    at once): ``out`` (N,)."""
+    props = np.empty(17, dtype=np.int64)
+    for i in range(pos.size):
+        _interlaced_at(i, flat, emap, prev, has_prev, pos, nearest, outer, has_outer, cols, kind, level, pred[i], props)
+        out[i] = leaf_of(prop, thr, right, leaf, 0, props)

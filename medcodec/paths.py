@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from .coders import register
+from . import contextkernel as ck
 from . import ctxtree, hierarchy
 from .entropy import AdaptiveTables, Decoder, Encoder, RowModel, geometric_prior
 from .errors import CorruptRecordError
@@ -47,6 +48,7 @@ N_TEXTURES = hierarchy.N_NEAREST + 1
 N_CONTEXTS = hierarchy.PASS_KINDS * N_BUCKETS * N_TEXTURES
 # Residual tokens: |z| < 16 direct, larger as (exponent, next bit) plus raw low bits.
 _DIRECT = 16
+_NO_OUTER = np.zeros((0, 1), dtype=np.int64)
 _POW2 = np.array([1 << i for i in range(40)], dtype=np.int64)
 
 
@@ -595,56 +597,34 @@ class TreeGlobalPathCoder:
         if tree is None:
             near = flat[p.inner[: hierarchy.N_NEAREST]]
             return _context(near, p, _activity(near, emap, p), pred)
-        return tree.contexts(self._properties(flat, emap, p, pred, prev_flat, cols, tree.used))
+        # The properties of each pixel, walked down the tree at once (none stored).
+        out = np.empty(p.size, dtype=np.int64)
+        ck.interlaced_contexts(*self._property_args(flat, emap, p, pred, prev_flat, cols, tree.used),
+                               tree.prop, tree.thr, tree.right, tree.leaf, out)
+        return out
 
     @staticmethod
     def _properties(flat, emap, p: hierarchy.Pass, pred, prev_flat, cols: int, used=None) -> np.ndarray:
-        """Integer properties (P, N) of the pixels of pass ``p`` (rows as in PROPERTIES).
+        """Integer properties (P, N) of the pixels of pass ``p`` (rows as in PROPERTIES),
+        computed in one compiled pass (``contextkernel.interlaced_properties``).
 
-        With ``used`` (a set of row numbers) only those rows are computed; the others
-        are left zero (a tree never reads them).
+        With ``used`` (a set of row numbers) the pass's wider neighbours are read only
+        where row 15 is among them (a tree never reads the rows it does not use).
         """
-        want = (lambda *js: True) if used is None else (lambda *js: any(j in used for j in js))
-        nn = p.inner[: hierarchy.N_NEAREST]
-        nv = flat[nn]
-        out = np.zeros((len(TreeGlobalPathCoder.PROPERTIES), p.size), dtype=np.int64)
-        out[0] = p.kind
-        out[1] = int(p.h).bit_length() - 1
-        if want(3, 9, 12):
-            ne = emap[nn]
-            noise = ne.sum(axis=0) >> 2
-            out[3] = noise
-            if want(9):
-                out[9] = ne.max(axis=0)
-        if want(2, 12):
-            spread = nv.max(axis=0) - nv.min(axis=0)
-            out[2] = spread
-            if want(12):
-                out[12] = 2 * spread + noise
-        if want(4):
-            out[4] = (nv > pred[None, :]).sum(axis=0)
-        if want(5, 6):
-            ref = nv.sum(axis=0) >> 2
-            out[5] = ref
-            out[6] = pred - ref
-        if want(7):
-            np.abs(nv[0] - nv[1], out=out[7])
-        if want(8):
-            np.abs(nv[2] - nv[3], out=out[8])
-        if prev_flat is not None and want(10, 11):
-            d = nv - prev_flat[nn]
-            np.abs(d).sum(axis=0, out=out[10])
-            out[11] = d.max(axis=0) - d.min(axis=0)
-        if want(13):
-            np.floor_divide(p.pos, cols, out=out[13])
-        if want(14):
-            np.remainder(p.pos, cols, out=out[14])
-        if want(15):
-            ov = flat[p.outer]
-            out[15] = ov.max(axis=0) - ov.min(axis=0)
-        if prev_flat is not None and want(16):
-            out[16] = np.abs(4 * prev_flat[p.pos] - prev_flat[nn].sum(axis=0))
+        out = np.empty((len(TreeGlobalPathCoder.PROPERTIES), p.size), dtype=np.int64)
+        ck.interlaced_properties(*TreeGlobalPathCoder._property_args(flat, emap, p, pred, prev_flat, cols, used), out)
         return out
+
+    @staticmethod
+    def _property_args(flat, emap, p: hierarchy.Pass, pred, prev_flat, cols: int, used) -> tuple:
+        """The compiled property rule's arguments for pass ``p``: the pass's wider
+        neighbours are read only where ``used`` (None: every row) holds row 15."""
+        has_outer = used is None or 15 in used
+        return (flat, emap, flat if prev_flat is None else prev_flat, prev_flat is not None,
+                np.ascontiguousarray(p.pos, dtype=np.int64),
+                np.ascontiguousarray(p.inner[: hierarchy.N_NEAREST], dtype=np.int64),
+                np.ascontiguousarray(p.outer, dtype=np.int64) if has_outer else _NO_OUTER, has_outer,
+                cols, p.kind, int(p.h).bit_length() - 1, np.ascontiguousarray(pred, dtype=np.int64))
 
     def _learn(self, flat, emap, passes, preds, prev_flat, info: PlaneInfo) -> ctxtree.Tree:
         total = sum(p.size for p in passes)

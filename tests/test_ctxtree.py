@@ -254,6 +254,53 @@ def test_contexts_need_only_the_properties_the_tree_splits_on():
     assert len(set(tree.contexts(full).tolist())) > 1
 
 
+def _reference_properties(flat, emap, p, pred, prev_flat, cols):
+    """The interlaced path's 17 properties, written with numpy over the pass (the compiled
+    ``contextkernel.interlaced_properties`` must give the same integers)."""
+    nn = p.inner[:4]
+    nv, ne = flat[nn], emap[nn]
+    out = np.zeros((17, p.size), dtype=np.int64)
+    out[0], out[1] = p.kind, int(p.h).bit_length() - 1
+    noise, spread = ne.sum(axis=0) >> 2, nv.max(axis=0) - nv.min(axis=0)
+    out[2], out[3], out[9], out[12] = spread, noise, ne.max(axis=0), 2 * spread + noise
+    out[4] = (nv > pred[None, :]).sum(axis=0)
+    out[5] = nv.sum(axis=0) >> 2
+    out[6] = pred - out[5]
+    out[7], out[8] = np.abs(nv[0] - nv[1]), np.abs(nv[2] - nv[3])
+    if prev_flat is not None:
+        d = nv - prev_flat[nn]
+        out[10], out[11] = np.abs(d).sum(axis=0), d.max(axis=0) - d.min(axis=0)
+        out[16] = np.abs(4 * prev_flat[p.pos] - prev_flat[nn].sum(axis=0))
+    out[13], out[14] = np.divmod(p.pos, cols)
+    ov = flat[p.outer]
+    out[15] = ov.max(axis=0) - ov.min(axis=0)
+    return out
+
+
+@pytest.mark.parametrize("with_prev", [False, True])
+def test_interlaced_properties_equal_their_numpy_definition(with_prev):
+    from medcodec import hierarchy
+
+    a, _ = _real_plane("CT_small.dcm")
+    flat = a.ravel().astype(np.int64)
+    rng = np.random.default_rng(2)
+    emap = rng.integers(0, 300, flat.size)
+    prev = flat[::-1].copy() if with_prev else None
+    # A tree that reads the pass, the outer spread, the previous plane's and the position's rows.
+    tree = _tree_from([15, 16, -1, 4, -1, -1, 13, 10, -1, -1, 0, -1, -1],
+                      [40, 200, 0, 1, 0, 0, 60, 90, 0, 0, 1, 0, 0], [0, 1, 2, 3, 4, 5, 6])
+    seen = set()
+    for p in hierarchy.iter_passes(*a.shape):
+        pred = rng.integers(flat.min(), flat.max() + 1, p.size)
+        want = _reference_properties(flat, emap, p, pred, prev, a.shape[1])
+        got = TreeGlobalPathCoder._properties(flat, emap, p, pred, prev, a.shape[1])
+        assert np.array_equal(got, want), (p.kind, p.h)
+        ctx = TreeGlobalPathCoder()._contexts(tree, flat, emap, p, pred, prev, a.shape[1])  # walked in the kernel
+        assert np.array_equal(ctx, tree.contexts(want)), (p.kind, p.h)
+        seen.update(ctx.tolist())
+    assert len(seen) >= (7 if with_prev else 4)  # without a previous plane row 16 is 0
+
+
 def test_predictor_fit_is_robust_to_outliers_where_least_squares_is_not():
     # y is exactly 3/4 x0 + 1/4 x1 except on 10% of pixels (edges), where it is far off.
     from medcodec.paths import WEIGHT_BITS, _fit
