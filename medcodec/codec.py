@@ -184,10 +184,11 @@ def encode_words(
     best = None
     crops: dict = {}  # the screen's crop records, by model
     for model in screen_local_models(words, fmt, preset, models, timings=timings, deadline=deadline, records=crops):
-        if len(colour_choices) > 1:
-            colour_choices = screen_colours(words, fmt, preset, model, timings=timings, deadline=deadline,
-                                            with_table=crops.get(id(model)))
-        for colours in colour_choices:
+        choices = colour_choices
+        if len(choices) > 1:
+            choices = screen_colours(words, fmt, preset, model, timings=timings, deadline=deadline,
+                                     with_table=crops.get(id(model)))
+        for colours in choices:
             deadline.check("between candidate models")
             coded = _encode_with(words, fmt, preset, model, timings, colours=colours, deadline=deadline)
             if best is None or _coded_bytes(coded) < _coded_bytes(best):

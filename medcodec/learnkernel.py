@@ -258,6 +258,8 @@ def leaf_token_counts(preds, flat, ctx, mantissa, direct, hist, raw, top):
             e = np.int64(flat[i]) - np.int64(row[i])
             z = (e << 1) ^ (e >> 63)
             t, nb = _token(z, mantissa, direct)
+            if t >= hist.shape[2] or not 0 <= ctx[i] < hist.shape[1]:  # no bounds checks in compiled code
+                raise IndexError("residual token or leaf outside the count table")
             hist[k, ctx[i], t] += 1
             raw[k, ctx[i]] += nb
             if t > t_max:

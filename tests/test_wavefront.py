@@ -776,6 +776,25 @@ def test_per_plane_coders_keep_the_smallest_candidate(selector):
     assert selector.chosen_model(data).startswith(("raster-wp-diff-", "interlaced-tree-"))
 
 
+def test_candidate_leaf_costs_equal_the_numpy_costs_of_each_candidate():
+    import medcodec.wavefront as wfm
+    from medcodec.paths import tokenize, zigzag
+
+    rng = np.random.default_rng(4)
+    bits, n, leaves = 12, 20000, 9
+    flat = rng.integers(0, 1 << bits, n)
+    preds = np.clip(flat[None] + rng.laplace(0, [[3], [40], [900]], (3, n)).astype(np.int64), 0, (1 << bits) - 1)
+    ctx = rng.integers(0, leaves, n)
+    got = wfm._candidate_leaf_costs(preds, flat, ctx, leaves, bits)
+    for k in range(3):
+        want = wfm._leaf_costs(*tokenize(zigzag(flat - preds[k]), MANTISSA)[::2], ctx, leaves)
+        assert np.array_equal(got[k], want)
+    with pytest.raises(IndexError):  # a leaf the table has no row for
+        wfm._candidate_leaf_costs(preds, flat, ctx, leaves - 1, bits)
+    with pytest.raises(IndexError):  # residuals wider than the alphabet
+        wfm._candidate_leaf_costs(preds, flat, ctx, leaves, bits - 4)
+
+
 def test_max_tries_the_difference_coder_on_planes_mostly_equal_to_their_previous_plane():
     r, g, _ = _rgb("US1_J2KR.dcm")
     r, g = r[100:196, 100:228], g[100:196, 100:228]
