@@ -258,7 +258,8 @@ def screen_local_models(
     crop = _screen_crop(words)
     if len(models) < 2 or crop is None:
         return list(models)
-    coded = [_encode_with(crop, fmt, preset, m, timings, deadline=deadline, global_id=SCREEN_GLOBAL_MODEL) for m in models]
+    coded = [_encode_with(crop, fmt, preset, m, timings, deadline=deadline, global_id=SCREEN_GLOBAL_MODEL)
+             for m in models]
     if records is not None:
         records.update((id(m), c) for m, c in zip(models, coded))
     sizes = [_coded_bytes(c) for c in coded]

@@ -100,8 +100,9 @@ def wavelet_probe(plane: np.ndarray) -> float:
 def _trials(candidates: tuple[str, ...], *, difference: int, wavelet: int | None = None, equal_only: bool = False):
     """A ``choose`` rule that codes a plane with every candidate that applies (the smallest
     stream wins): the difference coder (index ``difference``) where there is a previous
-    plane (with ``equal_only``, one the plane is ``_mostly_equal`` to), the wavelet path (index ``wavelet``) where ``wavelet_probe`` reaches
-    ``WAVELET_PROBE_MIN``, the others always."""
+    plane (with ``equal_only``, one the plane is ``_mostly_equal`` to), the wavelet path
+    (index ``wavelet``) where ``wavelet_probe`` reaches ``WAVELET_PROBE_MIN``, the others
+    always."""
 
     def choose(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
         return tuple(

@@ -5,9 +5,9 @@ A host sets it once per process (``medcodec.set_model_threads``); torch gets it 
 is there already or when ``registry`` loads it, so a process that never codes with a
 transformer (`fast` jobs) never imports torch for it: about a second and 180 MB per
 worker process. BLAS gets it at once (``threadpoolctl``). OpenBLAS otherwise starts a
-thread per core and its threads spin while they wait: on 2 cores the `max` encoder's
-fits took 2.5x the CPU time with 2 threads than with 1 (train planes, raster-wp-v4),
-and two workers each running 2 BLAS threads oversubscribe the machine. The bitstream
+thread per core and its threads spin while they wait: on 2 cores raster-wp-v4's
+encoder took 2.5x the CPU time with 2 BLAS threads as with 1 (50.8 against 20.5 s on 35
+train planes), and two workers each running 2 BLAS threads oversubscribe the machine. The bitstream
 does not depend on the thread count.
 """
 
