@@ -23,12 +23,14 @@ import numpy as np
 
 from .coders import register
 from . import contextkernel as ck
+from . import passkernel as pk
 from . import ctxtree, hierarchy
 from .entropy import AdaptiveTables, Decoder, Encoder, RowModel, geometric_prior
 from .errors import CorruptRecordError
 
-# Fixed-point scale of predictor weights (part of the bitstream definition).
-WEIGHT_BITS = 12
+# Fixed-point scale of predictor weights (part of the bitstream definition; the compiled
+# prediction in ``passkernel`` holds the number).
+WEIGHT_BITS = pk.WEIGHT_BITS
 _HALF = 1 << (WEIGHT_BITS - 1)
 _WMAX = (1 << 15) - 1
 # Passes smaller than this use the default (average) predictor and no side information.
@@ -334,11 +336,13 @@ class _Predictor:
             return 1
         return min(self.max_classes, max(1, n // (MIN_CLASS_PIXELS // MAX_CLASSES)))
 
-    def choose(self, x: np.ndarray, ref: np.ndarray, y: np.ndarray, key: np.ndarray, side: IntWriter) -> np.ndarray:
-        """Prediction for features ``x`` (F, N); fits and writes the weights."""
+    def choose(self, x, ref: np.ndarray, y: np.ndarray, key: np.ndarray, side: IntWriter) -> np.ndarray:
+        """Prediction for features ``x`` (F, N): a matrix, or a pass's ``PassFeatures``
+        (gathered where needed); fits and writes the weights."""
+        x = _as_features(x)
         f, n = x.shape
         if n < MIN_FIT_PIXELS:
-            return ref + self._apply(x, ref, _default_weights(f)[None], np.zeros(n, dtype=np.int64))
+            return x.predict(ref, _default_weights(f)[None], np.zeros(n, dtype=np.int64))
         n_cls = self._classes_for(n)
         bounds = self._class_bounds(key, n_cls)
         side.put(n_cls)
@@ -346,18 +350,30 @@ class _Predictor:
             side.put(int(b))
         cls = np.searchsorted(bounds, key, side="right")
         weights = np.empty((n_cls, f), dtype=np.int64)
-        # Fit on at most about fit_rows pixels of the pass, taken at a fixed stride.
-        sample = slice(None, None, max(1, n // self.fit_rows))
-        xs, ys, cs = _relative(x[:, sample], ref[sample]), (y - ref)[sample], cls[sample]
+        # Fit on at most about fit_rows pixels of the pass, taken at a fixed stride; each
+        # class on its own columns, in scan order.
+        sample = np.arange(0, n, max(1, n // self.fit_rows))
+        in_class = cls[sample]
+        order = np.argsort(in_class, kind="stable")
+        starts = np.zeros(n_cls + 1, dtype=np.int64)
+        np.cumsum(np.bincount(in_class, minlength=n_cls), out=starts[1:])
+        blocks = x.blocks(ref, sample, order, starts)
+        ys = (y - ref)[sample[order]]
         for c in range(n_cls):
-            sel = cs == c
-            weights[c] = _fit(xs[:, sel], ys[sel], self.l1_iterations, self.fit_rows) if sel.sum() >= f * 4 else _default_weights(f)
+            lo, hi = starts[c], starts[c + 1]
+            weights[c] = _fit(blocks[c], ys[lo:hi], self.l1_iterations, self.fit_rows) if hi - lo >= f * 4 else _default_weights(f)
             for v in weights[c]:
                 side.put(int(v))
-        return ref + self._apply(x, ref, weights, cls)
+        return x.predict(ref, weights, cls)
 
-    def read(self, x: np.ndarray, ref: np.ndarray, key: np.ndarray, side: IntReader) -> np.ndarray:
-        return ref + self.apply(x, ref, key, self.read_weights(x.shape[0], x.shape[1], side))
+    def read(self, x, ref: np.ndarray, key: np.ndarray, side: IntReader) -> np.ndarray:
+        """The prediction ``choose`` made, from the weights it wrote to ``side``."""
+        x = _as_features(x)
+        model = self.read_weights(x.shape[0], x.shape[1], side)
+        if model is None:
+            return x.predict(ref, _default_weights(x.shape[0])[None], np.zeros(x.shape[1], dtype=np.int64))
+        bounds, weights = model
+        return x.predict(ref, weights, np.searchsorted(bounds, key, side="right"))
 
     def read_weights(self, f: int, n: int, side: IntReader) -> tuple[np.ndarray, np.ndarray] | None:
         """(class bounds, weights) that ``choose`` wrote for ``n`` pixels of ``f`` features;
@@ -400,9 +416,69 @@ class _Predictor:
         return (out + _HALF) >> WEIGHT_BITS
 
 
-def _relative(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    # No constant feature: flat regions must stay exactly predicted.
-    return x - ref[None, :]
+class _Matrix:
+    """Features held as a matrix (F, N), for ``_Predictor``."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.x = x
+        self.shape = x.shape
+
+    def blocks(self, ref: np.ndarray, sample: np.ndarray, order: np.ndarray, starts: np.ndarray) -> list[np.ndarray]:
+        """Per class c, the features minus ``ref`` of the columns ``sample[order[starts[c]:
+        starts[c + 1]]]`` (float64, C order). No constant feature: flat regions must stay
+        exactly predicted."""
+        cols = sample[order]
+        xs = self.x[:, cols] - ref[cols][None, :]
+        return [np.ascontiguousarray(xs[:, lo:hi], dtype=np.float64) for lo, hi in zip(starts[:-1], starts[1:])]
+
+    def predict(self, ref: np.ndarray, weights: np.ndarray, cls: np.ndarray) -> np.ndarray:
+        return ref + _Predictor._apply(self.x, ref, weights, cls)
+
+
+class PassFeatures:
+    """The features ``_features`` would build for one interlaced pass, read from the plane
+    where they are needed (``passkernel``): the matrix (F, N) is never formed."""
+
+    def __init__(self, flat: np.ndarray, p: hierarchy.Pass, prev_flat: np.ndarray | None, fast: bool) -> None:
+        self.flat = flat
+        self.has_prev = prev_flat is not None
+        self.prev = prev_flat if self.has_prev else flat
+        self.pos = np.ascontiguousarray(p.pos, dtype=np.int64)
+        self.inner = np.ascontiguousarray(p.inner, dtype=np.int64)
+        self.outer = _NO_OUTER if fast else np.ascontiguousarray(p.outer, dtype=np.int64)
+        n_features = self.inner.shape[0] + self.outer.shape[0] + (pk.N_PREV if self.has_prev else 0)
+        self.shape = (n_features, self.pos.size)
+
+    def _args(self) -> tuple:
+        return self.flat, self.prev, self.has_prev, self.pos, self.inner, self.outer
+
+    def blocks(self, ref: np.ndarray, sample: np.ndarray, order: np.ndarray, starts: np.ndarray) -> list[np.ndarray]:
+        """As ``_Matrix.blocks``: the same float64 values, gathered in one compiled pass."""
+        f = self.shape[0]
+        out = np.empty(f * int(starts[-1]), dtype=np.float64)
+        pk.pass_blocks(*self._args(), ref, np.ascontiguousarray(sample, dtype=np.int64),
+                       np.ascontiguousarray(order, dtype=np.int64), starts, out)
+        return [out[f * lo : f * hi].reshape(f, hi - lo) for lo, hi in zip(starts[:-1], starts[1:])]
+
+    def predict(self, ref: np.ndarray, weights: np.ndarray, cls: np.ndarray) -> np.ndarray:
+        """As ``_Matrix.predict``: the same integers (``passkernel.pass_predict``)."""
+        out = np.empty(self.shape[1], dtype=np.int64)
+        pk.pass_predict(*self._args(), ref, np.ascontiguousarray(weights, dtype=np.int64),
+                        np.ascontiguousarray(cls, dtype=np.int64), out)
+        return out
+
+
+def _as_features(x):
+    return _Matrix(x) if isinstance(x, np.ndarray) else x
+
+
+def _pass_base(flat: np.ndarray, emap: np.ndarray, p: hierarchy.Pass, prev_flat: np.ndarray | None):
+    """(reference, activity bucket, class key) of the pixels of pass ``p``: ``_reference``,
+    ``_activity`` and ``_class_key`` of its nearest neighbours, in one compiled pass."""
+    ref, bucket, key = (np.empty(p.size, dtype=np.int64) for _ in range(3))
+    pk.pass_base(flat, emap, flat if prev_flat is None else prev_flat, prev_flat is not None,
+                 np.ascontiguousarray(p.inner[: hierarchy.N_NEAREST], dtype=np.int64), _ACT_THRESHOLDS, ref, bucket, key)
+    return ref, bucket, key
 
 
 def _context(near: np.ndarray, p: hierarchy.Pass, bucket: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -469,11 +545,9 @@ class GlobalPathCoder:
         tables = AdaptiveTables(N_CONTEXTS, token_alphabet(info.bits), init=_token_prior(info.bits))
         predictor = _Predictor(info.preset)
         for p in hierarchy.iter_passes(info.rows, info.cols):
-            x = _features(flat, p, prev_flat, predictor.fast)
-            near = x[: hierarchy.N_NEAREST]
-            ref = _reference(near)
-            bucket = _activity(near, emap, p)
-            key = _class_key(flat, prev_flat, p, bucket)
+            x = PassFeatures(flat, p, prev_flat, predictor.fast)
+            ref, bucket, key = _pass_base(flat, emap, p, prev_flat)
+            near = flat[p.inner[: hierarchy.N_NEAREST]]
             if enc is not None:
                 pred = np.clip(predictor.choose(x, ref, flat[p.pos], key, side), 0, maxv)
                 ctx = _context(near, p, bucket, pred)
@@ -523,11 +597,8 @@ class TreeGlobalPathCoder:
         predictor = _Predictor(info.preset, self.CLASSES)
         passes, preds = [], []
         for p in hierarchy.iter_passes(info.rows, info.cols):
-            x = _features(flat, p, prev_flat, predictor.fast)
-            near = x[: hierarchy.N_NEAREST]
-            ref = _reference(near)
-            bucket = _activity(near, emap, p)
-            key = _class_key(flat, prev_flat, p, bucket)
+            ref, _, key = _pass_base(flat, emap, p, prev_flat)
+            x = PassFeatures(flat, p, prev_flat, predictor.fast)
             pred = np.clip(predictor.choose(x, ref, flat[p.pos], key, side_ls), 0, maxv)
             emap[p.pos] = np.abs(flat[p.pos] - pred)
             passes.append(p)
@@ -569,12 +640,8 @@ class TreeGlobalPathCoder:
         predictor = _Predictor(info.preset, self.CLASSES)
         tables = self._tables(tree, info)
         for p in hierarchy.iter_passes(info.rows, info.cols):
-            x = _features(flat, p, prev_flat, predictor.fast)
-            near = x[: hierarchy.N_NEAREST]
-            ref = _reference(near)
-            bucket = _activity(near, emap, p)
-            key = _class_key(flat, prev_flat, p, bucket)
-            pred = np.clip(predictor.read(x, ref, key, side), 0, maxv)
+            ref, _, key = _pass_base(flat, emap, p, prev_flat)
+            pred = np.clip(predictor.read(PassFeatures(flat, p, prev_flat, predictor.fast), ref, key, side), 0, maxv)
             ctx = self._contexts(tree, flat, emap, p, pred, prev_flat, info.cols)
             token = dec.adaptive(ctx, tables)
             extra = dec.uniform(raw_bits_of(token, self.MANTISSA))

@@ -301,6 +301,42 @@ def test_interlaced_properties_equal_their_numpy_definition(with_prev):
     assert len(seen) >= (7 if with_prev else 4)  # without a previous plane row 16 is 0
 
 
+@pytest.mark.parametrize("fast, with_prev", [(False, False), (False, True), (True, False), (True, True)])
+def test_pass_kernels_equal_the_feature_matrix(fast, with_prev):
+    """``PassFeatures`` and ``_pass_base`` (compiled, reading neighbours in place) give the
+    integers and floats of the feature matrix ``_features`` and its numpy rules, on every
+    pass of a real plane and of an odd-sized one (reflected borders)."""
+    from medcodec import hierarchy
+    from medcodec.paths import (PassFeatures, _activity, _class_key, _features, _Matrix, _pass_base, _reference)
+
+    rng = np.random.default_rng(5)
+    real, _ = _real_plane("CT_small.dcm")
+    for a in (real, rng.integers(0, 4096, (37, 23))):
+        flat = a.ravel().astype(np.int64)
+        emap = rng.integers(0, 300, flat.size)
+        prev = np.clip(flat + rng.integers(-40, 40, flat.size), 0, None) if with_prev else None
+        for p in hierarchy.iter_passes(*a.shape):
+            x = _features(flat, p, prev, fast)
+            ref, bucket, key = _pass_base(flat, emap, p, prev)
+            near = x[: hierarchy.N_NEAREST]
+            assert np.array_equal(ref, _reference(near))
+            assert np.array_equal(bucket, _activity(near, emap, p))
+            assert np.array_equal(key, _class_key(flat, prev, p, bucket))
+            got, want = PassFeatures(flat, p, prev, fast), _Matrix(x)
+            assert got.shape == want.shape
+            n_cls = 3
+            cls = rng.integers(0, n_cls, p.size)
+            weights = rng.integers(-(1 << 15) + 1, 1 << 15, (n_cls, x.shape[0]))
+            assert np.array_equal(got.predict(ref, weights, cls), want.predict(ref, weights, cls))
+            sample = np.arange(0, p.size, 3)
+            order = np.argsort(cls[sample], kind="stable")
+            starts = np.concatenate([[0], np.cumsum(np.bincount(cls[sample], minlength=n_cls))])
+            for g, w in zip(got.blocks(ref, sample, order, starts), want.blocks(ref, sample, order, starts)):
+                assert g.flags.c_contiguous and g.dtype == np.float64 and np.array_equal(g, w)
+        with pytest.raises(IndexError):
+            got.predict(ref, weights, np.full(p.size, n_cls))
+
+
 def test_predictor_fit_is_robust_to_outliers_where_least_squares_is_not():
     # y is exactly 3/4 x0 + 1/4 x1 except on 10% of pixels (edges), where it is far off.
     from medcodec.paths import WEIGHT_BITS, _fit
