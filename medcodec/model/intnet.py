@@ -62,6 +62,15 @@ def rshift_round(x: torch.Tensor, shift: int) -> torch.Tensor:
     return torch.round(x * (1.0 / (1 << shift))) if shift > 0 else x
 
 
+def _scaled_round_(x: torch.Tensor, scale, clamp: int | None = None) -> torch.Tensor:
+    """In place: round(x * scale), then clamped to +-clamp. With ``scale`` an integer (or
+    integer tensor) times 2**-shift and x * integer below 2**53, this is ``rshift_round(x *
+    integer, shift)`` exactly: the product's exact value is representable, so it is
+    computed without rounding either way. (Large activations are not re-allocated.)"""
+    x.mul_(scale).round_()
+    return x if clamp is None else x.clamp_(-clamp, clamp)
+
+
 def floor_div(n: torch.Tensor, d: torch.Tensor | float) -> torch.Tensor:
     """floor(n / d) for integer n and integer d > 0: a float estimate, corrected exactly."""
     q = torch.floor(n / d)
@@ -93,14 +102,14 @@ class IntegerLinear:
         if bound >= EXACT_LIMIT or bound * int(mult.abs().max()) >= EXACT_LIMIT:
             raise ModelMismatchError(f"integer model layer bound {bound} exceeds 2**53: not exactly computable")
         self.weight_t = weight.to(DTYPE).t().contiguous()
-        self.mult = mult
+        self.mult = mult.to(DTYPE) * (1.0 / (1 << REQUANT_SHIFT))  # M / 2**24: exact
         self.bias = bias
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        y = rshift_round(_exact_matmul(x, self.weight_t) * self.mult, REQUANT_SHIFT)
+        y = _scaled_round_(_exact_matmul(x, self.weight_t), self.mult)
         if self.bias is not None:
-            y = y + self.bias
-        return y.clamp(-ACT_MAX, ACT_MAX)
+            y.add_(self.bias)
+        return y.clamp_(-ACT_MAX, ACT_MAX)
 
     def to(self, device: torch.device) -> "IntegerLinear":
         self.weight_t, self.mult = self.weight_t.to(device), self.mult.to(device)
@@ -143,28 +152,29 @@ class IntegerTransformer:
     def _norm(self, h: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
         ms = floor_div((h * h).sum(-1, keepdim=True), float(h.shape[-1])) + self.eps
         inv = reciprocal(isqrt(ms), NORM_SHIFT)
-        return rshift_round(h * gain * inv, NORM_SHIFT).clamp(-ACT_MAX, ACT_MAX)
+        return _scaled_round_(h * gain, inv.mul_(1.0 / (1 << NORM_SHIFT)), ACT_MAX)
 
     def _rope(self, x: torch.Tensor, pos: slice) -> torch.Tensor:
         # x: (B, H, T, hd); rotate_half as in transformers' Llama.
         half = x.shape[-1] // 2
         rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return rshift_round(x * self.cos[pos] + rot * self.sin[pos], ROPE_SHIFT).clamp(-ACT_MAX, ACT_MAX)
+        out = (x * self.cos[pos]).addcmul_(rot, self.sin[pos])  # integers below 2**53: exact
+        return _scaled_round_(out, 1.0 / (1 << ROPE_SHIFT), ACT_MAX)
 
     def _attend(self, q, k, v, allowed) -> torch.Tensor:
         # q (B,H,Tq,hd), k/v (B,H,Tk,hd), allowed (B,1,Tq,Tk) bool
-        scores = rshift_round(_exact_matmul(q, k.transpose(-1, -2)) * self.att_mult, REQUANT_SHIFT)
-        scores = torch.where(allowed, scores, torch.full_like(scores, _NEG))
+        scores = _scaled_round_(_exact_matmul(q, k.transpose(-1, -2)), self.att_mult * (1.0 / (1 << REQUANT_SHIFT)))
+        scores.masked_fill_(~allowed, _NEG)
         top = scores.max(dim=-1, keepdim=True).values
-        idx = (top - scores).clamp(0, self.exp_att.numel() - 1).to(torch.int64)
-        e = self.exp_att[idx] * allowed
+        idx = scores.neg_().add_(top).clamp_(0, self.exp_att.numel() - 1).to(torch.int64)  # top - scores
+        e = self.exp_att[idx].mul_(allowed)
         inv = reciprocal(e.sum(-1, keepdim=True), SOFTMAX_SHIFT)
-        return rshift_round(_exact_matmul(e, v) * inv, SOFTMAX_SHIFT)
+        return _scaled_round_(_exact_matmul(e, v), inv.mul_(1.0 / (1 << SOFTMAX_SHIFT)))
 
     def _mlp(self, x: torch.Tensor, lin: dict) -> torch.Tensor:
         gate, up = lin["gate"](x), lin["up"](x)
-        idx = (rshift_round(gate, SILU_STEP_SHIFT).clamp(-SILU_RANGE, SILU_RANGE) + SILU_RANGE).to(torch.int64)
-        act = rshift_round(self.silu[idx] * up, ACT_SHIFT).clamp(-ACT_MAX, ACT_MAX)
+        idx = _scaled_round_(gate, 1.0 / (1 << SILU_STEP_SHIFT), SILU_RANGE).add_(SILU_RANGE).to(torch.int64)
+        act = _scaled_round_(self.silu[idx].mul_(up), 1.0 / (1 << ACT_SHIFT), ACT_MAX)
         return lin["down"](act)
 
     # --- model ---------------------------------------------------------------------------
@@ -198,8 +208,8 @@ class IntegerTransformer:
         kpos = torch.arange(tk, device=self.device)[None, :]
         allowed = ((kpos <= qpos)[None] & key_valid[:, None, :tk]) | (kpos == qpos)[None]
         att = self._attend(q, k, v, allowed[:, None])
-        h = (h + lin["o"](att.transpose(1, 2).reshape(b, tq, heads * hd))).clamp(-ACT_MAX, ACT_MAX)
-        return (h + self._mlp(self._norm(h, post_norm), lin)).clamp(-ACT_MAX, ACT_MAX)
+        h = lin["o"](att.transpose(1, 2).reshape(b, tq, heads * hd)).add_(h).clamp_(-ACT_MAX, ACT_MAX)
+        return self._mlp(self._norm(h, post_norm), lin).add_(h).clamp_(-ACT_MAX, ACT_MAX)
 
     def counts(self, h: torch.Tensor, key_valid: torch.Tensor, *, start: int = 0, cache: list | None = None):
         """Integer frequencies (B, Tq, N_BINS) for tokens at positions start.. of their patches.
