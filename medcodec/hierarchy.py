@@ -20,6 +20,8 @@ from typing import Iterator
 
 import numpy as np
 
+from . import passkernel as pk
+
 D, A1, A2 = 0, 1, 2
 PASS_KINDS = 3
 
@@ -78,36 +80,24 @@ def levels(rows: int, cols: int) -> int:
     return max(0, int(n - 1).bit_length())
 
 
-def _axis(p: np.ndarray, d: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Coordinates p + d along one axis, reflected at the border, and whether each is inside."""
-    out = p + d
-    out = np.where((out < 0) | (out >= n), p - d, out)
-    return out, (out >= 0) & (out < n)
-
-
 def _neighbours(
     ys: np.ndarray, xs: np.ndarray, offsets: list[tuple[int, int]], h: int, rows: int, cols: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Flat indices (len(offsets), len(ys), len(xs)) of the neighbours of the grid ys x xs,
     -1 where none exists, and which grid rows / columns have a missing one.
 
-    Every in-range neighbour at these offsets is already known: the offsets keep a
-    pixel's class (grid, D, A1) under reflection, and earlier passes coded every pixel
-    of those classes. So only the border decides, separately for rows and columns.
+    Each coordinate is reflected at the border (p + d outside: p - d) and checked on its
+    own axis; one compiled pass (``passkernel.grid_neighbours``). Every in-range neighbour
+    at these offsets is already known: the offsets keep a pixel's class (grid, D, A1)
+    under reflection, and earlier passes coded every pixel of those classes. So only the
+    border decides, separately for rows and columns.
     """
     out = np.empty((len(offsets), ys.size, xs.size), dtype=np.int64)
     bad_y = np.zeros(ys.size, dtype=bool)
     bad_x = np.zeros(xs.size, dtype=bool)
-    for j, (dy, dx) in enumerate(offsets):
-        y, ok_y = _axis(ys, dy * h, rows)
-        x, ok_x = _axis(xs, dx * h, cols)
-        np.add((y * cols)[:, None], x[None, :], out=out[j])
-        if not ok_y.all():
-            out[j][~ok_y, :] = -1
-            bad_y |= ~ok_y
-        if not ok_x.all():
-            out[j][:, ~ok_x] = -1
-            bad_x |= ~ok_x
+    dys, dxs = (np.array(v, dtype=np.int64) for v in zip(*offsets))
+    pk.grid_neighbours(np.ascontiguousarray(ys, dtype=np.int64), np.ascontiguousarray(xs, dtype=np.int64),
+                       dys, dxs, h, rows, cols, out, bad_y, bad_x)
     return out, np.flatnonzero(bad_y), np.flatnonzero(bad_x)
 
 

@@ -24,6 +24,31 @@ N_PREV = 5  # with a previous plane: its value at the pixel and at the 4 nearest
 
 
 @njit(cache=True, nogil=True)
+def grid_neighbours(ys, xs, dys, dxs, h, rows, cols, out, bad_y, bad_x):
+    """``hierarchy._neighbours``: the flat index (K, len(ys), len(xs)) of neighbour
+    ``(dys[j] * h, dxs[j] * h)`` of each grid point, reflected at the border, -1 where the
+    reflection is still outside; ``bad_y`` / ``bad_x`` mark the rows / columns with one."""
+    for j in range(dys.size):
+        dy, dx = dys[j] * h, dxs[j] * h
+        for a in range(ys.size):
+            y = ys[a] + dy
+            if y < 0 or y >= rows:
+                y = ys[a] - dy
+            ok_y = 0 <= y < rows
+            if not ok_y:
+                bad_y[a] = True
+            for b in range(xs.size):
+                x = xs[b] + dx
+                if x < 0 or x >= cols:
+                    x = xs[b] - dx
+                if 0 <= x < cols:
+                    out[j, a, b] = y * cols + x if ok_y else -1
+                else:
+                    bad_x[b] = True
+                    out[j, a, b] = -1
+
+
+@njit(cache=True, nogil=True)
 def pass_base(flat, emap, prev, has_prev, inner, thresholds, ref, bucket, key):
     """Per pixel of a pass, from its 4 nearest neighbours (rows 0-3 of ``inner``): ``ref``
     their mean (floor), ``bucket`` the activity bucket of ``2 * spread + (sum of their
