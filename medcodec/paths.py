@@ -295,20 +295,21 @@ def _fit(x: np.ndarray, y: np.ndarray, iterations: int, rows: int = FIT_ROWS["ma
     eye = np.eye(xf.shape[0])
     row_w = np.ones_like(yf)
     best_w, best_cost = None, np.inf
+    xw, root, resid = np.empty_like(xf), np.empty_like(yf), np.empty_like(yf)  # reused: no new pages per step
     for _ in range(iterations + 1):
-        root = np.sqrt(row_w)
-        xw = xf * root
+        np.sqrt(row_w, out=root)
+        np.multiply(xf, root, out=xw)
         gram = xw @ xw.T  # one product with its own transpose: BLAS computes half (syrk)
         ridge = 1e-6 * (np.trace(gram) / gram.shape[0] + 1.0)
         try:
-            w = np.linalg.solve(gram + ridge * eye, xw @ (yf * root))
+            w = np.linalg.solve(gram + ridge * eye, xw @ np.multiply(yf, root, out=root))
         except np.linalg.LinAlgError:
             break
-        resid = np.abs(yf - w @ xf)
-        cost = float(np.log2(1.0 + resid).sum())
+        np.abs(np.subtract(yf, w @ xf, out=resid), out=resid)
+        cost = float(np.log2(np.add(resid, 1.0, out=row_w), out=row_w).sum())
         if cost < best_cost:
             best_w, best_cost = w, cost
-        row_w = 1.0 / np.maximum(resid, L1_FLOOR)
+        np.divide(1.0, np.maximum(resid, L1_FLOOR, out=row_w), out=row_w)
     if best_w is None:
         return np.zeros(xf.shape[0], dtype=np.int64)
     return np.clip(np.rint(best_w * (1 << WEIGHT_BITS)), -_WMAX, _WMAX).astype(np.int64)
