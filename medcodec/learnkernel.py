@@ -185,19 +185,40 @@ def grow(bins, tokens, alphabet, valid, weight, split_cost, max_leaves, max_dept
 @njit(cache=True, nogil=True)
 def bin_codes(props, thresholds, counts, out):
     """``out[i, p]``: how many of property p's thresholds ``thresholds[p, :counts[p]]``
-    (increasing) are below ``props[p, i]``."""
+    (increasing) are below ``props[p, i]``. A property whose values span a narrow range
+    (as ``order_statistics`` counts) reads the answer from a table of that range; others
+    search the thresholds."""
+    n = props.shape[1]
     for p in range(props.shape[0]):
         m = counts[p]
-        for i in range(props.shape[1]):
-            v = props[p, i]
-            lo, hi = 0, m
-            while lo < hi:
-                mid = (lo + hi) >> 1
+        row = props[p]
+        lo, hi = (row[0], row[0]) if n else (0, 0)
+        for i in range(1, n):
+            v = row[i]
+            if v < lo:
+                lo = v
+            elif v > hi:
+                hi = v
+        if hi - lo < 4 * n + 4096:
+            table = np.empty(hi - lo + 1, dtype=np.int64)
+            below = 0
+            for v in range(lo, hi + 1):
+                while below < m and thresholds[p, below] < v:
+                    below += 1
+                table[v - lo] = below
+            for i in range(n):
+                out[i, p] = table[row[i] - lo]
+            continue
+        for i in range(n):
+            v = row[i]
+            a, b = 0, m
+            while a < b:
+                mid = (a + b) >> 1
                 if thresholds[p, mid] < v:
-                    lo = mid + 1
+                    a = mid + 1
                 else:
-                    hi = mid
-            out[i, p] = lo
+                    b = mid
+            out[i, p] = a
 
 
 @njit(cache=True, nogil=True)

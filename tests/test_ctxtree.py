@@ -159,6 +159,30 @@ def _reference_learn(props, tokens, alphabet, prior_rows, weight=1.0):
     return _tree_from(prop, thr, scales)
 
 
+def test_bin_codes_count_the_thresholds_below_each_value():
+    """Both of ``learnkernel.bin_codes``' ways (a table over a narrow range, a search over
+    a wide one) give ``np.searchsorted(thresholds, v, side="left")``."""
+    from medcodec import learnkernel as lk
+
+    rng = np.random.default_rng(11)
+    n = 5000
+    props = np.stack([
+        rng.integers(-30, 30, n),  # narrow: a table
+        rng.integers(-(1 << 40), 1 << 40, n),  # wide: searched
+        np.full(n, 7),  # one value
+        rng.integers(0, 4 * n + 4000, n),  # at the edge of the table's range
+    ])
+    thresholds = np.zeros((props.shape[0], 255), dtype=np.int64)
+    counts = np.array([20, 255, 1, 0])
+    for p in range(props.shape[0]):
+        thresholds[p, : counts[p]] = np.sort(rng.choice(props[p], counts[p], replace=False)) if counts[p] > 1 else 7
+    out = np.empty((n, props.shape[0]), dtype=np.uint8)
+    lk.bin_codes(props, thresholds, counts, out)
+    for p in range(props.shape[0]):
+        assert np.array_equal(out[:, p], np.searchsorted(thresholds[p, : counts[p]], props[p], side="left")), p
+    assert out[:, 0].max() == 20 and 0 < out[:, 1].mean() < 255
+
+
 @pytest.mark.parametrize("case", ["narrow", "wide", "few", "weighted"])
 def test_the_compiled_learner_grows_the_reference_tree(case):
     rng = np.random.default_rng(["narrow", "wide", "few", "weighted"].index(case))
