@@ -95,9 +95,12 @@ INSTRUMENTED = (
 # Big tables, no branches: instrumenting them would only slow every start. The compiled
 # kernels cannot be instrumented at all: numba compiles their bytecode, and atheris's
 # tracing calls in it do not type (every input reaching the kernel failed with TypingError).
+# Every kernel module (``*kernel.py``) is left out, including those a module imports lazily.
+_MEDCODEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "medcodec")
 NOT_INSTRUMENTED = [
     "pydicom._dicom_dict", "pydicom._private_dict", "pydicom._uid_dict", "medcodec.deid_table",
-    "medcodec.coders.wpkernel", "medcodec.wavekernel", "medcodec.contextkernel",
+    *sorted("medcodec." + os.path.relpath(os.path.join(d, f), _MEDCODEC)[: -len(".py")].replace(os.sep, ".")
+            for d, _, files in os.walk(_MEDCODEC) for f in files if f.endswith("kernel.py")),
 ]
 # -medcodec_instrument=medcodec: leave pydicom out (3 s less to start, for short passes).
 _PACKAGES = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("-medcodec_instrument=")),
