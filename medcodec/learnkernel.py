@@ -182,6 +182,27 @@ def grow(bins, tokens, alphabet, valid, weight, split_cost, max_leaves, max_dept
     return n_nodes
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _range(row):
+    """(smallest, largest) value of ``row``; (0, 0) when it is empty."""
+    if row.size == 0:
+        return np.int64(0), np.int64(0)
+    lo, hi = row[0], row[0]
+    for i in range(1, row.size):
+        v = row[i]
+        if v < lo:
+            lo = v
+        elif v > hi:
+            hi = v
+    return lo, hi
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _countable(lo, hi, n):
+    """Whether values from ``lo`` to ``hi`` are few enough to count (or tabulate) for n samples."""
+    return hi - lo < 4 * n + 4096
+
+
 @njit(cache=True, nogil=True)
 def bin_codes(props, thresholds, counts, out):
     """``out[i, p]``: how many of property p's thresholds ``thresholds[p, :counts[p]]``
@@ -192,14 +213,8 @@ def bin_codes(props, thresholds, counts, out):
     for p in range(props.shape[0]):
         m = counts[p]
         row = props[p]
-        lo, hi = (row[0], row[0]) if n else (0, 0)
-        for i in range(1, n):
-            v = row[i]
-            if v < lo:
-                lo = v
-            elif v > hi:
-                hi = v
-        if hi - lo < 4 * n + 4096:
+        lo, hi = _range(row)
+        if _countable(lo, hi, n):
             table = np.empty(hi - lo + 1, dtype=np.int64)
             below = 0
             for v in range(lo, hi + 1):
@@ -230,14 +245,8 @@ def order_statistics(props, ranks, out, counted):
     n = props.shape[1]
     for p in range(props.shape[0]):
         row = props[p]
-        lo, hi = row[0], row[0]
-        for i in range(1, n):
-            v = row[i]
-            if v < lo:
-                lo = v
-            elif v > hi:
-                hi = v
-        counted[p] = hi - lo < 4 * n + 4096
+        lo, hi = _range(row)
+        counted[p] = _countable(lo, hi, n)
         if counted[p]:
             counts = np.zeros(hi - lo + 1, dtype=np.int64)
             for i in range(n):
