@@ -667,7 +667,9 @@ class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
                 if members.size < 4 * x.shape[0]:
                     continue
                 members = members[:: max(1, members.size // LS_FIT_ROWS)]
-                models.append(_fit(x[:, members], y[members], LS_L1_ITERATIONS, LS_FIT_ROWS))
+                block = np.empty((x.shape[0], members.size), dtype=x.dtype)
+                wk.take_columns(x, members, block)  # x[:, members], a row at a time
+                models.append(_fit(block, y[members], LS_L1_ITERATIONS, LS_FIT_ROWS))
             if not models:
                 return [], np.empty((0, flat.size), dtype=np.int64)
             preds = ls_predict_many(x, ref, np.array(models), maxv)

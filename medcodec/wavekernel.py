@@ -455,3 +455,12 @@ def finish_diagonal(m, has_prev, maxv, pos_in, pred_in, pred8_in, sub_in, token,
         for s in range(n_sub):
             sub_err[s, _u(pos)] = (abs(sub_in[s, i] - v8) + _ROUND) >> EXTRA_BITS
     return True
+
+
+@njit(cache=True, nogil=True)
+def take_columns(x, cols, out):
+    """``out[f, t] = x[f, cols[t]]``, a row at a time (numpy's ``x[:, cols]`` walks every
+    row once per column). ``cols`` come from the encoder's own index arithmetic."""
+    for f in range(x.shape[0]):
+        for t in range(cols.size):
+            out[f, t] = x[f, cols[t]]

@@ -795,6 +795,15 @@ def test_candidate_leaf_costs_equal_the_numpy_costs_of_each_candidate():
         wfm._candidate_leaf_costs(preds, flat, ctx, leaves, bits - 4)
 
 
+def test_take_columns_equals_numpy_indexing():
+    rng = np.random.default_rng(8)
+    x = rng.random((7, 5000))
+    for cols in (np.flatnonzero(rng.random(5000) < 0.3), np.arange(0, 5000, 13), np.zeros(0, dtype=np.int64)):
+        out = np.empty((7, cols.size))
+        wk.take_columns(x, cols, out)
+        assert np.array_equal(out, x[:, cols])
+
+
 def test_max_tries_the_difference_coder_on_planes_mostly_equal_to_their_previous_plane():
     r, g, _ = _rgb("US1_J2KR.dcm")
     r, g = r[100:196, 100:228], g[100:196, 100:228]
