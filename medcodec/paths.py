@@ -280,7 +280,8 @@ L1_ITERATIONS = {"max": 8, "fast": 3}
 L1_FLOOR = 0.5  # residuals below this count as this (keeps the weights bounded)
 
 
-def _fit(x: np.ndarray, y: np.ndarray, iterations: int, rows: int = FIT_ROWS["max"]) -> np.ndarray:
+def _fit(x: np.ndarray, y: np.ndarray, iterations: int, rows: int = FIT_ROWS["max"],
+         init: np.ndarray | None = None) -> np.ndarray:
     """Fixed-point weights for features ``x`` (F, N) that keep residuals small in the L1
     sense (encoder only; the integers are transmitted), from at most about ``rows`` of
     the N columns taken at a fixed stride.
@@ -288,6 +289,9 @@ def _fit(x: np.ndarray, y: np.ndarray, iterations: int, rows: int = FIT_ROWS["ma
     Starts from least squares and reweights by 1 / max(|residual|, L1_FLOOR); every
     iterate is scored by sum(log2(1 + |residual|)), a proxy of the coded size, and the
     best is kept, so the result is never worse by that measure than least squares.
+    With ``init`` (fixed-point weights fitted before, e.g. on similar pixels) the
+    reweighting starts from its residuals instead, ``init`` is the first candidate, and
+    ``iterations`` weighted solves follow (no least-squares start).
     """
     step = max(1, x.shape[1] // rows)
     xf = np.asarray(x[:, ::step], dtype=np.float64)  # no copy of float64 columns taken whole
@@ -296,7 +300,12 @@ def _fit(x: np.ndarray, y: np.ndarray, iterations: int, rows: int = FIT_ROWS["ma
     row_w = np.ones_like(yf)
     best_w, best_cost = None, np.inf
     xw, root, resid = np.empty_like(xf), np.empty_like(yf), np.empty_like(yf)  # reused: no new pages per step
-    for _ in range(iterations + 1):
+    if init is not None:
+        best_w = np.asarray(init, dtype=np.float64) / (1 << WEIGHT_BITS)
+        np.abs(np.subtract(yf, best_w @ xf, out=resid), out=resid)
+        best_cost = float(np.log2(np.add(resid, 1.0, out=row_w), out=row_w).sum())
+        np.divide(1.0, np.maximum(resid, L1_FLOOR, out=row_w), out=row_w)
+    for _ in range(iterations + (init is None)):
         np.sqrt(row_w, out=root)
         np.multiply(xf, root, out=xw)
         gram = xw @ xw.T  # one product with its own transpose: BLAS computes half (syrk)

@@ -466,6 +466,11 @@ LS_ROUNDS = 2  # fit, reassign leaves, fit again
 LS_FIT_ROWS = 1 << 15
 LS_SAMPLE = 1 << 18
 LS_L1_ITERATIONS = 4
+# Later rounds refine each class's model from the one its leaves chose, with this many
+# reweighted solves instead of LS_L1_ITERATIONS + 1 from least squares. Train, 35 planes
+# (raster-wp-v4 alone, one thread): 9,102,191 B against 9,102,300 B, and 14% less time
+# (12.98 s against 15.10 s). 1: +0.07%; 3: +0.03% (a different, not better, optimum).
+LS_WARM_ITERATIONS = 2
 
 
 def ls_feature_count(has_prev: bool) -> int:
@@ -659,6 +664,7 @@ class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
         group = np.empty(leaves, dtype=np.int64)
         group[order] = np.minimum((np.cumsum(counts[order]) - counts[order]) * k // max(flat.size, 1), k - 1)
         y = flat - ref
+        earlier = None  # the previous round's models: class j now holds the leaves model j coded best
         for _ in range(LS_ROUNDS):
             cls = group[ctx]
             models = []
@@ -669,12 +675,16 @@ class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
                 members = members[:: max(1, members.size // LS_FIT_ROWS)]
                 block = np.empty((x.shape[0], members.size), dtype=x.dtype)
                 wk.take_columns(x, members, block)  # x[:, members], a row at a time
-                models.append(_fit(block, y[members], LS_L1_ITERATIONS, LS_FIT_ROWS))
+                if earlier is None:
+                    models.append(_fit(block, y[members], LS_L1_ITERATIONS, LS_FIT_ROWS))
+                else:  # refined from model j, which these leaves chose
+                    models.append(_fit(block, y[members], LS_WARM_ITERATIONS, LS_FIT_ROWS, init=earlier[j]))
             if not models:
                 return [], np.empty((0, flat.size), dtype=np.int64)
             preds = ls_predict_many(x, ref, np.array(models), maxv)
             group = _candidate_leaf_costs(preds, flat, ctx, leaves, max(1, maxv.bit_length())).argmin(axis=0)
             k = len(models)
+            earlier = models
         return models, preds
 
     @staticmethod

@@ -379,6 +379,22 @@ def test_predictor_fit_is_robust_to_outliers_where_least_squares_is_not():
     assert cost(l1) < 0.5 * cost(ls)
 
 
+def test_predictor_fit_refined_from_earlier_weights_is_never_worse_than_them():
+    from medcodec.paths import WEIGHT_BITS, _fit
+
+    rng = np.random.default_rng(9)
+    x = rng.integers(-200, 200, size=(3, 20000))
+    y = (3 * x[0] + x[1]) // 4 + rng.laplace(0, 2, 20000).astype(np.int64)
+    cost = lambda w: np.log2(1 + np.abs(y - ((w @ x) >> WEIGHT_BITS))).sum()  # noqa: E731
+    rough = np.array([1 << (WEIGHT_BITS - 1), 1 << (WEIGHT_BITS - 1), 0])  # half and half
+    assert _fit(x, y, 0, init=rough).tolist() == rough.tolist()  # no step: the start itself
+    refined = _fit(x, y, 2, init=rough)
+    assert cost(refined) < 0.9 * cost(rough)
+    assert np.abs(refined - [3 << (WEIGHT_BITS - 2), 1 << (WEIGHT_BITS - 2), 0]).max() <= 40
+    exact = np.array([3 << (WEIGHT_BITS - 2), 1 << (WEIGHT_BITS - 2), 0])
+    assert cost(_fit(x, y, 2, init=exact)) <= cost(exact)  # a good start is kept or bettered
+
+
 def test_predictor_fit_survives_constant_and_empty_features():
     from medcodec.paths import _fit
 
