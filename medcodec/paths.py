@@ -278,6 +278,12 @@ FIT_ROWS = {"max": 1 << 17, "fast": 1 << 14}
 # its v1 encode of MR2_UNCI about a third slower).
 L1_ITERATIONS = {"max": 8, "fast": 3}
 L1_FLOOR = 0.5  # residuals below this count as this (keeps the weights bounded)
+# `max`, interlaced passes: a pass's class fits start from the weights the same class of
+# the previous pass of its kind (one level coarser) ended with, so the reweighting goes on
+# across levels instead of restarting from least squares. The fits had not converged:
+# train, 35 interlaced-tree-v2 planes (one thread), 8 solves chained: -0.67% bytes
+# (9,374,147 against 9,437,683 B) in 7.9 s against 8.5 s; 4: -0.09%; 12: -0.85% in 9.1 s.
+L1_CHAINED_ITERATIONS = 8
 
 
 def _fit(x: np.ndarray, y: np.ndarray, iterations: int, rows: int = FIT_ROWS["max"],
@@ -340,6 +346,7 @@ class _Predictor:
         self.max_classes = max_classes
         self.l1_iterations = L1_ITERATIONS["fast" if self.fast else "max"]
         self.fit_rows = FIT_ROWS["fast" if self.fast else "max"]
+        self._ended: dict = {}  # `max`: each pass kind's last class weights (L1_CHAINED_ITERATIONS)
 
     def _classes_for(self, n: int) -> int:
         if self.fast or n < MIN_CLASS_PIXELS:
@@ -369,11 +376,21 @@ class _Predictor:
         np.cumsum(np.bincount(in_class, minlength=n_cls), out=starts[1:])
         blocks = x.blocks(ref, sample, order, starts)
         ys = (y - ref)[sample[order]]
+        chain = None if self.fast else getattr(x, "kind", None)  # interlaced passes of `max`
+        earlier = self._ended.get(chain) if chain is not None else None
         for c in range(n_cls):
             lo, hi = starts[c], starts[c + 1]
-            weights[c] = _fit(blocks[c], ys[lo:hi], self.l1_iterations, self.fit_rows) if hi - lo >= f * 4 else _default_weights(f)
+            if hi - lo < f * 4:
+                weights[c] = _default_weights(f)
+            elif earlier is None:
+                weights[c] = _fit(blocks[c], ys[lo:hi], self.l1_iterations, self.fit_rows)
+            else:  # the class at the same activity rank, one level coarser
+                start = earlier[min(len(earlier) - 1, c * len(earlier) // n_cls)]
+                weights[c] = _fit(blocks[c], ys[lo:hi], L1_CHAINED_ITERATIONS, self.fit_rows, init=start)
             for v in weights[c]:
                 side.put(int(v))
+        if chain is not None:
+            self._ended[chain] = weights.copy()
         return x.predict(ref, weights, cls)
 
     def read(self, x, ref: np.ndarray, key: np.ndarray, side: IntReader) -> np.ndarray:
@@ -453,6 +470,7 @@ class PassFeatures:
         self.flat = flat
         self.has_prev = prev_flat is not None
         self.prev = prev_flat if self.has_prev else flat
+        self.kind = p.kind
         self.pos = np.ascontiguousarray(p.pos, dtype=np.int64)
         self.inner = np.ascontiguousarray(p.inner, dtype=np.int64)
         self.outer = _NO_OUTER if fast else np.ascontiguousarray(p.outer, dtype=np.int64)

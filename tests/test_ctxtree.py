@@ -395,6 +395,30 @@ def test_predictor_fit_refined_from_earlier_weights_is_never_worse_than_them():
     assert cost(_fit(x, y, 2, init=exact)) <= cost(exact)  # a good start is kept or bettered
 
 
+def test_max_chains_each_pass_kinds_fits_from_level_to_level():
+    """`max`'s interlaced fits start from the same kind's previous pass (L1_CHAINED_ITERATIONS);
+    `fast` and matrix features (the local path) fit from least squares; the stream decodes."""
+    from medcodec import hierarchy
+    from medcodec.paths import IntWriter, PassFeatures, _pass_base, _Predictor
+
+    a, _ = _real_plane("CT_small.dcm")
+    flat = a.ravel().astype(np.int64)
+    for preset, chained in (("max", {hierarchy.D, hierarchy.A1, hierarchy.A2}), ("fast", set())):
+        predictor, emap = _Predictor(preset, 12), np.zeros_like(flat)
+        for p in hierarchy.iter_passes(*a.shape):
+            ref, _, key = _pass_base(flat, emap, p, None)
+            pred = predictor.choose(PassFeatures(flat, p, None, preset == "fast"), ref, flat[p.pos], key, IntWriter())
+            emap[p.pos] = np.abs(flat[p.pos] - pred)
+        assert set(predictor._ended) == chained
+    matrix = _Predictor("max")
+    x = np.random.default_rng(0).integers(0, 99, (4, 5000))
+    matrix.choose(x, x[:4].sum(axis=0) >> 2, x[0], np.zeros(5000, dtype=np.int64), IntWriter())
+    assert not matrix._ended
+    info = PlaneInfo(rows=a.shape[0], cols=a.shape[1], bits=int(a.max()).bit_length(), k=0, preset="max")
+    coder = TreeGlobalPathCoder()
+    assert np.array_equal(coder.decode(coder.encode(a, info), info), a)
+
+
 def test_predictor_fit_survives_constant_and_empty_features():
     from medcodec.paths import _fit
 
