@@ -71,6 +71,12 @@ def _scaled_round_(x: torch.Tensor, scale, clamp: int | None = None) -> torch.Te
     return x if clamp is None else x.clamp_(-clamp, clamp)
 
 
+def _lookup(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``table[idx]`` (rows of ``table`` at integer ``idx``): index_select, 2-3x faster
+    than advanced indexing on CPU, the same values."""
+    return table.index_select(0, idx.reshape(-1)).view(*idx.shape, *table.shape[1:])
+
+
 def floor_div(n: torch.Tensor, d: torch.Tensor | float) -> torch.Tensor:
     """floor(n / d) for integer n and integer d > 0: a float estimate, corrected exactly."""
     q = torch.floor(n / d)
@@ -167,14 +173,14 @@ class IntegerTransformer:
         scores.masked_fill_(~allowed, _NEG)
         top = scores.max(dim=-1, keepdim=True).values
         idx = scores.neg_().add_(top).clamp_(0, self.exp_att.numel() - 1).to(torch.int64)  # top - scores
-        e = self.exp_att[idx].mul_(allowed)
+        e = _lookup(self.exp_att, idx).mul_(allowed)
         inv = reciprocal(e.sum(-1, keepdim=True), SOFTMAX_SHIFT)
         return _scaled_round_(_exact_matmul(e, v), inv.mul_(1.0 / (1 << SOFTMAX_SHIFT)))
 
     def _mlp(self, x: torch.Tensor, lin: dict) -> torch.Tensor:
         gate, up = lin["gate"](x), lin["up"](x)
         idx = _scaled_round_(gate, 1.0 / (1 << SILU_STEP_SHIFT), SILU_RANGE).add_(SILU_RANGE).to(torch.int64)
-        act = _scaled_round_(self.silu[idx].mul_(up), 1.0 / (1 << ACT_SHIFT), ACT_MAX)
+        act = _scaled_round_(_lookup(self.silu, idx).mul_(up), 1.0 / (1 << ACT_SHIFT), ACT_MAX)
         return lin["down"](act)
 
     # --- model ---------------------------------------------------------------------------
@@ -184,7 +190,7 @@ class IntegerTransformer:
         h = self.prompt(prompt.to(self.device, DTYPE)) + self.emb_k[k]
         causal = causal.to(self.device, torch.int64)
         for j in range(N_CAUSAL):
-            h = h + self.emb_causal[j][causal[..., j]]
+            h = h + _lookup(self.emb_causal[j], causal[..., j])
         return h.clamp(-ACT_MAX, ACT_MAX)
 
     def _block(self, h, layer, start: int, key_valid: torch.Tensor, cache: list | None, index: int):
@@ -224,7 +230,7 @@ class IntegerTransformer:
         logits = self.head(self._norm(h, self.final_norm))
         top = logits.max(dim=-1, keepdim=True).values
         idx = (top - logits).clamp(0, self.exp_out.numel() - 1).to(torch.int64)
-        return (self.exp_out[idx] + 1).to(torch.int64)
+        return (_lookup(self.exp_out, idx) + 1).to(torch.int64)
 
 
 def build(tensors: dict[str, torch.Tensor], meta: dict, device: str = "cpu") -> IntegerTransformer:
