@@ -25,8 +25,8 @@ median over ``--runs`` of:
   what every job pays once, and a migration of millions of instances spreads thin) is
   taken off the wall time first.
 
-With ``--keyed`` a last line times the encode stage's own work (``Codec.archive_dicom``
-and ``inspect``) on every file with and without the key, in this process: the keyed
+With ``--keyed`` a last line times the encode stage's own work (``Codec.archive_dicom``:
+the record and its description) on every file with and without the key, in this process: the keyed
 path's cost apart from Beam (whose start-up and scheduling vary by a second or more
 between runs on a small job).
 
@@ -136,8 +136,8 @@ def codec_seconds(files: list[tuple[Path, Path]], *, runs: int, preset: str) -> 
 
 def keying_seconds(files: list[tuple[Path, Path]], *, runs: int, preset: str, key_file: str) -> tuple[float, float]:
     """Median over ``runs`` of (keyless, keyed) seconds of the encode stage's own work,
-    ``medcodec.Codec.archive_dicom`` (parse, de-identify, seal, embed, code, verify) plus
-    ``inspect``, over every file in this process: what keying costs without Beam's noise.
+    ``medcodec.Codec.archive_dicom`` (parse, de-identify, seal, embed, code, verify,
+    describe), over every file in this process: what keying costs without Beam's noise.
     The two alternate within each run."""
     import time
 
@@ -153,7 +153,7 @@ def keying_seconds(files: list[tuple[Path, Path]], *, runs: int, preset: str, ke
         for codec, times in zip(codecs, totals):
             t0 = time.perf_counter()
             for data in datas:
-                codec.inspect(codec.archive_dicom(data)[0])
+                codec.archive_dicom(data)
             times.append(time.perf_counter() - t0)
     return statistics.median(totals[0]), statistics.median(totals[1])
 
@@ -230,7 +230,7 @@ def format_table(rows: list[dict], *, files: int, mb: float, preset: str, keyed:
                          f"one-worker overhead beyond it: {(one[0]['wall_s'] - startup_s) / codec_s - 1:+.0%} of codec time")
     if keying:
         plain, sealed = keying
-        lines.append(f"keying in the codec (Codec.archive_dicom + inspect, this process): {plain:.2f} s keyless, "
+        lines.append(f"keying in the codec (Codec.archive_dicom, this process): {plain:.2f} s keyless, "
                      f"{sealed:.2f} s keyed: +{sealed - plain:.2f} s ({(sealed - plain) / codec_s:+.0%} of codec time)")
     return "\n".join(lines)
 

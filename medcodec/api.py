@@ -61,19 +61,21 @@ class Codec:
                                     verify=verify, keyring=self.keyring, local_model=self.local_models(modality),
                                     models=self.models)
 
-    def archive_dicom(self, data: bytes, *, verify: bool = True) -> tuple[bytes, dict]:
+    def archive_dicom(self, data: bytes, *, verify: bool = True) -> tuple[bytes, dict, dict]:
         """One DICOM file -> (its record, its identifiers as the header states them: study,
-        series, sop, patient, modality, transfer_syntax), from one parse of the file: the
-        modality it states picks the adapter."""
+        series, sop, patient, modality, transfer_syntax, and the record's description as
+        ``inspect`` gives it), from one parse of the file (the modality it states picks
+        the adapter) and one read of the record (verification's)."""
         from .dicom import parse_dicom
 
         limits = codec.parse_limits(self.limits or DicomLimits(), self.preset, verify=verify)
         parsed = parse_dicom(data, keep_codestream=self.keep_codestream, limits=limits)
         ids = dict(parsed.identifiers)
-        blob = codec.compress_dicom(data, preset=self.preset, keep_codestream=self.keep_codestream, limits=self.limits,
-                                    verify=verify, keyring=self.keyring, local_model=self.local_models(ids.get("modality")),
-                                    models=self.models, parsed=parsed)
-        return blob, ids
+        blob, record = codec.compress_dicom_read_back(
+            data, preset=self.preset, keep_codestream=self.keep_codestream, limits=self.limits, verify=verify,
+            keyring=self.keyring, local_model=self.local_models(ids.get("modality")), models=self.models, parsed=parsed)
+        info = codec.inspect_record(blob) if record is None else codec.describe_record(record, len(blob))
+        return blob, ids, info
 
     def decompress_dicom(self, blob: bytes, *, keyring: Any = ...) -> bytes:
         """The record's file: the original with the keyring (the codec's unless given; None:

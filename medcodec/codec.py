@@ -8,7 +8,7 @@ import math
 import struct
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -109,6 +109,34 @@ def _is_sha256(value: object) -> bool:
 def words_digest(words: np.ndarray) -> str:
     """SHA-256 of stored words in canonical order (frame, sample, row, col), little-endian."""
     return hashlib.sha256(np.ascontiguousarray(words, dtype=words.dtype.newbyteorder("<"))).hexdigest()
+
+
+def _same_words(words: np.ndarray, expected: np.ndarray, expected_digest: str, digest: Any) -> bool:
+    """Whether decoded ``words`` and the record's ``digest`` are those of the words a record
+    was just coded from (``expected``, whose digest ``expected_digest`` it was written
+    with): then ``words_digest(words) == digest`` without hashing them again. False
+    where that is not shown (the caller hashes)."""
+    return (digest == expected_digest and words.shape == expected.shape and words.dtype.kind == expected.dtype.kind
+            and words.dtype.itemsize == expected.dtype.itemsize and np.array_equal(words, expected))
+
+
+@dataclass(frozen=True)
+class _Expected:
+    """What a record just written must restore to: verification compares what it decodes
+    with these in full (a memory compare), where a reader hashes it and compares with the
+    record's digests. Each digest here is the one the record was written with, and the
+    record's must equal it, so the two checks pass and fail together: sha256(x) == d
+    with d == sha256(y) holds exactly when x == y."""
+
+    words: np.ndarray | None  # the coded words (None: none coded), with their digest
+    words_digest: str | None
+    file: bytes  # the file the record restores to without a key, with its SHA-256 (hex)
+    file_sha256: str
+    original: bytes | None = None  # a keyed record's original file, with its SHA-256
+    original_sha256: str | None = None
+
+    def same_file(self, out: bytes, digest: Any) -> bool:
+        return digest == self.file_sha256 and out == self.file
 
 
 def _check_preset(preset: str) -> None:
@@ -386,11 +414,13 @@ def _encode_with(
 
 def decode_words(
     config: dict[str, Any], record: ct.Record, *, timings: dict | None = None, limits: DicomLimits | None = None,
-    models: ModelStore | None = None,
+    models: ModelStore | None = None, expected: tuple[np.ndarray, str] | None = None,
 ) -> np.ndarray:
     """Inverse of :func:`encode_words`; verifies the words' digest (``timings`` as there).
 
-    ``limits.memory_bytes`` bounds what the record may make the decoder allocate."""
+    ``limits.memory_bytes`` bounds what the record may make the decoder allocate.
+    ``expected``: (the words, their digest) when verifying a record just coded from them
+    (``_Expected``): the decoded words are compared with them instead of hashed."""
     try:
         if config["codec_id"] != CODEC_ID:
             raise UnsupportedError(f"pixel codec {shown(config['codec_id'])} unknown; this reader knows {CODEC_ID!r}")
@@ -472,7 +502,8 @@ def decode_words(
     else:
         outside = None
     words = values_to_words(values, outside, fmt)
-    if words_digest(words) != config.get("digest"):
+    if not (expected is not None and _same_words(words, *expected, config.get("digest"))) and (
+            words_digest(words) != config.get("digest")):
         raise CorruptRecordError("decoded pixels do not match the record's SHA-256 (corrupt record or model mismatch)")
     return words
 
@@ -682,14 +713,35 @@ def compress_dicom(
     With a ``keyring`` (medcodec.crypto.Keyring) the record is keyed: its clear part is
     the de-identified file whose pixels carry the sealed PHI (medcodec.sealing), and the
     original is sealed. ``verify`` decodes the record again (with the key, when given)
-    and compares digests before returning. ``limits.seconds`` bounds the time one input
-    may take: checked after parsing, between planes and candidates (encode_words) and
-    before verification, LimitExceededError once it has passed. ``models`` (a ModelStore)
-    resolves the local models named by id and holds the adapter a coder in ``local_model``
-    was built from, for verification. ``parsed``: ``data``'s parse_dicom result (with the
-    same ``keep_codestream`` and limits), when the caller has parsed it already: one parse
-    per input (``limits.seconds`` then counts from here).
+    and compares it with what it was coded from before returning. ``limits.seconds``
+    bounds the time one input may take: checked after parsing, between planes and
+    candidates (encode_words) and before verification, LimitExceededError once it has
+    passed. ``models`` (a ModelStore) resolves the local models named by id and holds the
+    adapter a coder in ``local_model`` was built from, for verification. ``parsed``:
+    ``data``'s parse_dicom result (with the same ``keep_codestream`` and limits), when the
+    caller has parsed it already: one parse per input (``limits.seconds`` then counts
+    from here).
     """
+    return compress_dicom_read_back(data, preset=preset, keep_codestream=keep_codestream, limits=limits,
+                                    verify=verify, keyring=keyring, local_model=local_model, models=models,
+                                    parsed=parsed)[0]
+
+
+def compress_dicom_read_back(
+    data: bytes,
+    *,
+    preset: str = "max",
+    keep_codestream: bool = False,
+    limits: DicomLimits | None = None,
+    verify: bool = True,
+    keyring=None,
+    local_model: LocalPathModel | str | Sequence[LocalPathModel | str] | None = None,
+    models: ModelStore | None = None,
+    parsed: ParsedDicom | None = None,
+) -> tuple[bytes, ct.Record | None]:
+    """:func:`compress_dicom`, with the record as verification read it back from the bytes
+    (None without ``verify``): ``describe_record`` takes it without reading the bytes
+    (and hashing them) again."""
     _check_preset(preset)
     limits = limits or DicomLimits()
     deadline = limits.deadline()
@@ -702,18 +754,25 @@ def compress_dicom(
         def encode(words, fmt):
             return encode_words(words, fmt, preset=preset, local_model=local_model, deadline=deadline)
 
-        sealed_config, sections, _ = sealing.seal_dicom(data, parsed, keyring, encode=encode, deadline=deadline)
+        sealed_config, sections, _, written = sealing.seal_dicom(data, parsed, keyring, encode=encode,
+                                                                 deadline=deadline)
         blob = ct.write_record(ct.Record(config={"kind": "dicom", **sealed_config}, sections=sections))
-        if verify:
-            deadline.check("before verification")
-            restored = decompress_dicom(blob, keyring=keyring, models=models)
-            if parsed.restore_mode == "pixel-exact":
-                same = np.array_equal(parse_dicom(restored).frames, parsed.frames)
-            else:
-                same = restored == data
-            if not same:
-                raise CorruptRecordError("keyed record does not restore the original (verification failed)")
-        return blob
+        if not verify:
+            return blob, None
+        deadline.check("before verification")
+        record = ct.read_record(blob)
+        pixels = sealed_config["pixels"]
+        expected = _Expected(words=written.stego_words, words_digest=pixels and pixels["digest"], file=written.public,
+                             file_sha256=sealed_config["source"]["sha256"], original=data,
+                             original_sha256=written.original_sha256)
+        restored = _restore_dicom(record, keyring=keyring, models=models, expected=expected)
+        if parsed.restore_mode == "pixel-exact":
+            same = np.array_equal(parse_dicom(restored).frames, parsed.frames)
+        else:
+            same = restored == data
+        if not same:
+            raise CorruptRecordError("keyed record does not restore the original (verification failed)")
+        return blob, record
     config: dict[str, Any] = {
         "kind": "dicom",
         "restore_mode": parsed.restore_mode,
@@ -723,6 +782,7 @@ def compress_dicom(
         "spec": None if parsed.spec is None else parsed.spec.to_json(),
     }
     verbatim_sections = [ct.Section(ct.SECTION_VERBATIM, data)]
+    words = None
     if parsed.restore_mode == RESTORE_VERBATIM:
         sections = verbatim_sections
         config["pixels"] = None
@@ -731,6 +791,7 @@ def compress_dicom(
             parsed.frames, SampleFormat.of(parsed.spec), preset=preset, local_model=local_model, deadline=deadline
         )
         config["pixels"] = pixel_config
+        words = parsed.frames
         sections = [ct.Section(ct.SECTION_HEADER, _pack_header(parsed)), *pixel_sections]
     blob = ct.write_record(ct.Record(config=config, sections=sections))
     if parsed.restore_mode == "pixel-exact":
@@ -740,11 +801,15 @@ def compress_dicom(
                 "note": f"{parsed.note}; coded record not smaller than the source codestream, kept verbatim"}
         verbatim_blob = ct.write_record(ct.Record(config=kept, sections=verbatim_sections))
         if len(verbatim_blob) <= len(blob):
-            blob = verbatim_blob
-    if verify:
-        deadline.check("before verification")
-        decompress_dicom(blob, models=models)
-    return blob
+            blob, config, words = verbatim_blob, kept, None
+    if not verify:
+        return blob, None
+    deadline.check("before verification")
+    record = ct.read_record(blob)
+    pixels = config["pixels"]
+    _restore_dicom(record, models=models, expected=_Expected(
+        words=words, words_digest=pixels and pixels["digest"], file=data, file_sha256=config["source"]["sha256"]))
+    return blob, record
 
 
 @record_errors
@@ -757,7 +822,14 @@ def decompress_dicom(blob: bytes, *, keyring=None, limits: DicomLimits | None = 
     record may claim (LimitExceededError before anything is allocated). ``models`` (a
     ModelStore) holds the A-LoRA adapter a record names; None: shipped models only.
     """
-    record = ct.read_record(blob)
+    return _restore_dicom(ct.read_record(blob), keyring=keyring, limits=limits, models=models)
+
+
+@record_errors
+def _restore_dicom(record: ct.Record, *, keyring=None, limits: DicomLimits | None = None,
+                   models: ModelStore | None = None, expected: _Expected | None = None) -> bytes:
+    """:func:`decompress_dicom` of a record read already. ``expected``: what verification
+    of a record just written compares with instead of hashing (``_Expected``)."""
     config = record.config
     if config.get("kind") != "dicom":
         raise UnsupportedError(f"record holds {shown(config.get('kind'))}, not a DICOM file; use decompress_pixels")
@@ -783,7 +855,8 @@ def decompress_dicom(blob: bytes, *, keyring=None, limits: DicomLimits | None = 
         prefix, suffix, extra = _unpack_header(record.one(ct.SECTION_HEADER).payload, size)
         if not isinstance(config.get("pixels"), dict):
             raise CorruptRecordError(f"record in mode {shown(mode)} has no pixel config")
-        words = decode_words(config["pixels"], record, limits=limits, models=models)
+        known = None if expected is None or expected.words is None else (expected.words, expected.words_digest)
+        words = decode_words(config["pixels"], record, limits=limits, models=models, expected=known)
         parsed = ParsedDicom(
             restore_mode=mode,
             spec=spec,
@@ -802,15 +875,18 @@ def decompress_dicom(blob: bytes, *, keyring=None, limits: DicomLimits | None = 
         except Exception as exc:  # a rebuild failure is a record problem, never a traceback
             raise CorruptRecordError(f"could not rebuild the DICOM file ({type(exc).__name__})") from None
     source = config.get("source")
-    expected = source.get("sha256") if isinstance(source, dict) else None
-    if mode != "pixel-exact" and not _is_sha256(expected):
+    digest = source.get("sha256") if isinstance(source, dict) else None
+    if mode != "pixel-exact" and not _is_sha256(digest):
         raise CorruptRecordError("record does not give the original's SHA-256 (config 'source')")
-    if mode != "pixel-exact" and hashlib.sha256(out).hexdigest() != expected:
+    if mode != "pixel-exact" and not (expected is not None and expected.same_file(out, digest)) and (
+            hashlib.sha256(out).hexdigest() != digest):
         raise CorruptRecordError("restored file does not match the original SHA-256")
     if keyring is not None and config.get("sealed"):
         from . import sealing
 
-        return sealing.unseal_dicom(record, keyring, stego_words=words, public=out, limits=limits)
+        original = None if expected is None or expected.original is None else (
+            expected.original, expected.original_sha256)
+        return sealing.unseal_dicom(record, keyring, stego_words=words, public=out, limits=limits, expected=original)
     return out
 
 
@@ -827,13 +903,18 @@ def _global_plane_models(record: ct.Record, coder) -> dict[str, int]:
 @record_errors
 def inspect_record(blob: bytes) -> dict[str, Any]:
     """A JSON-able description of a record: versions, sections, sizes, bits per sample per path."""
-    record = ct.read_record(blob)
+    return describe_record(ct.read_record(blob), len(blob))
+
+
+@record_errors
+def describe_record(record: ct.Record, size: int) -> dict[str, Any]:
+    """:func:`inspect_record` of a record read already from its ``size`` bytes."""
     config = record.config
     pixels = config.get("pixels")
     out: dict[str, Any] = {
         "format_version": f"{record.major}.{record.minor}",
         "kind": config.get("kind"),
-        "record_bytes": len(blob),
+        "record_bytes": size,
         "sections": {},
     }
     for s in record.sections:
@@ -872,6 +953,6 @@ def inspect_record(blob: bytes) -> dict[str, Any]:
         out["bps"] = {
             "global": 8 * out["sections"].get("global", 0) / n,
             "local": 8 * out["sections"].get("local", 0) / n,
-            "record": 8 * len(blob) / n,
+            "record": 8 * size / n,
         }
     return out

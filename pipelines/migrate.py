@@ -272,8 +272,8 @@ class EncodeInstance(beam.DoFn):
             return
         t1 = time.perf_counter()
         try:
-            record, uids = self.codec.archive_dicom(data)  # one parse: the record and the header's identifiers
-            info = self.codec.inspect(record)
+            # one parse and one read back: the record, the header's identifiers, the record's description
+            record, uids, info = self.codec.archive_dicom(data)
         except (self.medcodec.MedcodecError, MemoryError) as exc:  # out of memory: this input, not the job
             Metrics.counter(NAMESPACE, "deadlettered").inc()
             stage = "parse" if isinstance(exc, (self.medcodec.InvalidDicomError,)) else "encode"

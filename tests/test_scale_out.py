@@ -97,5 +97,5 @@ def test_a_keyless_migrate_parses_each_input_once(tmp_path, monkeypatch):
     assert len(calls) == 3, calls  # was 6: the codec's parse and a header read for the identifiers
     for name in names:
         data = pydicom_bytes(name)
-        _, ids = medcodec.Codec(preset="fast").archive_dicom(data)
+        _, ids, _ = medcodec.Codec(preset="fast").archive_dicom(data)
         assert ids == medcodec.dicom_identifiers(data) and ids["sop"] and ids["modality"]

@@ -334,3 +334,49 @@ def test_new_bindings_hold_the_sample_width_digest_and_name_it(keyring):
         medcodec.decompress_dicom(claiming("1.0"), keyring=keyring)
     with pytest.raises(medcodec.UnsupportedError, match="binding format version '7.0' unknown"):
         medcodec.decompress_dicom(claiming("7.0"), keyring=keyring)
+
+
+def _one_value_off(planes):
+    """A decoder's planes with the first value of the first plane changed."""
+    planes = [p.copy() for p in planes]
+    planes[0].reshape(-1)[0] ^= 1
+    return planes
+
+
+@pytest.mark.parametrize(("name", "keyed", "fault"), [
+    ("CT_small.dcm", False, "decoded pixel"), ("CT_small.dcm", False, "rebuilt file"),
+    ("CT_small.dcm", True, "decoded pixel"), ("CT_small.dcm", True, "rebuilt file"),
+    ("CT_small.dcm", True, "rebuilt original"),
+    ("MR_small_RLE.dcm", False, "decoded pixel"),  # pixel-exact: the words alone are checked
+])
+def test_verification_fails_where_a_reader_would(keyring, monkeypatch, name, keyed, fault):
+    """Verification compares what a record just written restores to with what it was
+    coded from, in full, where a reader hashes it: a decoder one pixel off, a rebuild one
+    byte off, or (keyed) an original rebuilt one byte off still fail it, as they fail a
+    reader's digest checks on the same record."""
+    from medcodec import codec
+
+    data = pydicom_bytes(name)
+    ring = keyring if keyed else None
+    blob = medcodec.compress_dicom(data, keyring=ring, preset="fast", verify=False)
+    if fault == "decoded pixel":
+        real = codec._decode_global
+        monkeypatch.setattr(codec, "_decode_global", lambda *args: _one_value_off(real(*args)))
+    else:
+        module = sealing if fault == "rebuilt original" else codec
+        real_rebuild = module.rebuild_dicom
+        monkeypatch.setattr(module, "rebuild_dicom", lambda parsed: real_rebuild(parsed)[:-1] + b"?")
+    with pytest.raises(medcodec.CorruptRecordError):
+        medcodec.compress_dicom(data, keyring=ring, preset="fast")
+    with pytest.raises(medcodec.CorruptRecordError):
+        medcodec.decompress_dicom(blob, keyring=ring)  # a reader of the same record
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["keyless", "keyed"])
+def test_archive_dicom_describes_the_record_as_inspect_does(keyring, keyed):
+    data = pydicom_bytes("CT_small.dcm")
+    codec = medcodec.Codec(preset="fast", keyring=keyring if keyed else None)
+    blob, ids, info = codec.archive_dicom(data)
+    assert info == codec.inspect(blob)
+    assert ids["sop"] == pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
+    assert codec.decompress_dicom(blob) == data
