@@ -71,19 +71,23 @@ def test_not_a_record():
 
 
 def test_lzma_pack_sizes_its_dictionary_to_the_input_and_loses_nothing():
-    """The dictionary is cut to the input's size: the stream is exactly as long as the
-    preset's (a match reaches every earlier byte either way) and still plain xz."""
+    """The dictionary is cut to the input's size: the stream is exactly as long as with
+    the preset's own 8 MiB (a match reaches every earlier byte either way) and still
+    plain xz. (Preset 6 stops extending matches at ``_LZMA_NICE_LEN`` bytes.)"""
     import lzma
 
     import numpy as np
 
-    from medcodec.container import lzma_pack
+    from medcodec.container import _LZMA_NICE_LEN, lzma_pack
 
     rng = np.random.default_rng(0)
     for raw in (b"", b"x", bytes(range(256)) * 12, rng.integers(0, 4, 300_000, dtype=np.uint8).tobytes()):
         for extreme in (False, True):
             packed = lzma_pack(raw, extreme=extreme)
-            preset = lzma.compress(raw, preset=6 | (lzma.PRESET_EXTREME if extreme else 0))
+            full = {"id": lzma.FILTER_LZMA2, "preset": 6 | (lzma.PRESET_EXTREME if extreme else 0)}
+            if not extreme:
+                full["nice_len"] = _LZMA_NICE_LEN
+            preset = lzma.compress(raw, format=lzma.FORMAT_XZ, filters=[full])
             assert lzma.decompress(packed) == raw and len(packed) == len(preset)
 
 
