@@ -72,8 +72,8 @@ class Codec:
         parsed = parse_dicom(data, keep_codestream=self.keep_codestream, limits=limits)
         ids = dict(parsed.identifiers)
         blob, record = codec.compress_dicom_read_back(
-            data, preset=self.preset, keep_codestream=self.keep_codestream, limits=self.limits, verify=verify,
-            keyring=self.keyring, local_model=self.local_models(ids.get("modality")), models=self.models, parsed=parsed)
+            data, self.preset, self.keep_codestream, self.limits, verify, self.keyring,
+            self.local_models(ids.get("modality")), self.models, parsed)
         info = codec.inspect_record(blob) if record is None else codec.describe_record(record, len(blob))
         return blob, ids, info
 

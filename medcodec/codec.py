@@ -722,26 +722,16 @@ def compress_dicom(
     caller has parsed it already: one parse per input (``limits.seconds`` then counts
     from here).
     """
-    return compress_dicom_read_back(data, preset=preset, keep_codestream=keep_codestream, limits=limits,
-                                    verify=verify, keyring=keyring, local_model=local_model, models=models,
-                                    parsed=parsed)[0]
+    return compress_dicom_read_back(data, preset, keep_codestream, limits, verify, keyring, local_model, models,
+                                    parsed)[0]
 
 
-def compress_dicom_read_back(
-    data: bytes,
-    *,
-    preset: str = "max",
-    keep_codestream: bool = False,
-    limits: DicomLimits | None = None,
-    verify: bool = True,
-    keyring=None,
-    local_model: LocalPathModel | str | Sequence[LocalPathModel | str] | None = None,
-    models: ModelStore | None = None,
-    parsed: ParsedDicom | None = None,
-) -> tuple[bytes, ct.Record | None]:
-    """:func:`compress_dicom`, with the record as verification read it back from the bytes
-    (None without ``verify``): ``describe_record`` takes it without reading the bytes
-    (and hashing them) again."""
+def compress_dicom_read_back(data: bytes, preset: str, keep_codestream: bool, limits: DicomLimits | None, verify: bool,
+                             keyring, local_model, models: ModelStore | None,
+                             parsed: ParsedDicom | None) -> tuple[bytes, ct.Record | None]:
+    """:func:`compress_dicom` (its arguments in order), with the record as verification
+    read it back from the bytes (None without ``verify``): ``describe_record`` takes it
+    without reading the bytes (and hashing them) again."""
     _check_preset(preset)
     limits = limits or DicomLimits()
     deadline = limits.deadline()
