@@ -508,7 +508,7 @@ def ls_predict(x: np.ndarray, ref: np.ndarray, weights: np.ndarray, cls: np.ndar
 def ls_predict_many(x: np.ndarray, ref: np.ndarray, weights: np.ndarray, maxv: int) -> np.ndarray:
     """``ls_predict`` with each row of ``weights`` (K, F) for every pixel: (K, n), the
     products summed in one matrix product (exact in float64, as ``ls_predict`` says)."""
-    out = weights.astype(np.float64) @ np.asarray(x, dtype=np.float64)
+    out = np.dot(weights.astype(np.float64), np.asarray(x, dtype=np.float64))  # np.dot: releases the GIL (paths._fit)
     return np.minimum(np.maximum(ref + ((out.astype(np.int64) + _HALF) >> WEIGHT_BITS), 0), maxv)
 
 

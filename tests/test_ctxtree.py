@@ -426,3 +426,65 @@ def test_predictor_fit_survives_constant_and_empty_features():
     x = np.ones((2, 40), dtype=np.int64)  # two identical features: singular without the ridge
     w = _fit(x, 5 * np.ones(40, dtype=np.int64), 8)
     assert abs(int(w.sum()) - (5 << 12)) <= 2
+
+
+def _fit_with_matmul(x, y, iterations, rows, init=None):
+    """``paths._fit`` as it was written with ``@`` throughout (numpy's matmul, which holds
+    the GIL through BLAS): the weights ``_fit`` must still give, to the bit."""
+    from medcodec.paths import _WMAX, L1_FLOOR, WEIGHT_BITS
+
+    step = max(1, x.shape[1] // rows)
+    xf = np.asarray(x[:, ::step], dtype=np.float64)
+    yf = np.asarray(y[::step], dtype=np.float64)
+    row_w, best_w, best_cost = np.ones_like(yf), None, np.inf
+    if init is not None:
+        best_w = np.asarray(init, dtype=np.float64) / (1 << WEIGHT_BITS)
+        resid = np.abs(yf - best_w @ xf)
+        best_cost, row_w = float(np.log2(resid + 1.0).sum()), 1.0 / np.maximum(resid, L1_FLOOR)
+    for _ in range(iterations + (init is None)):
+        root = np.sqrt(row_w)
+        xw = xf * root
+        gram = xw @ xw.T
+        ridge = 1e-6 * (np.trace(gram) / gram.shape[0] + 1.0)
+        w = np.linalg.solve(gram + ridge * np.eye(xf.shape[0]), xw @ (yf * root))
+        resid = np.abs(yf - w @ xf)
+        cost = float(np.log2(resid + 1.0).sum())
+        if cost < best_cost:
+            best_w, best_cost = w, cost
+        row_w = 1.0 / np.maximum(resid, L1_FLOOR)
+    return np.clip(np.rint(best_w * (1 << WEIGHT_BITS)), -_WMAX, _WMAX).astype(np.int64)
+
+
+@pytest.mark.parametrize("features", [3, 14, 21])
+def test_fit_releases_the_gil_and_keeps_its_weights_to_the_bit(features):
+    """``_fit`` takes its BLAS products by np.dot (which releases the GIL, so two worker
+    threads fit at once) wherever that gives numpy's matmul's numbers, and keeps matmul on
+    a strided sample: float64 blocks taken whole (contiguous) and strided, integer
+    features, with and without a start."""
+    from medcodec.paths import _fit
+
+    rng = np.random.default_rng(features)
+    n = 3 * 4096 + 17
+    x_int = rng.integers(-300, 300, (features, n))
+    y = (x_int[0] * 3 + x_int[-1]) // 4 + rng.laplace(0, 3, n).astype(np.int64)
+    init = rng.integers(-2000, 2000, features)
+    for x in (x_int, x_int.astype(np.float64)):
+        for rows in (n, 4096):  # every column (contiguous float64) / every 3rd (a strided view)
+            for start in (None, init):
+                got = _fit(x, y, 4, rows, init=start)
+                assert np.array_equal(got, _fit_with_matmul(x, y, 4, rows, init=start))
+
+
+def test_np_dot_gives_matmuls_numbers_on_the_contiguous_products_fit_takes():
+    """The premise of ``_fit``'s np.dot: on C-contiguous float64 operands (the weighted
+    sample, and the sample itself when taken whole) BLAS computes np.dot and ``@`` alike,
+    to the bit; a numpy or BLAS upgrade that broke it fails here, not in the bytes."""
+    rng = np.random.default_rng(3)
+    for features in (3, 12, 21, 33):
+        for n in (100, 4097, 65536):
+            x = rng.normal(0, 300, (features, n)).round()
+            xw = x * np.sqrt(1 / np.maximum(np.abs(rng.normal(0, 5, n)), 0.5))
+            w, y = rng.normal(0, 1, features), rng.normal(0, 300, n)
+            assert np.array_equal(np.dot(xw, xw.T), xw @ xw.T)
+            assert np.array_equal(np.dot(xw, y), xw @ y)
+            assert np.array_equal(np.dot(w, x), w @ x)
