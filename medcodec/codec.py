@@ -55,7 +55,7 @@ from .planes import (
 )
 from .spec import PixelSpec
 from .coders.raster_wp_v4 import RasterV4GlobalPathCoder
-from .coders.selectors import FAST_V6, PER_PLANE_V7
+from .coders.selectors import FAST_V6, PER_PLANE_V8
 
 CODEC_ID = "medcodec.dualpath"
 # Each preset uses the global model that gave it the smallest records at the speed it
@@ -64,7 +64,7 @@ CODEC_ID = "medcodec.dualpath"
 # schemas/FORMAT.md ("Why the presets code as they do").
 # Every global model a record's config may name (medcodec.coders holds the registry).
 GLOBAL_MODELS = registered(record_level=True)
-PRESET_GLOBAL_MODEL = {"max": PER_PLANE_V7.model_id, "fast": FAST_V6.model_id}
+PRESET_GLOBAL_MODEL = {"max": PER_PLANE_V8.model_id, "fast": FAST_V6.model_id}
 # The record-level models that choose a candidate per plane (streams start with its index).
 PER_PLANE_MODELS = {k: v for k, v in GLOBAL_MODELS.items() if isinstance(v, PlaneSelector)}
 PRESETS = ("max", "fast")

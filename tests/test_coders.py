@@ -67,7 +67,7 @@ def test_registry_knows_every_global_model_once_and_records_name_only_record_lev
     every = registered()
     record_level = registered(record_level=True)
     assert {"per-plane-fast-v6", "per-plane-fast-v5", "per-plane-fast-v4", "per-plane-fast-v3", "per-plane-v6",
-            "per-plane-v7", "interlaced-ls-v1"} <= set(record_level)
+            "per-plane-v7", "per-plane-v8", "interlaced-ls-v1"} <= set(record_level)
     assert {"raster-wpc-v1", "raster-wpc-diff-v1", "raster-wpc-v2", "raster-wpc-diff-v2", "raster-wpc-v3",
             "raster-wpc-diff-v3", "raster-wp-v4", "raster-wp-diff-v4", "wavelet53-v1", "wavelet53-v2"} <= set(every) - set(record_level)
     for selector in (v for v in record_level.values() if isinstance(v, PlaneSelector)):

@@ -244,7 +244,7 @@ def test_v2_uses_a_tree_on_large_planes_and_the_previous_plane():
 
 def test_presets_name_their_global_model_and_v1_records_still_decode():
     a, bits = _real_plane("CT_small.dcm")
-    for preset, model in (("max", "per-plane-v7"), ("fast", "per-plane-fast-v6")):
+    for preset, model in (("max", "per-plane-v8"), ("fast", "per-plane-fast-v6")):
         blob = medcodec.compress_pixels(a.astype(np.uint16), bits_stored=bits, signed=False, preset=preset, local_model="classical-v1")
         assert medcodec.inspect_record(blob)["models"]["global"] == model
         assert np.array_equal(medcodec.decompress_pixels(blob), a)

@@ -10,7 +10,7 @@ from medcodec.coders import coder_for
 from medcodec.errors import CorruptRecordError
 from medcodec.paths import IntWriter, PlaneInfo, TreeGlobalPathCoder
 from medcodec.coders.raster_wp_v4 import RASTER_WP_DIFF_V4, RasterV4GlobalPathCoder
-from medcodec.coders.selectors import PER_PLANE_V3, PER_PLANE_V5, PER_PLANE_V6, PER_PLANE_V7
+from medcodec.coders.selectors import PER_PLANE_V3, PER_PLANE_V5, PER_PLANE_V6, PER_PLANE_V7, PER_PLANE_V8
 from medcodec import ctxtree
 from medcodec import wavekernel as wk
 from medcodec.paths import token_lookup, tokenize, zigzag
@@ -458,7 +458,7 @@ def test_max_records_use_the_per_plane_global_path():
     blob = medcodec.compress_pixels(a.astype(np.uint8), bits_stored=8, signed=False, preset="max",
                                     local_model="classical-v1")
     info = medcodec.inspect_record(blob)
-    assert info["models"]["global"] == "per-plane-v7"
+    assert info["models"]["global"] == "per-plane-v8"
     assert info["global_planes"] == {"raster-wp-v4": 1}
     assert np.array_equal(medcodec.decompress_pixels(blob), a)
 
@@ -815,6 +815,52 @@ def test_max_tries_the_difference_coder_on_planes_mostly_equal_to_their_previous
     assert 2 not in PER_PLANE_V7.choose(g, None)
 
 
+# --- per-plane-v8: wavelet53-v2 on every plane, the tree and raster paths screened on a crop ---
+
+
+def test_v8_tries_the_wavelet_path_always_and_the_difference_coder_on_mostly_equal_planes():
+    r, g, _ = _rgb("US1_J2KR.dcm")
+    r, g = r[100:196, 100:228], g[100:196, 100:228]
+    assert PER_PLANE_V8.choose(r, None) == (0, 1, 3)  # under the screen's size: both paths
+    assert PER_PLANE_V8.choose(g, r) == (0, 1, 2, 3)
+    assert PER_PLANE_V8.choose(g, np.roll(r, 7, axis=1)) == (0, 1, 3)
+    info = _info(r, 8)
+    for plane, prev in ((r, None), (g, r)):
+        data = PER_PLANE_V8.encode(plane, info, prev)
+        sizes = [len(coder_for(PER_PLANE_V8.candidates[i]).encode(plane, info, prev)) for i in PER_PLANE_V8.choose(plane, prev)]
+        assert len(data) == 1 + min(sizes)
+        assert np.array_equal(PER_PLANE_V8.decode(data, info, prev), plane)
+
+
+def _upsampled(a: np.ndarray) -> np.ndarray:
+    return np.repeat(np.repeat(a, 2, axis=0), 2, axis=1)
+
+
+@pytest.mark.parametrize("name", ["MR2_UNCI.dcm", pytest.param("OBXXXX1A.dcm", marks=pytest.mark.slow)])
+def test_v8_screen_codes_in_full_only_what_the_crop_does_not_rule_out(name, monkeypatch):
+    # An MR crop upsampled to 512 x 512 (smooth: the tree path wins) and an ultrasound
+    # frame (600 x 800, speckle: the raster path wins); the screen keeps the one that wins
+    # in full, and both where the margin asks more than the crops differ by.
+    from medcodec.coders import selectors
+
+    a, bits = _real_plane(name)
+    plane = _upsampled(a[384:640, 384:640]) if name.startswith("MR2") else a
+    assert plane.size >= selectors.TREE_SCREEN_MIN_SAMPLES
+    info = _info(plane, bits)
+    sizes = [len(coder_for(PER_PLANE_V8.candidates[i]).encode(plane, info)) for i in (0, 1)]
+    winner = int(np.argmin(sizes))
+    assert abs(sizes[0] - sizes[1]) > 0.1 * min(sizes)  # a clear case
+    assert selectors._tree_or_raster(plane, None) == (winner,)
+    data = PER_PLANE_V8.encode(plane, info)
+    assert PER_PLANE_V8.chosen_model(data) == PER_PLANE_V8.candidates[winner]
+    assert np.array_equal(PER_PLANE_V8.decode(data, info), plane)
+    monkeypatch.setattr(selectors, "TREE_SCREEN_MARGIN", 10.0)
+    assert selectors._tree_or_raster(plane, None) == (0, 1)
+    monkeypatch.setattr(selectors, "TREE_SCREEN_MIN_SAMPLES", plane.size + 1)
+    monkeypatch.setattr(selectors, "TREE_SCREEN_MARGIN", 0.0)
+    assert selectors._tree_or_raster(plane, None) == (0, 1)
+
+
 # --- raster-wp-v4: raster-wp-v3's model, coded inside the kernel ----------------------------
 
 
@@ -893,8 +939,8 @@ def _frames(count: int) -> list[np.ndarray]:
     return [a[f % a.shape[0]] for f in range(count)]
 
 
-# (candidate per plane, previous plane per plane): v6's and v7's candidates are 0 tree, 1 the
-# raster coder (raster-wp-v3, raster-wp-v4), 2 its difference form, 3 wavelet.
+# (candidate per plane, previous plane per plane): v6's, v7's and v8's candidates are 0 tree,
+# 1 the raster coder (raster-wp-v3, raster-wp-v4), 2 its difference form, 3 wavelet.
 PLANE_CASES = {
     "cine": ([1, 1, 1, 1], [None, 0, 1, 2]),
     "colour": ([1, 2, 2], [None, 0, 1]),
@@ -904,7 +950,7 @@ PLANE_CASES = {
 }
 
 
-@pytest.mark.parametrize("selector", [PER_PLANE_V6, PER_PLANE_V7], ids=lambda s: s.model_id)
+@pytest.mark.parametrize("selector", [PER_PLANE_V6, PER_PLANE_V7, PER_PLANE_V8], ids=lambda s: s.model_id)
 @pytest.mark.parametrize("case", sorted(PLANE_CASES))
 def test_decode_planes_follows_each_planes_previous_plane(case, selector):
     picks, prev_of = PLANE_CASES[case]

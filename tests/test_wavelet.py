@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 import medcodec
 from medcodec.errors import CorruptRecordError
 from medcodec.paths import PlaneInfo, TreeGlobalPathCoder
-from medcodec.coders.selectors import PER_PLANE_V4
+from medcodec.coders.selectors import PER_PLANE_V4, PER_PLANE_V7
 from medcodec.wavelet import WaveletGlobalPathCoder, band_shapes, forward, inverse, levels_for
 
 from conftest import pydicom_file
@@ -128,8 +128,13 @@ def test_max_records_name_their_per_plane_selector_and_decode():
     plane = _decoded_lossy_j2k(64, 80, seed=3).astype(np.uint16)
     blob = medcodec.compress_pixels(plane, bits_stored=12, signed=False, preset="max", local_model="classical-v1")
     info = medcodec.inspect_record(blob)
-    assert info["models"]["global"] == "per-plane-v7" and info["global_planes"] == {"wavelet53-v1": 1}
+    assert info["models"]["global"] == "per-plane-v8" and info["global_planes"] == {"wavelet53-v2": 1}
     assert np.array_equal(medcodec.decompress_pixels(blob), plane)
+    # per-plane-v7 (`max` before v8) took wavelet53-v1 there; its streams still decode.
+    pinfo = PlaneInfo(rows=64, cols=80, bits=12, k=0, preset="max")
+    data = PER_PLANE_V7.encode(plane.astype(np.int64), pinfo)
+    assert PER_PLANE_V7.chosen_model(data) == "wavelet53-v1"
+    assert np.array_equal(PER_PLANE_V7.decode(data, pinfo), plane)
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])

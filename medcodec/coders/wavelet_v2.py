@@ -1,5 +1,6 @@
 """``wavelet53-v2``: the 5/3 wavelet path with compiled band coders (`fast`'s
-``per-plane-fast-v4`` and ``v5`` take it: ``medcodec.coders.selectors``).
+``per-plane-fast-v4`` to ``v6`` and `max`'s ``per-plane-v8`` take it:
+``medcodec.coders.selectors``).
 
 The transform, the band order and the division of a band by the greatest common
 divisor of its coefficients are ``wavelet53-v1``'s (:mod:`medcodec.wavelet`). What
