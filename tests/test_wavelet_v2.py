@@ -158,6 +158,37 @@ def test_fast_tries_the_raster_coder_too_on_small_planes_the_probe_sends_to_the_
     assert len(data) <= 1 + min(len(coder_for(c).encode(plane, info)) for c in selector.candidates[:2])
 
 
+def _mr2(name: str) -> np.ndarray:
+    import pydicom
+
+    from conftest import pydicom_file
+
+    return pydicom.dcmread(pydicom_file(name)).pixel_array.astype(np.int64)
+
+
+def test_fast_codes_a_million_pixel_plane_the_probe_misses_by_the_wavelet_path_where_its_crop_is_smaller(monkeypatch):
+    # MR2_UNCI: a decoded lossy JPEG 2000 MR (probe 0.16, under FAST_WAVELET_PROBE), whose
+    # crop the wavelet path codes 11% smaller; MR2_J2KR, the same image acquired, stays raster.
+    from medcodec.coders import selectors
+
+    lossy, acquired = _mr2("MR2_UNCI.dcm"), _mr2("MR2_J2KR.dcm")
+    assert lossy.size >= selectors.FAST_WAVELET_TRIAL_MIN
+    assert selectors.wavelet_probe(lossy) < selectors.FAST_WAVELET_PROBE
+    assert FAST_V6.choose(lossy, None) == (1,) and FAST_V6.choose(acquired, None) == (0,)
+    raster, wavelet = selectors._crop_sizes(lossy, type(coder_for(FAST_V6.candidates[0])))
+    assert wavelet * (1 + selectors.FAST_WAVELET_TRIAL_MARGIN) < raster
+    monkeypatch.setattr(selectors, "FAST_WAVELET_TRIAL_MARGIN", raster / wavelet)  # a margin the crop does not clear
+    assert FAST_V6.choose(lossy, None) == (0,)
+    monkeypatch.setattr(selectors, "FAST_WAVELET_TRIAL_MARGIN", 0.05)
+    monkeypatch.setattr(selectors, "FAST_WAVELET_TRIAL_MIN", lossy.size + 1)  # too small to be tried
+    assert FAST_V6.choose(lossy, None) == (0,)
+    monkeypatch.undo()
+    info = _info(lossy, 12)
+    data = FAST_V6.encode(lossy, info)
+    assert FAST_V6.chosen_model(data) == "wavelet53-v2"
+    assert np.array_equal(FAST_V6.decode(data, info), lossy)
+
+
 def test_fast_records_name_per_plane_fast_v6():
     import medcodec
 
