@@ -815,7 +815,7 @@ def test_max_tries_the_difference_coder_on_planes_mostly_equal_to_their_previous
     assert 2 not in PER_PLANE_V7.choose(g, None)
 
 
-# --- per-plane-v8: wavelet53-v2 on every plane, the tree and raster paths screened on a crop ---
+# --- per-plane-v8: wavelet53-v2 on every plane, the paths screened on a crop -----------------
 
 
 def test_v8_tries_the_wavelet_path_always_and_the_difference_coder_on_mostly_equal_planes():
@@ -840,7 +840,8 @@ def _upsampled(a: np.ndarray) -> np.ndarray:
 def test_v8_screen_codes_in_full_only_what_the_crop_does_not_rule_out(name, monkeypatch):
     # An MR crop upsampled to 512 x 512 (smooth: the tree path wins) and an ultrasound
     # frame (600 x 800, speckle: the raster path wins); the screen keeps the one that wins
-    # in full, and both where the margin asks more than the crops differ by.
+    # in full (and the wavelet path, which loses here), and both where the margin asks
+    # more than the crops differ by.
     from medcodec.coders import selectors
 
     a, bits = _real_plane(name)
@@ -850,15 +851,33 @@ def test_v8_screen_codes_in_full_only_what_the_crop_does_not_rule_out(name, monk
     sizes = [len(coder_for(PER_PLANE_V8.candidates[i]).encode(plane, info)) for i in (0, 1)]
     winner = int(np.argmin(sizes))
     assert abs(sizes[0] - sizes[1]) > 0.1 * min(sizes)  # a clear case
-    assert selectors._tree_or_raster(plane, None) == (winner,)
+    assert selectors._screen(plane, None) == (winner, 3)
     data = PER_PLANE_V8.encode(plane, info)
     assert PER_PLANE_V8.chosen_model(data) == PER_PLANE_V8.candidates[winner]
     assert np.array_equal(PER_PLANE_V8.decode(data, info), plane)
     monkeypatch.setattr(selectors, "TREE_SCREEN_MARGIN", 10.0)
-    assert selectors._tree_or_raster(plane, None) == (0, 1)
+    assert selectors._screen(plane, None) == (0, 1, 3)
     monkeypatch.setattr(selectors, "TREE_SCREEN_MIN_SAMPLES", plane.size + 1)
     monkeypatch.setattr(selectors, "TREE_SCREEN_MARGIN", 0.0)
-    assert selectors._tree_or_raster(plane, None) == (0, 1)
+    assert selectors._screen(plane, None) == (0, 1, 3)
+
+
+def test_v8_screen_leaves_a_decoded_lossy_jpeg2000_plane_to_the_wavelet_path(monkeypatch):
+    # 693_UNCI: a CT stored decoded from lossy JPEG 2000; the wavelet path's crop is a
+    # fifth of the others', and in full it is smaller than both by far.
+    from medcodec.coders import selectors
+
+    plane, bits = _real_plane("693_UNCI.dcm")
+    assert plane.size >= selectors.TREE_SCREEN_MIN_SAMPLES
+    info = _info(plane, bits)
+    assert selectors._screen(plane, None) == (3,)
+    data = PER_PLANE_V8.encode(plane, info)
+    assert PER_PLANE_V8.chosen_model(data) == "wavelet53-v2"
+    assert np.array_equal(PER_PLANE_V8.decode(data, info), plane)
+    others = [len(coder_for(PER_PLANE_V8.candidates[i]).encode(plane, info)) for i in (0, 1)]
+    assert len(data) < min(others) / 4
+    monkeypatch.setattr(selectors, "TREE_SCREEN_MARGIN", 10.0)  # a margin no crop clears
+    assert selectors._screen(plane, None) == (0, 1, 3)
 
 
 # --- raster-wp-v4: raster-wp-v3's model, coded inside the kernel ----------------------------

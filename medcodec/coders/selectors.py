@@ -164,8 +164,8 @@ PER_PLANE_V7 = _per_plane("per-plane-v7", (
 
 
 # per-plane-v7 with wavelet53-v1 replaced by wavelet53-v2 (compiled band coders), which
-# is tried on every plane, and with the interlaced tree path and the raster path screened
-# on a crop (``_tree_or_raster``). Over the planes `max` coded on the train and held-out
+# is tried on every plane, and with the interlaced tree path, the raster path and the
+# wavelet path screened on a crop (``_screen``). Over the planes `max` coded on the train and held-out
 # images (2026-12-05), v2 coded each plane where v1 had won smaller (held-out 693_UNCI
 # 2,117 -> 1,690 B, RG3_UNCI 565,342 -> 552,853 B) at 25x v1's speed (RG3_UNCI 3.4 ->
 # 0.15 s), and the probe had missed a plane where it wins: train RG1_UNCI (decoded lossy
@@ -173,25 +173,32 @@ PER_PLANE_V7 = _per_plane("per-plane-v7", (
 PER_PLANE_V8_CANDIDATES = (
     TreeGlobalPathCoder.model_id, RasterV4GlobalPathCoder.model_id, RASTER_WP_DIFF_V4.model_id,
     WaveletV2GlobalPathCoder.model_id)
-# Planes of TREE_SCREEN_MIN_SAMPLES or more are coded on a TREE_SCREEN_CROP square at
-# their centre by the tree and the raster path, and the one whose crop stream is larger
-# by more than TREE_SCREEN_MARGIN is not coded in full. On the 27 such planes of the
-# train and held-out images (2026-12-05) it dropped the loser on 23 and kept both on 4
-# (RG1_J2KR, RG1_UNCI, RG3_UNCI, US1_UNCI's first plane: within 3% on the crop), never
-# the winner: the same streams, the held-out planes' tree and raster codings 25.3 -> 21.3 s
-# with the crops' 0.2-0.3 s each. A 128x128 crop would have dropped the winner on
+# Planes of TREE_SCREEN_MIN_SAMPLES or more are first coded on a TREE_SCREEN_CROP square
+# at their centre by the tree path, the raster path and wavelet53-v2 (``_screen``). Where
+# the wavelet path's crop stream is smaller than both others' by more than
+# TREE_SCREEN_MARGIN, the plane is coded by it alone (and the difference coder where that
+# applies); else the tree or raster path whose crop stream is larger than the other's by
+# more than TREE_SCREEN_MARGIN is not coded in full. On the 27 such planes of the train and
+# held-out images (2026-12-05): the wavelet path alone on 3, each where it wins in full
+# (train RG1_UNCI crop -4.8%, whole plane -5.7%; held-out RG3_UNCI -11.7%, -4.4%;
+# 693_UNCI -80%, -92%; the nearest other, MR2_UNCI, +1.0% on the crop, +0.8% in full);
+# of the other 24, the loser of tree and raster dropped on 22 and both kept on 2 (RG1_J2KR,
+# US1_UNCI's first plane: within 3% on the crop), never the winner. The same streams, and
+# the tree and raster codings of the held-out planes 25.3 -> 21.3 s by the tree and raster
+# rule alone (the crops' 0.2-0.3 s each included); the wavelet rule then saves RG3_UNCI's
+# 4.2 s and RG1_UNCI's 4.8 s. A 128x128 crop would have dropped the tree path's win on
 # RG3_UNCI, 693_UNCI and both planes of eCT_Supplemental.
 TREE_SCREEN_MIN_SAMPLES = 1 << 18
 TREE_SCREEN_CROP = 256
 TREE_SCREEN_MARGIN = 0.03
 
 
-def _tree_or_raster(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
-    """Which of the tree path (0) and the raster path (1) to code ``plane`` with: both,
-    or on planes of ``TREE_SCREEN_MIN_SAMPLES`` or more the one the centre crop does not
-    rule out (module constants above)."""
+def _screen(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
+    """Which of the tree path (0), the raster path (1) and wavelet53-v2 (3) to code
+    ``plane`` with: all three, or on planes of ``TREE_SCREEN_MIN_SAMPLES`` or more those
+    the centre crop does not rule out (module constants above)."""
     if plane.size < TREE_SCREEN_MIN_SAMPLES:
-        return (0, 1)
+        return (0, 1, 3)
     rows, cols = plane.shape
     r0 = max(0, (rows - TREE_SCREEN_CROP) // 2) & ~1
     c0 = max(0, (cols - TREE_SCREEN_CROP) // 2) & ~1
@@ -202,18 +209,20 @@ def _tree_or_raster(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ..
     info = PlaneInfo(rows=crop.shape[0], cols=crop.shape[1], bits=bits, k=0, preset="max")
     tree = len(TreeGlobalPathCoder().encode(crop, info, crop_prev))
     raster = len(RasterV4GlobalPathCoder().encode(crop, info, crop_prev))
+    wavelet = len(WaveletV2GlobalPathCoder().encode(crop, info, crop_prev))
+    if wavelet * (1 + TREE_SCREEN_MARGIN) < min(tree, raster):
+        return (3,)
     if tree * (1 + TREE_SCREEN_MARGIN) < raster:
-        return (0,)
+        return (0, 3)
     if raster * (1 + TREE_SCREEN_MARGIN) < tree:
-        return (1,)
-    return (0, 1)
+        return (1, 3)
+    return (0, 1, 3)
 
 
 def _v8_choice(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
-    """``per-plane-v8``'s rule: the tree and/or raster path (``_tree_or_raster``), the
-    difference coder on planes ``_mostly_equal`` to their previous plane, wavelet53-v2
-    always."""
-    return _tree_or_raster(plane, prev) + ((2,) if _mostly_equal(plane, prev) else ()) + (3,)
+    """``per-plane-v8``'s rule: the paths ``_screen`` keeps, and the difference coder on
+    planes ``_mostly_equal`` to their previous plane."""
+    return tuple(sorted(_screen(plane, prev) + ((2,) if _mostly_equal(plane, prev) else ())))
 
 
 PER_PLANE_V8 = register(PlaneSelector(model_id="per-plane-v8", candidates=PER_PLANE_V8_CANDIDATES, choose=_v8_choice),
