@@ -165,8 +165,8 @@ PER_PLANE_V7 = _per_plane("per-plane-v7", (
 
 # per-plane-v7 with wavelet53-v1 replaced by wavelet53-v2 (compiled band coders), which
 # is tried on every plane, and with the interlaced tree path, the raster path and the
-# wavelet path screened on a crop (``_screen``). Over the planes `max` coded on the train and held-out
-# images (2026-12-05), v2 coded each plane where v1 had won smaller (held-out 693_UNCI
+# wavelet path screened on a crop (``_screen``). Over the planes `max` coded on the train
+# and held-out images (2026-12-05), v2 coded each plane where v1 had won smaller (held-out 693_UNCI
 # 2,117 -> 1,690 B, RG3_UNCI 565,342 -> 552,853 B) at 25x v1's speed (RG3_UNCI 3.4 ->
 # 0.15 s), and the probe had missed a plane where it wins: train RG1_UNCI (decoded lossy
 # JPEG 2000, probe 0.009) 3,843,641 B by the tree path, 3,622,970 B by v2.
