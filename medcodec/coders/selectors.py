@@ -78,12 +78,23 @@ FAST_DIFF_MIN_EQUAL = 0.5
 FAST_WAVELET_PROBE = 0.3
 
 
+def _centre(shape: tuple[int, int], size: int, align: int) -> tuple[slice, slice]:
+    """A ``size`` x ``size`` window (smaller where the plane is) at the centre of a plane
+    of ``shape``, its corner on multiples of ``align``."""
+    rows, cols = shape
+    r0 = max(0, (rows - size) // 2) // align * align
+    c0 = max(0, (cols - size) // 2) // align * align
+    return slice(r0, r0 + size), slice(c0, c0 + size)
+
+
+def _crop_info(crop: np.ndarray, plane: np.ndarray, preset: str) -> PlaneInfo:
+    """A crop's PlaneInfo for a trial coding: the bits of the whole plane's largest value."""
+    bits = max(1, int(plane.max()).bit_length())
+    return PlaneInfo(rows=crop.shape[0], cols=crop.shape[1], bits=bits, k=0, preset=preset)
+
+
 def _probe_crop(plane: np.ndarray) -> np.ndarray:
-    rows, cols = plane.shape
-    align = 1 << LEVELS
-    r0 = max(0, (rows - PROBE) // 2) // align * align
-    c0 = max(0, (cols - PROBE) // 2) // align * align
-    return np.asarray(plane[r0 : r0 + PROBE, c0 : c0 + PROBE], dtype=np.int64)
+    return np.asarray(plane[_centre(plane.shape, PROBE, 1 << LEVELS)], dtype=np.int64)
 
 
 def wavelet_probe(plane: np.ndarray) -> float:
@@ -199,14 +210,10 @@ def _screen(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
     the centre crop does not rule out (module constants above)."""
     if plane.size < TREE_SCREEN_MIN_SAMPLES:
         return (0, 1, 3)
-    rows, cols = plane.shape
-    r0 = max(0, (rows - TREE_SCREEN_CROP) // 2) & ~1
-    c0 = max(0, (cols - TREE_SCREEN_CROP) // 2) & ~1
-    window = (slice(r0, r0 + TREE_SCREEN_CROP), slice(c0, c0 + TREE_SCREEN_CROP))
+    window = _centre(plane.shape, TREE_SCREEN_CROP, 2)
     crop = np.ascontiguousarray(plane[window], dtype=np.int64)
     crop_prev = None if prev is None else np.ascontiguousarray(prev[window], dtype=np.int64)
-    bits = max(1, int(plane.max()).bit_length())
-    info = PlaneInfo(rows=crop.shape[0], cols=crop.shape[1], bits=bits, k=0, preset="max")
+    info = _crop_info(crop, plane, "max")
     tree = len(TreeGlobalPathCoder().encode(crop, info, crop_prev))
     raster = len(RasterV4GlobalPathCoder().encode(crop, info, crop_prev))
     wavelet = len(WaveletV2GlobalPathCoder().encode(crop, info, crop_prev))
@@ -353,8 +360,7 @@ FAST_WAVELET_TRIAL_MARGIN = 0.05
 def _crop_sizes(plane: np.ndarray, raster) -> tuple[int, int]:
     """(raster coder ``raster``'s, wavelet53-v2's) stream sizes of the probe's centre crop."""
     crop = _probe_crop(plane)
-    bits = max(1, int(plane.max()).bit_length())
-    info = PlaneInfo(rows=crop.shape[0], cols=crop.shape[1], bits=bits, k=0, preset="fast")
+    info = _crop_info(crop, plane, "fast")
     return len(raster().encode(crop, info)), len(WaveletV2GlobalPathCoder().encode(crop, info))
 
 
