@@ -23,8 +23,8 @@ pixel, and the decisions are coded at one place. Integer arithmetic only.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from ..jit import kernel
 from ..wavekernel import N_PROPERTIES, _record, model_step
 from .wpkernel import _TOP, _adapt, _decide, _equiprobable, _finish, _renormalize, _start, _u
 
@@ -42,22 +42,29 @@ _SEEN_MAX = 255
 _RATE = np.array([max(1, (n + PRIOR_WEIGHT).bit_length() - 1) for n in range(_SEEN_MAX + 1)], dtype=np.int64)
 
 
-@njit(cache=True, nogil=True)
 def code_plane(rows, cols, value, true_err, sub_err, prev_shift, has_prev, maxv, prop, thr, right, leaf, has_table,
                choice, offset, model, weights, probs, depth, alphabet, lowest, raw_bits, tokens, extras, leaves,
                decode, buf):
     """Encode (``decode`` False: ``tokens``, ``extras`` and ``leaves`` given in raster
     order) into ``buf``, returning the byte count or -1 if ``buf`` was too small; or
     decode ``buf`` into ``value`` (the ``Wavefront`` state), returning 0, or -2 for
-    damage (a token outside the alphabet, a value outside [0, maxv])."""
+    damage (a token outside the alphabet, a value outside [0, maxv]). The kernel's
+    scratch (sub-predictions, weights, properties, decisions seen per node) is made here:
+    it is compiled without reference counting (``medcodec.jit``)."""
+    return _code_plane(rows, cols, value, true_err, sub_err, prev_shift, has_prev, maxv, prop, thr, right, leaf,
+                       has_table, choice, offset, model, weights, probs, depth, alphabet, lowest, raw_bits, tokens,
+                       extras, leaves, decode, buf, np.empty(5, dtype=np.int64), np.empty(5, dtype=np.int64),
+                       np.empty(N_PROPERTIES, dtype=np.int64), np.zeros(probs.shape[0], dtype=np.int64))
+
+
+@kernel
+def _code_plane(rows, cols, value, true_err, sub_err, prev_shift, has_prev, maxv, prop, thr, right, leaf, has_table,
+                choice, offset, model, weights, probs, depth, alphabet, lowest, raw_bits, tokens, extras, leaves,
+                decode, buf, sub, wts, props, seen):
     low, rng, cache, csize, at, code = _start(buf, decode)
     zero = rows * cols
     n_sub = 5 if has_prev else 4
-    sub = np.empty(5, dtype=np.int64)
-    wts = np.empty(5, dtype=np.int64)
-    props = np.empty(N_PROPERTIES, dtype=np.int64)
     nodes = np.int64(1) << depth
-    seen = np.zeros(probs.shape[0], dtype=np.int64)
     for r in range(rows):
         for c in range(cols):
             pos = r * cols + c
