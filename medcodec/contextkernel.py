@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .jit import kernel
+
 # (increment, limit) of each row's fast and slow copy.
 FAST = (48, 1 << 13)
 SLOW = (24, 1 << 16)
@@ -36,7 +38,7 @@ def leaf_of(prop, thr, right, leaf, root, props):
     return leaf[node]
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def leaves(prop, thr, right, leaf, props, out):
     """The leaf of every column of ``props`` (P, n)."""
     for i in range(props.shape[1]):
@@ -49,7 +51,7 @@ def leaves(prop, thr, right, leaf, props, out):
 # --- adaptive frequency tables (``entropy.AdaptiveTables``) -----------------------------------
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def table_probabilities(fast, slow, fast_total, slow_total, ctx, out):
     """The probability row of each symbol's context: ``AdaptiveTables.probabilities``."""
     alphabet = fast.shape[1]
@@ -64,7 +66,7 @@ def table_probabilities(fast, slow, fast_total, slow_total, ctx, out):
             out[i, a] = np.float64(fast[k, a] * st + slow[k, a] * ft) / total
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def table_chunks(fast, slow, fast_total, slow_total, ctx, symbols, seen, out):
     """The probability rows of known symbols coded in chunks of ``CHUNK``, the tables
     updated after each chunk: what ``Decoder.adaptive`` will see (the encoder's side)."""
@@ -74,7 +76,7 @@ def table_chunks(fast, slow, fast_total, slow_total, ctx, symbols, seen, out):
         table_update(fast, slow, fast_total, slow_total, ctx[lo:hi], symbols[lo:hi], seen)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def table_update(fast, slow, fast_total, slow_total, ctx, symbols, seen):
     """``AdaptiveTables.update`` over one chunk: every symbol's count raised, then each row
     the chunk touched halved (rounding up) if its total passed its limit. ``seen``: one
@@ -152,26 +154,36 @@ def _interlaced_at(i, flat, emap, prev, has_prev, pos, nearest, outer, has_outer
         out[15] = hi - lo
 
 
-@njit(cache=True, nogil=True)
 def interlaced_properties(flat, emap, prev, has_prev, pos, nearest, outer, has_outer, cols, kind, level, pred, out):
     """The 17 integer properties (17, N) of the N pixels ``pos`` of one interlaced pass:
     ``nearest`` (4, N) their nearest known neighbours, ``outer`` (M, N) the wider ones
     (read where ``has_outer``; row 15 is left 0 otherwise), ``pred`` their predictions,
     ``emap`` every known pixel's absolute residual, ``prev`` the previous plane (rows 10,
     11 and 16 are 0 without one)."""
-    props = np.empty(17, dtype=np.int64)
+    _interlaced_properties(flat, emap, prev, has_prev, pos, nearest, outer, has_outer, cols, kind, level, pred, out,
+                           np.empty(17, dtype=np.int64))
+
+
+@kernel  # without reference counting: the helpers below take 7 arrays per pixel (medcodec.jit)
+def _interlaced_properties(flat, emap, prev, has_prev, pos, nearest, outer, has_outer, cols, kind, level, pred, out,
+                           props):
     for i in range(pos.size):
         _interlaced_at(i, flat, emap, prev, has_prev, pos, nearest, outer, has_outer, cols, kind, level, pred[i], props)
         for j in range(17):
             out[j, i] = props[j]
 
 
-@njit(cache=True, nogil=True)
 def interlaced_contexts(flat, emap, prev, has_prev, pos, nearest, outer, has_outer, cols, kind, level, pred,
                         prop, thr, right, leaf, out):
     """The tree leaf of each pixel of an interlaced pass (``interlaced_properties``, walked
     at once): ``out`` (N,)."""
-    props = np.empty(17, dtype=np.int64)
+    _interlaced_contexts(flat, emap, prev, has_prev, pos, nearest, outer, has_outer, cols, kind, level, pred,
+                         prop, thr, right, leaf, out, np.empty(17, dtype=np.int64))
+
+
+@kernel
+def _interlaced_contexts(flat, emap, prev, has_prev, pos, nearest, outer, has_outer, cols, kind, level, pred,
+                         prop, thr, right, leaf, out, props):
     for i in range(pos.size):
         _interlaced_at(i, flat, emap, prev, has_prev, pos, nearest, outer, has_outer, cols, kind, level, pred[i], props)
         out[i] = leaf_of(prop, thr, right, leaf, 0, props)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .jit import kernel
 
-@njit(cache=True, nogil=True)
+
+@kernel
 def _histogram(bins, tokens, lo, hi, out):
     """Token counts per (property, bin) of the samples ``lo:hi`` into ``out`` (P, B, A)."""
     flat = out.reshape(-1)
@@ -30,7 +32,7 @@ def _price(bits_sum, total, used, nlogn, weight):
     return nlogn[total] - bits_sum + 0.5 * used * np.log2(max(total * weight, 2.0)) / weight
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def _best_split(h, valid, nlogn, weight, split_cost, left, whole):
     """(gain, property, bin) of the best split of a node with histogram ``h`` (P, B, A);
     property -1 where no split separates its samples. ``left``, ``whole``: scratch rows (A,)."""
@@ -79,7 +81,6 @@ def _best_split(h, valid, nlogn, weight, split_cost, left, whole):
     return best, best_p, best_b
 
 
-@njit(cache=True, nogil=True)
 def grow(bins, tokens, alphabet, valid, weight, split_cost, max_leaves, max_depth, node_prop, node_bin, node_left,
          node_lo, node_hi):
     """Grows a tree best-first over samples whose property bins are ``bins`` (n, P) and
@@ -97,26 +98,29 @@ def grow(bins, tokens, alphabet, valid, weight, split_cost, max_leaves, max_dept
     difference.
     """
     n, n_props = bins.shape
-    n_bins = valid.shape[1] + 1
-    nlogn = np.zeros(n + 1, dtype=np.float64)
+    capacity = node_prop.size
+    # One histogram per leaf at most (a leaf's slot passes to its larger child); each is
+    # cleared when first counted, so pages no leaf uses are never touched. The kernel keeps
+    # its state in these arrays (it is compiled without reference counting: medcodec.jit).
+    return _grow(bins, tokens, valid, weight, split_cost, max_leaves, max_depth, node_prop, node_bin, node_left,
+                 node_lo, node_hi, np.zeros(n + 1, dtype=np.float64),
+                 np.empty((max_leaves + 1, n_props, valid.shape[1] + 1, alphabet), dtype=np.int32),
+                 np.arange(max_leaves + 1), np.zeros(alphabet, dtype=np.int64), np.zeros(alphabet, dtype=np.int64),
+                 np.zeros(capacity, dtype=np.int64), np.zeros(capacity), np.zeros(capacity, dtype=np.int64),
+                 np.zeros(capacity, dtype=np.int64), np.zeros(capacity, dtype=np.int64),
+                 np.zeros(capacity, dtype=np.int64), np.empty((n, n_props), dtype=bins.dtype),
+                 np.empty(n, dtype=tokens.dtype))
+
+
+@kernel
+def _grow(bins, tokens, valid, weight, split_cost, max_leaves, max_depth, node_prop, node_bin, node_left, node_lo,
+          node_hi, nlogn, slots, free, left, whole, slot_of, gain, split_p, split_b, depth, frontier, buf, buf_tokens):
+    """``grow``'s work: ``free`` a stack of free histogram slots (``free[1:n_free]``),
+    ``frontier`` the leaf nodes in the order they were made."""
+    n = bins.shape[0]
     for c in range(2, n + 1):
         nlogn[c] = c * np.log2(c)
-    # One histogram per leaf at most (a leaf's slot passes to its larger child); each is
-    # cleared when first counted, so pages no leaf uses are never touched.
-    slots = np.empty((max_leaves + 1, n_props, n_bins, alphabet), dtype=np.int32)
-    free = np.arange(max_leaves + 1)  # a stack of free slots: free[1:n_free]
     n_free = max_leaves + 1
-    left = np.zeros(alphabet, dtype=np.int64)
-    whole = np.zeros(alphabet, dtype=np.int64)
-    capacity = node_prop.size
-    slot_of = np.zeros(capacity, dtype=np.int64)
-    gain = np.zeros(capacity)
-    split_p = np.zeros(capacity, dtype=np.int64)
-    split_b = np.zeros(capacity, dtype=np.int64)
-    depth = np.zeros(capacity, dtype=np.int64)
-    frontier = np.zeros(capacity, dtype=np.int64)  # leaf nodes in the order they were made
-    buf = np.empty((n, n_props), dtype=bins.dtype)
-    buf_tokens = np.empty(n, dtype=tokens.dtype)
     node_prop[0], node_lo[0], node_hi[0], node_left[0] = -1, 0, n, -1
     slot_of[0] = 0
     _histogram(bins, tokens, 0, n, slots[0])
@@ -134,20 +138,25 @@ def grow(bins, tokens, alphabet, valid, weight, split_cost, max_leaves, max_dept
         p, b = split_p[pick], split_b[pick]
         lo, hi = node_lo[pick], node_hi[pick]
         # Stable partition of the node's samples: bin <= b to the left.
+        # Rows are copied a value at a time: a row assignment makes a temporary array.
         k = lo
         r = 0
+        n_props = bins.shape[1]
         for s in range(lo, hi):
             if bins[s, p] > b:
-                buf[r] = bins[s]
+                for q in range(n_props):
+                    buf[r, q] = bins[s, q]
                 buf_tokens[r] = tokens[s]
                 r += 1
             else:
                 if k != s:
-                    bins[k] = bins[s]
+                    for q in range(n_props):
+                        bins[k, q] = bins[s, q]
                     tokens[k] = tokens[s]
                 k += 1
         for s in range(r):
-            bins[k + s] = buf[s]
+            for q in range(n_props):
+                bins[k + s, q] = buf[s, q]
             tokens[k + s] = buf_tokens[s]
         kid = n_nodes
         n_nodes += 2
@@ -272,7 +281,7 @@ def _token(z, mantissa, direct):
     return direct - (4 << mantissa) + (n << mantissa) + ((z >> nb) & ((1 << mantissa) - 1)), nb
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def leaf_token_counts(preds, flat, ctx, mantissa, direct, hist, raw, top):
     """For each candidate k's predictions ``preds[k]`` (K, n) of ``flat`` (n,): the
     residual tokens (``paths.tokenize`` of their zigzag) counted per context leaf
@@ -297,7 +306,7 @@ def leaf_token_counts(preds, flat, ctx, mantissa, direct, hist, raw, top):
         top[k] = t_max
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def tokenize_into(z, mantissa, direct, token, extra, nbits):
     """``paths.tokenize`` of every element of ``z`` (non-negative int64) into the three
     output arrays."""

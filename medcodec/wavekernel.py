@@ -30,6 +30,7 @@ from numba import njit
 from numba.cpython.unsafe.numbers import leading_zeros
 
 from .contextkernel import leaf_of
+from .jit import kernel
 from .entropy import UNIFORM_PIECE
 from .paths import _HALF, WEIGHT_BITS
 
@@ -267,14 +268,17 @@ def model_step(pos, r, c, cols, zero, value, true_err, sub_err, prev_shift, has_
 # --- the encoder: a known plane ------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True)
 def analyse(rows, cols, value, true_err, sub_err, prev_shift, has_prev, maxv, pred, pred8):
     """Every pixel's weighted prediction (clipped) and prediction x8 of a plane already in
     ``value``, filling ``true_err`` and ``sub_err`` as the decoder will."""
+    _analyse(rows, cols, value, true_err, sub_err, prev_shift, has_prev, maxv, pred, pred8,
+             np.empty(5, dtype=np.int64), np.empty(5, dtype=np.int64))
+
+
+@kernel
+def _analyse(rows, cols, value, true_err, sub_err, prev_shift, has_prev, maxv, pred, pred8, sub, weights):
     zero = rows * cols
     n_sub = 5 if has_prev else 4
-    sub = np.empty(5, dtype=np.int64)
-    weights = np.empty(5, dtype=np.int64)
     for r in range(rows):
         for c in range(cols):
             pos = r * cols + c
@@ -284,11 +288,14 @@ def analyse(rows, cols, value, true_err, sub_err, prev_shift, has_prev, maxv, pr
             _record(pos, value[_u(pos)], p8, sub, n_sub, value, true_err, sub_err)
 
 
-@njit(cache=True, nogil=True)
 def properties_at(at, cols, value, true_err, prev_shift, has_prev, pred, out):
     """``Wavefront.PROPERTIES`` (16, m) of the pixels ``at`` of an analysed plane."""
+    _properties_at(at, cols, value, true_err, prev_shift, has_prev, pred, out, np.empty(N_PROPERTIES, dtype=np.int64))
+
+
+@kernel
+def _properties_at(at, cols, value, true_err, prev_shift, has_prev, pred, out, props):
     zero = true_err.size - 1
-    props = np.empty(N_PROPERTIES, dtype=np.int64)
     for i in range(at.size):
         pos = at[i]
         _properties(pos, pos // cols, pos % cols, cols, zero, value, true_err, prev_shift, has_prev, pred[pos], props)
@@ -296,17 +303,21 @@ def properties_at(at, cols, value, true_err, prev_shift, has_prev, pred, out):
             out[j, i] = props[j]
 
 
-@njit(cache=True, nogil=True)
 def contexts_at(start, stop, cols, value, true_err, prev_shift, has_prev, pred, prop, thr, right, leaf, out):
     """The tree's leaf of every pixel ``start <= pos < stop`` of an analysed plane."""
+    _contexts_at(start, stop, cols, value, true_err, prev_shift, has_prev, pred, prop, thr, right, leaf, out,
+                 np.empty(N_PROPERTIES, dtype=np.int64))
+
+
+@kernel
+def _contexts_at(start, stop, cols, value, true_err, prev_shift, has_prev, pred, prop, thr, right, leaf, out, props):
     zero = true_err.size - 1
-    props = np.empty(N_PROPERTIES, dtype=np.int64)
     for pos in range(start, stop):
         _properties(pos, pos // cols, pos % cols, cols, zero, value, true_err, prev_shift, has_prev, pred[pos], props)
         out[pos] = leaf_of(prop, thr, right, leaf, 0, props)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def ls_features_at(at, cols, value, true_err, prev_shift, has_prev, pred8, out, ref):
     """``wavefront.ls_features`` (F, m) and ``ref`` of the pixels ``at`` of an analysed plane."""
     zero = true_err.size - 1
@@ -333,7 +344,7 @@ def ls_features_at(at, cols, value, true_err, prev_shift, has_prev, pred8, out, 
             out[_N_LS + 5, i] = value[_u(pos + prev_shift)] - ((value[_u(w + prev_shift)] + value[_u(n + prev_shift)]) >> 1)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def fitted_at(at, cls, cols, value, true_err, prev_shift, has_prev, pred8, weights, maxv, out):
     """Fitted predictor ``cls[i]``'s prediction at each pixel ``at[i]`` of an analysed plane."""
     zero = true_err.size - 1
@@ -343,7 +354,7 @@ def fitted_at(at, cls, cols, value, true_err, prev_shift, has_prev, pred8, weigh
                          weights, cls[i], maxv)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def fixed_at(at, cols, value, true_err, prev_shift, has_prev, pred, maxv, out):
     """``wavefront.LEAF_PREDICTORS``' predictions (N_FIXED, m) at the pixels ``at`` of an
     analysed plane (``pred``: the weighted predictions), by the decoder's rule."""
@@ -356,7 +367,7 @@ def fixed_at(at, cols, value, true_err, prev_shift, has_prev, pred, maxv, out):
             out[k, i] = _fixed(k, W, N, NW, NE, pred[pos], maxv)
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def table_predictions(cols, value, true_err, prev_shift, has_prev, pred, pred8, ctx, choice, offset, model, weights,
                       maxv, out):
     """Every pixel's final prediction under a leaf table (``ctx``: its leaf), by the
@@ -429,7 +440,7 @@ def raw_order(token, m, raw_bits, extra, order, sizes, values):
     return k
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def finish_diagonal(m, has_prev, maxv, pos_in, pred_in, pred8_in, sub_in, token, order, k, fields, extra, lowest,
                     value, true_err, sub_err):
     """Record a predicted diagonal's decoded values, ``pred + unzigzag(lowest[token] +
@@ -457,7 +468,7 @@ def finish_diagonal(m, has_prev, maxv, pos_in, pred_in, pred8_in, sub_in, token,
     return True
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def take_columns(x, cols, out):
     """``out[f, t] = x[f, cols[t]]``, a row at a time (numpy's ``x[:, cols]`` walks every
     row once per column). ``cols`` come from the encoder's own index arithmetic."""
