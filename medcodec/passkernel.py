@@ -17,13 +17,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .jit import kernel
+
 # Fixed-point scale of the predictor weights: part of the bitstream (``paths.WEIGHT_BITS``).
 WEIGHT_BITS = 12
 _HALF = 1 << (WEIGHT_BITS - 1)
 N_PREV = 5  # with a previous plane: its value at the pixel and at the 4 nearest neighbours
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def grid_neighbours(ys, xs, dys, dxs, h, rows, cols, out, bad_y, bad_x):
     """``hierarchy._neighbours``: the flat index (K, len(ys), len(xs)) of neighbour
     ``(dys[j] * h, dxs[j] * h)`` of each grid point, reflected at the border, -1 where the
@@ -48,7 +50,7 @@ def grid_neighbours(ys, xs, dys, dxs, h, rows, cols, out, bad_y, bad_x):
                     out[j, a, b] = -1
 
 
-@njit(cache=True, nogil=True)
+@kernel
 def pass_base(flat, emap, prev, has_prev, inner, thresholds, ref, bucket, key):
     """Per pixel of a pass, from its 4 nearest neighbours (rows 0-3 of ``inner``): ``ref``
     their mean (floor), ``bucket`` the activity bucket of ``2 * spread + (sum of their
@@ -108,14 +110,18 @@ def pass_blocks(flat, prev, has_prev, pos, inner, outer, ref, sample, order, sta
                 at += 1
 
 
-@njit(cache=True, nogil=True)
 def pass_predict(flat, prev, has_prev, pos, inner, outer, ref, weights, cls, out):
     """``ref + ((x @ w[cls] - ref * sum(w[cls]) + half) >> WEIGHT_BITS)`` per pixel."""
+    _pass_predict(flat, prev, has_prev, pos, inner, outer, ref, weights, cls, out,
+                  np.zeros(weights.shape[0], dtype=np.int64))
+
+
+@kernel
+def _pass_predict(flat, prev, has_prev, pos, inner, outer, ref, weights, cls, out, wsum):
     n_inner, n_outer = inner.shape[0], outer.shape[0]
     n_cls, n_features = weights.shape
     if n_features != n_inner + n_outer + (N_PREV if has_prev else 0):
         raise ValueError("predictor weights do not match the pass's features")
-    wsum = np.zeros(n_cls, dtype=np.int64)
     for c in range(n_cls):
         for j in range(n_features):
             wsum[c] += weights[c, j]
