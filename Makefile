@@ -13,6 +13,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m medcodec.warmup  # compile the kernels now, in parallel, not on first use
 	touch $(STAMP)
 
 install: $(STAMP)

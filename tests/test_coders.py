@@ -316,3 +316,15 @@ def test_fast_v5_and_v6_keep_the_rule_with_the_run_mode_coders(selector, raster,
     data = selector.encode(g, info, r)
     assert np.array_equal(selector.decode(data, info, r), g)
     assert len(data) == 1 + min(len(raster.encode(g, info, r)), len(difference.encode(g, info, r)))
+
+
+def test_the_warmup_codes_every_share_and_both_presets_exactly():
+    """``python -m medcodec.warmup`` (run by ``make install``) compiles the kernels by coding
+    small planes both ways: each share and the preset pass check their own round trip."""
+    from medcodec import warmup
+
+    shared = [m for ids in warmup.SHARES.values() for m in ids]
+    assert len(shared) == len(set(shared)) and all(coder_for(m) for m in shared)
+    for name in warmup.SHARES:
+        warmup._share(name)  # raises where a stream does not decode to its plane
+    warmup._presets()
