@@ -73,6 +73,20 @@ def _presets() -> None:
         raise AssertionError("stego did not restore its cover")
 
 
+# One share compiles in under half a minute on 2 cores; a share still running after this
+# long is stuck, and install says so rather than wait on it.
+SHARE_SECONDS = 600
+
+
+def _waited(process: subprocess.Popen) -> int:
+    try:
+        return process.wait(timeout=SHARE_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return -1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medcodec.warmup", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=(*SHARES, "presets"), help=argparse.SUPPRESS)  # one share, in this process
@@ -89,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     shares = [subprocess.Popen([sys.executable, "-m", "medcodec.warmup", "--only", name], env=env) for name in SHARES]
-    failed = [name for name, p in zip(SHARES, shares) if p.wait() != 0]
-    if not failed and subprocess.call([sys.executable, "-m", "medcodec.warmup", "--only", "presets"], env=env):
+    failed = [name for name, p in zip(SHARES, shares) if _waited(p) != 0]
+    if not failed and _waited(subprocess.Popen([sys.executable, "-m", "medcodec.warmup", "--only", "presets"], env=env)):
         failed.append("presets")
     if failed:
         print(f"medcodec.warmup: {', '.join(failed)} failed", file=sys.stderr)

@@ -30,8 +30,8 @@ from numba import njit
 from numba.cpython.unsafe.numbers import leading_zeros
 
 from .contextkernel import leaf_of
-from .jit import kernel
 from .entropy import UNIFORM_PIECE
+from .jit import kernel
 from .paths import _HALF, WEIGHT_BITS
 
 # --- the weighted predictor (part of the bitstream definition) ---------------------------
