@@ -316,3 +316,60 @@ def tokenize_into(z, mantissa, direct, token, extra, nbits):
         token[i] = t
         nbits[i] = nb
         extra[i] = v - ((v >> nb) << nb)
+
+
+@kernel
+def _leaf_medians(residual, ctx, counts, fill, scratch, out):
+    """``leaf_medians``' work: the residuals gathered by leaf into ``scratch`` (``fill``:
+    each leaf's first slot), then each leaf's lower median selected in place."""
+    for i in range(residual.size):
+        c = ctx[i]
+        scratch[fill[c]] = residual[i]
+        fill[c] += 1
+    for leaf in range(counts.size):
+        n = counts[leaf]
+        if n == 0:
+            out[leaf] = 0
+            continue
+        lo = fill[leaf] - n
+        hi = fill[leaf] - 1
+        k = lo + (n - 1) // 2
+        # Hoare's selection with a median-of-three pivot: afterwards scratch[k] is the
+        # leaf's k-th smallest residual, the value a sort would put there.
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            a, b, c = scratch[lo], scratch[mid], scratch[hi]
+            pivot = max(min(a, b), min(max(a, b), c))
+            i, j = lo, hi
+            while i <= j:
+                while scratch[i] < pivot:
+                    i += 1
+                while scratch[j] > pivot:
+                    j -= 1
+                if i <= j:
+                    t = scratch[i]
+                    scratch[i] = scratch[j]
+                    scratch[j] = t
+                    i += 1
+                    j -= 1
+            if k <= j:
+                hi = j
+            elif k >= i:
+                lo = i
+            else:
+                break
+        out[leaf] = scratch[k]
+
+
+def leaf_medians(residual: np.ndarray, ctx: np.ndarray, leaves: int) -> np.ndarray:
+    """Each leaf's lower median residual (0 for a leaf without pixels): of the residuals
+    of the pixels whose context ``ctx`` (each below ``leaves``) is the leaf, sorted, the
+    one at ``(count - 1) // 2``. Linear time (a selection per leaf), not a sort."""
+    residual = np.ascontiguousarray(residual, dtype=np.int64)
+    ctx = np.ascontiguousarray(ctx, dtype=np.int64)
+    counts = np.bincount(ctx, minlength=leaves).astype(np.int64)
+    fill = np.zeros(counts.size, dtype=np.int64)
+    np.cumsum(counts[:-1], out=fill[1:])
+    out = np.empty(counts.size, dtype=np.int64)
+    _leaf_medians(residual, ctx, counts, fill, np.empty(residual.size, dtype=np.int64), out)
+    return out

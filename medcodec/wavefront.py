@@ -334,14 +334,6 @@ def _candidate_leaf_costs(preds: np.ndarray, flat: np.ndarray, ctx: np.ndarray, 
     return np.stack([_static_bits(hist[k, :, : top[k] + 1]) + raw[k] for k in range(preds.shape[0])])
 
 
-def _leaf_medians(residual: np.ndarray, ctx: np.ndarray, leaves: int) -> np.ndarray:
-    order = np.lexsort((residual, ctx))
-    counts = np.bincount(ctx, minlength=leaves)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    mid = residual[order][np.minimum(starts + (counts - 1) // 2, residual.size - 1)] if residual.size else np.zeros(leaves)
-    return np.where(counts > 0, mid, 0).astype(np.int64)
-
-
 @register
 class RasterV2GlobalPathCoder(RasterGlobalPathCoder):
     """``raster-wp-v1`` with a predictor and an offset chosen per context leaf.
@@ -401,6 +393,8 @@ class RasterV2GlobalPathCoder(RasterGlobalPathCoder):
     def _select(ctx, leaves: int, flat, cands, maxv: int, scale: int = 1):
         """(choice, offset) per leaf and the pixels' final predictions (encoder only).
         ``scale``: how many pixels of the plane each given pixel stands for (a sample)."""
+        from .learnkernel import leaf_medians  # numba: loaded on first use
+
         allpos = np.arange(flat.size, dtype=np.int64)
         bits = max(1, int(maxv).bit_length())
         costs = scale * _candidate_leaf_costs(cands, flat, ctx, leaves, bits)
@@ -409,7 +403,7 @@ class RasterV2GlobalPathCoder(RasterGlobalPathCoder):
         choice = np.where(costs[0] - costs.min(axis=0) > LEAF_SWITCH_BITS, costs.argmin(axis=0), 0)
         chosen = costs[choice, np.arange(leaves)]
         final = cands[choice[ctx], allpos]
-        offset = _leaf_medians(flat - final, ctx, leaves)
+        offset = leaf_medians(flat - final, ctx, leaves)
         moved = np.clip(final + offset[ctx], 0, maxv)
         moved_cost = scale * _candidate_leaf_costs(moved[None], flat, ctx, leaves, bits)[0]
         offset = np.where(chosen - moved_cost > LEAF_SWITCH_BITS, offset, 0)

@@ -496,6 +496,23 @@ def test_leaf_predictions_match_a_scalar_definition():
     assert got.min() >= 0 and got.max() <= 1023
 
 
+def test_leaf_medians_are_each_leafs_lower_median():
+    from medcodec.learnkernel import leaf_medians
+
+    rng = np.random.default_rng(11)
+    for trial in range(60):
+        n, leaves = int(rng.integers(0, 3000)), int(rng.integers(1, 200))
+        residual = [rng.integers(-40, 40, n), rng.integers(-2, 2, n), np.sort(rng.integers(-999, 999, n)),
+                    rng.laplace(0, 9, n).astype(np.int64) * (rng.random(n) < 0.3)][trial % 4]
+        ctx = rng.integers(0, leaves, n) if trial % 3 else np.sort(rng.integers(0, max(1, leaves // 3), n))
+        want = np.zeros(leaves, dtype=np.int64)
+        for leaf in range(leaves):
+            mine = np.sort(residual[ctx == leaf])
+            if mine.size:
+                want[leaf] = mine[(mine.size - 1) // 2]
+        assert np.array_equal(leaf_medians(residual, ctx, leaves), want)
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (1, 17), (13, 1), (2, 3), (37, 29)])
 def test_raster_v2_round_trips_every_shape(shape):
     rng = np.random.default_rng(sum(shape))
