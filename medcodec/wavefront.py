@@ -129,7 +129,15 @@ class Wavefront:
     def scan_order(self) -> np.ndarray:
         """The flat positions of every ``diagonals`` step, concatenated, computed in one
         pass: a pixel's rank is the size of the earlier diagonals plus its row's place in
-        its own diagonal (whose first row is max(0, (t - cols + 2) // 2))."""
+        its own diagonal (whose first row is max(0, (t - cols + 2) // 2)). Computed once
+        per plane (the encoder asks three times) and read-only."""
+        order = getattr(self, "_scan_order", None)
+        if order is None:
+            order = self._scan_order = self._compute_scan_order()
+            order.setflags(write=False)
+        return order
+
+    def _compute_scan_order(self) -> np.ndarray:
         rows, cols = self.rows, self.cols
         t = (2 * np.arange(rows, dtype=np.int64)[:, None] + np.arange(cols, dtype=np.int64)[None, :]).ravel()
         size = np.bincount(t)
@@ -471,14 +479,15 @@ def ls_feature_count(has_prev: bool) -> int:
     return len(LS_NEIGHBOURS) + 5 + has_prev
 
 
-def ls_features(wf: Wavefront, pos: np.ndarray, pred8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def ls_features(wf: Wavefront, pos: np.ndarray, pred8: np.ndarray, dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
     """(features (F, n), ref) of the fitted predictors at the pixels ``pos`` of an
     analysed plane (``pred8``: every pixel's weighted prediction x8), all integers
     relative to ``ref = (W + N) >> 1``: the LS_NEIGHBOURS' values minus ref (a neighbour
     outside the plane reads N where its column offset is >= 0, else W); the weighted
     prediction (x8) minus ``8 ref``; the weighted predictor's errors at W, N, NW and NE
-    (x8); and, given a previous plane, its value at the pixel minus the mean of its W and N."""
-    x = np.empty((ls_feature_count(wf.has_prev), pos.size), dtype=np.int64)
+    (x8); and, given a previous plane, its value at the pixel minus the mean of its W and N.
+    ``dtype`` float64 (the encoder's fits) holds the same integers exactly, written once."""
+    x = np.empty((ls_feature_count(wf.has_prev), pos.size), dtype=dtype)
     ref = np.empty(pos.size, dtype=np.int64)
     wk.ls_features_at(np.ascontiguousarray(pos, dtype=np.int64), wf.cols, wf.value, wf.true_err, wf.prev_shift,
                       wf.has_prev, pred8, x, ref)
@@ -502,8 +511,10 @@ def ls_predict(x: np.ndarray, ref: np.ndarray, weights: np.ndarray, cls: np.ndar
 def ls_predict_many(x: np.ndarray, ref: np.ndarray, weights: np.ndarray, maxv: int) -> np.ndarray:
     """``ls_predict`` with each row of ``weights`` (K, F) for every pixel: (K, n), the
     products summed in one matrix product (exact in float64, as ``ls_predict`` says)."""
-    out = np.dot(weights.astype(np.float64), np.asarray(x, dtype=np.float64))  # np.dot: releases the GIL (paths._fit)
-    return np.minimum(np.maximum(ref + ((out.astype(np.int64) + _HALF) >> WEIGHT_BITS), 0), maxv)
+    sums = np.dot(weights.astype(np.float64), np.asarray(x, dtype=np.float64))  # np.dot: releases the GIL (paths._fit)
+    out = np.empty(sums.shape, dtype=np.int64)
+    wk.clip_predictions(sums, np.ascontiguousarray(ref, dtype=np.int64), _HALF, WEIGHT_BITS, maxv, out)
+    return out
 
 
 # --- decoding: one anti-diagonal per step ----------------------------------------------
@@ -623,8 +634,8 @@ class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
             choice, offset, final = self._select(ctx, tree.n_leaves, flat, fixed, maxv)
             return self._code_choice(tree, info, wf, ctx, flat, pred, choice, offset, final)
         s = slice(None, None, step)
-        xs, refs = ls_features(wf, sample, pred8)
-        xs, flats = xs.astype(np.float64), flat[s]
+        xs, refs = ls_features(wf, sample, pred8, np.float64)
+        flats = flat[s]
         models, fitted = self._fit_models(xs, refs, flats, pred[s], ctx[s], tree.n_leaves, maxv, n)
         cands = np.concatenate([fixed, fitted])
         choice, offset, _ = self._select(ctx[s], tree.n_leaves, flats, cands, maxv, step)

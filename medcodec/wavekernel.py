@@ -475,3 +475,14 @@ def take_columns(x, cols, out):
     for f in range(x.shape[0]):
         for t in range(cols.size):
             out[f, t] = x[f, cols[t]]
+
+
+@kernel
+def clip_predictions(sums, ref, half, shift, maxv, out):
+    """``out[k, i] = clip(ref[i] + ((int(sums[k, i]) + half) >> shift), 0, maxv)`` in one
+    pass (numpy took five over the (K, n) arrays, three quarters of ``ls_predict_many``).
+    ``sums`` hold integers exactly (float64 products of integers below 2**53)."""
+    for k in range(sums.shape[0]):
+        for i in range(sums.shape[1]):
+            v = ref[i] + ((np.int64(sums[k, i]) + half) >> shift)
+            out[k, i] = 0 if v < 0 else (maxv if v > maxv else v)

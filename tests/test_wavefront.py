@@ -33,6 +33,7 @@ from medcodec.wavefront import (
     leaf_table_arrays,
     ls_feature_count,
     ls_features,
+    ls_predict_many,
     ls_predict,
 )
 
@@ -627,9 +628,13 @@ def test_ls_features_and_prediction_match_a_scalar_definition():
     nb = wf.neighbours(pos, r, c)
     x, ref = ls_features(wf, pos, pred8)
     assert x.shape == (ls_feature_count(True), pos.size)
+    xf, ref_f = ls_features(wf, pos, pred8, np.float64)  # the encoder's: the same integers as floats
+    assert xf.dtype == np.float64 and np.array_equal(xf, x) and np.array_equal(ref_f, ref)
     weights = rng.integers(-5000, 5000, (3, x.shape[0]))
     cls = rng.integers(0, 3, pos.size)
     got = ls_predict(x, ref, weights, cls, 4095)
+    many = ls_predict_many(xf, ref, weights, 4095)  # every class's prediction at every pixel
+    assert np.array_equal(many[cls, pos], got)
     made = np.empty(pos.size, dtype=np.int64)  # the compiled prediction, without the features
     wk.fitted_at(pos, cls, cols, wf.value, wf.true_err, wf.prev_shift, True, pred8, weights, 4095, made)
     assert np.array_equal(made, got)
