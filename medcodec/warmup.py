@@ -44,12 +44,14 @@ def _share(name: str) -> None:
     from .coders import coder_for
     from .paths import PlaneInfo
 
+    # 72 x 64: over LS_MIN_PIXELS, so raster-wp-v4 takes its fitted-predictor path too
+    rows, cols = 72, 64
     for preset in ("max", "fast"):
-        plane = _image(48, 40, 12, 1)
-        prev = _image(48, 40, 12, 2)
+        plane = _image(rows, cols, 12, 1)
+        prev = _image(rows, cols, 12, 2)
         for model_id in SHARES[name]:
             coder = coder_for(model_id)
-            info = PlaneInfo(rows=48, cols=40, bits=12, k=0, preset=preset)
+            info = PlaneInfo(rows=rows, cols=cols, bits=12, k=0, preset=preset)
             for reference in (None, prev):
                 data = coder.encode(plane, info, reference)
                 if not np.array_equal(coder.decode(data, info, reference), plane):
