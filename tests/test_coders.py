@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import medcodec
+from conftest import pydicom_file
 from medcodec.coders import PlaneSelector, coder_for, register, registered
 from medcodec.coders.raster_wpc import (
     RASTER_WPC_DIFF_V1,
@@ -316,6 +317,40 @@ def test_fast_v5_and_v6_keep_the_rule_with_the_run_mode_coders(selector, raster,
     data = selector.encode(g, info, r)
     assert np.array_equal(selector.decode(data, info, r), g)
     assert len(data) == 1 + min(len(raster.encode(g, info, r)), len(difference.encode(g, info, r)))
+
+
+# The listener runs in a fresh process on the warmed cache: any kernel the warm-up missed
+# compiles there, and numba reports it as a "numba:compile" event.
+_COMPILES_AFTER_WARMUP = """
+import sys
+from numba.core import event
+import medcodec
+compiled = []
+class Listener(event.Listener):
+    def on_start(self, ev):
+        compiled.append(ev.data["dispatcher"].py_func.__qualname__ if "dispatcher" in ev.data else "?")
+    def on_end(self, ev):
+        pass
+event.register("numba:compile", Listener())
+data = open(sys.argv[1], "rb").read()
+for preset in ("max", "fast"):
+    medcodec.Codec(preset=preset).archive_dicom(data)
+print(",".join(compiled))
+"""
+
+
+@pytest.mark.slow
+def test_after_the_warmup_a_first_image_compiles_no_kernel(tmp_path):
+    """``make install``'s warm-up leaves nothing to compile for a real image with either
+    preset (a 128 x 128 CT, which takes raster-wp-v4's fitted-predictor path): a fresh
+    worker with the cache starts at full speed."""
+    import os
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    subprocess.run([sys.executable, "-m", "medcodec.warmup"], env=env, check=True, capture_output=True, timeout=900)
+    done = subprocess.run([sys.executable, "-c", _COMPILES_AFTER_WARMUP, str(pydicom_file("CT_small.dcm"))], env=env,
+                          check=True, capture_output=True, text=True, timeout=600)
+    assert done.stdout.strip().splitlines()[-1:] in ([], [""]), done.stdout
 
 
 def test_the_warmup_codes_every_share_and_both_presets_exactly():
