@@ -18,7 +18,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import medcodec
-from conftest import pydicom_file
 from medcodec.coders import PlaneSelector, coder_for, register, registered
 from medcodec.coders.raster_wpc import (
     RASTER_WPC_DIFF_V1,
@@ -345,6 +344,8 @@ def test_after_the_warmup_a_first_image_compiles_no_kernel(tmp_path):
     preset (a 128 x 128 CT, which takes raster-wp-v4's fitted-predictor path): a fresh
     worker with the cache starts at full speed."""
     import os
+
+    from conftest import pydicom_file  # here: other tests' subprocesses import this module without conftest
 
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"))
     subprocess.run([sys.executable, "-m", "medcodec.warmup"], env=env, check=True, capture_output=True, timeout=900)
