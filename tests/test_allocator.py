@@ -1,4 +1,4 @@
-"""medcodec.allocator: the entry points' glibc settings, and the switch that turns them off."""
+"""medcodec.allocator: the entry points' glibc and numpy settings, and the switch that turns them off."""
 
 import json
 import os
@@ -10,13 +10,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-PROBE = "import json; from medcodec import allocator; print(json.dumps([allocator.tune(), allocator.tune()]))"
+# Both calls' results, then whether numpy still madvises huge pages afterwards.
+PROBE = ("import json; from medcodec import allocator; "
+         "print(json.dumps([allocator.tune(), allocator.tune(), allocator._numpy_huge_pages(True)]))")
 
 
-def _run(env_value: str | None) -> list:
-    env = {k: v for k, v in os.environ.items() if k != "MEDARCHIVE_MALLOC"}
+def _run(env_value: str | None, **extra_env: str) -> list:
+    env = {k: v for k, v in os.environ.items() if k not in ("MEDARCHIVE_MALLOC", "NUMPY_MADVISE_HUGEPAGE")}
     if env_value is not None:
         env["MEDARCHIVE_MALLOC"] = env_value
+    env.update(extra_env)
     res = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
@@ -26,10 +29,13 @@ def _run(env_value: str | None) -> list:
 def test_tune_sets_the_thresholds_once_and_can_be_turned_off():
     from medcodec import allocator
 
-    first, again = _run(None)
-    assert first == again == {"mmap_threshold": allocator.MMAP, "trim_threshold": allocator.TRIM,
-                              "top_pad": allocator.TOP_PAD}
-    assert _run("default") == [{}, {}]
+    glibc = {"mmap_threshold": allocator.MMAP, "trim_threshold": allocator.TRIM, "top_pad": allocator.TOP_PAD}
+    first, again, huge_pages = _run(None)
+    assert first == again == {"numpy_hugepage": False, **glibc} and huge_pages is False
+    # numpy's own switch, when set, is followed; the glibc settings still apply
+    first, _, huge_pages = _run(None, NUMPY_MADVISE_HUGEPAGE="1")
+    assert first == glibc and huge_pages is True
+    assert _run("default") == [{}, {}, True]
 
 
 def test_the_readme_snippet_runs_after_import_medcodec():
