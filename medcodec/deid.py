@@ -349,6 +349,21 @@ def _empty(vr: str) -> Any:
     return None
 
 
+# An element the profile keeps and pydicom has not converted yet (a RawDataElement: the
+# bytes the file holds) stays as read, and pydicom's writer copies its bytes (when it
+# writes the encoding they were read in; else it converts them). Converting every value
+# and encoding it again was a third of a keyed compress's header work. UIDs (the second
+# pass reads them), sequences (walked), UN (pydicom may read a sequence or a known VR in
+# it) and elements read without a VR (implicit VR) are converted.
+_CONVERTED_VRS = frozenset({"UI", "SQ", "UN", None})
+
+
+def kept_as_read(elem: Any) -> bool:
+    """Whether de-identification leaves ``elem`` (an element as ``Dataset.get_item``
+    returns it) unconverted when the profile keeps it."""
+    return getattr(elem, "is_raw", False) and elem.VR not in _CONVERTED_VRS
+
+
 class _Walker:
     def __init__(self, uid_key: bytes) -> None:
         self.uid_key = bytes(uid_key)
@@ -374,9 +389,11 @@ class _Walker:
 
     def apply_table(self, ds: Dataset, prefix: str, *, in_meta: bool = False) -> None:
         for tag in list(ds.keys()):
+            action = _action(tag, in_meta=in_meta)
+            if action is None and kept_as_read(ds.get_item(tag)):
+                continue
             elem = ds[tag]
             path = f"{prefix}{int(tag):08X}"
-            action = _action(elem.tag, in_meta=in_meta)
             if action is None or (action == "U" and elem.VR == "SQ"):
                 if elem.VR == "SQ":
                     self._walk_items(elem, path)
@@ -398,6 +415,8 @@ class _Walker:
     def replace_references(self, ds: Dataset, prefix: str) -> None:
         """Second pass: any UI element still holding a replaced UID gets the new one."""
         for tag in list(ds.keys()):
+            if kept_as_read(ds.get_item(tag)):
+                continue
             elem = ds[tag]
             path = f"{prefix}{int(tag):08X}"
             if elem.VR == "SQ":

@@ -40,6 +40,7 @@ from .dicom import (
     ParsedDicom,
     default_memory_budget,
     parse_dicom,
+    parse_written,
     quiet_pydicom,
     rebuild_dicom,
 )
@@ -139,6 +140,31 @@ def _unpack_original(blob: bytes, limits: DicomLimits | None = None) -> tuple[di
     return meta, raw[at : at + a], raw[at + a : at + a + b], raw[at + a + b : at + a + b + c]
 
 
+# Bytes per item of the VRs whose values pydicom reads as a sequence of fixed-size numbers
+# (a value of another length does not convert: BytesLengthException).
+_ITEM_BYTES = {"AT": 4, "FD": 8, "FL": 4, "OD": 8, "OF": 4, "OL": 4, "OV": 8, "OW": 2, "SL": 4, "SS": 2,
+               "SV": 8, "UL": 4, "US": 2, "UV": 8}
+_KNOWN_VRS = frozenset("AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR "
+                       "US UT UV".split())  # PS3.5 6.2 (pydicom.valuerep.VR, less its ambiguous entries)
+
+
+def _convert_values(dataset) -> None:
+    """Convert the values of ``dataset`` (recursively) that de-identification or the
+    writer will convert; an element that stays as read (``deid.kept_as_read``) is checked
+    to be one pydicom could convert: a known VR, in Explicit VR Little Endian (what the
+    de-identified file is written in, so the writer copies it), of even length, a whole
+    number of items."""
+    for tag in list(dataset.keys()):
+        raw = dataset.get_item(tag)
+        if (deid.kept_as_read(raw) and not raw.is_implicit_VR and raw.is_little_endian and raw.VR in _KNOWN_VRS
+                and raw.length % 2 == 0 and raw.length % _ITEM_BYTES.get(raw.VR, 1) == 0):
+            continue
+        elem = dataset[tag]
+        if elem.VR == "SQ":
+            for item in elem.value or ():
+                _convert_values(item)
+
+
 def _deidentified_file(result: deid.DeidResult, parsed: ParsedDicom, stego_words: np.ndarray | None) -> bytes:
     """Write the de-identified dataset; its pixel data are the stego words (Explicit VR LE)."""
     ds = result.dataset
@@ -218,12 +244,13 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
             ds = parsed.take_dataset()
             if ds is None:
                 ds = pydicom.dcmread(io.BytesIO(data), force=True)
-            # pydicom converts element values when first accessed: convert every one now, so a
-            # value it cannot read (an unknown VR, a length that is no multiple of the value
-            # size) fails here rather than inside de-identification.
+            # pydicom converts element values when first accessed: convert every one that
+            # de-identification or the writer will (_convert_values) now, so a value it
+            # cannot read (an unknown VR, a length that is no multiple of the value size)
+            # fails here rather than inside de-identification.
             for dataset in (getattr(ds, "file_meta", None), ds):
-                for _ in dataset.iterall() if dataset is not None else ():
-                    pass
+                if dataset is not None:
+                    _convert_values(dataset)
     except Exception as exc:
         raise SealingError(f"header cannot be read for de-identification: {type(exc).__name__}") from None
     # The dataset is this sealing's own (taken from the parse, or read just above):
@@ -278,7 +305,7 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
             stego_values = values
         stego_words = values_to_words(stego_values, outside, fmt)
         public = _deidentified_file(result, parsed, stego_words)
-        public_parsed = parse_dicom(public)
+        public_parsed = parse_written(public, result.dataset)
         if public_parsed.frames is None or not np.array_equal(public_parsed.frames, stego_words):
             raise SealingError("the de-identified file does not carry the stego pixels exactly")
         deadline.check("before coding the pixels")

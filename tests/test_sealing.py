@@ -274,8 +274,8 @@ def test_sparse_histogram_images_keep_the_phi_sealed_only(keyring):
 
 def test_a_keyed_record_reads_its_input_once(keyring, monkeypatch):
     """One parse per input: de-identification works on the dataset the parse read, so the
-    input's bytes go through pydicom once (the de-identified file is read back once more,
-    to check that it carries the stego pixels; that is our output, not the input)."""
+    input's bytes go through pydicom once, and nothing else does (the de-identified file
+    is split by the element walk, ``parse_written``: tested below)."""
     data = pydicom_bytes("CT_small.dcm")
     reads = []
     real = pydicom.dcmread
@@ -286,9 +286,56 @@ def test_a_keyed_record_reads_its_input_once(keyring, monkeypatch):
 
     monkeypatch.setattr(pydicom, "dcmread", counting)
     blob = medcodec.compress_dicom(data, keyring=keyring, preset="fast", verify=False)
-    assert sum(r == data for r in reads) == 1 and len(reads) == 2
+    assert sum(r == data for r in reads) == 1 and len(reads) == 1
     monkeypatch.undo()
     assert medcodec.decompress_dicom(blob, keyring=keyring) == data
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "SC_rgb.dcm",
+                                  "OBXXXX1A_2frame.dcm", "ExplVR_LitEndNoMeta.dcm", "SC_rgb_gdcm2k_uncompressed.dcm"])
+def test_the_de_identified_file_is_split_as_parse_dicom_splits_it(keyring, monkeypatch, name):
+    """``parse_written`` (sealing's reading of the file it has just written) gives what a
+    full ``parse_dicom`` of that file gives; and for a source in Explicit VR Little Endian
+    every top-level element the profile keeps, UIDs aside, is written with the source's
+    bytes (de-identification leaves it unconverted: ``deid.kept_as_read``)."""
+    from medcodec import deid
+    from medcodec.dicom import parse_written
+    from medcodec.dicom.elements import has_preamble, walk_file_meta, walk_top_level
+
+    written = []
+    real = sealing._deidentified_file
+
+    def keep(result, parsed, stego_words):
+        public = real(result, parsed, stego_words)
+        written.append((public, result.dataset))
+        return public
+
+    monkeypatch.setattr(sealing, "_deidentified_file", keep)
+    data = pydicom_bytes(name)
+    medcodec.compress_dicom(data, keyring=keyring, preset="fast")
+    (public, ds), = written
+    full, fast = parse_dicom(public), parse_written(public, ds)
+    for field in ("restore_mode", "spec", "prefix", "suffix", "extra", "note"):
+        assert getattr(fast, field) == getattr(full, field), field
+    assert np.array_equal(fast.frames, full.frames)
+    # parse_written of a file that is not its own writing's (the source): parse_dicom's split
+    source = parse_dicom(data)
+    assert parse_written(data, pydicom.dcmread(io.BytesIO(data), force=True)).prefix == source.prefix
+
+    if pydicom.dcmread(io.BytesIO(data), force=True).original_encoding != (False, True) or not has_preamble(data):
+        return
+
+    def values(blob):
+        start = walk_file_meta(blob, 132)
+        return {e.tag: (e.vr, blob[e.value_start:e.value_end]) for e in walk_top_level(blob, start, implicit=False,
+                                                                                        little=True)}
+
+    before, after = values(data), values(public)
+    kept = [t for t, (vr, _) in before.items() if deid._action(pydicom.tag.Tag(t), in_meta=False) is None
+            and vr not in (b"UI", b"SQ", b"UN") and t != 0x7FE00010 and len(before[t][1]) % 2 == 0]
+    assert len(kept) > 10
+    changed = [f"{t:08X}" for t in kept if t not in (0x00280004, 0x00280008) and after.get(t) != before[t]]
+    assert not changed
 
 
 def test_sealing_one_parse_twice_seals_the_original_header_both_times(keyring):

@@ -27,7 +27,7 @@ encaps and pixels' decoders / encoders), ``pixel_words`` (native PixelData value
 from .limits import NO_DEADLINE, Deadline, DicomLimits, default_memory_budget
 from .parsed import RESTORE_BYTE_EXACT, RESTORE_PIXEL_EXACT, RESTORE_VERBATIM, ParsedDicom
 from .quiet import native_stderr_captured, quiet_pydicom
-from .reading import is_dicom, parse_dicom
+from .reading import is_dicom, parse_dicom, parse_written
 from .writing import rebuild_dicom
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "is_dicom",
     "native_stderr_captured",
     "parse_dicom",
+    "parse_written",
     "quiet_pydicom",
     "rebuild_dicom",
 ]
