@@ -106,6 +106,35 @@ def test_cached_steps_equal_the_full_pass_at_any_batch_size_and_patch_order(mode
     assert torch.equal(model.net.counts(h[perm], valid[perm]), full[perm])
 
 
+@pytest.mark.parametrize("model_id", SHIPPED)
+def test_the_compiled_full_pass_gives_the_torch_models_counts(model_id):
+    """intkernel.CompiledCounts (the CPU encoder's pass) against IntegerTransformer.counts,
+    for every k, summed to every symbol count the coder asks for, with tokens outside the
+    plane, extreme prompts (all +-15, all zero) and neighbours all unknown."""
+    from medcodec.model.coder import _grouped
+    from medcodec.model.intkernel import CompiledCounts
+
+    model = load_model(model_id, device="cpu")
+    compiled = CompiledCounts(model.net)
+    rng = np.random.default_rng(7)
+    n = 96
+    prompt = rng.integers(-15, 16, (n, geometry.PATCH_TOKENS, geometry.N_PROMPT)).astype(np.int8)
+    prompt[:8], prompt[8:16], prompt[16:24] = 15, -15, 0
+    causal = rng.integers(0, geometry.N_BINS + 1, (n, geometry.PATCH_TOKENS, geometry.N_CAUSAL))
+    causal[24:32] = geometry.UNKNOWN
+    valid = rng.random((n, geometry.PATCH_TOKENS)) < 0.8
+    valid[:40] = True
+    for k in range(1, geometry.MAX_K + 1):
+        with torch.inference_mode():
+            h = model.net.embed(torch.from_numpy(prompt), torch.from_numpy(causal), k)
+            full = model.net.counts(h, torch.from_numpy(valid))
+        assert np.array_equal(compiled.counts(prompt, causal, k, valid), full.numpy())
+        for symbols_k in {1, k}:
+            assert np.array_equal(compiled.counts(prompt, causal, k, valid, 1 << symbols_k), _grouped(full, symbols_k))
+    with pytest.raises(ValueError):
+        compiled.counts(prompt, causal, 3, valid, 3)
+
+
 def _plane(rows=37, cols=45, bits=12, seed=0):
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:rows, 0:cols]

@@ -2,8 +2,9 @@
 
 Stream order (part of the format): patch groups in order; inside a group, token
 position 0 of every patch, then position 1, ...; tokens outside the plane are skipped.
-The encoder gets all probabilities from one teacher-forced pass; the decoder runs the
-same integer model position by position with a key/value cache. The model is exact,
+The encoder gets all probabilities from one teacher-forced pass (on the CPU compiled,
+``intkernel``; on a GPU torch's); the decoder runs the same integer model position by
+position with a key/value cache. The model is exact,
 so both see identical integer counts whatever the batch size, thread count or device.
 """
 
@@ -24,6 +25,7 @@ from .geometry import (
     prompt_features,
     scaled_symbols,
 )
+from .intkernel import CompiledCounts
 from .registry import LoadedModel
 
 DEFAULT_BATCH_PATCHES = 2048
@@ -32,6 +34,14 @@ DEFAULT_BATCH_PATCHES = 2048
 def _grouped(counts: torch.Tensor, k: int) -> np.ndarray:
     """Counts over N_BINS -> counts over the 2**k symbols (sums of adjacent bins)."""
     return counts.unflatten(-1, (1 << k, 1 << (MAX_K - k))).sum(-1).cpu().numpy()
+
+
+def _compiled(net) -> CompiledCounts:
+    """The compiled full pass of ``net`` (made once per model: nets are cached by the registry)."""
+    compiled = getattr(net, "_compiled_counts", None)
+    if compiled is None:
+        compiled = net._compiled_counts = CompiledCounts(net)
+    return compiled
 
 
 class TransformerLocalPathCoder:
@@ -66,12 +76,15 @@ class TransformerLocalPathCoder:
             symbols = np.where(valid, local[np.minimum(r, info.rows - 1), np.minimum(c, info.cols - 1)], 0)
             prompt = prompt_features(global_part, r, c)
             causal = causal_inputs(scaled_symbols(symbols, k), causal_known(valid))
-            counts = np.empty((hi - lo, PATCH_TOKENS, 1 << k), dtype=np.int64)
-            with torch.inference_mode():
-                for b in range(0, hi - lo, self.batch_patches):
-                    s = slice(b, b + self.batch_patches)
-                    h = net.embed(torch.from_numpy(prompt[s]), torch.from_numpy(causal[s]), k)
-                    counts[s] = _grouped(net.counts(h, torch.from_numpy(valid[s])), k)
+            if net.device.type == "cpu":
+                counts = _compiled(net).counts(prompt, causal, k, valid, 1 << k)
+            else:
+                counts = np.empty((hi - lo, PATCH_TOKENS, 1 << k), dtype=np.int64)
+                with torch.inference_mode():
+                    for b in range(0, hi - lo, self.batch_patches):
+                        s = slice(b, b + self.batch_patches)
+                        h = net.embed(torch.from_numpy(prompt[s]), torch.from_numpy(causal[s]), k)
+                        counts[s] = _grouped(net.counts(h, torch.from_numpy(valid[s])), k)
             order = valid.T  # position-major
             enc.categorical(symbols.T[order], counts_to_probabilities(counts.transpose(1, 0, 2)[order]))
             self.tokens_coded += int(valid.sum())
