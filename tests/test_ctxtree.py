@@ -430,8 +430,9 @@ def test_predictor_fit_survives_constant_and_empty_features():
 
 def _fit_with_matmul(x, y, iterations, rows, init=None):
     """``paths._fit`` as it was written with ``@`` throughout (numpy's matmul, which holds
-    the GIL through BLAS): the weights ``_fit`` must still give, to the bit."""
-    from medcodec.paths import _WMAX, L1_FLOOR, WEIGHT_BITS
+    the GIL through BLAS), its first solves on every FIT_COARSE-th row: the weights
+    ``_fit`` must still give, to the bit."""
+    from medcodec.paths import _WMAX, FIT_COARSE, FIT_COARSE_MIN_ROWS, FIT_COARSE_SOLVES, L1_FLOOR, WEIGHT_BITS
 
     step = max(1, x.shape[1] // rows)
     xf = np.asarray(x[:, ::step], dtype=np.float64)
@@ -441,12 +442,15 @@ def _fit_with_matmul(x, y, iterations, rows, init=None):
         best_w = np.asarray(init, dtype=np.float64) / (1 << WEIGHT_BITS)
         resid = np.abs(yf - best_w @ xf)
         best_cost, row_w = float(np.log2(resid + 1.0).sum()), 1.0 / np.maximum(resid, L1_FLOOR)
-    for _ in range(iterations + (init is None)):
-        root = np.sqrt(row_w)
-        xw = xf * root
+    solves = iterations + (init is None)
+    coarse = min(FIT_COARSE_SOLVES, solves - 1) if yf.size // FIT_COARSE >= FIT_COARSE_MIN_ROWS * len(xf) else 0
+    for solve in range(solves):
+        sub = FIT_COARSE if solve < coarse else 1
+        root = np.sqrt(row_w[::sub])
+        xw = xf[:, ::sub] * root
         gram = xw @ xw.T
         ridge = 1e-6 * (np.trace(gram) / gram.shape[0] + 1.0)
-        w = np.linalg.solve(gram + ridge * np.eye(xf.shape[0]), xw @ (yf * root))
+        w = np.linalg.solve(gram + ridge * np.eye(xf.shape[0]), xw @ (yf[::sub] * root))
         resid = np.abs(yf - w @ xf)
         cost = float(np.log2(resid + 1.0).sum())
         if cost < best_cost:
