@@ -108,9 +108,10 @@ def test_cached_steps_equal_the_full_pass_at_any_batch_size_and_patch_order(mode
 
 @pytest.mark.parametrize("model_id", SHIPPED)
 def test_the_compiled_full_pass_gives_the_torch_models_counts(model_id):
-    """intkernel.CompiledCounts (the CPU encoder's pass) against IntegerTransformer.counts,
-    for every k, summed to every symbol count the coder asks for, with tokens outside the
-    plane, extreme prompts (all +-15, all zero) and neighbours all unknown."""
+    """intkernel.CompiledCounts (the CPU encoder's pass, and the decoder's cached steps)
+    against IntegerTransformer.counts, for every k, summed to every symbol count the coder
+    asks for, with tokens outside the plane, extreme prompts (all +-15, all zero) and
+    neighbours all unknown."""
     from medcodec.model.coder import _grouped
     from medcodec.model.intkernel import CompiledCounts
 
@@ -131,8 +132,14 @@ def test_the_compiled_full_pass_gives_the_torch_models_counts(model_id):
         assert np.array_equal(compiled.counts(prompt, causal, k, valid), full.numpy())
         for symbols_k in {1, k}:
             assert np.array_equal(compiled.counts(prompt, causal, k, valid, 1 << symbols_k), _grouped(full, symbols_k))
+        cache = compiled.new_cache(n, geometry.PATCH_TOKENS)
+        steps = [compiled.step(prompt[:, t], causal[:, t], k, valid, t, cache, 1 << k)
+                 for t in range(geometry.PATCH_TOKENS)]
+        assert np.array_equal(np.stack(steps, axis=1), _grouped(full, k))
     with pytest.raises(ValueError):
         compiled.counts(prompt, causal, 3, valid, 3)
+    with pytest.raises(ValueError):
+        compiled.step(prompt[:, 0], causal[:, 0], 3, valid, geometry.PATCH_TOKENS, cache)
 
 
 def _plane(rows=37, cols=45, bits=12, seed=0):

@@ -2,9 +2,9 @@
 
 Stream order (part of the format): patch groups in order; inside a group, token
 position 0 of every patch, then position 1, ...; tokens outside the plane are skipped.
-The encoder gets all probabilities from one teacher-forced pass (on the CPU compiled,
-``intkernel``; on a GPU torch's); the decoder runs the same integer model position by
-position with a key/value cache. The model is exact,
+The encoder gets all probabilities from one teacher-forced pass; the decoder runs the
+same integer model position by position with a key/value cache (on the CPU both
+compiled, ``intkernel``; on a GPU torch's). The model is exact,
 so both see identical integer counts whatever the batch size, thread count or device.
 """
 
@@ -100,24 +100,31 @@ class TransformerLocalPathCoder:
         grid = PatchGrid(info.rows, info.cols)
         dec = Decoder(data)
         out = np.zeros((info.rows, info.cols), dtype=np.int64)
+        compiled = _compiled(net) if net.device.type == "cpu" else None
         for lo, hi in grid.groups():
             r, c, valid = grid.coordinates(lo, hi)
-            prompt = torch.from_numpy(prompt_features(global_part, r, c))
+            prompt_np = prompt_features(global_part, r, c)
+            prompt = torch.from_numpy(prompt_np)
             known = causal_known(valid)
             valid_t = torch.from_numpy(valid)
             scaled = np.zeros(valid.shape, dtype=np.int64)
             batches = [slice(b, b + self.batch_patches) for b in range(0, hi - lo, self.batch_patches)]
             caches: list[list] = [[] for _ in batches]
+            kernel_cache = None if compiled is None else compiled.new_cache(hi - lo, PATCH_TOKENS)
             with torch.inference_mode():
                 for t in range(PATCH_TOKENS):
-                    causal = torch.from_numpy(causal_inputs_at(scaled, known, t))
-                    parts = []
-                    for s, cache in zip(batches, caches):
-                        h = net.embed(prompt[s, t : t + 1], causal[s, None], k)
-                        parts.append(_grouped(net.counts(h, valid_t[s], start=t, cache=cache), k)[:, 0])
+                    causal_np = causal_inputs_at(scaled, known, t)
+                    if compiled is not None:
+                        counts = compiled.step(prompt_np[:, t], causal_np, k, valid, t, kernel_cache, 1 << k)
+                    else:
+                        causal = torch.from_numpy(causal_np)
+                        parts = []
+                        for s, cache in zip(batches, caches):
+                            h = net.embed(prompt[s, t : t + 1], causal[s, None], k)
+                            parts.append(_grouped(net.counts(h, valid_t[s], start=t, cache=cache), k)[:, 0])
+                        counts = np.concatenate(parts)
                     rows = valid[:, t]
-                    counts = np.concatenate(parts)[rows]
-                    symbols = dec.categorical(counts_to_probabilities(counts))
+                    symbols = dec.categorical(counts_to_probabilities(counts[rows]))
                     scaled[rows, t] = symbols << (MAX_K - k)
                     out[r[rows, t], c[rows, t]] = symbols
             self.tokens_coded += int(valid.sum())

@@ -1,19 +1,22 @@
-"""The integer transformer's full (teacher-forced) pass, compiled: the encoder's counts.
+"""The integer transformer on the CPU, compiled: the encoder's full (teacher-forced)
+pass and the decoder's cached steps.
 
 ``IntegerTransformer.counts`` computes them as float64 torch operations over a batch of
 patches: each step (a matrix product, a rounding, a clamp, a table lookup) reads and
 writes the whole batch's activations, so most of its time went to memory, not
 arithmetic (on the pipeline benchmark's files the matrix products were 0.8 s of the
-transformer's 3.6 s). Here one patch (32 tokens) goes through every layer while its
-activations stay in cache.
+transformer's 3.6 s). Here the full pass takes one patch (32 tokens) through every
+layer while its activations stay in cache (``_full_counts``); a decoder step takes the
+one token of every patch through each layer as a batch of rows, the earlier tokens'
+keys and values kept per patch (``_step_counts``).
 
 The arithmetic is the same, operation for operation, so the counts are the same integers
 (tested against the torch model, ``tests/test_model.py``): every value is an integer held
 in a float64 below 2**53, so products and sums are exact in any order; scalings by powers
 of two are exact; ``np.rint`` rounds halves to even as ``torch.round`` does; the integer
 divisions and square roots are done in int64 here, exactly, where the torch model
-corrects float estimates to the same integers. The decoder's cached steps stay in torch:
-they are the same model, so they give these counts too.
+corrects float estimates to the same integers. On a GPU the coder runs the torch model:
+the same integers again.
 """
 
 from __future__ import annotations
@@ -102,45 +105,49 @@ def _norm(h, n, gain, eps, out):
 
 
 @kernel
-def _rope(x, n, heads, cos, sin):
-    """In place: each head's rotary rotation (rotate_half, as transformers' Llama), the
-    products summed, scaled by 2**-14, rounded and clamped."""
+def _rope(x, n, start, stride, heads, cos, sin):
+    """In place: each head's rotary rotation (rotate_half, as transformers' Llama) of rows
+    0..n-1, row r at position start + r * stride, the products summed, scaled by 2**-14,
+    rounded and clamped."""
     hd = cos.shape[1]
     half = hd // 2
-    for t in range(n):
+    for r in range(n):
+        t = start + r * stride
         for hh in range(heads):
             b = hh * hd
             for d in range(half):
-                a, c = x[t, b + d], x[t, b + d + half]
+                a, c = x[r, b + d], x[r, b + d + half]
                 lo = a * cos[t, d] + (-c) * sin[t, d]
                 hi = c * cos[t, d + half] + a * sin[t, d + half]
-                x[t, b + d] = min(max(np.rint(lo * _ROPE_SCALE), -ACT_MAX), ACT_MAX)
-                x[t, b + d + half] = min(max(np.rint(hi * _ROPE_SCALE), -ACT_MAX), ACT_MAX)
+                x[r, b + d] = min(max(np.rint(lo * _ROPE_SCALE), -ACT_MAX), ACT_MAX)
+                x[r, b + d + half] = min(max(np.rint(hi * _ROPE_SCALE), -ACT_MAX), ACT_MAX)
 
 
 @kernel
-def _attend(q, k, v, n, heads, valid, att_scale, exp_att, scores, out):
-    """Causal attention of tokens 0..n-1 (a key before the query counts where ``valid``;
-    the query's own always), as intnet._attend: rounded logits, table exponentials of
+def _attend(q, k, v, n, start, heads, valid, att_scale, exp_att, scores, out):
+    """Causal attention of the queries in rows 0..n-1 (positions start..) over the keys
+    and values of positions 0.. (a key before the query's counts where ``valid``; the
+    query's own always), as intnet._attend: rounded logits, table exponentials of
     (max - logit), and the weighted values scaled by floor(2**33 / their sum)."""
     hd = q.shape[1] // heads
     last = exp_att.size - 1
     for hh in range(heads):
         b = hh * hd
-        for tq in range(n):
+        for r in range(n):
+            tq = start + r
             top = -1e300
             for tk in range(tq + 1):
                 if tk < tq and not valid[tk]:
                     continue
                 dot = 0.0
                 for d in range(hd):
-                    dot += q[tq, b + d] * k[tk, b + d]
+                    dot += q[r, b + d] * k[tk, b + d]
                 s = np.rint(dot * att_scale)
                 scores[tk] = s
                 top = max(top, s)
             total = 0.0
             for d in range(hd):
-                out[tq, b + d] = 0.0
+                out[r, b + d] = 0.0
             for tk in range(tq + 1):
                 if tk < tq and not valid[tk]:
                     continue
@@ -148,10 +155,10 @@ def _attend(q, k, v, n, heads, valid, att_scale, exp_att, scores, out):
                 e = exp_att[np.int64(idx)]
                 total += e
                 for d in range(hd):
-                    out[tq, b + d] += e * v[tk, b + d]
+                    out[r, b + d] += e * v[tk, b + d]
             inv = np.float64((np.int64(1) << SOFTMAX_SHIFT) // np.int64(total)) * _SOFTMAX_SCALE
             for d in range(hd):
-                out[tq, b + d] = np.rint(out[tq, b + d] * inv)
+                out[r, b + d] = np.rint(out[r, b + d] * inv)
 
 
 @kernel
@@ -162,63 +169,119 @@ def _add_clamped(h, n, delta):
 
 
 @kernel
+def _bins(logits, r, exp_out, out):
+    """out[:] = the counts of logits row r (table exponentials of max - logit, plus one),
+    adjacent bins summed down to out.size symbols (as coder._grouped)."""
+    last = exp_out.size - 1
+    n_bins = logits.shape[1]
+    shift = 0  # bins per symbol: 2**shift
+    while (out.size << shift) < n_bins:
+        shift += 1
+    top = -1e300
+    for b in range(n_bins):
+        top = max(top, logits[r, b])
+    for s in range(out.size):
+        out[s] = 0
+    for b in range(n_bins):
+        idx = min(max(top - logits[r, b], 0.0), np.float64(last))
+        out[b >> shift] += np.int64(exp_out[np.int64(idx)]) + 1
+
+
+@kernel
+def _embed(prompt, causal, rows, emb_k, emb_causal, prompt_w, prompt_m, prompt_b, x, h):
+    """h[:rows] = clamp(prompt linear (with bias) + k's row + the causal neighbours' rows)
+    for ``prompt`` (rows, N_PROMPT) and ``causal`` (rows, N_CAUSAL)."""
+    for t in range(rows):
+        for j in range(prompt.shape[1]):
+            x[t, j] = prompt[t, j]
+    _linear(x, rows, prompt_w, prompt_m, prompt_b, True, h)
+    for t in range(rows):
+        for i in range(h.shape[1]):
+            s = h[t, i] + emb_k[i]
+            for j in range(causal.shape[1]):
+                s += emb_causal[j, causal[t, j], i]
+            h[t, i] = min(max(s, -ACT_MAX), ACT_MAX)
+
+
+@kernel
+def _mlp(h, rows, layer, norms, mlp_in_w, mlp_in_m, mlp_down_w, mlp_down_m, eps, zero, silu, x, gate, up, o):
+    """h[:rows] += the SwiGLU MLP of its post-attention norm (intnet._mlp), clamped."""
+    _norm(h, rows, norms[layer, 1], eps, x)
+    _linear(x, rows, mlp_in_w[layer, 0], mlp_in_m[layer, 0], zero, False, gate)
+    _linear(x, rows, mlp_in_w[layer, 1], mlp_in_m[layer, 1], zero, False, up)
+    for t in range(rows):
+        for f in range(gate.shape[1]):
+            g = min(max(np.rint(gate[t, f] * _SILU_SCALE), -SILU_RANGE), SILU_RANGE) + SILU_RANGE
+            a = np.rint((silu[np.int64(g)] * up[t, f]) * _ACT_SCALE)
+            gate[t, f] = min(max(a, -ACT_MAX), ACT_MAX)
+    _linear(gate, rows, mlp_down_w[layer], mlp_down_m[layer], zero, False, o)
+    _add_clamped(h, rows, o)
+
+
+@kernel
 def _full_counts(prompt, causal, valid, emb_k, emb_causal, prompt_w, prompt_m, prompt_b, norms, lin_w, lin_m,
                  mlp_in_w, mlp_in_m, mlp_down_w, mlp_down_m, final_norm, head_w, head_m, head_b, cos, sin, exp_att,
                  exp_out, silu, eps, heads, att_scale, h, x, q, kk, vv, att, o, gate, up, logits, scores, counts):
     """counts[p, t, :] for every token of every patch of ``prompt`` (P, T, N_PROMPT) and
     ``causal`` (P, T, N_CAUSAL) embedding indices; ``valid`` (P, T) says which tokens
-    exist. The other arrays after ``exp_out``'s scalars are scratch space."""
+    exist. One patch at a time, its tokens as rows. The arrays after ``att_scale`` are
+    scratch space."""
     n_patches, n_tok = prompt.shape[0], prompt.shape[1]
-    hidden = h.shape[1]
     zero = prompt_b  # the bias argument of the linears without one (unread)
     for p in range(n_patches):
-        # embedding: prompt linear (with bias) + k's row + the causal neighbours' rows, clamped
-        for t in range(n_tok):
-            for j in range(prompt.shape[2]):
-                x[t, j] = prompt[p, t, j]
-        _linear(x, n_tok, prompt_w, prompt_m, prompt_b, True, h)
-        for t in range(n_tok):
-            for i in range(hidden):
-                s = h[t, i] + emb_k[i]
-                for j in range(causal.shape[2]):
-                    s += emb_causal[j, causal[p, t, j], i]
-                h[t, i] = min(max(s, -ACT_MAX), ACT_MAX)
+        _embed(prompt[p], causal[p], n_tok, emb_k, emb_causal, prompt_w, prompt_m, prompt_b, x, h)
         for layer in range(norms.shape[0]):
             _norm(h, n_tok, norms[layer, 0], eps, x)
             _linear(x, n_tok, lin_w[layer, 0], lin_m[layer, 0], zero, False, q)
             _linear(x, n_tok, lin_w[layer, 1], lin_m[layer, 1], zero, False, kk)
             _linear(x, n_tok, lin_w[layer, 2], lin_m[layer, 2], zero, False, vv)
-            _rope(q, n_tok, heads, cos, sin)
-            _rope(kk, n_tok, heads, cos, sin)
-            _attend(q, kk, vv, n_tok, heads, valid[p], att_scale, exp_att, scores, att)
+            _rope(q, n_tok, 0, 1, heads, cos, sin)
+            _rope(kk, n_tok, 0, 1, heads, cos, sin)
+            _attend(q, kk, vv, n_tok, 0, heads, valid[p], att_scale, exp_att, scores, att)
             _linear(att, n_tok, lin_w[layer, 3], lin_m[layer, 3], zero, False, o)
             _add_clamped(h, n_tok, o)
-            _norm(h, n_tok, norms[layer, 1], eps, x)
-            _linear(x, n_tok, mlp_in_w[layer, 0], mlp_in_m[layer, 0], zero, False, gate)
-            _linear(x, n_tok, mlp_in_w[layer, 1], mlp_in_m[layer, 1], zero, False, up)
-            for t in range(n_tok):
-                for f in range(gate.shape[1]):
-                    g = min(max(np.rint(gate[t, f] * _SILU_SCALE), -SILU_RANGE), SILU_RANGE) + SILU_RANGE
-                    a = np.rint((silu[np.int64(g)] * up[t, f]) * _ACT_SCALE)
-                    gate[t, f] = min(max(a, -ACT_MAX), ACT_MAX)
-            _linear(gate, n_tok, mlp_down_w[layer], mlp_down_m[layer], zero, False, o)
-            _add_clamped(h, n_tok, o)
+            _mlp(h, n_tok, layer, norms, mlp_in_w, mlp_in_m, mlp_down_w, mlp_down_m, eps, zero, silu, x, gate, up, o)
         _norm(h, n_tok, final_norm, eps, x)
         _linear(x, n_tok, head_w, head_m, head_b, True, logits)
-        last = exp_out.size - 1
-        n_bins = logits.shape[1]
-        shift = 0  # bins per symbol: 2**shift (adjacent bins summed, as coder._grouped)
-        while (counts.shape[2] << shift) < n_bins:
-            shift += 1
         for t in range(n_tok):
-            top = -1e300
-            for b in range(n_bins):
-                top = max(top, logits[t, b])
-            for s in range(counts.shape[2]):
-                counts[p, t, s] = 0
-            for b in range(n_bins):
-                idx = min(max(top - logits[t, b], 0.0), np.float64(last))
-                counts[p, t, b >> shift] += np.int64(exp_out[np.int64(idx)]) + 1
+            _bins(logits, t, exp_out, counts[p, t])
+
+
+@kernel
+def _step_counts(prompt, causal, valid, pos, emb_k, emb_causal, prompt_w, prompt_m, prompt_b, norms, lin_w, lin_m,
+                 mlp_in_w, mlp_in_m, mlp_down_w, mlp_down_m, final_norm, head_w, head_m, head_b, cos, sin, exp_att,
+                 exp_out, silu, eps, heads, att_scale, k_cache, v_cache, h, x, q, kk, vv, att, o, gate, up, logits,
+                 scores, counts):
+    """counts[p, :] for the token at position ``pos`` of every patch, from ``prompt`` (P,
+    N_PROMPT) and ``causal`` (P, N_CAUSAL): the decoder's cached step, the patches as
+    rows. ``k_cache``/``v_cache`` (L, P, T, hidden) hold the keys and values of positions
+    before ``pos`` (written by the earlier steps; this one writes its own), as int16:
+    they are integers within +-ACT_MAX, and int16 is a quarter of the memory a step
+    reads. The arrays after ``v_cache`` are scratch space."""
+    n_patches = prompt.shape[0]
+    hidden = h.shape[1]
+    zero = prompt_b
+    _embed(prompt, causal, n_patches, emb_k, emb_causal, prompt_w, prompt_m, prompt_b, x, h)
+    for layer in range(norms.shape[0]):
+        _norm(h, n_patches, norms[layer, 0], eps, x)
+        _linear(x, n_patches, lin_w[layer, 0], lin_m[layer, 0], zero, False, q)
+        _linear(x, n_patches, lin_w[layer, 1], lin_m[layer, 1], zero, False, kk)
+        _linear(x, n_patches, lin_w[layer, 2], lin_m[layer, 2], zero, False, vv)
+        _rope(q, n_patches, pos, 0, heads, cos, sin)
+        _rope(kk, n_patches, pos, 0, heads, cos, sin)
+        for p in range(n_patches):
+            for i in range(hidden):
+                k_cache[layer, p, pos, i] = np.int16(kk[p, i])
+                v_cache[layer, p, pos, i] = np.int16(vv[p, i])
+            _attend(q[p:], k_cache[layer, p], v_cache[layer, p], 1, pos, heads, valid[p], att_scale, exp_att,
+                    scores, att[p:])
+        _linear(att, n_patches, lin_w[layer, 3], lin_m[layer, 3], zero, False, o)
+        _add_clamped(h, n_patches, o)
+        _mlp(h, n_patches, layer, norms, mlp_in_w, mlp_in_m, mlp_down_w, mlp_down_m, eps, zero, silu, x, gate, up, o)
+    _norm(h, n_patches, final_norm, eps, x)
+    _linear(x, n_patches, head_w, head_m, head_b, True, logits)
+    for p in range(n_patches):
+        _bins(logits, p, exp_out, counts[p])
 
 
 class CompiledCounts:
@@ -254,24 +317,53 @@ class CompiledCounts:
         self.cos, self.sin = arr(net.cos), arr(net.sin)
         self.exp_att, self.exp_out, self.silu = arr(net.exp_att), arr(net.exp_out), arr(net.silu)
 
+    def _symbols(self, symbols: int | None) -> int:
+        n_bins = self.head_w.shape[0]
+        symbols = n_bins if symbols is None else int(symbols)
+        if symbols < 1 or symbols > n_bins or n_bins % symbols or symbols & (symbols - 1):
+            raise ValueError(f"counts over {symbols} symbols: expected a power of two dividing {n_bins}")
+        return symbols
+
+    def _weights(self):
+        return (self.emb_causal, self.prompt_w, self.prompt_m, self.prompt_b, self.norms, self.lin_w, self.lin_m,
+                self.mlp_in_w, self.mlp_in_m, self.mlp_down_w, self.mlp_down_m, self.final_norm, self.head_w,
+                self.head_m, self.head_b, self.cos, self.sin, self.exp_att, self.exp_out, self.silu, self.eps,
+                self.heads, self.att_scale)
+
+    def _scratch(self, rows: int, width: int, tokens: int) -> list[np.ndarray]:
+        hidden, ffn, n_bins = self.hidden, self.ffn, self.head_w.shape[0]
+        return [np.empty((rows, n), dtype=np.float64) for n in (
+            hidden, max(hidden, width), hidden, hidden, hidden, hidden, hidden, ffn, ffn, n_bins)] + [
+            np.empty(tokens, dtype=np.float64)]
+
     def counts(self, prompt: np.ndarray, causal: np.ndarray, k: int, valid: np.ndarray,
                symbols: int | None = None) -> np.ndarray:
         """(P, T, symbols) int64: ``net.counts(net.embed(prompt, causal, k), valid)``, its
         N_BINS bins summed in adjacent groups down to ``symbols`` (a power of two; default
         every bin), as ``coder._grouped``."""
         n_patches, n_tok = prompt.shape[:2]
-        hidden, ffn, n_bins = self.hidden, self.ffn, self.head_w.shape[0]
-        symbols = n_bins if symbols is None else int(symbols)
-        if symbols < 1 or symbols > n_bins or n_bins % symbols or symbols & (symbols - 1):
-            raise ValueError(f"counts over {symbols} symbols: expected a power of two dividing {n_bins}")
-        counts = np.empty((n_patches, n_tok, symbols), dtype=np.int64)
-        width = max(hidden, prompt.shape[2])
-        scratch = [np.empty((n_tok, n), dtype=np.float64) for n in (hidden, width, hidden, hidden, hidden, hidden,
-                                                                    hidden, ffn, ffn, n_bins)]
+        counts = np.empty((n_patches, n_tok, self._symbols(symbols)), dtype=np.int64)
         _full_counts(np.ascontiguousarray(prompt), np.ascontiguousarray(causal, dtype=np.int64),
-                     np.ascontiguousarray(valid, dtype=np.bool_), np.ascontiguousarray(self.emb_k[k]), self.emb_causal,
-                     self.prompt_w, self.prompt_m, self.prompt_b, self.norms, self.lin_w, self.lin_m, self.mlp_in_w,
-                     self.mlp_in_m, self.mlp_down_w, self.mlp_down_m, self.final_norm, self.head_w, self.head_m,
-                     self.head_b, self.cos, self.sin, self.exp_att, self.exp_out, self.silu, self.eps, self.heads,
-                     self.att_scale, *scratch, np.empty(n_tok, dtype=np.float64), counts)
+                     np.ascontiguousarray(valid, dtype=np.bool_), np.ascontiguousarray(self.emb_k[k]),
+                     *self._weights(), *self._scratch(n_tok, prompt.shape[2], n_tok), counts)
+        return counts
+
+    def new_cache(self, n_patches: int, tokens: int) -> tuple[np.ndarray, np.ndarray]:
+        """Keys and values of every layer for ``n_patches`` patches of ``tokens`` tokens."""
+        shape = (self.norms.shape[0], n_patches, tokens, self.hidden)
+        return np.zeros(shape, dtype=np.int16), np.zeros(shape, dtype=np.int16)
+
+    def step(self, prompt: np.ndarray, causal: np.ndarray, k: int, valid: np.ndarray, t: int, cache,
+             symbols: int | None = None) -> np.ndarray:
+        """(P, symbols) int64: the counts of the token at position ``t`` of every patch, from
+        its ``prompt`` (P, N_PROMPT) and ``causal`` (P, N_CAUSAL) inputs, after steps
+        0..t-1 with the same ``cache`` (``new_cache``): the decoder's cached step, the
+        full pass's counts at t."""
+        if not 0 <= t < valid.shape[1]:
+            raise ValueError(f"position {t} outside the patch (0..{valid.shape[1] - 1})")
+        n_patches = prompt.shape[0]
+        counts = np.empty((n_patches, self._symbols(symbols)), dtype=np.int64)
+        _step_counts(np.ascontiguousarray(prompt), np.ascontiguousarray(causal, dtype=np.int64),
+                     np.ascontiguousarray(valid, dtype=np.bool_), t, np.ascontiguousarray(self.emb_k[k]),
+                     *self._weights(), *cache, *self._scratch(n_patches, prompt.shape[1], valid.shape[1]), counts)
         return counts
