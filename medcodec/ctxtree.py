@@ -139,23 +139,25 @@ def single_leaf(scale: int) -> Tree:
 # --- learning (encoder only) ------------------------------------------------------------
 
 
-def learn(props: np.ndarray, tokens: np.ndarray, alphabet: int, prior_rows: np.ndarray, *, weight: float = 1.0) -> Tree:
-    """Grow a tree on sample pixels: ``props`` (P, n), one row per property, and ``tokens`` (n,).
+@dataclass(frozen=True)
+class Binned:
+    """A sample's properties as ``learn`` bins them: each property's candidate thresholds
+    (``counts`` of them, ``valid`` as the split search takes them) and every sample's
+    bins (n, P). It depends on the properties alone, so one binning serves every tree
+    grown on the same sample (``learn(..., binned=)``)."""
 
-    ``weight`` is how many coded symbols one sample row stands for (the sampling
-    stride), so gains and penalties are in bits of the whole plane. ``prior_rows``
-    (S, alphabet) are the candidate initial tables; each leaf gets the one that codes
-    its tokens best. A split's price is the empirical code length of its two halves
-    (``sum n log2(N / n)``) plus half a log2(n) per used symbol for learning each table
-    (MDL) plus SPLIT_COST_BITS.
-    """
+    thresholds: np.ndarray
+    counts: np.ndarray
+    valid: np.ndarray
+    bins: np.ndarray
+
+
+def bin_properties(props: np.ndarray) -> Binned:
+    """``props`` (P, n), one row per property, binned at their quantiles: bin b holds values
+    <= the b-th candidate threshold."""
     from . import learnkernel as lk  # numba: loaded on first use
 
     n_props, n = props.shape
-    tokens = np.ascontiguousarray(tokens, dtype=np.int64)
-    if tokens.size and not 0 <= int(tokens.min()) <= int(tokens.max()) < alphabet:
-        raise ValueError(f"tokens outside the alphabet of {alphabet}")
-    # Candidate thresholds: quantiles of each property; bin b holds values <= qs[b].
     props = np.ascontiguousarray(props, dtype=np.int64)
     thresholds = np.zeros((n_props, BINS - 1), dtype=np.int64)
     counts = np.zeros(n_props, dtype=np.int64)
@@ -174,6 +176,31 @@ def learn(props: np.ndarray, tokens: np.ndarray, alphabet: int, prior_rows: np.n
     valid = np.arange(BINS - 1)[None, :] < counts[:, None]
     bins = np.empty((n, n_props), dtype=np.uint8)  # a sample's bins side by side
     lk.bin_codes(props, thresholds, counts, bins)
+    return Binned(thresholds, counts, valid, bins)
+
+
+def learn(props: np.ndarray | None, tokens: np.ndarray, alphabet: int, prior_rows: np.ndarray, *,
+          weight: float = 1.0, binned: Binned | None = None) -> Tree:
+    """Grow a tree on sample pixels: ``props`` (P, n), one row per property, and ``tokens`` (n,).
+
+    ``weight`` is how many coded symbols one sample row stands for (the sampling
+    stride), so gains and penalties are in bits of the whole plane. ``prior_rows``
+    (S, alphabet) are the candidate initial tables; each leaf gets the one that codes
+    its tokens best. A split's price is the empirical code length of its two halves
+    (``sum n log2(N / n)``) plus half a log2(n) per used symbol for learning each table
+    (MDL) plus SPLIT_COST_BITS. ``binned``: ``bin_properties(props)``, made before
+    (``props`` is then not read).
+    """
+    from . import learnkernel as lk  # numba: loaded on first use
+
+    tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+    if tokens.size and not 0 <= int(tokens.min()) <= int(tokens.max()) < alphabet:
+        raise ValueError(f"tokens outside the alphabet of {alphabet}")
+    binned = bin_properties(props) if binned is None else binned
+    thresholds, valid = binned.thresholds, binned.valid
+    if binned.bins.shape[0] != tokens.size:
+        raise ValueError(f"{tokens.size} tokens for {binned.bins.shape[0]} binned samples")
+    bins = binned.bins.copy()  # grow reorders it
     # Grown best-first in the kernel (``learnkernel.grow``), which sorts the samples by node.
     capacity = 2 * MAX_LEAVES - 1
     tokens = tokens.copy()

@@ -106,6 +106,7 @@ class Wavefront:
         self.n_sub = 5 if self.has_prev else 4
         self.sub_err = np.zeros((self.n_sub, seg), dtype=np.int64)
         self._deltas = np.array([dr * cols + dc for dr, dc in self._OFFSETS], dtype=np.int64)[:, None]
+        self._learning: tuple | None = None  # learning_sample's (pred, sample, binned)
 
     def analyse(self, flat: np.ndarray, maxv: int) -> tuple[np.ndarray, np.ndarray]:
         """Load the known plane ``flat`` and run the predictor over it (encoder): every
@@ -195,6 +196,18 @@ class Wavefront:
         "gradient-pred", "prev_residual", "plane_diff", "prev_pred-pred",
     )
 
+    def learning_sample(self, pred: np.ndarray) -> tuple[np.ndarray, ctxtree.Binned]:
+        """The pixels a context tree of this plane is grown on (``ctxtree.LEARN_ROWS`` spread
+        evenly over the coding order) and their properties binned (``ctxtree.bin_properties``),
+        given ``pred``, every pixel's weighted prediction. Made once per plane and ``pred``:
+        raster-wp-v3/v4 grow their tree twice on the same sample (the binning was a fifth
+        of a tree's learning)."""
+        if self._learning is None or self._learning[0] is not pred:
+            n = pred.size
+            sample = self.scan_order()[:: max(1, n // ctxtree.LEARN_ROWS)]
+            self._learning = (pred, sample, ctxtree.bin_properties(self.properties(sample, pred)))
+        return self._learning[1], self._learning[2]
+
     def properties(self, pos: np.ndarray, pred: np.ndarray) -> np.ndarray:
         """Integer properties (P, n) of the pixels ``pos`` of an analysed plane, whose
         weighted predictions are ``pred`` (every pixel's)."""
@@ -223,8 +236,7 @@ class RasterGlobalPathCoder:
         wf = Wavefront(info.rows, info.cols, prev)
         pred, pred8 = wf.analyse(flat, (1 << info.bits) - 1)
         token, _, _ = tokenize(zigzag(flat - pred), MANTISSA)
-        order = wf.scan_order()
-        tree = self._learn(wf, order[:: max(1, flat.size // ctxtree.LEARN_ROWS)], pred, token, info)
+        tree = self._learn(wf, pred, token, info)
         return flat, wf, pred, pred8, tree, self._all_contexts(wf, tree, pred)
 
     @staticmethod
@@ -274,11 +286,13 @@ class RasterGlobalPathCoder:
         tree = ctxtree.Tree.read(side, len(self.PROPERTIES), N_BUCKETS)
         return ParsedPlane(tree, None, payload, info.bits, prev)
 
-    def _learn(self, wf: Wavefront, sample: np.ndarray, pred, token, info: PlaneInfo) -> ctxtree.Tree:
-        """A tree over ``sample``, pixels spread evenly over the coding order (encoder only)."""
+    def _learn(self, wf: Wavefront, pred, token, info: PlaneInfo) -> ctxtree.Tree:
+        """A tree over ``wf.learning_sample``, pixels spread evenly over the coding order
+        (encoder only)."""
         prior = _token_scale_rows(info.bits, MANTISSA)
-        props = wf.properties(sample, pred)
-        return ctxtree.learn(props, token[sample], prior.shape[1], prior, weight=pred.size / sample.size)
+        sample, binned = wf.learning_sample(pred)
+        return ctxtree.learn(None, token[sample], prior.shape[1], prior, weight=pred.size / sample.size,
+                             binned=binned)
 
 
 # --- raster-wp-v2: a predictor and an offset per context leaf ---------------------------
@@ -643,7 +657,7 @@ class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
         # The tree was grown on the weighted predictor's residuals: grow it again on
         # those of the chosen predictions (same properties), and choose again.
         token = tokenize(zigzag(flat - final), MANTISSA)[0]
-        tree = self._learn(wf, wf.scan_order()[:: max(1, n // ctxtree.LEARN_ROWS)], pred, token, info)
+        tree = self._learn(wf, pred, token, info)
         ctx = self._all_contexts(wf, tree, pred)
         choice, offset, _ = self._select(ctx[s], tree.n_leaves, flats, cands, maxv, step)
         final = self._final(choice, offset, ctx, wf, pred, pred8, models, maxv)

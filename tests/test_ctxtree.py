@@ -202,6 +202,29 @@ def test_the_compiled_learner_grows_the_reference_tree(case):
         assert np.array_equal(getattr(got, field), getattr(want, field)), field
 
 
+def test_one_binning_serves_every_tree_grown_on_its_sample():
+    """``learn(..., binned=bin_properties(props))`` grows the tree ``learn(props, ...)``
+    grows, for other tokens too (raster-wp-v3/v4 grow twice on one sample), and leaves
+    the binning as it was (the grower reorders its own copy)."""
+    rng = np.random.default_rng(11)
+    n = 20000
+    props = rng.integers(-40, 40, size=(5, n))
+    prior = rng.integers(1, 50, size=(3, 16))
+    binned = ctxtree.bin_properties(props)
+    kept = binned.bins.copy()
+    for seed in range(3):
+        tokens = np.clip((props[seed] > 2) * 6 + (props[seed + 1] > -10) * 4 + (props[4] % 3 == 0) * 2
+                         + rng.integers(0, 4, n), 0, 15)
+        got = ctxtree.learn(None, tokens, 16, prior, weight=2.0, binned=binned)
+        want = ctxtree.learn(props, tokens, 16, prior, weight=2.0)
+        assert got.n_leaves > 2
+        for field in ("prop", "thr", "right", "leaf", "scales"):
+            assert np.array_equal(getattr(got, field), getattr(want, field)), field
+        assert np.array_equal(binned.bins, kept)
+    with pytest.raises(ValueError, match="binned samples"):
+        ctxtree.learn(None, tokens[:-1], 16, prior, binned=binned)
+
+
 def test_the_learner_refuses_tokens_outside_its_alphabet():
     with pytest.raises(ValueError, match="alphabet"):
         ctxtree.learn(np.zeros((2, 10), dtype=np.int64), np.full(10, 16), 16, np.ones((1, 16)))
