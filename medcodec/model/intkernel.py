@@ -219,6 +219,27 @@ def _mlp(h, rows, layer, norms, mlp_in_w, mlp_in_m, mlp_down_w, mlp_down_m, eps,
 
 
 @kernel
+def _project(h, rows, start, stride, layer, norms, lin_w, lin_m, eps, zero, heads, cos, sin, x, q, kk, vv):
+    """A layer's queries, keys and values of h[:rows] (row r at position start + r *
+    stride), rotated: intnet._block's first half."""
+    _norm(h, rows, norms[layer, 0], eps, x)
+    _linear(x, rows, lin_w[layer, 0], lin_m[layer, 0], zero, False, q)
+    _linear(x, rows, lin_w[layer, 1], lin_m[layer, 1], zero, False, kk)
+    _linear(x, rows, lin_w[layer, 2], lin_m[layer, 2], zero, False, vv)
+    _rope(q, rows, start, stride, heads, cos, sin)
+    _rope(kk, rows, start, stride, heads, cos, sin)
+
+
+@kernel
+def _close(h, rows, att, layer, lin_w, lin_m, norms, mlp_in_w, mlp_in_m, mlp_down_w, mlp_down_m, eps, zero, silu,
+           x, gate, up, o):
+    """A layer's second half: h[:rows] += its attention's output projection, then its MLP."""
+    _linear(att, rows, lin_w[layer, 3], lin_m[layer, 3], zero, False, o)
+    _add_clamped(h, rows, o)
+    _mlp(h, rows, layer, norms, mlp_in_w, mlp_in_m, mlp_down_w, mlp_down_m, eps, zero, silu, x, gate, up, o)
+
+
+@kernel
 def _full_counts(prompt, causal, valid, emb_k, emb_causal, prompt_w, prompt_m, prompt_b, norms, lin_w, lin_m,
                  mlp_in_w, mlp_in_m, mlp_down_w, mlp_down_m, final_norm, head_w, head_m, head_b, cos, sin, exp_att,
                  exp_out, silu, eps, heads, att_scale, h, x, q, kk, vv, att, o, gate, up, logits, scores, counts):
@@ -231,16 +252,10 @@ def _full_counts(prompt, causal, valid, emb_k, emb_causal, prompt_w, prompt_m, p
     for p in range(n_patches):
         _embed(prompt[p], causal[p], n_tok, emb_k, emb_causal, prompt_w, prompt_m, prompt_b, x, h)
         for layer in range(norms.shape[0]):
-            _norm(h, n_tok, norms[layer, 0], eps, x)
-            _linear(x, n_tok, lin_w[layer, 0], lin_m[layer, 0], zero, False, q)
-            _linear(x, n_tok, lin_w[layer, 1], lin_m[layer, 1], zero, False, kk)
-            _linear(x, n_tok, lin_w[layer, 2], lin_m[layer, 2], zero, False, vv)
-            _rope(q, n_tok, 0, 1, heads, cos, sin)
-            _rope(kk, n_tok, 0, 1, heads, cos, sin)
+            _project(h, n_tok, 0, 1, layer, norms, lin_w, lin_m, eps, zero, heads, cos, sin, x, q, kk, vv)
             _attend(q, kk, vv, n_tok, 0, heads, valid[p], att_scale, exp_att, scores, att)
-            _linear(att, n_tok, lin_w[layer, 3], lin_m[layer, 3], zero, False, o)
-            _add_clamped(h, n_tok, o)
-            _mlp(h, n_tok, layer, norms, mlp_in_w, mlp_in_m, mlp_down_w, mlp_down_m, eps, zero, silu, x, gate, up, o)
+            _close(h, n_tok, att, layer, lin_w, lin_m, norms, mlp_in_w, mlp_in_m, mlp_down_w, mlp_down_m, eps, zero,
+                   silu, x, gate, up, o)
         _norm(h, n_tok, final_norm, eps, x)
         _linear(x, n_tok, head_w, head_m, head_b, True, logits)
         for t in range(n_tok):
@@ -263,21 +278,15 @@ def _step_counts(prompt, causal, valid, pos, emb_k, emb_causal, prompt_w, prompt
     zero = prompt_b
     _embed(prompt, causal, n_patches, emb_k, emb_causal, prompt_w, prompt_m, prompt_b, x, h)
     for layer in range(norms.shape[0]):
-        _norm(h, n_patches, norms[layer, 0], eps, x)
-        _linear(x, n_patches, lin_w[layer, 0], lin_m[layer, 0], zero, False, q)
-        _linear(x, n_patches, lin_w[layer, 1], lin_m[layer, 1], zero, False, kk)
-        _linear(x, n_patches, lin_w[layer, 2], lin_m[layer, 2], zero, False, vv)
-        _rope(q, n_patches, pos, 0, heads, cos, sin)
-        _rope(kk, n_patches, pos, 0, heads, cos, sin)
+        _project(h, n_patches, pos, 0, layer, norms, lin_w, lin_m, eps, zero, heads, cos, sin, x, q, kk, vv)
         for p in range(n_patches):
             for i in range(hidden):
                 k_cache[layer, p, pos, i] = np.int16(kk[p, i])
                 v_cache[layer, p, pos, i] = np.int16(vv[p, i])
             _attend(q[p:], k_cache[layer, p], v_cache[layer, p], 1, pos, heads, valid[p], att_scale, exp_att,
                     scores, att[p:])
-        _linear(att, n_patches, lin_w[layer, 3], lin_m[layer, 3], zero, False, o)
-        _add_clamped(h, n_patches, o)
-        _mlp(h, n_patches, layer, norms, mlp_in_w, mlp_in_m, mlp_down_w, mlp_down_m, eps, zero, silu, x, gate, up, o)
+        _close(h, n_patches, att, layer, lin_w, lin_m, norms, mlp_in_w, mlp_in_m, mlp_down_w, mlp_down_m, eps, zero,
+               silu, x, gate, up, o)
     _norm(h, n_patches, final_norm, eps, x)
     _linear(x, n_patches, head_w, head_m, head_b, True, logits)
     for p in range(n_patches):
