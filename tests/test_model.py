@@ -140,6 +140,18 @@ def test_the_compiled_full_pass_gives_the_torch_models_counts(model_id):
         compiled.counts(prompt, causal, 3, valid, 3)
     with pytest.raises(ValueError):
         compiled.step(prompt[:, 0], causal[:, 0], 3, valid, geometry.PATCH_TOKENS, cache)
+    # the kernels index without bounds checks: inputs outside the tables are refused ...
+    with pytest.raises(ValueError, match="out of range"):
+        compiled.counts(prompt, causal + geometry.N_BINS, 3, valid)
+    with pytest.raises(ValueError, match="out of range"):
+        compiled.counts(prompt, causal, geometry.MAX_K + 1, valid)
+    # ... and so is a model whose tables do not have its shape
+    import copy
+
+    short = copy.copy(model.net)
+    short.silu = model.net.silu[:-1]
+    with pytest.raises(ModelMismatchError, match="silu"):
+        CompiledCounts(short)
 
 
 def _plane(rows=37, cols=45, bits=12, seed=0):

@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..errors import ModelMismatchError
+from .geometry import MAX_K, N_BINS, N_CAUSAL, N_PROMPT, PATCH_TOKENS
 from .intnet import (
     ACT_MAX,
     ACT_SHIFT,
@@ -294,7 +296,8 @@ def _step_counts(prompt, causal, valid, pos, emb_k, emb_causal, prompt_w, prompt
 
 
 class CompiledCounts:
-    """The full pass of an IntegerTransformer on the CPU, as numpy arrays for the kernel."""
+    """An IntegerTransformer's full pass and cached steps on the CPU, its tensors as numpy
+    arrays for the kernels."""
 
     def __init__(self, net: IntegerTransformer) -> None:
         def arr(t):
@@ -325,6 +328,35 @@ class CompiledCounts:
         self.head_b = arr(net.head.bias)
         self.cos, self.sin = arr(net.cos), arr(net.sin)
         self.exp_att, self.exp_out, self.silu = arr(net.exp_att), arr(net.exp_out), arr(net.silu)
+        self._check_shapes(len(layers))
+
+    def _check_shapes(self, n_layers: int) -> None:
+        """The kernels index without bounds checks: every table must have the shape the
+        model's hyper-parameters give it (torch would raise at the first lookup outside one;
+        compiled code would read past it)."""
+        h, f, hd = self.hidden, self.ffn, self.hidden // max(1, self.heads)
+        want = {
+            "emb_k": (MAX_K + 1, h), "emb_causal": (N_CAUSAL, N_BINS + 1, h), "prompt_w": (h, N_PROMPT),
+            "prompt_m": (h,), "prompt_b": (h,), "norms": (n_layers, 2, h), "lin_w": (n_layers, 4, h, h),
+            "lin_m": (n_layers, 4, h), "mlp_in_w": (n_layers, 2, f, h), "mlp_in_m": (n_layers, 2, f),
+            "mlp_down_w": (n_layers, h, f), "mlp_down_m": (n_layers, h), "final_norm": (h,),
+            "head_w": (N_BINS, h), "head_m": (N_BINS,), "head_b": (N_BINS,), "cos": (PATCH_TOKENS, hd),
+            "sin": (PATCH_TOKENS, hd), "silu": (2 * SILU_RANGE + 1,),
+        }
+        wrong = [name for name, shape in want.items() if getattr(self, name).shape != shape]
+        if wrong or self.heads < 1 or hd * self.heads != h or hd % 2 or not (self.exp_att.size and self.exp_out.size):
+            raise ModelMismatchError(f"integer model tensors of unexpected shape: {', '.join(wrong) or 'heads'}")
+
+    @staticmethod
+    def _check_inputs(prompt: np.ndarray, causal: np.ndarray, k: int, valid: np.ndarray) -> None:
+        """The kernels' inputs index their tables: shapes and values in range, else ValueError."""
+        tokens = valid.shape[-1] if valid.ndim == 2 else -1
+        if (not 0 <= k <= MAX_K or not 1 <= tokens <= PATCH_TOKENS or prompt.shape[-1] != N_PROMPT
+                or causal.shape[-1] != N_CAUSAL or prompt.shape[:-1] != causal.shape[:-1]
+                or prompt.shape[0] != valid.shape[0]
+                or (causal.size and not 0 <= int(causal.min()) <= int(causal.max()) <= N_BINS)):
+            raise ValueError(f"transformer inputs out of range: k={k}, prompt {prompt.shape}, causal {causal.shape}, "
+                             f"valid {valid.shape}")
 
     def _symbols(self, symbols: int | None) -> int:
         n_bins = self.head_w.shape[0]
@@ -350,17 +382,24 @@ class CompiledCounts:
         """(P, T, symbols) int64: ``net.counts(net.embed(prompt, causal, k), valid)``, its
         N_BINS bins summed in adjacent groups down to ``symbols`` (a power of two; default
         every bin), as ``coder._grouped``."""
+        self._check_inputs(prompt, causal, k, valid)
         n_patches, n_tok = prompt.shape[:2]
+        if n_tok != valid.shape[1]:
+            raise ValueError(f"{n_tok} tokens of prompt for patches of {valid.shape[1]}")
         counts = np.empty((n_patches, n_tok, self._symbols(symbols)), dtype=np.int64)
         _full_counts(np.ascontiguousarray(prompt), np.ascontiguousarray(causal, dtype=np.int64),
                      np.ascontiguousarray(valid, dtype=np.bool_), np.ascontiguousarray(self.emb_k[k]),
                      *self._weights(), *self._scratch(n_tok, prompt.shape[2], n_tok), counts)
         return counts
 
-    def new_cache(self, n_patches: int, tokens: int) -> tuple[np.ndarray, np.ndarray]:
-        """Keys and values of every layer for ``n_patches`` patches of ``tokens`` tokens."""
+    def new_cache(self, n_patches: int, tokens: int = PATCH_TOKENS) -> tuple:
+        """The state of ``step`` for ``n_patches`` patches of ``tokens`` tokens: every
+        layer's keys and values, and the steps' scratch space (made once, not per step)."""
+        if not 1 <= tokens <= PATCH_TOKENS:
+            raise ValueError(f"patches of {tokens} tokens: expected 1..{PATCH_TOKENS}")
         shape = (self.norms.shape[0], n_patches, tokens, self.hidden)
-        return np.zeros(shape, dtype=np.int16), np.zeros(shape, dtype=np.int16)
+        return (np.zeros(shape, dtype=np.int16), np.zeros(shape, dtype=np.int16),
+                self._scratch(n_patches, N_PROMPT, tokens))
 
     def step(self, prompt: np.ndarray, causal: np.ndarray, k: int, valid: np.ndarray, t: int, cache,
              symbols: int | None = None) -> np.ndarray:
@@ -368,11 +407,13 @@ class CompiledCounts:
         its ``prompt`` (P, N_PROMPT) and ``causal`` (P, N_CAUSAL) inputs, after steps
         0..t-1 with the same ``cache`` (``new_cache``): the decoder's cached step, the
         full pass's counts at t."""
-        if not 0 <= t < valid.shape[1]:
-            raise ValueError(f"position {t} outside the patch (0..{valid.shape[1] - 1})")
+        self._check_inputs(prompt, causal, k, valid)
+        k_cache, v_cache, scratch = cache
         n_patches = prompt.shape[0]
+        if not 0 <= t < valid.shape[1] or valid.shape != k_cache.shape[1:3] or scratch[0].shape[0] != n_patches:
+            raise ValueError(f"step {t} of patches {valid.shape} with a cache for {k_cache.shape[1:3]}")
         counts = np.empty((n_patches, self._symbols(symbols)), dtype=np.int64)
         _step_counts(np.ascontiguousarray(prompt), np.ascontiguousarray(causal, dtype=np.int64),
                      np.ascontiguousarray(valid, dtype=np.bool_), t, np.ascontiguousarray(self.emb_k[k]),
-                     *self._weights(), *cache, *self._scratch(n_patches, prompt.shape[1], valid.shape[1]), counts)
+                     *self._weights(), k_cache, v_cache, *scratch, counts)
         return counts
