@@ -61,11 +61,13 @@ class Codec:
                                     verify=verify, keyring=self.keyring, local_model=self.local_models(modality),
                                     models=self.models)
 
-    def archive_dicom(self, data: bytes, *, verify: bool = True) -> tuple[bytes, dict, dict]:
+    def archive_dicom(self, data: bytes, *, verify: bool = True, sha256: str | None = None) -> tuple[bytes, dict, dict]:
         """One DICOM file -> (its record, its identifiers as the header states them: study,
         series, sop, patient, modality, transfer_syntax, and the record's description as
         ``inspect`` gives it), from one parse of the file (the modality it states picks
-        the adapter) and one read of the record (verification's)."""
+        the adapter) and one read of the record (verification's). ``sha256``: the file's
+        SHA-256 in hex when the caller has it already (a migrate hashes every input to
+        skip those archived before): the record states it without hashing the file again."""
         from .dicom import parse_dicom
 
         limits = codec.parse_limits(self.limits or DicomLimits(), self.preset, verify=verify)
@@ -73,7 +75,7 @@ class Codec:
         ids = dict(parsed.identifiers)
         blob, record = codec.compress_dicom_read_back(
             data, self.preset, self.keep_codestream, self.limits, verify, self.keyring,
-            self.local_models(ids.get("modality")), self.models, parsed)
+            self.local_models(ids.get("modality")), self.models, parsed, sha256)
         info = codec.inspect_record(blob) if record is None else codec.describe_record(record, len(blob))
         return blob, ids, info
 

@@ -728,11 +728,14 @@ def compress_dicom(
 
 def compress_dicom_read_back(data: bytes, preset: str, keep_codestream: bool, limits: DicomLimits | None, verify: bool,
                              keyring, local_model, models: ModelStore | None,
-                             parsed: ParsedDicom | None) -> tuple[bytes, ct.Record | None]:
+                             parsed: ParsedDicom | None, sha256: str | None = None) -> tuple[bytes, ct.Record | None]:
     """:func:`compress_dicom` (its arguments in order), with the record as verification
     read it back from the bytes (None without ``verify``): ``describe_record`` takes it
-    without reading the bytes (and hashing them) again."""
+    without reading the bytes (and hashing them) again. ``sha256``: ``data``'s SHA-256
+    in hex when the caller has computed it already (not computed again)."""
     _check_preset(preset)
+    if sha256 is not None and not _is_sha256(sha256):
+        raise ValueError("sha256 must be a SHA-256 in lowercase hex")
     limits = limits or DicomLimits()
     deadline = limits.deadline()
     if parsed is None:
@@ -745,7 +748,7 @@ def compress_dicom_read_back(data: bytes, preset: str, keep_codestream: bool, li
             return encode_words(words, fmt, preset=preset, local_model=local_model, deadline=deadline)
 
         sealed_config, sections, _, written = sealing.seal_dicom(data, parsed, keyring, encode=encode,
-                                                                 deadline=deadline)
+                                                                 deadline=deadline, sha256=sha256)
         blob = ct.write_record(ct.Record(config={"kind": "dicom", **sealed_config}, sections=sections))
         if not verify:
             return blob, None
@@ -768,7 +771,7 @@ def compress_dicom_read_back(data: bytes, preset: str, keep_codestream: bool, li
         "restore_mode": parsed.restore_mode,
         "reencode": parsed.reencode,
         "note": parsed.note,
-        "source": {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()},
+        "source": {"size": len(data), "sha256": sha256 or hashlib.sha256(data).hexdigest()},
         "spec": None if parsed.spec is None else parsed.spec.to_json(),
     }
     verbatim_sections = [ct.Section(ct.SECTION_VERBATIM, data)]

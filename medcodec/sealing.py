@@ -227,11 +227,13 @@ class Written:
 
 
 def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, encode,
-               deadline: Deadline = NO_DEADLINE) -> tuple[dict, list[ct.Section], dict, Written]:
+               deadline: Deadline = NO_DEADLINE, sha256: str | None = None,
+               ) -> tuple[dict, list[ct.Section], dict, Written]:
     """The keyed record of one DICOM file.
 
     ``encode(words, fmt) -> (pixel_config, sections)`` codes pixels (the codec's encoder).
     ``deadline`` is checked between the message tiers tried and before the pixels are coded.
+    ``sha256``: ``data``'s SHA-256 in hex, when the caller has it (not computed again).
     Returns (config additions, sections, report, written) where report has capacity / PSNR
     figures and ``written`` (``Written``) the de-identified file and its pixels.
     """
@@ -259,7 +261,7 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
     new = result.dataset
     uids = {k: str(new.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
     phi = ct.lzma_pack(result.removed_bytes())
-    original_sha256 = hashlib.sha256(data).hexdigest()
+    original_sha256 = sha256 or hashlib.sha256(data).hexdigest()
     original = _pack_original(parsed, data, original_sha256)
     report: dict[str, Any] = {"message_bytes": 0, "embedded": False, "tier": TIER_NONE}
     public_parsed: ParsedDicom | None = None

@@ -273,7 +273,7 @@ class EncodeInstance(beam.DoFn):
         t1 = time.perf_counter()
         try:
             # one parse and one read back: the record, the header's identifiers, the record's description
-            record, uids, info = self.codec.archive_dicom(data)
+            record, uids, info = self.codec.archive_dicom(data, sha256=sha)
         except (self.medcodec.MedcodecError, MemoryError) as exc:  # out of memory: this input, not the job
             Metrics.counter(NAMESPACE, "deadlettered").inc()
             stage = "parse" if isinstance(exc, (self.medcodec.InvalidDicomError,)) else "encode"

@@ -427,3 +427,20 @@ def test_archive_dicom_describes_the_record_as_inspect_does(keyring, keyed):
     assert info == codec.inspect(blob)
     assert ids["sop"] == pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID
     assert codec.decompress_dicom(blob) == data
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["keyless", "keyed"])
+def test_archive_dicom_takes_the_callers_sha256(keyring, keyed):
+    """The migrate job hashes every input already: the record states that hash, and
+    restores to the file it names."""
+    data = pydicom_bytes("CT_small.dcm")
+    sha = hashlib.sha256(data).hexdigest()
+    codec = medcodec.Codec(preset="fast", keyring=keyring if keyed else None)
+    blob, _, info = codec.archive_dicom(data, sha256=sha)
+    if keyed:
+        assert codec.decompress_dicom(blob) == data  # checked against the sealed SHA-256
+    else:
+        assert info["source"]["sha256"] == sha
+        assert blob == codec.archive_dicom(data)[0]
+    with pytest.raises(ValueError, match="SHA-256"):
+        codec.archive_dicom(data, sha256=sha.upper())
