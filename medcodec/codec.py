@@ -134,6 +134,7 @@ class _Expected:
     file_sha256: str
     original: bytes | None = None  # a keyed record's original file, with its SHA-256
     original_sha256: str | None = None
+    written: Any = None  # a keyed record's sealing.Written: what its stego image is known to hold
 
     def same_file(self, out: bytes, digest: Any) -> bool:
         return digest == self.file_sha256 and out == self.file
@@ -757,7 +758,7 @@ def compress_dicom_read_back(data: bytes, preset: str, keep_codestream: bool, li
         pixels = sealed_config["pixels"]
         expected = _Expected(words=written.stego_words, words_digest=pixels and pixels["digest"], file=written.public,
                              file_sha256=sealed_config["source"]["sha256"], original=data,
-                             original_sha256=written.original_sha256)
+                             original_sha256=written.original_sha256, written=written)
         restored = _restore_dicom(record, keyring=keyring, models=models, expected=expected)
         if parsed.restore_mode == "pixel-exact":
             same = np.array_equal(parse_dicom(restored).frames, parsed.frames)
@@ -879,7 +880,8 @@ def _restore_dicom(record: ct.Record, *, keyring=None, limits: DicomLimits | Non
 
         original = None if expected is None or expected.original is None else (
             expected.original, expected.original_sha256)
-        return sealing.unseal_dicom(record, keyring, stego_words=words, public=out, limits=limits, expected=original)
+        return sealing.unseal_dicom(record, keyring, stego_words=words, public=out, limits=limits, expected=original,
+                                    written=None if expected is None else expected.written)
     return out
 
 

@@ -224,6 +224,24 @@ class Written:
     public: bytes  # the de-identified file (its clear part)
     stego_words: np.ndarray | None  # its pixels, as coded (None: kept verbatim)
     original_sha256: str  # of the original file, as sealed
+    embedded: stego.Embedded | None = None  # what embedding knew of the stego image
+    digested: tuple[np.ndarray, np.ndarray] | None = None  # (cover values, mask): what the binding's pixel digest covers
+
+    def digest_known(self, stego_values: np.ndarray, mask: np.ndarray) -> bool:
+        """Whether the binding's pixel digest of (``stego_values``, ``mask``), as
+        ``unseal_dicom`` computes it, is the one sealed, known without hashing: sealing
+        computed it over (cover values, mask) in ``digested``, and the digest covers
+        the shape, the mask and the values outside it. So the two are equal exactly when
+        the shape and mask are the same and the values agree outside the mask, which is
+        compared here (one pass over the values, against an SHA-256 of them)."""
+        from .stegokernel import equal_outside
+
+        if self.digested is None:
+            return False
+        cover, sealed_mask = self.digested
+        return (stego_values.shape == cover.shape and np.array_equal(mask, sealed_mask)
+                and equal_outside(np.ascontiguousarray(stego_values).reshape(-1),
+                                  np.ascontiguousarray(cover).reshape(-1), np.ascontiguousarray(mask).reshape(-1)))
 
 
 def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, encode,
@@ -266,7 +284,7 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
     report: dict[str, Any] = {"message_bytes": 0, "embedded": False, "tier": TIER_NONE}
     public_parsed: ParsedDicom | None = None
     sections: list[ct.Section] = []
-    stego_words = None
+    stego_words = embedded = digested = None
     if parsed.restore_mode == RESTORE_VERBATIM:
         public = _deidentified_file(result, parsed, None)
         binding = {"format_version": BINDING_FORMAT_VERSION, "uids": uids,
@@ -295,11 +313,12 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
                 report["reason"] = reason
         mask = plan.mask if plan is not None else np.zeros(values.shape, dtype=bool)
         binding["pixel_digest"] = _pixel_digest(BINDING_FORMAT_VERSION, values, mask, fmt.bits_stored)
+        digested = values, mask
         if plan is not None:
             tier, message, purpose = chosen
             report.update(tier=tier, message_bytes=report["tier_bytes"][tier])
             box = crypto.seal(keyring, message, associated=_binding_ad(binding, purpose))
-            stego_values, displaced = cover.embed(box.to_bytes())
+            stego_values, displaced, embedded = cover.embed_known(box.to_bytes())
             sections.append(ct.Section(ct.SECTION_SEALED_DISPLACED, crypto.seal(
                 keyring, displaced, associated=_binding_ad(binding, PURPOSE_DISPLACED)).to_bytes()))
             report.update(embedded=True, **cover.changes(stego_values, plan))
@@ -332,7 +351,8 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
             "original_restore_mode": parsed.restore_mode,
         },
     }
-    return config, sections, report, Written(public=public, stego_words=stego_words, original_sha256=original_sha256)
+    return config, sections, report, Written(public=public, stego_words=stego_words, original_sha256=original_sha256,
+                                             embedded=embedded, digested=digested)
 
 
 def _message_tiers(removed: dict[str, Any], phi: bytes, keyring: crypto.Keyring) -> list[tuple[str, bytes, str]]:
@@ -382,14 +402,18 @@ def _open(record: ct.Record, keyring: crypto.Keyring, purpose: str) -> bytes:
 
 @record_errors
 def unseal_dicom(record: ct.Record, keyring: crypto.Keyring, *, stego_words: np.ndarray | None, public: bytes,
-                 limits: DicomLimits | None = None, expected: tuple[bytes, str] | None = None) -> bytes:
+                 limits: DicomLimits | None = None, expected: tuple[bytes, str] | None = None,
+                 written: Written | None = None) -> bytes:
     """The original file of a keyed record.
 
     ``public`` is its verified de-identified file and ``stego_words`` the pixels already
     decoded for it (None for records without pixels), so nothing is decoded twice.
     ``limits.memory_bytes`` bounds what the sealed original may inflate to. ``expected``:
     (the original, its SHA-256 as sealed) when verifying a record just sealed from it:
-    compared with instead of hashed (``codec._Expected``).
+    compared with instead of hashed (``codec._Expected``). ``written``: what sealing that
+    record knew (``Written``), when verifying it: ``stego_words`` are then its
+    ``stego_words`` (the caller has compared them), and the image tag and the pixel
+    digest are compared with what sealing computed instead of computed again.
     """
     sealed, binding = _sealed(record)
     meta, prefix, suffix, extra = _unpack_original(_open(record, keyring, PURPOSE_ORIGINAL), limits)
@@ -407,11 +431,13 @@ def unseal_dicom(record: ct.Record, keyring: crypto.Keyring, *, stego_words: np.
         if report.get("embedded"):
             key = keyring.stego_key(binding["uids"]["SOPInstanceUID"].encode())
             displaced = _open(record, keyring, PURPOSE_DISPLACED)
-            values, mask = stego.recover(stego_values, displaced, key=key, bits_stored=fmt.bits_stored)
+            values, mask = stego.recover(stego_values, displaced, key=key, bits_stored=fmt.bits_stored,
+                                         known=None if written is None else written.embedded)
         else:
             mask = np.zeros(stego_values.shape, dtype=bool)
             values = stego_values
-        if _pixel_digest(binding["format_version"], stego_values, mask, fmt.bits_stored) != binding["pixel_digest"]:
+        if not (written is not None and written.digest_known(stego_values, mask)) and _pixel_digest(
+                binding["format_version"], stego_values, mask, fmt.bits_stored) != binding["pixel_digest"]:
             raise crypto.IntegrityError("pixels do not match the sealed binding (record altered or transplanted)")
         words = values_to_words(values, outside, fmt)
         parsed = ParsedDicom(restore_mode=meta["restore_mode"], spec=spec, prefix=prefix, suffix=suffix,

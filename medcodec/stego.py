@@ -346,7 +346,8 @@ def _version_for(shape: tuple[int, ...]) -> int:
 
 
 def _layout(
-    flat: np.ndarray, key: bytes, bits_stored: int, segment_bits: int, carriers: np.ndarray | None = None
+    flat: np.ndarray, key: bytes, bits_stored: int, segment_bits: int, carriers: np.ndarray | None = None,
+    order: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(tag positions, message run order, message capacity in bits) for versions 2 and 3.
 
@@ -355,14 +356,16 @@ def _layout(
     the last tag run keep their values (or, for tag runs, their robustness) through
     embedding, and message runs stay eligible, so the extractor finds the same layout.
     ``carriers`` (version 3, ``_Carrier.allowed``) further restricts both kinds of run to
-    those whose every value may carry.
+    those whose every value may carry. ``order``: the keyed permutation of the runs
+    (``_run_order``), when the caller has it.
     """
     runs = _all_runs(flat, segment_bits)
     n_slots = runs.shape[0]
     empty = np.zeros(0, dtype=np.int64)
     if n_slots == 0:
         return empty, empty, 0
-    order = _keyed_order(key, b"v2/order", n_slots)
+    if order is None:
+        order = _run_order(key, n_slots)
     n_tag_runs = -(-TAG_BITS // segment_bits)
     allowed = np.ones(n_slots, dtype=bool) if carriers is None else _all_runs(carriers, segment_bits).all(axis=1)
     robust_at = np.flatnonzero((_robust(runs, bits_stored) & allowed)[order])
@@ -400,6 +403,11 @@ def _layout_for(carrier: _Carrier, key: bytes, bits_stored: int, segment_bits: i
         part.setflags(write=False)  # shared between callers: nobody may change it
     _last_layout = (digest.digest(), layout)
     return layout
+
+
+def _run_order(key: bytes, n_slots: int) -> np.ndarray:
+    """The keyed permutation of ``n_slots`` runs that versions 2 and 3 lay out in."""
+    return _keyed_order(key, b"v2/order", n_slots)
 
 
 def _all_runs(flat: np.ndarray, segment_bits: int) -> np.ndarray:
@@ -453,8 +461,10 @@ class Cover:
         self.version = _version_for(self.shape) if version is None else version
         self.flat = _flat_values(values, bits_stored, copy=False)  # read, never written: the caller's values
         self.carrier = _carrier(self.flat, self.shape, self.version)
+        self.run_order = _run_order(self.key, self.carrier.flat.size // self.segment_bits)
+        self.run_order.setflags(write=False)  # shared with ``Embedded``
         self.tag_positions, self.order, self.capacity_bits = _layout(
-            self.carrier.flat, self.key, self.bits_stored, self.segment_bits, self.carrier.allowed)
+            self.carrier.flat, self.key, self.bits_stored, self.segment_bits, self.carrier.allowed, self.run_order)
 
     def plan(self, message_nbytes: int) -> EmbedPlan:
         """``plan_embedding`` for this image."""
@@ -468,6 +478,12 @@ class Cover:
     def embed(self, message: bytes) -> tuple[np.ndarray, bytes]:
         """``embed`` into this image (the cover is left as it was); the stego values are
         uint16, the module's working width."""
+        stego, displaced, _ = self.embed_known(message)
+        return stego, displaced
+
+    def embed_known(self, message: bytes) -> tuple[np.ndarray, bytes, Embedded]:
+        """``embed``, plus what it knows of the stego image it made (``Embedded``), for
+        verifying it (``recover(..., known=)``)."""
         key, carrier, tag_positions, segment_bits = self.key, self.carrier, self.tag_positions, self.segment_bits
         message = bytes(message)
         bits = _stream_bits(key, message)
@@ -490,7 +506,9 @@ class Cover:
                 np.packbits(d[changed] > 0).tobytes(),
             )
         )
-        return stego.reshape(self.shape), displaced
+        known = Embedded(key=key, version=self.version, segment_bits=segment_bits, run_order=self.run_order,
+                         tag_positions=tag_positions, tag=tag)
+        return stego.reshape(self.shape), displaced, known
 
     def changes(self, stego_values: np.ndarray, plan: EmbedPlan) -> dict[str, float | int]:
         """What embedding ``plan``'s message changed: values changed, the largest change and
@@ -501,6 +519,28 @@ class Cover:
         sse = float(np.dot(diff, diff))
         return {"changed": int(np.count_nonzero(diff)), "max_error": int(np.abs(diff).max(initial=0)),
                 "psnr": _psnr(sse, self.flat.size, self.bits_stored)}
+
+
+@dataclass(frozen=True, eq=False)
+class Embedded:
+    """What ``Cover.embed_known`` knows of the stego image it made: under which key and
+    layout version, the keyed run order, and the image tag it wrote (its bits and their
+    carrier positions). Verifying that image just after (``recover(..., known=)``)
+    compares with these instead of recomputing them: the order is a function of the key
+    and the image's size alone, and the tag, an HMAC over every value, is the same
+    function of the same values wherever extraction finds the tag at the same positions
+    (the image is the one embedding made: verification has compared the decoded pixels
+    with it). Where it finds the tag elsewhere, the HMAC is computed as on any image."""
+
+    key: bytes
+    version: int
+    segment_bits: int
+    run_order: np.ndarray
+    tag_positions: np.ndarray
+    tag: np.ndarray
+
+    def applies(self, key: bytes, version: int, segment_bits: int) -> bool:
+        return key == self.key and version == self.version and segment_bits == self.segment_bits
 
 
 def capacity_bits(values: np.ndarray, bits_stored: int, *, key: bytes, segment_bits: int = SEGMENT_BITS) -> int:
@@ -683,19 +723,22 @@ def extract_versioned(
 
 
 def recover(
-    stego_values: np.ndarray, displaced: bytes, *, key: bytes, bits_stored: int, segment_bits: int = SEGMENT_BITS
+    stego_values: np.ndarray, displaced: bytes, *, key: bytes, bits_stored: int, segment_bits: int = SEGMENT_BITS,
+    known: Embedded | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(original values, positions mask): what ``restore`` and ``extract`` return, with the
     image tag checked as ``extract`` checks it, but reading the stego values and finding
     their layout once. Verifying a keyed record needs both. The values are uint16 (the
-    module's working width: a quarter of int64's memory for the restore's copy)."""
+    module's working width: a quarter of int64's memory for the restore's copy).
+    ``known``: what embedding knew of these very values (``Embedded``), when verifying
+    the image it made."""
     _check_params(bits_stored, segment_bits)
     key = _check_key(key)
     displaced = _checked_displaced(displaced)
     flat = _flat_values(stego_values, bits_stored)
     shape = tuple(np.shape(stego_values))
-    layouts = _own_layouts(flat, shape, key, bits_stored, segment_bits)
-    _, mask, _ = _extract(flat, shape, key, bits_stored, segment_bits, layouts)
+    layouts = _own_layouts(flat, shape, key, bits_stored, segment_bits, known)
+    _, mask, _ = _extract(flat, shape, key, bits_stored, segment_bits, layouts, known)
     return _restore(flat, shape, displaced, key, bits_stored, segment_bits, layouts), mask  # restore writes into flat
 
 
@@ -707,25 +750,36 @@ def _cached_layouts(flat: np.ndarray, shape: tuple[int, ...], key: bytes, bits_s
     return layout
 
 
-def _own_layouts(flat: np.ndarray, shape: tuple[int, ...], key: bytes, bits_stored: int, segment_bits: int):
-    """version -> (carrier, layout), each computed once for the caller (no digest of the image)."""
+def _own_layouts(flat: np.ndarray, shape: tuple[int, ...], key: bytes, bits_stored: int, segment_bits: int,
+                 embedded: Embedded | None = None):
+    """version -> (carrier, layout), each computed once for the caller (no digest of the
+    image); with the run order ``embedded`` knows, where it applies."""
     known: dict = {}
 
     def layout(version: int):
         if version not in known:
             carrier = _carrier(flat, shape, version)
-            known[version] = carrier, _layout(carrier.flat, key, bits_stored, segment_bits, carrier.allowed)
+            order = None
+            if (embedded is not None and embedded.applies(key, version, segment_bits)
+                    and embedded.run_order.size == carrier.flat.size // segment_bits):
+                order = embedded.run_order
+            known[version] = carrier, _layout(carrier.flat, key, bits_stored, segment_bits, carrier.allowed, order)
         return known[version]
     return layout
 
 
 def _extract(flat: np.ndarray, shape: tuple[int, ...], key: bytes, bits_stored: int, segment_bits: int,
-             layouts) -> tuple[bytes, np.ndarray, int]:
+             layouts, known: Embedded | None = None) -> tuple[bytes, np.ndarray, int]:
     for version in range(_version_for(shape), 1, -1):  # 3 (colour images only), then 2
         carrier, (tag_positions, order, capacity) = layouts(version)
-        if not tag_positions.size or not np.array_equal(
-            carrier.flat[tag_positions] & 1, _image_tag(key, flat, shape, bits_stored, _tag_cleared(carrier, tag_positions))
-        ):
+        if not tag_positions.size:
+            continue
+        if (known is not None and known.applies(key, version, segment_bits)
+                and np.array_equal(tag_positions, known.tag_positions)):
+            tag = known.tag  # the HMAC of these values with these positions cleared (``Embedded``)
+        else:
+            tag = _image_tag(key, flat, shape, bits_stored, _tag_cleared(carrier, tag_positions))
+        if not np.array_equal(carrier.flat[tag_positions] & 1, tag):
             continue
         if order.size * segment_bits < LENGTH_BITS:
             raise MessageNotFoundError(f"{_NOT_FOUND}: the image has no room for a length field")

@@ -110,3 +110,13 @@ def stable_argsort_uniform(keys):
             for j in range(hi - lo):
                 out[lo + j] = part[rank[j]]
     return out
+
+
+@njit(cache=True, nogil=True)
+def equal_outside(a, b, mask):
+    """Whether flat arrays ``a`` and ``b`` hold the same values wherever ``mask`` is False
+    (one pass, no copies; the values are compared as int64)."""
+    for i in range(a.size):
+        if not mask[i] and np.int64(a[i]) != np.int64(b[i]):
+            return False
+    return True

@@ -390,6 +390,49 @@ def _one_value_off(planes):
     return planes
 
 
+def test_verifying_a_keyed_record_hashes_its_pixels_once(keyring, monkeypatch):
+    """Sealing computes the image tag (when embedding) and the binding's pixel digest;
+    verifying the record it just wrote compares with them instead of computing them again
+    (``stego.Embedded``, ``Written.digest_known``): one of each per record."""
+    calls = {"tag": 0, "digest": 0}
+    real_tag, real_digest = stego._image_tag, sealing._pixel_digest
+
+    def tag(*args):
+        calls["tag"] += 1
+        return real_tag(*args)
+
+    def digest(*args):
+        calls["digest"] += 1
+        return real_digest(*args)
+
+    monkeypatch.setattr(stego, "_image_tag", tag)
+    monkeypatch.setattr(sealing, "_pixel_digest", digest)
+    data = pydicom_bytes("CT_small.dcm")
+    blob = medcodec.compress_dicom(data, keyring=keyring, preset="fast")
+    assert calls == {"tag": 1, "digest": 1}
+    assert medcodec.decompress_dicom(blob, keyring=keyring) == data  # a reader computes both
+    assert calls == {"tag": 2, "digest": 2}
+
+
+def test_a_known_pixel_digest_needs_the_same_mask_and_the_same_values_outside_it():
+    cover = np.arange(48, dtype=np.uint16).reshape(1, 1, 6, 8)
+    mask = np.zeros(cover.shape, dtype=bool)
+    mask[0, 0, 2, 3:5] = True
+    written = sealing.Written(public=b"", stego_words=None, original_sha256="", digested=(cover, mask))
+    stego_values = cover.copy()
+    stego_values[0, 0, 2, 3] += 1  # embedding changes masked values only
+    assert written.digest_known(stego_values, mask)
+    assert sealing._pixel_digest("1.1", stego_values, mask, 12) == sealing._pixel_digest("1.1", cover, mask, 12)
+    other_mask = mask.copy()
+    other_mask[0, 0, 0, 0] = True
+    assert not written.digest_known(stego_values, other_mask)
+    stego_values[0, 0, 5, 7] += 1  # outside the mask: the digest differs, and so does the compare
+    assert not written.digest_known(stego_values, mask)
+    assert sealing._pixel_digest("1.1", stego_values, mask, 12) != sealing._pixel_digest("1.1", cover, mask, 12)
+    assert not written.digest_known(stego_values.reshape(1, 1, 8, 6), mask.reshape(1, 1, 8, 6))
+    assert not sealing.Written(public=b"", stego_words=None, original_sha256="").digest_known(cover, mask)
+
+
 @pytest.mark.parametrize(("name", "keyed", "fault"), [
     ("CT_small.dcm", False, "decoded pixel"), ("CT_small.dcm", False, "rebuilt file"),
     ("CT_small.dcm", True, "decoded pixel"), ("CT_small.dcm", True, "rebuilt file"),

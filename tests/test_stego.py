@@ -487,6 +487,48 @@ def test_recover_is_extract_and_restore_in_one_pass(version):
         stego.recover(stego_values, displaced[:-1], key=KEY, bits_stored=12)
 
 
+@pytest.mark.parametrize("version", [2, 3])
+def test_recover_with_what_embedding_knew_computes_no_image_tag(version, monkeypatch):
+    """Verifying the image embedding just made (``recover(..., known=)``) gives what a
+    reader's ``recover`` gives, with the tag embedding computed instead of an HMAC over
+    every value; a ``known`` that does not apply (another key, the tag found elsewhere)
+    leaves recovery to compute it."""
+    import dataclasses
+
+    values = noisy((1, 1, 48, 64), 12, seed=11) if version == 2 else near_grey_rgb(1, 48, 64, 12, seed=5)
+    message = bytes(range(40))
+    stego_values, displaced, known = stego.Cover(values, key=KEY, bits_stored=12).embed_known(message)
+    assert np.array_equal(stego_values, embed(values, message, key=KEY, bits_stored=12)[0])
+    real_tag, tags = stego._image_tag, []
+    monkeypatch.setattr(stego, "_image_tag", lambda *args: tags.append(1) or real_tag(*args))
+    got, mask = stego.recover(stego_values, displaced, key=KEY, bits_stored=12, known=known)
+    assert not tags
+    ref_values, ref_mask = stego.recover(stego_values, displaced, key=KEY, bits_stored=12)
+    assert len(tags) == 1
+    assert np.array_equal(got, values) and np.array_equal(got, ref_values) and np.array_equal(mask, ref_mask)
+    with pytest.raises(MessageNotFoundError):  # known under KEY: not used for another key
+        stego.recover(stego_values, displaced, key=OTHER_KEY, bits_stored=12, known=known)
+    elsewhere = dataclasses.replace(known, tag_positions=known.tag_positions + 1)
+    tags.clear()
+    assert np.array_equal(stego.recover(stego_values, displaced, key=KEY, bits_stored=12, known=elsewhere)[0], values)
+    assert len(tags) == 1
+
+
+def test_equal_outside_compares_only_unmasked_values():
+    from medcodec.stegokernel import equal_outside
+
+    a = np.arange(20, dtype=np.uint16)
+    mask = np.zeros(20, dtype=bool)
+    mask[[3, 7]] = True
+    b = a.copy()
+    b[3] += 1
+    assert equal_outside(a, b, mask)
+    b[4] += 1
+    assert not equal_outside(a, b, mask)
+    assert equal_outside(a, b ^ np.uint16(0x8000), np.ones(20, dtype=bool))  # all masked
+    assert not equal_outside(a.astype(np.uint8), (a + 1).astype(np.uint8), mask)
+
+
 # --------------------------------------------------------------------------------------
 # Colour images (version 3): grey pixels stay grey
 
