@@ -45,6 +45,7 @@ from .dicom import (
     rebuild_dicom,
 )
 from .dicom.syntaxes import EXPLICIT_VR_LE
+from .dicom.writing import write_part10_explicit_le
 from .errors import CorruptRecordError, LimitExceededError, MedcodecError, UnsupportedError, record_errors, shown
 from .planes import SampleFormat, value_palette, values_to_words, words_to_samples
 from .spec import PixelSpec
@@ -175,7 +176,7 @@ def _deidentified_file(result: deid.DeidResult, parsed: ParsedDicom, stego_words
             frames = stego_words
             if spec.samples > 1 and spec.planar_configuration == 0:
                 frames = np.moveaxis(frames, 1, -1)
-            raw = np.ascontiguousarray(frames).astype(frames.dtype.newbyteorder("<")).tobytes()
+            raw = np.ascontiguousarray(frames, dtype=frames.dtype.newbyteorder("<")).tobytes()
             if len(raw) % 2:
                 raw += b"\0"
             ds.file_meta.TransferSyntaxUID = EXPLICIT_VR_LE
@@ -188,9 +189,12 @@ def _deidentified_file(result: deid.DeidResult, parsed: ParsedDicom, stego_words
             for tag in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
                 if tag in ds:
                     del ds[tag]
-        buf = io.BytesIO()
         meta = ds.file_meta
         complete = all(meta.get(k) for k in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID"))
+        written = write_part10_explicit_le(ds) if complete else None  # save_as's bytes, sooner
+        if written is not None:
+            return written
+        buf = io.BytesIO()
         # Objects without SOP identification cannot be Part 10 files; they are written as datasets.
         ds.save_as(buf, enforce_file_format=complete)
         return buf.getvalue()

@@ -390,6 +390,27 @@ def _one_value_off(planes):
     return planes
 
 
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "SC_rgb.dcm",
+                                  "OBXXXX1A.dcm", "MR_small_RLE.dcm", "emri_small.dcm", "liver.dcm"])
+def test_the_de_identified_file_is_what_pydicom_writes(keyring, monkeypatch, name):
+    """Sealing writes the de-identified file's elements held as read (and its pixel data)
+    itself (``write_part10_explicit_le``): the bytes pydicom's ``save_as`` writes for the
+    same dataset, across transfer syntaxes, character sets and sequences."""
+    real, compared = sealing._deidentified_file, []
+
+    def both(result, parsed, words):
+        out = real(result, parsed, words)
+        buf = io.BytesIO()
+        result.dataset.save_as(buf, enforce_file_format=True)
+        compared.append(sealing.write_part10_explicit_le(result.dataset) is not None)
+        assert out == buf.getvalue()
+        return out
+
+    monkeypatch.setattr(sealing, "_deidentified_file", both)
+    medcodec.compress_dicom(pydicom_bytes(name), keyring=keyring, preset="fast", verify=False)
+    assert compared == [True]
+
+
 def test_verifying_a_keyed_record_hashes_its_pixels_once(keyring, monkeypatch):
     """Sealing computes the image tag (when embedding) and the binding's pixel digest;
     verifying the record it just wrote compares with them instead of computing them again
