@@ -381,28 +381,57 @@ def _layout(
     return tag_positions, message_order, max(0, int(message_order.size) * segment_bits - LENGTH_BITS)
 
 
-# The last layout computed, by a digest of everything it depends on: verifying a keyed
-# record asks for the stego image's layout twice (extract, then restore), at ~35 ms per
-# million values. (Sealing keeps its cover's layout in a ``Cover``.)
-_last_layout: tuple = (None, None)  # (digest, layout), replaced whole: safe across threads
+class _ReadLayout:
+    """``_layout`` as a reader needs it, found in the keyed order as far as it is read:
+    the tag runs (the first robust runs) at once, and the message runs (the eligible
+    runs after the last tag run) as many as ``message_positions`` asks for, so a reader
+    tests the runs up to the last one its message uses, not every run of the image
+    (``_layout``, which the embedder needs for the capacity). The same positions as
+    ``_layout``'s, and the same answer to whether a message of n bits fits
+    (``message_positions`` None exactly when n > capacity + LENGTH_BITS)."""
 
+    def __init__(self, carrier: _Carrier, key: bytes, bits_stored: int, segment_bits: int,
+                 order: np.ndarray | None = None) -> None:
+        from .stegokernel import next_runs  # numba: loaded on first use
 
-def _layout_for(carrier: _Carrier, key: bytes, bits_stored: int, segment_bits: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """``_layout`` over a carrier (positions are carrier positions)."""
-    digest = hashlib.blake2b(np.ascontiguousarray(carrier.flat, dtype=np.uint16 if bits_stored <= 16 else np.int64).data,
-                             digest_size=32)
-    if carrier.allowed is not None:
-        digest.update(np.packbits(carrier.allowed).tobytes())
-    digest.update(repr((carrier.flat.size, key, bits_stored, segment_bits, carrier.allowed is None)).encode())
-    global _last_layout
-    known_digest, known_layout = _last_layout
-    if known_digest == digest.digest():
-        return known_layout
-    layout = _layout(carrier.flat, key, bits_stored, segment_bits, carrier.allowed)
-    for part in layout[:2]:
-        part.setflags(write=False)  # shared between callers: nobody may change it
-    _last_layout = (digest.digest(), layout)
-    return layout
+        self._next_runs = next_runs
+        self.segment_bits = segment_bits
+        self.maxval = (1 << bits_stored) - 1
+        self.runs = _all_runs(carrier.flat, segment_bits)
+        n_slots = self.runs.shape[0]
+        self.allowed = (np.zeros((0, segment_bits), dtype=bool) if carrier.allowed is None
+                        else _all_runs(carrier.allowed, segment_bits))
+        self.order = _run_order(key, n_slots) if order is None else order
+        n_tag_runs = -(-TAG_BITS // segment_bits)
+        tag_at = self._find(0, n_tag_runs, robust=True) if n_slots else np.zeros(0, dtype=np.int64)
+        self.tag_positions = np.zeros(0, dtype=np.int64)
+        self._message_at = np.zeros(0, dtype=np.int64)  # indices into the order found so far
+        if tag_at.size == n_tag_runs:
+            tag_runs = self.order[tag_at]
+            self.tag_positions = (tag_runs[:, None] * segment_bits
+                                  + np.arange(segment_bits, dtype=np.int64)).reshape(-1)[:TAG_BITS]
+            self._next = int(tag_at[-1]) + 1
+        else:
+            self._next = self.order.size  # no tag: no message either
+
+    def _find(self, start: int, need: int, *, robust: bool) -> np.ndarray:
+        return self._next_runs(self.runs, self.allowed, self.order, start, need, robust, self.maxval, GROUP,
+                               MIN_GROUP_RANGE)
+
+    def message_positions(self, n_bits: int) -> np.ndarray | None:
+        """The carrier positions of the message stream's first ``n_bits`` bits (length
+        field first); None where the image has fewer message runs than they need."""
+        n_runs = -(-n_bits // self.segment_bits)
+        missing = n_runs - self._message_at.size
+        if missing > 0 and self._next < self.order.size:
+            more = self._find(self._next, missing, robust=False)
+            self._message_at = np.concatenate([self._message_at, more])
+            # all found: the next search starts after the last; fewer: the order is used up
+            self._next = int(more[-1]) + 1 if more.size == missing else self.order.size
+        if n_runs > self._message_at.size:
+            return None
+        runs = self.order[self._message_at[:n_runs]]
+        return (runs[:, None] * self.segment_bits + np.arange(self.segment_bits, dtype=np.int64)).reshape(-1)[:n_bits]
 
 
 def _run_order(key: bytes, n_slots: int) -> np.ndarray:
@@ -719,7 +748,7 @@ def extract_versioned(
     key = _check_key(key)
     flat = _flat_values(stego_values, bits_stored, copy=False)
     shape = tuple(np.shape(stego_values))
-    return _extract(flat, shape, key, bits_stored, segment_bits, _cached_layouts(flat, shape, key, bits_stored, segment_bits))
+    return _extract(flat, shape, key, bits_stored, segment_bits, _read_layouts(flat, shape, key, bits_stored, segment_bits))
 
 
 def recover(
@@ -737,23 +766,15 @@ def recover(
     displaced = _checked_displaced(displaced)
     flat = _flat_values(stego_values, bits_stored)
     shape = tuple(np.shape(stego_values))
-    layouts = _own_layouts(flat, shape, key, bits_stored, segment_bits, known)
+    layouts = _read_layouts(flat, shape, key, bits_stored, segment_bits, known)
     _, mask, _ = _extract(flat, shape, key, bits_stored, segment_bits, layouts, known)
     return _restore(flat, shape, displaced, key, bits_stored, segment_bits, layouts), mask  # restore writes into flat
 
 
-def _cached_layouts(flat: np.ndarray, shape: tuple[int, ...], key: bytes, bits_stored: int, segment_bits: int):
-    """version -> (carrier, layout) through the module's last-layout cache (one-call functions)."""
-    def layout(version: int):
-        carrier = _carrier(flat, shape, version)
-        return carrier, _layout_for(carrier, key, bits_stored, segment_bits)
-    return layout
-
-
-def _own_layouts(flat: np.ndarray, shape: tuple[int, ...], key: bytes, bits_stored: int, segment_bits: int,
-                 embedded: Embedded | None = None):
-    """version -> (carrier, layout), each computed once for the caller (no digest of the
-    image); with the run order ``embedded`` knows, where it applies."""
+def _read_layouts(flat: np.ndarray, shape: tuple[int, ...], key: bytes, bits_stored: int, segment_bits: int,
+                  embedded: Embedded | None = None):
+    """version -> (carrier, ``_ReadLayout``), each made once for the caller; with the run
+    order ``embedded`` knows, where it applies."""
     known: dict = {}
 
     def layout(version: int):
@@ -763,7 +784,7 @@ def _own_layouts(flat: np.ndarray, shape: tuple[int, ...], key: bytes, bits_stor
             if (embedded is not None and embedded.applies(key, version, segment_bits)
                     and embedded.run_order.size == carrier.flat.size // segment_bits):
                 order = embedded.run_order
-            known[version] = carrier, _layout(carrier.flat, key, bits_stored, segment_bits, carrier.allowed, order)
+            known[version] = carrier, _ReadLayout(carrier, key, bits_stored, segment_bits, order)
         return known[version]
     return layout
 
@@ -771,7 +792,8 @@ def _own_layouts(flat: np.ndarray, shape: tuple[int, ...], key: bytes, bits_stor
 def _extract(flat: np.ndarray, shape: tuple[int, ...], key: bytes, bits_stored: int, segment_bits: int,
              layouts, known: Embedded | None = None) -> tuple[bytes, np.ndarray, int]:
     for version in range(_version_for(shape), 1, -1):  # 3 (colour images only), then 2
-        carrier, (tag_positions, order, capacity) = layouts(version)
+        carrier, layout = layouts(version)
+        tag_positions = layout.tag_positions
         if not tag_positions.size:
             continue
         if (known is not None and known.applies(key, version, segment_bits)
@@ -781,16 +803,16 @@ def _extract(flat: np.ndarray, shape: tuple[int, ...], key: bytes, bits_stored: 
             tag = _image_tag(key, flat, shape, bits_stored, _tag_cleared(carrier, tag_positions))
         if not np.array_equal(carrier.flat[tag_positions] & 1, tag):
             continue
-        if order.size * segment_bits < LENGTH_BITS:
+        header_positions = layout.message_positions(LENGTH_BITS)
+        if header_positions is None:
             raise MessageNotFoundError(f"{_NOT_FOUND}: the image has no room for a length field")
         whiten = _keyed_bits(key, b"v2/whiten", LENGTH_BITS)
-        header = np.packbits((carrier.flat[_positions(order, LENGTH_BITS, segment_bits, capacity, LENGTH_BITS)] & 1)
-                             .astype(np.uint8) ^ whiten).tobytes()
+        header = np.packbits((carrier.flat[header_positions] & 1).astype(np.uint8) ^ whiten).tobytes()
         (length,) = struct.unpack("<I", header)
-        if 8 * length > capacity:  # only a forged tag gets here (2**-128)
-            raise MessageNotFoundError(f"{_NOT_FOUND}: the length field is beyond the image's capacity")
         n_bits = LENGTH_BITS + 8 * length
-        positions = _positions(order, n_bits, segment_bits, capacity, LENGTH_BITS)
+        positions = layout.message_positions(n_bits)
+        if positions is None:  # only a forged tag gets here (2**-128)
+            raise MessageNotFoundError(f"{_NOT_FOUND}: the length field is beyond the image's capacity")
         stream = np.packbits((carrier.flat[positions] & 1).astype(np.uint8) ^ _keyed_bits(key, b"v2/whiten", n_bits))
         used = np.concatenate([tag_positions, positions])
         return stream.tobytes()[LENGTH_BITS // 8:], _mask(shape, carrier.full(used), carrier.linked(used)), version
@@ -850,7 +872,7 @@ def restore(
     flat = _flat_values(stego_values, bits_stored)
     shape = tuple(np.shape(stego_values))
     return _restore(flat, shape, displaced, key, bits_stored, segment_bits,
-                    _cached_layouts(flat, shape, key, bits_stored, segment_bits)).astype(np.int64)
+                    _read_layouts(flat, shape, key, bits_stored, segment_bits)).astype(np.int64)
 
 
 def _checked_displaced(displaced: bytes) -> bytes:
@@ -875,27 +897,31 @@ def _restore(flat: np.ndarray, shape: tuple[int, ...], displaced: bytes, key: by
     wrong = "stego values do not hold the runs the displaced information describes (wrong key or altered pixels)"
     if version == 3 and _version_for(shape) != 3:
         raise RestoreError(f"displaced information version 3 is for colour images; these values have shape {shape}")
+    layout = None
     if version >= 2:
-        carrier, (tag_positions, order, capacity) = layouts(version)
+        carrier, layout = layouts(version)
+        tag_positions = layout.tag_positions
         if not tag_positions.size:
             raise RestoreError(wrong)
         tag_cover, offset = _bit_field(displaced, offset, TAG_BITS)
-        header_bits = LENGTH_BITS
     else:
         carrier = _carrier(flat, shape, version)
         tag_positions = np.zeros(0, dtype=np.int64)
-        order = _eligible_order(flat, key, bits_stored, segment_bits)
-        capacity = _capacity_from_order(order, segment_bits)
-        header_bits = HEADER_BITS
     changed, offset = _bit_field(displaced, offset, n_bits)
     n_changed = int(changed.sum())
     up, offset = _bit_field(displaced, offset, n_changed)
     if len(displaced) != offset:
         raise RestoreError(f"displaced information has {len(displaced)} bytes; its counts say {offset}")
-    try:
-        positions = _positions(order, n_bits, segment_bits, capacity, header_bits)
-    except CapacityError:
-        raise RestoreError(wrong) from None
+    if layout is not None:
+        positions = layout.message_positions(n_bits)
+    else:
+        order = _eligible_order(flat, key, bits_stored, segment_bits)
+        try:
+            positions = _positions(order, n_bits, segment_bits, _capacity_from_order(order, segment_bits), HEADER_BITS)
+        except CapacityError:
+            positions = None
+    if positions is None:
+        raise RestoreError(wrong)
     carried = carrier.flat[positions].astype(np.int64)
     carried[changed] -= np.where(up, 1, -1)
     tag_values = carrier.flat[tag_positions].astype(np.int64)

@@ -14,56 +14,85 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True)
-def eligible_runs(runs, maxval, group, min_range):
-    """Per run (row of ``runs``): no value at 0 or ``maxval``, and every group of
+def _eligible_run(runs, i, maxval, group, min_range):
+    """Run ``i`` (row of ``runs``): no value at 0 or ``maxval``, and every group of
     ``group`` values has a range of at least ``min_range`` once clipped to [2, maxval - 2]."""
-    k, length = runs.shape
-    out = np.zeros(k, dtype=np.bool_)
     if maxval - 2 < 2:
-        return out
-    for i in range(k):
-        ok = True
-        for g0 in range(0, length, group):
-            lo = maxval
-            hi = 0
-            for j in range(g0, g0 + group):
-                v = np.int64(runs[i, j])
-                if v == 0 or v == maxval:
-                    ok = False
-                    break
-                c = min(max(v, 2), maxval - 2)
-                lo = min(lo, c)
-                hi = max(hi, c)
-            if not ok or hi - lo < min_range:
-                ok = False
-                break
-        out[i] = ok
+        return False
+    for g0 in range(0, runs.shape[1], group):
+        lo = maxval
+        hi = 0
+        for j in range(g0, g0 + group):
+            v = np.int64(runs[i, j])
+            if v == 0 or v == maxval:
+                return False
+            c = min(max(v, 2), maxval - 2)
+            lo = min(lo, c)
+            hi = max(hi, c)
+        if hi - lo < min_range:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def _robust_run(runs, i, maxval, group, min_range):
+    """Run ``i``: with bit 0 of every value cleared, every value lies in [2, maxval - 3]
+    and every group's range is at least ``min_range + 1``."""
+    for g0 in range(0, runs.shape[1], group):
+        lo = maxval
+        hi = -1
+        for j in range(g0, g0 + group):
+            h = np.int64(runs[i, j]) & ~np.int64(1)
+            if h < 2 or h > maxval - 3:
+                return False
+            lo = min(lo, h)
+            hi = max(hi, h)
+        if hi - lo < min_range + 1:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def eligible_runs(runs, maxval, group, min_range):
+    """``_eligible_run`` of every run (row of ``runs``)."""
+    out = np.zeros(runs.shape[0], dtype=np.bool_)
+    for i in range(runs.shape[0]):
+        out[i] = _eligible_run(runs, i, maxval, group, min_range)
     return out
 
 
 @njit(cache=True, nogil=True)
 def robust_runs(runs, maxval, group, min_range):
-    """Per run: with bit 0 of every value cleared, every value lies in [2, maxval - 3]
-    and every group's range is at least ``min_range + 1``."""
-    k, length = runs.shape
-    out = np.zeros(k, dtype=np.bool_)
-    for i in range(k):
-        ok = True
-        for g0 in range(0, length, group):
-            lo = maxval
-            hi = -1
-            for j in range(g0, g0 + group):
-                h = np.int64(runs[i, j]) & ~np.int64(1)
-                if h < 2 or h > maxval - 3:
+    """``_robust_run`` of every run."""
+    out = np.zeros(runs.shape[0], dtype=np.bool_)
+    for i in range(runs.shape[0]):
+        out[i] = _robust_run(runs, i, maxval, group, min_range)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def next_runs(runs, allowed, order, start, need, robust, maxval, group, min_range):
+    """The first ``need`` indices ``i >= start`` of ``order`` whose run ``order[i]`` is
+    robust (``robust``) or eligible, and, where ``allowed`` has rows, allowed in every
+    value: fewer where the order ends first. What ``robust_runs`` / ``eligible_runs``
+    of every run, gathered in the order, would give, testing only the runs up to the
+    last one found."""
+    out = np.empty(need, dtype=np.int64)
+    n = 0
+    i = start
+    while i < order.size and n < need:
+        r = order[i]
+        ok = _robust_run(runs, r, maxval, group, min_range) if robust else _eligible_run(runs, r, maxval, group, min_range)
+        if ok and allowed.shape[0]:
+            for j in range(allowed.shape[1]):
+                if not allowed[r, j]:
                     ok = False
                     break
-                lo = min(lo, h)
-                hi = max(hi, h)
-            if not ok or hi - lo < min_range + 1:
-                ok = False
-                break
-        out[i] = ok
-    return out
+        if ok:
+            out[n] = i
+            n += 1
+        i += 1
+    return out[:n]
 
 
 @njit(cache=True, nogil=True)

@@ -487,6 +487,42 @@ def test_recover_is_extract_and_restore_in_one_pass(version):
         stego.recover(stego_values, displaced[:-1], key=KEY, bits_stored=12)
 
 
+@given(
+    shape=st.sampled_from([(1, 1, 40, 64), (2, 1, 24, 48), (1, 3, 32, 40), (1, 2, 16, 64)]),
+    bits=st.integers(4, 16),
+    grey=st.floats(0.0, 1.0),
+    sigma=st.sampled_from([0.4, 1.0, 3.0, 30.0]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_a_readers_layout_is_the_embedders(shape, bits, grey, sigma, seed):
+    """What a reader finds in the keyed order as far as it reads (``_ReadLayout``) is
+    ``_layout``'s: the same tag positions, the same message positions for every message
+    length, and none for a message its message runs cannot hold (one bit past the
+    capacity)."""
+    rng = np.random.default_rng(seed)
+    values = noisy(shape, bits, seed=seed, sigma=sigma)
+    if shape[1] > 1:  # some grey pixels, for version 3's carriers
+        values[:, 1:] = np.where(rng.random((shape[0], 1, *shape[2:])) < grey, values[:, :1], values[:, 1:])
+    flat = values.astype(np.uint16).reshape(-1)
+    for version in {2, stego._version_for(shape)}:
+        carrier = stego._carrier(flat, shape, version)
+        tag_positions, order, capacity = stego._layout(carrier.flat, KEY, bits, stego.SEGMENT_BITS, carrier.allowed)
+        read = stego._ReadLayout(carrier, KEY, bits, stego.SEGMENT_BITS)
+        assert np.array_equal(read.tag_positions, tag_positions)
+        if not tag_positions.size:
+            assert read.message_positions(stego.LENGTH_BITS) is None
+            continue
+        for n_bits in sorted({stego.LENGTH_BITS, stego.LENGTH_BITS + 8, capacity // 2, capacity + stego.LENGTH_BITS,
+                              capacity + stego.LENGTH_BITS + 1}):
+            got = read.message_positions(n_bits)
+            if -(-n_bits // stego.SEGMENT_BITS) > order.size:
+                assert got is None
+            elif n_bits > 0:
+                want = (order[:, None] * stego.SEGMENT_BITS
+                        + np.arange(stego.SEGMENT_BITS)).reshape(-1)[:n_bits]
+                assert got is not None and np.array_equal(got, want)
+
+
 @pytest.mark.parametrize("version", [2, 3])
 def test_recover_with_what_embedding_knew_computes_no_image_tag(version, monkeypatch):
     """Verifying the image embedding just made (``recover(..., known=)``) gives what a
