@@ -271,18 +271,6 @@ def _eligible(runs: np.ndarray, bits_stored: int) -> np.ndarray:
     return eligible_runs(np.ascontiguousarray(runs), (1 << bits_stored) - 1, GROUP, MIN_GROUP_RANGE)
 
 
-def _robust(runs: np.ndarray, bits_stored: int) -> np.ndarray:
-    """Runs (k, L) that are eligible whatever bit 0 of their values is: computed on
-    ``v & ~1``, every value in [2, max - 3] (so v in [2, max - 2], never clipped nor
-    saturated) and every group's range >= MIN_GROUP_RANGE + 1 (so v's range, at most 1
-    less, still qualifies). Embedding the tag by LSB replacement keeps them robust."""
-    from .stegokernel import robust_runs
-
-    if runs.shape[0] == 0:
-        return np.zeros(0, dtype=bool)
-    return robust_runs(np.ascontiguousarray(runs), (1 << bits_stored) - 1, GROUP, MIN_GROUP_RANGE)
-
-
 @dataclass(frozen=True, eq=False)
 class _Carrier:
     """The values a layout runs over, and how they map back to the image's values.
@@ -359,26 +347,16 @@ def _layout(
     those whose every value may carry. ``order``: the keyed permutation of the runs
     (``_run_order``), when the caller has it.
     """
-    runs = _all_runs(flat, segment_bits)
-    n_slots = runs.shape[0]
+    read = _ReadLayout(flat, carriers, key, bits_stored, segment_bits, order)  # the tag: robust runs as far as needed
     empty = np.zeros(0, dtype=np.int64)
-    if n_slots == 0:
+    if not read.tag_positions.size:
         return empty, empty, 0
-    if order is None:
-        order = _run_order(key, n_slots)
-    n_tag_runs = -(-TAG_BITS // segment_bits)
-    allowed = np.ones(n_slots, dtype=bool) if carriers is None else _all_runs(carriers, segment_bits).all(axis=1)
-    robust_at = np.flatnonzero((_robust(runs, bits_stored) & allowed)[order])
-    if robust_at.size < n_tag_runs:
-        return empty, empty, 0
-    last = int(robust_at[n_tag_runs - 1])
-    tag_runs = order[robust_at[:n_tag_runs]]
-    tag_positions = (tag_runs[:, None] * segment_bits + np.arange(segment_bits, dtype=np.int64)).reshape(-1)[:TAG_BITS]
-    after = order[last + 1:]
+    runs, after = read.runs, read.order[read.tag_end:]
+    allowed = True if carriers is None else _all_runs(carriers, segment_bits).all(axis=1)
     # every run's test in place is cheaper than gathering the runs after the tag (a copy of
-    # most of the image) to test those alone
+    # most of the image) to test those alone; the capacity needs all of them
     message_order = after[(_eligible(runs, bits_stored) & allowed)[after]]
-    return tag_positions, message_order, max(0, int(message_order.size) * segment_bits - LENGTH_BITS)
+    return read.tag_positions, message_order, max(0, int(message_order.size) * segment_bits - LENGTH_BITS)
 
 
 class _ReadLayout:
@@ -390,17 +368,17 @@ class _ReadLayout:
     ``_layout``'s, and the same answer to whether a message of n bits fits
     (``message_positions`` None exactly when n > capacity + LENGTH_BITS)."""
 
-    def __init__(self, carrier: _Carrier, key: bytes, bits_stored: int, segment_bits: int,
+    def __init__(self, flat: np.ndarray, allowed: np.ndarray | None, key: bytes, bits_stored: int, segment_bits: int,
                  order: np.ndarray | None = None) -> None:
         from .stegokernel import next_runs  # numba: loaded on first use
 
         self._next_runs = next_runs
         self.segment_bits = segment_bits
         self.maxval = (1 << bits_stored) - 1
-        self.runs = _all_runs(carrier.flat, segment_bits)
+        self.runs = _all_runs(flat, segment_bits)
         n_slots = self.runs.shape[0]
-        self.allowed = (np.zeros((0, segment_bits), dtype=bool) if carrier.allowed is None
-                        else _all_runs(carrier.allowed, segment_bits))
+        self.allowed = (np.zeros((0, segment_bits), dtype=bool) if allowed is None
+                        else _all_runs(allowed, segment_bits))
         self.order = _run_order(key, n_slots) if order is None else order
         n_tag_runs = -(-TAG_BITS // segment_bits)
         tag_at = self._find(0, n_tag_runs, robust=True) if n_slots else np.zeros(0, dtype=np.int64)
@@ -410,9 +388,10 @@ class _ReadLayout:
             tag_runs = self.order[tag_at]
             self.tag_positions = (tag_runs[:, None] * segment_bits
                                   + np.arange(segment_bits, dtype=np.int64)).reshape(-1)[:TAG_BITS]
-            self._next = int(tag_at[-1]) + 1
+            self.tag_end = int(tag_at[-1]) + 1  # the message runs come after the last tag run
         else:
-            self._next = self.order.size  # no tag: no message either
+            self.tag_end = self.order.size  # no tag: no message either
+        self._next = self.tag_end
 
     def _find(self, start: int, need: int, *, robust: bool) -> np.ndarray:
         return self._next_runs(self.runs, self.allowed, self.order, start, need, robust, self.maxval, GROUP,
@@ -784,7 +763,7 @@ def _read_layouts(flat: np.ndarray, shape: tuple[int, ...], key: bytes, bits_sto
             if (embedded is not None and embedded.applies(key, version, segment_bits)
                     and embedded.run_order.size == carrier.flat.size // segment_bits):
                 order = embedded.run_order
-            known[version] = carrier, _ReadLayout(carrier, key, bits_stored, segment_bits, order)
+            known[version] = carrier, _ReadLayout(carrier.flat, carrier.allowed, key, bits_stored, segment_bits, order)
         return known[version]
     return layout
 

@@ -62,15 +62,6 @@ def eligible_runs(runs, maxval, group, min_range):
 
 
 @njit(cache=True, nogil=True)
-def robust_runs(runs, maxval, group, min_range):
-    """``_robust_run`` of every run."""
-    out = np.zeros(runs.shape[0], dtype=np.bool_)
-    for i in range(runs.shape[0]):
-        out[i] = _robust_run(runs, i, maxval, group, min_range)
-    return out
-
-
-@njit(cache=True, nogil=True)
 def next_runs(runs, allowed, order, start, need, robust, maxval, group, min_range):
     """The first ``need`` indices ``i >= start`` of ``order`` whose run ``order[i]`` is
     robust (``robust``) or eligible, and, where ``allowed`` has rows, allowed in every

@@ -507,8 +507,18 @@ def test_a_readers_layout_is_the_embedders(shape, bits, grey, sigma, seed):
     for version in {2, stego._version_for(shape)}:
         carrier = stego._carrier(flat, shape, version)
         tag_positions, order, capacity = stego._layout(carrier.flat, KEY, bits, stego.SEGMENT_BITS, carrier.allowed)
-        read = stego._ReadLayout(carrier, KEY, bits, stego.SEGMENT_BITS)
+        read = stego._ReadLayout(carrier.flat, carrier.allowed, KEY, bits, stego.SEGMENT_BITS)
         assert np.array_equal(read.tag_positions, tag_positions)
+        # the tag runs by definition: the first robust (and allowed) runs in the keyed order
+        runs = stego._all_runs(carrier.flat, stego.SEGMENT_BITS).astype(np.int64)
+        keyed = stego._run_order(KEY, runs.shape[0])
+        ok = _robust_reference(runs, bits)
+        if carrier.allowed is not None:
+            ok &= stego._all_runs(carrier.allowed, stego.SEGMENT_BITS).all(axis=1)
+        n_tag = -(-stego.TAG_BITS // stego.SEGMENT_BITS)
+        first = keyed[ok[keyed]][:n_tag]
+        want_tag = (first[:, None] * stego.SEGMENT_BITS + np.arange(stego.SEGMENT_BITS)).reshape(-1)[:stego.TAG_BITS]
+        assert np.array_equal(tag_positions, want_tag if first.size == n_tag else [])
         if not tag_positions.size:
             assert read.message_positions(stego.LENGTH_BITS) is None
             continue
@@ -716,7 +726,17 @@ def test_compiled_run_tests_match_their_numpy_definitions(bits, spread, n, seed,
     level = rng.integers(0, maxval + 1, (n, 1))
     runs = np.clip(level + rng.integers(-spread, spread + 1, (n, stego.SEGMENT_BITS)), 0, maxval).astype(dtype)
     assert np.array_equal(stego._eligible(runs, bits), _eligible_reference(runs.astype(np.int64), bits))
-    assert np.array_equal(stego._robust(runs, bits), _robust_reference(runs.astype(np.int64), bits))
+    # a reader's scan (next_runs): the first runs that pass, in a keyed order, from a start
+    from medcodec.stegokernel import next_runs
+
+    order = rng.permutation(n).astype(np.int64)
+    allowed = rng.random((n, stego.SEGMENT_BITS)) < 0.98
+    start, need = int(rng.integers(0, n + 1)), int(rng.integers(0, n + 1))
+    for robust, reference in ((True, _robust_reference), (False, _eligible_reference)):
+        passes = reference(runs.astype(np.int64), bits)
+        for rows, ok in ((np.zeros((0, stego.SEGMENT_BITS), dtype=bool), passes), (allowed, passes & allowed.all(axis=1))):
+            found = next_runs(runs, rows, order, start, need, robust, maxval, stego.GROUP, stego.MIN_GROUP_RANGE)
+            assert np.array_equal(found, [i for i in range(start, n) if ok[order[i]]][:need])
 
 
 @pytest.mark.parametrize("bits", [8, 12, 16])
