@@ -73,12 +73,13 @@ def test_not_a_record():
 def test_lzma_pack_sizes_its_dictionary_to_the_input_and_loses_nothing():
     """The dictionary is cut to the input's size: the stream is exactly as long as with
     the preset's own 8 MiB (a match reaches every earlier byte either way) and still
-    plain xz. (Preset 6 stops extending matches at ``_LZMA_NICE_LEN`` bytes.)"""
+    plain xz. (Preset 6 stops extending matches at ``_LZMA_NICE_LEN`` bytes; above
+    ``_LZMA_HASH_CHAIN_ABOVE`` bytes a hash chain finds them.)"""
     import lzma
 
     import numpy as np
 
-    from medcodec.container import _LZMA_NICE_LEN, lzma_pack
+    from medcodec.container import _LZMA_HASH_CHAIN_ABOVE, _LZMA_NICE_LEN, lzma_pack
 
     rng = np.random.default_rng(0)
     for raw in (b"", b"x", bytes(range(256)) * 12, rng.integers(0, 4, 300_000, dtype=np.uint8).tobytes()):
@@ -87,6 +88,8 @@ def test_lzma_pack_sizes_its_dictionary_to_the_input_and_loses_nothing():
             full = {"id": lzma.FILTER_LZMA2, "preset": 6 | (lzma.PRESET_EXTREME if extreme else 0)}
             if not extreme:
                 full["nice_len"] = _LZMA_NICE_LEN
+                if len(raw) > _LZMA_HASH_CHAIN_ABOVE:
+                    full.update(mf=lzma.MF_HC4, nice_len=16, depth=8)
             preset = lzma.compress(raw, format=lzma.FORMAT_XZ, filters=[full])
             assert lzma.decompress(packed) == raw and len(packed) == len(preset)
 
