@@ -604,11 +604,15 @@ def _stream_bits(key: bytes, message: bytes) -> np.ndarray:
 def _image_tag(key: bytes, flat: np.ndarray, shape: tuple[int, ...], bits_stored: int, tag_positions: np.ndarray) -> np.ndarray:
     """The image tag's bits: HMAC-SHA256 over the bit depth, the shape and every value,
     with bit 0 of the tag's own values cleared."""
-    cleared = flat.astype("<u2")  # the values as the tag covers them (bits_stored <= 16): a copy
-    cleared[tag_positions] &= 0xFFFE
     mac = hmac.new(_subkey(key, b"v2/tag"), digestmod=hashlib.sha256)
     mac.update(struct.pack("<B", bits_stored) + json.dumps(list(shape)).encode("ascii") + b"\x00")
-    mac.update(cleared.data)
+    words = np.ascontiguousarray(flat, dtype="<u2")  # the values as the tag covers them (bits_stored <= 16)
+    at = 0
+    for p in np.unique(tag_positions):  # the values between the cleared ones are hashed in place
+        mac.update(words[at:p].data)
+        mac.update(struct.pack("<H", int(words[p]) & 0xFFFE))
+        at = int(p) + 1
+    mac.update(words[at:].data)
     return np.unpackbits(np.frombuffer(mac.digest()[: TAG_BITS // 8], dtype=np.uint8))
 
 
@@ -946,12 +950,22 @@ def outside_digest(values: np.ndarray, positions_mask: np.ndarray, *, bits_store
         return h.hexdigest()
     if not 1 <= bits_stored <= 16:
         raise StegoError(f"bits_stored must be 1..16, got {bits_stored}")
-    if flat.size and (int(flat.min()) < 0 or int(flat.max()) >= 1 << bits_stored):
-        raise StegoError(f"values must lie in 0..{(1 << bits_stored) - 1}")
-    samples = flat.astype("<u1" if bits_stored <= 8 else "<u2")
-    samples[flat_mask] = 0
-    h.update(samples.data)
+    from .stegokernel import masked_samples  # numba: loaded on first use
+
+    flat, flat_mask = np.ascontiguousarray(flat), np.ascontiguousarray(flat_mask)
+    # hashed a cache-sized piece at a time: no copy of the image, and SHA-256 reads each
+    # piece from the cache the kernel just wrote it to
+    samples = np.empty(min(flat.size, _DIGEST_PIECE), dtype="<u1" if bits_stored <= 8 else "<u2")
+    for start in range(0, flat.size, _DIGEST_PIECE):
+        piece = samples[: min(_DIGEST_PIECE, flat.size - start)]
+        if masked_samples(flat[start:start + piece.size], flat_mask[start:start + piece.size], (1 << bits_stored) - 1,
+                          piece) >= 0:
+            raise StegoError(f"values must lie in 0..{(1 << bits_stored) - 1}")
+        h.update(piece.data)
     return h.hexdigest()
+
+
+_DIGEST_PIECE = 1 << 17  # values
 
 
 def psnr(a: np.ndarray, b: np.ndarray, bits_stored: int) -> float:

@@ -140,3 +140,16 @@ def equal_outside(a, b, mask):
         if not mask[i] and np.int64(a[i]) != np.int64(b[i]):
             return False
     return True
+
+
+@njit(cache=True, nogil=True)
+def masked_samples(flat, mask, maxval, out):
+    """``out[i]`` = ``flat[i]``, or 0 where ``mask[i]``: the samples the binding's pixel
+    digest hashes, in one pass. Returns the index of the first value outside 0..maxval
+    (nothing written past it), or -1."""
+    for i in range(flat.size):
+        v = np.int64(flat[i])
+        if v < 0 or v > maxval:
+            return i
+        out[i] = 0 if mask[i] else v
+    return -1
