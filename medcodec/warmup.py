@@ -84,6 +84,8 @@ def _presets() -> None:
     for dtype in (np.uint8, np.uint16):
         if not equal_outside(np.zeros(2, dtype), np.ones(2, dtype), np.ones(2, bool)):
             raise AssertionError("equal_outside compared a masked value")
+        for bits in (8, 12):  # the binding's pixel digest, at both sample widths
+            stego.outside_digest(grey.astype(dtype) & 255, np.zeros(grey.shape, bool), bits_stored=bits)
 
 
 # One share compiles in under half a minute on 2 cores; a share still running after this
