@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from benchmarks.hardening_probes import PLANT
 from benchmarks.hardening_probes import planted_inputs as _planted_inputs
@@ -382,6 +384,15 @@ def test_native_stderr_of_decoding_plugins_stays_off_the_users_stderr():
         sys.stderr.write("after\\n")
     """)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0 and proc.stderr == "after\n"
+
+
+@given(st.binary(max_size=64), st.integers(0, 70_000), st.binary(max_size=8), st.integers(0, 9_000))
+def test_where_the_padding_starts_is_where_rstrip_says(head, zeros, middle, tail):
+    """``padding_start`` finds the trailing zeros without rstrip's copy of the file."""
+    from medcodec.dicom.elements import padding_start
+
+    data = head + bytes(zeros) + middle + bytes(tail)
+    assert padding_start(data) == len(data.rstrip(b"\0"))
 
 
 @pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_bigendian.dcm", "MR_small_jpeg_ls_lossless.dcm"])

@@ -152,8 +152,23 @@ def walk_file_meta(data: bytes, pos: int) -> int:
 def padding_start(data: bytes) -> int:
     """Where the file's trailing zero bytes begin (len(data) when it ends otherwise). Zeros
     read as empty (0000,0000) elements, one per 8 bytes: a file padded with megabytes of
-    them must not be walked element by element (it took 18 s for 20 MB)."""
-    return len(data.rstrip(b"\0"))
+    them must not be walked element by element (it took 18 s for 20 MB). The same as
+    ``len(data.rstrip(b"\\0"))``, without its copy of the file: searched from the end,
+    in pieces that double."""
+    import numpy as np
+
+    end = len(data)
+    if not end or data[-1]:
+        return end
+    view = np.frombuffer(data, dtype=np.uint8)
+    piece = 4096
+    while end:
+        start = max(0, end - piece)
+        nonzero = np.flatnonzero(view[start:end])
+        if nonzero.size:
+            return start + int(nonzero[-1]) + 1
+        end, piece = start, 2 * piece
+    return 0
 
 
 def walk_top_level(data: bytes, pos: int, *, implicit: bool, little: bool) -> list[Element]:

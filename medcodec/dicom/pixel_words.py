@@ -31,10 +31,12 @@ def swap_pairs(value: bytes) -> bytes:
     return swapped + value[even:]
 
 
-def words_from_native(raw: bytes, spec: PixelSpec) -> np.ndarray:
-    """(frames, samples, rows, cols) native-order words from the stored bytes."""
+def words_from_native(raw: bytes, spec: PixelSpec, *, copy: bool = True) -> np.ndarray:
+    """(frames, samples, rows, cols) native-order words from the stored bytes: their own
+    copy, or with ``copy=False`` a read-only view of ``raw`` where the bytes already are
+    the words in that layout."""
     words = np.frombuffer(raw, dtype=_stored_dtype(spec, big_endian=spec.big_endian))
-    words = words.astype(word_dtype(spec), copy=True)
+    words = words.astype(word_dtype(spec), copy=copy)
     if spec.samples > 1 and spec.planar_configuration == 0:
         words = words.reshape(spec.frames, spec.rows, spec.cols, spec.samples).transpose(0, 3, 1, 2)
     return np.ascontiguousarray(words.reshape(spec.frames, spec.samples, spec.rows, spec.cols))

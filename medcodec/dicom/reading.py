@@ -102,9 +102,9 @@ def parse_written(data: bytes, ds: Any, *, limits: DicomLimits = DicomLimits()) 
                 elements = walk_top_level(data, start, implicit=False, little=True)
                 pixel = next((e for e in elements if e.tag == PIXEL_DATA), None)
                 if pixel is not None and not pixel.undefined_length:
-                    with quiet_pydicom():
+                    with quiet_pydicom():  # frames: a view of the file, which the caller holds
                         parsed = _parse_native(data, ds, pixel, EXPLICIT_VR_LE, little=True, limits=limits,
-                                               guessed=False)
+                                               guessed=False, copy=False)
                     if parsed.frames is not None:
                         return parsed
     except BaseException as exc:  # parse_dicom says why, in its own words
@@ -266,7 +266,7 @@ def _no_pixel_note(elements: list[Element]) -> str:
 
 def _parse_native(
     data: bytes, ds: Any, pixel: Element, ts: str, *, little: bool, limits: DicomLimits,
-    guessed: bool,
+    guessed: bool, copy: bool = True,
 ) -> ParsedDicom:
     spec = read_spec(ds, ts, big_endian=not little)
     check_limits(spec, limits)
@@ -284,10 +284,10 @@ def _parse_native(
     if reason is not None:
         return verbatim(data, spec, f"{reason}; kept verbatim")
 
-    value = data[pixel.value_start : pixel.value_end]
+    value = memoryview(data)[pixel.value_start : pixel.value_end]  # not a copy of the pixel data
     if needs_ow_swap(spec, pixel.vr):
-        value = swap_pairs(value)
-    frames = words_from_native(value[:needed], spec)
+        value = memoryview(swap_pairs(value))
+    frames = words_from_native(value[:needed], spec, copy=copy)
     prefix = data[: pixel.value_start]
     try:  # rebuild reads the header back from the prefix: make sure it will
         readable = pixel_header(prefix, spec) == (pixel.vr, value_length)
@@ -301,7 +301,7 @@ def _parse_native(
         prefix=prefix,
         suffix=data[pixel.value_end :],
         frames=frames,
-        extra=value[needed:],
+        extra=bytes(value[needed:]),
         original=None,
         reencode=None,
         note=f"native {syntax_name(ts)}"
