@@ -1,10 +1,12 @@
-"""Compiled run tests of :mod:`medcodec.stego`: which runs of values may carry bits.
+"""Compiled kernels of :mod:`medcodec.stego`: which runs of values may carry bits, and
+the pixel compares and copies that sealing and its verification make.
 
-Sealing asks them of every run of an image several times (capacity, layout, embedding,
-and again when verifying); as numpy expressions they built a clipped copy and two
-reductions per group, and took a third of a keyed migrate's time outside the codec.
-The rules are stego's (its ``_eligible`` and ``_robust`` docstrings); these loops
-return the same flags and stop at a run's first failing value.
+The run tests are the rules of stego's module docstring (eligible and robust runs):
+the embedder asks the eligible test of every run (the capacity needs them all), and a
+reader asks both of the runs in the keyed order only as far as its tag and message go
+(``next_runs``). As numpy expressions they built a clipped copy and two reductions per
+group, and took a third of a keyed migrate's time outside the codec. These loops return
+the same flags and stop at a run's first failing value.
 """
 
 from __future__ import annotations
@@ -65,9 +67,9 @@ def eligible_runs(runs, maxval, group, min_range):
 def next_runs(runs, allowed, order, start, need, robust, maxval, group, min_range):
     """The first ``need`` indices ``i >= start`` of ``order`` whose run ``order[i]`` is
     robust (``robust``) or eligible, and, where ``allowed`` has rows, allowed in every
-    value: fewer where the order ends first. What ``robust_runs`` / ``eligible_runs``
-    of every run, gathered in the order, would give, testing only the runs up to the
-    last one found."""
+    value: fewer where the order ends first. What ``_robust_run`` / ``_eligible_run`` of
+    every run, gathered in the order, would give, testing only the runs up to the last
+    one found."""
     out = np.empty(need, dtype=np.int64)
     n = 0
     i = start
