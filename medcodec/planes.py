@@ -142,8 +142,11 @@ def values_and_seen(words: np.ndarray, fmt: SampleFormat) -> tuple[np.ndarray, n
 
 
 def values_to_words(values: np.ndarray, outside: np.ndarray | None, fmt: SampleFormat) -> np.ndarray:
-    """Exact inverse of :func:`words_to_values` (``outside`` None: all zero, the usual case)."""
-    words = np.asarray(values).astype(fmt.word_dtype)  # values lie in 0..2**bits_stored - 1
+    """Exact inverse of :func:`words_to_values` (``outside`` None: all zero, the usual case).
+    Where the words are the values themselves (unsigned, from bit 0, nothing outside) and
+    ``values`` already has the words' dtype, they are returned as they are, not copied."""
+    moved = fmt.signed or fmt.low_bit or fmt.sign_fill or outside is not None
+    words = np.asarray(values).astype(fmt.word_dtype, copy=bool(moved))  # values lie in 0..2**bits_stored - 1
     if fmt.signed:
         words ^= fmt.word_dtype.type(1 << (fmt.bits_stored - 1))
     if fmt.low_bit:

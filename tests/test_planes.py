@@ -264,3 +264,19 @@ def test_colour_table_only_where_it_pays():
     assert colour_table(many, 8) is None
     few = rng.integers(0, 16, (1, 3, 128, 128))  # 4096 colours, 4 pixels each: too dear
     assert colour_table(few, 8) is None and np.unique(few.reshape(3, -1), axis=1).shape[1] <= COLOUR_PALETTE_MAX
+
+
+def test_values_that_are_their_words_are_not_copied_and_others_are_left_unchanged():
+    """``values_to_words`` returns words that are the values themselves (unsigned, from bit
+    0, nothing outside, already the words' dtype) as they are; any other case works on a
+    copy, so the values it was given stay as they were."""
+    values = np.arange(4096, dtype=np.uint16).reshape(1, 1, 64, 64)
+    plain = SampleFormat(bits_allocated=16, bits_stored=12, high_bit=11, signed=False)
+    assert values_to_words(values, None, plain) is values
+    kept = values.copy()
+    for fmt, outside in ((SampleFormat(bits_allocated=16, bits_stored=12, high_bit=11, signed=True), None),
+                         (SampleFormat(bits_allocated=16, bits_stored=12, high_bit=13, signed=False), None),
+                         (plain, np.full(values.shape, 1 << 12, dtype=np.uint16))):
+        words = values_to_words(values, outside, fmt)
+        assert not np.shares_memory(words, values) and np.array_equal(values, kept)
+        assert np.array_equal(words_to_values(words, fmt)[0], values)
