@@ -508,3 +508,53 @@ def test_archive_dicom_takes_the_callers_sha256(keyring, keyed):
         assert blob == codec.archive_dicom(data)[0]
     with pytest.raises(ValueError, match="SHA-256"):
         codec.archive_dicom(data, sha256=sha.upper())
+
+
+@pytest.mark.parametrize("charset", [None, "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 87"])
+def test_values_written_directly_are_what_pydicom_writes(charset):
+    """The values ``write_part10_explicit_le`` encodes itself (one int of a number VR, one
+    ASCII string padded to even length) are pydicom's bytes; the others (non-ASCII text,
+    multi-values, text under a character set that might not keep ASCII) are pydicom's."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from medcodec.dicom.writing import write_part10_explicit_le
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5"
+    if charset:
+        ds.SpecificCharacterSet = charset
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = "1.2.3.4.56"  # odd: NUL-padded
+    ds.StudyInstanceUID = "1.2.3.4"
+    ds.Modality = "CT"
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]  # multi-valued: pydicom's
+    ds.StudyDate = "20261206"
+    ds.StudyTime = "101"  # odd: space-padded
+    ds.PatientAge = "042Y"
+    ds.StationName = "AE1"
+    ds.InstitutionName = "Odd name"
+    ds.StudyDescription = "caf\u00e9"  # non-ASCII: pydicom's
+    ds.SeriesDescription = "A\\B"
+    ds.ImageComments = "x" * 301
+    ds.Rows, ds.Columns, ds.PixelRepresentation = 2, 3, 1
+    ds.LargestImagePixelValue = -5
+    ds.ReferencedFrameNumber = [1, 2]
+    ds.SmallestImagePixelValue = 0
+    ds.add_new(0x00191001, "SL", -70000)
+    ds.add_new(0x00191002, "UL", 70000)
+    ds.PixelData = bytes(12)
+    ds["PixelData"].VR = "OW"
+    first = io.BytesIO()
+    ds.save_as(first, enforce_file_format=True)
+    for step in (1, 2):
+        read = pydicom.dcmread(io.BytesIO(first.getvalue()))  # as sealing has it: read, then converted
+        for tag in list(read.keys())[::step]:
+            read[tag]  # converted: a DataElement with its value (with step 2, every other stays as read)
+        read.StudyTime = "1015"  # and changed, as de-identification changes values
+        buf = io.BytesIO()
+        read.save_as(buf, enforce_file_format=True)
+        assert write_part10_explicit_le(read) == buf.getvalue()

@@ -175,8 +175,9 @@ def write_part10_explicit_le(ds: Any) -> bytes | None:
     Explicit VR Little Endian and that was read in that encoding with its character set
     unchanged, the same bytes: pydicom's steps (the file meta checked and written by
     pydicom), with each element pydicom holds as read (a ``RawDataElement`` of a plain VR
-    and defined length), a bytes-valued native Pixel Data and the sequences whose items
-    are such datasets written here directly, in pydicom's layout, rather than through
+    and defined length), a converted value of the simplest kinds (``_simple_value``), a
+    bytes-valued native Pixel Data and the sequences whose items are such datasets
+    written here directly, in pydicom's layout, rather than through
     ``write_data_element`` (10 us an element: most of the time sealing spent writing the
     de-identified file). Every other element is written by pydicom. None where the
     dataset is not such a dataset: write it with ``save_as``."""
@@ -223,6 +224,34 @@ _ITEM_DELIMITER = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 
 
+# Converted values written here as pydicom's writers write them: one int of a binary
+# number VR (write_numbers), or one ASCII str of a string VR padded to even length
+# (write_string: UIDs with NUL, the others with a space; write_text, for the text VRs
+# where the character set encodes ASCII as ASCII).
+_NUMBER_FORMATS = {"US": "<H", "UL": "<L", "SS": "<h", "SL": "<l"}
+_STRING_PADS = {"UI": b"\x00", "CS": b" ", "DA": b" ", "TM": b" ", "DT": b" ", "AS": b" ", "AE": b" "}
+_TEXT_VRS = frozenset({"SH", "LO", "ST", "LT"})
+_ASCII_CHARSETS = frozenset({"iso8859", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192"})
+
+
+def _simple_value(vr: Any, value: Any, encodings: Any) -> bytes | None:
+    """The bytes pydicom's writer writes for ``value``, where it is such a value; else None."""
+    import struct
+
+    if type(value) is int and vr in _NUMBER_FORMATS:
+        return struct.pack(_NUMBER_FORMATS[vr], value)
+    if not isinstance(value, str) or "\\" in value or not value.isascii():
+        return None
+    if vr in _STRING_PADS:
+        pad = _STRING_PADS[vr]
+    elif vr in _TEXT_VRS and isinstance(encodings, str) and encodings in _ASCII_CHARSETS:
+        pad = b" "
+    else:
+        return None
+    raw = value.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
 def _write_dataset_le(ds: Any, parent_encoding: Any, parts: list) -> None:
     """pydicom's ``write_dataset`` of ``ds`` (``_as_read``) into ``parts`` (bytes)."""
     import struct
@@ -257,8 +286,11 @@ def _write_dataset_le(ds: Any, parent_encoding: Any, parts: list) -> None:
             if undefined:
                 parts.append(_SEQUENCE_DELIMITER)
             continue
-        else:  # a native pixel data value set as bytes
-            plain = tag == 0x7FE00010 and vr in ("OB", "OW") and isinstance(value, bytes) and not elem.is_undefined_length
+        elif tag == 0x7FE00010:  # a native pixel data value set as bytes
+            plain = vr in ("OB", "OW") and isinstance(value, bytes) and not elem.is_undefined_length
+        else:
+            value = _simple_value(vr, value, encodings)
+            plain = value is not None
         if plain and vr in EXPLICIT_VR_LENGTH_32:
             parts += (struct.pack("<HH2sHI", tag.group, tag.element, vr.encode("ascii"), 0, len(value)), value)
         elif plain and len(value) <= 0xFFFF:
