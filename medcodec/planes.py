@@ -14,6 +14,7 @@ at ``high_bit``. We code:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -124,16 +125,18 @@ def words_to_samples(words: np.ndarray, fmt: SampleFormat) -> tuple[np.ndarray, 
     return shifted, outside
 
 
-def values_and_seen(words: np.ndarray, fmt: SampleFormat) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """(int64 values, outside residual in the words' dtype or None where all zero, 0/1
-    per value 0..2**bits_stored - 1: whether it occurs): :func:`words_to_values` and what
+def values_and_seen(words: np.ndarray, fmt: SampleFormat, *, dtype: Any = np.int64,
+                    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(values, outside residual in the words' dtype or None where all zero, 0/1 per
+    value 0..2**bits_stored - 1: whether it occurs): :func:`words_to_values` and what
     :func:`value_palette` needs to know, in one compiled pass over the words, which is
-    what the encoder reads them for before coding."""
+    what the encoder reads them for before coding (and sealing, before embedding). The
+    values are int64, or ``dtype`` (sealing: the words' own, which holds them)."""
     from .countkernel import stored_values  # numba: loaded on first use
 
     if words.dtype != fmt.word_dtype:
         raise UnsupportedError(f"words must be {fmt.word_dtype}, got {words.dtype}")
-    values = np.empty(words.shape, dtype=np.int64)
+    values = np.empty(words.shape, dtype=dtype)
     seen, outside_set = stored_values(
         np.ascontiguousarray(words).reshape(-1), fmt.low_bit, fmt.value_mask,
         1 << (fmt.bits_stored - 1) if fmt.signed else 0, ((1 << fmt.bits_allocated) - 1) & ~fmt.stored_mask,

@@ -47,7 +47,7 @@ from .dicom import (
 from .dicom.syntaxes import EXPLICIT_VR_LE
 from .dicom.writing import write_part10_explicit_le
 from .errors import CorruptRecordError, LimitExceededError, MedcodecError, UnsupportedError, record_errors, shown
-from .planes import SampleFormat, value_palette, values_to_words, words_to_samples
+from .planes import SampleFormat, palette_of, values_and_seen, values_to_words, words_to_samples
 from .spec import PixelSpec
 
 PURPOSE_ORIGINAL = "original"
@@ -298,7 +298,8 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
         report["reason"] = "source kept verbatim: no pixels to embed in"
     else:
         fmt = SampleFormat.of(parsed.spec)
-        values, outside = words_to_samples(parsed.frames, fmt)
+        # the values at the words' width, and which occur (for the sparse-histogram test), in one pass
+        values, outside, seen = values_and_seen(parsed.frames, fmt, dtype=fmt.word_dtype)
         key = keyring.stego_key(uids["SOPInstanceUID"].encode())
         cover = stego.Cover(values, key=key, bits_stored=fmt.bits_stored)  # one layout: capacity, plans, embedding
         report["capacity_bits"] = cover.capacity_bits
@@ -307,7 +308,7 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
         report["tier_bytes"] = {tier: crypto.sealed_size(len(m), key_id=keyring.primary_key_id)
                                 for tier, m, _ in tiers}
         plan, chosen = None, None
-        if value_palette(values, fmt.bits_stored) is not None:
+        if palette_of(seen, values.size) is not None:
             # +-1 changes would add values a sparse histogram never has: visible to any
             # histogram test and fatal to the codec's palette. Keep the PHI sealed only.
             report["reason"] = "sparse histogram: embedding would add new values; PHI kept sealed in the record"

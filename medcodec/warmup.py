@@ -59,7 +59,7 @@ def _share(name: str) -> None:
 
 
 def _presets() -> None:
-    from . import codec, stego
+    from . import codec, planes, stego
 
     rgb = np.stack([_image(40, 36, 8, s) for s in (3, 4, 5)], axis=-1).astype(np.uint8)
     grey = _image(40, 36, 12, 6).astype(np.uint16)
@@ -86,6 +86,9 @@ def _presets() -> None:
             raise AssertionError("equal_outside compared a masked value")
         for bits in (8, 12):  # the binding's pixel digest, at both sample widths
             stego.outside_digest(grey.astype(dtype) & 255, np.zeros(grey.shape, bool), bits_stored=bits)
+        # sealing's values at the words' width, with which of them occur
+        fmt = planes.SampleFormat(bits_allocated=8 * np.dtype(dtype).itemsize, bits_stored=8, high_bit=7, signed=False)
+        planes.values_and_seen(grey.astype(dtype) & 255, fmt, dtype=fmt.word_dtype)
 
 
 # One share compiles in under half a minute on 2 cores; a share still running after this
