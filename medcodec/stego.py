@@ -366,7 +366,8 @@ class _ReadLayout:
     tests the runs up to the last one its message uses, not every run of the image
     (``_layout``, which the embedder needs for the capacity). The same positions as
     ``_layout``'s, and the same answer to whether a message of n bits fits
-    (``message_positions`` None exactly when n > capacity + LENGTH_BITS)."""
+    (``message_positions`` None exactly when its message runs cannot hold n bits). What
+    it allocates is bounded by the image's runs, whatever n a length field states."""
 
     def __init__(self, flat: np.ndarray, allowed: np.ndarray | None, key: bytes, bits_stored: int, segment_bits: int,
                  order: np.ndarray | None = None) -> None:

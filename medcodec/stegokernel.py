@@ -70,10 +70,11 @@ def next_runs(runs, allowed, order, start, need, robust, maxval, group, min_rang
     value: fewer where the order ends first. What ``_robust_run`` / ``_eligible_run`` of
     every run, gathered in the order, would give, testing only the runs up to the last
     one found."""
-    out = np.empty(need, dtype=np.int64)
+    # never more than the runs left: ``need`` may come from a length field an image states
+    out = np.empty(max(0, min(need, order.size - start)), dtype=np.int64)
     n = 0
     i = start
-    while i < order.size and n < need:
+    while i < order.size and n < out.size:
         r = order[i]
         ok = _robust_run(runs, r, maxval, group, min_range) if robust else _eligible_run(runs, r, maxval, group, min_range)
         if ok and allowed.shape[0]:

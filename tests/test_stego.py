@@ -533,6 +533,21 @@ def test_a_readers_layout_is_the_embedders(shape, bits, grey, sigma, seed):
                 assert got is not None and np.array_equal(got, want)
 
 
+def test_a_stated_message_length_allocates_no_more_than_the_image_holds():
+    """A length field asks a reader for as many message runs as it states: the scan
+    allocates for the runs the image has (an unbounded request would fail to allocate),
+    and the reader answers None."""
+    from medcodec.stegokernel import next_runs
+
+    flat = noisy((1, 1, 40, 64), 12, seed=3).astype(np.uint16).reshape(-1)
+    read = stego._ReadLayout(flat, None, KEY, 12, stego.SEGMENT_BITS)
+    assert read.tag_positions.size
+    found = next_runs(read.runs, read.allowed, read.order, 0, 2**62, False, 4095, stego.GROUP, stego.MIN_GROUP_RANGE)
+    assert 0 < found.size <= read.order.size
+    assert read.message_positions(stego.LENGTH_BITS + 8 * (2**32 - 1)) is None
+    assert read.message_positions(stego.LENGTH_BITS).size == stego.LENGTH_BITS
+
+
 @pytest.mark.parametrize("version", [2, 3])
 def test_recover_with_what_embedding_knew_computes_no_image_tag(version, monkeypatch):
     """Verifying the image embedding just made (``recover(..., known=)``) gives what a
