@@ -828,7 +828,7 @@ def _restore_dicom(record: ct.Record, *, keyring=None, limits: DicomLimits | Non
     if config.get("kind") != "dicom":
         raise UnsupportedError(f"record holds {shown(config.get('kind'))}, not a DICOM file; use decompress_pixels")
     mode = config.get("restore_mode")
-    words = None
+    words = header = None
     if mode == RESTORE_VERBATIM:
         out = record.one(ct.SECTION_VERBATIM).payload
     else:
@@ -846,7 +846,7 @@ def _restore_dicom(record: ct.Record, *, keyring=None, limits: DicomLimits | Non
             raise LimitExceededError(
                 f"record claims an original of {shown(size)} bytes, over the memory budget of"
                 f" {budget / 2**30:.1f} GiB (raise it with --memory-budget)")
-        prefix, suffix, extra = _unpack_header(record.one(ct.SECTION_HEADER).payload, size)
+        prefix, suffix, extra = header = _unpack_header(record.one(ct.SECTION_HEADER).payload, size)
         if not isinstance(config.get("pixels"), dict):
             raise CorruptRecordError(f"record in mode {shown(mode)} has no pixel config")
         known = None if expected is None or expected.words is None else (expected.words, expected.words_digest)
@@ -880,8 +880,8 @@ def _restore_dicom(record: ct.Record, *, keyring=None, limits: DicomLimits | Non
 
         original = None if expected is None or expected.original is None else (
             expected.original, expected.original_sha256)
-        return sealing.unseal_dicom(record, keyring, stego_words=words, public=out, limits=limits, expected=original,
-                                    written=None if expected is None else expected.written)
+        return sealing.unseal_dicom(record, keyring, stego_words=words, public=out, header=header, limits=limits,
+                                    expected=original, written=None if expected is None else expected.written)
     return out
 
 

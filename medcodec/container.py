@@ -25,11 +25,11 @@ from typing import Any, Sequence
 
 import google_crc32c
 
-from .errors import CorruptRecordError, UnsupportedVersionError
+from .errors import CorruptRecordError, MedcodecError, UnsupportedVersionError
 
 MAGIC = b"\x89MDC\r\n\x1a\n"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 1  # 1.1: the config-deflate section
+FORMAT_MINOR = 2  # 1.1: the config-deflate section; 1.2: the sealed-original-delta section
 
 FLAG_CRITICAL = 0x0001
 
@@ -46,6 +46,7 @@ SECTION_COLOURS = 20  # table of the colours used (n x samples, <u2, lzma), when
 SECTION_SEALED_ORIGINAL = 32  # sealed box: the original's non-pixel bytes and rebuild info (or whole file)
 SECTION_SEALED_DISPLACED = 33  # sealed box: the bits the embedded message displaced
 SECTION_SEALED_PHI = 34  # sealed box: the removed PHI (also embedded in the pixels)
+SECTION_SEALED_ORIGINAL_DELTA = 35  # (since 1.2) section 32's content, packed against the de-identified file
 SECTION_NAMES = {
     SECTION_CONFIG: "config",
     SECTION_HEADER: "header",
@@ -59,6 +60,7 @@ SECTION_NAMES = {
     SECTION_SEALED_ORIGINAL: "sealed-original",
     SECTION_SEALED_DISPLACED: "sealed-displaced",
     SECTION_SEALED_PHI: "sealed-phi",
+    SECTION_SEALED_ORIGINAL_DELTA: "sealed-original-delta",
 }
 KNOWN_SECTIONS = frozenset(SECTION_NAMES)
 CONFIG_SECTIONS = frozenset({SECTION_CONFIG, SECTION_CONFIG_DEFLATE})
@@ -252,18 +254,33 @@ def inflate_config(payload: bytes, *, limit: int = CONFIG_INFLATE_LIMIT) -> byte
             f"config section uses preset dictionary {payload[0]}, unknown to this reader"
             f" (it knows {sorted(CONFIG_DICTIONARIES)}); use a medarchive release that supports it"
         )
-    inflater = zlib.decompressobj(-15, zdict=zdict)
+    return inflate_raw(payload[1:], zdict, limit, "config-deflate")
+
+
+def deflate_raw(raw: bytes, zdict: bytes = b"") -> bytes:
+    """Raw deflate (RFC 1951) of ``raw`` after the preset dictionary ``zdict`` (its last
+    32 KiB: the window before the first byte), zlib level 9, memLevel 9."""
+    coder = zlib.compressobj(9, zlib.DEFLATED, -15, 9, **({"zdict": zdict[-_WINDOW:]} if zdict else {}))
+    return coder.compress(raw) + coder.flush()
+
+
+def inflate_raw(payload: bytes, zdict: bytes, limit: int, what: str, *,
+                over: type[MedcodecError] = CorruptRecordError, hint: str = "") -> bytes:
+    """``payload``, a raw deflate stream after the preset dictionary ``zdict`` (its last
+    32 KiB), inflated; never more than ``limit`` bytes (``over`` beyond, its message ending
+    with ``hint``), so a deflate bomb costs nothing. CorruptRecordError for a stream that
+    does not inflate, ends early or is followed by other bytes."""
+    inflater = zlib.decompressobj(-15, **({"zdict": zdict[-_WINDOW:]} if zdict else {}))
     try:
-        out = inflater.decompress(payload[1:], limit + 1)
+        out = inflater.decompress(payload, limit + 1)
     except zlib.error as exc:
-        raise CorruptRecordError(f"config-deflate section does not inflate ({exc})") from None
+        raise CorruptRecordError(f"{what} section does not inflate ({exc})") from None
     if len(out) > limit:
-        raise CorruptRecordError(f"config-deflate section inflates past {limit} bytes")
+        raise over(f"{what} section inflates past {limit} bytes{hint}")
     if not inflater.eof:
-        raise CorruptRecordError("config-deflate section's deflate stream is truncated")
+        raise CorruptRecordError(f"{what} section's deflate stream is truncated")
     if inflater.unused_data:
-        raise CorruptRecordError(
-            f"config-deflate section has {len(inflater.unused_data)} bytes after its deflate stream")
+        raise CorruptRecordError(f"{what} section has {len(inflater.unused_data)} bytes after its deflate stream")
     return out
 
 

@@ -40,7 +40,7 @@ def test_inspect_json(tmp_path, capsys):
     capsys.readouterr()
     assert main(["inspect", "--json", str(rec)]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["preset"] == "fast" and info["format_version"] == "1.1"  # the version new records are written in
+    assert info["preset"] == "fast" and info["format_version"] == "1.2"  # the version new records are written in
 
 
 def test_keep_codestream_restores_compressed_source_byte_exact(tmp_path):

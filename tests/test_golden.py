@@ -15,15 +15,17 @@ sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 from make_golden import output_digest  # noqa: E402
 from make_golden import test_keyring as golden_keyring  # noqa: E402  (not a test)
 
+from medcodec import container as ct  # noqa: E402
 from medcodec.sealing import follow_link, reveal  # noqa: E402
+from medcodec.stego import MessageNotFoundError  # noqa: E402
 
 
 def test_there_are_golden_records_of_every_kind():
     kinds = {entry["kind"] for entry in EXPECTED.values()}
     assert kinds == {"pixels", "dicom", "dicom-keyed"} and len(EXPECTED) >= 8
     keyed = [e for e in EXPECTED.values() if e["kind"] == "dicom-keyed"]
-    assert {e.get("stego_version", 1) for e in keyed} == {1, 2, 3}
-    assert {e.get("tier", "full") for e in keyed} == {"full", "essential"}
+    assert {e.get("stego_version", 1) for e in keyed} == {1, 2, 3, None}  # None: kept verbatim, no pixels
+    assert {e.get("tier", "full") for e in keyed} == {"full", "essential", "none"}
 
 
 def test_golden_records_cover_both_config_forms():
@@ -45,6 +47,29 @@ def test_golden_records_cover_both_config_forms():
             assert blob[36] == 1 and ct.inflate_config(blob[36 : 36 + length]) == ct.encode_config(record.config)
     assert forms["v1.0"] == {ct.SECTION_CONFIG}
     assert forms["v1.1"] == {ct.SECTION_CONFIG_DEFLATE}
+
+
+def test_golden_keyed_records_cover_both_sealed_original_forms():
+    """Before 1.2 the sealed original is section 32 (lzma); since, section 35, packed
+    against the de-identified file: a header deflated against its own, and a lossy JPEG
+    kept verbatim whose codestream is shared with the clear file."""
+    import struct
+
+    from medcodec import sealing
+
+    forms = set()
+    for name, entry in EXPECTED.items():
+        if entry["kind"] != "dicom-keyed":
+            continue
+        record = ct.read_record((GOLDEN / name).read_bytes())
+        if record.of_type(ct.SECTION_SEALED_ORIGINAL):
+            forms.add(("lzma", record.config["restore_mode"]))
+            continue
+        plain = sealing._open(record, golden_keyring(), sealing.PURPOSE_ORIGINAL_DELTA)
+        packing, shared, _ = struct.unpack_from("<BQ32s", plain)
+        forms.add((packing, record.config["restore_mode"], shared > 1000))
+    assert forms == {("lzma", "byte-exact"), (sealing.DELTA_DEFLATE, "byte-exact", False),
+                     (sealing.DELTA_DEFLATE, "verbatim", True)}
 
 
 @pytest.mark.parametrize("name", sorted(n for n, e in EXPECTED.items() if e["kind"] == "dicom-keyed"))
@@ -193,7 +218,8 @@ def test_golden_records_cover_every_model_a_reader_knows():
     for name in EXPECTED:
         info = medcodec.inspect_record((GOLDEN / name).read_bytes())
         info = info.get("pixels", info)
-        seen |= {info["models"]["global"], info["models"]["local"], *info.get("global_planes", {})}
+        if "models" in info:  # a record kept verbatim codes no pixels
+            seen |= {info["models"]["global"], info["models"]["local"], *info.get("global_planes", {})}
     shipped = {p.stem for p in WEIGHTS_DIR.glob("*.safetensors")}
     wanted = set(GLOBAL_MODELS) | {c for pp in PER_PLANE_MODELS.values() for c in pp.candidates}
     assert wanted | shipped | {ClassicalLocalPathCoder.model_id} <= seen
@@ -209,6 +235,12 @@ def test_golden_record_decodes(name):
         out = medcodec.decompress_dicom(blob, keyring=golden_keyring())
         public = medcodec.decompress_dicom(blob)
         assert output_digest(entry["kind"], public) == entry["public_sha256"]
+        if entry.get("stego_version", 1) is None:  # kept verbatim: the PHI is sealed in the record only
+            assert ct.read_record(blob).config["sealed"]["stego"]["tier"] == entry["tier"] == "none"
+            with pytest.raises(MessageNotFoundError):
+                reveal(public, golden_keyring())
+            assert output_digest(entry["kind"], out) == entry["output_sha256"]
+            return
         # The de-identified file's embedded PHI opens with the key, by the stego version it was written with.
         phi = reveal(public, golden_keyring())
         assert phi["elements"] and phi["stego_version"] == entry.get("stego_version", 1)

@@ -1,6 +1,8 @@
 """Hostile and damaged input: bounded before any allocation, and one typed line, never a traceback."""
 
+import hashlib
 import json
+import struct
 import subprocess
 import sys
 import textwrap
@@ -246,8 +248,11 @@ def test_keyed_record_without_its_stego_report_is_a_typed_error(fresh_keyring, t
 
 def test_lzma_bomb_in_a_sealed_section_is_refused_before_it_inflates(fresh_keyring, testdata):
     """A sealed section is authenticated, so only a key holder can plant a bomb there; still,
-    2 GiB of zeros in 317 kB of xz is stopped at the memory budget, not inflated."""
+    2 GiB of zeros in 317 kB of xz (or 128 MiB in 128 kB of deflate) is stopped at the
+    memory budget, not inflated: in the sealed original as 1.2 packs it (deflate or xz
+    against the de-identified file), as 1.1 did (section 32), and in the sealed PHI."""
     import lzma
+    import zlib
 
     from medcodec import essential, sealing
 
@@ -258,21 +263,31 @@ def test_lzma_bomb_in_a_sealed_section_is_refused_before_it_inflates(fresh_keyri
     record = ct.read_record(blob)
     binding = record.config["sealed"]["binding"]
     bomb = lzma.compress(bytes(64 << 20), preset=0) * 32
+    coder = zlib.compressobj(1, zlib.DEFLATED, -15)
+    deflate_bomb = coder.compress(bytes(128 << 20)) + coder.flush()
     limits = DicomLimits(memory_bytes=64 << 20)
+    original = ct.SECTION_SEALED_ORIGINAL_DELTA
+    from medcodec.codec import _unpack_header
 
-    def with_sealed(purpose: str) -> bytes:
-        box = crypto.seal(ring, bomb, associated=sealing._binding_ad(binding, purpose))
+    digest = hashlib.sha256(b"".join(_unpack_header(record.one(ct.SECTION_HEADER).payload,
+                                                       record.config["source"]["size"]))).digest()
+
+    def with_sealed(purpose: str, plaintext: bytes, replaces: int | None = None) -> bytes:
+        box = crypto.seal(ring, plaintext, associated=sealing._binding_ad(binding, purpose))
         kind = sealing.SEALED_SECTIONS[purpose]
-        return _rewritten(blob, sections=[ct.Section(s.type, box.to_bytes() if s.type == kind else s.payload, s.flags)
-                                          for s in record.sections])
+        return _rewritten(blob, sections=[ct.Section(kind, box.to_bytes(), s.flags) if s.type == (replaces or kind)
+                                          else s for s in record.sections])
 
     started = time.perf_counter()
-    with pytest.raises(medcodec.LimitExceededError, match=r"sealed original section inflates past .*memory budget"
-                                                          r" of 0\.1 GiB \(raise it with --memory-budget\)"):
-        medcodec.decompress_dicom(with_sealed(sealing.PURPOSE_ORIGINAL), keyring=ring, limits=limits)
+    for crafted in (with_sealed(sealing.PURPOSE_ORIGINAL_DELTA, struct.pack("<BQ32s", sealing.DELTA_XZ, 0, digest) + bomb),
+                    with_sealed(sealing.PURPOSE_ORIGINAL_DELTA, struct.pack("<BQ32s", sealing.DELTA_DEFLATE, 0, digest) + deflate_bomb),
+                    with_sealed(sealing.PURPOSE_ORIGINAL, bomb, replaces=original)):
+        with pytest.raises(medcodec.LimitExceededError, match=r"sealed original section inflates past .*memory budget"
+                                                              r" of 0\.1 GiB \(raise it with --memory-budget\)"):
+            medcodec.decompress_dicom(crafted, keyring=ring, limits=limits)
     revealed = {"tier": sealing.TIER_ESSENTIAL, "full_link": essential.full_link(ring.uid_key(), bomb).hex()}
     with pytest.raises(medcodec.LimitExceededError, match="sealed PHI section inflates past"):
-        sealing.follow_link(revealed, with_sealed(sealing.PURPOSE_PHI), ring, limits=limits)
+        sealing.follow_link(revealed, with_sealed(sealing.PURPOSE_PHI, bomb), ring, limits=limits)
     assert time.perf_counter() - started < 5  # inflating 2 GiB alone takes longer
 
 

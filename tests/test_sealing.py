@@ -1,5 +1,6 @@
 """Keyed records end to end: de-identified output, sealed original, embedded PHI, tamper, rotation."""
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -13,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import medcodec
 from medcodec import container as ct
@@ -153,7 +156,12 @@ def sealed_ct(keyring):
     return data, medcodec.compress_dicom(data, keyring=keyring, local_model="classical-v1", preset="fast")
 
 
-@pytest.mark.parametrize("purpose", sorted(sealing.SEALED_SECTIONS))
+# The sealed sections a writer writes: section 32 (the sealed original before format 1.2)
+# is read, never written; the golden records keep it covered.
+WRITTEN_PURPOSES = sorted(set(sealing.SEALED_SECTIONS) - {sealing.PURPOSE_ORIGINAL})
+
+
+@pytest.mark.parametrize("purpose", WRITTEN_PURPOSES)
 def test_flipping_any_byte_of_a_sealed_section_is_rejected(sealed_ct, keyring, purpose):
     _, blob = sealed_ct
     stype = sealing.SEALED_SECTIONS[purpose]
@@ -171,14 +179,127 @@ def test_flipping_any_byte_of_a_sealed_section_is_rejected(sealed_ct, keyring, p
                 medcodec.decompress_dicom(tampered, keyring=keyring)
 
 
+def _original_delta(blob: bytes, keyring) -> tuple[bytes, bytes]:
+    """(section 35's plaintext, the reference it is packed against) of a keyed record."""
+    from medcodec.codec import _unpack_header
+
+    record = ct.read_record(blob)
+    plain = sealing._open(record, keyring, sealing.PURPOSE_ORIGINAL_DELTA)
+    if record.config["restore_mode"] == "verbatim":
+        return plain, sealing._reference(record.one(ct.SECTION_VERBATIM).payload, None)
+    header = _unpack_header(record.one(ct.SECTION_HEADER).payload, record.config["source"]["size"])
+    return plain, sealing._reference(b"", header)
+
+
+def _with_original_delta(blob: bytes, keyring, plaintext: bytes) -> bytes:
+    """The record with section 35 sealed anew around ``plaintext`` (what a key holder could write)."""
+    binding = ct.read_record(blob).config["sealed"]["binding"]
+    box = crypto.seal(keyring, plaintext, associated=sealing._binding_ad(binding, sealing.PURPOSE_ORIGINAL_DELTA))
+    return _reseal_with_section(blob, ct.SECTION_SEALED_ORIGINAL_DELTA, box.to_bytes())
+
+
+@pytest.mark.parametrize("name, packing", [("CT_small.dcm", sealing.DELTA_DEFLATE), ("JPEG-lossy.dcm", sealing.DELTA_DEFLATE),
+                                           ("MR_small.dcm", sealing.DELTA_XZ)])
+def test_the_sealed_original_is_packed_against_the_de_identified_file(keyring, monkeypatch, name, packing):
+    """Section 35 holds what section 32 held (format 1.1), packed against the de-identified
+    file: a lossy JPEG kept verbatim shares its codestream with it, a header most of its
+    elements. Deflated, smaller than 1.1's lzma of the same bytes; heads over
+    DELTA_DEFLATE_MAX go by xz (forced here for MR_small)."""
+    if packing == sealing.DELTA_XZ:
+        monkeypatch.setattr(sealing, "DELTA_DEFLATE_MAX", 0)
+    data = pydicom_bytes(name)
+    blob = medcodec.compress_dicom(data, keyring=keyring, preset="fast")
+    record = ct.read_record(blob)
+    assert record.of_type(ct.SECTION_SEALED_ORIGINAL_DELTA) and not record.of_type(ct.SECTION_SEALED_ORIGINAL)
+    plain, reference = _original_delta(blob, keyring)
+    kind, shared, digest = struct.unpack_from("<BQ32s", plain)
+    raw = sealing._original_plaintext(parse_dicom(data), data, hashlib.sha256(data).hexdigest())
+    assert kind == packing and digest == hashlib.sha256(reference).digest()
+    assert sealing._unpack_original_delta(plain, reference) == sealing._parse_original(raw)
+    if packing == sealing.DELTA_DEFLATE:
+        assert len(plain) < len(ct.lzma_pack(raw))
+    if record.config["restore_mode"] == "verbatim":  # the codestream is stored once, in clear
+        assert shared > len(data) // 2 and len(plain) < len(data) // 4
+    assert medcodec.decompress_dicom(blob, keyring=keyring) == data
+
+
+def test_a_malformed_packed_original_is_refused(keyring):
+    data = pydicom_bytes("MR_small.dcm")
+    blob = medcodec.compress_dicom(data, keyring=keyring, preset="fast")
+    plain, reference = _original_delta(blob, keyring)
+    _, shared, digest = struct.unpack_from("<BQ32s", plain)
+    cases = {
+        "shares": struct.pack("<BQ32s", sealing.DELTA_DEFLATE, len(reference) + 1, digest) + plain[41:],
+        "after its deflate stream": plain + b"\0",
+        "truncated": plain[:-4],
+        "shorter than its packing header": plain[:40],
+        "unknown to this reader": struct.pack("<BQ32s", 9, shared, digest) + plain[41:],
+        "not the one the sealed original was packed against": struct.pack("<BQ32s", 1, shared, bytes(32)) + plain[41:],
+    }
+    for message, crafted in cases.items():
+        with pytest.raises(medcodec.MedcodecError, match=message):
+            medcodec.decompress_dicom(_with_original_delta(blob, keyring, crafted), keyring=keyring)
+    assert medcodec.decompress_dicom(_with_original_delta(blob, keyring, plain), keyring=keyring) == data
+
+
+@pytest.mark.parametrize("name", ["MR_small.dcm", "JPEG-lossy.dcm"])
+def test_a_clear_part_altered_after_sealing_is_refused_by_the_sealed_original(keyring, name):
+    """The header section (or the verbatim file) is clear and not sealed: rewritten with
+    its config's hash and size to match, it reads without the key, but the sealed
+    original refuses it instead of restoring an original from it."""
+    from medcodec.codec import _pack_header, _unpack_header
+
+    blob = medcodec.compress_dicom(pydicom_bytes(name), keyring=keyring, preset="fast")
+    record = ct.read_record(blob)
+    config = json.loads(json.dumps(record.config))
+    sections = list(record.sections)
+    if config["restore_mode"] == "verbatim":
+        i = next(j for j, s in enumerate(sections) if s.type == ct.SECTION_VERBATIM)
+        public = sections[i].payload.replace(b"DERIVED", b"DERIVEX", 1)
+        sections[i] = ct.Section(ct.SECTION_VERBATIM, public, sections[i].flags)
+    else:
+        i = next(j for j, s in enumerate(sections) if s.type == ct.SECTION_HEADER)
+        prefix, suffix, extra = _unpack_header(sections[i].payload, config["source"]["size"])
+        old_public = medcodec.decompress_dicom(blob)
+        altered = prefix.replace(b"DERIVED", b"DERIVEX", 1)
+        assert altered != prefix
+        parsed = parse_dicom(old_public)
+        sections[i] = ct.Section(ct.SECTION_HEADER, _pack_header(dataclasses.replace(parsed, prefix=altered)),
+                                 sections[i].flags)
+        public = old_public.replace(prefix, altered, 1)
+    assert public != medcodec.decompress_dicom(blob)
+    config["source"] = {"sha256": hashlib.sha256(public).hexdigest(), "size": len(public)}
+    crafted = ct.write_record(ct.Record(config=config, sections=sections))
+    assert medcodec.decompress_dicom(crafted) == public  # the clear part reads
+    with pytest.raises(crypto.IntegrityError, match="not the one the sealed original was packed against"):
+        medcodec.decompress_dicom(crafted, keyring=keyring)
+
+
+def test_a_1_1_reader_refuses_a_packed_original_with_a_clear_error(sealed_ct, monkeypatch):
+    monkeypatch.setattr(ct, "KNOWN_SECTIONS", ct.KNOWN_SECTIONS - {ct.SECTION_SEALED_ORIGINAL_DELTA})
+    with pytest.raises(medcodec.UnsupportedVersionError, match=r"needs section type 35 \(minor version 2\)"):
+        ct.read_record(sealed_ct[1])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=40), st.binary(max_size=40), st.binary(max_size=40))
+def test_shared_tail_is_the_longest_common_suffix(a, b, tail):
+    x, y = a + tail, b + tail
+    naive = 0
+    while naive < min(len(x), len(y)) and x[len(x) - 1 - naive] == y[len(y) - 1 - naive]:
+        naive += 1
+    assert sealing.shared_tail(x, y) == naive >= len(tail)
+
+
 @pytest.mark.slow
 def test_sections_transplanted_between_images_are_rejected(keyring):
     a = medcodec.compress_dicom(pydicom_bytes("CT_small.dcm"), keyring=keyring)
     b = medcodec.compress_dicom(pydicom_bytes("693_UNCI.dcm"), keyring=keyring)
-    for stype in sealing.SEALED_SECTIONS.values():
+    for purpose in WRITTEN_PURPOSES:
+        stype = sealing.SEALED_SECTIONS[purpose]
         moved = _reseal_with_section(b, stype, ct.read_record(a).one(stype).payload)
         with pytest.raises(crypto.IntegrityError):
-            sealing._open(ct.read_record(moved), keyring, {v: k for k, v in sealing.SEALED_SECTIONS.items()}[stype])
+            sealing._open(ct.read_record(moved), keyring, purpose)
 
 
 def test_reveal_rejects_altered_pixels_and_foreign_messages(keyring):

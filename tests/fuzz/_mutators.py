@@ -204,7 +204,8 @@ class RecordMutator:
 
     def mutate_payload(self, stype: int, payload: bytes, config: dict, rng: random.Random) -> bytes:
         r = rng.random()
-        if stype in (ct.SECTION_SEALED_ORIGINAL, ct.SECTION_SEALED_DISPLACED, ct.SECTION_SEALED_PHI) and r < 0.6:
+        if stype in (ct.SECTION_SEALED_ORIGINAL, ct.SECTION_SEALED_ORIGINAL_DELTA, ct.SECTION_SEALED_DISPLACED,
+                     ct.SECTION_SEALED_PHI) and r < 0.6:
             resealed = self._reseal(stype, payload, config, rng)
             if resealed is not None:
                 return resealed
@@ -245,6 +246,9 @@ class RecordMutator:
             plain = crypto.open_sealed(self.keyring, crypto.SealedBox.from_bytes(payload), associated=ad)
         except Exception:  # noqa: BLE001 - not sealable as is: mutate the bytes instead
             return None
+        if stype == ct.SECTION_SEALED_ORIGINAL_DELTA and len(plain) >= 41:
+            plain = self._mutate_original_delta(plain, rng)
+            return crypto.seal(self.keyring, plain, associated=ad).to_bytes()
         inner = _inflated(plain)
         if inner is None:
             plain = self._mutate_inner(plain, rng)
@@ -255,6 +259,25 @@ class RecordMutator:
                 inner = self._mutate_inner(inner, rng)
             plain = lzma.compress(inner, preset=0)
         return crypto.seal(self.keyring, plain, associated=ad).to_bytes()
+
+    def _mutate_original_delta(self, plain: bytes, rng: random.Random) -> bytes:
+        """Section 35's plaintext: its packing header (packing, shared bytes, the reference's
+        SHA-256), or what it packs (the xz packing inflated here; the deflate one needs the
+        record's reference, so its bytes are mutated)."""
+        packing, shared, digest = struct.unpack_from("<BQ32s", plain, 0)
+        if rng.random() < 0.3:
+            packing = rng.choice([packing, 0, 1, 2, 3, 255])
+            shared = rng.choice([shared, shared + 1, max(shared - 1, 0), 0, 2**63, 2**64 - 1])
+            digest = digest if rng.random() < 0.8 else bytes(32)
+            return struct.pack("<BQ32s", packing, shared, digest) + plain[41:]
+        inner = _inflated(plain[41:]) if packing == 2 else None
+        if inner is None:
+            return plain[:41] + atheris.Mutate(plain[41:], max(64, 2 * len(plain)))
+        if len(inner) >= 28 and rng.random() < 0.5:
+            inner = self._mutate_original_meta(inner, rng)
+        else:
+            inner = self._mutate_inner(inner, rng)
+        return plain[:41] + lzma.compress(inner, preset=0)
 
     def _mutate_original_meta(self, inner: bytes, rng: random.Random) -> bytes:
         n_head, a, b, c = struct.unpack_from("<IQQQ", inner, 0)
