@@ -8,6 +8,8 @@ images the grey-pixel (R = G = B) count before and after with whether their posi
 unchanged, and the record size with and without a key (sealed sections and stego noise
 included), plus encode / decode times. Every keyed record is decoded with the key and
 compared with the original file, and `reveal` must find the tier the record reports.
+A last table gives the same record sizes for the lossy files of those modalities, which
+are kept verbatim, with the size of their sealed original.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from pathlib import Path
 MODALITIES = {"CT", "MR", "CR", "DX", "US", "NM", "MG", "XA", "RF"}
 
 
-def real_images(limit: int | None = None) -> list[Path]:
+def real_images(limit: int | None = None, mode: str = "byte-exact") -> list[Path]:
+    """The distinct images of ``MODALITIES`` among pydicom's test files that medcodec
+    restores in ``mode``: "byte-exact" (native pixels, coded) or "verbatim" (lossy
+    sources, kept as they are; files without pixel data are left out)."""
     import pydicom
     from pydicom.data import get_testdata_files
 
@@ -39,9 +44,10 @@ def real_images(limit: int | None = None) -> list[Path]:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
         except Exception:
             continue
-        if parsed.restore_mode != "byte-exact" or str(ds.get("Modality", "")) not in MODALITIES:
+        if (parsed.restore_mode != mode or str(ds.get("Modality", "")) not in MODALITIES
+                or parsed.spec is None):  # no pixel data
             continue
-        digest = hash(parsed.frames.tobytes())
+        digest = hash(data if parsed.frames is None else parsed.frames.tobytes())
         if digest in seen:  # the same image in another syntax
             continue
         seen.add(digest)
@@ -115,7 +121,27 @@ def main(argv: list[str] | None = None) -> int:
           f" median PSNR {statistics.median(r['psnr'] for r in embedded):.1f} dB,"
           f" min {min(r['psnr'] for r in embedded):.1f} dB; max error {max(r['max_error'] for r in embedded)};"
           f" keyed records {100 * (total_keyed - total_plain) / total_plain:+.1f}% bytes vs plain in total")
+    _verbatim_sources(ring, args.limit)
     return 0
+
+
+def _verbatim_sources(ring, limit: int | None) -> None:
+    """Lossy sources are kept verbatim: with a key the record holds the de-identified file
+    and the sealed original, packed against it (format 1.2, section 35)."""
+    import medcodec
+    from medcodec import container
+
+    print(f"\nsources kept verbatim (lossy):\n{'image':30} {'file B':>9} {'plain B':>9} {'keyed B':>9} {'+%':>6} "
+          f"{'sealed original B':>17}")
+    for path in real_images(limit, mode="verbatim"):
+        data = path.read_bytes()
+        plain = medcodec.compress_dicom(data, verify=False)
+        keyed = medcodec.compress_dicom(data, keyring=ring)
+        assert medcodec.decompress_dicom(keyed, keyring=ring) == data
+        sealed = sum(len(s.payload) for s in container.read_record(keyed).sections
+                     if s.type in (container.SECTION_SEALED_ORIGINAL, container.SECTION_SEALED_ORIGINAL_DELTA))
+        print(f"{path.name:30} {len(data):9d} {len(plain):9d} {len(keyed):9d} "
+              f"{100 * (len(keyed) - len(plain)) / len(plain):6.1f} {sealed:17d}")
 
 
 if __name__ == "__main__":
