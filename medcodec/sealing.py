@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from . import container as ct
-from . import crypto, deid, essential, stego
+from . import bytedelta, crypto, deid, essential, stego
 from .codec import _inflate, _pack_header
 from .dicom import (
     NO_DEADLINE,
@@ -112,19 +112,21 @@ def _original_plaintext(parsed: ParsedDicom, data: bytes, sha256: str) -> bytes:
 
 
 # Section 35's packings of its head (FORMAT.md "Sealed original, packed against the
-# de-identified file"): raw deflate after the reference's last 32 KiB, or xz.
-DELTA_DEFLATE, DELTA_XZ = 1, 2
+# de-identified file"): raw deflate after the reference's last 32 KiB, or xz of copies
+# from the reference and the literals between them (``bytedelta``).
+DELTA_DEFLATE, DELTA_COPIES = 1, 2
 # packing, bytes shared with the end of the reference, the reference's SHA-256: the clear
 # part of a record is not authenticated, and a pixel-exact original has no sealed hash of
 # its own to catch a reference altered after sealing.
 _DELTA_HEAD = struct.Struct("<BQ32s")
-# The writer deflates heads up to this size and packs larger ones with xz: the
+# The writer deflates heads up to this size and packs larger ones as copies: deflate's
 # dictionary is the reference's last 32 KiB, so for a large header most of the original
 # lies beyond its reach. On 66 pydicom-data files restored byte-exact (the pipeline
 # benchmark's 64 and two JPEG ones) and 8 lossy JPEG ones kept verbatim, 2026-12-06 (the
 # packed bytes alone): section 32's lzma 129,172 and 3,630,948 B; deflate 116,826 and
-# 10,235 B; xz 126,136 and 12,240 B. Deflate won on all but the two with 259 kB headers
-# (25,678 against 16,784 B) and lost by at most 16 B under 64 KiB.
+# 10,235 B; xz of the head alone 126,136 and 12,240 B. Deflate won on all but the two with
+# 259 kB headers (25,678 against 16,784 B by xz, 984 B as copies) and lost by at most 16 B
+# under 64 KiB; an ECG kept verbatim (waveform_ecg, 291 kB): xz 76,136 B, copies 1,616 B.
 DELTA_DEFLATE_MAX = 1 << 16
 
 
@@ -142,13 +144,15 @@ def shared_tail(a: bytes, b: bytes) -> int:
 def _pack_original_delta(raw: bytes, reference: bytes) -> bytes:
     """Section 35's plaintext: ``raw`` (``_original_plaintext``) as the bytes it shares
     with the end of ``reference`` (the de-identified file's bytes other than its pixel
-    samples, ``_reference``) and the rest packed, deflated against the reference."""
+    samples, ``_reference``) and the rest packed against the reference: deflated after
+    it, or as copies from it."""
     shared = shared_tail(raw, reference)
     head = raw[: len(raw) - shared]
     digest = hashlib.sha256(reference).digest()
+    rest = reference[: len(reference) - shared]
     if len(head) <= DELTA_DEFLATE_MAX:
-        return _DELTA_HEAD.pack(DELTA_DEFLATE, shared, digest) + ct.deflate_raw(head, reference[: len(reference) - shared])
-    return _DELTA_HEAD.pack(DELTA_XZ, shared, digest) + ct.lzma_pack(head)
+        return _DELTA_HEAD.pack(DELTA_DEFLATE, shared, digest) + ct.deflate_raw(head, rest)
+    return _DELTA_HEAD.pack(DELTA_COPIES, shared, digest) + ct.lzma_pack(bytedelta.encode(head, rest))
 
 
 def _reference(public: bytes, header: tuple[bytes, bytes, bytes] | None) -> bytes:
@@ -201,11 +205,12 @@ def _unpack_original_delta(blob: bytes, reference: bytes,
         limit, hint = _sealed_limit(limits)
         head = ct.inflate_raw(payload, reference[: len(reference) - shared], limit, "sealed original",
                               over=LimitExceededError, hint=hint)
-    elif packing == DELTA_XZ:
-        head = _inflate_sealed(payload, "sealed original", limits)
+    elif packing == DELTA_COPIES:
+        limit, _ = _sealed_limit(limits)
+        head = bytedelta.decode(_inflate_sealed(payload, "sealed original", limits), reference, limit)
     else:
         raise UnsupportedError(f"sealed original packed as {shown(packing)}, unknown to this reader (it knows "
-                               f"{DELTA_DEFLATE} and {DELTA_XZ})")
+                               f"{DELTA_DEFLATE} and {DELTA_COPIES})")
     return _parse_original(head + reference[len(reference) - shared :] if shared else head)
 
 

@@ -51,8 +51,8 @@ def test_golden_records_cover_both_config_forms():
 
 def test_golden_keyed_records_cover_both_sealed_original_forms():
     """Before 1.2 the sealed original is section 32 (lzma); since, section 35, packed
-    against the de-identified file: a header deflated against its own, and a lossy JPEG
-    kept verbatim whose codestream is shared with the clear file."""
+    against the de-identified file: a header deflated against its own or as copies from
+    it, and a lossy JPEG kept verbatim whose codestream is shared with the clear file."""
     import struct
 
     from medcodec import sealing
@@ -69,7 +69,7 @@ def test_golden_keyed_records_cover_both_sealed_original_forms():
         packing, shared, _ = struct.unpack_from("<BQ32s", plain)
         forms.add((packing, record.config["restore_mode"], shared > 1000))
     assert forms == {("lzma", "byte-exact"), (sealing.DELTA_DEFLATE, "byte-exact", False),
-                     (sealing.DELTA_DEFLATE, "verbatim", True)}
+                     (sealing.DELTA_DEFLATE, "verbatim", True), (sealing.DELTA_COPIES, "byte-exact", False)}
 
 
 @pytest.mark.parametrize("name", sorted(n for n, e in EXPECTED.items() if e["kind"] == "dicom-keyed"))

@@ -279,7 +279,7 @@ def test_lzma_bomb_in_a_sealed_section_is_refused_before_it_inflates(fresh_keyri
                                           else s for s in record.sections])
 
     started = time.perf_counter()
-    for crafted in (with_sealed(sealing.PURPOSE_ORIGINAL_DELTA, struct.pack("<BQ32s", sealing.DELTA_XZ, 0, digest) + bomb),
+    for crafted in (with_sealed(sealing.PURPOSE_ORIGINAL_DELTA, struct.pack("<BQ32s", sealing.DELTA_COPIES, 0, digest) + bomb),
                     with_sealed(sealing.PURPOSE_ORIGINAL_DELTA, struct.pack("<BQ32s", sealing.DELTA_DEFLATE, 0, digest) + deflate_bomb),
                     with_sealed(sealing.PURPOSE_ORIGINAL, bomb, replaces=original)):
         with pytest.raises(medcodec.LimitExceededError, match=r"sealed original section inflates past .*memory budget"

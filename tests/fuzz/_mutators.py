@@ -262,8 +262,8 @@ class RecordMutator:
 
     def _mutate_original_delta(self, plain: bytes, rng: random.Random) -> bytes:
         """Section 35's plaintext: its packing header (packing, shared bytes, the reference's
-        SHA-256), or what it packs (the xz packing inflated here; the deflate one needs the
-        record's reference, so its bytes are mutated)."""
+        SHA-256), or what it packs (packing 2's stream of copies and literals inflated here;
+        the deflate one needs the record's reference, so its bytes are mutated)."""
         packing, shared, digest = struct.unpack_from("<BQ32s", plain, 0)
         if rng.random() < 0.3:
             packing = rng.choice([packing, 0, 1, 2, 3, 255])
@@ -273,11 +273,7 @@ class RecordMutator:
         inner = _inflated(plain[41:]) if packing == 2 else None
         if inner is None:
             return plain[:41] + atheris.Mutate(plain[41:], max(64, 2 * len(plain)))
-        if len(inner) >= 28 and rng.random() < 0.5:
-            inner = self._mutate_original_meta(inner, rng)
-        else:
-            inner = self._mutate_inner(inner, rng)
-        return plain[:41] + lzma.compress(inner, preset=0)
+        return plain[:41] + lzma.compress(self._mutate_inner(inner, rng), preset=0)
 
     def _mutate_original_meta(self, inner: bytes, rng: random.Random) -> bytes:
         n_head, a, b, c = struct.unpack_from("<IQQQ", inner, 0)
