@@ -10,7 +10,8 @@ the full removed-values record that stays sealed in the archive's record (sectio
 Layout (``MAGIC``, version byte, then):
 
 * link: 16 bytes, ``HMAC-SHA256(link key, LINK_LABEL || full message)[:16]`` where the
-  full message is the sealed section's plaintext (lzma of the removed-values JSON);
+  full message is the sealed section's plaintext (the packed removed-values JSON:
+  FORMAT.md "PHI message");
 * fields, in ``ESSENTIAL_TAGS`` order, each: u8 index into ``ESSENTIAL_TAGS`` and a kind
   byte, then
     - kind 0, a UID (digits and dots only): 4-bit codes (0-9 digits, 10 '.') ending with

@@ -74,6 +74,51 @@ SEALED_SECTIONS = {
 }
 
 
+# The PHI message (section 34's plaintext, and what the pixels carry in the full tier):
+# since format 1.2 a dictionary id byte then a raw deflate stream of the removed-values
+# JSON with that preset dictionary; before, an xz stream (first byte 0xFD), still read.
+# Dictionary 1 is a removed-values record with every value empty: the attributes of the
+# Patient, General Study and SOP Common modules that the Basic Profile removes or
+# replaces and that every image IOD has (Type 1 or 2), the three de-identification
+# attributes that are recorded absent, and the file meta's two (FORMAT.md "PHI message").
+# Normative: written out, never computed from live code; a better one gets a new id.
+# On the 177 distinct removed-values records of pydicom-data (2026-12-06): xz 124,624 B,
+# deflate 118,358 B, deflate with dictionary 1 95,441 B (-23%; records under 1.5 kB of
+# JSON: 32,324 -> 16,187 B), 13x as fast to pack.
+_PHI_DICTIONARY_1 = (
+    b'{"elements":{"00080018":{"value":"","vr":"UI"},"00080020":{"value":"","vr":"DA"},'
+    b'"00080030":{"value":"","vr":"TM"},"00080050":{"value":"","vr":"SH"},"00080090":{"value":"","vr":"PN"},'
+    b'"00100010":{"value":"","vr":"PN"},"00100020":{"value":"","vr":"LO"},"00100030":{"value":"","vr":"DA"},'
+    b'"00100040":{"value":"","vr":"CS"},"00120062":{"absent":true},"00120063":{"absent":true},'
+    b'"00120064":{"absent":true},"0020000D":{"value":"","vr":"UI"},"0020000E":{"value":"","vr":"UI"},'
+    b'"00200010":{"value":"","vr":"SH"},"meta/00020003":{"value":"","vr":"UI"},'
+    b'"meta/00020016":{"value":"","vr":"AE"}},"format":"medarchive-deid-removed","version":1}'
+)
+PHI_DICTIONARIES = {1: _PHI_DICTIONARY_1}
+PHI_DICTIONARY_ID = 1
+PHI_DICTIONARY_SHA256 = {1: "c16db0e64d12d57d3ca8df22717e7963c1b13e6623f0254a4c4f4e413c8b934b"}
+_XZ_FIRST_BYTE = 0xFD
+
+
+def _pack_phi(removed_json: bytes) -> bytes:
+    """The PHI message of a removed-values record (its compact JSON): dictionary 1's id
+    byte and the JSON deflated after it."""
+    return bytes([PHI_DICTIONARY_ID]) + ct.deflate_raw(removed_json, PHI_DICTIONARIES[PHI_DICTIONARY_ID])
+
+
+def _unpack_phi(phi: bytes, what: str, limits: DicomLimits | None) -> bytes:
+    """The removed-values JSON of a PHI message, either form, inflated to at most the
+    memory budget (plus 1 MiB)."""
+    if phi[:1] == bytes([_XZ_FIRST_BYTE]):
+        return _inflate_sealed(phi, what, limits)
+    zdict = PHI_DICTIONARIES.get(phi[0]) if phi else None
+    if zdict is None:
+        raise UnsupportedError(f"{what} packed with dictionary {shown(phi[0]) if phi else 'none'}, unknown to this "
+                               f"reader (it knows {sorted(PHI_DICTIONARIES)} and xz)")
+    limit, hint = _sealed_limit(limits)
+    return ct.inflate_raw(phi[1:], zdict, limit, what, over=LimitExceededError, hint=hint)
+
+
 class SealingError(MedcodecError):
     """A keyed operation cannot be carried out (e.g. the de-identified file cannot be written)."""
 
@@ -372,7 +417,7 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
     result = deid.deidentify(ds, uid_key=keyring.uid_key(), in_place=True)
     new = result.dataset
     uids = {k: str(new.get(k, "") or "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
-    phi = ct.lzma_pack(result.removed_bytes())
+    phi = _pack_phi(result.removed_bytes())
     original_sha256 = sha256 or hashlib.sha256(data).hexdigest()
     original = _original_plaintext(parsed, data, original_sha256)
     report: dict[str, Any] = {"message_bytes": 0, "embedded": False, "tier": TIER_NONE}
@@ -608,7 +653,7 @@ def reveal(stego_file: bytes, keyring: crypto.Keyring, *, limits: DicomLimits | 
         except crypto.IntegrityError as exc:
             first_error = first_error or exc
         else:
-            return {**deid.removed_from_bytes(_inflate_sealed(phi, "revealed message", limits)), "tier": TIER_FULL,
+            return {**deid.removed_from_bytes(_unpack_phi(phi, "revealed message", limits)), "tier": TIER_FULL,
                     "stego_version": version}
         try:
             plain = crypto.open_sealed(keyring, box, associated=_binding_ad(binding, PURPOSE_PHI_ESSENTIAL))
@@ -636,4 +681,4 @@ def follow_link(revealed: dict[str, Any], record_blob: bytes, keyring: crypto.Ke
     phi = _open(record, keyring, PURPOSE_PHI)
     if essential.full_link(keyring.uid_key(), phi).hex() != revealed.get("full_link"):
         raise crypto.IntegrityError("the record's sealed PHI is not the one this image's message links to")
-    return {**deid.removed_from_bytes(_inflate_sealed(phi, "sealed PHI", limits)), "tier": TIER_FULL}
+    return {**deid.removed_from_bytes(_unpack_phi(phi, "sealed PHI", limits)), "tier": TIER_FULL}

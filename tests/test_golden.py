@@ -72,6 +72,15 @@ def test_golden_keyed_records_cover_both_sealed_original_forms():
                      (sealing.DELTA_DEFLATE, "verbatim", True), (sealing.DELTA_COPIES, "byte-exact", False)}
 
 
+def test_golden_keyed_records_cover_both_phi_message_forms():
+    """The sealed PHI (section 34): xz before 1.2, dictionary 1's id and deflate since."""
+    from medcodec import sealing
+
+    firsts = {sealing._open(ct.read_record((GOLDEN / name).read_bytes()), golden_keyring(), sealing.PURPOSE_PHI)[0]
+              for name, entry in EXPECTED.items() if entry["kind"] == "dicom-keyed"}
+    assert firsts == {0xFD, sealing.PHI_DICTIONARY_ID}
+
+
 @pytest.mark.parametrize("name", sorted(n for n, e in EXPECTED.items() if e["kind"] == "dicom-keyed"))
 def test_a_golden_keyed_record_rewrapped_keeps_its_length(name, tmp_path):
     """Key rotation rewrites archive shards in place (pipelines/rewrap.py): a re-wrapped

@@ -71,9 +71,29 @@ def test_essential_message_rejects_damage():
 
 
 def _keyed(name: str, keyring, **kw):
-    data = pydicom_bytes(name)
+    data = _more_phi() if name == MORE_PHI else pydicom_bytes(name)
     blob = medcodec.compress_dicom(data, keyring=keyring, preset="fast", local_model="classical-v1", **kw)
     return data, blob, ct.read_record(blob).config["sealed"]["stego"]
+
+
+# MR_small (64 x 64) with addresses added: its own full PHI (480 B sealed since format
+# 1.2 packs it with a dictionary; 654 B before) fits its capacity of about 490 B; with
+# these 300 characters of removed attributes it does not, and the essential message does.
+MORE_PHI = "MR_small.dcm with addresses"
+
+
+def _more_phi() -> bytes:
+    import io
+    import random
+
+    rng = random.Random(7)
+    ds = pydicom.dcmread(pydicom_file("MR_small.dcm"))
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9))) for _ in range(60)]
+    ds.PatientAddress = " ".join(words[:30]).title()[:150]
+    ds.InstitutionAddress = " ".join(words[30:]).title()[:150]
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
 
 
 def test_full_tier_where_the_whole_phi_fits(keyring):
@@ -87,10 +107,34 @@ def test_full_tier_where_the_whole_phi_fits(keyring):
         sealing.follow_link(phi, blob, keyring)
 
 
-def test_essential_tier_where_the_full_phi_does_not_fit(keyring):
-    """MR_small's sealed PHI (654 B) is larger than its capacity (~490 B): before tiers it
-    carried nothing. Now it carries the essential message, linked to the sealed record."""
+def test_the_phi_message_is_deflated_with_dictionary_1(keyring):
+    """Since format 1.2 the PHI message is dictionary 1's id and the removed-values JSON
+    deflated after it (1.1 wrote xz, still read: the golden records); MR_small's full
+    PHI then fits its pixels, where 1.1's did not."""
+    import hashlib
+    import lzma
+
     data, blob, report = _keyed("MR_small.dcm", keyring)
+    assert report["tier"] == "full" and report["tier_bytes"]["full"] <= report["capacity_bits"] // 8
+    phi = sealing._open(ct.read_record(blob), keyring, sealing.PURPOSE_PHI)
+    assert phi[0] == sealing.PHI_DICTIONARY_ID == 1
+    removed = sealing._unpack_phi(phi, "sealed PHI", None)
+    assert sealing.reveal(medcodec.decompress_dicom(blob), keyring)["elements"] == deid.removed_from_bytes(removed)["elements"]
+    assert len(phi) < 0.85 * len(lzma.compress(removed))
+    assert sealing._unpack_phi(lzma.compress(removed), "sealed PHI", None) == removed  # 1.1's form
+    assert hashlib.sha256(sealing.PHI_DICTIONARIES[1]).hexdigest() == sealing.PHI_DICTIONARY_SHA256[1] == (
+        "c16db0e64d12d57d3ca8df22717e7963c1b13e6623f0254a4c4f4e413c8b934b")  # normative: never changes
+    with pytest.raises(medcodec.UnsupportedError, match="dictionary 2, unknown"):
+        sealing._unpack_phi(b"\x02" + phi[1:], "sealed PHI", None)
+    with pytest.raises(medcodec.CorruptRecordError, match="after its deflate stream"):
+        sealing._unpack_phi(phi + b"\0", "sealed PHI", None)
+
+
+def test_essential_tier_where_the_full_phi_does_not_fit(keyring):
+    """MR_small with addresses (``MORE_PHI``): its sealed PHI is larger than its capacity
+    (~490 B): before tiers it carried nothing. Now it carries the essential message,
+    linked to the sealed record."""
+    data, blob, report = _keyed(MORE_PHI, keyring)
     assert report["tier"] == "essential" and report["embedded"]
     assert report["message_bytes"] == report["tier_bytes"]["essential"] < 8 * report["capacity_bits"]
     assert report["tier_bytes"]["full"] > report["capacity_bits"] // 8 and "full message" in report["reason"]
@@ -151,7 +195,8 @@ def test_cli_reveal_says_the_tier_and_follows_the_link(tmp_path):
 
     ring = tmp_path / "ring.json"
     assert cli("keys", "new", ring).returncode == 0
-    src = pydicom_file("MR_small.dcm")
+    src = tmp_path / "mr_small_more_phi.dcm"
+    src.write_bytes(_more_phi())
     assert cli("compress", "--preset", "fast", "--key-file", ring, src, tmp_path / "r.mdc").returncode == 0
     assert cli("decompress", tmp_path / "r.mdc", tmp_path / "deid.dcm").returncode == 0
     shown = cli("inspect", tmp_path / "r.mdc").stdout
