@@ -349,6 +349,36 @@ def test_audit_detects_a_flipped_byte(damaged):
     assert "FAILED" in proc.stdout and "record SHA-256 differs" in proc.stdout and "Traceback" not in proc.stderr
 
 
+def test_deep_audit_checks_restores_against_the_index_source_hash(damaged):
+    """What a restore must give back is the index's source SHA-256: a row that names
+    another hash fails the deep audit's file check, though its record reads and decodes.
+    Edited, the row fails the fast audit's MAC check; signed (a writer's bug, or whoever
+    holds the archive's MAC key), only the deep audit, which restores, can see it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    identity = identity_of(str(damaged))
+    victim = next(r for r in Archive(str(damaged)).read_index().to_pylist()
+                  if r["restore_mode"] == "byte-exact" and not r["key_id"])
+    index_file = damaged / "index" / f"{Path(victim['shard']).name.split('.')[0]}.parquet"
+    table = pq.read_table(index_file)
+    rows = table.to_pylist()
+    for r in rows:
+        if r["sop_key"] == victim["sop_key"]:
+            r["source_sha256"] = "0" * 64
+            edited = dict(r)
+            r["row_mac"] = identity.row_mac(r)
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), index_file)
+    assert not failures(run_audit(str(damaged)), damaged)  # signed: the fast audit has nothing to see
+    pq.write_table(pa.Table.from_pylist([edited if r["sop_key"] == victim["sop_key"] else r for r in rows],
+                                        schema=table.schema), index_file)
+    assert [f["check"] for f in failures(run_audit(str(damaged)), damaged)] == ["index"]  # the old MAC: forged
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), index_file)
+    summary = run_audit(str(damaged), deep=True)
+    assert [(f["check"], f["sop_key"], f["detail"]) for f in failures(summary, damaged)] == [
+        ("file", victim["sop_key"], "restored file SHA-256 differs")]
+
+
 def test_audit_detects_a_missing_shard(damaged):
     index = Archive(str(damaged)).read_index().to_pylist()
     shard = Counter(r["shard"] for r in index).most_common(1)[0][0]
