@@ -358,22 +358,24 @@ def test_deep_audit_checks_restores_against_the_index_source_hash(damaged):
     import pyarrow.parquet as pq
 
     identity = identity_of(str(damaged))
-    victim = next(r for r in Archive(str(damaged)).read_index().to_pylist()
-                  if r["restore_mode"] == "byte-exact" and not r["key_id"])
+    index = Archive(str(damaged)).read_index().to_pylist()
+    keys = Counter(r["sop_key"] for r in index)  # a SOP instance in two syntaxes: two rows, one key
+    victim = next(r for r in index if r["restore_mode"] == "byte-exact" and not r["key_id"] and keys[r["sop_key"]] == 1)
     index_file = damaged / "index" / f"{Path(victim['shard']).name.split('.')[0]}.parquet"
     table = pq.read_table(index_file)
     rows = table.to_pylist()
-    for r in rows:
-        if r["sop_key"] == victim["sop_key"]:
-            r["source_sha256"] = "0" * 64
-            edited = dict(r)
-            r["row_mac"] = identity.row_mac(r)
-    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), index_file)
+    at = next(i for i, r in enumerate(rows) if (r["shard"], r["offset"]) == (victim["shard"], victim["offset"]))
+    edited = dict(rows[at], source_sha256="0" * 64)
+    signed = dict(edited, row_mac=identity.row_mac(edited))
+
+    def write(row: dict) -> None:
+        pq.write_table(pa.Table.from_pylist(rows[:at] + [row] + rows[at + 1 :], schema=table.schema), index_file)
+
+    write(edited)
+    assert [(f["check"], f["sop_key"]) for f in failures(run_audit(str(damaged)), damaged)] == [
+        ("index", victim["sop_key"])]  # the row's old MAC: forged
+    write(signed)
     assert not failures(run_audit(str(damaged)), damaged)  # signed: the fast audit has nothing to see
-    pq.write_table(pa.Table.from_pylist([edited if r["sop_key"] == victim["sop_key"] else r for r in rows],
-                                        schema=table.schema), index_file)
-    assert [f["check"] for f in failures(run_audit(str(damaged)), damaged)] == ["index"]  # the old MAC: forged
-    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), index_file)
     summary = run_audit(str(damaged), deep=True)
     assert [(f["check"], f["sop_key"], f["detail"]) for f in failures(summary, damaged)] == [
         ("file", victim["sop_key"], "restored file SHA-256 differs")]
