@@ -72,6 +72,19 @@ def test_golden_keyed_records_cover_both_sealed_original_forms():
                      (sealing.DELTA_DEFLATE, "verbatim", True), (sealing.DELTA_COPIES, "byte-exact", False)}
 
 
+def test_golden_keyed_records_cover_both_direction_forms():
+    """Section 33: a bit per change's direction, or (0x80 set) only the exceptions."""
+    from medcodec import sealing, stego
+
+    forms = set()
+    for name, entry in EXPECTED.items():
+        record = ct.read_record((GOLDEN / name).read_bytes())
+        if entry["kind"] == "dicom-keyed" and record.of_type(ct.SECTION_SEALED_DISPLACED):
+            forms.add(bool(sealing._open(record, golden_keyring(), sealing.PURPOSE_DISPLACED)[3]
+                           & stego.DIRECTION_EXCEPTIONS))
+    assert forms == {False, True}
+
+
 def test_golden_keyed_records_cover_both_phi_message_forms():
     """The sealed PHI (section 34): xz before 1.2, dictionary 1's id and deflate since."""
     from medcodec import sealing

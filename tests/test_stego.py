@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import struct
 import math
 import os
 
@@ -341,26 +342,51 @@ def _golden_colour_values() -> np.ndarray:
     return golden
 
 
+def _with_direction_bits(displaced: bytes, key: bytes) -> bytes:
+    """Displaced information whose directions are exceptions, in the form with a bit per
+    change (what embedding wrote before the exceptions form)."""
+    n_bits = struct.unpack_from("<I", displaced, 4)[0]
+    at = stego._DISPLACED_FIXED + stego.TAG_BITS // 8
+    changed = np.unpackbits(np.frombuffer(displaced, np.uint8, (n_bits + 7) // 8, at))[:n_bits].astype(bool)
+    at += (n_bits + 7) // 8
+    flipped, end = stego._read_leb128_gaps(displaced, at, int(changed.sum()))
+    assert end == len(displaced)
+    up = stego._keyed_bits(key, b"v2/direction", n_bits).astype(bool)[changed]
+    up[flipped] = ~up[flipped]
+    return (displaced[:3] + bytes([displaced[3] & ~stego.DIRECTION_EXCEPTIONS]) + displaced[4:at]
+            + np.packbits(up).tobytes())
+
+
 @pytest.mark.parametrize("values, capacity, digests", [
     (GOLDEN_VALUES, 64 * 64 - HEADER_BITS,
      ("4ac947793223dc4f1357610fdc2e110fc0671213e921ff6b0cb9d82441d9afef",
       "6b0f4e5e1c3e8732442fb340b4c341901f308354c50e39e41d98be3f2fd9397f",
-      "b7dab5118fb9635cf77eb61f65aa343c0692c5a25241b747710d1b9122ec0517")),
+      "b7dab5118fb9635cf77eb61f65aa343c0692c5a25241b747710d1b9122ec0517",
+      "1bf1e0ff303d1ab4cfed65eba7ab69aaeb50446302e8d511333de64324219201")),
     (_golden_colour_values(), 2912,
      ("87c33c7b41d0702e242495ecbec776b187e4970105ecdbed92e7e867667460e5",
       "382e7ca577c6605e29d83686268c08d3fd3c1051a7df324991452edc0a514067",
-      "26bf3d400184296978eb1f5d6b446e0e21f87317111fea43a2542484fb25e57a")),
+      "26bf3d400184296978eb1f5d6b446e0e21f87317111fea43a2542484fb25e57a",
+      "2f945577b76735db90eb1245035e45d023deb4fa1f4c67664f19694ab7f27fb4")),
 ], ids=["version-2", "version-3-colour"])
 def test_layout_and_stego_image_are_stable(values, capacity, digests):
     """Golden check of what versions 2 and 3 write: tag and message positions, and the
     stego values themselves (tag, whitening, directions). A change here breaks extraction
-    of every image of that version."""
+    of every image of that version. The displaced information is written with its
+    directions as exceptions (since 2026-12-06); with a bit per change, as before, it is
+    the bytes it was."""
     assert capacity_bits(values, 12, key=KEY) == capacity
     plan = plan_embedding(values, 64, key=KEY, bits_stored=12)
     layout = np.concatenate([plan.tag_positions, plan.positions]).astype("<i8").tobytes()
     stego_values, displaced = embed(values, bytes(range(64)), key=KEY, bits_stored=12)
+    assert displaced[3] & stego.DIRECTION_EXCEPTIONS
     assert (hashlib.sha256(layout).hexdigest(), hashlib.sha256(stego_values.astype("<u2").tobytes()).hexdigest(),
+            hashlib.sha256(_with_direction_bits(displaced, KEY)).hexdigest(),
             hashlib.sha256(displaced).hexdigest()) == digests
+    old = _with_direction_bits(displaced, KEY)
+    assert len(displaced) < len(old)
+    for form in (displaced, old):  # both forms restore
+        assert np.array_equal(restore(stego_values, form, key=KEY, bits_stored=12), values)
 
 
 @pytest.mark.parametrize("ties", [False, True])
@@ -648,12 +674,12 @@ def test_colour_images_embedded_as_version_2_are_still_read():
     values = near_grey_rgb(1, 48, 64, 12, seed=3, grey_fraction=0.02, tint=40)
     message = os.urandom(80)
     old, displaced = stego._embed(values, message, key=KEY, bits_stored=12, segment_bits=SEGMENT_BITS, version=2)
-    assert displaced[3] == 2
+    assert displaced[3] == 2 | stego.DIRECTION_EXCEPTIONS
     got, _, version = extract_versioned(old, key=KEY, bits_stored=12)
     assert (got, version) == (message, 2)
     assert np.array_equal(restore(old, displaced, key=KEY, bits_stored=12), values)
     new, displaced3 = embed(values, message, key=KEY, bits_stored=12)
-    assert displaced3[3] == 3 and extract_versioned(new, key=KEY, bits_stored=12)[2] == 3
+    assert displaced3[3] == 3 | stego.DIRECTION_EXCEPTIONS and extract_versioned(new, key=KEY, bits_stored=12)[2] == 3
     with pytest.raises(RestoreError, match="colour"):  # version 3 displaced bytes on a one-sample image
         restore(new[:, :1], displaced3, key=KEY, bits_stored=12)
 
@@ -783,3 +809,29 @@ def test_outside_digests_cover_exactly_the_values_outside_the_mask(bits):
     spec = hashlib.sha256(b"medarchive/stego/v1/outside-samples\x00" + json.dumps(list(values.shape)).encode()
                           + np.packbits(mask.reshape(-1)).tobytes() + samples.tobytes())
     assert outside_digest(values, mask, bits_stored=bits) == spec.hexdigest()
+
+
+@given(st.lists(st.integers(0, 5000), max_size=60, unique=True))
+def test_direction_exceptions_read_back(indices):
+    indices = np.array(sorted(indices), dtype=np.int64)
+    data = stego._leb128_gaps(indices) + b"rest"
+    got, end = stego._read_leb128_gaps(data, 0, 5001)
+    assert np.array_equal(got, indices) and data[end:] == b"rest"
+
+
+def test_malformed_direction_exceptions_are_refused():
+    values = GOLDEN_VALUES
+    stego_values, displaced = embed(values, bytes(range(64)), key=KEY, bits_stored=12)
+    n_bits = struct.unpack_from("<I", displaced, 4)[0]
+    at = stego._DISPLACED_FIXED + stego.TAG_BITS // 8 + (n_bits + 7) // 8
+    n_changed = int(np.unpackbits(np.frombuffer(displaced, np.uint8, (n_bits + 7) // 8, at - (n_bits + 7) // 8))[:n_bits].sum())
+    for tail, message in ((b"\x80", "truncated or malformed"), (stego._leb128_gaps(np.arange(n_changed + 1)), "exceptions for"),
+                          (b"\x01" + bytes([n_changed & 0x7F | 0x80, n_changed >> 7]), "direction exception"),
+                          (displaced[at:] + b"\x00", "counts say")):
+        with pytest.raises(RestoreError, match=message):
+            restore(stego_values, displaced[:at] + tail, key=KEY, bits_stored=12)
+    flipped = displaced[:at] + stego._leb128_gaps(np.array([0]))  # one direction wrong: the digest sees it
+    with pytest.raises(RestoreError, match="digest"):
+        restore(stego_values, flipped, key=KEY, bits_stored=12)
+    with pytest.raises(RestoreError, match="version 129"):  # version 1 has no exceptions form
+        restore(stego_values, displaced[:3] + bytes([0x81]) + displaced[4:], key=KEY, bits_stored=12)
