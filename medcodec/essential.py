@@ -32,7 +32,7 @@ import hmac
 import json
 from typing import Any
 
-from . import deid
+from . import deid, leb128
 from .errors import MedcodecError
 
 __all__ = ["ESSENTIAL_TAGS", "LINK_BYTES", "EssentialError", "encode_essential", "decode_essential", "full_link"]
@@ -151,25 +151,14 @@ def _unpack_uid(data: bytes, at: int) -> tuple[str, int]:
 
 
 def _field(raw: bytes) -> bytes:
-    n, out = len(raw), bytearray()
-    while True:  # unsigned LEB128 length
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out) + raw
+    return leb128.encode(len(raw)) + raw  # an unsigned LEB128 length
 
 
 def _read_field(data: bytes, at: int) -> tuple[bytes, int]:
-    n = shift = 0
-    while True:
-        if at >= len(data) or shift > 28:
-            raise EssentialError("essential PHI message has a malformed length")
-        byte = data[at]
-        at += 1
-        n |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
+    found = leb128.decode(data, at, 35)
+    if found is None:
+        raise EssentialError("essential PHI message has a malformed length")
+    n, at = found
     if at + n > len(data):
         raise EssentialError("essential PHI message is truncated")
     return data[at : at + n], at + n

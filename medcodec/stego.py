@@ -89,6 +89,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from . import leb128
 from .errors import MedcodecError
 
 __all__ = [
@@ -875,29 +876,18 @@ def restore(
 
 def _leb128_gaps(indices: np.ndarray) -> bytes:
     """Increasing ``indices`` as a LEB128 count and the LEB128 gaps (index - previous - 1)."""
-    out = bytearray()
-    for value in (indices.size, *(np.diff(indices, prepend=-1) - 1).tolist()):
-        while value >= 0x80:
-            out.append(value & 0x7F | 0x80)
-            value >>= 7
-        out.append(value)
-    return bytes(out)
+    return b"".join(leb128.encode(n) for n in (indices.size, *(np.diff(indices, prepend=-1) - 1).tolist()))
 
 
 def _read_leb128_gaps(data: bytes, offset: int, below: int) -> tuple[np.ndarray, int]:
     """``_leb128_gaps``' indices read at ``offset`` (each below ``below``), and the offset after them."""
     def number() -> int:
         nonlocal offset
-        value = shift = 0
-        while True:
-            if offset >= len(data) or shift > 35:
-                raise RestoreError("displaced information's direction exceptions are truncated or malformed")
-            byte = data[offset]
-            offset += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return value
+        found = leb128.decode(data, offset, 35)
+        if found is None:
+            raise RestoreError("displaced information's direction exceptions are truncated or malformed")
+        value, offset = found
+        return value
 
     count = number()
     if count > below:
