@@ -880,7 +880,8 @@ def _restore_dicom(record: ct.Record, *, keyring=None, limits: DicomLimits | Non
 
         original = None if expected is None or expected.original is None else (
             expected.original, expected.original_sha256)
-        return sealing.unseal_dicom(record, keyring, stego_words=words, public=out, header=header, limits=limits,
+        return sealing.unseal_dicom(record, keyring, stego_words=words, public=out, header=header,
+                                    public_sha256=digest if mode != "pixel-exact" else None, limits=limits,
                                     expected=original, written=None if expected is None else expected.written)
     return out
 

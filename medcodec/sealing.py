@@ -186,14 +186,13 @@ def shared_tail(a: bytes, b: bytes) -> int:
     return n if differ.size == 0 else n - 1 - int(differ[-1])
 
 
-def _pack_original_delta(raw: bytes, reference: bytes) -> bytes:
+def _pack_original_delta(raw: bytes, reference: bytes, digest: bytes) -> bytes:
     """Section 35's plaintext: ``raw`` (``_original_plaintext``) as the bytes it shares
     with the end of ``reference`` (the de-identified file's bytes other than its pixel
-    samples, ``_reference``) and the rest packed against the reference: deflated after
-    it, or as copies from it."""
+    samples, ``_reference``; ``digest`` its SHA-256) and the rest packed against the
+    reference: deflated after it, or as copies from it."""
     shared = shared_tail(raw, reference)
     head = raw[: len(raw) - shared]
-    digest = hashlib.sha256(reference).digest()
     rest = reference[: len(reference) - shared]
     if len(head) <= DELTA_DEFLATE_MAX:
         return _DELTA_HEAD.pack(DELTA_DEFLATE, shared, digest) + ct.deflate_raw(head, rest)
@@ -205,6 +204,16 @@ def _reference(public: bytes, header: tuple[bytes, bytes, bytes] | None) -> byte
     header section holds them (prefix, suffix, extra: ``header``), or the whole file
     (``public``) for a record that keeps it verbatim (``header`` None)."""
     return public if header is None else b"".join(header)
+
+
+def _reference_digest(reference: bytes, header: tuple[bytes, bytes, bytes] | None,
+                      public_sha256: str | None) -> bytes:
+    """The SHA-256 of ``_reference(public, header)`` (``reference``): for a record kept
+    verbatim, the de-identified file's, when its hex is known (``public_sha256``), else
+    hashed."""
+    if header is None and public_sha256 is not None:
+        return bytes.fromhex(public_sha256)
+    return hashlib.sha256(reference).digest()
 
 
 # What a sealed section may inflate to. Its plaintext is the original's non-pixel bytes (the
@@ -233,13 +242,14 @@ def _unpack_original(blob: bytes, limits: DicomLimits | None = None) -> tuple[di
     return _parse_original(_inflate_sealed(blob, "sealed original", limits))
 
 
-def _unpack_original_delta(blob: bytes, reference: bytes,
-                           limits: DicomLimits | None = None) -> tuple[dict, bytes, bytes, bytes]:
-    """Section 35's plaintext, packed against ``reference`` (``_reference``), read."""
+def _unpack_original_delta(blob: bytes, reference: bytes, limits: DicomLimits | None = None, *,
+                           reference_digest: bytes | None = None) -> tuple[dict, bytes, bytes, bytes]:
+    """Section 35's plaintext, packed against ``reference`` (``_reference``; its SHA-256
+    ``reference_digest`` when known, else hashed here), read."""
     if len(blob) < _DELTA_HEAD.size:
         raise CorruptRecordError("sealed original section is shorter than its packing header")
     packing, shared, digest = _DELTA_HEAD.unpack_from(blob, 0)
-    if hashlib.sha256(reference).digest() != digest:
+    if (reference_digest or hashlib.sha256(reference).digest()) != digest:
         raise crypto.IntegrityError("de-identified file is not the one the sealed original was packed against "
                                     "(record altered)")
     if shared > len(reference):
@@ -426,8 +436,8 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
     stego_words = embedded = digested = None
     if parsed.restore_mode == RESTORE_VERBATIM:
         public = _deidentified_file(result, parsed, None)
-        binding = {"format_version": BINDING_FORMAT_VERSION, "uids": uids,
-                   "pixel_digest": "file:" + hashlib.sha256(public).hexdigest()}
+        public_sha256 = hashlib.sha256(public).hexdigest()
+        binding = {"format_version": BINDING_FORMAT_VERSION, "uids": uids, "pixel_digest": "file:" + public_sha256}
         sections.append(ct.Section(ct.SECTION_VERBATIM, public))
         pixel_config = None
         report["reason"] = "source kept verbatim: no pixels to embed in"
@@ -466,6 +476,7 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
             stego_values = values
         stego_words = values_to_words(stego_values, outside, fmt)
         public = _deidentified_file(result, parsed, stego_words)
+        public_sha256 = hashlib.sha256(public).hexdigest()
         public_parsed = parse_written(public, result.dataset)
         if public_parsed.frames is None or not np.array_equal(public_parsed.frames, stego_words):
             raise SealingError("the de-identified file does not carry the stego pixels exactly")
@@ -474,8 +485,9 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
         sections.append(ct.Section(ct.SECTION_HEADER, _pack_header(public_parsed)))
         sections.extend(pixel_sections)
     header = None if public_parsed is None else (public_parsed.prefix, public_parsed.suffix, public_parsed.extra)
+    reference = _reference(public, header)
     sections.append(ct.Section(ct.SECTION_SEALED_ORIGINAL_DELTA, crypto.seal(
-        keyring, _pack_original_delta(original, _reference(public, header)),
+        keyring, _pack_original_delta(original, reference, _reference_digest(reference, header, public_sha256)),
         associated=_binding_ad(binding, PURPOSE_ORIGINAL_DELTA)).to_bytes()))
     sections.append(ct.Section(ct.SECTION_SEALED_PHI, crypto.seal(
         keyring, phi, associated=_binding_ad(binding, PURPOSE_PHI)).to_bytes()))
@@ -483,7 +495,7 @@ def seal_dicom(data: bytes, parsed: ParsedDicom, keyring: crypto.Keyring, *, enc
         "restore_mode": "byte-exact" if pixel_config is not None else RESTORE_VERBATIM,
         "reencode": None,
         "note": "de-identified (PS3.15 Basic Profile); original sealed",
-        "source": {"size": len(public), "sha256": hashlib.sha256(public).hexdigest()},
+        "source": {"size": len(public), "sha256": public_sha256},
         "spec": None if pixel_config is None else public_parsed.spec.to_json(),
         "pixels": pixel_config,
         "sealed": {
@@ -544,14 +556,16 @@ def _open(record: ct.Record, keyring: crypto.Keyring, purpose: str) -> bytes:
 
 @record_errors
 def unseal_dicom(record: ct.Record, keyring: crypto.Keyring, *, stego_words: np.ndarray | None, public: bytes,
-                 header: tuple[bytes, bytes, bytes] | None = None, limits: DicomLimits | None = None,
-                 expected: tuple[bytes, str] | None = None, written: Written | None = None) -> bytes:
+                 header: tuple[bytes, bytes, bytes] | None = None, public_sha256: str | None = None,
+                 limits: DicomLimits | None = None, expected: tuple[bytes, str] | None = None,
+                 written: Written | None = None) -> bytes:
     """The original file of a keyed record.
 
     ``public`` is its verified de-identified file and ``stego_words`` the pixels already
     decoded for it (None for records without pixels), so nothing is decoded twice;
     ``header`` the (prefix, suffix, extra) its header section holds (None for a record
-    that keeps it verbatim), which the sealed original is packed against.
+    that keeps it verbatim), which the sealed original is packed against;
+    ``public_sha256`` the SHA-256 (hex) the caller checked ``public`` against, if it did.
     ``limits.memory_bytes`` bounds what the sealed original may inflate to. ``expected``:
     (the original, its SHA-256 as sealed) when verifying a record just sealed from it:
     compared with instead of hashed (``codec._Expected``). ``written``: what sealing that
@@ -561,12 +575,14 @@ def unseal_dicom(record: ct.Record, keyring: crypto.Keyring, *, stego_words: np.
     """
     sealed, binding = _sealed(record)
     if record.of_type(ct.SECTION_SEALED_ORIGINAL_DELTA):
+        reference = _reference(public, header)
         meta, prefix, suffix, extra = _unpack_original_delta(
-            _open(record, keyring, PURPOSE_ORIGINAL_DELTA), _reference(public, header), limits)
+            _open(record, keyring, PURPOSE_ORIGINAL_DELTA), reference, limits,
+            reference_digest=_reference_digest(reference, header, public_sha256))
     else:
         meta, prefix, suffix, extra = _unpack_original(_open(record, keyring, PURPOSE_ORIGINAL), limits)
     if meta["restore_mode"] == RESTORE_VERBATIM:
-        if binding["pixel_digest"] != "file:" + hashlib.sha256(public).hexdigest():
+        if binding["pixel_digest"] != "file:" + (public_sha256 or hashlib.sha256(public).hexdigest()):
             raise crypto.IntegrityError("de-identified file does not match the sealed binding")
         out = prefix
     else:
