@@ -183,3 +183,41 @@ def test_portable_runner_with_an_external_worker_pool_over_s3(s3, tmp_path):
     finally:
         pool.terminate()
         pool.wait(timeout=30)
+
+
+def test_listing_and_reading_fetch_what_they_need(s3, monkeypatch):
+    """s3fs reads ahead 50 MiB: listing's sniff of a file's first bytes fetched the whole
+    object, and reading one zip member the whole zip. Listing now fetches the head it
+    reads; a zip member read fetches the zip's directory and that member, with at most
+    64 KiB around it."""
+    from pipelines.sources import ARCHIVE_BLOCK, HEAD_BYTES, expand_file, read_source
+
+    fs = s3fs.S3FileSystem(**s3)
+    fs.mkdir("fetch-bucket")
+    ct = pydicom_bytes("CT_small.dcm")
+    filler = bytes(range(256)) * (6 << 12)  # 6 MiB
+    fs.pipe("fetch-bucket/ct.dcm", ct + b"\0" * len(filler))  # a DICOM file padded to 6 MiB
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("big.bin", filler)
+        zf.writestr("ct.dcm", ct)
+    fs.pipe("fetch-bucket/study.zip", buf.getvalue())
+
+    fetched = []
+    fetch = s3fs.core.S3File._fetch_range
+    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range",
+                        lambda self, start, end: fetched.append(end - start) or fetch(self, start, end))
+
+    [ref] = expand_file("s3://fetch-bucket/ct.dcm", storage_options=s3)
+    assert sum(fetched) <= HEAD_BYTES and ref.size == len(ct) + len(filler)
+
+    fetched.clear()
+    refs = list(expand_file("s3://fetch-bucket/study.zip", storage_options=s3))
+    assert [r.member for r in refs] == ["big.bin", "ct.dcm"]
+    assert sum(fetched) <= HEAD_BYTES + 2 * ARCHIVE_BLOCK  # the sniff and the central directory
+    fetched.clear()
+    assert read_source(refs[1], storage_options=s3) == ct
+    assert sum(fetched) <= len(ct) + (96 << 10)
+    fetched.clear()
+    assert read_source(refs[0], storage_options=s3) == filler
+    assert sum(fetched) <= len(filler) + (96 << 10)
