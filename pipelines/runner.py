@@ -213,6 +213,7 @@ def _run_migrate_pipeline(archive: Archive, run_id: str, index_files: tuple[str,
                           max_pixel_ratio, max_input_bytes, max_seconds, local_model, adapters, keep_codestream, key_file,
                           storage_options, progress, runner, workers, beam_args) -> dict:
     local = runner in LOCAL_RUNNERS
+    options = pipeline_options(runner, workers, beam_args)
     with tempfile.TemporaryDirectory(prefix="medarchive-progress-") as progress_dir:
         cfg = MigrateConfig(
             src=src,
@@ -231,9 +232,10 @@ def _run_migrate_pipeline(archive: Archive, run_id: str, index_files: tuple[str,
             progress_dir=progress_dir if (progress and local) else None,
             model_threads=max(1, (os.cpu_count() or 1) // workers) if local else None,
             local_workers=workers if local and workers > 1 else None,
+            local_threads=local and options.get_all_options().get("direct_running_mode") == "multi_threading",
         )
         started = time.time()
-        pipeline = beam.Pipeline(options=pipeline_options(runner, workers, beam_args))
+        pipeline = beam.Pipeline(options=options)
         _ = pipeline | "Source" >> beam.Create([src]) | "Migrate" >> Migrate(cfg, index_files, started)
         with worker_logs_captured(local) as console:
             if cfg.progress_dir:

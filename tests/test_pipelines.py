@@ -195,17 +195,18 @@ def test_local_restore_all_is_byte_exact(local, tmp_path):
 def test_two_worker_threads_do_what_one_worker_does(local, tmp_path, monkeypatch):
     """``--workers 2`` on the local runner: two worker threads of one process (the compiled
     coders release the GIL). The same inputs give the same records; audit and restore,
-    with two workers too, pass and are byte-exact. The inputs are dealt out evenly by
-    size: each thread gets the share ``balanced_order`` deals it."""
+    with two workers too, pass and are byte-exact. The two threads take the inputs from
+    one queue (``EncodeInstances``): each input is coded once, and both threads code."""
     import threading
 
     from pipelines import migrate
 
-    dealt: dict[int, list[int]] = {}
+    dealt: dict[int, list[str]] = {}
     encode = migrate.EncodeInstance.process
 
     def counting(self, element):
-        dealt.setdefault(threading.get_ident(), []).append(element[0].size)
+        assert threading.current_thread().name.startswith("medarchive-encode")  # EncodeInstances' threads
+        dealt.setdefault(threading.get_ident(), []).append(element[0].identity)
         yield from encode(self, element)
 
     monkeypatch.setattr(migrate.EncodeInstance, "process", counting)
@@ -214,11 +215,9 @@ def test_two_worker_threads_do_what_one_worker_does(local, tmp_path, monkeypatch
                           phi_in_clear=True, workers=2)
     monkeypatch.undo()
     assert (summary["archived"], summary["deadlettered"], summary["workers"]) == (local.first["archived"], 1, 2)
-    sizes = [size for got in dealt.values() for size in got]
-    assert len(sizes) == len(local.inputs) + 1 and None not in sizes  # the inputs and notes.txt, sizes known
-    # Each thread got the share balanced_order deals it (not whatever the arrival order gave).
-    order = migrate.balanced_order(sizes, sizes, 2)
-    assert sorted(sorted(got) for got in dealt.values()) == sorted([sorted(order[0::2]), sorted(order[1::2])])
+    coded = [identity for got in dealt.values() for identity in got]
+    assert len(coded) == len(set(coded)) == len(local.inputs) + 1  # the inputs and notes.txt, once each
+    assert len(dealt) == 2 and all(dealt.values())
 
     def records(archive_dir):
         return sorted((r["source_sha256"], r["record_sha256"]) for r in Archive(str(archive_dir)).read_index().to_pylist())
@@ -245,9 +244,9 @@ def test_listing_gives_each_input_its_size(local):
 
 @pytest.mark.parametrize("ways", [1, 2, 3])
 def test_inputs_are_dealt_out_evenly_by_size(ways):
-    """balanced_order: the same items, the largest first; the takers' shares (every
-    ``ways``-th item, as the local runner deals them) differ by no more than the largest
-    item (for two takers always; here for three too)."""
+    """balanced_order (local runs with worker processes): the same items, the largest
+    first; the takers' shares (every ``ways``-th item, as the local runner deals them)
+    differ by no more than the largest item (for two takers always; here for three too)."""
     from pipelines.migrate import balanced_order
 
     sizes = [7200, 6200, 6200, 2100, 2100, 900, 900, 900, 500, 300, 40, 40, 10] + [5] * 20
@@ -263,6 +262,59 @@ def test_inputs_are_dealt_out_evenly_by_size(ways):
         assert sum(sizes[0::2]) > 1.6 * sum(sizes[1::2])
 
 
+def _queue_run(monkeypatch, costs: dict[str, float], sizes: dict[str, int], fail: str | None = None):
+    """EncodeInstances over inputs named by ``costs``, each "coded" by sleeping its cost
+    (an EncodeInstance whose process records which thread took it, and when)."""
+    import threading
+
+    from pipelines import migrate
+
+    took: list[tuple[str, int, float, float]] = []
+
+    def process(self, element):
+        ref, _ = element
+        if ref.url == fail:
+            raise migrate.StorageUnavailableError("SRC storage did not answer")
+        start = time.perf_counter()
+        time.sleep(costs[ref.url])
+        took.append((ref.url, threading.get_ident(), start, time.perf_counter()))
+        self._count("archived")
+        yield ref.url, {"row": ref.url}
+
+    monkeypatch.setattr(migrate.EncodeInstance, "setup", lambda self: None)
+    monkeypatch.setattr(migrate.EncodeInstance, "process", process)
+    cfg = migrate.MigrateConfig(src="", dst="", run_id="r", preset="fast", local_workers=2)
+    pairs = [(SourceRef(url, size=sizes[url]), frozenset()) for url in costs]
+    return list(migrate.EncodeInstances(cfg).process(pairs)), took
+
+
+def test_local_workers_take_inputs_from_one_queue(monkeypatch):
+    """Two threads, inputs whose time does not follow their size (as a coder's follows the
+    image, not its bytes): each input is coded once, the largest first, and both threads
+    finish together. Dealt out in advance in a snake draft by size (what the local run
+    did before), one thread got a, d, e, h (0.64 s) and the other 0.08 s."""
+    costs = {"a": 0.30, "b": 0.02, "c": 0.02, "d": 0.02, "e": 0.30, "f": 0.02, "g": 0.02, "h": 0.02}
+    sizes = {"a": 900, "b": 800, "c": 100, "d": 90, "e": 80, "f": 70, "g": 60, "h": 50}
+    outputs, took = _queue_run(monkeypatch, costs, sizes)
+    assert sorted(url for url, _ in outputs) == sorted(costs)
+    assert {url for url, *_ in sorted(took, key=lambda t: t[2])[:2]} == {"a", "b"}
+    ends: dict[int, float] = {}
+    for _, thread, _, end in took:
+        ends[thread] = max(ends.get(thread, 0.0), end)
+    assert len(ends) == 2
+    first, second = ends.values()
+    assert abs(first - second) < 0.2
+    assert max(ends.values()) - min(start for _, _, start, _ in took) < 0.55
+
+
+def test_an_input_that_stops_the_run_stops_the_queue(monkeypatch):
+    """An input whose storage does not answer stops the run (as it does on one thread):
+    the error reaches Beam, and the inputs not yet started are not coded."""
+    from pipelines import migrate
+
+    costs = {f"in{i}": 0.05 for i in range(20)}
+    with pytest.raises(migrate.StorageUnavailableError):
+        _queue_run(monkeypatch, costs, {url: 100 - i for i, url in enumerate(costs)}, fail="in2")
 def test_local_restore_one_study(local, tmp_path):
     out = tmp_path / "study"
     result = run_restore(str(local.dst), str(out), study=SC_STUDY_UID)
