@@ -31,6 +31,7 @@ BLOCK = 64
 _SEARCH_FACTOR = 8
 _P = 0x100000001B3  # odd: invertible mod 2**64
 _CHUNK = 1 << 20
+_FILTER_BITS = 16
 
 
 def _powers(n: int, base: int) -> np.ndarray:
@@ -78,9 +79,15 @@ def copies(data: bytes, reference: bytes) -> list[tuple[int, int, int]]:
     order = np.argsort(ref_hashes, kind="stable")
     ranked = ref_hashes[order]
     hashes = _window_hashes(a)
-    slot = np.minimum(np.searchsorted(ranked, hashes), ranked.size - 1)
-    found = np.flatnonzero(ranked[slot] == hashes)
-    found_ref = order[slot[found]] * BLOCK
+    # Only windows whose top bits some block's hash has are searched for: a search of
+    # every window took 13 of 21 ms on a 259 kB header, and most share no block.
+    present = np.zeros(1 << _FILTER_BITS, dtype=bool)
+    present[ranked >> np.uint64(64 - _FILTER_BITS)] = True
+    candidates = np.flatnonzero(present[hashes >> np.uint64(64 - _FILTER_BITS)])
+    slot = np.minimum(np.searchsorted(ranked, hashes[candidates]), ranked.size - 1)
+    hit = ranked[slot] == hashes[candidates]
+    found = candidates[hit]
+    found_ref = order[slot[hit]] * BLOCK
     out: list[tuple[int, int, int]] = []
     at = k = 0
     while k < found.size:

@@ -39,6 +39,13 @@ def test_a_delta_decodes_to_its_data(pair):
     for i, r, n in found:  # disjoint, in order, long enough, equal
         assert i >= at and n >= BLOCK and data[i : i + n] == reference[r : r + n]
         at = i + n
+    # none missed: no window between copies is one of the reference's aligned blocks
+    blocks = {reference[k : k + BLOCK] for k in range(0, len(reference) - BLOCK + 1, BLOCK)}
+    gaps, at = [], 0
+    for i, _, n in [*found, (len(data), 0, 0)]:
+        gaps.extend(range(at, min(i, len(data) - BLOCK + 1)))
+        at = i + n
+    assert not [g for g in gaps if data[g : g + BLOCK] in blocks]
     assert bytedelta.decode(bytedelta.encode(data, reference), reference, len(data)) == data
 
 
