@@ -31,12 +31,15 @@ class SourceRef:
     """One input instance: a file, or a member of a zip/tar archive.
 
     ``size``: its bytes as listing saw them (a file's stored size, a zip or tar member's
-    uncompressed size; None where unknown). It only orders work (``migrate.balanced_order``)
-    and is not part of its identity."""
+    uncompressed size; None where unknown). It only orders work (``migrate.balanced_order``).
+    ``offset``: where an (uncompressed) tar member's headers begin, as listing found them;
+    reading looks there first, and takes the member found there when it has this name.
+    Neither is part of its identity."""
 
     url: str
     member: str | None = None
     size: int | None = field(default=None, compare=False)
+    offset: int | None = field(default=None, compare=False)
 
     @property
     def identity(self) -> str:
@@ -148,20 +151,21 @@ def expand_file(url: str, *, storage_options: dict | None = None) -> Iterator[So
     if members is None:
         yield SourceRef(url, size=size if isinstance(size, int) else None)
     else:
-        for member, member_size in members:
-            yield SourceRef(url, member, size=member_size)
+        for member, member_size, offset in members:
+            yield SourceRef(url, member, size=member_size, offset=offset)
 
 
-def _archive_members(fs, path: str, kind: str) -> list[tuple[str, int]] | None:
-    """(name, uncompressed size) of each member of a zip/tar archive; None for a gzip file
-    that holds no tar (one file)."""
+def _archive_members(fs, path: str, kind: str) -> list[tuple[str, int, int | None]] | None:
+    """(name, uncompressed size, where its headers begin in a tar, else None) of each
+    member of a zip/tar archive; None for a gzip file that holds no tar (one file)."""
     with fs.open(path, "rb", block_size=ARCHIVE_BLOCK) as fh:
         if kind == "zip":
             with zipfile.ZipFile(fh) as zf:
-                return [(info.filename, info.file_size) for info in zf.infolist() if not info.is_dir()]
+                return [(info.filename, info.file_size, None) for info in zf.infolist() if not info.is_dir()]
         try:
             with tarfile.open(fileobj=fh, mode="r:gz" if kind == "tgz" else "r:") as tf:
-                names = [(info.name, info.size) for info in tf.getmembers() if info.isfile()]
+                names = [(info.name, info.size, info.offset if kind == "tar" else None)
+                         for info in tf.getmembers() if info.isfile()]
                 # gzip'd zeros read as an empty tar: take such a file as one input, never as none
                 return None if kind == "tgz" and not names else names
         except tarfile.TarError:
@@ -176,7 +180,7 @@ def read_source(ref: SourceRef, *, storage_options: dict | None = None, limits: 
     size = fs.size(path) if ref.member is None else None
     if size is not None:
         limits.check_size(int(size))
-    block = ARCHIVE_BLOCK
+    block, cache = ARCHIVE_BLOCK, "readahead"
     if ref.member is not None:
         with fs.open(path, "rb", block_size=HEAD_BYTES, cache_type="none") as fh:
             kind = _archive_kind(fh.read(HEAD_BYTES))
@@ -187,7 +191,9 @@ def read_source(ref: SourceRef, *, storage_options: dict | None = None, limits: 
                 # the member's local header (30 bytes, its name, at most 64 KiB of extra
                 # fields) and compressed data, in the one read-ahead that follows the header
                 block = info.compress_size + len(info.filename.encode()) + (64 << 10)
-    with fs.open(path, "rb", block_size=block) as fh:
+            elif kind == "tar" and ref.offset is not None:
+                cache = "none"  # the first header, the member's and its data: each read is one request
+    with fs.open(path, "rb", block_size=block, cache_type=cache) as fh:
         if ref.member is None:
             data = fh.read() if size is not None else _read_bounded(fh, limits, compressed=None)
             limits.check_size(len(data))
@@ -201,12 +207,27 @@ def read_source(ref: SourceRef, *, storage_options: dict | None = None, limits: 
                 with zf.open(info) as member:
                     return _read_bounded(member, limits, compressed=info.compress_size)
         with tarfile.open(fileobj=fh, mode="r:gz" if kind == "tgz" else "r:") as tf:
-            info = tf.getmember(ref.member)
+            info = _tar_member_at(tf, ref) if kind == "tar" and ref.offset is not None else None
+            if info is None:  # every header read up to the member's (a tar.gz, or a tar changed since listing)
+                info = tf.getmember(ref.member)
             limits.check_size(info.size)
             member = tf.extractfile(info)
             if member is None:
                 raise SourceError("archive member is not a regular file")
             return _read_bounded(member, limits, compressed=None)
+
+
+def _tar_member_at(tf: tarfile.TarFile, ref: SourceRef) -> tarfile.TarInfo | None:
+    """The regular file whose headers begin at ``ref.offset`` in ``tf`` when they name
+    ``ref.member``, else None. Found by every header up to it (``getmember``), reading a
+    member of a tar of N members read N headers, on an object store a read-ahead block
+    each: the whole tar for every member."""
+    try:
+        tf.fileobj.seek(ref.offset)
+        info = tarfile.TarInfo.fromtarfile(tf)
+    except (tarfile.TarError, OSError, ValueError, EOFError):
+        return None
+    return info if info.name == ref.member and info.isfile() else None
 
 
 def _read_bounded(stream: BinaryIO, limits: ReadLimits, *, compressed: int | None) -> bytes:

@@ -221,3 +221,42 @@ def test_listing_and_reading_fetch_what_they_need(s3, monkeypatch):
     fetched.clear()
     assert read_source(refs[0], storage_options=s3) == filler
     assert sum(fetched) <= len(filler) + (96 << 10)
+
+
+def test_a_tar_member_is_read_where_listing_found_it(s3, monkeypatch):
+    """Found by reading every header before it, a tar member cost a read-ahead block per
+    header: the whole tar for each member. Listing records where each member's headers
+    begin; reading fetches that member's header and data (and the tar's first header). A
+    member whose offset names another member (the tar changed since listing) is still
+    found by name."""
+    import tarfile
+
+    from pipelines.sources import expand_file, read_source
+
+    fs = s3fs.S3FileSystem(**s3)
+    fs.mkdir("tar-bucket")
+    ct = pydicom_bytes("CT_small.dcm")
+    fillers = {f"series/{i}.bin": bytes([i]) * (64 << 10) for i in range(40)}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in [*fillers.items(), ("series/a-name-longer-than-one-hundred-bytes-" + "x" * 80 + ".dcm", ct)]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    fs.pipe("tar-bucket/study.tar", buf.getvalue())
+
+    fetched = []
+    fetch = s3fs.core.S3File._fetch_range
+    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range",
+                        lambda self, start, end: fetched.append(end - start) or fetch(self, start, end))
+    refs = list(expand_file("s3://tar-bucket/study.tar", storage_options=s3))
+    assert [r.member for r in refs][:-1] == list(fillers) and all(r.offset is not None for r in refs)
+    fetched.clear()
+    assert read_source(refs[-1], storage_options=s3) == ct  # a long (GNU / pax) name: extra header blocks
+    assert sum(fetched) <= len(ct) + (4 << 10) and len(fetched) <= 8  # not one request per header before it
+    fetched.clear()
+    assert read_source(refs[3], storage_options=s3) == fillers["series/3.bin"]
+    assert sum(fetched) <= (64 << 10) + (4 << 10)
+    moved = SourceRef(refs[-1].url, refs[-1].member, offset=refs[2].offset)
+    assert read_source(moved, storage_options=s3) == ct
+    assert read_source(SourceRef(refs[-1].url, refs[-1].member, offset=len(buf.getvalue()) + 7), storage_options=s3) == ct
