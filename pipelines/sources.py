@@ -8,8 +8,10 @@ inside a zip or tar archive.
 from __future__ import annotations
 
 import tarfile
+import threading
 import zipfile
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
@@ -19,8 +21,8 @@ from .storage import open_fs
 HEAD_BYTES = 512
 # Object stores' file objects read ahead by a block (s3fs: 50 MiB; gcsfs: 5 MiB): a
 # 512-byte sniff fetched whole files, and every read of one zip member the whole zip.
-# Listing reads the head alone, with no read-ahead; a zip member is read with a block of
-# its own compressed size (found in the zip's directory first), the rest with this block.
+# Listing reads the head alone, with no read-ahead, and so do zip and tar member reads
+# (_zip_directory, _tar_member_at); the rest read ahead this block.
 ARCHIVE_BLOCK = 1 << 20
 _ZIP_MAGIC = b"PK\x03\x04"
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -180,32 +182,25 @@ def read_source(ref: SourceRef, *, storage_options: dict | None = None, limits: 
     size = fs.size(path) if ref.member is None else None
     if size is not None:
         limits.check_size(int(size))
-    block, cache = ARCHIVE_BLOCK, "readahead"
+    cache = "readahead"
     if ref.member is not None:
         with fs.open(path, "rb", block_size=HEAD_BYTES, cache_type="none") as fh:
             kind = _archive_kind(fh.read(HEAD_BYTES))
-            if kind == "zip":  # its directory, read with no read-ahead: the member's compressed size
-                fh.seek(0)
-                with zipfile.ZipFile(fh) as zf:
-                    info = zf.getinfo(ref.member)
-                # the member's local header (30 bytes, its name, at most 64 KiB of extra
-                # fields) and compressed data, in the one read-ahead that follows the header
-                block = info.compress_size + len(info.filename.encode()) + (64 << 10)
-            elif kind == "tar" and ref.offset is not None:
-                cache = "none"  # the first header, the member's and its data: each read is one request
-    with fs.open(path, "rb", block_size=block, cache_type=cache) as fh:
+        if kind == "zip":
+            zf = _zip_directory(fs, path)
+            info = zf.getinfo(ref.member)
+            limits.check_ratio(info.file_size, info.compress_size)
+            with zf.open(info) as member:
+                return _read_bounded(member, limits, compressed=info.compress_size)
+        if kind == "tar" and ref.offset is not None:
+            cache = "none"  # the first header, the member's and its data: each read is one request
+    with fs.open(path, "rb", block_size=ARCHIVE_BLOCK, cache_type=cache) as fh:
         if ref.member is None:
             data = fh.read() if size is not None else _read_bounded(fh, limits, compressed=None)
             limits.check_size(len(data))
             if data.startswith(_GZIP_MAGIC):
                 return _gunzip(data, limits)
             return data
-        if kind == "zip":
-            with zipfile.ZipFile(fh) as zf:
-                info = zf.getinfo(ref.member)
-                limits.check_ratio(info.file_size, info.compress_size)
-                with zf.open(info) as member:
-                    return _read_bounded(member, limits, compressed=info.compress_size)
         with tarfile.open(fileobj=fh, mode="r:gz" if kind == "tgz" else "r:") as tf:
             info = _tar_member_at(tf, ref) if kind == "tar" and ref.offset is not None else None
             if info is None:  # every header read up to the member's (a tar.gz, or a tar changed since listing)
@@ -215,6 +210,42 @@ def read_source(ref: SourceRef, *, storage_options: dict | None = None, limits: 
             if member is None:
                 raise SourceError("archive member is not a regular file")
             return _read_bounded(member, limits, compressed=None)
+
+
+# The zip directories this process read last, by (path, size, version): a zip's members
+# are read one at a time, and reading its directory for each read it N times for N
+# members (a zip of 10,000 instances holds about a megabyte of directory).
+_ZIP_DIRECTORIES: OrderedDict[tuple, zipfile.ZipFile] = OrderedDict()
+_ZIP_DIRECTORIES_KEPT = 8
+_ZIP_DIRECTORIES_LOCK = threading.Lock()
+_VERSION_KEYS = ("ETag", "etag", "generation", "md5Hash", "LastModified", "updated", "mtime")
+
+
+def _zip_directory(fs, path: str) -> zipfile.ZipFile:
+    """The zip at ``path`` with its directory read, over a file object that reads what is
+    asked (no read-ahead: a member's header, then its data, in reads of 1 MiB). Kept for
+    the next member while the object keeps its size and version (ETag, generation or
+    mtime) and is one of the last ``_ZIP_DIRECTORIES_KEPT`` zips read; ZipFile reads its
+    members from several threads at once under its own lock."""
+    info = fs.info(path)
+    version = next((str(info[k]) for k in _VERSION_KEYS if info.get(k) is not None), None)
+    key = (fs.unstrip_protocol(path), info.get("size"), version)
+    with _ZIP_DIRECTORIES_LOCK:
+        if version is not None and key in _ZIP_DIRECTORIES:
+            _ZIP_DIRECTORIES.move_to_end(key)
+            return _ZIP_DIRECTORIES[key]
+    fh = fs.open(path, "rb", block_size=HEAD_BYTES, cache_type="none")
+    try:
+        zf = zipfile.ZipFile(fh)
+    except BaseException:
+        fh.close()
+        raise
+    if version is not None:
+        with _ZIP_DIRECTORIES_LOCK:
+            _ZIP_DIRECTORIES[key] = zf
+            while len(_ZIP_DIRECTORIES) > _ZIP_DIRECTORIES_KEPT:
+                _ZIP_DIRECTORIES.popitem(last=False)  # its file closes when no read holds it
+    return zf
 
 
 def _tar_member_at(tf: tarfile.TarFile, ref: SourceRef) -> tarfile.TarInfo | None:

@@ -260,3 +260,38 @@ def test_a_tar_member_is_read_where_listing_found_it(s3, monkeypatch):
     moved = SourceRef(refs[-1].url, refs[-1].member, offset=refs[2].offset)
     assert read_source(moved, storage_options=s3) == ct
     assert read_source(SourceRef(refs[-1].url, refs[-1].member, offset=len(buf.getvalue()) + 7), storage_options=s3) == ct
+
+
+def test_a_zip_directory_is_read_once_for_its_members(s3, monkeypatch):
+    """Reading each member read the zip's directory again (twice): for N members, N
+    directories. The directory is read once while the zip is unchanged; a zip replaced
+    under the same name (another ETag) is read anew."""
+    from pipelines.sources import HEAD_BYTES, expand_file, read_source
+
+    fs = s3fs.S3FileSystem(**s3)
+    fs.mkdir("zip-bucket")
+    members = {f"export/{'study-' * 20}{i:03d}.dcm": bytes([i]) * 4000 for i in range(60)}
+
+    def zipped(content: dict[str, bytes]) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+            for name, data in content.items():
+                zf.writestr(name, data)
+        return buf.getvalue()
+
+    blob = zipped(members)
+    fs.pipe("zip-bucket/export.zip", blob)
+    refs = list(expand_file("s3://zip-bucket/export.zip", storage_options=s3))
+    fetched = []
+    fetch = s3fs.core.S3File._fetch_range
+    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range",
+                        lambda self, start, end: fetched.append(end - start) or fetch(self, start, end))
+    assert [read_source(r, storage_options=s3) for r in refs] == list(members.values())
+    directory = len(blob) - sum(30 + len(name) + len(data) for name, data in members.items())
+    assert directory > 8000  # each member's name, twice, and the end record
+    assert sum(fetched) < len(blob) + 2 * directory + 60 * HEAD_BYTES  # not 60 directories
+
+    changed = {name: data[::-1] + b"!" for name, data in members.items()}
+    fs.pipe("zip-bucket/export.zip", zipped(changed))
+    fs.invalidate_cache()
+    assert read_source(refs[5], storage_options=s3) == changed[refs[5].member]
