@@ -195,3 +195,20 @@ def test_restore_reports_an_unreadable_index_file_and_fail_fast_stops_on_it(smal
     assert [p["file"] for p in summary["unreadable_indexes"]] == ["index/0000000000000000-0000000000000000.parquet"]
     with pytest.raises(Exception, match="0000000000000000-0000000000000000.parquet is unreadable"):
         run_restore(str(small), str(tmp_path / "again"), fail_fast=True)
+
+
+def test_records_of_a_shard_are_read_in_runs():
+    """record_runs: records at most RUN_GAP apart are read together, up to RUN_SPAN in all
+    (a larger record alone); every row's record lies in its run."""
+    from pipelines.restore import RUN_GAP, RUN_SPAN, record_runs
+
+    layout = [(0, 100), (100, 50), (150 + RUN_GAP, 10), (RUN_GAP * 3, RUN_SPAN + 1), (RUN_GAP * 3 + RUN_SPAN + 1, 5),
+              (RUN_SPAN * 4, 20), (RUN_SPAN * 4 + 20, RUN_SPAN - 30), (RUN_SPAN * 5, 1)]
+    rows = [{"offset": o, "length": n} for o, n in layout]
+    runs = record_runs(rows)
+    assert runs == [(0, 160 + RUN_GAP)] * 3 + [(RUN_GAP * 3, RUN_GAP * 3 + RUN_SPAN + 1)] + [
+        (RUN_GAP * 3 + RUN_SPAN + 1, RUN_GAP * 3 + RUN_SPAN + 6)] + [(RUN_SPAN * 4, RUN_SPAN * 5 - 10)] * 2 + [
+        (RUN_SPAN * 5, RUN_SPAN * 5 + 1)]
+    for r, (start, end) in zip(rows, runs):
+        assert start <= r["offset"] and r["offset"] + r["length"] <= end
+    assert record_runs([]) == []

@@ -295,3 +295,44 @@ def test_a_zip_directory_is_read_once_for_its_members(s3, monkeypatch):
     fs.pipe("zip-bucket/export.zip", zipped(changed))
     fs.invalidate_cache()
     assert read_source(refs[5], storage_options=s3) == changed[refs[5].member]
+
+
+def test_a_restore_of_one_instance_fetches_its_record(s3, tmp_path, monkeypatch):
+    """A shard was read with s3fs's 50 MiB read-ahead: restoring one instance fetched the
+    shard from its record on. The records a restore selects are read in runs of
+    neighbours (pipelines.restore.record_runs): one instance, its record; a whole study,
+    one read of the shard."""
+    import pydicom
+
+    fs = s3fs.S3FileSystem(**s3)
+    fs.mkdir("one-src")
+    fs.mkdir("one-dst")
+    uids = []
+    for i in range(3):  # three instances of one study: one shard
+        ds = pydicom.dcmread(io.BytesIO(pydicom_bytes("CT_small.dcm")))
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{ds.SOPInstanceUID}.{i + 1}"
+        buf = io.BytesIO()
+        ds.save_as(buf)
+        fs.pipe(f"one-src/ct/{i}.dcm", buf.getvalue())
+        uids.append(ds.SOPInstanceUID)
+    dst = "s3://one-dst/archive"
+    summary = run_migrate("s3://one-src/ct", dst, preset="fast", progress=False, phi_in_clear=True, storage_options=s3)
+    assert (summary["archived"], summary["shards"]) == (3, 1)
+    rows = sorted(Archive(dst, storage_options=s3).read_index().to_pylist(), key=lambda r: r["offset"])
+    shard_size = fs.size(f"one-dst/archive/{rows[0]['shard']}")
+
+    fetched = []
+    fetch = s3fs.core.S3File._fetch_range
+    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range", lambda self, start, end: fetched.append(
+        (self.path.rsplit("/", 1)[-1], end - start)) or fetch(self, start, end))
+    sop = uids[0]
+    assert run_restore(dst, str(tmp_path / "one"), sop=sop, storage_options=s3)["restored"] == 1
+    from_shard = [n for name, n in fetched if name.endswith(".tar")]
+    record = next(r for r in rows if r["sop_key"] == Archive(dst, storage_options=s3).open_or_create(
+        key=None, key_mode="keyring").hash("sop", sop))
+    assert from_shard == [record["length"]] and record["length"] < shard_size / 2
+
+    fetched.clear()
+    assert run_restore(dst, str(tmp_path / "all"), storage_options=s3)["restored"] == 3
+    spans = [n for name, n in fetched if name.endswith(".tar")]
+    assert len(spans) == 1 and spans[0] == rows[-1]["offset"] + rows[-1]["length"] - rows[0]["offset"]
