@@ -36,6 +36,7 @@ from .archive import Archive, ArchiveError, Identity, archive_identity, shard_st
 from .keys import load_keyring
 from .storage import worker_storage_options
 from .runner import LOCAL_RUNNERS, pipeline_options, quiet_beam_logs, worker_logs_captured
+from .threadqueue import gathered, local_threads, queued
 
 FIRST_FAILURES = 10  # failures named in the summary (all are in the part files)
 # Index row fields the record checks need (an audit group carries only these).
@@ -55,6 +56,7 @@ class AuditConfig:
     key_file: str | None = None
     storage_options: dict = field(default_factory=dict)
     started: float = 0.0
+    local_threads: int | None = None  # a local run's N > 1 worker threads: stems from one queue (threadqueue)
 
 
 def sampled(sop_key: str, fraction: float) -> bool:
@@ -454,9 +456,9 @@ class Audit(beam.PTransform):
             | "ReadRuns" >> beam.ParDo(ReadRun(cfg)).with_outputs("summary", main="committed")
         )
         stems = (
-            {"index": read.index, "listed": listed, "committed": runs.committed}
-            | "MeetByStem" >> beam.CoGroupByKey()
-            | "Audit" >> beam.ParDo(AuditStem(cfg))
+            gathered({"index": read.index, "listed": listed, "committed": runs.committed}
+                     | "MeetByStem" >> beam.CoGroupByKey(), "Gather", cfg.local_threads)
+            | "Audit" >> beam.ParDo(queued(AuditStem(cfg), cfg.local_threads, weight=_stem_bytes))
         )
         models = read.models | "ModelUse" >> beam.CombinePerKey(sum) | "CheckModels" >> beam.ParDo(CheckModel(cfg))
         return (
@@ -465,6 +467,11 @@ class Audit(beam.PTransform):
             | "Summary" >> beam.CombineGlobally(AuditSummaryFn())
             | "WriteSummary" >> beam.ParDo(WriteSummary(cfg))
         )
+
+
+def _stem_bytes(element: tuple[str, dict]) -> int:
+    """A stem's record bytes, as its index rows give them: what a deep audit reads and decodes."""
+    return sum(r.get("length") or 0 for info in element[1]["index"] for r in info["rows"])
 
 
 def check_model(archive: Archive, model_id: str, model_hash: str | None, adapter: str | None, users: int,
@@ -529,6 +536,7 @@ def run_audit(
     storage_options = worker_storage_options(storage_options, local=runner in LOCAL_RUNNERS)
     archive = Archive(archive_url, storage_options=storage_options)
     archive_identity(archive.read_manifest(), key_file)  # not an archive / not its key: one line, here
+    options = pipeline_options(runner, workers, beam_args)
     cfg = AuditConfig(
         archive=archive_url,
         audit_id=new_audit_id(),
@@ -537,10 +545,9 @@ def run_audit(
         key_file=key_file,
         storage_options=storage_options or {},
         started=time.time(),
+        local_threads=local_threads(options, workers, runner in LOCAL_RUNNERS),
     )
-    with worker_logs_captured(runner in LOCAL_RUNNERS), beam.Pipeline(
-        options=pipeline_options(runner, workers, beam_args)
-    ) as p:
+    with worker_logs_captured(runner in LOCAL_RUNNERS), beam.Pipeline(options=options) as p:
         _ = p | "Archive" >> beam.Create([archive_url]) | "Audit" >> Audit(cfg)
     archive.fs.invalidate_cache()  # the summary was written by workers (stale listings otherwise)
     with archive.fs.open(archive.path("audit", f"{cfg.audit_id}.json"), "rb") as fh:

@@ -16,7 +16,6 @@ import hashlib
 import io
 import json
 import tarfile
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
@@ -31,6 +30,7 @@ from .keys import load_keyring
 from .progress import ProgressReporter
 from .sources import ReadLimits, SourceRef, expand_file, find_files, list_top, read_source
 from .storage import StorageUnavailableError, is_unavailable
+from .threadqueue import gathered, queued
 
 # A shard holds at most this many instances / bytes of records (a study may span shards).
 MAX_SHARD_INSTANCES = 512
@@ -56,11 +56,11 @@ class MigrateConfig:
     # runners with N workers give each cores // N, so they do not oversubscribe (worker
     # threads set the same value for their one process).
     model_threads: int | None = None
-    # Local runners with N > 1 workers: their number; None elsewhere. Worker threads
-    # (``local_threads``, the default) code the inputs taking them from one queue
-    # (EncodeInstances); worker processes are each dealt their part (_dealt_evenly).
+    # Local runners with N > 1 workers: their number; None elsewhere. Worker threads (the
+    # default; ``local_threads`` N) code the inputs from one queue (threadqueue); worker
+    # processes are each dealt their part once (_dealt_evenly).
     local_workers: int | None = None
-    local_threads: bool = False
+    local_threads: int | None = None
     # A-LoRA adapters by modality group ({"CT": sha256, ...}, files under DST/models/):
     # inputs of those modalities are coded with base + adapter (and the v1.0 local path,
     # the smaller record kept); other modalities with the preset's models.
@@ -212,6 +212,10 @@ def balanced_order(items: list, sizes: list[int], ways: int) -> list:
     return out
 
 
+def _input_size(pair: tuple[SourceRef, frozenset]) -> int:
+    return pair[0].size or 0
+
+
 def _dealt_evenly(pairs: list[tuple[SourceRef, frozenset]], ways: int) -> list[tuple[SourceRef, frozenset]]:
     """Every listed input of a local run with ``ways`` worker processes, in
     ``balanced_order`` by size.
@@ -221,7 +225,7 @@ def _dealt_evenly(pairs: list[tuple[SourceRef, frozenset]], ways: int) -> list[t
     large files among many small ones, one worker got about three times the other's work
     (benchmarks.pipeline_throughput --workers 2; the notes of issue 22). Local runs hold
     every element in memory anyway, so the list of inputs is gathered and ordered here.
-    Worker threads (the default) take the inputs from one queue instead (EncodeInstances),
+    Worker threads (the default) take the inputs from one queue instead (threadqueue),
     and distributed runners balance work themselves."""
     return balanced_order(pairs, [ref.size or 0 for ref, _ in pairs], ways)
 
@@ -231,15 +235,6 @@ class EncodeInstance(beam.DoFn):
 
     def __init__(self, cfg: MigrateConfig) -> None:
         self.cfg = cfg
-        # None: count with Beam's counters; a list: record (name, n) for the thread that
-        # runs the bundle (EncodeInstances' workers: Beam counts in that thread only)
-        self.counts: list[tuple[str, int]] | None = None
-
-    def _count(self, name: str, n: int = 1) -> None:
-        if self.counts is None:
-            Metrics.counter(NAMESPACE, name).inc(n)
-        else:
-            self.counts.append((name, n))
 
     def setup(self) -> None:
         import medcodec
@@ -273,14 +268,14 @@ class EncodeInstance(beam.DoFn):
             if is_unavailable(exc):  # the store, not this input: stop the run (a re-run resumes)
                 raise StorageUnavailableError(f"SRC storage did not answer reading an input ({type(exc).__name__})"
                                               ) from exc
-            self._count("deadlettered")
+            Metrics.counter(NAMESPACE, "deadlettered").inc()
             yield beam.pvalue.TaggedOutput("dead", _dead_row(ident, ref, "read", exc, cfg.run_id))
             self.progress.tick(0, 0, failed=True)
             return
         read_s = time.perf_counter() - t0
         sha = hashlib.sha256(data).hexdigest()
         if sha in indexed:
-            self._count("skipped")
+            Metrics.counter(NAMESPACE, "skipped").inc()
             yield beam.pvalue.TaggedOutput("skipped", source_key)
             self.progress.tick(len(data), 0, skipped=True)
             return
@@ -289,7 +284,7 @@ class EncodeInstance(beam.DoFn):
             # one parse and one read back: the record, the header's identifiers, the record's description
             record, uids, info = self.codec.archive_dicom(data, sha256=sha)
         except (self.medcodec.MedcodecError, MemoryError) as exc:  # out of memory: this input, not the job
-            self._count("deadlettered")
+            Metrics.counter(NAMESPACE, "deadlettered").inc()
             stage = "parse" if isinstance(exc, (self.medcodec.InvalidDicomError,)) else "encode"
             yield beam.pvalue.TaggedOutput(
                 "dead", _dead_row(ident, ref, stage, exc, cfg.run_id, source_sha256=sha, size=len(data))
@@ -338,56 +333,11 @@ class EncodeInstance(beam.DoFn):
             "encode_seconds": encode_s,
             "read_seconds": read_s,
         }
-        self._count("archived")
-        self._count("bytes_in", len(data))
-        self._count("bytes_out", len(record))
+        Metrics.counter(NAMESPACE, "archived").inc()
+        Metrics.counter(NAMESPACE, "bytes_in").inc(len(data))
+        Metrics.counter(NAMESPACE, "bytes_out").inc(len(record))
         self.progress.tick(len(data), len(record))
         yield row["study_key"], {"row": row, "record": record}
-
-
-class EncodeInstances(beam.DoFn):
-    """A local run with N > 1 worker threads: every listed input (gathered into one list)
-    -> what ``EncodeInstance`` gives for each, coded by N threads that each take the next
-    input when they finish one, the largest first; one ``EncodeInstance`` (one codec) per
-    thread, and its outputs yielded as each input finishes.
-
-    Beam's local runner splits a stage's input into one part per worker thread before the
-    stage starts and never rebalances. Dealt out evenly by size (the largest first, in a
-    snake draft), the two threads' shares of the `max` pipeline benchmark still took 16.5
-    and 21.9 s: a coder's time follows the image, not its bytes (an 8-bit colour
-    ultrasound of 0.9 MB took 3.7 s, a 7.2 MB CR 1.5 s and another 4.6 s). A queue
-    balances whatever the inputs take. Distributed runners balance work themselves and
-    never take this step."""
-
-    def __init__(self, cfg: MigrateConfig) -> None:
-        self.cfg = cfg
-
-    def process(self, pairs: list[tuple[SourceRef, frozenset]]) -> Iterator[Any]:
-        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
-        local = threading.local()
-
-        def encode(pair: tuple[SourceRef, frozenset]) -> tuple[list, list[tuple[str, int]]]:
-            worker = getattr(local, "worker", None)
-            if worker is None:  # set up in the thread that codes with it
-                worker = local.worker = EncodeInstance(self.cfg)
-                worker.setup()
-            worker.counts = []
-            return list(worker.process(pair)), worker.counts
-
-        pairs = sorted(pairs, key=lambda pair: -(pair[0].size or 0))
-        pool = ThreadPoolExecutor(self.cfg.local_workers, thread_name_prefix="medarchive-encode")
-        try:
-            pending = {pool.submit(encode, pair) for pair in pairs}
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    outputs, counts = future.result()  # an input that stops the run stops it here
-                    for name, n in counts:
-                        Metrics.counter(NAMESPACE, name).inc(n)
-                    yield from outputs
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def shard_chunks(instances: Iterable[dict]) -> list[list[tuple]]:
@@ -723,13 +673,14 @@ class Migrate(beam.PTransform):
             | "MeetIndex" >> beam.CoGroupByKey()
             | "WithIndexed" >> beam.FlatMap(_with_indexed)
         )
-        if cfg.local_workers and cfg.local_threads:  # one list, coded by a queue over N threads
-            inputs, encode = inputs | "Gather" >> beam.combiners.ToList(), EncodeInstances(cfg)
+        if cfg.local_threads:  # one list, coded from one queue by N threads, the largest first
+            inputs = gathered(inputs, "Gather", cfg.local_threads)
         else:
             if cfg.local_workers:  # N processes, each given its part once: dealt out evenly by size
                 inputs = (inputs | "Gather" >> beam.combiners.ToList()
                           | "DealEvenly" >> beam.FlatMap(_dealt_evenly, cfg.local_workers))
-            inputs, encode = inputs | "Reshuffle" >> beam.Reshuffle(), EncodeInstance(cfg)
+            inputs = inputs | "Reshuffle" >> beam.Reshuffle()
+        encode = queued(EncodeInstance(cfg), cfg.local_threads, weight=_input_size)
         encoded = inputs | "Encode" >> beam.ParDo(encode).with_outputs("dead", "skipped", main="instances")
         shards = encoded.instances | "ByStudy" >> beam.GroupByKey() | "WriteShards" >> beam.ParDo(WriteShards(cfg))
         dead = ((listed.dead, encoded.dead) | "AllDead" >> beam.Flatten()

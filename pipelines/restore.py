@@ -31,6 +31,7 @@ from .archive import Archive, ArchiveError, Identity, archive_identity
 from .storage import open_fs, worker_storage_options
 from .keys import load_keyring
 from .runner import LOCAL_RUNNERS, pipeline_options, quiet_beam_logs, worker_logs_captured
+from .threadqueue import gathered, local_threads, queued
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class RestoreConfig:
     study_key: str | None = None
     series_key: str | None = None
     sop_key: str | None = None
+    local_threads: int | None = None  # a local run's N > 1 worker threads: shards from one queue (threadqueue)
 
 
 def _safe(uid: str | None, fallback: str) -> str:
@@ -315,9 +317,9 @@ class Restore(beam.PTransform):
             | "MarkDuplicates" >> beam.FlatMap(_mark_duplicates).with_outputs("report", main="rows")
         )
         restored = (
-            by_sop.rows
-            | "ByShard" >> beam.GroupByKey()
-            | "Restore" >> beam.ParDo(RestoreShard(cfg)).with_outputs("report", main="restored")
+            gathered(by_sop.rows | "ByShard" >> beam.GroupByKey(), "Gather", cfg.local_threads)
+            | "Restore" >> beam.ParDo(queued(RestoreShard(cfg), cfg.local_threads, weight=_shard_bytes))
+            .with_outputs("report", main="restored")
         )
         return (
             (selected.report, by_sop.report, restored.report)
@@ -325,6 +327,11 @@ class Restore(beam.PTransform):
             | "Report" >> beam.CombineGlobally(RestoreReportFn())
             | "WriteReport" >> beam.Map(_write_report, cfg=cfg)
         )
+
+
+def _shard_bytes(element: tuple[str, Iterable[dict]]) -> int:
+    """The bytes of a shard's selected records: what restoring it reads and decodes."""
+    return sum(r["length"] or 0 for r in element[1])
 
 
 def run_restore(
@@ -374,19 +381,19 @@ def run_restore(
     if identity is None and (study or series or sop):
         raise ArchiveError("selecting by UID in this archive needs its key: pass --key-file")
     run_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+    options = pipeline_options(runner, workers, beam_args)
     cfg = RestoreConfig(
         archive_url, dst, storage_options or {}, dst_storage_options or {}, key_file, fail_fast,
         f".medarchive-restore-{run_id}.json",
         study_key=identity.hash("study", study) if study else None,
         series_key=identity.hash("series", series) if series else None,
         sop_key=identity.hash("sop", sop) if sop else None,
+        local_threads=local_threads(options, workers, local),
     )
     fs, root = open_fs(dst, dst_storage_options)
     existed = fs.exists(root)
     started = time.time()
-    with worker_logs_captured(runner in LOCAL_RUNNERS), beam.Pipeline(
-        options=pipeline_options(runner, workers, beam_args)
-    ) as p:
+    with worker_logs_captured(runner in LOCAL_RUNNERS), beam.Pipeline(options=options) as p:
         _ = p | "Archive" >> beam.Create([archive_url]) | "Restore" >> Restore(cfg)
     fs.invalidate_cache()  # written by workers
     report_path = f"{root.rstrip('/')}/{cfg.report}"

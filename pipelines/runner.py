@@ -27,6 +27,7 @@ from .archive import Archive, ArchiveError
 from .storage import StorageTimeouts, open_fs, storage_errors, with_timeouts, worker_storage_options
 from .migrate import Migrate, MigrateConfig
 from .progress import MetricsProgress, ProgressMonitor
+from .threadqueue import local_threads
 
 LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner"}
 
@@ -232,7 +233,7 @@ def _run_migrate_pipeline(archive: Archive, run_id: str, index_files: tuple[str,
             progress_dir=progress_dir if (progress and local) else None,
             model_threads=max(1, (os.cpu_count() or 1) // workers) if local else None,
             local_workers=workers if local and workers > 1 else None,
-            local_threads=local and options.get_all_options().get("direct_running_mode") == "multi_threading",
+            local_threads=local_threads(options, workers, local),
         )
         started = time.time()
         pipeline = beam.Pipeline(options=options)

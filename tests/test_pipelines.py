@@ -196,7 +196,7 @@ def test_two_worker_threads_do_what_one_worker_does(local, tmp_path, monkeypatch
     """``--workers 2`` on the local runner: two worker threads of one process (the compiled
     coders release the GIL). The same inputs give the same records; audit and restore,
     with two workers too, pass and are byte-exact. The two threads take the inputs from
-    one queue (``EncodeInstances``): each input is coded once, and both threads code."""
+    one queue (``pipelines.threadqueue``): each input is coded once, and both threads code."""
     import threading
 
     from pipelines import migrate
@@ -205,7 +205,7 @@ def test_two_worker_threads_do_what_one_worker_does(local, tmp_path, monkeypatch
     encode = migrate.EncodeInstance.process
 
     def counting(self, element):
-        assert threading.current_thread().name.startswith("medarchive-encode")  # EncodeInstances' threads
+        assert threading.current_thread().name.startswith("medarchive-queue")  # threadqueue's threads
         dealt.setdefault(threading.get_ident(), []).append(element[0].identity)
         yield from encode(self, element)
 
@@ -260,68 +260,6 @@ def test_inputs_are_dealt_out_evenly_by_size(ways):
     # Dealt in arrival order instead, one taker of two would get 1.6x the other's bytes.
     if ways == 2:
         assert sum(sizes[0::2]) > 1.6 * sum(sizes[1::2])
-
-
-def _queue_run(monkeypatch, costs: dict[str, float], sizes: dict[str, int], fail: str | None = None):
-    """EncodeInstances over inputs named by ``costs``, each "coded" by sleeping its cost
-    (an EncodeInstance whose process records which thread took it, and when)."""
-    import threading
-
-    from pipelines import migrate
-
-    took: list[tuple[str, int, float, float]] = []
-
-    def process(self, element):
-        ref, _ = element
-        if ref.url == fail:
-            raise migrate.StorageUnavailableError("SRC storage did not answer")
-        start = time.perf_counter()
-        time.sleep(costs[ref.url])
-        took.append((ref.url, threading.get_ident(), start, time.perf_counter()))
-        self._count("archived")
-        yield ref.url, {"row": ref.url}
-
-    monkeypatch.setattr(migrate.EncodeInstance, "setup", lambda self: None)
-    monkeypatch.setattr(migrate.EncodeInstance, "process", process)
-    cfg = migrate.MigrateConfig(src="", dst="", run_id="r", preset="fast", local_workers=2)
-    pairs = [(SourceRef(url, size=sizes[url]), frozenset()) for url in costs]
-    return list(migrate.EncodeInstances(cfg).process(pairs)), took
-
-
-def test_local_workers_take_inputs_from_one_queue(monkeypatch):
-    """Two threads, inputs whose time does not follow their size (as a coder's follows the
-    image, not its bytes): each input is coded once, the largest first, and both threads
-    finish together. Dealt out in advance in a snake draft by size (what the local run
-    did before), one thread got a, d, e, h (0.64 s) and the other 0.08 s."""
-    costs = {"a": 0.30, "b": 0.02, "c": 0.02, "d": 0.02, "e": 0.30, "f": 0.02, "g": 0.02, "h": 0.02}
-    sizes = {"a": 900, "b": 800, "c": 100, "d": 90, "e": 80, "f": 70, "g": 60, "h": 50}
-    outputs, took = _queue_run(monkeypatch, costs, sizes)
-    assert sorted(url for url, _ in outputs) == sorted(costs)
-    assert {url for url, *_ in sorted(took, key=lambda t: t[2])[:2]} == {"a", "b"}
-    ends: dict[int, float] = {}
-    for _, thread, _, end in took:
-        ends[thread] = max(ends.get(thread, 0.0), end)
-    assert len(ends) == 2
-    first, second = ends.values()
-    assert abs(first - second) < 0.2
-    assert max(ends.values()) - min(start for _, _, start, _ in took) < 0.55
-
-
-def test_an_input_that_stops_the_run_stops_the_queue(monkeypatch):
-    """An input whose storage does not answer stops the run (as it does on one thread):
-    the error reaches Beam, and the inputs not yet started are not coded."""
-    from pipelines import migrate
-
-    costs = {f"in{i}": 0.05 for i in range(20)}
-    with pytest.raises(migrate.StorageUnavailableError):
-        _queue_run(monkeypatch, costs, {url: 100 - i for i, url in enumerate(costs)}, fail="in2")
-def test_local_restore_one_study(local, tmp_path):
-    out = tmp_path / "study"
-    result = run_restore(str(local.dst), str(out), study=SC_STUDY_UID)
-    restored = sorted(p for p in out.rglob("*") if p.is_file())
-    assert result["selected"] == len(restored) == 3
-    assert {sha(p.read_bytes()) for p in restored} == {sha(pydicom_bytes(n)) for n in TGZ_STUDY.values()}
-    assert all(p.relative_to(out).parts[0] == SC_STUDY_UID for p in restored)
 
 
 def test_local_rerun_adds_nothing_then_only_the_new_file(local, tmp_path):
