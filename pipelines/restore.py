@@ -228,16 +228,16 @@ def record_runs(rows: list[dict]) -> list[tuple[int, int]]:
     is read in, one read per run (the same range for the rows of one run)."""
     runs: list[tuple[int, int]] = []
     start = end = None
-    members: list[int] = []
+    count = 0  # rows in the run so far
     for r in rows:
         lo, hi = r["offset"], r["offset"] + r["length"]
-        if start is not None and lo - end <= RUN_GAP and max(end, hi) - start <= RUN_SPAN:
+        if count and lo - end <= RUN_GAP and max(end, hi) - start <= RUN_SPAN:
             end = max(end, hi)
         else:
-            runs.extend([(start, end)] * len(members))
-            start, end, members = lo, hi, []
-        members.append(lo)
-    runs.extend([(start, end)] * len(members))
+            runs.extend([(start, end)] * count)
+            start, end, count = lo, hi, 0
+        count += 1
+    runs.extend([(start, end)] * count)
     return runs
 
 
