@@ -6,8 +6,8 @@ chunk of encoded elements) in the order they arrived, and never rebalances. Wher
 elements' costs vary a hundredfold, one thread ends long before the other: coding the
 pipeline benchmark with two threads dealt out evenly by size, 16.5 against 21.9 s of
 work (`max`: a coder's time follows the image, not its bytes); auditing its archive
-deeply, 0.09 against 1.44 s (the CoGroupByKey's output came in two chunks of unequal
-size).
+deeply, 0.09 against 1.44 s in the worst of four runs (Beam dealt the stems out as they
+came from the CoGroupByKey).
 
 ``ThreadQueue`` takes the stage's whole input as one list (``gathered``, a
 ``combiners.ToList``; a local run holds every element in memory anyway) and runs the
