@@ -250,9 +250,9 @@ def _zip_directory(fs, path: str) -> zipfile.ZipFile:
 
 def _tar_member_at(tf: tarfile.TarFile, ref: SourceRef) -> tarfile.TarInfo | None:
     """The regular file whose headers begin at ``ref.offset`` in ``tf`` when they name
-    ``ref.member``, else None. Found by every header up to it (``getmember``), reading a
-    member of a tar of N members read N headers, on an object store a read-ahead block
-    each: the whole tar for every member."""
+    ``ref.member``, else None. Finding it by name (``getmember``) reads every header of
+    the tar, on an object store a read-ahead block each: about the whole tar for every
+    member read."""
     try:
         tf.fileobj.seek(ref.offset)
         info = tarfile.TarInfo.fromtarfile(tf)
