@@ -684,7 +684,7 @@ class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
         group[order] = np.minimum((np.cumsum(counts[order]) - counts[order]) * k // max(flat.size, 1), k - 1)
         y = flat - ref
         earlier = None  # the previous round's models: class j now holds the leaves model j coded best
-        for _ in range(LS_ROUNDS):
+        for fit_round in range(LS_ROUNDS):
             cls = group[ctx]
             models = []
             for j in range(k):
@@ -701,6 +701,8 @@ class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
             if not models:
                 return [], np.empty((0, flat.size), dtype=np.int64)
             preds = ls_predict_many(x, ref, np.array(models), maxv)
+            if fit_round + 1 == LS_ROUNDS:
+                break  # the last round's models are final: no leaves to reassign
             group = _candidate_leaf_costs(preds, flat, ctx, leaves, max(1, maxv.bit_length())).argmin(axis=0)
             k = len(models)
             earlier = models
