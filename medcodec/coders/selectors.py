@@ -214,6 +214,16 @@ TREE_SCREEN_MARGIN = 0.03
 WAVELET_SCREEN_MARGIN = 0.05
 
 
+class _ScreenTree(TreeGlobalPathCoder):
+    """The tree path as it codes the planes ``_screen`` screens (over ``SMALL_PLANE``
+    pixels: its learned tree alone), on their crop of ``SMALL_PLANE`` pixels, which it
+    would otherwise also code with its fixed contexts. On the 31 planes the train and
+    held-out images screen (2026-12-06), the fixed contexts never coded a crop smaller;
+    the crops take 1.8 s instead of 2.6 s."""
+
+    SMALL_PLANE = 0
+
+
 def _screen(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
     """Which of the tree path (0), the raster path (1) and wavelet53-v2 (3) to code
     ``plane`` with: all three, or on planes of ``TREE_SCREEN_MIN_SAMPLES`` or more those
@@ -226,7 +236,7 @@ def _screen(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
     crop = np.ascontiguousarray(plane[window], dtype=np.int64)
     crop_prev = None if prev is None else np.ascontiguousarray(prev[window], dtype=np.int64)
     info = _crop_info(crop, plane, "max")
-    tree = len(TreeGlobalPathCoder().encode(crop, info, crop_prev))
+    tree = len(_ScreenTree().encode(crop, info, crop_prev))
     raster = len(RasterV4GlobalPathCoder().encode(crop, info, crop_prev))
     wavelet = len(WaveletV2GlobalPathCoder().encode(crop, info, crop_prev))
     best = min(tree, raster)
