@@ -207,6 +207,16 @@ def test_scan_order_is_the_diagonals_concatenated(shape):
     assert np.array_equal(wf.scan_order(), np.concatenate([pos for pos, _, _ in wf.diagonals()]))
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (2, 300), (300, 2), (64, 65), (129, 7), (480, 640)])
+def test_scan_sample_is_every_step_th_pixel_of_the_scan_order(shape):
+    # The tree's learning sample of a large plane, without ordering every pixel (a single
+    # column has no pixel on its odd diagonals).
+    wf = Wavefront(*shape)
+    diagonals = np.concatenate([pos for pos, _, _ in wf.diagonals()])
+    for step in (1, 2, 3, 27, wf.rows * wf.cols, 10**6):
+        assert np.array_equal(wf.scan_sample(step), diagonals[::step])
+
+
 def _reference_properties(img: np.ndarray, prev: np.ndarray, pred: np.ndarray, te: np.ndarray) -> np.ndarray:
     """``Wavefront.PROPERTIES`` pixel by pixel in pure Python, from the plane, its previous
     plane, the weighted predictions and the true errors (x8)."""
