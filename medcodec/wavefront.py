@@ -246,19 +246,29 @@ class RasterGlobalPathCoder:
         tree.write(side)
         return self._payload(side, tree, info, wf, ctx, flat - pred)
 
-    def _analyse(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None):
-        """(values, predictor state, predictions, predictions x8, tree, contexts): encoder only."""
+    def _analyse(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None, contexts: bool = True):
+        """(values, predictor state, predictions, predictions x8, tree, contexts or None
+        without ``contexts``): encoder only."""
         flat = np.asarray(plane, dtype=np.int64).ravel()
         wf = Wavefront(info.rows, info.cols, prev)
         pred, pred8 = wf.analyse(flat, (1 << info.bits) - 1)
-        tree = self._learn(wf, pred, flat, pred, info)
-        return flat, wf, pred, pred8, tree, self._all_contexts(wf, tree, pred)
+        at = wf.learning_sample(pred)[0]
+        tree = self._learn(wf, pred, flat[at] - pred[at], info)
+        return flat, wf, pred, pred8, tree, self._all_contexts(wf, tree, pred) if contexts else None
 
     @staticmethod
     def _all_contexts(wf: Wavefront, tree, pred: np.ndarray) -> np.ndarray:
         """Every pixel's leaf: its properties read decoded neighbours only, all known now."""
         ctx = np.empty(pred.size, dtype=np.int64)
         wk.contexts_at(0, pred.size, wf.cols, wf.value, wf.true_err, wf.prev_shift, wf.has_prev, pred,
+                       tree.prop, tree.thr, tree.right, tree.leaf, ctx)
+        return ctx
+
+    @staticmethod
+    def _contexts_of(wf: Wavefront, tree, pred: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """The leaves of the pixels ``at`` alone (``_all_contexts()[at]``)."""
+        ctx = np.empty(at.size, dtype=np.int64)
+        wk.contexts_of(at, wf.cols, wf.value, wf.true_err, wf.prev_shift, wf.has_prev, pred,
                        tree.prop, tree.thr, tree.right, tree.leaf, ctx)
         return ctx
 
@@ -301,13 +311,13 @@ class RasterGlobalPathCoder:
         tree = ctxtree.Tree.read(side, len(self.PROPERTIES), N_BUCKETS)
         return ParsedPlane(tree, None, payload, info.bits, prev)
 
-    def _learn(self, wf: Wavefront, pred, flat, final, info: PlaneInfo) -> ctxtree.Tree:
+    def _learn(self, wf: Wavefront, pred, residual: np.ndarray, info: PlaneInfo) -> ctxtree.Tree:
         """A tree over ``wf.learning_sample``, pixels spread evenly over the coding order,
-        for the tokens of the residuals ``flat - final`` there (encoder only; ``pred``:
-        the weighted predictions the properties read)."""
+        for the tokens of ``residual``, the residuals of those pixels alone (encoder only;
+        ``pred``: the weighted predictions the properties read)."""
         prior = _token_scale_rows(info.bits, MANTISSA)
         sample, binned = wf.learning_sample(pred)
-        token = tokenize(zigzag(flat[sample] - final[sample]), MANTISSA)[0]
+        token = tokenize(zigzag(residual), MANTISSA)[0]
         return ctxtree.learn(None, token, prior.shape[1], prior, weight=pred.size / sample.size, binned=binned)
 
 
@@ -650,9 +660,11 @@ class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
     model_id = "raster-wp-v3"
 
     def encode(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> bytes:
-        flat, wf, pred, pred8, tree, ctx = self._analyse(plane, info, prev)
+        n = info.rows * info.cols
+        # A plane that fits predictors needs its first tree's leaves only where it fits and
+        # chooses (``sample``) and where the second tree learns; the second tree's, everywhere.
+        flat, wf, pred, pred8, tree, ctx = self._analyse(plane, info, prev, contexts=n < LS_MIN_PIXELS)
         maxv = (1 << info.bits) - 1
-        n = flat.size
         # Predictors are fitted and leaves choose on pixels at a fixed stride (all of
         # them up to 2 * LS_SAMPLE, and all of a plane too small to fit predictors); the
         # chosen predictions are then made for every pixel.
@@ -666,25 +678,35 @@ class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
         s = slice(None, None, step)
         xs, refs = ls_features(wf, sample, pred8, np.float64)
         flats = flat[s]
-        models, fitted = self._fit_models(xs, refs, flats, pred[s], ctx[s], tree.n_leaves, maxv, n)
+        ctx_s = self._contexts_of(wf, tree, pred, sample)
+        models, fitted = self._fit_models(xs, refs, flats, pred[s], ctx_s, tree.n_leaves, maxv, n)
         cands = np.concatenate([fixed, fitted])
-        choice, offset, _ = self._select(ctx[s], tree.n_leaves, flats, cands, maxv, step)
-        final = self._final(choice, offset, ctx, wf, pred, pred8, models, maxv)
+        choice, offset, _ = self._select(ctx_s, tree.n_leaves, flats, cands, maxv, step)
         # The tree was grown on the weighted predictor's residuals: grow it again on
         # those of the chosen predictions (same properties), and choose again.
-        tree = self._learn(wf, pred, flat, final, info)
+        at = wf.learning_sample(pred)[0]
+        final_at = self._final(choice, offset, self._contexts_of(wf, tree, pred, at), wf, pred, pred8, models, maxv, at)
+        tree = self._learn(wf, pred, flat[at] - final_at, info)
         ctx = self._all_contexts(wf, tree, pred)
         choice, offset, _ = self._select(ctx[s], tree.n_leaves, flats, cands, maxv, step)
         final = self._final(choice, offset, ctx, wf, pred, pred8, models, maxv)
         return self._code_choice(tree, info, wf, ctx, flat, pred, choice, offset, final, models)
 
     @staticmethod
-    def _final(choice, offset, ctx, wf: Wavefront, pred, pred8, models, maxv: int) -> np.ndarray:
+    def _final(choice, offset, ctx, wf: Wavefront, pred, pred8, models, maxv: int,
+               at: np.ndarray | None = None) -> np.ndarray:
         """Every pixel's prediction under a leaf table (encoder only): the decoder's rule,
-        compiled (``wavekernel.table_predictions``)."""
+        compiled (``wavekernel.table_predictions``); with ``at``, those of the pixels
+        ``at`` alone, whose leaves ``ctx`` are."""
+        table = leaf_table_arrays((choice, offset, models), wf.has_prev)
+        if at is not None:
+            out = np.empty(at.size, dtype=np.int64)
+            wk.table_predictions_at(at, wf.cols, wf.value, wf.true_err, wf.prev_shift, wf.has_prev, pred, pred8, ctx,
+                                    *table, maxv, out)
+            return out
         out = np.empty(pred.size, dtype=np.int64)
         wk.table_predictions(wf.cols, wf.value, wf.true_err, wf.prev_shift, wf.has_prev, pred, pred8, ctx,
-                             *leaf_table_arrays((choice, offset, models), wf.has_prev), maxv, out)
+                             *table, maxv, out)
         return out
 
     @staticmethod

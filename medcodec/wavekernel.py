@@ -317,6 +317,21 @@ def _contexts_at(start, stop, cols, value, true_err, prev_shift, has_prev, pred,
         out[pos] = leaf_of(prop, thr, right, leaf, 0, props)
 
 
+def contexts_of(at, cols, value, true_err, prev_shift, has_prev, pred, prop, thr, right, leaf, out):
+    """The tree's leaf of each pixel ``at[i]`` of an analysed plane."""
+    _contexts_of(at, cols, value, true_err, prev_shift, has_prev, pred, prop, thr, right, leaf, out,
+                 np.empty(N_PROPERTIES, dtype=np.int64))
+
+
+@kernel
+def _contexts_of(at, cols, value, true_err, prev_shift, has_prev, pred, prop, thr, right, leaf, out, props):
+    zero = true_err.size - 1
+    for i in range(at.size):
+        pos = at[i]
+        _properties(pos, pos // cols, pos % cols, cols, zero, value, true_err, prev_shift, has_prev, pred[pos], props)
+        out[i] = leaf_of(prop, thr, right, leaf, 0, props)
+
+
 @kernel
 def ls_features_at(at, cols, value, true_err, prev_shift, has_prev, pred8, out, ref):
     """``wavefront.ls_features`` (F, m) and ``ref`` of the pixels ``at`` of an analysed plane."""
@@ -376,6 +391,17 @@ def table_predictions(cols, value, true_err, prev_shift, has_prev, pred, pred8, 
     for pos in range(zero):
         out[pos] = _table_prediction(pos, pos // cols, pos % cols, cols, zero, value, true_err, prev_shift, has_prev,
                                      pred[pos], pred8[pos], ctx[pos], choice, offset, model, weights, maxv)
+
+
+@kernel
+def table_predictions_at(at, cols, value, true_err, prev_shift, has_prev, pred, pred8, ctx, choice, offset, model,
+                         weights, maxv, out):
+    """``table_predictions`` of the pixels ``at[i]`` alone, whose leaves are ``ctx[i]``."""
+    zero = true_err.size - 1
+    for i in range(at.size):
+        pos = at[i]
+        out[i] = _table_prediction(pos, pos // cols, pos % cols, cols, zero, value, true_err, prev_shift, has_prev,
+                                   pred[pos], pred8[pos], ctx[i], choice, offset, model, weights, maxv)
 
 
 # --- the decoder: one anti-diagonal per step -----------------------------------------------

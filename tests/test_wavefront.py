@@ -316,6 +316,10 @@ def test_the_decoders_contexts_and_predictions_equal_the_encoders(coder):
         by_features = ls_predict(x, ref, weights, np.maximum(pick - n_fixed, 0), maxv)
         want = np.clip(np.where(fitted, by_features, fixed[np.minimum(pick, n_fixed - 1), allpos]) + offset[ctx], 0, maxv)
         assert np.array_equal(coder._final(choice, offset, ctx, wf, pred, pred8, list(weights), maxv), want)
+        # The encoder's leaves and predictions at a sample of pixels (a plane's first tree).
+        at = np.sort(rng.choice(flat.size, flat.size // 3, replace=False))
+        assert np.array_equal(coder._contexts_of(wf, tree, pred, at), ctx[at])
+        assert np.array_equal(coder._final(choice, offset, ctx[at], wf, pred, pred8, list(weights), maxv, at), want[at])
         table = (choice, offset, list(weights))
     got_pred, got_ctx = _DiagonalDecoder(a, maxv, prev, tree, table).run()
     assert np.array_equal(got_ctx, ctx)
@@ -1144,7 +1148,8 @@ def test_the_per_pixel_kernels_run_without_reference_counting():
     from medcodec import contextkernel, learnkernel, passkernel
     from medcodec.coders import wp4kernel
 
-    kernels = (wp4kernel._code_plane, wk._analyse, wk._contexts_at, wk._properties_at, wk.table_predictions,
+    kernels = (wp4kernel._code_plane, wk._analyse, wk._contexts_at, wk._contexts_of, wk._properties_at,
+               wk.table_predictions, wk.table_predictions_at,
                wk.ls_features_at, contextkernel._interlaced_contexts, contextkernel._interlaced_properties,
                contextkernel.table_probabilities, learnkernel._grow, learnkernel.leaf_token_counts,
                passkernel._pass_predict)
