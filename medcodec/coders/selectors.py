@@ -203,10 +203,10 @@ PER_PLANE_V8_CANDIDATES = (
 # and raster paths alone: RG1_J2KR's crops were 1.0% apart, US1_UNCI's 2.7%, and the
 # crop's choice won in full by 0.6% and 6.0%), and wavelet53-v2 is not coded in full
 # where its crop stream is over WAVELET_SCREEN_MARGIN larger than the smaller of the
-# other two. Over those 27 planes the nearest losers in full were within 0.9-2.0% on the
-# crop (MR2_UNCI, RG1_J2KR, US1_UNCI's first plane; kept), the next 4.9% (explicit_VR-UN,
-# kept) and 5.7% (RG3_J2KR, dropped: 4.5% larger in full); its wins were 4.8% smaller and
-# more on the crop. The train and held-out files are the same bytes (8,644,509 and
+# other two. Over the 29 planes `max` screens on those images, its nearest losers in full
+# were within 0.9-2.0% on the crop (MR2_UNCI, RG1_J2KR, US1_UNCI's first plane; kept), the
+# next 4.9% (explicit_VR-UN, kept) and 5.7% (RG3_J2KR, dropped: 4.5% larger in full); its
+# wins were 4.8% smaller and more on the crop. The train and held-out files are the same bytes (8,644,509 and
 # 2,757,795 B), and so are the pipeline benchmark's 64 files.
 TREE_SCREEN_MIN_SAMPLES = 1 << 18
 TREE_SCREEN_CROP = 256
@@ -217,9 +217,10 @@ WAVELET_SCREEN_MARGIN = 0.05
 class _ScreenTree(TreeGlobalPathCoder):
     """The tree path as it codes the planes ``_screen`` screens (over ``SMALL_PLANE``
     pixels: its learned tree alone), on their crop of ``SMALL_PLANE`` pixels, which it
-    would otherwise also code with its fixed contexts. On the 31 planes the train and
-    held-out images screen (2026-12-06), the fixed contexts never coded a crop smaller;
-    the 31 crops take 1.8-1.9 s instead of 2.1-2.3 s (two runs, one thread)."""
+    would otherwise also code with its fixed contexts. On the centre crops of the 31
+    planes of 2**18 pixels or more in the train and held-out images (2026-12-06), the
+    fixed contexts never coded one smaller; the crops take 1.8-1.9 s instead of 2.1-2.3 s
+    (two runs, one thread)."""
 
     SMALL_PLANE = 0
 
