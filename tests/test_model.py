@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 import medcodec
 from medcodec import container as ct
-from medcodec.codec import PRESET_LOCAL_MODELS
+from medcodec.codec import PRESET_LOCAL_MODELS, SCREEN_MIN_SAMPLES, SMALL_IMAGE_LOCAL_MODELS
 from medcodec.errors import CorruptRecordError, ModelMismatchError
+from medcodec.models import BASE_TRANSFORMER
 from medcodec.model import geometry, intnet
 from medcodec.model.coder import TransformerLocalPathCoder
 from medcodec.model.registry import WEIGHTS_DIR, load_model, model_from_bytes, pack, unpack
@@ -298,13 +299,25 @@ def test_max_keeps_the_smallest_of_the_transformer_classical_and_fast_records():
     sizes = {m: len(medcodec.compress_pixels(img, bits_stored=12, signed=False, local_model=m))
              for m in PRESET_LOCAL_MODELS["max"]}
     sizes["fast"] = len(fast := medcodec.compress_pixels(img, bits_stored=12, signed=False, preset="fast"))
-    blob = medcodec.compress_pixels(img, bits_stored=12, signed=False, preset="max")
-    assert len(blob) == min(sizes.values())
+    # Named explicitly, every candidate is tried, whatever the image's size.
+    both = medcodec.compress_pixels(img, bits_stored=12, signed=False, local_model=list(PRESET_LOCAL_MODELS["max"]))
+    assert len(both) == min(v for m, v in sizes.items() if m != "fast")
+    # The preset codes an image too small to screen without the transformer
+    # (SMALL_IMAGE_LOCAL_MODELS): the smaller of the classical and fast records.
+    assert img.size < SCREEN_MIN_SAMPLES and BASE_TRANSFORMER not in SMALL_IMAGE_LOCAL_MODELS["max"]
+    timings: dict = {}
+    medcodec.compress_pixels(img, bits_stored=12, signed=False, local_model=BASE_TRANSFORMER, timings=timings)
+    assert timings["local_tokens"] == img.size  # tried, the transformer codes every pixel's low bits
+    timings = {}
+    blob = medcodec.compress_pixels(img, bits_stored=12, signed=False, preset="max", timings=timings)
+    assert "local_tokens" not in timings
+    kept = {m: v for m, v in sizes.items() if m in (*SMALL_IMAGE_LOCAL_MODELS["max"], "fast")}
+    assert len(blob) == min(kept.values())
     pixels = ct.read_record(blob).config["pixels"]
-    if min(sizes, key=sizes.get) == "fast":  # the compiled coder won: max keeps fast's record
+    if min(kept, key=kept.get) == "fast":  # the compiled coder won: max keeps fast's record
         assert blob == fast and pixels["preset"] == "fast"
     else:
-        assert pixels["local_model"] == min(sizes, key=sizes.get)
+        assert pixels["local_model"] == min(kept, key=kept.get)
 
 
 @pytest.mark.slow
