@@ -855,13 +855,21 @@ def test_max_tries_the_difference_coder_on_planes_mostly_equal_to_their_previous
 
 
 def test_v8_tries_the_wavelet_path_always_and_the_difference_coder_on_mostly_equal_planes():
+    from medcodec.coders import selectors
+
     r, g, _ = _rgb("US1_J2KR.dcm")
     r, g = r[100:196, 100:228], g[100:196, 100:228]
-    assert PER_PLANE_V8.choose(r, None) == (0, 1, 3)  # under the screen's size: both paths
-    assert PER_PLANE_V8.choose(g, r) == (0, 1, 2, 3)
-    assert PER_PLANE_V8.choose(g, np.roll(r, 7, axis=1)) == (0, 1, 3)
-    info = _info(r, 8)
-    for plane, prev in ((r, None), (g, r)):
+    # under the screen's size, and TREE_GAP_MIN_SAMPLES or more: the raster path, not the tree path
+    assert r.size >= selectors.TREE_GAP_MIN_SAMPLES
+    assert PER_PLANE_V8.choose(r, None) == (1, 3)
+    assert PER_PLANE_V8.choose(g, r) == (1, 2, 3)
+    assert PER_PLANE_V8.choose(g, np.roll(r, 7, axis=1)) == (1, 3)
+    small_r, small_g = r[:48, :64].copy(), g[:48, :64].copy()  # under TREE_GAP_MIN_SAMPLES: both paths
+    assert small_r.size < selectors.TREE_GAP_MIN_SAMPLES
+    assert PER_PLANE_V8.choose(small_r, None) == (0, 1, 3)
+    assert PER_PLANE_V8.choose(small_g, small_r) == (0, 1, 2, 3)
+    for plane, prev in ((r, None), (g, r), (small_r, None), (small_g, small_r)):
+        info = _info(plane, 8)
         data = PER_PLANE_V8.encode(plane, info, prev)
         sizes = [len(coder_for(PER_PLANE_V8.candidates[i]).encode(plane, info, prev)) for i in PER_PLANE_V8.choose(plane, prev)]
         assert len(data) == 1 + min(sizes)
@@ -896,6 +904,8 @@ def test_v8_screen_codes_in_full_only_what_the_crop_does_not_rule_out(name, monk
     monkeypatch.setattr(selectors, "WAVELET_SCREEN_MARGIN", 10.0)
     assert selectors._screen(plane, None) == (winner, 3)
     monkeypatch.setattr(selectors, "TREE_SCREEN_MIN_SAMPLES", plane.size + 1)
+    assert selectors._screen(plane, None) == (1, 3)
+    monkeypatch.setattr(selectors, "TREE_GAP_MIN_SAMPLES", plane.size + 1)
     assert selectors._screen(plane, None) == (0, 1, 3)
 
 
