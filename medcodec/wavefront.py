@@ -548,6 +548,31 @@ def ls_predict(x: np.ndarray, ref: np.ndarray, weights: np.ndarray, cls: np.ndar
     return np.minimum(np.maximum(ref + ((out + _HALF) >> WEIGHT_BITS), 0), maxv)
 
 
+def _class_columns(x: np.ndarray, cls: np.ndarray, k: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(j, members, ``x[:, members]`` C-ordered) for each class j < k of the sample's
+    columns (``cls``) that has at least 4 members per feature, its members taken every
+    (count // LS_FIT_ROWS)-th: the fits ``_fit_models`` makes. The blocks are taken in one
+    pass over ``x`` (``wk.take_class_columns``), into one array."""
+    n_feat = x.shape[0]
+    dest = np.full(cls.size, -1, dtype=np.int64)
+    stride = np.zeros(cls.size, dtype=np.int64)
+    chosen, total = [], 0
+    for j in range(k):
+        members = np.flatnonzero(cls == j)
+        if members.size < 4 * n_feat:
+            continue
+        members = members[:: max(1, members.size // LS_FIT_ROWS)]
+        dest[members] = np.arange(total * n_feat, total * n_feat + members.size)
+        stride[members] = members.size
+        chosen.append((j, members, total * n_feat))
+        total += members.size
+    out = np.empty(total * n_feat, dtype=x.dtype)
+    if chosen:
+        wk.take_class_columns(x, dest, stride, out)
+    return [(j, members, out[at : at + n_feat * members.size].reshape(n_feat, members.size))
+            for j, members, at in chosen]
+
+
 def ls_predict_many(x: np.ndarray, ref: np.ndarray, weights: np.ndarray, maxv: int) -> np.ndarray:
     """``ls_predict`` with each row of ``weights`` (K, F) for every pixel: (K, n), the
     products summed in one matrix product (exact in float64, as ``ls_predict`` says)."""
@@ -722,15 +747,8 @@ class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
         y = flat - ref
         earlier = None  # the previous round's models: class j now holds the leaves model j coded best
         for fit_round in range(LS_ROUNDS):
-            cls = group[ctx]
             models = []
-            for j in range(k):
-                members = np.flatnonzero(cls == j)
-                if members.size < 4 * x.shape[0]:
-                    continue
-                members = members[:: max(1, members.size // LS_FIT_ROWS)]
-                block = np.empty((x.shape[0], members.size), dtype=x.dtype)
-                wk.take_columns(x, members, block)  # x[:, members], a row at a time
+            for j, members, block in _class_columns(x, group[ctx], k):
                 if earlier is None:
                     models.append(_fit(block, y[members], LS_L1_ITERATIONS, LS_FIT_ROWS))
                 else:  # refined from model j, which these leaves chose

@@ -495,12 +495,20 @@ def finish_diagonal(m, has_prev, maxv, pos_in, pred_in, pred8_in, sub_in, token,
 
 
 @kernel
-def take_columns(x, cols, out):
-    """``out[f, t] = x[f, cols[t]]``, a row at a time (numpy's ``x[:, cols]`` walks every
-    row once per column). ``cols`` come from the encoder's own index arithmetic."""
+def take_class_columns(x, dest, stride, out):
+    """Blocks of the columns of ``x`` (F, N), in one pass over it a row at a time:
+    ``out[dest[t] + f * stride[t]] = x[f, t]`` for each column t with ``dest[t] >= 0``.
+    With ``dest[t]`` a block's start plus the column's place among the block's columns
+    and ``stride[t]`` their number, each block of ``out`` (flat) is the C-ordered (F,
+    stride) array of ``x[:, cols]``, ``cols`` its columns in order (``_class_columns``).
+    Taking the blocks one at a time read the whole of ``x`` once per block: over the
+    pipeline benchmark's files, samples of up to 475,136 columns of 28 features in up to
+    16 classes."""
     for f in range(x.shape[0]):
-        for t in range(cols.size):
-            out[f, t] = x[f, cols[t]]
+        for t in range(x.shape[1]):
+            d = dest[t]
+            if d >= 0:
+                out[d + f * stride[t]] = x[f, t]
 
 
 @kernel

@@ -831,13 +831,23 @@ def test_candidate_leaf_costs_equal_the_numpy_costs_of_each_candidate():
         wfm._candidate_leaf_costs(preds, flat, ctx, leaves, bits - 4)
 
 
-def test_take_columns_equals_numpy_indexing():
+def test_class_columns_are_numpys_blocks_of_each_class_taken_as_the_fits_take_them():
+    import medcodec.wavefront as wfm
+
     rng = np.random.default_rng(8)
     x = rng.random((7, 5000))
-    for cols in (np.flatnonzero(rng.random(5000) < 0.3), np.arange(0, 5000, 13), np.zeros(0, dtype=np.int64)):
-        out = np.empty((7, cols.size))
-        wk.take_columns(x, cols, out)
-        assert np.array_equal(out, x[:, cols])
+    cls = rng.integers(0, 4, 5000)
+    cls[cls == 2] = 0  # class 2 empty: no block
+    cls[np.flatnonzero(cls == 3)[20:]] = 1  # class 3 too small to fit (20 < 4 per feature): none
+    blocks = wfm._class_columns(x, cls, 4)
+    assert [j for j, _, _ in blocks] == [0, 1]
+    for j, members, block in blocks:
+        assert np.array_equal(members, np.flatnonzero(cls == j))  # under LS_FIT_ROWS: every member
+        assert block.flags.c_contiguous and np.array_equal(block, x[:, members])
+    many = np.zeros(3 * wfm.LS_FIT_ROWS + 5, dtype=np.int64)  # one class over LS_FIT_ROWS: every 3rd
+    (j, members, block), = wfm._class_columns(rng.random((2, many.size)), many, 1)
+    assert np.array_equal(members, np.arange(0, many.size, 3))
+    assert block.shape == (2, members.size) and block.flags.c_contiguous
 
 
 def test_max_tries_the_difference_coder_on_planes_mostly_equal_to_their_previous_plane():
