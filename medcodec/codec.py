@@ -255,8 +255,8 @@ def encode_words(
 # at +2.6-2.7%); so did the 11 held-out images of the same run, outside the choice; it costs
 # 0.4-0.9 s per image instead of 2-3.4 s (US1_UNCI 2.7 against 9.2 s).
 # Images of at least 2**16 samples (four 128x128 crops) are screened, and only the crop's
-# smallest model goes on (it was images of 2**18 samples, and models within 2%): over the 29 train
-# images the files are the same bytes (8,780,818 B) and `max` encodes them in 51 s
+# smallest model goes on (it was images of 2**18 samples, and models within 2%): over the
+# 29 train images the files are the same bytes (8,780,818 B) and `max` encodes them in 51 s
 # instead of 167 s. The transformer's full trials on RG1_J2KR and RG1_UNCI (within 2% on
 # the crop, 0.4% and 1.1% larger in full) had been 207 s of the 347 s of the run that
 # found it; images of 2**16 to 2**18 samples (MR-SIEMENS-DICOM-WithOverlays,
@@ -264,12 +264,13 @@ def encode_words(
 # planes are coded with raster-wp-v4 alone, not with every candidate of `max`'s selector:
 # the same choices and files, 48 s instead of 51 s.
 # Since 2026-12-06 the crop is 96x96. Of the 31 screened images of the train and held-out
-# splits and the 24 of the pipeline benchmark (some files in both), the transformer's crop record was the smaller on
-# OT-PAL-8-face alone (0.634x the classical path's at 128, 0.626x at 96); the nearest
-# others were RG1 (1.005-1.006x at 128, 1.008x at 96) and explicit_VR-UN (1.026x,
-# 1.028x). Every file of the three sets is the same bytes (colour choices included), and
-# the screens of the benchmark's 24 large images take 1.9-2.0 s instead of 3.1-3.3 s. A
-# 64x64 crop would have dropped the transformer on OT-PAL-8-face (1.44x).
+# splits and the 24 of the pipeline benchmark (some files in both), the transformer's
+# crop record was the smaller on OT-PAL-8-face alone (0.634x the classical path's at 128,
+# 0.626x at 96); the nearest others were RG1 (1.005-1.006x at 128, 1.008x at 96) and
+# explicit_VR-UN (1.026x, 1.028x). Every file of the three sets is the same bytes (colour
+# choices included), and the screens of the benchmark's 24 large images take 1.9-2.0 s
+# instead of 3.1-3.3 s. A 64x64 crop would have dropped the transformer on OT-PAL-8-face
+# (1.44x).
 SCREEN_MIN_SAMPLES = 1 << 16
 SCREEN_CROP = 96
 SCREEN_MARGIN = 0.0
