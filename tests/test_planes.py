@@ -280,3 +280,27 @@ def test_values_that_are_their_words_are_not_copied_and_others_are_left_unchange
         words = values_to_words(values, outside, fmt)
         assert not np.shares_memory(words, values) and np.array_equal(values, kept)
         assert np.array_equal(words_to_values(words, fmt)[0], values)
+
+
+def test_noise_level_is_numpys_median_of_the_laplacian_residuals():
+    # The compiled histogram's median (countkernel.laplacian_median2) against the array
+    # formula it replaced: odd and even counts (the two middle values averaged), ties,
+    # flat planes, signed and 8/16-bit samples, a plane with a leading frame axis.
+    from medcodec.planes import noise_level
+
+    def formula(values):
+        v = (values if values.ndim == 2 else values.reshape(-1, values.shape[-1])).astype(np.int64)
+        res = 4 * v[1:-1, 1:-1] - v[:-2, 1:-1] - v[2:, 1:-1] - v[1:-1, :-2] - v[1:-1, 2:]
+        return float(np.median(np.abs(res))) / 4.0
+
+    rng = np.random.default_rng(5)
+    cases = [np.zeros((3, 3), dtype=np.uint8), np.full((5, 8), 7, dtype=np.uint16)]
+    for dtype, lo, hi in ((np.uint8, 0, 256), (np.uint16, 0, 1 << 16), (np.int16, -(1 << 15), 1 << 15),
+                          (np.int64, -(1 << 20), 1 << 20)):
+        for rows, cols in ((3, 4), (4, 4), (7, 9), (33, 40)):
+            cases.append(rng.integers(lo, hi, (rows, cols)).astype(dtype))
+            cases.append((rng.integers(0, 3, (rows, cols)) * 5).astype(dtype))  # many ties
+    cases.append(rng.integers(0, 4096, (1, 30, 31)).astype(np.uint16))
+    for values in cases:
+        assert noise_level(values) == formula(values)
+    assert noise_level(np.zeros((2, 9), dtype=np.uint8)) == 0.0  # no interior
