@@ -140,11 +140,12 @@ def zero_laplacian_count(plane):
 
 
 @njit(cache=True, nogil=True)
-def laplacian_median2(plane):
+def laplacian_median2(plane, limit):
     """Twice the median of |4 x centre - up - down - left - right| over the interior
     samples of ``plane`` (at least one): the sum of the two middle values of their sorted
     list, or twice the middle one, as an integer. Counted in a histogram (two passes:
-    the largest value, then the counts) instead of numpy's residual array and partition."""
+    the largest value, then the counts) instead of numpy's residual array and partition.
+    -1 where a value exceeds ``limit``: the histogram would be larger than that."""
     rows, cols = plane.shape
     top = 0
     for r in range(1, rows - 1):
@@ -152,6 +153,8 @@ def laplacian_median2(plane):
             v = abs(4 * np.int64(plane[r, c]) - np.int64(plane[r - 1, c]) - np.int64(plane[r + 1, c])
                     - np.int64(plane[r, c - 1]) - np.int64(plane[r, c + 1]))
             top = max(top, v)
+    if top > limit:
+        return -1
     counts = np.zeros(top + 1, dtype=np.int64)
     for r in range(1, rows - 1):
         for c in range(1, cols - 1):

@@ -175,16 +175,27 @@ def merge_planes(global_part: np.ndarray, local_part: np.ndarray, k: int) -> np.
     return (global_part << k) | local_part
 
 
+# The histogram noise_level counts in holds residuals up to this (16-bit samples: 8 x
+# 65,535); wider values take numpy's partition instead, whose memory follows the plane.
+NOISE_HISTOGRAM_MAX = 1 << 20
+
+
 def noise_level(values: np.ndarray) -> float:
     """Median absolute residual of the 4-neighbour average (in stored units): the noise
     floor. ``np.median`` of |4 x centre - the four neighbours| over the interior, divided
-    by 4: the same float, from a compiled histogram (``countkernel.laplacian_median2``)."""
+    by 4: the same float, from a compiled histogram (``countkernel.laplacian_median2``)
+    where the residuals fit NOISE_HISTOGRAM_MAX."""
     from .countkernel import laplacian_median2  # numba: loaded on first use
 
     img = values if values.ndim == 2 else values.reshape(-1, values.shape[-1])
     if img.shape[0] < 3 or img.shape[1] < 3:
         return 0.0
-    return laplacian_median2(np.ascontiguousarray(img)) / 2.0 / 4.0
+    twice = laplacian_median2(np.ascontiguousarray(img), NOISE_HISTOGRAM_MAX)
+    if twice >= 0:
+        return twice / 2.0 / 4.0
+    v = img.astype(np.int64)
+    res = 4 * v[1:-1, 1:-1] - v[:-2, 1:-1] - v[2:, 1:-1] - v[1:-1, :-2] - v[1:-1, 2:]
+    return float(np.median(np.abs(res))) / 4.0
 
 
 def choose_k(values: np.ndarray, bits: int, *, margin: int = LOCAL_PLANE_MARGIN) -> tuple[int, dict]:

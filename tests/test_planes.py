@@ -286,7 +286,7 @@ def test_noise_level_is_numpys_median_of_the_laplacian_residuals():
     # The compiled histogram's median (countkernel.laplacian_median2) against the array
     # formula it replaced: odd and even counts (the two middle values averaged), ties,
     # flat planes, signed and 8/16-bit samples, a plane with a leading frame axis.
-    from medcodec.planes import noise_level
+    from medcodec.planes import NOISE_HISTOGRAM_MAX, noise_level
 
     def formula(values):
         v = (values if values.ndim == 2 else values.reshape(-1, values.shape[-1])).astype(np.int64)
@@ -304,3 +304,6 @@ def test_noise_level_is_numpys_median_of_the_laplacian_residuals():
     for values in cases:
         assert noise_level(values) == formula(values)
     assert noise_level(np.zeros((2, 9), dtype=np.uint8)) == 0.0  # no interior
+    # Residuals beyond NOISE_HISTOGRAM_MAX: numpy's formula, not a histogram that large.
+    wide = rng.integers(-(1 << 40), 1 << 40, (20, 21))
+    assert noise_level(wide) == formula(wide) > NOISE_HISTOGRAM_MAX / 4
