@@ -218,6 +218,44 @@ def test_max_codes_a_screened_image_only_the_colour_way_its_crop_codes_smaller()
     assert small.size < SCREEN_MIN_SAMPLES and screen_colours(small, fmt, "max", model) == (True, False)
 
 
+def test_max_codes_a_screened_image_with_fast_only_where_fast_codes_its_crop_close(monkeypatch):
+    from medcodec import codec
+    from medcodec import container as ct
+    from medcodec.planes import SampleFormat
+
+    fmt = SampleFormat(bits_allocated=8, bits_stored=8, high_bit=7, signed=False)
+    classical = codec.local_model_for("classical-v1")
+    calls = []
+    encode_with = codec._encode_with
+
+    def counted(words, fmt, preset, model, timings, **kw):
+        calls.append((preset, words.shape, kw.get("global_id")))
+        return encode_with(words, fmt, preset, model, timings, **kw)
+
+    monkeypatch.setattr(codec, "_encode_with", counted)
+    flat = np.full((256, 256), 100, np.uint8)  # `fast` codes it (and its crop) smaller
+    textured = smooth_image(256, 256, 8, seed=1, noise=1.0).astype(np.uint8)  # `max` codes the crop 10% smaller
+    for img, tried in ((flat, True), (textured, False)):
+        words = img[None, None]
+        assert words.size >= codec.SCREEN_MIN_SAMPLES
+        crop = codec._screen_crop(words)
+        screened = min(codec._coded_bytes(encode_with(crop, fmt, "max", m, None, global_id=codec.SCREEN_GLOBAL_MODEL))
+                       for m in map(codec.local_model_for, codec.PRESET_LOCAL_MODELS["max"]))
+        fast_crop = codec._coded_bytes(encode_with(crop, fmt, "fast", classical, None))
+        assert (fast_crop <= screened * (1 + codec.FAST_TRIAL_MARGIN)) == tried
+        calls.clear()
+        blob = medcodec.compress_pixels(img, bits_stored=8, signed=False, preset="max")
+        assert ("fast", crop.shape, None) in calls  # the crop, coded by `fast`
+        assert (("fast", words.shape, None) in calls) == tried  # the whole image
+        full = {p: codec._coded_bytes(encode_with(words, fmt, p, classical, None)) for p in ("max", "fast")}
+        assert np.array_equal(medcodec.decompress_pixels(blob), img)
+        preset = ct.read_record(blob).config["pixels"]["preset"]
+        if tried:
+            assert full["fast"] < full["max"] and preset == "fast"
+        else:
+            assert full["fast"] > full["max"] and preset == "max"
+
+
 def test_colour_table_damage_is_refused():
     from medcodec import container as ct
 
