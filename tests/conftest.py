@@ -9,6 +9,7 @@ import functools
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -151,3 +152,12 @@ def fresh_keyring(tmp_path):
     from medcodec import crypto
 
     return crypto.Keyring.create(tmp_path / "ring.json")
+
+
+def smooth_image(rows: int, cols: int, bits: int, seed: int = 0, noise: float = 3.0) -> np.ndarray:
+    """A smooth wave over ``rows`` x ``cols`` with Gaussian noise, clipped to ``bits`` bits (float)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:rows, :cols]
+    top = (1 << bits) - 1
+    img = top / 2 + top / 3 * np.sin(x / 17.0) * np.cos(y / 23.0) + rng.normal(0, noise, (rows, cols))
+    return np.clip(img, 0, top)

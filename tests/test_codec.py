@@ -11,14 +11,7 @@ from hypothesis import strategies as st
 
 import medcodec
 from medcodec.errors import CorruptRecordError, UnsupportedError
-
-
-def smooth_image(rows, cols, bits, seed=0, noise=3.0):
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[:rows, :cols]
-    top = (1 << bits) - 1
-    img = top / 2 + top / 3 * np.sin(x / 17.0) * np.cos(y / 23.0) + rng.normal(0, noise, (rows, cols))
-    return np.clip(img, 0, top)
+from conftest import smooth_image
 
 
 @st.composite

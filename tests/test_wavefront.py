@@ -37,7 +37,7 @@ from medcodec.wavefront import (
     ls_predict,
 )
 
-from conftest import pydicom_file
+from conftest import pydicom_file, smooth_image
 
 
 def _info(a: np.ndarray, bits: int) -> PlaneInfo:
@@ -917,6 +917,38 @@ def test_v8_screen_codes_in_full_only_what_the_crop_does_not_rule_out(name, monk
     assert selectors._screen(plane, None) == (1, 3)
     monkeypatch.setattr(selectors, "TREE_GAP_MIN_SAMPLES", plane.size + 1)
     assert selectors._screen(plane, None) == (0, 1, 3)
+
+
+def test_v8_screens_the_difference_coder_on_a_plane_mostly_equal_to_its_previous():
+    # A textured plane that repeats its previous one but for a small patch (the difference
+    # coder wins), and a smooth plane whose previous one has 40% of its pixels replaced by
+    # noise (it loses): the crop decides, and the whole planes agree.
+    from medcodec.coders import selectors
+
+    rng = np.random.default_rng(5)
+    textured = smooth_image(512, 512, 8, seed=4, noise=6.0).astype(np.int64)
+    patched = textured.copy()
+    patched[100:140, 100:200] = np.minimum(patched[100:140, 100:200] + 3, 255)
+    smooth = smooth_image(512, 512, 8, seed=6, noise=0.0).astype(np.int64)
+    noisy = smooth.copy()
+    hit = rng.random(smooth.shape) < 0.4
+    noisy[hit] = rng.integers(0, 256, int(hit.sum()))
+    diff_coder = coder_for(PER_PLANE_V8.candidates[2])
+    for plane, prev, wins in ((patched, textured, True), (smooth, noisy, False)):
+        assert plane.size >= selectors.TREE_SCREEN_MIN_SAMPLES and selectors._mostly_equal(plane, prev)
+        crops: dict = {}
+        paths = selectors._screen(plane, prev, crops)
+        diff = len(diff_coder.encode(crops["crop"], crops["info"], crops["prev"]))
+        others = min(crops[i] for i in (0, 1, 3))
+        margin = 1 + selectors.DIFF_SCREEN_MARGIN
+        assert (diff * margin < others) if wins else (diff > others * margin)
+        assert selectors._v8_choice(plane, prev) == ((2,) if wins else paths)
+        info = _info(plane, 8)
+        full = {i: len(coder_for(PER_PLANE_V8.candidates[i]).encode(plane, info, prev)) for i in (*paths, 2)}
+        assert (min(full, key=full.get) == 2) == wins
+    with pytest.MonkeyPatch.context() as mp:  # a margin no crop clears: both kept
+        mp.setattr(selectors, "DIFF_SCREEN_MARGIN", 100.0)
+        assert selectors._v8_choice(smooth, noisy) == tuple(sorted(paths + (2,)))
 
 
 def test_v8_screen_codes_the_tree_paths_crop_as_it_codes_a_screened_plane():

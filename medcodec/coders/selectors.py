@@ -237,13 +237,15 @@ class _ScreenTree(TreeGlobalPathCoder):
     SMALL_PLANE = 0
 
 
-def _screen(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
+def _screen(plane: np.ndarray, prev: np.ndarray | None, crops: dict | None = None) -> tuple[int, ...]:
     """Which of the tree path (0), the raster path (1) and wavelet53-v2 (3) to code
     ``plane`` with: all three under ``TREE_GAP_MIN_SAMPLES`` pixels, the last two up to
     ``TREE_SCREEN_MIN_SAMPLES``, and on planes of ``TREE_SCREEN_MIN_SAMPLES`` or more those
     the centre crop does not rule out (module constants above): wavelet53-v2 alone, or
     the smaller of the tree and raster paths on the crop (both where equal) and
-    wavelet53-v2 where its crop stream is within ``WAVELET_SCREEN_MARGIN`` of that."""
+    wavelet53-v2 where its crop stream is within ``WAVELET_SCREEN_MARGIN`` of that.
+    ``crops``, when given, receives the screened crop (``"crop"``, ``"prev"``, ``"info"``)
+    and the three crop stream sizes by path."""
     if plane.size < TREE_SCREEN_MIN_SAMPLES:
         return (0, 1, 3) if plane.size < TREE_GAP_MIN_SAMPLES else (1, 3)
     window = _centre(plane.shape, TREE_SCREEN_CROP, 2)
@@ -253,6 +255,8 @@ def _screen(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
     tree = len(_ScreenTree().encode(crop, info, crop_prev))
     raster = len(RasterV4GlobalPathCoder().encode(crop, info, crop_prev))
     wavelet = len(WaveletV2GlobalPathCoder().encode(crop, info, crop_prev))
+    if crops is not None:
+        crops.update({"crop": crop, "prev": crop_prev, "info": info, 0: tree, 1: raster, 3: wavelet})
     best = min(tree, raster)
     if wavelet * (1 + TREE_SCREEN_MARGIN) < best:
         return (3,)
@@ -260,10 +264,36 @@ def _screen(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
     return paths + ((3,) if wavelet <= best * (1 + WAVELET_SCREEN_MARGIN) else ())
 
 
+# A screened plane that is mostly equal to its previous plane (``_mostly_equal``: a colour
+# sample after the first, a later frame) is coded on the crop by the difference coder too
+# (2026-12-07): where that crop stream is over DIFF_SCREEN_MARGIN larger than the
+# smallest of the other paths' crops, the difference coder does not code the plane; where
+# it is over DIFF_SCREEN_MARGIN smaller, it alone does. Of the three such planes of the
+# train and held-out images and the pipeline benchmark's own files, it dropped the
+# difference coder on one (train eCT_Supplemental's second frame: crop +66%, whole plane
+# +68%, 0.45 s of `max`'s encode) and kept both on two (held-out US1_UNCI's green and
+# blue planes: crop +0.6% and -0.5% against the raster path's, and the difference coder
+# won in full, -5.7% and -4.0%). The same files on all three sets.
+DIFF_SCREEN_MARGIN = 0.03
+
+
 def _v8_choice(plane: np.ndarray, prev: np.ndarray | None) -> tuple[int, ...]:
     """``per-plane-v8``'s rule: the paths ``_screen`` keeps, and the difference coder on
-    planes ``_mostly_equal`` to their previous plane."""
-    return tuple(sorted(_screen(plane, prev) + ((2,) if _mostly_equal(plane, prev) else ())))
+    planes ``_mostly_equal`` to their previous plane, on a screened plane unless its crop
+    stream rules it out, or rules the others out (``DIFF_SCREEN_MARGIN``)."""
+    if not _mostly_equal(plane, prev):
+        return _screen(plane, prev)
+    crops: dict = {}
+    paths = _screen(plane, prev, crops)
+    if not crops:
+        return tuple(sorted(paths + (2,)))
+    diff = len(RASTER_WP_DIFF_V4.encode(crops["crop"], crops["info"], crops["prev"]))
+    others = min(crops[i] for i in (0, 1, 3))
+    if diff > others * (1 + DIFF_SCREEN_MARGIN):
+        return paths
+    if diff * (1 + DIFF_SCREEN_MARGIN) < others:
+        return (2,)
+    return tuple(sorted(paths + (2,)))
 
 
 PER_PLANE_V8 = register(PlaneSelector(model_id="per-plane-v8", candidates=PER_PLANE_V8_CANDIDATES, choose=_v8_choice),
