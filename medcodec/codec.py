@@ -246,7 +246,7 @@ def encode_words(
     return best
 
 
-# `max`'s trial of `fast` on a screened image (2026-12-07): `fast` codes the screen's crop
+# `max`'s trial of `fast` on a screened image (2026-12-06, late): `fast` codes the screen's crop
 # too, and the whole image only where that crop record is within FAST_TRIAL_MARGIN of the
 # smallest of the screen's crop records. Of the 34 screened images of the train and
 # held-out splits and the pipeline benchmark's own files, `fast` coded three smaller in

@@ -266,7 +266,7 @@ def _screen(plane: np.ndarray, prev: np.ndarray | None, crops: dict | None = Non
 
 # A screened plane that is mostly equal to its previous plane (``_mostly_equal``: a colour
 # sample after the first, a later frame) is coded on the crop by the difference coder too
-# (2026-12-07): where that crop stream is over DIFF_SCREEN_MARGIN larger than the
+# (2026-12-06, late): where that crop stream is over DIFF_SCREEN_MARGIN larger than the
 # smallest of the other paths' crops, the difference coder does not code the plane; where
 # it is over DIFF_SCREEN_MARGIN smaller, it alone does. Of the three such planes of the
 # train and held-out images and the pipeline benchmark's own files, it dropped the
