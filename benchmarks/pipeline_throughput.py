@@ -17,15 +17,23 @@ median over ``--runs`` of:
 * overhead: the one-worker wall time over the codec's own time on the same pixels,
   less one. The codec's time is ``medcodec.compress_pixels`` plus
   ``decompress_pixels`` (migrate verifies every record by decoding it) on each file's
-  parsed frames, in this process, median over ``--runs``: everything else a migrate
-  does (Beam, listing, parsing, de-identification, sealing and stego with
-  ``--keyed``, tar, index) is overhead;
+  parsed frames, in this process: everything else a migrate does (Beam, listing,
+  parsing, de-identification, sealing and stego with ``--keyed``, tar, index) is
+  overhead;
 * the same overhead beyond a one-file job: the wall time of migrating the smallest
   file alone (Beam's pipeline construction and runner start-up, listing, the summary:
   what every job pays once, and a migration of millions of instances spreads thin) is
   taken off the wall time first.
 
-With ``--keyed`` a last line times the encode stage's own work (``Codec.archive_dicom``:
+Each of the ``--runs`` rounds times the codec's pass, then (``--keyed``) the keying
+line's, then one job per ``--workers`` value, then the one-file job, back to back: the
+overheads are each round's own ratio, and the table gives their median and range. The
+machine's speed wanders by 20% and more over minutes; timing the codec's runs first and
+the jobs' afterwards let that drift into the ratio (five rounds of keyed `fast` on
+2026-12-07, one worker: +43% beyond the one-file job as the median of the rounds' own
+ratios, +48% from the medians of the codec's times and the jobs' taken apart).
+
+With ``--keyed`` a line times the encode stage's own work (``Codec.archive_dicom``:
 the record and its description) on every file with and without the key, in this process: the keyed
 path's cost apart from Beam (whose start-up and scheduling vary by a second or more
 between runs on a small job).
@@ -105,13 +113,10 @@ def copy_source(files: list[tuple[Path, Path]], dest: Path) -> int:
     return total
 
 
-def codec_seconds(files: list[tuple[Path, Path]], *, runs: int, preset: str) -> float:
-    """Median over ``runs`` of the codec's encode + decode time over every file's pixels."""
-    import time
-
+def codec_arrays(files: list[tuple[Path, Path]]) -> list:
+    """(spec, pixel array) of every file, as ``compress_dicom`` codes its frames."""
     import numpy as np
 
-    import medcodec
     from medcodec.dicom import parse_dicom
 
     arrays = []
@@ -123,58 +128,72 @@ def codec_seconds(files: list[tuple[Path, Path]], *, runs: int, preset: str) -> 
         else:
             array = frames[0, 0] if frames.shape[0] == 1 else frames[:, 0]
         arrays.append((parsed.spec, np.ascontiguousarray(array)))
-    totals = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        for spec, array in arrays:
-            blob = medcodec.compress_pixels(array, bits_stored=spec.bits_stored, signed=spec.signed,
-                                            high_bit=spec.high_bit, preset=preset)
-            medcodec.decompress_pixels(blob)
-        totals.append(time.perf_counter() - t0)
-    return statistics.median(totals)
+    return arrays
 
 
-def keying_seconds(files: list[tuple[Path, Path]], *, runs: int, preset: str, key_file: str) -> tuple[float, float]:
-    """Median over ``runs`` of (keyless, keyed) seconds of the encode stage's own work,
-    ``medcodec.Codec.archive_dicom`` (parse, de-identify, seal, embed, code, verify,
-    describe), over every file in this process: what keying costs without Beam's noise.
-    The two alternate within each run."""
+def codec_pass(arrays: list, *, preset: str) -> float:
+    """Seconds of the codec's encode + decode over every file's pixels, once."""
     import time
 
     import medcodec
-    from pipelines.keys import load_keyring
 
-    datas = [path.read_bytes() for _, path in files]
-    codecs = (medcodec.Codec(preset=preset), medcodec.Codec(preset=preset, keyring=load_keyring(key_file)))
-    for codec in codecs:
-        codec.archive_dicom(datas[0])  # load the compiled kernels
-    totals: tuple[list[float], list[float]] = ([], [])
-    for _ in range(runs):
-        for codec, times in zip(codecs, totals):
+    t0 = time.perf_counter()
+    for spec, array in arrays:
+        blob = medcodec.compress_pixels(array, bits_stored=spec.bits_stored, signed=spec.signed,
+                                        high_bit=spec.high_bit, preset=preset)
+        medcodec.decompress_pixels(blob)
+    return time.perf_counter() - t0
+
+
+class Keying:
+    """The encode stage's own work (``medcodec.Codec.archive_dicom``: parse, de-identify,
+    seal, embed, code, verify, describe) over every file in this process, keyless and
+    keyed: what keying costs without Beam's noise."""
+
+    def __init__(self, files: list[tuple[Path, Path]], *, preset: str, key_file: str) -> None:
+        import medcodec
+        from pipelines.keys import load_keyring
+
+        self.datas = [path.read_bytes() for _, path in files]
+        self.codecs = (medcodec.Codec(preset=preset), medcodec.Codec(preset=preset, keyring=load_keyring(key_file)))
+        for codec in self.codecs:
+            codec.archive_dicom(self.datas[0])  # load the compiled kernels
+
+    def seconds(self) -> tuple[float, float]:
+        """(keyless, keyed) seconds of one pass over every file each, one after the other."""
+        import time
+
+        out = []
+        for codec in self.codecs:
             t0 = time.perf_counter()
-            for data in datas:
+            for data in self.datas:
                 codec.archive_dicom(data)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(totals[0]), statistics.median(totals[1])
+            out.append(time.perf_counter() - t0)
+        return out[0], out[1]
 
 
-def measure(src: Path, work: Path, *, workers: int, runs: int, preset: str, key_file: str | None = None) -> dict:
+def job(src: Path, dst: Path, *, workers: int, preset: str, key_file: str | None = None,
+        expect: int | None = None) -> dict:
+    """One migrate of ``src`` into a fresh ``dst`` (removed after): its run summary."""
     from pipelines.runner import run_migrate
 
-    summaries = []
-    for run in range(runs):
-        dst = work / f"dst-w{workers}-r{run}"
-        summary = run_migrate(str(src), str(dst), preset=preset, workers=workers, progress=False,
-                              phi_in_clear=key_file is None, key_file=key_file)
-        if summary["deadlettered"] or summary["skipped"]:
-            raise RuntimeError(f"expected a clean run, got {summary['deadlettered']} dead letters, "
-                               f"{summary['skipped']} skipped")
-        summaries.append(summary)
-        shutil.rmtree(dst)
-    med = lambda values: statistics.median(values)  # noqa: E731
+    summary = run_migrate(str(src), str(dst), preset=preset, workers=workers, progress=False,
+                          phi_in_clear=key_file is None, key_file=key_file)
+    shutil.rmtree(dst)
+    if summary["deadlettered"] or summary["skipped"]:
+        raise RuntimeError(f"expected a clean run, got {summary['deadlettered']} dead letters, "
+                           f"{summary['skipped']} skipped")
+    if expect is not None and summary["archived"] != expect:
+        raise RuntimeError(f"the job archived {summary['archived']} instances, not {expect}")
+    return summary
+
+
+def row(workers: int, summaries: list[dict]) -> dict:
+    """The table's row for ``workers``: medians over the runs' summaries."""
+    med = statistics.median
     return {
         "workers": workers,
-        "runs": runs,
+        "runs": len(summaries),
         "instances": summaries[0]["archived"],
         "bytes_in": summaries[0]["bytes_in"],
         "bytes_out": summaries[0]["bytes_out"],
@@ -186,28 +205,36 @@ def measure(src: Path, work: Path, *, workers: int, runs: int, preset: str, key_
     }
 
 
-def startup_seconds(files: list[tuple[Path, Path]], work: Path, *, runs: int, preset: str,
-                    key_file: str | None = None) -> float:
-    """Median over ``runs`` of the wall time of a one-worker job that migrates the
-    smallest file alone: the cost every job pays once, whatever its size."""
-    from pipelines.runner import run_migrate
-
-    src = work / "one-file-src"
-    copy_source([min(files, key=lambda f: f[1].stat().st_size)], src)
-    walls = []
+def measure(files: list[tuple[Path, Path]], src: Path, work: Path, *, workers: list[int], runs: int, preset: str,
+            key_file: str | None = None) -> dict:
+    """``runs`` rounds, each of them back to back: the codec's pass, the keying line's
+    (with ``key_file``), one job per ``workers`` value, and the one-file job (where
+    ``workers`` has 1). Returns the rows, the rounds' own figures and the overheads."""
+    arrays = codec_arrays(files)
+    codec_pass(arrays[:1], preset=preset)  # load the compiled kernels
+    keying = Keying(files, preset=preset, key_file=key_file) if key_file else None
+    one_src = work / "one-file-src"
+    copy_source([min(files, key=lambda f: f[1].stat().st_size)], one_src)
+    rounds: list[dict] = []
+    summaries: dict[int, list[dict]] = {w: [] for w in workers}
     for run in range(runs):
-        dst = work / f"one-file-dst-r{run}"
-        summary = run_migrate(str(src), str(dst), preset=preset, workers=1, progress=False,
-                              phi_in_clear=key_file is None, key_file=key_file)
-        if summary["archived"] != 1:
-            raise RuntimeError(f"the one-file job archived {summary['archived']} instances")
-        walls.append(summary["wall_seconds"])
-        shutil.rmtree(dst)
-    return statistics.median(walls)
+        r: dict = {"codec_s": codec_pass(arrays, preset=preset)}
+        if keying is not None:
+            r["keying_s"] = keying.seconds()
+        for w in workers:
+            summary = job(src, work / f"dst-w{w}-r{run}", workers=w, preset=preset, key_file=key_file)
+            summaries[w].append(summary)
+            r[f"wall_s_w{w}"] = summary["wall_seconds"]
+        if 1 in workers:
+            r["startup_s"] = job(one_src, work / f"one-file-dst-r{run}", workers=1, preset=preset,
+                                 key_file=key_file, expect=1)["wall_seconds"]
+            r["overhead"] = r["wall_s_w1"] / r["codec_s"] - 1
+            r["overhead_beyond_startup"] = (r["wall_s_w1"] - r["startup_s"]) / r["codec_s"] - 1
+        rounds.append(r)
+    return {"rows": [row(w, summaries[w]) for w in workers], "rounds": rounds}
 
 
-def format_table(rows: list[dict], *, files: int, mb: float, preset: str, keyed: bool, codec_s: float,
-                 keying: tuple[float, float] | None = None, startup_s: float | None = None) -> str:
+def format_table(rows: list[dict], rounds: list[dict], *, files: int, mb: float, preset: str, keyed: bool) -> str:
     lines = [
         f"migrate throughput, local FnApiRunner, preset {preset}, {'keyed' if keyed else 'keyless'}: {files} "
         f"instances, {mb:.1f} MB (pydicom-data, native {'/'.join(MODALITIES)}), {os.cpu_count()} CPU(s), "
@@ -221,15 +248,24 @@ def format_table(rows: list[dict], *, files: int, mb: float, preset: str, keyed:
             f"{r['ratio']:5.2f}x  {r['wall_s']:7.1f}  {st['read']:7.2f}  {st['encode']:8.1f}  {st['write']:7.2f}"
         )
     lines.append("(medians over runs; stage seconds are summed inside the workers, wall is the whole job)")
-    one = [r for r in rows if r["workers"] == 1]
-    if one:
+    med = statistics.median
+    codec_s = med([r["codec_s"] for r in rounds])
+
+    def spread(key: str) -> str:
+        values = [r[key] for r in rounds]
+        return f"{med(values):+.0%}" + (f" (runs {min(values):+.0%} to {max(values):+.0%})" if len(values) > 1 else "")
+
+    if "overhead" in rounds[0]:
         lines.append(f"codec alone (compress_pixels + decompress_pixels on the same pixels): {codec_s:.1f} s; "
-                     f"one-worker overhead: {one[0]['wall_s'] / codec_s - 1:+.0%} of codec time")
-        if startup_s is not None:
-            lines.append(f"one-file job (what every job pays once: Beam start-up, listing, summary): {startup_s:.1f} s; "
-                         f"one-worker overhead beyond it: {(one[0]['wall_s'] - startup_s) / codec_s - 1:+.0%} of codec time")
-    if keying:
-        plain, sealed = keying
+                     f"one-worker overhead: {spread('overhead')} of codec time")
+        lines.append(f"one-file job (what every job pays once: Beam start-up, listing, summary): "
+                     f"{med([r['startup_s'] for r in rounds]):.1f} s; "
+                     f"one-worker overhead beyond it: {spread('overhead_beyond_startup')} of codec time")
+        lines.append("(overheads: each run's own, its codec pass and jobs timed back to back; median and range)")
+    else:
+        lines.append(f"codec alone (compress_pixels + decompress_pixels on the same pixels): {codec_s:.1f} s")
+    if "keying_s" in rounds[0]:
+        plain, sealed = med([r["keying_s"][0] for r in rounds]), med([r["keying_s"][1] for r in rounds])
         lines.append(f"keying in the codec (Codec.archive_dicom, this process): {plain:.2f} s keyless, "
                      f"{sealed:.2f} s keyed: +{sealed - plain:.2f} s ({(sealed - plain) / codec_s:+.0%} of codec time)")
     return "\n".join(lines)
@@ -268,18 +304,13 @@ def main(argv: list[str] | None = None) -> int:
 
             key_file = str(Path(tmp) / "bench.key")
             Keyring.create(key_file)
-        codec_s = codec_seconds(files, runs=args.runs, preset=args.preset)
-        keying = keying_seconds(files, runs=args.runs, preset=args.preset, key_file=key_file) if key_file else None
-        rows = [measure(src, Path(tmp), workers=w, runs=args.runs, preset=args.preset, key_file=key_file)
-                for w in args.workers]
-        startup_s = (startup_seconds(files, Path(tmp), runs=args.runs, preset=args.preset, key_file=key_file)
-                     if 1 in args.workers else None)
-    print(format_table(rows, files=len(files), mb=total / 1e6, preset=args.preset, keyed=args.keyed,
-                       codec_s=codec_s, keying=keying, startup_s=startup_s))
+        measured = measure(files, src, Path(tmp), workers=args.workers, runs=args.runs, preset=args.preset,
+                           key_file=key_file)
+    print(format_table(measured["rows"], measured["rounds"], files=len(files), mb=total / 1e6, preset=args.preset,
+                       keyed=args.keyed))
     if args.json:
         Path(args.json).write_text(json.dumps({"preset": args.preset, "keyed": args.keyed, "files": len(files),
-                                               "bytes": total, "codec_s": codec_s, "keying_s": keying,
-                                               "startup_s": startup_s, "results": rows}, indent=2))
+                                               "bytes": total, **measured}, indent=2))
     return 0
 
 
