@@ -24,14 +24,18 @@ above keep memory only in the main arena, so a local migrate's worker threads fa
 their arrays in again and again. `migrate --preset max` with 2 workers (threads) on the
 pipeline benchmark, fresh processes, four alternated pairs (2026-12-07): 1.05-1.08 M page
 faults and 2.55-2.80 s of system time with an arena per thread, 339-385 k and 1.23-1.33 s
-with one; 15.9-19.8 s wall against 15.1-15.7 s, faster in every pair. The benchmark's own
-command (``benchmarks.pipeline_throughput --workers 2 --preset max``, three alternated
-pairs): 2.52-2.89 MB/s (median 2.78) against 2.87-2.95 (2.91). One worker (the main
+with one; 15.9-19.8 s wall against 15.1-15.7 s, faster in every pair. After a codec pass
+in the same process, as the benchmark runs it, three pairs: 2.25-2.41 s of system time
+and 1.04-1.05 M faults against 0.96-1.49 s and 299-336 k, with as many context switches
+(no waiting on the arena's lock). The benchmark's own command
+(``benchmarks.pipeline_throughput --workers 2 --preset max``, six alternated pairs, a
+machine whose speed wandered by 20%): 2.52-2.89 MB/s (median 2.70) against 2.33-2.99
+(2.89), faster in four. One worker (the main
 thread) and `fast` are unchanged (35 k faults). A thread gets its arena at its first
 allocation: ``tune()`` covers the threads started after it (a local run's workers, the
 queue's threads), not those a host started before. The arena's lock is shared; glibc's
 per-thread cache serves small blocks without it, and two threads' user time did not grow
-(25.1-26.4 s against 25.4-30.3 s).
+(fresh processes: 25.1-26.4 s against 25.4-30.3 s).
 
 A library does not change its host's allocator on import: ``tune()`` is called by
 medarchive's entry points (``jobs.cli``, the pipelines' DoFn set-up, ``benchmarks``),
