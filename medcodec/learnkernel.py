@@ -33,31 +33,42 @@ def _price(bits_sum, total, used, nlogn, weight):
 
 
 @kernel
-def _best_split(h, valid, nlogn, weight, split_cost, left, whole):
+def _best_split(h, valid, nlogn, weight, split_cost, left, whole, present):
     """(gain, property, bin) of the best split of a node with histogram ``h`` (P, B, A);
-    property -1 where no split separates its samples. ``left``, ``whole``: scratch rows (A,)."""
+    property -1 where no split separates its samples. ``left``, ``whole``, ``present``:
+    scratch rows (A,).
+
+    Only the tokens the node holds (``present``, in increasing order) are visited: a
+    token it lacks adds nothing on either side, and the sums over the others are the
+    same sums in the same order (``nlogn`` is 0 at 0 and 1, so adding it unconditionally
+    adds +0.0 where a count is 0 or 1). On a 145,200-sample tree of the pipeline
+    benchmark's files 29 of 52 tokens were present at the root, fewer below."""
     n_props, n_bins, alphabet = h.shape
     m = 0
     bits = 0.0
     used = 0
+    n_present = 0
     for a in range(alphabet):
         c = 0
         for b in range(n_bins):
             c += h[0, b, a]
-        whole[a] = c
         m += c
         if c > 0:
             bits += nlogn[c]
             used += 1
+            whole[n_present] = c
+            present[n_present] = a
+            n_present += 1
     base = _price(bits, m, used, nlogn, weight)
     best, best_p, best_b = -np.inf, -1, -1
     for p in range(n_props):
-        left[:] = 0
+        for j in range(n_present):
+            left[j] = 0
         n_left = 0
         for b in range(n_bins - 1):
-            for a in range(alphabet):
-                c = h[p, b, a]
-                left[a] += c
+            for j in range(n_present):
+                c = h[p, b, present[j]]
+                left[j] += c
                 n_left += c
             if not valid[p, b] or n_left <= 0 or n_left >= m:
                 continue
@@ -65,15 +76,13 @@ def _best_split(h, valid, nlogn, weight, split_cost, left, whole):
             bits_r = 0.0
             used_l = 0
             used_r = 0
-            for a in range(alphabet):
-                cl = left[a]
-                cr = whole[a] - cl
-                if cl > 0:
-                    bits_l += nlogn[cl]
-                    used_l += 1
-                if cr > 0:
-                    bits_r += nlogn[cr]
-                    used_r += 1
+            for j in range(n_present):
+                cl = left[j]
+                cr = whole[j] - cl
+                bits_l += nlogn[cl]
+                bits_r += nlogn[cr]
+                used_l += cl > 0
+                used_r += cr > 0
             gain = (base - _price(bits_l, n_left, used_l, nlogn, weight)
                     - _price(bits_r, m - n_left, used_r, nlogn, weight)) * weight - split_cost
             if gain > best:
@@ -109,12 +118,12 @@ def grow(bins, tokens, alphabet, valid, weight, split_cost, max_leaves, max_dept
                  np.zeros(capacity, dtype=np.int64), np.zeros(capacity), np.zeros(capacity, dtype=np.int64),
                  np.zeros(capacity, dtype=np.int64), np.zeros(capacity, dtype=np.int64),
                  np.zeros(capacity, dtype=np.int64), np.empty((n, n_props), dtype=bins.dtype),
-                 np.empty(n, dtype=tokens.dtype))
+                 np.empty(n, dtype=tokens.dtype), np.zeros(alphabet, dtype=np.int64))
 
 
 @kernel
 def _grow(bins, tokens, valid, weight, split_cost, max_leaves, max_depth, node_prop, node_bin, node_left, node_lo,
-          node_hi, nlogn, slots, free, left, whole, slot_of, gain, split_p, split_b, depth, frontier, buf, buf_tokens):
+          node_hi, nlogn, slots, free, left, whole, slot_of, gain, split_p, split_b, depth, frontier, buf, buf_tokens, present):
     """``grow``'s work: ``free`` a stack of free histogram slots (``free[1:n_free]``),
     ``frontier`` the leaf nodes in the order they were made."""
     n = bins.shape[0]
@@ -124,7 +133,7 @@ def _grow(bins, tokens, valid, weight, split_cost, max_leaves, max_depth, node_p
     node_prop[0], node_lo[0], node_hi[0], node_left[0] = -1, 0, n, -1
     slot_of[0] = 0
     _histogram(bins, tokens, 0, n, slots[0])
-    gain[0], split_p[0], split_b[0] = _best_split(slots[0], valid, nlogn, weight, split_cost, left, whole)
+    gain[0], split_p[0], split_b[0] = _best_split(slots[0], valid, nlogn, weight, split_cost, left, whole, present)
     frontier[0] = 0
     n_frontier, n_nodes, n_leaves = 1, 1, 1
     while n_leaves < max_leaves:
@@ -186,7 +195,7 @@ def _grow(bins, tokens, valid, weight, split_cost, max_leaves, max_depth, node_p
         for c in range(2):
             nd = kid + c
             gain[nd], split_p[nd], split_b[nd] = _best_split(slots[slot_of[nd]], valid, nlogn, weight, split_cost,
-                                                             left, whole)
+                                                             left, whole, present)
         n_leaves += 1
     return n_nodes
 
