@@ -57,8 +57,8 @@ class MigrateConfig:
     # threads set the same value for their one process).
     model_threads: int | None = None
     # Local runners with N > 1 workers: their number; None elsewhere. Worker threads (the
-    # default; ``local_threads`` N) code the inputs from one queue (threadqueue); worker
-    # processes are each dealt their part once (_dealt_evenly).
+    # default; ``local_threads`` N) code the inputs and write the shards from one queue
+    # (threadqueue); worker processes are each dealt their part once (_dealt_evenly).
     local_workers: int | None = None
     local_threads: int | None = None
     # A-LoRA adapters by modality group ({"CT": sha256, ...}, files under DST/models/):
@@ -491,6 +491,10 @@ class WriteShards(beam.DoFn):
             yield "shard", _shard_stats(writers[i], seconds)
 
 
+def _study_bytes(element: tuple[str, Iterable[dict]]) -> int:
+    return sum(len(inst["record"]) for inst in element[1])
+
+
 def _shard_stats(writer: ShardWriter, write_seconds: float) -> dict:
     rows = writer.rows
 
@@ -682,7 +686,10 @@ class Migrate(beam.PTransform):
             inputs = inputs | "Reshuffle" >> beam.Reshuffle()
         encode = queued(EncodeInstance(cfg), cfg.local_threads, weight=_input_size)
         encoded = inputs | "Encode" >> beam.ParDo(encode).with_outputs("dead", "skipped", main="instances")
-        shards = encoded.instances | "ByStudy" >> beam.GroupByKey() | "WriteShards" >> beam.ParDo(WriteShards(cfg))
+        # A local run's threads write the studies' shards from one queue too (to object
+        # storage each shard is several round trips), the largest study first.
+        studies = gathered(encoded.instances | "ByStudy" >> beam.GroupByKey(), "GatherStudies", cfg.local_threads)
+        shards = studies | "WriteShards" >> beam.ParDo(queued(WriteShards(cfg), cfg.local_threads, weight=_study_bytes))
         dead = ((listed.dead, encoded.dead) | "AllDead" >> beam.Flatten()
                 | "WriteDeadLetters" >> beam.ParDo(WriteDeadLetters(cfg)))
         return (

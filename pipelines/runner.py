@@ -2,8 +2,8 @@
 
 The default runner is Beam's in-process FnApiRunner: fully offline (Prism, the
 DirectRunner's first choice, downloads a binary). ``--workers N`` runs N worker
-threads in this process (``--direct_running_mode=multi_processing`` among the Beam
-options: N processes). Any other Beam runner (Dataflow, Flink, Spark) is reached with standard
+threads in this process over the stages that cost (``pipeline_options``;
+``--direct_running_mode=multi_processing`` among the Beam options: N processes). Any other Beam runner (Dataflow, Flink, Spark) is reached with standard
 Beam options passed through unchanged (see jobs/configs/).
 """
 
@@ -35,13 +35,20 @@ LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner"}
 def pipeline_options(runner: str, workers: int, extra: list[str] | None = None) -> PipelineOptions:
     args = [f"--runner={runner}"]
     if runner in LOCAL_RUNNERS:
-        args.append(f"--direct_num_workers={workers}")
-        # One worker: in-process (memory:// URLs stay visible). More: threads of this process.
-        # The compiled coders release the GIL, so on 2 cores 2 threads migrate the 64-file
-        # benchmark in ~7 s where 2 processes took ~13 s (each starts Beam, imports the
-        # codec and loads its kernels); ``--direct_running_mode=multi_processing`` in the
-        # extra options (they come last and win) still gives processes.
-        args.append("--direct_running_mode=" + ("multi_threading" if workers > 1 else "in_memory"))
+        # Beam's in-memory worker, one thread, whatever N (memory:// URLs stay visible):
+        # N workers are N threads of this process that take the stages which cost (migrate's
+        # coding and shard writing, a deep audit's and a restore's shards) from one queue
+        # (threadqueue.local_threads). The compiled coders release the GIL, so on 2 cores 2
+        # threads migrated the 64-file benchmark in ~7 s where 2 processes took ~13 s (each
+        # starts Beam, imports the codec and loads its kernels). Beam's own threads
+        # (multi_threading) ran every stage through an in-process gRPC data plane, its input
+        # split between them: a one-file migrate took 0.71-0.87 s instead of 0.52-0.54 s, and
+        # the pipeline benchmark's 2-worker `max` migrate 14.92 s instead of 14.13 s (medians
+        # of four alternated pairs, 2026-12-07). ``--direct_running_mode`` in the extra
+        # options (they come last and win) still gives Beam's N processes or threads.
+        chosen = PipelineOptions(list(extra or [])).get_all_options().get("direct_running_mode")
+        beams_own = chosen in ("multi_processing", "multi_threading")
+        args += [f"--direct_num_workers={workers if beams_own else 1}", "--direct_running_mode=in_memory"]
     return PipelineOptions(args + list(extra or []))
 
 

@@ -1,8 +1,10 @@
 """One queue over a local run's worker threads, for the stages whose elements cost unevenly.
 
-Beam's local runner (``FnApiRunner``, ``--direct_num_workers=N`` threads) splits a
-stage's input between its N threads once, before the stage starts, by element (or by
-chunk of encoded elements) in the order they arrived, and never rebalances. Where the
+A local run with N workers is Beam's in-memory worker (one thread) whose costly stages
+run as a ``ThreadQueue`` of N threads (``runner.pipeline_options``). Beam's own threads
+(``--direct_running_mode=multi_threading``, ``--direct_num_workers=N``) split a
+stage's input between them once, before the stage starts, by element (or by
+chunk of encoded elements) in the order they arrived, and never rebalance. Where the
 elements' costs vary a hundredfold, one thread ends long before the other: coding the
 pipeline benchmark with two threads dealt out evenly by size, 16.5 against 21.9 s of
 work (`max`: a coder's time follows the image, not its bytes); auditing its archive
@@ -32,11 +34,14 @@ import apache_beam as beam
 
 
 def local_threads(options: beam.options.pipeline_options.PipelineOptions, workers: int, local: bool) -> int | None:
-    """N where a local run has N > 1 worker threads (the stages that cost unevenly then
-    run as one ``ThreadQueue``); None elsewhere (one worker, processes, other runners)."""
+    """N where a local run has N > 1 worker threads (the stages that cost then run as one
+    ``ThreadQueue``): Beam's in-memory worker (``runner.pipeline_options``' choice), or
+    Beam's own threads where asked for; None elsewhere (one worker, processes, other
+    runners)."""
     if not local or workers <= 1:
         return None
-    return workers if options.get_all_options().get("direct_running_mode") == "multi_threading" else None
+    mode = options.get_all_options().get("direct_running_mode")
+    return workers if mode in ("in_memory", "multi_threading") else None
 
 
 def gathered(pcoll, label: str, threads: int | None):

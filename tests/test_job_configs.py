@@ -35,9 +35,13 @@ def test_schedule_examples_are_well_formed():
 
 
 def test_local_workers_are_threads_unless_processes_are_asked_for():
-    """--workers N on the local runner: N threads of one process (no Beam start-up and
-    kernel loading per worker); Beam's own option, passed through, still gives processes."""
-    assert pipeline_options("FnApiRunner", 1).get_all_options()["direct_running_mode"] == "in_memory"
-    assert pipeline_options("FnApiRunner", 2).get_all_options()["direct_running_mode"] == "multi_threading"
-    opts = pipeline_options("FnApiRunner", 2, ["--direct_running_mode=multi_processing"]).get_all_options()
-    assert (opts["direct_running_mode"], opts["direct_num_workers"]) == ("multi_processing", 2)
+    """--workers N on the local runner: Beam's one in-memory worker, whose costly stages
+    N threads of this process take from one queue (no Beam start-up and kernel loading
+    per worker, no data plane between threads); Beam's own option, passed through, still
+    gives its processes or threads."""
+    for n in (1, 2):
+        opts = pipeline_options("FnApiRunner", n).get_all_options()
+        assert (opts["direct_running_mode"], opts["direct_num_workers"]) == ("in_memory", 1)
+    for mode in ("multi_processing", "multi_threading"):
+        opts = pipeline_options("FnApiRunner", 2, [f"--direct_running_mode={mode}"]).get_all_options()
+        assert (opts["direct_running_mode"], opts["direct_num_workers"]) == (mode, 2)

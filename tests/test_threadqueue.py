@@ -105,6 +105,8 @@ def test_in_a_local_run_the_threads_count_into_the_stage_and_every_output_arrive
 def test_only_local_worker_threads_take_the_queue():
     assert local_threads(pipeline_options("FnApiRunner", 1), 1, True) is None
     assert local_threads(pipeline_options("FnApiRunner", 3), 3, True) == 3
+    beams_threads = pipeline_options("FnApiRunner", 2, ["--direct_running_mode=multi_threading"])
+    assert local_threads(beams_threads, 2, True) == 2
     processes = pipeline_options("FnApiRunner", 2, ["--direct_running_mode=multi_processing"])
     assert local_threads(processes, 2, True) is None
     assert local_threads(pipeline_options("DataflowRunner", 4), 4, False) is None
