@@ -45,3 +45,17 @@ def test_local_workers_are_threads_unless_processes_are_asked_for():
     for mode in ("multi_processing", "multi_threading"):
         opts = pipeline_options("FnApiRunner", 2, [f"--direct_running_mode={mode}"]).get_all_options()
         assert (opts["direct_running_mode"], opts["direct_num_workers"]) == (mode, 2)
+
+
+def test_local_runs_sample_bundle_states_every_few_milliseconds():
+    """A bundle's end joins Beam's state sampling thread, which sleeps up to its period
+    (200 ms by default): local runs' options shorten it, so a long bundle (the coding
+    stage) ends within LOCAL_SAMPLING_MS of its last element."""
+    from apache_beam.runners.worker import statesampler
+    from apache_beam.utils.counters import CounterFactory
+
+    from pipelines.runner import LOCAL_SAMPLING_MS
+
+    pipeline_options("FnApiRunner", 2)
+    sampler = statesampler.StateSampler("step", CounterFactory())
+    assert sampler.sampling_period_ms == LOCAL_SAMPLING_MS < statesampler.DEFAULT_SAMPLING_PERIOD_MS
