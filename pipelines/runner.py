@@ -3,8 +3,9 @@
 The default runner is Beam's in-process FnApiRunner: fully offline (Prism, the
 DirectRunner's first choice, downloads a binary). ``--workers N`` runs N worker
 threads in this process over the stages that cost (``pipeline_options``;
-``--direct_running_mode=multi_processing`` among the Beam options: N processes). Any other Beam runner (Dataflow, Flink, Spark) is reached with standard
-Beam options passed through unchanged (see jobs/configs/).
+``--direct_running_mode=multi_processing`` among the Beam options: N processes). Any
+other Beam runner (Dataflow, Flink, Spark) is reached with standard Beam options passed
+through unchanged (see jobs/configs/).
 """
 
 from __future__ import annotations
