@@ -61,6 +61,11 @@ class MigrateConfig:
     # (threadqueue); worker processes are each dealt their part once (_dealt_evenly).
     local_workers: int | None = None
     local_threads: int | None = None
+    # Reshuffles between the listing stages and before the coding: False on a local
+    # in-memory run (one Beam thread; with N workers, its threads take the inputs from
+    # queues), where each was one more stage for nothing (~10-30 ms each, and its
+    # transforms' construction).
+    spread: bool = True
     # A-LoRA adapters by modality group ({"CT": sha256, ...}, files under DST/models/):
     # inputs of those modalities are coded with base + adapter (and the v1.0 local path,
     # the smaller record kept); other modalities with the preset's models.
@@ -111,7 +116,7 @@ class ExpandFile(beam.DoFn):
     """A file URL -> one SourceRef per input (zip/tar members expanded); unlistable archives dead-lettered.
 
     Reading each object's first bytes is the slow part of listing a PACS export: it runs
-    here, after a Reshuffle, on every worker."""
+    here, after a Reshuffle, on every worker (a local run's threads: from one queue)."""
 
     def __init__(self, cfg: MigrateConfig) -> None:
         self.cfg = cfg
@@ -657,18 +662,20 @@ class Migrate(beam.PTransform):
 
     def expand(self, srcs):
         cfg = self.cfg
-        listed = (
-            srcs
-            | "ListTop" >> beam.ParDo(ListTop(cfg))
-            | "SpreadFolders" >> beam.Reshuffle()
-            | "FindFiles" >> beam.ParDo(FindFiles(cfg))
-            | "SpreadFiles" >> beam.Reshuffle()
-            | "ExpandFiles" >> beam.ParDo(ExpandFile(cfg)).with_outputs("dead", main="refs")
-        )
+
+        def spread(pcoll, label: str):
+            # Several workers: spread the elements over them. A local in-memory run has one
+            # Beam thread, and its own threads take the costly stages from queues.
+            return pcoll | label >> beam.Reshuffle() if cfg.spread else pcoll
+
+        files = spread(spread(srcs | "ListTop" >> beam.ParDo(ListTop(cfg)), "SpreadFolders")
+                       | "FindFiles" >> beam.ParDo(FindFiles(cfg)), "SpreadFiles")
+        # Reading each object's first bytes (ExpandFile) is a round trip per object: a
+        # local run's threads take the files from one queue.
+        listed = (gathered(files, "GatherFiles", cfg.local_threads)
+                  | "ExpandFiles" >> beam.ParDo(queued(ExpandFile(cfg), cfg.local_threads)).with_outputs("dead", main="refs"))
         indexed = (
-            srcs.pipeline
-            | "IndexFiles" >> beam.Create(list(self.index_files))
-            | "SpreadIndexFiles" >> beam.Reshuffle()
+            spread(srcs.pipeline | "IndexFiles" >> beam.Create(list(self.index_files)), "SpreadIndexFiles")
             | "ReadIndex" >> beam.ParDo(ReadIndexKeys(cfg))
         )
         keyed = listed.refs | "KeySources" >> beam.ParDo(KeySources(cfg))
@@ -683,7 +690,7 @@ class Migrate(beam.PTransform):
             if cfg.local_workers:  # N processes, each given its part once: dealt out evenly by size
                 inputs = (inputs | "Gather" >> beam.combiners.ToList()
                           | "DealEvenly" >> beam.FlatMap(_dealt_evenly, cfg.local_workers))
-            inputs = inputs | "Reshuffle" >> beam.Reshuffle()
+            inputs = spread(inputs, "Reshuffle")
         encode = queued(EncodeInstance(cfg), cfg.local_threads, weight=_input_size)
         encoded = inputs | "Encode" >> beam.ParDo(encode).with_outputs("dead", "skipped", main="instances")
         # A local run's threads write the studies' shards from one queue too (to object

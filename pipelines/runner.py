@@ -260,6 +260,7 @@ def _run_migrate_pipeline(archive: Archive, run_id: str, index_files: tuple[str,
             model_threads=max(1, (os.cpu_count() or 1) // workers) if local else None,
             local_workers=workers if local and workers > 1 else None,
             local_threads=local_threads(options, workers, local),
+            spread=not (local and options.get_all_options().get("direct_running_mode") == "in_memory"),
         )
         started = time.time()
         pipeline = beam.Pipeline(options=options)
