@@ -112,3 +112,15 @@ def test_only_local_worker_threads_take_the_queue():
     assert local_threads(pipeline_options("DataflowRunner", 4), 4, False) is None
     fn = Sleeper()
     assert queued(fn, None) is fn and isinstance(queued(fn, 2), ThreadQueue)
+
+
+def test_a_gather_is_one_list_of_every_element_and_nothing_for_none():
+    """``gathered`` hands the queue one list of the elements (in any order), and no list
+    at all for an empty input: the queued stage then outputs nothing, as for an empty list."""
+    with beam.Pipeline(options=pipeline_options("FnApiRunner", 2)) as pipeline:
+        lists = gathered(pipeline | "Some" >> beam.Create(range(50)), "Gather", 2)
+        assert_that(lists | beam.Map(sorted), equal_to([list(range(50))]), label="one list")
+        none = gathered(pipeline | "None" >> beam.Create([]), "GatherNone", 2)
+        assert_that(none, equal_to([]), label="no list")
+        names = none | beam.ParDo(queued(Sleeper(), 2))
+        assert_that(names, equal_to([]), label="nothing queued")
