@@ -26,6 +26,7 @@ from schemas.tables import INDEX_SCHEMA, table_of
 from .archive import Archive, Identity
 from .migrate import _Sha256Writer, _verify
 from .storage import worker_storage_options
+from .threadqueue import gathered, local_threads, queued
 from .runner import LOCAL_RUNNERS, lease_held, new_run_id, pipeline_options, quiet_beam_logs, worker_logs_captured
 
 
@@ -124,9 +125,12 @@ def run_rewrap(
                            run_id=new_run_id())
         archive.hold_lease(cfg.run_id)  # a migrate started meanwhile keeps our temporary files
         with lease_held(archive, cfg.run_id), worker_logs_captured(runner in LOCAL_RUNNERS):
-            p = beam.Pipeline(options=pipeline_options(runner, workers, beam_args))
-            _ = (p | "Stems" >> beam.Create(stems) | "Spread" >> beam.Reshuffle()
-                 | "Rewrap" >> beam.ParDo(RewrapShard(cfg)))
+            options = pipeline_options(runner, workers, beam_args)
+            # A local run's N threads take the shards from one queue (Beam's in-memory worker is one thread).
+            threads = local_threads(options, workers, runner in LOCAL_RUNNERS)
+            p = beam.Pipeline(options=options)
+            spread = p | "Stems" >> beam.Create(stems) | "Spread" >> beam.Reshuffle()
+            _ = gathered(spread, "Gather", threads) | "Rewrap" >> beam.ParDo(queued(RewrapShard(cfg), threads))
             result = p.run()
             result.wait_until_finish()
         records = _counter(result, "rewrapped")

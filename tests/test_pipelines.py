@@ -789,7 +789,7 @@ def test_rewrap_after_rotation_keeps_every_index_row_authentic(tmp_path):
     assert run_cli("keys", "new", ring).returncode == 0
     assert run_cli("migrate", src, dst, "--preset", "fast", "--no-progress", "--key-file", ring).returncode == 0
     assert run_cli("keys", "rotate", ring).returncode == 0
-    proc = run_cli("rewrap", dst, "--key-file", ring)
+    proc = run_cli("rewrap", dst, "--key-file", ring, "--workers", "2")  # the shards from a queue over two threads
     assert proc.returncode == 0, proc.stderr
     assert not [p for p in dst.rglob("*") if p.name.startswith(TMP_PREFIX) or p.suffix == ".live"]
     audit = run_audit(str(dst), deep=True, key_file=str(ring))
