@@ -116,7 +116,8 @@ class ExpandFile(beam.DoFn):
     """A file URL -> one SourceRef per input (zip/tar members expanded); unlistable archives dead-lettered.
 
     Reading each object's first bytes is the slow part of listing a PACS export: it runs
-    here, after a Reshuffle, on every worker (a local run's threads: from one queue)."""
+    here, on every worker (after a Reshuffle; a local run's threads take the files from
+    one queue)."""
 
     def __init__(self, cfg: MigrateConfig) -> None:
         self.cfg = cfg
@@ -668,8 +669,8 @@ class Migrate(beam.PTransform):
             # Beam thread, and its own threads take the costly stages from queues.
             return pcoll | label >> beam.Reshuffle() if cfg.spread else pcoll
 
-        files = spread(spread(srcs | "ListTop" >> beam.ParDo(ListTop(cfg)), "SpreadFolders")
-                       | "FindFiles" >> beam.ParDo(FindFiles(cfg)), "SpreadFiles")
+        folders = spread(srcs | "ListTop" >> beam.ParDo(ListTop(cfg)), "SpreadFolders")
+        files = spread(folders | "FindFiles" >> beam.ParDo(FindFiles(cfg)), "SpreadFiles")
         # Reading each object's first bytes (ExpandFile) is a round trip per object: a
         # local run's threads take the files from one queue.
         listed = (gathered(files, "GatherFiles", cfg.local_threads)
