@@ -63,11 +63,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.dataset import PIXEL_KEYWORDS, Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
+from pydicom.valuerep import AMBIGUOUS_VR
 
 from .deid_table import BASIC_PROFILE_MASKS, BASIC_PROFILE_TABLE
 from .deid_table import EDITION as BASIC_PROFILE_EDITION
@@ -324,15 +325,21 @@ def _parse_tag(text: str) -> int:
 
 
 def _action(tag: BaseTag, *, in_meta: bool) -> str | None:
-    if tag.is_private:
+    return _action_of(int(tag), in_meta)
+
+
+def _action_of(tag: int, in_meta: bool) -> str | None:
+    """The action for the element ``tag`` (an int) of a dataset, or of the file meta."""
+    group = tag >> 16
+    if group & 1:  # private
         return "X"
-    action = BASIC_PROFILE_ACTIONS.get(int(tag))
+    action = BASIC_PROFILE_ACTIONS.get(tag)
     if action is not None:
         return action
-    group, elem = tag.group, tag.element
-    if group % 2 == 0 and 0x5000 <= group <= 0x50FF:  # curve data (retired repeating group)
+    elem = tag & 0xFFFF
+    if 0x5000 <= group <= 0x50FF:  # curve data (retired repeating group)
         return "X"
-    if group % 2 == 0 and 0x6000 <= group <= 0x60FF and elem in (0x3000, 0x4000):  # overlay data / comments
+    if 0x6000 <= group <= 0x60FF and elem in (0x3000, 0x4000):  # overlay data / comments
         return "X"
     if elem == 0x0000 and not in_meta:  # retired group lengths
         return "X"
@@ -356,12 +363,51 @@ def _empty(vr: str) -> Any:
 # pass reads them), sequences (walked), UN (pydicom may read a sequence or a known VR in
 # it) and elements read without a VR (implicit VR) are converted.
 _CONVERTED_VRS = frozenset({"UI", "SQ", "UN", None})
+# What ``converted_item`` leaves to ``Dataset.__getitem__``: sequences (it passes the pixel
+# representation to their items), the VRs it may correct, and elements read without one.
+_CORRECTED_VRS = frozenset({"SQ", "UN", None, *AMBIGUOUS_VR})
+_SPECIFIC_CHARACTER_SET = 0x00080005
+_PIXEL_TAGS = frozenset(int(t) for t in PIXEL_KEYWORDS)  # what pydicom's __setitem__ treats apart
 
 
 def kept_as_read(elem: Any) -> bool:
     """Whether de-identification leaves ``elem`` (an element as ``Dataset.get_item``
     returns it) unconverted when the profile keeps it."""
     return getattr(elem, "is_raw", False) and elem.VR not in _CONVERTED_VRS
+
+
+def item_as_read(ds: Dataset, tag: int, held: Any) -> Any:
+    """``ds.get_item(tag)``, given ``held``, what ``ds._dict`` holds for it: the same
+    element, unless its value is still unread in the file (pydicom's deferred read: then
+    the element read and converted, as ``get_item`` returns it)."""
+    if isinstance(held, RawDataElement) and held.value is None:
+        return ds.get_item(tag)
+    return held
+
+
+def converted_item(ds: Dataset, tag: int, held: Any) -> DataElement:
+    """``ds[tag]``, the element ``held`` converted, without storing the conversion in
+    ``ds`` where it is the plain case (a raw element read in full, not a sequence, of a
+    VR that needs no correction): pydicom's own conversion, in the character set
+    ``ds[tag]`` converts with. Else ``ds[tag]`` itself."""
+    if (isinstance(held, RawDataElement) and held.value is not None and held.VR not in _CORRECTED_VRS
+            and tag != _SPECIFIC_CHARACTER_SET):
+        elem = convert_raw_data_element(held, encoding=ds.original_character_set or ds._character_set, ds=ds)
+        if elem.VR not in _CORRECTED_VRS:
+            return elem
+    return ds[tag]
+
+
+def stored_item(ds: Dataset, tag: int, held: Any) -> DataElement:
+    """``ds[tag]`` for an element not converted yet (``held``): ``converted_item``'s
+    element, stored in ``ds`` as ``ds[tag]`` stores it (a public, non-sequence element goes
+    into its dict as it is)."""
+    elem = converted_item(ds, tag, held)
+    if ds._dict.get(tag) is held:  # ``converted_item`` left it as read: store it
+        if elem.VR == "SQ" or tag >> 16 & 1 or tag in _PIXEL_TAGS:
+            return ds[tag]
+        ds._dict[tag] = elem
+    return elem
 
 
 class _Walker:
@@ -388,20 +434,27 @@ class _Walker:
         return self._map_uid(value)
 
     def apply_table(self, ds: Dataset, prefix: str, *, in_meta: bool = False) -> None:
-        for tag in list(ds.keys()):
-            action = _action(tag, in_meta=in_meta)
-            if action is None and kept_as_read(ds.get_item(tag)):
+        # The dataset's elements are read from its dict (``item_as_read``): ``ds[tag]`` and
+        # ``ds.get_item(tag)`` cost a few microseconds each in pydicom, and most elements
+        # are kept as read.
+        for tag, held in list(ds._dict.items()):
+            action = _action_of(tag, in_meta)
+            if action is None and kept_as_read(item_as_read(ds, tag, held)):
                 continue
-            elem = ds[tag]
-            path = f"{prefix}{int(tag):08X}"
+            path = f"{prefix}{tag:08X}"
+            if action == "X":
+                # removed: its value is recorded, as ``ds[tag]`` would convert it, without
+                # storing the conversion first
+                self.removed[path] = _encode_element(converted_item(ds, tag, held))
+                del ds[tag]
+                continue
+            elem = held if isinstance(held, DataElement) else stored_item(ds, tag, held)
             if action is None or (action == "U" and elem.VR == "SQ"):
                 if elem.VR == "SQ":
                     self._walk_items(elem, path)
                 continue
             self.removed[path] = _encode_element(elem)
-            if action == "X":
-                del ds[tag]
-            elif action == "Z" or (action == "D" and elem.VR == "SQ"):
+            if action == "Z" or (action == "D" and elem.VR == "SQ"):
                 elem.value = _empty(elem.VR)
             elif elem.VR == "UI":  # D or U on a UID
                 elem.value = self._map_uids(elem.value)
@@ -414,17 +467,18 @@ class _Walker:
 
     def replace_references(self, ds: Dataset, prefix: str) -> None:
         """Second pass: any UI element still holding a replaced UID gets the new one."""
-        for tag in list(ds.keys()):
-            if kept_as_read(ds.get_item(tag)):
+        for tag, held in list(ds._dict.items()):
+            if kept_as_read(item_as_read(ds, tag, held)):
                 continue
-            elem = ds[tag]
-            path = f"{prefix}{int(tag):08X}"
+            elem = held if isinstance(held, DataElement) else ds[tag]
             if elem.VR == "SQ":
+                path = f"{prefix}{tag:08X}"
                 for index, item in enumerate(elem.value or []):
                     self.replace_references(item, f"{path}/{index}/")
             elif elem.VR == "UI" and elem.value is not None:
                 values = list(elem.value) if isinstance(elem.value, (MultiValue, list, tuple)) else [elem.value]
                 if any(str(v).strip("\x00 ") in self.uid_map for v in values):
+                    path = f"{prefix}{tag:08X}"
                     if path not in self.removed:
                         self.removed[path] = _encode_element(elem)
                     mapped = [self.uid_map.get(str(v).strip("\x00 "), str(v)) for v in values]

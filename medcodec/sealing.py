@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydicom.dataelem import DataElement
 
 from . import container as ct
 from . import bytedelta, crypto, deid, essential, stego
@@ -300,12 +301,12 @@ def _convert_values(dataset) -> None:
     to be one pydicom could convert: a known VR, in Explicit VR Little Endian (what the
     de-identified file is written in, so the writer copies it), of even length, a whole
     number of items."""
-    for tag in list(dataset.keys()):
-        raw = dataset.get_item(tag)
+    for tag, held in list(dataset._dict.items()):
+        raw = deid.item_as_read(dataset, tag, held)
         if (deid.kept_as_read(raw) and not raw.is_implicit_VR and raw.is_little_endian and raw.VR in _KNOWN_VRS
                 and raw.length % 2 == 0 and raw.length % _ITEM_BYTES.get(raw.VR, 1) == 0):
             continue
-        elem = dataset[tag]
+        elem = raw if isinstance(raw, DataElement) else deid.stored_item(dataset, tag, raw)
         if elem.VR == "SQ":
             for item in elem.value or ():
                 _convert_values(item)

@@ -241,6 +241,36 @@ def test_planted_phi_never_survives(path):
         _assert_same(restored.file_meta, original.file_meta, "meta")
 
 
+def _charset_files() -> list[tuple[str, str]]:
+    from pydicom.data import get_charset_files
+
+    return [(f"charset/{os.path.basename(p)}", p) for p in sorted(get_charset_files())]
+
+
+@pytest.mark.parametrize("path", [p for _, p in READABLE + _charset_files()],
+                         ids=[n for n, _ in READABLE + _charset_files()])
+def test_elements_are_read_as_pydicom_reads_them(path, monkeypatch):
+    """De-identification reads a dataset's elements from its dict (``item_as_read``,
+    ``converted_item``, ``stored_item``), not through pydicom's accessors: the same
+    de-identified dataset, removed values and UID map as through them, on files as read
+    (their elements raw, the larger ones deferred), in every character set of pydicom's
+    test files."""
+
+    def read() -> Dataset:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(path, force=True, defer_size=256)
+
+    ours = deidentify(read(), uid_key=UID_KEY, in_place=True)
+    monkeypatch.setattr(deid_module, "item_as_read", lambda ds, tag, held: ds.get_item(tag))
+    monkeypatch.setattr(deid_module, "converted_item", lambda ds, tag, held: ds[tag])
+    monkeypatch.setattr(deid_module, "stored_item", lambda ds, tag, held: ds[tag])
+    theirs = deidentify(read(), uid_key=UID_KEY, in_place=True)
+    assert removed_to_bytes(ours.removed) == removed_to_bytes(theirs.removed)
+    assert ours.uid_map == theirs.uid_map
+    assert _write(ours.dataset) == _write(theirs.dataset)
+
+
 def test_uids_are_consistent_across_files_of_a_study():
     a = _plant(_read(pydicom_file("CT_small.dcm")))
     b = _plant(_read(pydicom_file("MR_small.dcm")))

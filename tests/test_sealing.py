@@ -1,5 +1,6 @@
 """Keyed records end to end: de-identified output, sealed original, embedded PHI, tamper, rotation."""
 
+import copy
 import dataclasses
 import hashlib
 import io
@@ -670,6 +671,12 @@ def test_values_written_directly_are_what_pydicom_writes(charset):
     ds.SmallestImagePixelValue = 0
     ds.add_new(0x00191001, "SL", -70000)
     ds.add_new(0x00191002, "UL", 70000)
+    ds.PatientName = "DOE^JON"  # one ASCII component group (odd: space-padded): written directly
+    ds.ReferringPhysicianName = "Yamada^Tarou=\u5c71\u7530^\u592a\u90ce"  # groups: pydicom's
+    ds.add_new(0x00089459, "FL", 0.1)  # floats: written directly
+    ds.add_new(0x00120052, "FD", -2.5)
+    ds.AccessionNumber = ""  # empty values: nothing written
+    ds.PatientWeight = None
     ds.PixelData = bytes(12)
     ds["PixelData"].VR = "OW"
     first = io.BytesIO()
@@ -679,6 +686,49 @@ def test_values_written_directly_are_what_pydicom_writes(charset):
         for tag in list(read.keys())[::step]:
             read[tag]  # converted: a DataElement with its value (with step 2, every other stays as read)
         read.StudyTime = "1015"  # and changed, as de-identification changes values
+        read.PatientName = "DOE^JON"  # set in memory (as de-identification's dummies are): written directly
+        read.OtherPatientNames = "A^B=C^D"  # two component groups: pydicom's
+        read.add_new(0x00420011, "OB", b"odd")  # bytes of odd length: NUL-padded
+        code = Dataset()  # a sequence item made in memory, as de-identification adds one
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "113100", "DCM", "Basic Profile"
+        read.DeidentificationMethodCodeSequence = [code]
+        ours = write_part10_explicit_le(read)  # first: pydicom's writer keeps what it encoded on some values
         buf = io.BytesIO()
         read.save_as(buf, enforce_file_format=True)
-        assert write_part10_explicit_le(read) == buf.getvalue()
+        assert ours == buf.getvalue()
+
+
+@pytest.mark.parametrize("case", ["as read", "no group length", "no version or name", "stated instance differs"])
+def test_the_file_meta_written_directly_is_what_pydicom_writes(case):
+    """``write_part10_explicit_le`` completes and writes the file meta as ``save_as`` does
+    (group length, version, implementation, the media storage UIDs the dataset states),
+    and leaves the dataset's own file meta as it was."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from medcodec.dicom.writing import write_part10_explicit_le
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = "1.2.3.4.5"
+    ds.Modality = "OT"
+    first = io.BytesIO()
+    ds.save_as(first, enforce_file_format=True)
+    read = pydicom.dcmread(io.BytesIO(first.getvalue()))
+    for tag in list(read.file_meta.keys()):
+        read.file_meta[tag]  # converted, as sealing converts the UIDs: pydicom sets their values in place
+    if case == "no group length":
+        del read.file_meta[0x00020000]
+    elif case == "no version or name":
+        del read.file_meta.FileMetaInformationVersion, read.file_meta.ImplementationVersionName
+    elif case == "stated instance differs":
+        read.SOPInstanceUID = "2.25.7"
+    before = {tag: (elem.VR, elem.value) for tag, elem in read.file_meta.items()}
+    buf = io.BytesIO()
+    copy.deepcopy(read).save_as(buf, enforce_file_format=True)
+    assert write_part10_explicit_le(read) == buf.getvalue()
+    assert {tag: (elem.VR, elem.value) for tag, elem in read.file_meta.items()} == before

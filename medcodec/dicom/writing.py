@@ -181,11 +181,7 @@ def write_part10_explicit_le(ds: Any) -> bytes | None:
     ``write_data_element`` (10 us an element: most of the time sealing spent writing the
     de-identified file). Every other element is written by pydicom. None where the
     dataset is not such a dataset: write it with ``save_as``."""
-    from copy import deepcopy
-
     from pydicom.charset import default_encoding
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import validate_file_meta, write_file_meta_info
     from pydicom.uid import ExplicitVRLittleEndian
 
     meta = getattr(ds, "file_meta", None)
@@ -193,24 +189,45 @@ def write_part10_explicit_le(ds: Any) -> bytes | None:
     if (meta is None or meta.get("TransferSyntaxUID") != ExplicitVRLittleEndian or len(preamble) != 128
             or not _as_read(ds) or any(tag >> 16 in (0, 2) for tag in ds._dict)):
         return None
-    # dcmwrite's file meta, as enforce_file_format makes it
-    meta = deepcopy(meta)
-    for meta_key, ds_key in (("MediaStorageSOPClassUID", "SOPClassUID"),
-                             ("MediaStorageSOPInstanceUID", "SOPInstanceUID")):
-        current, stated = meta.get(meta_key, None), ds.get(ds_key, None)
-        if current is None or (stated and stated != current):
-            setattr(meta, meta_key, stated)
-    validate_file_meta(meta, enforce_standard=True)
     if "PixelData" in ds:
         ds["PixelData"].is_undefined_length = False  # a native transfer syntax
-    head = DicomBytesIO()
-    head.is_little_endian, head.is_implicit_VR = True, False
-    head.write(preamble)
-    head.write(b"DICM")
-    write_file_meta_info(head, meta, enforce_standard=True)
-    parts = [head.getvalue()]
+    parts = [preamble, b"DICM", _file_meta_bytes(meta, ds)]
     _write_dataset_le(ds, default_encoding, parts)
     return b"".join(parts)
+
+
+def _file_meta_bytes(meta: Any, ds: Any) -> bytes:
+    """The file meta ``dcmwrite(..., enforce_file_format=True)`` writes for ``ds`` (its
+    ``meta``, completed and checked by pydicom's ``validate_file_meta``), written as
+    ``write_file_meta_info`` writes it: the elements by ``_write_dataset_le``, the group
+    length first. dcmwrite completes a deep copy of ``meta``; here a copy of its element
+    dict, with every converted element copied (pydicom sets values in place), so ``meta``
+    is left as it was."""
+    import struct
+    from copy import copy
+
+    from pydicom.charset import default_encoding
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import validate_file_meta
+
+    out = FileMetaDataset()
+    for tag, elem in meta._dict.items():
+        out._dict[tag] = copy(elem) if isinstance(elem, DataElement) else elem
+    for meta_key, ds_key in (("MediaStorageSOPClassUID", "SOPClassUID"),
+                             ("MediaStorageSOPInstanceUID", "SOPInstanceUID")):
+        current, stated = out.get(meta_key, None), ds.get(ds_key, None)
+        if current is None or (stated and stated != current):
+            setattr(out, meta_key, stated)
+    validate_file_meta(out, enforce_standard=True)
+    out._dict.pop(_GROUP_LENGTH, None)  # written first, with the length of the others
+    parts: list = []
+    _write_dataset_le(out, default_encoding, parts)
+    body = b"".join(parts)
+    return struct.pack("<HH2sHI", 2, 0, b"UL", 4, len(body)) + body
+
+
+_GROUP_LENGTH = 0x00020000
 
 
 def _as_read(ds: Any) -> bool:
@@ -219,34 +236,75 @@ def _as_read(ds: Any) -> bool:
     return tuple(ds.original_encoding) == (False, True) and ds.original_character_set == ds._character_set
 
 
+def _made(ds: Any) -> bool:
+    """Whether ``ds`` is a dataset made in memory (read from no file) of converted
+    elements of plain VRs, such as de-identification's code sequence item: pydicom's
+    ``write_dataset`` corrects the ambiguous VRs of such a dataset and converts its raw
+    elements, and finds none."""
+    from pydicom.dataelem import DataElement
+    from pydicom.valuerep import AMBIGUOUS_VR
+
+    return tuple(ds.original_encoding) == (None, None) and all(
+        isinstance(e, DataElement) and e.VR not in AMBIGUOUS_VR for e in ds._dict.values())
+
+
 _ITEM = b"\xfe\xff\x00\xe0"  # (FFFE,E000), little endian
 _ITEM_DELIMITER = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 
 
-# Converted values written here as pydicom's writers write them: one int of a binary
-# number VR (write_numbers), or one ASCII str of a string VR padded to even length
-# (write_string: UIDs with NUL, the others with a space; write_text, for the text VRs
-# where the character set encodes ASCII as ASCII).
+# Converted values written here as pydicom's writers write them: no value (None or an
+# empty string: nothing); one int of a binary number VR, or one float of FD or FL
+# (write_numbers); one ASCII str of a string VR padded to even length (write_string: UIDs
+# with NUL, the others with a space; write_text, for the text VRs where the character set
+# encodes ASCII as ASCII); one person name of one ASCII component group likewise
+# (write_PN); bytes of OB padded with NUL (write_OBvalue).
 _NUMBER_FORMATS = {"US": "<H", "UL": "<L", "SS": "<h", "SL": "<l"}
+_FLOAT_FORMATS = {"FD": "<d", "FL": "<f"}
 _STRING_PADS = {"UI": b"\x00", "CS": b" ", "DA": b" ", "TM": b" ", "DT": b" ", "AS": b" ", "AE": b" "}
 _TEXT_VRS = frozenset({"SH", "LO", "ST", "LT"})
 _ASCII_CHARSETS = frozenset({"iso8859", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192"})
+# pydicom's names for those character sets, as a sequence item's writer is passed them
+# (pydicom.charset.convert_encodings): each encodes ASCII as ASCII
+_ASCII_CODECS = frozenset({"iso8859", "latin_1", "UTF8"})
+
+
+def _ascii_text(encodings: Any) -> bool:
+    """Whether text in ``encodings`` (a dataset's SpecificCharacterSet, or the list of
+    codecs pydicom passes a sequence item) writes ASCII as ASCII."""
+    if isinstance(encodings, str):
+        return encodings in _ASCII_CHARSETS
+    return type(encodings) is list and len(encodings) == 1 and encodings[0] in _ASCII_CODECS
 
 
 def _simple_value(vr: Any, value: Any, encodings: Any) -> bytes | None:
     """The bytes pydicom's writer writes for ``value``, where it is such a value; else None."""
     import struct
 
+    from pydicom.valuerep import PersonName
+
+    if value is None or (type(value) is str and not value):
+        return b""  # pydicom writes no value for an empty one
     if type(value) is int and vr in _NUMBER_FORMATS:
         return struct.pack(_NUMBER_FORMATS[vr], value)
-    if not isinstance(value, str) or "\\" in value or not value.isascii():
+    if type(value) is float and vr in _FLOAT_FORMATS:
+        return struct.pack(_FLOAT_FORMATS[vr], value)
+    if type(value) is bytes and vr == "OB":
+        return value + b"\x00" if len(value) % 2 else value
+    if type(value) is PersonName and vr == "PN" and value.original_string is None:
+        value = str(value)
+        if "=" in value or not _ascii_text(encodings):
+            return None  # component groups may each have their own character set
+        pad = b" "
+    elif not isinstance(value, str):
         return None
-    if vr in _STRING_PADS:
+    elif vr in _STRING_PADS:
         pad = _STRING_PADS[vr]
-    elif vr in _TEXT_VRS and isinstance(encodings, str) and encodings in _ASCII_CHARSETS:
+    elif vr in _TEXT_VRS and _ascii_text(encodings):
         pad = b" "
     else:
+        return None
+    if "\\" in value or not value.isascii():
         return None
     raw = value.encode("ascii")
     return raw + pad if len(raw) % 2 else raw
@@ -262,15 +320,16 @@ def _write_dataset_le(ds: Any, parent_encoding: Any, parts: list) -> None:
     from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
     encodings = ds.get("SpecificCharacterSet", parent_encoding)
-    for tag in sorted(ds.keys()):
+    for tag, elem in sorted(ds._dict.items()):
         if tag.element == 0 and tag.group > 6:  # retired group lengths are not written
             continue
-        elem = ds.get_item(tag)
+        if elem.is_raw and elem.value is None:  # a value pydicom deferred reading
+            elem = ds.get_item(tag)
         value, vr = elem.value, elem.VR
         if elem.is_raw:
             plain = (value is not None and elem.length != 0xFFFFFFFF and vr != "SQ" and isinstance(vr, str)
                      and len(vr) == 2)
-        elif vr == "SQ" and all(_as_read(item) for item in value or ()):
+        elif vr == "SQ" and all(_as_read(item) or _made(item) for item in value or ()):
             item_encodings = convert_encodings(encodings or [default_encoding])  # as write_data_element passes them
             body: list = []
             for item in value or ():
@@ -289,7 +348,7 @@ def _write_dataset_le(ds: Any, parent_encoding: Any, parts: list) -> None:
         elif tag == 0x7FE00010:  # a native pixel data value set as bytes
             plain = vr in ("OB", "OW") and isinstance(value, bytes) and not elem.is_undefined_length
         else:
-            value = _simple_value(vr, value, encodings)
+            value = None if elem.is_undefined_length else _simple_value(vr, value, encodings)
             plain = value is not None
         if plain and vr in EXPLICIT_VR_LENGTH_32:
             parts += (struct.pack("<HH2sHI", tag.group, tag.element, vr.encode("ascii"), 0, len(value)), value)
