@@ -698,7 +698,8 @@ def test_values_written_directly_are_what_pydicom_writes(charset):
         assert ours == buf.getvalue()
 
 
-@pytest.mark.parametrize("case", ["as read", "no group length", "no version or name", "stated instance differs"])
+@pytest.mark.parametrize("case", ["as read", "no group length", "no version or name", "stated instance differs",
+                                  "made in memory", "read in implicit VR"])
 def test_the_file_meta_written_directly_is_what_pydicom_writes(case):
     """``write_part10_explicit_le`` completes and writes the file meta as ``save_as`` does
     (group length, version, implementation, the media storage UIDs the dataset states),
@@ -727,6 +728,12 @@ def test_the_file_meta_written_directly_is_what_pydicom_writes(case):
         del read.file_meta.FileMetaInformationVersion, read.file_meta.ImplementationVersionName
     elif case == "stated instance differs":
         read.SOPInstanceUID = "2.25.7"
+    elif case == "made in memory":  # as sealing completes a file without one
+        read.file_meta = FileMetaDataset()
+        read.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        read.file_meta.MediaStorageSOPClassUID = read.SOPClassUID
+    elif case == "read in implicit VR":  # not conformant, but pydicom reads it: pydicom's to write
+        read.file_meta.set_original_encoding(True, True)
     before = {tag: (elem.VR, elem.value) for tag, elem in read.file_meta.items()}
     buf = io.BytesIO()
     copy.deepcopy(read).save_as(buf, enforce_file_format=True)

@@ -173,14 +173,14 @@ def _write_explicit_vr_le(header: Any, parsed: ParsedDicom | None, enc: Encapsul
 def write_part10_explicit_le(ds: Any) -> bytes | None:
     """``ds.save_as(buffer, enforce_file_format=True)`` for a dataset whose file meta names
     Explicit VR Little Endian and that was read in that encoding with its character set
-    unchanged, the same bytes: pydicom's steps (the file meta checked and written by
-    pydicom), with each element pydicom holds as read (a ``RawDataElement`` of a plain VR
-    and defined length), a converted value of the simplest kinds (``_simple_value``), a
-    bytes-valued native Pixel Data and the sequences whose items are such datasets
-    written here directly, in pydicom's layout, rather than through
-    ``write_data_element`` (10 us an element: most of the time sealing spent writing the
-    de-identified file). Every other element is written by pydicom. None where the
-    dataset is not such a dataset: write it with ``save_as``."""
+    unchanged, the same bytes: pydicom's steps (the file meta completed and checked by
+    pydicom, ``_file_meta_bytes``), with each element pydicom holds as read (a
+    ``RawDataElement`` of a plain VR and defined length), a converted value of the
+    simplest kinds (``_simple_value``), a bytes-valued native Pixel Data and the
+    sequences whose items are such datasets written here directly, in pydicom's layout,
+    rather than through ``write_data_element`` (10 us an element: most of the time
+    sealing spent writing the de-identified file). Every other element is written by
+    pydicom. None where the dataset is not such a dataset: write it with ``save_as``."""
     from pydicom.charset import default_encoding
     from pydicom.uid import ExplicitVRLittleEndian
 
@@ -197,29 +197,42 @@ def write_part10_explicit_le(ds: Any) -> bytes | None:
 
 
 def _file_meta_bytes(meta: Any, ds: Any) -> bytes:
-    """The file meta ``dcmwrite(..., enforce_file_format=True)`` writes for ``ds`` (its
-    ``meta``, completed and checked by pydicom's ``validate_file_meta``), written as
-    ``write_file_meta_info`` writes it: the elements by ``_write_dataset_le``, the group
-    length first. dcmwrite completes a deep copy of ``meta``; here a copy of its element
-    dict, with every converted element copied (pydicom sets values in place), so ``meta``
-    is left as it was."""
+    """The file meta ``dcmwrite(..., enforce_file_format=True)`` writes for ``ds``: its
+    ``meta`` completed with the media storage UIDs ``ds`` states and checked by pydicom's
+    ``validate_file_meta``, then written as ``write_file_meta_info`` writes it, the group
+    length first. dcmwrite completes a deep copy of ``meta``; a meta read in Explicit VR
+    Little Endian (or made in memory) is completed on a copy of its element dict instead,
+    every converted element copied (pydicom sets values in place), and its elements are
+    written by ``_write_dataset_le``. Any other meta is pydicom's to write."""
     import struct
-    from copy import copy
+    from copy import copy, deepcopy
 
     from pydicom.charset import default_encoding
     from pydicom.dataelem import DataElement
     from pydicom.dataset import FileMetaDataset
-    from pydicom.filewriter import validate_file_meta
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import validate_file_meta, write_file_meta_info
 
-    out = FileMetaDataset()
-    for tag, elem in meta._dict.items():
-        out._dict[tag] = copy(elem) if isinstance(elem, DataElement) else elem
+    encoding = tuple(meta.original_encoding)
+    direct = encoding == (False, True) or (
+        encoding == (None, None) and all(isinstance(e, DataElement) for e in meta._dict.values()))
+    if direct:
+        out = FileMetaDataset()
+        for tag, elem in meta._dict.items():
+            out._dict[tag] = copy(elem) if isinstance(elem, DataElement) else elem
+    else:
+        out = deepcopy(meta)
     for meta_key, ds_key in (("MediaStorageSOPClassUID", "SOPClassUID"),
                              ("MediaStorageSOPInstanceUID", "SOPInstanceUID")):
         current, stated = out.get(meta_key, None), ds.get(ds_key, None)
         if current is None or (stated and stated != current):
             setattr(out, meta_key, stated)
     validate_file_meta(out, enforce_standard=True)
+    if not direct:
+        buf = DicomBytesIO()
+        buf.is_little_endian, buf.is_implicit_VR = True, False
+        write_file_meta_info(buf, out, enforce_standard=True)
+        return buf.getvalue()
     out._dict.pop(_GROUP_LENGTH, None)  # written first, with the length of the others
     parts: list = []
     _write_dataset_le(out, default_encoding, parts)
