@@ -374,6 +374,9 @@ def shard_stem(study_key: str, chunk: list[tuple]) -> str:
     return f"{study_key[:16]}-{content.hexdigest()[:16]}"
 
 
+_TAR_WRITE_BYTES = 1 << 24
+
+
 class _Sha256Writer:
     """A write-only file wrapper that hashes what passes through and counts its offset."""
 
@@ -409,7 +412,10 @@ class ShardWriter:
         self.tmp = archive.path("shards", f"{archive.tmp_name()}-{stem}.tar")
         self._fh = archive.fs.open(self.tmp, "wb")
         self._out = _Sha256Writer(self._fh)
-        self._tar = tarfile.open(fileobj=self._out, mode="w", format=tarfile.USTAR_FORMAT)
+        # a record goes to the tar in one write up to _TAR_WRITE_BYTES (tarfile's own copy
+        # takes 16 KiB at a time, each through the hash and the file's wrapper)
+        self._tar = tarfile.open(fileobj=self._out, mode="w", format=tarfile.USTAR_FORMAT,
+                                 copybufsize=_TAR_WRITE_BYTES)
         self.shard: str | None = None
         self.size = 0
 
