@@ -769,3 +769,26 @@ def test_is_dicom():
     assert not is_dicom(_read("test1.json"))
     assert not is_dicom(_read("zipMR.gz"))
     assert not is_dicom(b"\x00" * 200)
+
+
+def test_quiet_pydicom_silences_loggers_made_after_it_listed_them(caplog):
+    """``quiet_pydicom`` lists pydicom's loggers once and again when logging's registry
+    changes: a logger made since (a new name), and a name that was only a placeholder (a
+    logger's parent) and has become a logger, are silenced too."""
+    import logging
+
+    from medcodec.dicom.quiet import quiet_pydicom
+
+    with quiet_pydicom():
+        pass  # pydicom's loggers listed
+    leaf = logging.getLogger("pydicom.medarchive_quiet_test.parent.leaf")  # parents: placeholders
+    with caplog.at_level(logging.WARNING):
+        with quiet_pydicom():
+            leaf.warning("leaf")
+        parent = logging.getLogger("pydicom.medarchive_quiet_test.parent")  # a placeholder no more
+        with quiet_pydicom():
+            parent.warning("parent")
+            leaf.warning("leaf again")
+        parent.warning("outside")
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("pydicom.medarchive_quiet_test")] == [
+        "outside"]
