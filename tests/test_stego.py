@@ -811,6 +811,42 @@ def test_outside_digests_cover_exactly_the_values_outside_the_mask(bits):
     assert outside_digest(values, mask, bits_stored=bits) == spec.hexdigest()
 
 
+def _digest_by_definition(values, mask, bits):
+    import json
+
+    samples = np.where(mask, 0, values).astype("<u1" if bits <= 8 else "<u2")
+    return hashlib.sha256(b"medarchive/stego/v1/outside-samples\x00" + json.dumps(list(values.shape)).encode()
+                          + np.packbits(mask.reshape(-1)).tobytes() + samples.tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("bits, dtype", [(8, np.uint8), (12, np.uint16), (16, np.uint16), (6, np.uint16)])
+def test_values_at_the_sample_width_are_digested_as_the_definition_says(monkeypatch, bits, dtype):
+    """uint8 values (up to 8 bits) and uint16 ones (9 to 16) are hashed where they lie,
+    between the masked spans; the digest is the definition's for masks with spans at the
+    start, at the end, adjacent, of one value, none and all; with more spans than the
+    in-place path takes, and for values of another width, the piecewise path gives the
+    same; a value past the bit depth is refused on both paths."""
+    values = noisy((2, 1, 16, 24), bits).astype(dtype)
+    n = values.size
+    masks = {"none": [], "all": list(range(n)), "edges": [0, 1, 2, n - 2, n - 1],
+             "runs": [*range(40, 72), *range(72, 80), 100, *range(300, 332), 511]}
+    for name, at in masks.items():
+        mask = np.zeros(n, dtype=bool)
+        mask[at] = True
+        mask = mask.reshape(values.shape)
+        want = _digest_by_definition(values, mask, bits)
+        assert outside_digest(values, mask, bits_stored=bits) == want, name
+        assert outside_digest(values.astype(np.int64), mask, bits_stored=bits) == want, name
+        with monkeypatch.context() as m:
+            m.setattr(stego, "_DIGEST_SPANS", 1)
+            assert outside_digest(values, mask, bits_stored=bits) == want, name
+    if 1 << bits <= np.iinfo(dtype).max:  # a value past the bit depth fits the dtype
+        too_big = values.copy()
+        too_big.flat[7] = 1 << bits
+        with pytest.raises(StegoError, match="must lie in"):
+            outside_digest(too_big, np.zeros(values.shape, dtype=bool), bits_stored=bits)
+
+
 @given(st.lists(st.integers(0, 5000), max_size=60, unique=True))
 def test_direction_exceptions_read_back(indices):
     indices = np.array(sorted(indices), dtype=np.int64)
