@@ -8,6 +8,9 @@
 * ``stored_values``: the codec's first pass: every word's stored value as int64, which
   values occur, and whether any bit outside the stored ones differs from what a conforming
   writer puts there, in one read of the words.
+* ``seen_values``: which values occur, and whether any word has a bit outside them, for
+  words that are their values (unsigned, from bit 0): sealing's first pass, which then
+  reads the words themselves as the values.
 * ``colour_slots``: the distinct colours of a multi-sample image and each pixel's index,
   for ``planes.colour_table``.
 * ``zero_laplacian_count``: the smoothness half of `fast`'s wavelet probe.
@@ -73,6 +76,21 @@ def stored_values(flat, low_bit, value_mask, sign_bit, outside_mask, high_bit, s
     for i in range(flat.size):
         w = flat[i]
         o |= (w & word_mask) ^ (((w >> top) & one) * fill)
+    return seen, o != 0
+
+
+@njit(cache=True, nogil=True)
+def seen_values(flat, value_mask, outside_mask, n):
+    """(which of the values 0..n-1 occur among ``flat & value_mask``, as 0/1 bytes; whether
+    any word has a bit of ``outside_mask`` set): ``stored_values`` for words that are their
+    values where no outside bit is set (low bit 0, unsigned), without writing the values."""
+    seen = np.zeros(n, dtype=np.uint8)
+    for i in range(flat.size):
+        seen[np.int64(flat[i]) & value_mask] = 1
+    o = flat.dtype.type(0)
+    word_mask = flat.dtype.type(outside_mask)
+    for i in range(flat.size):
+        o |= flat[i] & word_mask
     return seen, o != 0
 
 

@@ -131,15 +131,24 @@ def values_and_seen(words: np.ndarray, fmt: SampleFormat, *, dtype: Any = np.int
     value 0..2**bits_stored - 1: whether it occurs): :func:`words_to_values` and what
     :func:`value_palette` needs to know, in one compiled pass over the words, which is
     what the encoder reads them for before coding (and sealing, before embedding). The
-    values are int64, or ``dtype`` (sealing: the words' own, which holds them)."""
-    from .countkernel import stored_values  # numba: loaded on first use
+    values are int64, or ``dtype`` (sealing: the words' own, which holds them). Where the
+    words are their values (``dtype`` theirs, unsigned, from bit 0, no outside bit set) the
+    values are the words themselves, not copied (as ``words_to_samples``' may be): read
+    them, do not write to them."""
+    from .countkernel import seen_values, stored_values  # numba: loaded on first use
 
     if words.dtype != fmt.word_dtype:
         raise UnsupportedError(f"words must be {fmt.word_dtype}, got {words.dtype}")
+    outside_mask = ((1 << fmt.bits_allocated) - 1) & ~fmt.stored_mask
+    if np.dtype(dtype) == words.dtype and not fmt.low_bit and not fmt.signed:
+        words = np.ascontiguousarray(words)
+        seen, outside_set = seen_values(words.reshape(-1), fmt.value_mask, outside_mask, 1 << fmt.bits_stored)
+        if not outside_set:
+            return words, None, seen
     values = np.empty(words.shape, dtype=dtype)
     seen, outside_set = stored_values(
         np.ascontiguousarray(words).reshape(-1), fmt.low_bit, fmt.value_mask,
-        1 << (fmt.bits_stored - 1) if fmt.signed else 0, ((1 << fmt.bits_allocated) - 1) & ~fmt.stored_mask,
+        1 << (fmt.bits_stored - 1) if fmt.signed else 0, outside_mask,
         fmt.high_bit, fmt.sign_fill, values.reshape(-1), 1 << fmt.bits_stored)
     return values, (words_to_samples(words, fmt)[1] if outside_set else None), seen
 

@@ -86,9 +86,12 @@ def _presets() -> None:
             raise AssertionError("equal_outside compared a masked value")
         for bits in (8, 12):  # the binding's pixel digest, at both sample widths
             stego.outside_digest(grey.astype(dtype) & 255, np.zeros(grey.shape, bool), bits_stored=bits)
-        # sealing's values at the words' width, with which of them occur
-        fmt = planes.SampleFormat(bits_allocated=8 * np.dtype(dtype).itemsize, bits_stored=8, high_bit=7, signed=False)
-        planes.values_and_seen(grey.astype(dtype) & 255, fmt, dtype=fmt.word_dtype)
+        # sealing's values at the words' width, with which of them occur: the words
+        # themselves (unsigned) and values moved from them (signed)
+        for signed in (False, True):
+            fmt = planes.SampleFormat(bits_allocated=8 * np.dtype(dtype).itemsize, bits_stored=8, high_bit=7,
+                                      signed=signed)
+            planes.values_and_seen(grey.astype(dtype) & 255, fmt, dtype=fmt.word_dtype)
 
 
 # One share compiles in under half a minute on 2 cores; a share still running after this

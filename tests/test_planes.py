@@ -79,6 +79,16 @@ def test_words_split_as_the_format_defines(case):
             assert fused_outside is None
         else:
             assert np.array_equal(fused_outside, want_outside)
+        # sealing's call, at the words' width: the same; the words themselves where they
+        # are their values (unsigned, from bit 0, no outside bit set: countkernel.seen_values)
+        narrow_values, narrow_outside, narrow_seen = values_and_seen(ws, fmt, dtype=fmt.word_dtype)
+        assert narrow_values.dtype == fmt.word_dtype and np.array_equal(narrow_values, want_values)
+        assert np.array_equal(narrow_seen, seen)
+        assert (narrow_outside is None) == (fused_outside is None)
+        if narrow_outside is not None:
+            assert np.array_equal(narrow_outside, fused_outside)
+        identity = not fmt.low_bit and not fmt.signed and fused_outside is None
+        assert np.shares_memory(narrow_values, ws) == identity
 
 
 @given(formats_and_words(), st.integers(0, 15))
