@@ -92,6 +92,12 @@ def _presets() -> None:
             fmt = planes.SampleFormat(bits_allocated=8 * np.dtype(dtype).itemsize, bits_stored=8, high_bit=7,
                                       signed=signed)
             planes.values_and_seen(grey.astype(dtype) & 255, fmt, dtype=fmt.word_dtype)
+    # what the presets' images above do not reach: a colour image's first pass
+    # (planes.colour_table) and `fast`'s wavelet probe on a crop that is not contiguous
+    from .countkernel import colour_slots, zero_laplacian_count
+
+    colour_slots(np.zeros((1, 3, 4, 4), dtype=np.int64), 8, 16)
+    zero_laplacian_count(np.ascontiguousarray(grey, dtype=np.int64)[:, 1:])
 
 
 # One share compiles in under half a minute on 2 cores; a share still running after this

@@ -142,7 +142,9 @@ class Wavefront:
         """``scan_order()[::step]``, computed for those ranks alone: rank j lies on the
         last diagonal that starts at or before it, ``j - start`` rows below its first
         (the encoder's learning sample of a 3.6 M pixel plane without ordering every
-        pixel)."""
+        pixel). Read-only, as ``scan_order()`` is: the kernels that take it are compiled
+        for one kind of array (the warm-up's small planes take the order itself), not
+        again on a worker's first large plane."""
         if step == 1:
             return self.scan_order()
         rows, cols = self.rows, self.cols
@@ -153,7 +155,9 @@ class Wavefront:
         rank = np.arange(0, rows * cols, step, dtype=np.int64)
         diag = np.searchsorted(start, rank, side="right") - 1
         r = first[diag] + rank - start[diag]
-        return r * cols + diag - 2 * r
+        sample = r * cols + diag - 2 * r
+        sample.setflags(write=False)
+        return sample
 
     def _compute_scan_order(self) -> np.ndarray:
         rows, cols = self.rows, self.cols
