@@ -227,7 +227,8 @@ def _flat_values(values: np.ndarray, bits_stored: int, *, copy: bool = True) -> 
     if not np.issubdtype(arr.dtype, np.integer):
         raise StegoError(f"values must be an integer array, got dtype {arr.dtype}")
     if arr.size:
-        low, high = int(arr.min()), int(arr.max())
+        low = 0 if np.issubdtype(arr.dtype, np.unsignedinteger) else int(arr.min())  # a pass fewer for words
+        high = int(arr.max())
         if low < 0 or high >= 1 << bits_stored:
             raise StegoError(
                 f"values must lie in [0, {(1 << bits_stored) - 1}] for bits_stored={bits_stored},"
