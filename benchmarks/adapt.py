@@ -30,13 +30,14 @@ transformer, so ``--eval-size S`` codes the centre S x S crop of each evaluation
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import sys
 import time
 
 import numpy as np
+
+from benchmarks import write_json
 
 AMORTIZE = (1_000, 10_000, 100_000)
 
@@ -244,9 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                  log=lambda m: print(m, file=sys.stderr, flush=True), groups_wanted=wanted, eval_size=args.eval_size,
                  bound=args.bound, records=not args.no_records)
     print(format_report(report))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=1)
+    write_json(args.json, report)
     return 0
 
 

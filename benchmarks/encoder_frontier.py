@@ -29,13 +29,13 @@ needs ~5x).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Sequence
 
 import numpy as np
 
+from benchmarks import no_images, write_json
 from benchmarks.compare import _split_of, code_version
 from medcodec.model.images import InputReport, iter_images
 
@@ -169,10 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = InputReport()
     rows = measure(args.sources, args.parsed, split=args.split, runs=args.runs, report=report)
     if not rows:
-        print(f"no images in the {args.split} split", file=sys.stderr)
-        for skip in report.skipped:
-            print(f"  skipped {skip.name}: {skip.reason}", file=sys.stderr)
-        return 2
+        return no_images(f"no images in the {args.split} split", report)
     summary = summarize(rows, args.parsed)
     print(f"max encoder search settings, {args.split} split, {len(rows)} images, best of {args.runs} runs, one thread "
           f"(code {code_version()})")
@@ -180,9 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for s in summary:
         print(f"{s['setting'][:44]:44s} {s['bytes']:12,d} {100 * s['size_change']:+7.2f}% {s['seconds']:9.2f} "
               f"{100 * s['time_change']:+7.1f}%  {s['worst_image']} {100 * s['worst_change']:+.2f}%")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"split": args.split, "runs": args.runs, "rows": rows, "summary": summary}, f, indent=1)
+    write_json(args.json, {"split": args.split, "runs": args.runs, "rows": rows, "summary": summary})
     return 0
 
 

@@ -24,13 +24,13 @@ prediction is not where the remaining size is.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Sequence
 
 import numpy as np
 
+from benchmarks import no_images, write_json
 from benchmarks.adapt import centre_crop
 from benchmarks.compare import code_version
 from medcodec.model.images import InputReport, iter_images
@@ -138,15 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{image.name:28s} {image.modality:3s} {plane.shape[0]}x{plane.shape[1]}  raster-wp-v3 {row['v3_bytes']:9,d} B"
               f"  with per-pixel LS input {row['v3_with_ls_bytes']:9,d} B  ({100 * row['change']:+.1f}%)", flush=True)
     if not rows:
-        print("no images matched --names", file=sys.stderr)
-        for skip in report.skipped:
-            print(f"  skipped {skip.name}: {skip.reason}", file=sys.stderr)
-        return 2
+        return no_images("no images matched --names", report)
     total = sum(r["v3_with_ls_bytes"] for r in rows) / sum(r["v3_bytes"] for r in rows) - 1
     print(f"all: {100 * total:+.2f}% (window {args.window}, crop {args.crop or 'whole'}; code {code_version()})")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"window": args.window, "crop": args.crop, "images": rows, "total_change": total}, f, indent=1)
+    write_json(args.json, {"window": args.window, "crop": args.crop, "images": rows, "total_change": total})
     return 0
 
 
