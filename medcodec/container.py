@@ -308,8 +308,11 @@ def write_record(record: Record) -> bytes:
     for s in sections:
         parts.append(_SECTION.pack(s.type, s.flags, google_crc32c.value(s.payload), len(s.payload)))
         parts.append(s.payload)
-    body = b"".join(parts)
-    return body + hashlib.sha256(body).digest()
+    digest = hashlib.sha256()
+    for part in parts:  # the trailer hashed from the parts: the record is joined once
+        digest.update(part)
+    parts.append(digest.digest())
+    return b"".join(parts)
 
 
 def read_record(data: bytes) -> Record:
@@ -329,19 +332,19 @@ def read_record(data: bytes) -> Record:
 
 
 def _read_v1(data: bytes, minor: int, count: int) -> Record:
-    body, trailer = data[:-_TRAILER], data[-_TRAILER:]
-    if hashlib.sha256(body).digest() != trailer:
+    end = len(data) - _TRAILER  # the body: everything before the trailer, read in place (not copied)
+    if hashlib.sha256(memoryview(data)[:end]).digest() != data[end:]:
         raise CorruptRecordError("record SHA-256 trailer does not match its contents (corrupt or truncated)")
     at = _HEAD.size
     sections = []
     for i in range(count):
-        if at + _SECTION.size > len(body):
+        if at + _SECTION.size > end:
             raise CorruptRecordError(f"section {i} header runs past the end of the record")
-        stype, sflags, crc, length = _SECTION.unpack_from(body, at)
+        stype, sflags, crc, length = _SECTION.unpack_from(data, at)
         at += _SECTION.size
-        if at + length > len(body):
+        if at + length > end:
             raise CorruptRecordError(f"section {i} ({SECTION_NAMES.get(stype, stype)}) runs past the end")
-        payload = body[at : at + length]
+        payload = data[at : at + length]
         at += length
         if google_crc32c.value(payload) != crc:
             raise CorruptRecordError(f"section {i} ({SECTION_NAMES.get(stype, stype)}) fails its CRC32C")
@@ -352,8 +355,8 @@ def _read_v1(data: bytes, minor: int, count: int) -> Record:
                 )
             continue
         sections.append(Section(stype, payload, sflags))
-    if at != len(body):
-        raise CorruptRecordError(f"{len(body) - at} unexpected bytes after the last section")
+    if at != end:
+        raise CorruptRecordError(f"{end - at} unexpected bytes after the last section")
     if not sections or sections[0].type not in CONFIG_SECTIONS:
         raise CorruptRecordError("record does not start with a config section")
     if any(s.type in CONFIG_SECTIONS for s in sections[1:]):

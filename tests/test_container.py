@@ -320,3 +320,25 @@ def test_a_record_written_again_keeps_the_form_it_was_read_with(small_record):
     assert ct.write_record(fresh) == small_record
     told = ct.Record(config=config, config_form=ct.SECTION_CONFIG_DEFLATE)
     assert _first_section(ct.write_record(told))[0] == ct.SECTION_CONFIG_DEFLATE
+
+
+def test_sections_must_fill_the_body_exactly_up_to_the_trailer():
+    """A record whose trailer matches but whose section lengths overrun the body, or leave
+    bytes after the last section, is refused: the reader's bounds are the body's, never the
+    trailer's bytes."""
+    good = ct.write_record(ct.Record(config={"a": 1}, sections=[ct.Section(ct.SECTION_GLOBAL, b"gg")]))
+    body = good[:-32]
+    with pytest.raises(CorruptRecordError, match="unexpected bytes after the last section"):
+        ct.read_record(_resealed(body + b"x"))
+    # the last section's length one byte longer: it would reach into the trailer
+    last = len(body) - 2 - 16
+    stype, flags, crc, length = struct.unpack_from("<HHIQ", body, last)
+    longer = body[:last] + struct.pack("<HHIQ", stype, flags, crc, length + 1) + body[last + 16 :]
+    with pytest.raises(CorruptRecordError, match="runs past the end"):
+        ct.read_record(_resealed(longer))
+    # one section more than the body holds: its header would be read from the trailer
+    count = struct.unpack_from("<I", body, 16)[0]
+    more = body[:16] + struct.pack("<I", count + 1) + body[20:]
+    with pytest.raises(CorruptRecordError, match="header runs past the end"):
+        ct.read_record(_resealed(more))
+    assert ct.read_record(good).sections[0].payload == b"gg"
