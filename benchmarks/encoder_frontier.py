@@ -37,6 +37,7 @@ import numpy as np
 
 from benchmarks import no_images, write_json
 from benchmarks.compare import _split_of, code_version
+from medcodec.errors import MedcodecError
 from medcodec.model.images import InputReport, iter_images
 
 # The raster encoder's search settings (medcodec.wavefront), and whether a setting may
@@ -167,7 +168,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     report = InputReport()
-    rows = measure(args.sources, args.parsed, split=args.split, runs=args.runs, report=report)
+    try:
+        rows = measure(args.sources, args.parsed, split=args.split, runs=args.runs, report=report)
+    except (RuntimeError, MedcodecError) as exc:  # a record that does not decode, or an image the codec refuses
+        print(f"encoder_frontier: {exc}", file=sys.stderr)
+        return 1
     if not rows:
         return no_images(f"no images in the {args.split} split", report)
     summary = summarize(rows, args.parsed)

@@ -54,3 +54,11 @@ def test_bad_settings_are_refused(bad, capsys):
 def test_an_empty_split_says_so(tmp_path, capsys):
     assert encoder_frontier.main([str(tmp_path), "--split", "all"]) == 2
     assert "no images" in capsys.readouterr().err
+
+
+def test_a_record_that_does_not_decode_is_reported_not_raised(monkeypatch, capsys):
+    from pipelines.standard_codecs import OurCodec
+
+    monkeypatch.setattr(OurCodec, "decode", lambda self, blobs, image: image.values + 1)
+    assert encoder_frontier.main([pydicom_file("CT_small.dcm"), "--split", "all", "--runs", "1"]) == 1
+    assert "does not decode" in capsys.readouterr().err
