@@ -594,7 +594,7 @@ def test_more_frames_claimed_than_encoded_is_invalid():
 def test_corrupt_codestream_is_kept_verbatim():
     data = bytearray(_read("MR_small_jp2klossless.dcm"))
     start = len(parse_dicom(bytes(data)).prefix)
-    data[start + 40 : start + 400] = bytes(360)  # wipe the J2K main header
+    data[start + 60 : start + 400] = bytes(340)  # wipe the J2K main header past the image size
     parsed = parse_dicom(bytes(data))
     assert parsed.restore_mode == RESTORE_VERBATIM and "decoding failed" in parsed.note
     assert rebuild_dicom(parsed) == bytes(data)
@@ -792,3 +792,71 @@ def test_quiet_pydicom_silences_loggers_made_after_it_listed_them(caplog):
         parent.warning("outside")
     assert [r.getMessage() for r in caplog.records if r.name.startswith("pydicom.medarchive_quiet_test")] == [
         "outside"]
+
+
+# The frame the DICOM fuzzer found (2026-12-07): a JPEG-LS codestream whose frame header
+# declares 0 lines, in a JPEG Lossless SV1 file of 45 x 10. pylibjpeg-libjpeg read it by
+# allocating line after line (1.8 GB in 6 s, without end).
+_ZERO_LINES_JPEG_LS = bytes.fromhex(
+    "ffd8fff7000b08000000" "0a01011100" "ffda000801010002 0000".replace(" ", "")
+    + "57fdff7f00000071ff7fe0b7ff7c1cff7f052ffbe097ff7fc117fdff40ffd9")
+
+
+def test_frame_headers_are_read_as_the_standards_lay_them_out():
+    from medcodec.dicom.encapsulation import j2k_frame_geometry, jpeg_frame_geometry
+
+    assert jpeg_frame_geometry(_ZERO_LINES_JPEG_LS) == (0, 10, 1)
+    words = np.arange(6 * 5, dtype=np.uint16).reshape(6, 5) * 7
+    attrs = _image_attrs(6, 5, bits_stored=12)
+    ls = get_encoder(JPEGLSLossless).encode(
+        words, rows=6, columns=5, samples_per_pixel=1, bits_allocated=16, bits_stored=12, pixel_representation=0,
+        photometric_interpretation=attrs["PhotometricInterpretation"], number_of_frames=1)
+    assert jpeg_frame_geometry(ls) == (6, 5, 1)
+    assert jpeg_frame_geometry(ls[:2] + b"\xff\xff" + ls[2:]) == (6, 5, 1)  # fill bytes before a marker
+    assert jpeg_frame_geometry(ls[:2] + b"\xff\xfe\x00\x05abc" + ls[2:]) == (6, 5, 1)  # a comment segment first
+    at = ls.index(b"\xff\xf7")
+    assert jpeg_frame_geometry(ls[: at + 6]) is None  # cut inside the frame header
+    assert jpeg_frame_geometry(ls[2:]) is None  # no SOI
+    assert jpeg_frame_geometry(b"\xff\xd8" + ls[ls.index(b"\xff\xda"):]) is None  # a scan before any frame header
+    assert jpeg_frame_geometry(b"\xff\xd8\xff\xfe\x00\x01") is None  # a segment length under 2
+
+    data = _read("MR_small_jp2klossless.dcm")
+    parsed = parse_dicom(data)
+    codestream = data[len(parsed.prefix):]
+    codestream = codestream[codestream.index(b"\xff\x4f\xff\x51"):]
+    assert j2k_frame_geometry(codestream) == (64, 64, 1)
+    jp2 = (b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\x00\x00\x00\x14ftypjp2 \x00\x00\x00\x00jp2 "
+           + (8 + len(codestream)).to_bytes(4, "big") + b"jp2c" + codestream)
+    assert j2k_frame_geometry(jp2) == (64, 64, 1)
+    assert j2k_frame_geometry(codestream[2:]) is None and j2k_frame_geometry(codestream[:30]) is None
+
+
+def _never_decoded(monkeypatch):
+    from medcodec.dicom import encapsulation
+
+    def refuse(*args, **kwargs):
+        pytest.fail("a frame declaring other dimensions than the header was handed to a decoder")
+    monkeypatch.setattr(encapsulation, "_decode_with", refuse)
+
+
+def test_a_frame_declaring_no_lines_is_kept_verbatim_undecoded(monkeypatch):
+    data = _make_dicom(encapsulate([_ZERO_LINES_JPEG_LS], has_bot=False), ts="1.2.840.10008.1.2.4.70", pixel_vr="OB",
+                       **_image_attrs(45, 10, bits_allocated=8, bits_stored=7))
+    _never_decoded(monkeypatch)
+    parsed = parse_dicom(data)
+    assert parsed.restore_mode == RESTORE_VERBATIM
+    assert "declares 0 x 10 x 1 (rows x columns x samples), the header 45 x 10 x 1" in parsed.note
+    assert rebuild_dicom(parsed) == data
+
+
+@pytest.mark.parametrize("name", ["MR_small_jp2klossless.dcm", "JPEG-LL.dcm", "MR_small_jpeg_ls_lossless.dcm", "SC_rgb_jpeg_gdcm.dcm"])
+def test_a_frame_declaring_other_dimensions_is_kept_verbatim_undecoded(name, monkeypatch):
+    ds = pydicom.dcmread(pydicom_file(name))
+    ds.Rows = ds.Rows - 1  # the codestream still says Rows
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    data = buf.getvalue()
+    _never_decoded(monkeypatch)
+    parsed = parse_dicom(data)
+    assert parsed.restore_mode == RESTORE_VERBATIM and "codestream declares" in parsed.note
+    assert rebuild_dicom(parsed) == data

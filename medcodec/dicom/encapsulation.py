@@ -108,9 +108,102 @@ def encapsulation_of(header: Any, ts: str) -> Encapsulation:
     return Encapsulation(spec=spec, has_bot=spec.frames > 1, extended_offsets=extended)
 
 
+_JPEG_SYNTAXES = frozenset({JPEG_LOSSLESS, JPEG_LOSSLESS_SV1, JPEG_LS_LOSSLESS})
+_J2K_SYNTAXES = frozenset({JPEG_2000_LOSSLESS, HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL})
+# Start of frame markers: SOF0-SOF15 but DHT (C4), JPG (C8) and DAC (CC); SOF55 (JPEG-LS).
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}
+# Markers without a length field: TEM, RSTn, SOI, EOI.
+_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD9)})
+
+
+def jpeg_frame_geometry(frame: bytes) -> tuple[int, int, int] | None:
+    """(lines, samples per line, components) a JPEG or JPEG-LS codestream's frame header
+    declares (ITU-T T.81 B.2.2, T.87 C.2.2: the same layout), None where ``frame`` does not
+    start with SOI or no frame header is found before the first scan. Fill bytes (0xFF)
+    before a marker are skipped, as decoders skip them."""
+    if frame[:2] != b"\xff\xd8":
+        return None
+    at, n = 2, len(frame)
+    while at + 1 < n:
+        if frame[at] != 0xFF:
+            return None
+        marker = frame[at + 1]
+        if marker == 0xFF:  # a fill byte
+            at += 1
+            continue
+        if marker in _STANDALONE_MARKERS:
+            at += 2
+            continue
+        if at + 4 > n or marker == 0xDA:  # the first scan (SOS) before any frame header
+            return None
+        length = int.from_bytes(frame[at + 2 : at + 4], "big")
+        if marker in _SOF_MARKERS:
+            if length < 8 or at + 10 > n:
+                return None
+            return (int.from_bytes(frame[at + 5 : at + 7], "big"), int.from_bytes(frame[at + 7 : at + 9], "big"),
+                    frame[at + 9])
+        if length < 2:
+            return None
+        at += 2 + length
+    return None
+
+
+def j2k_frame_geometry(frame: bytes) -> tuple[int, int, int] | None:
+    """(rows, columns, components) a JPEG 2000 codestream's SIZ segment declares
+    (ISO/IEC 15444-1 A.5.1: Ysiz - YOsiz, Xsiz - XOsiz, Csiz), in a raw codestream or in a
+    JP2 file's contiguous codestream box; None where neither starts as the standard says."""
+    at = 0
+    if frame[:8] == b"\x00\x00\x00\x0cjP  ":  # a JP2 file: find its codestream box
+        while at + 8 <= len(frame):
+            length = int.from_bytes(frame[at : at + 4], "big")
+            if frame[at + 4 : at + 8] == b"jp2c":
+                at += 8
+                break
+            if length < 8:
+                return None
+            at += length
+        else:
+            return None
+    siz = frame[at : at + 42]
+    if len(siz) < 42 or siz[:4] != b"\xff\x4f\xff\x51":
+        return None
+    x, y, x0, y0 = (int.from_bytes(siz[k : k + 4], "big") for k in (8, 12, 16, 20))
+    return y - y0, x - x0, int.from_bytes(siz[40:42], "big")
+
+
+def _check_declared_geometry(encapsulated: bytes, enc: Encapsulation) -> None:
+    """KeepVerbatim where a frame's codestream declares other dimensions than the header
+    (rows, columns, samples), or none (a JPEG height of 0: lines defined after the scan),
+    checked before a decoder sees it: decoders allocate by the codestream's own header,
+    and pylibjpeg-libjpeg 2.3 read a 644-byte JPEG-LS frame declaring 0 lines (the fuzzer's)
+    by allocating line after line, past 1.8 GB in 6 s, without end. The frames are the
+    ones pydicom's decoder iterates (``generate_frames`` with the same arguments); a frame
+    whose header cannot be read is left to the decoders, as before."""
+    from pydicom.encaps import generate_frames
+
+    ts, spec = enc.spec.transfer_syntax, enc.spec
+    geometry = jpeg_frame_geometry if ts in _JPEG_SYNTAXES else j2k_frame_geometry if ts in _J2K_SYNTAXES else None
+    if geometry is None:
+        return
+    expected = (spec.rows, spec.cols, spec.samples)
+    try:
+        for frame in generate_frames(encapsulated, number_of_frames=spec.frames, extended_offsets=enc.extended_offsets):
+            declared = geometry(bytes(frame))
+            if declared is not None and declared != expected:
+                raise KeepVerbatim(f"a frame's codestream declares {declared[0]} x {declared[1]} x {declared[2]}"
+                                   f" (rows x columns x samples), the header {expected[0]} x {expected[1]} x"
+                                   f" {expected[2]}")
+    except KeepVerbatim:
+        raise
+    except Exception as exc:  # noqa: BLE001 - frames pydicom cannot split: its decoder says so next
+        if not caused_by_input(exc):
+            raise
+
+
 def decode_frames(encapsulated: bytes, enc: Encapsulation) -> tuple[np.ndarray, str]:
     """Every frame decoded to raw words (frames, samples, rows, cols), and the photometric
-    interpretation of the decoded words."""
+    interpretation of the decoded words. A frame whose codestream declares other
+    dimensions than the header is not handed to a decoder (``_check_declared_geometry``)."""
     from pydicom.pixels import get_decoder
 
     ts = enc.spec.transfer_syntax
@@ -118,6 +211,7 @@ def decode_frames(encapsulated: bytes, enc: Encapsulation) -> tuple[np.ndarray, 
     plugins = [p for p in _DECODING_PLUGINS[ts] if p in decoder.available_plugins]
     if not plugins:
         raise KeepVerbatim(f"no decoder installed for {syntax_name(ts)}")
+    _check_declared_geometry(encapsulated, enc)
     failures = []
     for plugin in plugins:
         try:
