@@ -8,6 +8,7 @@ is theirs to enforce) fails it.
 Longer campaigns: run the harnesses themselves (see tests/fuzz/_common.py).
 """
 
+import os
 import re
 import subprocess
 import sys
@@ -85,6 +86,38 @@ def test_contract_refuses_an_error_caused_by_memory_running_out():
     exc = _raised(medcodec.LimitExceededError("out of memory decoding this record"), cause=MemoryError())
     with pytest.raises(Finding, match="out of memory"):
         check_error(exc, DATA, "t")
+
+
+def test_an_input_that_raises_peak_memory_past_the_limit_is_a_finding():
+    from _contract import PEAK_GROWTH_LIMIT, peak_growth
+
+    kb = PEAK_GROWTH_LIMIT >> 10
+    assert peak_growth(400_000, 400_000 + kb, "dicom") is None
+    finding = peak_growth(400_000, 400_000 + kb + 1024, "dicom")
+    assert isinstance(finding, Finding) and "raised peak memory by 1025 MB (limit 1024 MB)" in str(finding)
+
+
+def test_the_harness_reports_an_input_that_raises_peak_memory(tmp_path):
+    pytest.importorskip("atheris", reason="atheris (test extra, requirements.lock) runs the harnesses")
+    harness = tmp_path / "fuzz_big.py"
+    harness.write_text(
+        "import sys\n"
+        "from _common import run\n"
+        "import numpy as np\n"
+        "def one(data):\n"
+        "    if data.startswith(b'big'):\n"
+        "        np.ones((1 << 30) // 8 + (64 << 17))  # 1 GiB + 64 MiB, touched\n"
+        "run('big', one, {'a': b'small', 'b': b'big input'}, argv=sys.argv)\n")
+    (tmp_path / "corpus").mkdir()
+    proc = subprocess.run(
+        [sys.executable, str(harness), "-atheris_runs=3", "-seed=1", "-medcodec_instrument=medcodec",
+         f"-artifact_prefix={tmp_path}/", str(tmp_path / "corpus")],
+        capture_output=True, text=True, cwd=ROOT, timeout=300, env={**os.environ, "PYTHONPATH": str(FUZZ)},
+    )
+    out = proc.stdout + proc.stderr  # atheris prints the uncaught exception on stdout
+    assert proc.returncode != 0 and "one input raised peak memory by" in out, out[-3000:]
+    (crash,) = tmp_path.glob("crash-*")
+    assert crash.read_bytes() == b"big input"
 
 
 def test_contract_allows_config_identifiers_only():

@@ -72,7 +72,11 @@ def _with_trace_cmp(test_one_input):
         global _native_trace_cmp
         if atheris._trace_cmp is not _trace_cmp:
             _native_trace_cmp, atheris._trace_cmp = atheris._trace_cmp, _trace_cmp
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         test_one_input(data)
+        finding = peak_growth(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "peak memory")
+        if finding is not None:
+            report(finding, data)
 
     return target
 
@@ -111,7 +115,7 @@ with atheris.instrument_imports(include=_PACKAGES, exclude=NOT_INSTRUMENTED):
 
 import medcodec  # noqa: E402  (instrumented above)
 
-from _contract import Finding, signature  # noqa: E402  (after medcodec is instrumented)
+from _contract import Finding, peak_growth, signature  # noqa: E402  (after medcodec is instrumented)
 from _contract import check_error as _check_error  # noqa: E402
 
 LIMITS = medcodec.DicomLimits(memory_bytes=MEMORY_BUDGET)

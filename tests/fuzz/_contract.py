@@ -10,6 +10,10 @@ A finding is:
   characters of the input that is neither medcodec's own text nor only digits, hex and
   punctuation; a record's config identifiers, the codec / model / mode names, may be
   quoted) or key material;
+* an input during which the process's peak memory grew by more than
+  ``PEAK_GROWTH_LIMIT`` (``peak_growth``): an allocation the budget did not bound that
+  stayed under RLIMIT_AS and libFuzzer's RSS limit, which are set for the harness as a
+  whole and do not see one input's spike;
 * with ``strict``: a MedcodecError that only a catch-all boundary produced
   (errors.record_errors, parse_dicom's, the DICOM rebuild's), i.e. a foreign exception
   raised somewhere no check stopped the bad value.
@@ -166,6 +170,22 @@ def check_error(exc: BaseException, data: bytes, what: str, *, strict: bool = Fa
 # decompress_dicom's and rebuild_dicom's rebuild): strict reports what they caught, to find
 # a bad value inside the codec that no check stopped where it entered.
 _CATCH_ALL = re.compile(r"record cannot be decoded: \w+ in |could not parse DICOM input \(|could not rebuild")
+
+
+# Four times the readers' memory budget (_common.MEMORY_BUDGET, 256 MiB). A DICOM campaign
+# (2026-12-07) ran past one input whose JPEG-LS frame declared 0 lines: the process's peak
+# went from 409 to 1,939 MB, under every limit then set, and nothing was reported (the
+# reader now refuses such frames: medcodec.dicom.encapsulation).
+PEAK_GROWTH_LIMIT = 1 << 30
+
+
+def peak_growth(before_kb: int, after_kb: int, what: str, limit: int = PEAK_GROWTH_LIMIT) -> Finding | None:
+    """The finding for an input during which the peak resident memory (``ru_maxrss``, in
+    KiB, before and after it) grew by more than ``limit`` bytes; else None."""
+    grown = (after_kb - before_kb) << 10
+    if grown <= limit:
+        return None
+    return Finding(f"{what}: one input raised peak memory by {grown >> 20} MB (limit {limit >> 20} MB)")
 
 
 def signature(finding: Finding) -> str:
