@@ -180,8 +180,9 @@ PEAK_GROWTH_LIMIT = 1 << 30
 
 
 def peak_growth(before_kb: int, after_kb: int, what: str, limit: int = PEAK_GROWTH_LIMIT) -> Finding | None:
-    """The finding for an input during which the peak resident memory (``ru_maxrss``, in
-    KiB, before and after it) grew by more than ``limit`` bytes; else None."""
+    """The finding for an input whose peak resident memory (``after_kb``, KiB) exceeded
+    the resident memory it started with (``before_kb``) by more than ``limit`` bytes;
+    else None."""
     grown = (after_kb - before_kb) << 10
     if grown <= limit:
         return None
