@@ -30,6 +30,10 @@ no previous plane), it codes the plane with ``raster-wp-v4`` and with the one-pa
 4. ``raster-wp-v4``'s leaf table over its fixed predictors and the online one, its tree
    grown again on those residuals, the table chosen again, and its payload coder.
 
+Memory grows with the largest plane: its features are held twice (float64, feature- and
+pixel-major) beside the candidates' predictions. RG1_UNCI alone (1955 x 1841) peaked at
+2.8 GB resident (``/usr/bin/time -v``, 2026-12-07), ~700 bytes a pixel.
+
 Bytes counted: the v4 stream of step 4 (second tree, table, the starting weights where
 sent, payload) plus the first tree and the leaf classes. Encode seconds are this
 prototype's (numpy and numba, not tuned), against ``raster-wp-v4.encode``'s, one thread.
@@ -65,6 +69,7 @@ from numba import njit
 
 from benchmarks import no_images, write_json
 from benchmarks.compare import _split_of, code_version
+from medcodec.errors import MedcodecError
 from medcodec.model.images import InputReport, iter_images
 
 # The online fits' settings (chosen on four train planes: bad_sequence, J2K_pixelrep_mismatch,
@@ -282,7 +287,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.min_pixels < 4096 or args.sample < 1024:
         parser.error("--min-pixels must be >= 4096 (planes with fitted predictors) and --sample >= 1024")
     report = InputReport()
-    rows = measure(args.sources, split=args.split, min_pixels=args.min_pixels, sample=args.sample, report=report)
+    try:
+        rows = measure(args.sources, split=args.split, min_pixels=args.min_pixels, sample=args.sample, report=report)
+    except MedcodecError as exc:  # a plane the raster coder refuses
+        print(f"one_pass: {exc}", file=sys.stderr)
+        return 1
     if not rows:
         return no_images(f"no planes of {args.min_pixels}+ pixels in the {args.split} split", report)
     summary = summarize(rows)

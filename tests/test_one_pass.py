@@ -100,3 +100,13 @@ def test_no_planes_and_bad_options_say_so(tmp_path, capsys):
     assert "no planes" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         one_pass.main(["pydicom", "--min-pixels", "100"])
+
+
+def test_a_plane_the_coder_refuses_is_reported_not_raised(monkeypatch, capsys):
+    from medcodec.errors import CorruptRecordError
+
+    def refuse(plane, bits, sample):
+        raise CorruptRecordError("plane refused")
+    monkeypatch.setattr(one_pass, "code_plane", refuse)
+    assert one_pass.main([pydicom_file("CT_small.dcm"), "--split", "all", "--min-pixels", "4096"]) == 1
+    assert "one_pass: plane refused" in capsys.readouterr().err

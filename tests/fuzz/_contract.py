@@ -10,10 +10,10 @@ A finding is:
   characters of the input that is neither medcodec's own text nor only digits, hex and
   punctuation; a record's config identifiers, the codec / model / mode names, may be
   quoted) or key material;
-* an input during which the process's peak memory grew by more than
-  ``PEAK_GROWTH_LIMIT`` (``peak_growth``): an allocation the budget did not bound that
-  stayed under RLIMIT_AS and libFuzzer's RSS limit, which are set for the harness as a
-  whole and do not see one input's spike;
+* an input whose own peak resident memory exceeded what the process held when it began
+  by more than ``PEAK_GROWTH_LIMIT`` (``peak_growth``): an allocation the budget did not
+  bound that stayed under RLIMIT_AS and libFuzzer's RSS limit, which are set for the
+  harness as a whole and do not see one input's spike;
 * with ``strict``: a MedcodecError that only a catch-all boundary produced
   (errors.record_errors, parse_dicom's, the DICOM rebuild's), i.e. a foreign exception
   raised somewhere no check stopped the bad value.
