@@ -262,6 +262,39 @@ def test_a_tar_member_is_read_where_listing_found_it(s3, monkeypatch):
     assert read_source(SourceRef(refs[-1].url, refs[-1].member, offset=len(buf.getvalue()) + 7), storage_options=s3) == ct
 
 
+def test_tar_gz_members_fetch_the_archive_about_once(s3, monkeypatch):
+    """Read by name through tarfile's gzip reader, every tar.gz member fetched and
+    inflated the archive up to its end: N members, N archives. Read in listing order
+    they now fetch it about once, and in reverse order (each read going back) a block
+    or two a member."""
+    import gzip
+    import tarfile
+
+    from pipelines.sources import ARCHIVE_BLOCK, expand_file, read_source
+
+    fs = s3fs.S3FileSystem(**s3)
+    fs.mkdir("tgz-bucket")
+    members = {f"series/{i:02d}.dcm": hashlib.sha512(bytes([i])).digest() * (1 << 10) for i in range(40)}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    blob = gzip.compress(buf.getvalue(), compresslevel=0)  # stored: 2.6 MB, as big as the tar
+    fs.pipe("tgz-bucket/export.tar.gz", blob)
+    refs = list(expand_file("s3://tgz-bucket/export.tar.gz", storage_options=s3))
+    fetched = []
+    fetch = s3fs.core.S3File._fetch_range
+    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range",
+                        lambda self, start, end: fetched.append(end - start) or fetch(self, start, end))
+    assert [read_source(r, storage_options=s3) for r in refs] == list(members.values())
+    assert sum(fetched) <= len(blob) + ARCHIVE_BLOCK + 40 * 512  # not 40 archives (~50 MB)
+    fetched.clear()
+    assert [read_source(r, storage_options=s3) for r in refs[::-1]] == list(members.values())[::-1]
+    assert sum(fetched) <= 40 * (2 * ARCHIVE_BLOCK + 512)
+
+
 def test_a_zip_directory_is_read_once_for_its_members(s3, monkeypatch):
     """Reading each member read the zip's directory again (twice): for N members, N
     directories. The directory is read once while the zip is unchanged; a zip replaced

@@ -1,0 +1,205 @@
+"""Reading inputs out of tar.gz archives and .gz files (pipelines.sources).
+
+A tar.gz is one deflate stream, so a member is reached by inflating everything before
+it. Reading members one at a time (as migrate's workers do, in any order) must not
+inflate the archive once per member; the bytes must be the archive's, whatever the
+order, the threads, the gzip members or a change of the file between reads.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import random
+import tarfile
+import threading
+
+import numpy as np
+import pytest
+
+from pipelines import sources
+from pipelines.sources import ReadLimits, SourceRef, expand_file, read_source
+
+
+def _tar(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _members(n: int, size: int, seed: int = 0) -> dict[str, bytes]:
+    """``n`` members of ``size`` bytes that deflate about 1.5:1 (12-bit noise in 16-bit
+    words, as uncompressed CT is), one with a name over 100 bytes (extra header blocks)."""
+    rng = np.random.default_rng(seed)
+    names = [f"study/series/{i:04d}.dcm" for i in range(n)]
+    names[n // 2] = "study/" + "a-long-name-" * 12 + ".dcm"
+    return {name: rng.integers(0, 4096, size // 2, dtype=np.uint16).tobytes() for name in names}
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """No archive kept from another test."""
+    monkeypatch.setattr(sources, "_KEPT", type(sources._KEPT)())
+
+
+def _kept_inflater(path) -> sources._Inflated:
+    [inflated] = [v for k, v in sources._KEPT.items() if k[0] == "tgz" and k[1].endswith(str(path))]
+    return inflated
+
+
+def test_tgz_members_read_in_any_order_inflate_the_archive_about_once(tmp_path, fresh):
+    members = _members(96, 48 << 10)
+    tar = _tar(members)
+    path = tmp_path / "export.tar.gz"
+    path.write_bytes(gzip.compress(tar, compresslevel=1))
+    refs = list(expand_file(f"file://{path}"))
+    assert [r.member for r in refs] == list(members) and all(r.offset is not None for r in refs)
+
+    # listing order: each read goes on from where the last one stopped
+    assert [read_source(r) for r in refs] == list(members.values())
+    inflater = _kept_inflater(path)
+    assert inflater.inflated <= len(tar) + (64 << 10)
+
+    # any order: each read resumes at the last state before its member
+    inflater.inflated = 0
+    order = refs[:]
+    random.Random(3).shuffle(order)
+    for ref in order:
+        assert read_source(ref) == members[ref.member]
+    assert len(inflater.states) >= len(tar) // sources.INFLATE_SPACING
+    # at most a spacing before each member, plus the member (inflating from the start
+    # each time would be ~N/2 archives)
+    assert inflater.inflated <= len(order) * (sources.INFLATE_SPACING + (48 << 10) + 1024)
+    assert inflater.inflated < 0.6 * len(order) * len(tar) / 2
+
+
+def test_tgz_states_are_thinned_past_their_limit(tmp_path, fresh, monkeypatch):
+    monkeypatch.setattr(sources, "INFLATE_SPACING", 64 << 10)
+    monkeypatch.setattr(sources, "INFLATE_STATES_KEPT", 6)
+    members = _members(40, 40 << 10, seed=1)
+    tar = _tar(members)
+    path = tmp_path / "export.tgz"
+    path.write_bytes(gzip.compress(tar, compresslevel=1))
+    refs = list(expand_file(f"file://{path}"))
+    for ref in refs[::-1]:  # the last member first: every state is made by the first read
+        assert read_source(ref) == members[ref.member]
+    inflater = _kept_inflater(path)
+    assert len(inflater.states) <= 6
+    assert inflater.spacing >= 4 * (64 << 10)  # halved twice or more: ~1.6 MB of tar, 6 states
+    assert [s[0] for s in inflater.states] == sorted({s[0] for s in inflater.states})
+    assert all(b[0] - a[0] >= inflater.spacing // 2 for a, b in zip(inflater.states, inflater.states[1:]))
+
+
+def test_tgz_of_several_gzip_members_and_trailing_bytes(tmp_path, fresh, monkeypatch):
+    """gzip files may be concatenated (gzip reads them as one), and a state may fall
+    between two of them or inside either; bytes after the last member that start no
+    gzip member are ignored, as gzip ignores trailing zeros."""
+    monkeypatch.setattr(sources, "INFLATE_SPACING", 32 << 10)
+    members = _members(24, 20 << 10, seed=2)
+    tar = _tar(members)
+    cuts = [0, 100_000, 100_001, 250_000, len(tar)]
+    path = tmp_path / "parts.tar.gz"
+    parts = [gzip.compress(tar[a:b]) for a, b in zip(cuts, cuts[1:])]
+    path.write_bytes(b"".join(parts) + bytes(1000))
+    refs = list(expand_file(f"file://{path}"))
+    assert [r.member for r in refs] == list(members)
+    order = refs[:]
+    random.Random(5).shuffle(order)
+    assert [read_source(r) for r in order] == [members[r.member] for r in order]
+    last_part = sum(map(len, parts[:-1]))
+    assert any(c > last_part and z is not None for _, c, z in _kept_inflater(path).states)  # resumed in it
+
+
+def test_tgz_reads_from_threads_changes_and_damage(tmp_path, fresh):
+    members = _members(30, 30 << 10, seed=4)
+    path = tmp_path / "study.tar.gz"
+    path.write_bytes(gzip.compress(_tar(members)))
+    refs = list(expand_file(f"file://{path}"))
+
+    # threads reading the same archive get their own members
+    got, errors = {}, []
+
+    def reader(part):
+        try:
+            for ref in part:
+                got[ref.member] = read_source(ref)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(refs[i::3][::-1] if i % 2 else refs[i::3],)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and got == members
+
+    # a ref listed before offsets were recorded is found by name
+    assert read_source(SourceRef(refs[7].url, refs[7].member)) == members[refs[7].member]
+
+    # the archive replaced under the same name: its new bytes, not the kept inflater's
+    changed = {name: data[::-1] for name, data in members.items()}
+    path.write_bytes(gzip.compress(_tar(changed), compresslevel=9))
+    os.utime(path, ns=(10**18, 10**18))
+    assert read_source(refs[20]) == changed[refs[20].member]
+
+    # cut short: members before the cut read; one past it fails, and the inflater is
+    # dropped, so the next read starts anew and is right
+    blob = gzip.compress(_tar(members))
+    path.write_bytes(blob[: len(blob) * 2 // 3])
+    os.utime(path, ns=(2 * 10**18, 2 * 10**18))
+    with pytest.raises((EOFError, tarfile.ReadError)):
+        read_source(refs[-1])
+    assert not [k for k in sources._KEPT if k[0] == "tgz" and k[2] == path.stat().st_size]
+    assert read_source(refs[1]) == members[refs[1].member]
+
+
+def test_tgz_member_over_the_size_limit_is_refused(tmp_path, fresh):
+    members = _members(4, 200 << 10, seed=6)
+    path = tmp_path / "big.tar.gz"
+    path.write_bytes(gzip.compress(_tar(members)))
+    refs = list(expand_file(f"file://{path}"))
+    with pytest.raises(sources.InputTooLargeError):
+        read_source(refs[2], limits=ReadLimits(max_bytes=100 << 10))
+    inflater = _kept_inflater(path)  # kept: a refusal leaves it where it was
+    assert read_source(refs[2]) == members[refs[2].member] and _kept_inflater(path) is inflater
+
+
+def test_gunzip_reads_members_and_returns_what_is_not_gzip_as_it_is():
+    data = bytes(range(256)) * 5000
+    two = gzip.compress(data[:1000]) + gzip.compress(data[1000:])
+    assert sources._gunzip(two, ReadLimits()) == data
+    assert sources._gunzip(two + bytes(7), ReadLimits()) == data
+    assert sources._gunzip(two[:-5], ReadLimits()) == two[:-5]  # truncated: not a gzip file
+    assert sources._gunzip(b"\x1f\x8b not deflate", ReadLimits()) == b"\x1f\x8b not deflate"
+    with pytest.raises(sources.InputTooLargeError):
+        sources._gunzip(gzip.compress(data), ReadLimits(max_bytes=len(data) - 1))
+
+
+def test_tgz_member_that_inflates_past_the_ratio_limit_is_stopped(tmp_path, fresh):
+    """A tar.gz member of zeros: 200 MiB in ~200 KB of deflate, stopped once it passes
+    200:1 after 64 MiB, as .gz files and zip members are, before it is all in memory;
+    the member after it still reads."""
+    ct = bytes(range(256)) * 64
+    path = tmp_path / "bomb.tar.gz"
+    path.write_bytes(gzip.compress(_tar({"a.dcm": ct, "zeros.dcm": bytes(200 << 20), "b.dcm": ct}), compresslevel=1))
+    refs = list(expand_file(f"file://{path}"))
+    assert read_source(refs[0]) == ct
+    with pytest.raises(sources.InputTooLargeError, match="200:1"):
+        read_source(refs[1])
+    assert read_source(refs[2]) == ct
+    assert read_source(refs[1], limits=ReadLimits(max_ratio=2000)) == bytes(200 << 20)
+    # a member that begins in the kept head of the archive, read after the inflater went
+    # past it: its compressed bytes are counted from where it begins
+    first = np.random.default_rng(7).integers(0, 16, 3 << 20, dtype=np.uint8).tobytes()
+    path = tmp_path / "head.tar.gz"
+    path.write_bytes(gzip.compress(_tar({"first.dcm": first, "second.dcm": ct})))
+    refs = list(expand_file(f"file://{path}"))
+    assert read_source(refs[1]) == ct
+    assert read_source(refs[0], limits=ReadLimits(ratio_from=1 << 20, max_ratio=3)) == first
+    with pytest.raises(sources.InputTooLargeError, match="1:1"):
+        read_source(refs[0], limits=ReadLimits(ratio_from=1 << 20, max_ratio=1))
