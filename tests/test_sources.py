@@ -252,3 +252,23 @@ def test_tgz_damaged_after_listing_reads_as_tarfile_does_or_fails_cleanly(tmp_pa
             outcomes["same" if ours is not None and theirs is not None else "only this" if ours is not None
                      else "only tarfile" if theirs is not None else "both failed"] += 1
     assert outcomes["same"] > 20 and outcomes["both failed"] > 20  # both kinds of outcome were met
+
+
+def test_tar_gz_reads_benchmark(tmp_path, fresh, testdata_path, capsys):
+    """benchmarks.tar_gz_reads on two small files, two copies: every member read and
+    checked both ways, the figures consistent with what was written."""
+    from pathlib import Path
+
+    from benchmarks import tar_gz_reads
+
+    files = [(Path(testdata_path(n)).parent, Path(testdata_path(n))) for n in ("CT_small.dcm", "MR_small.dcm")]
+    r = tar_gz_reads.measure(files, tmp_path, copies=2, sample=3, order="random")
+    raw = 2 * sum(p.stat().st_size for _, p in files)
+    assert (r["members"], r["raw_bytes"], r["by_name_sampled"]) == (4, raw, 3)
+    # random order, one state (the archive is under a spacing): each read inflates from the start at most
+    assert raw <= r["inflated_bytes"] <= 4 * (raw + 8 * 512) and r["states"] == 1 and r["by_name_median_s"] > 0
+    report = tar_gz_reads.format_report(r)
+    assert "4 members (2 copies of 2 pydicom-data files)" in report and "random order" in report
+    with pytest.raises(SystemExit):
+        tar_gz_reads.main(["--copies", "0"])
+    assert "--copies" in capsys.readouterr().err
