@@ -8,6 +8,7 @@ inside a zip or tar archive.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import io
 import tarfile
 import threading
@@ -16,6 +17,8 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Iterator
+
+import fsspec.spec
 
 from .storage import open_fs
 
@@ -38,12 +41,15 @@ class SourceRef:
     uncompressed size; None where unknown). It only orders work (``migrate.balanced_order``).
     ``offset``: where a tar member's headers begin in the tar (a tar.gz's inflated
     bytes), as listing found them; reading looks there first, and takes the member found
-    there when it has this name. Neither is part of its identity."""
+    there when it has this name. ``kind``: a member's archive kind as listing found it
+    ("zip", "tar", "tgz"; None: read its first bytes to know). None of them is part of
+    its identity."""
 
     url: str
     member: str | None = None
     size: int | None = field(default=None, compare=False)
     offset: int | None = field(default=None, compare=False)
+    kind: str | None = field(default=None, compare=False)
 
     @property
     def identity(self) -> str:
@@ -156,7 +162,7 @@ def expand_file(url: str, *, storage_options: dict | None = None) -> Iterator[So
         yield SourceRef(url, size=size if isinstance(size, int) else None)
     else:
         for member, member_size, offset in members:
-            yield SourceRef(url, member, size=member_size, offset=offset)
+            yield SourceRef(url, member, size=member_size, offset=offset, kind=kind)
 
 
 def _archive_members(fs, path: str, kind: str) -> list[tuple[str, int, int | None]] | None:
@@ -178,41 +184,84 @@ def _archive_members(fs, path: str, kind: str) -> list[tuple[str, int, int | Non
 
 
 def read_source(ref: SourceRef, *, storage_options: dict | None = None, limits: ReadLimits = ReadLimits()) -> bytes:
-    """The bytes of one input instance, bounded by ``limits`` (InputTooLargeError)."""
+    """The bytes of one input instance, bounded by ``limits`` (InputTooLargeError).
+
+    On an object store each request costs a round trip (10-30 ms on S3), and a worker
+    thread waits it out: a plain file is read with its size's request and one read, a
+    member of an archive listing saw (``ref.kind``) without reading the archive's first
+    bytes again, and a zip or tar member's headers and data with one ranged request
+    (``_read_window``, ``_tar_window_member``)."""
     fs, path = open_fs(ref.url, storage_options)
-    size = fs.size(path) if ref.member is None else None
-    if size is not None:
-        limits.check_size(int(size))
-    cache = "readahead"
-    if ref.member is not None:
+    if ref.member is None:
+        info = fs.info(path)
+        size = info.get("size")
+        if size is not None:
+            limits.check_size(int(size))
+        with fs.open(path, "rb", block_size=ARCHIVE_BLOCK, size=size) as fh:
+            if size is not None and isinstance(fh, fsspec.spec.AbstractBufferedFile):
+                # what the file would ask for again (s3fs: its size, and the ETag its reads must match)
+                fh.details = info
+            data = fh.read() if size is not None else _read_bounded(fh, limits, compressed=None)
+        limits.check_size(len(data))
+        return _gunzip(data, limits) if data.startswith(_GZIP_MAGIC) else data
+    kind = ref.kind
+    if kind is None:
         with fs.open(path, "rb", block_size=HEAD_BYTES, cache_type="none") as fh:
             kind = _archive_kind(fh.read(HEAD_BYTES))
-        if kind == "zip":
-            zf = _zip_directory(fs, path)
-            info = zf.getinfo(ref.member)
-            limits.check_ratio(info.file_size, info.compress_size)
+    if kind == "zip":
+        zf, windowed = _zip_directory(fs, path)
+        info = zf.getinfo(ref.member)
+        limits.check_ratio(info.file_size, info.compress_size)
+        # the local header (its name and extra field as long as the directory's, and a
+        # little more), then the data
+        span = _ZIP_LOCAL_HEADER + len(info.orig_filename.encode("utf-8")) + len(info.extra) + 256 + info.compress_size
+        # not where the zip's directory gives a compressed size no compression makes
+        # (zlib's deflateBound: n + n/4096 + ... + 13): zipfile reads that member as it goes
+        plausible = info.compress_size <= info.file_size + (info.file_size >> 10) + 4096
+        with _read_window(fs, path, windowed, info.header_offset, span if plausible else None, limits):
             with zf.open(info) as member:
                 return _read_bounded(member, limits, compressed=info.compress_size)
-        if kind == "tgz":
-            inflated = _inflated(fs, path)
-            try:
-                with inflated.lock:  # one read at a time moves its inflater
-                    return _read_tar_member(_InflatedFile(inflated), ref, limits)
-            except InputTooLargeError:
-                raise  # refused between two reads of the inflater: it is where it stopped
-            except Exception:
-                _forget_inflated(inflated)  # its inflater may be mid-way: the next read starts anew
-                raise
-        if kind == "tar" and ref.offset is not None:
-            cache = "none"  # the first header, the member's and its data: each read is one request
-    with fs.open(path, "rb", block_size=ARCHIVE_BLOCK, cache_type=cache) as fh:
-        if ref.member is None:
-            data = fh.read() if size is not None else _read_bounded(fh, limits, compressed=None)
-            limits.check_size(len(data))
-            if data.startswith(_GZIP_MAGIC):
-                return _gunzip(data, limits)
+    if kind == "tgz":
+        inflated = _inflated(fs, path)
+        try:
+            with inflated.lock:  # one read at a time moves its inflater
+                return _read_tar_member(_InflatedFile(inflated), ref, limits)
+        except InputTooLargeError:
+            raise  # refused between two reads of the inflater: it is where it stopped
+        except Exception:
+            _forget_inflated(inflated)  # its inflater may be mid-way: the next read starts anew
+            raise
+    if kind == "tar" and ref.offset is not None and ref.size is not None and ref.size <= limits.max_bytes:
+        # the member's headers (a long name's extra blocks too) and data, in one request;
+        # where they are not there as listed, the tar is read as below
+        data = _tar_window_member(fs.cat_file(path, start=ref.offset, end=ref.offset + _TAR_HEADERS + ref.size),
+                                  ref, limits)
+        if data is not None:
             return data
+    cache = "none" if kind == "tar" and ref.offset is not None else "readahead"
+    with fs.open(path, "rb", block_size=ARCHIVE_BLOCK, cache_type=cache) as fh:
         return _read_tar_member(fh, ref, limits)
+
+
+# What a tar member's headers may take before its data in the one request that reads
+# both: its 512-byte header, and a long name's or pax record's blocks before it.
+_TAR_HEADERS = 4096
+
+
+def _tar_window_member(window: bytes, ref: SourceRef, limits: ReadLimits) -> bytes | None:
+    """``ref``'s member's data when ``window`` (the tar from ``ref.offset`` on) begins with
+    its headers and holds all of its data, else None. Sparse members (their data is not
+    the file) are left to tarfile's reader."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(window), mode="r:") as tf:
+            info = tf.firstmember
+    except tarfile.TarError:
+        return None
+    if (info is None or info.name != ref.member or not info.isfile() or info.issparse()
+            or info.offset_data + info.size > len(window)):
+        return None
+    limits.check_size(info.size)
+    return window[info.offset_data : info.offset_data + info.size]
 
 
 def _read_tar_member(fileobj, ref: SourceRef, limits: ReadLimits) -> bytes:
@@ -272,11 +321,71 @@ def _kept_archive(fs, path: str, kind: str, make: Callable[[BinaryIO], Any]) -> 
     return made
 
 
-def _zip_directory(fs, path: str) -> zipfile.ZipFile:
-    """The zip at ``path`` with its directory read (``_kept_archive``): a member's header,
-    then its data, in reads of 1 MiB. ZipFile reads its members from several threads at
-    once under its own lock."""
-    return _kept_archive(fs, path, "zip", zipfile.ZipFile)
+def _zip_directory(fs, path: str) -> tuple[zipfile.ZipFile, "_WindowedFile"]:
+    """The zip at ``path`` with its directory read (``_kept_archive``), over a
+    ``_WindowedFile``: a member is read from the window its thread set (``_read_window``),
+    or else its header, then its data, in reads of 1 MiB. ZipFile reads its members from
+    several threads at once under its own lock."""
+
+    def make(fh: BinaryIO) -> tuple[zipfile.ZipFile, _WindowedFile]:
+        windowed = _WindowedFile(fh)
+        return zipfile.ZipFile(windowed), windowed
+
+    return _kept_archive(fs, path, "zip", make)
+
+
+_ZIP_LOCAL_HEADER = 30  # a zip member's local header before its name and extra field
+
+
+class _WindowedFile:
+    """A file whose reads that fall inside the calling thread's window (``window``:
+    (offset, bytes)) are served from it, the others from ``fh``."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh, self.at, self.local = fh, 0, threading.local()
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.at
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            self.at = offset
+        elif whence == io.SEEK_CUR:
+            self.at += offset
+        else:
+            self.at = self.fh.seek(offset, whence)
+        return self.at
+
+    def read(self, size: int = -1) -> bytes:
+        start, data = getattr(self.local, "window", None) or (0, b"")
+        if size >= 0 and start <= self.at and self.at + size <= start + len(data):
+            out = data[self.at - start : self.at - start + size]
+        else:
+            self.fh.seek(self.at)
+            out = self.fh.read(size)
+        self.at += len(out)
+        return out
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+@contextlib.contextmanager
+def _read_window(fs, path: str, windowed: _WindowedFile, start: int, size: int | None, limits: ReadLimits):
+    """Reads of this thread from ``windowed`` within ``size`` bytes from ``start`` served
+    from one ranged request for them (none where ``size`` is None or over
+    ``limits.max_bytes``)."""
+    if size is None or size > limits.max_bytes + (1 << 20):
+        yield
+        return
+    windowed.local.window = (start, fs.cat_file(path, start=start, end=start + size))
+    try:
+        yield
+    finally:
+        windowed.local.window = None
 
 
 def _inflated(fs, path: str) -> "_Inflated":

@@ -13,6 +13,7 @@ import hashlib
 import io
 import logging
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -185,7 +186,35 @@ def test_portable_runner_with_an_external_worker_pool_over_s3(s3, tmp_path):
         pool.wait(timeout=30)
 
 
-def test_listing_and_reading_fetch_what_they_need(s3, monkeypatch):
+@pytest.fixture
+def fetched(monkeypatch):
+    """The byte ranges s3fs's file objects and ``cat_file`` fetch (lengths), and the S3
+    requests made (``fetched.requests``: operation name -> count), from the test's start."""
+
+    class Fetched(list):
+        requests: Counter
+
+    out = Fetched()
+    out.requests = Counter()
+    fetch, cat, call = s3fs.core.S3File._fetch_range, s3fs.S3FileSystem._cat_file, s3fs.S3FileSystem._call_s3
+    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range",
+                        lambda self, start, end: out.append(end - start) or fetch(self, start, end))
+
+    async def cat_file(self, path, version_id=None, start=None, end=None, **kwargs):
+        data = await cat(self, path, version_id=version_id, start=start, end=end, **kwargs)
+        out.append(len(data))
+        return data
+
+    async def call_s3(self, method, *args, **kwargs):
+        out.requests[method] += 1
+        return await call(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_cat_file", cat_file)
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", call_s3)
+    return out
+
+
+def test_listing_and_reading_fetch_what_they_need(s3, fetched):
     """s3fs reads ahead 50 MiB: listing's sniff of a file's first bytes fetched the whole
     object, and reading one zip member the whole zip. Listing now fetches the head it
     reads; a zip member read fetches the zip's directory and that member, with at most
@@ -203,10 +232,8 @@ def test_listing_and_reading_fetch_what_they_need(s3, monkeypatch):
         zf.writestr("ct.dcm", ct)
     fs.pipe("fetch-bucket/study.zip", buf.getvalue())
 
-    fetched = []
-    fetch = s3fs.core.S3File._fetch_range
-    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range",
-                        lambda self, start, end: fetched.append(end - start) or fetch(self, start, end))
+    fetched.clear()
+    fetched.requests.clear()
 
     [ref] = expand_file("s3://fetch-bucket/ct.dcm", storage_options=s3)
     assert sum(fetched) <= HEAD_BYTES and ref.size == len(ct) + len(filler)
@@ -223,12 +250,11 @@ def test_listing_and_reading_fetch_what_they_need(s3, monkeypatch):
     assert sum(fetched) <= len(filler) + (96 << 10)
 
 
-def test_a_tar_member_is_read_where_listing_found_it(s3, monkeypatch):
+def test_a_tar_member_is_read_where_listing_found_it(s3, fetched):
     """Found by reading every header before it, a tar member cost a read-ahead block per
     header: the whole tar for each member. Listing records where each member's headers
-    begin; reading fetches that member's header and data (and the tar's first header). A
-    member whose offset names another member (the tar changed since listing) is still
-    found by name."""
+    begin; reading fetches that member's headers and data. A member whose offset names
+    another member (the tar changed since listing) is still found by name."""
     import tarfile
 
     from pipelines.sources import expand_file, read_source
@@ -245,10 +271,8 @@ def test_a_tar_member_is_read_where_listing_found_it(s3, monkeypatch):
             tf.addfile(info, io.BytesIO(data))
     fs.pipe("tar-bucket/study.tar", buf.getvalue())
 
-    fetched = []
-    fetch = s3fs.core.S3File._fetch_range
-    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range",
-                        lambda self, start, end: fetched.append(end - start) or fetch(self, start, end))
+    fetched.clear()
+    fetched.requests.clear()
     refs = list(expand_file("s3://tar-bucket/study.tar", storage_options=s3))
     assert [r.member for r in refs][:-1] == list(fillers) and all(r.offset is not None for r in refs)
     fetched.clear()
@@ -262,7 +286,7 @@ def test_a_tar_member_is_read_where_listing_found_it(s3, monkeypatch):
     assert read_source(SourceRef(refs[-1].url, refs[-1].member, offset=len(buf.getvalue()) + 7), storage_options=s3) == ct
 
 
-def test_tar_gz_members_fetch_the_archive_about_once(s3, monkeypatch):
+def test_tar_gz_members_fetch_the_archive_about_once(s3, fetched):
     """Read by name through tarfile's gzip reader, every tar.gz member fetched and
     inflated the archive up to its end: N members, N archives. Read in listing order
     they now fetch it about once, and in reverse order (each read going back) a block
@@ -284,10 +308,8 @@ def test_tar_gz_members_fetch_the_archive_about_once(s3, monkeypatch):
     blob = gzip.compress(buf.getvalue(), compresslevel=0)  # stored: 2.6 MB, as big as the tar
     fs.pipe("tgz-bucket/export.tar.gz", blob)
     refs = list(expand_file("s3://tgz-bucket/export.tar.gz", storage_options=s3))
-    fetched = []
-    fetch = s3fs.core.S3File._fetch_range
-    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range",
-                        lambda self, start, end: fetched.append(end - start) or fetch(self, start, end))
+    fetched.clear()
+    fetched.requests.clear()
     assert [read_source(r, storage_options=s3) for r in refs] == list(members.values())
     assert sum(fetched) <= len(blob) + ARCHIVE_BLOCK + 40 * 512  # not 40 archives (~50 MB)
     fetched.clear()
@@ -295,7 +317,7 @@ def test_tar_gz_members_fetch_the_archive_about_once(s3, monkeypatch):
     assert sum(fetched) <= 40 * (2 * ARCHIVE_BLOCK + 512)
 
 
-def test_a_zip_directory_is_read_once_for_its_members(s3, monkeypatch):
+def test_a_zip_directory_is_read_once_for_its_members(s3, fetched):
     """Reading each member read the zip's directory again (twice): for N members, N
     directories. The directory is read once while the zip is unchanged; a zip replaced
     under the same name (another ETag) is read anew."""
@@ -315,10 +337,8 @@ def test_a_zip_directory_is_read_once_for_its_members(s3, monkeypatch):
     blob = zipped(members)
     fs.pipe("zip-bucket/export.zip", blob)
     refs = list(expand_file("s3://zip-bucket/export.zip", storage_options=s3))
-    fetched = []
-    fetch = s3fs.core.S3File._fetch_range
-    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range",
-                        lambda self, start, end: fetched.append(end - start) or fetch(self, start, end))
+    fetched.clear()
+    fetched.requests.clear()
     assert [read_source(r, storage_options=s3) for r in refs] == list(members.values())
     directory = len(blob) - sum(30 + len(name) + len(data) for name, data in members.items())
     assert directory > 8000  # each member's name, twice, and the end record
@@ -328,6 +348,83 @@ def test_a_zip_directory_is_read_once_for_its_members(s3, monkeypatch):
     fs.pipe("zip-bucket/export.zip", zipped(changed))
     fs.invalidate_cache()
     assert read_source(refs[5], storage_options=s3) == changed[refs[5].member]
+
+
+def test_a_member_read_is_one_request_or_two(s3, fetched):
+    """Each request is a round trip a worker thread waits out. A plain file was read with
+    three (its size, the size again on opening, the data), a zip or tar member with six
+    (the archive's first bytes to know its kind, and the member's headers and data read
+    as zipfile and tarfile ask for them). Now: a plain file two (its size and ETag, the
+    data); a zip member two (the archive's version, for its kept directory; its headers
+    and data in one range); a tar member one; a tar.gz member one (the version) and the
+    compressed bytes as it goes. A ref made without its kind reads the archive's first
+    bytes as before; a zip whose member header is longer than the directory's is read
+    as zipfile asks."""
+    import tarfile
+
+    from pipelines.sources import expand_file, read_source
+
+    fs = s3fs.S3FileSystem(**s3)
+    fs.mkdir("req-bucket")
+    members = {f"export/{i:02d}.dcm": hashlib.sha512(bytes([i])).digest() * (40 + i) for i in range(12)}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    fs.pipe("req-bucket/export.zip", buf.getvalue())
+    tar = io.BytesIO()
+    with tarfile.open(fileobj=tar, mode="w") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    fs.pipe("req-bucket/export.tar", tar.getvalue())
+    fs.pipe("req-bucket/export.tar.gz", __import__("gzip").compress(tar.getvalue()))
+    fs.pipe("req-bucket/plain.dcm", members["export/00.dcm"])
+
+    def requests_per_read(refs) -> dict:
+        fetched.requests.clear()
+        assert [read_source(r, storage_options=s3) for r in refs] == [members.get(r.member or "export/00.dcm")
+                                                                        for r in refs]
+        return {k: v / len(refs) for k, v in fetched.requests.items()}
+
+    for name, most in [("plain.dcm", {"head_object": 1, "get_object": 1}),
+                       ("export.zip", {"head_object": 1, "get_object": 1 + 2 / 12}),  # + the directory, once
+                       ("export.tar", {"get_object": 1}),
+                       ("export.tar.gz", {"head_object": 1, "get_object": 1 / 12})]:
+        refs = list(expand_file(f"s3://req-bucket/{name}", storage_options=s3))
+        requests_per_read(refs[:1])  # a kept directory or inflater
+        got = requests_per_read(refs)
+        assert got.keys() <= most.keys() and all(got[k] <= most[k] for k in got), (name, got)
+        if name != "plain.dcm":
+            unkinded = [SourceRef(r.url, r.member, r.size, r.offset) for r in refs]
+            assert requests_per_read(unkinded)["get_object"] >= got["get_object"] + 1  # the first bytes, read again
+
+    # a local header with a longer extra field than the directory's (zipalign pads it so)
+    padded = io.BytesIO()
+    with zipfile.ZipFile(padded, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in members.items():
+            info = zipfile.ZipInfo(name)
+            zf.writestr(info, data)
+    blob = bytearray(padded.getvalue())
+    first = blob.index(b"PK\x03\x04")
+    name_len, pad = int.from_bytes(blob[first + 26 : first + 28], "little"), 1000
+    blob[first + 28 : first + 30] = pad.to_bytes(2, "little")
+    blob[first + 30 + name_len : first + 30 + name_len] = bytes(pad)
+    # every later local header and the directory move by the padding
+    directory = blob.rindex(b"PK\x05\x06")
+    cd_offset = int.from_bytes(blob[directory + 16 : directory + 20], "little")
+    blob[directory + 16 : directory + 20] = (cd_offset + pad).to_bytes(4, "little")
+    at = cd_offset + pad
+    while blob[at : at + 4] == b"PK\x01\x02":
+        offset = int.from_bytes(blob[at + 42 : at + 46], "little")
+        if offset > first:
+            blob[at + 42 : at + 46] = (offset + pad).to_bytes(4, "little")
+        at += 46 + sum(int.from_bytes(blob[at + k : at + k + 2], "little") for k in (28, 30, 32))
+    assert zipfile.ZipFile(io.BytesIO(bytes(blob))).read("export/00.dcm") == members["export/00.dcm"]
+    fs.pipe("req-bucket/padded.zip", bytes(blob))
+    refs = list(expand_file("s3://req-bucket/padded.zip", storage_options=s3))
+    assert [read_source(r, storage_options=s3) for r in refs] == list(members.values())
 
 
 def test_a_restore_of_one_instance_fetches_its_record(s3, tmp_path, monkeypatch):
