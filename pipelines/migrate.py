@@ -102,14 +102,15 @@ class ListTop(beam.DoFn):
 
 
 class FindFiles(beam.DoFn):
-    """(URL, is a folder) -> every file URL under it: each top-level folder walked on its own worker."""
+    """(URL, is a folder) -> (URL, what the listing said of it, or None) of every file
+    under it: each top-level folder walked on its own worker."""
 
     def __init__(self, cfg: MigrateConfig) -> None:
         self.cfg = cfg
 
-    def process(self, entry: tuple[str, bool]) -> Iterator[str]:
+    def process(self, entry: tuple[str, bool]) -> Iterator[tuple[str, dict | None]]:
         url, is_dir = entry
-        yield from (find_files(url, storage_options=self.cfg.storage_options) if is_dir else [url])
+        yield from (find_files(url, storage_options=self.cfg.storage_options) if is_dir else [(url, None)])
 
 
 class ExpandFile(beam.DoFn):
@@ -125,8 +126,9 @@ class ExpandFile(beam.DoFn):
     def setup(self) -> None:
         self.identity = _resolve_identity(self.cfg)
 
-    def process(self, url: str) -> Iterator[Any]:
-        for item in expand_file(url, storage_options=self.cfg.storage_options):
+    def process(self, listed: tuple[str, dict | None]) -> Iterator[Any]:
+        url, info = listed
+        for item in expand_file(url, storage_options=self.cfg.storage_options, info=info):
             if isinstance(item, tuple):
                 ref, exc = item
                 Metrics.counter(NAMESPACE, "deadlettered").inc()

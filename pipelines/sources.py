@@ -31,6 +31,8 @@ HEAD_BYTES = 512
 ARCHIVE_BLOCK = 1 << 20
 _ZIP_MAGIC = b"PK\x03\x04"
 _GZIP_MAGIC = b"\x1f\x8b"
+# What tells one version of an object from another (S3, GCS, local files).
+_VERSION_KEYS = ("ETag", "etag", "generation", "md5Hash", "LastModified", "updated", "mtime")
 
 
 @dataclass(frozen=True, order=True)
@@ -118,8 +120,8 @@ def list_sources(src: str, *, storage_options: dict | None = None) -> Iterator[S
     expand_file); this is them in a row, in order.
     """
     for url, is_dir in list_top(src, storage_options=storage_options):
-        for file_url in (find_files(url, storage_options=storage_options) if is_dir else [url]):
-            yield from expand_file(file_url, storage_options=storage_options)
+        for file_url, info in (find_files(url, storage_options=storage_options) if is_dir else [(url, None)]):
+            yield from expand_file(file_url, storage_options=storage_options, info=info)
 
 
 def list_top(src: str, *, storage_options: dict | None = None) -> list[tuple[str, bool]]:
@@ -137,22 +139,46 @@ def list_top(src: str, *, storage_options: dict | None = None) -> list[tuple[str
     return sorted(out)
 
 
-def find_files(url: str, *, storage_options: dict | None = None) -> list[str]:
-    """Every file under one folder, at any depth (sorted URLs)."""
+def find_files(url: str, *, storage_options: dict | None = None) -> list[tuple[str, dict]]:
+    """(URL, what the listing said of it: ``listed_info``) of every file under one
+    folder, at any depth, sorted by URL."""
     fs, root = open_fs(url, storage_options)
-    return [fs.unstrip_protocol(p) for p in sorted(fs.find(root))]
+    return [(fs.unstrip_protocol(p), listed_info(entry)) for p, entry in sorted(fs.find(root, detail=True).items())]
 
 
-def expand_file(url: str, *, storage_options: dict | None = None) -> Iterator[SourceRef | tuple[SourceRef, Exception]]:
+# What a listing's entry keeps for opening the file later: its size and version (s3fs
+# checks each read's ETag against it), so opening it asks the store for neither again.
+_LISTED_KEYS = ("name", "size", "type", "VersionId", *_VERSION_KEYS)
+
+
+def listed_info(entry: dict) -> dict:
+    """The part of a listing's entry (``fs.find(detail=True)``) that opening its file uses."""
+    return {k: entry[k] for k in _LISTED_KEYS if entry.get(k) is not None}
+
+
+def _open_listed(fs, path: str, info: dict | None, **kwargs) -> BinaryIO:
+    """``fs.open(path, "rb", **kwargs)`` given what a listing or ``fs.info`` said of the
+    file (``info``; None: asked on opening, as fsspec does): on s3fs and gcsfs opening a
+    file asks for its size, and the first read for its ETag, unless given."""
+    size = None if info is None else info.get("size")
+    fh = fs.open(path, "rb", size=size, **kwargs)
+    if size is not None and isinstance(fh, fsspec.spec.AbstractBufferedFile):
+        fh.details = info
+    return fh
+
+
+def expand_file(url: str, *, storage_options: dict | None = None,
+                info: dict | None = None) -> Iterator[SourceRef | tuple[SourceRef, Exception]]:
     """One listed file -> its inputs: the file, or each member of a zip/tar(.gz) archive
     (read from its first ``HEAD_BYTES``); (SourceRef, error) when an archive cannot be
-    listed."""
+    listed. ``info``: what the listing said of it (``find_files``), so that reading its
+    first bytes is one request."""
     fs, path = open_fs(url, storage_options)
     url = fs.unstrip_protocol(path)
     try:
-        with fs.open(path, "rb", block_size=HEAD_BYTES, cache_type="none") as fh:
+        with _open_listed(fs, path, info, block_size=HEAD_BYTES, cache_type="none") as fh:
             head = fh.read(HEAD_BYTES)
-            size = getattr(fh, "size", None)  # known from opening it: no request of its own
+            size = getattr(fh, "size", None)  # known from opening it (or the listing): no request of its own
         kind = _archive_kind(head)
         members = None if kind is None else _archive_members(fs, path, kind)
     except Exception as exc:  # an unreadable archive is a dead letter, never a crash
@@ -197,10 +223,7 @@ def read_source(ref: SourceRef, *, storage_options: dict | None = None, limits: 
         size = info.get("size")
         if size is not None:
             limits.check_size(int(size))
-        with fs.open(path, "rb", block_size=ARCHIVE_BLOCK, size=size) as fh:
-            if size is not None and isinstance(fh, fsspec.spec.AbstractBufferedFile):
-                # what the file would ask for again (s3fs: its size, and the ETag its reads must match)
-                fh.details = info
+        with _open_listed(fs, path, info, block_size=ARCHIVE_BLOCK) as fh:
             data = fh.read() if size is not None else _read_bounded(fh, limits, compressed=None)
         limits.check_size(len(data))
         return _gunzip(data, limits) if data.startswith(_GZIP_MAGIC) else data
@@ -292,7 +315,6 @@ def _read_tar_member(fileobj, ref: SourceRef, limits: ReadLimits) -> bytes:
 _KEPT: OrderedDict[tuple, Any] = OrderedDict()
 _KEPT_ARCHIVES = 8
 _KEPT_LOCK = threading.Lock()
-_VERSION_KEYS = ("ETag", "etag", "generation", "md5Hash", "LastModified", "updated", "mtime")
 
 
 def _kept_archive(fs, path: str, kind: str, make: Callable[[BinaryIO], Any]) -> Any:

@@ -362,7 +362,7 @@ def test_a_member_read_is_one_request_or_two(s3, fetched):
     as zipfile asks."""
     import tarfile
 
-    from pipelines.sources import expand_file, read_source
+    from pipelines.sources import expand_file, list_sources, read_source
 
     fs = s3fs.S3FileSystem(**s3)
     fs.mkdir("req-bucket")
@@ -425,6 +425,15 @@ def test_a_member_read_is_one_request_or_two(s3, fetched):
     fs.pipe("req-bucket/padded.zip", bytes(blob))
     refs = list(expand_file("s3://req-bucket/padded.zip", storage_options=s3))
     assert [read_source(r, storage_options=s3) for r in refs] == list(members.values())
+
+    # listing a folder: one request for each file's first bytes (its size and ETag from
+    # the folder's listing), none to ask for them again
+    fetched.requests.clear()
+    listed = list(list_sources("s3://req-bucket/", storage_options=s3))
+    assert len(listed) == 1 + 4 * 12 and all(isinstance(r, SourceRef) for r in listed)
+    assert fetched.requests["head_object"] == 0, fetched.requests
+    assert fetched.requests["get_object"] <= 5 + 4 * 2  # the five heads, and the archives' listings
+    assert read_source(listed[-1], storage_options=s3) == members["export/00.dcm"]
 
 
 def test_a_restore_of_one_instance_fetches_its_record(s3, tmp_path, monkeypatch):
