@@ -201,6 +201,12 @@ def _archive_members(fs, path: str, kind: str) -> list[tuple[str, int, int | Non
         try:
             with tarfile.open(fileobj=fh, mode="r:gz" if kind == "tgz" else "r:") as tf:
                 names = [(info.name, info.size, info.offset) for info in tf.getmembers() if info.isfile()]
+                if kind == "tgz":
+                    # tarfile stops at the tar's end, before gzip's checksums: read on to
+                    # them, so a tar.gz damaged where it still inflates is a dead letter
+                    # (damaged bits in stored or Huffman-coded bytes inflate to other bytes)
+                    while tf.fileobj.read(ARCHIVE_BLOCK):
+                        pass
                 # gzip'd zeros read as an empty tar: take such a file as one input, never as none
                 return None if kind == "tgz" and not names else names
         except tarfile.TarError:

@@ -272,3 +272,19 @@ def test_tar_gz_reads_benchmark(tmp_path, fresh, testdata_path, capsys):
     with pytest.raises(SystemExit):
         tar_gz_reads.main(["--copies", "0"])
     assert "--copies" in capsys.readouterr().err
+
+
+def test_tgz_whose_checksum_fails_is_not_listed(tmp_path, fresh):
+    """A byte changed in a stored deflate block inflates without complaint to another
+    byte; tarfile stops reading at the tar's end marker, before gzip's CRC-32. Listing
+    reads on to it, so the archive is a dead letter rather than members archived with
+    bytes their source never had."""
+    members = _members(6, 20 << 10, seed=8)
+    blob = bytearray(gzip.compress(_tar(members), compresslevel=0))
+    path = tmp_path / "damaged.tar.gz"
+    path.write_bytes(bytes(blob))
+    assert [r.member for r in expand_file(f"file://{path}")] == list(members)
+    blob[len(blob) // 2] ^= 0x40  # inside a member's data: stored, so it inflates as it is
+    path.write_bytes(bytes(blob))
+    [(ref, exc)] = list(expand_file(f"file://{path}"))
+    assert ref.member is None and "CRC" in str(exc)
