@@ -365,12 +365,13 @@ def _zip_directory(fs, path: str) -> tuple[zipfile.ZipFile, "_WindowedFile"]:
 _ZIP_LOCAL_HEADER = 30  # a zip member's local header before its name and extra field
 
 
-class _WindowedFile:
-    """A file whose reads that fall inside the calling thread's window (``window``:
-    (offset, bytes)) are served from it, the others from ``fh``."""
+class _PositionedFile(io.RawIOBase):
+    """A readable file that keeps its own position (``at``); subclasses read."""
 
-    def __init__(self, fh: BinaryIO) -> None:
-        self.fh, self.at, self.local = fh, 0, threading.local()
+    at = 0
+
+    def readable(self) -> bool:
+        return True
 
     def seekable(self) -> bool:
         return True
@@ -379,17 +380,35 @@ class _WindowedFile:
         return self.at
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            self.at = offset
-        elif whence == io.SEEK_CUR:
-            self.at += offset
-        else:
-            self.at = self.fh.seek(offset, whence)
-        return self.at
+        if whence == io.SEEK_CUR:
+            offset += self.at
+        elif whence == io.SEEK_END:
+            offset += self._end()
+        elif whence != io.SEEK_SET:
+            raise ValueError(f"invalid whence {whence}")
+        if offset < 0:
+            raise ValueError("negative seek position")
+        self.at = offset
+        return offset
+
+    def _end(self) -> int:
+        raise io.UnsupportedOperation("seek from the end")
+
+
+class _WindowedFile(_PositionedFile):
+    """A file whose reads that fall inside the calling thread's window (``window``:
+    (offset, bytes)) are served from it, the others from ``fh``."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        super().__init__()
+        self.fh, self.local = fh, threading.local()
+
+    def _end(self) -> int:
+        return self.fh.seek(0, io.SEEK_END)
 
     def read(self, size: int = -1) -> bytes:
         start, data = getattr(self.local, "window", None) or (0, b"")
-        if size >= 0 and start <= self.at and self.at + size <= start + len(data):
+        if size is not None and size >= 0 and start <= self.at and self.at + size <= start + len(data):
             out = data[self.at - start : self.at - start + size]
         else:
             self.fh.seek(self.at)
@@ -399,6 +418,7 @@ class _WindowedFile:
 
     def close(self) -> None:
         self.fh.close()
+        super().close()
 
 
 @contextlib.contextmanager
@@ -533,31 +553,12 @@ class _Inflated:
         return b"".join(parts)
 
 
-class _InflatedFile(io.RawIOBase):
+class _InflatedFile(_PositionedFile):
     """A file over ``_Inflated`` bytes with its own position, as tarfile reads one."""
 
     def __init__(self, inflated: _Inflated) -> None:
         super().__init__()
-        self.inflated, self.at = inflated, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.at
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_CUR:
-            offset += self.at
-        elif whence != io.SEEK_SET:
-            raise io.UnsupportedOperation("seek from the end of inflated data")
-        if offset < 0:
-            raise ValueError("negative seek position")
-        self.at = offset
-        return offset
+        self.inflated = inflated
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:

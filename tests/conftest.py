@@ -6,7 +6,10 @@ take them as the fixtures ``testdata`` and ``testdata_path``.
 """
 
 import functools
+import io
 import os
+import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +164,23 @@ def smooth_image(rows: int, cols: int, bits: int, seed: int = 0, noise: float = 
     top = (1 << bits) - 1
     img = top / 2 + top / 3 * np.sin(x / 17.0) * np.cos(y / 23.0) + rng.normal(0, noise, (rows, cols))
     return np.clip(img, 0, top)
+
+
+def zip_bytes(members: dict[str, bytes], *, compression=zipfile.ZIP_DEFLATED) -> bytes:
+    """A zip of ``members`` (name -> bytes), in order."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as zf:
+        for name, payload in members.items():
+            zf.writestr(name, payload)
+    return buf.getvalue()
+
+
+def tar_bytes(members: dict[str, bytes], mode: str = "w") -> bytes:
+    """A tar (``mode`` "w:gz": a tar.gz) of ``members`` (name -> bytes), in order."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tf:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tf.addfile(info, io.BytesIO(payload))
+    return buf.getvalue()

@@ -27,7 +27,7 @@ import fsspec
 import pyarrow.parquet as pq
 import pydicom
 import pytest
-from conftest import pydicom_bytes, pydicom_file
+from conftest import pydicom_bytes, pydicom_file, tar_bytes, zip_bytes
 from pydicom.uid import UID
 
 from benchmarks.graph_sizes import synthetic_index_file
@@ -48,24 +48,6 @@ def sha(b: bytes) -> str:
 def run_cli(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "jobs.cli", *map(str, args)], capture_output=True, text=True,
                           cwd=REPO, timeout=timeout)
-
-
-def zip_bytes(members: dict[str, bytes], *, compression=zipfile.ZIP_DEFLATED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression) as zf:
-        for name, payload in members.items():
-            zf.writestr(name, payload)
-    return buf.getvalue()
-
-
-def tgz_bytes(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for name, payload in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tf.addfile(info, io.BytesIO(payload))
-    return buf.getvalue()
 
 
 # One CT study as a zip, one secondary-capture study (3 instances) as a tar.gz; the rest plain files.
@@ -94,7 +76,7 @@ def build_local_source(src: Path) -> dict[str, bytes]:
         inputs[rel] = pydicom_bytes(name)
     (src / "studies").mkdir(parents=True)
     (src / "studies" / "ct693.zip").write_bytes(zip_bytes({m: pydicom_bytes(n) for m, n in ZIP_STUDY.items()}))
-    (src / "studies" / "sc.tar.gz").write_bytes(tgz_bytes({m: pydicom_bytes(n) for m, n in TGZ_STUDY.items()}))
+    (src / "studies" / "sc.tar.gz").write_bytes(tar_bytes({m: pydicom_bytes(n) for m, n in TGZ_STUDY.items()}, "w:gz"))
     inputs.update({f"studies/ct693.zip::{m}": pydicom_bytes(n) for m, n in ZIP_STUDY.items()})
     inputs.update({f"studies/sc.tar.gz::{m}": pydicom_bytes(n) for m, n in TGZ_STUDY.items()})
     (src / "notes.txt").write_bytes(b"scanner export log, not a DICOM file\n" * 20)  # -> one dead letter

@@ -24,7 +24,7 @@ from pipelines.restore import run_restore
 from pipelines.runner import run_migrate
 from pipelines.sources import SourceRef
 
-from conftest import pydicom_bytes
+from conftest import pydicom_bytes, tar_bytes, zip_bytes
 
 s3fs = pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
@@ -226,11 +226,7 @@ def test_listing_and_reading_fetch_what_they_need(s3, fetched):
     ct = pydicom_bytes("CT_small.dcm")
     filler = bytes(range(256)) * (6 << 12)  # 6 MiB
     fs.pipe("fetch-bucket/ct.dcm", ct + b"\0" * len(filler))  # a DICOM file padded to 6 MiB
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        zf.writestr("big.bin", filler)
-        zf.writestr("ct.dcm", ct)
-    fs.pipe("fetch-bucket/study.zip", buf.getvalue())
+    fs.pipe("fetch-bucket/study.zip", zip_bytes({"big.bin": filler, "ct.dcm": ct}, compression=zipfile.ZIP_STORED))
 
     fetched.clear()
     fetched.requests.clear()
@@ -255,21 +251,14 @@ def test_a_tar_member_is_read_where_listing_found_it(s3, fetched):
     header: the whole tar for each member. Listing records where each member's headers
     begin; reading fetches that member's headers and data. A member whose offset names
     another member (the tar changed since listing) is still found by name."""
-    import tarfile
-
     from pipelines.sources import expand_file, read_source
 
     fs = s3fs.S3FileSystem(**s3)
     fs.mkdir("tar-bucket")
     ct = pydicom_bytes("CT_small.dcm")
     fillers = {f"series/{i}.bin": bytes([i]) * (64 << 10) for i in range(40)}
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        for name, data in [*fillers.items(), ("series/a-name-longer-than-one-hundred-bytes-" + "x" * 80 + ".dcm", ct)]:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    fs.pipe("tar-bucket/study.tar", buf.getvalue())
+    tar = tar_bytes({**fillers, "series/a-name-longer-than-one-hundred-bytes-" + "x" * 80 + ".dcm": ct})
+    fs.pipe("tar-bucket/study.tar", tar)
 
     fetched.clear()
     fetched.requests.clear()
@@ -283,7 +272,7 @@ def test_a_tar_member_is_read_where_listing_found_it(s3, fetched):
     assert sum(fetched) <= (64 << 10) + (4 << 10)
     moved = SourceRef(refs[-1].url, refs[-1].member, offset=refs[2].offset)
     assert read_source(moved, storage_options=s3) == ct
-    assert read_source(SourceRef(refs[-1].url, refs[-1].member, offset=len(buf.getvalue()) + 7), storage_options=s3) == ct
+    assert read_source(SourceRef(refs[-1].url, refs[-1].member, offset=len(tar) + 7), storage_options=s3) == ct
 
 
 def test_tar_gz_members_fetch_the_archive_about_once(s3, fetched):
@@ -292,20 +281,13 @@ def test_tar_gz_members_fetch_the_archive_about_once(s3, fetched):
     they now fetch it about once, and in reverse order (each read going back) a block
     or two a member."""
     import gzip
-    import tarfile
 
     from pipelines.sources import ARCHIVE_BLOCK, expand_file, read_source
 
     fs = s3fs.S3FileSystem(**s3)
     fs.mkdir("tgz-bucket")
     members = {f"series/{i:02d}.dcm": hashlib.sha512(bytes([i])).digest() * (1 << 10) for i in range(40)}
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    blob = gzip.compress(buf.getvalue(), compresslevel=0)  # stored: 2.6 MB, as big as the tar
+    blob = gzip.compress(tar_bytes(members), compresslevel=0)  # stored: 2.6 MB, as big as the tar
     fs.pipe("tgz-bucket/export.tar.gz", blob)
     refs = list(expand_file("s3://tgz-bucket/export.tar.gz", storage_options=s3))
     fetched.clear()
@@ -327,14 +309,7 @@ def test_a_zip_directory_is_read_once_for_its_members(s3, fetched):
     fs.mkdir("zip-bucket")
     members = {f"export/{'study-' * 20}{i:03d}.dcm": bytes([i]) * 4000 for i in range(60)}
 
-    def zipped(content: dict[str, bytes]) -> bytes:
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-            for name, data in content.items():
-                zf.writestr(name, data)
-        return buf.getvalue()
-
-    blob = zipped(members)
+    blob = zip_bytes(members, compression=zipfile.ZIP_STORED)
     fs.pipe("zip-bucket/export.zip", blob)
     refs = list(expand_file("s3://zip-bucket/export.zip", storage_options=s3))
     fetched.clear()
@@ -345,7 +320,7 @@ def test_a_zip_directory_is_read_once_for_its_members(s3, fetched):
     assert sum(fetched) < len(blob) + 2 * directory + 60 * HEAD_BYTES  # not 60 directories
 
     changed = {name: data[::-1] + b"!" for name, data in members.items()}
-    fs.pipe("zip-bucket/export.zip", zipped(changed))
+    fs.pipe("zip-bucket/export.zip", zip_bytes(changed, compression=zipfile.ZIP_STORED))
     fs.invalidate_cache()
     assert read_source(refs[5], storage_options=s3) == changed[refs[5].member]
 
@@ -360,26 +335,14 @@ def test_a_member_read_is_one_request_or_two(s3, fetched):
     compressed bytes as it goes. A ref made without its kind reads the archive's first
     bytes as before; a zip whose member header is longer than the directory's is read
     as zipfile asks."""
-    import tarfile
-
     from pipelines.sources import expand_file, list_sources, read_source
 
     fs = s3fs.S3FileSystem(**s3)
     fs.mkdir("req-bucket")
     members = {f"export/{i:02d}.dcm": hashlib.sha512(bytes([i])).digest() * (40 + i) for i in range(12)}
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    fs.pipe("req-bucket/export.zip", buf.getvalue())
-    tar = io.BytesIO()
-    with tarfile.open(fileobj=tar, mode="w") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    fs.pipe("req-bucket/export.tar", tar.getvalue())
-    fs.pipe("req-bucket/export.tar.gz", __import__("gzip").compress(tar.getvalue()))
+    fs.pipe("req-bucket/export.zip", zip_bytes(members))
+    fs.pipe("req-bucket/export.tar", tar_bytes(members))
+    fs.pipe("req-bucket/export.tar.gz", tar_bytes(members, "w:gz"))
     fs.pipe("req-bucket/plain.dcm", members["export/00.dcm"])
 
     def requests_per_read(refs) -> dict:
@@ -401,12 +364,7 @@ def test_a_member_read_is_one_request_or_two(s3, fetched):
             assert requests_per_read(unkinded)["get_object"] >= got["get_object"] + 1  # the first bytes, read again
 
     # a local header with a longer extra field than the directory's (zipalign pads it so)
-    padded = io.BytesIO()
-    with zipfile.ZipFile(padded, "w", zipfile.ZIP_STORED) as zf:
-        for name, data in members.items():
-            info = zipfile.ZipInfo(name)
-            zf.writestr(info, data)
-    blob = bytearray(padded.getvalue())
+    blob = bytearray(zip_bytes(members, compression=zipfile.ZIP_STORED))
     first = blob.index(b"PK\x03\x04")
     name_len, pad = int.from_bytes(blob[first + 26 : first + 28], "little"), 1000
     blob[first + 28 : first + 30] = pad.to_bytes(2, "little")

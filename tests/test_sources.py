@@ -9,7 +9,6 @@ order, the threads, the gzip members or a change of the file between reads.
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import random
 import tarfile
@@ -19,18 +18,9 @@ import zlib
 import numpy as np
 import pytest
 
+from conftest import tar_bytes
 from pipelines import sources
 from pipelines.sources import ReadLimits, SourceRef, expand_file, read_source
-
-
-def _tar(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def _members(n: int, size: int, seed: int = 0) -> dict[str, bytes]:
@@ -55,7 +45,7 @@ def _kept_inflater(path) -> sources._Inflated:
 
 def test_tgz_members_read_in_any_order_inflate_the_archive_about_once(tmp_path, fresh):
     members = _members(96, 48 << 10)
-    tar = _tar(members)
+    tar = tar_bytes(members)
     path = tmp_path / "export.tar.gz"
     path.write_bytes(gzip.compress(tar, compresslevel=1))
     refs = list(expand_file(f"file://{path}"))
@@ -83,7 +73,7 @@ def test_tgz_states_are_thinned_past_their_limit(tmp_path, fresh, monkeypatch):
     monkeypatch.setattr(sources, "INFLATE_SPACING", 64 << 10)
     monkeypatch.setattr(sources, "INFLATE_STATES_KEPT", 6)
     members = _members(40, 40 << 10, seed=1)
-    tar = _tar(members)
+    tar = tar_bytes(members)
     path = tmp_path / "export.tgz"
     path.write_bytes(gzip.compress(tar, compresslevel=1))
     refs = list(expand_file(f"file://{path}"))
@@ -102,7 +92,7 @@ def test_tgz_of_several_gzip_members_and_trailing_bytes(tmp_path, fresh, monkeyp
     gzip member are ignored, as gzip ignores trailing zeros."""
     monkeypatch.setattr(sources, "INFLATE_SPACING", 32 << 10)
     members = _members(24, 20 << 10, seed=2)
-    tar = _tar(members)
+    tar = tar_bytes(members)
     cuts = [0, 100_000, 100_001, 250_000, len(tar)]
     path = tmp_path / "parts.tar.gz"
     parts = [gzip.compress(tar[a:b]) for a, b in zip(cuts, cuts[1:])]
@@ -119,7 +109,7 @@ def test_tgz_of_several_gzip_members_and_trailing_bytes(tmp_path, fresh, monkeyp
 def test_tgz_reads_from_threads_changes_and_damage(tmp_path, fresh):
     members = _members(30, 30 << 10, seed=4)
     path = tmp_path / "study.tar.gz"
-    path.write_bytes(gzip.compress(_tar(members)))
+    path.write_bytes(gzip.compress(tar_bytes(members)))
     refs = list(expand_file(f"file://{path}"))
 
     # threads reading the same archive get their own members
@@ -144,13 +134,13 @@ def test_tgz_reads_from_threads_changes_and_damage(tmp_path, fresh):
 
     # the archive replaced under the same name: its new bytes, not the kept inflater's
     changed = {name: data[::-1] for name, data in members.items()}
-    path.write_bytes(gzip.compress(_tar(changed), compresslevel=9))
+    path.write_bytes(gzip.compress(tar_bytes(changed), compresslevel=9))
     os.utime(path, ns=(10**18, 10**18))
     assert read_source(refs[20]) == changed[refs[20].member]
 
     # cut short: members before the cut read; one past it fails, and the inflater is
     # dropped, so the next read starts anew and is right
-    blob = gzip.compress(_tar(members))
+    blob = gzip.compress(tar_bytes(members))
     path.write_bytes(blob[: len(blob) * 2 // 3])
     os.utime(path, ns=(2 * 10**18, 2 * 10**18))
     with pytest.raises((EOFError, tarfile.ReadError)):
@@ -162,7 +152,7 @@ def test_tgz_reads_from_threads_changes_and_damage(tmp_path, fresh):
 def test_tgz_member_over_the_size_limit_is_refused(tmp_path, fresh):
     members = _members(4, 200 << 10, seed=6)
     path = tmp_path / "big.tar.gz"
-    path.write_bytes(gzip.compress(_tar(members)))
+    path.write_bytes(gzip.compress(tar_bytes(members)))
     refs = list(expand_file(f"file://{path}"))
     with pytest.raises(sources.InputTooLargeError):
         read_source(refs[2], limits=ReadLimits(max_bytes=100 << 10))
@@ -187,7 +177,7 @@ def test_tgz_member_that_inflates_past_the_ratio_limit_is_stopped(tmp_path, fres
     the member after it still reads."""
     ct = bytes(range(256)) * 64
     path = tmp_path / "bomb.tar.gz"
-    path.write_bytes(gzip.compress(_tar({"a.dcm": ct, "zeros.dcm": bytes(200 << 20), "b.dcm": ct}), compresslevel=1))
+    path.write_bytes(gzip.compress(tar_bytes({"a.dcm": ct, "zeros.dcm": bytes(200 << 20), "b.dcm": ct}), compresslevel=1))
     refs = list(expand_file(f"file://{path}"))
     assert read_source(refs[0]) == ct
     with pytest.raises(sources.InputTooLargeError, match="200:1"):
@@ -198,7 +188,7 @@ def test_tgz_member_that_inflates_past_the_ratio_limit_is_stopped(tmp_path, fres
     # past it: its compressed bytes are counted from where it begins
     first = np.random.default_rng(7).integers(0, 16, 3 << 20, dtype=np.uint8).tobytes()
     path = tmp_path / "head.tar.gz"
-    path.write_bytes(gzip.compress(_tar({"first.dcm": first, "second.dcm": ct})))
+    path.write_bytes(gzip.compress(tar_bytes({"first.dcm": first, "second.dcm": ct})))
     refs = list(expand_file(f"file://{path}"))
     assert read_source(refs[1]) == ct
     assert read_source(refs[0], limits=ReadLimits(ratio_from=1 << 20, max_ratio=3)) == first
@@ -215,7 +205,7 @@ def test_tgz_damaged_after_listing_reads_as_tarfile_does_or_fails_cleanly(tmp_pa
     rng = np.random.default_rng(0)
     members = {f"s/{i}.dcm": rng.integers(0, 4096, int(rng.integers(10, 30000)), dtype=np.uint16).tobytes()
                for i in range(12)}
-    tar = _tar(members)
+    tar = tar_bytes(members)
     intact = gzip.compress(tar[:150_000]) + gzip.compress(tar[150_000:])
     path = tmp_path / "export.tar.gz"
     path.write_bytes(intact)
@@ -280,7 +270,7 @@ def test_tgz_whose_checksum_fails_is_not_listed(tmp_path, fresh):
     reads on to it, so the archive is a dead letter rather than members archived with
     bytes their source never had."""
     members = _members(6, 20 << 10, seed=8)
-    blob = bytearray(gzip.compress(_tar(members), compresslevel=0))
+    blob = bytearray(gzip.compress(tar_bytes(members), compresslevel=0))
     path = tmp_path / "damaged.tar.gz"
     path.write_bytes(bytes(blob))
     assert [r.member for r in expand_file(f"file://{path}")] == list(members)
