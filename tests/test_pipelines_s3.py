@@ -35,6 +35,7 @@ ZIPPED = {  # two studies in one zip
     "sc/2.dcm": "SC_rgb_small_odd.dcm",
     "emri/1.dcm": "emri_small.dcm",
 }
+TGZ = {"ot/face.dcm": "OT-PAL-8-face.dcm"}  # a study in a tar.gz
 
 
 def sha(b: bytes) -> str:
@@ -69,22 +70,20 @@ def test_s3_migrate_audit_restore(s3, tmp_path):
     fs.mkdir("dst-bucket")
     for key, name in PLAIN.items():
         fs.pipe(f"src-bucket/{key}", pydicom_bytes(name))
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for member, name in ZIPPED.items():
-            zf.writestr(member, pydicom_bytes(name))
-    fs.pipe("src-bucket/in/zips/studies.zip", buf.getvalue())
+    fs.pipe("src-bucket/in/zips/studies.zip", zip_bytes({m: pydicom_bytes(n) for m, n in ZIPPED.items()}))
+    fs.pipe("src-bucket/in/tgz/export.tar.gz", tar_bytes({m: pydicom_bytes(n) for m, n in TGZ.items()}, "w:gz"))
     src, dst = "s3://src-bucket/in", "s3://dst-bucket/archives/one"
 
     first = run_migrate(src, dst, preset="fast", local_model="classical-v1", progress=False, phi_in_clear=True, storage_options=s3, workers=2,
                         beam_args=["--direct_running_mode=multi_processing"])
-    assert (first["archived"], first["deadlettered"], first["skipped"]) == (6, 0, 0)
-    assert first["shards"] == 5  # CT, MR, NM, SC (2 instances) and emri studies
+    assert (first["archived"], first["deadlettered"], first["skipped"]) == (7, 0, 0)
+    assert first["shards"] == 6  # CT, MR, NM, SC (2 instances), emri and OT studies
 
     archive = Archive(dst, storage_options=s3)
     identity = archive.open_or_create(key=None, key_mode="keyring")
     refs = [SourceRef(f"s3://src-bucket/{key}") for key in PLAIN]
     refs += [SourceRef("s3://src-bucket/in/zips/studies.zip", member) for member in ZIPPED]
+    refs += [SourceRef("s3://src-bucket/in/tgz/export.tar.gz", member) for member in TGZ]
     index = archive.read_index().to_pylist()
     keys = [r["source_key"] for r in index]
     assert sorted(keys) == sorted(identity.hash("source", r.identity) for r in refs)
@@ -93,22 +92,22 @@ def test_s3_migrate_audit_restore(s3, tmp_path):
 
     audit = run_audit(dst, deep=True, storage_options=s3)
     assert audit["failures"] == 0, audit["first_failures"]
-    assert audit["records_checked"] == 6
+    assert audit["records_checked"] == 7
 
     out = tmp_path / "restored"
     restored = run_restore(dst, str(out), storage_options=s3)
     files = [p for p in out.rglob("*") if p.is_file()]
-    assert restored["selected"] == len(files) == 6
+    assert restored["selected"] == len(files) == 7
     assert sorted(sha(p.read_bytes()) for p in files) == sorted(
-        sha(pydicom_bytes(n)) for n in [*PLAIN.values(), *ZIPPED.values()]
+        sha(pydicom_bytes(n)) for n in [*PLAIN.values(), *ZIPPED.values(), *TGZ.values()]
     )
 
     shards_before = sorted(fs.find("dst-bucket/archives/one/shards"))
     second = run_migrate(src, dst, preset="fast", local_model="classical-v1", progress=False, phi_in_clear=True, storage_options=s3)
-    assert (second["archived"], second["skipped"], second["shards"]) == (0, 6, 0)
+    assert (second["archived"], second["skipped"], second["shards"]) == (0, 7, 0)
     fs.invalidate_cache()
     assert sorted(fs.find("dst-bucket/archives/one/shards")) == shards_before
-    assert len(fs.find("dst-bucket/archives/one/index")) == 5
+    assert len(fs.find("dst-bucket/archives/one/index")) == 6
     assert len(fs.find("dst-bucket/archives/one/runs")) == 2
 
 
