@@ -18,7 +18,7 @@ import json
 import tarfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -238,6 +238,21 @@ def _dealt_evenly(pairs: list[tuple[SourceRef, frozenset]], ways: int) -> list[t
     return balanced_order(pairs, [ref.size or 0 for ref, _ in pairs], ways)
 
 
+# A local run reads inputs ahead of the threads that code them (``EncodeInstance.prefetch``),
+# up to PREFETCH_AHEAD inputs a thread; inputs listed larger than PREFETCH_MAX_BYTES are
+# read when coded, so what is held read ahead stays under 256 MiB with two threads.
+PREFETCH_AHEAD = 4
+PREFETCH_MAX_BYTES = 32 << 20
+
+
+class _Read(NamedTuple):
+    """One input's bytes, or the error reading it gave, and the seconds it took."""
+
+    data: bytes | None
+    error: BaseException | None
+    seconds: float
+
+
 class EncodeInstance(beam.DoFn):
     """Read, checksum, skip if already archived, compress (verified) -> (study_key, instance)."""
 
@@ -264,15 +279,32 @@ class EncodeInstance(beam.DoFn):
             limits=medcodec.DicomLimits(memory_bytes=cfg.memory_budget, max_pixel_ratio=cfg.max_pixel_ratio,
                                         seconds=cfg.max_seconds))
 
-    def process(self, element: tuple[SourceRef, frozenset]) -> Iterator[Any]:
-        ref, indexed = element  # indexed: the checksums this source is archived with already
-        ident, cfg = self.identity, self.cfg
-        source_key = ident.hash("source", ref.identity)
+    def prefetch(self, element: tuple[SourceRef, frozenset]) -> tuple:
+        """``element`` with its input read (``_Read``), for ``process``: run ahead of the
+        coding threads in a local run (``threadqueue``), from other threads, so it uses
+        only the config. Inputs listed over PREFETCH_MAX_BYTES, or of no listed size,
+        are read by ``process`` (at most ``ahead`` inputs are held read ahead)."""
+        ref, indexed = element
+        if ref.size is None or ref.size > PREFETCH_MAX_BYTES:
+            return element
+        return ref, indexed, self._read(ref)
+
+    def _read(self, ref: SourceRef) -> _Read:
         t0 = time.perf_counter()
         try:
-            data = read_source(ref, storage_options=cfg.storage_options,
-                               limits=ReadLimits(max_bytes=cfg.max_input_bytes))
+            data = read_source(ref, storage_options=self.cfg.storage_options,
+                               limits=ReadLimits(max_bytes=self.cfg.max_input_bytes))
         except Exception as exc:
+            return _Read(None, exc, time.perf_counter() - t0)
+        return _Read(data, None, time.perf_counter() - t0)
+
+    def process(self, element: tuple) -> Iterator[Any]:
+        # indexed: the checksums this source is archived with already; read: where prefetch read it
+        ref, indexed, *read = element
+        ident, cfg = self.identity, self.cfg
+        source_key = ident.hash("source", ref.identity)
+        data, exc, read_s = read[0] if read else self._read(ref)
+        if exc is not None:
             if is_unavailable(exc):  # the store, not this input: stop the run (a re-run resumes)
                 raise StorageUnavailableError(f"SRC storage did not answer reading an input ({type(exc).__name__})"
                                               ) from exc
@@ -280,7 +312,6 @@ class EncodeInstance(beam.DoFn):
             yield beam.pvalue.TaggedOutput("dead", _dead_row(ident, ref, "read", exc, cfg.run_id))
             self.progress.tick(0, 0, failed=True)
             return
-        read_s = time.perf_counter() - t0
         sha = hashlib.sha256(data).hexdigest()
         if sha in indexed:
             Metrics.counter(NAMESPACE, "skipped").inc()
@@ -700,7 +731,7 @@ class Migrate(beam.PTransform):
                 inputs = (inputs | "Gather" >> beam.combiners.ToList()
                           | "DealEvenly" >> beam.FlatMap(_dealt_evenly, cfg.local_workers))
             inputs = spread(inputs, "Reshuffle")
-        encode = queued(EncodeInstance(cfg), cfg.local_threads, weight=_input_size)
+        encode = queued(EncodeInstance(cfg), cfg.local_threads, weight=_input_size, ahead=PREFETCH_AHEAD * (cfg.local_threads or 0))
         encoded = inputs | "Encode" >> beam.ParDo(encode).with_outputs("dead", "skipped", main="instances")
         # A local run's threads write the studies' shards from one queue too (to object
         # storage each shard is several round trips), the largest study first.

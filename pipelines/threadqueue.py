@@ -21,6 +21,12 @@ take its state tracker, as Beam's worker threads do).
 
 Distributed runners balance work themselves (dynamic work rebalancing), and local
 worker processes share no queue: neither takes this step (``local_threads``).
+
+With ``ahead``, a DoFn that has a ``prefetch(element)`` method gets each element through
+it first, in ``ahead`` threads of their own, at most ``ahead`` elements beyond the last
+one a thread took (``_Prefetcher``): the migrate stage reads its inputs there, so a
+read's round trips to object storage (10-30 ms each on S3) overlap the coding of the
+elements before it instead of holding a coding thread idle.
 """
 
 from __future__ import annotations
@@ -63,20 +69,25 @@ class _Gather(beam.PTransform):
                 | "List" >> beam.MapTuple(lambda _, elements: list(elements)))
 
 
-def queued(fn: beam.DoFn, threads: int | None, weight: Callable[[Any], float] | None = None) -> beam.DoFn:
+def queued(fn: beam.DoFn, threads: int | None, weight: Callable[[Any], float] | None = None, *,
+           ahead: int = 0) -> beam.DoFn:
     """``fn``, or where ``threads`` is set, ``fn`` run as a ``ThreadQueue`` (its input
     ``gathered``)."""
-    return fn if threads is None else ThreadQueue(fn, threads, weight)
+    return fn if threads is None else ThreadQueue(fn, threads, weight, ahead=ahead)
 
 
 class ThreadQueue(beam.DoFn):
     """A list of elements -> what ``fn`` gives for each, ``threads`` threads taking them
-    from one queue, the heaviest first by ``weight`` (else in the list's order)."""
+    from one queue, the heaviest first by ``weight`` (else in the list's order); with
+    ``ahead`` and a ``fn.prefetch``, each element through ``fn.prefetch`` first, up to
+    ``ahead`` elements ahead (module docstring)."""
 
-    def __init__(self, fn: beam.DoFn, threads: int, weight: Callable[[Any], float] | None = None) -> None:
+    def __init__(self, fn: beam.DoFn, threads: int, weight: Callable[[Any], float] | None = None, *,
+                 ahead: int = 0) -> None:
         self.fn = fn
         self.threads = threads
         self.weight = weight
+        self.ahead = ahead if hasattr(fn, "prefetch") else 0
 
     def process(self, elements: list) -> Iterator[Any]:
         from apache_beam.runners.worker import statesampler
@@ -87,6 +98,8 @@ class ThreadQueue(beam.DoFn):
         made_lock = threading.Lock()
 
         def run(element: Any) -> list:
+            if prefetched is not None:
+                element = prefetched.take(element)  # its index: the element, as prefetch gave it
             fn = getattr(local, "fn", None)
             if fn is None:  # this thread's copy, set up in it
                 statesampler.set_current_tracker(tracker)
@@ -99,14 +112,54 @@ class ThreadQueue(beam.DoFn):
 
         if self.weight is not None:
             elements = sorted(elements, key=lambda e: -self.weight(e))
+        prefetched = _Prefetcher(elements, self.fn.prefetch, self.ahead) if self.ahead and elements else None
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="medarchive-queue")
         try:
-            pending = {pool.submit(run, element) for element in elements}
+            # submitted in order, so the threads take them in order (what the prefetcher reads ahead)
+            pending = {pool.submit(run, i if prefetched is not None else element) for i, element in enumerate(elements)}
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     yield from future.result()  # an element that fails the stage fails it here
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            if prefetched is not None:
+                prefetched.close()
             for fn in made:
                 fn.teardown()
+
+
+class _Prefetcher:
+    """``fetch(element)`` of each of ``elements``, in ``ahead`` threads, started in order
+    and at most ``ahead`` beyond the last element taken (``take``: by index, each once).
+    Its threads run nothing else, so every fetch finishes and every ``take`` returns: the
+    element it waits for was started when the element ``ahead`` before it was taken, or
+    at the start."""
+
+    def __init__(self, elements: list, fetch: Callable[[Any], Any], ahead: int) -> None:
+        self.elements, self.fetch, self.ahead = elements, fetch, ahead
+        self.pool = ThreadPoolExecutor(ahead, thread_name_prefix="medarchive-fetch")
+        self.futures: dict[int, Any] = {}
+        self.started = 0
+        self.cond = threading.Condition()
+        with self.cond:
+            self._start_up_to(ahead)
+
+    def _start_up_to(self, end: int) -> None:
+        while self.started < min(end, len(self.elements)):
+            self.futures[self.started] = self.pool.submit(self.fetch, self.elements[self.started])
+            self.started += 1
+        self.cond.notify_all()
+
+    def take(self, index: int) -> Any:
+        with self.cond:
+            self.cond.wait_for(lambda: index in self.futures)
+            future = self.futures.pop(index)
+        try:
+            return future.result()
+        finally:
+            with self.cond:
+                self._start_up_to(index + 1 + self.ahead)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)

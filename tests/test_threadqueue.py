@@ -73,6 +73,63 @@ def test_a_failing_element_fails_the_stage_and_the_rest_are_not_started():
     assert len(Sleeper.log) < 10
 
 
+class Fetching(beam.DoFn):
+    """(name, seconds) elements: ``prefetch`` "reads" each (in the queue's fetch threads),
+    ``process`` gives (name, what prefetch gave). Records, in class state shared by the
+    queue's copies, the fetches' threads and how many fetched elements waited at most."""
+
+    lock = threading.Lock()
+    state: dict = {}
+
+    def __init__(self, fail: str | None = None) -> None:
+        self.fail = fail
+        Fetching.state = {"fetched": [], "waiting": 0, "most_waiting": 0, "c_read": threading.Event()}
+
+    def prefetch(self, element):
+        name, _ = element
+        if name == self.fail:
+            raise OSError("the store did not answer")
+        state = Fetching.state
+        with Fetching.lock:
+            state["fetched"].append((name, threading.current_thread().name))
+            state["waiting"] += 1
+            state["most_waiting"] = max(state["most_waiting"], state["waiting"])
+        if name == "c":
+            state["c_read"].set()
+        return name, "read"
+
+    def process(self, element):
+        name, read = element
+        state = Fetching.state
+        with Fetching.lock:
+            state["waiting"] -= 1
+        if name == "a" and read == "read":  # c, two ahead, is read while a is coded
+            assert state["c_read"].wait(5), "c was not read while a was coded"
+        yield name, read
+
+
+def test_a_prefetching_fn_reads_ahead_of_the_threads_that_code():
+    """``ahead`` 2 with one coding thread: while a is coded, c (two ahead) is read in a
+    fetch thread; every element is read once and given to ``process`` as prefetch made
+    it; never more than ``ahead`` read elements wait beyond the one being taken."""
+    names = list("abcdefgh")
+    out = list(ThreadQueue(Fetching(), 1, ahead=2).process([(n, 0) for n in names]))
+    state = Fetching.state
+    assert sorted(out) == [(n, "read") for n in names]
+    assert sorted(n for n, _ in state["fetched"]) == names  # each once
+    assert all(thread.startswith("medarchive-fetch") for _, thread in state["fetched"])
+    assert state["most_waiting"] <= 2 + 1
+
+    # without ``ahead`` nothing is fetched: process gets the elements as they are
+    out = sorted(ThreadQueue(Fetching(), 2).process([(n, "as is") for n in names]))
+    assert out == [(n, "as is") for n in names] and Fetching.state["fetched"] == []
+
+
+def test_a_failing_prefetch_fails_the_stage():
+    with pytest.raises(OSError, match="did not answer"):
+        list(ThreadQueue(Fetching(fail="d"), 2, ahead=2).process([(n, 0) for n in "abcdefgh"]))
+
+
 def test_each_thread_copy_is_torn_down():
     made = []
 
