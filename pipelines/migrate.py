@@ -238,6 +238,10 @@ def _dealt_evenly(pairs: list[tuple[SourceRef, frozenset]], ways: int) -> list[t
     return balanced_order(pairs, [ref.size or 0 for ref, _ in pairs], ways)
 
 
+# A local run reads each listed file's first bytes (ExpandFile) in this many threads a
+# worker: one request each, that waits on the store and not on the CPU.
+LISTING_THREADS_PER_WORKER = 8
+
 # A local run reads inputs ahead of the threads that code them (``EncodeInstance.prefetch``),
 # up to PREFETCH_AHEAD inputs a thread; inputs listed larger than PREFETCH_MAX_BYTES are
 # read when coded, so what is held read ahead stays under 256 MiB with two threads.
@@ -712,8 +716,9 @@ class Migrate(beam.PTransform):
         files = spread(folders | "FindFiles" >> beam.ParDo(FindFiles(cfg)), "SpreadFiles")
         # Reading each object's first bytes (ExpandFile) is a round trip per object: a
         # local run's threads take the files from one queue.
-        listed = (gathered(files, "GatherFiles", cfg.local_threads)
-                  | "ExpandFiles" >> beam.ParDo(queued(ExpandFile(cfg), cfg.local_threads)).with_outputs("dead", main="refs"))
+        listing_threads = cfg.local_threads and cfg.local_threads * LISTING_THREADS_PER_WORKER
+        listed = (gathered(files, "GatherFiles", listing_threads)
+                  | "ExpandFiles" >> beam.ParDo(queued(ExpandFile(cfg), listing_threads)).with_outputs("dead", main="refs"))
         indexed = (
             spread(srcs.pipeline | "IndexFiles" >> beam.Create(list(self.index_files)), "SpreadIndexFiles")
             | "ReadIndex" >> beam.ParDo(ReadIndexKeys(cfg))

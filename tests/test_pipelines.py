@@ -898,3 +898,33 @@ def test_the_job_graph_does_not_grow_with_the_index(tmp_path, monkeypatch):
     assert (again["archived"], again["skipped"]) == (1, 1)  # the CT was met with its index row by a worker
     empty, full = graphs  # measured: 92.4 kB with an empty index, 101.5 kB with 100,001 rows (benchmarks.graph_sizes)
     assert full < (1 << 20) and full < 1.5 * empty, graphs
+
+
+def test_a_local_run_reads_listed_files_first_bytes_in_more_threads_than_it_codes_with(tmp_path, monkeypatch):
+    """Reading each listed file's first bytes (ExpandFile) waits on the store, not the
+    CPU: a two-worker local run does it in LISTING_THREADS_PER_WORKER threads a worker
+    (six files, each read held 0.3 s: all six at once, where two threads held two)."""
+    import threading
+
+    from pipelines import migrate
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"{i}.dcm").write_bytes(b"not a DICOM file %d" % i)
+    lock, state = threading.Lock(), {"now": 0, "most": 0}
+    expand = migrate.expand_file
+
+    def held(url, **kwargs):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.3)
+        with lock:
+            state["now"] -= 1
+        yield from expand(url, **kwargs)
+
+    monkeypatch.setattr(migrate, "expand_file", held)
+    summary = run_migrate(str(src), str(tmp_path / "dst"), preset="fast", workers=2, progress=False, phi_in_clear=True)
+    assert (summary["inputs"], summary["deadlettered"]) == (6, 6)
+    assert migrate.LISTING_THREADS_PER_WORKER * 2 >= 6 and state["most"] == 6
