@@ -137,6 +137,7 @@ class Archive:
         self.url = url.rstrip("/")
         self.fs, self.root = open_fs(self.url, storage_options)
         self.root = self.root.rstrip("/")
+        self._made: set[str] = set()  # folders this instance made (``makedirs``)
 
     # --- paths -------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
@@ -236,15 +237,37 @@ class Archive:
         return json.dumps(manifest, indent=2, sort_keys=True).encode()
 
     # --- atomic writes -----------------------------------------------------------------
+    # On an object store every call is a round trip (10-30 ms on S3), and a shard's
+    # publish and commit made ~18: s3fs's makedirs asks whether the bucket exists, and its
+    # mv whether the target is a folder (a listing) before it copies and deletes.
+    _RENAMES = ("file", "local", "memory")  # filesystems whose mv is a rename
+
+    def makedirs(self, folder: str) -> None:
+        """``fs.makedirs(folder, exist_ok=True)``, once per folder for this instance."""
+        if folder not in self._made:
+            self.fs.makedirs(folder, exist_ok=True)
+            self._made.add(folder)
+
+    def move(self, tmp: str, final: str) -> None:
+        """Move the file ``tmp`` to ``final``: a rename where the filesystem has one, else
+        a copy of the one object (it appears whole) and the temporary's deletion, as
+        fsspec's mv does there, without its listing of ``final``."""
+        protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else tuple(self.fs.protocol)
+        if any(p in self._RENAMES for p in protocols):
+            self.fs.mv(tmp, final)
+        else:
+            self.fs.cp_file(tmp, final)
+            self.fs.rm_file(tmp)
+
     def write_atomic(self, rel: str, data: bytes) -> None:
         """Write under a temporary name in the same folder, then move into place."""
         folder, _, name = rel.rpartition("/")
         tmp = self.path(*(p for p in (folder, f"{self.tmp_name()}-{name}") if p))
         final = self.path(rel)
-        self.fs.makedirs(os.path.dirname(final) or self.root, exist_ok=True)
+        self.makedirs(os.path.dirname(final) or self.root)
         with self.fs.open(tmp, "wb") as fh:
             fh.write(data)
-        self.fs.mv(tmp, final)
+        self.move(tmp, final)
 
     def write_table(self, rel: str, table: pa.Table) -> None:
         buf = io.BytesIO()
@@ -426,7 +449,7 @@ class Archive:
     def hold_lease(self, run_id: str) -> None:
         """Write (or refresh) runs/<run>.live: this run is alive; its temporary files stay."""
         lease = {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}
-        self.fs.makedirs(self.path("runs"), exist_ok=True)
+        self.makedirs(self.path("runs"))
         with self.fs.open(self.path("runs", f"{run_id}.live"), "wb") as fh:
             fh.write(json.dumps(lease).encode())
 

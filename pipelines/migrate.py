@@ -445,7 +445,7 @@ class ShardWriter:
     def __init__(self, archive: Archive, identity: Identity, stem: str) -> None:
         self.archive, self.identity, self.stem = archive, identity, stem
         self.rows: list[dict] = []
-        archive.fs.makedirs(archive.path("shards"), exist_ok=True)
+        archive.makedirs(archive.path("shards"))
         self.tmp = archive.path("shards", f"{archive.tmp_name()}-{stem}.tar")
         self._fh = archive.fs.open(self.tmp, "wb")
         self._out = _Sha256Writer(self._fh)
@@ -476,7 +476,7 @@ class ShardWriter:
             row["shard"] = self.shard
             row["row_mac"] = self.identity.row_mac(row)
         _verify(self.archive, self.tmp, self.rows)
-        self.archive.fs.mv(self.tmp, self.archive.path(self.shard))
+        self.archive.move(self.tmp, self.archive.path(self.shard))
         return self.shard
 
     def commit(self) -> None:

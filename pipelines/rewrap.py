@@ -77,7 +77,7 @@ class RewrapShard(beam.DoFn):
             row["shard"] = new_shard
             row["row_mac"] = self.identity.row_mac(row)
         _verify(archive, tmp, new_rows)
-        archive.fs.mv(tmp, archive.path(new_shard))
+        archive.move(tmp, archive.path(new_shard))
         archive.write_table(f"index/{stem}.parquet", table_of(new_rows, INDEX_SCHEMA))  # the switch
         if new_shard != old_shard:
             try:

@@ -393,6 +393,25 @@ def test_a_member_read_is_one_request_or_two(s3, fetched):
     assert read_source(listed[-1], storage_options=s3) == members["export/00.dcm"]
 
 
+def test_an_atomic_write_asks_no_listing(s3, fetched):
+    """An index file or a shard is written under a temporary name and moved into place.
+    s3fs's makedirs asked whether the bucket exists each time, and its mv listed the
+    target (is it a folder?) before copying and deleting: with the other requests ~18 a
+    shard, each a round trip. Now a folder is made once per Archive, and a move is one
+    copy and one delete."""
+    fs = s3fs.S3FileSystem(**s3)
+    fs.mkdir("atomic-bucket")
+    archive = Archive("s3://atomic-bucket/archive", storage_options=s3, owner="20261207T000000Z-requests")
+    fetched.requests.clear()
+    for i in range(3):
+        archive.write_atomic(f"index/{i}.parquet", b"x" * (i + 1))
+    assert fetched.requests["list_objects_v2"] == 0 and fetched.requests["head_bucket"] <= 1, fetched.requests
+    assert fetched.requests["copy_object"] == 3 and fetched.requests["delete_object"] == 3
+    fs.invalidate_cache()
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.find("atomic-bucket/archive")) == ["0.parquet", "1.parquet", "2.parquet"]
+    assert fs.cat("atomic-bucket/archive/index/2.parquet") == b"xxx"
+
+
 def test_a_restore_of_one_instance_fetches_its_record(s3, tmp_path, monkeypatch):
     """A shard was read with s3fs's 50 MiB read-ahead: restoring one instance fetched the
     shard from its record on. The records a restore selects are read in runs of
