@@ -58,7 +58,7 @@ from schemas.tables import (
     INDEX_SCHEMA_VERSION,
 )
 
-from .storage import open_fs
+from .storage import makedirs_once, move_file, open_fs
 
 ARCHIVE_LAYOUT_VERSION = 1
 TMP_PREFIX = ".tmp-"
@@ -237,27 +237,14 @@ class Archive:
         return json.dumps(manifest, indent=2, sort_keys=True).encode()
 
     # --- atomic writes -----------------------------------------------------------------
-    # On an object store every call is a round trip (10-30 ms on S3), and a shard's
-    # publish and commit made ~18: s3fs's makedirs asks whether the bucket exists, and its
-    # mv whether the target is a folder (a listing) before it copies and deletes.
-    _RENAMES = ("file", "local", "memory")  # filesystems whose mv is a rename
-
     def makedirs(self, folder: str) -> None:
-        """``fs.makedirs(folder, exist_ok=True)``, once per folder for this instance."""
-        if folder not in self._made:
-            self.fs.makedirs(folder, exist_ok=True)
-            self._made.add(folder)
+        """``fs.makedirs(folder, exist_ok=True)``, once per folder for this instance
+        (``storage.makedirs_once``)."""
+        makedirs_once(self.fs, folder, self._made)
 
     def move(self, tmp: str, final: str) -> None:
-        """Move the file ``tmp`` to ``final``: a rename where the filesystem has one, else
-        a copy of the one object (it appears whole) and the temporary's deletion, as
-        fsspec's mv does there, without its listing of ``final``."""
-        protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else tuple(self.fs.protocol)
-        if any(p in self._RENAMES for p in protocols):
-            self.fs.mv(tmp, final)
-        else:
-            self.fs.cp_file(tmp, final)
-            self.fs.rm_file(tmp)
+        """``storage.move_file``: a rename, or on an object store one copy and one delete."""
+        move_file(self.fs, tmp, final)
 
     def write_atomic(self, rel: str, data: bytes) -> None:
         """Write under a temporary name in the same folder, then move into place."""

@@ -28,7 +28,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from .archive import Archive, ArchiveError, Identity, archive_identity
-from .storage import open_fs, worker_storage_options
+from .storage import makedirs_once, move_file, open_fs, worker_storage_options
 from .keys import load_keyring
 from .runner import LOCAL_RUNNERS, pipeline_options, quiet_beam_logs, worker_logs_captured
 from .threadqueue import gathered, local_threads, queued
@@ -143,6 +143,7 @@ class RestoreShard(beam.DoFn):
         self.medcodec = medcodec
         self.archive = Archive(self.cfg.archive, storage_options=self.cfg.storage_options)
         self.dst_fs, self.dst_root = open_fs(self.cfg.dst, self.cfg.dst_storage_options)
+        self._made: set[str] = set()  # folders made (makedirs_once)
         self.keyring = load_keyring(self.cfg.key_file)
         # The A-LoRA adapters records name come from the archive's models/, handed to the codec.
         self.codec = medcodec.Codec(models=self.archive.model_store(), keyring=self.keyring)
@@ -203,11 +204,11 @@ class RestoreShard(beam.DoFn):
                         _safe(sop, r["sop_key"]) + suffix + ".dcm"])
         path = f"{self.dst_root.rstrip('/')}/{rel}"
         folder, name = path.rsplit("/", 1)
-        self.dst_fs.makedirs(folder, exist_ok=True)
+        makedirs_once(self.dst_fs, folder, self._made)
         tmp = f"{folder}/.tmp-{uuid.uuid4().hex}-{name}"  # a reader never sees half a file
         with self.dst_fs.open(tmp, "wb") as out:
             out.write(data)
-        self.dst_fs.mv(tmp, path)
+        move_file(self.dst_fs, tmp, path)
         return rel
 
     @staticmethod

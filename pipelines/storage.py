@@ -182,3 +182,29 @@ def is_unavailable(exc: BaseException) -> bool:
                    "ConnectionError", "ClientConnectorError", "ServerTimeoutError", "ClientOSError",
                    "ConnectionRefusedError", "ConnectionResetError", "ServerDisconnectedError"}
     return bool(names & unavailable) or (exc.__cause__ is not None and is_unavailable(exc.__cause__))
+
+
+# On an object store every call is a round trip (10-30 ms on S3): s3fs's makedirs asks
+# whether the bucket exists on every call, and its mv lists the target (is it a folder?)
+# before it copies and deletes. A shard's publish and commit made ~18 requests.
+_RENAMES = ("file", "local", "memory")  # filesystems whose mv is a rename
+
+
+def makedirs_once(fs, folder: str, made: set[str]) -> None:
+    """``fs.makedirs(folder, exist_ok=True)`` unless ``folder`` is in ``made`` (the
+    caller's record of what it made), which it is after."""
+    if folder not in made:
+        fs.makedirs(folder, exist_ok=True)
+        made.add(folder)
+
+
+def move_file(fs, tmp: str, final: str) -> None:
+    """Move the file ``tmp`` to ``final``: a rename where the filesystem has one, else a
+    copy of the one object (it appears whole) and the temporary's deletion, as fsspec's
+    mv does there, without its listing of ``final``."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    if any(p in _RENAMES for p in protocols):
+        fs.mv(tmp, final)
+    else:
+        fs.cp_file(tmp, final)
+        fs.rm_file(tmp)
