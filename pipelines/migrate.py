@@ -28,7 +28,7 @@ from schemas.tables import DEADLETTER_SCHEMA, INDEX_SCHEMA, table_of
 from .archive import Archive, ArchiveError, Identity
 from .keys import load_keyring
 from .progress import ProgressReporter
-from .sources import ReadLimits, SourceRef, expand_file, find_files, list_top, read_source
+from .sources import InputTooLargeError, ReadLimits, SourceRef, expand_file, find_files, list_top, read_source
 from .storage import StorageUnavailableError, is_unavailable
 from .threadqueue import gathered, queued
 
@@ -244,7 +244,8 @@ LISTING_THREADS_PER_WORKER = 8
 
 # A local run reads inputs ahead of the threads that code them (``EncodeInstance.prefetch``),
 # up to PREFETCH_AHEAD inputs a thread; inputs listed larger than PREFETCH_MAX_BYTES are
-# read when coded, so what is held read ahead stays under 256 MiB with two threads.
+# read when coded, and a read ahead stops there (an input grown since listing is read
+# again when coded), so what is held read ahead stays under 256 MiB with two threads.
 PREFETCH_AHEAD = 4
 PREFETCH_MAX_BYTES = 32 << 20
 
@@ -291,13 +292,17 @@ class EncodeInstance(beam.DoFn):
         ref, indexed = element
         if ref.size is None or ref.size > PREFETCH_MAX_BYTES:
             return element
-        return ref, indexed, self._read(ref)
+        cap = min(self.cfg.max_input_bytes, PREFETCH_MAX_BYTES)
+        read = self._read(ref, max_bytes=cap)
+        if isinstance(read.error, InputTooLargeError) and cap < self.cfg.max_input_bytes:
+            return element  # larger than listed (changed since): read when coded, under the run's limit
+        return ref, indexed, read
 
-    def _read(self, ref: SourceRef) -> _Read:
+    def _read(self, ref: SourceRef, *, max_bytes: int | None = None) -> _Read:
         t0 = time.perf_counter()
         try:
             data = read_source(ref, storage_options=self.cfg.storage_options,
-                               limits=ReadLimits(max_bytes=self.cfg.max_input_bytes))
+                               limits=ReadLimits(max_bytes=max_bytes or self.cfg.max_input_bytes))
         except Exception as exc:
             return _Read(None, exc, time.perf_counter() - t0)
         return _Read(data, None, time.perf_counter() - t0)

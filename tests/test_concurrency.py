@@ -162,3 +162,25 @@ def test_two_runs_started_together_into_one_new_dst(tmp_path):
     assert sorted(shard_stem(n) for n in archive.shard_names()) == sorted(archive.index_names())
     audit = run_audit(str(dst), deep=True)
     assert audit["failures"] == 0 and audit["records_checked"] == 4, audit["first_failures"]
+
+
+def test_a_read_ahead_holds_no_more_than_its_cap(tmp_path, monkeypatch):
+    """EncodeInstance.prefetch reads an input ahead of its coding only up to
+    PREFETCH_MAX_BYTES: one that grew past it since listing is left to ``process``,
+    which reads it under the run's own limit and archives it."""
+    from pipelines import migrate
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / "ct.dcm").write_bytes(pydicom_bytes("CT_small.dcm"))
+    [ref] = expand_file(str(src / "ct.dcm"))
+    encode = EncodeInstance(MigrateConfig(src=str(src), dst=str(dst), run_id="20261207T000000Z-prefetch1",
+                                          preset="fast"))
+    assert len(encode.prefetch((ref, frozenset()))) == 3  # read ahead, as listed
+    monkeypatch.setattr(migrate, "PREFETCH_MAX_BYTES", ref.size + 100)
+    (src / "ct.dcm").write_bytes(pydicom_bytes("CT_small.dcm") + bytes(200))  # grown since listing
+    assert encode.prefetch((ref, frozenset())) == (ref, frozenset())  # not held: read when coded
+    Archive(str(dst)).open_or_create(key=None, key_mode="archive-salt")
+    encode.setup()
+    [(tag, out)] = [(getattr(o, "tag", "main"), o) for o in encode.process((ref, frozenset()))]
+    assert tag == "main" and out[1]["row"]["original_size"] == ref.size + 200
