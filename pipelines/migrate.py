@@ -58,7 +58,9 @@ class MigrateConfig:
     model_threads: int | None = None
     # Local runners with N > 1 workers: their number; None elsewhere. Worker threads (the
     # default; ``local_threads`` N) code the inputs and write the shards from one queue
-    # (threadqueue); worker processes are each dealt their part once (_dealt_evenly).
+    # (threadqueue); worker processes are each dealt their part once (_dealt_evenly). One
+    # worker reading from an object store has ``local_threads`` 1: a queue of one
+    # thread, for its reads ahead and listing threads.
     local_workers: int | None = None
     local_threads: int | None = None
     # Reshuffles between the listing stages and before the coding: False on a local

@@ -25,7 +25,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from .archive import Archive, ArchiveError
-from .storage import StorageTimeouts, open_fs, storage_errors, with_timeouts, worker_storage_options
+from .storage import StorageTimeouts, is_local, open_fs, storage_errors, with_timeouts, worker_storage_options
 from .migrate import Migrate, MigrateConfig
 from .progress import MetricsProgress, ProgressMonitor
 from .threadqueue import local_threads
@@ -259,7 +259,8 @@ def _run_migrate_pipeline(archive: Archive, run_id: str, index_files: tuple[str,
             progress_dir=progress_dir if (progress and local) else None,
             model_threads=max(1, (os.cpu_count() or 1) // workers) if local else None,
             local_workers=workers if local and workers > 1 else None,
-            local_threads=local_threads(options, workers, local),
+            # one worker reading from an object store reads ahead too (a queue of one thread)
+            local_threads=local_threads(options, workers, local, reads_ahead=not is_local(src)),
             spread=not (local and options.get_all_options().get("direct_running_mode") == "in_memory"),
         )
         started = time.time()

@@ -184,10 +184,20 @@ def is_unavailable(exc: BaseException) -> bool:
     return bool(names & unavailable) or (exc.__cause__ is not None and is_unavailable(exc.__cause__))
 
 
-# On an object store every call is a round trip (10-30 ms on S3): s3fs's makedirs asks
-# whether the bucket exists on every call, and its mv lists the target (is it a folder?)
-# before it copies and deletes. A shard's publish and commit made ~18 requests.
-_RENAMES = ("file", "local", "memory")  # filesystems whose mv is a rename
+# Filesystems of this machine (a rename is a rename, a read waits on no network); on an
+# object store every call is a round trip (10-30 ms on S3).
+_LOCAL_PROTOCOLS = ("file", "local", "memory")
+
+
+def is_local(url: str) -> bool:
+    """Whether ``url`` is on a filesystem of this machine (a path, file://, memory://),
+    not an object store whose every call is a round trip."""
+    return fsspec.utils.get_protocol(url) in _LOCAL_PROTOCOLS
+
+
+# s3fs's makedirs asks whether the bucket exists on every call, and its mv lists the
+# target (is it a folder?) before it copies and deletes: a shard's publish and commit on
+# S3 made ~18 requests.
 
 
 def makedirs_once(fs, folder: str, made: set[str]) -> None:
@@ -203,7 +213,7 @@ def move_file(fs, tmp: str, final: str) -> None:
     copy of the one object (it appears whole) and the temporary's deletion, as fsspec's
     mv does there, without its listing of ``final``."""
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    if any(p in _RENAMES for p in protocols):
+    if any(p in _LOCAL_PROTOCOLS for p in protocols):
         fs.mv(tmp, final)
     else:
         fs.cp_file(tmp, final)

@@ -20,7 +20,9 @@ count in the thread that runs a bundle; the threads count into the stage's own (
 take its state tracker, as Beam's worker threads do).
 
 Distributed runners balance work themselves (dynamic work rebalancing), and local
-worker processes share no queue: neither takes this step (``local_threads``).
+worker processes share no queue: neither takes this step (``local_threads``). A
+one-worker local run takes it with one thread where the stage reads ahead from an object
+store (below): the queue's gather stages, which every job pays, for reads that overlap.
 
 With ``ahead``, a DoFn that has a ``prefetch(element)`` method gets each element through
 it first, in ``ahead`` threads of their own, at most ``ahead`` elements beyond the last
@@ -39,12 +41,14 @@ from typing import Any, Callable, Iterator
 import apache_beam as beam
 
 
-def local_threads(options: beam.options.pipeline_options.PipelineOptions, workers: int, local: bool) -> int | None:
+def local_threads(options: beam.options.pipeline_options.PipelineOptions, workers: int, local: bool, *,
+                  reads_ahead: bool = False) -> int | None:
     """N where a local run has N > 1 worker threads (the stages that cost then run as one
     ``ThreadQueue``): Beam's in-memory worker (``runner.pipeline_options``' choice), or
-    Beam's own threads where asked for; None elsewhere (one worker, processes, other
-    runners)."""
-    if not local or workers <= 1:
+    Beam's own threads where asked for; None elsewhere (processes, other runners), and
+    for one worker unless ``reads_ahead``: then 1, a queue of one thread for its
+    ``ahead`` reads (a migrate from an object store, where each read waits on round trips)."""
+    if not local or workers < 1 or (workers == 1 and not reads_ahead):
         return None
     mode = options.get_all_options().get("direct_running_mode")
     return workers if mode in ("in_memory", "multi_threading") else None

@@ -412,6 +412,39 @@ def test_an_atomic_write_asks_no_listing(s3, fetched):
     assert fs.cat("atomic-bucket/archive/index/2.parquet") == b"xxx"
 
 
+def test_one_worker_reads_ahead_from_an_object_store_only(s3, tmp_path, monkeypatch):
+    """A one-worker local run coded each input as it read it: on S3, each read's round
+    trips (10-30 ms each) held the one coding thread idle. From an object store it now
+    reads its inputs ahead, in the queue's fetch threads; from local files it reads them
+    where it codes them, with no queue (whose gather stages every job would pay)."""
+    import threading
+
+    from pipelines.migrate import EncodeInstance
+
+    readers = []
+    read = EncodeInstance._read
+
+    def recording(self, ref, **kwargs):
+        readers.append(threading.current_thread().name)
+        return read(self, ref, **kwargs)
+
+    monkeypatch.setattr(EncodeInstance, "_read", recording)
+    fs = s3fs.S3FileSystem(**s3)
+    fs.mkdir("ahead-bucket")
+    local = tmp_path / "src"
+    for key, name in PLAIN.items():
+        fs.pipe(f"ahead-bucket/{key}", pydicom_bytes(name))
+        (local / key).parent.mkdir(parents=True, exist_ok=True)
+        (local / key).write_bytes(pydicom_bytes(name))
+    for src, fetch_threads in [("s3://ahead-bucket/in", 3), (str(local / "in"), 0)]:
+        readers.clear()
+        summary = run_migrate(src, str(tmp_path / f"dst-{fetch_threads}"), preset="fast", local_model="classical-v1",
+                              progress=False, phi_in_clear=True, storage_options=s3, workers=1)
+        assert (summary["archived"], summary["deadlettered"]) == (3, 0)
+        assert len(readers) == 3
+        assert sum(name.startswith("medarchive-fetch") for name in readers) == fetch_threads, (src, readers)
+
+
 def test_a_restore_of_one_instance_fetches_its_record(s3, tmp_path, monkeypatch):
     """A shard was read with s3fs's 50 MiB read-ahead: restoring one instance fetched the
     shard from its record on. The records a restore selects are read in runs of

@@ -161,6 +161,12 @@ def test_in_a_local_run_the_threads_count_into_the_stage_and_every_output_arrive
 
 def test_only_local_worker_threads_take_the_queue():
     assert local_threads(pipeline_options("FnApiRunner", 1), 1, True) is None
+    # one worker reading from an object store: a queue of one thread, for its reads ahead
+    assert local_threads(pipeline_options("FnApiRunner", 1), 1, True, reads_ahead=True) == 1
+    assert local_threads(pipeline_options("FnApiRunner", 3), 3, True, reads_ahead=True) == 3
+    assert local_threads(pipeline_options("DataflowRunner", 1), 1, False, reads_ahead=True) is None
+    one_process = pipeline_options("FnApiRunner", 1, ["--direct_running_mode=multi_processing"])
+    assert local_threads(one_process, 1, True, reads_ahead=True) is None
     assert local_threads(pipeline_options("FnApiRunner", 3), 3, True) == 3
     beams_threads = pipeline_options("FnApiRunner", 2, ["--direct_running_mode=multi_threading"])
     assert local_threads(beams_threads, 2, True) == 2
