@@ -88,7 +88,8 @@ def measure(files: list[tuple[Path, Path]], work: Path, *, copies: int, sample: 
     elif order == "random":
         random.Random(0).shuffle(refs)
     read_s = read_all(refs, members)
-    inflater = sources._inflated(*sources.open_fs(url))
+    fs, fs_path = sources.open_fs(url)
+    inflater = sources._inflated(fs, fs_path, fs.info(fs_path))
     names = list(members)
     picked = [names[i * len(names) // sample] for i in range(sample)] if sample else []
     by_name = by_name_seconds(path, picked, members)

@@ -44,14 +44,17 @@ class SourceRef:
     ``offset``: where a tar member's headers begin in the tar (a tar.gz's inflated
     bytes), as listing found them; reading looks there first, and takes the member found
     there when it has this name. ``kind``: a member's archive kind as listing found it
-    ("zip", "tar", "tgz"; None: read its first bytes to know). None of them is part of
-    its identity."""
+    ("zip", "tar", "tgz"; None: read its first bytes to know). ``version``: the file's
+    (the archive's, for a member) size and ETag as listing saw them, on S3, where a read
+    asks for that version (If-Match) without asking for the file's size and version
+    first (``_read_as_listed``). None of them is part of its identity."""
 
     url: str
     member: str | None = None
     size: int | None = field(default=None, compare=False)
     offset: int | None = field(default=None, compare=False)
     kind: str | None = field(default=None, compare=False)
+    version: tuple[int, str] | None = field(default=None, compare=False)
 
     @property
     def identity(self) -> str:
@@ -146,8 +149,8 @@ def find_files(url: str, *, storage_options: dict | None = None) -> list[tuple[s
     return [(fs.unstrip_protocol(p), listed_info(entry)) for p, entry in sorted(fs.find(root, detail=True).items())]
 
 
-# What a listing's entry keeps for opening the file later: its size and version (s3fs
-# checks each read's ETag against it), so opening it asks the store for neither again.
+# What a listing's entry keeps for opening the file later: its size and version, so
+# opening it asks the store for neither again.
 _LISTED_KEYS = ("name", "size", "type", "VersionId", *_VERSION_KEYS)
 
 
@@ -156,15 +159,61 @@ def listed_info(entry: dict) -> dict:
     return {k: entry[k] for k in _LISTED_KEYS if entry.get(k) is not None}
 
 
+def _conditional(fs) -> bool:
+    """Whether reads from ``fs`` can ask for one version of a file (S3's If-Match)."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    return any(p in ("s3", "s3a") for p in protocols)
+
+
 def _open_listed(fs, path: str, info: dict | None, **kwargs) -> BinaryIO:
     """``fs.open(path, "rb", **kwargs)`` given what a listing or ``fs.info`` said of the
     file (``info``; None: asked on opening, as fsspec does): on s3fs and gcsfs opening a
-    file asks for its size, and the first read for its ETag, unless given."""
+    file asks for its size, and the first read for its ETag, unless given. On S3 every
+    read asks for the version ``info`` names (If-Match: s3fs does so where it asked for
+    the size itself): one that changed since fails with s3fs's FileExpired, never gives
+    another version's bytes."""
     size = None if info is None else info.get("size")
     fh = fs.open(path, "rb", size=size, **kwargs)
     if size is not None and isinstance(fh, fsspec.spec.AbstractBufferedFile):
         fh.details = info
+        if _conditional(fs) and info.get("ETag"):
+            fh.read_kw = {**fh.read_kw, "IfMatch": info["ETag"]}
     return fh
+
+
+def _listed_version(fs, info: dict | None) -> tuple[int, str] | None:
+    """(size, ETag) of a file on S3 as ``info`` states them, else None."""
+    if info is None or not _conditional(fs) or not isinstance(info.get("size"), int) or not info.get("ETag"):
+        return None
+    return info["size"], str(info["ETag"])
+
+
+def _changed(exc: BaseException | None) -> bool:
+    """Whether ``exc`` says a file is not the version a read asked for (s3fs's FileExpired),
+    or was raised from such an error (zipfile's BadZipFile while reading its directory)."""
+    if exc is None:
+        return False
+    return type(exc).__name__ == "FileExpired" or _changed(exc.__cause__) or _changed(exc.__context__)
+
+
+def _read_as_listed(fs, path: str, ref: SourceRef, read: Callable[[dict | None], Any]) -> Any:
+    """``read(info)`` with what listing said of the file (``ref.version``: no request for
+    its size and version), where it still is that version; else, or without one,
+    ``read`` with what the store says of it now (``info`` None: ask). Either way a read
+    gives one version's bytes: those a reader holds of the listed version already (a
+    tar.gz inflater's last block) read as that version. On S3 a request is a round trip
+    (10-30 ms) a worker thread waits out: a plain file was read with two (its size and
+    ETag, then its bytes), a zip or tar.gz member with one for the archive's version
+    (its kept directory or inflater) before its bytes."""
+    if ref.version is not None and _conditional(fs):
+        size, etag = ref.version
+        try:
+            return read({"name": path, "size": size, "type": "file", "ETag": etag})
+        except Exception as exc:
+            if not _changed(exc):
+                raise
+            fs.invalidate_cache(path)  # its listing may be cached in this process: ask the store
+    return read(None)
 
 
 def expand_file(url: str, *, storage_options: dict | None = None,
@@ -179,16 +228,17 @@ def expand_file(url: str, *, storage_options: dict | None = None,
         with _open_listed(fs, path, info, block_size=HEAD_BYTES, cache_type="none") as fh:
             head = fh.read(HEAD_BYTES)
             size = getattr(fh, "size", None)  # known from opening it (or the listing): no request of its own
+            version = _listed_version(fs, info or getattr(fh, "details", None))
         kind = _archive_kind(head)
         members = None if kind is None else _archive_members(fs, path, kind)
     except Exception as exc:  # an unreadable archive is a dead letter, never a crash
         yield SourceRef(url), exc
         return
     if members is None:
-        yield SourceRef(url, size=size if isinstance(size, int) else None)
+        yield SourceRef(url, size=size if isinstance(size, int) else None, version=version)
     else:
         for member, member_size, offset in members:
-            yield SourceRef(url, member, size=member_size, offset=offset, kind=kind)
+            yield SourceRef(url, member, size=member_size, offset=offset, kind=kind, version=version)
 
 
 def _archive_members(fs, path: str, kind: str) -> list[tuple[str, int, int | None]] | None:
@@ -225,51 +275,86 @@ def read_source(ref: SourceRef, *, storage_options: dict | None = None, limits: 
     (``_read_window``, ``_tar_window_member``)."""
     fs, path = open_fs(ref.url, storage_options)
     if ref.member is None:
-        info = fs.info(path)
-        size = info.get("size")
-        if size is not None:
-            limits.check_size(int(size))
-        with _open_listed(fs, path, info, block_size=ARCHIVE_BLOCK) as fh:
-            data = fh.read() if size is not None else _read_bounded(fh, limits, compressed=None)
-        limits.check_size(len(data))
-        return _gunzip(data, limits) if data.startswith(_GZIP_MAGIC) else data
+        return _read_as_listed(fs, path, ref, lambda info: _read_file(fs, path, info, limits))
     kind = ref.kind
     if kind is None:
         with fs.open(path, "rb", block_size=HEAD_BYTES, cache_type="none") as fh:
             kind = _archive_kind(fh.read(HEAD_BYTES))
     if kind == "zip":
-        zf, windowed = _zip_directory(fs, path)
-        info = zf.getinfo(ref.member)
-        limits.check_ratio(info.file_size, info.compress_size)
-        # the local header (its name and extra field as long as the directory's, and a
-        # little more), then the data
-        span = _ZIP_LOCAL_HEADER + len(info.orig_filename.encode("utf-8")) + len(info.extra) + 256 + info.compress_size
-        # not where the zip's directory gives a compressed size no compression makes
-        # (zlib's deflateBound: n + n/4096 + ... + 13): zipfile reads that member as it goes
-        plausible = info.compress_size <= info.file_size + (info.file_size >> 10) + 4096
-        with _read_window(fs, path, windowed, info.header_offset, span if plausible else None, limits):
-            with zf.open(info) as member:
-                return _read_bounded(member, limits, compressed=info.compress_size)
+        return _read_as_listed(fs, path, ref, lambda info: _read_zip_member(fs, path, info, ref, limits))
     if kind == "tgz":
-        inflated = _inflated(fs, path)
-        try:
-            with inflated.lock:  # one read at a time moves its inflater
-                return _read_tar_member(_InflatedFile(inflated), ref, limits)
-        except InputTooLargeError:
-            raise  # refused between two reads of the inflater: it is where it stopped
-        except Exception:
-            _forget_inflated(inflated)  # its inflater may be mid-way: the next read starts anew
-            raise
+        return _read_as_listed(fs, path, ref, lambda info: _read_tgz_member(fs, path, info, ref, limits))
     if kind == "tar" and ref.offset is not None and ref.size is not None and ref.size <= limits.max_bytes:
         # the member's headers (a long name's extra blocks too) and data, in one request;
         # where they are not there as listed, the tar is read as below
-        data = _tar_window_member(fs.cat_file(path, start=ref.offset, end=ref.offset + _TAR_HEADERS + ref.size),
-                                  ref, limits)
+        start, end = ref.offset, ref.offset + _TAR_HEADERS + ref.size
+        data = _read_as_listed(fs, path, ref, lambda info: _tar_window_member(_cat_range(fs, path, info, start, end),
+                                                                              ref, limits))
         if data is not None:
             return data
     cache = "none" if kind == "tar" and ref.offset is not None else "readahead"
     with fs.open(path, "rb", block_size=ARCHIVE_BLOCK, cache_type=cache) as fh:
         return _read_tar_member(fh, ref, limits)
+
+
+def _read_file(fs, path: str, info: dict | None, limits: ReadLimits) -> bytes:
+    """A plain file's bytes (gunzipped where it is gzip), ``info`` what is known of it
+    (None: ask)."""
+    info = info or fs.info(path)
+    size = info.get("size")
+    if size is not None:
+        limits.check_size(int(size))
+    with _open_listed(fs, path, info, block_size=ARCHIVE_BLOCK) as fh:
+        data = fh.read() if size is not None else _read_bounded(fh, limits, compressed=None)
+    limits.check_size(len(data))
+    return _gunzip(data, limits) if data.startswith(_GZIP_MAGIC) else data
+
+
+def _read_zip_member(fs, path: str, info: dict | None, ref: SourceRef, limits: ReadLimits) -> bytes:
+    """``ref``'s member of the zip at ``path`` (``info``: what is known of it; None: ask)."""
+    info = info or fs.info(path)
+    kept = _zip_directory(fs, path, info)
+    zf, windowed = kept
+    member_info = zf.getinfo(ref.member)
+    limits.check_ratio(member_info.file_size, member_info.compress_size)
+    # the local header (its name and extra field as long as the directory's, and a
+    # little more), then the data
+    span = (_ZIP_LOCAL_HEADER + len(member_info.orig_filename.encode("utf-8")) + len(member_info.extra) + 256
+            + member_info.compress_size)
+    # not where the zip's directory gives a compressed size no compression makes
+    # (zlib's deflateBound: n + n/4096 + ... + 13): zipfile reads that member as it goes
+    plausible = member_info.compress_size <= member_info.file_size + (member_info.file_size >> 10) + 4096
+    try:
+        with _read_window(fs, path, info, windowed, member_info.header_offset, span if plausible else None, limits):
+            with zf.open(member_info) as member:
+                return _read_bounded(member, limits, compressed=member_info.compress_size)
+    except Exception as exc:
+        if _changed(exc):
+            _forget_kept(kept)  # a directory of another version than the zip's now
+        raise
+
+
+def _read_tgz_member(fs, path: str, info: dict | None, ref: SourceRef, limits: ReadLimits) -> bytes:
+    """``ref``'s member of the tar.gz at ``path`` (``info``: what is known of it; None: ask)."""
+    inflated = _inflated(fs, path, info or fs.info(path))
+    try:
+        with inflated.lock:  # one read at a time moves its inflater
+            return _read_tar_member(_InflatedFile(inflated), ref, limits)
+    except InputTooLargeError:
+        raise  # refused between two reads of the inflater: it is where it stopped
+    except Exception:
+        _forget_kept(inflated)  # its inflater may be mid-way: the next read starts anew
+        raise
+
+
+def _cat_range(fs, path: str, info: dict | None, start: int, end: int) -> bytes:
+    """Bytes ``start`` to ``end`` of the file at ``path``, in one request; on S3 of the
+    version ``info`` names (``_open_listed``) where it names one."""
+    if info is None or not _conditional(fs) or not info.get("ETag"):
+        return fs.cat_file(path, start=start, end=end)
+    with _open_listed(fs, path, info, block_size=HEAD_BYTES, cache_type="none") as fh:
+        fh.seek(start)
+        return fh.read(max(0, min(end, info["size"]) - start))
 
 
 # What a tar member's headers may take before its data in the one request that reads
@@ -323,19 +408,19 @@ _KEPT_ARCHIVES = 8
 _KEPT_LOCK = threading.Lock()
 
 
-def _kept_archive(fs, path: str, kind: str, make: Callable[[BinaryIO], Any]) -> Any:
-    """``make(file)`` for the archive at ``path``, over a file object that reads what is
-    asked (no read-ahead; ``make`` may read ahead itself), kept for the next member read
+def _kept_archive(fs, path: str, kind: str, make: Callable[[BinaryIO], Any], info: dict) -> Any:
+    """``make(file)`` for the archive at ``path`` (``info``: what the listing or the store
+    says of it), over a file object that reads what is asked (no read-ahead; ``make`` may
+    read ahead itself; on S3 the version ``info`` names), kept for the next member read
     while the object keeps its size and version (ETag, generation or mtime) and is one of
     the last ``_KEPT_ARCHIVES`` archives read."""
-    info = fs.info(path)
     version = next((str(info[k]) for k in _VERSION_KEYS if info.get(k) is not None), None)
     key = (kind, fs.unstrip_protocol(path), info.get("size"), version)
     with _KEPT_LOCK:
         if version is not None and key in _KEPT:
             _KEPT.move_to_end(key)
             return _KEPT[key]
-    fh = fs.open(path, "rb", block_size=HEAD_BYTES, cache_type="none")
+    fh = _open_listed(fs, path, info, block_size=HEAD_BYTES, cache_type="none")
     try:
         made = make(fh)
     except BaseException:
@@ -349,7 +434,7 @@ def _kept_archive(fs, path: str, kind: str, make: Callable[[BinaryIO], Any]) -> 
     return made
 
 
-def _zip_directory(fs, path: str) -> tuple[zipfile.ZipFile, "_WindowedFile"]:
+def _zip_directory(fs, path: str, info: dict) -> tuple[zipfile.ZipFile, "_WindowedFile"]:
     """The zip at ``path`` with its directory read (``_kept_archive``), over a
     ``_WindowedFile``: a member is read from the window its thread set (``_read_window``),
     or else its header, then its data, in reads of 1 MiB. ZipFile reads its members from
@@ -359,7 +444,7 @@ def _zip_directory(fs, path: str) -> tuple[zipfile.ZipFile, "_WindowedFile"]:
         windowed = _WindowedFile(fh)
         return zipfile.ZipFile(windowed), windowed
 
-    return _kept_archive(fs, path, "zip", make)
+    return _kept_archive(fs, path, "zip", make, info)
 
 
 _ZIP_LOCAL_HEADER = 30  # a zip member's local header before its name and extra field
@@ -422,28 +507,30 @@ class _WindowedFile(_PositionedFile):
 
 
 @contextlib.contextmanager
-def _read_window(fs, path: str, windowed: _WindowedFile, start: int, size: int | None, limits: ReadLimits):
+def _read_window(fs, path: str, info: dict, windowed: _WindowedFile, start: int, size: int | None,
+                 limits: ReadLimits):
     """Reads of this thread from ``windowed`` within ``size`` bytes from ``start`` served
     from one ranged request for them (none where ``size`` is None or over
-    ``limits.max_bytes``)."""
+    ``limits.max_bytes``), of the version ``info`` names (``_cat_range``)."""
     if size is None or size > limits.max_bytes + (1 << 20):
         yield
         return
-    windowed.local.window = (start, fs.cat_file(path, start=start, end=start + size))
+    windowed.local.window = (start, _cat_range(fs, path, info, start, start + size))
     try:
         yield
     finally:
         windowed.local.window = None
 
 
-def _inflated(fs, path: str) -> "_Inflated":
+def _inflated(fs, path: str, info: dict) -> "_Inflated":
     """The tar.gz at ``path``'s inflated bytes (``_Inflated``, kept by ``_kept_archive``)."""
-    return _kept_archive(fs, path, "tgz", _Inflated)
+    return _kept_archive(fs, path, "tgz", _Inflated, info)
 
 
-def _forget_inflated(inflated: "_Inflated") -> None:
+def _forget_kept(made: Any) -> None:
+    """Keep no longer what ``_kept_archive`` made as ``made``."""
     with _KEPT_LOCK:
-        for key in [k for k, v in _KEPT.items() if v is inflated]:
+        for key in [k for k, v in _KEPT.items() if v is made]:
             del _KEPT[key]
 
 

@@ -328,12 +328,13 @@ def test_a_member_read_is_one_request_or_two(s3, fetched):
     """Each request is a round trip a worker thread waits out. A plain file was read with
     three (its size, the size again on opening, the data), a zip or tar member with six
     (the archive's first bytes to know its kind, and the member's headers and data read
-    as zipfile and tarfile ask for them). Now: a plain file two (its size and ETag, the
-    data); a zip member two (the archive's version, for its kept directory; its headers
-    and data in one range); a tar member one; a tar.gz member one (the version) and the
-    compressed bytes as it goes. A ref made without its kind reads the archive's first
-    bytes as before; a zip whose member header is longer than the directory's is read
-    as zipfile asks."""
+    as zipfile and tarfile ask for them), then with two (a plain file's size and ETag, an
+    archive's version for its kept directory or inflater, before the bytes). Now one, as
+    listing gave the version (``SourceRef.version``): a plain file's data; a zip
+    member's headers and data in one range; a tar member's one range; a tar.gz member's
+    compressed bytes as its inflater goes on. A ref made without its kind reads the
+    archive's first bytes as before, one without its version asks for it; a zip whose
+    member header is longer than the directory's is read as zipfile asks."""
     from pipelines.sources import expand_file, list_sources, read_source
 
     fs = s3fs.S3FileSystem(**s3)
@@ -350,14 +351,18 @@ def test_a_member_read_is_one_request_or_two(s3, fetched):
                                                                         for r in refs]
         return {k: v / len(refs) for k, v in fetched.requests.items()}
 
-    for name, most in [("plain.dcm", {"head_object": 1, "get_object": 1}),
-                       ("export.zip", {"head_object": 1, "get_object": 1 + 2 / 12}),  # + the directory, once
+    for name, most in [("plain.dcm", {"get_object": 1}),
+                       ("export.zip", {"get_object": 1 + 2 / 12}),  # + the directory, once
                        ("export.tar", {"get_object": 1}),
-                       ("export.tar.gz", {"head_object": 1, "get_object": 1 / 12})]:
+                       ("export.tar.gz", {"get_object": 1 / 12})]:
         refs = list(expand_file(f"s3://req-bucket/{name}", storage_options=s3))
         requests_per_read(refs[:1])  # a kept directory or inflater
         got = requests_per_read(refs)
         assert got.keys() <= most.keys() and all(got[k] <= most[k] for k in got), (name, got)
+        # made without the version listing saw: the store is asked for it first, as before
+        # (a tar member's one ranged request needs none)
+        unversioned = [SourceRef(r.url, r.member, r.size, r.offset, r.kind) for r in refs]
+        assert requests_per_read(unversioned) == (got if name == "export.tar" else {**got, "head_object": 1}), name
         if name != "plain.dcm":
             unkinded = [SourceRef(r.url, r.member, r.size, r.offset) for r in refs]
             assert requests_per_read(unkinded)["get_object"] >= got["get_object"] + 1  # the first bytes, read again
@@ -391,6 +396,49 @@ def test_a_member_read_is_one_request_or_two(s3, fetched):
     assert fetched.requests["head_object"] == 0, fetched.requests
     assert fetched.requests["get_object"] <= 5 + 4 * 2  # the five heads, and the archives' listings
     assert read_source(listed[-1], storage_options=s3) == members["export/00.dcm"]
+
+
+def test_a_read_asks_for_the_version_listing_saw(s3, fetched, tmp_path):
+    """A ref listed on S3 carries the file's size and ETag: a read asks for that version
+    (If-Match) without a request to learn it. Where the file was replaced since (same
+    name and size, other bytes), the conditional request fails and the read takes the
+    file as it is now, its kept zip directory or tar.gz inflater not reused: never one
+    version's directory or inflater state over another's bytes (what a reader holds of
+    the listed version already, a tar.gz inflater's last block, reads as that version).
+    On local files refs carry no version (a stat costs no round trip)."""
+    import gzip
+
+    from pipelines.sources import expand_file, list_sources, read_source
+
+    fs = s3fs.S3FileSystem(**s3)
+    fs.mkdir("ver-bucket")
+    # over ARCHIVE_BLOCK in all: the tar.gz's last member is not in the block its first was read with
+    members = {f"export/{i:02d}.dcm": hashlib.sha512(bytes([i])).digest() * (4000 + i) for i in range(6)}
+    changed = {name: data[::-1] for name, data in members.items()}  # the same sizes
+    builds = {"plain.dcm": lambda m: m["export/02.dcm"],
+              "export.zip": lambda m: zip_bytes(m, compression=zipfile.ZIP_STORED),
+              "export.tar": tar_bytes,
+              "export.tar.gz": lambda m: gzip.compress(tar_bytes(m), compresslevel=0, mtime=0)}
+    for name, build in builds.items():
+        key = f"ver-bucket/{name}/{name}"
+        fs.pipe(key, build(members))
+        # listed as a run lists: the folder's listing, cached by the process that reads
+        refs = list(list_sources(f"s3://ver-bucket/{name}", storage_options=s3))
+        assert {r.version for r in refs} == {(fs.size(key), fs.info(key)["ETag"])}, name
+        first, second = refs[0], refs[-1]
+        wanted = (lambda m, r: m[r.member or "export/02.dcm"])
+        assert read_source(first, storage_options=s3) == wanted(members, first)  # keeps a directory or inflater
+        fs.pipe(key, build(changed))
+        assert fs.size(key) == refs[0].version[0] and fs.info(key)["ETag"] != refs[0].version[1], name
+        fetched.requests.clear()
+        assert read_source(second, storage_options=s3) == wanted(changed, second), name
+        # the conditional request, refused; then the current version's size and ETag (a tar
+        # member's one ranged request needs none), and its bytes
+        heads = 0 if name == "export.tar" else 1
+        assert fetched.requests["head_object"] == heads and fetched.requests["get_object"] >= 2, (name, fetched.requests)
+        assert read_source(first, storage_options=s3) == wanted(changed, first), name
+    (tmp_path / "local.dcm").write_bytes(members["export/00.dcm"])
+    assert [r.version for r in expand_file(str(tmp_path / "local.dcm"))] == [None]
 
 
 def test_an_atomic_write_asks_no_listing(s3, fetched):
