@@ -224,13 +224,25 @@ def expand_file(url: str, *, storage_options: dict | None = None,
     first bytes is one request."""
     fs, path = open_fs(url, storage_options)
     url = fs.unstrip_protocol(path)
-    try:
+
+    def expand(info: dict | None) -> tuple:
         with _open_listed(fs, path, info, block_size=HEAD_BYTES, cache_type="none") as fh:
             head = fh.read(HEAD_BYTES)
             size = getattr(fh, "size", None)  # known from opening it (or the listing): no request of its own
-            version = _listed_version(fs, info or getattr(fh, "details", None))
+            info = info or getattr(fh, "details", None)
         kind = _archive_kind(head)
-        members = None if kind is None else _archive_members(fs, path, kind)
+        # the archive read as the version its first bytes were (on S3, without asking again)
+        members = None if kind is None else _archive_members(fs, path, kind, info)
+        return size, _listed_version(fs, info), kind, members
+
+    try:
+        try:
+            size, version, kind, members = expand(info)
+        except Exception as exc:
+            if info is None or not _changed(exc):
+                raise
+            fs.invalidate_cache(path)  # replaced since the folder was listed: as it is now
+            size, version, kind, members = expand(None)
     except Exception as exc:  # an unreadable archive is a dead letter, never a crash
         yield SourceRef(url), exc
         return
@@ -241,10 +253,11 @@ def expand_file(url: str, *, storage_options: dict | None = None,
             yield SourceRef(url, member, size=member_size, offset=offset, kind=kind, version=version)
 
 
-def _archive_members(fs, path: str, kind: str) -> list[tuple[str, int, int | None]] | None:
+def _archive_members(fs, path: str, kind: str, info: dict | None) -> list[tuple[str, int, int | None]] | None:
     """(name, uncompressed size, where its headers begin in a tar, else None) of each
-    member of a zip/tar archive; None for a gzip file that holds no tar (one file)."""
-    with fs.open(path, "rb", block_size=ARCHIVE_BLOCK) as fh:
+    member of a zip/tar archive (``info``: what is known of it, ``_open_listed``); None
+    for a gzip file that holds no tar (one file)."""
+    with _open_listed(fs, path, info, block_size=ARCHIVE_BLOCK) as fh:
         if kind == "zip":
             with zipfile.ZipFile(fh) as zf:
                 return [(info.filename, info.file_size, None) for info in zf.infolist() if not info.is_dir()]
@@ -259,8 +272,8 @@ def _archive_members(fs, path: str, kind: str) -> list[tuple[str, int, int | Non
                         pass
                 # gzip'd zeros read as an empty tar: take such a file as one input, never as none
                 return None if kind == "tgz" and not names else names
-        except tarfile.TarError:
-            if kind == "tgz":
+        except tarfile.TarError as exc:
+            if kind == "tgz" and not _changed(exc):  # not a gzip'd tar; not one replaced while read
                 return None
             raise
 

@@ -441,6 +441,48 @@ def test_a_read_asks_for_the_version_listing_saw(s3, fetched, tmp_path):
     assert [r.version for r in expand_file(str(tmp_path / "local.dcm"))] == [None]
 
 
+def test_an_archive_replaced_after_the_folder_listing_is_expanded_as_it_is_now(s3, fetched, monkeypatch):
+    """ExpandFile reads each listed file with what the folder's listing said of it (no
+    request to ask again, an archive's directory read as that version too). A file
+    replaced between the folder's listing and its expansion is expanded as it is now:
+    its members and version, not a dead letter, and a tar.gz never taken for one plain
+    file because its read was refused."""
+    from pipelines.sources import expand_file, find_files
+
+    fs = s3fs.S3FileSystem(**s3)
+    fs.mkdir("relist-bucket")
+    old = {f"a/{i}.dcm": bytes([i]) * 3000 for i in range(3)}
+    new = {f"b/{i}.dcm": bytes([i + 7]) * 2000 for i in range(5)}
+    for name, build in [("x.zip", zip_bytes), ("x.tar.gz", lambda m: tar_bytes(m, "w:gz")), ("x.tar", tar_bytes)]:
+        key = f"relist-bucket/{name}/{name}"
+        fs.pipe(key, build(old))
+        [(url, info)] = find_files(f"s3://relist-bucket/{name}", storage_options=s3)
+        s3fs.S3FileSystem.clear_instance_cache()  # a worker that did not list the folder
+        fetched.requests.clear()
+        refs = list(expand_file(url, storage_options=s3, info=info))
+        assert [r.member for r in refs] == list(old) and fetched.requests["head_object"] == 0, (name, fetched.requests)
+        fs.pipe(key, build(new))
+        refs = list(expand_file(url, storage_options=s3, info=info))
+        assert all(isinstance(r, SourceRef) for r in refs), (name, refs)
+        assert [r.member for r in refs] == list(new), name
+        assert {r.version for r in refs} == {(fs.size(key), fs.info(key)["ETag"])}, name
+
+    # replaced between reading the first bytes and the members: listed as it is now
+    from pipelines import sources
+
+    key = "relist-bucket/x.tar.gz/x.tar.gz"
+    [(url, info)] = find_files("s3://relist-bucket/x.tar.gz", storage_options=s3)
+    kind_of = sources._archive_kind
+
+    def replacing(head):
+        fs.pipe(key, tar_bytes(old, "w:gz"))
+        return kind_of(head)
+
+    monkeypatch.setattr(sources, "_archive_kind", replacing)
+    refs = list(expand_file(url, storage_options=s3, info=info))
+    assert [r.member for r in refs] == list(old) and refs[0].version[1] == fs.info(key)["ETag"] != info["ETag"]
+
+
 def test_an_atomic_write_asks_no_listing(s3, fetched):
     """An index file or a shard is written under a temporary name and moved into place.
     s3fs's makedirs asked whether the bucket exists each time, and its mv listed the
