@@ -282,10 +282,11 @@ def read_source(ref: SourceRef, *, storage_options: dict | None = None, limits: 
     """The bytes of one input instance, bounded by ``limits`` (InputTooLargeError).
 
     On an object store each request costs a round trip (10-30 ms on S3), and a worker
-    thread waits it out: a plain file is read with its size's request and one read, a
-    member of an archive listing saw (``ref.kind``) without reading the archive's first
-    bytes again, and a zip or tar member's headers and data with one ranged request
-    (``_read_window``, ``_tar_window_member``)."""
+    thread waits it out: a file is read as the version listing saw (``ref.version``,
+    ``_read_as_listed``) without asking for its size first, a member of an archive
+    listing saw (``ref.kind``) without reading the archive's first bytes again, and a
+    zip or tar member's headers and data with one ranged request (``_read_window``,
+    ``_tar_window_member``)."""
     fs, path = open_fs(ref.url, storage_options)
     if ref.member is None:
         return _read_as_listed(fs, path, ref, lambda info: _read_file(fs, path, info, limits))
