@@ -63,6 +63,9 @@ class MigrateConfig:
     # thread, for its reads ahead and listing threads.
     local_workers: int | None = None
     local_threads: int | None = None
+    # The queue's threads for writing shards in a local run: ``local_threads``, or to an
+    # object store at least WRITE_THREADS_REMOTE (each shard is several round trips).
+    write_threads: int | None = None
     # Reshuffles between the listing stages and before the coding: False on a local
     # in-memory run (one Beam thread; with N workers, its threads take the inputs from
     # queues), where each was one more stage for nothing (~10-30 ms each, and its
@@ -243,6 +246,14 @@ def _dealt_evenly(pairs: list[tuple[SourceRef, frozenset]], ways: int) -> list[t
 # A local run reads each listed file's first bytes (ExpandFile) in this many threads a
 # worker: one request each, that waits on the store and not on the CPU.
 LISTING_THREADS_PER_WORKER = 8
+
+# A local run writes its shards to an object store in at least this many threads: a shard
+# is several requests (its upload, the read back that verifies it, the move, the index),
+# each a round trip that waits on the store, not the CPU. With S3 at 20 ms a request
+# (moto), `fast`, the pipeline benchmark's 21 shards: one worker's write stage took
+# 5.2 s in one thread, two workers' 5.9 s summed over two. Each thread holds one shard's
+# upload buffer (s3fs: up to 50 MiB).
+WRITE_THREADS_REMOTE = 4
 
 # A local run reads inputs ahead of the threads that code them (``EncodeInstance.prefetch``),
 # up to PREFETCH_AHEAD inputs a thread; inputs listed larger than PREFETCH_MAX_BYTES are
@@ -747,8 +758,8 @@ class Migrate(beam.PTransform):
         encoded = inputs | "Encode" >> beam.ParDo(encode).with_outputs("dead", "skipped", main="instances")
         # A local run's threads write the studies' shards from one queue too (to object
         # storage each shard is several round trips), the largest study first.
-        studies = gathered(encoded.instances | "ByStudy" >> beam.GroupByKey(), "GatherStudies", cfg.local_threads)
-        shards = studies | "WriteShards" >> beam.ParDo(queued(WriteShards(cfg), cfg.local_threads, weight=_study_bytes))
+        studies = gathered(encoded.instances | "ByStudy" >> beam.GroupByKey(), "GatherStudies", cfg.write_threads)
+        shards = studies | "WriteShards" >> beam.ParDo(queued(WriteShards(cfg), cfg.write_threads, weight=_study_bytes))
         dead = ((listed.dead, encoded.dead) | "AllDead" >> beam.Flatten()
                 | "WriteDeadLetters" >> beam.ParDo(WriteDeadLetters(cfg)))
         return (

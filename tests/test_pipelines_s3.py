@@ -398,6 +398,38 @@ def test_a_member_read_is_one_request_or_two(s3, fetched):
     assert read_source(listed[-1], storage_options=s3) == members["export/00.dcm"]
 
 
+def test_shards_to_an_object_store_are_written_in_several_threads(s3, tmp_path, monkeypatch):
+    """A local run wrote its shards in its coding threads (one worker: in Beam's own, one
+    at a time), each shard several round trips to an object store. To one it now writes
+    them from a queue of at least WRITE_THREADS_REMOTE threads; to local files as
+    before."""
+    import threading
+
+    from pipelines.migrate import WRITE_THREADS_REMOTE, WriteShards
+
+    writers = []
+    process = WriteShards.process
+
+    def recording(self, element):
+        writers.append(threading.current_thread().name)
+        return process(self, element)
+
+    monkeypatch.setattr(WriteShards, "process", recording)
+    fs = s3fs.S3FileSystem(**s3)
+    fs.mkdir("shards-bucket")
+    src = tmp_path / "src"
+    for key, name in PLAIN.items():  # three studies: three shards
+        (src / key).parent.mkdir(parents=True, exist_ok=True)
+        (src / key).write_bytes(pydicom_bytes(name))
+    assert WRITE_THREADS_REMOTE >= 2
+    for dst, queued in [("s3://shards-bucket/archive", True), (str(tmp_path / "dst"), False)]:
+        writers.clear()
+        summary = run_migrate(str(src / "in"), dst, preset="fast", local_model="classical-v1", progress=False,
+                              phi_in_clear=True, storage_options=s3, workers=1)
+        assert (summary["archived"], summary["shards"]) == (3, 3)
+        assert len(writers) == 3 and all(name.startswith("medarchive-queue") == queued for name in writers), (dst, writers)
+
+
 def test_a_read_asks_for_the_version_listing_saw(s3, fetched, tmp_path):
     """A ref listed on S3 carries the file's size and ETag: a read asks for that version
     (If-Match) without a request to learn it. Where the file was replaced since (same
