@@ -64,7 +64,9 @@ class MigrateConfig:
     local_workers: int | None = None
     local_threads: int | None = None
     # The queue's threads for writing shards in a local run: ``local_threads``, or to an
-    # object store at least WRITE_THREADS_REMOTE (each shard is several round trips).
+    # object store at least storage.REMOTE_WRITE_THREADS (a shard is several round trips:
+    # its upload, the read back that verifies it, the move, the index). Each thread holds
+    # one shard's upload buffer (s3fs: up to 50 MiB).
     write_threads: int | None = None
     # Reshuffles between the listing stages and before the coding: False on a local
     # in-memory run (one Beam thread; with N workers, its threads take the inputs from
@@ -246,14 +248,6 @@ def _dealt_evenly(pairs: list[tuple[SourceRef, frozenset]], ways: int) -> list[t
 # A local run reads each listed file's first bytes (ExpandFile) in this many threads a
 # worker: one request each, that waits on the store and not on the CPU.
 LISTING_THREADS_PER_WORKER = 8
-
-# A local run writes its shards to an object store in at least this many threads: a shard
-# is several requests (its upload, the read back that verifies it, the move, the index),
-# each a round trip that waits on the store, not the CPU. With S3 at 20 ms a request
-# (moto), `fast`, the pipeline benchmark's 21 shards: one worker's write stage took
-# 5.2 s in one thread, two workers' 5.9 s summed over two. Each thread holds one shard's
-# upload buffer (s3fs: up to 50 MiB).
-WRITE_THREADS_REMOTE = 4
 
 # A local run reads inputs ahead of the threads that code them (``EncodeInstance.prefetch``),
 # up to PREFETCH_AHEAD inputs a thread; inputs listed larger than PREFETCH_MAX_BYTES are

@@ -28,7 +28,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from .archive import Archive, ArchiveError, Identity, archive_identity
-from .storage import makedirs_once, move_file, open_fs, worker_storage_options
+from .storage import REMOTE_WRITE_THREADS, is_local, makedirs_once, move_file, open_fs, worker_storage_options
 from .keys import load_keyring
 from .runner import LOCAL_RUNNERS, pipeline_options, quiet_beam_logs, worker_logs_captured
 from .threadqueue import gathered, local_threads, queued
@@ -151,6 +151,18 @@ class RestoreShard(beam.DoFn):
         # Instance UID must hash to the row's sop_key: an index row moved to another record
         # is caught. The identity key is resolved here, from the key file: never in the graph.
         self.identity = _resolve_identity(self.cfg)
+        # To an object store each file is three round trips (its upload, then a copy and a
+        # delete to move it into place): REMOTE_WRITE_THREADS write while the next records
+        # decode, and at most that many decoded files wait to be written.
+        self.writers = None
+        if not is_local(self.cfg.dst):
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.writers = ThreadPoolExecutor(REMOTE_WRITE_THREADS, thread_name_prefix="medarchive-restore-write")
+
+    def teardown(self) -> None:
+        if getattr(self, "writers", None) is not None:
+            self.writers.shutdown(wait=True)
 
     def process(self, element: tuple[str, Iterable[dict]]) -> Iterator[Any]:
         shard, rows = element
@@ -164,29 +176,63 @@ class RestoreShard(beam.DoFn):
             return
         runs = record_runs(rows)
         held, span = None, b""
-        with fh:
-            for r, run in zip(rows, runs):
-                try:
-                    if held != run:  # the next run of records: one read
-                        held = None
-                        fh.seek(run[0])
-                        span, held = fh.read(run[1] - run[0]), run
-                    blob = span[r["offset"] - run[0] : r["offset"] - run[0] + r["length"]]
-                    data = self.codec.decompress_dicom(blob, keyring=self.keyring)  # verified inside
-                    rel = self._place(r, data)
-                except Exception as exc:  # noqa: BLE001 - one bad record is reported, the rest proceed
-                    if self.cfg.fail_fast:
-                        raise
-                    yield self._failed(shard, r, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-                                       if isinstance(exc, (self.medcodec.MedcodecError, _WrongInstance))
-                                       else type(exc).__name__)
-                    continue
-                Metrics.counter("medarchive", "restored").inc()
-                yield beam.pvalue.TaggedOutput("report", ("restored", 1))
-                yield {"sop_key": r["sop_key"], "path": rel, "bytes": len(data), "mode": r["restore_mode"]}
+        writing: list = []  # (row, relative path, bytes, the write's future), oldest first
+        try:
+            with fh:
+                for r, run in zip(rows, runs):
+                    try:
+                        if held != run:  # the next run of records: one read
+                            held = None
+                            fh.seek(run[0])
+                            span, held = fh.read(run[1] - run[0]), run
+                        blob = span[r["offset"] - run[0] : r["offset"] - run[0] + r["length"]]
+                        data = self.codec.decompress_dicom(blob, keyring=self.keyring)  # verified inside
+                        rel, path = self._checked_path(r, data)
+                        if self.writers is None:
+                            self._write(path, data)
+                        else:
+                            writing.append((r, rel, len(data), self.writers.submit(self._write, path, data)))
+                    except Exception as exc:  # noqa: BLE001 - one bad record is reported, the rest proceed
+                        yield from self._outcome(shard, r, None, 0, exc)
+                        continue
+                    if self.writers is None:
+                        yield from self._outcome(shard, r, rel, len(data), None)
+                    while len(writing) > REMOTE_WRITE_THREADS:
+                        yield from self._written(shard, writing.pop(0))
+            while writing:
+                yield from self._written(shard, writing.pop(0))
+        except BaseException:
+            for _, _, _, future in writing:  # the shard stopped (fail_fast): no write left running
+                future.cancel()
+            for _, _, _, future in writing:
+                if not future.cancelled():
+                    future.exception()
+            raise
 
-    def _place(self, r: dict, data: bytes) -> str:
-        """Check the file is the row's instance, then write it atomically; its relative path."""
+    def _written(self, shard: str, pending: tuple) -> Iterator[Any]:
+        r, rel, size, future = pending
+        try:
+            future.result()
+        except Exception as exc:  # noqa: BLE001 - reported as the write's record
+            yield from self._outcome(shard, r, None, 0, exc)
+            return
+        yield from self._outcome(shard, r, rel, size, None)
+
+    def _outcome(self, shard: str, r: dict, rel: str | None, size: int, exc: BaseException | None) -> Iterator[Any]:
+        """The record restored to ``rel``, or failed with ``exc`` (raised with ``fail_fast``)."""
+        if exc is not None:
+            if self.cfg.fail_fast:
+                raise exc
+            yield self._failed(shard, r, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                               if isinstance(exc, (self.medcodec.MedcodecError, _WrongInstance))
+                               else type(exc).__name__)
+            return
+        Metrics.counter("medarchive", "restored").inc()
+        yield beam.pvalue.TaggedOutput("report", ("restored", 1))
+        yield {"sop_key": r["sop_key"], "path": rel, "bytes": size, "mode": r["restore_mode"]}
+
+    def _checked_path(self, r: dict, data: bytes) -> tuple[str, str]:
+        """Check the file is the row's instance; (its relative path, its path under DST)."""
         import pydicom
 
         try:
@@ -203,13 +249,16 @@ class RestoreShard(beam.DoFn):
         rel = "/".join([_safe(study, r["study_key"]), _safe(series, r["series_key"]),
                         _safe(sop, r["sop_key"]) + suffix + ".dcm"])
         path = f"{self.dst_root.rstrip('/')}/{rel}"
+        makedirs_once(self.dst_fs, path.rsplit("/", 1)[0], self._made)
+        return rel, path
+
+    def _write(self, path: str, data: bytes) -> None:
+        """``data`` to ``path``, atomically: under a temporary name, then moved."""
         folder, name = path.rsplit("/", 1)
-        makedirs_once(self.dst_fs, folder, self._made)
         tmp = f"{folder}/.tmp-{uuid.uuid4().hex}-{name}"  # a reader never sees half a file
         with self.dst_fs.open(tmp, "wb") as out:
             out.write(data)
         move_file(self.dst_fs, tmp, path)
-        return rel
 
     @staticmethod
     def _failed(shard: str, r: dict, reason: str) -> beam.pvalue.TaggedOutput:

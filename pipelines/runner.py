@@ -25,8 +25,9 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from .archive import Archive, ArchiveError
-from .storage import StorageTimeouts, is_local, open_fs, storage_errors, with_timeouts, worker_storage_options
-from .migrate import WRITE_THREADS_REMOTE, Migrate, MigrateConfig
+from .storage import (REMOTE_WRITE_THREADS, StorageTimeouts, is_local, open_fs, storage_errors, with_timeouts,
+                      worker_storage_options)
+from .migrate import Migrate, MigrateConfig
 from .progress import MetricsProgress, ProgressMonitor
 from .threadqueue import local_threads
 
@@ -261,7 +262,7 @@ def _run_migrate_pipeline(archive: Archive, run_id: str, index_files: tuple[str,
             local_workers=workers if local and workers > 1 else None,
             # one worker reading from an object store reads ahead too (a queue of one thread)
             local_threads=local_threads(options, workers, local, reads_ahead=not is_local(src)),
-            write_threads=local_threads(options, workers if is_local(dst) else max(workers, WRITE_THREADS_REMOTE),
+            write_threads=local_threads(options, workers if is_local(dst) else max(workers, REMOTE_WRITE_THREADS),
                                         local, reads_ahead=not is_local(src)),
             spread=not (local and options.get_all_options().get("direct_running_mode") == "in_memory"),
         )
