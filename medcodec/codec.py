@@ -220,6 +220,7 @@ def encode_words(
     colour_choices = (True, False) if preset == "max" else (True,)
     best = None
     crops: dict = {}  # the screen's crop records, by model
+    streams: dict = {}  # the image's planes' preset-free streams (coders._kept_stream)
     for model in screen_local_models(words, fmt, preset, models, timings=timings, deadline=deadline, records=crops):
         choices = colour_choices
         if len(choices) > 1:
@@ -227,7 +228,8 @@ def encode_words(
                                      with_table=crops.get(id(model)))
         for colours in choices:
             deadline.check("between candidate models")
-            coded = _encode_with(words, fmt, preset, model, timings, colours=colours, deadline=deadline)
+            coded = _encode_with(words, fmt, preset, model, timings, colours=colours, deadline=deadline,
+                                 streams=streams)
             if best is None or _coded_bytes(coded) < _coded_bytes(best):
                 best = coded
             if coded[0].get("colour_palette") is None:
@@ -240,7 +242,7 @@ def encode_words(
         deadline.check("before the comparison with fast")
         fast_model = local_model_for(PRESET_LOCAL_MODELS["fast"][0])
         if fast_worth_trying(words, fmt, fast_model, crops, timings=timings, deadline=deadline):
-            coded = _encode_with(words, fmt, "fast", fast_model, timings, deadline=deadline)
+            coded = _encode_with(words, fmt, "fast", fast_model, timings, deadline=deadline, streams=streams)
             if _coded_bytes(coded) < _coded_bytes(best):
                 best = coded
     return best
@@ -388,9 +390,11 @@ def _encode_with(
     colours: bool = True,
     deadline: Deadline = NO_DEADLINE,
     global_id: str | None = None,
+    streams: dict | None = None,
 ) -> tuple[dict[str, Any], list[ct.Section]]:
     """The pixel config and sections of ``words`` coded with ``preset`` and ``local_model``;
-    ``global_id`` names another global path than the preset's (the screen's)."""
+    ``global_id`` names another global path than the preset's (the screen's). ``streams``:
+    the image's preset-free plane streams, shared by its codings (``encode_words``)."""
     n_frames, n_samples, rows, cols = words.shape
     values, outside, bits, palette = coding_values(words, fmt)
     sections: list[ct.Section] = []
@@ -422,7 +426,11 @@ def _encode_with(
             g, loc = split_planes(v, k)
             info = PlaneInfo(rows=rows, cols=cols, bits=bits - k, k=k, preset=preset)
             t = time.perf_counter()
-            gs = global_coder.encode(g, info, None if prev is None else prev >> k)
+            g_prev = None if prev is None else prev >> k
+            if streams is not None and isinstance(global_coder, PlaneSelector):
+                gs = global_coder.encode(g, info, g_prev, streams=streams)
+            else:
+                gs = global_coder.encode(g, info, g_prev)
             t = _add_time(timings, "global", t)
             ls = local_model.encode(loc, g, info, prev)
             _add_time(timings, "local", t)

@@ -364,3 +364,84 @@ def test_the_warmup_codes_every_share_and_both_presets_exactly():
     for name in warmup.SHARES:
         warmup._share(name)  # raises where a stream does not decode to its plane
     warmup._presets()
+
+
+@pytest.mark.parametrize("kind,bits", [("smooth", 12), ("noise", 8), ("patches", 16)])
+def test_wavelet53_v2_streams_do_not_depend_on_the_preset(kind, bits):
+    """``preset_free``: the one coder `max`'s selector and `fast`'s share streams of
+    (``coders._kept_stream``) codes a plane to the same bytes under either preset."""
+    from medcodec.coders.wavelet_v2 import WaveletV2GlobalPathCoder
+
+    coder = WaveletV2GlobalPathCoder()
+    assert coder.preset_free
+    plane = _plane(kind, 96, 80, bits, seed=3)
+    streams = {p: coder.encode(plane, PlaneInfo(rows=96, cols=80, bits=bits, k=0, preset=p)) for p in ("max", "fast")}
+    assert streams["max"] == streams["fast"]
+
+
+def _counted_wavelet(monkeypatch) -> list:
+    """The planes wavelet53-v2 codes from now on (their shapes), as a list."""
+    from medcodec.coders.wavelet_v2 import WaveletV2GlobalPathCoder
+
+    coded: list = []
+    encode = WaveletV2GlobalPathCoder.encode
+
+    def counted(self, plane, info, prev=None):
+        coded.append(plane.shape)
+        return encode(self, plane, info, prev)
+
+    monkeypatch.setattr(WaveletV2GlobalPathCoder, "encode", counted)
+    return coded
+
+
+def test_a_selector_takes_a_preset_free_stream_of_the_same_plane_from_streams(monkeypatch):
+    """With ``streams``, a preset-free candidate's stream of a plane is coded once: a second
+    selector (another preset) coding the same plane takes it. Another plane, another
+    previous plane or other bits code again; without ``streams``, or for a coder that
+    reads its preset, every call codes."""
+    from medcodec.coders.wavelet_v2 import WaveletV2GlobalPathCoder
+
+    coded = _counted_wavelet(monkeypatch)
+    first = PlaneSelector(model_id="test-wavelet-first", candidates=(WaveletV2GlobalPathCoder.model_id,))
+    second = PlaneSelector(model_id="test-wavelet-second", candidates=(WPC3.model_id, WaveletV2GlobalPathCoder.model_id))
+    plane = _plane("smooth", 64, 48, 10, seed=5)
+    info = {p: PlaneInfo(rows=64, cols=48, bits=10, k=0, preset=p) for p in ("max", "fast")}
+    streams: dict = {}
+    a = first.encode(plane, info["max"], streams=streams)
+    b = second.encode(plane.copy(), info["fast"], streams=streams)  # equal content, another array
+    assert len(coded) == 1
+    assert a == first.encode(plane, info["max"]) and b == second.encode(plane, info["fast"])  # as without streams
+    other = plane.copy()
+    other[10, 10] ^= 1
+    second.encode(other, info["fast"], streams=streams)
+    second.encode(plane, info["fast"], plane, streams=streams)
+    second.encode(plane, PlaneInfo(rows=64, cols=48, bits=11, k=0, preset="fast"), streams=streams)
+    assert len(coded) == 6  # the two above without streams, and these three
+    first.encode(plane, info["max"])
+    assert len(coded) == 7
+
+
+def test_max_codes_a_plane_fast_also_takes_by_wavelet53_v2_once(monkeypatch):
+    """`max` codes 693_UNCI (a decoded lossy JPEG 2000 CT) by wavelet53-v2 and, comparing
+    with `fast`, whose selector also takes it: the plane is coded once in full, and the
+    record is the same bytes as when it was coded twice."""
+    from conftest import pydicom_bytes
+
+    from medcodec.coders.wavelet_v2 import WaveletV2GlobalPathCoder
+    from medcodec.dicom import parse_dicom
+
+    parsed = parse_dicom(pydicom_bytes("693_UNCI.dcm"))
+    plane, spec = parsed.frames[0, 0], parsed.spec
+
+    def coded_with(preset_free: bool) -> tuple[bytes, int]:
+        coded = _counted_wavelet(monkeypatch)
+        monkeypatch.setattr(WaveletV2GlobalPathCoder, "preset_free", preset_free)
+        blob = medcodec.compress_pixels(plane, bits_stored=spec.bits_stored, signed=spec.signed,
+                                        high_bit=spec.high_bit, preset="max")
+        return blob, coded.count(plane.shape)
+
+    shared, once = coded_with(True)
+    apart, twice = coded_with(False)
+    assert (once, twice) == (1, 2)
+    assert shared == apart
+    assert np.array_equal(medcodec.decompress_pixels(shared), plane)

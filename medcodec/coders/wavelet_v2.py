@@ -76,6 +76,10 @@ class WaveletV2GlobalPathCoder:
     """Global path coded as 5/3 wavelet subbands with compiled band coders (module doc)."""
 
     model_id = "wavelet53-v2"
+    # Its stream does not depend on the preset: the band kernel reads none, nor does the
+    # low band's raster-wpc-v1. `max`'s selector and `fast`'s share its streams of one
+    # image (``coders._kept_stream``); tests/test_coders.py checks both presets give one stream.
+    preset_free = True
 
     def encode(self, plane: np.ndarray, info: PlaneInfo, prev: np.ndarray | None = None) -> bytes:
         return encode_bands(plane, lambda i, band, bands: _code_band(i, band, bands, info.preset))
