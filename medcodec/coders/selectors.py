@@ -218,9 +218,9 @@ PER_PLANE_V8_CANDIDATES = (
 # rule applied to centre crops of each size): 96x96 and 112x112 crops change five
 # decisions, 128x128 and 160x160 three. eCT_Supplemental's planes change while their
 # crops are far apart (both at 96-128, the second at 160): the raster path's crop stream
-# 13-34% smaller than the tree path's, which codes both planes smallest in full. Those crops took 1.2 s (96),
-# 1.9 s (128) and 2.8 s (160) against 5.4 s at 224 (tree 1.9 s, raster 3.0 s, wavelet
-# 0.2 s, the difference coder 0.4 s).
+# 13-34% smaller than the tree path's, which codes both planes smallest in full. Those
+# crops took 1.2 s (96), 1.9 s (128) and 2.8 s (160) against 5.4 s at 224 (tree 1.9 s,
+# raster 3.0 s, wavelet 0.2 s, the difference coder 0.4 s).
 TREE_SCREEN_MIN_SAMPLES = 1 << 18
 TREE_SCREEN_CROP = 224
 TREE_SCREEN_MARGIN = 0.03
