@@ -402,6 +402,10 @@ def test_a_selector_takes_a_preset_free_stream_of_the_same_plane_from_streams(mo
     from medcodec.coders.wavelet_v2 import WaveletV2GlobalPathCoder
 
     coded = _counted_wavelet(monkeypatch)
+    raster: list = []  # raster-wpc-v3 reads no preset either, but does not say so: never kept
+    encode_raster = RasterWPCV3GlobalPathCoder.encode
+    monkeypatch.setattr(RasterWPCV3GlobalPathCoder, "encode",
+                        lambda self, *args: raster.append(1) or encode_raster(self, *args))
     first = PlaneSelector(model_id="test-wavelet-first", candidates=(WaveletV2GlobalPathCoder.model_id,))
     second = PlaneSelector(model_id="test-wavelet-second", candidates=(WPC3.model_id, WaveletV2GlobalPathCoder.model_id))
     plane = _plane("smooth", 64, 48, 10, seed=5)
@@ -409,6 +413,7 @@ def test_a_selector_takes_a_preset_free_stream_of_the_same_plane_from_streams(mo
     streams: dict = {}
     a = first.encode(plane, info["max"], streams=streams)
     b = second.encode(plane.copy(), info["fast"], streams=streams)  # equal content, another array
+    second.encode(plane, info["fast"], streams=streams)  # again: raster-wpc-v3 codes again
     assert len(coded) == 1
     assert a == first.encode(plane, info["max"]) and b == second.encode(plane, info["fast"])  # as without streams
     other = plane.copy()
@@ -417,6 +422,7 @@ def test_a_selector_takes_a_preset_free_stream_of_the_same_plane_from_streams(mo
     second.encode(plane, info["fast"], plane, streams=streams)
     second.encode(plane, PlaneInfo(rows=64, cols=48, bits=11, k=0, preset="fast"), streams=streams)
     assert len(coded) == 6  # the two above without streams, and these three
+    assert len(raster) == 6  # every call of the second selector
     first.encode(plane, info["max"])
     assert len(coded) == 7
 
