@@ -167,7 +167,9 @@ def test_wavefront_predictions_equal_the_scalar_raster_definition(shape):
     img = rng.integers(0, 1 << 12, size=shape)
     img[: shape[0] // 2] //= 64  # flat and textured parts
     prev = rng.integers(0, 1 << 12, size=shape)
-    for p in (None, prev):
+    # A previous plane close to the plane: its sub-predictor then weighs in the prediction.
+    near = np.clip(img + rng.integers(-2, 3, size=shape), 0, 4095)
+    for p in (None, prev, near):
         want = _reference_predictions(img, 4095, p)
         assert np.array_equal(_wavefront_predictions(img, 4095, p), want)
         assert np.array_equal(_wavefront_predictions(img, 4095, p, decoder=False), want)

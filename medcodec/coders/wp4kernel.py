@@ -49,21 +49,20 @@ def code_plane(rows, cols, value, true_err, sub_err, prev_shift, has_prev, maxv,
     order) into ``buf``, returning the byte count or -1 if ``buf`` was too small; or
     decode ``buf`` into ``value`` (the ``Wavefront`` state), returning 0, or -2 for
     damage (a token outside the alphabet, a value outside [0, maxv]). The kernel's
-    scratch (sub-predictions, weights, properties, decisions seen per node) is made here:
-    it is compiled without reference counting (``medcodec.jit``)."""
+    scratch (properties, decisions seen per node) is made here: it is compiled without
+    reference counting (``medcodec.jit``)."""
     return _code_plane(rows, cols, value, true_err, sub_err, prev_shift, has_prev, maxv, prop, thr, right, leaf,
                        has_table, choice, offset, model, weights, probs, depth, alphabet, lowest, raw_bits, tokens,
-                       extras, leaves, decode, buf, np.empty(5, dtype=np.int64), np.empty(5, dtype=np.int64),
-                       np.empty(N_PROPERTIES, dtype=np.int64), np.zeros(probs.shape[0], dtype=np.int64))
+                       extras, leaves, decode, buf, np.empty(N_PROPERTIES, dtype=np.int64),
+                       np.zeros(probs.shape[0], dtype=np.int64))
 
 
 @kernel
 def _code_plane(rows, cols, value, true_err, sub_err, prev_shift, has_prev, maxv, prop, thr, right, leaf, has_table,
                 choice, offset, model, weights, probs, depth, alphabet, lowest, raw_bits, tokens, extras, leaves,
-                decode, buf, sub, wts, props, seen):
+                decode, buf, props, seen):
     low, rng, cache, csize, at, code = _start(buf, decode)
     zero = rows * cols
-    n_sub = 5 if has_prev else 4
     nodes = np.int64(1) << depth
     for r in range(rows):
         for c in range(cols):
@@ -72,10 +71,11 @@ def _code_plane(rows, cols, value, true_err, sub_err, prev_shift, has_prev, maxv
             p8 = np.int64(0)
             t = np.int64(0)
             e = np.int64(0)
+            s0 = s1 = s2 = s3 = s4 = np.int64(0)
             if decode:
-                p, p8, ctx = model_step(pos, r, c, cols, zero, value, true_err, sub_err, prev_shift, has_prev, maxv,
-                                        sub, wts, props, prop, thr, right, leaf, has_table, choice, offset, model,
-                                        weights)
+                p, p8, ctx, s0, s1, s2, s3, s4 = model_step(pos, r, c, cols, zero, value, true_err, sub_err, prev_shift,
+                                                            has_prev, maxv, props, prop, thr, right, leaf, has_table,
+                                                            choice, offset, model, weights)
             else:
                 ctx = leaves[_u(pos)]
                 t = tokens[_u(pos)]
@@ -109,7 +109,7 @@ def _code_plane(rows, cols, value, true_err, sub_err, prev_shift, has_prev, maxv
                 v = p + ((z >> 1) ^ -(z & 1))
                 if v < 0 or v > maxv:
                     return -2
-                _record(pos, v, p8, sub, n_sub, value, true_err, sub_err)
+                _record(pos, v, p8, s0, s1, s2, s3, s4, has_prev, value, true_err, sub_err)
     if decode:
         return 0
     return _finish(low, cache, csize, at, buf)
