@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import leading_zeros
 
 from .jit import kernel
 
@@ -283,9 +284,7 @@ def _token(z, mantissa, direct):
     """``paths.tokenize`` of one non-negative int: (token, raw bits)."""
     if z < direct:
         return z, 0
-    n = 0
-    while (z >> (n + 1)) > 0:
-        n += 1
+    n = np.int64(63) - np.int64(leading_zeros(np.uint64(z)))  # floor(log2(z)), z >= direct > 0
     nb = n - mantissa
     return direct - (4 << mantissa) + (n << mantissa) + ((z >> nb) & ((1 << mantissa) - 1)), nb
 
