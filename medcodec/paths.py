@@ -336,14 +336,16 @@ def _fit(x: np.ndarray, y: np.ndarray, iterations: int, rows: int = FIT_ROWS["ma
     solves = iterations + (init is None)
     coarse = min(FIT_COARSE_SOLVES, solves - 1) if yf.size // FIT_COARSE >= FIT_COARSE_MIN_ROWS * xf.shape[0] else 0
     if coarse:
-        n_coarse = -(-yf.size // FIT_COARSE)
-        xw_c, root_c = np.empty((xf.shape[0], n_coarse)), np.empty(n_coarse)
+        # The coarse rows, copied once: each coarse solve read them from ``xf`` with a
+        # stride, every cache line of it for a quarter of its numbers (the same products).
+        xf_c, yf_c = np.ascontiguousarray(xf[:, ::FIT_COARSE]), np.ascontiguousarray(yf[::FIT_COARSE])
+        xw_c, root_c = np.empty_like(xf_c), np.empty_like(yf_c)
     for solve in range(solves):
         if solve < coarse:
             np.sqrt(row_w[::FIT_COARSE], out=root_c)
-            np.multiply(xf[:, ::FIT_COARSE], root_c, out=xw_c)
+            np.multiply(xf_c, root_c, out=xw_c)
             gram = np.dot(xw_c, xw_c.T)
-            rhs = np.dot(xw_c, np.multiply(yf[::FIT_COARSE], root_c, out=root_c))
+            rhs = np.dot(xw_c, np.multiply(yf_c, root_c, out=root_c))
         else:
             np.sqrt(row_w, out=root)
             np.multiply(xf, root, out=xw)
