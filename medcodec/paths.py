@@ -299,6 +299,21 @@ L1_CHAINED_ITERATIONS = 8
 FIT_COARSE = 4
 FIT_COARSE_SOLVES = 3
 FIT_COARSE_MIN_ROWS = 16
+# Measured and not kept (2026-12-07; raster-wp-v4's fits of `max` on 693_UNCR, MR2_UNCI,
+# US1_UNCI and RG3_UNCR, 222-253 of them, in-process, best of 5, one thread):
+# * The features, products and residuals in float32 (the features are integers below 2**22,
+#   exact in it; the Gram matrix and right-hand side solved in float64): the fits took
+#   0.61-0.67x the time and `max`'s encode 0.86-0.97x, but the weights differ in 98 of 222
+#   fits and the records grow: train +0.036%, held-out +0.027%, train J2K_pixelrep_mismatch
+#   (a CT, decoded lossy JPEG 2000, whose exact linear structure the L1 fit finds) +0.86%.
+#   Every variant kept that loss: the first round's fits alone in float32 +0.82%, the
+#   residuals or the last solve in float64 +1.1% and +1.2%, a ridge of 1e-7 to 1e-4 +1.2%
+#   to +4.0%. The issue's targets keep `max`'s size; float32 buys a tenth of its encode.
+# * The weighted rows in blocks of 1,024-8,192 columns, multiplied and summed into the Gram
+#   matrix block by block (to stay in cache): the same weights, 0.95-1.005x the time. The
+#   Gram matrix as (x * w) @ x.T, a general product without the square roots (OpenBLAS's
+#   syrk is slow at 28 rows: 28 x 16,384 in 608 us against a general product's 546): the
+#   same weights, 1.125x the time.
 
 
 def _fit(x: np.ndarray, y: np.ndarray, iterations: int, rows: int = FIT_ROWS["max"],
