@@ -1037,6 +1037,40 @@ def test_raster_v4_same_bytes_with_1_or_2_threads_and_decodes_in_another_process
     assert np.array_equal(np.frombuffer(back, dtype=np.int64).reshape(a.shape), a)
 
 
+def test_raster_v4_starts_a_planes_fits_from_its_previous_planes_models(monkeypatch):
+    # Given the dict an image's codings share (``fits``, kept by coders._kept_stream), a plane
+    # after its previous plane refines that plane's models in one round of fits, each from
+    # one of them (its own previous-plane feature at weight 0), and decodes; without the
+    # dict its fits start from least squares.
+    from medcodec import wavefront
+
+    a, bits = _real_plane("MR2_J2KR.dcm")
+    first = np.ascontiguousarray(a[384:640, 384:640])
+    second = np.ascontiguousarray(a[392:648, 384:640])
+    info = _info(first, bits)
+    starts = []
+    real = wavefront._fit
+
+    def spy(*args, init=None, **kwargs):
+        starts.append(init)
+        return real(*args, init=init, **kwargs)
+
+    monkeypatch.setattr(wavefront, "_fit", spy)
+    fits = {}
+    RasterV4GlobalPathCoder().encode(first, info, None, fits=fits)
+    kept = fits[wavefront._fits_key(first, info)]
+    assert len(kept) >= 2 and starts[0] is None
+    starts.clear()
+    data = RasterV4GlobalPathCoder().encode(second, info, first, fits=fits)
+    assert 1 <= len(starts) <= len(kept)
+    assert all(s is not None and s[-1] == 0 and any(np.array_equal(s[:-1], w) for w in kept) for s in starts)
+    assert wavefront._fits_key(second, info) in fits
+    assert np.array_equal(RasterV4GlobalPathCoder().decode(data, info, first), second)
+    starts.clear()
+    RasterV4GlobalPathCoder().encode(second, info, first)
+    assert any(s is None for s in starts)
+
+
 def test_corrupt_raster_v4_streams_fail_cleanly():
     a, bits = _real_plane("MR2_J2KR.dcm")
     a = a[480:544, 480:544]

@@ -14,7 +14,9 @@ or None. Decorate the class with :func:`register`; ``record_level=True`` when a
 record's config may name it as its ``global_model`` (the others are candidates of a
 per-plane selector, named inside its streams). A coder whose stream does not depend on
 ``info.preset`` may say so (``preset_free = True``): selectors of several presets then
-share its streams of one image's planes (``PlaneSelector.encode``'s ``streams``).
+share its streams of one image's planes (``PlaneSelector.encode``'s ``streams``). A coder
+whose encoder can start from what it fitted on the previous plane says ``reuses_fits =
+True`` and takes a ``fits`` dict, kept per image (``_kept_stream``).
 
 A per-plane selector (:class:`PlaneSelector`) is data: an id, its candidates' ids (a
 stream's first varint is the index of the one that coded it) and the rule that picks
@@ -173,7 +175,13 @@ def _kept_stream(coder, plane: np.ndarray, info, prev: np.ndarray | None, stream
     on decoded lossy JPEG 2000 images both chose it for the same planes and coded the
     same stream twice (RG1_UNCI 0.55 of 1.5 s, RG3_UNCI 0.20 of 0.76 s; 2026-12-07).
     A plane's key is its SHA-256 (about 5 ns a sample, against 100 ns and more a sample
-    for the coding)."""
+    for the coding).
+
+    A coder that ``reuses_fits`` (raster-wp-v3 and v4) is given ``streams`` as its
+    ``fits``: the fitted predictors it leaves there for a plane start the fits of the
+    plane that follows it (``wavefront.RasterV3GlobalPathCoder._fit_models``)."""
+    if streams is not None and getattr(coder, "reuses_fits", False):
+        return coder.encode(plane, info, prev, fits=streams)
     if streams is None or not getattr(coder, "preset_free", False):
         return coder.encode(plane, info, prev)
     key = (coder.model_id, info.rows, info.cols, info.bits, info.k, _content(plane),
