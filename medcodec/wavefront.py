@@ -379,10 +379,10 @@ def _candidate_leaf_costs(preds: np.ndarray, flat: np.ndarray, ctx: np.ndarray, 
 
     preds = np.ascontiguousarray(preds, dtype=np.int64)
     hist = np.empty((preds.shape[0], leaves, token_alphabet(bits, MANTISSA)), dtype=np.int64)
-    raw = np.empty((preds.shape[0], leaves), dtype=np.int64)
     top = np.empty(preds.shape[0], dtype=np.int64)
     lk.leaf_token_counts(preds, np.ascontiguousarray(flat, dtype=np.int64), np.ascontiguousarray(ctx, dtype=np.int64),
-                         MANTISSA, _DIRECT, hist, raw, top)
+                         MANTISSA, _DIRECT, hist, top)
+    raw = hist @ token_lookup(bits, MANTISSA)[1].astype(np.int64)  # each token's raw bits, summed per leaf
     return np.stack([_static_bits(hist[k, :, : top[k] + 1]) + raw[k] for k in range(preds.shape[0])])
 
 
