@@ -365,30 +365,40 @@ def _contexts_of(at, cols, value, true_err, prev_shift, has_prev, pred, prop, th
 
 
 @kernel
-def ls_features_at(at, cols, value, true_err, prev_shift, has_prev, pred8, out, ref):
-    """``wavefront.ls_features`` (F, m) and ``ref`` of the pixels ``at`` of an analysed plane."""
+def ls_features_at(at, cols, value, true_err, prev_shift, has_prev, pred8, out, ref, block):
+    """``wavefront.ls_features`` (F, m) and ``ref`` of the pixels ``at`` of an analysed
+    plane. ``block`` (B, F): scratch for B pixels' features, written a pixel at a time and
+    copied to ``out`` a row at a time (``LS_FEATURE_BLOCK``)."""
     zero = true_err.size - 1
-    for i in range(at.size):
-        pos = at[i]
-        r = pos // cols
-        c = pos % cols
-        w, n, nw, ne, nn, ww, ew, en, enw, ene, eww = _neighbours(pos, r, c, cols, zero)
-        base = (value[_u(w)] + value[_u(n)]) >> 1
-        ref[i] = base
-        for k in range(_N_LS):
-            rr = r + _LS_DR[k]
-            cc = c + _LS_DC[k]
-            if rr >= 0 and cc >= 0 and cc < cols:
-                out[k, i] = value[pos + _LS_DR[k] * cols + _LS_DC[k]] - base
-            else:
-                out[k, i] = value[n if _LS_DC[k] >= 0 else w] - base
-        out[_N_LS, i] = pred8[pos] - (base << EXTRA_BITS)
-        out[_N_LS + 1, i] = true_err[_u(ew)]
-        out[_N_LS + 2, i] = true_err[_u(en)]
-        out[_N_LS + 3, i] = true_err[_u(enw)]
-        out[_N_LS + 4, i] = true_err[_u(ene)]
-        if has_prev:
-            out[_N_LS + 5, i] = value[_u(pos + prev_shift)] - ((value[_u(w + prev_shift)] + value[_u(n + prev_shift)]) >> 1)
+    n_feat = out.shape[0]
+    size = block.shape[0]
+    for start in range(0, at.size, size):
+        stop = min(at.size, start + size)
+        for i in range(start, stop):
+            pos = at[i]
+            r = pos // cols
+            c = pos % cols
+            w, n, nw, ne, nn, ww, ew, en, enw, ene, eww = _neighbours(pos, r, c, cols, zero)
+            base = (value[_u(w)] + value[_u(n)]) >> 1
+            ref[i] = base
+            row = block[i - start]
+            for k in range(_N_LS):
+                rr = r + _LS_DR[k]
+                cc = c + _LS_DC[k]
+                if rr >= 0 and cc >= 0 and cc < cols:
+                    row[k] = value[pos + _LS_DR[k] * cols + _LS_DC[k]] - base
+                else:
+                    row[k] = value[n if _LS_DC[k] >= 0 else w] - base
+            row[_N_LS] = pred8[pos] - (base << EXTRA_BITS)
+            row[_N_LS + 1] = true_err[_u(ew)]
+            row[_N_LS + 2] = true_err[_u(en)]
+            row[_N_LS + 3] = true_err[_u(enw)]
+            row[_N_LS + 4] = true_err[_u(ene)]
+            if has_prev:
+                row[_N_LS + 5] = value[_u(pos + prev_shift)] - ((value[_u(w + prev_shift)] + value[_u(n + prev_shift)]) >> 1)
+        for k in range(n_feat):
+            for i in range(start, stop):
+                out[k, i] = block[i - start, k]
 
 
 @kernel
