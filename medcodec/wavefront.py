@@ -534,18 +534,6 @@ def ls_feature_count(has_prev: bool) -> int:
     return len(LS_NEIGHBOURS) + 5 + has_prev
 
 
-# ``ls_features_at`` writes LS_FEATURE_BLOCK pixels' features to a scratch block, a pixel
-# at a time, then copies them into the (F, m) rows a row at a time. Written straight into
-# the rows (a value to each of 28 rows per pixel) they fell in few L1 sets where the rows
-# are a multiple of 4 KB apart (the samples of held-out 693_J2KR and MR2_J2KR, 262,144
-# columns; RG3_J2KR, 281,600) or of 2 KB (OBXXXX1A, 480,000): 14 to 28 lines in sets
-# that hold 8. The kernel took 13.5 ms instead of 23.9 on 693_J2KR's sample, 25 instead of
-# 40 on OBXXXX1A's; raster-wp-v4's encode 0.945-0.972x the time on 693_J2KR, MR2_J2KR,
-# OBXXXX1A, US1_J2KR and RG3_J2KR (in-process, best of 7-9), the same bytes. Blocks of
-# 16 to 256 pixels ran alike.
-LS_FEATURE_BLOCK = 64
-
-
 def ls_features(wf: Wavefront, pos: np.ndarray, pred8: np.ndarray, dtype=np.int64) -> tuple[np.ndarray, np.ndarray]:
     """(features (F, n), ref) of the fitted predictors at the pixels ``pos`` of an
     analysed plane (``pred8``: every pixel's weighted prediction x8), all integers
@@ -558,7 +546,7 @@ def ls_features(wf: Wavefront, pos: np.ndarray, pred8: np.ndarray, dtype=np.int6
     x = np.empty((n_feat, pos.size), dtype=dtype)
     ref = np.empty(pos.size, dtype=np.int64)
     wk.ls_features_at(np.ascontiguousarray(pos, dtype=np.int64), wf.cols, wf.value, wf.true_err, wf.prev_shift,
-                      wf.has_prev, pred8, x, ref, np.empty((LS_FEATURE_BLOCK, n_feat), dtype=dtype))
+                      wf.has_prev, pred8, x, ref, np.empty((wk.ROW_BLOCK, n_feat), dtype=dtype))
     return x, ref
 
 
