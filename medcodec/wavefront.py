@@ -744,7 +744,8 @@ class RasterV3GlobalPathCoder(RasterV2GlobalPathCoder):
         # The tree was grown on the weighted predictor's residuals: grow it again on
         # those of the chosen predictions (same properties), and choose again.
         at = wf.learning_sample(pred)[0]
-        final_at = self._final(choice, offset, self._contexts_of(wf, tree, pred, at), wf, pred, pred8, models, maxv, at)
+        ctx_at = ctx_s[at] if step == 1 else self._contexts_of(wf, tree, pred, at)  # step 1: the sample is every pixel
+        final_at = self._final(choice, offset, ctx_at, wf, pred, pred8, models, maxv, at)
         tree = self._learn(wf, pred, flat[at] - final_at, info)
         ctx = self._all_contexts(wf, tree, pred)
         choice, offset, _ = self._select(ctx[s], tree.n_leaves, flats, cands, maxv, step)
