@@ -326,7 +326,7 @@ def _analyse(rows, cols, value, true_err, sub_err, prev_shift, has_prev, maxv, p
 # few L1 sets where the rows are a multiple of 4 KB apart (learning samples of 2**17
 # pixels; the fits' samples of held-out 693_J2KR and MR2_J2KR, 262,144 columns, RG3_J2KR
 # 281,600) or of 2 KB (OBXXXX1A, 480,000): 8 to 28 lines in sets that hold 8. On
-# 693_J2KR's learning sample the properties took 2.6 ms instead of 7.5; on its fits'
+# 693_J2KR's learning sample the properties took 3.1 ms instead of 7.7; on its fits'
 # sample the features 13.5 ms instead of 23.9 (OBXXXX1A's 25 instead of 40); blocks of
 # 16 to 256 pixels ran alike; on OBXXXX1A's learning sample (rows 2 KB apart, 16 of
 # them: two lines to a set) the properties took 4.2 ms instead of 3.8. raster-wp-v4's
@@ -334,6 +334,14 @@ def _analyse(rows, cols, value, true_err, sub_err, prev_shift, has_prev, maxv, p
 # features' blocks 0.945-0.972x the time on held-out 693_J2KR, MR2_J2KR, OBXXXX1A,
 # US1_J2KR and RG3_J2KR; with both, 0.960-0.981x on the first four, in a slower hour.
 ROW_BLOCK = 64
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _copy_block(block, out, start, stop):
+    """``out[j, start:stop] = block[:stop - start, j]`` for every row j of ``out``."""
+    for j in range(out.shape[0]):
+        for i in range(start, stop):
+            out[j, i] = block[i - start, j]
 
 
 def properties_at(at, cols, value, true_err, prev_shift, has_prev, pred, out):
@@ -352,9 +360,7 @@ def _properties_at(at, cols, value, true_err, prev_shift, has_prev, pred, out, b
             pos = at[i]
             _properties(pos, pos // cols, pos % cols, cols, zero, value, true_err, prev_shift, has_prev, pred[pos],
                         block[i - start])
-        for j in range(N_PROPERTIES):
-            for i in range(start, stop):
-                out[j, i] = block[i - start, j]
+        _copy_block(block, out, start, stop)
 
 
 def contexts_at(start, stop, cols, value, true_err, prev_shift, has_prev, pred, prop, thr, right, leaf, out):
@@ -392,7 +398,6 @@ def ls_features_at(at, cols, value, true_err, prev_shift, has_prev, pred8, out, 
     plane. ``block`` (B, F): scratch for B pixels' features, written a pixel at a time and
     copied to ``out`` a row at a time (``ROW_BLOCK``)."""
     zero = true_err.size - 1
-    n_feat = out.shape[0]
     size = block.shape[0]
     for start in range(0, at.size, size):
         stop = min(at.size, start + size)
@@ -418,9 +423,7 @@ def ls_features_at(at, cols, value, true_err, prev_shift, has_prev, pred8, out, 
             row[_N_LS + 4] = true_err[_u(ene)]
             if has_prev:
                 row[_N_LS + 5] = value[_u(pos + prev_shift)] - ((value[_u(w + prev_shift)] + value[_u(n + prev_shift)]) >> 1)
-        for k in range(n_feat):
-            for i in range(start, stop):
-                out[k, i] = block[i - start, k]
+        _copy_block(block, out, start, stop)
 
 
 @kernel
