@@ -109,9 +109,14 @@ def test_sigkill_at_random_points_then_resume(tmp_path):
 
     rng = random.Random(SEED)
     log = []
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     for trial in range(TRIALS):
         dst = tmp_path / f"trial{trial}"
-        proc = subprocess.Popen(_migrate_cmd(src, dst), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # A killed run cannot remove its worker log, progress folder and Beam's temporary
+        # folder: they go to this test's own temporary directory, not the machine's.
+        proc = subprocess.Popen(_migrate_cmd(src, dst), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "TMPDIR": str(scratch)})
         if trial % 2 == 0:
             when = rng.uniform(0.05, 1.0) * duration
             how = f"after {when:.2f}s of {duration:.2f}s"
