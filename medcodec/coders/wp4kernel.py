@@ -57,6 +57,26 @@ def code_plane(rows, cols, value, true_err, sub_err, prev_shift, has_prev, maxv,
                        np.zeros(probs.shape[0], dtype=np.int64))
 
 
+# Secondary estimation, measured and not built (2026-12-08; ideal code lengths of this model's
+# decisions, and of variants, on the leaves, residuals and priors this encoder coded, for
+# the train planes of 2,000 B or more, 4.89 MB in all; the held-out split's 1.84 MB were
+# looked at once, after). The variant that paid best: each decision's probability from a
+# logistic mixer (weights per decision level and context, learning rate 1/500) of three
+# estimates, the node's fast and slow ones and a second node estimate keyed by
+# q = bit length of 2|rW| + 2|rN| + |rNW| + |rNE| (the final predictor's residuals at the
+# neighbours, which the tree does not see). It came to train -0.34% (RG1_J2KR -0.26%,
+# J2K_pixelrep_mismatch -1.2%, bad_sequence -0.55%, the LUT test images -6 to -8%), held-out
+# -0.78%. Variants:
+# * two inputs (the node's mean and the second estimate): -0.25%;
+# * the two means averaged without a mixer: +0.16%, or 3:1, -0.06%;
+# * the mixer on the first 1 to 4 levels only: -0.05% to -0.19%;
+# * an adaptive bias correction before the token (a running mean of the residual per sign
+#   and magnitude context, or per leaf and signs): larger on nearly every plane, since the
+#   leaves' offsets already take the static bias.
+# A mixer costs about three table lookups, six products and an update per decision, about
+# six decisions a pixel: an estimated 40-50 ns on the decode's ~98 ns a pixel (693_J2KR),
+# for 0.3-0.8%. That would take the decode from ~18 MB/s to ~12, near the 10 MB/s target.
+#
 # Measured and not kept (2026-12-07, the decoder on 19 captured held-out planes, in-process
 # against this loop, the same values): both children's estimates read before a decision,
 # so that the next decision's load is not on the path from one decision to the next, took
