@@ -74,11 +74,11 @@ def code_plane(rows, cols, value, true_err, sub_err, prev_shift, has_prev, maxv,
 #   and magnitude context, or per leaf and signs): larger on nearly every plane, since the
 #   leaves' offsets already take the static bias.
 # In integers (lpaq's 33-point squash and its inverse, 16.16 weights, updates of
-# stretch * error >> 13): train -0.31%, held-out -0.65%. Its decision loop, timed alone without
-# the range coder on the same planes (best of 5), took 50-62 ns a pixel more than this
-# model's (693_J2KR 35.7 -> 97.2 ns, MR2_J2KR 38.3 -> 88.3, OBXXXX1A 23.6 -> 75.7, US1_J2KR
-# 31.1 -> 82.4). On the decode's ~98 ns a pixel that is ~1.5x the time: 17-18 MB/s would
-# fall to ~11, at the edge of the 10 MB/s target, for 0.3-0.65%.
+# stretch * error >> 13): train -0.31%, held-out -0.65%. The prototype's decision loop, timed
+# alone without the range coder on the same planes (best of 5, alternated), took 49-61 ns a
+# pixel more than this model's (693_J2KR 35.3 -> 95.9 ns, MR2_J2KR 37.7 -> 86.6, OBXXXX1A
+# 23.3 -> 73.7, US1_J2KR 30.1 -> 81.0). On the decode's ~98 ns a pixel that is ~1.5x the
+# time: 17-18 MB/s would fall to ~11, at the edge of the 10 MB/s target, for 0.3-0.65%.
 #
 # Measured and not kept (2026-12-07, the decoder on 19 captured held-out planes, in-process
 # against this loop, the same values): both children's estimates read before a decision,
