@@ -627,6 +627,42 @@ def test_jpeg2000_lossless_is_reencoded_and_verified():
     assert parsed.reencode == "original-syntax" and "verified" in parsed.note
 
 
+_CONCURRENT_PARSES = """
+import sys, threading, time
+from medcodec.dicom import parse_dicom
+data = open(sys.argv[1], "rb").read()
+first = parse_dicom(data)
+stop = time.monotonic() + float(sys.argv[2])
+seen = []
+def work():
+    while time.monotonic() < stop:
+        parsed = parse_dicom(data)
+        seen.append((parsed.reencode, parsed.note, parsed.frames.tobytes() == first.frames.tobytes()))
+threads = [threading.Thread(target=work) for _ in range(2)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(len(seen), set(seen) == {(first.reencode, first.note, True)})
+"""
+
+
+@pytest.mark.slow
+def test_jpeg2000_files_parse_in_two_threads_at_once():
+    """A local run's worker threads parse (and so re-encode) JPEG 2000 files at the same
+    time. pylibjpeg-openjpeg's encoder crashed the process when two threads ran it at once
+    (in 4 of 5 runs of this script without ``encapsulation._ENCODE_TURNS``, 2026-12-08);
+    the process must live, and every parse agree with the first."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _CONCURRENT_PARSES, pydicom_file("693_J2KR.dcm"), "6"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    count, agree = result.stdout.split()
+    assert int(count) >= 10 and agree == "True", result.stdout
+
+
 # --------------------------------------------------------------------------------------
 # Errors
 

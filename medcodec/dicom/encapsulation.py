@@ -3,7 +3,9 @@ pinned plugins, fragments put back into an encapsulated value."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +46,18 @@ _ENCODING_PLUGINS: dict[str, tuple[str, ...]] = {
     JPEG_LS_LOSSLESS: ("pyjpegls",),
     JPEG_2000_LOSSLESS: ("pylibjpeg",),
 }
+
+# Encoders that must not run in two threads at once: pylibjpeg-openjpeg 2.6.0's. Two threads
+# encoding 693_J2KR's frame in a loop crashed the process (SIGSEGV) within 2 s in 5 of 6
+# tries, one thread never (2026-12-08); the JPEG 2000 decoder and the JPEG-LS and RLE
+# encoders ran 6 s in two threads without. A local run's worker threads re-encode JPEG
+# 2000 frames (``writing``: whether a record gives back the original bytes, and restoring
+# them), so those encodes take turns (``_ENCODE_TURNS``). Before, a two-worker `migrate`
+# of JPEG 2000 files crashed in 3 of 10 runs with the garbage collector made to run every
+# 10 ms (the crash corrupts the heap; a collection is what finds it), and an interrupted
+# one in 2-4 of 10.
+_SERIAL_ENCODERS = frozenset({JPEG_2000_LOSSLESS})
+_ENCODE_TURNS = threading.Lock()
 
 _SEQUENCE_DELIMITER_ITEM = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _MINIMAL_ENCAPSULATED = b"\xfe\xff\x00\xe0\x00\x00\x00\x00" + _SEQUENCE_DELIMITER_ITEM
@@ -321,7 +335,8 @@ def encode_frames(words: np.ndarray, enc: Encapsulation) -> list[bytes]:
         arr = interleaved.view(_signed_dtype(spec)) if spec.signed else interleaved
         if spec.samples == 1:
             arr = arr[:, :, 0]
-        encoded.append(encoder.encode(arr, encoding_plugin=plugin, **enc.options(frames=1)))
+        with _ENCODE_TURNS if spec.transfer_syntax in _SERIAL_ENCODERS else contextlib.nullcontext():
+            encoded.append(encoder.encode(arr, encoding_plugin=plugin, **enc.options(frames=1)))
     return encoded
 
 
