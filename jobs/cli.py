@@ -17,7 +17,8 @@ from typing import Callable
 
 # Exit statuses (README, "Exit statuses"): 0 done; 1 the run failed (storage became
 # unavailable) or found failures (audit, restore); 2 usage or input error, nothing done;
-# 3 `migrate --strict` completed but dead-lettered inputs.
+# 3 `migrate --strict` completed but dead-lettered inputs; 128 + the signal's number for a
+# local job stopped by SIGTERM (143) or Ctrl-C (130) (``pipelines.stopping``).
 EXIT_FAILED = 1
 EXIT_USER_ERROR = 2
 EXIT_DEADLETTERS = 3
@@ -627,7 +628,21 @@ def _unavailable_error_types() -> tuple[type[BaseException], ...]:
     return (StorageUnavailableError,)
 
 
-def main(argv: list[str] | None = None) -> int:
+# The commands that run a Beam job: run locally from the command line, they are stopped
+# by SIGTERM and Ctrl-C as pipelines.stopping says.
+_BEAM_JOBS = frozenset({"migrate", "audit", "restore", "rewrap"})
+
+
+def _beam_job(argv: list[str]) -> bool:
+    """Whether ``argv`` names one of _BEAM_JOBS (its first word that is not an option)."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    return command in _BEAM_JOBS
+
+
+def main(argv: list[str] | None = None, *, stop_signals_blocked: bool = False) -> int:
+    """The command line. ``stop_signals_blocked`` (``entry``): SIGTERM and SIGINT were
+    blocked before the process started any thread; a local Beam job takes them in a thread
+    of its own (``pipelines.stopping``), any other command unblocks them."""
     import logging
 
     # Library chatter (Beam's import-time notices) is not for the terminal; our own warnings
@@ -645,6 +660,8 @@ def main(argv: list[str] | None = None) -> int:
         args.beam_args = extra  # standard Beam options (--project=..., --region=...) pass through
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        if stop_signals_blocked:
+            _take_stop_signals(args)
         return func(args)
     except _user_error_types() as exc:
         print(f"medarchive {args.command}: error: {exc}", file=sys.stderr)
@@ -671,14 +688,36 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
 
 
+def _take_stop_signals(args: argparse.Namespace) -> None:
+    """After ``entry`` blocked the stop signals: a Beam job on a local runner takes them in
+    a thread (``pipelines.stopping``); anything else gets Python's defaults back."""
+    from pipelines import stopping
+
+    if args.command in _BEAM_JOBS:
+        from pipelines.runner import LOCAL_RUNNERS
+
+        if _runner_settings(args)["runner"] in LOCAL_RUNNERS:
+            stopping.await_stop_signals()
+            return
+    stopping.unblock_stop_signals()
+
+
 def entry() -> None:
     """Console-script entry point.
+
+    A local Beam job blocks SIGTERM and SIGINT first, before any import starts a thread
+    (``pipelines.stopping``: every later thread inherits the mask).
 
     Exits with os._exit after flushing: Beam's gRPC threads can still be alive at
     interpreter teardown, where they sometimes abort the process (SIGABRT, "terminate
     called without an active exception") after the job has finished and reported.
     """
-    code = main()
+    blocked = _beam_job(sys.argv[1:])
+    if blocked:
+        from pipelines.stopping import block_stop_signals
+
+        block_stop_signals()
+    code = main(stop_signals_blocked=blocked)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -36,6 +36,7 @@ from .archive import Archive, ArchiveError, Identity, archive_identity, shard_st
 from .keys import load_keyring
 from .storage import worker_storage_options
 from .runner import LOCAL_RUNNERS, pipeline_options, quiet_beam_logs, worker_logs_captured
+from . import stopping
 from .threadqueue import gathered, local_threads, queued
 
 FIRST_FAILURES = 10  # failures named in the summary (all are in the part files)
@@ -547,7 +548,8 @@ def run_audit(
         started=time.time(),
         local_threads=local_threads(options, workers, runner in LOCAL_RUNNERS),
     )
-    with worker_logs_captured(runner in LOCAL_RUNNERS), beam.Pipeline(options=options) as p:
+    pipeline = beam.Pipeline(options=options)
+    with worker_logs_captured(runner in LOCAL_RUNNERS), stopping.removes(pipeline.local_tempdir), pipeline as p:
         _ = p | "Archive" >> beam.Create([archive_url]) | "Audit" >> Audit(cfg)
     archive.fs.invalidate_cache()  # the summary was written by workers (stale listings otherwise)
     with archive.fs.open(archive.path("audit", f"{cfg.audit_id}.json"), "rb") as fh:

@@ -31,6 +31,7 @@ from .archive import Archive, ArchiveError, Identity, archive_identity
 from .storage import REMOTE_WRITE_THREADS, is_local, makedirs_once, move_file, open_fs, worker_storage_options
 from .keys import load_keyring
 from .runner import LOCAL_RUNNERS, pipeline_options, quiet_beam_logs, worker_logs_captured
+from . import stopping
 from .threadqueue import gathered, local_threads, queued
 
 
@@ -443,7 +444,8 @@ def run_restore(
     fs, root = open_fs(dst, dst_storage_options)
     existed = fs.exists(root)
     started = time.time()
-    with worker_logs_captured(runner in LOCAL_RUNNERS), beam.Pipeline(options=options) as p:
+    pipeline = beam.Pipeline(options=options)
+    with worker_logs_captured(runner in LOCAL_RUNNERS), stopping.removes(pipeline.local_tempdir), pipeline as p:
         _ = p | "Archive" >> beam.Create([archive_url]) | "Restore" >> Restore(cfg)
     fs.invalidate_cache()  # written by workers
     report_path = f"{root.rstrip('/')}/{cfg.report}"

@@ -26,6 +26,7 @@ from schemas.tables import INDEX_SCHEMA, table_of
 from .archive import Archive, Identity
 from .migrate import _Sha256Writer, _verify
 from .storage import worker_storage_options
+from . import stopping
 from .threadqueue import gathered, local_threads, queued
 from .runner import LOCAL_RUNNERS, lease_held, new_run_id, pipeline_options, quiet_beam_logs, worker_logs_captured
 
@@ -129,10 +130,11 @@ def run_rewrap(
             # A local run's N threads take the shards from one queue (Beam's in-memory worker is one thread).
             threads = local_threads(options, workers, runner in LOCAL_RUNNERS)
             p = beam.Pipeline(options=options)
-            spread = p | "Stems" >> beam.Create(stems) | "Spread" >> beam.Reshuffle()
-            _ = gathered(spread, "Gather", threads) | "Rewrap" >> beam.ParDo(queued(RewrapShard(cfg), threads))
-            result = p.run()
-            result.wait_until_finish()
+            with stopping.removes(p.local_tempdir):  # run() removes it, once it runs
+                spread = p | "Stems" >> beam.Create(stems) | "Spread" >> beam.Reshuffle()
+                _ = gathered(spread, "Gather", threads) | "Rewrap" >> beam.ParDo(queued(RewrapShard(cfg), threads))
+                result = p.run()
+                result.wait_until_finish()
         records = _counter(result, "rewrapped")
     return {
         "records": records,

@@ -29,6 +29,7 @@ from .storage import (REMOTE_WRITE_THREADS, StorageTimeouts, is_local, open_fs, 
                       worker_storage_options)
 from .migrate import Migrate, MigrateConfig
 from .progress import MetricsProgress, ProgressMonitor
+from . import stopping
 from .threadqueue import local_threads
 
 LOCAL_RUNNERS = {"FnApiRunner", "DirectRunner", "BundleBasedDirectRunner"}
@@ -86,8 +87,14 @@ def worker_logs_captured(enabled: bool = True):
     real = os.fdopen(os.dup(saved), "w", buffering=1)
     os.dup2(log.fileno(), 2)
     failed = False
+
+    def stopped() -> None:  # stopping.finish: stderr back (its last line goes there), the log gone
+        os.dup2(saved, 2)
+        os.unlink(log.name)
+
     try:
-        yield real
+        with stopping.on_stop(stopped):
+            yield real
     except BaseException:
         failed = True
         raise
@@ -227,10 +234,16 @@ def lease_held(archive: Archive, run_id: str):
             except Exception:  # noqa: BLE001 - a missed heartbeat only shortens the lease
                 pass
 
+    def stopped() -> None:  # stopping.finish: the run is over, its files are for the next run to clean
+        stop.set()
+        thread.join(timeout=5)  # a heartbeat under way would write the lease again
+        archive.release_lease(run_id)
+
     thread = threading.Thread(target=beat, name=f"lease-{run_id}", daemon=True)
     thread.start()
     try:
-        yield
+        with stopping.on_stop(stopped):
+            yield
     finally:
         stop.set()
         thread.join(timeout=5)
@@ -242,7 +255,7 @@ def _run_migrate_pipeline(archive: Archive, run_id: str, index_files: tuple[str,
                           storage_options, progress, runner, workers, beam_args) -> dict:
     local = runner in LOCAL_RUNNERS
     options = pipeline_options(runner, workers, beam_args)
-    with tempfile.TemporaryDirectory(prefix="medarchive-progress-") as progress_dir:
+    with tempfile.TemporaryDirectory(prefix="medarchive-progress-") as progress_dir, stopping.removes(progress_dir):
         cfg = MigrateConfig(
             src=src,
             dst=dst,
@@ -268,17 +281,18 @@ def _run_migrate_pipeline(archive: Archive, run_id: str, index_files: tuple[str,
         )
         started = time.time()
         pipeline = beam.Pipeline(options=options)
-        _ = pipeline | "Source" >> beam.Create([src]) | "Migrate" >> Migrate(cfg, index_files, started)
-        with worker_logs_captured(local) as console:
-            if cfg.progress_dir:
-                with ProgressMonitor(progress_dir, total=None, stream=console):
+        with stopping.removes(pipeline.local_tempdir):  # run() removes it, once it runs
+            _ = pipeline | "Source" >> beam.Create([src]) | "Migrate" >> Migrate(cfg, index_files, started)
+            with worker_logs_captured(local) as console:
+                if cfg.progress_dir:
+                    with ProgressMonitor(progress_dir, total=None, stream=console):
+                        pipeline.run().wait_until_finish()
+                elif progress and not local:
+                    result = pipeline.run()
+                    with MetricsProgress(result, stream=console):
+                        result.wait_until_finish()
+                else:
                     pipeline.run().wait_until_finish()
-            elif progress and not local:
-                result = pipeline.run()
-                with MetricsProgress(result, stream=console):
-                    result.wait_until_finish()
-            else:
-                pipeline.run().wait_until_finish()
     # Workers (other processes, or other machines) wrote under DST: drop this process's
     # cached listings (s3fs, gcsfs) or the run summary they wrote is "not found".
     archive.fs.invalidate_cache()
