@@ -112,6 +112,5 @@ def finish() -> NoReturn:
     worker.start()
     worker.join(CLEANUP_SECONDS)
     name = signal.Signals(signum).name
-    os.write(2, f"medarchive: stopped by {name}; a re-run of the same job goes on from what this one committed\n"
-             .encode())
+    os.write(2, f"medarchive: stopped by {name}\n".encode())
     os._exit(128 + signum)
