@@ -42,7 +42,6 @@ from typing import Callable, Iterator, NoReturn
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 CLEANUP_SECONDS = 20.0  # a cleanup that hangs (an object store not answering) does not hold the stop
-_signals: list[int] = []  # the stop signals received, in order
 _cleanups: list[Callable[[], None]] = []  # what ``finish`` runs, oldest first
 
 
@@ -63,9 +62,8 @@ def await_stop_signals() -> None:
 
 def _await() -> None:
     signum = signal.sigwait(STOP_SIGNALS)
-    _signals.append(signum)
     threading.Thread(target=_await_second, name="medarchive-stop-now", daemon=True).start()
-    finish()
+    finish(signum)
 
 
 def _await_second() -> None:
@@ -95,11 +93,10 @@ def removes(path: str) -> contextlib.AbstractContextManager:
     return on_stop(remove)
 
 
-def finish() -> NoReturn:
-    """End the process for the stop signal received: the cleanups, newest first (one that
+def finish(signum: int) -> NoReturn:
+    """End the process for stop signal ``signum``: the cleanups, newest first (one that
     fails does not keep the others from running, and all of them get CLEANUP_SECONDS), a
     line on stderr, exit 128 + the signal's number."""
-    signum = _signals[0] if _signals else signal.SIGTERM
 
     def run_cleanups() -> None:
         for cleanup in reversed(list(_cleanups)):
